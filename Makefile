@@ -1,0 +1,36 @@
+# One command installs and runs the gateway, one installs and runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= examples/llmroute.yaml
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: run test install lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llmroute serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,121 @@
+"""Decide: policies over the (prompts x models) estimate matrices.
+
+Every policy takes expected quality `q` and expected cost `c`, both shaped (n, m), and returns
+the chosen model index per row. Estimators never decide; policies never estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "calibrate_threshold",
+    "candidate_mask",
+    "choose",
+    "tradeoff_grid",
+]
+
+
+def candidate_mask(
+    models: Sequence[str],
+    *,
+    allowed: Sequence[str] | None = None,
+    context_windows: dict[str, int] | None = None,
+    input_tokens: np.ndarray | float | None = None,
+    n: int = 1,
+) -> np.ndarray:
+    """(n, m) boolean mask of admissible models.
+
+    `allowed` keeps only the named models; `context_windows` (model -> max tokens) drops a
+    model for rows whose `input_tokens` exceed its window. Raises ValueError on unknown names.
+    """
+    m = len(models)
+    mask = np.ones((n, m), dtype=bool)
+    if allowed is not None:
+        unknown = sorted(set(allowed) - set(models))
+        if unknown:
+            raise ValueError(f"unknown model(s) in allowed list: {unknown}; known: {list(models)}")
+        keep = np.array([name in set(allowed) for name in models])
+        mask &= keep[None, :]
+    if context_windows and input_tokens is not None:
+        tok = np.broadcast_to(np.asarray(input_tokens, dtype=float).reshape(-1, 1), (n, 1))
+        for j, name in enumerate(models):
+            window = context_windows.get(name)
+            if window is not None:
+                mask[:, j] &= tok[:, 0] <= window
+    return mask
+
+
+def choose(
+    q: np.ndarray,
+    c: np.ndarray,
+    *,
+    tradeoff: float = 0.0,
+    max_cost: float | None = None,
+    min_quality: float | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Chosen model index per row.
+
+    - default: maximise `q - tradeoff * c` (tradeoff = inf means cheapest);
+    - `min_quality`: cheapest model whose expected quality reaches it (else the best one);
+    - `max_cost`: models whose expected cost exceeds it are dropped (if none is left, the
+      cheapest admissible model is chosen).
+    Ties go to the cheaper model. Rows where the mask admits nothing fall back to all models.
+    """
+    q = np.asarray(q, dtype=float)
+    c = np.asarray(c, dtype=float)
+    n, m = q.shape
+    ok = np.ones((n, m), dtype=bool) if mask is None else np.array(mask, dtype=bool, copy=True)
+    ok[~ok.any(axis=1)] = True
+    if max_cost is not None:
+        within = ok & (c <= max_cost)
+        none = ~within.any(axis=1)
+        within[none] = ok[none] & (c[none] == np.where(ok[none], c[none], np.inf).min(axis=1, keepdims=True))
+        ok = within
+    qn = np.where(np.isfinite(q), q, -np.inf)
+    cn = np.where(np.isfinite(c), c, np.inf)
+    if min_quality is not None:
+        reach = ok & (qn >= min_quality)
+        none = ~reach.any(axis=1)
+        score = np.where(reach, -cn, -np.inf)
+        best = np.where(ok, qn, -np.inf).argmax(axis=1)
+        pick = score.argmax(axis=1)
+        return np.where(none, best, pick)
+    if np.isinf(tradeoff):
+        score = -cn
+        tie = qn
+    else:
+        score = qn - tradeoff * np.where(np.isfinite(cn), cn, 0.0)
+        tie = -cn
+    score = np.where(ok, score, -np.inf)
+    # lexicographic: best score, then tie-breaker (cheaper or better)
+    top = score.max(axis=1, keepdims=True)
+    cand = ok & (score >= top - 1e-12)
+    return np.where(cand, tie, -np.inf).argmax(axis=1)
+
+
+def tradeoff_grid(c_scale: float, n: int = 60) -> np.ndarray:
+    """Trade-off values for a curve: 0, `n` log-spaced values around 1/c_scale, and inf."""
+    c_scale = max(float(c_scale), 1e-12)
+    mid = np.logspace(-4, 4, n) / c_scale
+    return np.concatenate([[0.0], mid, [np.inf]])
+
+
+def calibrate_threshold(scores: np.ndarray, strong_share: float) -> float:
+    """Threshold on a strong-vs-weak score so that `strong_share` of `scores` go strong.
+
+    RouteLLM-style: compute scores on a sample of the user's own prompts and route a prompt to
+    the strong model when its score is >= the returned threshold.
+    """
+    if not 0.0 <= strong_share <= 1.0:
+        raise ValueError(f"strong_share must be in [0, 1], got {strong_share}")
+    s = np.sort(np.asarray(scores, dtype=float))[::-1]
+    if len(s) == 0:
+        raise ValueError("need at least one score to calibrate a threshold")
+    k = round(strong_share * len(s))
+    if k <= 0:
+        return float(np.nextafter(s[0], np.inf))
+    return float(s[k - 1])
