@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -54,6 +54,19 @@ class RoutingTable:
     source: str = "<memory>"
     prices: dict[str, ModelPrice] | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        source: str = "<memory>",
+        prices: Mapping[str, ModelPrice] | None = None,
+    ) -> RoutingTable:
+        """Validate a long-format DataFrame (see `llmroute.data.validate`) and wrap it."""
+        from llmroute.data.validate import validate
+
+        clean = validate(df, source, prices=prices)
+        return cls(clean, source=source, prices=dict(prices) if prices else None)
 
     # ---- axes ---------------------------------------------------------------------------
     @cached_property
