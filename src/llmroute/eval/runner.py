@@ -1,0 +1,530 @@
+"""Cross-validated evaluation of routers on a routing table (DESIGN.md "Metrics").
+
+`evaluate(table)` embeds every prompt once, then for each router and each of K folds over
+prompt ids fits `llmroute.router.Router` on the training prompts (the same public API the
+gateway uses) and asks it for out-of-fold quality *and* cost estimates of the test prompts.
+The pooled out-of-fold estimates give each router's trade-off curve, AIQ, gap closed,
+cost ratio at the best single model's quality and, on two-model tables, APGR / CPT(50%) /
+CPT(80%). Decision latency is measured with `router.route(prompt)`, one prompt at a time,
+warm, including embedding (the embedding cache is bypassed for that measurement).
+
+The returned dict is the `results.json` schema of issue 2; `llmroute.eval.report` writes it
+with `curves.png` and `report.html`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from llmroute.data.table import RoutingTable, TableError
+from llmroute.eval.baselines import (
+    best_single,
+    oracle_summary,
+    random_estimates,
+    single_summaries,
+    strong_weak,
+)
+from llmroute.eval.cv import kfold_indices
+from llmroute.eval.metrics import (
+    aiq,
+    apgr,
+    cost_ratio_at_best_quality,
+    cpt,
+    gap_closed,
+    router_curve,
+    single_model_points,
+    upper_hull,
+)
+from llmroute.policy import tradeoff_grid
+
+__all__ = [
+    "DEFAULT_ROUTERS",
+    "CachedEncoder",
+    "EstimatingRouter",
+    "RouterFactory",
+    "evaluate",
+    "fit_router",
+    "load_dataset",
+    "measure_latency",
+    "with_cost_fallback",
+]
+
+DEFAULT_ROUTERS: tuple[str, ...] = ("default", "knn", "linear", "mlp", "mf")
+LATENCY_PROMPTS = 500
+LATENCY_WARMUP = 20
+
+
+class EstimatingRouter(Protocol):
+    """What the runner needs from a fitted router (`llmroute.router.Router` satisfies it)."""
+
+    models: Sequence[str]
+
+    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(q, c): (n, m) expected quality and expected cost, columns in `models` order."""
+        ...
+
+    def route(self, prompt: str) -> Any:
+        """One routing decision."""
+        ...
+
+
+#: A custom router for `evaluate`: (train_table, encoder, seed) -> fitted EstimatingRouter.
+RouterFactory = Callable[[RoutingTable, Any, int], EstimatingRouter]
+
+
+# ---- data ------------------------------------------------------------------------------------
+def load_dataset(path: str | Path, tasks: str | None = None, prices: str | Path | None = None) -> RoutingTable:
+    """Load a routing table (file or a folder holding `data.parquet`), optionally one task family.
+
+    Uses `llmroute.data.load_table` (all formats) when available, else reads Parquet / CSV /
+    JSONL in the long format directly. A `prices.json` next to the data is used when `prices`
+    is not given and the loader supports it. Raises `TableError` / `FileNotFoundError` with a
+    message naming the path.
+    """
+    p = Path(path)
+    if p.is_dir():
+        cand = p / "data.parquet"
+        if not cand.exists():
+            raise FileNotFoundError(f"{p}: folder has no data.parquet")
+        p = cand
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    try:
+        from llmroute.data import load_table  # type: ignore[attr-defined]
+    except ImportError:
+        load_table = None
+    if load_table is not None:
+        price_arg: Any = prices
+        if price_arg is None and (p.parent / "prices.json").exists():
+            price_arg = p.parent / "prices.json"
+        table = load_table(p, prices=price_arg)
+    else:
+        table = _read_long(p)
+    if tasks:
+        table = table.filter_tasks(tasks)
+    return table
+
+
+def _read_long(p: Path) -> RoutingTable:
+    import pandas as pd
+
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        df = pd.read_parquet(p)
+    elif suffix == ".csv":
+        df = pd.read_csv(p)
+    elif suffix in (".jsonl", ".json"):
+        df = pd.read_json(p, lines=suffix == ".jsonl")
+    else:
+        raise TableError(f"{p}: unsupported file type {suffix!r} (use .parquet, .csv or .jsonl)")
+    missing = [c for c in ("prompt_id", "prompt", "model", "quality") if c not in df.columns]
+    if missing:
+        raise TableError(f"{p}: missing column(s) {missing}")
+    return RoutingTable(df, source=str(p))
+
+
+def with_cost_fallback(table: RoutingTable) -> tuple[RoutingTable, str]:
+    """A table with a cost for every model, and a note saying where the cost comes from.
+
+    Tables with a known cost are returned as is ("cost_usd"). Tables without any cost
+    (e.g. routerdc_7model, all local 7-8B models) get `cost_usd = params_b` (billions of
+    parameters, a crude proxy of serving cost) when that column exists, else a unit cost per
+    call for every model; the note says so and is stored in results.json as `cost_source`.
+    """
+    if table.has_cost():
+        return table, "cost_usd"
+    df = table.df.copy()
+    if "params_b" in df.columns and df["params_b"].notna().any():
+        df["cost_usd"] = df["params_b"].astype(float)
+        note = "params_b (fallback: the table has no cost; cost = model size in billions of parameters)"
+    else:
+        df["cost_usd"] = 1.0
+        note = "unit (fallback: the table has no cost and no params_b; every call costs 1)"
+    return RoutingTable(df, source=table.source, prices=None), note
+
+
+# ---- shared embedding cache ------------------------------------------------------------------
+class CachedEncoder:
+    """Wraps an `Encoder` with an in-memory cache keyed by text.
+
+    `prime(texts)` embeds texts once in batches; later `encode` calls for those texts are
+    lookups, so every router and fold reuses the same embeddings. Set `bypass = True` to time
+    real encoding (latency measurement). `spec()` is the wrapped encoder's, so a router fitted
+    with it saves and loads like one fitted with the plain encoder.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.inner = encoder
+        self.name: str = encoder.name
+        self.dim: int = int(encoder.dim)
+        self.bypass = False
+        self._index: dict[str, int] = {}
+        self._rows = np.zeros((0, self.dim), dtype=np.float32)
+
+    def prime(self, texts: Iterable[str], batch: int = 2048, on_batch: Callable[[int], None] | None = None) -> None:
+        """Embed every text not cached yet (batches of `batch`; `on_batch(k)` after each)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._index]
+        chunks = [self._rows]
+        for s in range(0, len(new), batch):
+            part = new[s : s + batch]
+            chunks.append(np.asarray(self.inner.encode(part), dtype=np.float32))
+            if on_batch is not None:
+                on_batch(len(part))
+        base = len(self._index)
+        for i, t in enumerate(new):
+            self._index[t] = base + i
+        self._rows = np.concatenate(chunks, axis=0) if len(chunks) > 1 else self._rows
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32; cached rows where known, real encoding otherwise."""
+        texts = list(texts)
+        if self.bypass:
+            return np.asarray(self.inner.encode(texts), dtype=np.float32)
+        missing = [t for t in texts if t not in self._index]
+        if missing:
+            self.prime(missing)
+        return self._rows[[self._index[t] for t in texts]]
+
+    def spec(self) -> dict:
+        """The wrapped encoder's spec."""
+        return self.inner.spec()
+
+    def __getattr__(self, item: str) -> Any:  # state(), tokenizer, ... of the wrapped encoder
+        if item == "inner":
+            raise AttributeError(item)
+        return getattr(self.inner, item)
+
+
+def _resolve_encoder(encoder: Any) -> Any:
+    if isinstance(encoder, str | dict):
+        from llmroute.embed import load_encoder  # type: ignore[attr-defined]
+
+        return load_encoder(encoder)
+    return encoder
+
+
+# ---- routers ---------------------------------------------------------------------------------
+class _EstimatorRouter:
+    """Fallback used only while `llmroute.router` is unavailable: estimator + mean cost."""
+
+    def __init__(self, name: str, table: RoutingTable, encoder: Any, seed: int) -> None:
+        from llmroute.estimators import make_estimator  # type: ignore[attr-defined]
+        from llmroute.estimators.base import Features
+
+        self._features = Features
+        self.models = table.models
+        self.encoder = encoder
+        est = make_estimator(name)
+        if hasattr(est, "random_state"):
+            est.random_state = seed
+        self.est = est.fit(self._feats(table.prompts), table.quality_matrix())
+        self.mean_cost = single_model_points(table.quality_matrix(), table.cost_matrix())[:, 0]
+
+    def _feats(self, prompts: Sequence[str]) -> Any:
+        try:
+            from llmroute.estimators.features import prompt_features
+
+            extra = prompt_features(list(prompts))
+        except ImportError:
+            extra = np.zeros((len(prompts), 0), dtype=np.float32)
+        return self._features(self.encoder.encode(list(prompts)), extra)
+
+    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        q = self.est.predict(self._feats(prompts))
+        return q, np.broadcast_to(self.mean_cost, q.shape).copy()
+
+    def route(self, prompt: str) -> int:
+        from llmroute.policy import choose
+
+        q, c = self.estimate([prompt])
+        return int(choose(q, c)[0])
+
+
+def fit_router(name: str, table: RoutingTable, encoder: Any, seed: int = 0) -> EstimatingRouter:
+    """Fit router `name` on `table` through `llmroute.router.Router.fit` (the public API)."""
+    try:
+        from llmroute.router import Router
+    except ImportError:
+        return _EstimatorRouter(name, table, encoder, seed)
+    return Router.fit(table, estimator=name, encoder=encoder, seed=seed)
+
+
+def measure_latency(
+    router: EstimatingRouter, prompts: Sequence[str], warm: Sequence[str] = ()
+) -> tuple[float, float]:
+    """(p50, p99) in ms of `router.route(prompt)`, one distinct prompt at a time, after warm-up."""
+    for p in warm:
+        router.route(p)
+    times = np.empty(len(prompts))
+    for i, p in enumerate(prompts):
+        t0 = time.perf_counter_ns()
+        router.route(p)
+        times[i] = time.perf_counter_ns() - t0
+    if len(times) == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(times, 50) / 1e6), float(np.percentile(times, 99) / 1e6)
+
+
+def _align(router: EstimatingRouter, models: Sequence[str], q: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    got = list(getattr(router, "models", models))
+    if got == list(models):
+        return np.asarray(q, dtype=float), np.asarray(c, dtype=float)
+    idx = [got.index(m) for m in models]
+    return np.asarray(q, dtype=float)[:, idx], np.asarray(c, dtype=float)[:, idx]
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def _num(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _curve_list(curve: np.ndarray) -> list[list[float]]:
+    return [[float(c), float(q)] for c, q in curve if math.isfinite(c) and math.isfinite(q)]
+
+
+def _score_router(
+    Q: np.ndarray,
+    C: np.ndarray,
+    q_hat: np.ndarray,
+    c_hat: np.ndarray,
+    ctx: dict,
+) -> dict:
+    curve = router_curve(Q, C, q_hat, c_hat, ctx["lambdas"])
+    a = aiq(curve, ctx["c_min"], ctx["c_max"])
+    hull = upper_hull(curve)
+    out: dict[str, Any] = {
+        "aiq": _num(a),
+        "gap_closed": _num(gap_closed(a, ctx["single_hull_aiq"], ctx["oracle_aiq"])),
+        "cost_ratio_at_best_quality": _num(cost_ratio_at_best_quality(curve, ctx["singles"])),
+        "max_quality": _num(hull[:, 1].max()) if len(hull) else None,
+        "apgr": None,
+        "cpt50": None,
+        "cpt80": None,
+    }
+    if ctx["two_models"]:
+        s, w = ctx["strong"], ctx["weak"]
+        score = q_hat[:, s] - q_hat[:, w]
+        out["apgr"] = _num(apgr(score, Q[:, s], Q[:, w]))
+        out["cpt50"] = _num(cpt(score, Q[:, s], Q[:, w], 0.5))
+        out["cpt80"] = _num(cpt(score, Q[:, s], Q[:, w], 0.8))
+    out["curve"] = _curve_list(curve)
+    return out
+
+
+# ---- the runner --------------------------------------------------------------------------------
+def evaluate(
+    table: RoutingTable,
+    routers: Sequence[str | tuple[str, RouterFactory]] = DEFAULT_ROUTERS,
+    folds: int = 5,
+    seed: int = 0,
+    encoder: Any = "static-minilm",
+    progress: bool = True,
+    dataset: str | None = None,
+    latency_prompts: int = LATENCY_PROMPTS,
+) -> dict:
+    """Cross-validated evaluation of `routers` on `table`; returns the results.json dict.
+
+    routers: names for `Router.fit(..., estimator=name)` or `(name, factory)` pairs where
+        `factory(train_table, encoder, seed)` returns a fitted router (`estimate`, `route`,
+        `models`).
+    encoder: an encoder spec for `llmroute.embed.load_encoder` or an `Encoder` object; every
+        prompt is embedded once and the cached embeddings are shared by all routers and folds.
+    latency_prompts: how many held-out prompts (of fold 0) time `router.route`; 0 disables.
+
+    Quality NaN cells are excluded from every mean. Tables without cost get the fallback of
+    `with_cost_fallback` (recorded as `cost_source`).
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if not routers:
+        raise ValueError("no router to evaluate")
+    t_start = time.perf_counter()
+    table, cost_source = with_cost_fallback(table)
+    models = list(table.models)
+    if len(models) < 2:
+        raise ValueError(f"{table.source}: need at least two models to route, got {models}")
+    Q = table.quality_matrix()
+    C = table.cost_matrix()
+    n = table.n_prompts
+    prompts = table.prompts
+    pids = table.prompt_ids
+    specs = [(r, None) if isinstance(r, str) else (r[0], r[1]) for r in routers]
+    names = [s[0] for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate router names: {names}")
+
+    # ---- baselines ----
+    singles = single_model_points(Q, C)
+    finite_cost = singles[np.isfinite(singles[:, 0]), 0]
+    c_min, c_max = float(finite_cost.min()), float(finite_cost.max())
+    lambdas = tradeoff_grid(float(np.nanmedian(np.abs(C))))
+    single_hull_aiq = aiq(singles, c_min, c_max)
+    oracle = oracle_summary(Q, C, c_min, c_max, lambdas)
+    two = len(models) == 2
+    strong, weak = strong_weak(Q) if two else (None, None)
+    ctx = {
+        "lambdas": lambdas,
+        "c_min": c_min,
+        "c_max": c_max,
+        "singles": singles,
+        "single_hull_aiq": single_hull_aiq,
+        "oracle_aiq": oracle["aiq"],
+        "two_models": two,
+        "strong": strong,
+        "weak": weak,
+    }
+
+    fold_idx = kfold_indices(n, folds, seed)
+    all_idx = np.arange(n)
+    fold_train = [np.setdiff1d(all_idx, t, assume_unique=True) for t in fold_idx]
+
+    bar = _Progress(progress, total_steps=len(specs) * folds)
+    with bar:
+        # ---- embed every prompt once ----
+        enc = CachedEncoder(_resolve_encoder(encoder))
+        t0 = time.perf_counter()
+        bar.start_embedding(len(set(prompts)), enc.name)
+        enc.prime(prompts, on_batch=bar.advance_embedding)
+        embed_s = time.perf_counter() - t0
+
+        train_tables = [table.subset([pids[i] for i in tr]) for tr in fold_train]
+
+        # random baseline: same folds, mean train cost per model
+        q_rand = np.full(Q.shape, np.nan)
+        c_rand = np.full(C.shape, np.nan)
+        for k, test in enumerate(fold_idx):
+            tr = fold_train[k]
+            mc = single_model_points(Q[tr], C[tr])[:, 0]
+            qr, cr = random_estimates(len(test), mc, seed=seed + k)
+            q_rand[test], c_rand[test] = qr, cr
+        random_res = _score_router(Q, C, q_rand, c_rand, ctx)
+
+        results: dict[str, dict] = {}
+        for name, factory in specs:
+            q_hat = np.full(Q.shape, np.nan)
+            c_hat = np.full(C.shape, np.nan)
+            lat = (float("nan"), float("nan"))
+            t_router = time.perf_counter()
+            for k, test in enumerate(fold_idx):
+                bar.describe(f"{name}: fold {k + 1}/{folds}")
+                tr_table = train_tables[k]
+                if factory is None:
+                    router = fit_router(name, tr_table, enc, seed)
+                else:
+                    router = factory(tr_table, enc, seed)
+                test_prompts = [prompts[i] for i in test]
+                if k == 0 and latency_prompts > 0:
+                    lat_set = list(dict.fromkeys(test_prompts))[:latency_prompts]
+                    warm = [prompts[i] for i in fold_train[k][:LATENCY_WARMUP]]
+                    enc.bypass = True
+                    try:
+                        lat = measure_latency(router, lat_set, warm)
+                    finally:
+                        enc.bypass = False
+                q, c = router.estimate(test_prompts)
+                q, c = _align(router, models, q, c)
+                # a router that cannot estimate cost for a model: its mean training cost
+                if not np.isfinite(c).all():
+                    mc = single_model_points(Q[fold_train[k]], C[fold_train[k]])[:, 0]
+                    c = np.where(np.isfinite(c), c, mc[None, :])
+                q_hat[test], c_hat[test] = q, c
+                bar.advance()
+            res = _score_router(Q, C, q_hat, c_hat, ctx)
+            res["decision_ms_p50"] = _num(lat[0])
+            res["decision_ms_p99"] = _num(lat[1])
+            res["eval_s"] = round(time.perf_counter() - t_router, 3)
+            # keep the schema's key order: metrics, latency, curve last
+            res["curve"] = res.pop("curve")
+            results[name] = res
+
+    best = best_single(Q, C, models)
+    out: dict[str, Any] = {
+        "dataset": dataset or Path(table.source).parent.name or table.source,
+        "n_prompts": int(n),
+        "models": models,
+        "folds": int(folds),
+        "seed": int(seed),
+        "encoder": enc.name,
+        "cost_source": cost_source,
+        "baselines": {
+            "single_hull_aiq": _num(single_hull_aiq),
+            "oracle_aiq": _num(oracle["aiq"]),
+            "best_single": best,
+            "c_min": c_min,
+            "c_max": c_max,
+            "singles": single_summaries(Q, C, models),
+            "random": random_res,
+            "oracle": {
+                "quality": oracle["quality"],
+                "cost": oracle["cost"],
+                "aiq": oracle["aiq"],
+                "curve": _curve_list(oracle["curve"]),
+            },
+            "strong": models[strong] if two else None,
+            "weak": models[weak] if two else None,
+        },
+        "routers": results,
+        "embed_s": round(embed_s, 3),
+        "elapsed_s": round(time.perf_counter() - t_start, 3),
+    }
+    return out
+
+
+class _Progress:
+    """A rich progress bar on stderr (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total_steps: int) -> None:
+        self.enabled = enabled
+        self.total = total_steps
+        self._p: Any = None
+        self._emb: Any = None
+        self._fit: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def start_embedding(self, n: int, name: str) -> None:
+        if self._p is not None:
+            self._emb = self._p.add_task(f"embedding ({name})", total=n)
+
+    def advance_embedding(self, k: int) -> None:
+        if self._p is not None and self._emb is not None:
+            self._p.advance(self._emb, k)
+
+    def describe(self, text: str) -> None:
+        if self._p is None:
+            return
+        if self._fit is None:
+            self._fit = self._p.add_task(text, total=self.total)
+        else:
+            self._p.update(self._fit, description=text)
+
+    def advance(self) -> None:
+        if self._p is not None and self._fit is not None:
+            self._p.advance(self._fit)
