@@ -1,0 +1,464 @@
+"""API keys, per-key model permissions, request-rate limits and USD budgets for the gateway.
+
+Interface for the gateway core::
+
+    auth = Authenticator(cfg.keys)                 # keys: llmroute.gateway.config.KeyConfig list
+    budgets = BudgetManager(cfg.keys, store=store)  # store: TraceStore (persists spend) or None
+    try:
+        key = auth.admit(request.headers, requested_model)  # 401 / 403 / 429 (rate) -> GatewayError
+        res = budgets.reserve(key, max_request_cost(price_in, price_out, input_tokens, max_tokens))
+    except GatewayError as e:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    try:
+        ... call upstream ...
+        budgets.commit(res, actual_cost_usd)       # exactly once per reservation
+    except BaseException:
+        budgets.release(res)                       # nothing was spent (same as commit(res, 0.0))
+        raise
+
+`admit` returns None when no keys are configured (the gateway is open). `reserve(None, ...)`
+gives a no-op reservation, so the request path need not branch on whether auth is on.
+
+Keys live in the config only as sha256 hex (`hash_key("sk-...")`, or `llmroute keys hash`); a
+key is sent as `Authorization: Bearer <key>` or `x-api-key: <key>`. Key text never appears in
+errors or logs.
+
+Budgets (atomic, per process): a request is admitted while the key's spend plus its in-flight
+reservations is below each of its budgets (day and month, UTC), and then reserves its maximum
+cost. Reserve/commit run under a lock without awaiting, so any number of concurrent requests
+(threads or tasks) can overspend a budget by at most one request's maximum cost; commits
+reconcile with the actual cost. Spend is persisted through the store, so restarts keep it. With
+several worker processes each enforces the budget on its own (bound: workers x one request).
+
+Rate limits: a token bucket per key refilled at `rpm / 60` per second holding `burst_s` seconds
+of requests (at least one).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "ApiKey",
+    "Authenticator",
+    "BudgetManager",
+    "GatewayError",
+    "Reservation",
+    "TokenBucket",
+    "estimate_input_tokens",
+    "extract_key",
+    "generate_key",
+    "hash_key",
+    "max_request_cost",
+    "period_ids",
+]
+
+
+class GatewayError(Exception):
+    """An error the gateway answers with an OpenAI-style JSON body.
+
+    `status` is the HTTP status, `body()` the JSON body
+    (`{"error": {"message", "type", "param", "code"}}`), `headers` extra response headers
+    (e.g. `Retry-After`, `WWW-Authenticate`).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-style error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status}, {self.message!r}, code={self.code!r})"
+
+
+# ---- keys -------------------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest stored in the config for API key `key`."""
+    return hashlib.sha256(key.strip().encode("utf-8")).hexdigest()
+
+
+def generate_key(prefix: str = "sk-llmroute-") -> str:
+    """A new random API key (show it once; store only `hash_key(key)`)."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def extract_key(headers: Mapping[str, str]) -> str | None:
+    """The API key from `Authorization: Bearer <key>` or `x-api-key: <key>`; None if absent.
+
+    `headers` is any mapping with lower-case names (Starlette's `request.headers` works).
+    """
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = headers.get("x-api-key")
+    if key and key.strip():
+        return key.strip()
+    return None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A configured key as the gateway uses it (never holds the key itself)."""
+
+    id: str
+    sha256: str
+    budget_usd_day: float | None = None
+    budget_usd_month: float | None = None
+    rpm: int | None = None
+    allowed: tuple[str, ...] | None = None  # model names / aliases; fnmatch patterns allowed
+
+    def may_use(self, model: str) -> bool:
+        """Whether this key may call `model` (a model name or an alias)."""
+        if self.allowed is None:
+            return True
+        return any(model == p or fnmatch.fnmatchcase(model, p) for p in self.allowed)
+
+    @classmethod
+    def from_config(cls, cfg: Any, env: Mapping[str, str] | None = None) -> ApiKey:
+        """From a `KeyConfig` (or any object/dict with its fields: id, key_sha256 | key_env,
+        budget_usd_day, budget_usd_month, rpm, aliases)."""
+        get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+        kid = get("id")
+        digest = get("key_sha256")
+        if not digest:
+            env_name = get("key_env")
+            src = os.environ if env is None else env
+            if not env_name or not src.get(env_name):
+                raise ValueError(
+                    f"keys[{kid}]: environment variable {env_name} holding the key is not set "
+                    f"(set it, or store the hash in key_sha256)"
+                )
+            digest = hash_key(src[env_name])
+        digest = str(digest).lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"keys[{kid}].key_sha256: must be 64 hex characters (sha256 of the key)")
+        aliases = get("aliases")
+        return cls(
+            id=str(kid),
+            sha256=digest,
+            budget_usd_day=get("budget_usd_day"),
+            budget_usd_month=get("budget_usd_month"),
+            rpm=get("rpm"),
+            allowed=None if aliases is None else tuple(aliases),
+        )
+
+
+class TokenBucket:
+    """A token bucket: `rate` tokens per second, holding at most `capacity` tokens."""
+
+    __slots__ = ("_lock", "capacity", "clock", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or capacity < 1:
+            raise ValueError("a token bucket needs rate > 0 and capacity >= 1")
+        self.rate = float(rate)
+        self.capacity = float(capacity)
+        self.clock = clock
+        self.tokens = float(capacity)
+        self.stamp = clock()
+        self._lock = threading.Lock()
+
+    def take(self, n: float = 1.0) -> float:
+        """Take `n` tokens: 0.0 if granted, else the seconds until they would be available."""
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= n:
+                self.tokens -= n
+                return 0.0
+            return (n - self.tokens) / self.rate
+
+
+class Authenticator:
+    """Checks the API key, the key's model permission and its request rate.
+
+    With no keys configured every request is admitted anonymously (`admit` returns None).
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[Any] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        burst_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keys: dict[str, ApiKey] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        for k in keys:
+            key = k if isinstance(k, ApiKey) else ApiKey.from_config(k, env)
+            if key.sha256 in self.keys:
+                raise ValueError(f"keys[{key.id}]: the same key is configured twice")
+            self.keys[key.sha256] = key
+            if key.rpm:
+                rate = key.rpm / 60.0
+                self._buckets[key.id] = TokenBucket(rate, max(1.0, math.floor(rate * burst_s)), clock)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests need a key."""
+        return bool(self.keys)
+
+    def authenticate(self, headers: Mapping[str, str]) -> ApiKey | None:
+        """The key the request presents; None when auth is off. Raises 401 `GatewayError`."""
+        if not self.keys:
+            return None
+        presented = extract_key(headers)
+        if presented is None:
+            raise GatewayError(
+                401,
+                "Missing API key. Send it as 'Authorization: Bearer <key>' or as an 'x-api-key' header.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = self.keys.get(hash_key(presented))
+        if key is None:
+            raise GatewayError(
+                401,
+                "Invalid API key. Check the key you sent; it is not one this gateway accepts.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return key
+
+    def authorize(self, key: ApiKey | None, model: str) -> None:
+        """Raise 403 `GatewayError` if `key` may not use `model` (a model name or alias)."""
+        if key is None or key.may_use(model):
+            return
+        raise GatewayError(
+            403,
+            f"API key '{key.id}' is not allowed to use model {model!r}. "
+            f"Allowed: {', '.join(key.allowed or ()) or 'none'}.",
+            type="permission_error",
+            code="model_not_allowed",
+            param="model",
+        )
+
+    def check_rate(self, key: ApiKey | None) -> None:
+        """Take one request from the key's rate limit; raise 429 `GatewayError` with Retry-After."""
+        if key is None:
+            return
+        bucket = self._buckets.get(key.id)
+        if bucket is None:
+            return
+        wait = bucket.take()
+        if wait > 0.0:
+            raise GatewayError(
+                429,
+                f"Rate limit reached for API key '{key.id}' ({key.rpm} requests per minute). "
+                f"Retry after {wait:.1f} s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def admit(self, headers: Mapping[str, str], model: str | None = None) -> ApiKey | None:
+        """authenticate + authorize(model) + check_rate, in that order."""
+        key = self.authenticate(headers)
+        if key is not None:
+            if model is not None:
+                self.authorize(key, model)
+            self.check_rate(key)
+        return key
+
+
+# ---- cost estimates -----------------------------------------------------------------------------
+
+
+def max_request_cost(
+    input_per_mtok: float, output_per_mtok: float, input_tokens: float, max_tokens: float
+) -> float:
+    """The most a call can cost: input tokens x input price + max_tokens x output price (USD)."""
+    return (float(input_tokens) * input_per_mtok + float(max_tokens) * output_per_mtok) / 1e6
+
+
+def estimate_input_tokens(messages: str | Sequence[Any]) -> int:
+    """A cheap, deliberately generous token count for a prompt or chat `messages` list.
+
+    About one token per 3 characters of text plus a few per message, so that a reservation
+    rarely under-estimates the input.
+    """
+    if isinstance(messages, str):
+        return len(messages) // 3 + 1
+    n = 3
+    for m in messages:
+        content = m.get("content") if isinstance(m, Mapping) else m
+        if isinstance(content, str):
+            n += len(content) // 3 + 4
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, Mapping) else None
+                n += (len(text) // 3 if isinstance(text, str) else 85) + 1
+            n += 4
+        else:
+            n += 4
+        if isinstance(m, Mapping) and m.get("tool_calls"):
+            n += len(str(m["tool_calls"])) // 3
+    return n
+
+
+# ---- budgets ------------------------------------------------------------------------------------
+
+
+def period_ids(ts: float) -> tuple[str, str]:
+    """The (day, month) budget period ids for unix time `ts`: ('d:2026-01-31', 'm:2026-01'), UTC."""
+    d = datetime.fromtimestamp(ts, UTC)
+    return f"d:{d:%Y-%m-%d}", f"m:{d:%Y-%m}"
+
+
+def _seconds_to_next(ts: float, period: str) -> int:
+    d = datetime.fromtimestamp(ts, UTC)
+    if period == "day":
+        nxt = datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() + 86400
+    else:
+        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        nxt = datetime(y, m, 1, tzinfo=UTC).timestamp()
+    return max(1, math.ceil(nxt - ts))
+
+
+@dataclass
+class Reservation:
+    """Budget held for one in-flight request; settle it with `commit` or `release` once."""
+
+    key_id: str | None
+    amount: float
+    day: str = ""
+    month: str = ""
+    settled: bool = field(default=False, repr=False)
+
+
+class BudgetManager:
+    """Per-key day/month USD budgets with atomic reserve/commit (see the module docstring)."""
+
+    def __init__(
+        self,
+        keys: Iterable[Any] = (),
+        *,
+        store: Any = None,
+        clock: Callable[[], float] = time.time,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.keys: dict[str, ApiKey] = {}
+        for k in keys:
+            if isinstance(k, ApiKey):
+                key = k
+            else:
+                get = k.get if isinstance(k, Mapping) else (lambda n, d=None, k=k: getattr(k, n, d))
+                # budgets need no key material; avoid failing on an unset key_env here
+                key = ApiKey(
+                    id=str(get("id")),
+                    sha256="",
+                    budget_usd_day=get("budget_usd_day"),
+                    budget_usd_month=get("budget_usd_month"),
+                )
+            self.keys[key.id] = key
+        self._lock = threading.Lock()
+        # (key_id, period) -> [spent, reserved]
+        self._acct: dict[tuple[str, str], list[float]] = {}
+        if store is not None and self.keys:
+            day, month = period_ids(clock())
+            for (kid, period), usd in store.load_spend([day, month]).items():
+                self._acct[(kid, period)] = [usd, 0.0]
+
+    def _row(self, key_id: str, period: str) -> list[float]:
+        row = self._acct.get((key_id, period))
+        if row is None:
+            row = self._acct[(key_id, period)] = [0.0, 0.0]
+        return row
+
+    def reserve(self, key: ApiKey | str | None, max_cost: float) -> Reservation:
+        """Hold `max_cost` USD for a request of `key`; raise 429 `GatewayError` if a budget is spent.
+
+        A request is admitted while spend + reservations < budget, so no key ends above its budget
+        by more than one request's maximum cost.
+        """
+        if key is None:
+            return Reservation(None, 0.0, settled=True)
+        kid = key if isinstance(key, str) else key.id
+        cfg = self.keys.get(kid)
+        amount = max(0.0, float(max_cost))
+        now = self.clock()
+        day, month = period_ids(now)
+        with self._lock:
+            rd = self._row(kid, day)
+            rm = self._row(kid, month)
+            for row, budget, name in (
+                (rd, cfg and cfg.budget_usd_day, "day"),
+                (rm, cfg and cfg.budget_usd_month, "month"),
+            ):
+                if budget is not None and row[0] + row[1] >= budget:
+                    wait = _seconds_to_next(now, name)
+                    raise GatewayError(
+                        429,
+                        f"Budget exhausted for API key '{kid}': {name}ly budget ${budget:.4f}, "
+                        f"spent ${row[0]:.4f} (+${row[1]:.4f} in flight). It resets in {wait} s (UTC).",
+                        type="insufficient_quota",
+                        code="insufficient_quota",
+                        headers={"Retry-After": str(wait)},
+                    )
+            rd[1] += amount
+            rm[1] += amount
+        return Reservation(kid, amount, day, month)
+
+    def commit(self, res: Reservation, actual_cost: float) -> None:
+        """Settle `res` with the actual cost (USD) of the request; later calls are no-ops."""
+        if res.settled:
+            return
+        actual = max(0.0, float(actual_cost))
+        with self._lock:
+            if res.settled:
+                return
+            res.settled = True
+            for period in (res.day, res.month):
+                row = self._row(res.key_id or "", period)
+                row[1] = max(0.0, row[1] - res.amount)
+                row[0] += actual
+        if actual > 0 and self.store is not None and res.key_id is not None:
+            self.store.add_spend(res.key_id, res.day, actual)
+            self.store.add_spend(res.key_id, res.month, actual)
+
+    def release(self, res: Reservation) -> None:
+        """Settle `res` with nothing spent (the upstream call failed or was never made)."""
+        self.commit(res, 0.0)
+
+    def usage(self, key_id: str) -> dict[str, float]:
+        """Current spend and in-flight reservations of a key in this day and month (USD)."""
+        day, month = period_ids(self.clock())
+        with self._lock:
+            d = list(self._acct.get((key_id, day), (0.0, 0.0)))
+            m = list(self._acct.get((key_id, month), (0.0, 0.0)))
+        return {"day_spent": d[0], "day_reserved": d[1], "month_spent": m[0], "month_reserved": m[1]}

@@ -1,0 +1,448 @@
+"""Prometheus metrics for the gateway, cheap on the hot path.
+
+Interface for the gateway core::
+
+    metrics = GatewayMetrics()                    # one per app; owns its own CollectorRegistry
+    metrics.bind_store(store)                     # optional: export trace-queue depth / drops
+    metrics.observe_request(model="fake-weak", alias="llmroute/auto", status=200,
+                            overhead_s=0.0004, upstream_s=0.012, total_s=0.0124,
+                            tokens_in=12, tokens_out=30, cost_usd=3.1e-5, fallbacks=0,
+                            ttft_s=None, stream=False)
+    metrics.observe_error(model, alias, kind="timeout")        # each failed upstream attempt
+    metrics.observe_fallback(alias, from_model, to_model, reason="5xx")
+    metrics.set_breaker(model, "open" | "half_open" | "closed")
+    metrics.observe_cache(hit=True, kind="exact")
+    metrics.observe_rejection(status=429, reason="budget", key_id="team-a")  # 401/403/429/4xx
+    body, content_type = metrics.render()       # for GET /metrics
+
+Only names from the config should be used as `model`/`alias` labels (never unvalidated client
+input: unknown names would grow the series without bound); for a request rejected before a model
+is known pass `model=""`.
+
+Hot path: `observe_*` append one tuple to a deque (well under a microsecond); the tuples are
+folded into plain counters and fixed-bucket histograms when the deque passes `fold_every` items
+or at scrape time, and a custom collector exports them. No default (global) registry is touched.
+One registry per process: with several workers each exposes its own numbers.
+
+Series (all prefixed `llmroute_`)::
+
+    requests_total{model,alias,status}             tokens_total{model,alias,direction=in|out}
+    cost_usd_total{model,alias}                    errors_total{model,alias,kind}
+    fallbacks_total{alias,from_model,to_model,reason}   breaker_state{model} (0 closed, 1 half-open, 2 open)
+    breaker_transitions_total{model,state}          cache_total{kind,result=hit|miss}
+    rejections_total{status,reason,key_id}          stream_requests_total{model,alias}
+    request_duration_seconds{model,alias}           gateway_overhead_seconds{model,alias}
+    upstream_duration_seconds{model,alias}          time_to_first_token_seconds{model,alias}
+    trace_queue_depth, traces_written_total, traces_dropped_total   (with bind_store)
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+__all__ = ["DEFAULT_BUCKETS", "OVERHEAD_BUCKETS", "GatewayMetrics"]
+
+# seconds; upstream / total latency
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+# seconds; the gateway's own overhead is sub-millisecond to a few ms
+OVERHEAD_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+)
+
+_BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+
+_REQ, _ERR, _FB, _CACHE, _REJ = 0, 1, 2, 3, 4
+
+
+class _Hist:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            out.append((_fmt(b), float(acc)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+class _Series:
+    """Everything recorded for one (model, alias) pair."""
+
+    __slots__ = (
+        "cost",
+        "overhead",
+        "requests",
+        "streams",
+        "tokens_in",
+        "tokens_out",
+        "total",
+        "ttft",
+        "upstream",
+    )
+
+    def __init__(self, bounds: Sequence[float], overhead_bounds: Sequence[float]) -> None:
+        self.requests: dict[Any, int] = {}
+        self.streams = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost = 0.0
+        self.total = _Hist(bounds)
+        self.overhead = _Hist(overhead_bounds)
+        self.upstream = _Hist(bounds)
+        self.ttft = _Hist(bounds)
+
+
+def _fmt(b: float) -> str:
+    return repr(float(b))
+
+
+class GatewayMetrics:
+    """Gateway counters and histograms exported through a private `CollectorRegistry`."""
+
+    def __init__(
+        self,
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        overhead_buckets: Sequence[float] = OVERHEAD_BUCKETS,
+        fold_every: int = 4096,
+        prefix: str = "llmroute",
+    ) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.overhead_buckets = tuple(sorted(overhead_buckets))
+        self.fold_every = int(fold_every)
+        self.prefix = prefix
+        self._pending: collections.deque[tuple] = collections.deque()
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self._fallbacks: dict[tuple[str, str, str, str], int] = {}
+        self._cache: dict[tuple[str, str], int] = {}
+        self._rejections: dict[tuple[str, str, str], int] = {}
+        self._breaker: dict[str, float] = {}
+        self._breaker_transitions: dict[tuple[str, str], int] = {}
+        self._store: Any = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def observe_request(
+        self,
+        *,
+        model: str,
+        alias: str | None = None,
+        status: int = 200,
+        overhead_s: float | None = None,
+        upstream_s: float | None = None,
+        total_s: float | None = None,
+        tokens_in: int | None = 0,
+        tokens_out: int | None = 0,
+        cost_usd: float | None = 0.0,
+        fallbacks: int = 0,
+        ttft_s: float | None = None,
+        stream: bool = False,
+    ) -> None:
+        """Record one finished client request (whatever its outcome)."""
+        self._pending.append(
+            (
+                _REQ,
+                model,
+                alias or "",
+                status,
+                overhead_s,
+                upstream_s,
+                total_s,
+                tokens_in,
+                tokens_out,
+                cost_usd,
+                ttft_s,
+                stream,
+            )
+        )
+        if len(self._pending) >= self.fold_every:
+            self._fold()
+
+    def observe_error(self, model: str, alias: str | None = None, kind: str = "error") -> None:
+        """Record one failed upstream attempt (kind: timeout, 5xx, 429, connect, invalid, ...)."""
+        self._pending.append((_ERR, model, alias or "", kind))
+
+    def observe_fallback(
+        self, alias: str | None, from_model: str, to_model: str, reason: str = "error"
+    ) -> None:
+        """Record a fallback from one candidate model to the next."""
+        self._pending.append((_FB, alias or "", from_model, to_model, reason))
+
+    def observe_cache(self, hit: bool, kind: str = "exact") -> None:
+        """Record a response-cache lookup."""
+        self._pending.append((_CACHE, kind, "hit" if hit else "miss"))
+
+    def observe_rejection(self, status: int, reason: str, key_id: str | None = None) -> None:
+        """Record a request refused before any upstream call (auth, permission, rate, budget, bad input)."""
+        self._pending.append((_REJ, str(status), reason, key_id or ""))
+
+    def set_breaker(self, model: str, state: str) -> None:
+        """Set a backend's circuit-breaker state: 'closed', 'half_open' or 'open'."""
+        value = _BREAKER.get(state)
+        if value is None:
+            raise ValueError(f"breaker state must be one of closed, half_open, open; got {state!r}")
+        with self._lock:
+            if self._breaker.get(model) != value:
+                k = (model, "half_open" if value == 1.0 else state)
+                self._breaker_transitions[k] = self._breaker_transitions.get(k, 0) + 1
+            self._breaker[model] = value
+
+    def bind_store(self, store: Any) -> None:
+        """Export a trace store's queue depth and written/dropped counters (`store.stats()`)."""
+        self._store = store
+
+    # ---- folding ------------------------------------------------------------------------------
+
+    def _fold(self) -> None:
+        with self._lock:
+            pop = self._pending.popleft
+            series = self._series
+            bisect_left = bisect.bisect_left
+            while True:
+                try:
+                    ev = pop()
+                except IndexError:
+                    break
+                kind = ev[0]
+                if kind == _REQ:
+                    _, model, alias, status, ov, up, tot, tin, tout, cost, ttft, stream = ev
+                    ser = series.get((model, alias))
+                    if ser is None:
+                        ser = series[(model, alias)] = _Series(self.buckets, self.overhead_buckets)
+                    req = ser.requests
+                    req[status] = req.get(status, 0) + 1
+                    if stream:
+                        ser.streams += 1
+                    if tin:
+                        ser.tokens_in += tin
+                    if tout:
+                        ser.tokens_out += tout
+                    if cost:
+                        ser.cost += cost
+                    if tot is not None:
+                        h = ser.total
+                        h.counts[bisect_left(h.bounds, tot)] += 1
+                        h.sum += tot
+                        h.count += 1
+                    if ov is not None:
+                        h = ser.overhead
+                        h.counts[bisect_left(h.bounds, ov)] += 1
+                        h.sum += ov
+                        h.count += 1
+                    if up is not None:
+                        h = ser.upstream
+                        h.counts[bisect_left(h.bounds, up)] += 1
+                        h.sum += up
+                        h.count += 1
+                    if ttft is not None:
+                        h = ser.ttft
+                        h.counts[bisect_left(h.bounds, ttft)] += 1
+                        h.sum += ttft
+                        h.count += 1
+                elif kind == _ERR:
+                    k = ev[1:4]
+                    self._errors[k] = self._errors.get(k, 0) + 1
+                elif kind == _FB:
+                    k = ev[1:5]
+                    self._fallbacks[k] = self._fallbacks.get(k, 0) + 1
+                elif kind == _CACHE:
+                    k = ev[1:3]
+                    self._cache[k] = self._cache.get(k, 0) + 1
+                elif kind == _REJ:
+                    k = ev[1:4]
+                    self._rejections[k] = self._rejections.get(k, 0) + 1
+
+    # ---- export -------------------------------------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        """prometheus_client collector protocol: fold pending events, yield every family."""
+        self._fold()
+        p = self.prefix
+        with self._lock:
+            requests: dict[tuple[str, str, str], float] = {}
+            streams: dict[tuple[str, str], float] = {}
+            tokens: dict[tuple[str, str, str], float] = {}
+            cost: dict[tuple[str, str], float] = {}
+            hists: dict[str, dict[tuple[str, str], _Hist]] = {
+                "total": {},
+                "overhead": {},
+                "upstream": {},
+                "ttft": {},
+            }
+            for (model, alias), ser in self._series.items():
+                for status, n in ser.requests.items():
+                    requests[(model, alias, str(status))] = n
+                if ser.streams:
+                    streams[(model, alias)] = ser.streams
+                if ser.tokens_in:
+                    tokens[(model, alias, "in")] = ser.tokens_in
+                if ser.tokens_out:
+                    tokens[(model, alias, "out")] = ser.tokens_out
+                if ser.cost:
+                    cost[(model, alias)] = ser.cost
+                for name in hists:
+                    h = getattr(ser, name)
+                    if h.count:
+                        hists[name][(model, alias)] = h
+            yield _counter(
+                f"{p}_requests",
+                "Client requests by chosen model, alias and HTTP status.",
+                ["model", "alias", "status"],
+                requests,
+            )
+            yield _counter(f"{p}_stream_requests", "Streaming client requests.", ["model", "alias"], streams)
+            yield _counter(
+                f"{p}_tokens",
+                "Tokens by direction (in = prompt, out = completion).",
+                ["model", "alias", "direction"],
+                tokens,
+            )
+            yield _counter(f"{p}_cost_usd", "Actual cost in USD.", ["model", "alias"], cost)
+            yield _counter(
+                f"{p}_errors", "Failed upstream attempts by kind.", ["model", "alias", "kind"], self._errors
+            )
+            yield _counter(
+                f"{p}_fallbacks",
+                "Fallbacks from one candidate to the next.",
+                ["alias", "from_model", "to_model", "reason"],
+                self._fallbacks,
+            )
+            yield _counter(f"{p}_cache", "Response cache lookups.", ["kind", "result"], self._cache)
+            yield _counter(
+                f"{p}_rejections",
+                "Requests refused before any upstream call.",
+                ["status", "reason", "key_id"],
+                self._rejections,
+            )
+            g = GaugeMetricFamily(
+                f"{p}_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["model"]
+            )
+            for model, v in sorted(self._breaker.items()):
+                g.add_metric([model], v)
+            yield g
+            yield _counter(
+                f"{p}_breaker_transitions",
+                "Circuit breaker state changes.",
+                ["model", "state"],
+                self._breaker_transitions,
+            )
+            yield _histogram(
+                f"{p}_request_duration_seconds", "Total request time seen by the gateway.", hists["total"]
+            )
+            yield _histogram(
+                f"{p}_gateway_overhead_seconds",
+                "Time spent in the gateway itself (routing, auth, bookkeeping), upstream excluded.",
+                hists["overhead"],
+            )
+            yield _histogram(
+                f"{p}_upstream_duration_seconds", "Time spent waiting for upstream models.", hists["upstream"]
+            )
+            yield _histogram(
+                f"{p}_time_to_first_token_seconds", "Streaming: time to the first token.", hists["ttft"]
+            )
+        store = self._store
+        if store is not None:
+            try:
+                s = store.stats()
+            except Exception:
+                s = None
+            if s:
+                yield GaugeMetricFamily(
+                    f"{p}_trace_queue_depth", "Trace records waiting to be written.", value=s.get("queued", 0)
+                )
+                yield CounterMetricFamily(
+                    f"{p}_traces_written", "Trace records written.", value=s.get("written", 0)
+                )
+                yield CounterMetricFamily(
+                    f"{p}_traces_dropped",
+                    "Trace records dropped (queue full or closed).",
+                    value=s.get("dropped", 0) + s.get("errors", 0),
+                )
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of the Prometheus text exposition for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-dict view of the counters (for tests and the dashboard)."""
+        self._fold()
+        with self._lock:
+            items = list(self._series.items())
+            return {
+                "requests": {(m, a, str(st)): n for (m, a), ser in items for st, n in ser.requests.items()},
+                "tokens": {(m, a): (ser.tokens_in, ser.tokens_out) for (m, a), ser in items},
+                "cost_usd": {(m, a): ser.cost for (m, a), ser in items},
+                "errors": dict(self._errors),
+                "fallbacks": dict(self._fallbacks),
+                "cache": dict(self._cache),
+                "rejections": dict(self._rejections),
+                "breaker": dict(self._breaker),
+            }
+
+
+def _counter(name: str, doc: str, labels: list[str], data: dict[Any, float]) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc, labels=labels)
+    for k, v in sorted(data.items()):
+        c.add_metric(list(k), v)
+    return c
+
+
+def _histogram(name: str, doc: str, data: dict[tuple[str, str], _Hist]) -> HistogramMetricFamily:
+    h = HistogramMetricFamily(name, doc, labels=["model", "alias"])
+    for k, hist in sorted(data.items()):
+        h.add_metric(list(k), hist.buckets(), hist.sum)
+    return h

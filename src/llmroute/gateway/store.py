@@ -1,0 +1,801 @@
+"""Decision-trace store: every gateway request leaves one record, written off the hot path.
+
+Interface for the gateway core (everything else in this module is detail)::
+
+    store = open_store(cfg.store.url, base_dir=cfg.base_dir,
+                       store_prompts=cfg.trace.store_prompts,
+                       store_responses=cfg.trace.store_responses,
+                       batch_size=cfg.store.batch_size,
+                       flush_interval_s=cfg.store.flush_interval_s)
+    store.write(record)                 # hot path: appends to a queue, never blocks, never raises
+    await store.aattach_feedback(rid, {"quality": 1.0})   # -> False if rid is unknown
+    await store.aget(rid) / await store.aquery(model="fake-weak", limit=20)
+    await store.close()                 # at shutdown: drains the queue, nothing is lost
+
+A background writer thread owns the database connection and inserts queued records in batches
+(one transaction per batch). Every operation goes through that one ordered queue, so feedback
+attached to a request id always lands after that request's record, and a read sees every record
+written before it was asked for. Sync twins (`flush_sync`, `close_sync`, `query`, `get`,
+`attach_feedback`) serve the CLI and tests; in an event loop use the `a*`/`flush`/`close`
+coroutines.
+
+URLs: `sqlite:///relative.db`, `sqlite:////abs/path.db`, a bare file path (SQLite, WAL mode),
+`memory://` (SQLite in memory, lost on close), `postgresql://user:pw@host/db` (needs the optional
+`asyncpg` package, imported only then). Relative SQLite paths resolve against `base_dir`.
+
+Record fields (a dict; all optional except that a missing `request_id` is generated and a missing
+`ts` is the write time). Unknown keys are kept in `extra`::
+
+    request_id, ts (unix seconds), key_id, alias, model (chosen), requested_model, status (HTTP),
+    error, reason, stream (bool), candidates (list of {model, quality, cost, ...}),
+    fallbacks (list of {model, error, ...}), overhead_ms, upstream_ms, total_ms, ttft_ms,
+    tokens_in, tokens_out, cost_usd, prompt, response, outcome (dict), extra (dict: guards, cache)
+
+`latency={"overhead_ms":..,"upstream_ms":..,"total_ms":..}` is accepted as well as the flat keys.
+`prompt`/`response` are dropped unless the store was opened with `store_prompts`/`store_responses`.
+
+Key spend for budgets (see `llmroute.gateway.auth.BudgetManager`) is persisted here too:
+`add_spend(key_id, period, usd)` (queued like a record) and `load_spend(periods)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = [
+    "TRACE_FIELDS",
+    "StoreError",
+    "TraceStore",
+    "open_store",
+    "parse_time",
+]
+
+log = logging.getLogger("llmroute.gateway.store")
+
+# column name -> kind ("text", "real", "int", "json")
+_COLUMNS: dict[str, str] = {
+    "request_id": "text",
+    "ts": "real",
+    "key_id": "text",
+    "alias": "text",
+    "model": "text",
+    "requested_model": "text",
+    "status": "int",
+    "error": "text",
+    "reason": "text",
+    "stream": "int",
+    "candidates": "json",
+    "fallbacks": "json",
+    "overhead_ms": "real",
+    "upstream_ms": "real",
+    "total_ms": "real",
+    "ttft_ms": "real",
+    "tokens_in": "int",
+    "tokens_out": "int",
+    "cost_usd": "real",
+    "prompt": "text",
+    "response": "text",
+    "outcome": "json",
+    "extra": "json",
+}
+TRACE_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
+_LATENCY_KEYS = ("overhead_ms", "upstream_ms", "total_ms", "ttft_ms")
+
+
+class StoreError(RuntimeError):
+    """The trace store cannot be opened or used (bad URL, unreachable database, closed store)."""
+
+
+def _dumps(v: Any) -> str | None:
+    if v is None:
+        return None
+    return orjson.dumps(v, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _loads(v: Any) -> Any:
+    if v is None or not isinstance(v, str | bytes):
+        return v
+    try:
+        return orjson.loads(v)
+    except orjson.JSONDecodeError:
+        return v
+
+
+def parse_time(value: float | int | str | datetime | None, *, now: float | None = None) -> float | None:
+    """A point in time as unix seconds.
+
+    Accepts unix seconds, a `datetime` (naive means UTC), an ISO-8601 string, or a relative age
+    like `"90s"`, `"15m"`, `"2h"`, `"7d"` (meaning that long before `now`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            from datetime import UTC
+
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    s = str(value).strip()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+    if len(s) >= 2 and s[-1] in units:
+        try:
+            n = float(s[:-1])
+        except ValueError:
+            n = None
+        if n is not None:
+            return (time.time() if now is None else now) - n * units[s[-1]]
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        return parse_time(datetime.fromisoformat(s.replace("Z", "+00:00")))
+    except ValueError:
+        raise ValueError(
+            f"cannot read time {value!r}: give unix seconds, ISO-8601 (2026-01-31T12:00:00Z) "
+            f"or an age like 30m, 2h, 7d"
+        ) from None
+
+
+def normalize_record(record: dict[str, Any], *, store_prompts: bool, store_responses: bool) -> tuple:
+    """The column tuple (in `TRACE_FIELDS` order) for one trace record dict."""
+    rec = dict(record)
+    lat = rec.pop("latency", None)
+    if isinstance(lat, dict):
+        for k in _LATENCY_KEYS:
+            if k not in rec and k in lat:
+                rec[k] = lat[k]
+    if not store_prompts:
+        rec.pop("prompt", None)
+    if not store_responses:
+        rec.pop("response", None)
+    if not rec.get("request_id"):
+        rec["request_id"] = uuid.uuid4().hex
+    if rec.get("ts") is None:
+        rec["ts"] = time.time()
+    extra = rec.pop("extra", None)
+    unknown = {k: rec.pop(k) for k in [k for k in rec if k not in _COLUMNS]}
+    if unknown:
+        extra = {
+            **(extra if isinstance(extra, dict) else ({"extra": extra} if extra is not None else {})),
+            **unknown,
+        }
+    rec["extra"] = extra
+    out = []
+    for name, kind in _COLUMNS.items():
+        v = rec.get(name)
+        if v is None:
+            out.append(None)
+        elif kind == "json":
+            out.append(_dumps(v))
+        elif kind == "text":
+            out.append(v if isinstance(v, str) else str(v))
+        elif kind == "int":
+            out.append(int(v))
+        else:
+            out.append(float(v))
+    return tuple(out)
+
+
+def _row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for (name, kind), v in zip(_COLUMNS.items(), row, strict=True):
+        if kind == "json":
+            v = _loads(v)
+        elif name == "stream" and v is not None:
+            v = bool(v)
+        d[name] = v
+    return d
+
+
+# ------------------------------------------------------------------------------------------
+# backends: synchronous, used only from the writer thread
+
+
+class _Backend(Protocol):
+    def insert(self, rows: list[tuple]) -> None: ...
+    def add_spend(self, deltas: dict[tuple[str, str], float]) -> None: ...
+    def load_spend(self, periods: Sequence[str]) -> dict[tuple[str, str], float]: ...
+    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool: ...
+    def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _where_sql(where: dict[str, Any], ph: Callable[[int], str]) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    for key, v in where.items():
+        if v is None:
+            continue
+        args.append(v)
+        p = ph(len(args))
+        if key == "since":
+            clauses.append(f"ts >= {p}")
+        elif key == "until":
+            clauses.append(f"ts < {p}")
+        else:
+            clauses.append(f"{key} = {p}")
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def _merge_outcome(old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old) if isinstance(old, dict) else ({} if old is None else {"previous": old})
+    merged.update(new)
+    return merged
+
+
+class _SQLiteBackend:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        if path != ":memory:":
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("SQLite trace store %s is not in WAL mode (%s)", path, mode)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        cols = ", ".join(
+            f"{n} {'TEXT PRIMARY KEY' if n == 'request_id' else {'text': 'TEXT', 'json': 'TEXT', 'real': 'REAL', 'int': 'INTEGER'}[k]}"
+            for n, k in _COLUMNS.items()
+        )
+        self.db.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS traces ({cols});
+            CREATE INDEX IF NOT EXISTS traces_ts ON traces (ts);
+            CREATE INDEX IF NOT EXISTS traces_model_ts ON traces (model, ts);
+            CREATE INDEX IF NOT EXISTS traces_alias_ts ON traces (alias, ts);
+            CREATE INDEX IF NOT EXISTS traces_key_ts ON traces (key_id, ts);
+            CREATE TABLE IF NOT EXISTS key_spend (
+                key_id TEXT NOT NULL, period TEXT NOT NULL, spent_usd REAL NOT NULL,
+                PRIMARY KEY (key_id, period));
+            """
+        )
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
+        self._insert = (
+            f"INSERT INTO traces ({names}) VALUES ({marks}) ON CONFLICT(request_id) DO UPDATE SET "
+            f"{updates}, outcome = COALESCE(excluded.outcome, traces.outcome)"
+        )
+
+    def insert(self, rows: list[tuple]) -> None:
+        with self._tx():
+            self.db.executemany(self._insert, rows)
+
+    @contextlib.contextmanager
+    def _tx(self):  # type: ignore[no-untyped-def]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def add_spend(self, deltas: dict[tuple[str, str], float]) -> None:
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO key_spend (key_id, period, spent_usd) VALUES (?, ?, ?) "
+                "ON CONFLICT(key_id, period) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd",
+                [(k, p, v) for (k, p), v in deltas.items()],
+            )
+
+    def load_spend(self, periods: Sequence[str]) -> dict[tuple[str, str], float]:
+        if not periods:
+            return {}
+        marks = ", ".join("?" for _ in periods)
+        rows = self.db.execute(
+            f"SELECT key_id, period, spent_usd FROM key_spend WHERE period IN ({marks})", list(periods)
+        ).fetchall()
+        return {(k, p): float(v) for k, p, v in rows}
+
+    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool:
+        row = self.db.execute("SELECT outcome FROM traces WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return False
+        merged = _merge_outcome(_loads(row[0]), outcome)
+        self.db.execute("UPDATE traces SET outcome = ? WHERE request_id = ?", (_dumps(merged), request_id))
+        return True
+
+    def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+        sql, args = _where_sql(where, lambda i: "?")
+        q = f"SELECT {', '.join(_COLUMNS)} FROM traces{sql} ORDER BY ts DESC"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(int(limit))
+        return [_row_to_dict(r) for r in self.db.execute(q, args).fetchall()]
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM traces").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _PostgresBackend:
+    """asyncpg driven from the writer thread's private event loop (asyncpg is imported lazily)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import asyncpg  # type: ignore[import-not-found]
+        except ImportError:
+            raise StoreError(
+                "a postgresql:// trace store needs asyncpg: pip install 'llmroute[postgres]'"
+            ) from None
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncpg.connect(url))
+        pg = {"text": "TEXT", "json": "JSONB", "real": "DOUBLE PRECISION", "int": "BIGINT"}
+        cols = ", ".join(
+            f"{n} {'TEXT PRIMARY KEY' if n == 'request_id' else pg[k]}" for n, k in _COLUMNS.items()
+        )
+        self._run(
+            self.conn.execute(
+                f"""
+                CREATE TABLE IF NOT EXISTS llmroute_traces ({cols});
+                CREATE INDEX IF NOT EXISTS llmroute_traces_ts ON llmroute_traces (ts);
+                CREATE INDEX IF NOT EXISTS llmroute_traces_model_ts ON llmroute_traces (model, ts);
+                CREATE INDEX IF NOT EXISTS llmroute_traces_alias_ts ON llmroute_traces (alias, ts);
+                CREATE INDEX IF NOT EXISTS llmroute_traces_key_ts ON llmroute_traces (key_id, ts);
+                CREATE TABLE IF NOT EXISTS llmroute_key_spend (
+                    key_id TEXT NOT NULL, period TEXT NOT NULL, spent_usd DOUBLE PRECISION NOT NULL,
+                    PRIMARY KEY (key_id, period));
+                """
+            )
+        )
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join(
+            f"${i}::jsonb" if k == "json" else f"${i}" for i, k in enumerate(_COLUMNS.values(), start=1)
+        )
+        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
+        self._insert = (
+            f"INSERT INTO llmroute_traces ({names}) VALUES ({marks}) ON CONFLICT (request_id) DO UPDATE SET "
+            f"{updates}, outcome = COALESCE(excluded.outcome, llmroute_traces.outcome)"
+        )
+        self._select = ", ".join(f"{n}::text" if k == "json" else n for n, k in _COLUMNS.items())
+
+    def _run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def insert(self, rows: list[tuple]) -> None:
+        async def go() -> None:
+            async with self.conn.transaction():
+                await self.conn.executemany(self._insert, rows)
+
+        self._run(go())
+
+    def add_spend(self, deltas: dict[tuple[str, str], float]) -> None:
+        self._run(
+            self.conn.executemany(
+                "INSERT INTO llmroute_key_spend (key_id, period, spent_usd) VALUES ($1, $2, $3) "
+                "ON CONFLICT (key_id, period) DO UPDATE SET "
+                "spent_usd = llmroute_key_spend.spent_usd + excluded.spent_usd",
+                [(k, p, v) for (k, p), v in deltas.items()],
+            )
+        )
+
+    def load_spend(self, periods: Sequence[str]) -> dict[tuple[str, str], float]:
+        rows = self._run(
+            self.conn.fetch(
+                "SELECT key_id, period, spent_usd FROM llmroute_key_spend WHERE period = ANY($1::text[])",
+                list(periods),
+            )
+        )
+        return {(r[0], r[1]): float(r[2]) for r in rows}
+
+    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool:
+        row = self._run(
+            self.conn.fetchrow("SELECT outcome::text FROM llmroute_traces WHERE request_id = $1", request_id)
+        )
+        if row is None:
+            return False
+        merged = _merge_outcome(_loads(row[0]), outcome)
+        self._run(
+            self.conn.execute(
+                "UPDATE llmroute_traces SET outcome = $1::jsonb WHERE request_id = $2",
+                _dumps(merged),
+                request_id,
+            )
+        )
+        return True
+
+    def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+        sql, args = _where_sql(where, lambda i: f"${i}")
+        q = f"SELECT {self._select} FROM llmroute_traces{sql} ORDER BY ts DESC"
+        if limit is not None:
+            args.append(int(limit))
+            q += f" LIMIT ${len(args)}"
+        return [_row_to_dict(tuple(r)) for r in self._run(self.conn.fetch(q, *args))]
+
+    def count(self) -> int:
+        return int(self._run(self.conn.fetchval("SELECT COUNT(*) FROM llmroute_traces")))
+
+    def close(self) -> None:
+        try:
+            self._run(self.conn.close())
+        finally:
+            self.loop.close()
+
+
+# ------------------------------------------------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[_Backend], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class _Spend:
+    __slots__ = ("key_id", "period", "usd")
+
+    def __init__(self, key_id: str, period: str, usd: float) -> None:
+        self.key_id, self.period, self.usd = key_id, period, usd
+
+
+def _resolve_url(url: str, base_dir: str | Path | None) -> tuple[str, str]:
+    """(kind, target): kind is 'sqlite' or 'postgres'."""
+    u = url.strip()
+    if u in ("memory://", "memory:", ":memory:", "sqlite://:memory:", "sqlite:///:memory:"):
+        return "sqlite", ":memory:"
+    if u.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        return "postgres", u.replace("postgresql+asyncpg://", "postgresql://", 1)
+    if u.startswith("sqlite:///"):
+        path = u[len("sqlite:///") :]
+    elif u.startswith("sqlite://"):
+        path = u[len("sqlite://") :]
+    elif "://" in u:
+        raise StoreError(
+            f"unsupported trace store URL scheme in {u.split('://')[0]!r}: use sqlite:///path.db, a file "
+            f"path, memory://, or postgresql://user@host/db"
+        )
+    else:
+        path = u
+    if not path:
+        raise StoreError(
+            "empty SQLite path in the trace store URL; use e.g. sqlite:///llmroute-traces.sqlite"
+        )
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return "sqlite", str(p)
+
+
+class TraceStore:
+    """A queue in front of one database connection owned by a background writer thread.
+
+    Create with `open_store`. `write` is safe from any thread or coroutine and costs about a
+    microsecond; everything else waits for the writer thread.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], _Backend],
+        *,
+        url: str = "",
+        store_prompts: bool = False,
+        store_responses: bool = False,
+        batch_size: int = 256,
+        flush_interval_s: float = 0.5,
+        max_queue: int = 1_000_000,
+    ) -> None:
+        self.url = url
+        self.store_prompts = store_prompts
+        self.store_responses = store_responses
+        self.batch_size = max(1, int(batch_size))
+        self.flush_interval_s = float(flush_interval_s)
+        self.max_queue = int(max_queue)
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self._q: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._closing = False
+        self._closed = False
+        self._init_error: BaseException | None = None
+        self._factory = factory
+        self._thread = threading.Thread(target=self._run, name="llmroute-trace-writer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._init_error is not None:
+            self._thread.join()
+            err = self._init_error
+            if isinstance(err, StoreError):
+                raise err
+            raise StoreError(f"cannot open trace store {_redact(url)}: {type(err).__name__}: {err}") from err
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Queue one trace record; returns at once. Never raises (a bad record is logged and dropped)."""
+        if self._closing or len(self._q) >= self.max_queue:
+            self.dropped += 1
+            return
+        self._q.append(record)
+        if len(self._q) >= self.batch_size:
+            self._wake.set()
+
+    def add_spend(self, key_id: str, period: str, usd: float) -> None:
+        """Queue `usd` to be added to the persisted spend of `key_id` in `period` (e.g. 'd:2026-01-31')."""
+        if self._closing:
+            self.dropped += 1
+            return
+        self._q.append(_Spend(key_id, period, float(usd)))
+
+    @property
+    def queued(self) -> int:
+        """Operations waiting for the writer thread."""
+        return len(self._q)
+
+    # ---- ordered operations ---------------------------------------------------------------
+
+    def _submit(self, fn: Callable[[_Backend], Any]) -> concurrent.futures.Future[Any]:
+        if self._closed or not self._thread.is_alive():
+            raise StoreError("the trace store is closed")
+        job = _Job(fn)
+        self._q.append(job)
+        self._wake.set()
+        return job.future
+
+    def flush_sync(self, timeout: float | None = None) -> None:
+        """Block until everything queued before this call is in the database."""
+        self._submit(lambda b: None).result(timeout)
+
+    async def flush(self) -> None:
+        """Wait (without blocking the event loop) until everything queued so far is stored."""
+        await asyncio.wrap_future(self._submit(lambda b: None))
+
+    def query(
+        self,
+        *,
+        since: float | str | datetime | None = None,
+        until: float | str | datetime | None = None,
+        model: str | None = None,
+        alias: str | None = None,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        status: int | None = None,
+        limit: int | None = 100,
+    ) -> list[dict[str, Any]]:
+        """Trace records matching every given filter, newest first (blocking)."""
+        return self._submit(
+            self._query_fn(since, until, model, alias, key_id, request_id, status, limit)
+        ).result()
+
+    async def aquery(self, **filters: Any) -> list[dict[str, Any]]:
+        """`query` for use inside an event loop."""
+        keys = ("since", "until", "model", "alias", "key_id", "request_id", "status", "limit")
+        bad = set(filters) - set(keys)
+        if bad:
+            raise TypeError(f"unknown query filter(s) {sorted(bad)}; allowed: {list(keys)}")
+        args = [filters.get(k) for k in keys[:-1]] + [filters.get("limit", 100)]
+        return await asyncio.wrap_future(self._submit(self._query_fn(*args)))
+
+    @staticmethod
+    def _query_fn(since, until, model, alias, key_id, request_id, status, limit):  # type: ignore[no-untyped-def]
+        where = {
+            "since": parse_time(since),
+            "until": parse_time(until),
+            "model": model,
+            "alias": alias,
+            "key_id": key_id,
+            "request_id": request_id,
+            "status": status,
+        }
+        return lambda b: b.query(where, limit)
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """The record of one request, or None (blocking)."""
+        rows = self.query(request_id=request_id, limit=1)
+        return rows[0] if rows else None
+
+    async def aget(self, request_id: str) -> dict[str, Any] | None:
+        """`get` for use inside an event loop."""
+        rows = await self.aquery(request_id=request_id, limit=1)
+        return rows[0] if rows else None
+
+    def attach_feedback(self, request_id: str, outcome: dict[str, Any]) -> bool:
+        """Merge `outcome` into the record's outcome; False if no such request id (blocking)."""
+        return bool(self._submit(lambda b: b.attach(request_id, dict(outcome))).result())
+
+    async def aattach_feedback(self, request_id: str, outcome: dict[str, Any]) -> bool:
+        """`attach_feedback` for use inside an event loop."""
+        return bool(await asyncio.wrap_future(self._submit(lambda b: b.attach(request_id, dict(outcome)))))
+
+    def load_spend(self, periods: Iterable[str]) -> dict[tuple[str, str], float]:
+        """Persisted spend {(key_id, period): usd} for the given periods (blocking)."""
+        ps = list(periods)
+        return dict(self._submit(lambda b: b.load_spend(ps)).result())
+
+    def count(self) -> int:
+        """Number of stored trace records (blocking)."""
+        return int(self._submit(lambda b: b.count()).result())
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: queued, written, dropped, errors."""
+        return {
+            "queued": len(self._q),
+            "written": self.written,
+            "dropped": self.dropped,
+            "errors": self.errors,
+        }
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def close_sync(self, timeout: float | None = None) -> None:
+        """Drain the queue, close the database (idempotent, blocking)."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self._closed = True
+
+    async def close(self) -> None:
+        """Drain the queue and close the database without blocking the event loop."""
+        if self._closed:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sync()
+
+    # ---- writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            backend = self._factory()
+        except BaseException as e:
+            self._init_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                self._wake.wait(self.flush_interval_s)
+                self._wake.clear()
+                self._drain(backend)
+                if self._closing:
+                    self._drain(backend)
+                    break
+        finally:
+            # fail whatever is left (only possible if a job was submitted during close)
+            while self._q:
+                item = self._q.popleft()
+                if isinstance(item, _Job):
+                    item.future.set_exception(StoreError("the trace store is closed"))
+            with contextlib.suppress(Exception):
+                backend.close()
+
+    def _drain(self, backend: _Backend) -> None:
+        rows: list[tuple] = []
+        spend: dict[tuple[str, str], float] = {}
+        q = self._q
+        while True:
+            try:
+                item = q.popleft()
+            except IndexError:
+                break
+            if isinstance(item, dict):
+                try:
+                    rows.append(
+                        normalize_record(
+                            item, store_prompts=self.store_prompts, store_responses=self.store_responses
+                        )
+                    )
+                except Exception as e:
+                    self.errors += 1
+                    log.warning("dropping malformed trace record: %s: %s", type(e).__name__, e)
+                if len(rows) >= self.batch_size:
+                    self._insert(backend, rows)
+                    rows = []
+            elif isinstance(item, _Spend):
+                k = (item.key_id, item.period)
+                spend[k] = spend.get(k, 0.0) + item.usd
+            else:  # _Job: everything queued before it must be stored first
+                self._insert(backend, rows)
+                rows = []
+                self._spend(backend, spend)
+                spend = {}
+                try:
+                    item.future.set_result(item.fn(backend))
+                except BaseException as e:
+                    item.future.set_exception(e)
+        self._insert(backend, rows)
+        self._spend(backend, spend)
+
+    def _insert(self, backend: _Backend, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        try:
+            backend.insert(rows)
+            self.written += len(rows)
+        except Exception as e:
+            # one bad row must not take the batch with it: retry row by row
+            log.warning("trace batch insert failed (%s: %s); retrying one by one", type(e).__name__, e)
+            for r in rows:
+                try:
+                    backend.insert([r])
+                    self.written += 1
+                except Exception as e1:
+                    self.errors += 1
+                    log.error("trace record %s lost: %s: %s", r[0], type(e1).__name__, e1)
+
+    def _spend(self, backend: _Backend, spend: dict[tuple[str, str], float]) -> None:
+        if not spend:
+            return
+        try:
+            backend.add_spend(spend)
+        except Exception as e:
+            self.errors += 1
+            log.error("persisting key spend failed: %s: %s", type(e).__name__, e)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password (secrets never reach logs or errors)."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def open_store(
+    url: str = "sqlite:///llmroute-traces.sqlite",
+    *,
+    base_dir: str | Path | None = None,
+    store_prompts: bool = False,
+    store_responses: bool = False,
+    batch_size: int = 256,
+    flush_interval_s: float = 0.5,
+    max_queue: int = 1_000_000,
+) -> TraceStore:
+    """Open (creating tables if needed) the trace store at `url` and start its writer thread.
+
+    Raises `StoreError` with the reason when the database cannot be opened.
+    """
+    kind, target = _resolve_url(url, base_dir)
+    factory: Callable[[], _Backend]
+    if kind == "postgres":
+
+        def factory() -> _Backend:
+            return _PostgresBackend(target)
+
+    else:
+
+        def factory() -> _Backend:
+            return _SQLiteBackend(target)
+
+    return TraceStore(
+        factory,
+        url=_redact(url),
+        store_prompts=store_prompts,
+        store_responses=store_responses,
+        batch_size=batch_size,
+        flush_interval_s=flush_interval_s,
+        max_queue=max_queue,
+    )
