@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llmroute.data.table import RoutingTable, TableError
+from llmroute.data.table import RoutingTable
 from llmroute.eval.baselines import (
     best_single,
     oracle_summary,
@@ -48,6 +48,7 @@ __all__ = [
     "CachedEncoder",
     "EstimatingRouter",
     "RouterFactory",
+    "dataset_name",
     "evaluate",
     "fit_router",
     "load_dataset",
@@ -80,53 +81,25 @@ RouterFactory = Callable[[RoutingTable, Any, int], EstimatingRouter]
 
 # ---- data ------------------------------------------------------------------------------------
 def load_dataset(path: str | Path, tasks: str | None = None, prices: str | Path | None = None) -> RoutingTable:
-    """Load a routing table (file or a folder holding `data.parquet`), optionally one task family.
+    """Load a routing table with `llmroute.data.load_table`, optionally keeping one task family.
 
-    Uses `llmroute.data.load_table` (all formats) when available, else reads Parquet / CSV /
-    JSONL in the long format directly. A `prices.json` next to the data is used when `prices`
-    is not given and the loader supports it. Raises `TableError` / `FileNotFoundError` with a
-    message naming the path.
+    `path` is a file or a folder (e.g. ../shared/data/routellm, whose prices.json is used).
+    `tasks` keeps prompts whose task starts with that prefix (e.g. 'mmlu'). Raises
+    `TableError` with a message naming the path.
     """
-    p = Path(path)
-    if p.is_dir():
-        cand = p / "data.parquet"
-        if not cand.exists():
-            raise FileNotFoundError(f"{p}: folder has no data.parquet")
-        p = cand
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file")
-    try:
-        from llmroute.data import load_table  # type: ignore[attr-defined]
-    except ImportError:
-        load_table = None
-    if load_table is not None:
-        price_arg: Any = prices
-        if price_arg is None and (p.parent / "prices.json").exists():
-            price_arg = p.parent / "prices.json"
-        table = load_table(p, prices=price_arg)
-    else:
-        table = _read_long(p)
+    from llmroute.data import load_table
+
+    table = load_table(path, prices=prices)
     if tasks:
         table = table.filter_tasks(tasks)
     return table
 
 
-def _read_long(p: Path) -> RoutingTable:
-    import pandas as pd
-
-    suffix = p.suffix.lower()
-    if suffix == ".parquet":
-        df = pd.read_parquet(p)
-    elif suffix == ".csv":
-        df = pd.read_csv(p)
-    elif suffix in (".jsonl", ".json"):
-        df = pd.read_json(p, lines=suffix == ".jsonl")
-    else:
-        raise TableError(f"{p}: unsupported file type {suffix!r} (use .parquet, .csv or .jsonl)")
-    missing = [c for c in ("prompt_id", "prompt", "model", "quality") if c not in df.columns]
-    if missing:
-        raise TableError(f"{p}: missing column(s) {missing}")
-    return RoutingTable(df, source=str(p))
+def dataset_name(path: str | Path, tasks: str | None = None) -> str:
+    """A short dataset label: the folder name (or file stem), plus '/<tasks>' when filtered."""
+    p = Path(path)
+    base = p.name if p.is_dir() or p.suffix == "" else (p.parent.name if p.name == "data.parquet" else p.stem)
+    return f"{base}/{tasks}" if tasks else base
 
 
 def with_cost_fallback(table: RoutingTable) -> tuple[RoutingTable, str]:
@@ -448,7 +421,7 @@ def evaluate(
 
     best = best_single(Q, C, models)
     out: dict[str, Any] = {
-        "dataset": dataset or Path(table.source).parent.name or table.source,
+        "dataset": dataset or dataset_name(table.source),
         "n_prompts": int(n),
         "models": models,
         "folds": int(folds),

@@ -1,0 +1,315 @@
+"""The `llmroute` command line (typer).
+
+    llmroute eval  --data PATH [--routers default,knn,linear,mlp,mf] [--folds 5] [--seed 0]
+                   [--tasks PREFIX] [--out DIR]
+    llmroute train --data PATH [--router default] --out FILE
+    llmroute route [--router FILE] [--tradeoff X | --max-cost USD] "prompt"
+
+Heavy imports live inside the commands so that `llmroute --help` stays fast. Commands owned by
+other parts (serve, traces, rules) are registered lazily from `PLUGINS`: one line per command,
+"name": ("module:attribute", "help"), where the attribute is a typer app or a plain function;
+it is imported only when the command runs, and all arguments (including --help) are passed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["PLUGINS", "app"]
+
+app = typer.Typer(
+    name="llmroute",
+    help="Route each LLM request to the model that gives the best answer for the money.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Lazily imported sub-commands of other parts: name -> ("module:attribute", help text).
+PLUGINS: dict[str, tuple[str, str]] = {
+    "serve": ("llmroute.gateway.cli:serve", "Run the OpenAI-compatible routing gateway (see --help)."),
+    "traces": ("llmroute.gateway.cli:traces", "Query decision traces written by the gateway (see --help)."),
+    "rules": ("llmroute.signals.cli:app", "Check and explain routing rules (see --help)."),
+}
+
+KNOWN_ROUTERS = ("default", "knn", "linear", "mlp", "mf")
+
+
+class CLIError(Exception):
+    """An error shown to the user as one line, without a traceback."""
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn`, turning expected errors into a one-line message and exit code 2."""
+    from llmroute.data.table import TableError
+
+    try:
+        return fn(*args, **kwargs)
+    except (CLIError, TableError, FileNotFoundError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        _fail(str(msg))
+    except ImportError as exc:
+        _fail(f"a component is missing: {exc}")
+
+
+def _parse_routers(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one router name", param_hint="--routers")
+    bad = [n for n in names if n not in KNOWN_ROUTERS]
+    if bad:
+        raise typer.BadParameter(f"unknown router(s) {bad}; choose from {', '.join(KNOWN_ROUTERS)}",
+                                 param_hint="--routers")
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(f"router listed twice: {names}", param_hint="--routers")
+    return names
+
+
+def _check_data(path: Path) -> None:
+    if not path.exists():
+        _fail(f"--data {path}: no such file or directory")
+
+
+# ---- eval --------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")],
+    routers: Annotated[str, typer.Option(help="Comma-separated routers to evaluate.")] = ",".join(KNOWN_ROUTERS),
+    folds: Annotated[int, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split and the estimators.")] = 0,
+    tasks: Annotated[str | None, typer.Option(help="Only prompts whose task starts with this prefix.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for results.json, curves.png, report.html.")] = Path(
+        "runs/eval"
+    ),
+    encoder: Annotated[str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")] = "static-minilm",
+    prices: Annotated[Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")] = None,
+    latency_prompts: Annotated[int, typer.Option(min=0, help="Held-out prompts timed with router.route.")] = 500,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Cross-validated evaluation: curves, AIQ, gap closed, APGR/CPT, decision latency."""
+    names = _parse_routers(routers)
+    _check_data(data)
+    if prices is not None and not prices.exists():
+        _fail(f"--prices {prices}: no such file")
+
+    def go() -> tuple[dict, dict]:
+        from llmroute.eval.report import write_report
+        from llmroute.eval.runner import dataset_name, evaluate, load_dataset
+
+        table = load_dataset(data, tasks=tasks, prices=prices)
+        res = evaluate(table, routers=names, folds=folds, seed=seed, encoder=encoder, progress=progress,
+                       dataset=dataset_name(data, tasks), latency_prompts=latency_prompts)
+        return res, write_report(res, out)
+
+    res, paths = _run(go)
+    _print_summary(res)
+    for kind in ("json", "png", "html"):
+        typer.echo(f"wrote {paths[kind]}")
+
+
+def _cell(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _print_summary(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = res["baselines"]
+    two = len(res["models"]) == 2
+    t = Table(title=f"{res['dataset']}: {res['n_prompts']} prompts, {len(res['models'])} models, "
+                    f"{res['folds']} folds ({res.get('elapsed_s', 0):.1f} s)")
+    cols = ["router", "AIQ", "gap closed", "cost ratio", "max q"] + (["APGR", "CPT50", "CPT80"] if two else [])
+    for c in [*cols, "p50 ms", "p99 ms"]:
+        t.add_column(c, justify="left" if c == "router" else "right")
+    rows = [*res["routers"].items(), ("random", base["random"])]
+    for name, r in rows:
+        cells = [name, _cell(r["aiq"], 4), _cell(r["gap_closed"]), _cell(r["cost_ratio_at_best_quality"]),
+                 _cell(r["max_quality"], 4)]
+        if two:
+            cells += [_cell(r["apgr"]), _cell(r["cpt50"], 2), _cell(r["cpt80"], 2)]
+        cells += [_cell(r.get("decision_ms_p50")), _cell(r.get("decision_ms_p99"))]
+        t.add_row(*cells)
+    con = Console()
+    con.print(t)
+    best = base["best_single"]
+    con.print(f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"
+              f" · best single {best['model']} (quality {_cell(best['quality'], 4)}, cost {best['cost']:.3g})"
+              f" · cost: {res.get('cost_source', 'cost_usd')}")
+
+
+# ---- train -------------------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the router file.")],
+    router: Annotated[str, typer.Option(help=f"Estimator: one of {', '.join(KNOWN_ROUTERS)}.")] = "default",
+    seed: Annotated[int, typer.Option(help="Seed of the estimator.")] = 0,
+    tasks: Annotated[str | None, typer.Option(help="Only prompts whose task starts with this prefix.")] = None,
+    encoder: Annotated[str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")] = "static-minilm",
+    prices: Annotated[Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")] = None,
+) -> None:
+    """Fit a router on a routing table and save it as one file."""
+    if "," in router:
+        raise typer.BadParameter("takes one router name", param_hint="--router")
+    name = _parse_routers(router)[0]
+    _check_data(data)
+    if out.exists() and out.is_dir():
+        _fail(f"--out {out} is a directory; give a file path")
+
+    def go() -> Any:
+        from llmroute.eval.runner import load_dataset, with_cost_fallback
+        from llmroute.router import Router
+
+        table = load_dataset(data, tasks=tasks, prices=prices)
+        table, cost_source = with_cost_fallback(table)
+        t0 = time.perf_counter()
+        r = Router.fit(table, estimator=name, encoder=encoder, seed=seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r.save(out)
+        return r, table, cost_source, time.perf_counter() - t0
+
+    r, table, cost_source, secs = _run(go)
+    typer.echo(json.dumps({"router": str(out), "estimator": name, "models": list(r.models),
+                           "n_prompts": table.n_prompts, "cost_source": cost_source,
+                           "fit_s": round(secs, 3)}, indent=1))
+
+
+# ---- route -------------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return obj
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+def _default_router_path() -> Path:
+    try:
+        from llmroute.router import default_router_path
+    except ImportError as exc:
+        raise CLIError("no --router given and this build has no shipped default router") from exc
+    return Path(default_router_path())
+
+
+@app.command("route")
+def route_cmd(
+    prompt: Annotated[str, typer.Argument(help="The prompt to route ('-' reads it from stdin).")],
+    router: Annotated[Path | None, typer.Option(help="Router file (default: the shipped default router).")] = None,
+    tradeoff: Annotated[float | None, typer.Option(help="Quality-vs-cost trade-off lambda (>= 0).")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Maximum expected cost per request in USD.")] = None,
+    min_quality: Annotated[float | None, typer.Option(help="Cheapest model reaching this expected quality.")] = None,
+    allowed: Annotated[str | None, typer.Option(help="Comma-separated models to choose from.")] = None,
+) -> None:
+    """Route one prompt and print the decision as JSON."""
+    if tradeoff is not None and (math.isnan(tradeoff) or tradeoff < 0):
+        raise typer.BadParameter("must be >= 0", param_hint="--tradeoff")
+    if max_cost is not None and (math.isnan(max_cost) or max_cost < 0):
+        raise typer.BadParameter("must be >= 0", param_hint="--max-cost")
+    if min_quality is not None and not 0.0 <= min_quality <= 1.0:
+        raise typer.BadParameter("must be in [0, 1]", param_hint="--min-quality")
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        _fail("the prompt is empty")
+
+    def go() -> Any:
+        path = router if router is not None else _default_router_path()
+        if not path.exists():
+            raise CLIError(f"router file {path} does not exist (train one with `llmroute train`)")
+        from llmroute.router import Router
+
+        r = Router.load(path)
+        allow = [a.strip() for a in allowed.split(",") if a.strip()] if allowed else None
+        return r.route(text, tradeoff=tradeoff, max_cost=max_cost, min_quality=min_quality, allowed=allow)
+
+    decision = _run(go)
+    typer.echo(json.dumps(_jsonable(decision), indent=1, default=_json_default))
+
+
+# ---- lazily imported commands of other parts ---------------------------------------------------
+def _load_plugin(name: str) -> Any:
+    target, _ = PLUGINS[name]
+    mod_name, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and mod_name.startswith(exc.name):
+            raise CLIError(f"`llmroute {name}` is not available in this build ({mod_name} is missing)") from exc
+        raise
+    try:
+        return getattr(mod, attr or "app")
+    except AttributeError as exc:
+        raise CLIError(f"`llmroute {name}`: {mod_name} has no attribute {attr or 'app'!r}") from exc
+
+
+def _make_plugin_command(name: str, help_text: str) -> None:
+    @app.command(
+        name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _plugin(ctx: typer.Context) -> None:
+        try:
+            obj = _load_plugin(name)
+        except CLIError as exc:
+            _fail(str(exc))
+        if not isinstance(obj, typer.Typer):
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single.command(name)(obj)
+            obj = single
+        cmd = typer.main.get_command(obj)
+        cmd.main(args=list(ctx.args), prog_name=f"llmroute {name}", standalone_mode=True)
+
+
+for _name, (_target, _help) in PLUGINS.items():
+    _make_plugin_command(_name, _help)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from llmroute import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Route each LLM request to the model that gives the best answer for the money."""
