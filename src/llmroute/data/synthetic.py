@@ -6,17 +6,19 @@ project-written templates (no third-party text). Four topics x four models:
 ===========  ========  ========  ========  ========
 topic        tiny-1b   math-7b   code-13b  big-70b
 ===========  ========  ========  ========  ========
-arithmetic   0.20      **0.90**  0.40      0.90
-code         0.10      0.30      **0.90**  0.90
-geography    **0.90**  0.50      0.50      0.90
+arithmetic   0.20      **0.95**  0.40      0.85
+code         0.10      0.30      **0.95**  0.85
+geography    **0.95**  0.50      0.50      0.85
 poetry       0.30      0.30      0.40      **0.90**
 ===========  ========  ========  ========  ========
 
 (`EXPECTED_QUALITY`, the noise-free expected quality). Prices rise from tiny-1b to big-70b
-(`SYNTHETIC_PRICES`), so for every topic exactly one model is the cheapest among the best: the
-bold one. That model is the ground truth, stored per row in the column `true_best` (and per prompt
-by `true_best(table)`); `true_quality` holds the noise-free expected quality of each row.
-A router with a small positive trade-off should pick `true_best`; with a large one, tiny-1b.
+(`SYNTHETIC_PRICES`). In every topic one model (bold) has the highest expected quality, by a margin
+of at least 0.1, and no cheaper model comes close: the specialist beats the big generalist on its
+own topic, the generalist wins only poetry. That model is the ground truth, stored per row in the
+column `true_best` (and per prompt by `true_best(table)`); `true_quality` holds the noise-free
+expected quality of each row.
+A router should pick `true_best` at trade-off 0 (and any small one); with a large one, tiny-1b.
 
 Observed quality = expected quality + Gaussian noise (sd `noise`), clipped to [0, 1]
 (`binary=True` draws 0/1 outcomes with the expected quality as probability instead). Token counts
@@ -55,9 +57,9 @@ SYNTHETIC_PRICES: dict[str, ModelPrice] = {
 
 #: topic -> model -> noise-free expected quality.
 EXPECTED_QUALITY: dict[str, dict[str, float]] = {
-    "arithmetic": {"tiny-1b": 0.20, "math-7b": 0.90, "code-13b": 0.40, "big-70b": 0.90},
-    "code": {"tiny-1b": 0.10, "math-7b": 0.30, "code-13b": 0.90, "big-70b": 0.90},
-    "geography": {"tiny-1b": 0.90, "math-7b": 0.50, "code-13b": 0.50, "big-70b": 0.90},
+    "arithmetic": {"tiny-1b": 0.20, "math-7b": 0.95, "code-13b": 0.40, "big-70b": 0.85},
+    "code": {"tiny-1b": 0.10, "math-7b": 0.30, "code-13b": 0.95, "big-70b": 0.85},
+    "geography": {"tiny-1b": 0.95, "math-7b": 0.50, "code-13b": 0.50, "big-70b": 0.85},
     "poetry": {"tiny-1b": 0.30, "math-7b": 0.30, "code-13b": 0.40, "big-70b": 0.90},
 }
 
@@ -69,7 +71,7 @@ def _cheapest_best(topic: str) -> str:
     return min(best, key=lambda m: (SYNTHETIC_PRICES[m].input_per_mtok, SYNTHETIC_PRICES[m].output_per_mtok))
 
 
-#: topic -> the cheapest model with the highest expected quality (the ground truth).
+#: topic -> the model with the highest expected quality, cheapest among ties (the ground truth).
 TOPIC_BEST: dict[str, str] = {t: _cheapest_best(t) for t in SYNTHETIC_TOPICS}
 
 # typical answer length in tokens per topic

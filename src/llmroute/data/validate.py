@@ -232,25 +232,25 @@ def validate(
         q,
     )
     bad = ((q < 0) | (q > 1)).to_numpy()
-    _fail(out, bad, "quality", "quality outside [0, 1]", source, source_columns, q)
+    _fail(out, bad, "quality", "quality outside [0, 1]", source, source_columns, out["quality"])
     out["quality"] = q
 
     for col in _NONNEG_FLOAT:
         if col in out.columns:
             v = _to_float(out, col, source, source_columns)
-            _fail(out, (v < 0).to_numpy(), col, "negative", source, source_columns, v)
-            _fail(out, np.isinf(v.to_numpy()), col, "not finite", source, source_columns, v)
+            _fail(out, (v < 0).to_numpy(), col, "negative", source, source_columns,out[col])
+            _fail(out, np.isinf(v.to_numpy()), col, "not finite", source, source_columns,out[col])
             out[col] = v
     for col in _NONNEG_INT:
         if col in out.columns:
             v = _to_float(out, col, source, source_columns)
             arr = v.to_numpy()
-            _fail(out, arr < 0, col, "negative", source, source_columns, v)
+            _fail(out, arr < 0, col, "negative", source, source_columns,out[col])
             finite = np.isfinite(arr)
-            _fail(out, ~finite & ~np.isnan(arr), col, "not finite", source, source_columns, v)
+            _fail(out, ~finite & ~np.isnan(arr), col, "not finite", source, source_columns,out[col])
             frac = np.zeros(arr.shape, dtype=bool)
             frac[finite] = arr[finite] != np.round(arr[finite])
-            _fail(out, frac, col, "not a whole number of tokens", source, source_columns, v)
+            _fail(out, frac, col, "not a whole number of tokens", source, source_columns,out[col])
             ints = np.where(finite, arr, 0).astype("int64")
             out[col] = pd.arrays.IntegerArray(ints, ~finite)
     for col in _TEXT_OPTIONAL:
