@@ -1,0 +1,191 @@
+"""`llmroute traces` (query decision traces) and `llmroute keys` (make/hash API keys).
+
+Wiring (cli.py)::
+
+    from llmroute.gateway.traces_cli import keys_app, traces_app
+    app.add_typer(traces_app, name="traces")
+    app.add_typer(keys_app, name="keys")
+
+Examples::
+
+    llmroute traces list --config examples/llmroute.yaml --since 1h --model fake-weak
+    llmroute traces list --store sqlite:///llmroute-traces.sqlite --json --limit 5
+    llmroute traces show 5f0c...        (same --store/--config options)
+    llmroute keys new                   (prints a new key and the sha256 to put in the config)
+    llmroute keys hash sk-...           (or pipe the key on stdin)
+
+The store comes from `--store URL`, else `--config FILE` (its `store.url`, relative paths
+resolved against the config's folder), else `$LLMROUTE_STORE`, else the gateway default
+`sqlite:///llmroute-traces.sqlite` in the current folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+__all__ = ["keys_app", "resolve_store_url", "traces_app"]
+
+traces_app = typer.Typer(help="Query the gateway's decision traces.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create and hash gateway API keys.", no_args_is_help=True)
+
+_DEFAULT_URL = "sqlite:///llmroute-traces.sqlite"
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Store URL: sqlite:///file.db, a path, or postgresql://...")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Gateway YAML config; its store.url is used.")
+]
+
+
+def resolve_store_url(store: str | None, config: Path | None) -> tuple[str, str | None]:
+    """(url, base_dir) of the trace store chosen by the CLI options (see the module docstring)."""
+    if store:
+        return store, None
+    if config is not None:
+        from llmroute.gateway.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e), param_hint="--config") from None
+        return cfg.store.url, cfg.base_dir
+    return os.environ.get("LLMROUTE_STORE") or _DEFAULT_URL, None
+
+
+def _open(store: str | None, config: Path | None, *, must_exist: bool = True) -> Any:
+    from llmroute.gateway.store import StoreError, _resolve_url, open_store
+
+    url, base_dir = resolve_store_url(store, config)
+    try:
+        kind, target = _resolve_url(url, base_dir)
+        if kind == "sqlite" and target != ":memory:" and must_exist and not Path(target).exists():
+            typer.echo(
+                f"error: no trace store at {target} (give --store URL or --config FILE of the gateway)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        return open_store(url, base_dir=base_dir)
+    except StoreError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+@traces_app.command("list")
+def list_traces(
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    since: Annotated[str | None, typer.Option(help="Age (30m, 2h, 7d), ISO time or unix seconds.")] = None,
+    until: Annotated[str | None, typer.Option(help="Same forms as --since.")] = None,
+    model: Annotated[str | None, typer.Option(help="Chosen model.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Requested alias, e.g. llmroute/auto.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="API key id.")] = None,
+    status: Annotated[int | None, typer.Option(help="HTTP status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most records to show (newest first).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of full records.")] = False,
+) -> None:
+    """List decision traces, newest first."""
+    st = _open(store, config)
+    try:
+        rows = st.query(
+            since=since, until=until, model=model, alias=alias, key_id=key, status=status, limit=limit
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    finally:
+        st.close_sync()
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} trace(s)", show_lines=False)
+    for col in (
+        "time (UTC)",
+        "request id",
+        "key",
+        "alias",
+        "model",
+        "status",
+        "total ms",
+        "tok in/out",
+        "cost $",
+    ):
+        table.add_column(col, no_wrap=col not in ("alias", "model"))
+    for r in rows:
+        table.add_row(
+            _when(r["ts"]),
+            r["request_id"],
+            r["key_id"] or "-",
+            r["alias"] or "-",
+            r["model"] or "-",
+            _num(r["status"], "d"),
+            _num(r["total_ms"], ".1f"),
+            f"{_num(r['tokens_in'], 'd')}/{_num(r['tokens_out'], 'd')}",
+            _num(r["cost_usd"], ".6f"),
+        )
+    Console(width=200).print(table)
+
+
+@traces_app.command("show")
+def show_trace(
+    request_id: Annotated[str, typer.Argument(help="The x-llmroute-request-id of a response.")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print one full trace record as JSON."""
+    st = _open(store, config)
+    try:
+        rec = st.get(request_id)
+    finally:
+        st.close_sync()
+    if rec is None:
+        typer.echo(f"error: no trace with request id {request_id!r}", err=True)
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(rec, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@keys_app.command("new")
+def new_key(
+    key_id: Annotated[str, typer.Option("--id", help="Key id for the config entry.")] = "my-key",
+) -> None:
+    """Create a random API key; print it once with the config entry holding only its hash."""
+    from llmroute.gateway.auth import generate_key, hash_key
+
+    key = generate_key()
+    typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
+    typer.echo("config entry:")
+    typer.echo(f"  keys:\n    - id: {key_id}\n      key_sha256: {hash_key(key)}")
+
+
+@keys_app.command("hash")
+def hash_cmd(
+    key: Annotated[str | None, typer.Argument(help="The API key; read from stdin when omitted.")] = None,
+) -> None:
+    """Print the sha256 hex of an API key (the value of key_sha256 in the config)."""
+    from llmroute.gateway.auth import hash_key
+
+    if key is None:
+        key = sys.stdin.readline()
+    if not key.strip():
+        typer.echo("error: empty key", err=True)
+        raise typer.Exit(2)
+    typer.echo(hash_key(key))

@@ -1,0 +1,290 @@
+"""Trace store: off-hot-path writes, flush/close draining, queries, feedback, restarts, spend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llmroute.gateway.store import StoreError, TraceStore, open_store, parse_time
+
+
+def _rec(i: int, **kw: object) -> dict:
+    base = {
+        "request_id": f"req-{i:05d}",
+        "ts": 1_700_000_000.0 + i,
+        "key_id": "team-a" if i % 2 else "team-b",
+        "alias": "llmroute/auto" if i % 3 else None,
+        "model": "fake-strong" if i % 4 == 0 else "fake-weak",
+        "status": 200,
+        "candidates": [
+            {"model": "fake-weak", "quality": 0.61, "cost": 1e-5},
+            {"model": "fake-strong", "quality": 0.83, "cost": 4e-4},
+        ],
+        "fallbacks": [],
+        "overhead_ms": 0.4,
+        "upstream_ms": 12.0,
+        "total_ms": 12.4,
+        "tokens_in": 20,
+        "tokens_out": 7,
+        "cost_usd": 2.1e-5,
+        "reason": "tradeoff=0.0 best q-λc",
+    }
+    base.update(kw)
+    return base
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'traces.sqlite'}"
+
+
+def test_write_flush_query_and_filters(db: str) -> None:
+    with open_store(db, flush_interval_s=30) as st:
+        for i in range(200):
+            st.write(_rec(i))
+        st.flush_sync()
+        assert st.count() == 200
+        rows = st.query(limit=None)
+        assert len(rows) == 200
+        assert [r["ts"] for r in rows] == sorted((r["ts"] for r in rows), reverse=True)  # newest first
+        assert len(st.query(limit=7)) == 7
+        strong = st.query(model="fake-strong", limit=None)
+        assert strong and all(r["model"] == "fake-strong" for r in strong)
+        assert len(strong) == 50
+        both = st.query(model="fake-weak", key_id="team-a", alias="llmroute/auto", limit=None)
+        assert both == [
+            r
+            for r in rows
+            if r["model"] == "fake-weak" and r["key_id"] == "team-a" and r["alias"] == "llmroute/auto"
+        ]
+        window = st.query(since=1_700_000_000 + 10, until=1_700_000_000 + 20, limit=None)
+        assert sorted(r["request_id"] for r in window) == [f"req-{i:05d}" for i in range(10, 20)]
+        one = st.get("req-00004")
+        assert one is not None
+        assert one["candidates"][1] == {"model": "fake-strong", "quality": 0.83, "cost": 4e-4}
+        assert one["tokens_in"] == 20 and one["cost_usd"] == pytest.approx(2.1e-5)
+        assert st.get("nope") is None
+
+
+def test_write_is_non_blocking_and_never_raises(db: str) -> None:
+    with open_store(db, flush_interval_s=30, batch_size=10_000) as st:
+        for i in range(2000):
+            st.write(_rec(i))
+        st.write({"tokens_in": "not a number", "request_id": "bad"})  # malformed: dropped later, no raise
+        # writes only queue: the writer has not been woken (long interval, batch not reached)
+        assert st.stats()["written"] == 0 and st.queued == 2001
+        st.flush_sync()
+        assert st.count() == 2000
+        assert st.stats()["errors"] == 1
+
+
+def test_close_drains_and_restart_keeps_every_trace(db: str) -> None:
+    st = open_store(db, flush_interval_s=60, batch_size=64)
+    ids = []
+    for i in range(1500):
+        st.write(_rec(i))
+        ids.append(f"req-{i:05d}")
+    st.close_sync()  # no flush: close must drain everything
+    st.close_sync()  # idempotent
+    st.write(_rec(99999))  # after close: counted as dropped, no exception
+    assert st.stats()["dropped"] == 1
+
+    again = open_store(db)
+    try:
+        rows = again.query(limit=None)
+        assert sorted(r["request_id"] for r in rows) == ids
+    finally:
+        again.close_sync()
+
+
+def test_wal_mode_and_concurrent_reader(db: str, tmp_path: Path) -> None:
+    with open_store(db) as st:
+        st.write(_rec(1))
+        st.flush_sync()
+        con = sqlite3.connect(tmp_path / "traces.sqlite")
+        try:
+            assert con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            assert con.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == 1
+        finally:
+            con.close()
+
+
+def test_prompt_kept_only_when_asked(tmp_path: Path) -> None:
+    rec = _rec(1, prompt="my secret prompt", response="the answer")
+    with open_store(str(tmp_path / "a.db")) as st:
+        st.write(rec)
+        got = st.get("req-00001")
+        assert got is not None and got["prompt"] is None and got["response"] is None
+    with open_store(str(tmp_path / "b.db"), store_prompts=True, store_responses=True) as st:
+        st.write(rec)
+        got = st.get("req-00001")
+        assert got is not None and got["prompt"] == "my secret prompt" and got["response"] == "the answer"
+
+
+def test_schema_mapping_extra_latency_and_defaults(db: str) -> None:
+    with open_store(db) as st:
+        st.write(
+            {
+                "alias": "llmroute/cheap",
+                "model": "fake-weak",
+                "latency": {"overhead_ms": 0.3, "upstream_ms": 5.0, "total_ms": 5.3},
+                "guards": {"pii": "redacted"},
+                "cache": {"hit": False},
+                "stream": True,
+                "extra": {"router": "default"},
+            }
+        )
+        (row,) = st.query()
+        assert len(row["request_id"]) == 32  # generated
+        assert abs(row["ts"] - time.time()) < 3600
+        assert (row["overhead_ms"], row["upstream_ms"], row["total_ms"]) == (0.3, 5.0, 5.3)
+        assert row["stream"] is True
+        assert row["extra"] == {"router": "default", "guards": {"pii": "redacted"}, "cache": {"hit": False}}
+
+
+def test_feedback_is_ordered_after_the_write(db: str) -> None:
+    with open_store(db, flush_interval_s=60) as st:
+        st.write(_rec(7))
+        # no flush: the feedback job runs after the queued record
+        assert st.attach_feedback("req-00007", {"quality": 1.0, "source": "user"}) is True
+        assert st.attach_feedback("req-00007", {"comment": "great"}) is True
+        assert st.attach_feedback("missing", {"quality": 0.0}) is False
+        rec = st.get("req-00007")
+        assert rec is not None
+        assert rec["outcome"] == {"quality": 1.0, "source": "user", "comment": "great"}
+        # re-writing the same request id keeps the attached outcome
+        st.write(_rec(7, status=502))
+        rec = st.get("req-00007")
+        assert rec is not None and rec["status"] == 502 and rec["outcome"]["quality"] == 1.0
+
+
+def test_async_interface(db: str) -> None:
+    async def main() -> None:
+        st = open_store(db, flush_interval_s=60)
+        for i in range(100):
+            st.write(_rec(i))
+        await st.flush()
+        rows = await st.aquery(model="fake-strong", limit=5)
+        assert len(rows) == 5
+        assert await st.aattach_feedback("req-00003", {"quality": 0.5})
+        got = await st.aget("req-00003")
+        assert got is not None and got["outcome"] == {"quality": 0.5}
+        with pytest.raises(TypeError):
+            await st.aquery(modle="x")
+        st.write(_rec(500))
+        await st.close()
+        again = open_store(db)
+        assert again.count() == 101
+        again.close_sync()
+
+    asyncio.run(main())
+
+
+def test_many_threads_write_concurrently(db: str) -> None:
+    with open_store(db, batch_size=50, flush_interval_s=0.01) as st:
+
+        def worker(t: int) -> None:
+            for i in range(250):
+                st.write(_rec(t * 1000 + i))
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        st.flush_sync()
+        assert st.count() == 2000
+
+
+def test_spend_persists(db: str) -> None:
+    st = open_store(db)
+    st.add_spend("team-a", "d:2026-01-31", 0.25)
+    st.add_spend("team-a", "d:2026-01-31", 0.5)
+    st.add_spend("team-a", "m:2026-01", 0.75)
+    st.add_spend("team-b", "d:2026-01-30", 1.0)
+    st.close_sync()
+    st = open_store(db)
+    try:
+        assert st.load_spend(["d:2026-01-31", "m:2026-01"]) == {
+            ("team-a", "d:2026-01-31"): pytest.approx(0.75),
+            ("team-a", "m:2026-01"): pytest.approx(0.75),
+        }
+    finally:
+        st.close_sync()
+
+
+def test_memory_store_and_relative_paths(tmp_path: Path) -> None:
+    with open_store("memory://") as st:
+        st.write(_rec(1))
+        assert st.count() == 1
+    with open_store("sqlite:///sub/dir/t.db", base_dir=tmp_path) as st:
+        st.write(_rec(1))
+    assert (tmp_path / "sub" / "dir" / "t.db").exists()
+
+
+def test_bad_urls_fail_with_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unsupported trace store URL"):
+        open_store("mysql://u:pw@host/db")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(StoreError, match="cannot open trace store"):
+        open_store(str(tmp_path / "adir"))
+    st = open_store("memory://")
+    st.close_sync()
+    with pytest.raises(StoreError, match="closed"):
+        st.query()
+
+
+def test_postgres_url_without_driver_or_server_is_a_clear_error() -> None:
+    with pytest.raises(StoreError) as e:
+        open_store("postgresql://llmroute:s3cret@127.0.0.1:1/none")
+    assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.skipif(not os.environ.get("LLMROUTE_TEST_POSTGRES_URL"), reason="set LLMROUTE_TEST_POSTGRES_URL")
+def test_postgres_roundtrip() -> None:
+    pytest.importorskip("asyncpg")
+    url = os.environ["LLMROUTE_TEST_POSTGRES_URL"]
+    tag = f"pg-{time.time_ns()}"
+    st = open_store(url)
+    for i in range(50):
+        st.write(_rec(i, request_id=f"{tag}-{i}", key_id=tag))
+    st.add_spend(tag, "d:2026-01-31", 0.5)
+    st.close_sync()
+    st = open_store(url)
+    try:
+        rows = st.query(key_id=tag, limit=None)
+        assert len(rows) == 50
+        assert st.attach_feedback(f"{tag}-3", {"quality": 1.0})
+        got = st.get(f"{tag}-3")
+        assert got is not None and got["outcome"] == {"quality": 1.0}
+        assert got["candidates"][0]["model"] == "fake-weak"
+        assert st.load_spend(["d:2026-01-31"])[(tag, "d:2026-01-31")] == pytest.approx(0.5)
+    finally:
+        st.close_sync()
+
+
+def test_parse_time() -> None:
+    now = 1_000_000.0
+    assert parse_time("2h", now=now) == now - 7200
+    assert parse_time("30m", now=now) == now - 1800
+    assert parse_time("7d", now=now) == now - 7 * 86400
+    assert parse_time(12.5) == 12.5
+    assert parse_time("12.5") == 12.5
+    assert parse_time("1970-01-01T00:01:00Z") == 60.0
+    assert parse_time(None) is None
+    with pytest.raises(ValueError, match="cannot read time"):
+        parse_time("yesterday")
+
+
+def test_store_is_a_tracestore() -> None:
+    st = open_store("memory://")
+    try:
+        assert isinstance(st, TraceStore)
+    finally:
+        st.close_sync()
