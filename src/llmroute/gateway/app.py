@@ -1,0 +1,663 @@
+"""The gateway ASGI application: OpenAI- and Anthropic-compatible endpoints in front of routed backends.
+
+A raw ASGI app (no framework on the hot path; orjson; one pooled aiohttp session created at
+startup). Endpoints::
+
+    POST /v1/chat/completions   OpenAI chat (stream and non-stream); unknown fields pass through
+    POST /v1/messages           Anthropic Messages in, routed to any backend (stream too)
+    POST /v1/route              decision only: chosen model, ranked candidates, reason
+    POST /v1/feedback           attach an outcome to a request id
+    GET  /v1/models             aliases and models
+    GET  /healthz, GET /metrics (Prometheus), GET /openapi.json
+
+Request path: parse + validate -> auth (key, permission, rate) -> `RoutingEngine.decide` (hooks,
+then the router) -> budget reservation -> `Executor` (retries, fallback, breakers, deadline) ->
+response with `x-llmroute-request-id`, `x-llmroute-model`, `x-llmroute-reason` -> metrics and a
+trace record queued to the store (off the hot path). A client disconnect cancels the upstream call.
+
+Build with `Gateway(config)` (loads routers and backends; `routers=` injects router objects) and
+serve it with any ASGI server (`llmroute serve` uses uvicorn with uvloop + httptools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llmroute.gateway.auth import (
+    Authenticator,
+    BudgetManager,
+    GatewayError,
+    estimate_input_tokens,
+    max_request_cost,
+)
+from llmroute.gateway.backends import Backend, BackendError, make_backends
+from llmroute.gateway.backends.anthropic import (
+    OpenAIToAnthropicStream,
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
+from llmroute.gateway.config import GatewayConfig
+from llmroute.gateway.metrics import GatewayMetrics
+from llmroute.gateway.reliability import Attempt, Executor
+from llmroute.gateway.routing import RequestContext, RouteDecision, RouterLike, RoutingEngine, load_router
+
+__all__ = ["Gateway", "openapi_document"]
+
+log = logging.getLogger("llmroute.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_SSE = (b"content-type", b"text/event-stream")
+_ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
+_DONE = b"data: [DONE]\n\n"
+
+
+def _hdr(name: bytes, value: str) -> tuple[bytes, bytes]:
+    return name, value.encode("latin-1", "replace")
+
+
+def _bad(message: str, param: str | None = None, status: int = 400, code: str | None = None) -> GatewayError:
+    return GatewayError(status, message, param=param, code=code)
+
+
+def _validate_chat(body: Any) -> None:
+    """OpenAI chat request checks that must give a 400 (never a 500) before anything runs."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string (a model name or an alias "
+                   "such as 'llmroute/auto').", "model")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("'messages' is required and must be a non-empty array of {role, content} objects.", "messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+        if m.get("role") not in _ROLES:
+            raise _bad(f"messages[{i}].role must be one of {sorted(_ROLES)}.", f"messages[{i}].role")
+        c = m.get("content")
+        if c is not None and not isinstance(c, str | list):
+            raise _bad(f"messages[{i}].content must be a string or an array of content parts.",
+                       f"messages[{i}].content")
+    for k, types, what in (
+        ("stream", (bool,), "a boolean"),
+        ("temperature", (int, float), "a number"),
+        ("top_p", (int, float), "a number"),
+        ("max_tokens", (int,), "an integer"),
+        ("max_completion_tokens", (int,), "an integer"),
+        ("n", (int,), "an integer"),
+        ("tools", (list,), "an array"),
+        ("stream_options", (dict,), "an object"),
+        ("llmroute", (dict,), "an object such as {\"tradeoff\": 0.0, \"max_cost\": 0.01}"),
+    ):
+        v = body.get(k)
+        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+            raise _bad(f"'{k}' must be {what}.", k)
+    mt = body.get("max_tokens")
+    if isinstance(mt, int) and mt <= 0:
+        raise _bad("'max_tokens' must be a positive integer.", "max_tokens")
+
+
+def _validate_anthropic(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise _bad("'model' is required and must be a string.", "model")
+    if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool) or body["max_tokens"] <= 0:
+        raise _bad("'max_tokens' is required and must be a positive integer.", "max_tokens")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("'messages' is required and must be a non-empty array.", "messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise _bad(f"messages[{i}].role must be 'user' or 'assistant'.", f"messages[{i}].role")
+        if not isinstance(m.get("content"), str | list):
+            raise _bad(f"messages[{i}].content must be a string or an array of blocks.", f"messages[{i}].content")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", "stream")
+
+
+def _anthropic_error(e: GatewayError) -> bytes:
+    etype = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+             429: "rate_limit_error"}.get(e.status, "invalid_request_error" if e.status < 500 else "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": etype, "message": e.message}})
+
+
+def _from_backend(e: BackendError) -> GatewayError:
+    return GatewayError(e.status, e.message, type=e.etype, code=e.code)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The gateway's OpenAPI 3.1 document (served at /openapi.json)."""
+    msg = {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "content": {}}}
+    chat = {"type": "object", "required": ["model", "messages"], "additionalProperties": True, "properties": {
+        "model": {"type": "string", "description": "a model name (passes through) or an alias such as llmroute/auto"},
+        "messages": {"type": "array", "items": msg}, "stream": {"type": "boolean"},
+        "tools": {"type": "array"}, "tool_choice": {}, "response_format": {"type": "object"},
+        "temperature": {"type": "number"}, "max_tokens": {"type": "integer"}, "n": {"type": "integer"},
+        "llmroute": {"type": "object", "description": "per-request policy: tradeoff, max_cost, min_quality"}}}
+    err = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {}}}}}
+    trace_headers = {h: {"schema": {"type": "string"}} for h in
+                     ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")}
+
+    def op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        o: dict[str, Any] = {"summary": summary, "responses": {
+            "200": {"description": "OK", "headers": trace_headers},
+            "4XX": {"description": "client error", "content": {"application/json": {"schema": err}}}}}
+        if body is not None:
+            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return o
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "llmroute gateway", "version": "0.1.0",
+                 "description": "OpenAI-compatible routing gateway: aliases route each request to a model."},
+        "paths": {
+            "/v1/chat/completions": {"post": op("Chat completion, routed when model is an alias", chat)},
+            "/v1/messages": {"post": op("Anthropic Messages API, routed to any backend", {"type": "object"})},
+            "/v1/route": {"post": op("Routing decision only", chat)},
+            "/v1/feedback": {"post": op("Attach an outcome to a request id", {"type": "object", "required": [
+                "request_id"], "properties": {"request_id": {"type": "string"}, "quality": {"type": "number"}}})},
+            "/v1/models": {"get": op("Aliases and models")},
+            "/healthz": {"get": op("Liveness and breaker states")},
+            "/metrics": {"get": op("Prometheus metrics")},
+            "/openapi.json": {"get": op("This document")},
+        },
+    }
+
+
+class _Disconnect:
+    """Watches `receive` for a client disconnect and cancels the request task."""
+
+    __slots__ = ("done", "task", "watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self.done = False
+        self.task = asyncio.current_task()
+        self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                if not self.done and self.task is not None:
+                    self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        self.done = True
+        self.watcher.cancel()
+
+
+class Gateway:
+    """The ASGI app. See the module docstring."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        routers: dict[str, RouterLike] | None = None,
+        backends: dict[str, Backend] | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.config = config
+        srv = config.server
+        if routers is None:
+            needed = {a.router for a in config.aliases.values()}
+            routers = {name: load_router(ref, config) for name, ref in config.routers.items() if name in needed}
+        self.engine = RoutingEngine(config, routers)
+        self.backends = backends if backends is not None else make_backends(config)
+        self.metrics = metrics or GatewayMetrics()
+        self.executor = Executor(
+            self.backends, retries=srv.retries, backoff_s=srv.backoff_s, breaker_failures=srv.breaker_failures,
+            breaker_cooldown_s=srv.breaker_cooldown_s, max_fallbacks=srv.max_fallbacks,
+            on_breaker=self.metrics.set_breaker,
+        )
+        self.auth = Authenticator(config.keys)
+        self.budgets: BudgetManager | None = None
+        self.store: Any = None
+        self.session: aiohttp.ClientSession | None = None
+        self.feedback_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
+        self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
+        self.max_body = srv.max_body_bytes
+        self.timeout_s = srv.request_timeout_s
+        self._models_body = orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "llmroute",
+             "llmroute": {"kind": "alias", "router": a.router, "tradeoff": a.tradeoff, "max_cost": a.max_cost,
+                          "min_quality": a.min_quality, "candidates": self.engine.plans[name].models}}
+            for name, a in config.aliases.items()] + [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider,
+             "llmroute": {"kind": "model", "provider": m.provider, "router_model": m.estimated_by,
+                          "input_per_mtok": m.input_per_mtok, "output_per_mtok": m.output_per_mtok,
+                          "context_window": m.context_window}}
+            for m in config.models]})
+        self._openapi = orjson.dumps(openapi_document())
+        self._started = False
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/chat/completions"): self._chat,
+            ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/route"): self._route,
+            ("POST", "/v1/feedback"): self._feedback,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/models"): self._models,
+            ("GET", "/healthz"): self._health,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/openapi.json"): self._openapi_ep,
+        }
+        self._paths = {p for _, p in self._routes}
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Open the pooled HTTP session, the trace store and the budgets; start the backends."""
+        if self._started:
+            return
+        from llmroute.gateway.store import open_store
+
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self.store = await loop.run_in_executor(None, lambda: open_store(
+            cfg.store.url, base_dir=cfg.base_dir, store_prompts=cfg.trace.store_prompts,
+            store_responses=cfg.trace.store_responses, batch_size=cfg.store.batch_size,
+            flush_interval_s=cfg.store.flush_interval_s))
+        self.metrics.bind_store(self.store)
+        self.budgets = BudgetManager(cfg.keys, store=self.store)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4096, limit_per_host=1024, keepalive_timeout=60,
+                                           ttl_dns_cache=300, enable_cleanup_closed=False),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            skip_auto_headers=("User-Agent",),
+        )
+        for b in self.backends.values():
+            await b.start(self.session)
+        self._started = True
+
+    async def shutdown(self) -> None:
+        """Close backends, the session and the store (draining queued traces)."""
+        if not self._started:
+            return
+        self._started = False
+        for b in self.backends.values():
+            with contextlib.suppress(Exception):
+                await b.close()
+        if self.session is not None:
+            await self.session.close()
+        if self.store is not None:
+            await self.store.close()
+
+    # ---- ASGI --------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is None:
+                path = scope["path"]
+                if path in self._paths:
+                    await self._error(send, GatewayError(405, f"Method {scope['method']} not allowed on {path}.",
+                                                         code="method_not_allowed"))
+                else:
+                    await self._error(send, GatewayError(404, f"No endpoint {path}. See /openapi.json.",
+                                                         code="not_found"))
+                return
+            await handler(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    try:
+                        await self.startup()
+                    except Exception as e:  # pragma: no cover - reported by the server
+                        await send({"type": "lifespan.startup.failed", "message": f"{type(e).__name__}: {e}"})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    # ---- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(self, send: Send, e: GatewayError, extra: list[tuple[bytes, bytes]] | None = None,
+                     anthropic: bool = False) -> None:
+        headers = [_JSON, *(extra or ())]
+        headers += [_hdr(k.lower().encode(), v) for k, v in e.headers.items()]
+        body = _anthropic_error(e) if anthropic else orjson.dumps(e.body())
+        await self._send(send, e.status, body, headers)
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    if int(v) > self.max_body:
+                        raise GatewayError(413, f"Request body too large: the limit is {self.max_body} bytes.",
+                                           code="request_too_large")
+                except ValueError:
+                    raise _bad("Invalid Content-Length header.") from None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise asyncio.CancelledError
+            b = msg.get("body", b"")
+            if b:
+                size += len(b)
+                if size > self.max_body:
+                    raise GatewayError(413, f"Request body too large: the limit is {self.max_body} bytes.",
+                                       code="request_too_large")
+                chunks.append(b)
+            if not msg.get("more_body"):
+                break
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not raw:
+            raise _bad("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise _bad(f"The request body is not valid JSON: {e.msg} at position {e.pos}.") from None
+
+    @staticmethod
+    def _headers(scope: Scope) -> dict[str, str]:
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+    def _trace_headers(self, rid: str, model: str, reason: str) -> list[tuple[bytes, bytes]]:
+        return [_hdr(b"x-llmroute-request-id", rid), _hdr(b"x-llmroute-model", model),
+                _hdr(b"x-llmroute-reason", reason)]
+
+    def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
+        tin = estimate_input_tokens(body.get("messages") or [])
+        mt = body.get("max_tokens") or body.get("max_completion_tokens")
+        worst = 0.0
+        for name in decision.ranked[: 1 + self.config.server.max_fallbacks]:
+            cfg = self.engine.models[name]
+            out = mt or cfg.context_window or 4096
+            worst = max(worst, max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin, out))
+        return worst
+
+    def _cost(self, model: str, usage: dict[str, Any] | None) -> tuple[int, int, float]:
+        if not usage:
+            return 0, 0, 0.0
+        ti = int(usage.get("prompt_tokens") or 0)
+        to = int(usage.get("completion_tokens") or 0)
+        pin, pout = self.prices[model]
+        return ti, to, ti * pin + to * pout
+
+    async def _prepare(
+        self, scope: Scope, body: dict[str, Any], rid: str, endpoint: str
+    ) -> tuple[RequestContext, RouteDecision, Any]:
+        """auth -> decide; shared by chat, messages and route."""
+        headers = self._headers(scope)
+        key = self.auth.admit(headers, body["model"]) if self.auth.enabled else None
+        pol = body.pop("llmroute", None) or {}
+        policy: dict[str, float | None] = {}
+        for k in ("tradeoff", "max_cost", "min_quality"):
+            if k in pol:
+                v = pol[k]
+                if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
+                    raise _bad(f"'llmroute.{k}' must be a non-negative number or null.", f"llmroute.{k}")
+                policy[k] = v
+        ctx = RequestContext(request_id=rid, requested=body["model"], messages=body["messages"], body=body,
+                             key_id=key.id if key is not None else None, headers=headers, endpoint=endpoint,
+                             policy=policy)
+        decision = await self.engine.decide(ctx)
+        return ctx, decision, key
+
+    def _finish(self, *, rid: str, ctx: RequestContext | None, decision: RouteDecision | None, model: str,
+                status: int, t0: float, attempts: list[Attempt], usage: tuple[int, int, float] = (0, 0, 0.0),
+                stream: bool = False, ttft: float | None = None, error: str | None = None,
+                response: Any = None) -> None:
+        """Metrics + trace record (both queued, off the hot path)."""
+        total = time.perf_counter() - t0
+        upstream = sum(a.latency_s for a in attempts)
+        alias = decision.alias if decision is not None else None
+        fails = [a for a in attempts if not a.ok]
+        m = self.metrics
+        for a in fails:
+            m.observe_error(a.model, alias, kind=str(a.status or "error"))
+        if decision is not None and model and model != decision.model:
+            m.observe_fallback(alias, decision.model, model, reason=str(fails[-1].status if fails else "error"))
+        label = model if model in self.engine.models else ""
+        m.observe_request(model=label, alias=alias if alias in self.engine.plans else None, status=status,
+                          overhead_s=max(0.0, total - upstream), upstream_s=upstream, total_s=total,
+                          tokens_in=usage[0], tokens_out=usage[1], cost_usd=usage[2], fallbacks=len(fails),
+                          ttft_s=ttft, stream=stream)
+        if self.store is None:
+            return
+        rec: dict[str, Any] = {
+            "request_id": rid, "ts": time.time(), "key_id": ctx.key_id if ctx else None, "alias": alias,
+            "model": model or None, "requested_model": ctx.requested if ctx else None, "status": status,
+            "error": error, "reason": decision.reason if decision else None, "stream": stream,
+            "candidates": decision.candidates() if decision else [],
+            "fallbacks": [{"model": a.model, "error": a.error, "status": a.status,
+                           "latency_ms": round(a.latency_s * 1000, 3)} for a in fails],
+            "overhead_ms": round(max(0.0, total - upstream) * 1000, 3), "upstream_ms": round(upstream * 1000, 3),
+            "total_ms": round(total * 1000, 3), "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+            "tokens_in": usage[0], "tokens_out": usage[1], "cost_usd": usage[2],
+        }
+        if ctx is not None and self.config.trace.store_prompts:
+            rec["prompt"] = ctx.text
+        if response is not None and self.config.trace.store_responses:
+            rec["response"] = response
+        if decision is not None and decision.extra:
+            rec["extra"] = decision.extra
+        self.store.write(rec)
+
+    # ---- endpoints ---------------------------------------------------------------------------
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, anthropic=False)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, anthropic=True)
+
+    async def _completion(self, scope: Scope, receive: Receive, send: Send, *, anthropic: bool) -> None:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
+        rid = os.urandom(12).hex()
+        ctx: RequestContext | None = None
+        decision: RouteDecision | None = None
+        reservation = None
+        watch: _Disconnect | None = None
+        attempts: list[Attempt] = []
+        try:
+            try:
+                body = await self._read_json(scope, receive)
+                if anthropic:
+                    _validate_anthropic(body)
+                    requested = body["model"]
+                    body = anthropic_to_openai_request(body)
+                else:
+                    _validate_chat(body)
+                ctx, decision, key = await self._prepare(scope, body, rid, "messages" if anthropic else "chat")
+                if key is not None and self.budgets is not None:
+                    reservation = self.budgets.reserve(key, self._max_cost(decision, body))
+            except GatewayError as e:
+                self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=e.status, t0=t0, attempts=[],
+                             error=e.message)
+                if e.status in (401, 403, 429):
+                    self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
+                await self._error(send, e, [_hdr(b"x-llmroute-request-id", rid)], anthropic)
+                return
+            watch = _Disconnect(receive)
+            if body.get("stream"):
+                await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, anthropic,
+                                   requested if anthropic else "", watch)
+                return
+            try:
+                model, resp, attempts = await self.executor.complete(decision.ranked, body, deadline)
+            except BackendError as e:
+                attempts = getattr(e, "attempts", [])
+                if reservation is not None:
+                    self.budgets.release(reservation)  # type: ignore[union-attr]
+                ge = _from_backend(e)
+                self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=ge.status, t0=t0,
+                             attempts=attempts, error=e.message)
+                watch.done = True
+                await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
+                return
+            usage = self._cost(model, resp.get("usage"))
+            if reservation is not None:
+                self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+            reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
+            out = openai_to_anthropic_response(resp, requested) if anthropic else resp
+            watch.done = True
+            await self._send(send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, model, reason)])
+            self._finish(rid=rid, ctx=ctx, decision=decision, model=model, status=200, t0=t0, attempts=attempts,
+                         usage=usage, response=resp.get("choices"))
+        except asyncio.CancelledError:
+            # client went away: the upstream call was cancelled with us
+            if reservation is not None and self.budgets is not None:
+                self.budgets.release(reservation)
+            self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=499, t0=t0, attempts=attempts,
+                         error="client disconnected")
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    async def _stream(self, send: Send, body: dict[str, Any], ctx: RequestContext, decision: RouteDecision,
+                      rid: str, t0: float, deadline: float, reservation: Any, anthropic: bool, requested: str,
+                      watch: _Disconnect) -> None:
+        try:
+            start = await self.executor.stream(decision.ranked, body, deadline)
+        except BackendError as e:
+            if reservation is not None:
+                self.budgets.release(reservation)  # type: ignore[union-attr]
+            ge = _from_backend(e)
+            self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=ge.status, t0=t0,
+                         attempts=getattr(e, "attempts", []), error=e.message, stream=True)
+            watch.done = True
+            await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
+            return
+        model = start.model
+        ttft = time.perf_counter() - t0
+        reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
+        headers = [_SSE, (b"cache-control", b"no-cache"), *self._trace_headers(rid, model, reason)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        usage_raw: dict[str, Any] | None = None
+        conv = OpenAIToAnthropicStream(requested, rid) if anthropic else None
+        error: str | None = None
+        t_up = time.perf_counter()
+
+        def encode(chunk: dict[str, Any]) -> bytes:
+            nonlocal usage_raw
+            if chunk.get("usage"):
+                usage_raw = chunk["usage"]
+            if conv is not None:
+                return b"".join(conv.feed(chunk))
+            if chunk.pop("_usage_only", False):
+                return b""
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        try:
+            first = b"".join(encode(c) for c in start.first)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                async for chunk in start.rest:
+                    data = encode(chunk)
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+            self.executor.stream_done(model, True)
+        except (BackendError, TimeoutError) as e:
+            error = e.message if isinstance(e, BackendError) else "request deadline exceeded mid-stream"
+            self.executor.stream_done(model, False)
+            with contextlib.suppress(Exception):
+                await start.rest.aclose()  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            # client disconnected: close the upstream stream now, then let the caller record it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
+            raise
+        usage = self._cost(model, usage_raw)
+        if reservation is not None:
+            self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+        if conv is not None:
+            tail = b"".join(conv.finish()) if error is None else OpenAIToAnthropicStream.error(error)
+        else:
+            tail = _DONE if error is None else (b"data: " + orjson.dumps(
+                {"error": {"message": error, "type": "upstream_error", "param": None, "code": "stream_interrupted"}})
+                + b"\n\n" + _DONE)
+        watch.done = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        attempts = [*start.attempts]
+        attempts[-1] = Attempt(model, error is None, attempts[-1].latency_s + (time.perf_counter() - t_up), error)
+        self._finish(rid=rid, ctx=ctx, decision=decision, model=model, status=200, t0=t0, attempts=attempts,
+                     usage=usage, stream=True, ttft=ttft, error=error)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = os.urandom(12).hex()
+        try:
+            body = await self._read_json(scope, receive)
+            if isinstance(body, dict) and "messages" not in body and isinstance(body.get("prompt"), str):
+                body["messages"] = [{"role": "user", "content": body["prompt"]}]
+            _validate_chat(body)
+            _ctx, decision, _ = await self._prepare(scope, body, rid, "route")
+        except GatewayError as e:
+            await self._error(send, e, [_hdr(b"x-llmroute-request-id", rid)])
+            return
+        out = {"id": rid, "object": "llmroute.decision", "model": decision.model, "alias": decision.alias,
+               "router": decision.router, "reason": decision.reason,
+               "ranked": [{**c, "base_url": self.engine.models[c["model"]].base_url}
+                          for c in decision.candidates()]}
+        await self._send(send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, decision.model,
+                                                                                     decision.reason)])
+
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_json(scope, receive)
+            if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
+                raise _bad("'request_id' is required (the x-llmroute-request-id of a response).", "request_id")
+            if self.auth.enabled:
+                self.auth.authenticate(self._headers(scope))
+            outcome = {k: v for k, v in body.items() if k != "request_id"}
+            q = outcome.get("quality")
+            if q is not None and (not isinstance(q, int | float) or isinstance(q, bool) or not 0 <= q <= 1):
+                raise _bad("'quality' must be a number in [0, 1].", "quality")
+            if not outcome:
+                raise _bad("Give an outcome, e.g. {\"request_id\": ..., \"quality\": 1.0}.")
+            found = await self.store.aattach_feedback(body["request_id"], outcome) if self.store else False
+            if not found:
+                raise GatewayError(404, f"Unknown request id {body['request_id'][:64]!r}.", code="not_found",
+                                   param="request_id")
+            for hook in self.feedback_hooks:
+                await hook(body["request_id"], outcome)
+        except GatewayError as e:
+            await self._error(send, e)
+            return
+        await self._send(send, 200, b'{"ok":true}', [_JSON])
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._send(send, 200, self._models_body, [_JSON])
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        br = {n: b.state for n, b in self.executor.breakers.items()}
+        body = {"status": "ok", "models": len(self.backends), "aliases": sorted(self.engine.plans), "breakers": br}
+        await self._send(send, 200, orjson.dumps(body), [_JSON])
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data, ctype = self.metrics.render()
+        await self._send(send, 200, data, [(b"content-type", ctype.encode())])
+
+    async def _openapi_ep(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._send(send, 200, self._openapi, [_JSON])

@@ -1,0 +1,476 @@
+"""Anthropic Messages API: the backend, and the translations both ways used by it and by the
+gateway's own `POST /v1/messages` endpoint.
+
+- `openai_to_anthropic_request` / `anthropic_to_openai_response` / `AnthropicToOpenAIStream`:
+  an OpenAI chat request sent to an Anthropic model (the backend).
+- `anthropic_to_openai_request` / `openai_to_anthropic_response` / `OpenAIToAnthropicStream`:
+  an Anthropic Messages request routed to any backend (the inbound endpoint).
+Text, system prompts, images (URL / base64), tool definitions, tool_choice, tool calls and tool
+results, stop sequences, usage and stop reasons are translated, streaming included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llmroute.gateway.backends.base import BackendError, classify_status
+from llmroute.gateway.backends.openai import missing_credentials
+from llmroute.gateway.config import ModelConfig
+
+__all__ = [
+    "AnthropicBackend",
+    "AnthropicToOpenAIStream",
+    "OpenAIToAnthropicStream",
+    "anthropic_to_openai_request",
+    "anthropic_to_openai_response",
+    "openai_to_anthropic_request",
+    "openai_to_anthropic_response",
+]
+
+DEFAULT_MAX_TOKENS = 4096
+_STOP_A2O = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+             "pause_turn": "stop", "refusal": "content_filter"}
+_STOP_O2A = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
+             "content_filter": "refusal"}
+
+
+# ---- OpenAI -> Anthropic (request) -----------------------------------------------------------
+def _o2a_content(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    out: list[dict[str, Any]] = []
+    for p in content:
+        if not isinstance(p, dict):
+            continue
+        t = p.get("type")
+        if t == "text":
+            out.append({"type": "text", "text": p.get("text", "")})
+        elif t == "image_url":
+            url = (p.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                head, data = url.split(";base64,", 1)
+                out.append({"type": "image", "source": {"type": "base64", "media_type": head[5:], "data": data}})
+            else:
+                out.append({"type": "image", "source": {"type": "url", "url": url}})
+    return out
+
+
+def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat-completions body as an Anthropic Messages body for `model`."""
+    system: list[str] = []
+    msgs: list[dict[str, Any]] = []
+
+    def push(role: str, blocks: list[dict[str, Any]]) -> None:
+        if msgs and msgs[-1]["role"] == role:
+            msgs[-1]["content"].extend(blocks)
+        else:
+            msgs.append({"role": role, "content": list(blocks)})
+
+    for m in body.get("messages") or []:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(b["text"] for b in _o2a_content(m.get("content")) if b["type"] == "text")
+        elif role == "user":
+            push("user", _o2a_content(m.get("content")))
+        elif role == "assistant":
+            blocks = _o2a_content(m.get("content"))
+            for tc in m.get("tool_calls") or []:
+                fn = tc.get("function") or {}
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    args = {"_raw": fn.get("arguments")}
+                blocks.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args})
+            push("assistant", blocks)
+        elif role == "tool":
+            c = m.get("content")
+            text = c if isinstance(c, str) else "".join(b.get("text", "") for b in _o2a_content(c))
+            push("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": text}])
+    out: dict[str, Any] = {
+        "model": model,
+        "messages": msgs,
+        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        out["system"] = "\n\n".join(system)
+    for k in ("temperature", "top_p", "stream"):
+        if body.get(k) is not None:
+            out[k] = body[k]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("tools"):
+        out["tools"] = [
+            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
+             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
+            for t in body["tools"] if isinstance(t, dict) and t.get("type", "function") == "function"
+        ]
+    tc = body.get("tool_choice")
+    if tc is not None and out.get("tools"):
+        if tc == "auto":
+            out["tool_choice"] = {"type": "auto"}
+        elif tc == "required":
+            out["tool_choice"] = {"type": "any"}
+        elif tc == "none":
+            out["tool_choice"] = {"type": "none"}
+        elif isinstance(tc, dict):
+            out["tool_choice"] = {"type": "tool", "name": (tc.get("function") or {}).get("name", "")}
+    user = body.get("user")
+    if isinstance(user, str):
+        out["metadata"] = {"user_id": user}
+    return out
+
+
+def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, Any]:
+    """An Anthropic Messages response as an OpenAI chat completion."""
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for b in msg.get("content") or []:
+        if b.get("type") == "text":
+            text.append(b.get("text", ""))
+        elif b.get("type") == "tool_use":
+            calls.append({"id": b.get("id", ""), "type": "function",
+                          "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    u = msg.get("usage") or {}
+    pt, ct = int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
+    return {
+        "id": msg.get("id", "chatcmpl-anthropic"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": msg.get("model", model),
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": _STOP_A2O.get(msg.get("stop_reason") or "end_turn", "stop")}],
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+    }
+
+
+class AnthropicToOpenAIStream:
+    """Stateful: Anthropic stream events in, OpenAI chunk dicts out."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = "chatcmpl-anthropic"
+        self.tool_index: dict[int, int] = {}
+        self.input_tokens = 0
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": 0, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def feed(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        """OpenAI chunks for one Anthropic event."""
+        t = ev.get("type")
+        if t == "message_start":
+            m = ev.get("message") or {}
+            self.id = m.get("id", self.id)
+            self.input_tokens = int((m.get("usage") or {}).get("input_tokens") or 0)
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if t == "content_block_start":
+            b = ev.get("content_block") or {}
+            if b.get("type") == "tool_use":
+                k = len(self.tool_index)
+                self.tool_index[int(ev.get("index", 0))] = k
+                return [self._chunk({"tool_calls": [{"index": k, "id": b.get("id", ""), "type": "function",
+                                                     "function": {"name": b.get("name", ""), "arguments": ""}}]})]
+            if b.get("type") == "text" and b.get("text"):
+                return [self._chunk({"content": b["text"]})]
+            return []
+        if t == "content_block_delta":
+            d = ev.get("delta") or {}
+            if d.get("type") == "text_delta":
+                return [self._chunk({"content": d.get("text", "")})]
+            if d.get("type") == "input_json_delta":
+                k = self.tool_index.get(int(ev.get("index", 0)), 0)
+                return [self._chunk({"tool_calls": [{"index": k, "function": {"arguments": d.get("partial_json", "")}}]})]
+            return []
+        if t == "message_delta":
+            stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
+            ct = int((ev.get("usage") or {}).get("output_tokens") or 0)
+            fin = self._chunk({}, _STOP_A2O.get(stop, "stop"))
+            usage = dict(self._chunk({}), choices=[], usage={"prompt_tokens": self.input_tokens,
+                                                              "completion_tokens": ct,
+                                                              "total_tokens": self.input_tokens + ct})
+            usage["_usage_only"] = True
+            return [fin, usage]
+        if t == "error":
+            err = ev.get("error") or {}
+            raise BackendError(f"model {self.model!r}: upstream stream error: {err.get('message', '')}"[:400])
+        return []
+
+
+# ---- Anthropic -> OpenAI (request), for the inbound /v1/messages endpoint ---------------------
+def _a2o_blocks(content: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(openai content, tool_calls, tool messages) for one Anthropic message content."""
+    if isinstance(content, str):
+        return content, [], []
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    tools: list[dict[str, Any]] = []
+    for b in content or []:
+        t = b.get("type")
+        if t == "text":
+            parts.append({"type": "text", "text": b.get("text", "")})
+        elif t == "image":
+            s = b.get("source") or {}
+            url = s.get("url") if s.get("type") == "url" else f"data:{s.get('media_type')};base64,{s.get('data')}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif t == "tool_use":
+            calls.append({"id": b.get("id", ""), "type": "function",
+                          "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+        elif t == "tool_result":
+            c = b.get("content")
+            text = c if isinstance(c, str) else "".join(x.get("text", "") for x in (c or []) if x.get("type") == "text")
+            tools.append({"role": "tool", "tool_call_id": b.get("tool_use_id", ""), "content": text})
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts), calls, tools
+    return parts, calls, tools
+
+
+def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages body as an OpenAI chat-completions body (model name kept)."""
+    msgs: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system:
+        text = system if isinstance(system, str) else "".join(b.get("text", "") for b in system)
+        msgs.append({"role": "system", "content": text})
+    for m in body.get("messages") or []:
+        content, calls, tool_msgs = _a2o_blocks(m.get("content"))
+        msgs.extend(tool_msgs)
+        if m.get("role") == "assistant":
+            out: dict[str, Any] = {"role": "assistant", "content": content or None}
+            if calls:
+                out["tool_calls"] = calls
+            msgs.append(out)
+        elif content or not tool_msgs:
+            msgs.append({"role": m.get("role", "user"), "content": content})
+    out_body: dict[str, Any] = {"model": body.get("model"), "messages": msgs, "max_tokens": body.get("max_tokens")}
+    for k in ("temperature", "top_p", "stream"):
+        if body.get(k) is not None:
+            out_body[k] = body[k]
+    if body.get("stop_sequences"):
+        out_body["stop"] = body["stop_sequences"]
+    if body.get("tools"):
+        out_body["tools"] = [{"type": "function", "function": {"name": t.get("name"),
+                                                               "description": t.get("description", ""),
+                                                               "parameters": t.get("input_schema") or {}}}
+                             for t in body["tools"]]
+    tc = body.get("tool_choice")
+    if isinstance(tc, dict):
+        kind = tc.get("type")
+        out_body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {
+            "type": "function", "function": {"name": tc.get("name", "")}}
+    return out_body
+
+
+def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat completion as an Anthropic Messages response."""
+    choice = (resp.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if msg.get("content"):
+        content.append({"type": "text", "text": msg["content"]})
+    for tc in msg.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            args = {}
+        content.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args})
+    u = resp.get("usage") or {}
+    return {
+        "id": resp.get("id", "msg_llmroute"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": _STOP_O2A.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": {"input_tokens": int(u.get("prompt_tokens") or 0), "output_tokens": int(u.get("completion_tokens") or 0)},
+    }
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    data = dict(data, type=name)
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class OpenAIToAnthropicStream:
+    """Stateful: OpenAI chunk dicts in, Anthropic SSE event bytes out."""
+
+    def __init__(self, model: str, request_id: str) -> None:
+        self.model = model
+        self.id = f"msg_{request_id}"
+        self.started = False
+        self.block: str | None = None  # "text" | "tool:<k>"
+        self.index = -1
+        self.stop = "end_turn"
+        self.usage = {"input_tokens": 0, "output_tokens": 0}
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        return [_sse("message_start", {"message": {"id": self.id, "type": "message", "role": "assistant",
+                                                   "model": self.model, "content": [], "stop_reason": None,
+                                                   "stop_sequence": None, "usage": dict(self.usage)}})]
+
+    def _close_block(self) -> list[bytes]:
+        if self.block is None:
+            return []
+        self.block = None
+        return [_sse("content_block_stop", {"index": self.index})]
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        """Anthropic events for one OpenAI chunk."""
+        out = self._start()
+        if chunk.get("usage"):
+            u = chunk["usage"]
+            self.usage = {"input_tokens": int(u.get("prompt_tokens") or 0),
+                          "output_tokens": int(u.get("completion_tokens") or 0)}
+        for ch in chunk.get("choices") or []:
+            d = ch.get("delta") or {}
+            if d.get("content"):
+                if self.block != "text":
+                    out += self._close_block()
+                    self.index += 1
+                    self.block = "text"
+                    out.append(_sse("content_block_start", {"index": self.index,
+                                                            "content_block": {"type": "text", "text": ""}}))
+                out.append(_sse("content_block_delta", {"index": self.index,
+                                                        "delta": {"type": "text_delta", "text": d["content"]}}))
+            for tc in d.get("tool_calls") or []:
+                key = f"tool:{tc.get('index', 0)}"
+                fn = tc.get("function") or {}
+                if self.block != key:
+                    out += self._close_block()
+                    self.index += 1
+                    self.block = key
+                    out.append(_sse("content_block_start", {"index": self.index, "content_block": {
+                        "type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": {}}}))
+                if fn.get("arguments"):
+                    out.append(_sse("content_block_delta", {"index": self.index, "delta": {
+                        "type": "input_json_delta", "partial_json": fn["arguments"]}}))
+            if ch.get("finish_reason"):
+                self.stop = _STOP_O2A.get(ch["finish_reason"], "end_turn")
+        return out
+
+    def finish(self) -> list[bytes]:
+        """The closing events."""
+        out = self._start() + self._close_block()
+        out.append(_sse("message_delta", {"delta": {"stop_reason": self.stop, "stop_sequence": None},
+                                          "usage": {"output_tokens": self.usage["output_tokens"]}}))
+        out.append(_sse("message_stop", {}))
+        return out
+
+    @staticmethod
+    def error(message: str, etype: str = "api_error") -> bytes:
+        """An Anthropic error event."""
+        return _sse("error", {"error": {"type": etype, "message": message}})
+
+
+# ---- the backend ------------------------------------------------------------------------------
+class AnthropicBackend:
+    """An Anthropic Messages API model behind the OpenAI-shaped backend interface."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.url = (cfg.base_url or "https://api.anthropic.com").rstrip("/") + "/v1/messages"
+        self.session: aiohttp.ClientSession | None = None
+        self.headers = {"content-type": "application/json", "anthropic-version": "2023-06-01", **cfg.headers}
+        self.key_missing = False
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        key = self.cfg.api_key()
+        if key:
+            self.headers["x-api-key"] = key
+        elif self.cfg.api_key_env:
+            self.key_missing = True
+
+    async def close(self) -> None:
+        self.session = None
+
+    def _prep(self, body: dict[str, Any]) -> bytes:
+        if self.key_missing:
+            raise missing_credentials(self.cfg)
+        if self.session is None:
+            raise BackendError(f"model {self.cfg.name!r}: backend not started", status=503, retryable=False)
+        return orjson.dumps(openai_to_anthropic_request(body, self.cfg.upstream))
+
+    async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        payload = self._prep(dict(body, stream=False))
+        assert self.session is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.session.post(self.url, data=payload, headers=self.headers) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+        except TimeoutError:
+            raise BackendError(f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
+                               status=504, code="upstream_timeout") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({type(e).__name__})") from None
+        if status != 200:
+            raise classify_status(self.cfg.name, status, raw[:300].decode("utf-8", "replace"))
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
+        return anthropic_to_openai_response(msg, self.cfg.name)
+
+    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+        payload = self._prep(dict(body, stream=True))
+        assert self.session is not None
+        name = self.cfg.name
+        conv = AnthropicToOpenAIStream(name)
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self.session.post(self.url, data=payload, headers=self.headers)
+        except TimeoutError:
+            raise BackendError(f"model {name!r}: upstream timed out after {timeout_s:.1f}s", status=504,
+                               code="upstream_timeout") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendError(f"model {name!r}: upstream connection failed ({type(e).__name__})") from None
+        try:
+            if resp.status != 200:
+                async with asyncio.timeout(timeout_s):
+                    raw = await resp.read()
+                raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
+            stopped = False
+            while True:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        line = await resp.content.readline()
+                except TimeoutError:
+                    raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
+                                       code="upstream_timeout") from None
+                if not line:
+                    break
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                try:
+                    ev = orjson.loads(line[5:].strip())
+                except orjson.JSONDecodeError:
+                    raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
+                for chunk in conv.feed(ev):
+                    yield chunk
+                if ev.get("type") == "message_stop":
+                    stopped = True
+                    break
+            if not stopped:
+                raise BackendError(f"model {name!r}: upstream stream ended without message_stop")
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendError(f"model {name!r}: upstream stream broke ({type(e).__name__})") from None
+        finally:
+            resp.release()

@@ -1,0 +1,86 @@
+"""The backend contract: one upstream model behind a uniform OpenAI-chat-shaped interface.
+
+Every backend takes an OpenAI chat-completions request body (a dict; fields it does not know are
+passed through untouched where the upstream API allows it) and returns an OpenAI chat-completion
+dict, or, for streams, an async iterator of OpenAI `chat.completion.chunk` dicts. Failures raise
+`BackendError`, which says whether the same backend may be retried and whether the gateway may
+fall back to another candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from llmroute.gateway.config import ModelConfig
+
+__all__ = ["Backend", "BackendError", "classify_status"]
+
+
+class BackendError(Exception):
+    """An upstream call failed.
+
+    `status` is what the client sees if no fallback succeeds; `retryable`: the same backend may
+    succeed on a retry (timeouts, resets, 429, 5xx); `fallback`: another model may be tried (False
+    for errors caused by the request itself, e.g. an upstream 400, which go straight back).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        retryable: bool = True,
+        fallback: bool = True,
+        code: str = "upstream_error",
+        etype: str = "upstream_error",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.fallback = fallback
+        self.code = code
+        self.etype = etype
+
+
+def classify_status(model: str, status: int, detail: str = "") -> BackendError:
+    """The `BackendError` for an upstream HTTP error status."""
+    detail = detail[:300]
+    if status == 429:
+        return BackendError(f"model {model!r}: upstream rate limit (429) {detail}".strip(), status=429,
+                            code="upstream_rate_limited", etype="rate_limit_error")
+    if status >= 500 or status == 408:
+        return BackendError(f"model {model!r}: upstream error {status} {detail}".strip(), status=502)
+    if status in (401, 403):
+        return BackendError(
+            f"model {model!r}: upstream rejected the gateway's credentials ({status})",
+            status=502, retryable=False, code="upstream_auth_failed",
+        )
+    return BackendError(
+        f"model {model!r}: upstream rejected the request ({status}) {detail}".strip(),
+        status=status if 400 <= status < 500 else 502, retryable=False, fallback=False,
+        code="upstream_bad_request", etype="invalid_request_error",
+    )
+
+
+class Backend(Protocol):
+    """One upstream model."""
+
+    cfg: ModelConfig
+
+    async def start(self, session: Any) -> None:
+        """Bind to the shared aiohttp session (called once at gateway startup)."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources (the shared session is closed by the gateway)."""
+        ...
+
+    async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One non-streaming completion in OpenAI format."""
+        ...
+
+    def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI chunk dicts; `timeout_s` bounds the wait for each chunk."""
+        ...

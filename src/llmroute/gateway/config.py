@@ -1,0 +1,287 @@
+"""Gateway configuration: one YAML file, validated with pydantic when the gateway starts.
+
+`load_config(path)` reads the YAML, substitutes `${ENV}` and `${ENV:-default}` in every string
+(an unset variable without a default is an error that names it), validates it and returns a
+`GatewayConfig`. Any problem raises `ConfigError` whose message names the field (dotted path)
+and says what is allowed.
+
+Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
+
+    server:   {max_body_bytes, request_timeout_s, retries, backoff_s, breaker_failures,
+               breaker_cooldown_s}
+    models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
+                input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
+                router_model, replay_table, replay_model, headers}]
+    routers:  {name: "path/to/router" | "builtin:default"}
+    aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, candidates}}
+    keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
+    store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://"}
+    trace:    {store_prompts: false, store_responses: false}
+
+The key/budget fields are read by `llmroute.gateway.auth`; `store.url` by
+`llmroute.gateway.store`. Secrets never appear in error messages: only env-var names do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AliasConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "KeyConfig",
+    "ModelConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "TraceConfig",
+    "load_config",
+    "parse_config",
+    "substitute_env",
+]
+
+
+class ConfigError(ValueError):
+    """The gateway configuration is invalid; the message names the field and what is allowed."""
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: Any, env: dict[str, str] | None = None, _path: str = "") -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in every string of a parsed YAML tree."""
+    env = os.environ if env is None else env
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{_path or '<root>'}: environment variable {name} is not set "
+                f"(set it, or write ${{{name}:-default}} to give a default)"
+            )
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, f"{_path}.{k}" if _path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, f"{_path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ServerConfig(_Strict):
+    """Request-path limits and reliability knobs."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0, description="whole-request deadline")
+    retries: int = Field(1, ge=0, le=10, description="retries per candidate for retryable errors")
+    backoff_s: float = Field(0.05, ge=0, description="first retry backoff; doubles each retry")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a breaker")
+    breaker_cooldown_s: float = Field(10.0, gt=0, description="open time before a half-open probe")
+    max_fallbacks: int = Field(3, ge=0, description="other candidates tried after the first")
+
+
+class ModelConfig(_Strict):
+    """One upstream model the gateway can call."""
+
+    name: str = Field(min_length=1)
+    provider: Literal["openai", "anthropic", "replay"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = Field(None, description="model id sent upstream (default: name)")
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+    context_window: int | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_concurrency: int = Field(256, gt=0)
+    router_model: str | None = Field(None, description="router column that estimates this model")
+    replay_table: str | None = None
+    replay_model: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.provider in ("openai", "anthropic"):
+            if not self.base_url:
+                self.base_url = (
+                    "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"
+                )
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.provider == "replay" and not self.replay_table:
+            raise ValueError("provider 'replay' needs replay_table (a routing table file or folder)")
+        return self
+
+    @property
+    def upstream(self) -> str:
+        """Model id sent to the upstream API."""
+        return self.upstream_model or self.name
+
+    @property
+    def estimated_by(self) -> str:
+        """Router column whose estimates stand for this model."""
+        return self.router_model or self.name
+
+    def api_key(self) -> str | None:
+        """The API key from `api_key_env` (None when unset)."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+class AliasConfig(_Strict):
+    """A routed model name exposed to clients, with its router and policy."""
+
+    router: str = "default"
+    candidates: list[str] = Field(default_factory=list, description="model names; empty = all routable")
+    tradeoff: float = Field(0.0, ge=0, description="lambda in q - lambda * cost_usd")
+    max_cost: float | None = Field(None, gt=0)
+    min_quality: float | None = Field(None, ge=0, le=1)
+    description: str = ""
+
+
+class KeyConfig(_Strict):
+    """An API key allowed to call the gateway (stored hashed: sha256 hex of the key)."""
+
+    id: str = Field(min_length=1)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    key_env: str | None = None
+    budget_usd_day: float | None = Field(None, ge=0)
+    budget_usd_month: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, gt=0, description="requests per minute")
+    aliases: list[str] | None = Field(None, description="allowed model names/aliases; None = all")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if not self.key_sha256 and not self.key_env:
+            raise ValueError("give key_sha256 (sha256 hex of the key) or key_env (env var holding the key)")
+        return self
+
+
+class StoreConfig(_Strict):
+    """Where decision traces go."""
+
+    url: str = "sqlite:///llmroute-traces.sqlite"
+    batch_size: int = Field(256, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0)
+
+
+class TraceConfig(_Strict):
+    """What a trace record keeps."""
+
+    store_prompts: bool = False
+    store_responses: bool = False
+
+
+class GatewayConfig(_Strict):
+    """The whole gateway configuration."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+    routers: dict[str, str] = Field(default_factory=lambda: {"default": "builtin:default"})
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    trace: TraceConfig = Field(default_factory=TraceConfig)
+    base_dir: str = Field(".", description="directory relative paths resolve against (set by load_config)")
+
+    @field_validator("routers")
+    @classmethod
+    def _routers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, ref in v.items():
+            if not isinstance(ref, str) or not ref:
+                raise ValueError(f"router {name!r}: give a router file path or 'builtin:default'")
+            if ref.startswith("builtin:") and ref != "builtin:default":
+                raise ValueError(f"router {name!r}: unknown built-in {ref!r}; allowed: 'builtin:default'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> GatewayConfig:
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"models: duplicate model name(s) {dup}")
+        known = set(names)
+        for alias, a in self.aliases.items():
+            if alias in known:
+                raise ValueError(f"aliases.{alias}: an alias cannot have the same name as a model")
+            if a.router not in self.routers:
+                raise ValueError(
+                    f"aliases.{alias}.router: unknown router {a.router!r}; defined: {sorted(self.routers)}"
+                )
+            bad = [c for c in a.candidates if c not in known]
+            if bad:
+                raise ValueError(f"aliases.{alias}.candidates: unknown model(s) {bad}; defined: {names}")
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("keys: duplicate key id")
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        """The model named `name`, or None."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    def resolve_path(self, p: str) -> Path:
+        """A relative path resolved against the config file's folder, else the working directory."""
+        path = Path(p).expanduser()
+        if path.is_absolute():
+            return path
+        beside = Path(self.base_dir) / path
+        if beside.exists() or not (Path.cwd() / path).exists():
+            return beside
+        return Path.cwd() / path
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid gateway configuration"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see examples/llmroute.yaml for allowed fields)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(
+    data: Any, *, source: str = "<config>", env: dict[str, str] | None = None, base_dir: str = "."
+) -> GatewayConfig:
+    """Validate an already-parsed YAML tree (after `${ENV}` substitution)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with at least 'models'")
+    data = substitute_env(data, env)
+    data.setdefault("base_dir", base_dir)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> GatewayConfig:
+    """Read, substitute and validate a gateway YAML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data, source=str(p), env=env, base_dir=str(p.resolve().parent))

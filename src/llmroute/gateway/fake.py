@@ -1,0 +1,311 @@
+"""A fake OpenAI-compatible (and Anthropic Messages) server for tests and benchmarks.
+
+Answers instantly (a deterministic echo), streams, and injects faults on demand:
+
+- per request: header `x-fake-fault: <fault>` (and `x-fake-delay: <seconds>` for `slow`/`timeout`);
+- per model: `POST /_control/fault {"model": "fake-strong" | "*", "fault": "<fault>", "count": N | null,
+  "delay": s}`; `DELETE /_control/fault` clears every fault; `GET /_control/stats` gives request counts
+  per model; `GET /_control/last?model=M` returns the last request body seen for model M.
+
+Faults: `500`, `503`, `429`, `400`, `timeout` (never answers within `delay`, default 30 s), `reset`
+(connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
+midway), `badjson` (200 with an invalid JSON body / SSE line), `slow` (first byte after `delay`,
+default 0.5 s, then a normal answer).
+
+Run it: `python -m llmroute.gateway.fake --port 9000` (binds 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["FAULTS", "FakeState", "main", "make_app"]
+
+FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow")
+
+
+class FakeState:
+    """Fault registry and counters of one fake server."""
+
+    def __init__(self) -> None:
+        self.faults: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, Any] = {}
+
+    def take_fault(self, model: str, header: str | None, delay: str | None) -> tuple[str | None, float | None]:
+        """The fault for this request (header wins over the per-model registry)."""
+        if header:
+            return header, float(delay) if delay else None
+        spec = self.faults.get(model) or self.faults.get("*")
+        if not spec:
+            return None, None
+        rem = spec.get("count")
+        if rem is not None:
+            if rem <= 0:
+                return None, None
+            spec["count"] = rem - 1
+        return spec["fault"], spec.get("delay")
+
+
+def _text_of(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        return ""
+    content = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
+    if isinstance(content, list):
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def _answer(model: str, messages: Any) -> str:
+    return f"[{model}] {_text_of(messages)[:60]}"
+
+
+def _usage(messages: Any, answer: str) -> dict[str, int]:
+    pt = max(1, len(orjson.dumps(messages)) // 4) if messages else 1
+    ct = max(1, len(answer) // 4)
+    return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+
+def _error(status: int, message: str, etype: str) -> web.Response:
+    body = orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": None}})
+    headers = {"retry-after": "0"} if status == 429 else None
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+async def _maybe_fault_pre(request: web.Request, fault: str | None, delay: float | None) -> web.StreamResponse | None:
+    if fault is None:
+        return None
+    if fault in ("500", "503"):
+        return _error(int(fault), "fake upstream failure", "server_error")
+    if fault == "429":
+        return _error(429, "fake rate limit", "rate_limit_error")
+    if fault == "400":
+        return _error(400, "fake bad request", "invalid_request_error")
+    if fault == "timeout":
+        await asyncio.sleep(delay if delay is not None else 30.0)
+        return _error(504, "fake timeout elapsed", "server_error")
+    if fault == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError
+    if fault == "slow":
+        await asyncio.sleep(delay if delay is not None else 0.5)
+    return None
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    state: FakeState = request.app["state"]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "invalid JSON body", "invalid_request_error")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object", "invalid_request_error")
+    model = str(body.get("model", ""))
+    state.counts[model] = state.counts.get(model, 0) + 1
+    state.last[model] = body
+    fault, delay = state.take_fault(model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay"))
+    early = await _maybe_fault_pre(request, fault, delay)
+    if early is not None:
+        return early
+    messages = body.get("messages")
+    answer = _answer(model, messages)
+    usage = _usage(messages, answer)
+    tools = body.get("tools")
+    tool_call = None
+    if tools and body.get("tool_choice", "auto") != "none":
+        fn = tools[0].get("function", {}).get("name", "tool")
+        tool_call = {"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}
+    created = int(time.time())
+    if body.get("stream"):
+        return await _chat_stream(request, body, model, answer, usage, tool_call, fault, created)
+    n = int(body.get("n") or 1)
+    msg: dict[str, Any] = {"role": "assistant", "content": None if tool_call else answer}
+    if tool_call:
+        msg["tool_calls"] = [tool_call]
+    resp = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "message": msg, "finish_reason": "tool_calls" if tool_call else "stop", "logprobs": None}
+            for i in range(n)
+        ],
+        "usage": usage,
+    }
+    raw = orjson.dumps(resp)
+    if fault == "badjson":
+        raw = b'{"id": "chatcmpl-fake", "choices": [ {not json'
+    if fault == "cut":
+        r = web.StreamResponse(status=200, headers={"content-type": "application/json", "content-length": str(len(raw))})
+        await r.prepare(request)
+        await r.write(raw[: len(raw) // 2])
+        if request.transport is not None:
+            request.transport.abort()
+        return r
+    return web.Response(body=raw, content_type="application/json")
+
+
+async def _chat_stream(
+    request: web.Request,
+    body: dict[str, Any],
+    model: str,
+    answer: str,
+    usage: dict[str, int],
+    tool_call: dict[str, Any] | None,
+    fault: str | None,
+    created: int,
+) -> web.StreamResponse:
+    r = web.StreamResponse(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    await r.prepare(request)
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        c = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": finish}])
+        return b"data: " + orjson.dumps(c) + b"\n\n"
+
+    if fault == "badjson":
+        await r.write(b"data: {not json\n\n")
+        return r
+    pieces = [answer[i : i + 8] for i in range(0, len(answer), 8)] or [""]
+    out = [chunk({"role": "assistant", "content": ""})]
+    if tool_call:
+        out.append(chunk({"tool_calls": [dict(tool_call, index=0)]}))
+    else:
+        out.extend(chunk({"content": p}) for p in pieces)
+    out.append(chunk({}, "tool_calls" if tool_call else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        out.append(b"data: " + orjson.dumps(dict(base, choices=[], usage=usage)) + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
+    if fault == "cut":
+        for part in out[:2]:
+            await r.write(part)
+        await asyncio.sleep(0.01)
+        if request.transport is not None:
+            request.transport.abort()
+        return r
+    await r.write(b"".join(out))
+    return r
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    """A fake Anthropic Messages API endpoint."""
+    state: FakeState = request.app["state"]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "invalid JSON body", "invalid_request_error")
+    model = str(body.get("model", ""))
+    state.counts[model] = state.counts.get(model, 0) + 1
+    state.last[model] = body
+    fault, delay = state.take_fault(model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay"))
+    early = await _maybe_fault_pre(request, fault, delay)
+    if early is not None:
+        return early
+    answer = _answer(model, body.get("messages"))
+    tools = body.get("tools")
+    content: list[dict[str, Any]]
+    if tools and (body.get("tool_choice") or {}).get("type") != "none":
+        content = [{"type": "tool_use", "id": "toolu_fake1", "name": tools[0]["name"], "input": {"x": 1}}]
+        stop = "tool_use"
+    else:
+        content = [{"type": "text", "text": answer}]
+        stop = "end_turn"
+    usage = {"input_tokens": 10, "output_tokens": max(1, len(answer) // 4)}
+    if not body.get("stream"):
+        msg = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
+               "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        return web.Response(body=orjson.dumps(msg), content_type="application/json")
+    r = web.StreamResponse(status=200, headers={"content-type": "text/event-stream"})
+    await r.prepare(request)
+
+    def ev(name: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(dict(data, type=name)) + b"\n\n"
+
+    out = [ev("message_start", {"message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                                            "content": [], "stop_reason": None, "stop_sequence": None,
+                                            "usage": {"input_tokens": 10, "output_tokens": 0}}})]
+    block = content[0]
+    if block["type"] == "text":
+        out.append(ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
+        for i in range(0, len(answer), 8):
+            out.append(ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": answer[i : i + 8]}}))
+    else:
+        out.append(ev("content_block_start", {"index": 0, "content_block": dict(block, input={})}))
+        out.append(ev("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"x": 1}'}}))
+    out.append(ev("content_block_stop", {"index": 0}))
+    out.append(ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                    "usage": {"output_tokens": usage["output_tokens"]}}))
+    out.append(ev("message_stop", {}))
+    await r.write(b"".join(out))
+    return r
+
+
+async def _models(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps({"object": "list", "data": []}), content_type="application/json")
+
+
+async def _set_fault(request: web.Request) -> web.Response:
+    state: FakeState = request.app["state"]
+    spec = orjson.loads(await request.read())
+    if spec.get("fault") not in FAULTS:
+        return _error(400, f"fault must be one of {FAULTS}", "invalid_request_error")
+    state.faults[str(spec.get("model", "*"))] = {"fault": spec["fault"], "count": spec.get("count"),
+                                                 "delay": spec.get("delay")}
+    return web.Response(body=b'{"ok": true}', content_type="application/json")
+
+
+async def _clear_faults(request: web.Request) -> web.Response:
+    request.app["state"].faults.clear()
+    return web.Response(body=b'{"ok": true}', content_type="application/json")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(request.app["state"].counts), content_type="application/json")
+
+
+async def _last(request: web.Request) -> web.Response:
+    last = request.app["state"].last.get(request.query.get("model", ""))
+    return web.Response(body=orjson.dumps(last), content_type="application/json")
+
+
+def make_app() -> web.Application:
+    """The fake server as an aiohttp application (state in `app['state']`)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["state"] = FakeState()
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/chat/completions", _chat)
+    app.router.add_post("/v1/messages", _messages)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_post("/_control/fault", _set_fault)
+    app.router.add_delete("/_control/fault", _clear_faults)
+    app.router.add_get("/_control/stats", _stats)
+    app.router.add_get("/_control/last", _last)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m llmroute.gateway.fake --port N [--host 127.0.0.1]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m llmroute.gateway.fake", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=9000)
+    args = ap.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        pass
+    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Reliability on the request path: circuit breakers, retries with backoff, fallback, deadlines.
+
+`Executor.complete(ranked, body, deadline)` / `Executor.stream(...)` try the ranked candidates in
+order: each one up to `1 + retries` times for retryable errors (timeouts, resets, 429, 5xx,
+invalid upstream JSON) with exponential backoff, then the next candidate; errors caused by the
+request itself (an upstream 400) go straight back. Candidates whose breaker is open are tried
+last (so a request still succeeds when every breaker is open). A stream is committed once its
+first content chunk arrives: failures before that fall back transparently; failures after it are
+reported by `StreamResult` so the app can end the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmroute.gateway.backends.base import Backend, BackendError
+
+__all__ = ["Attempt", "CircuitBreaker", "Executor", "StreamStart"]
+
+
+class CircuitBreaker:
+    """Per-backend breaker: closed -> open after `failures` consecutive failures -> half-open after
+    `cooldown_s` (one probe at a time) -> closed on a probe success, open again on a failure."""
+
+    __slots__ = ("clock", "consecutive", "cooldown_s", "failures", "opened_at", "probing", "state")
+
+    def __init__(self, failures: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.state = "closed"
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to this backend now (claims the half-open probe slot if so)."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if self.clock() - self.opened_at < self.cooldown_s:
+                return False
+            self.state = "half_open"
+            self.probing = False
+        if self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        """Record a successful call."""
+        self.consecutive = 0
+        self.probing = False
+        self.state = "closed"
+
+    def failure(self) -> None:
+        """Record a failed call (only failures of the backend, not of the request)."""
+        self.consecutive += 1
+        self.probing = False
+        if self.state == "half_open" or self.consecutive >= self.failures:
+            if self.state != "open":
+                self.opened_at = self.clock()
+            self.state = "open"
+
+
+@dataclass
+class Attempt:
+    """One upstream try, for the trace."""
+
+    model: str
+    ok: bool
+    latency_s: float
+    error: str | None = None
+    status: int | None = None
+
+
+@dataclass
+class StreamStart:
+    """A committed stream: the model that answers, the chunks already received, and the rest."""
+
+    model: str
+    first: list[dict[str, Any]]
+    rest: AsyncIterator[dict[str, Any]]
+    attempts: list[Attempt] = field(default_factory=list)
+    started_at: float = 0.0
+
+
+def _committed(chunk: dict[str, Any]) -> bool:
+    for ch in chunk.get("choices") or ():
+        d = ch.get("delta") or {}
+        if d.get("content") or d.get("tool_calls") or d.get("function_call") or ch.get("finish_reason"):
+            return True
+    return False
+
+
+class Executor:
+    """Calls backends with retries, fallback and breakers."""
+
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        *,
+        retries: int = 1,
+        backoff_s: float = 0.05,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 10.0,
+        max_fallbacks: int = 3,
+        on_breaker: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.backends = backends
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_fallbacks = max_fallbacks
+        self.breakers = {n: CircuitBreaker(breaker_failures, breaker_cooldown_s) for n in backends}
+        self.limits = {n: asyncio.Semaphore(b.cfg.max_concurrency) for n, b in backends.items()}
+        self.on_breaker = on_breaker
+
+    def _order(self, ranked: list[str]) -> list[str]:
+        ranked = ranked[: 1 + self.max_fallbacks]
+        ok = [m for m in ranked if self.breakers[m].allow()]
+        return ok + [m for m in ranked if m not in ok]
+
+    def _fail(self, name: str) -> None:
+        br = self.breakers[name]
+        before = br.state
+        br.failure()
+        if br.state != before and self.on_breaker is not None:
+            self.on_breaker(name, br.state)
+
+    def _ok(self, name: str) -> None:
+        br = self.breakers[name]
+        if br.state != "closed" or br.consecutive:
+            before = br.state
+            br.success()
+            if before != "closed" and self.on_breaker is not None:
+                self.on_breaker(name, "closed")
+
+    async def _backoff(self, k: int, deadline: float) -> bool:
+        delay = self.backoff_s * (2**k) * (0.5 + random.random())
+        if time.monotonic() + delay >= deadline:
+            return False
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    async def complete(
+        self, ranked: list[str], body: dict[str, Any], deadline: float
+    ) -> tuple[str, dict[str, Any], list[Attempt]]:
+        """(model, OpenAI response, attempts). Raises the last `BackendError` when all fail."""
+        attempts: list[Attempt] = []
+        last: BackendError | None = None
+        for name in self._order(ranked):
+            backend = self.backends[name]
+            for k in range(1 + self.retries):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise last or BackendError("request deadline exceeded", status=504, code="deadline_exceeded")
+                t0 = time.monotonic()
+                try:
+                    async with self.limits[name]:
+                        resp = await backend.chat(body, min(backend.cfg.timeout_s, remaining))
+                except BackendError as e:
+                    attempts.append(Attempt(name, False, time.monotonic() - t0, e.message, e.status))
+                    last = e
+                    if not e.fallback:
+                        raise
+                    if e.code != "missing_credentials":
+                        self._fail(name)
+                    if e.retryable and k < self.retries and self.breakers[name].state == "closed" \
+                            and await self._backoff(k, deadline):
+                        continue
+                    break
+                attempts.append(Attempt(name, True, time.monotonic() - t0))
+                self._ok(name)
+                return name, resp, attempts
+        assert last is not None
+        last.attempts = attempts  # type: ignore[attr-defined]
+        raise last
+
+    async def stream(self, ranked: list[str], body: dict[str, Any], deadline: float) -> StreamStart:
+        """Open a stream on the first candidate that delivers a content chunk."""
+        attempts: list[Attempt] = []
+        last: BackendError | None = None
+        for name in self._order(ranked):
+            backend = self.backends[name]
+            for k in range(1 + self.retries):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise last or BackendError("request deadline exceeded", status=504, code="deadline_exceeded")
+                t0 = time.monotonic()
+                agen = backend.chat_stream(body, min(backend.cfg.timeout_s, remaining))
+                first: list[dict[str, Any]] = []
+                try:
+                    async with asyncio.timeout(remaining):
+                        async for chunk in agen:
+                            first.append(chunk)
+                            if _committed(chunk):
+                                break
+                        else:
+                            pass  # stream ended cleanly before any content: deliver what we have
+                except (BackendError, TimeoutError) as e:
+                    await agen.aclose()
+                    err = e if isinstance(e, BackendError) else BackendError(
+                        f"model {name!r}: no first token before the deadline", status=504, code="upstream_timeout")
+                    attempts.append(Attempt(name, False, time.monotonic() - t0, err.message, err.status))
+                    last = err
+                    if not err.fallback:
+                        err.attempts = attempts  # type: ignore[attr-defined]
+                        raise err from None
+                    if err.code != "missing_credentials":
+                        self._fail(name)
+                    if err.retryable and k < self.retries and self.breakers[name].state == "closed" \
+                            and await self._backoff(k, deadline):
+                        continue
+                    break
+                attempts.append(Attempt(name, True, time.monotonic() - t0))
+                return StreamStart(name, first, agen, attempts, t0)
+        assert last is not None
+        last.attempts = attempts  # type: ignore[attr-defined]
+        raise last
+
+    def stream_done(self, name: str, ok: bool) -> None:
+        """Report how a committed stream ended (feeds the breaker)."""
+        if ok:
+            self._ok(name)
+        else:
+            self._fail(name)

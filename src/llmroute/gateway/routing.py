@@ -1,0 +1,245 @@
+"""The one place where a gateway request becomes a routing decision.
+
+`RoutingEngine.decide(ctx) -> RouteDecision` is called once per request by the app for
+`/v1/chat/completions`, `/v1/messages` and `/v1/route`. Order:
+
+1. hooks (`engine.add_hook(fn)`; for rules, guards and the cache of issue 4): each
+   `async fn(ctx, engine) -> RouteDecision | None` may return a decision (short-circuit), edit
+   `ctx` (e.g. narrow `ctx.allowed`, change `ctx.policy`), or raise `GatewayError` (block);
+2. a concrete model name passes through unrouted;
+3. an alias is routed: the alias's router estimates quality and cost for the whole conversation
+   (`conversation_text`), the alias policy (trade-off / max_cost / min_quality, overridable per
+   request via the body field `llmroute: {tradeoff, max_cost, min_quality}`) picks the model, and
+   the remaining candidates are ranked for fallback.
+
+Routers are anything with `.models` (router column names) and `.estimate(prompts) -> (q, c)`,
+(n, m) arrays (`llmroute.router.Router`). A gateway model is estimated by its `router_model`
+column; its expected cost uses the gateway's configured prices when set (input tokens from the
+text, `expected_output_tokens` output tokens), else the router's own cost estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from llmroute.gateway.auth import GatewayError
+from llmroute.gateway.config import AliasConfig, GatewayConfig, ModelConfig
+from llmroute.policy import choose
+
+__all__ = [
+    "RequestContext",
+    "RouteDecision",
+    "RouterLike",
+    "RoutingEngine",
+    "conversation_text",
+    "load_router",
+]
+
+
+class RouterLike(Protocol):
+    """What the gateway needs from a router."""
+
+    models: list[str]
+
+    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Expected quality and cost, each (len(prompts), len(models))."""
+        ...
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return str(content)
+
+
+def conversation_text(messages: Sequence[dict[str, Any]]) -> str:
+    """The text a router reads: every message's text (system, user, assistant, tool) joined by
+    blank lines, so a single user message gives exactly its content."""
+    if len(messages) == 1:
+        return _text(messages[0].get("content"))
+    return "\n\n".join(t for t in (_text(m.get("content")) for m in messages) if t)
+
+
+@dataclass
+class RequestContext:
+    """One request on its way to a decision (hooks may read and edit it)."""
+
+    request_id: str
+    requested: str
+    messages: list[dict[str, Any]]
+    body: dict[str, Any]
+    key_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    endpoint: str = "chat"
+    policy: dict[str, float | None] = field(default_factory=dict)
+    allowed: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    _text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """`conversation_text(messages)`, computed once."""
+        if self._text is None:
+            self._text = conversation_text(self.messages)
+        return self._text
+
+
+@dataclass
+class RouteDecision:
+    """The chosen model, the ranked fallbacks and why."""
+
+    model: str
+    ranked: list[str]
+    reason: str
+    alias: str | None = None
+    router: str | None = None
+    expected_quality: dict[str, float] = field(default_factory=dict)
+    expected_cost: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Ranked candidates with their estimates (for traces and `/v1/route`)."""
+        return [
+            {"model": m, "expected_quality": self.expected_quality.get(m), "expected_cost": self.expected_cost.get(m)}
+            for m in self.ranked
+        ]
+
+
+def load_router(ref: str, config: GatewayConfig) -> RouterLike:
+    """Load a router by config reference: a saved router path or 'builtin:default'."""
+    from llmroute.router import Router
+
+    if ref == "builtin:default":
+        from llmroute.router import default_router_path
+
+        return Router.load(default_router_path())
+    path = config.resolve_path(ref)
+    if not path.exists():
+        raise FileNotFoundError(f"router file {path} not found (routers: give a saved router path or 'builtin:default')")
+    return Router.load(path)
+
+
+Hook = Callable[[RequestContext, "RoutingEngine"], Awaitable["RouteDecision | None"]]
+
+
+class _AliasPlan:
+    """Precomputed per-alias routing data (column indices, prices)."""
+
+    def __init__(self, name: str, alias: AliasConfig, router: RouterLike, models: list[ModelConfig],
+                 expected_output_tokens: int) -> None:
+        self.name = name
+        self.alias = alias
+        self.router = router
+        cols = {m: i for i, m in enumerate(router.models)}
+        names = alias.candidates or [m.name for m in models if m.estimated_by in cols]
+        by_name = {m.name: m for m in models}
+        self.models: list[str] = []
+        idx: list[int] = []
+        for n in names:
+            col = by_name[n].estimated_by
+            if col not in cols:
+                raise ValueError(
+                    f"aliases.{name}: model {n!r} maps to router column {col!r}, which router "
+                    f"{alias.router!r} does not estimate; set router_model to one of {list(router.models)}"
+                )
+            self.models.append(n)
+            idx.append(cols[col])
+        if not self.models:
+            raise ValueError(f"aliases.{name}: no candidate model maps onto router {alias.router!r} "
+                             f"(its models: {list(router.models)}); set router_model on some models")
+        self.idx = np.asarray(idx, dtype=np.intp)
+        self.pin = np.array([by_name[n].input_per_mtok for n in self.models]) / 1e6
+        self.pout = np.array([by_name[n].output_per_mtok for n in self.models]) / 1e6
+        self.priced = (self.pin + self.pout) > 0
+        self.windows = np.array([by_name[n].context_window or np.inf for n in self.models], dtype=float)
+        self.out_tokens = float(expected_output_tokens)
+
+
+class RoutingEngine:
+    """Turns `RequestContext`s into `RouteDecision`s (see the module docstring)."""
+
+    def __init__(self, config: GatewayConfig, routers: dict[str, RouterLike],
+                 expected_output_tokens: int = 300) -> None:
+        self.config = config
+        self.routers = routers
+        self.models = {m.name: m for m in config.models}
+        self.hooks: list[Hook] = []
+        self.plans = {
+            name: _AliasPlan(name, a, routers[a.router], config.models, expected_output_tokens)
+            for name, a in config.aliases.items()
+        }
+
+    def add_hook(self, hook: Hook) -> None:
+        """Run `hook` before the estimator on every request (issue 4: rules, guards, cache)."""
+        self.hooks.append(hook)
+
+    def is_known(self, name: str) -> bool:
+        """Whether `name` is a configured model or alias."""
+        return name in self.models or name in self.plans
+
+    def estimate(self, alias: str, text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(candidate names, expected quality, expected cost) of an alias's candidates for `text`."""
+        plan = self.plans[alias]
+        q, c = plan.router.estimate([text])
+        qa = np.asarray(q, dtype=float)[0, plan.idx]
+        ca = np.asarray(c, dtype=float)[0, plan.idx]
+        if plan.priced.any():
+            tin = len(text) / 4.0
+            ca = np.where(plan.priced, tin * plan.pin + plan.out_tokens * plan.pout, ca)
+        return plan.models, qa, ca
+
+    async def decide(self, ctx: RequestContext) -> RouteDecision:
+        """The routing decision for one request (raises 404 `GatewayError` for unknown names)."""
+        for hook in self.hooks:
+            d = await hook(ctx, self)
+            if d is not None:
+                return d
+        name = ctx.requested
+        if name in self.models:
+            return RouteDecision(model=name, ranked=[name], reason="direct")
+        plan = self.plans.get(name)
+        if plan is None:
+            raise GatewayError(
+                404, f"The model {name!r} does not exist on this gateway. Use GET /v1/models to list "
+                "models and aliases.", code="model_not_found", param="model")
+        names, q, c = self.estimate(name, ctx.text)
+        ok = np.ones(len(names), dtype=bool)
+        if ctx.allowed is not None:
+            allowed = set(ctx.allowed)
+            ok &= np.array([n in allowed for n in names])
+            if not ok.any():
+                raise GatewayError(403, f"no candidate of {name!r} is allowed for this request",
+                                   type="permission_error", code="model_not_allowed", param="model")
+        if np.isfinite(plan.windows).any():
+            ok &= (len(ctx.text) / 4.0) <= plan.windows
+        pol = plan.alias
+        tradeoff = ctx.policy.get("tradeoff", pol.tradeoff)
+        max_cost = ctx.policy.get("max_cost", pol.max_cost)
+        min_quality = ctx.policy.get("min_quality", pol.min_quality)
+        tradeoff = pol.tradeoff if tradeoff is None else float(tradeoff)
+        pick = int(choose(q[None, :], c[None, :], tradeoff=tradeoff, max_cost=max_cost,
+                          min_quality=min_quality, mask=ok[None, :])[0])
+        qn = np.where(np.isfinite(q), q, -np.inf)
+        cn = np.where(np.isfinite(c), c, 0.0)
+        score = qn - (tradeoff * cn if np.isfinite(tradeoff) else cn * 1e12)
+        order = sorted(range(len(names)), key=lambda j: (j != pick, not ok[j], -score[j], cn[j]))
+        ranked = [names[j] for j in order if ok[j] or j == pick]
+        eq = {names[j]: round(float(q[j]), 4) for j in range(len(names))}
+        ec = {names[j]: float(f"{c[j]:.3g}") for j in range(len(names))}
+        parts = [f"alias={name}", f"pick={names[pick]}", f"q={q[pick]:.3f}", f"cost={c[pick]:.2e}",
+                 f"lambda={tradeoff:g}"]
+        if max_cost is not None:
+            parts.append(f"max_cost={max_cost:g}")
+        if min_quality is not None:
+            parts.append(f"min_quality={min_quality:g}")
+        parts.append(f"of={len(names)}")
+        return RouteDecision(model=names[pick], ranked=ranked, reason=" ".join(parts), alias=name,
+                             router=pol.router, expected_quality=eq, expected_cost=ec)

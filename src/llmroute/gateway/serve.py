@@ -1,0 +1,67 @@
+"""`llmroute serve`: run the gateway with uvicorn (uvloop + httptools), one or more workers.
+
+The config is validated before the server starts; errors name the field and what is allowed.
+With `--workers N > 1` each worker process builds its own `Gateway` from the same file (the
+path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_env`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from llmroute.gateway.config import ConfigError, load_config
+
+__all__ = ["app", "create_app", "create_app_from_env", "serve"]
+
+app = typer.Typer(add_completion=False, help="Run the llmroute gateway.")
+
+
+def create_app(config_path: str | Path):  # type: ignore[no-untyped-def]
+    """A `Gateway` ASGI app built from a YAML config file."""
+    from llmroute.gateway.app import Gateway
+
+    return Gateway(load_config(config_path))
+
+
+def create_app_from_env():  # type: ignore[no-untyped-def]
+    """ASGI app factory for multi-worker uvicorn: reads the config path from `LLMROUTE_CONFIG`."""
+    path = os.environ.get("LLMROUTE_CONFIG")
+    if not path:
+        raise RuntimeError("LLMROUTE_CONFIG is not set; start the gateway with `llmroute serve --config FILE`")
+    return create_app(path)
+
+
+@app.command("serve")
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="gateway YAML (see examples/llmroute.yaml)"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int = typer.Option(8080, help="bind port"),
+    workers: int = typer.Option(1, min=1, help="worker processes"),
+    log_level: str = typer.Option("warning", help="uvicorn log level"),
+    access_log: bool = typer.Option(False, help="log every request (slower)"),
+) -> None:
+    """Serve the OpenAI-compatible routing gateway."""
+    import uvicorn
+
+    try:
+        cfg = load_config(config)
+        gw = create_app(config) if workers == 1 else None
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    aliases = ", ".join(cfg.aliases) or "none"
+    typer.echo(f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True)
+    kw = dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
+              access_log=access_log, timeout_keep_alive=30, backlog=4096)
+    if gw is not None:
+        uvicorn.run(gw, **kw)  # type: ignore[arg-type]
+    else:
+        os.environ["LLMROUTE_CONFIG"] = str(Path(config).resolve())
+        uvicorn.run("llmroute.gateway.serve:create_app_from_env", factory=True, workers=workers, **kw)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,163 @@
+"""Shared fixtures: real servers on 127.0.0.1 (a free port each), started and stopped by the tests.
+
+- `free_port()`: an unused TCP port on 127.0.0.1.
+- `fake_server` (module scope): the project's fake OpenAI/Anthropic server in a background thread;
+  `.base_url` (".../v1"), `.url`, `.state` (`FakeState`: `.faults`, `.counts`, `.last`),
+  `.set_fault(model, fault, count=None, delay=None)`, `.clear()`.
+- `run_gateway(config, routers=None)`: context manager serving a `Gateway` with uvicorn in a
+  thread; yields the gateway's base URL (".../v1") and exposes the app as `.app`.
+- `StubRouter`: a tiny deterministic router (`.models`, `.estimate`) for gateway tests that do not
+  need a trained one: the strong model's expected quality rises with prompt length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class StubRouter:
+    """Deterministic two-column router: 'strong' is better on long prompts, 'weak' is cheap."""
+
+    def __init__(self) -> None:
+        self.models = ["strong", "weak"]
+
+    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(prompts)
+        q = np.empty((n, 2))
+        lengths = np.array([len(p) for p in prompts], dtype=float)
+        q[:, 0] = 0.6 + 0.3 * np.minimum(lengths / 200.0, 1.0)
+        q[:, 1] = 0.62 - 0.3 * np.minimum(lengths / 200.0, 1.0)
+        c = np.tile([1e-3, 1e-5], (n, 1))
+        return q, c
+
+
+@dataclass
+class FakeServer:
+    url: str
+    base_url: str
+    state: Any
+    port: int
+
+    def set_fault(self, model: str, fault: str, count: int | None = None, delay: float | None = None) -> None:
+        self.state.faults[model] = {"fault": fault, "count": count, "delay": delay}
+
+    def clear(self) -> None:
+        self.state.faults.clear()
+        self.state.counts.clear()
+
+
+@contextlib.contextmanager
+def start_fake_server() -> Iterator[FakeServer]:
+    """Run the fake server on a free port in a background thread."""
+    from aiohttp import web
+
+    from llmroute.gateway.fake import make_app
+
+    port = free_port()
+    app = make_app()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        loop.run_until_complete(site.start())
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    t = threading.Thread(target=run, daemon=True, name="fake-server")
+    t.start()
+    _wait_port(port)
+    try:
+        yield FakeServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", app["state"], port)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeServer]:
+    with start_fake_server() as fs:
+        yield fs
+
+
+class GatewayHandle(str):
+    """The gateway base URL (".../v1"), with the app and root URL attached."""
+
+    app: Any
+    root: str
+
+
+@contextlib.contextmanager
+def run_gateway(config: Any, routers: dict[str, Any] | None = None) -> Iterator[GatewayHandle]:
+    """Serve a `Gateway` built from `config` (a `GatewayConfig` or a dict) with uvicorn in a thread."""
+    import uvicorn
+
+    from llmroute.gateway.app import Gateway
+    from llmroute.gateway.config import GatewayConfig, parse_config
+
+    cfg = config if isinstance(config, GatewayConfig) else parse_config(config)
+    gw = Gateway(cfg, routers=routers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio", http="httptools",
+                                           lifespan="on", log_level="warning", access_log=False))
+    t = threading.Thread(target=server.run, daemon=True, name="gateway")
+    t.start()
+    end = time.monotonic() + 20
+    while not server.started and t.is_alive() and time.monotonic() < end:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError("gateway did not start")
+    h = GatewayHandle(f"http://127.0.0.1:{port}/v1")
+    h.app = gw
+    h.root = f"http://127.0.0.1:{port}"
+    try:
+        yield h
+    finally:
+        server.should_exit = True
+        t.join(20)
+
+
+def loopback_config(backend_url: str, tmp_path: Any, **server: Any) -> dict[str, Any]:
+    """A loopback-style config dict (fake-strong / fake-weak on the stub router's columns)."""
+    return {
+        "server": {"request_timeout_s": 10, "retries": 1, "backoff_s": 0.001, "breaker_failures": 3,
+                   "breaker_cooldown_s": 30, **server},
+        "models": [
+            {"name": "fake-strong", "base_url": backend_url, "input_per_mtok": 10, "output_per_mtok": 30,
+             "timeout_s": 0.5, "router_model": "strong"},
+            {"name": "fake-weak", "base_url": backend_url, "input_per_mtok": 0.2, "output_per_mtok": 0.2,
+             "timeout_s": 0.5, "router_model": "weak"},
+        ],
+        "routers": {"default": "builtin:default"},
+        "aliases": {"llmroute/auto": {"router": "default", "candidates": ["fake-strong", "fake-weak"]}},
+        "store": {"url": f"sqlite:///{tmp_path}/traces.sqlite", "flush_interval_s": 0.05},
+    }
