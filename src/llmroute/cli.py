@@ -36,8 +36,9 @@ app = typer.Typer(
 
 #: Lazily imported sub-commands of other parts: name -> ("module:attribute", help text).
 PLUGINS: dict[str, tuple[str, str]] = {
-    "serve": ("llmroute.gateway.cli:serve", "Run the OpenAI-compatible routing gateway (see --help)."),
-    "traces": ("llmroute.gateway.cli:traces", "Query decision traces written by the gateway (see --help)."),
+    "serve": ("llmroute.gateway.serve:app", "Run the OpenAI-compatible routing gateway (see --help)."),
+    "traces": ("llmroute.gateway.traces_cli:traces_app", "Query the gateway's decision traces (see --help)."),
+    "keys": ("llmroute.gateway.traces_cli:keys_app", "Create and hash gateway API keys (see --help)."),
     "rules": ("llmroute.signals.cli:app", "Check and explain routing rules (see --help)."),
 }
 

@@ -1,0 +1,150 @@
+"""Decision latency and batch throughput of the default router (issue 2, item 9).
+
+    .venv/bin/python benchmarks/latency.py [--router FILE] [--single 2000] [--batch 10000]
+
+Single decision: `router.route(prompt)` one distinct prompt at a time, warm, including embedding
+(every timed prompt is new to the router, so no embedding cache can answer it); p50 / p99 in ms.
+Batch: `router.route_batch(prompts)` on 10,000 distinct prompts; prompts per second.
+Prompts come from ../shared/data when present, else from the project's synthetic templates.
+Writes benchmarks/results/latency.json and the "Decision latency" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _md import fmt, md_table, update_section
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+WARMUP = 50
+
+
+def distinct_prompts(n: int, data_dir: Path) -> tuple[list[str], str]:
+    """`n` distinct prompts (shared data if present, else synthetic) and where they come from."""
+    seen: dict[str, None] = {}
+    source = []
+    if data_dir.is_dir():
+        import pandas as pd
+
+        for name in ("routerbench_subset", "routellm", "routerdc_7model"):
+            f = data_dir / name / "data.parquet"
+            if not f.is_file():
+                continue
+            col = pd.read_parquet(f, columns=["prompt"])["prompt"].astype(str)
+            for p in pd.unique(col):
+                seen.setdefault(p, None)
+            source.append(name)
+            if len(seen) >= n:
+                break
+    if len(seen) < n:
+        from llmroute.data import make_synthetic_table
+
+        table = make_synthetic_table(n_prompts=max(n - len(seen), 1) * 2, seed=1)
+        for i, p in enumerate(table.prompts):
+            seen.setdefault(f"{p} (variant {i})", None)
+        source.append("synthetic")
+    prompts = list(seen)
+    rng = np.random.default_rng(0)
+    rng.shuffle(prompts)
+    return prompts[:n], "+".join(source)
+
+
+def load_router(path: Path | None) -> tuple[object, str]:
+    """The router to time: `path`, else the shipped default, else one fitted on synthetic data."""
+    from llmroute.router import Router
+
+    if path is not None:
+        return Router.load(path), str(path)
+    try:
+        from llmroute.router import default_router_path
+
+        p = Path(default_router_path())
+        if p.exists():
+            return Router.load(p), f"shipped default ({p.name})"
+    except ImportError:
+        pass
+    from llmroute.data import make_synthetic_table
+
+    return Router.fit(make_synthetic_table(n_prompts=400, seed=0), estimator="default"), "default fitted on synthetic"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--router", type=Path, default=None)
+    ap.add_argument("--single", type=int, default=2000, help="prompts timed one at a time")
+    ap.add_argument("--batch", type=int, default=10_000, help="prompts in the route_batch call")
+    ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--no-md", action="store_true")
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    router, router_src = load_router(args.router)
+    load_s = time.perf_counter() - t0
+    prompts, source = distinct_prompts(WARMUP + args.single + args.batch, args.data_dir)
+    warm, single, batch = (prompts[:WARMUP], prompts[WARMUP : WARMUP + args.single],
+                           prompts[WARMUP + args.single :])
+
+    for p in warm:
+        router.route(p)
+    times = np.empty(len(single))
+    for i, p in enumerate(single):
+        t = time.perf_counter_ns()
+        router.route(p)
+        times[i] = time.perf_counter_ns() - t
+    ms = times / 1e6
+
+    router.route_batch(warm)
+    t = time.perf_counter()
+    decisions = router.route_batch(batch)
+    batch_s = time.perf_counter() - t
+    assert len(decisions) == len(batch)
+
+    res = {
+        "router": router_src,
+        "models": list(router.models),
+        "prompts_source": source,
+        "router_load_s": round(load_s, 4),
+        "single": {"n": len(single), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                   "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())},
+        "batch": {"n": len(batch), "seconds": batch_s, "prompts_per_s": len(batch) / batch_s},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "latency.json"
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    if not args.no_md:
+        s, b = res["single"], res["batch"]
+        md = (
+            f"Router: {router_src} ({len(res['models'])} models), loaded in {fmt(load_s)} s; prompts: {source}; "
+            f"{res['machine']}. Single: `router.route(prompt)`, one distinct prompt at a time after {WARMUP} "
+            "warm-up calls, including embedding. Batch: one `router.route_batch` call. Generated by "
+            "`benchmarks/latency.py`; raw numbers in `benchmarks/results/latency.json`.\n\n"
+            + md_table(
+                ["measure", "value", "target"],
+                [
+                    ["single decision p50 (ms)", fmt(s["p50_ms"]), "<= 0.5"],
+                    ["single decision p90 (ms)", fmt(s["p90_ms"]), ""],
+                    ["single decision p99 (ms)", fmt(s["p99_ms"]), "<= 2"],
+                    [f"batch throughput (prompts/s, {b['n']:,} prompts)", f"{b['prompts_per_s']:,.0f}", ">= 10,000"],
+                ],
+            )
+        )
+        update_section("latency", md, title="Decision latency")
+        print("updated BENCHMARKS.md (latency)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
