@@ -338,6 +338,9 @@ def period_ids(ts: float) -> tuple[str, str]:
     return f"d:{d:%Y-%m-%d}", f"m:{d:%Y-%m}"
 
 
+_ADJ = {"day": "daily", "month": "monthly"}
+
+
 def _seconds_to_next(ts: float, period: str) -> int:
     d = datetime.fromtimestamp(ts, UTC)
     if period == "day":
@@ -424,7 +427,7 @@ class BudgetManager:
                     wait = _seconds_to_next(now, name)
                     raise GatewayError(
                         429,
-                        f"Budget exhausted for API key '{kid}': {name}ly budget ${budget:.4f}, "
+                        f"Budget exhausted for API key '{kid}': {_ADJ[name]} budget ${budget:.4f}, "
                         f"spent ${row[0]:.4f} (+${row[1]:.4f} in flight). It resets in {wait} s (UTC).",
                         type="insufficient_quota",
                         code="insufficient_quota",
