@@ -184,7 +184,7 @@ def validate(
 
     # prompt text: present, non-empty
     prompt_missing = out["prompt"].isna().to_numpy()
-    prompt_txt = out["prompt"].astype(object).where(~prompt_missing, "").astype(str)
+    prompt_txt = _as_text(out["prompt"], prompt_missing)
     _fail(
         out,
         prompt_missing | (prompt_txt.str.strip() == "").to_numpy(),
@@ -193,7 +193,7 @@ def validate(
         source,
         source_columns,
     )
-    out["prompt"] = prompt_txt.astype(str)
+    out["prompt"] = prompt_txt
 
     # prompt_id: coerce to str, or derive from the prompt text
     if "prompt_id" not in out.columns:
@@ -201,7 +201,7 @@ def validate(
     else:
         pid = out["prompt_id"]
         pid_missing = pid.isna().to_numpy()
-        pid_txt = pid.astype(object).where(~pid_missing, "").map(_id_str)
+        pid_txt = _as_text(pid, pid_missing)
         _fail(
             out,
             pid_missing | (pid_txt.str.strip() == "").to_numpy(),
@@ -210,15 +210,15 @@ def validate(
             source,
             source_columns,
         )
-        out["prompt_id"] = pid_txt.astype(str)
+        out["prompt_id"] = pid_txt
 
     # model: present, non-empty
     model_missing = out["model"].isna().to_numpy()
-    model_txt = out["model"].astype(object).where(~model_missing, "").astype(str).str.strip()
+    model_txt = _as_text(out["model"], model_missing).str.strip()
     _fail(
         out, model_missing | (model_txt == "").to_numpy(), "model", "empty model name", source, source_columns
     )
-    out["model"] = model_txt.astype(str)
+    out["model"] = model_txt
 
     # quality in [0, 1], NaN allowed
     q = _to_float(out, "quality", source, source_columns)
@@ -238,19 +238,19 @@ def validate(
     for col in _NONNEG_FLOAT:
         if col in out.columns:
             v = _to_float(out, col, source, source_columns)
-            _fail(out, (v < 0).to_numpy(), col, "negative", source, source_columns,out[col])
-            _fail(out, np.isinf(v.to_numpy()), col, "not finite", source, source_columns,out[col])
+            _fail(out, (v < 0).to_numpy(), col, "negative", source, source_columns, out[col])
+            _fail(out, np.isinf(v.to_numpy()), col, "not finite", source, source_columns, out[col])
             out[col] = v
     for col in _NONNEG_INT:
         if col in out.columns:
             v = _to_float(out, col, source, source_columns)
             arr = v.to_numpy()
-            _fail(out, arr < 0, col, "negative", source, source_columns,out[col])
+            _fail(out, arr < 0, col, "negative", source, source_columns, out[col])
             finite = np.isfinite(arr)
-            _fail(out, ~finite & ~np.isnan(arr), col, "not finite", source, source_columns,out[col])
+            _fail(out, ~finite & ~np.isnan(arr), col, "not finite", source, source_columns, out[col])
             frac = np.zeros(arr.shape, dtype=bool)
             frac[finite] = arr[finite] != np.round(arr[finite])
-            _fail(out, frac, col, "not a whole number of tokens", source, source_columns,out[col])
+            _fail(out, frac, col, "not a whole number of tokens", source, source_columns, out[col])
             ints = np.where(finite, arr, 0).astype("int64")
             out[col] = pd.arrays.IntegerArray(ints, ~finite)
     for col in _TEXT_OPTIONAL:
@@ -294,6 +294,15 @@ def validate(
     lead = ["prompt_id", "prompt", "task", "model", "quality", "cost_usd", "input_tokens", "output_tokens"]
     order = [c for c in lead if c in out.columns] + [c for c in out.columns if c not in lead]
     return out[order].reset_index(drop=True)
+
+
+def _as_text(s: pd.Series, missing: np.ndarray) -> pd.Series:
+    """Column as str dtype, '' where missing; integral floats (CSV readers turn 7 into 7.0) lose '.0'."""
+    if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
+        return s.fillna("") if missing.any() else s
+    if pd.api.types.is_integer_dtype(s.dtype) and not missing.any():
+        return s.astype(str)
+    return s.astype(object).where(~missing, "").map(_id_str).astype(str)
 
 
 def _id_str(v: object) -> str:
