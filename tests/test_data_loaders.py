@@ -129,7 +129,12 @@ def _rb_df() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "sample_id": ["arc.0", "arc.1", "arc.1", "mbpp.7"],
-            "prompt": ["['Question: ', 'what is 1+1?']", "['Pick A or B']", "['Pick A or B', ' again']", "plain text"],
+            "prompt": [
+                "['Question: ', 'what is 1+1?']",
+                "['Pick A or B']",
+                "['Pick A or B', ' again']",
+                "plain text",
+            ],
             "eval_name": ["arc", "arc", "arc", "mbpp"],
             "gpt-4": [1.0, 0.0, 1.0, np.nan],
             "meta/llama-70b": [0.0, 0.0, 1.0, 1.0],
@@ -204,7 +209,9 @@ def test_routerbench_negative_cost(tmp_path: Path) -> None:
     df.loc[1, "gpt-4|total_cost"] = -0.5
     p = tmp_path / "rb.csv"
     df.to_csv(p, index=False)
-    with pytest.raises(TableError, match=r"row 2, column 'cost_usd' \(source column 'gpt-4\|total_cost'\): negative"):
+    with pytest.raises(
+        TableError, match=r"row 2, column 'cost_usd' \(source column 'gpt-4\|total_cost'\): negative"
+    ):
         load_table(p)
 
 
@@ -273,7 +280,9 @@ def test_routellm_bad_cell_names_file_row_and_model_column(tmp_path: Path) -> No
         load_table(d)
     msg = str(e.value)
     assert msg.startswith(f"{d / 'mmlu_virology.csv'}: row 2, column 'quality'")
-    assert "(source column 'mixtral-8x7b-instruct-v0.1')" in msg and "not a number" in msg and "'maybe'" in msg
+    assert (
+        "(source column 'mixtral-8x7b-instruct-v0.1')" in msg and "not a number" in msg and "'maybe'" in msg
+    )
 
 
 def test_fmt_forces_layout(tmp_path: Path) -> None:
@@ -297,3 +306,14 @@ def test_from_frame_and_subset_keep_prices() -> None:
     t = RoutingTable.from_frame(_long_df(), source="mem", prices={"big": ModelPrice(1, 1)})
     s = t.subset(["b"])
     assert s.prompt_ids == ["b"] and s.prices == {"big": ModelPrice(1, 1)}
+
+
+def test_routerbench_str_list_with_escapes(tmp_path: Path) -> None:
+    df = _rb_df()
+    df.loc[0, "prompt"] = str(['It\'s a test:\nA) "x"\n', "B) y"])  # what RouterBench writes
+    df.loc[1, "prompt"] = "[not a python list"  # left as it is
+    p = tmp_path / "rb.csv"
+    df.to_csv(p)
+    t = load_table(p)
+    assert t.prompts[0] == 'It\'s a test:\nA) "x"\nB) y'
+    assert t.prompts[1] == "[not a python list"
