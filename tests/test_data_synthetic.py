@@ -35,12 +35,21 @@ def test_synthetic_shape_and_determinism() -> None:
 
 
 def test_ground_truth_is_cheapest_among_best() -> None:
-    assert TOPIC_BEST == {"arithmetic": "math-7b", "code": "code-13b", "geography": "tiny-1b", "poetry": "big-70b"}
+    assert TOPIC_BEST == {
+        "arithmetic": "math-7b",
+        "code": "code-13b",
+        "geography": "tiny-1b",
+        "poetry": "big-70b",
+    }
     for topic, best in TOPIC_BEST.items():
         q = EXPECTED_QUALITY[topic]
         top = max(q.values())
         assert q[best] == top and sorted(q.values())[-2] <= top - 0.05
-        cheaper = [m for m in SYNTHETIC_MODELS if SYNTHETIC_PRICES[m].input_per_mtok < SYNTHETIC_PRICES[best].input_per_mtok]
+        cheaper = [
+            m
+            for m in SYNTHETIC_MODELS
+            if SYNTHETIC_PRICES[m].input_per_mtok < SYNTHETIC_PRICES[best].input_per_mtok
+        ]
         assert all(q[m] < top for m in cheaper)
 
 
@@ -96,7 +105,9 @@ def test_random_split_by_prompt_id() -> None:
 
 def test_split_column_is_honoured() -> None:
     t = make_synthetic_table(n_prompts=12, seed=0)
-    labels = {pid: ("train" if k % 3 else ("test" if k % 2 else "ood_test")) for k, pid in enumerate(t.prompt_ids)}
+    labels = {
+        pid: ("train" if k % 3 else ("test" if k % 2 else "ood_test")) for k, pid in enumerate(t.prompt_ids)
+    }
     labels[t.prompt_ids[1]] = None  # unlabelled: decided at random
     df = t.df.assign(split=t.df["prompt_id"].map(labels))
     tt = RoutingTable.from_frame(df, prices=t.prices)

@@ -63,7 +63,9 @@ def test_quality_booleans_and_missing_words(tmp_path: Path) -> None:
 def test_duplicate_prompt_model(tmp_path: Path) -> None:
     p = _csv(tmp_path, [*GOOD, "p1,hello,m2,1,0.2,10,5"])
     msg = _err(p)
-    assert msg.startswith(f"{p}: rows 2, 4, columns 'prompt_id', 'model': duplicate (prompt_id, model) pair ('p1', 'm2')")
+    assert msg.startswith(
+        f"{p}: rows 2, 4, columns 'prompt_id', 'model': duplicate (prompt_id, model) pair ('p1', 'm2')"
+    )
 
 
 def test_empty_prompt_text(tmp_path: Path) -> None:
@@ -166,7 +168,9 @@ def test_prices_yaml_and_csv(tmp_path: Path) -> None:
 def test_prices_errors(tmp_path: Path) -> None:
     c = tmp_path / "p.csv"
     c.write_text("model,input_per_mtok,output_per_mtok\na,1,3\nb,-1,2\n")
-    with pytest.raises(TableError, match=r"p\.csv: row 2, model 'b', field 'input_per_mtok': negative price -1\.0"):
+    with pytest.raises(
+        TableError, match=r"p\.csv: row 2, model 'b', field 'input_per_mtok': negative price -1\.0"
+    ):
         load_prices(c)
     c.write_text("model,input_per_mtok,output_per_mtok\na,1,\n")
     with pytest.raises(TableError, match=r"row 1, model 'a', field 'output_per_mtok': missing price"):
@@ -189,4 +193,3 @@ def test_prices_errors(tmp_path: Path) -> None:
         load_prices(tmp_path / "p.txt")
     with pytest.raises(TableError, match=r"not found"):
         load_prices(tmp_path / "none.json")
-
