@@ -1,0 +1,131 @@
+"""The default encoder: a static (model2vec-style) distillation of all-MiniLM-L6-v2.
+
+Run time needs only numpy, tokenizers and safetensors: a text is WordPiece-tokenised (no special
+tokens, no padding, truncated to ``max_tokens``), its token rows are averaged and the mean is
+L2-normalised.  The rows already carry model2vec's PCA and SIF weighting; special tokens and
+``[UNK]`` have zero rows, so they do not move the direction of the mean.  The asset is built by
+``scripts/build_static_encoder.py`` and ships in ``llmroute/assets/static-minilm``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+NAME = "static-minilm"
+_CHARS_PER_TOKEN_BOUND = 16  # texts are cut to max_tokens * this many characters before tokenising
+
+
+def default_asset_dir() -> Path:
+    """The folder of the shipped static MiniLM asset."""
+    return Path(str(files("llmroute").joinpath("assets", NAME)))
+
+
+class StaticEncoder:
+    """Static token-embedding encoder (mean pooling, L2-normalised, float32 output).
+
+    Args:
+        path: asset folder with ``embeddings.safetensors``, ``tokenizer.json`` and ``config.json``;
+            defaults to the shipped ``static-minilm``.
+        max_tokens: truncation length in tokens (default: the asset's, 512).
+    """
+
+    def __init__(self, path: str | Path | None = None, max_tokens: int | None = None) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        self.path = Path(path) if path is not None else default_asset_dir()
+        self._custom_path = path is not None
+        cfg_file = self.path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(
+                f"static encoder asset not found at {self.path} (expected config.json, "
+                "embeddings.safetensors, tokenizer.json); rebuild it with "
+                "`python scripts/build_static_encoder.py`"
+            )
+        self.config: dict = json.loads(cfg_file.read_text())
+        arrays = load_file(str(self.path / "embeddings.safetensors"))
+        emb = arrays["embeddings"]
+        if "scales" in arrays:  # int8 rows with per-row scales
+            emb = emb.astype(np.float32)
+            emb *= arrays["scales"].astype(np.float32)[:, None]
+        self._emb = np.ascontiguousarray(emb, dtype=np.float32)
+        self.name: str = self.config.get("name", NAME)
+        self.dim: int = int(self._emb.shape[1])
+        self.max_tokens: int = int(max_tokens or self.config.get("max_tokens", 512))
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        self._max_chars = self.max_tokens * _CHARS_PER_TOKEN_BOUND
+        tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(self.max_tokens)
+        self._tok = tok
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of rows in the embedding matrix."""
+        return int(self._emb.shape[0])
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text as used for pooling (truncated, no special tokens)."""
+        texts = _check_texts(texts)
+        cut = self._max_chars
+        return [e.ids for e in self._encode_batch([t[:cut] for t in texts], add_special_tokens=False)]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts: (len(texts), dim) float32, rows L2-normalised (zero rows for empty text)."""
+        texts = _check_texts(texts)
+        n = len(texts)
+        if n == 1:  # fast path: a single request, no batch machinery
+            ids = self._tok.encode(texts[0][: self._max_chars], add_special_tokens=False).ids
+            out = np.zeros((1, self.dim), np.float32)
+            if ids:
+                v = self._emb[ids].sum(axis=0)
+                norm = float(np.sqrt(v @ v))
+                if norm > 0.0:
+                    out[0] = v / norm
+            return out
+        out = np.zeros((n, self.dim), np.float32)
+        if n == 0:
+            return out
+        cut = self._max_chars
+        ids = [e.ids for e in self._encode_batch([t[:cut] for t in texts], add_special_tokens=False)]
+        return self._pool(ids)
+
+    def _pool(self, ids: list[list[int]]) -> np.ndarray:
+        """Sum the token rows of each id list (a sparse count matrix times the embeddings), normalise."""
+        from scipy.sparse import csr_matrix
+
+        n = len(ids)
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(indptr[-1]))
+        counts = csr_matrix((np.ones(flat.size, np.float32), flat, indptr), shape=(n, self.vocab_size))
+        sums = np.asarray(counts @ self._emb, dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+        nz = norms > 0.0
+        sums[nz] /= norms[nz, None]
+        sums[~nz] = 0.0
+        return sums
+
+    def spec(self) -> dict:
+        """JSON-able description; ``load_encoder(spec)`` rebuilds an equivalent encoder."""
+        spec: dict = {"name": NAME, "dim": self.dim, "max_tokens": self.max_tokens}
+        if self._custom_path:
+            spec["path"] = str(self.path)
+        return spec
+
+    def __repr__(self) -> str:
+        return f"StaticEncoder(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens})"
+
+
+def _check_texts(texts: Sequence[str]) -> Sequence[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a sequence of texts; wrap a single text in a list: encode([text])")
+    return texts
