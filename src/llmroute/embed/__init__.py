@@ -47,11 +47,15 @@ def _parse(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         name, params = spec, {}
     elif isinstance(spec, Mapping):
         if "name" not in spec:
-            raise ValueError(f"encoder spec dict needs a 'name' key (one of {', '.join(ENCODER_NAMES)}): {spec!r}")
+            raise ValueError(
+                f"encoder spec dict needs a 'name' key (one of {', '.join(ENCODER_NAMES)}): {spec!r}"
+            )
         params = dict(spec)
         name = params.pop("name")
     else:
-        raise TypeError(f"encoder spec must be a name or a dict from Encoder.spec(), got {type(spec).__name__}")
+        raise TypeError(
+            f"encoder spec must be a name or a dict from Encoder.spec(), got {type(spec).__name__}"
+        )
     name = _ALIASES.get(name, name)
     if name not in ENCODER_NAMES:
         raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")

@@ -115,7 +115,9 @@ class CachedEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Like the wrapped encoder's ``encode``; only texts not in the cache are embedded."""
         if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts; wrap a single text in a list: encode([text])")
+            raise TypeError(
+                "encode() takes a sequence of texts; wrap a single text in a list: encode([text])"
+            )
         self._refresh_namespace()
         out = np.empty((len(texts), self.dim), np.float32)
         keys = [text_key(t, self._namespace) for t in texts]
