@@ -338,6 +338,14 @@ def period_ids(ts: float) -> tuple[str, str]:
     return f"d:{d:%Y-%m-%d}", f"m:{d:%Y-%m}"
 
 
+def _day_span(ts: float) -> tuple[float, float, str, str]:
+    """(start, end, day id, month id) of the UTC day holding `ts`."""
+    d = datetime.fromtimestamp(ts, UTC)
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+    day, month = period_ids(ts)
+    return start, start + 86400.0, day, month
+
+
 _ADJ = {"day": "daily", "month": "monthly"}
 
 
@@ -390,6 +398,7 @@ class BudgetManager:
                 )
             self.keys[key.id] = key
         self._lock = threading.Lock()
+        self._span: tuple[float, float, str, str] = (0.0, 0.0, "", "")  # cached current UTC day
         # (key_id, period) -> [spent, reserved]
         self._acct: dict[tuple[str, str], list[float]] = {}
         if store is not None and self.keys:
@@ -415,7 +424,10 @@ class BudgetManager:
         cfg = self.keys.get(kid)
         amount = max(0.0, float(max_cost))
         now = self.clock()
-        day, month = period_ids(now)
+        span = self._span
+        if not span[0] <= now < span[1]:
+            span = self._span = _day_span(now)
+        day, month = span[2], span[3]
         with self._lock:
             rd = self._row(kid, day)
             rm = self._row(kid, month)
