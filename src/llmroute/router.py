@@ -1,0 +1,614 @@
+"""The routing pipeline: prompt -> features -> (expected quality, expected cost) -> decision.
+
+`Router.fit(table)` embeds the table's prompts, fits a quality estimator and a cost estimator;
+`router.route(prompt_or_messages, ...)` returns a `Decision`; `router.save(path)` writes ONE
+safetensors file (arrays: estimator, cost model and fitted-encoder state; metadata: JSON with
+the format version, models, encoder spec, estimator class and params, policy defaults and a
+training summary). No pickle anywhere; `Router.load(path)` rebuilds an identical router.
+
+Example::
+
+    from llmroute import Router
+    r = Router.load(default_router_path())
+    d = r.route([{"role": "user", "content": "Prove that sqrt(2) is irrational."}], tradeoff=100)
+    d.model, d.expected_quality, d.expected_cost, d.reason
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmroute.data.table import ModelPrice, RoutingTable
+from llmroute.estimators.base import Features, QualityEstimator
+from llmroute.estimators.cost import CostEstimator
+from llmroute.policy import calibrate_threshold, candidate_mask, choose
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Decision",
+    "Router",
+    "RouterFileError",
+    "default_router_path",
+    "messages_text",
+]
+
+FORMAT = "llmroute-router"
+FORMAT_VERSION = 1
+_CACHE_MAX = 4096
+PromptLike = str | Sequence[Mapping[str, Any]]
+
+
+class RouterFileError(ValueError):
+    """A saved router file is missing, malformed or of an unsupported format version."""
+
+
+def default_router_path() -> Path:
+    """Path of the shipped default router (`llmroute/assets/default-router.safetensors`)."""
+    return Path(__file__).resolve().parent / "assets" / "default-router.safetensors"
+
+
+def messages_text(prompt_or_messages: PromptLike) -> str:
+    """The text a router reads: a string as is, or every turn of an OpenAI-style conversation.
+
+    Messages are dicts with `role` and `content`; content may be a string or a list of parts
+    (`{"type": "text", "text": ...}`; non-text parts are skipped). All turns are joined with a
+    blank line, so a single user message gives exactly its content.
+    """
+    if isinstance(prompt_or_messages, str):
+        return prompt_or_messages
+    if isinstance(prompt_or_messages, Mapping):
+        raise TypeError("expected a prompt string or a list of messages, got a single dict")
+    parts: list[str] = []
+    for i, msg in enumerate(prompt_or_messages):
+        if not isinstance(msg, Mapping):
+            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {type(msg).__name__}")
+        content = msg.get("content")
+        if content is None:
+            continue
+        if isinstance(content, str):
+            if content:
+                parts.append(content)
+        elif isinstance(content, Sequence):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type", "text") == "text" and part.get("text"):
+                    parts.append(str(part["text"]))
+                elif isinstance(part, str) and part:
+                    parts.append(part)
+        else:
+            raise TypeError(f"message {i}: content must be a string or a list of parts")
+    return "\n\n".join(parts)
+
+
+@dataclass
+class Decision:
+    """One routing decision.
+
+    model: the chosen model; expected_quality / expected_cost: per model (USD);
+    reason: compact, human-readable; ranked: admissible models, chosen first, then by the
+    policy's preference (fallback order); policy: the effective policy settings.
+    """
+
+    model: str
+    expected_quality: dict[str, float]
+    expected_cost: dict[str, float]
+    reason: str
+    ranked: list[str]
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (infinite trade-off written as the string 'inf')."""
+        d = asdict(self)
+        d["policy"] = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in self.policy.items()}
+        return d
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _resolve_encoder(encoder: Any) -> Any:
+    if isinstance(encoder, str | dict):
+        from llmroute.embed import load_encoder  # type: ignore[attr-defined]
+
+        return load_encoder(encoder)
+    if not hasattr(encoder, "encode"):
+        raise TypeError(f"encoder must be a spec (str/dict) or an Encoder, got {type(encoder).__name__}")
+    return encoder
+
+
+def _extra_fn() -> Any:
+    """The hand-made feature function, or None while that module is unavailable."""
+    try:
+        mod = importlib.import_module("llmroute.estimators.features")
+    except ImportError:
+        return None
+    return getattr(mod, "prompt_features", None) or getattr(mod, "extra_features", None)
+
+
+def _class_path(est: QualityEstimator) -> str:
+    cls = type(est)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type[QualityEstimator]:
+    module, _, name = path.partition(":")
+    if not module.startswith("llmroute.estimators."):
+        raise RouterFileError(f"refusing to load estimator class {path!r}: not an llmroute estimator")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise RouterFileError(f"estimator class {path!r} is not available in this llmroute: {exc}") from exc
+    return cls
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
+def _unjson_float(x: Any) -> float | None:
+    if x is None:
+        return None
+    if x == "inf":
+        return math.inf
+    return float(x)
+
+
+def _make_estimator(name: str, seed: int, params: dict[str, Any]) -> QualityEstimator:
+    from llmroute.estimators import make_estimator
+
+    params = dict(params)
+    sig = inspect.signature(_estimator_cls(name).__init__).parameters
+    for key in ("seed", "random_state"):
+        if key in sig and key not in params:
+            params[key] = seed
+    return make_estimator(name, **params)
+
+
+def _estimator_cls(name: str) -> type[QualityEstimator]:
+    from llmroute.estimators import estimator_class
+
+    return estimator_class(name)
+
+
+# ---- the router ----------------------------------------------------------------------------------
+class Router:
+    """A fitted router: encoder + quality estimator + cost estimator + policy defaults.
+
+    Build with `Router.fit(table, ...)` or `Router.load(path)`. `models` is the column order of
+    every (n, m) array it returns.
+    """
+
+    def __init__(
+        self,
+        *,
+        models: Sequence[str],
+        encoder: Any,
+        estimator: QualityEstimator,
+        cost: CostEstimator,
+        estimator_name: str,
+        use_extra: bool,
+        policy: Mapping[str, Any] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.models: list[str] = list(models)
+        self.encoder = encoder
+        self.estimator = estimator
+        self.cost = cost
+        self.estimator_name = estimator_name
+        self.use_extra = bool(use_extra)
+        self.info: dict[str, Any] = dict(info or {})
+        self.policy: dict[str, Any] = {
+            "tradeoff": 0.0,
+            "max_cost": None,
+            "min_quality": None,
+            "strong": None,
+            "weak": None,
+            "threshold": None,
+        }
+        self.policy.update(policy or {})
+        self._index = {m: j for j, m in enumerate(self.models)}
+        self._extra = _extra_fn() if self.use_extra else None
+        if self.use_extra and self._extra is None:
+            raise RuntimeError("this router needs llmroute.estimators.features, which is not importable")
+        self._cache: dict[str, np.ndarray] = {}
+
+    # ---- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        table: RoutingTable,
+        estimator: str | QualityEstimator = "default",
+        encoder: Any = "static-minilm",
+        seed: int = 0,
+        *,
+        policy: Mapping[str, Any] | None = None,
+        cost_features: bool = True,
+        **est_params: Any,
+    ) -> Router:
+        """Fit a router on `table`.
+
+        estimator: a registry name (knn, linear, mlp, mf, default) or an unfitted estimator;
+        encoder: an encoder spec for `llmroute.embed.load_encoder` or an `Encoder`;
+        seed: passed to the estimator; policy: defaults overriding the fitted ones;
+        cost_features: learn token counts from prompt features (see `CostEstimator`);
+        est_params: hyper-parameters for the estimator (unset ones are chosen by CV).
+        """
+        if table.n_prompts == 0:
+            raise ValueError("cannot fit a router on an empty table")
+        enc = _resolve_encoder(encoder)
+        if isinstance(estimator, str):
+            name = estimator
+            est = _make_estimator(name, seed, est_params)
+        else:
+            if est_params:
+                raise TypeError("est_params only apply when the estimator is given by name")
+            est, name = estimator, getattr(estimator, "name", type(estimator).__name__)
+        use_extra = bool(getattr(est, "uses_extra", True))
+        proto = cls(
+            models=table.models, encoder=enc, estimator=est, cost=CostEstimator(),
+            estimator_name=name, use_extra=use_extra,
+        )
+        prompts = table.prompts
+        X = proto.featurize(prompts)
+        Q = table.quality_matrix()
+        est.fit(X, Q)
+        proto.cost = CostEstimator().fit(table, X if cost_features else None)
+        # policy defaults fitted on (a sample of) the training prompts
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(len(prompts), min(len(prompts), 3000), replace=False)
+        Xs = X.take(np.sort(sample))
+        q = est.predict(Xs)
+        c = proto.cost.predict([prompts[i] for i in np.sort(sample)], Xs)
+        fitted = proto._fit_policy(Q, q, c)
+        fitted.update(policy or {})
+        proto.policy.update(fitted)
+        proto.info = proto._summary(table, est)
+        return proto
+
+    def _fit_policy(self, Q: np.ndarray, q: np.ndarray, c: np.ndarray) -> dict[str, Any]:
+        """Strong/weak pair and a default trade-off from training data.
+
+        The default trade-off is the largest lambda at which the routed mean *expected* quality
+        on training prompts still reaches the best single model's mean expected quality:
+        "best-model quality, for less".
+        """
+        ok = np.isfinite(Q)
+        mean_q = np.where(ok, Q, 0).sum(0) / np.maximum(ok.sum(0), 1)
+        mean_c = c.mean(axis=0)
+        strong = int(np.argmax(mean_q))
+        order = np.argsort(mean_c, kind="stable")
+        weak = int(order[0]) if order[0] != strong else (int(order[1]) if len(order) > 1 else strong)
+        target = q.mean(axis=0).max()
+        scale = float(np.median(c[c > 0])) if (c > 0).any() else 1.0
+        tradeoff = 0.0
+        rows = np.arange(len(q))
+        for lam in np.logspace(-3, 4, 36) / scale:
+            pick = choose(q, c, tradeoff=float(lam))
+            if q[rows, pick].mean() >= target - 1e-9:
+                tradeoff = float(lam)
+            else:
+                break
+        return {"tradeoff": tradeoff, "strong": self.models[strong], "weak": self.models[weak]}
+
+    def _summary(self, table: RoutingTable, est: QualityEstimator) -> dict[str, Any]:
+        Q = table.quality_matrix()
+        ok = np.isfinite(Q)
+        mean_q = np.where(ok, Q, 0).sum(0) / np.maximum(ok.sum(0), 1)
+        tasks: dict[str, int] = {}
+        for t in table.tasks:
+            fam = t.split("/")[0] if t else ""
+            tasks[fam] = tasks.get(fam, 0) + 1
+        try:
+            from llmroute import __version__
+        except ImportError:  # pragma: no cover
+            __version__ = "unknown"
+        return {
+            "llmroute_version": __version__,
+            "source": str(table.source),
+            "n_prompts": int(table.n_prompts),
+            "task_families": tasks,
+            "mean_quality": {m: float(v) for m, v in zip(self.models, mean_q, strict=True)},
+            "cost_modes": self.cost.modes,
+            "cv_scores": _jsonable(getattr(est, "cv_scores_", {})),
+        }
+
+    # ---- estimating ------------------------------------------------------------------------
+    def _texts(self, prompts: PromptLike | Sequence[PromptLike]) -> list[str]:
+        if isinstance(prompts, str):
+            raise TypeError("expected a list of prompts; use route() for a single prompt")
+        texts = [messages_text(p) for p in prompts]
+        if not texts:
+            raise ValueError("empty prompt list: give at least one prompt")
+        return texts
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:
+            t = texts[0]
+            row = self._cache.get(t)
+            if row is None:
+                row = np.asarray(self.encoder.encode([t]), dtype=np.float32)
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[t] = row
+            return row
+        return np.asarray(self.encoder.encode(texts), dtype=np.float32)
+
+    def featurize(self, texts: Sequence[str]) -> Features:
+        """Estimator inputs (embedding + hand-made columns when the estimator uses them)."""
+        texts = list(texts)
+        emb = self._embed(texts)
+        if self._extra is not None:
+            extra = np.asarray(self._extra(texts), dtype=np.float32)
+        else:
+            extra = np.zeros((len(texts), 0), dtype=np.float32)
+        return Features(emb, extra)
+
+    def _estimate_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
+        X = self.featurize(texts)
+        q = np.clip(np.asarray(self.estimator.predict(X), dtype=np.float64), 0.0, 1.0)
+        c = self.cost.predict(texts, X)
+        return q, c, X
+
+    def estimate(self, prompts: Sequence[PromptLike]) -> tuple[np.ndarray, np.ndarray]:
+        """(q, c): (n, m) expected quality in [0, 1] and expected cost in USD, `models` order."""
+        q, c, _ = self._estimate_texts(self._texts(prompts))
+        return q, c
+
+    def strong_weak_score(self, prompts: Sequence[PromptLike]) -> np.ndarray:
+        """(n,) expected quality of the strong model minus the weak one (policy 'strong'/'weak')."""
+        s, w = self._pair()
+        q, _ = self.estimate(prompts)
+        return q[:, s] - q[:, w]
+
+    def _pair(self) -> tuple[int, int]:
+        strong, weak = self.policy.get("strong"), self.policy.get("weak")
+        if strong is None or weak is None:
+            raise ValueError("this router has no strong/weak pair; set_policy(strong=..., weak=...)")
+        return self._index[strong], self._index[weak]
+
+    def calibrate(self, prompts: Sequence[PromptLike], strong_share: float) -> float:
+        """Set (and return) the strong/weak threshold so `strong_share` of `prompts` go strong.
+
+        RouteLLM-style: calibrate on a sample of your own traffic. Afterwards `route()` calls
+        without an explicit trade-off / max_cost / min_quality use the threshold rule.
+        """
+        thr = calibrate_threshold(self.strong_weak_score(prompts), strong_share)
+        self.policy["threshold"] = thr
+        self.policy["strong_share"] = float(strong_share)
+        return thr
+
+    def set_policy(self, **policy: Any) -> None:
+        """Change policy defaults (tradeoff, max_cost, min_quality, strong, weak, threshold)."""
+        unknown = sorted(set(policy) - {*self.policy, "strong_share"})
+        if unknown:
+            raise ValueError(f"unknown policy field(s) {unknown}; known: {sorted(self.policy)}")
+        for key in ("strong", "weak"):
+            if policy.get(key) is not None and policy[key] not in self._index:
+                raise ValueError(f"unknown model {policy[key]!r} for {key}; known: {self.models}")
+        self.policy.update(policy)
+
+    def set_prices(self, prices: Mapping[str, ModelPrice]) -> None:
+        """Use these prices (model -> ModelPrice) for cost estimates from now on."""
+        self.cost.set_prices(prices)
+
+    # ---- deciding --------------------------------------------------------------------------
+    def _decide(
+        self,
+        q: np.ndarray,
+        c: np.ndarray,
+        X: Features,
+        texts: list[str],
+        tradeoff: float | None,
+        max_cost: float | None,
+        min_quality: float | None,
+        allowed: Sequence[str] | None,
+        context_windows: Mapping[str, int] | None,
+    ) -> list[Decision]:
+        n, m = q.shape
+        explicit = tradeoff is not None or max_cost is not None or min_quality is not None
+        pol = self.policy
+        lam = float(pol["tradeoff"] if tradeoff is None else tradeoff)
+        if lam < 0 or math.isnan(lam):
+            raise ValueError(f"tradeoff must be >= 0 (or inf), got {tradeoff}")
+        max_cost = pol["max_cost"] if max_cost is None else max_cost
+        min_quality = pol["min_quality"] if min_quality is None else min_quality
+        if allowed is not None and isinstance(allowed, str):
+            allowed = [allowed]
+        if allowed is not None and len(allowed) == 0:
+            raise ValueError("allowed is empty: give at least one model")
+        tokens = self.cost.count_tokens(texts) if context_windows else None
+        mask = candidate_mask(
+            self.models, allowed=allowed, context_windows=dict(context_windows or {}), input_tokens=tokens, n=n
+        )
+        threshold = pol.get("threshold")
+        use_thr = threshold is not None and not explicit and pol.get("strong") and pol.get("weak")
+        if use_thr:
+            s, w = self._pair()
+            use_thr = bool(mask[:, s].all() and mask[:, w].all())
+        if use_thr:
+            score = q[:, s] - q[:, w]
+            pick = np.where(score >= threshold, s, w)
+            eff = {"rule": "threshold", "threshold": float(threshold), "strong": pol["strong"], "weak": pol["weak"]}
+        else:
+            pick = choose(q, c, tradeoff=lam, max_cost=max_cost, min_quality=min_quality, mask=mask)
+            eff = {"rule": "tradeoff", "tradeoff": lam, "max_cost": max_cost, "min_quality": min_quality}
+            if min_quality is not None:
+                eff["rule"] = "min_quality"
+        out: list[Decision] = []
+        models = self.models
+        for i in range(n):
+            j = int(pick[i])
+            qi, ci = q[i], c[i]
+            admissible = mask[i] if mask[i].any() else np.ones(m, dtype=bool)
+            if max_cost is not None and eff["rule"] != "threshold":
+                within = admissible & (ci <= max_cost)
+                admissible = within if within.any() else admissible
+            if eff["rule"] == "min_quality":
+                key = np.where(qi >= min_quality, -ci + 10.0 * (ci.max() + 1), qi)
+            elif math.isinf(lam):
+                key = -ci
+            else:
+                key = qi - lam * ci
+            order = [int(k) for k in np.argsort(-key, kind="stable") if admissible[k] and k != j]
+            ranked = [models[j]] + [models[k] for k in order]
+            out.append(
+                Decision(
+                    model=models[j],
+                    expected_quality=dict(zip(models, qi.tolist(), strict=True)),
+                    expected_cost=dict(zip(models, ci.tolist(), strict=True)),
+                    reason=self._reason(eff, models[j], qi[j], ci[j], qi, ci),
+                    ranked=ranked,
+                    policy=eff,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _reason(eff: dict, model: str, qj: float, cj: float, qi: np.ndarray, ci: np.ndarray) -> str:
+        tail = f"{model} q={qj:.2f} c=${cj:.2g}"
+        if eff["rule"] == "threshold":
+            return f"threshold={eff['threshold']:.3g} on q({eff['strong']})-q({eff['weak']}): {tail}"
+        if eff["rule"] == "min_quality":
+            return f"min_quality={eff['min_quality']:g} cheapest reaching it: {tail}"
+        lam = eff["tradeoff"]
+        head = "cheapest" if math.isinf(lam) else ("best q" if lam == 0 else f"tradeoff={lam:.3g} best q-λc")
+        if eff["max_cost"] is not None:
+            head += f" (max_cost=${eff['max_cost']:.2g})"
+        return f"{head}: {tail}"
+
+    def route(
+        self,
+        prompt_or_messages: PromptLike,
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        min_quality: float | None = None,
+        allowed: Sequence[str] | None = None,
+        context_windows: Mapping[str, int] | None = None,
+    ) -> Decision:
+        """Decide for one prompt (a string or OpenAI-style messages); unset knobs use `policy`."""
+        text = messages_text(prompt_or_messages)
+        texts = [text]
+        q, c, X = self._estimate_texts(texts)
+        return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)[0]
+
+    def route_batch(
+        self,
+        prompts: Sequence[PromptLike],
+        tradeoff: float | None = None,
+        max_cost: float | None = None,
+        min_quality: float | None = None,
+        allowed: Sequence[str] | None = None,
+        context_windows: Mapping[str, int] | None = None,
+    ) -> list[Decision]:
+        """Decisions for many prompts at once (vectorised estimation and policy)."""
+        texts = self._texts(prompts)
+        q, c, X = self._estimate_texts(texts)
+        return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the router to one safetensors file (no pickle). Returns the path."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        est_arrays, est_params = self.estimator.get_state()
+        for k, v in est_arrays.items():
+            arrays[f"est/{k}"] = v
+        cost_arrays, cost_params = self.cost.get_state()
+        for k, v in cost_arrays.items():
+            arrays[f"cost/{k}"] = v
+        enc_state = getattr(self.encoder, "state", None)
+        enc_arrays = enc_state() if callable(enc_state) else {}
+        for k, v in (enc_arrays or {}).items():
+            arrays[f"enc/{k}"] = v
+        arrays = {k: _storable(v) for k, v in arrays.items()}
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "models": self.models,
+            "encoder": self.encoder.spec(),
+            "estimator": {"name": self.estimator_name, "class": _class_path(self.estimator), "params": est_params},
+            "cost": cost_params,
+            "use_extra": self.use_extra,
+            "policy": self.policy,
+            "info": self.info,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(arrays, str(path), metadata={"llmroute": json.dumps(_jsonable(meta))})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: Any = None) -> Router:
+        """Load a router saved by `save`. `encoder` overrides the saved encoder spec."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise RouterFileError(f"router file {path} not found")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                raw = (f.metadata() or {}).get("llmroute")
+                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        except Exception as exc:
+            raise RouterFileError(f"{path}: not a safetensors router file ({exc})") from exc
+        if raw is None:
+            raise RouterFileError(f"{path}: safetensors file without llmroute metadata")
+        meta = json.loads(raw)
+        if meta.get("format") != FORMAT:
+            raise RouterFileError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        if meta.get("version") != FORMAT_VERSION:
+            raise RouterFileError(
+                f"{path}: router format version {meta.get('version')} is not supported by this llmroute "
+                f"(supports {FORMAT_VERSION}); retrain it with `llmroute train`"
+            )
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            n = len(prefix)
+            return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        est_meta = meta["estimator"]
+        est = _import_class(est_meta["class"]).from_state(part("est/"), est_meta["params"])
+        cost = CostEstimator.from_state(part("cost/"), meta["cost"])
+        if encoder is None:
+            enc_arrays = part("enc/")
+            from llmroute.embed import load_encoder  # type: ignore[attr-defined]
+
+            encoder = load_encoder(meta["encoder"], state=enc_arrays) if enc_arrays else load_encoder(meta["encoder"])
+        policy = dict(meta.get("policy") or {})
+        for key in ("tradeoff", "max_cost", "min_quality", "threshold"):
+            if key in policy:
+                policy[key] = _unjson_float(policy[key])
+        if policy.get("tradeoff") is None:
+            policy["tradeoff"] = 0.0
+        return cls(
+            models=meta["models"], encoder=encoder, estimator=est, cost=cost,
+            estimator_name=est_meta["name"], use_extra=meta["use_extra"], policy=policy, info=meta.get("info"),
+        )
+
+    def __repr__(self) -> str:
+        return f"Router(estimator={self.estimator_name!r}, models={self.models!r})"
+
+
+def _storable(v: np.ndarray) -> np.ndarray:
+    a = np.asarray(v)
+    if a.dtype == bool:
+        a = a.astype(np.int8)
+    if a.dtype == np.float64 or a.dtype == np.float32 or a.dtype.kind in "iu":
+        return np.ascontiguousarray(a)
+    raise TypeError(f"cannot store array of dtype {a.dtype}")
