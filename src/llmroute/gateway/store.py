@@ -45,10 +45,10 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,8 @@ _COLUMNS: dict[str, str] = {
     "extra": "json",
 }
 TRACE_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
+_INDEX = {name: i for i, name in enumerate(_COLUMNS)}
+_PROMPT, _RESPONSE, _EXTRA = _INDEX["prompt"], _INDEX["response"], _INDEX["extra"]
 _LATENCY_KEYS = ("overhead_ms", "upstream_ms", "total_ms", "ttft_ms")
 
 
@@ -153,43 +155,41 @@ def parse_time(value: float | int | str | datetime | None, *, now: float | None 
         ) from None
 
 
+_KNOWN = frozenset(_COLUMNS) | {"latency"}
+_CONVERT: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+    (name, {"json": _dumps, "text": str, "int": int, "real": float}[kind]) for name, kind in _COLUMNS.items()
+)
+
+
 def normalize_record(record: dict[str, Any], *, store_prompts: bool, store_responses: bool) -> tuple:
     """The column tuple (in `TRACE_FIELDS` order) for one trace record dict."""
-    rec = dict(record)
-    lat = rec.pop("latency", None)
+    get = record.get
+    out: list[Any] = []
+    append = out.append
+    for name, conv in _CONVERT:
+        v = get(name)
+        append(None if v is None else conv(v))
+    # the rare cases, fixed up by position
+    if not out[0]:
+        out[0] = os.urandom(16).hex()
+    if out[1] is None:
+        out[1] = time.time()
+    if not store_prompts:
+        out[_PROMPT] = None
+    if not store_responses:
+        out[_RESPONSE] = None
+    lat = get("latency")
     if isinstance(lat, dict):
         for k in _LATENCY_KEYS:
-            if k not in rec and k in lat:
-                rec[k] = lat[k]
-    if not store_prompts:
-        rec.pop("prompt", None)
-    if not store_responses:
-        rec.pop("response", None)
-    if not rec.get("request_id"):
-        rec["request_id"] = uuid.uuid4().hex
-    if rec.get("ts") is None:
-        rec["ts"] = time.time()
-    extra = rec.pop("extra", None)
-    unknown = {k: rec.pop(k) for k in [k for k in rec if k not in _COLUMNS]}
+            if get(k) is None and lat.get(k) is not None:
+                out[_INDEX[k]] = float(lat[k])
+    unknown = record.keys() - _KNOWN
     if unknown:
-        extra = {
-            **(extra if isinstance(extra, dict) else ({"extra": extra} if extra is not None else {})),
-            **unknown,
-        }
-    rec["extra"] = extra
-    out = []
-    for name, kind in _COLUMNS.items():
-        v = rec.get(name)
-        if v is None:
-            out.append(None)
-        elif kind == "json":
-            out.append(_dumps(v))
-        elif kind == "text":
-            out.append(v if isinstance(v, str) else str(v))
-        elif kind == "int":
-            out.append(int(v))
-        else:
-            out.append(float(v))
+        extra = get("extra")
+        merged = dict(extra) if isinstance(extra, dict) else ({} if extra is None else {"extra": extra})
+        for k in sorted(unknown):
+            merged[k] = record[k]
+        out[_EXTRA] = _dumps(merged)
     return tuple(out)
 
 
