@@ -98,6 +98,7 @@ def test_403_model_not_allowed() -> None:
     assert e.value.status == 403
     assert e.value.body()["error"]["code"] == "model_not_allowed"
     assert e.value.body()["error"]["param"] == "model"
+    assert e.value.key_id == "team-b"
     assert "llmroute/best" in e.value.message and "team-b" in e.value.message
 
 
@@ -171,6 +172,7 @@ def test_budget_reserve_commit_release_and_retry_after() -> None:
         b.reserve("team-a", 0.01)  # 1.2 in flight >= 1.0
     assert e.value.status == 429 and e.value.body()["error"]["code"] == "insufficient_quota"
     assert e.value.headers["Retry-After"] == str(23 * 3600)
+    assert e.value.key_id == "team-a"
     b.release(r2)
     b.commit(r1, 0.3)  # reconciled with the actual cost
     b.commit(r1, 0.3)  # settling twice is a no-op

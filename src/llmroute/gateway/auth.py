@@ -69,7 +69,8 @@ class GatewayError(Exception):
 
     `status` is the HTTP status, `body()` the JSON body
     (`{"error": {"message", "type", "param", "code"}}`), `headers` extra response headers
-    (e.g. `Retry-After`, `WWW-Authenticate`).
+    (e.g. `Retry-After`, `WWW-Authenticate`), `key_id` the API key id when the error is about a
+    known key (403, 429), for metrics and traces (never the key itself).
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        key_id: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.key_id = key_id
         self.status = int(status)
         self.message = message
         self.type = type
@@ -264,6 +267,7 @@ class Authenticator:
             type="permission_error",
             code="model_not_allowed",
             param="model",
+            key_id=key.id,
         )
 
     def check_rate(self, key: ApiKey | None) -> None:
@@ -282,6 +286,7 @@ class Authenticator:
                 type="requests",
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                key_id=key.id,
             )
 
     def admit(self, headers: Mapping[str, str], model: str | None = None) -> ApiKey | None:
@@ -444,6 +449,7 @@ class BudgetManager:
                         type="insufficient_quota",
                         code="insufficient_quota",
                         headers={"Retry-After": str(wait)},
+                        key_id=kid,
                     )
             rd[1] += amount
             rm[1] += amount
