@@ -94,6 +94,18 @@ def test_store_from_config_and_errors(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "cannot read time" in res.output
 
 
+def test_summary(url: str) -> None:
+    res = runner.invoke(traces_app, ["summary", "--store", url, "--json"])
+    assert res.exit_code == 0, res.output
+    stats = {(s["alias"], s["model"]): s for s in json.loads(res.stdout)}
+    assert sum(s["requests"] for s in stats.values()) == 12
+    s = stats[("llmroute/auto", "fake-strong")]  # i in (3, 9)
+    assert s["requests"] == 2 and s["tokens_out"] == 18 and s["total_ms_p50"] == pytest.approx(16.0)
+    assert s["errors"] == 0 and s["cost_usd"] == pytest.approx(2e-5)
+    res = runner.invoke(traces_app, ["summary", "--store", url])
+    assert res.exit_code == 0 and "fake-weak" in res.stdout
+
+
 def test_keys_commands() -> None:
     res = runner.invoke(keys_app, ["hash", "sk-abc"])
     assert res.exit_code == 0 and res.stdout.strip() == hash_key("sk-abc")

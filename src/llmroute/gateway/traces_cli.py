@@ -11,6 +11,7 @@ Examples::
     llmroute traces list --config examples/llmroute.yaml --since 1h --model fake-weak
     llmroute traces list --store sqlite:///llmroute-traces.sqlite --json --limit 5
     llmroute traces show 5f0c...        (same --store/--config options)
+    llmroute traces summary --since 1d  (per alias/model: requests, errors, cost, p50/p99)
     llmroute keys new                   (prints a new key and the sha256 to put in the config)
     llmroute keys hash sk-...           (or pipe the key on stdin)
 
@@ -30,7 +31,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-__all__ = ["keys_app", "resolve_store_url", "traces_app"]
+__all__ = ["keys_app", "resolve_store_url", "summarize", "traces_app"]
 
 traces_app = typer.Typer(help="Query the gateway's decision traces.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create and hash gateway API keys.", no_args_is_help=True)
@@ -161,6 +162,74 @@ def show_trace(
         typer.echo(f"error: no trace with request id {request_id!r}", err=True)
         raise typer.Exit(1)
     sys.stdout.write(orjson.dumps(rec, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (alias, model): requests, errors, fallbacks, tokens, cost, p50/p99 total and overhead ms."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["alias"] or "-", r["model"] or "-"), []).append(r)
+    out = []
+    for (alias, model), rs in sorted(groups.items()):
+        tot = np.array([r["total_ms"] for r in rs if r["total_ms"] is not None], dtype=float)
+        ovh = np.array([r["overhead_ms"] for r in rs if r["overhead_ms"] is not None], dtype=float)
+
+        def pct(a: np.ndarray, q: float) -> float | None:
+            return round(float(np.percentile(a, q)), 3) if a.size else None
+
+        out.append(
+            {
+                "alias": alias,
+                "model": model,
+                "requests": len(rs),
+                "errors": sum(1 for r in rs if (r["status"] or 0) >= 400 or r["error"]),
+                "fallbacks": sum(len(r["fallbacks"] or []) for r in rs),
+                "tokens_in": sum(r["tokens_in"] or 0 for r in rs),
+                "tokens_out": sum(r["tokens_out"] or 0 for r in rs),
+                "cost_usd": sum(r["cost_usd"] or 0.0 for r in rs),
+                "total_ms_p50": pct(tot, 50),
+                "total_ms_p99": pct(tot, 99),
+                "overhead_ms_p50": pct(ovh, 50),
+                "overhead_ms_p99": pct(ovh, 99),
+            }
+        )
+    return out
+
+
+@traces_app.command("summary")
+def summary_cmd(
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    since: Annotated[str | None, typer.Option(help="Age (30m, 2h, 7d), ISO time or unix seconds.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="API key id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Totals per alias and model: requests, errors, fallbacks, tokens, cost, latency percentiles."""
+    st = _open(store, config)
+    try:
+        rows = st.query(since=since, key_id=key, limit=None)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    finally:
+        st.close_sync()
+    stats = summarize(rows)
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} trace(s)")
+    cols = list(stats[0]) if stats else ["alias", "model", "requests"]
+    for c in cols:
+        table.add_column(c)
+    for s in stats:
+        table.add_row(
+            *("-" if s[c] is None else (f"{s[c]:.6f}" if c == "cost_usd" else str(s[c])) for c in cols)
+        )
+    Console(width=220).print(table)
 
 
 @keys_app.command("new")
