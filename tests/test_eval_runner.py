@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from llmroute.data.table import RoutingTable
-from llmroute.eval.runner import CachedEncoder, evaluate, with_cost_fallback
+from llmroute.eval.runner import EvalEncoder, evaluate, with_cost_fallback
 from llmroute.policy import choose
 
 TOPICS = {
@@ -161,7 +161,7 @@ def test_cost_fallback_params_b_and_unit() -> None:
 
 def test_cached_encoder_shares_and_bypasses() -> None:
     inner = HashEncoder()
-    enc = CachedEncoder(inner)
+    enc = EvalEncoder(inner)
     enc.prime(["a b", "c d", "a b"])
     assert inner.calls == 2
     x = enc.encode(["c d", "a b"])

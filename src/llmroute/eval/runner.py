@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmroute.data.table import RoutingTable
+from llmroute.embed.cache import CachedEncoder, EmbeddingCache
 from llmroute.eval.baselines import (
     best_single,
     oracle_summary,
@@ -45,8 +46,8 @@ from llmroute.policy import tradeoff_grid
 
 __all__ = [
     "DEFAULT_ROUTERS",
-    "CachedEncoder",
     "EstimatingRouter",
+    "EvalEncoder",
     "RouterFactory",
     "dataset_name",
     "evaluate",
@@ -123,108 +124,53 @@ def with_cost_fallback(table: RoutingTable) -> tuple[RoutingTable, str]:
 
 
 # ---- shared embedding cache ------------------------------------------------------------------
-class CachedEncoder:
-    """Wraps an `Encoder` with an in-memory cache keyed by text.
+class EvalEncoder(CachedEncoder):
+    """The evaluation's shared encoder: `llmroute.embed.CachedEncoder` plus priming and a bypass.
 
-    `prime(texts)` embeds texts once in batches; later `encode` calls for those texts are
-    lookups, so every router and fold reuses the same embeddings. Set `bypass = True` to time
-    real encoding (latency measurement). `spec()` is the wrapped encoder's, so a router fitted
-    with it saves and loads like one fitted with the plain encoder.
+    `prime(texts)` embeds every text once, in batches (for the progress bar); later `encode`
+    calls for those texts are cache hits, so every router and fold reuses the same embeddings.
+    Set `bypass = True` to time real encoding (decision latency). `spec()` is the wrapped
+    encoder's, so a router fitted with it saves and loads like one fitted with the plain encoder.
     """
 
     def __init__(self, encoder: Any) -> None:
-        self.inner = encoder
-        self.name: str = encoder.name
-        self.dim: int = int(encoder.dim)
+        super().__init__(encoder, EmbeddingCache(maxsize=10_000_000))
         self.bypass = False
-        self._index: dict[str, int] = {}
-        self._rows = np.zeros((0, self.dim), dtype=np.float32)
 
     def prime(self, texts: Iterable[str], batch: int = 2048, on_batch: Callable[[int], None] | None = None) -> None:
-        """Embed every text not cached yet (batches of `batch`; `on_batch(k)` after each)."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._index]
-        chunks = [self._rows]
-        for s in range(0, len(new), batch):
-            part = new[s : s + batch]
-            chunks.append(np.asarray(self.inner.encode(part), dtype=np.float32))
+        """Embed every distinct text (batches of `batch`; `on_batch(k)` after each)."""
+        uniq = list(dict.fromkeys(texts))
+        for s in range(0, len(uniq), batch):
+            part = uniq[s : s + batch]
+            super().encode(part)
             if on_batch is not None:
                 on_batch(len(part))
-        base = len(self._index)
-        for i, t in enumerate(new):
-            self._index[t] = base + i
-        self._rows = np.concatenate(chunks, axis=0) if len(chunks) > 1 else self._rows
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32; cached rows where known, real encoding otherwise."""
-        texts = list(texts)
+        """(len(texts), dim) float32: cached rows, or real encoding when `bypass` is set."""
         if self.bypass:
-            return np.asarray(self.inner.encode(texts), dtype=np.float32)
-        missing = [t for t in texts if t not in self._index]
-        if missing:
-            self.prime(missing)
-        return self._rows[[self._index[t] for t in texts]]
-
-    def spec(self) -> dict:
-        """The wrapped encoder's spec."""
-        return self.inner.spec()
-
-    def __getattr__(self, item: str) -> Any:  # state(), tokenizer, ... of the wrapped encoder
-        if item == "inner":
-            raise AttributeError(item)
-        return getattr(self.inner, item)
+            return np.asarray(self.encoder.encode(list(texts)), dtype=np.float32)
+        return super().encode(texts)
 
 
 def _resolve_encoder(encoder: Any) -> Any:
     if isinstance(encoder, str | dict):
-        from llmroute.embed import load_encoder  # type: ignore[attr-defined]
+        from llmroute.embed import load_encoder
 
         return load_encoder(encoder)
     return encoder
 
 
+def _needs_fit(encoder: Any) -> bool:
+    """Encoders fitted on training prompts (TF-IDF) cannot be shared across folds."""
+    return getattr(encoder, "fitted", True) is False and callable(getattr(encoder, "fit", None))
+
+
 # ---- routers ---------------------------------------------------------------------------------
-class _EstimatorRouter:
-    """Fallback used only while `llmroute.router` is unavailable: estimator + mean cost."""
-
-    def __init__(self, name: str, table: RoutingTable, encoder: Any, seed: int) -> None:
-        from llmroute.estimators import make_estimator  # type: ignore[attr-defined]
-        from llmroute.estimators.base import Features
-
-        self._features = Features
-        self.models = table.models
-        self.encoder = encoder
-        est = make_estimator(name)
-        if hasattr(est, "random_state"):
-            est.random_state = seed
-        self.est = est.fit(self._feats(table.prompts), table.quality_matrix())
-        self.mean_cost = single_model_points(table.quality_matrix(), table.cost_matrix())[:, 0]
-
-    def _feats(self, prompts: Sequence[str]) -> Any:
-        try:
-            from llmroute.estimators.features import prompt_features
-
-            extra = prompt_features(list(prompts))
-        except ImportError:
-            extra = np.zeros((len(prompts), 0), dtype=np.float32)
-        return self._features(self.encoder.encode(list(prompts)), extra)
-
-    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        q = self.est.predict(self._feats(prompts))
-        return q, np.broadcast_to(self.mean_cost, q.shape).copy()
-
-    def route(self, prompt: str) -> int:
-        from llmroute.policy import choose
-
-        q, c = self.estimate([prompt])
-        return int(choose(q, c)[0])
-
-
 def fit_router(name: str, table: RoutingTable, encoder: Any, seed: int = 0) -> EstimatingRouter:
     """Fit router `name` on `table` through `llmroute.router.Router.fit` (the public API)."""
-    try:
-        from llmroute.router import Router
-    except ImportError:
-        return _EstimatorRouter(name, table, encoder, seed)
+    from llmroute.router import Router
+
     return Router.fit(table, estimator=name, encoder=encoder, seed=seed)
 
 
@@ -362,11 +308,14 @@ def evaluate(
 
     bar = _Progress(progress, total_steps=len(specs) * folds)
     with bar:
-        # ---- embed every prompt once ----
-        enc = CachedEncoder(_resolve_encoder(encoder))
+        # ---- embed every prompt once (per fold for encoders fitted on training prompts) ----
+        base_enc = _resolve_encoder(encoder)
+        per_fold = _needs_fit(base_enc)
+        enc = EvalEncoder(base_enc)
         t0 = time.perf_counter()
-        bar.start_embedding(len(set(prompts)), enc.name)
-        enc.prime(prompts, on_batch=bar.advance_embedding)
+        if not per_fold:
+            bar.start_embedding(len(set(prompts)), enc.name)
+            enc.prime(prompts, on_batch=bar.advance_embedding)
         embed_s = time.perf_counter() - t0
 
         train_tables = [table.subset([pids[i] for i in tr]) for tr in fold_train]
@@ -390,6 +339,10 @@ def evaluate(
             for k, test in enumerate(fold_idx):
                 bar.describe(f"{name}: fold {k + 1}/{folds}")
                 tr_table = train_tables[k]
+                if per_fold:  # a fresh, unfitted encoder per fold: no test prompt leaks into it
+                    from llmroute.embed import load_encoder
+
+                    enc = EvalEncoder(load_encoder(base_enc.spec()))
                 if factory is None:
                     router = fit_router(name, tr_table, enc, seed)
                 else:
