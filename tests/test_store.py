@@ -70,6 +70,8 @@ def test_write_flush_query_and_filters(db: str) -> None:
         assert one["candidates"][1] == {"model": "fake-strong", "quality": 0.83, "cost": 4e-4}
         assert one["tokens_in"] == 20 and one["cost_usd"] == pytest.approx(2.1e-5)
         assert st.get("nope") is None
+        assert st.prune(1_700_000_000 + 150) == 150
+        assert st.count() == 50
 
 
 def test_write_is_non_blocking_and_never_raises(db: str) -> None:
@@ -265,6 +267,8 @@ def test_postgres_roundtrip() -> None:
         assert got is not None and got["outcome"] == {"quality": 1.0}
         assert got["candidates"][0]["model"] == "fake-weak"
         assert st.load_spend(["d:2026-01-31"])[(tag, "d:2026-01-31")] == pytest.approx(0.5)
+        assert st.prune(1_700_000_000.0 + 10) >= 10
+        assert len(st.query(key_id=tag, limit=None)) == 40
     finally:
         st.close_sync()
 

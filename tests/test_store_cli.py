@@ -106,6 +106,37 @@ def test_summary(url: str) -> None:
     assert res.exit_code == 0 and "fake-weak" in res.stdout
 
 
+def test_prune(url: str) -> None:
+    # records are at 2026-01-01T00:00 + i minutes
+    res = runner.invoke(traces_app, ["prune", "--store", url, "--older-than", "2026-01-01T00:05:00Z"])
+    assert res.exit_code == 0 and "deleted 5 trace(s)" in res.stdout
+    res = runner.invoke(traces_app, ["list", "--store", url, "--json", "--limit", "100"])
+    assert len(json.loads(res.stdout)) == 7
+    res = runner.invoke(traces_app, ["prune", "--store", url, "--older-than", "never"])
+    assert res.exit_code != 0
+
+
+def test_keys_spend(tmp_path: Path) -> None:
+    import time
+
+    from llmroute.gateway.auth import period_ids
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    day, month = period_ids(time.time())
+    with open_store(url) as st:
+        st.add_spend("team-a", day, 0.25)
+        st.add_spend("team-a", month, 1.5)
+        st.add_spend("team-b", month, 0.5)
+    res = runner.invoke(keys_app, ["spend", "--store", url, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {
+        "team-a": {"day_usd": 0.25, "month_usd": 1.5},
+        "team-b": {"day_usd": 0.0, "month_usd": 0.5},
+    }
+    res = runner.invoke(keys_app, ["spend", "--store", url])
+    assert "team-a" in res.stdout and "1.500000" in res.stdout
+
+
 def test_keys_commands() -> None:
     res = runner.invoke(keys_app, ["hash", "sk-abc"])
     assert res.exit_code == 0 and res.stdout.strip() == hash_key("sk-abc")

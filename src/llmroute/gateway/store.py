@@ -215,6 +215,7 @@ class _Backend(Protocol):
     def attach(self, request_id: str, outcome: dict[str, Any]) -> bool: ...
     def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]: ...
     def count(self) -> int: ...
+    def prune(self, before: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -326,6 +327,9 @@ class _SQLiteBackend:
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM traces").fetchone()[0])
 
+    def prune(self, before: float) -> int:
+        return int(self.db.execute("DELETE FROM traces WHERE ts < ?", (before,)).rowcount)
+
     def close(self) -> None:
         self.db.close()
 
@@ -426,6 +430,10 @@ class _PostgresBackend:
 
     def count(self) -> int:
         return int(self._run(self.conn.fetchval("SELECT COUNT(*) FROM llmroute_traces")))
+
+    def prune(self, before: float) -> int:
+        status = self._run(self.conn.execute("DELETE FROM llmroute_traces WHERE ts < $1", before))
+        return int(str(status).split()[-1])
 
     def close(self) -> None:
         try:
@@ -630,6 +638,14 @@ class TraceStore:
     def count(self) -> int:
         """Number of stored trace records (blocking)."""
         return int(self._submit(lambda b: b.count()).result())
+
+    def prune(self, before: float | str | datetime) -> int:
+        """Delete trace records older than `before` (unix seconds, ISO time or an age like '30d');
+        returns how many were deleted (blocking). Key spend is kept."""
+        cutoff = parse_time(before)
+        if cutoff is None:
+            raise ValueError("prune needs a time: unix seconds, ISO-8601 or an age like 30d")
+        return int(self._submit(lambda b: b.prune(cutoff)).result())
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: queued, written, dropped, errors."""

@@ -12,7 +12,9 @@ Examples::
     llmroute traces list --store sqlite:///llmroute-traces.sqlite --json --limit 5
     llmroute traces show 5f0c...        (same --store/--config options)
     llmroute traces summary --since 1d  (per alias/model: requests, errors, cost, p50/p99)
+    llmroute traces prune --older-than 30d
     llmroute keys new                   (prints a new key and the sha256 to put in the config)
+    llmroute keys spend --config FILE   (spend per key today and this month)
     llmroute keys hash sk-...           (or pipe the key on stdin)
 
 The store comes from `--store URL`, else `--config FILE` (its `store.url`, relative paths
@@ -164,6 +166,25 @@ def show_trace(
     sys.stdout.write(orjson.dumps(rec, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+@traces_app.command("prune")
+def prune_cmd(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age (30d, 12h) or ISO time / unix seconds.")
+    ],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete traces older than a given age (key spend for budgets is kept)."""
+    st = _open(store, config)
+    try:
+        n = st.prune(older_than)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--older-than") from None
+    finally:
+        st.close_sync()
+    typer.echo(f"deleted {n} trace(s)")
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (alias, model): requests, errors, fallbacks, tokens, cost, p50/p99 total and overhead ms."""
     import numpy as np
@@ -243,6 +264,36 @@ def new_key(
     typer.echo(f"key (give it to the client; it is not stored anywhere): {key}")
     typer.echo("config entry:")
     typer.echo(f"  keys:\n    - id: {key_id}\n      key_sha256: {hash_key(key)}")
+
+
+@keys_app.command("spend")
+def spend_cmd(
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Spend per key in the current UTC day and month (as the budgets count it)."""
+    import time
+
+    from llmroute.gateway.auth import period_ids
+
+    day, month = period_ids(time.time())
+    st = _open(store, config)
+    try:
+        spend = st.load_spend([day, month])
+    finally:
+        st.close_sync()
+    out: dict[str, dict[str, float]] = {}
+    for (kid, period), usd in spend.items():
+        out.setdefault(kid, {"day_usd": 0.0, "month_usd": 0.0})[
+            "day_usd" if period == day else "month_usd"
+        ] = usd
+    if as_json:
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    typer.echo(f"{'key':<24} {day[2:]:>14} {month[2:]:>14}")
+    for kid, v in sorted(out.items()):
+        typer.echo(f"{kid:<24} {v['day_usd']:>14.6f} {v['month_usd']:>14.6f}")
 
 
 @keys_app.command("hash")
