@@ -1,7 +1,7 @@
 """The gateway ASGI application: OpenAI- and Anthropic-compatible endpoints in front of routed backends.
 
-A raw ASGI app (no framework on the hot path; orjson; one pooled aiohttp session created at
-startup). Endpoints::
+A raw ASGI app (no framework on the hot path; orjson; one pooled upstream `HTTPClient` created
+at startup). Endpoints::
 
     POST /v1/chat/completions   OpenAI chat (stream and non-stream); unknown fields pass through
     POST /v1/messages           Anthropic Messages in, routed to any backend (stream too)
@@ -29,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from llmroute.gateway.auth import (
@@ -45,6 +44,7 @@ from llmroute.gateway.backends.anthropic import (
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
+from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
 from llmroute.gateway.reliability import Attempt, Executor
@@ -230,7 +230,7 @@ class Gateway:
         self.auth = Authenticator(config.keys)
         self.budgets: BudgetManager | None = None
         self.store: Any = None
-        self.session: aiohttp.ClientSession | None = None
+        self.http: HTTPClient | None = None
         self.feedback_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         self.max_body = srv.max_body_bytes
@@ -269,6 +269,11 @@ class Gateway:
         from llmroute.gateway.store import open_store
 
         cfg = self.config
+        if cfg.server.blas_threads:
+            # per-request matrix products are tiny: extra BLAS threads only fight for the cores
+            from threadpoolctl import threadpool_limits
+
+            self._blas_limit = threadpool_limits(limits=cfg.server.blas_threads)
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, lambda: open_store(
             cfg.store.url, base_dir=cfg.base_dir, store_prompts=cfg.trace.store_prompts,
@@ -276,14 +281,9 @@ class Gateway:
             flush_interval_s=cfg.store.flush_interval_s))
         self.metrics.bind_store(self.store)
         self.budgets = BudgetManager(cfg.keys, store=self.store)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4096, limit_per_host=1024, keepalive_timeout=60,
-                                           ttl_dns_cache=300, enable_cleanup_closed=False),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            skip_auto_headers=("User-Agent",),
-        )
+        self.http = HTTPClient(limit_per_origin=1024)
         for b in self.backends.values():
-            await b.start(self.session)
+            await b.start(self.http)
         self._started = True
 
     async def shutdown(self) -> None:
@@ -294,8 +294,8 @@ class Gateway:
         for b in self.backends.values():
             with contextlib.suppress(Exception):
                 await b.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.http is not None:
+            await self.http.close()
         if self.store is not None:
             await self.store.close()
 
@@ -405,7 +405,7 @@ class Gateway:
         self, scope: Scope, body: dict[str, Any], rid: str, endpoint: str
     ) -> tuple[RequestContext, RouteDecision, Any]:
         """auth -> decide; shared by chat, messages and route."""
-        headers = self._headers(scope)
+        headers = self._headers(scope) if (self.auth.enabled or self.engine.hooks) else {}
         key = self.auth.admit(headers, body["model"]) if self.auth.enabled else None
         pol = body.pop("llmroute", None) or {}
         policy: dict[str, float | None] = {}

@@ -20,6 +20,7 @@ text, `expected_output_tokens` output tokens), else the router's own cost estima
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,13 +29,13 @@ import numpy as np
 
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.config import AliasConfig, GatewayConfig, ModelConfig
-from llmroute.policy import choose
 
 __all__ = [
     "RequestContext",
     "RouteDecision",
     "RouterLike",
     "RoutingEngine",
+    "choose_one",
     "conversation_text",
     "load_router",
 ]
@@ -113,6 +114,50 @@ class RouteDecision:
         ]
 
 
+def choose_one(
+    q: list[float],
+    c: list[float],
+    ok: list[bool],
+    *,
+    tradeoff: float = 0.0,
+    max_cost: float | None = None,
+    min_quality: float | None = None,
+) -> int:
+    """`llmroute.policy.choose` for one row, in plain Python (a few us instead of ~40 us of numpy
+    calls on the gateway's hot path). Same rules, same tie-breaking; tested against `choose`."""
+    m = len(q)
+    inf = math.inf
+    if not any(ok):
+        ok = [True] * m
+    if max_cost is not None:
+        within = [o and cj <= max_cost for o, cj in zip(ok, c, strict=True)]
+        if not any(within):
+            okc = [cj for o, cj in zip(ok, c, strict=True) if o]
+            cheapest = math.nan if any(math.isnan(x) for x in okc) else min(okc, default=inf)
+            within = [o and cj == cheapest for o, cj in zip(ok, c, strict=True)]
+        ok = within
+    qn = [x if math.isfinite(x) else -inf for x in q]
+    cn = [x if math.isfinite(x) else inf for x in c]
+    if min_quality is not None:
+        reach = [o and x >= min_quality for o, x in zip(ok, qn, strict=True)]
+        if not any(reach):
+            vals = [x if o else -inf for o, x in zip(ok, qn, strict=True)]
+        else:
+            vals = [-x if r else -inf for r, x in zip(reach, cn, strict=True)]
+        return max(range(m), key=lambda j: (vals[j], -j))
+    if math.isinf(tradeoff):
+        score = [-x for x in cn]
+        tie = qn
+    else:
+        score = [a - tradeoff * (b if math.isfinite(b) else 0.0) for a, b in zip(qn, cn, strict=True)]
+        tie = [-x for x in cn]
+    score = [s if o else -inf for s, o in zip(score, ok, strict=True)]
+    top = max(score)
+    cand = [o and s >= top - 1e-12 for o, s in zip(ok, score, strict=True)]
+    vals = [t if k else -inf for t, k in zip(tie, cand, strict=True)]
+    return max(range(m), key=lambda j: (vals[j], -j))
+
+
 def load_router(ref: str, config: GatewayConfig) -> RouterLike:
     """Load a router by config reference: a saved router path or 'builtin:default'."""
     from llmroute.router import Router
@@ -159,7 +204,8 @@ class _AliasPlan:
         self.pin = np.array([by_name[n].input_per_mtok for n in self.models]) / 1e6
         self.pout = np.array([by_name[n].output_per_mtok for n in self.models]) / 1e6
         self.priced = (self.pin + self.pout) > 0
-        self.windows = np.array([by_name[n].context_window or np.inf for n in self.models], dtype=float)
+        self.windows_list = [float(by_name[n].context_window or math.inf) for n in self.models]
+        self.has_windows = any(math.isfinite(w) for w in self.windows_list)
         self.out_tokens = float(expected_output_tokens)
 
 
@@ -210,36 +256,43 @@ class RoutingEngine:
             raise GatewayError(
                 404, f"The model {name!r} does not exist on this gateway. Use GET /v1/models to list "
                 "models and aliases.", code="model_not_found", param="model")
-        names, q, c = self.estimate(name, ctx.text)
-        ok = np.ones(len(names), dtype=bool)
+        names, qa, ca = self.estimate(name, ctx.text)
+        q = qa.tolist()
+        c = ca.tolist()
+        m = len(names)
+        ok = [True] * m
         if ctx.allowed is not None:
             allowed = set(ctx.allowed)
-            ok &= np.array([n in allowed for n in names])
-            if not ok.any():
+            ok = [n in allowed for n in names]
+            if not any(ok):
                 raise GatewayError(403, f"no candidate of {name!r} is allowed for this request",
                                    type="permission_error", code="model_not_allowed", param="model")
-        if np.isfinite(plan.windows).any():
-            ok &= (len(ctx.text) / 4.0) <= plan.windows
+        if plan.has_windows:
+            tin = len(ctx.text) / 4.0
+            ok = [o and tin <= w for o, w in zip(ok, plan.windows_list, strict=True)]
         pol = plan.alias
-        tradeoff = ctx.policy.get("tradeoff", pol.tradeoff)
-        max_cost = ctx.policy.get("max_cost", pol.max_cost)
-        min_quality = ctx.policy.get("min_quality", pol.min_quality)
+        policy = ctx.policy
+        tradeoff = policy.get("tradeoff", pol.tradeoff) if policy else pol.tradeoff
+        max_cost = policy.get("max_cost", pol.max_cost) if policy else pol.max_cost
+        min_quality = policy.get("min_quality", pol.min_quality) if policy else pol.min_quality
         tradeoff = pol.tradeoff if tradeoff is None else float(tradeoff)
-        pick = int(choose(q[None, :], c[None, :], tradeoff=tradeoff, max_cost=max_cost,
-                          min_quality=min_quality, mask=ok[None, :])[0])
-        qn = np.where(np.isfinite(q), q, -np.inf)
-        cn = np.where(np.isfinite(c), c, 0.0)
-        score = qn - (tradeoff * cn if np.isfinite(tradeoff) else cn * 1e12)
-        order = sorted(range(len(names)), key=lambda j: (j != pick, not ok[j], -score[j], cn[j]))
-        ranked = [names[j] for j in order if ok[j] or j == pick]
-        eq = {names[j]: round(float(q[j]), 4) for j in range(len(names))}
-        ec = {names[j]: float(f"{c[j]:.3g}") for j in range(len(names))}
+        pick = choose_one(q, c, ok, tradeoff=tradeoff, max_cost=max_cost, min_quality=min_quality)
+        inf = math.inf
+        score = [
+            (qj if math.isfinite(qj) else -inf) - (tradeoff * cj if math.isfinite(tradeoff) else cj * 1e12)
+            if math.isfinite(cj) else (qj if math.isfinite(qj) else -inf)
+            for qj, cj in zip(q, c, strict=True)
+        ]
+        order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score[j], c[j]))
+        ranked = [names[pick]] + [names[j] for j in order]
+        eq = {names[j]: round(q[j], 4) for j in range(m)}
+        ec = {names[j]: float(f"{c[j]:.3g}") for j in range(m)}
         parts = [f"alias={name}", f"pick={names[pick]}", f"q={q[pick]:.3f}", f"cost={c[pick]:.2e}",
                  f"lambda={tradeoff:g}"]
         if max_cost is not None:
             parts.append(f"max_cost={max_cost:g}")
         if min_quality is not None:
             parts.append(f"min_quality={min_quality:g}")
-        parts.append(f"of={len(names)}")
+        parts.append(f"of={m}")
         return RouteDecision(model=names[pick], ranked=ranked, reason=" ".join(parts), alias=name,
                              router=pol.router, expected_quality=eq, expected_cost=ec)

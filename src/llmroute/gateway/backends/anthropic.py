@@ -15,10 +15,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from llmroute.gateway.backends.base import BackendError, classify_status
+from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.backends.openai import missing_credentials
 from llmroute.gateway.config import ModelConfig
 
@@ -385,12 +385,12 @@ class AnthropicBackend:
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
         self.url = (cfg.base_url or "https://api.anthropic.com").rstrip("/") + "/v1/messages"
-        self.session: aiohttp.ClientSession | None = None
-        self.headers = {"content-type": "application/json", "anthropic-version": "2023-06-01", **cfg.headers}
+        self.client: HTTPClient | None = None
+        self.headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01", **cfg.headers}
         self.key_missing = False
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    async def start(self, client: HTTPClient) -> None:
+        self.client = client
         key = self.cfg.api_key()
         if key:
             self.headers["x-api-key"] = key
@@ -398,65 +398,65 @@ class AnthropicBackend:
             self.key_missing = True
 
     async def close(self) -> None:
-        self.session = None
+        self.client = None
 
     def _prep(self, body: dict[str, Any]) -> bytes:
         if self.key_missing:
             raise missing_credentials(self.cfg)
-        if self.session is None:
+        if self.client is None:
             raise BackendError(f"model {self.cfg.name!r}: backend not started", status=503, retryable=False)
         return orjson.dumps(openai_to_anthropic_request(body, self.cfg.upstream))
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload = self._prep(dict(body, stream=False))
-        assert self.session is not None
+        assert self.client is not None
         try:
             async with asyncio.timeout(timeout_s):
-                async with self.session.post(self.url, data=payload, headers=self.headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                resp = await self.client.request("POST", self.url, self.headers, payload)
         except TimeoutError:
             raise BackendError(f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
                                status=504, code="upstream_timeout") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({type(e).__name__})") from None
-        if status != 200:
-            raise classify_status(self.cfg.name, status, raw[:300].decode("utf-8", "replace"))
+        except OSError as e:
+            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
+        if resp.status != 200:
+            raise classify_status(self.cfg.name, resp.status, resp.body[:300].decode("utf-8", "replace"))
         try:
-            msg = orjson.loads(raw)
+            msg = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
         return anthropic_to_openai_response(msg, self.cfg.name)
 
     async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
         payload = self._prep(dict(body, stream=True))
-        assert self.session is not None
+        assert self.client is not None
         name = self.cfg.name
         conv = AnthropicToOpenAIStream(name)
+        ctx = self.client.stream("POST", self.url, self.headers, payload)
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self.session.post(self.url, data=payload, headers=self.headers)
+                resp = await ctx.__aenter__()
         except TimeoutError:
             raise BackendError(f"model {name!r}: upstream timed out after {timeout_s:.1f}s", status=504,
                                code="upstream_timeout") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {name!r}: upstream connection failed ({type(e).__name__})") from None
+        except OSError as e:
+            raise BackendError(f"model {name!r}: upstream connection failed ({e})") from None
+        ok = False
         try:
             if resp.status != 200:
                 async with asyncio.timeout(timeout_s):
                     raw = await resp.read()
                 raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
             stopped = False
+            lines = resp.lines()
             while True:
                 try:
                     async with asyncio.timeout(timeout_s):
-                        line = await resp.content.readline()
+                        line = await anext(lines, None)
                 except TimeoutError:
                     raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
                                        code="upstream_timeout") from None
-                if not line:
+                if line is None:
                     break
-                line = line.strip()
                 if not line.startswith(b"data:"):
                     continue
                 try:
@@ -470,7 +470,10 @@ class AnthropicBackend:
                     break
             if not stopped:
                 raise BackendError(f"model {name!r}: upstream stream ended without message_stop")
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {name!r}: upstream stream broke ({type(e).__name__})") from None
+            async for _ in lines:
+                pass
+            ok = True
+        except OSError as e:
+            raise BackendError(f"model {name!r}: upstream stream broke ({e})") from None
         finally:
-            resp.release()
+            resp.release(ok)

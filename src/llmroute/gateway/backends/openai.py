@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP backend (OpenAI, vLLM, Ollama, OpenRouter, llama.cpp, the fake server).
 
-Uses the gateway's pooled aiohttp `ClientSession`; the request body is forwarded as is except for
+Uses the gateway's pooled `HTTPClient` (see `backends.http`); the request body is forwarded as is except for
 `model` (set to the upstream id) and, for streams, `stream_options.include_usage` (turned on so
 the gateway can account tokens; the usage chunk is dropped again unless the client asked for it).
 """
@@ -11,10 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from llmroute.gateway.backends.base import BackendError, classify_status
+from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import ModelConfig
 
 __all__ = ["OpenAIBackend", "missing_credentials"]
@@ -36,25 +36,25 @@ class OpenAIBackend:
         self.cfg = cfg
         base = (cfg.base_url or "").rstrip("/")
         self.url = base + "/chat/completions"
-        self.session: aiohttp.ClientSession | None = None
-        self.headers: dict[str, str] = {"content-type": "application/json", **cfg.headers}
+        self.client: HTTPClient | None = None
+        self.headers: dict[str, str] = {"Content-Type": "application/json", **cfg.headers}
         self.key_missing = False
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    async def start(self, client: HTTPClient) -> None:
+        self.client = client
         key = self.cfg.api_key()
         if key:
-            self.headers["authorization"] = f"Bearer {key}"
+            self.headers["Authorization"] = f"Bearer {key}"
         elif self.cfg.api_key_env:
             self.key_missing = True
 
     async def close(self) -> None:
-        self.session = None
+        self.client = None
 
     def _prep(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.key_missing:
             raise missing_credentials(self.cfg)
-        if self.session is None:
+        if self.client is None:
             raise BackendError(f"model {self.cfg.name!r}: backend not started", status=503, retryable=False)
         out = dict(body)
         out["model"] = self.cfg.upstream
@@ -62,21 +62,19 @@ class OpenAIBackend:
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload = orjson.dumps(self._prep(body))
-        assert self.session is not None
+        assert self.client is not None
         try:
             async with asyncio.timeout(timeout_s):
-                async with self.session.post(self.url, data=payload, headers=self.headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                resp = await self.client.request("POST", self.url, self.headers, payload)
         except TimeoutError:
             raise BackendError(f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
                                status=504, code="upstream_timeout") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({type(e).__name__})") from None
-        if status != 200:
-            raise classify_status(self.cfg.name, status, raw[:300].decode("utf-8", "replace"))
+        except OSError as e:
+            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
+        if resp.status != 200:
+            raise classify_status(self.cfg.name, resp.status, resp.body[:300].decode("utf-8", "replace"))
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
         if not isinstance(data, dict) or "choices" not in data:
@@ -89,32 +87,34 @@ class OpenAIBackend:
         client_usage = bool((b.get("stream_options") or {}).get("include_usage"))
         if not client_usage:
             b["stream_options"] = {**(b.get("stream_options") or {}), "include_usage": True}
-        assert self.session is not None
+        assert self.client is not None
         name = self.cfg.name
+        ctx = self.client.stream("POST", self.url, self.headers, orjson.dumps(b))
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self.session.post(self.url, data=orjson.dumps(b), headers=self.headers)
+                resp = await ctx.__aenter__()
         except TimeoutError:
             raise BackendError(f"model {name!r}: upstream timed out after {timeout_s:.1f}s", status=504,
                                code="upstream_timeout") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {name!r}: upstream connection failed ({type(e).__name__})") from None
+        except OSError as e:
+            raise BackendError(f"model {name!r}: upstream connection failed ({e})") from None
+        ok = False
         try:
             if resp.status != 200:
                 async with asyncio.timeout(timeout_s):
                     raw = await resp.read()
                 raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
             done = False
+            lines = resp.lines()
             while True:
                 try:
                     async with asyncio.timeout(timeout_s):
-                        line = await resp.content.readline()
+                        line = await anext(lines, None)
                 except TimeoutError:
                     raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
                                        code="upstream_timeout") from None
-                if not line:
+                if line is None:
                     break
-                line = line.strip()
                 if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
@@ -135,7 +135,10 @@ class OpenAIBackend:
                 yield chunk
             if not done:
                 raise BackendError(f"model {name!r}: upstream stream ended without [DONE]")
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"model {name!r}: upstream stream broke ({type(e).__name__})") from None
+            async for _ in lines:  # drain to the end of the response so the connection is reusable
+                pass
+            ok = True
+        except OSError as e:
+            raise BackendError(f"model {name!r}: upstream stream broke ({e})") from None
         finally:
-            resp.release()
+            resp.release(ok)
