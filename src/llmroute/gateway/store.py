@@ -36,6 +36,12 @@ Record fields (a dict; all optional except that a missing `request_id` is genera
 
 Key spend for budgets (see `llmroute.gateway.auth.BudgetManager`) is persisted here too:
 `add_spend(key_id, period, usd)` (queued like a record) and `load_spend(periods)`.
+`prune(before)` deletes old traces (`llmroute traces prune --older-than 30d`).
+
+Durability: `close`/`flush` lose nothing; a hard kill (SIGKILL, power loss) loses at most the
+records queued in the last `flush_interval_s`. If the database is unreachable the queue grows up
+to `max_queue` records, then new records are dropped and counted (`stats()["dropped"]`, exported
+as `llmroute_traces_dropped_total`); the request path never waits for the database.
 """
 
 from __future__ import annotations
