@@ -77,12 +77,12 @@ def start_fake_server() -> Iterator[FakeServer]:
     """Run the fake server on a free port in a background thread."""
     from aiohttp import web
 
-    from llmroute.gateway.fake import make_app
+    from llmroute.gateway.fake import STATE, make_app
 
     port = free_port()
     app = make_app()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -97,7 +97,7 @@ def start_fake_server() -> Iterator[FakeServer]:
     t.start()
     _wait_port(port)
     try:
-        yield FakeServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", app["state"], port)
+        yield FakeServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", app[STATE], port)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
@@ -128,7 +128,8 @@ def run_gateway(config: Any, routers: dict[str, Any] | None = None) -> Iterator[
     gw = Gateway(cfg, routers=routers)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio", http="httptools",
-                                           lifespan="on", log_level="warning", access_log=False))
+                                           lifespan="on", log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=1))
     t = threading.Thread(target=server.run, daemon=True, name="gateway")
     t.start()
     end = time.monotonic() + 20

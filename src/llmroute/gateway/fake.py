@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["FAULTS", "FakeState", "main", "make_app"]
+__all__ = ["FAULTS", "STATE", "FakeState", "main", "make_app"]
 
 FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow")
 
@@ -50,6 +50,9 @@ class FakeState:
                 return None, None
             spec["count"] = rem - 1
         return spec["fault"], spec.get("delay")
+
+
+STATE: web.AppKey[FakeState] = web.AppKey("state", FakeState)
 
 
 def _text_of(messages: Any) -> str:
@@ -99,7 +102,7 @@ async def _maybe_fault_pre(request: web.Request, fault: str | None, delay: float
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
-    state: FakeState = request.app["state"]
+    state: FakeState = request.app[STATE]
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -196,7 +199,7 @@ async def _chat_stream(
 
 async def _messages(request: web.Request) -> web.StreamResponse:
     """A fake Anthropic Messages API endpoint."""
-    state: FakeState = request.app["state"]
+    state: FakeState = request.app[STATE]
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -252,7 +255,7 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _set_fault(request: web.Request) -> web.Response:
-    state: FakeState = request.app["state"]
+    state: FakeState = request.app[STATE]
     spec = orjson.loads(await request.read())
     if spec.get("fault") not in FAULTS:
         return _error(400, f"fault must be one of {FAULTS}", "invalid_request_error")
@@ -262,23 +265,23 @@ async def _set_fault(request: web.Request) -> web.Response:
 
 
 async def _clear_faults(request: web.Request) -> web.Response:
-    request.app["state"].faults.clear()
+    request.app[STATE].faults.clear()
     return web.Response(body=b'{"ok": true}', content_type="application/json")
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(request.app["state"].counts), content_type="application/json")
+    return web.Response(body=orjson.dumps(request.app[STATE].counts), content_type="application/json")
 
 
 async def _last(request: web.Request) -> web.Response:
-    last = request.app["state"].last.get(request.query.get("model", ""))
+    last = request.app[STATE].last.get(request.query.get("model", ""))
     return web.Response(body=orjson.dumps(last), content_type="application/json")
 
 
 def make_app() -> web.Application:
-    """The fake server as an aiohttp application (state in `app['state']`)."""
+    """The fake server as an aiohttp application (state in `app[STATE]`)."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["state"] = FakeState()
+    app[STATE] = FakeState()
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/chat/completions", _chat)
     app.router.add_post("/v1/messages", _messages)

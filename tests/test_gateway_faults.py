@@ -1,0 +1,171 @@
+"""Reliability: with one backend failing (each fault type in turn) and one healthy, requests through
+`llmroute/auto` never fail; retries, breakers, deadlines and mid-stream failures behave as specified.
+
+The acceptance run (1,000 requests per fault) is in benchmarks/gateway.py; here 200 per fault keep
+the suite fast."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from conftest import StubRouter, loopback_config, run_gateway
+from llmroute.gateway.fake import FAULTS
+from llmroute.gateway.reliability import CircuitBreaker
+
+LONG = "Prove that there are infinitely many primes, step by step. " * 4  # the stub router picks fake-strong
+
+
+@pytest.fixture(scope="module")
+def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("faults"), breaker_cooldown_s=60)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+        yield url
+
+
+def _reset(gw: Any, fake_server: Any) -> None:
+    fake_server.clear()
+    for br in gw.app.executor.breakers.values():
+        br.success()
+
+
+SERVING_FAULTS = [f for f in FAULTS if f != "400"]  # a 400 is the request's fault: returned, not hidden
+
+
+@pytest.mark.parametrize("fault", SERVING_FAULTS)
+def test_no_failed_requests_with_one_faulty_backend(gw: Any, fake_server: Any, fault: str) -> None:
+    _reset(gw, fake_server)
+    fake_server.set_fault("fake-strong", fault, delay=5.0 if fault == "timeout" else None)
+    client = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=30)
+
+    def one(i: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} #{i}"}])
+        r = raw.parse()
+        assert r.choices[0].message.content
+        return raw.headers["x-llmroute-model"]
+
+    with ThreadPoolExecutor(16) as pool:
+        models = list(pool.map(one, range(200)))
+    assert len(models) == 200  # every request succeeded (any failure would have raised)
+    if fault == "slow":
+        assert set(models) <= {"fake-strong", "fake-weak"}  # 0.5 s first byte = the model's timeout
+    else:
+        assert set(models) == {"fake-weak"}
+        # the breaker opened: the failing backend stopped receiving traffic
+        assert gw.app.executor.breakers["fake-strong"].state == "open"
+        assert fake_server.state.counts.get("fake-strong", 0) < 60
+    _reset(gw, fake_server)
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429", "timeout", "reset", "badjson", "slow"])
+def test_streams_fall_back_before_the_first_token(gw: Any, fake_server: Any, fault: str) -> None:
+    _reset(gw, fake_server)
+    fake_server.set_fault("fake-strong", fault, delay=5.0 if fault in ("timeout", "slow") else None)
+    client = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=30)
+    for i in range(5):
+        with client.chat.completions.with_streaming_response.create(
+                model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} {i}"}], stream=True) as resp:
+            assert resp.headers["x-llmroute-model"] == "fake-weak"
+            assert "fallback=fake-weak" in resp.headers["x-llmroute-reason"]
+            text = "".join(ch.choices[0].delta.content or "" for ch in resp.parse() if ch.choices)
+        assert text.startswith("[fake-weak]")
+    _reset(gw, fake_server)
+
+
+def test_stream_cut_after_first_token_ends_with_error_event(gw: Any, fake_server: Any) -> None:
+    _reset(gw, fake_server)
+    fake_server.set_fault("fake-strong", "cut")
+    body = {"model": "llmroute/auto", "messages": [{"role": "user", "content": LONG}], "stream": True}
+    with httpx.stream("POST", gw + "/chat/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["x-llmroute-model"] == "fake-strong"
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    assert '"code":"stream_interrupted"' in lines[-2]
+    assert any('"content":"[fake-st' in ln for ln in lines[:-2])  # content reached the client first
+    # the openai client surfaces it as an error, not a hang
+    client = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=10)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(**body):
+            pass
+    _reset(gw, fake_server)
+
+
+def test_retry_same_backend_for_a_transient_error(gw: Any, fake_server: Any) -> None:
+    _reset(gw, fake_server)
+    fake_server.set_fault("fake-weak", "503", count=1)
+    c = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
+                                                      messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llmroute-model"] == "fake-weak"
+    assert fake_server.state.counts == {"fake-weak": 2}
+    _reset(gw, fake_server)
+
+
+def test_all_backends_down_gives_clean_error_within_deadline(fake_server: Any, tmp_path: Path) -> None:
+    fake_server.clear()
+    cfg = loopback_config(fake_server.base_url, tmp_path, request_timeout_s=1.5)
+    for m in cfg["models"]:
+        m["timeout_s"] = 5
+    with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+        fake_server.set_fault("*", "timeout", delay=20)
+        t0 = time.monotonic()
+        r = httpx.post(url + "/chat/completions", json={"model": "llmroute/auto",
+                                                       "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+        assert elapsed < 10  # bounded by the request deadline, never a hang
+        fake_server.set_fault("*", "500")
+        r = httpx.post(url + "/chat/completions", json={"model": "fake-weak",
+                                                       "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502 and "upstream error 500" in r.json()["error"]["message"]
+        r = httpx.post(url + "/chat/completions", json={"model": "fake-weak", "stream": True,
+                                                       "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502 and r.json()["error"]["type"]
+    fake_server.clear()
+
+
+def test_breaker_half_open_probe_closes_after_recovery(fake_server: Any, tmp_path: Path) -> None:
+    fake_server.clear()
+    cfg = loopback_config(fake_server.base_url, tmp_path, breaker_cooldown_s=0.3, retries=0)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+        fake_server.set_fault("fake-strong", "500")
+        c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        for _ in range(5):
+            c.chat.completions.create(model="llmroute/auto", messages=[{"role": "user", "content": LONG}])
+        assert httpx.get(url.root + "/healthz").json()["breakers"]["fake-strong"] == "open"
+        fake_server.clear()
+        time.sleep(0.4)
+        raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
+                                                          messages=[{"role": "user", "content": LONG}])
+        assert raw.headers["x-llmroute-model"] == "fake-strong"  # the half-open probe went through
+        assert httpx.get(url.root + "/healthz").json()["breakers"]["fake-strong"] == "closed"
+        text = httpx.get(url.root + "/metrics").text
+        assert 'llmroute_breaker_transitions_total{model="fake-strong",state="open"}' in text
+    fake_server.clear()
+
+
+def test_circuit_breaker_states() -> None:
+    now = [0.0]
+    br = CircuitBreaker(failures=2, cooldown_s=10, clock=lambda: now[0])
+    assert br.allow()
+    br.failure()
+    assert br.state == "closed" and br.allow()
+    br.failure()
+    assert br.state == "open" and not br.allow()
+    now[0] = 10.5
+    assert br.allow() and br.state == "half_open"
+    assert not br.allow()  # one probe at a time
+    br.failure()
+    assert br.state == "open" and not br.allow()
+    now[0] = 21.0
+    assert br.allow()
+    br.success()
+    assert br.state == "closed" and br.allow() and br.allow()
