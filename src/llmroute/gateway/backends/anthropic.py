@@ -431,6 +431,7 @@ class AnthropicBackend:
         assert self.client is not None
         name = self.cfg.name
         conv = AnthropicToOpenAIStream(name)
+        client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         ctx = self.client.stream("POST", self.url, self.headers, payload)
         try:
             async with asyncio.timeout(timeout_s):
@@ -464,6 +465,8 @@ class AnthropicBackend:
                 except orjson.JSONDecodeError:
                     raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
                 for chunk in conv.feed(ev):
+                    if client_usage and chunk.get("_usage_only"):
+                        del chunk["_usage_only"]
                     yield chunk
                 if ev.get("type") == "message_stop":
                     stopped = True
