@@ -226,6 +226,16 @@ class Router:
         if self.use_extra and self._extra is None:
             raise RuntimeError("this router needs llmroute.estimators.features, which is not importable")
         self._cache: dict[str, np.ndarray] = {}
+        self._blas: Any = None  # threadpoolctl controller, created on first route()
+
+    def _one_thread(self) -> Any:
+        """Context that limits BLAS to one thread: single-prompt products are tiny, and
+        multi-threaded OpenBLAS is 10x slower on them when cores are shared (e.g. a gateway)."""
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=1, user_api="blas")
 
     # ---- fitting ---------------------------------------------------------------------------
     @classmethod
@@ -251,6 +261,9 @@ class Router:
         if table.n_prompts == 0:
             raise ValueError("cannot fit a router on an empty table")
         enc = _resolve_encoder(encoder)
+        prompts = table.prompts
+        if getattr(enc, "fitted", True) is False and callable(getattr(enc, "fit", None)):
+            enc.fit(prompts)  # e.g. TF-IDF: learns its vocabulary from the training prompts only
         if isinstance(estimator, str):
             name = estimator
             est = _make_estimator(name, seed, est_params)
@@ -263,7 +276,6 @@ class Router:
             models=table.models, encoder=enc, estimator=est, cost=CostEstimator(),
             estimator_name=name, use_extra=use_extra,
         )
-        prompts = table.prompts
         X = proto.featurize(prompts)
         Q = table.quality_matrix()
         est.fit(X, Q)
@@ -501,9 +513,9 @@ class Router:
         context_windows: Mapping[str, int] | None = None,
     ) -> Decision:
         """Decide for one prompt (a string or OpenAI-style messages); unset knobs use `policy`."""
-        text = messages_text(prompt_or_messages)
-        texts = [text]
-        q, c, X = self._estimate_texts(texts)
+        texts = [messages_text(prompt_or_messages)]
+        with self._one_thread():
+            q, c, X = self._estimate_texts(texts)
         return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)[0]
 
     def route_batch(
@@ -586,10 +598,9 @@ class Router:
         est = _import_class(est_meta["class"]).from_state(part("est/"), est_meta["params"])
         cost = CostEstimator.from_state(part("cost/"), meta["cost"])
         if encoder is None:
-            enc_arrays = part("enc/")
-            from llmroute.embed import load_encoder  # type: ignore[attr-defined]
+            from llmroute.embed import encoder_from_state
 
-            encoder = load_encoder(meta["encoder"], state=enc_arrays) if enc_arrays else load_encoder(meta["encoder"])
+            encoder = encoder_from_state(meta["encoder"], part("enc/") or None)
         policy = dict(meta.get("policy") or {})
         for key in ("tradeoff", "max_cost", "min_quality", "threshold"):
             if key in policy:

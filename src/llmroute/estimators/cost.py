@@ -203,6 +203,11 @@ class CostEstimator:
         self.mode_ = np.where(
             np.isfinite(self.price_[:, 0]), 0, np.where(self.has_cost_, 1, 2)
         ).astype(np.int64)
+        # precomputed per-model coefficients: cost = const + k_in * tin + k_out * out
+        is_price, is_obs = self.mode_ == 0, self.mode_ == 1
+        self._k_in = np.where(is_price, np.nan_to_num(self.price_[:, 0]) / 1e6, np.where(is_obs, self.cost_ab_[:, 1], 0.0))
+        self._k_out = np.where(is_price, np.nan_to_num(self.price_[:, 1]) / 1e6, 0.0)
+        self._const = np.where(is_obs, self.cost_ab_[:, 0], 0.0)
 
     def set_prices(self, prices: Mapping[str, ModelPrice]) -> None:
         """Use `prices` (model -> ModelPrice) for these models from now on (others unchanged)."""
@@ -242,12 +247,7 @@ class CostEstimator:
         return self._cost(tin, self.expected_output_tokens(tin))
 
     def _cost(self, tin: np.ndarray, out: np.ndarray) -> np.ndarray:
-        pin = np.nan_to_num(self.price_[:, 0])
-        pout = np.nan_to_num(self.price_[:, 1])
-        by_price = (tin * pin + out * pout) / 1e6
-        by_obs = self.cost_ab_[:, 0] + tin * self.cost_ab_[:, 1]
-        mode = self.mode_
-        return np.where(mode == 0, by_price, np.where(mode == 1, by_obs, 0.0))
+        return self._const + tin * self._k_in + out * self._k_out
 
     def predict(self, texts: Sequence[str], X: Features | None = None) -> np.ndarray:
         """(n, m) expected cost in USD of sending each text to each model.
@@ -262,10 +262,10 @@ class CostEstimator:
         if A.shape[1] != self.feat_W_.shape[0]:
             raise ValueError(f"cost model expects {self.feat_W_.shape[0] - 2} feature columns, got {A.shape[1] - 2}")
         T = np.maximum(np.exp(A @ self.feat_W_ + self.feat_b_) * self.feat_smear_ - 1.0, 0.0)
-        ok = self.feat_ok_.astype(bool)
+        ok = self.feat_ok_
         if ok[0]:
             tin = T[:, 0]
-        out = np.where(ok[1:], T[:, 1:], self.expected_output_tokens(tin))
+        out = T[:, 1:] if ok[1:].all() else np.where(ok[1:] > 0, T[:, 1:], self.expected_output_tokens(tin))
         return self._cost(tin.reshape(-1, 1), out)
 
     # ---- state -----------------------------------------------------------------------------
