@@ -117,6 +117,10 @@ def test_evaluate_schema_and_metrics_three_models(tmp_path: Path) -> None:
     # the topic is learnable: the router closes most of the gap, beats random
     assert r["gap_closed"] > 0.6
     assert r["aiq"] > res["baselines"]["random"]["aiq"]
+    # random mixing of single models lies on the single-model hull in expectation (gap ~ 0; the
+    # hull of a few noisy points is biased slightly upward)
+    assert -0.1 < res["baselines"]["random"]["gap_closed"] < 0.25
+    assert res["baselines"]["random"]["max_quality"] == pytest.approx(1.0)
     assert r["max_quality"] == pytest.approx(1.0)
     assert r["cost_ratio_at_best_quality"] < 0.8
     # multi-model: no APGR / CPT

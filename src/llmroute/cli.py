@@ -147,7 +147,7 @@ def _print_summary(res: dict) -> None:
             cells += [_cell(r["apgr"]), _cell(r["cpt50"], 2), _cell(r["cpt80"], 2)]
         cells += [_cell(r.get("decision_ms_p50")), _cell(r.get("decision_ms_p99"))]
         t.add_row(*cells)
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 160)
     con.print(t)
     best = base["best_single"]
     con.print(f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"

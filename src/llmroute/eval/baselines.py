@@ -6,16 +6,17 @@ All functions work on the dense (n_prompts, n_models) true quality `Q` and cost 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
-from llmroute.eval.metrics import aiq, oracle_choice, oracle_curve, single_model_points
+from llmroute.eval.metrics import aiq, oracle_choice, oracle_curve, single_model_points, upper_hull
 
 __all__ = [
     "best_single",
     "oracle_summary",
-    "random_estimates",
+    "random_baseline",
     "single_summaries",
     "strong_weak",
 ]
@@ -51,20 +52,37 @@ def strong_weak(Q: np.ndarray) -> tuple[int, int]:
     return strong, 1 - strong
 
 
-def random_estimates(
-    n: int, mean_cost: np.ndarray, seed: int = 0
+def random_baseline(
+    Q: np.ndarray, C: np.ndarray, seed: int = 0, steps: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Estimates of a router that knows nothing about the prompt.
+    """The random router: (curve, score).
 
-    Expected quality is i.i.d. uniform noise per (prompt, model) and expected cost is each
-    model's mean cost, so sweeping the trade-off mixes models at random in proportions set by
-    their prices. On two-model sets its APGR is 0.5 in expectation.
+    Sends a random share of prompts to the dearer of two neighbouring models on the
+    single-model hull (from the cheapest model up to the best one), for shares 0, 1/steps,
+    ..., 1: in expectation its curve is the single-model hull, so its gap closed is about 0.
+    `score` is i.i.d. uniform noise per prompt (its APGR on two-model sets is 0.5 in
+    expectation).
     """
+    n = Q.shape[0]
     rng = np.random.default_rng(seed)
-    m = len(mean_cost)
-    q = rng.random((n, m))
-    c = np.broadcast_to(np.asarray(mean_cost, dtype=float), (n, m)).copy()
-    return q, c
+    perm = rng.permutation(n)
+    score = rng.random(n)
+    singles = single_model_points(Q, C)
+    ok = np.all(np.isfinite(singles), axis=1)
+    hull = upper_hull(singles[ok])
+    idx = np.flatnonzero(ok)
+    chain = [int(idx[np.flatnonzero(np.all(singles[ok] == p, axis=1))[0]]) for p in hull]
+    rows = np.arange(n)
+    pts: list[tuple[float, float]] = []
+    if len(chain) == 1:
+        pick = np.full(n, chain[0])
+        pts.append((float(np.nanmean(C[rows, pick])), float(np.nanmean(Q[rows, pick]))))
+    for a, b in itertools.pairwise(chain):
+        for f in np.linspace(0.0, 1.0, steps + 1):
+            pick = np.full(n, a)
+            pick[perm[: round(f * n)]] = b
+            pts.append((float(np.nanmean(C[rows, pick])), float(np.nanmean(Q[rows, pick]))))
+    return np.array(pts, dtype=float), score
 
 
 def oracle_summary(

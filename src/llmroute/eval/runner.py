@@ -27,7 +27,7 @@ from llmroute.embed.cache import CachedEncoder, EmbeddingCache
 from llmroute.eval.baselines import (
     best_single,
     oracle_summary,
-    random_estimates,
+    random_baseline,
     single_summaries,
     strong_weak,
 )
@@ -210,14 +210,8 @@ def _curve_list(curve: np.ndarray) -> list[list[float]]:
     return [[float(c), float(q)] for c, q in curve if math.isfinite(c) and math.isfinite(q)]
 
 
-def _score_router(
-    Q: np.ndarray,
-    C: np.ndarray,
-    q_hat: np.ndarray,
-    c_hat: np.ndarray,
-    ctx: dict,
-) -> dict:
-    curve = router_curve(Q, C, q_hat, c_hat, ctx["lambdas"])
+def _score_curve(curve: np.ndarray, Q: np.ndarray, score: np.ndarray | None, ctx: dict) -> dict:
+    """Metrics of one curve (and, on two-model tables, of the strong-vs-weak `score`)."""
     a = aiq(curve, ctx["c_min"], ctx["c_max"])
     hull = upper_hull(curve)
     out: dict[str, Any] = {
@@ -229,14 +223,20 @@ def _score_router(
         "cpt50": None,
         "cpt80": None,
     }
-    if ctx["two_models"]:
+    if ctx["two_models"] and score is not None:
         s, w = ctx["strong"], ctx["weak"]
-        score = q_hat[:, s] - q_hat[:, w]
         out["apgr"] = _num(apgr(score, Q[:, s], Q[:, w]))
         out["cpt50"] = _num(cpt(score, Q[:, s], Q[:, w], 0.5))
         out["cpt80"] = _num(cpt(score, Q[:, s], Q[:, w], 0.8))
     out["curve"] = _curve_list(curve)
     return out
+
+
+def _score_router(Q: np.ndarray, C: np.ndarray, q_hat: np.ndarray, c_hat: np.ndarray, ctx: dict) -> dict:
+    """Metrics of a router from its out-of-fold estimates (score = q_hat[strong] - q_hat[weak])."""
+    curve = router_curve(Q, C, q_hat, c_hat, ctx["lambdas"])
+    score = q_hat[:, ctx["strong"]] - q_hat[:, ctx["weak"]] if ctx["two_models"] else None
+    return _score_curve(curve, Q, score, ctx)
 
 
 # ---- the runner --------------------------------------------------------------------------------
@@ -320,15 +320,8 @@ def evaluate(
 
         train_tables = [table.subset([pids[i] for i in tr]) for tr in fold_train]
 
-        # random baseline: same folds, mean train cost per model
-        q_rand = np.full(Q.shape, np.nan)
-        c_rand = np.full(C.shape, np.nan)
-        for k, test in enumerate(fold_idx):
-            tr = fold_train[k]
-            mc = single_model_points(Q[tr], C[tr])[:, 0]
-            qr, cr = random_estimates(len(test), mc, seed=seed + k)
-            q_rand[test], c_rand[test] = qr, cr
-        random_res = _score_router(Q, C, q_rand, c_rand, ctx)
+        rand_curve, rand_score = random_baseline(Q, C, seed=seed)
+        random_res = _score_curve(rand_curve, Q, rand_score, ctx)
 
         results: dict[str, dict] = {}
         for name, factory in specs:
