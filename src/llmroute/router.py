@@ -431,7 +431,7 @@ class Router:
         allowed: Sequence[str] | None,
         context_windows: Mapping[str, int] | None,
     ) -> list[Decision]:
-        n, m = q.shape
+        n = q.shape[0]
         explicit = tradeoff is not None or max_cost is not None or min_quality is not None
         pol = self.policy
         lam = float(pol["tradeoff"] if tradeoff is None else tradeoff)
@@ -461,37 +461,40 @@ class Router:
             eff = {"rule": "tradeoff", "tradeoff": lam, "max_cost": max_cost, "min_quality": min_quality}
             if min_quality is not None:
                 eff["rule"] = "min_quality"
-        out: list[Decision] = []
         models = self.models
+        admissible = mask.copy()
+        admissible[~admissible.any(axis=1)] = True
+        if max_cost is not None and eff["rule"] != "threshold":
+            within = admissible & (c <= max_cost)
+            admissible = np.where(within.any(axis=1, keepdims=True), within, admissible)
+        if eff["rule"] == "min_quality":
+            key = np.where(q >= min_quality, -c + 10.0 * (c.max(axis=1, keepdims=True) + 1), q)
+        elif math.isinf(lam):
+            key = -c
+        else:
+            key = q - lam * c
+        order = np.argsort(np.where(admissible, -key, np.inf), axis=1, kind="stable").tolist()
+        adm = admissible.tolist()
+        ql, cl, picks = q.tolist(), c.tolist(), pick.tolist()
+        out: list[Decision] = []
         for i in range(n):
-            j = int(pick[i])
-            qi, ci = q[i], c[i]
-            admissible = mask[i] if mask[i].any() else np.ones(m, dtype=bool)
-            if max_cost is not None and eff["rule"] != "threshold":
-                within = admissible & (ci <= max_cost)
-                admissible = within if within.any() else admissible
-            if eff["rule"] == "min_quality":
-                key = np.where(qi >= min_quality, -ci + 10.0 * (ci.max() + 1), qi)
-            elif math.isinf(lam):
-                key = -ci
-            else:
-                key = qi - lam * ci
-            order = [int(k) for k in np.argsort(-key, kind="stable") if admissible[k] and k != j]
-            ranked = [models[j]] + [models[k] for k in order]
+            j = picks[i]
+            ai = adm[i]
+            qi, ci = ql[i], cl[i]
             out.append(
                 Decision(
                     model=models[j],
-                    expected_quality=dict(zip(models, qi.tolist(), strict=True)),
-                    expected_cost=dict(zip(models, ci.tolist(), strict=True)),
-                    reason=self._reason(eff, models[j], qi[j], ci[j], qi, ci),
-                    ranked=ranked,
+                    expected_quality=dict(zip(models, qi, strict=True)),
+                    expected_cost=dict(zip(models, ci, strict=True)),
+                    reason=self._reason(eff, models[j], qi[j], ci[j]),
+                    ranked=[models[j]] + [models[k] for k in order[i] if ai[k] and k != j],
                     policy=eff,
                 )
             )
         return out
 
     @staticmethod
-    def _reason(eff: dict, model: str, qj: float, cj: float, qi: np.ndarray, ci: np.ndarray) -> str:
+    def _reason(eff: dict, model: str, qj: float, cj: float) -> str:
         tail = f"{model} q={qj:.2f} c=${cj:.2g}"
         if eff["rule"] == "threshold":
             return f"threshold={eff['threshold']:.3g} on q({eff['strong']})-q({eff['weak']}): {tail}"
