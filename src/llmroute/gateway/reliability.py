@@ -98,6 +98,20 @@ def _committed(chunk: dict[str, Any]) -> bool:
     return False
 
 
+def _all_failed(last: BackendError | None, attempts: list[Attempt]) -> BackendError:
+    """One error for a request whose every candidate failed: each model's last error, in order."""
+    assert last is not None
+    models = list(dict.fromkeys(a.model for a in attempts))
+    if len(models) > 1:
+        why = {a.model: a.error for a in attempts}
+        msg = "all candidate models failed: " + "; ".join(f"{why[m]}" for m in models)
+        err = BackendError(msg[:2000], status=last.status, retryable=last.retryable, code=last.code, etype=last.etype)
+    else:
+        err = last
+    err.attempts = attempts  # type: ignore[attr-defined]
+    return err
+
+
 class Executor:
     """Calls backends with retries, fallback and breakers."""
 
@@ -121,9 +135,13 @@ class Executor:
         self.on_breaker = on_breaker
 
     def _order(self, ranked: list[str]) -> list[str]:
-        ranked = ranked[: 1 + self.max_fallbacks]
-        ok = [m for m in ranked if self.breakers[m].allow()]
-        return ok + [m for m in ranked if m not in ok]
+        """Candidates to try: usable ones first, then open breakers, then backends without credentials."""
+        if len(ranked) == 1:
+            return ranked
+        nokey = [m for m in ranked if getattr(self.backends[m], "key_missing", False)]
+        usable = [m for m in ranked if m not in nokey][: 1 + self.max_fallbacks]
+        ok = [m for m in usable if self.breakers[m].allow()]
+        return ok + [m for m in usable if m not in ok] + nokey
 
     def _fail(self, name: str) -> None:
         br = self.breakers[name]
@@ -178,9 +196,7 @@ class Executor:
                 attempts.append(Attempt(name, True, time.monotonic() - t0))
                 self._ok(name)
                 return name, resp, attempts
-        assert last is not None
-        last.attempts = attempts  # type: ignore[attr-defined]
-        raise last
+        raise _all_failed(last, attempts)
 
     async def stream(self, ranked: list[str], body: dict[str, Any], deadline: float) -> StreamStart:
         """Open a stream on the first candidate that delivers a content chunk."""
@@ -220,9 +236,7 @@ class Executor:
                     break
                 attempts.append(Attempt(name, True, time.monotonic() - t0))
                 return StreamStart(name, first, agen, attempts, t0)
-        assert last is not None
-        last.attempts = attempts  # type: ignore[attr-defined]
-        raise last
+        raise _all_failed(last, attempts)
 
     def stream_done(self, name: str, ok: bool) -> None:
         """Report how a committed stream ended (feeds the breaker)."""
