@@ -18,11 +18,36 @@ import numpy as np
 
 __all__ = ["FEATURE_NAMES", "prompt_features", "text_of"]
 
-_CODE_MARKERS = ("```", "def ", "return", "import ", "class ", "function", "=>", "console.", "print(",
-                 "printf(", ";\n", "{\n", "int ", "void ", "#include", "self.")
+_CODE_MARKERS = (
+    "```",
+    "def ",
+    "return",
+    "import ",
+    "class ",
+    "function",
+    "=>",
+    "console.",
+    "print(",
+    "printf(",
+    ";\n",
+    "{\n",
+    "int ",
+    "void ",
+    "#include",
+    "self.",
+)
 _QWORDS = ("what ", "which ", "who ", "whom ", "whose ", "when ", "where ", "why ", "how ")
-_WRITE_WORDS = ("write", "compose", "draft", "create", "generate", "explain", "describe", "summari",
-                "imagine")
+_WRITE_WORDS = (
+    "write",
+    "compose",
+    "draft",
+    "create",
+    "generate",
+    "explain",
+    "describe",
+    "summari",
+    "imagine",
+)
 _MATH_SUBSTR = ("\\frac", "\\sqrt", "$", "solve", "equation", "probability")
 _MC = re.compile(r"(?m)^\s*\(?[A-Ea-e][\).:]\s")
 _NUM = re.compile(r"\d+(?:[.,]\d+)?")
@@ -84,8 +109,13 @@ def _one(text: str) -> list[float]:
     lower = int(np.count_nonzero((cp >= 97) & (cp <= 122)))
     space = int(np.count_nonzero((cp == 32) | (cp == 10) | (cp == 9) | (cp == 13)))
     non_ascii = int(np.count_nonzero(cp > 127))
-    cjk = int(np.count_nonzero(((cp >= 0x3040) & (cp <= 0x30FF)) | ((cp >= 0x3400) & (cp <= 0x9FFF))
-                               | ((cp >= 0xAC00) & (cp <= 0xD7AF))))
+    cjk = int(
+        np.count_nonzero(
+            ((cp >= 0x3040) & (cp <= 0x30FF))
+            | ((cp >= 0x3400) & (cp <= 0x9FFF))
+            | ((cp >= 0xAC00) & (cp <= 0xD7AF))
+        )
+    )
     punct = len(cp) - digits - upper - lower - space - non_ascii
     return [
         math.log1p(n),
