@@ -229,8 +229,8 @@ class Router:
         self._blas: Any = None  # threadpoolctl controller, created on first route()
 
     def _one_thread(self) -> Any:
-        """Context that limits BLAS to one thread: single-prompt products are tiny, and
-        multi-threaded OpenBLAS is 10x slower on them when cores are shared (e.g. a gateway)."""
+        """Context that limits BLAS to one thread for small batches: their products are tiny,
+        and multi-threaded OpenBLAS is ~10x slower on them when cores are shared (a gateway)."""
         if self._blas is None:
             from threadpoolctl import ThreadpoolController
 
@@ -371,6 +371,12 @@ class Router:
         return Features(emb, extra)
 
     def _estimate_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
+        if len(texts) <= 16:
+            with self._one_thread():
+                return self._estimate_raw(texts)
+        return self._estimate_raw(texts)
+
+    def _estimate_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
         X = self.featurize(texts)
         q = np.clip(np.asarray(self.estimator.predict(X), dtype=np.float64), 0.0, 1.0)
         c = self.cost.predict(texts, X)
@@ -517,8 +523,7 @@ class Router:
     ) -> Decision:
         """Decide for one prompt (a string or OpenAI-style messages); unset knobs use `policy`."""
         texts = [messages_text(prompt_or_messages)]
-        with self._one_thread():
-            q, c, X = self._estimate_texts(texts)
+        q, c, X = self._estimate_texts(texts)
         return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)[0]
 
     def route_batch(
