@@ -133,7 +133,7 @@ class MLPEstimator(QualityEstimator):
         self,
         hidden: int | None = None,
         alpha: float | None = None,
-        grid: tuple[tuple[int, float], ...] = ((64, 1e-3), (128, 1e-4)),
+        grid: tuple[tuple[int, float], ...] = ((32, 1e-2), (64, 1e-3), (128, 1e-4)),
         max_epochs: int = 30,
         batch: int = 256,
         lr: float = 2e-3,
