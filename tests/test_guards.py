@@ -119,13 +119,27 @@ def test_ood_separates_clusters_and_roundtrips(tmp_path: Path) -> None:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     train = np.vstack([sample(c, 100) for c in centers[:3]])
-    det = OODDetector(n_clusters=12).fit(train)
+    det = OODDetector(n_clusters=12, use_shape=False).fit(train)
     ind = det.score(np.vstack([sample(c, 30) for c in centers[:3]]))
     out = det.score(sample(centers[3], 30))
-    assert ind.mean() < 1.2 < out.mean()
+    assert ind.mean() < 1.0 < 3.0 < out.mean()
     assert isinstance(det.score(train[0]), float)
     det.save(tmp_path / "ood.npz")
     again = OODDetector.load(tmp_path / "ood.npz")
     np.testing.assert_allclose(again.score(train[:5]), det.score(train[:5]), rtol=1e-6)
     with pytest.raises(RuntimeError, match="not fitted"):
-        OODDetector().score(train[0])
+        OODDetector(use_shape=False).score(train[0])
+    with pytest.raises(ValueError, match="pass the texts"):
+        OODDetector().fit(train)
+
+
+def test_ood_with_text_shape_features() -> None:
+    enc = HashingEncoder()
+    code = [f"def f{i}(x):\n    return x * {i} + len([{i}, {i + 1}])" for i in range(60)]
+    chat = [f"Can you recommend a good {w} for a weekend trip with {i} friends?"
+            for i in range(12) for w in ("book", "film", "restaurant", "hike", "museum")]  # fmt: skip
+    det = OODDetector(n_clusters=8).fit(enc.encode(code[:50]), code[:50])
+    ind = det.score(enc.encode(code[50:]), code[50:])
+    out = det.score(enc.encode(chat[:10]), chat[:10])
+    assert ind.max() < out.min()
+    assert isinstance(det.score(enc.encode([chat[0]])[0], chat[0]), float)

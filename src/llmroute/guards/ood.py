@@ -1,72 +1,136 @@
-"""Out-of-domain score: how far a prompt's embedding lies from the data a router was trained on.
+"""Out-of-domain score: how far a prompt lies from the data a router was trained on.
 
-In the spirit of Guarded Query Routing: fit k-means centroids on the training-prompt embeddings
-(the artifact keeps centroids and distance statistics, never the prompts), then score a prompt by
-its mean cosine distance to the `k_near` nearest centroids, divided by the 95th percentile of the
-same quantity on the training data. A score above ~1 means "further out than 95% of training
-prompts"; thresholds in rules are usually 1.1-1.5.
+In the spirit of Guarded Query Routing, with a density-corrected distance: each prompt is
+represented by its embedding plus a few cheap text-shape statistics (log length, digit /
+non-ASCII / code-punctuation / upper-case / newline fractions), the training prompts are
+summarised by k-means centroids and a tied (within-cluster) covariance, and the score is the
+relative Mahalanobis distance (Ren et al., 2021): the squared distance to the nearest centroid
+minus the squared distance to one global Gaussian. The artifact keeps centroids and covariance
+factors, never the prompts.
+
+Scores are calibrated on held-out training prompts: 0 = the median in-domain prompt,
+1 = the in-domain 95th percentile; larger = further out (thresholds in rules: ~1.5-3).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
+N_SHAPE = 7
+_CODE_CHARS = frozenset("()[]{}=<>;:_")
+
+
+def shape_features(texts: Sequence[str]) -> np.ndarray:
+    """(n, 7) float32 text-shape statistics (first 1,000 characters for the fractions)."""
+    out = np.zeros((len(texts), N_SHAPE), np.float32)
+    for i, t in enumerate(texts):
+        head = t[:1000]
+        n = max(len(head), 1)
+        digits = sum(c.isdigit() for c in head)
+        nonascii = 0 if head.isascii() else sum(not c.isascii() for c in head)
+        code = sum(c in _CODE_CHARS for c in head)
+        upper = sum(c.isupper() for c in head)
+        out[i] = (
+            np.log1p(len(t)), digits / n, nonascii / n, head.count("\n") / n * 10, code / n, upper / n,
+            np.log1p(t.count(" ") + 1),
+        )  # fmt: skip
+    return out
+
+
+def _inv_sqrt(cov: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
+    d = cov.shape[0]
+    cov = cov + np.eye(d) * ridge * max(float(np.trace(cov)) / d, 1e-12)
+    ev, V = np.linalg.eigh(cov)
+    return (V * (1.0 / np.sqrt(np.maximum(ev, 1e-12)))) @ V.T
+
 
 class OODDetector:
-    """k-means-centroid distance model of an embedding distribution.
+    """Relative-Mahalanobis out-of-domain model of a prompt distribution.
 
-    n_clusters: centroids to keep (capped at n_train // 5). k_near: nearest centroids averaged.
+    n_clusters: k-means centroids (capped at n_train // 5). use_shape: add text-shape features
+    (then `fit`/`score` need the texts too). calib_frac: share of the training prompts held out
+    to calibrate the score scale.
     """
 
-    def __init__(self, n_clusters: int = 128, k_near: int = 3, seed: int = 0) -> None:
+    def __init__(self, n_clusters: int = 128, use_shape: bool = True, calib_frac: float = 0.1, seed: int = 0,
+                 k_near: int | None = None) -> None:  # fmt: skip
         self.n_clusters = n_clusters
-        self.k_near = k_near
+        self.use_shape = use_shape
+        self.calib_frac = calib_frac
         self.seed = seed
-        self.centroids_: np.ndarray | None = None
+        self.centroids_: np.ndarray | None = None  # whitened (k, d)
+        self.W_: np.ndarray | None = None  # within-cluster whitening (d, d)
+        self.G_: np.ndarray | None = None  # global whitening (d, d)
+        self.mu_: np.ndarray | None = None  # global mean, G-whitened (d,)
+        self.loc_: float = 0.0
         self.scale_: float = 1.0
         self.train_quantiles_: dict[str, float] = {}
 
-    def fit(self, emb: np.ndarray) -> Self:
-        """Learn centroids and the training-distance scale from (n, d) L2-normalised embeddings."""
+    def _features(self, emb: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
+        emb = np.atleast_2d(np.asarray(emb, np.float32))
+        if not self.use_shape:
+            return emb
+        if texts is None or len(texts) != len(emb):
+            raise ValueError("this OODDetector uses text-shape features: pass the texts with the embeddings")
+        return np.hstack([emb, shape_features(texts)])
+
+    def fit(self, emb: np.ndarray, texts: Sequence[str] | None = None) -> Self:
+        """Learn the in-domain distribution from (n, d) embeddings (and their texts)."""
         from sklearn.cluster import KMeans
 
-        emb = np.asarray(emb, np.float32)
-        if len(emb) < 2:
-            raise ValueError("OODDetector.fit needs at least 2 training embeddings")
-        k = int(max(1, min(self.n_clusters, len(emb) // 5)))
-        km = KMeans(n_clusters=k, n_init=1, random_state=self.seed, max_iter=100).fit(emb)
-        c = km.cluster_centers_.astype(np.float32)
-        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        self.centroids_ = c
-        self.scale_ = 1.0
-        d = self._raw(emb)
-        self.scale_ = float(max(np.quantile(d, 0.95), 1e-6))
-        self.train_quantiles_ = {
-            f"q{q}": float(np.quantile(d, q / 100) / self.scale_) for q in (50, 90, 95, 99)
-        }
+        X = self._features(emb, texts).astype(np.float64)
+        n = len(X)
+        if n < 10:
+            raise ValueError("OODDetector.fit needs at least 10 training prompts")
+        rng = np.random.default_rng(self.seed)
+        perm = rng.permutation(n)
+        n_cal = int(n * self.calib_frac) if n * self.calib_frac >= 20 else 0
+        cal, tr = perm[:n_cal], perm[n_cal:]
+        Xtr = X[tr]
+        k = int(max(1, min(self.n_clusters, len(Xtr) // 5)))
+        km = KMeans(n_clusters=k, n_init=1, random_state=self.seed, max_iter=100).fit(Xtr)
+        C = km.cluster_centers_
+        self.W_ = _inv_sqrt(np.cov((Xtr - C[km.labels_]).T))
+        self.centroids_ = C @ self.W_
+        mu = Xtr.mean(0)
+        self.G_ = _inv_sqrt(np.cov((Xtr - mu).T))
+        self.mu_ = mu @ self.G_
+        self.loc_, self.scale_ = 0.0, 1.0
+        raw = self._raw(X[cal] if n_cal else Xtr)
+        q50, q95 = float(np.quantile(raw, 0.5)), float(np.quantile(raw, 0.95))
+        self.loc_, self.scale_ = q50, max(q95 - q50, 1e-9)
+        s = (raw - self.loc_) / self.scale_
+        self.train_quantiles_ = {f"q{q}": float(np.quantile(s, q / 100)) for q in (50, 90, 95, 99)}
         return self
 
     @classmethod
     def from_table(cls, table: Any, encoder: Any, **kwargs: Any) -> OODDetector:
         """Fit on the prompts of a `RoutingTable` (or any object with `.prompts`) with `encoder`."""
-        return cls(**kwargs).fit(encoder.encode(list(table.prompts)))
+        prompts = list(table.prompts)
+        return cls(**kwargs).fit(encoder.encode(prompts), prompts)
 
-    def _raw(self, emb: np.ndarray) -> np.ndarray:
+    def _raw(self, X: np.ndarray) -> np.ndarray:
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
-        sims = np.atleast_2d(emb) @ self.centroids_.T
-        k = min(self.k_near, sims.shape[1])
-        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:] if k < sims.shape[1] else sims
-        return 1.0 - top.mean(axis=1)
+        Xw = X @ self.W_
+        C = self.centroids_
+        d2 = (Xw * Xw).sum(1)[:, None] - 2.0 * Xw @ C.T + (C * C).sum(1)[None, :]
+        g = X @ self.G_ - self.mu_
+        return d2.min(1) - (g * g).sum(1)
 
-    def score(self, emb: np.ndarray) -> np.ndarray | float:
-        """Out-of-domain score(s): 1.0 = the training 95th percentile; larger = further out."""
-        s = self._raw(emb) / self.scale_
-        return float(s[0]) if np.ndim(emb) == 1 else s
+    def score(self, emb: np.ndarray, texts: Sequence[str] | str | None = None) -> np.ndarray | float:
+        """Out-of-domain score(s): 0 = median in-domain, 1 = in-domain 95th percentile."""
+        single = np.ndim(emb) == 1
+        if isinstance(texts, str):
+            texts = [texts]
+        X = self._features(emb, texts).astype(np.float64)
+        s = (self._raw(X) - self.loc_) / self.scale_
+        return float(s[0]) if single else s
 
     # ---- persistence (no pickle) ----------------------------------------------------------
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -74,31 +138,29 @@ class OODDetector:
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted")
         params = {
-            "n_clusters": self.n_clusters,
-            "k_near": self.k_near,
-            "seed": self.seed,
-            "scale": self.scale_,
-            "train_quantiles": self.train_quantiles_,
-        }
-        return {"centroids": self.centroids_}, params
+            "n_clusters": self.n_clusters, "use_shape": self.use_shape, "calib_frac": self.calib_frac,
+            "seed": self.seed, "loc": self.loc_, "scale": self.scale_, "train_quantiles": self.train_quantiles_,
+        }  # fmt: skip
+        return {"centroids": self.centroids_, "W": self.W_, "G": self.G_, "mu": self.mu_}, params
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> OODDetector:
         """Rebuild from `get_state()` output."""
-        det = cls(params["n_clusters"], params["k_near"], params.get("seed", 0))
-        det.centroids_ = np.asarray(arrays["centroids"], np.float32)
-        det.scale_ = float(params["scale"])
+        det = cls(params["n_clusters"], params["use_shape"], params["calib_frac"], params.get("seed", 0))
+        det.centroids_, det.W_, det.G_, det.mu_ = (np.asarray(arrays[k]) for k in ("centroids", "W", "G", "mu"))
+        det.loc_, det.scale_ = float(params["loc"]), float(params["scale"])
         det.train_quantiles_ = dict(params.get("train_quantiles", {}))
         return det
 
     def save(self, path: str | Path) -> None:
-        """Write `<path>` (.npz with the centroids and a JSON params entry)."""
+        """Write an .npz with the arrays and a JSON params entry."""
         arrays, params = self.get_state()
-        np.savez(Path(path), params=np.array(json.dumps(params)), **arrays)
+        with Path(path).open("wb") as f:
+            np.savez(f, params=np.array(json.dumps(params)), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> OODDetector:
         """Read a file written by `save`."""
         with np.load(Path(path), allow_pickle=False) as z:
             params = json.loads(str(z["params"]))
-            return cls.from_state({"centroids": z["centroids"]}, params)
+            return cls.from_state({k: z[k] for k in ("centroids", "W", "G", "mu")}, params)

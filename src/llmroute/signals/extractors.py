@@ -440,16 +440,16 @@ class JailbreakSignal(Signal):
 
 
 class OODSignal(Signal):
-    """Out-of-domain score (1.0 = training 95th percentile; larger = further from training data).
+    """Out-of-domain score (0 = median in-domain prompt, 1 = in-domain 95th percentile).
 
-    One of: state (an .npz written by `OODDetector.save`), table (a routing table file whose
-    prompts are the in-domain set; fitted at load), or the active router's `ood_detector`
-    attribute. n_clusters / k_near: OODDetector parameters when fitting.
+    state (an .npz written by `OODDetector.save`; loaded when it exists), table (a routing table
+    whose prompts are the in-domain set; fitted at load when `state` is absent, then saved to
+    `state` if given), or the active router's `ood_detector` attribute. n_clusters / use_shape: OODDetector parameters when fitting.
     """
 
     type = "ood"
     needs_embedding = True
-    _params = frozenset({"state", "table", "n_clusters", "k_near"})
+    _params = frozenset({"state", "table", "n_clusters", "use_shape"})
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: BuildContext) -> None:
         super().__init__(name, params, ctx)
@@ -459,27 +459,35 @@ class OODSignal(Signal):
             q = Path(p)
             return q if q.is_absolute() or ctx.base_dir is None else ctx.base_dir / q
 
-        kw = {k: int(self.params[k]) for k in ("n_clusters", "k_near") if k in self.params}
-        if "state" in self.params:
-            self.detector = OODDetector.load(_path(self.params["state"]))
+        kw: dict[str, Any] = {k: self.params[k] for k in ("n_clusters", "use_shape") if k in self.params}
+        state = _path(self.params["state"]) if "state" in self.params else None
+        if state is not None and state.is_file():
+            self.detector = OODDetector.load(state)
         elif "table" in self.params:
             from llmroute.data import load_table
 
-            table = load_table(_path(self.params["table"]))
+            try:
+                table = load_table(_path(self.params["table"]))
+            except (OSError, ValueError) as e:
+                raise SignalConfigError(f"signal {name!r} (ood): cannot read table: {e}") from e
             self.detector = OODDetector.from_table(table, _encoder_for(name, ctx), **kw)
+            if state is not None:  # cache the fitted model for the next start
+                state.parent.mkdir(parents=True, exist_ok=True)
+                self.detector.save(state)
         elif ctx.router is not None and getattr(ctx.router, "ood_detector", None) is not None:
             self.detector = ctx.router.ood_detector
         else:
+            missing = f" ({state} does not exist)" if state is not None else ""
             raise SignalConfigError(
-                f"signal {name!r} (ood): give 'state' (a saved OODDetector .npz) or 'table' (in-domain "
-                "routing table), or use a router that carries an ood_detector"
+                f"signal {name!r} (ood): give 'state' (a saved OODDetector .npz){missing} and/or 'table' "
+                "(the in-domain routing table to fit on), or use a router that carries an ood_detector"
             )
 
     def fields(self) -> dict[str, FieldSpec]:
-        return {"": FieldSpec("number", 0.0)}
+        return {"": FieldSpec("number")}
 
     def compute(self, req: SignalRequest) -> float:
-        return round(float(self.detector.score(req.embedding())), 4)
+        return round(float(self.detector.score(req.embedding(), req.text)), 4)
 
 
 SIGNAL_TYPES: dict[str, type[Signal]] = {
