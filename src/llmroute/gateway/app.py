@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -247,6 +248,10 @@ class Gateway:
             for m in config.models]})
         self._openapi = orjson.dumps(openapi_document())
         self._started = False
+        # request ids: a random per-process prefix + a counter (an os.urandom call per request costs a syscall)
+        prefix = os.urandom(6).hex()
+        counter = itertools.count(1)
+        self._new_id = lambda: f"{prefix}{next(counter):012x}"
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -448,9 +453,9 @@ class Gateway:
             "error": error, "reason": decision.reason if decision else None, "stream": stream,
             "candidates": decision.candidates() if decision else [],
             "fallbacks": [{"model": a.model, "error": a.error, "status": a.status,
-                           "latency_ms": round(a.latency_s * 1000, 3)} for a in fails],
-            "overhead_ms": round(max(0.0, total - upstream) * 1000, 3), "upstream_ms": round(upstream * 1000, 3),
-            "total_ms": round(total * 1000, 3), "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+                           "latency_ms": a.latency_s * 1000} for a in fails],
+            "overhead_ms": max(0.0, total - upstream) * 1000, "upstream_ms": upstream * 1000,
+            "total_ms": total * 1000, "ttft_ms": None if ttft is None else ttft * 1000,
             "tokens_in": usage[0], "tokens_out": usage[1], "cost_usd": usage[2],
         }
         if ctx is not None and self.config.trace.store_prompts:
@@ -471,7 +476,7 @@ class Gateway:
     async def _completion(self, scope: Scope, receive: Receive, send: Send, *, anthropic: bool) -> None:
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
-        rid = os.urandom(12).hex()
+        rid = self._new_id()
         ctx: RequestContext | None = None
         decision: RouteDecision | None = None
         reservation = None
@@ -606,7 +611,7 @@ class Gateway:
                      usage=usage, stream=True, ttft=ttft, error=error)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = os.urandom(12).hex()
+        rid = self._new_id()
         try:
             body = await self._read_json(scope, receive)
             if isinstance(body, dict) and "messages" not in body and isinstance(body.get("prompt"), str):

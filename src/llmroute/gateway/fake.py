@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9000)
     args = ap.parse_args(argv)
+    import logging
+
+    # aborted connections (the gateway cancelling calls) are normal here: do not log tracebacks
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     try:
         import uvloop
 

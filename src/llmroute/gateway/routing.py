@@ -285,8 +285,8 @@ class RoutingEngine:
         ]
         order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score[j], c[j]))
         ranked = [names[pick]] + [names[j] for j in order]
-        eq = {names[j]: round(q[j], 4) for j in range(m)}
-        ec = {names[j]: float(f"{c[j]:.3g}") for j in range(m)}
+        eq = dict(zip(names, q, strict=True))
+        ec = dict(zip(names, c, strict=True))
         parts = [f"alias={name}", f"pick={names[pick]}", f"q={q[pick]:.3f}", f"cost={c[pick]:.2e}",
                  f"lambda={tradeoff:g}"]
         if max_cost is not None:

@@ -1,0 +1,281 @@
+"""Gateway throughput and added latency vs the fake OpenAI server directly, plus the fault acceptance.
+
+    python benchmarks/gateway.py [--duration 10] [--faults 1000] [--connections 32,128]
+
+Starts, as subprocesses on 127.0.0.1, the project's fake OpenAI-compatible server and the gateway
+(`llmroute serve --config examples/loopback.yaml`, ONE worker, the shipped default router, every
+request routed: each prompt is unique so no cache can help), then runs wrk (installed from Debian
+if missing) with one thread at 32 and 128 connections, non-streaming and streaming, against the
+gateway (`llmroute/auto`) and against the fake server directly. CPU seconds per request of each
+process are read from /proc so results stay interpretable on a busy box. Then, with one backend
+failing (each fault type in turn) and one healthy, sends `--faults` requests through
+`llmroute/auto` and counts failed client requests.
+
+Writes benchmarks/results/gateway.json and the `gateway` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _md import md_table, update_section
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "gateway.json"
+
+LUA = r"""
+local prompts = {
+  "What is the capital of France?",
+  "Write a Python function that returns the n-th Fibonacci number using memoization.",
+  "Explain the difference between a process and a thread in operating systems, with examples.",
+  "Solve for x: 3x + 7 = 22. Show your steps.",
+  "Which of these is a mammal? A) shark B) dolphin C) trout D) octopus",
+  "Summarise the causes of the French Revolution in three sentences.",
+}
+local i = 0
+request = function()
+  i = i + 1
+  local p = prompts[(i % #prompts) + 1]
+  local body = '{"model":"MODEL","STREAM"messages":[{"role":"user","content":"' .. p .. ' (' .. i .. ')"}],"max_tokens":64}'
+  return wrk.format("POST", "/v1/chat/completions", {["Content-Type"]="application/json"}, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    """Path of wrk, installing the Debian package when it is missing."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    print("wrk not found: installing it with apt-get", file=sys.stderr)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+    path = shutil.which("wrk")
+    if not path:
+        subprocess.run([*sudo, "apt-get", "update", "-q"], check=False, capture_output=True)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+        path = shutil.which("wrk")
+    if not path:
+        raise SystemExit("could not install wrk (apt-get install wrk)")
+    return path
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"process {proc.args} exited early (see its log)")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    def dur(v: str) -> float:
+        m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+
+    res: dict[str, Any] = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        res[f"p{pct}_ms"] = dur(m.group(1)) if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    return res
+
+
+def run_wrk(wrk: str, url: str, lua: Path, conns: int, duration: int, pids: dict[str, int]) -> dict[str, Any]:
+    subprocess.run([wrk, "-t1", f"-c{conns}", "-d2s", "-s", str(lua), url], capture_output=True, check=False)
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    out = subprocess.run([wrk, "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+                         capture_output=True, text=True, check=True).stdout
+    res = parse_wrk(out)
+    n = max(1, res["requests"])
+    for k, p in pids.items():
+        res[f"cpu_us_per_req_{k}"] = round((cpu_seconds(p) - before[k]) / n * 1e6, 1)
+    return res
+
+
+async def fault_run(gw: str, fake: str, fault: str, n: int, conc: int = 32) -> dict[str, Any]:
+    """`n` requests through llmroute/auto while fake-strong suffers `fault`; counts client failures."""
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=conc)) as c:
+        await c.delete(fake + "/_control/fault")
+        await c.post(fake + "/_control/fault", json={"model": "fake-strong", "fault": fault})
+        sem = asyncio.Semaphore(conc)
+        failed = picked_failing = fell_back = 0
+
+        async def one(i: int) -> None:
+            nonlocal failed, picked_failing, fell_back
+            body = {"model": "llmroute/auto", "messages": [{"role": "user", "content": f"Prove it, step by step ({i})"}]}
+            async with sem:
+                try:
+                    r = await c.post(gw + "/v1/chat/completions", json=body)
+                    ok = r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                    r = None
+            if not ok:
+                failed += 1
+                return
+            reason = r.headers.get("x-llmroute-reason", "") if r is not None else ""
+            picked_failing += "pick=fake-strong" in reason
+            fell_back += "fallback=" in reason
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.monotonic() - t0
+        await c.delete(fake + "/_control/fault")
+    return {"fault": fault, "requests": n, "failed": failed, "routed_to_failing": picked_failing,
+            "fallbacks": fell_back, "seconds": round(elapsed, 2)}
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a server; its output goes to `log` (a pipe nobody reads would block it once full)."""
+    fh = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped
+    return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", default="32,128")
+    ap.add_argument("--faults", type=int, default=1000, help="requests per fault type (0 = skip)")
+    ap.add_argument("--no-write", action="store_true", help="do not write results / BENCHMARKS.md")
+    args = ap.parse_args()
+    wrk = ensure_wrk()
+    conns = [int(x) for x in args.connections.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="llmroute-bench-"))
+    fport, gport = free_port(), free_port()
+    env = dict(os.environ, LLMROUTE_BACKEND_URL=f"http://127.0.0.1:{fport}/v1",
+               LLMROUTE_STORE_URL=f"sqlite:///{tmp}/traces.sqlite", PYTHONUNBUFFERED="1")
+    py = sys.executable
+    fake = start([py, "-m", "llmroute.gateway.fake", "--port", str(fport)], env, tmp / "fake.log")
+    gw = start([py, "-m", "llmroute.gateway.serve", "--config", "examples/loopback.yaml", "--port", str(gport),
+                "--workers", "1"], env, tmp / "gateway.log")
+    procs = [fake, gw]
+    try:
+        wait_ready(f"http://127.0.0.1:{fport}/v1/models", fake)
+        wait_ready(f"http://127.0.0.1:{gport}/healthz", gw)
+        pids = {"gateway": gw.pid, "fake": fake.pid}
+        runs = []
+        for stream in (False, True):
+            for c in conns:
+                for target, model, port in (("direct", "fake-weak", fport), ("gateway", "llmroute/auto", gport)):
+                    lua = tmp / f"{target}-{int(stream)}.lua"
+                    lua.write_text(LUA.replace("MODEL", model).replace('"STREAM"', '"stream":true,"' if stream else '"'))
+                    res = run_wrk(wrk, f"http://127.0.0.1:{port}", lua, c, args.duration, pids)
+                    res.update(target=target, connections=c, stream=stream)
+                    print(json.dumps(res), file=sys.stderr)
+                    runs.append(res)
+        faults = []
+        if args.faults:
+            fenv = dict(env, LLMROUTE_TRADEOFF="0", LLMROUTE_BACKEND_TIMEOUT="1",
+                        LLMROUTE_STORE_URL=f"sqlite:///{tmp}/faults.sqlite")
+            g2port = free_port()
+            g2 = start([py, "-m", "llmroute.gateway.serve", "--config", "examples/loopback.yaml", "--port",
+                        str(g2port)], fenv, tmp / "gateway-faults.log")
+            procs.append(g2)
+            wait_ready(f"http://127.0.0.1:{g2port}/healthz", g2)
+            from llmroute.gateway.fake import FAULTS
+
+            for fault in [f for f in FAULTS if f != "400"]:
+                # a fresh gateway state per fault would hide breaker effects; one gateway sees them all
+                r = asyncio.run(fault_run(f"http://127.0.0.1:{g2port}", f"http://127.0.0.1:{fport}", fault,
+                                          args.faults))
+                print(json.dumps(r), file=sys.stderr)
+                faults.append(r)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def pick(target: str, c: int, stream: bool) -> dict[str, Any]:
+        return next(r for r in runs if r["target"] == target and r["connections"] == c and r["stream"] == stream)
+
+    rows, summary = [], {}
+    for stream in (False, True):
+        for c in conns:
+            d, g = pick("direct", c, stream), pick("gateway", c, stream)
+            added = g["p50_ms"] - d["p50_ms"]
+            rows.append(["stream" if stream else "non-stream", c, g["rps"], d["rps"], g["p50_ms"], d["p50_ms"], added,
+                         g["p99_ms"], d["p99_ms"], g["cpu_us_per_req_gateway"], g["non_2xx"] + g["socket_errors"]])
+            summary[f"{'stream' if stream else 'nonstream'}_c{c}"] = {"gateway_rps": g["rps"], "direct_rps": d["rps"],
+                                                                      "added_p50_ms": round(added, 3)}
+    load = os.getloadavg()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_at_end": [round(x, 2) for x in load]},
+        "setup": {"workers": 1, "router": "builtin:default (every request routed, unique prompts)",
+                  "config": "examples/loopback.yaml", "duration_s": args.duration, "wrk_threads": 1},
+        "summary": summary, "runs": runs, "faults": faults,
+    }
+    if args.no_write:
+        print(json.dumps(result, indent=2))
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        f"`python benchmarks/gateway.py` on {os.cpu_count()} CPUs (load average {load[0]:.1f} at the end), "
+        "loopback, wrk -t1, one gateway worker with the shipped default router routing every request "
+        "(unique prompts), vs the fake server directly. Added p50 = gateway p50 - direct p50. CPU = gateway "
+        "process CPU per request (all threads, incl. routing and the trace writer).",
+        "",
+        md_table(["mode", "conns", "gateway req/s", "direct req/s", "gateway p50 ms", "direct p50 ms",
+                  "added p50 ms", "gateway p99 ms", "direct p99 ms", "gateway CPU us/req", "errors"], rows),
+    ]
+    if faults:
+        md += ["", f"Fault acceptance: {args.faults} requests through `llmroute/auto` per fault, fake-strong failing, "
+               "fake-weak healthy (trade-off 0 so the failing model is preferred; per-attempt timeout 1 s).", "",
+               md_table(["fault", "requests", "failed", "routed to failing model", "fallbacks", "seconds"],
+                        [[f["fault"], f["requests"], f["failed"], f["routed_to_failing"], f["fallbacks"], f["seconds"]]
+                         for f in faults])]
+    update_section("gateway", "\n".join(md), title="Gateway")
+    print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
