@@ -209,6 +209,8 @@ def test_bad_input_gives_openai_style_4xx(gw: str, body: bytes, status: int, par
     assert err["message"] and err["type"]
     assert err["param"] == param
     assert r.headers["x-llmroute-request-id"]
+    assert r.headers["x-llmroute-reason"].startswith(f"rejected {status}")
+    assert r.headers["x-llmroute-model"] == "none"
 
 
 def test_oversized_body_and_unknown_paths(gw: str) -> None:

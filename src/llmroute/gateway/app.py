@@ -221,6 +221,12 @@ class Gateway:
             needed = {a.router for a in config.aliases.values()}
             routers = {name: load_router(ref, config) for name, ref in config.routers.items() if name in needed}
         self.engine = RoutingEngine(config, routers)
+        self.guard: Any = None  # rules, guards and response cache (issue 4)
+        if config.rules or config.cache:
+            from llmroute.signals.gateway import GatewayGuard
+
+            self.guard = GatewayGuard(config, routers)
+            self.engine.add_hook(self.guard.hook)
         self.backends = backends if backends is not None else make_backends(config)
         self.metrics = metrics or GatewayMetrics()
         self.executor = Executor(
@@ -388,6 +394,11 @@ class Gateway:
         return [_hdr(b"x-llmroute-request-id", rid), _hdr(b"x-llmroute-model", model),
                 _hdr(b"x-llmroute-reason", reason)]
 
+    def _rejected_headers(self, rid: str, decision: RouteDecision | None, e: GatewayError) -> list[tuple[bytes, bytes]]:
+        """Trace headers for a request refused before any upstream call (no model was called)."""
+        model = decision.model if decision is not None else "none"
+        return self._trace_headers(rid, model, f"rejected {e.status} {e.code or e.type}")
+
     def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
         tin = estimate_input_tokens(body.get("messages") or [])
         mt = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -499,9 +510,13 @@ class Gateway:
                              error=e.message)
                 if e.status in (401, 403, 429):
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
-                await self._error(send, e, [_hdr(b"x-llmroute-request-id", rid)], anthropic)
+                await self._error(send, e, self._rejected_headers(rid, decision, e), anthropic)
                 return
             watch = _Disconnect(receive)
+            if ctx.extra.get("cache_hit") is not None:
+                await self._cached(send, ctx, decision, rid, t0, reservation, anthropic,
+                                   requested if anthropic else "", bool(body.get("stream")))
+                return
             if body.get("stream"):
                 await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, anthropic,
                                    requested if anthropic else "", watch)
@@ -521,6 +536,8 @@ class Gateway:
             usage = self._cost(model, resp.get("usage"))
             if reservation is not None:
                 self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+            if self.guard is not None:
+                self.guard.store(ctx, resp)
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
             out = openai_to_anthropic_response(resp, requested) if anthropic else resp
             watch.done = True
@@ -564,8 +581,12 @@ class Gateway:
         error: str | None = None
         t_up = time.perf_counter()
 
+        collected: list[dict[str, Any]] | None = [] if self.guard is not None and self.guard.cache else None
+
         def encode(chunk: dict[str, Any]) -> bytes:
             nonlocal usage_raw
+            if collected is not None:
+                collected.append(chunk)
             if chunk.get("usage"):
                 usage_raw = chunk["usage"]
             if conv is not None:
@@ -597,6 +618,10 @@ class Gateway:
         usage = self._cost(model, usage_raw)
         if reservation is not None:
             self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+        if collected is not None and error is None:
+            from llmroute.cache import assemble_stream
+
+            self.guard.store(ctx, assemble_stream(collected))
         if conv is not None:
             tail = b"".join(conv.finish()) if error is None else OpenAIToAnthropicStream.error(error)
         else:
@@ -610,6 +635,31 @@ class Gateway:
         self._finish(rid=rid, ctx=ctx, decision=decision, model=model, status=200, t0=t0, attempts=attempts,
                      usage=usage, stream=True, ttft=ttft, error=error)
 
+    async def _cached(self, send: Send, ctx: RequestContext, decision: RouteDecision, rid: str, t0: float,
+                      reservation: Any, anthropic: bool, requested: str, stream: bool) -> None:
+        """Answer from the response cache (issue 4): the stored response, or its SSE replay."""
+        from llmroute.cache import replay_sse
+
+        resp = ctx.extra["cache_hit"].response
+        if reservation is not None:
+            self.budgets.release(reservation)  # type: ignore[union-attr]
+        headers = self._trace_headers(rid, decision.model, decision.reason)
+        if stream:
+            events = list(replay_sse(resp))
+            if anthropic:
+                conv = OpenAIToAnthropicStream(requested, rid)
+                data = b"".join(b"".join(conv.feed(orjson.loads(e[6:]))) for e in events[:-1]) + b"".join(conv.finish())
+            else:
+                data = b"".join(events)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [_SSE, (b"cache-control", b"no-cache"), *headers]})
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+        else:
+            out = openai_to_anthropic_response(resp, requested) if anthropic else resp
+            await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
+        self._finish(rid=rid, ctx=ctx, decision=decision, model=decision.model, status=200, t0=t0, attempts=[],
+                     stream=stream, response=resp.get("choices"))
+
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = self._new_id()
         try:
@@ -619,7 +669,7 @@ class Gateway:
             _validate_chat(body)
             _ctx, decision, _ = await self._prepare(scope, body, rid, "route")
         except GatewayError as e:
-            await self._error(send, e, [_hdr(b"x-llmroute-request-id", rid)])
+            await self._error(send, e, self._rejected_headers(rid, None, e))
             return
         out = {"id": rid, "object": "llmroute.decision", "model": decision.model, "alias": decision.alias,
                "router": decision.router, "reason": decision.reason,
