@@ -216,3 +216,17 @@ def test_fitted_policy_defaults_and_prices(data):
 def test_default_router_path():
     p = default_router_path()
     assert p.name == "default-router.safetensors" and p.parent.name == "assets"
+
+
+@pytest.mark.parametrize("encoder", ["tfidf", "static-minilm"])
+def test_round_trip_with_project_encoders(encoder, data, tmp_path):
+    """Fit with a real encoder spec; load without help (encoder rebuilt from spec + state)."""
+    train, test = data
+    r = Router.fit(train, estimator="mf", encoder=encoder, seed=0)
+    back = Router.load(r.save(tmp_path / "r.safetensors"))
+    assert type(back.encoder).__name__ == type(r.encoder).__name__
+    a = [d.to_dict() for d in r.route_batch(test.prompts)]
+    b = [d.to_dict() for d in back.route_batch(test.prompts)]
+    assert a == b
+    acc = np.mean([d.model == t for d, t in zip(r.route_batch(test.prompts, tradeoff=0.0), true_best(test), strict=True)])
+    assert acc >= 0.6

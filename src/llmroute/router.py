@@ -628,6 +628,6 @@ def _storable(v: np.ndarray) -> np.ndarray:
     a = np.asarray(v)
     if a.dtype == bool:
         a = a.astype(np.int8)
-    if a.dtype == np.float64 or a.dtype == np.float32 or a.dtype.kind in "iu":
+    if a.dtype.kind in "fiu":
         return np.ascontiguousarray(a)
     raise TypeError(f"cannot store array of dtype {a.dtype}")

@@ -73,10 +73,19 @@ def stack_features(X: Features, use_extra: bool) -> np.ndarray:
     return np.asarray(X.emb, dtype=np.float64)
 
 
-def fit_scaler(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and scale (std, 1 where the column is constant)."""
+def fit_scaler(Z: np.ndarray, n_emb: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and scale.
+
+    The first `n_emb` columns (the embedding) share one scale, the root mean variance, so
+    that near-constant embedding directions (e.g. trailing SVD components of a TF-IDF encoder
+    fitted on few prompts) are not blown up to unit variance; every other column gets its own
+    std (1 where constant). `n_emb=None` treats all columns as one embedding.
+    """
     mu = Z.mean(axis=0)
     sd = Z.std(axis=0)
+    k = Z.shape[1] if n_emb is None else n_emb
+    if k:
+        sd[:k] = max(float(np.sqrt(np.mean(sd[:k] ** 2))), 1e-8)
     sd[sd < 1e-8] = 1.0
     return mu, sd
 
@@ -177,7 +186,7 @@ class LinearEstimator(QualityEstimator):
         """Standardise features, pick `lam` by inner CV (unless given), fit on all rows."""
         Q = check_fit_input(X, Q)
         Z = stack_features(X, self.use_extra)
-        self.mu_, self.sd_ = fit_scaler(Z)
+        self.mu_, self.sd_ = fit_scaler(Z, X.emb.shape[1])
         Z = (Z - self.mu_) / self.sd_
         lam = self.lam
         self.cv_scores_: dict[str, float] = {}

@@ -167,7 +167,7 @@ class MLPEstimator(QualityEstimator):
         """Standardise, choose (hidden, alpha, epochs) on a holdout, refit on all rows."""
         Q = check_fit_input(X, Q)
         Zf = stack_features(X, self.use_extra)
-        self.mu_, self.sd_ = fit_scaler(Zf)
+        self.mu_, self.sd_ = fit_scaler(Zf, X.emb.shape[1])
         Z = ((Zf - self.mu_) / self.sd_).astype(np.float32)
         n, d = Z.shape
         m = Q.shape[1]
