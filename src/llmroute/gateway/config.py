@@ -197,6 +197,10 @@ class GatewayConfig(_Strict):
     keys: list[KeyConfig] = Field(default_factory=list)
     store: StoreConfig = Field(default_factory=StoreConfig)
     trace: TraceConfig = Field(default_factory=TraceConfig)
+    # issue 4, validated by llmroute.signals (RuleEngine) and llmroute.cache (SemanticCache.from_config)
+    signals: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named request signals")
+    rules: list[dict[str, Any]] = Field(default_factory=list, description="routing / guard rules")
+    cache: dict[str, Any] | None = Field(None, description="response cache (exact + semantic)")
     base_dir: str = Field(".", description="directory relative paths resolve against (set by load_config)")
 
     @field_validator("routers")

@@ -248,6 +248,10 @@ class RoutingEngine:
             d = await hook(ctx, self)
             if d is not None:
                 return d
+        return self.route(ctx)
+
+    def route(self, ctx: RequestContext) -> RouteDecision:
+        """The decision without hooks (a hook calls this to decorate the default decision)."""
         name = ctx.requested
         if name in self.models:
             return RouteDecision(model=name, ranked=[name], reason="direct")

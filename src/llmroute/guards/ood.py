@@ -3,7 +3,7 @@
 In the spirit of Guarded Query Routing, with a density-corrected distance: each prompt is
 represented by its embedding plus a few cheap text-shape statistics (log length, digit /
 non-ASCII / code-punctuation / upper-case / newline fractions), the training prompts are
-summarised by k-means centroids and a tied (within-cluster) covariance, and the score is the
+summarised by k-means centroids and a tied (within-cluster) covariance (Ledoit-Wolf shrunk), and the score is the
 relative Mahalanobis distance (Ren et al., 2021): the squared distance to the nearest centroid
 minus the squared distance to one global Gaussian. The artifact keeps centroids and covariance
 factors, never the prompts.
@@ -42,9 +42,11 @@ def shape_features(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _inv_sqrt(cov: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
-    d = cov.shape[0]
-    cov = cov + np.eye(d) * ridge * max(float(np.trace(cov)) / d, 1e-12)
+def _inv_sqrt(residuals: np.ndarray) -> np.ndarray:
+    """Inverse square root of the Ledoit-Wolf shrunk covariance of (n, d) centred residuals."""
+    from sklearn.covariance import ledoit_wolf
+
+    cov, _ = ledoit_wolf(residuals, assume_centered=True)
     ev, V = np.linalg.eigh(cov)
     return (V * (1.0 / np.sqrt(np.maximum(ev, 1e-12)))) @ V.T
 
@@ -95,10 +97,10 @@ class OODDetector:
         k = int(max(1, min(self.n_clusters, len(Xtr) // 5)))
         km = KMeans(n_clusters=k, n_init=1, random_state=self.seed, max_iter=100).fit(Xtr)
         C = km.cluster_centers_
-        self.W_ = _inv_sqrt(np.cov((Xtr - C[km.labels_]).T))
+        self.W_ = _inv_sqrt(Xtr - C[km.labels_])
         self.centroids_ = C @ self.W_
         mu = Xtr.mean(0)
-        self.G_ = _inv_sqrt(np.cov((Xtr - mu).T))
+        self.G_ = _inv_sqrt(Xtr - mu)
         self.mu_ = mu @ self.G_
         self.loc_, self.scale_ = 0.0, 1.0
         raw = self._raw(X[cal] if n_cal else Xtr)

@@ -1,0 +1,376 @@
+"""Signals, rules, guards and cache: latency and detection quality.
+
+Writes benchmarks/results/signals.json and the "signals" section of BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/signals.py [--quick]
+
+Latency: one request at a time, warm, on typical chat requests (project-written prompts, with
+and without a system message), p50/p99 per signal and for a full rule evaluation of
+examples/llmroute.yaml (and of an "all signals" config that adds language, shape, similarity
+and out-of-domain). Quality: PII recall per type on the generated set and flag rate on
+../shared/data prompts; jailbreak AUROC (leave-one-attack-family-out) and flag rate on
+../shared/data; out-of-domain AUROC over task-family splits of ../shared/data (fit on some
+families, score the held-out family against held-out in-domain prompts); cache hit rate on the
+paraphrase set and false hits on the contrast set, over a threshold sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _md import md_table, update_section  # noqa: E402
+from llmroute.cache import SemanticCache  # noqa: E402
+from llmroute.cache.evaldata import contrast_pairs, paraphrase_pairs  # noqa: E402
+from llmroute.guards.evaldata import pii_examples  # noqa: E402
+from llmroute.guards.jailbreak import JailbreakDetector  # noqa: E402
+from llmroute.guards.jailbreak_data import ATTACK_FAMILIES, BENIGN_FAMILIES, examples  # noqa: E402
+from llmroute.guards.ood import OODDetector  # noqa: E402
+from llmroute.guards.pii import PII_TYPES, PIIDetector  # noqa: E402
+from llmroute.signals.engine import RuleEngine  # noqa: E402
+from llmroute.signals.extractors import BuildContext, build_signal  # noqa: E402
+from llmroute.signals.request import SignalRequest  # noqa: E402
+
+FAMILY_MAP = {"arc_easy": "arc", "arc_challenge": "arc", "arc-challenge": "arc", "math_prealgebra": "math",
+              "gsm8k": "math", "humaneval": "code", "humaneval_js": "code", "mbpp": "code"}  # fmt: skip
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs)
+    return {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
+            "mean_us": round(float(a.mean()), 1)}  # fmt: skip
+
+
+def chat_requests() -> list[Any]:
+    """Typical chat requests: short project-written prompts, half with a system message."""
+    texts = [t for fam in BENIGN_FAMILIES.values() for t in fam]
+    texts += [a for a, _ in paraphrase_pairs()][:60] + [s for s, _, _ in pii_examples(6, seed=3)]
+    texts += [t for t, y, _ in examples(seed=5) if y == 1][:20]
+    reqs: list[Any] = []
+    for i, t in enumerate(texts):
+        if i % 2:
+            reqs.append([{"role": "system", "content": "You are a helpful assistant. Answer concisely."},
+                         {"role": "user", "content": t}])  # fmt: skip
+        else:
+            reqs.append(t)
+    return reqs
+
+
+def shared_prompts(name: str, n: int | None = None, seed: int = 0) -> Any:
+    import pandas as pd
+
+    path = DATA / name / "data.parquet"
+    if not path.exists():
+        return None
+    df = pd.read_parquet(path, columns=["prompt_id", "prompt", "task"]).drop_duplicates("prompt_id")
+    if n is not None and len(df) > n:
+        df = df.sample(n, random_state=seed)
+    df["family"] = [FAMILY_MAP.get(t.split("/")[0], t.split("/")[0]) for t in df.task]
+    return df.reset_index(drop=True)
+
+
+# ---- latency ------------------------------------------------------------------------------------
+def bench_latency(encoder: Any, reqs: list[Any], repeats: int, ood: OODDetector | None) -> dict[str, Any]:
+    ex_cfg = yaml.safe_load((ROOT / "examples" / "llmroute.yaml").read_text())
+    ctx = BuildContext(encoder=encoder)
+    sig_defs: dict[str, dict[str, Any]] = {
+        "tokens": {"type": "tokens"},
+        "shape": {"type": "shape"},
+        "language": {"type": "language"},
+        "keywords": {"type": "keywords", "keywords": ["python", "javascript", "sql", "function", "stack trace"]},
+        "regex": {"type": "regex", "patterns": {"ticket": r"\b[A-Z]{2,}-\d+\b", "url": r"https?://\S+"}},
+        "similarity": {"type": "similarity", "examples": ["hello", "hi there", "good morning", "thanks!"]},
+        "pii": {"type": "pii"},
+        "jailbreak": {"type": "jailbreak"},
+    }
+    for name, spec in (ex_cfg.get("signals") or {}).items():
+        sig_defs.setdefault(f"example:{name}", spec)
+    signals = {n: build_signal(n, s, ctx) for n, s in sig_defs.items()}
+    if ood is not None:
+        from llmroute.signals.extractors import OODSignal
+
+        o = OODSignal.__new__(OODSignal)
+        o.name, o.params, o.detector = "ood", {}, ood
+        signals["ood"] = o
+    for s in signals.values():
+        getattr(s, "warm", lambda: None)()
+    out: dict[str, Any] = {}
+    # embedding on its own
+    times = []
+    for _ in range(repeats):
+        for r in reqs:
+            req = SignalRequest.build(r, encoder=encoder)
+            t0 = time.perf_counter()
+            req.embedding()
+            times.append((time.perf_counter() - t0) * 1e6)
+    out["embedding"] = pct(times)
+    for name, s in signals.items():
+        times = []
+        for _ in range(repeats):
+            for r in reqs:
+                req = SignalRequest.build(r, encoder=encoder)
+                if s.needs_embedding or name == "ood":
+                    req.embedding()  # reported separately; shared by all embedding signals
+                t0 = time.perf_counter()
+                s.compute(req)
+                times.append((time.perf_counter() - t0) * 1e6)
+        out[name] = pct(times)
+    # full rule evaluations
+    engines = {"examples/llmroute.yaml": RuleEngine(ex_cfg, encoder=encoder, base_dir=ROOT / "examples")}
+    all_rules = [
+        {"name": "jb", "priority": 100, "when": {"signal": "jailbreak", "gte": 0.9}, "action": {"type": "block"}},
+        {"name": "pii", "priority": 90, "when": {"signal": "pii"}, "action": {"type": "redact"}},
+        {"name": "greet", "priority": 80, "when": {"all": [{"signal": "similarity", "gte": 0.9},
+                                                           {"signal": "shape.turns", "lte": 1}]},
+         "action": {"type": "route", "model": "small"}},
+        {"name": "lang", "priority": 70, "when": {"signal": "language", "not_in": ["en"]},
+         "action": {"type": "set", "tradeoff": 0.0}},
+        {"name": "kw", "priority": 60, "when": {"any": [{"signal": "keywords"}, {"signal": "regex"}]},
+         "action": {"type": "route", "model": "coder"}},
+        {"name": "long", "priority": 50, "when": {"signal": "tokens", "gt": 2000}, "action": {"type": "set", "tradeoff": 100}},
+    ]  # fmt: skip
+    all_sigs = {k: v for k, v in sig_defs.items() if k in ("keywords", "regex", "similarity")}
+    all_sigs.update({k.split(":", 1)[1]: v for k, v in sig_defs.items() if k.startswith("example:")})
+    if ood is not None:
+        import tempfile
+
+        state = Path(tempfile.mkdtemp()) / "ood.npz"
+        ood.save(state)
+        all_sigs["ood"] = {"type": "ood", "state": str(state)}
+        all_rules.append({"name": "ood", "priority": 40, "when": {"signal": "ood", "gt": 3.0},
+                          "action": {"type": "block", "message": "out of domain"}})  # fmt: skip
+    engines["all signals"] = RuleEngine({"signals": all_sigs, "rules": all_rules}, encoder=encoder)
+    for name, eng in engines.items():
+        eng.warm()
+        times = []
+        n_signals = []
+        for _ in range(repeats):
+            for r in reqs:
+                t0 = time.perf_counter()
+                v = eng.evaluate(r)
+                times.append((time.perf_counter() - t0) * 1e6)
+                n_signals.append(len(v.signals))
+        out[f"rules: {name}"] = {**pct(times), "mean_signals_computed": round(statistics.mean(n_signals), 2),
+                                 "n_rules": len(eng.rules)}  # fmt: skip
+    return out
+
+
+# ---- quality --------------------------------------------------------------------------------
+def bench_pii(n_per_type: int) -> dict[str, Any]:
+    det = PIIDetector()
+    found = dict.fromkeys(PII_TYPES, 0)
+    total = dict.fromkeys(PII_TYPES, 0)
+    for sentence, t, value in pii_examples(n_per_type, seed=7):
+        total[t] += 1
+        if any(m.type == t and value.replace(" ", "") in m.text.replace(" ", "") for m in det.find(sentence)):
+            found[t] += 1
+    out: dict[str, Any] = {"recall": {t: round(found[t] / total[t], 4) for t in PII_TYPES}, "n_per_type": n_per_type}
+    flag: dict[str, Any] = {}
+    for name in ("routerbench_subset", "routellm", "routerdc_7model"):
+        df = shared_prompts(name)
+        if df is None:
+            continue
+        flagged = [det.types_in(p) for p in df.prompt]
+        by_type: dict[str, int] = {}
+        for f in flagged:
+            for t in f:
+                by_type[t] = by_type.get(t, 0) + 1
+        flag[name] = {"prompts": len(df), "flag_rate": round(sum(bool(f) for f in flagged) / len(df), 5),
+                      "by_type": by_type}  # fmt: skip
+    out["shared_flag_rate"] = flag
+    return out
+
+
+def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score
+
+    data = examples(seed=0)
+    per_family = {}
+    all_y, all_s = [], []
+    for held in ATTACK_FAMILIES:
+        # hold out one attack family AND one third of the benign prompts
+        benign_test = {t for i, (t, y, _) in enumerate(data) if y == 0 and i % 3 == 0}
+        train = [(t, y) for t, y, f in data if f != held and t not in benign_test]
+        det = JailbreakDetector(encoder, train_examples=train)
+        test = [(t, y) for t, y, f in data if f == held or t in benign_test]
+        s = [det.score(t) for t, _ in test]
+        y = [y for _, y in test]
+        per_family[held] = round(float(roc_auc_score(y, s)), 4)
+        all_y += y
+        all_s += s
+    ya, sa = np.array(all_y), np.array(all_s)
+    pred = sa >= threshold
+    tp = int((pred & (ya == 1)).sum())
+    out: dict[str, Any] = {
+        "auroc_leave_one_family_out": per_family,
+        "auroc_pooled": round(float(roc_auc_score(ya, sa)), 4),
+        "threshold": threshold,
+        "precision": round(tp / max(1, int(pred.sum())), 4),
+        "recall": round(tp / max(1, int((ya == 1).sum())), 4),
+        "patterns_only_recall": round(float(np.mean([JailbreakDetector(None).score(t) >= threshold
+                                                     for t, y, _ in data if y == 1])), 4),
+    }
+    det = JailbreakDetector(encoder)
+    flag = {}
+    for name in ("routerbench_subset", "routellm"):
+        df = shared_prompts(name, n=2000)
+        if df is None:
+            continue
+        emb = encoder.encode(df.prompt.tolist())
+        s = np.array([det.score(p, e) for p, e in zip(df.prompt, emb, strict=True)])
+        flag[name] = {"prompts": len(df), "flag_rate_at_threshold": round(float((s >= threshold).mean()), 5)}
+    out["shared_flag_rate"] = flag
+    return out
+
+
+def bench_ood(encoder: Any, per_family: int) -> tuple[dict[str, Any], OODDetector | None]:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    keep: OODDetector | None = None
+    for name in ("routerbench_subset", "routellm", "routerdc_7model"):
+        df = shared_prompts(name)
+        if df is None:
+            continue
+        import pandas as pd
+
+        df = pd.concat([g.sample(min(len(g), per_family), random_state=0) for _, g in df.groupby("family")])
+        texts = df.prompt.tolist()
+        E = encoder.encode(texts)
+        fam = df.family.to_numpy()
+        res = {}
+        for held in sorted(set(fam)):
+            out_idx = np.where(fam == held)[0]
+            in_idx = rng.permutation(np.where(fam != held)[0])
+            n_tr = int(0.8 * len(in_idx))
+            tr, te = in_idx[:n_tr], in_idx[n_tr:]
+            det = OODDetector().fit(E[tr], [texts[i] for i in tr])
+            idx = np.r_[te, out_idx]
+            s = det.score(E[idx], [texts[i] for i in idx])
+            y = np.r_[np.zeros(len(te)), np.ones(len(out_idx))]
+            res[held] = {"auroc": round(float(roc_auc_score(y, s)), 4),
+                         "in_families": sorted(set(fam) - {held}),
+                         "tpr_at_score_3": round(float((s[len(te):] > 3).mean()), 4),
+                         "fpr_at_score_3": round(float((s[: len(te)] > 3).mean()), 4)}  # fmt: skip
+        out[name] = {"splits": res, "mean_auroc": round(float(np.mean([r["auroc"] for r in res.values()])), 4)}
+        if name == "routerbench_subset":
+            keep = OODDetector().fit(E, texts)
+    return out, keep
+
+
+def bench_cache(encoder: Any, thresholds: list[float]) -> dict[str, Any]:
+    para, contrast = paraphrase_pairs(), contrast_pairs()
+    resp = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    rows = {}
+    for th in thresholds:
+        c = SemanticCache(encoder, threshold=th)
+        hits = 0
+        for i, (a, b) in enumerate(para):
+            c.store(a, resp, scope=f"p{i}")
+            hits += c.lookup(b, scope=f"p{i}") is not None
+        false_hits: dict[str, int] = {}
+        for i, (a, b, kind) in enumerate(contrast):
+            c.store(a, resp, scope=f"c{i}")
+            if c.lookup(b, scope=f"c{i}") is not None:
+                false_hits[kind] = false_hits.get(kind, 0) + 1
+        # the same without critical-token signatures (embedding similarity only), for comparison
+        a_emb = encoder.encode([a for a, _, _ in contrast])
+        b_emb = encoder.encode([b for _, b, _ in contrast])
+        sim_only = int(((a_emb * b_emb).sum(1) >= th).sum())
+        rows[str(th)] = {"paraphrase_hit_rate": round(hits / len(para), 4), "contrast_false_hits": sum(false_hits.values()),
+                         "false_hits_by_kind": false_hits, "similarity_only_false_hits": sim_only}  # fmt: skip
+    # lookup latency on a warm cache of 1,000 entries
+    c = SemanticCache(encoder)
+    for i in range(1000):
+        c.store(f"question number {i} about topic {i % 37}", resp)
+    times = []
+    for _a, b in para:
+        t0 = time.perf_counter()
+        c.lookup(b)
+        times.append((time.perf_counter() - t0) * 1e6)
+    return {"pairs": {"paraphrase": len(para), "contrast": len(contrast)}, "by_threshold": rows,
+            "default_threshold": SemanticCache(encoder).threshold, "lookup_latency_sqlite_1k": pct(times)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and samples")
+    ap.add_argument("--encoder", default="static-minilm")
+    args = ap.parse_args()
+    from llmroute.signals.hashenc import resolve_encoder
+
+    encoder = resolve_encoder(args.encoder)
+    t_start = time.time()
+    reqs = chat_requests()
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "encoder": args.encoder,
+        "typical_requests": len(reqs),
+    }
+    results["pii"] = bench_pii(50 if args.quick else 300)
+    results["jailbreak"] = bench_jailbreak(encoder, 0.9)
+    results["ood"], ood = bench_ood(encoder, 300 if args.quick else 1500)
+    results["cache"] = bench_cache(encoder, [0.8, 0.85, 0.88, 0.9, 0.92, 0.95])
+    results["latency"] = bench_latency(encoder, reqs, 2 if args.quick else 10, ood)
+    results["seconds"] = round(time.time() - t_start, 1)
+    out = ROOT / "benchmarks" / "results" / "signals.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    update_section("signals", render(results), title="Signals, rules, guards and cache")
+    print(json.dumps(results, indent=2))
+
+
+def render(r: dict[str, Any]) -> str:
+    lat = r["latency"]
+    parts = [f"Encoder `{r['encoder']}`, {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; "
+             f"{r['typical_requests']} typical chat requests (project-written), one at a time, warm. "
+             "`benchmarks/signals.py`, raw numbers in `benchmarks/results/signals.json`.\n"]  # fmt: skip
+    parts.append(md_table(["signal / evaluation", "p50 µs", "p99 µs", "mean µs"],
+                          [[k, v["p50_us"], v["p99_us"], v["mean_us"]] for k, v in lat.items()]))  # fmt: skip
+    pii = r["pii"]
+    parts.append("\n**PII** recall on the generated set (" + str(pii["n_per_type"]) + " sentences per type): "
+                 + ", ".join(f"{t} {v:.3f}" for t, v in pii["recall"].items()) + ". Flagged share of "
+                 "../shared/data prompts: " + ", ".join(f"{k} {v['flag_rate']:.4f} ({v['prompts']})"
+                                                        for k, v in pii["shared_flag_rate"].items()) + ".")  # fmt: skip
+    jb = r["jailbreak"]
+    parts.append(f"\n**Jailbreak** (project-written set): pooled AUROC {jb['auroc_pooled']} with each attack family "
+                 f"held out of training ({', '.join(f'{k} {v}' for k, v in jb['auroc_leave_one_family_out'].items())}); "
+                 f"at score >= {jb['threshold']}: precision {jb['precision']}, recall {jb['recall']} "
+                 f"(patterns alone: recall {jb['patterns_only_recall']}). Flagged share of shared prompts: "
+                 + ", ".join(f"{k} {v['flag_rate_at_threshold']}" for k, v in jb["shared_flag_rate"].items()) + ".")  # fmt: skip
+    rows = []
+    for ds, v in r["ood"].items():
+        for fam, s in v["splits"].items():
+            rows.append([ds, fam, s["auroc"], s["tpr_at_score_3"], s["fpr_at_score_3"]])
+        rows.append([ds, "**mean**", v["mean_auroc"], "", ""])
+    parts.append("\n**Out-of-domain**: fit on all but one task family (80% of their prompts), score the held-out "
+                 "family against the other 20%.\n")  # fmt: skip
+    parts.append(md_table(["set", "held-out family", "AUROC", "TPR @ score>3", "FPR @ score>3"], rows))
+    c = r["cache"]
+    parts.append(f"\n**Semantic cache** ({c['pairs']['paraphrase']} paraphrase pairs, {c['pairs']['contrast']} "
+                 f"contrast pairs; default threshold {c['default_threshold']}):\n")  # fmt: skip
+    parts.append(md_table(["threshold", "paraphrase hits", "contrast false hits", "false hits w/o critical tokens"],
+                          [[th, v["paraphrase_hit_rate"], v["contrast_false_hits"], v["similarity_only_false_hits"]]
+                           for th, v in c["by_threshold"].items()]))  # fmt: skip
+    parts.append(f"\nCache lookup (SQLite, 1,000 entries): p50 {c['lookup_latency_sqlite_1k']['p50_us']} µs, "
+                 f"p99 {c['lookup_latency_sqlite_1k']['p99_us']} µs.")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()
