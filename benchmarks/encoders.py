@@ -1,0 +1,257 @@
+"""Encoder benchmark: load time, single-prompt latency (p50/p99, one core) and batch throughput.
+
+Prompts: the routerbench_subset prompts from ../shared/data when present (read, never copied),
+else generated questions.  Single-prompt latency is measured pinned to one CPU core (where the OS
+allows it), one prompt at a time, warm; batch throughput encodes all prompts in one call with every
+core available.  "cold load" runs a fresh interpreter that imports llmroute and builds the encoder.
+
+    .venv/bin/python benchmarks/encoders.py [--n 2000] [--encoders static-minilm,tfidf,onnx-minilm]
+
+Writes benchmarks/results/encoders.json and the "encoders" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DATA = ROOT / ".." / "shared" / "data" / "routerbench_subset" / "data.parquet"
+
+
+def _short_prompts(n: int) -> list[str]:
+    """Generated chat-style questions of 6-30 words (the 'short prompts' of the targets)."""
+    rng = np.random.default_rng(0)
+    words = [
+        "what",
+        "how",
+        "why",
+        "when",
+        "explain",
+        "write",
+        "code",
+        "python",
+        "rust",
+        "function",
+        "solve",
+        "equation",
+        "integral",
+        "capital",
+        "city",
+        "history",
+        "model",
+        "data",
+        "the",
+        "a",
+        "of",
+        "in",
+        "for",
+        "to",
+        "and",
+        "with",
+        "is",
+        "are",
+        "please",
+        "summarise",
+        "translate",
+        "compare",
+        "list",
+    ]
+    return [" ".join(rng.choice(words, size=int(rng.integers(6, 31)))) + "?" for _ in range(n)]
+
+
+def _shared_prompts(n: int) -> list[str] | None:
+    """routerbench_subset prompts from ../shared/data (long: few-shot benchmark prompts), or None."""
+    if not DATA.exists():
+        return None
+    import pandas as pd
+
+    prompts = pd.read_parquet(DATA, columns=["prompt_id", "prompt"]).drop_duplicates("prompt_id")["prompt"]
+    texts = [str(p) for p in prompts.tolist()]
+    rng = np.random.default_rng(0)
+    pool = texts * -(-n // len(texts))
+    return [pool[i] for i in rng.permutation(len(pool))[:n]]
+
+
+def _pin_one_core() -> bool:
+    try:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def _unpin(cores: set[int] | None) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
+def _cold_load(spec: str) -> float | None:
+    code = (
+        "import time; t=time.perf_counter(); from llmroute.embed import load_encoder; "
+        f"e=load_encoder({spec!r}); e.encode(['warm up']); print(time.perf_counter()-t)"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        )
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench(name: str, prompts: list[str], fit_texts: list[str], single_n: int, cold: bool = True) -> dict:
+    """Measure one encoder."""
+    from llmroute.embed import load_encoder
+
+    t0 = time.perf_counter()
+    enc = load_encoder(name)
+    load_s = time.perf_counter() - t0
+    fit_s = None
+    if name == "tfidf":
+        t0 = time.perf_counter()
+        enc.fit(fit_texts)  # type: ignore[attr-defined]
+        fit_s = time.perf_counter() - t0
+    enc.encode(prompts[:50])
+
+    cores = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    pinned = _pin_one_core()
+    try:
+        for p in prompts[:100]:  # warm-up
+            enc.encode([p])
+        lat = np.empty(single_n)
+        for i in range(single_n):
+            p = [prompts[i % len(prompts)]]
+            t0 = time.perf_counter()
+            enc.encode(p)
+            lat[i] = time.perf_counter() - t0
+        n1 = min(len(prompts), 2000)
+        t0 = time.perf_counter()
+        enc.encode(prompts[:n1])
+        batch_1core = n1 / (time.perf_counter() - t0)
+    finally:
+        _unpin(cores)
+    t0 = time.perf_counter()
+    enc.encode(prompts)
+    batch = len(prompts) / (time.perf_counter() - t0)
+    return {
+        "encoder": name,
+        "dim": enc.dim,
+        "load_s": load_s,
+        "cold_load_s": _cold_load(name) if cold and name != "tfidf" else None,
+        "fit_s": fit_s,
+        "single_ms_p50": float(np.percentile(lat, 50) * 1e3),
+        "single_ms_p99": float(np.percentile(lat, 99) * 1e3),
+        "single_pinned_one_core": pinned,
+        "batch_per_s": batch,
+        "batch_per_s_one_core": batch_1core,
+        "n_single": single_n,
+        "n_batch": len(prompts),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description="encoder latency/throughput benchmark")
+    parser.add_argument("--n", type=int, default=5_000, help="prompts in the batch run")
+    parser.add_argument("--single", type=int, default=2_000, help="single-prompt calls timed")
+    parser.add_argument("--encoders", default="static-minilm,tfidf,onnx-minilm")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "encoders.json")
+    parser.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    sets = {"short": _short_prompts(args.n)}
+    shared = _shared_prompts(args.n)
+    if shared is not None:
+        sets["routerbench"] = shared
+    results = []
+    for set_name, prompts in sets.items():
+        for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
+            heavy = name == "onnx-minilm"
+            n_single = min(args.single, 300) if heavy else args.single
+            prompts_e = prompts[:1000] if heavy else prompts
+            try:
+                r = bench(name, prompts_e, prompts[:3000], n_single, cold=set_name == "short")
+            except ImportError as exc:
+                print(f"{name}: skipped ({exc})")
+                continue
+            r["prompts"] = set_name
+            r["mean_chars"] = float(np.mean([len(p) for p in prompts_e]))
+            results.append(r)
+            cold = r["cold_load_s"] if r["cold_load_s"] is not None else float("nan")
+            print(
+                f"{set_name:11s} {name:14s} dim={r['dim']:4d} load={r['load_s'] * 1e3:6.1f} ms cold={cold:.2f} s "
+                f"p50={r['single_ms_p50']:.3f} ms p99={r['single_ms_p99']:.3f} ms "
+                f"batch={r['batch_per_s']:,.0f}/s (1 core {r['batch_per_s_one_core']:,.0f}/s)",
+                flush=True,
+            )
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    payload = {
+        "prompt_sets": {
+            "short": "generated 6-30 word questions",
+            "routerbench": "routerbench_subset prompts (../shared/data), long few-shot prompts",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_at_end": load,
+        },
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if not args.no_md:
+        from _md import md_table, update_section
+
+        rows = [
+            [
+                r["prompts"],
+                round(r["mean_chars"]),
+                r["encoder"],
+                r["dim"],
+                r["load_s"] * 1e3,
+                r["cold_load_s"],
+                r["single_ms_p50"],
+                r["single_ms_p99"],
+                round(r["batch_per_s"]),
+                round(r["batch_per_s_one_core"]),
+            ]
+            for r in results
+        ]
+        table = md_table(
+            [
+                "prompts",
+                "chars",
+                "encoder",
+                "dim",
+                "load ms",
+                "cold load s",
+                "p50 ms",
+                "p99 ms",
+                "batch/s",
+                "batch/s 1 core",
+            ],
+            rows,
+        )
+        note = (
+            f"`benchmarks/encoders.py`: {os.cpu_count()} CPUs (load average {load[0] if load else '?':.1f} "
+            "at the end: other jobs ran on the box); single-prompt latency pinned to one core, warm, one "
+            "prompt per call; batch = one encode() call over all prompts. 'cold load' = fresh interpreter, "
+            "import + build + first encode. TF-IDF is fitted on 3,000 prompts of the set first."
+        )
+        update_section("encoders", f"{note}\n\n{table}", title="Encoders")
+
+
+if __name__ == "__main__":
+    main()
