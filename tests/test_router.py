@@ -91,6 +91,7 @@ def test_decision_fields(router):
     assert isinstance(d, Decision)
     assert d.ranked[0] == d.model and sorted(d.ranked) == sorted(router.models)
     assert d.model in d.reason and "q=" in d.reason and "c=$" in d.reason
+    assert router.route("What is the capital of Norway?", tradeoff=10.0).reason.isascii()  # HTTP-header safe
     js = json.dumps(d.to_dict())
     assert json.loads(js)["model"] == d.model
     cheap = router.route("What is the capital of Norway?", tradeoff=math.inf)

@@ -507,7 +507,7 @@ class Router:
         if eff["rule"] == "min_quality":
             return f"min_quality={eff['min_quality']:g} cheapest reaching it: {tail}"
         lam = eff["tradeoff"]
-        head = "cheapest" if math.isinf(lam) else ("best q" if lam == 0 else f"tradeoff={lam:.3g} best q-λc")
+        head = "cheapest" if math.isinf(lam) else ("best q" if lam == 0 else f"tradeoff={lam:.3g} best q-tradeoff*c")
         if eff["max_cost"] is not None:
             head += f" (max_cost=${eff['max_cost']:.2g})"
         return f"{head}: {tail}"
