@@ -174,3 +174,13 @@ def test_cached_static_encoder_matches_plain(static: StaticEncoder) -> None:
     np.testing.assert_array_equal(enc.encode(TEXTS), static.encode(TEXTS))
     np.testing.assert_array_equal(enc.encode(TEXTS[::-1]), static.encode(TEXTS[::-1]))
     assert enc.cache.stats()["hits"] == len(TEXTS)
+
+
+def test_build_script_help_runs_without_build_deps() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "build_static_encoder.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--dim" in out.stdout
