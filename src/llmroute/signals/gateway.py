@@ -45,8 +45,9 @@ class GatewayGuard:
         cfg = dict(config.cache or {})
         if cfg and cfg.get("enabled", True):
             if cfg.get("backend", "sqlite") == "sqlite" and cfg.get("path") not in (None, ":memory:"):
+                resolve = getattr(config, "resolve_path", None)
                 p = Path(cfg["path"])
-                cfg["path"] = str(p if p.is_absolute() else base / p)
+                cfg["path"] = str(resolve(cfg["path"]) if resolve is not None else p if p.is_absolute() else base / p)
             self.scope_by = cfg.pop("scope", "alias+key")
             if self.scope_by not in ("alias+key", "alias", "global"):
                 raise ValueError("cache.scope must be 'alias+key', 'alias' or 'global'")
