@@ -324,7 +324,13 @@ class Gateway:
                     await self._error(send, GatewayError(404, f"No endpoint {path}. See /openapi.json.",
                                                          code="not_found"))
                 return
-            await handler(scope, receive, send)
+            try:
+                await handler(scope, receive, send)
+            except Exception:  # a bug, not the client's fault: log it, answer JSON if still possible
+                log.exception("internal error on %s %s", scope["method"], scope["path"])
+                with contextlib.suppress(Exception):
+                    await self._error(send, GatewayError(500, "Internal gateway error (logged).",
+                                                         type="server_error", code="internal_error"))
         elif kind == "lifespan":
             while True:
                 msg = await receive()
