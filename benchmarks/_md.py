@@ -99,6 +99,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "-"
+        if abs(value) < 1e-9:
+            value = 0.0
         if value != 0 and (abs(value) < 10 ** (-digits) or abs(value) >= 1e6):
             return f"{value:.{digits}g}"
         return f"{value:.{digits}f}"

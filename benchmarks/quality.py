@@ -101,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="static-minilm")
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--md-only", action="store_true", help="rewrite BENCHMARKS.md from the existing quality.json")
     args = ap.parse_args(argv)
+
+    if args.md_only:
+        saved = json.loads((RESULTS / "quality.json").read_text())
+        update_section("quality", markdown(saved["datasets"], saved["meta"]), title="Routing quality")
+        print("updated BENCHMARKS.md (quality)")
+        return 0
 
     if not args.data_dir.is_dir():
         print(f"skipping: {args.data_dir} is absent (the shared routing data is needed)", file=sys.stderr)
