@@ -41,7 +41,8 @@ def discover(data_dir: Path) -> list[tuple[str, Path, str | None]]:
 def markdown(results: list[dict], meta: dict) -> str:
     """The BENCHMARKS.md section: one table per set, then the acceptance summary."""
     parts = [
-        f"5-fold CV over prompt ids, seed {meta['seed']}, encoder `{meta['encoder']}`, on {meta['machine']}. "
+        f"5-fold CV over prompt ids, seed {meta['seed']}, encoder `{meta['encoder']}`, on {meta['machine']} "
+        f"(load average {_load(meta)}: timings include contention from other processes). "
         "Every number uses out-of-fold estimates of quality and cost. AIQ, gap closed (share of the "
         "single-model-hull → oracle AIQ gap), cost ratio at the best single model's quality, APGR/CPT "
         "(two-model sets) and decision latency (one `router.route(prompt)` at a time, warm, including "
@@ -72,6 +73,11 @@ def markdown(results: list[dict], meta: dict) -> str:
         )
     parts.append("### Acceptance summary\n\n" + md_table(*acceptance(results)))
     return "\n\n".join(parts)
+
+
+def _load(meta: dict) -> str:
+    a, b = meta.get("load_avg_start"), meta.get("load_avg_end")
+    return f"{a[0]:.1f} at start, {b[0]:.1f} at end" if a and b else "not recorded"
 
 
 def acceptance(results: list[dict]) -> tuple[list[str], list[list]]:
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = [s for s in sets if s[0] in want]
     routers = [r.strip() for r in args.routers.split(",") if r.strip()]
     encoder = load_encoder(args.encoder)
+    load_start = [round(x, 2) for x in os.getloadavg()]
     results = []
     for label, folder, fam in sets:
         print(f"== {label}", file=sys.stderr, flush=True)
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "encoder": getattr(encoder, "name", args.encoder),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_start": load_start,
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "quality.json"
