@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 import textwrap
@@ -17,13 +19,9 @@ runner = CliRunner()
 
 
 def _has_router_stack() -> bool:
-    try:
-        import llmroute.router  # noqa: F401
-
-        from llmroute.embed import load_encoder  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("llmroute.router") is None:
         return False
-    return True
+    return hasattr(importlib.import_module("llmroute.embed"), "load_encoder")
 
 
 needs_router = pytest.mark.skipif(not _has_router_stack(), reason="llmroute.router / load_encoder not available yet")
@@ -157,3 +155,16 @@ def test_eval_train_route_end_to_end(synthetic_parquet: Path, tmp_path: Path) ->
     res = runner.invoke(app, ["route", "--router", str(model_file), "--max-cost", "0", "What is 7 times 12?"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["model"] == "tiny-1b"  # nothing fits the budget: the cheapest
+
+
+@needs_router
+def test_route_with_the_shipped_default_router() -> None:
+    from llmroute.router import default_router_path
+
+    if not Path(default_router_path()).exists():
+        pytest.skip("no shipped default router in this checkout")
+    res = runner.invoke(app, ["route", "What is the capital of France?"])
+    assert res.exit_code == 0, res.output
+    dec = json.loads(res.output)
+    assert dec["model"] in dec["expected_quality"]
+    assert dec["reason"]
