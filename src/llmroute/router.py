@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -355,7 +356,10 @@ class Router:
             if row is None:
                 row = np.asarray(self.encoder.encode([t]), dtype=np.float32)
                 if len(self._cache) >= _CACHE_MAX:
-                    self._cache.pop(next(iter(self._cache)))
+                    # drop the oldest entry (dicts keep insertion order); another thread may
+                    # have emptied or resized the dict meanwhile
+                    with contextlib.suppress(StopIteration, RuntimeError):
+                        self._cache.pop(next(iter(self._cache)), None)
                 self._cache[t] = row
             return row
         return np.asarray(self.encoder.encode(texts), dtype=np.float32)
