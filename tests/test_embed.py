@@ -87,6 +87,44 @@ def test_static_truncation_bounds_long_texts(static: StaticEncoder) -> None:
     assert len(static.token_ids([long_text])[0]) == static.max_tokens
 
 
+def _tokenizer_ids(enc: StaticEncoder, text: str) -> list[int]:
+    return enc._tok.encode(text[: enc._max_chars], add_special_tokens=False).ids
+
+
+def test_static_fast_tokenisation_matches_the_tokenizer(static: StaticEncoder) -> None:
+    import random
+    import string
+
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 200))) for _ in range(500)]
+    words = ["Hello", "world", "tokenisation", "unaffable", "x" * 120, "GPT-4", "3.14", "don't", "C++"]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(200)]
+    texts += [
+        "Hello [CLS] world [MASK]",
+        "naïve café “quotes”",
+        "tab\tnew\nline\r",
+        "a\x0bb\x0cc\x7fd\x00e",
+        "中文 text",
+    ]
+    texts += ["word " * 600]  # truncation
+    for text in texts:
+        assert static.token_ids([text])[0] == _tokenizer_ids(static, text), repr(text[:80])
+
+
+@pytest.mark.shared
+def test_static_fast_tokenisation_on_real_prompts(static: StaticEncoder) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / ".." / "shared" / "data" / "routerbench_subset" / "data.parquet"
+    if not path.exists():
+        pytest.skip("../shared/data/routerbench_subset is absent")
+    import pandas as pd
+
+    prompts = pd.read_parquet(path, columns=["prompt"])["prompt"].drop_duplicates().tolist()[:300]
+    for text in prompts:
+        assert static.token_ids([text])[0] == _tokenizer_ids(static, text)
+
+
 def test_static_rejects_a_bare_string(static: StaticEncoder) -> None:
     with pytest.raises(TypeError, match="wrap a single text"):
         static.encode("hello")  # type: ignore[arg-type]

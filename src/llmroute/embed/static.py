@@ -10,6 +10,7 @@ L2-normalised.  The rows already carry model2vec's PCA and SIF weighting; specia
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -18,6 +19,12 @@ import numpy as np
 
 NAME = "static-minilm"
 _CHARS_PER_TOKEN_BOUND = 16  # texts are cut to max_tokens * this many characters before tokenising
+# BERT basic tokenisation of printable ASCII: lowercase, split on whitespace, every punctuation
+# character (all printable non-alphanumerics are punctuation for BERT) is a word of its own.
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+# Texts the fast path leaves to the real tokenizer: control characters BERT deletes (\t\n\r excepted).
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WORD_CACHE_MAX = 200_000
 
 
 def default_asset_dir() -> Path:
@@ -65,6 +72,17 @@ class StaticEncoder:
         tok.enable_truncation(self.max_tokens)
         self._tok = tok
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        # Fast path (same ids as the tokenizer, checked in the tests): plain-ASCII texts are split
+        # with a regex and looked up word by word; words not in the vocabulary go through the
+        # tokenizer's own WordPiece model once and are memoised.
+        self._fast = type(tok.model).__name__ == "WordPiece" and tok.normalizer is not None
+        self._words: dict[str, tuple[int, ...]] = {}
+        if self._fast:
+            vocab = tok.get_vocab(with_added_tokens=False)
+            self._words = {w: (i,) for w, i in vocab.items() if not w.startswith("##")}
+            self._n_vocab_words = len(self._words)
+            self._wordpiece = tok.model
+            self._specials = [t.content for t in tok.get_added_tokens_decoder().values()]
 
     @property
     def vocab_size(self) -> int:
@@ -74,15 +92,38 @@ class StaticEncoder:
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text as used for pooling (truncated, no special tokens)."""
         texts = _check_texts(texts)
-        cut = self._max_chars
-        return [e.ids for e in self._encode_batch([t[:cut] for t in texts], add_special_tokens=False)]
+        return [self._ids(t) for t in texts]
+
+    def _ids(self, text: str) -> list[int]:
+        text = text[: self._max_chars]
+        if not (self._fast and text.isascii()) or _ASCII_CONTROL.search(text) or self._has_special(text):
+            return self._tok.encode(text, add_special_tokens=False).ids
+        words = self._words
+        out: list[int] = []
+        for w in _ASCII_WORDS.findall(text.lower()):
+            pieces = words.get(w)
+            if pieces is None:
+                pieces = self._wordpiece_ids(w)
+            out.extend(pieces)
+        return out[: self.max_tokens]
+
+    def _has_special(self, text: str) -> bool:
+        return "[" in text and any(t in text for t in self._specials)
+
+    def _wordpiece_ids(self, word: str) -> tuple[int, ...]:
+        ids = tuple(t.id for t in self._wordpiece.tokenize(word))
+        if len(self._words) >= self._n_vocab_words + _WORD_CACHE_MAX:  # bound the memo
+            for key in list(self._words)[self._n_vocab_words :]:
+                del self._words[key]
+        self._words[word] = ids
+        return ids
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts: (len(texts), dim) float32, rows L2-normalised (zero rows for empty text)."""
         texts = _check_texts(texts)
         n = len(texts)
-        if n == 1:  # fast path: a single request, no batch machinery
-            ids = self._tok.encode(texts[0][: self._max_chars], add_special_tokens=False).ids
+        if n == 1:  # a single request: no batch machinery
+            ids = self._ids(texts[0])
             out = np.zeros((1, self.dim), np.float32)
             if ids:
                 v = self._emb[ids].sum(axis=0)
@@ -93,9 +134,7 @@ class StaticEncoder:
         out = np.zeros((n, self.dim), np.float32)
         if n == 0:
             return out
-        cut = self._max_chars
-        ids = [e.ids for e in self._encode_batch([t[:cut] for t in texts], add_special_tokens=False)]
-        return self._pool(ids)
+        return self._pool([self._ids(t) for t in texts])
 
     def _pool(self, ids: list[list[int]]) -> np.ndarray:
         """Sum the token rows of each id list (a sparse count matrix times the embeddings), normalise."""
