@@ -57,10 +57,11 @@ def test_no_failed_requests_with_one_faulty_backend(gw: Any, fake_server: Any, f
     if fault == "slow":
         assert set(models) <= {"fake-strong", "fake-weak"}  # 0.5 s first byte = the model's timeout
     else:
-        assert set(models) == {"fake-weak"}
-        # the breaker opened: the failing backend stopped receiving traffic
+        assert set(models) == {"fake-weak"}, models
+        # the breaker opened: the failing backend stopped receiving traffic (only requests already in
+        # flight when it opened, at most 16 threads x 2 attempts, still reached it)
         assert gw.app.executor.breakers["fake-strong"].state == "open"
-        assert fake_server.state.counts.get("fake-strong", 0) < 60
+        assert fake_server.state.counts.get("fake-strong", 0) < 100, fake_server.state.counts
     _reset(gw, fake_server)
 
 

@@ -20,6 +20,7 @@ text, `expected_output_tokens` output tokens), else the router's own cost estima
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,7 @@ class _AliasPlan:
         self.pin = np.array([by_name[n].input_per_mtok for n in self.models]) / 1e6
         self.pout = np.array([by_name[n].output_per_mtok for n in self.models]) / 1e6
         self.priced = (self.pin + self.pout) > 0
+        self.any_priced = bool(self.priced.any())
         self.windows_list = [float(by_name[n].context_window or math.inf) for n in self.models]
         self.has_windows = any(math.isfinite(w) for w in self.windows_list)
         self.out_tokens = float(expected_output_tokens)
@@ -213,8 +215,10 @@ class RoutingEngine:
     """Turns `RequestContext`s into `RouteDecision`s (see the module docstring)."""
 
     def __init__(self, config: GatewayConfig, routers: dict[str, RouterLike],
-                 expected_output_tokens: int = 300) -> None:
+                 expected_output_tokens: int = 300, batch_size: int | None = None) -> None:
         self.config = config
+        self.batch_size = config.server.route_batch if batch_size is None else batch_size
+        self._batchers: dict[int, _Batcher] = {}
         self.routers = routers
         self.models = {m.name: m for m in config.models}
         self.hooks: list[Hook] = []
@@ -235,12 +239,17 @@ class RoutingEngine:
         """(candidate names, expected quality, expected cost) of an alias's candidates for `text`."""
         plan = self.plans[alias]
         q, c = plan.router.estimate([text])
-        qa = np.asarray(q, dtype=float)[0, plan.idx]
-        ca = np.asarray(c, dtype=float)[0, plan.idx]
-        if plan.priced.any():
+        qa, ca = self._columns(plan, q[0], c[0], text)
+        return plan.models, qa, ca
+
+    @staticmethod
+    def _columns(plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str) -> tuple[np.ndarray, np.ndarray]:
+        qa = np.asarray(qrow, dtype=float)[plan.idx]
+        ca = np.asarray(crow, dtype=float)[plan.idx]
+        if plan.any_priced:
             tin = len(text) / 4.0
             ca = np.where(plan.priced, tin * plan.pin + plan.out_tokens * plan.pout, ca)
-        return plan.models, qa, ca
+        return qa, ca
 
     async def decide(self, ctx: RequestContext) -> RouteDecision:
         """The routing decision for one request (raises 404 `GatewayError` for unknown names)."""
@@ -248,19 +257,45 @@ class RoutingEngine:
             d = await hook(ctx, self)
             if d is not None:
                 return d
+        if self.batch_size > 1:
+            return await self.route_async(ctx)
         return self.route(ctx)
 
-    def route(self, ctx: RequestContext) -> RouteDecision:
-        """The decision without hooks (a hook calls this to decorate the default decision)."""
+    def _plan(self, ctx: RequestContext) -> _AliasPlan | None:
         name = ctx.requested
         if name in self.models:
-            return RouteDecision(model=name, ranked=[name], reason="direct")
+            return None
         plan = self.plans.get(name)
         if plan is None:
             raise GatewayError(
                 404, f"The model {name!r} does not exist on this gateway. Use GET /v1/models to list "
                 "models and aliases.", code="model_not_found", param="model")
-        names, qa, ca = self.estimate(name, ctx.text)
+        return plan
+
+    def route(self, ctx: RequestContext) -> RouteDecision:
+        """The decision without hooks (a hook calls this to decorate the default decision)."""
+        plan = self._plan(ctx)
+        if plan is None:
+            return RouteDecision(model=ctx.requested, ranked=[ctx.requested], reason="direct")
+        q, c = plan.router.estimate([ctx.text])
+        return self._decision(ctx, plan, *self._columns(plan, q[0], c[0], ctx.text))
+
+    async def route_async(self, ctx: RequestContext) -> RouteDecision:
+        """`route`, with the router estimate micro-batched across concurrent requests: requests
+        that reach this point in the same event-loop turn share one `router.estimate` call (up to
+        `batch_size` prompts). Every request is still estimated on its own text; nothing is cached."""
+        plan = self._plan(ctx)
+        if plan is None:
+            return RouteDecision(model=ctx.requested, ranked=[ctx.requested], reason="direct")
+        batcher = self._batchers.get(id(plan.router))
+        if batcher is None:
+            batcher = self._batchers[id(plan.router)] = _Batcher(plan.router, self.batch_size)
+        qrow, crow = await batcher.estimate(ctx.text)
+        return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
+
+    def _decision(self, ctx: RequestContext, plan: _AliasPlan, qa: np.ndarray, ca: np.ndarray) -> RouteDecision:
+        name = plan.name
+        names = plan.models
         q = qa.tolist()
         c = ca.tolist()
         m = len(names)
@@ -300,3 +335,37 @@ class RoutingEngine:
         parts.append(f"of={m}")
         return RouteDecision(model=names[pick], ranked=ranked, reason=" ".join(parts), alias=name,
                              router=pol.router, expected_quality=eq, expected_cost=ec)
+
+
+class _Batcher:
+    """Collects the prompts of one event-loop turn and estimates them in one router call."""
+
+    def __init__(self, router: RouterLike, max_batch: int) -> None:
+        self.router = router
+        self.max_batch = max_batch
+        self.pending: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
+
+    def estimate(self, text: str) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((text, fut))
+        return fut
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for k in range(0, len(pending), self.max_batch):
+            chunk = [(t, f) for t, f in pending[k : k + self.max_batch] if not f.done()]
+            if not chunk:
+                continue
+            try:
+                q, c = self.router.estimate([t for t, _ in chunk])
+            except Exception as e:
+                for _, f in chunk:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for i, (_, f) in enumerate(chunk):
+                if not f.done():
+                    f.set_result((q[i], c[i]))
