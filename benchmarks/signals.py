@@ -49,10 +49,34 @@ FAMILY_MAP = {"arc_easy": "arc", "arc_challenge": "arc", "arc-challenge": "arc",
               "gsm8k": "math", "humaneval": "code", "humaneval_js": "code", "mbpp": "code"}  # fmt: skip
 
 
-def pct(xs: list[float]) -> dict[str, float]:
+def pct(xs: list[float], cpu: list[float] | None = None) -> dict[str, float]:
+    """Wall-clock (and thread CPU time) percentiles in microseconds."""
     a = np.asarray(xs)
-    return {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
-            "mean_us": round(float(a.mean()), 1)}  # fmt: skip
+    out = {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
+           "mean_us": round(float(a.mean()), 1)}  # fmt: skip
+    if cpu:
+        c = np.asarray(cpu)
+        out |= {"cpu_p50_us": round(float(np.percentile(c, 50)), 1), "cpu_p99_us": round(float(np.percentile(c, 99)), 1)}
+    return out
+
+
+class Timer:
+    """Wall-clock and thread-CPU stopwatch (CPU time is robust to other processes on the box)."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __enter__(self) -> Timer:
+        self._w, self._c = time.perf_counter(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu.append((time.thread_time() - self._c) * 1e6)
+        self.wall.append((time.perf_counter() - self._w) * 1e6)
+
+    def stats(self) -> dict[str, float]:
+        return pct(self.wall, self.cpu)
 
 
 def chat_requests() -> list[Any]:
@@ -110,25 +134,23 @@ def bench_latency(encoder: Any, reqs: list[Any], repeats: int, ood: OODDetector 
         getattr(s, "warm", lambda: None)()
     out: dict[str, Any] = {}
     # embedding on its own
-    times = []
+    tm = Timer()
     for _ in range(repeats):
         for r in reqs:
             req = SignalRequest.build(r, encoder=encoder)
-            t0 = time.perf_counter()
-            req.embedding()
-            times.append((time.perf_counter() - t0) * 1e6)
-    out["embedding"] = pct(times)
+            with tm:
+                req.embedding()
+    out["embedding"] = tm.stats()
     for name, s in signals.items():
-        times = []
+        tm = Timer()
         for _ in range(repeats):
             for r in reqs:
                 req = SignalRequest.build(r, encoder=encoder)
                 if s.needs_embedding or name == "ood":
                     req.embedding()  # reported separately; shared by all embedding signals
-                t0 = time.perf_counter()
-                s.compute(req)
-                times.append((time.perf_counter() - t0) * 1e6)
-        out[name] = pct(times)
+                with tm:
+                    s.compute(req)
+        out[name] = tm.stats()
     # full rule evaluations
     engines = {"examples/llmroute.yaml": RuleEngine(ex_cfg, encoder=encoder, base_dir=ROOT / "examples")}
     all_rules = [
@@ -156,15 +178,14 @@ def bench_latency(encoder: Any, reqs: list[Any], repeats: int, ood: OODDetector 
     engines["all signals"] = RuleEngine({"signals": all_sigs, "rules": all_rules}, encoder=encoder)
     for name, eng in engines.items():
         eng.warm()
-        times = []
+        tm = Timer()
         n_signals = []
         for _ in range(repeats):
             for r in reqs:
-                t0 = time.perf_counter()
-                v = eng.evaluate(r)
-                times.append((time.perf_counter() - t0) * 1e6)
+                with tm:
+                    v = eng.evaluate(r)
                 n_signals.append(len(v.signals))
-        out[f"rules: {name}"] = {**pct(times), "mean_signals_computed": round(statistics.mean(n_signals), 2),
+        out[f"rules: {name}"] = {**tm.stats(), "mean_signals_computed": round(statistics.mean(n_signals), 2),
                                  "n_rules": len(eng.rules)}  # fmt: skip
     return out
 
@@ -213,14 +234,19 @@ def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
         all_y += y
         all_s += s
     ya, sa = np.array(all_y), np.array(all_s)
-    pred = sa >= threshold
-    tp = int((pred & (ya == 1)).sum())
+    pr = {}
+    for th in (0.5, 0.7, threshold):
+        pred = sa >= th
+        tp = int((pred & (ya == 1)).sum())
+        pr[str(th)] = {"precision": round(tp / max(1, int(pred.sum())), 4),
+                       "recall": round(tp / max(1, int((ya == 1).sum())), 4)}  # fmt: skip
     out: dict[str, Any] = {
         "auroc_leave_one_family_out": per_family,
         "auroc_pooled": round(float(roc_auc_score(ya, sa)), 4),
         "threshold": threshold,
-        "precision": round(tp / max(1, int(pred.sum())), 4),
-        "recall": round(tp / max(1, int((ya == 1).sum())), 4),
+        "precision": pr[str(threshold)]["precision"],
+        "recall": pr[str(threshold)]["recall"],
+        "by_threshold": pr,
         "patterns_only_recall": round(float(np.mean([JailbreakDetector(None).score(t) >= threshold
                                                      for t, y, _ in data if y == 1])), 4),
     }
@@ -232,7 +258,8 @@ def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
             continue
         emb = encoder.encode(df.prompt.tolist())
         s = np.array([det.score(p, e) for p, e in zip(df.prompt, emb, strict=True)])
-        flag[name] = {"prompts": len(df), "flag_rate_at_threshold": round(float((s >= threshold).mean()), 5)}
+        flag[name] = {"prompts": len(df), "flag_rate_at_threshold": round(float((s >= threshold).mean()), 5),
+                      "flag_rate_at_0.5": round(float((s >= 0.5).mean()), 5)}  # fmt: skip
     out["shared_flag_rate"] = flag
     return out
 
@@ -340,8 +367,11 @@ def render(r: dict[str, Any]) -> str:
     parts = [f"Encoder `{r['encoder']}`, {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; "
              f"{r['typical_requests']} typical chat requests (project-written), one at a time, warm. "
              "`benchmarks/signals.py`, raw numbers in `benchmarks/results/signals.json`.\n"]  # fmt: skip
-    parts.append(md_table(["signal / evaluation", "p50 µs", "p99 µs", "mean µs"],
-                          [[k, v["p50_us"], v["p99_us"], v["mean_us"]] for k, v in lat.items()]))  # fmt: skip
+    parts.append(md_table(["signal / evaluation", "p50 µs", "p99 µs", "mean µs", "CPU p50 µs", "CPU p99 µs"],
+                          [[k, v["p50_us"], v["p99_us"], v["mean_us"], v.get("cpu_p50_us", ""), v.get("cpu_p99_us", "")]
+                           for k, v in lat.items()]))  # fmt: skip
+    parts.append("\nWall-clock p99 includes interference from whatever else runs on the box; the CPU-time "
+                 "columns (thread CPU time) measure the work itself.")
     pii = r["pii"]
     parts.append("\n**PII** recall on the generated set (" + str(pii["n_per_type"]) + " sentences per type): "
                  + ", ".join(f"{t} {v:.3f}" for t, v in pii["recall"].items()) + ". Flagged share of "
@@ -350,9 +380,11 @@ def render(r: dict[str, Any]) -> str:
     jb = r["jailbreak"]
     parts.append(f"\n**Jailbreak** (project-written set): pooled AUROC {jb['auroc_pooled']} with each attack family "
                  f"held out of training ({', '.join(f'{k} {v}' for k, v in jb['auroc_leave_one_family_out'].items())}); "
-                 f"at score >= {jb['threshold']}: precision {jb['precision']}, recall {jb['recall']} "
+                 f"at score >= {jb['threshold']}: precision {jb['precision']}, recall {jb['recall']}; at >= 0.5: "
+                 f"precision {jb['by_threshold']['0.5']['precision']}, recall {jb['by_threshold']['0.5']['recall']} "
                  f"(patterns alone: recall {jb['patterns_only_recall']}). Flagged share of shared prompts: "
-                 + ", ".join(f"{k} {v['flag_rate_at_threshold']}" for k, v in jb["shared_flag_rate"].items()) + ".")  # fmt: skip
+                 + ", ".join(f"{k} {v['flag_rate_at_threshold']} (at 0.5: {v['flag_rate_at_0.5']})"
+                             for k, v in jb["shared_flag_rate"].items()) + ".")  # fmt: skip
     rows = []
     for ds, v in r["ood"].items():
         for fam, s in v["splits"].items():

@@ -59,12 +59,12 @@ def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
             + ["Draft a short email to my team about the offsite.", "What are the pros and cons of remote work?"],
         }},
         "ood": {"type": "ood", "table": str(in_domain_table(tmp / "domain.csv")), "state": str(tmp / "ood.npz"),
-                "n_clusters": 32},
+                "n_clusters": 32, "ridge": 0.1},
     }  # fmt: skip
     cfg["rules"] = [
         {"name": "block-jailbreak", "priority": 100, "when": {"signal": "jailbreak", "gte": 0.9},
          "action": {"type": "block", "status": 400, "message": "Blocked by the gateway's safety policy."}},
-        {"name": "reject-out-of-domain", "priority": 95, "when": {"signal": "ood", "gt": 100.0},
+        {"name": "reject-out-of-domain", "priority": 95, "when": {"signal": "ood", "gt": 50.0},
          "action": {"type": "block", "status": 422, "message": "This assistant only answers software questions."}},
         {"name": "redact-pii", "priority": 90, "when": {"signal": "pii"}, "action": {"type": "redact"}},
         {"name": "code-to-strong", "priority": 50, "when": {"signal": "topic", "eq": "code"},

@@ -90,7 +90,7 @@ class SemanticCache:
         backend: CacheBackend | None = None,
         *,
         ttl_s: float = 3600.0,
-        threshold: float = 0.9,
+        threshold: float = 0.85,
         max_candidates: int = 64,
         min_chars: int = 8,
     ) -> None:
@@ -129,7 +129,7 @@ class SemanticCache:
             encoder if cfg.get("semantic", True) else None,
             backend,
             ttl_s=float(cfg.get("ttl_s", 3600)),
-            threshold=float(cfg.get("threshold", 0.9)),
+            threshold=float(cfg.get("threshold", 0.85)),
             max_candidates=int(cfg.get("max_candidates", 64)),
             min_chars=int(cfg.get("min_chars", 8)),
         )

@@ -3,7 +3,7 @@
 In the spirit of Guarded Query Routing, with a density-corrected distance: each prompt is
 represented by its embedding plus a few cheap text-shape statistics (log length, digit /
 non-ASCII / code-punctuation / upper-case / newline fractions), the training prompts are
-summarised by k-means centroids and a tied (within-cluster) covariance (Ledoit-Wolf shrunk), and the score is the
+summarised by k-means centroids and a tied (within-cluster) covariance, and the score is the
 relative Mahalanobis distance (Ren et al., 2021): the squared distance to the nearest centroid
 minus the squared distance to one global Gaussian. The artifact keeps centroids and covariance
 factors, never the prompts.
@@ -42,11 +42,10 @@ def shape_features(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _inv_sqrt(residuals: np.ndarray) -> np.ndarray:
-    """Inverse square root of the Ledoit-Wolf shrunk covariance of (n, d) centred residuals."""
-    from sklearn.covariance import ledoit_wolf
-
-    cov, _ = ledoit_wolf(residuals, assume_centered=True)
+def _inv_sqrt(residuals: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
+    """Inverse square root of the ridge-regularised covariance of (n, d) centred residuals."""
+    cov = np.cov(residuals.T)
+    cov += np.eye(len(cov)) * ridge * max(float(np.trace(cov)) / len(cov), 1e-12)
     ev, V = np.linalg.eigh(cov)
     return (V * (1.0 / np.sqrt(np.maximum(ev, 1e-12)))) @ V.T
 
@@ -56,12 +55,14 @@ class OODDetector:
 
     n_clusters: k-means centroids (capped at n_train // 5). use_shape: add text-shape features
     (then `fit`/`score` need the texts too). calib_frac: share of the training prompts held out
-    to calibrate the score scale.
+    to calibrate the score scale. ridge: covariance regularisation (share of the mean variance
+    added to the diagonal); raise it (e.g. 0.1) for small or templated in-domain sets.
     """
 
     def __init__(self, n_clusters: int = 128, use_shape: bool = True, calib_frac: float = 0.1, seed: int = 0,
-                 k_near: int | None = None) -> None:  # fmt: skip
+                 ridge: float = 1e-4) -> None:  # fmt: skip
         self.n_clusters = n_clusters
+        self.ridge = ridge
         self.use_shape = use_shape
         self.calib_frac = calib_frac
         self.seed = seed
@@ -69,6 +70,8 @@ class OODDetector:
         self.W_: np.ndarray | None = None  # within-cluster whitening (d, d)
         self.G_: np.ndarray | None = None  # global whitening (d, d)
         self.mu_: np.ndarray | None = None  # global mean, G-whitened (d,)
+        self.center_: np.ndarray | None = None  # per-feature mean and std (z-scoring)
+        self.std_: np.ndarray | None = None
         self.loc_: float = 0.0
         self.scale_: float = 1.0
         self.train_quantiles_: dict[str, float] = {}
@@ -93,14 +96,16 @@ class OODDetector:
         perm = rng.permutation(n)
         n_cal = int(n * self.calib_frac) if n * self.calib_frac >= 20 else 0
         cal, tr = perm[:n_cal], perm[n_cal:]
+        self.center_ = np.zeros(X.shape[1])
+        self.std_ = np.ones(X.shape[1])
         Xtr = X[tr]
         k = int(max(1, min(self.n_clusters, len(Xtr) // 5)))
         km = KMeans(n_clusters=k, n_init=1, random_state=self.seed, max_iter=100).fit(Xtr)
         C = km.cluster_centers_
-        self.W_ = _inv_sqrt(Xtr - C[km.labels_])
+        self.W_ = _inv_sqrt(Xtr - C[km.labels_], self.ridge)
         self.centroids_ = C @ self.W_
         mu = Xtr.mean(0)
-        self.G_ = _inv_sqrt(Xtr - mu)
+        self.G_ = _inv_sqrt(Xtr - mu, self.ridge)
         self.mu_ = mu @ self.G_
         self.loc_, self.scale_ = 0.0, 1.0
         raw = self._raw(X[cal] if n_cal else Xtr)
@@ -117,6 +122,7 @@ class OODDetector:
         return cls(**kwargs).fit(encoder.encode(prompts), prompts)
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
+        """Relative Mahalanobis distance of already z-scored features."""
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
         Xw = X @ self.W_
@@ -130,7 +136,9 @@ class OODDetector:
         single = np.ndim(emb) == 1
         if isinstance(texts, str):
             texts = [texts]
-        X = self._features(emb, texts).astype(np.float64)
+        if self.centroids_ is None:
+            raise RuntimeError("OODDetector is not fitted; call fit() or load()")
+        X = (self._features(emb, texts).astype(np.float64) - self.center_) / self.std_
         s = (self._raw(X) - self.loc_) / self.scale_
         return float(s[0]) if single else s
 
@@ -141,15 +149,20 @@ class OODDetector:
             raise RuntimeError("OODDetector is not fitted")
         params = {
             "n_clusters": self.n_clusters, "use_shape": self.use_shape, "calib_frac": self.calib_frac,
-            "seed": self.seed, "loc": self.loc_, "scale": self.scale_, "train_quantiles": self.train_quantiles_,
+            "seed": self.seed, "ridge": self.ridge, "loc": self.loc_, "scale": self.scale_, "train_quantiles": self.train_quantiles_,
         }  # fmt: skip
-        return {"centroids": self.centroids_, "W": self.W_, "G": self.G_, "mu": self.mu_}, params
+        arrays = {"centroids": self.centroids_, "W": self.W_, "G": self.G_, "mu": self.mu_, "center": self.center_,
+                  "std": self.std_}  # fmt: skip
+        return arrays, params
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> OODDetector:
         """Rebuild from `get_state()` output."""
-        det = cls(params["n_clusters"], params["use_shape"], params["calib_frac"], params.get("seed", 0))
-        det.centroids_, det.W_, det.G_, det.mu_ = (np.asarray(arrays[k]) for k in ("centroids", "W", "G", "mu"))
+        det = cls(params["n_clusters"], params["use_shape"], params["calib_frac"], params.get("seed", 0),
+                  params.get("ridge", 1e-4))
+        det.centroids_, det.W_, det.G_, det.mu_, det.center_, det.std_ = (
+            np.asarray(arrays[k]) for k in ("centroids", "W", "G", "mu", "center", "std")
+        )
         det.loc_, det.scale_ = float(params["loc"]), float(params["scale"])
         det.train_quantiles_ = dict(params.get("train_quantiles", {}))
         return det
@@ -165,4 +178,4 @@ class OODDetector:
         """Read a file written by `save`."""
         with np.load(Path(path), allow_pickle=False) as z:
             params = json.loads(str(z["params"]))
-            return cls.from_state({k: z[k] for k in ("centroids", "W", "G", "mu")}, params)
+            return cls.from_state({k: z[k] for k in ("centroids", "W", "G", "mu", "center", "std")}, params)
