@@ -165,3 +165,19 @@ def test_cache_hits_exact_semantic_and_stream(gw: Any, fake_server: Any) -> None
     )
     assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == answer
     assert sum(fake_server.state.counts.values()) == calls + 1  # replayed, no upstream call
+
+
+def test_cache_hit_on_anthropic_messages(gw: Any, fake_server: Any) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    c = anthropic.Anthropic(base_url=gw.root, api_key="unused", max_retries=0, timeout=10)
+    q = [{"role": "user", "content": "How do I read a JSON config in Rust?"}]
+    first = c.messages.with_raw_response.create(model="llmroute/auto", max_tokens=64, messages=q)
+    assert "cache: miss" in first.headers["x-llmroute-reason"]
+    text = first.parse().content[0].text
+    calls = sum(fake_server.state.counts.values())
+    again = c.messages.with_raw_response.create(model="llmroute/auto", max_tokens=64, messages=q)
+    assert "cache: hit;kind=exact" in again.headers["x-llmroute-reason"]
+    assert again.parse().content[0].text == text
+    with c.messages.stream(model="llmroute/auto", max_tokens=64, messages=q) as s:
+        assert s.get_final_text() == text
+    assert sum(fake_server.state.counts.values()) == calls
