@@ -99,6 +99,9 @@ def test_static_fast_tokenisation_matches_the_tokenizer(static: StaticEncoder) -
     texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 200))) for _ in range(500)]
     words = ["Hello", "world", "tokenisation", "unaffable", "x" * 120, "GPT-4", "3.14", "don't", "C++"]
     texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(200)]
+    mixed = string.printable + "éü中文“”\u00a0\u3000\u200b\x85\u2028ﬁÅ€—…"
+    texts += ["".join(rng.choice(mixed) for _ in range(rng.randint(0, 300))) for _ in range(500)]
+    texts += ["plain ascii words " * 20 + "with “one” quoted café " + "more words " * 10]
     texts += [
         "Hello [CLS] world [MASK]",
         "naïve café “quotes”",

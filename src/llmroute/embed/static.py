@@ -24,6 +24,11 @@ _CHARS_PER_TOKEN_BOUND = 16  # texts are cut to max_tokens * this many character
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 # Texts the fast path leaves to the real tokenizer: control characters BERT deletes (\t\n\r excepted).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A whitespace-delimited chunk (ASCII whitespace) holding a non-ASCII character.  BERT's
+# pre-tokenisation never joins across whitespace, so such chunks can go through the real
+# tokenizer one by one while the ASCII text around them takes the fast path.
+_NON_ASCII_CHUNK = re.compile(r"[^ \t\n\r]*[^\x00-\x7f][^ \t\n\r]*")
+_MAX_NON_ASCII_CHUNKS = 8
 _WORD_CACHE_MAX = 200_000
 
 
@@ -96,8 +101,25 @@ class StaticEncoder:
 
     def _ids(self, text: str) -> list[int]:
         text = text[: self._max_chars]
-        if not (self._fast and text.isascii()) or _ASCII_CONTROL.search(text) or self._has_special(text):
+        if not self._fast or _ASCII_CONTROL.search(text) or self._has_special(text):
             return self._tok.encode(text, add_special_tokens=False).ids
+        if text.isascii():
+            out = self._ascii_ids(text)
+        else:
+            matches = list(_NON_ASCII_CHUNK.finditer(text))
+            if len(matches) > _MAX_NON_ASCII_CHUNKS:  # mostly non-ASCII: one tokenizer call is cheaper
+                return self._tok.encode(text, add_special_tokens=False).ids
+            out = []
+            pos = 0
+            encode = self._tok.encode
+            for m in matches:
+                out += self._ascii_ids(text[pos : m.start()])
+                out += encode(m.group(), add_special_tokens=False).ids
+                pos = m.end()
+            out += self._ascii_ids(text[pos:])
+        return out[: self.max_tokens]
+
+    def _ascii_ids(self, text: str) -> list[int]:
         words = self._words
         out: list[int] = []
         for w in _ASCII_WORDS.findall(text.lower()):
@@ -105,7 +127,7 @@ class StaticEncoder:
             if pieces is None:
                 pieces = self._wordpiece_ids(w)
             out.extend(pieces)
-        return out[: self.max_tokens]
+        return out
 
     def _has_special(self, text: str) -> bool:
         return "[" in text and any(t in text for t in self._specials)
