@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pandas as pd
 import pytest
@@ -165,6 +166,8 @@ def test_cache_hits_exact_semantic_and_stream(gw: Any, fake_server: Any) -> None
     )
     assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == answer
     assert sum(fake_server.state.counts.values()) == calls + 1  # replayed, no upstream call
+    metrics = httpx.get(gw.root + "/metrics").text
+    assert 'llmroute_cache_lookups_total{result="semantic_hit"}' in metrics
 
 
 def test_cache_hit_on_anthropic_messages(gw: Any, fake_server: Any) -> None:

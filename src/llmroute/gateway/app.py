@@ -229,6 +229,10 @@ class Gateway:
             self.engine.add_hook(self.guard.hook)
         self.backends = backends if backends is not None else make_backends(config)
         self.metrics = metrics or GatewayMetrics()
+        if self.guard is not None:
+            from llmroute.signals.gateway import register_metrics
+
+            register_metrics(self.guard, self.metrics.registry)
         self.executor = Executor(
             self.backends, retries=srv.retries, backoff_s=srv.backoff_s, breaker_failures=srv.breaker_failures,
             breaker_cooldown_s=srv.breaker_cooldown_s, max_fallbacks=srv.max_fallbacks,

@@ -134,3 +134,36 @@ class GatewayGuard:
         if self.cache is None or ctx is None or "cache_hit" in ctx.extra or "cache_scope" not in ctx.extra:
             return
         self.cache.store(ctx.messages, response, scope=ctx.extra["cache_scope"], params=ctx.body)
+
+
+class CacheCollector:
+    """Prometheus collector for the response cache counters (`llmroute_cache_*_total`)."""
+
+    def __init__(self, cache: SemanticCache) -> None:
+        self.cache = cache
+
+    def describe(self) -> list[Any]:
+        """No up-front description (collected at scrape time)."""
+        return []
+
+    def collect(self) -> Any:
+        """Yield the cache counters."""
+        from prometheus_client.core import CounterMetricFamily
+
+        s = self.cache.stats.as_dict()
+        lookups = CounterMetricFamily("llmroute_cache_lookups", "Response cache lookups by result.", labels=["result"])
+        lookups.add_metric(["exact_hit"], s["exact_hits"])
+        lookups.add_metric(["semantic_hit"], s["semantic_hits"])
+        lookups.add_metric(["miss"], s["misses"])
+        yield lookups
+        stores = CounterMetricFamily("llmroute_cache_stores", "Responses stored in the cache (skipped: not cacheable).",
+                                     labels=["result"])  # fmt: skip
+        stores.add_metric(["stored"], s["stores"])
+        stores.add_metric(["skipped"], s["skipped"])
+        yield stores
+
+
+def register_metrics(guard: GatewayGuard | None, registry: Any) -> None:
+    """Export the guard's cache counters on the gateway's Prometheus registry (no-op without a cache)."""
+    if guard is not None and guard.cache is not None:
+        registry.register(CacheCollector(guard.cache))
