@@ -180,7 +180,11 @@ def main() -> None:
     ap.add_argument("--connections", default="32,128")
     ap.add_argument("--faults", type=int, default=1000, help="requests per fault type (0 = skip)")
     ap.add_argument("--no-write", action="store_true", help="do not write results / BENCHMARKS.md")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results")
     args = ap.parse_args()
+    if args.md_only:
+        update_section("gateway", markdown(json.loads(RESULTS.read_text())), title="Gateway")
+        return
     wrk = ensure_wrk()
     conns = [int(x) for x in args.connections.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="llmroute-bench-"))
@@ -236,57 +240,83 @@ def main() -> None:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def pick(target: str, c: int, stream: bool) -> dict[str, Any]:
-        return next(r for r in runs if r["target"] == target and r["connections"] == c and r["stream"] == stream)
-
-    rows, summary = [], {}
-    d1, g1 = pick("direct", 1, False), pick("gateway", 1, False)
-    summary["added_p50_ms_one_connection"] = round(g1["p50_ms"] - d1["p50_ms"], 3)
-    pt = pick("passthrough", conns[0], False)
-    summary[f"passthrough_c{conns[0]}"] = {"rps": pt["rps"], "cpu_us_per_req": pt["cpu_us_per_req_gateway"]}
-    for stream, c in [(False, 1)] + [(st, c) for st in (False, True) for c in conns]:
-        d, g = pick("direct", c, stream), pick("gateway", c, stream)
-        added = g["p50_ms"] - d["p50_ms"]
-        rows.append(["stream" if stream else "non-stream", c, g["rps"], d["rps"], g["p50_ms"], d["p50_ms"], added,
-                     g["p99_ms"], d["p99_ms"], g["cpu_us_per_req_gateway"], g["non_2xx"] + g["socket_errors"]])
-        summary[f"{'stream' if stream else 'nonstream'}_c{c}"] = {"gateway_rps": g["rps"], "direct_rps": d["rps"],
-                                                                  "added_p50_ms": round(added, 3)}
     load = os.getloadavg()
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_at_end": [round(x, 2) for x in load]},
         "setup": {"workers": 1, "router": "builtin:default (every request routed, unique prompts)",
-                  "config": "examples/loopback.yaml", "duration_s": args.duration, "wrk_threads": 1},
-        "summary": summary, "runs": runs, "faults": faults,
+                  "config": "examples/loopback.yaml", "duration_s": args.duration, "wrk_threads": 1,
+                  "connections": conns, "fault_requests": args.faults},
+        "summary": summarise(runs, conns), "runs": runs, "faults": faults,
     }
     if args.no_write:
         print(json.dumps(result, indent=2))
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    update_section("gateway", markdown(result), title="Gateway")
+    print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
+
+
+def _pick(runs: list[dict[str, Any]], target: str, c: int, stream: bool) -> dict[str, Any]:
+    return next(r for r in runs if r["target"] == target and r["connections"] == c and r["stream"] == stream)
+
+
+def _modes(conns: list[int]) -> list[tuple[bool, int]]:
+    return [(False, 1)] + [(st, c) for st in (False, True) for c in conns]
+
+
+def summarise(runs: list[dict[str, Any]], conns: list[int]) -> dict[str, Any]:
+    """Headline numbers: req/s and added p50 per mode, pass-through, one-connection added latency."""
+    d1, g1 = _pick(runs, "direct", 1, False), _pick(runs, "gateway", 1, False)
+    pt = _pick(runs, "passthrough", conns[0], False)
+    summary: dict[str, Any] = {"added_p50_ms_one_connection": round(g1["p50_ms"] - d1["p50_ms"], 3),
+                               f"passthrough_c{conns[0]}": {"rps": pt["rps"],
+                                                            "cpu_us_per_req": pt["cpu_us_per_req_gateway"]}}
+    for stream, c in _modes(conns):
+        d, g = _pick(runs, "direct", c, stream), _pick(runs, "gateway", c, stream)
+        summary[f"{'stream' if stream else 'nonstream'}_c{c}"] = {
+            "gateway_rps": g["rps"], "direct_rps": d["rps"], "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3)}
+    return summary
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section for one result."""
+    runs, faults, setup = result["runs"], result["faults"], result["setup"]
+    conns = setup["connections"]
+    rows = []
+    for stream, c in _modes(conns):
+        d, g = _pick(runs, "direct", c, stream), _pick(runs, "gateway", c, stream)
+        rows.append(["stream" if stream else "non-stream", c, g["rps"], d["rps"], g["p50_ms"], d["p50_ms"],
+                     g["p50_ms"] - d["p50_ms"], g["p99_ms"], d["p99_ms"], g["cpu_us_per_req_gateway"],
+                     g["non_2xx"], g["socket_errors"]])
+    pt = _pick(runs, "passthrough", conns[0], False)
+    m = result["machine"]
     md = [
-        f"`python benchmarks/gateway.py` on {os.cpu_count()} CPUs (load average {load[0]:.1f} at the end), "
-        "loopback, wrk -t1, one gateway worker with the shipped default router routing every request "
-        "(unique prompts), vs the fake server directly. Added p50 = gateway p50 - direct p50. CPU = gateway "
-        "process CPU per request (all threads, incl. routing and the trace writer).",
+        f"`python benchmarks/gateway.py` on {m['cpus']} CPUs (load average {m['loadavg_at_end'][0]:.1f} at the end: "
+        "the box was shared with other jobs, so absolute req/s are low), loopback, wrk -t1, ONE gateway worker "
+        "with the shipped default router routing every request (unique prompts), vs the fake server directly. "
+        "Added p50 = gateway p50 - direct p50. CPU = gateway process CPU per request (all threads: routing, "
+        "proxying, trace writer). wrk errors = requests over wrk's 2 s timeout.",
         "",
         md_table(["mode", "conns", "gateway req/s", "direct req/s", "gateway p50 ms", "direct p50 ms",
-                  "added p50 ms", "gateway p99 ms", "direct p99 ms", "gateway CPU us/req", "errors"], rows),
+                  "added p50 ms", "gateway p99 ms", "direct p99 ms", "gateway CPU us/req", "non-2xx",
+                  "wrk errors"], rows),
         "",
         f"Pass-through (a concrete model name, no routing) at {conns[0]} connections: {pt['rps']:.0f} req/s, "
         f"{pt['cpu_us_per_req_gateway']:.0f} us gateway CPU per request; the difference to `llmroute/auto` is the "
         "routing decision (router estimate for the whole conversation + policy). With one connection (no "
-        f"queueing) the gateway adds {summary['added_p50_ms_one_connection']:.2f} ms at p50. On a closed loop "
-        "(wrk) p50 ~ connections / throughput, so at 32 connections the added p50 mostly measures throughput.",
+        f"queueing) the gateway adds {result['summary']['added_p50_ms_one_connection']:.2f} ms at p50. On a closed "
+        "loop (wrk) p50 ~ connections / throughput, so at 32 connections the added p50 mostly measures throughput.",
     ]
     if faults:
-        md += ["", f"Fault acceptance: {args.faults} requests through `llmroute/auto` per fault, fake-strong failing, "
-               "fake-weak healthy (trade-off 0 so the failing model is preferred; per-attempt timeout 1 s).", "",
+        md += ["", f"Fault acceptance: {setup['fault_requests']} requests through `llmroute/auto` per fault, "
+               "fake-strong failing, fake-weak healthy (trade-off 0 so the failing model is preferred; per-attempt "
+               "timeout 1 s).", "",
                md_table(["fault", "requests", "failed", "routed to failing model", "fallbacks", "seconds"],
                         [[f["fault"], f["requests"], f["failed"], f["routed_to_failing"], f["fallbacks"], f["seconds"]]
                          for f in faults])]
-    update_section("gateway", "\n".join(md), title="Gateway")
-    print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@
    request via the body field `llmroute: {tradeoff, max_cost, min_quality}`) picks the model, and
    the remaining candidates are ranked for fallback.
 
+Without hooks, router estimates are micro-batched: the requests that reach the router in the
+same event-loop turn share one `router.estimate` call (at most `server.route_batch` prompts; each
+request is still estimated on its own conversation, nothing is cached). A hook that wants the
+default decision calls the synchronous `engine.route(ctx)`.
+
 Routers are anything with `.models` (router column names) and `.estimate(prompts) -> (q, c)`,
 (n, m) arrays (`llmroute.router.Router`). A gateway model is estimated by its `router_model`
 column; its expected cost uses the gateway's configured prices when set (input tokens from the
