@@ -345,7 +345,8 @@ def main() -> None:
     t_start = time.time()
     reqs = chat_requests()
     results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "encoder": args.encoder,
         "typical_requests": len(reqs),
     }
@@ -354,6 +355,7 @@ def main() -> None:
     results["ood"], ood = bench_ood(encoder, 300 if args.quick else 1500)
     results["cache"] = bench_cache(encoder, [0.8, 0.85, 0.88, 0.9, 0.92, 0.95])
     results["latency"] = bench_latency(encoder, reqs, 2 if args.quick else 10, ood)
+    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.time() - t_start, 1)
     out = ROOT / "benchmarks" / "results" / "signals.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,8 +372,9 @@ def render(r: dict[str, Any]) -> str:
     parts.append(md_table(["signal / evaluation", "p50 µs", "p99 µs", "mean µs", "CPU p50 µs", "CPU p99 µs"],
                           [[k, v["p50_us"], v["p99_us"], v["mean_us"], v.get("cpu_p50_us", ""), v.get("cpu_p99_us", "")]
                            for k, v in lat.items()]))  # fmt: skip
-    parts.append("\nWall-clock p99 includes interference from whatever else runs on the box; the CPU-time "
-                 "columns (thread CPU time) measure the work itself.")
+    parts.append(f"\nWall-clock p99 includes interference from whatever else runs on the box (1-minute load "
+                 f"average {r['machine']['loadavg_at_start'][0]} at start, {r['machine']['loadavg_at_end'][0]} at end, "
+                 f"on {r['machine']['cpus']} CPUs); the CPU-time columns (thread CPU time) measure the work itself.")
     pii = r["pii"]
     parts.append("\n**PII** recall on the generated set (" + str(pii["n_per_type"]) + " sentences per type): "
                  + ", ".join(f"{t} {v:.3f}" for t, v in pii["recall"].items()) + ". Flagged share of "
