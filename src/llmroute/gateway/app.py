@@ -610,8 +610,8 @@ class Gateway:
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
             async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                async for chunk in start.rest:
-                    data = encode(chunk)
+                async for batch in start.rest:
+                    data = b"".join([encode(chunk) for chunk in batch])
                     if data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
             self.executor.stream_done(model, True)

@@ -81,11 +81,12 @@ class Attempt:
 
 @dataclass
 class StreamStart:
-    """A committed stream: the model that answers, the chunks already received, and the rest."""
+    """A committed stream: the model that answers, the chunks already received, and the rest
+    (an iterator of chunk lists)."""
 
     model: str
     first: list[dict[str, Any]]
-    rest: AsyncIterator[dict[str, Any]]
+    rest: AsyncIterator[list[dict[str, Any]]]
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
 
@@ -213,12 +214,10 @@ class Executor:
                 first: list[dict[str, Any]] = []
                 try:
                     async with asyncio.timeout(remaining):
-                        async for chunk in agen:
-                            first.append(chunk)
-                            if _committed(chunk):
+                        async for batch in agen:
+                            first.extend(batch)
+                            if any(_committed(chunk) for chunk in batch):
                                 break
-                        else:
-                            pass  # stream ended cleanly before any content: deliver what we have
                 except (BackendError, TimeoutError) as e:
                     await agen.aclose()
                     err = e if isinstance(e, BackendError) else BackendError(

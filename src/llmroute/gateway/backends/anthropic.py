@@ -426,7 +426,7 @@ class AnthropicBackend:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
         return anthropic_to_openai_response(msg, self.cfg.name)
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
         payload = self._prep(dict(body, stream=True))
         assert self.client is not None
         name = self.cfg.name
@@ -448,32 +448,36 @@ class AnthropicBackend:
                     raw = await resp.read()
                 raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
             stopped = False
-            lines = resp.lines()
-            while True:
+            batches = resp.line_batches()
+            while not stopped:
                 try:
                     async with asyncio.timeout(timeout_s):
-                        line = await anext(lines, None)
+                        lines = await anext(batches, None)
                 except TimeoutError:
                     raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
                                        code="upstream_timeout") from None
-                if line is None:
+                if lines is None:
                     break
-                if not line.startswith(b"data:"):
-                    continue
-                try:
-                    ev = orjson.loads(line[5:].strip())
-                except orjson.JSONDecodeError:
-                    raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
-                for chunk in conv.feed(ev):
-                    if client_usage and chunk.get("_usage_only"):
-                        del chunk["_usage_only"]
-                    yield chunk
-                if ev.get("type") == "message_stop":
-                    stopped = True
-                    break
+                out: list[dict[str, Any]] = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    try:
+                        ev = orjson.loads(line[5:].strip())
+                    except orjson.JSONDecodeError:
+                        raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
+                    for chunk in conv.feed(ev):
+                        if client_usage and chunk.get("_usage_only"):
+                            del chunk["_usage_only"]
+                        out.append(chunk)
+                    if ev.get("type") == "message_stop":
+                        stopped = True
+                        break
+                if out:
+                    yield out
             if not stopped:
                 raise BackendError(f"model {name!r}: upstream stream ended without message_stop")
-            async for _ in lines:
+            async for _ in batches:
                 pass
             ok = True
         except OSError as e:

@@ -2,7 +2,8 @@
 
 Every backend takes an OpenAI chat-completions request body (a dict; fields it does not know are
 passed through untouched where the upstream API allows it) and returns an OpenAI chat-completion
-dict, or, for streams, an async iterator of OpenAI `chat.completion.chunk` dicts. Failures raise
+dict, or, for streams, an async iterator of lists of OpenAI `chat.completion.chunk` dicts (the
+chunks that arrived together). Failures raise
 `BackendError`, which says whether the same backend may be retried and whether the gateway may
 fall back to another candidate.
 """
@@ -81,6 +82,7 @@ class Backend(Protocol):
         """One non-streaming completion in OpenAI format."""
         ...
 
-    def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """OpenAI chunk dicts; `timeout_s` bounds the wait for each chunk."""
+    def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
+        """Lists of OpenAI chunk dicts, one list per burst that arrived together (forwarded in one
+        write); `timeout_s` bounds the wait for each burst."""
         ...

@@ -9,7 +9,7 @@ sent with Content-Length, responses with Content-Length, chunked encoding or clo
     client = HTTPClient(limit_per_origin=1024)          # created at gateway startup, not global
     resp = await client.request("POST", url, headers, body)   # -> Response(status, headers, body)
     async with client.stream("POST", url, headers, body) as s:  # s.status, s.headers
-        async for line in s.lines(): ...                   # or s.read()
+        async for line in s.lines(): ...                   # or s.line_batches(), s.read()
     await client.close()
 
 Cancellation (timeouts, client disconnects) closes the connection in use; it is never reused.
@@ -211,6 +211,29 @@ class StreamResponse:
                 raise c.error
             c.chunk_waiter = loop.create_future()
             await c.chunk_waiter
+
+    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+        """Lists of complete body lines (without line endings), one list per burst of arrived data,
+        so a caller can forward what arrived together in one write; a last unterminated line too."""
+        c = self._conn
+        loop = asyncio.get_running_loop()
+        buf = b""
+        while True:
+            if c.chunks:
+                buf += b"".join(c.chunks)
+                c.chunks.clear()
+                if b"\n" in buf:
+                    *full, buf = buf.split(b"\n")
+                    yield [line.rstrip(b"\r") for line in full]
+                continue
+            if c.finished:
+                break
+            if c.error is not None:
+                raise c.error
+            c.chunk_waiter = loop.create_future()
+            await c.chunk_waiter
+        if buf:
+            yield [buf]
 
     async def lines(self) -> AsyncIterator[bytes]:
         """Body lines (without the line ending) as they arrive; a last unterminated line too."""

@@ -81,7 +81,7 @@ class OpenAIBackend:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned no 'choices'")
         return data
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
         b = self._prep(body)
         b["stream"] = True
         client_usage = bool((b.get("stream_options") or {}).get("include_usage"))
@@ -105,37 +105,41 @@ class OpenAIBackend:
                     raw = await resp.read()
                 raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
             done = False
-            lines = resp.lines()
-            while True:
+            batches = resp.line_batches()
+            while not done:
                 try:
                     async with asyncio.timeout(timeout_s):
-                        line = await anext(lines, None)
+                        lines = await anext(batches, None)
                 except TimeoutError:
                     raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
                                        code="upstream_timeout") from None
-                if line is None:
+                if lines is None:
                     break
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
-                if not isinstance(chunk, dict):
-                    raise BackendError(f"model {name!r}: upstream sent an invalid stream event")
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                    raise BackendError(f"model {name!r}: upstream stream error: {err.get('message', '')}"[:400])
-                if not client_usage and not chunk.get("choices") and chunk.get("usage"):
-                    chunk["_usage_only"] = True
-                yield chunk
+                out: list[dict[str, Any]] = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
+                    if not isinstance(chunk, dict):
+                        raise BackendError(f"model {name!r}: upstream sent an invalid stream event")
+                    if "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+                        raise BackendError(f"model {name!r}: upstream stream error: {err.get('message', '')}"[:400])
+                    if not client_usage and not chunk.get("choices") and chunk.get("usage"):
+                        chunk["_usage_only"] = True
+                    out.append(chunk)
+                if out:
+                    yield out
             if not done:
                 raise BackendError(f"model {name!r}: upstream stream ended without [DONE]")
-            async for _ in lines:  # drain to the end of the response so the connection is reusable
+            async for _ in batches:  # drain to the end of the response so the connection is reusable
                 pass
             ok = True
         except OSError as e:

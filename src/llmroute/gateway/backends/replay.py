@@ -84,12 +84,13 @@ class ReplayBackend:
             "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
         }
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
         resp, i, o = self._lookup(body)
         base = {"id": "chatcmpl-replay", "object": "chat.completion.chunk", "created": 0, "model": self.cfg.name}
-        yield dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for k in range(0, len(resp), 32):
-            yield dict(base, choices=[{"index": 0, "delta": {"content": resp[k : k + 32]}, "finish_reason": None}])
-        yield dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        yield dict(base, choices=[], usage={"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
-                   _usage_only=not (body.get("stream_options") or {}).get("include_usage"))
+        out = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        out += [dict(base, choices=[{"index": 0, "delta": {"content": resp[k : k + 32]}, "finish_reason": None}])
+                for k in range(0, len(resp), 32)]
+        out.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        out.append(dict(base, choices=[], usage={"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                        _usage_only=not (body.get("stream_options") or {}).get("include_usage")))
+        yield out
