@@ -1,22 +1,27 @@
-"""The default quality estimator: a cross-validated stack of kNN and ridge predictions.
+"""The default quality estimator: a cross-validated stack of cluster priors and ridge experts.
 
-How it works (all numpy, no pickle):
+How it works (all numpy, state = arrays + JSON, no pickle, no training rows kept):
 
-1. Inputs are the prompt embedding plus the standardised hand-made features
+1. Inputs: the prompt embedding plus the standardised hand-made features
    (`llmroute.estimators.features`).
-2. Base learners, each predicting every model's quality:
-   - cosine kNN at several neighbourhood sizes, similarity-weighted and shrunk toward the
-     per-model means by a pseudo-count (so sparse / far neighbourhoods fall back to the mean);
-   - ridge regression on [embedding, features] with the penalty picked by generalised
-     cross-validation (closed form, one SVD);
-   plus "how far are the neighbours" features (mean top-k similarity).
-3. A stacker per model: ridge regression from all base predictions (for all models - a
-   model's quality is informative about another's) to that model's quality, fitted on
-   out-of-fold base predictions from an inner K-fold split of the training data only.
-   Its penalty is also chosen by GCV. Predictions are clipped to [0, 1].
+2. Spherical k-means on the training embeddings at several granularities (mean cluster size
+   25, 100 and 400 prompts). Base learners, each predicting every model's quality:
+   - cluster priors: per-cluster per-model mean quality, shrunk toward the model's global
+     mean by a pseudo-count (empirical Bayes), plus log cluster size and the similarity to the
+     centre ("how far is this prompt from what we saw");
+   - a global ridge regression on [embedding, features], penalty picked by GCV;
+   - cluster experts: per coarse cluster, a ridge on the global ridge's residuals (GCV again,
+     so clusters without local structure fall back to the global model);
+   - optionally the project's logistic regression (`logistic=True`).
+3. A stacker: ridge regression (GCV) from all base predictions, for all models, to each
+   model's quality, fitted on out-of-fold base predictions from an inner K-fold split of the
+   training data only; optional per-cluster corrections of the stacker (`stack_clusters`).
+   Predictions are clipped to [0, 1].
 
-Every hyper-parameter that matters is chosen inside `fit` from the training data; the
-constructor only sets search grids and the seed.
+Optional exact cosine kNN learners (`ks`) are available but off by default: their cost grows
+with the training set (a single decision scans every training prompt) and on the dev sets the
+cluster priors are as good. Hyper-parameters that matter (penalties, blend weights) are
+chosen inside `fit` from the training data; the constructor sets structure and seed.
 """
 
 from __future__ import annotations
@@ -66,98 +71,248 @@ def _ridge_gcv(
     return W, b, alpha
 
 
+def _kmeans(E: np.ndarray, k: int, seed: int, iters: int = 15) -> np.ndarray:
+    """Spherical k-means centres (k, d) with k-means++ seeding; E rows are unit vectors."""
+    rng = np.random.default_rng(seed)
+    n = len(E)
+    k = max(1, min(k, n))
+    centres = [E[rng.integers(n)]]
+    d2 = np.full(n, np.inf)
+    for _ in range(1, k):
+        d2 = np.minimum(d2, np.maximum(2.0 - 2.0 * (E @ centres[-1]), 0.0))
+        tot = d2.sum()
+        centres.append(E[rng.choice(n, p=d2 / tot)] if tot > 0 else E[rng.integers(n)])
+    C = np.array(centres, dtype=np.float64)
+    for _ in range(iters):
+        lab = np.argmax(E @ C.T, axis=1)
+        sums = np.zeros_like(C)
+        np.add.at(sums, lab, E)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        C = np.where(norms > 1e-12, sums / np.maximum(norms, 1e-12), C)  # empty clusters keep their centre
+    return C
+
+
 def _fill(Q: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(Q), Q, mu[None, :])
 
 
-class _Base:
-    """Base learners fitted on one training set; `transform` gives stacker inputs."""
+def _assign(E: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre (label) and its cosine similarity for each row of E."""
+    S = np.asarray(E, dtype=np.float32) @ C.T
+    lab = np.argmax(S, axis=1)
+    return lab, S[np.arange(len(S)), lab]
 
-    def __init__(self, ks: tuple[int, ...], prior: float, power: float, logistic_lam: float | None) -> None:
-        self.ks = ks
+
+def _betas_for(E: np.ndarray, neighbours: tuple[int, ...], seed: int, sample: int = 300) -> tuple[float, ...]:
+    """Kernel sharpness per target neighbourhood size, chosen from the training embeddings.
+
+    For each target k, the beta whose kernel weights exp(beta * (sim - 1)) sum to about k (the
+    median over a sample of training prompts, excluding themselves) - the smooth analogue of
+    k nearest neighbours, adapted to how spread out this encoder's similarities are.
+    """
+    n = len(E)
+    if n < 3 or not neighbours:
+        return ()
+    rng = np.random.default_rng(seed + 7)
+    q = rng.choice(n, min(sample, n), replace=False)
+    S = (E[q] @ E.T).astype(np.float64) - 1.0
+    S[np.arange(len(q)), q] = -np.inf  # leave each sampled prompt out
+    out = []
+    for k in neighbours:
+        k = min(k, n - 1)
+        lo, hi = 0.0, 1.0
+        while hi < 1e4 and np.median(np.exp(hi * S).sum(axis=1)) > k:
+            hi *= 2.0
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            if np.median(np.exp(mid * S).sum(axis=1)) > k:
+                lo = mid
+            else:
+                hi = mid
+        out.append(round(0.5 * (lo + hi), 4))
+    return tuple(out)
+
+
+def _projection(E: np.ndarray, dim: int) -> np.ndarray:
+    """(d, r) float32 basis of the top-`dim` principal directions of E (uncentred; identity if
+    dim >= d). Kernel similarities are computed in this smaller space for speed."""
+    d = E.shape[1]
+    if dim <= 0 or dim >= d:
+        return np.eye(d, dtype=np.float32)
+    _, V = np.linalg.eigh(E.T @ E)
+    return np.ascontiguousarray(V[:, ::-1][:, :dim], dtype=np.float32)
+
+
+def _n_clusters(n: int, mean_size: int) -> int:
+    return int(np.clip(round(n / mean_size), 1, 1024))
+
+
+class _Base:
+    """Base learners fitted on one training subset; `transform` gives stacker inputs.
+
+    Cluster centres (`protos`, `experts`) are fitted once on the whole training set (k-means
+    does not look at outcomes) and shared by the inner folds.
+    """
+
+    def __init__(
+        self,
+        protos: list[np.ndarray],
+        experts: list[np.ndarray],
+        prior: float,
+        betas: tuple[float, ...] = (),
+        logistic_lam: float | None = None,
+    ) -> None:
+        self.protos = protos
+        self.experts = experts
         self.prior = prior
-        self.power = power
+        self.betas = betas
         self.logistic_lam = logistic_lam
         self.logit: QualityEstimator | None = None
 
-    def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray) -> Self:
+    def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray], K: np.ndarray) -> Self:
+        """`labs`: nearest-centre labels of the rows, one array per proto then expert level;
+        `K`: the rows' kernel embeddings (reduced, re-normalised)."""
+        m = Q.shape[1]
+        ok = np.isfinite(Q)
         self.mu = column_means(Q)
-        self.E = np.ascontiguousarray(X.emb, dtype=np.float32)
-        self.ok = np.isfinite(Q).astype(np.float32)
-        self.Qf = np.where(np.isfinite(Q), Q, 0.0).astype(np.float32)
-        self.W, self.b, self.alpha = _ridge_gcv(Z, _fill(Q, self.mu))
+        Q0 = np.where(ok, Q, 0.0)
+        # cluster priors (empirical-Bayes shrunk cluster means)
+        self.proto_means: list[np.ndarray] = []
+        self.proto_logn: list[np.ndarray] = []
+        for C, lab in zip(self.protos, labs, strict=False):
+            nk = len(C)
+            sums = np.zeros((nk, m))
+            cnts = np.zeros((nk, m))
+            np.add.at(sums, lab, Q0)
+            np.add.at(cnts, lab, ok)
+            self.proto_means.append((sums + self.prior * self.mu) / (cnts + self.prior))
+            self.proto_logn.append(np.log1p(cnts.max(axis=1)))
+        Qf = _fill(Q, self.mu)
+        self.W, self.b, self.alpha = _ridge_gcv(Z, Qf)
+        # cluster experts: per cluster, a ridge on the global ridge's residuals
+        resid = Qf - (Z @ self.W + self.b)
+        self.local_W: list[np.ndarray] = []
+        self.local_b: list[np.ndarray] = []
+        for C, lab in zip(self.experts, labs[len(self.protos) :], strict=True):
+            LW = np.zeros((len(C), Z.shape[1], m))
+            Lb = np.zeros((len(C), m))
+            for j in range(len(C)):
+                rows = lab == j
+                if rows.sum() >= 20:
+                    LW[j], Lb[j], _ = _ridge_gcv(Z[rows], resid[rows])
+            self.local_W.append(LW)
+            self.local_b.append(Lb)
+        if self.betas:
+            self.E = np.ascontiguousarray(K, dtype=np.float32)
+            self.ok = ok.astype(np.float32)
+            self.Qf = Q0.astype(np.float32)
         if self.logistic_lam is not None:
             from llmroute.estimators.linear import LinearEstimator
 
             self.logit = LinearEstimator(lam=self.logistic_lam).fit(X, Q)
         return self
 
-    def transform(self, X: Features, Z: np.ndarray) -> np.ndarray:
-        n_train = len(self.E)
-        kmax = min(max(self.ks), n_train)
-        S = np.asarray(X.emb, dtype=np.float32) @ self.E.T  # (n, n_train) cosine similarities
-        if kmax < n_train:
-            idx = np.argpartition(S, n_train - kmax, axis=1)[:, n_train - kmax :]
-        else:
-            idx = np.broadcast_to(np.arange(n_train), (len(S), n_train)).copy()
-        s = np.take_along_axis(S, idx, axis=1)
-        order = np.argsort(-s, axis=1)
-        idx = np.take_along_axis(idx, order, axis=1)
-        s = np.take_along_axis(s, order, axis=1)
-        w = np.maximum(s, 0.0) ** self.power  # sharpen: near neighbours count more
-        cols = []
-        for k in self.ks:
-            kk = min(k, kmax)
-            wk = w[:, :kk, None]
-            okk = self.ok[idx[:, :kk]]
-            num = (wk * self.Qf[idx[:, :kk]]).sum(axis=1) + self.prior * self.mu
-            den = (wk * okk).sum(axis=1) + self.prior
-            cols.append(num / den)
-            cols.append(s[:, :kk].mean(axis=1, keepdims=True))
-        cols.append(Z @ self.W + self.b)
+    def _kernel(self, K: np.ndarray) -> list[np.ndarray]:
+        """Nadaraya-Watson smoothing over all training prompts, one column block per beta.
+
+        Weight of training prompt i: exp(beta * (cos_sim - 1)) (1 for an identical prompt), plus
+        a pseudo-weight 1 on the model's mean, so far-away prompts fall back to it. Matrix
+        products only, no top-k search: cheap for single decisions and batches alike.
+        """
+        E = np.asarray(K, dtype=np.float32)
+        nb = len(self.betas)
+        out = [np.empty((len(E), len(self.mu))) for _ in range(nb)] + [
+            np.empty((len(E), 1)) for _ in range(nb)
+        ]
+        for s0 in range(0, len(E), 512):
+            S = E[s0 : s0 + 512] @ self.E.T - np.float32(1.0)
+            for g, beta in enumerate(self.betas):
+                W = np.exp(np.float32(beta) * S)
+                out[g][s0 : s0 + 512] = (W @ self.Qf + self.mu) / (W @ self.ok + 1.0)
+                out[nb + g][s0 : s0 + 512, 0] = np.log1p(W.sum(axis=1))
+        return out
+
+    def transform(
+        self,
+        X: Features,
+        Z: np.ndarray,
+        labs: list[np.ndarray],
+        sims: list[np.ndarray],
+        K: np.ndarray,
+    ) -> np.ndarray:
+        cols: list[np.ndarray] = []
+        for g in range(len(self.protos)):
+            cols += [self.proto_means[g][labs[g]], self.proto_logn[g][labs[g], None], sims[g][:, None]]
+        glob = Z @ self.W + self.b
+        cols.append(glob)
+        for e in range(len(self.experts)):
+            lab = labs[len(self.protos) + e]
+            cols.append(glob + np.einsum("np,npm->nm", Z, self.local_W[e][lab]) + self.local_b[e][lab])
+        if self.betas:
+            cols += self._kernel(K)
         if self.logit is not None:
             cols.append(self.logit.predict(X))
         return np.concatenate(cols, axis=1)
 
 
 class DefaultEstimator(QualityEstimator):
-    """Stacked kNN + ridge quality estimator (see module docstring).
+    """Stacked cluster priors + ridge experts (see module docstring).
 
-    ks:      neighbourhood sizes of the kNN base learners.
-    prior:   pseudo-count (in squared-similarity units) shrinking kNN toward per-model means.
-    inner_folds: folds of the inner split that trains the stacker.
-    seed:    seed of the inner split (the only randomness).
+    proto_sizes:  mean cluster sizes of the k-means levels used as cluster priors.
+    expert_sizes: mean cluster sizes of the levels that get their own residual ridge.
+    prior:        pseudo-count shrinking a cluster's mean toward the model's global mean.
+    ks:           optional exact kNN neighbourhood sizes (off by default: slow on big tables).
+    logistic:     add the project's logistic regression as a base learner (slower fit).
+    stack_clusters: clusters with their own stacker correction (0 = off).
+    inner_folds:  folds of the inner split that trains the stacker.
+    seed:         seed of k-means and the inner split (the only randomness).
     """
 
     name: ClassVar[str] = "default"
 
     def __init__(
         self,
-        ks: tuple[int, ...] = (10, 40, 160),
-        prior: float = 1.0,
-        power: float = 2.0,
+        proto_sizes: tuple[int, ...] = (),
+        expert_sizes: tuple[int, ...] = (3000, 750),
+        prior: float = 2.0,
+        neighbours: tuple[int, ...] = (10, 40, 160),
+        kernel_dim: int = 64,
         logistic: bool = False,
-        stack: str = "global",
+        stack_clusters: int = 0,
         inner_folds: int = 4,
         seed: int = 0,
     ) -> None:
-        self.ks = tuple(int(k) for k in ks)
+        self.proto_sizes = tuple(int(s) for s in proto_sizes)
+        self.expert_sizes = tuple(int(s) for s in expert_sizes)
         self.prior = float(prior)
-        self.power = float(power)
+        self.neighbours = tuple(int(k) for k in neighbours)
+        self.kernel_dim = int(kernel_dim)
         self.logistic = bool(logistic)
-        self.stack = stack
+        self.stack_clusters = int(stack_clusters)
         self.inner_folds = int(inner_folds)
         self.seed = int(seed)
 
-    # ---- features ----------------------------------------------------------------------
+    # ---- helpers -----------------------------------------------------------------------
     def _z(self, X: Features) -> np.ndarray:
-        ex = (X.extra - self.x_mean_) / self.x_std_
-        return np.concatenate([X.emb.astype(np.float64), ex], axis=1)
+        ex = (np.asarray(X.extra, dtype=np.float64) - self.x_mean_) / self.x_std_
+        return np.concatenate([np.asarray(X.emb, dtype=np.float64), ex], axis=1)
+
+    def _kernel_emb(self, X: Features) -> np.ndarray:
+        K = np.asarray(X.emb, dtype=np.float32) @ self.proj_
+        return K / np.maximum(np.linalg.norm(K, axis=1, keepdims=True), 1e-12)
+
+    def _labels(self, X: Features) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        labs, sims = [], []
+        for C in [*self.protos_, *self.experts_]:
+            lab, sim = _assign(X.emb, C)
+            labs.append(lab)
+            sims.append(sim)
+        return labs, sims
 
     # ---- fit / predict -----------------------------------------------------------------
     @single_threaded_blas
     def fit(self, X: Features, Q: np.ndarray) -> Self:
-        """Fit base learners and the stacker on (X, Q); NaN cells of Q are ignored."""
+        """Fit clusters, base learners and the stacker on (X, Q); NaN cells of Q are ignored."""
         Q = check_fit_input(X, Q)
         n, m = Q.shape
         self.n_models_ = m
@@ -165,88 +320,115 @@ class DefaultEstimator(QualityEstimator):
         self.x_mean_ = extra.mean(axis=0)
         self.x_std_ = extra.std(axis=0) + 1e-6
         Z = self._z(X)
-        mu = column_means(Q)
-        folds = max(2, min(self.inner_folds, n // 2))
-        perm = np.random.default_rng(self.seed).permutation(n)
+        E64 = np.asarray(X.emb, dtype=np.float64)
+        self.protos_ = [
+            _kmeans(E64, _n_clusters(n, s), self.seed + g).astype(np.float32)
+            for g, s in enumerate(self.proto_sizes)
+        ]
+        self.experts_ = [
+            _kmeans(E64, _n_clusters(n, s), self.seed + 50 + g).astype(np.float32)
+            for g, s in enumerate(self.expert_sizes)
+        ]
+        labs, sims = self._labels(X)
+        self.proj_ = _projection(E64, self.kernel_dim)
+        K = self._kernel_emb(X)
+        self.betas_ = _betas_for(K, self.neighbours, self.seed)
         lam = None
         if self.logistic:
             from llmroute.estimators.linear import LinearEstimator
 
             lam = float(LinearEstimator(seed=self.seed).fit(X, Q).lam_)
+        folds = max(2, min(self.inner_folds, n // 2))
+        perm = np.random.default_rng(self.seed).permutation(n)
         B = None
         for part in np.array_split(perm, folds):
             tr = np.setdiff1d(perm, part)
-            base = _Base(self.ks, self.prior, self.power, lam).fit(X.take(tr), Z[tr], Q[tr])
-            Bp = base.transform(X.take(part), Z[part])
+            base = _Base(self.protos_, self.experts_, self.prior, self.betas_, lam)
+            base.fit(X.take(tr), Z[tr], Q[tr], [lab[tr] for lab in labs], K[tr])
+            Bp = base.transform(
+                X.take(part), Z[part], [lab[part] for lab in labs], [s[part] for s in sims], K[part]
+            )
             if B is None:
                 B = np.zeros((n, Bp.shape[1]))
             B[part] = Bp
-        Qf = _fill(Q, mu)
-        if self.stack == "global":
-            self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf)
-        else:  # local: model j's stacker sees only model j's base predictions (+ shared columns)
-            cols = self._local_cols(B.shape[1], m)
-            W = np.zeros((B.shape[1], m))
-            b = np.zeros(m)
-            for j in range(m):
-                wj, bj, _ = _ridge_gcv(B[:, cols[j]], Qf[:, [j]])
-                W[cols[j], j] = wj[:, 0]
-                b[j] = bj[0]
-            self.stack_W_, self.stack_b_, self.stack_alpha_ = W, b, 0.0
-        self.base_ = _Base(self.ks, self.prior, self.power, lam).fit(X, Z, Q)
+        assert B is not None
+        Qf = _fill(Q, column_means(Q))
+        self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf)
+        # per-cluster stacker corrections: ridge on the global stacker's residuals
+        self.stack_centres_ = np.zeros((0, X.emb.shape[1]), dtype=np.float32)
+        self.stack_LW_ = np.zeros((0, B.shape[1], m))
+        self.stack_Lb_ = np.zeros((0, m))
+        if self.stack_clusters > 1:
+            Cs = _kmeans(E64, self.stack_clusters, self.seed + 101).astype(np.float32)
+            lab, _ = _assign(X.emb, Cs)
+            resid = Qf - (B @ self.stack_W_ + self.stack_b_)
+            LW = np.zeros((len(Cs), B.shape[1], m))
+            Lb = np.zeros((len(Cs), m))
+            for j in range(len(Cs)):
+                rows = lab == j
+                if rows.sum() >= 30:
+                    LW[j], Lb[j], _ = _ridge_gcv(B[rows], resid[rows])
+            self.stack_centres_, self.stack_LW_, self.stack_Lb_ = Cs, LW, Lb
+        self.base_ = _Base(self.protos_, self.experts_, self.prior, self.betas_, lam).fit(X, Z, Q, labs, K)
         return self
-
-    def _local_cols(self, p: int, m: int) -> list[np.ndarray]:
-        """Column indices of B that belong to each model (+ the similarity columns)."""
-        blocks = []
-        pos = 0
-        shared = []
-        for _ in self.ks:
-            blocks.append(pos)
-            pos += m
-            shared.append(pos)
-            pos += 1
-        while pos < p:
-            blocks.append(pos)
-            pos += m
-        return [np.array([b0 + j for b0 in blocks] + shared) for j in range(m)]
 
     def predict(self, X: Features) -> np.ndarray:
         """(n, m) expected quality in [0, 1]."""
-        B = self.base_.transform(X, self._z(X))
-        return np.clip(B @ self.stack_W_ + self.stack_b_, 0.0, 1.0)
+        labs, sims = self._labels(X)
+        B = self.base_.transform(X, self._z(X), labs, sims, self._kernel_emb(X))
+        out = B @ self.stack_W_ + self.stack_b_
+        if len(self.stack_centres_):
+            lab, _ = _assign(X.emb, self.stack_centres_)
+            out += np.einsum("np,npm->nm", B, self.stack_LW_[lab]) + self.stack_Lb_[lab]
+        return np.clip(out, 0.0, 1.0)
 
     # ---- state -------------------------------------------------------------------------
     def _params(self) -> dict:
         return {
-            "ks": list(self.ks),
+            "proto_sizes": list(self.proto_sizes),
+            "expert_sizes": list(self.expert_sizes),
             "prior": self.prior,
-            "power": self.power,
+            "neighbours": list(self.neighbours),
+            "kernel_dim": self.kernel_dim,
             "logistic": self.logistic,
-            "stack": self.stack,
+            "stack_clusters": self.stack_clusters,
             "inner_folds": self.inner_folds,
             "seed": self.seed,
         }
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """Arrays (training embeddings and outcomes, weights) and JSON params."""
+        """Arrays (centres, cluster means, weights; training rows only if `ks`) and JSON params."""
         b = self.base_
-        arrays = {
-            "x_mean": np.asarray(self.x_mean_, dtype=np.float64),
-            "x_std": np.asarray(self.x_std_, dtype=np.float64),
-            "train_emb": b.E,
-            "train_q": b.Qf,
-            "train_ok": b.ok,
+        arrays: dict[str, np.ndarray] = {
+            "x_mean": self.x_mean_,
+            "x_std": self.x_std_,
             "mu": b.mu,
             "ridge_w": b.W,
             "ridge_b": b.b,
             "stack_w": self.stack_W_,
             "stack_b": self.stack_b_,
+            "proj": self.proj_,
+            "stack_centres": self.stack_centres_,
+            "stack_local_w": self.stack_LW_,
+            "stack_local_b": self.stack_Lb_,
         }
+        for g, C in enumerate(self.protos_):
+            arrays[f"proto.{g}.centres"] = C
+            arrays[f"proto.{g}.means"] = b.proto_means[g]
+            arrays[f"proto.{g}.logn"] = b.proto_logn[g]
+        for e, C in enumerate(self.experts_):
+            arrays[f"expert.{e}.centres"] = C
+            arrays[f"expert.{e}.w"] = b.local_W[e]
+            arrays[f"expert.{e}.b"] = b.local_b[e]
+        if self.betas_:
+            arrays |= {"kernel.emb": b.E, "kernel.q": b.Qf, "kernel.ok": b.ok}
         params = self._params() | {
             "ridge_alpha": b.alpha,
             "stack_alpha": self.stack_alpha_,
             "logistic_lam": b.logistic_lam,
+            "betas": list(self.betas_),
+            "n_protos": len(self.protos_),
+            "n_experts": len(self.experts_),
         }
         if b.logit is not None:
             la, lp = b.logit.get_state()
@@ -258,32 +440,41 @@ class DefaultEstimator(QualityEstimator):
     def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> Self:
         """Rebuild a fitted estimator from `get_state()` output."""
         est = cls(
-            ks=tuple(params["ks"]),
+            proto_sizes=tuple(params["proto_sizes"]),
+            expert_sizes=tuple(params["expert_sizes"]),
             prior=params["prior"],
-            power=params["power"],
+            neighbours=tuple(params["neighbours"]),
+            kernel_dim=params["kernel_dim"],
             logistic=params["logistic"],
-            stack=params["stack"],
+            stack_clusters=params["stack_clusters"],
             inner_folds=params["inner_folds"],
             seed=params["seed"],
         )
-        est.x_mean_ = np.asarray(arrays["x_mean"], dtype=np.float64)
-        est.x_std_ = np.asarray(arrays["x_std"], dtype=np.float64)
-        base = _Base(est.ks, est.prior, est.power, params.get("logistic_lam"))
-        base.E = np.ascontiguousarray(arrays["train_emb"], dtype=np.float32)
-        base.Qf = np.asarray(arrays["train_q"], dtype=np.float32)
-        base.ok = np.asarray(arrays["train_ok"], dtype=np.float32)
-        base.mu = np.asarray(arrays["mu"], dtype=np.float64)
-        base.W = np.asarray(arrays["ridge_w"], dtype=np.float64)
-        base.b = np.asarray(arrays["ridge_b"], dtype=np.float64)
+        f64 = lambda k: np.asarray(arrays[k], dtype=np.float64)  # noqa: E731
+        f32 = lambda k: np.ascontiguousarray(arrays[k], dtype=np.float32)  # noqa: E731
+        est.x_mean_, est.x_std_ = f64("x_mean"), f64("x_std")
+        est.proj_ = f32("proj")
+        est.protos_ = [f32(f"proto.{g}.centres") for g in range(params["n_protos"])]
+        est.experts_ = [f32(f"expert.{e}.centres") for e in range(params["n_experts"])]
+        est.betas_ = tuple(float(b) for b in params["betas"])
+        base = _Base(est.protos_, est.experts_, est.prior, est.betas_, params.get("logistic_lam"))
+        base.mu, base.W, base.b = f64("mu"), f64("ridge_w"), f64("ridge_b")
         base.alpha = float(params["ridge_alpha"])
+        base.proto_means = [f64(f"proto.{g}.means") for g in range(params["n_protos"])]
+        base.proto_logn = [f64(f"proto.{g}.logn") for g in range(params["n_protos"])]
+        base.local_W = [f64(f"expert.{e}.w") for e in range(params["n_experts"])]
+        base.local_b = [f64(f"expert.{e}.b") for e in range(params["n_experts"])]
+        if est.betas_:
+            base.E, base.Qf, base.ok = f32("kernel.emb"), f32("kernel.q"), f32("kernel.ok")
         if "logit" in params:
             from llmroute.estimators.linear import LinearEstimator
 
             la = {k[len("logit.") :]: v for k, v in arrays.items() if k.startswith("logit.")}
             base.logit = LinearEstimator.from_state(la, params["logit"])
         est.base_ = base
-        est.stack_W_ = np.asarray(arrays["stack_w"], dtype=np.float64)
-        est.stack_b_ = np.asarray(arrays["stack_b"], dtype=np.float64)
+        est.stack_W_, est.stack_b_ = f64("stack_w"), f64("stack_b")
         est.stack_alpha_ = float(params["stack_alpha"])
-        est.n_models_ = base.Qf.shape[1]
+        est.stack_centres_ = f32("stack_centres")
+        est.stack_LW_, est.stack_Lb_ = f64("stack_local_w"), f64("stack_local_b")
+        est.n_models_ = len(base.mu)
         return est

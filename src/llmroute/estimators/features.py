@@ -48,9 +48,11 @@ _WRITE_WORDS = (
     "summari",
     "imagine",
 )
+_RATIO_WORDS = ("%", "percent", "half", "twice", "third", "quarter", "ratio", "per ", "each ", "times ")
+_SENT_END = re.compile(r"[.!?](?:\s|$)")
 _MATH_SUBSTR = ("\\frac", "\\sqrt", "$", "solve", "equation", "probability")
 _MC = re.compile(r"(?m)^\s*\(?[A-Ea-e][\).:]\s")
-_NUM = re.compile(r"\d+(?:[.,]\d+)?")
+_NUM = re.compile(r"\d+(?:[.,]\d+)*")
 _QA_BLOCK = re.compile(r"(?mi)^\s*(question|q|answer|a)\s*[:：]")
 _MATH_CODES = np.array([ord(c) for c in "=+-*/^<>"], dtype=np.uint32)
 
@@ -75,6 +77,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "non_ascii_frac",
     "cjk_frac",
     "ends_with_question",
+    "log_sentences",
+    "log_distinct_numbers",
+    "log_max_number",
+    "ratio_words",
+    "decimal_numbers",
 )
 
 
@@ -93,6 +100,14 @@ def text_of(prompt_or_messages: str | Sequence[dict]) -> str:
 
 
 _MAX_SCAN = 3000  # regex features look at the last characters only (the question sits at the end)
+
+
+def _number(token: str) -> float:
+    """Value of a digit run such as 1,200.5 (0 when it is not one number, e.g. a version 1.2.3)."""
+    try:
+        return float(token.replace(",", ""))
+    except ValueError:
+        return 0.0
 
 
 def _one(text: str) -> list[float]:
@@ -117,13 +132,15 @@ def _one(text: str) -> list[float]:
         )
     )
     punct = len(cp) - digits - upper - lower - space - non_ascii
+    nums = _NUM.findall(tail)
+    values = [_number(x) for x in nums[:200]]
     return [
         math.log1p(n),
         math.log1p(nw),
         math.log1p(text.count("\n")),
         (n - text.count(" ")) / max(nw, 1),
         digits * inv,
-        math.log1p(len(_NUM.findall(tail))),
+        math.log1p(len(nums)),
         (int(np.isin(cp, _MATH_CODES).sum()) + sum(low.count(w) for w in _MATH_SUBSTR)) * inv * 10.0,
         math.log1p(sum(tail.count(w) for w in _CODE_MARKERS)),
         math.log1p(len(_MC.findall(tail))),
@@ -138,6 +155,11 @@ def _one(text: str) -> list[float]:
         non_ascii * inv,
         cjk * inv,
         float(tail.rstrip().endswith("?")),
+        math.log1p(len(_SENT_END.findall(tail))),
+        math.log1p(len(set(nums))),
+        math.log1p(min(max(values, default=0.0), 1e12)),
+        math.log1p(sum(low.count(w) for w in _RATIO_WORDS)),
+        math.log1p(sum("." in x for x in nums)),
     ]
 
 
