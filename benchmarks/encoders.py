@@ -95,10 +95,12 @@ def _unpin(cores: set[int] | None) -> None:
         os.sched_setaffinity(0, cores)
 
 
-def _cold_load(spec: str) -> float | None:
+def _cold_load(spec: str) -> tuple[float, float] | None:
+    """(wall s, process CPU s) of import + build + first encode in a fresh interpreter."""
     code = (
-        "import time; t=time.perf_counter(); from llmroute.embed import load_encoder; "
-        f"e=load_encoder({spec!r}); e.encode(['warm up']); print(time.perf_counter()-t)"
+        "import time; t=time.perf_counter(); c=time.process_time(); from llmroute.embed import load_encoder; "
+        f"e=load_encoder({spec!r}); e.encode(['warm up']); "
+        "print(time.perf_counter()-t, time.process_time()-c)"
     )
     try:
         out = subprocess.run(
@@ -106,7 +108,8 @@ def _cold_load(spec: str) -> float | None:
         )
     except (subprocess.SubprocessError, OSError):
         return None
-    return float(out.stdout.strip().splitlines()[-1])
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def bench(name: str, prompts: list[str], fit_texts: list[str], single_n: int, cold: bool = True) -> dict:
@@ -148,11 +151,13 @@ def bench(name: str, prompts: list[str], fit_texts: list[str], single_n: int, co
     enc.encode(prompts)
     batch = len(prompts) / (time.perf_counter() - t0)
     batch_cpu = len(prompts) / max(time.process_time() - c0, 1e-9)
+    cold_load = _cold_load(name) if cold and name != "tfidf" else None
     return {
         "encoder": name,
         "dim": enc.dim,
         "load_s": load_s,
-        "cold_load_s": _cold_load(name) if cold and name != "tfidf" else None,
+        "cold_load_s": cold_load[0] if cold_load else None,
+        "cold_load_cpu_s": cold_load[1] if cold_load else None,
         "fit_s": fit_s,
         "single_ms_p50": float(np.percentile(lat, 50) * 1e3),
         "single_ms_p99": float(np.percentile(lat, 99) * 1e3),
@@ -175,7 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoders", default="static-minilm,tfidf,onnx-minilm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "encoders.json")
     parser.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--md-only", action="store_true", help="rewrite BENCHMARKS.md from --out, no runs")
     args = parser.parse_args(argv)
+    if args.md_only:
+        write_markdown(json.loads(args.out.read_text()))
+        return
 
     sets = {"short": _short_prompts(args.n)}
     shared = _shared_prompts(args.n)
@@ -222,48 +231,45 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
     if not args.no_md:
-        from _md import md_table, update_section
+        write_markdown(payload)
 
-        rows = [
-            [
-                r["prompts"],
-                round(r["mean_chars"]),
-                r["encoder"],
-                r["dim"],
-                r["load_s"] * 1e3,
-                r["cold_load_s"],
-                r["single_ms_p50"],
-                r["single_ms_p99"],
-                r["single_cpu_ms_p50"],
-                r["single_cpu_ms_p99"],
-                round(r["batch_per_s"]),
-                round(r["batch_per_s_one_core"]),
-            ]
-            for r in results
-        ]
-        table = md_table(
-            [
-                "prompts",
-                "chars",
-                "encoder",
-                "dim",
-                "load ms",
-                "cold load s",
-                "p50 ms",
-                "p99 ms",
-                "batch/s",
-                "batch/s 1 core",
-            ],
-            rows,
-        )
-        note = (
-            f"`benchmarks/encoders.py`: {os.cpu_count()} CPUs (load average {load[0] if load else '?':.1f} "
-            "at the end: other jobs ran on the box); single-prompt latency pinned to one core, warm, one "
-            "prompt per call; batch = one encode() call over all prompts. 'cold load' = fresh interpreter, "
-            "import + build + first encode; 'cpu' columns = CPU time of the call (thread time), which is what "
-            "a call costs when the box is not shared. TF-IDF is fitted on 3,000 prompts of the set first."
-        )
-        update_section("encoders", f"{note}\n\n{table}", title="Encoders")
+
+def write_markdown(payload: dict) -> None:
+    """Write the "encoders" section of BENCHMARKS.md from a results payload."""
+    from _md import md_table, update_section
+
+    cols = [
+        ("prompts", lambda r: r["prompts"]),
+        ("chars", lambda r: round(r["mean_chars"])),
+        ("encoder", lambda r: r["encoder"]),
+        ("dim", lambda r: r["dim"]),
+        ("load ms", lambda r: r["load_s"] * 1e3),
+        ("cold load s (cpu s)", lambda r: _pair(r.get("cold_load_s"), r.get("cold_load_cpu_s"), 2)),
+        ("p50 ms (cpu)", lambda r: _pair(r["single_ms_p50"], r["single_cpu_ms_p50"], 3)),
+        ("p99 ms (cpu)", lambda r: _pair(r["single_ms_p99"], r["single_cpu_ms_p99"], 3)),
+        ("batch/s", lambda r: round(r["batch_per_s"])),
+        ("batch/s 1 core", lambda r: round(r["batch_per_s_one_core"])),
+        ("batch per cpu-s", lambda r: round(r["batch_per_cpu_s"])),
+    ]
+    rows = [[f(r) for _, f in cols] for r in payload["results"]]
+    table = md_table([c for c, _ in cols], rows, digits=1)
+    load = payload["machine"].get("loadavg_at_end")
+    note = (
+        f"`benchmarks/encoders.py`: {payload['machine']['cpus']} CPUs, shared with other jobs (load average "
+        f"{load[0] if load else float('nan'):.1f} at the end), so wall times are pessimistic; the CPU-time "
+        "figures in brackets (thread time of the call) are what a call costs on an idle core. Single prompt: "
+        "pinned to one core, warm, one prompt per call. Batch: one encode() call over all prompts (5,000; "
+        "1,000 for ONNX). Cold load: fresh interpreter, import + build + first encode. TF-IDF is fitted "
+        "on 3,000 prompts of the set first. Prompts: 'short' = generated 6-30 word questions, "
+        "'routerbench' = routerbench_subset prompts (long few-shot prompts, ../shared/data)."
+    )
+    update_section("encoders", f"{note}\n\n{table}", title="Encoders")
+
+
+def _pair(a: float | None, b: float | None, digits: int) -> str:
+    if a is None:
+        return "-"
+    return f"{a:.{digits}f} ({b:.{digits}f})" if b is not None else f"{a:.{digits}f}"
 
 
 if __name__ == "__main__":
