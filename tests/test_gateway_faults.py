@@ -6,6 +6,7 @@ the suite fast."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +36,8 @@ def _reset(gw: Any, fake_server: Any) -> None:
         br.success()
 
 
-SERVING_FAULTS = [f for f in FAULTS if f != "400"]  # a 400 is the request's fault: returned, not hidden
+# a 400 is the request's fault (returned, not hidden); drip only slows streams down
+SERVING_FAULTS = [f for f in FAULTS if f not in ("400", "drip")]
 
 
 @pytest.mark.parametrize("fault", SERVING_FAULTS)
@@ -170,3 +172,29 @@ def test_circuit_breaker_states() -> None:
     assert br.allow()
     br.success()
     assert br.state == "closed" and br.allow() and br.allow()
+
+
+def test_client_disconnect_mid_stream_cancels_upstream(gw: Any, fake_server: Any) -> None:
+    """A streaming client that goes away after the first tokens: the upstream stream is closed
+    (its connection is not returned to the pool) and the trace records the disconnect."""
+    import socket
+
+    _reset(gw, fake_server)
+    fake_server.set_fault("fake-weak", "drip", delay=0.3)
+    body = json.dumps({"model": "fake-weak", "stream": True, "messages": [{"role": "user", "content": "drip"}]})
+    host, port = gw.root.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+    first = s.recv(4096)
+    assert b" 200 " in first.split(b"\r\n")[0] and b"x-llmroute-request-id" in first
+    rid = next(ln.split(b": ")[1].decode() for ln in first.split(b"\r\n") if ln.startswith(b"x-llmroute-request-id"))
+    s.close()
+    deadline = time.monotonic() + 10
+    rec = None
+    while time.monotonic() < deadline and rec is None:
+        gw.app.store.flush_sync(5)
+        rec = gw.app.store.get(rid)
+        time.sleep(0.05)
+    assert rec is not None and rec["status"] == 499 and rec["error"] == "client disconnected"
+    _reset(gw, fake_server)

@@ -9,7 +9,8 @@ Answers instantly (a deterministic echo), streams, and injects faults on demand:
 
 Faults: `500`, `503`, `429`, `400`, `timeout` (never answers within `delay`, default 30 s), `reset`
 (connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
-midway), `badjson` (200 with an invalid JSON body / SSE line), `slow` (first byte after `delay`,
+midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
+`delay` s, default 0.2), `slow` (first byte after `delay`,
 default 0.5 s, then a normal answer).
 
 Run it: `python -m llmroute.gateway.fake --port 9000` (binds 127.0.0.1).
@@ -26,7 +27,7 @@ from aiohttp import web
 
 __all__ = ["FAULTS", "STATE", "FakeState", "main", "make_app"]
 
-FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow")
+FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip")
 
 
 class FakeState:
@@ -126,7 +127,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         tool_call = {"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}
     created = int(time.time())
     if body.get("stream"):
-        return await _chat_stream(request, body, model, answer, usage, tool_call, fault, created)
+        return await _chat_stream(request, body, model, answer, usage, tool_call, fault, created, delay)
     n = int(body.get("n") or 1)
     msg: dict[str, Any] = {"role": "assistant", "content": None if tool_call else answer}
     if tool_call:
@@ -164,6 +165,7 @@ async def _chat_stream(
     tool_call: dict[str, Any] | None,
     fault: str | None,
     created: int,
+    delay: float | None = None,
 ) -> web.StreamResponse:
     r = web.StreamResponse(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
     await r.prepare(request)
@@ -192,6 +194,11 @@ async def _chat_stream(
         await asyncio.sleep(0.01)
         if request.transport is not None:
             request.transport.abort()
+        return r
+    if fault == "drip":
+        for part in out:
+            await r.write(part)
+            await asyncio.sleep(delay if delay is not None else 0.2)
         return r
     await r.write(b"".join(out))
     return r
