@@ -55,7 +55,8 @@ def serve(
     aliases = ", ".join(cfg.aliases) or "none"
     typer.echo(f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True)
     kw = dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
-              access_log=access_log, timeout_keep_alive=30, backlog=4096)
+              access_log=access_log, timeout_keep_alive=30, backlog=4096, proxy_headers=False,
+              server_header=False)
     if gw is not None:
         uvicorn.run(gw, **kw)  # type: ignore[arg-type]
     else:
