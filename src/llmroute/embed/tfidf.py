@@ -29,7 +29,9 @@ class TfidfEncoder:
         max_word_features: vocabulary cap for words (most frequent kept).
         max_char_features: vocabulary cap for character n-grams.
         min_df: minimum document frequency of a feature.
-        seed: random state of the SVD.
+        seed: random state of the SVD (and of its document sample).
+        svd_max_docs: the SVD is fitted on at most this many documents (a seeded sample) to keep
+            ``fit`` fast on large tables; the vocabularies and idf always use every text.
     """
 
     def __init__(
@@ -37,10 +39,11 @@ class TfidfEncoder:
         dim: int = 256,
         word_ngrams: tuple[int, int] | list[int] = (1, 2),
         char_ngrams: tuple[int, int] | list[int] | None = (3, 5),
-        max_word_features: int = 20_000,
-        max_char_features: int = 20_000,
+        max_word_features: int = 10_000,
+        max_char_features: int = 10_000,
         min_df: int = 2,
         seed: int = 0,
+        svd_max_docs: int = 4_000,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -52,6 +55,7 @@ class TfidfEncoder:
         self.max_char_features = int(max_char_features)
         self.min_df = int(min_df)
         self.seed = int(seed)
+        self.svd_max_docs = int(svd_max_docs)
         self.fingerprint: str | None = None
         self._word = None
         self._char = None
@@ -67,6 +71,7 @@ class TfidfEncoder:
             "max_char_features": self.max_char_features,
             "min_df": self.min_df,
             "seed": self.seed,
+            "svd_max_docs": self.svd_max_docs,
         }
 
     def _new_vectorizers(self, min_df: int):  # type: ignore[no-untyped-def]
@@ -113,9 +118,12 @@ class TfidfEncoder:
             blocks = [None, None]
         if x.shape[1] == 0:
             raise ValueError("TfidfEncoder.fit found no features in the texts (all empty?)")
-        k = min(self.dim, x.shape[1] - 1, len(texts) - 1)
+        if x.shape[0] > self.svd_max_docs:
+            rows = np.random.default_rng(self.seed).choice(x.shape[0], self.svd_max_docs, replace=False)
+            x = x[np.sort(rows)]
+        k = min(self.dim, x.shape[1] - 1, x.shape[0] - 1)
         if k >= 1:
-            svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=3, random_state=self.seed)
+            svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=2, random_state=self.seed)
             svd.fit(x)
             comps = svd.components_.T
         else:  # tiny corpora: identity on the (at most dim) features
