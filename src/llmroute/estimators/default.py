@@ -277,6 +277,7 @@ class DefaultEstimator(QualityEstimator):
         prior: float = 2.0,
         neighbours: tuple[int, ...] = (10, 40, 160),
         kernel_dim: int = 64,
+        standardize: bool = False,
         logistic: bool = False,
         stack_clusters: int = 0,
         inner_folds: int = 4,
@@ -287,6 +288,7 @@ class DefaultEstimator(QualityEstimator):
         self.prior = float(prior)
         self.neighbours = tuple(int(k) for k in neighbours)
         self.kernel_dim = int(kernel_dim)
+        self.standardize = bool(standardize)
         self.logistic = bool(logistic)
         self.stack_clusters = int(stack_clusters)
         self.inner_folds = int(inner_folds)
@@ -295,7 +297,8 @@ class DefaultEstimator(QualityEstimator):
     # ---- helpers -----------------------------------------------------------------------
     def _z(self, X: Features) -> np.ndarray:
         ex = (np.asarray(X.extra, dtype=np.float64) - self.x_mean_) / self.x_std_
-        return np.concatenate([np.asarray(X.emb, dtype=np.float64), ex], axis=1)
+        em = (np.asarray(X.emb, dtype=np.float64) - self.e_mean_) / self.e_std_
+        return np.concatenate([em, ex], axis=1)
 
     def _kernel_emb(self, X: Features) -> np.ndarray:
         K = np.asarray(X.emb, dtype=np.float32) @ self.proj_
@@ -319,6 +322,12 @@ class DefaultEstimator(QualityEstimator):
         extra = np.asarray(X.extra, dtype=np.float64)
         self.x_mean_ = extra.mean(axis=0)
         self.x_std_ = extra.std(axis=0) + 1e-6
+        emb = np.asarray(X.emb, dtype=np.float64)
+        d = emb.shape[1]
+        if self.standardize:  # every column on the same scale, so one ridge penalty fits all
+            self.e_mean_, self.e_std_ = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+        else:
+            self.e_mean_, self.e_std_ = np.zeros(d), np.ones(d)
         Z = self._z(X)
         E64 = np.asarray(X.emb, dtype=np.float64)
         self.protos_ = [
@@ -390,6 +399,7 @@ class DefaultEstimator(QualityEstimator):
             "prior": self.prior,
             "neighbours": list(self.neighbours),
             "kernel_dim": self.kernel_dim,
+            "standardize": self.standardize,
             "logistic": self.logistic,
             "stack_clusters": self.stack_clusters,
             "inner_folds": self.inner_folds,
@@ -402,6 +412,8 @@ class DefaultEstimator(QualityEstimator):
         arrays: dict[str, np.ndarray] = {
             "x_mean": self.x_mean_,
             "x_std": self.x_std_,
+            "e_mean": self.e_mean_,
+            "e_std": self.e_std_,
             "mu": b.mu,
             "ridge_w": b.W,
             "ridge_b": b.b,
@@ -445,6 +457,7 @@ class DefaultEstimator(QualityEstimator):
             prior=params["prior"],
             neighbours=tuple(params["neighbours"]),
             kernel_dim=params["kernel_dim"],
+            standardize=params["standardize"],
             logistic=params["logistic"],
             stack_clusters=params["stack_clusters"],
             inner_folds=params["inner_folds"],
@@ -453,6 +466,7 @@ class DefaultEstimator(QualityEstimator):
         f64 = lambda k: np.asarray(arrays[k], dtype=np.float64)  # noqa: E731
         f32 = lambda k: np.ascontiguousarray(arrays[k], dtype=np.float32)  # noqa: E731
         est.x_mean_, est.x_std_ = f64("x_mean"), f64("x_std")
+        est.e_mean_, est.e_std_ = f64("e_mean"), f64("e_std")
         est.proj_ = f32("proj")
         est.protos_ = [f32(f"proto.{g}.centres") for g in range(params["n_protos"])]
         est.experts_ = [f32(f"expert.{e}.centres") for e in range(params["n_experts"])]
