@@ -39,11 +39,12 @@ _ALPHAS = np.logspace(-3, 4, 15)
 
 
 def _ridge_gcv(
-    A: np.ndarray, Y: np.ndarray, alphas: np.ndarray = _ALPHAS
+    A: np.ndarray, Y: np.ndarray, alphas: np.ndarray = _ALPHAS, per_output: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Multi-output ridge with intercept; penalty picked by GCV (shared over outputs).
+    """Multi-output ridge with intercept; penalty picked by GCV (shared over outputs, or one
+    per output column with `per_output`).
 
-    Returns (W (p, m), b (m,), alpha).
+    Returns (W (p, m), b (m,), alpha) - alpha is the median chosen penalty when per output.
     """
     a_mean = A.mean(axis=0)
     y_mean = Y.mean(axis=0)
@@ -56,19 +57,19 @@ def _ridge_gcv(
     s = np.sqrt(ev)
     UtY = (V.T @ (Ac.T @ Yc)) / s[:, None]
     n = len(A)
-    resid0 = max(float((Yc**2).sum() - (UtY**2).sum()), 0.0)  # part of Y outside span(A)
-    best = (np.inf, alphas[0])
-    for alpha in alphas:
+    resid0 = np.maximum((Yc**2).sum(axis=0) - (UtY**2).sum(axis=0), 0.0)  # outside span(A)
+    gcv = np.empty((len(alphas), Y.shape[1]))
+    for i, alpha in enumerate(alphas):
         shrink = ev / (ev + alpha)
-        rss = resid0 + (((1.0 - shrink)[:, None] * UtY) ** 2).sum()
-        dof = shrink.sum()
-        gcv = rss / max(n - dof, 1.0) ** 2
-        if gcv < best[0]:
-            best = (gcv, alpha)
-    alpha = float(best[1])
-    W = V @ ((s / (ev + alpha))[:, None] * UtY)
+        rss = resid0 + (((1.0 - shrink)[:, None] * UtY) ** 2).sum(axis=0)
+        gcv[i] = rss / max(n - shrink.sum(), 1.0) ** 2
+    if per_output:
+        chosen = np.asarray(alphas)[np.argmin(gcv, axis=0)]
+    else:
+        chosen = np.full(Y.shape[1], alphas[int(np.argmin(gcv.sum(axis=1)))])
+    W = V @ ((s[:, None] / (ev[:, None] + chosen[None, :])) * UtY)
     b = y_mean - a_mean @ W
-    return W, b, alpha
+    return W, b, float(np.median(chosen))
 
 
 def _kmeans(E: np.ndarray, k: int, seed: int, iters: int = 15) -> np.ndarray:
@@ -278,6 +279,7 @@ class DefaultEstimator(QualityEstimator):
         neighbours: tuple[int, ...] = (10, 40, 160),
         kernel_dim: int = 64,
         standardize: bool = False,
+        per_output: bool = False,
         logistic: bool = False,
         stack_clusters: int = 0,
         inner_folds: int = 4,
@@ -289,6 +291,7 @@ class DefaultEstimator(QualityEstimator):
         self.neighbours = tuple(int(k) for k in neighbours)
         self.kernel_dim = int(kernel_dim)
         self.standardize = bool(standardize)
+        self.per_output = bool(per_output)
         self.logistic = bool(logistic)
         self.stack_clusters = int(stack_clusters)
         self.inner_folds = int(inner_folds)
@@ -362,7 +365,7 @@ class DefaultEstimator(QualityEstimator):
             B[part] = Bp
         assert B is not None
         Qf = _fill(Q, column_means(Q))
-        self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf)
+        self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf, per_output=self.per_output)
         # per-cluster stacker corrections: ridge on the global stacker's residuals
         self.stack_centres_ = np.zeros((0, X.emb.shape[1]), dtype=np.float32)
         self.stack_LW_ = np.zeros((0, B.shape[1], m))
@@ -400,6 +403,7 @@ class DefaultEstimator(QualityEstimator):
             "neighbours": list(self.neighbours),
             "kernel_dim": self.kernel_dim,
             "standardize": self.standardize,
+            "per_output": self.per_output,
             "logistic": self.logistic,
             "stack_clusters": self.stack_clusters,
             "inner_folds": self.inner_folds,
@@ -458,6 +462,7 @@ class DefaultEstimator(QualityEstimator):
             neighbours=tuple(params["neighbours"]),
             kernel_dim=params["kernel_dim"],
             standardize=params["standardize"],
+            per_output=params["per_output"],
             logistic=params["logistic"],
             stack_clusters=params["stack_clusters"],
             inner_folds=params["inner_folds"],
