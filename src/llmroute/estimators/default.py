@@ -1,27 +1,31 @@
-"""The default quality estimator: a cross-validated stack of cluster priors and ridge experts.
+"""The default quality estimator: a cross-validated stack of kernel smoothers and ridge experts.
 
-How it works (all numpy, state = arrays + JSON, no pickle, no training rows kept):
+How it works (all numpy; state = arrays + JSON, no pickle):
 
 1. Inputs: the prompt embedding plus the standardised hand-made features
    (`llmroute.estimators.features`).
-2. Spherical k-means on the training embeddings at several granularities (mean cluster size
-   25, 100 and 400 prompts). Base learners, each predicting every model's quality:
-   - cluster priors: per-cluster per-model mean quality, shrunk toward the model's global
-     mean by a pseudo-count (empirical Bayes), plus log cluster size and the similarity to the
-     centre ("how far is this prompt from what we saw");
+2. Base learners, each predicting every model's quality:
+   - multi-scale kernel smoothing (Nadaraya-Watson) over all training prompts: weight
+     exp(beta * (cos_sim - 1)) in a PCA-reduced copy of the embedding space, plus a
+     pseudo-weight on the model's mean so that prompts far from anything seen fall back to it
+     (shrinkage where neighbours are far), and log(total weight) as a "how far" signal.
+     The betas are fitted from the training embeddings so the kernels cover about 10, 40
+     and 160 effective neighbours - a smooth kNN without any top-k search, so one decision
+     is a few small matrix products;
    - a global ridge regression on [embedding, features], penalty picked by GCV;
-   - cluster experts: per coarse cluster, a ridge on the global ridge's residuals (GCV again,
-     so clusters without local structure fall back to the global model);
-   - optionally the project's logistic regression (`logistic=True`).
+   - cluster experts: spherical k-means (mean cluster size 3000 and 750 prompts); per
+     cluster a ridge on the global ridge's residuals (GCV again, so clusters without local
+     structure fall back to the global model);
+   - optional: EB-shrunk per-cluster means (`proto_sizes`), the project's logistic
+     regression (`logistic=True`).
 3. A stacker: ridge regression (GCV) from all base predictions, for all models, to each
    model's quality, fitted on out-of-fold base predictions from an inner K-fold split of the
-   training data only; optional per-cluster corrections of the stacker (`stack_clusters`).
-   Predictions are clipped to [0, 1].
+   training data only (optional per-cluster corrections: `stack_clusters`). Predictions are
+   clipped to [0, 1].
 
-Optional exact cosine kNN learners (`ks`) are available but off by default: their cost grows
-with the training set (a single decision scans every training prompt) and on the dev sets the
-cluster priors are as good. Hyper-parameters that matter (penalties, blend weights) are
-chosen inside `fit` from the training data; the constructor sets structure and seed.
+Penalties, kernel widths and blend weights are chosen inside `fit` from the training data;
+the constructor sets structure and seed. The kernel memory (PCA-reduced embeddings and
+outcomes of the training prompts) is part of the saved state, as for the kNN estimator.
 """
 
 from __future__ import annotations
@@ -257,16 +261,19 @@ class _Base:
 
 
 class DefaultEstimator(QualityEstimator):
-    """Stacked cluster priors + ridge experts (see module docstring).
+    """Stacked kernel smoothers + ridge experts (see module docstring).
 
-    proto_sizes:  mean cluster sizes of the k-means levels used as cluster priors.
-    expert_sizes: mean cluster sizes of the levels that get their own residual ridge.
+    proto_sizes:  mean cluster sizes of optional EB-shrunk cluster-mean learners (off).
+    expert_sizes: mean cluster sizes of the k-means levels that get a residual ridge.
     prior:        pseudo-count shrinking a cluster's mean toward the model's global mean.
-    ks:           optional exact kNN neighbourhood sizes (off by default: slow on big tables).
+    neighbours:   effective neighbourhood sizes of the kernel smoothers (() = none).
+    kernel_dim:   PCA dimension of the kernel space (0 = full embedding).
+    standardize:  standardise embedding columns before the ridge (off: measured worse).
+    per_output:   one GCV penalty per model in the stacker (off: measured no gain).
     logistic:     add the project's logistic regression as a base learner (slower fit).
     stack_clusters: clusters with their own stacker correction (0 = off).
     inner_folds:  folds of the inner split that trains the stacker.
-    seed:         seed of k-means and the inner split (the only randomness).
+    seed:         seed of k-means, the kernel-width sample and the inner split.
     """
 
     name: ClassVar[str] = "default"
