@@ -173,6 +173,7 @@ class _Base:
         self.betas = betas
         self.logistic_lam = logistic_lam
         self.logit: QualityEstimator | None = None
+        self._M: np.ndarray | None = None
 
     def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray], K: np.ndarray) -> Self:
         """`labs`: nearest-centre labels of the rows, one array per proto then expert level;
@@ -225,17 +226,24 @@ class _Base:
         products only, no top-k search: cheap for single decisions and batches alike.
         """
         E = np.asarray(K, dtype=np.float32)
-        nb = len(self.betas)
-        out = [np.empty((len(E), len(self.mu))) for _ in range(nb)] + [
-            np.empty((len(E), 1)) for _ in range(nb)
-        ]
-        for s0 in range(0, len(E), 512):
-            S = E[s0 : s0 + 512] @ self.E.T - np.float32(1.0)
+        nb, m = len(self.betas), len(self.mu)
+        if getattr(self, "_M", None) is None:  # [outcomes | observed | 1]: one product per chunk
+            self._M = np.ascontiguousarray(
+                np.concatenate([self.Qf, self.ok, np.ones((len(self.Qf), 1), np.float32)], axis=1)
+            )
+        num = np.empty((nb, len(E), m))
+        den = np.empty((nb, len(E), m))
+        tot = np.empty((nb, len(E)))
+        step = 256
+        for s0 in range(0, len(E), step):
+            S = E[s0 : s0 + step] @ self.E.T - np.float32(1.0)
             for g, beta in enumerate(self.betas):
-                W = np.exp(np.float32(beta) * S)
-                out[g][s0 : s0 + 512] = (W @ self.Qf + self.mu) / (W @ self.ok + 1.0)
-                out[nb + g][s0 : s0 + 512, 0] = np.log1p(W.sum(axis=1))
-        return out
+                R = np.exp(np.float32(beta) * S) @ self._M
+                num[g, s0 : s0 + step] = R[:, :m]
+                den[g, s0 : s0 + step] = R[:, m : 2 * m]
+                tot[g, s0 : s0 + step] = R[:, 2 * m]
+        preds = (num + self.mu) / (den + 1.0)
+        return [preds[g] for g in range(nb)] + [np.log1p(tot[g])[:, None] for g in range(nb)]
 
     def transform(
         self,
