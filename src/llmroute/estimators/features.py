@@ -54,7 +54,7 @@ _MATH_SUBSTR = ("\\frac", "\\sqrt", "$", "solve", "equation", "probability")
 _MC = re.compile(r"(?m)^\s*\(?[A-Ea-e][\).:]\s")
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")
 _QA_BLOCK = re.compile(r"(?mi)^\s*(question|q|answer|a)\s*[:：]")
-_MATH_CODES = np.array([ord(c) for c in "=+-*/^<>"], dtype=np.uint32)
+_MATH_CHARS = "=+-*/^<>"
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -99,7 +99,7 @@ def text_of(prompt_or_messages: str | Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
-_MAX_SCAN = 3000  # regex features look at the last characters only (the question sits at the end)
+_MAX_SCAN = 2000  # regex features look at the last characters only (the question sits at the end)
 
 
 def _number(token: str) -> float:
@@ -141,7 +141,7 @@ def _one(text: str) -> list[float]:
         (n - text.count(" ")) / max(nw, 1),
         digits * inv,
         math.log1p(len(nums)),
-        (int(np.isin(cp, _MATH_CODES).sum()) + sum(low.count(w) for w in _MATH_SUBSTR)) * inv * 10.0,
+        (sum(tail.count(c) for c in _MATH_CHARS) + sum(low.count(w) for w in _MATH_SUBSTR)) * inv * 10.0,
         math.log1p(sum(tail.count(w) for w in _CODE_MARKERS)),
         math.log1p(len(_MC.findall(tail))),
         math.log1p(sum(low.count(w) for w in _QWORDS)),
