@@ -6,7 +6,7 @@ How it works (all numpy; state = arrays + JSON, no pickle):
    (`llmroute.estimators.features`).
 2. Base learners, each predicting every model's quality:
    - multi-scale kernel smoothing (Nadaraya-Watson) over all training prompts: weight
-     exp(beta * (cos_sim - 1)) in a PCA-reduced copy of the embedding space, plus a
+     exp(beta * (cos_sim - 1)) in a PCA-reduced (32-d) copy of the embedding space, plus a
      pseudo-weight on the model's mean so that prompts far from anything seen fall back to it
      (shrinkage where neighbours are far), and log(total weight) as a "how far" signal.
      The betas are fitted from the training embeddings so the kernels cover about 10, 40
@@ -292,7 +292,7 @@ class DefaultEstimator(QualityEstimator):
         expert_sizes: tuple[int, ...] = (3000, 750),
         prior: float = 2.0,
         neighbours: tuple[int, ...] = (10, 40, 160),
-        kernel_dim: int = 64,
+        kernel_dim: int = 32,
         standardize: bool = False,
         per_output: bool = False,
         logistic: bool = False,
