@@ -148,3 +148,13 @@ def test_text_of_chat_messages() -> None:
     assert text_of(msgs) == "Be brief.\nHello"
     assert text_of("plain") == "plain"
     np.testing.assert_array_equal(prompt_features([msgs]), prompt_features(["Be brief.\nHello"]))
+
+
+def test_empty_batch_and_unobserved_model() -> None:
+    X, Q, _ = _clusters(100, seed=11)
+    Q[:, 1] = np.nan  # a model with no outcomes at all
+    est = DefaultEstimator().fit(X, Q)
+    assert est.predict(X.take(np.arange(0))).shape == (0, 3)
+    q = est.predict(X.take(np.arange(5)))
+    assert np.isfinite(q).all()
+    np.testing.assert_allclose(q[:, 1], 0.5, atol=0.05)  # falls back to the neutral prior
