@@ -110,6 +110,39 @@ def _number(token: str) -> float:
         return 0.0
 
 
+_DIGITS = bytes(range(48, 58))
+_UPPER = bytes(range(65, 91))
+_LOWER = bytes(range(97, 123))
+_SPACE = b" \n\t\r"
+
+
+def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
+    """Counts in `tail`: chars, digits, upper, lower, whitespace, non-ASCII, CJK."""
+    if tail.isascii():  # the common case: byte deletions in C, no array work
+        b = tail.encode("ascii")
+        n = len(b)
+        return (
+            n,
+            n - len(b.translate(None, _DIGITS)),
+            n - len(b.translate(None, _UPPER)),
+            n - len(b.translate(None, _LOWER)),
+            n - len(b.translate(None, _SPACE)),
+            0,
+            0,
+        )
+    cp = np.frombuffer(tail.encode("utf-32-le"), dtype=np.uint32)
+    cjk = ((cp >= 0x3040) & (cp <= 0x30FF)) | ((cp >= 0x3400) & (cp <= 0x9FFF)) | ((cp >= 0xAC00) & (cp <= 0xD7AF))
+    return (
+        len(cp),
+        int(np.count_nonzero((cp >= 48) & (cp <= 57))),
+        int(np.count_nonzero((cp >= 65) & (cp <= 90))),
+        int(np.count_nonzero((cp >= 97) & (cp <= 122))),
+        int(np.count_nonzero((cp == 32) | (cp == 10) | (cp == 9) | (cp == 13))),
+        int(np.count_nonzero(cp > 127)),
+        int(np.count_nonzero(cjk)),
+    )
+
+
 def _one(text: str) -> list[float]:
     n = len(text)
     if n == 0:
@@ -117,21 +150,9 @@ def _one(text: str) -> list[float]:
     nw = len(text.split())
     tail = text[-_MAX_SCAN:]
     low = tail.lower()
-    cp = np.frombuffer(tail.encode("utf-32-le"), dtype=np.uint32)
-    inv = 1.0 / len(cp)
-    digits = int(np.count_nonzero((cp >= 48) & (cp <= 57)))
-    upper = int(np.count_nonzero((cp >= 65) & (cp <= 90)))
-    lower = int(np.count_nonzero((cp >= 97) & (cp <= 122)))
-    space = int(np.count_nonzero((cp == 32) | (cp == 10) | (cp == 9) | (cp == 13)))
-    non_ascii = int(np.count_nonzero(cp > 127))
-    cjk = int(
-        np.count_nonzero(
-            ((cp >= 0x3040) & (cp <= 0x30FF))
-            | ((cp >= 0x3400) & (cp <= 0x9FFF))
-            | ((cp >= 0xAC00) & (cp <= 0xD7AF))
-        )
-    )
-    punct = len(cp) - digits - upper - lower - space - non_ascii
+    n_cp, digits, upper, lower, space, non_ascii, cjk = _char_classes(tail)
+    inv = 1.0 / n_cp
+    punct = n_cp - digits - upper - lower - space - non_ascii
     nums = _NUM.findall(tail)
     values = [_number(x) for x in nums[:200]]
     return [
@@ -141,12 +162,12 @@ def _one(text: str) -> list[float]:
         (n - text.count(" ")) / max(nw, 1),
         digits * inv,
         math.log1p(len(nums)),
-        (sum(tail.count(c) for c in _MATH_CHARS) + sum(low.count(w) for w in _MATH_SUBSTR)) * inv * 10.0,
-        math.log1p(sum(tail.count(w) for w in _CODE_MARKERS)),
+        (sum(map(tail.count, _MATH_CHARS)) + sum(map(low.count, _MATH_SUBSTR))) * inv * 10.0,
+        math.log1p(sum(map(tail.count, _CODE_MARKERS))),
         math.log1p(len(_MC.findall(tail))),
-        math.log1p(sum(low.count(w) for w in _QWORDS)),
+        math.log1p(sum(map(low.count, _QWORDS))),
         float("how many" in low or "how much" in low),
-        math.log1p(sum(low.count(w) for w in _WRITE_WORDS)),
+        math.log1p(sum(map(low.count, _WRITE_WORDS))),
         math.log1p(tail.count("?")),
         float("__" in tail or "[mask]" in low or "blank" in low),
         math.log1p(len(_QA_BLOCK.findall(tail))),
@@ -158,7 +179,7 @@ def _one(text: str) -> list[float]:
         math.log1p(len(_SENT_END.findall(tail))),
         math.log1p(len(set(nums))),
         math.log1p(min(max(values, default=0.0), 1e12)),
-        math.log1p(sum(low.count(w) for w in _RATIO_WORDS)),
+        math.log1p(sum(map(low.count, _RATIO_WORDS))),
         math.log1p(sum("." in x for x in nums)),
     ]
 
