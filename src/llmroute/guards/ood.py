@@ -8,12 +8,22 @@ relative Mahalanobis distance (Ren et al., 2021): the squared distance to the ne
 minus the squared distance to one global Gaussian. The artifact keeps centroids and covariance
 factors, never the prompts.
 
+Embeddings alone miss task families that share a topic and language with the training data but
+differ in wording or format (two Chinese exam sets, maths word problems vs maths exams). A second,
+complementary score is vocabulary novelty: the share of the prompt's character n-grams
+(n = 3, 4, 5, lower-cased, hashed) that occur in no training prompt. The artifact keeps only a
+hashed presence bitmap per n (no counts, no text); in-domain calibration uses the leave-one-out
+novelty of the training prompts themselves (n-grams seen in no *other* training prompt), which is
+exactly what an unseen prompt's novelty measures. Each score is put on the same scale (0 = in-domain
+median, 1 = in-domain 95th percentile) and the two are added (an untuned, equal-weight ensemble).
+
 Scores are calibrated on held-out training prompts: 0 = the median in-domain prompt,
 1 = the in-domain 95th percentile; larger = further out (thresholds in rules: ~1.5-3).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,23 +33,85 @@ import numpy as np
 
 N_SHAPE = 7
 _CODE_CHARS = frozenset("()[]{}=<>;:_")
+NGRAM_ORDERS = (3, 4, 5)
+NGRAM_BITS = 20
+NGRAM_MAX_CHARS = 2000
+_MUL = np.uint64(1000003)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@functools.cache
+def _char_classes() -> np.ndarray:
+    """Lookup table over the Basic Multilingual Plane: bit 1 digit, bit 2 upper case, bit 4 code punctuation."""
+    lut = np.zeros(0x10000, np.uint8)
+    for i in range(0xD800):  # surrogates and above stay 0 except the few classes below
+        c = chr(i)
+        lut[i] = c.isdigit() | (c.isupper() << 1) | ((c in _CODE_CHARS) << 2)
+    for i in range(0xE000, 0x10000):
+        c = chr(i)
+        lut[i] = c.isdigit() | (c.isupper() << 1)
+    return lut
+
+
+def _codepoints(text: str, max_chars: int) -> np.ndarray:
+    """Code points of the first `max_chars` characters as uint32."""
+    return np.frombuffer(text[:max_chars].encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
 def shape_features(texts: Sequence[str]) -> np.ndarray:
     """(n, 7) float32 text-shape statistics (first 1,000 characters for the fractions)."""
+    lut = _char_classes()
     out = np.zeros((len(texts), N_SHAPE), np.float32)
     for i, t in enumerate(texts):
-        head = t[:1000]
-        n = max(len(head), 1)
-        digits = sum(c.isdigit() for c in head)
-        nonascii = 0 if head.isascii() else sum(not c.isascii() for c in head)
-        code = sum(c in _CODE_CHARS for c in head)
-        upper = sum(c.isupper() for c in head)
+        cp = _codepoints(t, 1000)
+        n = max(len(cp), 1)
+        cls = lut[np.minimum(cp, 0xFFFF)]
         out[i] = (
-            np.log1p(len(t)), digits / n, nonascii / n, head.count("\n") / n * 10, code / n, upper / n,
+            np.log1p(len(t)), np.count_nonzero(cls & 1) / n, np.count_nonzero(cp >= 128) / n,
+            np.count_nonzero(cp == 10) / n * 10, np.count_nonzero(cls & 4) / n, np.count_nonzero(cls & 2) / n,
             np.log1p(t.count(" ") + 1),
         )  # fmt: skip
     return out
+
+
+def ngram_hashes(text: str, max_chars: int = NGRAM_MAX_CHARS) -> list[np.ndarray]:
+    """Hashed character n-grams (one int64 bucket id per position) of the lower-cased text, per order in NGRAM_ORDERS."""
+    c = _codepoints(text.lower(), max_chars).astype(np.uint64)
+    lo = NGRAM_ORDERS[0]
+    if len(c) < NGRAM_ORDERS[-1]:
+        c = np.concatenate([np.zeros(NGRAM_ORDERS[-1] - len(c), np.uint64), c])
+    out = []
+    mask = np.uint64((1 << NGRAM_BITS) - 1)
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(c) - lo + 1, np.uint64)
+        for j in range(lo):
+            h = h * _MUL + c[j : len(c) - lo + 1 + j] + np.uint64(j + 1)
+        for n in NGRAM_ORDERS:
+            if n > lo:  # extend the (n-1)-gram hashes by one character
+                h = h[:-1] * _MUL + c[n - 1 :] + np.uint64(n)
+            m = h ^ (h >> np.uint64(29))
+            m *= _MIX1
+            m ^= m >> np.uint64(32)
+            out.append((m & mask).astype(np.int64))
+    return out
+
+
+def distinct_ngrams(text: str) -> np.ndarray:
+    """Sorted distinct ids of the hashed n-grams of every order (order index k in the bits above NGRAM_BITS)."""
+    a = np.sort(np.concatenate([g + (k << NGRAM_BITS) for k, g in enumerate(ngram_hashes(text))]))
+    keep = np.empty(len(a), bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def _per_order_mean(ids: np.ndarray, values: np.ndarray) -> float:
+    """Mean over n-gram orders of the per-order mean of `values` (aligned with `distinct_ngrams` ids)."""
+    order = ids >> NGRAM_BITS
+    k = len(NGRAM_ORDERS)
+    return float(
+        np.mean(np.bincount(order, values, minlength=k) / np.maximum(np.bincount(order, minlength=k), 1))
+    )
 
 
 def _inv_sqrt(residuals: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
@@ -51,19 +123,24 @@ def _inv_sqrt(residuals: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
 
 
 class OODDetector:
-    """Relative-Mahalanobis out-of-domain model of a prompt distribution.
+    """Relative-Mahalanobis + vocabulary-novelty out-of-domain model of a prompt distribution.
 
     n_clusters: k-means centroids (capped at n_train // 5). use_shape: add text-shape features
-    (then `fit`/`score` need the texts too). calib_frac: share of the training prompts held out
-    to calibrate the score scale. ridge: covariance regularisation (share of the mean variance
-    added to the diagonal); raise it (e.g. 0.1) for small or templated in-domain sets.
+    (then `fit`/`score` need the texts too). use_ngrams: add the character n-gram novelty score
+    (needs the texts; on by default whenever texts are used). calib_frac: share of the training
+    prompts held out to calibrate the score scale. ridge: covariance regularisation (share of the
+    mean variance added to the diagonal); raise it (e.g. 0.1) for small or templated in-domain sets.
+    novelty_floor: smallest scale (in share of n-grams) of the novelty scores, so that a templated
+    in-domain set, whose prompts share almost all their n-grams, does not make one new word an outlier.
     """
 
     def __init__(self, n_clusters: int = 128, use_shape: bool = True, calib_frac: float = 0.1, seed: int = 0,
-                 ridge: float = 1e-4) -> None:  # fmt: skip
+                 ridge: float = 1e-4, use_ngrams: bool = True, novelty_floor: float = 0.05) -> None:  # fmt: skip
         self.n_clusters = n_clusters
         self.ridge = ridge
         self.use_shape = use_shape
+        self.use_ngrams = use_ngrams
+        self.novelty_floor = novelty_floor
         self.calib_frac = calib_frac
         self.seed = seed
         self.centroids_: np.ndarray | None = None  # whitened (k, d)
@@ -74,7 +151,21 @@ class OODDetector:
         self.std_: np.ndarray | None = None
         self.loc_: float = 0.0
         self.scale_: float = 1.0
+        self.seen_: np.ndarray | None = (
+            None  # (len(NGRAM_ORDERS), 2**NGRAM_BITS) bool: n-gram bucket seen in training
+        )
+        self.nov_loc_: float = 0.0
+        self.nov_scale_: float = 1.0
+        self.cluster_nov_: np.ndarray | None = None  # (k,) median training novelty per centroid
+        self.cnov_loc_: float = 0.0
+        self.cnov_scale_: float = 1.0
+        self.mix_loc_: float = 0.0
+        self.mix_scale_: float = 1.0
         self.train_quantiles_: dict[str, float] = {}
+
+    @property
+    def _text_ngrams(self) -> bool:
+        return self.use_shape and self.use_ngrams
 
     def _features(self, emb: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
         emb = np.atleast_2d(np.asarray(emb, np.float32))
@@ -83,6 +174,23 @@ class OODDetector:
         if texts is None or len(texts) != len(emb):
             raise ValueError("this OODDetector uses text-shape features: pass the texts with the embeddings")
         return np.hstack([emb, shape_features(texts)])
+
+    def novelty(self, texts: Sequence[str]) -> np.ndarray:
+        """(n,) share of each prompt's distinct character n-grams never seen in training (mean over n)."""
+        if self.seen_ is None:
+            raise RuntimeError("OODDetector has no n-gram model; fit it with use_shape and use_ngrams")
+        flat = self.seen_.reshape(-1)
+        return np.array([1.0 - _per_order_mean(ids, flat[ids]) for ids in map(distinct_ngrams, texts)])
+
+    def _fit_ngrams(self, texts: Sequence[str]) -> np.ndarray:
+        """Build the presence bitmaps; return the leave-one-out novelty of every training prompt."""
+        df = np.zeros(len(NGRAM_ORDERS) << NGRAM_BITS, np.int32)
+        grams = [distinct_ngrams(t) for t in texts]
+        for ids in grams:
+            df[ids] += 1
+        loo = np.array([_per_order_mean(ids, df[ids] <= 1) for ids in grams])
+        self.seen_ = (df > 0).reshape(len(NGRAM_ORDERS), -1)
+        return loo
 
     def fit(self, emb: np.ndarray, texts: Sequence[str] | None = None) -> Self:
         """Learn the in-domain distribution from (n, d) embeddings (and their texts)."""
@@ -108,10 +216,27 @@ class OODDetector:
         self.G_ = _inv_sqrt(Xtr - mu, self.ridge)
         self.mu_ = mu @ self.G_
         self.loc_, self.scale_ = 0.0, 1.0
-        raw = self._raw(X[cal] if n_cal else Xtr)
-        q50, q95 = float(np.quantile(raw, 0.5)), float(np.quantile(raw, 0.95))
-        self.loc_, self.scale_ = q50, max(q95 - q50, 1e-9)
+        ref = cal if n_cal else tr
+        raw, _ = self._raw(X[ref])
+        self.loc_, self.scale_ = _calibration(raw)
         s = (raw - self.loc_) / self.scale_
+        self.seen_ = None
+        self.nov_loc_, self.nov_scale_, self.mix_loc_, self.mix_scale_ = 0.0, 1.0, 0.0, 1.0
+        if self._text_ngrams:
+            assert texts is not None
+            loo = self._fit_ngrams(texts)  # all prompts: the leave-one-out novelty needs no held-out split
+            self.nov_loc_, self.nov_scale_ = _calibration(loo, self.novelty_floor)
+            # cluster-conditional novelty: relative to the median novelty of the nearest centroid's prompts
+            _, near = self._raw(X)
+            k = len(self.centroids_)
+            med = np.full(k, np.median(loo[tr]))
+            for c in np.unique(near[tr]):
+                med[c] = np.median(loo[tr][near[tr] == c])
+            self.cluster_nov_ = med
+            self.cnov_loc_, self.cnov_scale_ = _calibration(loo[ref] - med[near[ref]], self.novelty_floor)
+            s = s + self._novelty_z(loo[ref], near[ref])
+            self.mix_loc_, self.mix_scale_ = _calibration(s)
+            s = (s - self.mix_loc_) / self.mix_scale_
         self.train_quantiles_ = {f"q{q}": float(np.quantile(s, q / 100)) for q in (50, 90, 95, 99)}
         return self
 
@@ -121,15 +246,23 @@ class OODDetector:
         prompts = list(table.prompts)
         return cls(**kwargs).fit(encoder.encode(prompts), prompts)
 
-    def _raw(self, X: np.ndarray) -> np.ndarray:
-        """Relative Mahalanobis distance of already z-scored features."""
+    def _novelty_z(self, nov: np.ndarray, near: np.ndarray) -> np.ndarray:
+        """Equal-weight mean of the calibrated global and cluster-conditional n-gram novelty."""
+        assert self.cluster_nov_ is not None
+        z_global = (nov - self.nov_loc_) / self.nov_scale_
+        z_cluster = (nov - self.cluster_nov_[near] - self.cnov_loc_) / self.cnov_scale_
+        return 0.5 * (z_global + z_cluster)
+
+    def _raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Relative Mahalanobis distance of already z-scored features, and the nearest centroid."""
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
         Xw = X @ self.W_
         C = self.centroids_
         d2 = (Xw * Xw).sum(1)[:, None] - 2.0 * Xw @ C.T + (C * C).sum(1)[None, :]
         g = X @ self.G_ - self.mu_
-        return d2.min(1) - (g * g).sum(1)
+        near = d2.argmin(1)
+        return d2[np.arange(len(d2)), near] - (g * g).sum(1), near
 
     def score(self, emb: np.ndarray, texts: Sequence[str] | str | None = None) -> np.ndarray | float:
         """Out-of-domain score(s): 0 = median in-domain, 1 = in-domain 95th percentile."""
@@ -139,7 +272,12 @@ class OODDetector:
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
         X = (self._features(emb, texts).astype(np.float64) - self.center_) / self.std_
-        s = (self._raw(X) - self.loc_) / self.scale_
+        raw, near = self._raw(X)
+        s = (raw - self.loc_) / self.scale_
+        if self.seen_ is not None:
+            assert texts is not None
+            s = s + self._novelty_z(self.novelty(texts), near)
+            s = (s - self.mix_loc_) / self.mix_scale_
         return float(s[0]) if single else s
 
     # ---- persistence (no pickle) ----------------------------------------------------------
@@ -150,20 +288,36 @@ class OODDetector:
         params = {
             "n_clusters": self.n_clusters, "use_shape": self.use_shape, "calib_frac": self.calib_frac,
             "seed": self.seed, "ridge": self.ridge, "loc": self.loc_, "scale": self.scale_, "train_quantiles": self.train_quantiles_,
+            "use_ngrams": self.use_ngrams, "novelty_floor": self.novelty_floor, "ngram_orders": list(NGRAM_ORDERS), "ngram_bits": NGRAM_BITS,
+            "nov_loc": self.nov_loc_, "nov_scale": self.nov_scale_, "mix_loc": self.mix_loc_, "mix_scale": self.mix_scale_,
+            "cnov_loc": self.cnov_loc_, "cnov_scale": self.cnov_scale_,
         }  # fmt: skip
         arrays = {"centroids": self.centroids_, "W": self.W_, "G": self.G_, "mu": self.mu_, "center": self.center_,
                   "std": self.std_}  # fmt: skip
+        if self.seen_ is not None:
+            arrays["ngram_seen"] = np.packbits(self.seen_, axis=1)
+            arrays["cluster_novelty"] = self.cluster_nov_
         return arrays, params
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> OODDetector:
-        """Rebuild from `get_state()` output."""
+        """Rebuild from `get_state()` output (states written before the n-gram score load without it)."""
         det = cls(params["n_clusters"], params["use_shape"], params["calib_frac"], params.get("seed", 0),
-                  params.get("ridge", 1e-4))
+                  params.get("ridge", 1e-4), params.get("use_ngrams", False), params.get("novelty_floor", 0.05))  # fmt: skip
         det.centroids_, det.W_, det.G_, det.mu_, det.center_, det.std_ = (
             np.asarray(arrays[k]) for k in ("centroids", "W", "G", "mu", "center", "std")
         )
         det.loc_, det.scale_ = float(params["loc"]), float(params["scale"])
+        if "ngram_seen" in arrays:
+            if tuple(params["ngram_orders"]) != NGRAM_ORDERS or int(params["ngram_bits"]) != NGRAM_BITS:
+                raise ValueError("OODDetector state uses a different n-gram layout than this version")
+            det.seen_ = np.unpackbits(np.asarray(arrays["ngram_seen"]), axis=1, count=1 << NGRAM_BITS).astype(
+                bool
+            )
+            det.nov_loc_, det.nov_scale_ = float(params["nov_loc"]), float(params["nov_scale"])
+            det.mix_loc_, det.mix_scale_ = float(params["mix_loc"]), float(params["mix_scale"])
+            det.cnov_loc_, det.cnov_scale_ = float(params["cnov_loc"]), float(params["cnov_scale"])
+            det.cluster_nov_ = np.asarray(arrays["cluster_novelty"])
         det.train_quantiles_ = dict(params.get("train_quantiles", {}))
         return det
 
@@ -178,4 +332,10 @@ class OODDetector:
         """Read a file written by `save`."""
         with np.load(Path(path), allow_pickle=False) as z:
             params = json.loads(str(z["params"]))
-            return cls.from_state({k: z[k] for k in ("centroids", "W", "G", "mu", "center", "std")}, params)
+            return cls.from_state({k: z[k] for k in z.files if k != "params"}, params)
+
+
+def _calibration(ref: np.ndarray, min_scale: float = 1e-9) -> tuple[float, float]:
+    """(location, scale) mapping the reference median to 0 and its 95th percentile to 1."""
+    q50, q95 = float(np.quantile(ref, 0.5)), float(np.quantile(ref, 0.95))
+    return q50, max(q95 - q50, min_scale)
