@@ -121,13 +121,16 @@ def run_gateway(config: Any, routers: dict[str, Any] | None = None) -> Iterator[
     """Serve a `Gateway` built from `config` (a `GatewayConfig` or a dict) with uvicorn in a thread."""
     import uvicorn
 
+    from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol
     from llmroute.gateway.app import Gateway
     from llmroute.gateway.config import GatewayConfig, parse_config
 
     cfg = config if isinstance(config, GatewayConfig) else parse_config(config)
     gw = Gateway(cfg, routers=routers)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio", http="httptools",
+    # the protocol `llmroute serve` uses (one socket write per non-streamed response)
+    server = uvicorn.Server(uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio",
+                                           http=CoalescingHttpToolsProtocol,
                                            lifespan="on", log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=1))
     t = threading.Thread(target=server.run, daemon=True, name="gateway")

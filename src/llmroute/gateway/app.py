@@ -289,6 +289,11 @@ class Gateway:
             from threadpoolctl import threadpool_limits
 
             self._blas_limit = threadpool_limits(limits=cfg.server.blas_threads)
+            if cfg.server.blas_threads == 1:
+                # BLAS is single-threaded process-wide now: routers can skip their per-call limit
+                for r in self.engine.routers.values():
+                    if hasattr(r, "blas_single_thread"):
+                        r.blas_single_thread = True
         loop = asyncio.get_running_loop()
         self.store = await loop.run_in_executor(None, lambda: open_store(
             cfg.store.url, base_dir=cfg.base_dir, store_prompts=cfg.trace.store_prompts,

@@ -212,6 +212,10 @@ class _AliasPlan:
         self.priced = (self.pin + self.pout) > 0
         self.any_priced = bool(self.priced.any())
         self.windows_list = [float(by_name[n].context_window or math.inf) for n in self.models]
+        # plain-Python copies for the per-request path (numpy calls cost more than they save on a few columns)
+        self.idx_list = [int(j) for j in idx]
+        self.cost_rows = [(int(j), float(pi), float(po), bool(pr))
+                          for j, pi, po, pr in zip(idx, self.pin, self.pout, self.priced, strict=True)]
         self.has_windows = any(math.isfinite(w) for w in self.windows_list)
         self.out_tokens = float(expected_output_tokens)
 
@@ -245,15 +249,20 @@ class RoutingEngine:
         plan = self.plans[alias]
         q, c = plan.router.estimate([text])
         qa, ca = self._columns(plan, q[0], c[0], text)
-        return plan.models, qa, ca
+        return plan.models, np.asarray(qa, dtype=float), np.asarray(ca, dtype=float)
 
     @staticmethod
-    def _columns(plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str) -> tuple[np.ndarray, np.ndarray]:
-        qa = np.asarray(qrow, dtype=float)[plan.idx]
-        ca = np.asarray(crow, dtype=float)[plan.idx]
+    def _columns(plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str) -> tuple[list[float], list[float]]:
+        """The alias's candidates' expected quality and cost (configured prices where set)."""
+        qr = qrow.tolist() if isinstance(qrow, np.ndarray) else list(qrow)
+        cr = crow.tolist() if isinstance(crow, np.ndarray) else list(crow)
+        qa = [float(qr[j]) for j in plan.idx_list]
         if plan.any_priced:
             tin = len(text) / 4.0
-            ca = np.where(plan.priced, tin * plan.pin + plan.out_tokens * plan.pout, ca)
+            out = plan.out_tokens
+            ca = [tin * pi + out * po if pr else float(cr[j]) for j, pi, po, pr in plan.cost_rows]
+        else:
+            ca = [float(cr[j]) for j in plan.idx_list]
         return qa, ca
 
     async def decide(self, ctx: RequestContext) -> RouteDecision:
@@ -298,11 +307,9 @@ class RoutingEngine:
         qrow, crow = await batcher.estimate(ctx.text)
         return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
 
-    def _decision(self, ctx: RequestContext, plan: _AliasPlan, qa: np.ndarray, ca: np.ndarray) -> RouteDecision:
+    def _decision(self, ctx: RequestContext, plan: _AliasPlan, q: list[float], c: list[float]) -> RouteDecision:
         name = plan.name
         names = plan.models
-        q = qa.tolist()
-        c = ca.tolist()
         m = len(names)
         ok = [True] * m
         if ctx.allowed is not None:

@@ -1,5 +1,8 @@
 """`llmroute serve`: run the gateway with uvicorn (uvloop + httptools), one or more workers.
 
+Non-streamed responses go out in one socket write (`llmroute.gateway._uvicorn`); granian was measured
+and was slower for this app on the reference 2-core box (see BENCHMARKS.md, Gateway).
+
 The config is validated before the server starts; errors name the field and what is allowed.
 With `--workers N > 1` each worker process builds its own `Gateway` from the same file (the
 path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_env`).
@@ -54,7 +57,13 @@ def serve(
         raise typer.Exit(2) from None
     aliases = ", ".join(cfg.aliases) or "none"
     typer.echo(f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True)
-    kw = dict(host=host, port=port, loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
+    try:  # httptools, one socket write per non-streamed response (falls back to stock httptools)
+        from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol
+
+        http: object = CoalescingHttpToolsProtocol
+    except ImportError:  # pragma: no cover - a uvicorn without the httptools protocol module
+        http = "httptools"
+    kw = dict(host=host, port=port, loop="uvloop", http=http, lifespan="on", log_level=log_level,
               access_log=access_log, timeout_keep_alive=30, backlog=4096, proxy_headers=False,
               server_header=False)
     if gw is not None:

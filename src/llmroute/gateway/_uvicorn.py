@@ -1,0 +1,82 @@
+"""uvicorn's httptools protocol with one socket write per non-streamed response.
+
+Stock uvicorn writes a response's status line + headers on `http.response.start` and the body on
+`http.response.body`: two `send` syscalls per response. On loopback each write also runs the
+receiver's TCP path, so on the reference 2-core box the second write costs ~50 us of the
+gateway's CPU per request. `CoalescingHttpToolsProtocol` holds the head of a response that has a
+Content-Length and writes it together with the first body chunk. Streamed (chunked) responses
+are unchanged: their head goes out at once, so SSE clients see headers before the first token.
+
+Only the transport the cycle writes to is swapped, for the duration of uvicorn's own `send`; all
+of uvicorn's checks (header validation, content-length accounting, keep-alive) still run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+__all__ = ["CoalescingHttpToolsProtocol"]
+
+
+class _Collect:
+    """Stands in for the transport during one uvicorn `send`: keeps what it would write."""
+
+    __slots__ = ("closed", "data")
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _CoalescingCycle(RequestResponseCycle):
+    """A request/response cycle whose response head waits for the first body chunk."""
+
+    _head: bytes | None = None
+
+    async def _collect(self, message: Any) -> _Collect:
+        real = self.transport
+        buf = self.transport = _Collect()  # type: ignore[assignment]
+        try:
+            await RequestResponseCycle.send(self, message)
+        finally:
+            self.transport = real
+        return buf
+
+    async def send(self, message: Any) -> None:  # type: ignore[override]
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            buf = await self._collect(message)
+            if buf.data:
+                head = b"".join(buf.data)
+                if self.chunked_encoding:  # streamed: the head goes out now
+                    self.transport.write(head)
+                else:
+                    self._head = head
+            return
+        head = self._head
+        if head is None or kind != "http.response.body":
+            await RequestResponseCycle.send(self, message)
+            return
+        self._head = None
+        buf = await self._collect(message)
+        if self.disconnected:
+            return
+        self.transport.write(head + b"".join(buf.data) if buf.data else head)
+        if buf.closed:
+            self.transport.close()
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` whose requests run in a `_CoalescingCycle` (see the module docstring)."""
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.__class__ = _CoalescingCycle
+        super()._start_asgi_task(cycle, app)
