@@ -76,6 +76,29 @@ def _ridge_gcv(
     return W, b, float(np.median(chosen))
 
 
+def _select_stacker(
+    B: np.ndarray, Y: np.ndarray, W: np.ndarray, b: np.ndarray, alpha: float, starts: list[int]
+) -> int:
+    """-1 to keep the ridge blend, else the first column of the (n, m) base block to use alone.
+
+    B holds out-of-fold base predictions, so each block's squared error is an honest held-out
+    error; the blend's error is its GCV (leave-one-out-like) estimate. On small tables the blend
+    over many columns can overfit; then a single base learner is the better estimator.
+    """
+    n = len(B)
+    Bc = B - B.mean(axis=0)
+    ev = np.linalg.eigvalsh(Bc.T @ Bc)
+    df = float((ev / (ev + alpha)).clip(0.0, 1.0).sum())
+    blend = float(((Y - (B @ W + b)) ** 2).mean()) / max(1.0 - (df + 1.0) / n, 1e-3) ** 2
+    m = Y.shape[1]
+    best, best_err = -1, blend
+    for start in starts:
+        err = float(((Y - B[:, start : start + m]) ** 2).mean())
+        if err < best_err:
+            best, best_err = start, err
+    return best
+
+
 def _kmeans(E: np.ndarray, k: int, seed: int, iters: int = 15) -> np.ndarray:
     """Spherical k-means centres (k, d) with k-means++ seeding; E rows are unit vectors."""
     rng = np.random.default_rng(seed)
@@ -381,6 +404,14 @@ class DefaultEstimator(QualityEstimator):
         assert B is not None
         Qf = _fill(Q, column_means(Q))
         self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf, per_output=self.per_output)
+        # quality blocks of B: global ridge, one per expert level, one per kernel width
+        first = len(self.protos_) * (m + 2)
+        starts = [first + k * m for k in range(1 + len(self.experts_) + len(self.betas_))]
+        self.stack_choice_ = _select_stacker(B, Qf, self.stack_W_, self.stack_b_, self.stack_alpha_, starts)
+        if self.stack_choice_ >= 0:  # one base block predicts held-out rows better than the blend
+            W = np.zeros_like(self.stack_W_)
+            W[self.stack_choice_ : self.stack_choice_ + m] = np.eye(m)
+            self.stack_W_, self.stack_b_ = W, np.zeros(m)
         # per-cluster stacker corrections: ridge on the global stacker's residuals
         self.stack_centres_ = np.zeros((0, X.emb.shape[1]), dtype=np.float32)
         self.stack_LW_ = np.zeros((0, B.shape[1], m))
