@@ -105,6 +105,15 @@ def distinct_ngrams(text: str) -> np.ndarray:
     return a[keep]
 
 
+def ngram_profile(ids: Sequence[np.ndarray], dims: int) -> np.ndarray:
+    """(n, dims) float32 L2-normalised signed feature hashing of `distinct_ngrams` ids (all orders together)."""
+    out = np.zeros((len(ids), dims), np.float32)
+    for i, g in enumerate(ids):
+        v = np.bincount(g % dims, np.where((g >> (NGRAM_BITS - 1)) & 1, 1.0, -1.0), minlength=dims)
+        out[i] = v / max(float(np.sqrt(v @ v)), 1e-9)
+    return out
+
+
 def _per_order_mean(ids: np.ndarray, values: np.ndarray) -> float:
     """Mean over n-gram orders of the per-order mean of `values` (aligned with `distinct_ngrams` ids)."""
     order = ids >> NGRAM_BITS
@@ -130,17 +139,23 @@ class OODDetector:
     (needs the texts; on by default whenever texts are used). calib_frac: share of the training
     prompts held out to calibrate the score scale. ridge: covariance regularisation (share of the
     mean variance added to the diagonal); raise it (e.g. 0.1) for small or templated in-domain sets.
+    ngram_dims: length of a signed hashed profile of the prompt's distinct character n-grams appended
+    to the Mahalanobis features (wording and format, which sentence embeddings smooth over); 0 = off;
+    capped at one dimension per 16 training prompts (off below 8).
     novelty_floor: smallest scale (in share of n-grams) of the novelty scores, so that a templated
     in-domain set, whose prompts share almost all their n-grams, does not make one new word an outlier.
     """
 
     def __init__(self, n_clusters: int = 128, use_shape: bool = True, calib_frac: float = 0.1, seed: int = 0,
-                 ridge: float = 1e-4, use_ngrams: bool = True, novelty_floor: float = 0.05) -> None:  # fmt: skip
+                 ridge: float = 1e-4, use_ngrams: bool = True, novelty_floor: float = 0.05,
+                 ngram_dims: int = 128) -> None:  # fmt: skip
         self.n_clusters = n_clusters
         self.ridge = ridge
         self.use_shape = use_shape
         self.use_ngrams = use_ngrams
         self.novelty_floor = novelty_floor
+        self.ngram_dims = ngram_dims
+        self.ngram_dims_ = 0  # fitted: at most one profile dimension per 16 training prompts
         self.calib_frac = calib_frac
         self.seed = seed
         self.centroids_: np.ndarray | None = None  # whitened (k, d)
@@ -167,25 +182,39 @@ class OODDetector:
     def _text_ngrams(self) -> bool:
         return self.use_shape and self.use_ngrams
 
-    def _features(self, emb: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
+    def _ngram_ids(self, texts: Sequence[str] | None) -> list[np.ndarray] | None:
+        if texts is None or not self.use_shape or not (self.use_ngrams or self.ngram_dims_):
+            return None
+        return [distinct_ngrams(t) for t in texts]
+
+    def _features(
+        self, emb: np.ndarray, texts: Sequence[str] | None, ids: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         emb = np.atleast_2d(np.asarray(emb, np.float32))
         if not self.use_shape:
             return emb
         if texts is None or len(texts) != len(emb):
             raise ValueError("this OODDetector uses text-shape features: pass the texts with the embeddings")
-        return np.hstack([emb, shape_features(texts)])
+        parts = [emb, shape_features(texts)]
+        if self.ngram_dims_:
+            parts.append(
+                ngram_profile(
+                    ids if ids is not None else [distinct_ngrams(t) for t in texts], self.ngram_dims_
+                )
+            )
+        return np.hstack(parts)
 
-    def novelty(self, texts: Sequence[str]) -> np.ndarray:
+    def novelty(self, texts: Sequence[str], ids: list[np.ndarray] | None = None) -> np.ndarray:
         """(n,) share of each prompt's distinct character n-grams never seen in training (mean over n)."""
         if self.seen_ is None:
             raise RuntimeError("OODDetector has no n-gram model; fit it with use_shape and use_ngrams")
         flat = self.seen_.reshape(-1)
-        return np.array([1.0 - _per_order_mean(ids, flat[ids]) for ids in map(distinct_ngrams, texts)])
+        grams = ids if ids is not None else [distinct_ngrams(t) for t in texts]
+        return np.array([1.0 - _per_order_mean(g, flat[g]) for g in grams])
 
-    def _fit_ngrams(self, texts: Sequence[str]) -> np.ndarray:
+    def _fit_ngrams(self, grams: list[np.ndarray]) -> np.ndarray:
         """Build the presence bitmaps; return the leave-one-out novelty of every training prompt."""
         df = np.zeros(len(NGRAM_ORDERS) << NGRAM_BITS, np.int32)
-        grams = [distinct_ngrams(t) for t in texts]
         for ids in grams:
             df[ids] += 1
         loo = np.array([_per_order_mean(ids, df[ids] <= 1) for ids in grams])
@@ -196,13 +225,17 @@ class OODDetector:
         """Learn the in-domain distribution from (n, d) embeddings (and their texts)."""
         from sklearn.cluster import KMeans
 
-        X = self._features(emb, texts).astype(np.float64)
-        n = len(X)
+        n = len(np.atleast_2d(emb))
+        n_cal = int(n * self.calib_frac) if n * self.calib_frac >= 20 else 0
+        # the covariance of the profile needs many more prompts than dimensions: use it only where they exist
+        dims = min(self.ngram_dims, (n - n_cal) // 16) if self.use_shape else 0
+        self.ngram_dims_ = dims if dims >= 8 else 0
+        ids = self._ngram_ids(texts)
+        X = self._features(emb, texts, ids).astype(np.float64)
         if n < 10:
             raise ValueError("OODDetector.fit needs at least 10 training prompts")
         rng = np.random.default_rng(self.seed)
         perm = rng.permutation(n)
-        n_cal = int(n * self.calib_frac) if n * self.calib_frac >= 20 else 0
         cal, tr = perm[:n_cal], perm[n_cal:]
         self.center_ = np.zeros(X.shape[1])
         self.std_ = np.ones(X.shape[1])
@@ -224,7 +257,8 @@ class OODDetector:
         self.nov_loc_, self.nov_scale_, self.mix_loc_, self.mix_scale_ = 0.0, 1.0, 0.0, 1.0
         if self._text_ngrams:
             assert texts is not None
-            loo = self._fit_ngrams(texts)  # all prompts: the leave-one-out novelty needs no held-out split
+            assert ids is not None
+            loo = self._fit_ngrams(ids)  # all prompts: the leave-one-out novelty needs no held-out split
             self.nov_loc_, self.nov_scale_ = _calibration(loo, self.novelty_floor)
             # cluster-conditional novelty: relative to the median novelty of the nearest centroid's prompts
             _, near = self._raw(X)
@@ -271,12 +305,13 @@ class OODDetector:
             texts = [texts]
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
-        X = (self._features(emb, texts).astype(np.float64) - self.center_) / self.std_
+        ids = self._ngram_ids(texts)
+        X = (self._features(emb, texts, ids).astype(np.float64) - self.center_) / self.std_
         raw, near = self._raw(X)
         s = (raw - self.loc_) / self.scale_
         if self.seen_ is not None:
             assert texts is not None
-            s = s + self._novelty_z(self.novelty(texts), near)
+            s = s + self._novelty_z(self.novelty(texts, ids), near)
             s = (s - self.mix_loc_) / self.mix_scale_
         return float(s[0]) if single else s
 
@@ -288,7 +323,7 @@ class OODDetector:
         params = {
             "n_clusters": self.n_clusters, "use_shape": self.use_shape, "calib_frac": self.calib_frac,
             "seed": self.seed, "ridge": self.ridge, "loc": self.loc_, "scale": self.scale_, "train_quantiles": self.train_quantiles_,
-            "use_ngrams": self.use_ngrams, "novelty_floor": self.novelty_floor, "ngram_orders": list(NGRAM_ORDERS), "ngram_bits": NGRAM_BITS,
+            "use_ngrams": self.use_ngrams, "novelty_floor": self.novelty_floor, "ngram_dims": self.ngram_dims, "ngram_dims_fitted": self.ngram_dims_, "ngram_orders": list(NGRAM_ORDERS), "ngram_bits": NGRAM_BITS,
             "nov_loc": self.nov_loc_, "nov_scale": self.nov_scale_, "mix_loc": self.mix_loc_, "mix_scale": self.mix_scale_,
             "cnov_loc": self.cnov_loc_, "cnov_scale": self.cnov_scale_,
         }  # fmt: skip
@@ -303,11 +338,13 @@ class OODDetector:
     def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> OODDetector:
         """Rebuild from `get_state()` output (states written before the n-gram score load without it)."""
         det = cls(params["n_clusters"], params["use_shape"], params["calib_frac"], params.get("seed", 0),
-                  params.get("ridge", 1e-4), params.get("use_ngrams", False), params.get("novelty_floor", 0.05))  # fmt: skip
+                  params.get("ridge", 1e-4), params.get("use_ngrams", False), params.get("novelty_floor", 0.05),
+                  params.get("ngram_dims", 0))  # fmt: skip
         det.centroids_, det.W_, det.G_, det.mu_, det.center_, det.std_ = (
             np.asarray(arrays[k]) for k in ("centroids", "W", "G", "mu", "center", "std")
         )
         det.loc_, det.scale_ = float(params["loc"]), float(params["scale"])
+        det.ngram_dims_ = int(params.get("ngram_dims_fitted", 0))
         if "ngram_seen" in arrays:
             if tuple(params["ngram_orders"]) != NGRAM_ORDERS or int(params["ngram_bits"]) != NGRAM_BITS:
                 raise ValueError("OODDetector state uses a different n-gram layout than this version")
