@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from llmroute.guards.evaldata import clean_sentences, pii_examples
 from llmroute.guards.jailbreak import JailbreakDetector
 from llmroute.guards.jailbreak_data import ATTACK_FAMILIES, examples
-from llmroute.guards.ood import OODDetector
+from llmroute.guards.ood import NGRAM_BITS, NGRAM_ORDERS, OODDetector, distinct_ngrams, ngram_profile
 from llmroute.guards.pii import PII_TYPES, PIIDetector, iban_ok, luhn_ok
 from llmroute.signals.hashenc import HashingEncoder
 
@@ -143,3 +143,59 @@ def test_ood_with_text_shape_features() -> None:
     out = det.score(enc.encode(chat[:10]), chat[:10])
     assert ind.max() < out.min()
     assert isinstance(det.score(enc.encode([chat[0]])[0], chat[0]), float)
+
+
+def test_ngram_ids_and_profile() -> None:
+    ids = distinct_ngrams("Hello world, hello world")
+    assert np.all(np.diff(ids) > 0)  # sorted, distinct
+    assert set(np.unique(ids >> NGRAM_BITS)) == set(range(len(NGRAM_ORDERS)))
+    np.testing.assert_array_equal(ids, distinct_ngrams("HELLO world, hello WORLD"))  # lower-cased
+    assert len(distinct_ngrams("")) == len(NGRAM_ORDERS)  # padded: still one n-gram per order
+    prof = ngram_profile([ids, distinct_ngrams("something else entirely")], 32)
+    assert prof.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(prof, axis=1), 1.0, rtol=1e-5)
+
+
+def _exam(i: int, rng: np.random.Generator) -> str:
+    a, b = rng.integers(2, 99, 2)
+    return f"Question {i}: what is {a} plus {b}?\nA. {a + b}\nB. {a * b}\nC. {a - b}\nD. {b}\nAnswer:"
+
+
+def test_ood_vocabulary_novelty_separates_same_topic_new_wording(tmp_path: Path) -> None:
+    """Same topic (arithmetic) in another wording and format: the n-gram novelty sees the difference."""
+    rng = np.random.default_rng(0)
+    enc = HashingEncoder()
+    train = [_exam(i, rng) for i in range(400)]
+    ind = [_exam(i, rng) for i in range(400, 440)]
+    word = ["Janet has {} apples and buys {} more at the market; how many does she have now?",
+            "A train travels {} miles in the morning and {} in the afternoon. Total distance?"]  # fmt: skip
+    out = [word[i % 2].format(*rng.integers(2, 99, 2)) for i in range(40)]
+    det = OODDetector(n_clusters=16).fit(enc.encode(train), train)
+    assert det.seen_ is not None and det.ngram_dims_ > 0
+    assert det.novelty(ind).mean() < 0.15 < 0.3 < det.novelty(out).mean()
+    s_in, s_out = det.score(enc.encode(ind), ind), det.score(enc.encode(out), out)
+    assert s_in.mean() < 1.5 < 3.0 < s_out.min()
+    # the n-gram model travels with the state (bit-packed), and loads back to the same scores
+    det.save(tmp_path / "ood.npz")
+    again = OODDetector.load(tmp_path / "ood.npz")
+    np.testing.assert_allclose(again.score(enc.encode(out), out), s_out, rtol=1e-6)
+    # without the n-gram parts (as in states written before them) the detector still works
+    plain = OODDetector(n_clusters=16, use_ngrams=False, ngram_dims=0).fit(enc.encode(train), train)
+    assert plain.seen_ is None and plain.ngram_dims_ == 0
+    arrays, params = plain.get_state()
+    for k in ("use_ngrams", "novelty_floor", "ngram_dims", "ngram_dims_fitted"):
+        params.pop(k)
+    old = OODDetector.from_state(arrays, params)
+    np.testing.assert_allclose(old.score(enc.encode(out), out), plain.score(enc.encode(out), out), rtol=1e-6)
+
+
+def test_ood_novelty_floor_keeps_templated_sets_calm() -> None:
+    """A templated in-domain set shares almost every n-gram; one new word must not look out of domain."""
+    enc = HashingEncoder()
+    topics = ["caching", "code review", "unit tests", "indexes", "retries", "logging", "queues", "timeouts"]
+    train = [f"How do I add {t} to my {lang} service?" for t in topics for lang in ("Go", "Rust", "Java", "Python")]
+    det = OODDetector(n_clusters=4, ridge=0.1).fit(enc.encode(train), train)
+    assert det.nov_scale_ >= det.novelty_floor
+    near = "How do I add caching to my Kotlin service?"
+    far = "Quelle est la meilleure recette de tarte aux pommes ?"
+    assert det.score(enc.encode([near])[0], near) < det.score(enc.encode([far])[0], far)
