@@ -74,14 +74,16 @@ def shape_features(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def ngram_hashes(text: str, max_chars: int = NGRAM_MAX_CHARS) -> list[np.ndarray]:
-    """Hashed character n-grams (one int64 bucket id per position) of the lower-cased text, per order in NGRAM_ORDERS."""
+def distinct_ngrams(text: str, max_chars: int = NGRAM_MAX_CHARS) -> np.ndarray:
+    """Sorted distinct ids of the hashed character n-grams (orders NGRAM_ORDERS) of the lower-cased text.
+
+    Each id is a NGRAM_BITS-bit bucket plus the order's index shifted above those bits.
+    """
     c = _codepoints(text.lower(), max_chars).astype(np.uint64)
-    lo = NGRAM_ORDERS[0]
-    if len(c) < NGRAM_ORDERS[-1]:
-        c = np.concatenate([np.zeros(NGRAM_ORDERS[-1] - len(c), np.uint64), c])
-    out = []
-    mask = np.uint64((1 << NGRAM_BITS) - 1)
+    lo, hi = NGRAM_ORDERS[0], NGRAM_ORDERS[-1]
+    if len(c) < hi:
+        c = np.concatenate([np.zeros(hi - len(c), np.uint64), c])
+    parts = []
     with np.errstate(over="ignore"):
         h = np.zeros(len(c) - lo + 1, np.uint64)
         for j in range(lo):
@@ -89,16 +91,18 @@ def ngram_hashes(text: str, max_chars: int = NGRAM_MAX_CHARS) -> list[np.ndarray
         for n in NGRAM_ORDERS:
             if n > lo:  # extend the (n-1)-gram hashes by one character
                 h = h[:-1] * _MUL + c[n - 1 :] + np.uint64(n)
-            m = h ^ (h >> np.uint64(29))
-            m *= _MIX1
-            m ^= m >> np.uint64(32)
-            out.append((m & mask).astype(np.int64))
-    return out
-
-
-def distinct_ngrams(text: str) -> np.ndarray:
-    """Sorted distinct ids of the hashed n-grams of every order (order index k in the bits above NGRAM_BITS)."""
-    a = np.sort(np.concatenate([g + (k << NGRAM_BITS) for k, g in enumerate(ngram_hashes(text))]))
+            parts.append(h)
+        m = np.concatenate(parts)
+        m ^= m >> np.uint64(29)
+        m *= _MIX1
+        m ^= m >> np.uint64(32)
+    a = (m & np.uint64((1 << NGRAM_BITS) - 1)).astype(np.int64)
+    start = 0
+    for k, p in enumerate(parts):
+        if k:
+            a[start : start + len(p)] += k << NGRAM_BITS
+        start += len(p)
+    a.sort()
     keep = np.empty(len(a), bool)
     keep[0] = True
     np.not_equal(a[1:], a[:-1], out=keep[1:])
@@ -118,8 +122,11 @@ def _per_order_mean(ids: np.ndarray, values: np.ndarray) -> float:
     """Mean over n-gram orders of the per-order mean of `values` (aligned with `distinct_ngrams` ids)."""
     order = ids >> NGRAM_BITS
     k = len(NGRAM_ORDERS)
-    return float(
-        np.mean(np.bincount(order, values, minlength=k) / np.maximum(np.bincount(order, minlength=k), 1))
+    return (
+        float(
+            (np.bincount(order, values, minlength=k) / np.maximum(np.bincount(order, minlength=k), 1)).sum()
+        )
+        / k
     )
 
 
@@ -177,6 +184,7 @@ class OODDetector:
         self.mix_loc_: float = 0.0
         self.mix_scale_: float = 1.0
         self.train_quantiles_: dict[str, float] = {}
+        self._folded: tuple[Any, ...] | None = None  # derived matrices for _raw
 
     @property
     def _text_ngrams(self) -> bool:
@@ -248,6 +256,7 @@ class OODDetector:
         mu = Xtr.mean(0)
         self.G_ = _inv_sqrt(Xtr - mu, self.ridge)
         self.mu_ = mu @ self.G_
+        self._folded = None
         self.loc_, self.scale_ = 0.0, 1.0
         ref = cal if n_cal else tr
         raw, _ = self._raw(X[ref])
@@ -288,15 +297,23 @@ class OODDetector:
         return 0.5 * (z_global + z_cluster)
 
     def _raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Relative Mahalanobis distance of already z-scored features, and the nearest centroid."""
+        """Relative Mahalanobis distance of already z-scored features, and the nearest centroid.
+
+        |xW - c|^2 - |xG - m|^2 = x (WW' - GG') x' - 2 x (Wc' ) + |c|^2 + 2 x (Gm') - |m|^2, with the
+        matrices folded once, so a prompt costs one (d, d) and one (d, k) product.
+        """
         if self.centroids_ is None:
             raise RuntimeError("OODDetector is not fitted; call fit() or load()")
-        Xw = X @ self.W_
-        C = self.centroids_
-        d2 = (Xw * Xw).sum(1)[:, None] - 2.0 * Xw @ C.T + (C * C).sum(1)[None, :]
-        g = X @ self.G_ - self.mu_
+        if self._folded is None:
+            W, G, C, m = self.W_, self.G_, self.centroids_, self.mu_
+            assert W is not None and G is not None and m is not None
+            M = W @ W.T - G @ G.T
+            self._folded = (M, W @ C.T, (C * C).sum(1), 2.0 * (G @ m), float(m @ m))
+        M, B, c2, gm, m2 = self._folded
+        d2 = c2[None, :] - 2.0 * (X @ B)
         near = d2.argmin(1)
-        return d2[np.arange(len(d2)), near] - (g * g).sum(1), near
+        quad = ((X @ M) * X).sum(1)
+        return quad + d2[np.arange(len(d2)), near] + X @ gm - m2, near
 
     def score(self, emb: np.ndarray, texts: Sequence[str] | str | None = None) -> np.ndarray | float:
         """Out-of-domain score(s): 0 = median in-domain, 1 = in-domain 95th percentile."""
