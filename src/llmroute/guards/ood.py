@@ -1,21 +1,27 @@
 """Out-of-domain score: how far a prompt lies from the data a router was trained on.
 
 In the spirit of Guarded Query Routing, with a density-corrected distance: each prompt is
-represented by its embedding plus a few cheap text-shape statistics (log length, digit /
-non-ASCII / code-punctuation / upper-case / newline fractions), the training prompts are
-summarised by k-means centroids and a tied (within-cluster) covariance, and the score is the
-relative Mahalanobis distance (Ren et al., 2021): the squared distance to the nearest centroid
-minus the squared distance to one global Gaussian. The artifact keeps centroids and covariance
-factors, never the prompts.
+represented by its embedding, a few cheap text-shape statistics (log length, digit / non-ASCII /
+code-punctuation / upper-case / newline fractions) and a signed hashed profile of its distinct
+character 3/4/5-grams (wording and format, which sentence embeddings smooth over; one dimension
+per 16 training prompts, at most 128); the training prompts are summarised by k-means centroids
+and a tied (within-cluster) covariance, and the distance score is the relative Mahalanobis distance
+(Ren et al., 2021): the squared distance to the nearest centroid minus the squared distance to one
+global Gaussian.
 
 Embeddings alone miss task families that share a topic and language with the training data but
 differ in wording or format (two Chinese exam sets, maths word problems vs maths exams). A second,
-complementary score is vocabulary novelty: the share of the prompt's character n-grams
-(n = 3, 4, 5, lower-cased, hashed) that occur in no training prompt. The artifact keeps only a
-hashed presence bitmap per n (no counts, no text); in-domain calibration uses the leave-one-out
-novelty of the training prompts themselves (n-grams seen in no *other* training prompt), which is
-exactly what an unseen prompt's novelty measures. Each score is put on the same scale (0 = in-domain
-median, 1 = in-domain 95th percentile) and the two are added (an untuned, equal-weight ensemble).
+complementary score is vocabulary novelty: the share of the prompt's distinct character n-grams
+(n = 3, 4, 5, lower-cased, hashed) that occur in no training prompt, taken both as is and relative
+to the median novelty of the nearest centroid's training prompts (mean of the two). In-domain
+calibration uses the leave-one-out novelty of the training prompts themselves (n-grams seen in no
+*other* training prompt), which is exactly what an unseen prompt's novelty measures; its scale has
+a floor (`novelty_floor`) so that templated in-domain sets stay usable. Each score is put on the
+same scale (0 = in-domain median, 1 = in-domain 95th percentile) and they are added (an untuned,
+equal-weight ensemble), then re-calibrated.
+
+The artifact keeps centroids, covariance factors, a bit-packed presence bitmap per n-gram order
+(no counts) and per-centroid median novelty: never the prompts.
 
 Scores are calibrated on held-out training prompts: 0 = the median in-domain prompt,
 1 = the in-domain 95th percentile; larger = further out (thresholds in rules: ~1.5-3).
