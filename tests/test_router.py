@@ -231,3 +231,20 @@ def test_round_trip_with_project_encoders(encoder, data, tmp_path):
     assert a == b
     acc = np.mean([d.model == t for d, t in zip(r.route_batch(test.prompts, tradeoff=0.0), true_best(test), strict=True)])
     assert acc >= 0.6
+
+
+def test_route_batch_with_workers_gives_identical_decisions() -> None:
+    """Forked batch workers estimate chunks; the decisions match the single-process ones (values
+    agree to float rounding: BLAS sums in a different order for other chunk sizes)."""
+    from llmroute.data import make_synthetic_table
+    from llmroute.router import Router
+
+    table = make_synthetic_table(n_prompts=200, seed=3)
+    router = Router.fit(table, estimator="linear", encoder="static-minilm")
+    prompts = [f"{p} (copy {i})" for i in range(6) for p in table.prompts][:1200]
+    one = router.route_batch(prompts, tradeoff=50)
+    two = router.route_batch(prompts, tradeoff=50, workers=2)
+    assert [d.model for d in one] == [d.model for d in two]
+    for a, b in zip(one, two, strict=True):
+        assert a.expected_quality == pytest.approx(b.expected_quality, rel=1e-6, abs=1e-9)
+        assert a.expected_cost == pytest.approx(b.expected_cost, rel=1e-6, abs=1e-12)

@@ -46,6 +46,19 @@ __all__ = [
 FORMAT = "llmroute-router"
 FORMAT_VERSION = 1
 _CACHE_MAX = 4096
+_PARALLEL_MIN_CHUNK = 500
+_WORKER_ROUTER: list[Router] = []  # set only inside forked batch workers (see route_batch)
+
+
+def _init_worker(router: Router) -> None:
+    _WORKER_ROUTER[:] = [router]
+
+
+def _worker_estimate(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    router = _WORKER_ROUTER[0]
+    with router._one_thread():  # one BLAS thread per worker: the workers already use the cores
+        q, c, _ = router._estimate_raw(texts)
+    return q, c
 PromptLike = str | Sequence[Mapping[str, Any]]
 
 
@@ -438,7 +451,7 @@ class Router:
         self,
         q: np.ndarray,
         c: np.ndarray,
-        X: Features,
+        X: Features | None,
         texts: list[str],
         tradeoff: float | None,
         max_cost: float | None,
@@ -543,11 +556,34 @@ class Router:
         min_quality: float | None = None,
         allowed: Sequence[str] | None = None,
         context_windows: Mapping[str, int] | None = None,
+        workers: int = 1,
     ) -> list[Decision]:
-        """Decisions for many prompts at once (vectorised estimation and policy)."""
+        """Decisions for many prompts at once (vectorised estimation and policy).
+
+        `workers` > 1 estimates chunks of a large batch in that many forked worker processes
+        (POSIX only; the router is inherited, not reloaded). Use it from scripts and batch jobs,
+        not from inside a multi-threaded server. Decisions are identical either way.
+        """
         texts = self._texts(prompts)
-        q, c, X = self._estimate_texts(texts)
+        if workers > 1 and len(texts) >= 2 * _PARALLEL_MIN_CHUNK:
+            q, c = self._estimate_parallel(texts, workers)
+            X = None
+        else:
+            q, c, X = self._estimate_texts(texts)
         return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)
+
+    def _estimate_parallel(self, texts: list[str], workers: int) -> tuple[np.ndarray, np.ndarray]:
+        import multiprocessing
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            q, c, _ = self._estimate_texts(texts)
+            return q, c
+        n_chunks = min(workers * 4, max(1, len(texts) // _PARALLEL_MIN_CHUNK))
+        chunks = [list(part) for part in np.array_split(np.asarray(texts, dtype=object), n_chunks)]
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(self,)) as pool:
+            parts = pool.map(_worker_estimate, chunks)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
