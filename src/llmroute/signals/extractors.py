@@ -444,12 +444,12 @@ class OODSignal(Signal):
 
     state (an .npz written by `OODDetector.save`; loaded when it exists), table (a routing table
     whose prompts are the in-domain set; fitted at load when `state` is absent, then saved to
-    `state` if given), or the active router's `ood_detector` attribute. n_clusters / use_shape / ridge / use_ngrams / novelty_floor: OODDetector parameters when fitting.
+    `state` if given), or the active router's `ood_detector` attribute. n_clusters / use_shape / ridge / use_ngrams / novelty_floor / ngram_dims: OODDetector parameters when fitting.
     """
 
     type = "ood"
     needs_embedding = True
-    _params = frozenset({"state", "table", "n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor"})
+    _params = frozenset({"state", "table", "n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims"})
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: BuildContext) -> None:
         super().__init__(name, params, ctx)
@@ -459,7 +459,7 @@ class OODSignal(Signal):
             q = Path(p)
             return q if q.is_absolute() or ctx.base_dir is None else ctx.base_dir / q
 
-        kw: dict[str, Any] = {k: self.params[k] for k in ("n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor") if k in self.params}
+        kw: dict[str, Any] = {k: self.params[k] for k in ("n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims") if k in self.params}
         state = _path(self.params["state"]) if "state" in self.params else None
         if state is not None and state.is_file():
             self.detector = OODDetector.load(state)
