@@ -134,6 +134,9 @@ def test_jailbreak_is_blocked(gw: Any, fake_server: Any) -> None:
     assert "Blocked by the gateway's safety policy" in e.message and "block-jailbreak" in e.message
     assert e.response.headers["x-llmroute-rules"].startswith("action=block;rule=block-jailbreak")
     assert sum(fake_server.state.counts.values()) == 0  # never reached a model
+    rec = _trace(gw, e.response.headers["x-llmroute-request-id"])  # the verdict is in the trace too
+    assert rec["status"] == 400 and rec["extra"]["rules"]["rule"] == "block-jailbreak"
+    assert rec["extra"]["rules"]["action"] == "block" and rec["extra"]["rules"]["signals"]["jailbreak"] >= 0.9
 
 
 def test_out_of_domain_is_rejected(gw: Any, fake_server: Any) -> None:
@@ -142,6 +145,8 @@ def test_out_of_domain_is_rejected(gw: Any, fake_server: Any) -> None:
     assert ei.value.code == "blocked_by_rule"
     assert ei.value.response.headers["x-llmroute-rules"].startswith("action=block;rule=reject-out-of-domain")
     assert sum(fake_server.state.counts.values()) == 0
+    rec = _trace(gw, ei.value.response.headers["x-llmroute-request-id"])
+    assert rec["extra"]["rules"]["rule"] == "reject-out-of-domain" and "ood" in rec["extra"]["rules"]["signals"]
 
 
 def test_cache_hits_exact_semantic_and_stream(gw: Any, fake_server: Any) -> None:

@@ -455,7 +455,7 @@ class Gateway:
     def _finish(self, *, rid: str, ctx: RequestContext | None, decision: RouteDecision | None, model: str,
                 status: int, t0: float, attempts: list[Attempt], usage: tuple[int, int, float] = (0, 0, 0.0),
                 stream: bool = False, ttft: float | None = None, error: str | None = None,
-                response: Any = None) -> None:
+                response: Any = None, extra: dict[str, Any] | None = None) -> None:
         """Metrics + trace record (both queued, off the hot path)."""
         total = time.perf_counter() - t0
         upstream = sum(a.latency_s for a in attempts)
@@ -490,6 +490,8 @@ class Gateway:
             rec["response"] = response
         if decision is not None and decision.extra:
             rec["extra"] = decision.extra
+        elif extra:  # refused before a decision existed (e.g. blocked by a rule or guard)
+            rec["extra"] = extra
         self.store.write(rec)
 
     # ---- endpoints ---------------------------------------------------------------------------
@@ -522,7 +524,7 @@ class Gateway:
                     reservation = self.budgets.reserve(key, self._max_cost(decision, body))
             except GatewayError as e:
                 self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=e.status, t0=t0, attempts=[],
-                             error=e.message)
+                             error=e.message, extra=getattr(e, "trace_extra", None))
                 if e.status in (401, 403, 429):
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
                 await self._error(send, e, self._rejected_headers(rid, decision, e), anthropic)

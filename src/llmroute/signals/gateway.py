@@ -80,10 +80,12 @@ class GatewayGuard:
                                           key=ctx.key_id, router=self._router_for(engine, ctx.requested))  # fmt: skip
             ctx.extra["rules"] = verdict.trace()
             if verdict.blocked:
-                raise GatewayError(
+                err = GatewayError(
                     verdict.status, f"{verdict.message} (rule {verdict.rule!r})", code="blocked_by_rule",
                     headers={"x-llmroute-rules": verdict.header()},
                 )  # fmt: skip
+                err.trace_extra = {"rules": ctx.extra["rules"]}  # the trace record explains the block
+                raise err
             if verdict.redacted:
                 ctx.messages = verdict.messages
                 ctx.body["messages"] = verdict.messages
