@@ -66,7 +66,9 @@ def replace_section(text: str, name: str, markdown: str, title: str | None = Non
     return f"{text}{sep}{heading}{body}\n"
 
 
-def update_section(name: str, markdown: str, title: str | None = None, path: Path | str | None = None) -> Path:
+def update_section(
+    name: str, markdown: str, title: str | None = None, path: Path | str | None = None
+) -> Path:
     """Replace the `<!-- name:start -->...<!-- name:end -->` block of BENCHMARKS.md with `markdown`.
 
     When the markers are absent, a new `## title` section (title defaults to `name`) is

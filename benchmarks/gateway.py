@@ -126,8 +126,12 @@ def parse_wrk(out: str) -> dict[str, Any]:
 def run_wrk(wrk: str, url: str, lua: Path, conns: int, duration: int, pids: dict[str, int]) -> dict[str, Any]:
     subprocess.run([wrk, "-t1", f"-c{conns}", "-d2s", "-s", str(lua), url], capture_output=True, check=False)
     before = {k: cpu_seconds(p) for k, p in pids.items()}
-    out = subprocess.run([wrk, "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     res = parse_wrk(out)
     n = max(1, res["requests"])
     for k, p in pids.items():
@@ -145,7 +149,10 @@ async def fault_run(gw: str, fake: str, fault: str, n: int, conc: int = 32) -> d
 
         async def one(i: int) -> None:
             nonlocal failed, picked_failing, fell_back
-            body = {"model": "llmroute/auto", "messages": [{"role": "user", "content": f"Prove it, step by step ({i})"}]}
+            body = {
+                "model": "llmroute/auto",
+                "messages": [{"role": "user", "content": f"Prove it, step by step ({i})"}],
+            }
             async with sem:
                 try:
                     r = await c.post(gw + "/v1/chat/completions", json=body)
@@ -164,8 +171,14 @@ async def fault_run(gw: str, fake: str, fault: str, n: int, conc: int = 32) -> d
         await asyncio.gather(*(one(i) for i in range(n)))
         elapsed = time.monotonic() - t0
         await c.delete(fake + "/_control/fault")
-    return {"fault": fault, "requests": n, "failed": failed, "routed_to_failing": picked_failing,
-            "fallbacks": fell_back, "seconds": round(elapsed, 2)}
+    return {
+        "fault": fault,
+        "requests": n,
+        "failed": failed,
+        "routed_to_failing": picked_failing,
+        "fallbacks": fell_back,
+        "seconds": round(elapsed, 2),
+    }
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -180,7 +193,9 @@ def main() -> None:
     ap.add_argument("--connections", default="32,128")
     ap.add_argument("--faults", type=int, default=1000, help="requests per fault type (0 = skip)")
     ap.add_argument("--no-write", action="store_true", help="do not write results / BENCHMARKS.md")
-    ap.add_argument("--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results")
+    ap.add_argument(
+        "--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results"
+    )
     args = ap.parse_args()
     if args.md_only:
         update_section("gateway", markdown(json.loads(RESULTS.read_text())), title="Gateway")
@@ -190,45 +205,88 @@ def main() -> None:
     conns = [int(x) for x in args.connections.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="llmroute-bench-"))
     fport, gport = free_port(), free_port()
-    env = dict(os.environ, LLMROUTE_BACKEND_URL=f"http://127.0.0.1:{fport}/v1",
-               LLMROUTE_STORE_URL=f"sqlite:///{tmp}/traces.sqlite", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        LLMROUTE_BACKEND_URL=f"http://127.0.0.1:{fport}/v1",
+        LLMROUTE_STORE_URL=f"sqlite:///{tmp}/traces.sqlite",
+        PYTHONUNBUFFERED="1",
+    )
     py = sys.executable
     fake = start([py, "-m", "llmroute.gateway.fake", "--port", str(fport)], env, tmp / "fake.log")
-    gw = start([py, "-m", "llmroute.gateway.serve", "--config", "examples/loopback.yaml", "--port", str(gport),
-                "--workers", "1"], env, tmp / "gateway.log")
+    gw = start(
+        [
+            py,
+            "-m",
+            "llmroute.gateway.serve",
+            "--config",
+            "examples/loopback.yaml",
+            "--port",
+            str(gport),
+            "--workers",
+            "1",
+        ],
+        env,
+        tmp / "gateway.log",
+    )
     procs = [fake, gw]
     try:
         wait_ready(f"http://127.0.0.1:{fport}/v1/models", fake)
         wait_ready(f"http://127.0.0.1:{gport}/healthz", gw)
         pids = {"gateway": gw.pid, "fake": fake.pid}
         runs = []
-        targets = (("direct", "fake-weak", fport), ("gateway", "llmroute/auto", gport),
-                   ("passthrough", "fake-weak", gport))
+        targets = (
+            ("direct", "fake-weak", fport),
+            ("gateway", "llmroute/auto", gport),
+            ("passthrough", "fake-weak", gport),
+        )
         plan = [(False, 1, t) for t in targets[:2]]  # one connection: added latency without queueing
-        plan += [(stream, c, t) for stream in (False, True) for c in conns for t in targets
-                 if t[0] != "passthrough" or (c == conns[0] and not stream)]
+        plan += [
+            (stream, c, t)
+            for stream in (False, True)
+            for c in conns
+            for t in targets
+            if t[0] != "passthrough" or (c == conns[0] and not stream)
+        ]
         for stream, c, (target, model, port) in plan:
             lua = tmp / f"{target}-{int(stream)}.lua"
-            lua.write_text(LUA.replace("MODEL", model).replace('"STREAM"', '"stream":true,"' if stream else '"'))
+            lua.write_text(
+                LUA.replace("MODEL", model).replace('"STREAM"', '"stream":true,"' if stream else '"')
+            )
             res = run_wrk(wrk, f"http://127.0.0.1:{port}", lua, c, args.duration, pids)
             res.update(target=target, connections=c, stream=stream)
             print(json.dumps(res), file=sys.stderr)
             runs.append(res)
         faults = []
         if args.faults:
-            fenv = dict(env, LLMROUTE_TRADEOFF="0", LLMROUTE_BACKEND_TIMEOUT="1",
-                        LLMROUTE_STORE_URL=f"sqlite:///{tmp}/faults.sqlite")
+            fenv = dict(
+                env,
+                LLMROUTE_TRADEOFF="0",
+                LLMROUTE_BACKEND_TIMEOUT="1",
+                LLMROUTE_STORE_URL=f"sqlite:///{tmp}/faults.sqlite",
+            )
             g2port = free_port()
-            g2 = start([py, "-m", "llmroute.gateway.serve", "--config", "examples/loopback.yaml", "--port",
-                        str(g2port)], fenv, tmp / "gateway-faults.log")
+            g2 = start(
+                [
+                    py,
+                    "-m",
+                    "llmroute.gateway.serve",
+                    "--config",
+                    "examples/loopback.yaml",
+                    "--port",
+                    str(g2port),
+                ],
+                fenv,
+                tmp / "gateway-faults.log",
+            )
             procs.append(g2)
             wait_ready(f"http://127.0.0.1:{g2port}/healthz", g2)
             from llmroute.gateway.fake import FAULTS
 
             for fault in [f for f in FAULTS if f not in ("400", "drip")]:
                 # a fresh gateway state per fault would hide breaker effects; one gateway sees them all
-                r = asyncio.run(fault_run(f"http://127.0.0.1:{g2port}", f"http://127.0.0.1:{fport}", fault,
-                                          args.faults))
+                r = asyncio.run(
+                    fault_run(f"http://127.0.0.1:{g2port}", f"http://127.0.0.1:{fport}", fault, args.faults)
+                )
                 print(json.dumps(r), file=sys.stderr)
                 faults.append(r)
     finally:
@@ -243,13 +301,25 @@ def main() -> None:
 
     load = os.getloadavg()
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_start": [round(x, 2) for x in load_start],
-                    "loadavg_at_end": [round(x, 2) for x in load]},
-        "setup": {"workers": 1, "router": "builtin:default (every request routed, unique prompts)",
-                  "config": "examples/loopback.yaml", "duration_s": args.duration, "wrk_threads": 1,
-                  "connections": conns, "fault_requests": args.faults},
-        "summary": summarise(runs, conns), "runs": runs, "faults": faults,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in load_start],
+            "loadavg_at_end": [round(x, 2) for x in load],
+        },
+        "setup": {
+            "workers": 1,
+            "router": "builtin:default (every request routed, unique prompts)",
+            "config": "examples/loopback.yaml",
+            "duration_s": args.duration,
+            "wrk_threads": 1,
+            "connections": conns,
+            "fault_requests": args.faults,
+        },
+        "summary": summarise(runs, conns),
+        "runs": runs,
+        "faults": faults,
     }
     if args.no_write:
         print(json.dumps(result, indent=2))
@@ -272,13 +342,17 @@ def summarise(runs: list[dict[str, Any]], conns: list[int]) -> dict[str, Any]:
     """Headline numbers: req/s and added p50 per mode, pass-through, one-connection added latency."""
     d1, g1 = _pick(runs, "direct", 1, False), _pick(runs, "gateway", 1, False)
     pt = _pick(runs, "passthrough", conns[0], False)
-    summary: dict[str, Any] = {"added_p50_ms_one_connection": round(g1["p50_ms"] - d1["p50_ms"], 3),
-                               f"passthrough_c{conns[0]}": {"rps": pt["rps"],
-                                                            "cpu_us_per_req": pt["cpu_us_per_req_gateway"]}}
+    summary: dict[str, Any] = {
+        "added_p50_ms_one_connection": round(g1["p50_ms"] - d1["p50_ms"], 3),
+        f"passthrough_c{conns[0]}": {"rps": pt["rps"], "cpu_us_per_req": pt["cpu_us_per_req_gateway"]},
+    }
     for stream, c in _modes(conns):
         d, g = _pick(runs, "direct", c, stream), _pick(runs, "gateway", c, stream)
         summary[f"{'stream' if stream else 'nonstream'}_c{c}"] = {
-            "gateway_rps": g["rps"], "direct_rps": d["rps"], "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3)}
+            "gateway_rps": g["rps"],
+            "direct_rps": d["rps"],
+            "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+        }
     return summary
 
 
@@ -289,14 +363,30 @@ def markdown(result: dict[str, Any]) -> str:
     rows = []
     for stream, c in _modes(conns):
         d, g = _pick(runs, "direct", c, stream), _pick(runs, "gateway", c, stream)
-        rows.append(["stream" if stream else "non-stream", c, g["rps"], d["rps"], g["p50_ms"], d["p50_ms"],
-                     g["p50_ms"] - d["p50_ms"], g["p99_ms"], d["p99_ms"], g["cpu_us_per_req_gateway"],
-                     g["non_2xx"], g["socket_errors"]])
+        rows.append(
+            [
+                "stream" if stream else "non-stream",
+                c,
+                g["rps"],
+                d["rps"],
+                g["p50_ms"],
+                d["p50_ms"],
+                g["p50_ms"] - d["p50_ms"],
+                g["p99_ms"],
+                d["p99_ms"],
+                g["cpu_us_per_req_gateway"],
+                g["non_2xx"],
+                g["socket_errors"],
+            ]
+        )
     pt = _pick(runs, "passthrough", conns[0], False)
     m = result["machine"]
     start = m.get("loadavg_at_start")
-    load = (f"load average {start[0]:.1f} at the start, {m['loadavg_at_end'][0]:.1f} at the end" if start
-            else f"load average {m['loadavg_at_end'][0]:.1f} at the end")
+    load = (
+        f"load average {start[0]:.1f} at the start, {m['loadavg_at_end'][0]:.1f} at the end"
+        if start
+        else f"load average {m['loadavg_at_end'][0]:.1f} at the end"
+    )
     md = [
         f"`python benchmarks/gateway.py` on {m['cpus']} CPUs ({load}; wrk, the fake server and the gateway share "
         "the cores, and the box was shared with other jobs), loopback, wrk -t1, ONE gateway worker "
@@ -304,9 +394,23 @@ def markdown(result: dict[str, Any]) -> str:
         "Added p50 = gateway p50 - direct p50. CPU = gateway process CPU per request (all threads: routing, "
         "proxying, trace writer). wrk errors = requests over wrk's 2 s timeout.",
         "",
-        md_table(["mode", "conns", "gateway req/s", "direct req/s", "gateway p50 ms", "direct p50 ms",
-                  "added p50 ms", "gateway p99 ms", "direct p99 ms", "gateway CPU us/req", "non-2xx",
-                  "wrk errors"], rows),
+        md_table(
+            [
+                "mode",
+                "conns",
+                "gateway req/s",
+                "direct req/s",
+                "gateway p50 ms",
+                "direct p50 ms",
+                "added p50 ms",
+                "gateway p99 ms",
+                "direct p99 ms",
+                "gateway CPU us/req",
+                "non-2xx",
+                "wrk errors",
+            ],
+            rows,
+        ),
         "",
         f"Pass-through (a concrete model name, no routing) at {conns[0]} connections: {pt['rps']:.0f} req/s, "
         f"{pt['cpu_us_per_req_gateway']:.0f} us gateway CPU per request; the difference to `llmroute/auto` is the "
@@ -321,12 +425,27 @@ def markdown(result: dict[str, Any]) -> str:
         "gateway stays on uvicorn.",
     ]
     if faults:
-        md += ["", f"Fault acceptance: {setup['fault_requests']} requests through `llmroute/auto` per fault, "
-               "fake-strong failing, fake-weak healthy (trade-off 0 so the failing model is preferred; per-attempt "
-               "timeout 1 s).", "",
-               md_table(["fault", "requests", "failed", "routed to failing model", "fallbacks", "seconds"],
-                        [[f["fault"], f["requests"], f["failed"], f["routed_to_failing"], f["fallbacks"], f["seconds"]]
-                         for f in faults])]
+        md += [
+            "",
+            f"Fault acceptance: {setup['fault_requests']} requests through `llmroute/auto` per fault, "
+            "fake-strong failing, fake-weak healthy (trade-off 0 so the failing model is preferred; per-attempt "
+            "timeout 1 s).",
+            "",
+            md_table(
+                ["fault", "requests", "failed", "routed to failing model", "fallbacks", "seconds"],
+                [
+                    [
+                        f["fault"],
+                        f["requests"],
+                        f["failed"],
+                        f["routed_to_failing"],
+                        f["fallbacks"],
+                        f["seconds"],
+                    ]
+                    for f in faults
+                ],
+            ),
+        ]
     return "\n".join(md)
 
 

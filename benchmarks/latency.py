@@ -75,7 +75,9 @@ def load_router(path: Path | None) -> tuple[object, str]:
         pass
     from llmroute.data import make_synthetic_table
 
-    return Router.fit(make_synthetic_table(n_prompts=400, seed=0), estimator="default"), "default fitted on synthetic"
+    return Router.fit(
+        make_synthetic_table(n_prompts=400, seed=0), estimator="default"
+    ), "default fitted on synthetic"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     router, router_src = load_router(args.router)
     load_s = time.perf_counter() - t0
     prompts, source = distinct_prompts(WARMUP + args.single + args.batch, args.data_dir)
-    warm, single, batch = (prompts[:WARMUP], prompts[WARMUP : WARMUP + args.single],
-                           prompts[WARMUP + args.single :])
+    warm, single, batch = (
+        prompts[:WARMUP],
+        prompts[WARMUP : WARMUP + args.single],
+        prompts[WARMUP + args.single :],
+    )
 
     for p in warm:
         router.route(p)
@@ -120,15 +125,26 @@ def main(argv: list[str] | None = None) -> int:
         "router": router_src,
         "models": list(router.models),
         "prompts_source": source,
-        "prompt_chars": {"p50": float(np.median([len(p) for p in prompts])),
-                         "mean": float(np.mean([len(p) for p in prompts])),
-                         "p99": float(np.percentile([len(p) for p in prompts], 99))},
+        "prompt_chars": {
+            "p50": float(np.median([len(p) for p in prompts])),
+            "mean": float(np.mean([len(p) for p in prompts])),
+            "p99": float(np.percentile([len(p) for p in prompts], 99)),
+        },
         "router_load_s": round(load_s, 4),
-        "single": {"n": len(single), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-                   "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())},
+        "single": {
+            "n": len(single),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()),
+        },
         "batch": {"n": len(batch), "seconds": batch_s, "prompts_per_s": len(batch) / batch_s},
-        "batch_workers": {"n": len(batch2), "workers": workers, "seconds": par_s,
-                          "prompts_per_s": len(batch2) / par_s},
+        "batch_workers": {
+            "n": len(batch2),
+            "workers": workers,
+            "seconds": par_s,
+            "prompts_per_s": len(batch2) / par_s,
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -151,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
                     ["single decision p50 (ms)", fmt(s["p50_ms"]), "<= 0.5"],
                     ["single decision p90 (ms)", fmt(s["p90_ms"]), ""],
                     ["single decision p99 (ms)", fmt(s["p99_ms"]), "<= 2"],
-                    [f"batch throughput (prompts/s, {b['n']:,} prompts, 1 process)", f"{b['prompts_per_s']:,.0f}", ">= 10,000"],
-                    [f"batch throughput (prompts/s, route_batch(workers={workers}))",
-                     f"{res['batch_workers']['prompts_per_s']:,.0f}", ">= 10,000"],
+                    [
+                        f"batch throughput (prompts/s, {b['n']:,} prompts, 1 process)",
+                        f"{b['prompts_per_s']:,.0f}",
+                        ">= 10,000",
+                    ],
+                    [
+                        f"batch throughput (prompts/s, route_batch(workers={workers}))",
+                        f"{res['batch_workers']['prompts_per_s']:,.0f}",
+                        ">= 10,000",
+                    ],
                 ],
             )
         )

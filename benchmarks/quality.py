@@ -57,8 +57,13 @@ def markdown(results: list[dict], meta: dict) -> str:
         head += ["p50 ms", "p99 ms"]
         rows = []
         for name, r in [*res["routers"].items(), ("random", base["random"])]:
-            row = [name, fmt(r["aiq"], 4), fmt(r["gap_closed"]), fmt(r["cost_ratio_at_best_quality"]),
-                   fmt(r["max_quality"], 4)]
+            row = [
+                name,
+                fmt(r["aiq"], 4),
+                fmt(r["gap_closed"]),
+                fmt(r["cost_ratio_at_best_quality"]),
+                fmt(r["max_quality"], 4),
+            ]
             if two:
                 row += [fmt(r["apgr"]), fmt(r["cpt50"], 2), fmt(r["cpt80"], 2)]
             row += [fmt(r.get("decision_ms_p50")), fmt(r.get("decision_ms_p99"))]
@@ -92,22 +97,35 @@ def acceptance(results: list[dict]) -> tuple[list[str], list[list]]:
         beats = None
         if d is not None and k is not None and lin is not None:
             beats = "yes" if d > k and d > lin else "no"
-        rows.append([res["dataset"], fmt(d), fmt(k), fmt(lin), beats, fmt(r.get("default", {}).get("apgr")),
-                     fmt(res["elapsed_s"], 1)])
+        rows.append(
+            [
+                res["dataset"],
+                fmt(d),
+                fmt(k),
+                fmt(lin),
+                beats,
+                fmt(r.get("default", {}).get("apgr")),
+                fmt(res["elapsed_s"], 1),
+            ]
+        )
     return head, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DATA)
-    ap.add_argument("--sets", default="", help="comma-separated labels (e.g. routellm,routellm/gsm8k); default all")
+    ap.add_argument(
+        "--sets", default="", help="comma-separated labels (e.g. routellm,routellm/gsm8k); default all"
+    )
     ap.add_argument("--routers", default=",".join(ROUTERS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--encoder", default="static-minilm")
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--md-only", action="store_true", help="rewrite BENCHMARKS.md from the existing quality.json")
+    ap.add_argument(
+        "--md-only", action="store_true", help="rewrite BENCHMARKS.md from the existing quality.json"
+    )
     args = ap.parse_args(argv)
 
     if args.md_only:
@@ -139,14 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {label}", file=sys.stderr, flush=True)
         table = load_dataset(folder, tasks=fam)
         t0 = time.perf_counter()
-        res = evaluate(table, routers=routers, folds=args.folds, seed=args.seed, encoder=encoder,
-                       progress=not args.no_progress, dataset=label)
+        res = evaluate(
+            table,
+            routers=routers,
+            folds=args.folds,
+            seed=args.seed,
+            encoder=encoder,
+            progress=not args.no_progress,
+            dataset=label,
+        )
         wall = time.perf_counter() - t0
         write_report(res, RESULTS / label.replace("/", "_"))
         results.append(res)
         summary = ", ".join(f"{n} {fmt(r['gap_closed'])}" for n, r in res["routers"].items())
-        print(f"{label}: {wall:.1f} s wall ({len(routers)} routers x {args.folds} folds); gap closed: {summary}",
-              flush=True)
+        print(
+            f"{label}: {wall:.1f} s wall ({len(routers)} routers x {args.folds} folds); gap closed: {summary}",
+            flush=True,
+        )
         if label == "routellm":
             print(f"routellm all-routers eval elapsed: {wall:.1f} s (acceptance < 300 s)", flush=True)
 

@@ -56,7 +56,10 @@ def pct(xs: list[float], cpu: list[float] | None = None) -> dict[str, float]:
            "mean_us": round(float(a.mean()), 1)}  # fmt: skip
     if cpu:
         c = np.asarray(cpu)
-        out |= {"cpu_p50_us": round(float(np.percentile(c, 50)), 1), "cpu_p99_us": round(float(np.percentile(c, 99)), 1)}
+        out |= {
+            "cpu_p50_us": round(float(np.percentile(c, 50)), 1),
+            "cpu_p99_us": round(float(np.percentile(c, 99)), 1),
+        }
     return out
 
 
@@ -115,7 +118,10 @@ def bench_latency(encoder: Any, reqs: list[Any], repeats: int, ood: OODDetector 
         "tokens": {"type": "tokens"},
         "shape": {"type": "shape"},
         "language": {"type": "language"},
-        "keywords": {"type": "keywords", "keywords": ["python", "javascript", "sql", "function", "stack trace"]},
+        "keywords": {
+            "type": "keywords",
+            "keywords": ["python", "javascript", "sql", "function", "stack trace"],
+        },
         "regex": {"type": "regex", "patterns": {"ticket": r"\b[A-Z]{2,}-\d+\b", "url": r"https?://\S+"}},
         "similarity": {"type": "similarity", "examples": ["hello", "hi there", "good morning", "thanks!"]},
         "pii": {"type": "pii"},
@@ -199,7 +205,10 @@ def bench_pii(n_per_type: int) -> dict[str, Any]:
         total[t] += 1
         if any(m.type == t and value.replace(" ", "") in m.text.replace(" ", "") for m in det.find(sentence)):
             found[t] += 1
-    out: dict[str, Any] = {"recall": {t: round(found[t] / total[t], 4) for t in PII_TYPES}, "n_per_type": n_per_type}
+    out: dict[str, Any] = {
+        "recall": {t: round(found[t] / total[t], 4) for t in PII_TYPES},
+        "n_per_type": n_per_type,
+    }
     flag: dict[str, Any] = {}
     for name in ("routerbench_subset", "routellm", "routerdc_7model"):
         df = shared_prompts(name)
@@ -247,8 +256,9 @@ def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
         "precision": pr[str(threshold)]["precision"],
         "recall": pr[str(threshold)]["recall"],
         "by_threshold": pr,
-        "patterns_only_recall": round(float(np.mean([JailbreakDetector(None).score(t) >= threshold
-                                                     for t, y, _ in data if y == 1])), 4),
+        "patterns_only_recall": round(
+            float(np.mean([JailbreakDetector(None).score(t) >= threshold for t, y, _ in data if y == 1])), 4
+        ),
     }
     det = JailbreakDetector(encoder)
     flag = {}
@@ -296,10 +306,12 @@ def bench_ood(encoder: Any, per_family: int, repeats: int = 3) -> tuple[dict[str
                 y = np.r_[np.zeros(len(te)), np.ones(len(out_idx))]
                 tr_texts, idx_texts = [texts[i] for i in tr], [texts[i] for i in idx]
                 s = OODDetector().fit(E[tr], tr_texts).score(E[idx], idx_texts)
-                base = OODDetector(use_ngrams=False, ngram_dims=0).fit(E[tr], tr_texts).score(E[idx], idx_texts)
+                base = (
+                    OODDetector(use_ngrams=False, ngram_dims=0).fit(E[tr], tr_texts).score(E[idx], idx_texts)
+                )
                 rows["auroc"].append(float(roc_auc_score(y, s)))
                 rows["base"].append(float(roc_auc_score(y, base)))
-                rows["tpr"].append(float((s[len(te):] > 3).mean()))
+                rows["tpr"].append(float((s[len(te) :] > 3).mean()))
                 rows["fpr"].append(float((s[: len(te)] > 3).mean()))
             res[held] = {"auroc": round(float(np.mean(rows["auroc"])), 4),
                          "auroc_repeats": [round(x, 4) for x in rows["auroc"]],
@@ -318,7 +330,9 @@ def bench_ood(encoder: Any, per_family: int, repeats: int = 3) -> tuple[dict[str
 
 def bench_cache(encoder: Any, thresholds: list[float]) -> dict[str, Any]:
     para, contrast = paraphrase_pairs(), contrast_pairs()
-    resp = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    resp = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]
+    }
     rows = {}
     for th in thresholds:
         c = SemanticCache(encoder, threshold=th)
@@ -361,8 +375,12 @@ def main() -> None:
     t_start = time.time()
     reqs = chat_requests()
     results: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "encoder": args.encoder,
         "typical_requests": len(reqs),
     }
@@ -388,9 +406,11 @@ def render(r: dict[str, Any]) -> str:
     parts.append(md_table(["signal / evaluation", "p50 µs", "p99 µs", "mean µs", "CPU p50 µs", "CPU p99 µs"],
                           [[k, v["p50_us"], v["p99_us"], v["mean_us"], v.get("cpu_p50_us", ""), v.get("cpu_p99_us", "")]
                            for k, v in lat.items()]))  # fmt: skip
-    parts.append(f"\nWall-clock p99 includes interference from whatever else runs on the box (1-minute load "
-                 f"average {r['machine']['loadavg_at_start'][0]} at start, {r['machine']['loadavg_at_end'][0]} at end, "
-                 f"on {r['machine']['cpus']} CPUs); the CPU-time columns (thread CPU time) measure the work itself.")
+    parts.append(
+        f"\nWall-clock p99 includes interference from whatever else runs on the box (1-minute load "
+        f"average {r['machine']['loadavg_at_start'][0]} at start, {r['machine']['loadavg_at_end'][0]} at end, "
+        f"on {r['machine']['cpus']} CPUs); the CPU-time columns (thread CPU time) measure the work itself."
+    )
     pii = r["pii"]
     parts.append("\n**PII** recall on the generated set (" + str(pii["n_per_type"]) + " sentences per type): "
                  + ", ".join(f"{t} {v:.3f}" for t, v in pii["recall"].items()) + ". Flagged share of "
@@ -423,8 +443,10 @@ def render(r: dict[str, Any]) -> str:
     parts.append(md_table(["threshold", "paraphrase hits", "contrast false hits", "false hits w/o critical tokens"],
                           [[th, v["paraphrase_hit_rate"], v["contrast_false_hits"], v["similarity_only_false_hits"]]
                            for th, v in c["by_threshold"].items()]))  # fmt: skip
-    parts.append(f"\nCache lookup (SQLite, 1,000 entries): p50 {c['lookup_latency_sqlite_1k']['p50_us']} µs, "
-                 f"p99 {c['lookup_latency_sqlite_1k']['p99_us']} µs.")
+    parts.append(
+        f"\nCache lookup (SQLite, 1,000 entries): p50 {c['lookup_latency_sqlite_1k']['p50_us']} µs, "
+        f"p99 {c['lookup_latency_sqlite_1k']['p99_us']} µs."
+    )
     return "\n".join(parts)
 
 

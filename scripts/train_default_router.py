@@ -77,7 +77,16 @@ def _load(data: Path) -> tuple[pd.DataFrame, dict]:
         df["prompt_id"] = name + ":" + df["prompt_id"].astype(str)
         if name == "routellm":
             df["input_tokens"] = np.nan  # counts include few-shot prefixes not in the text
-        keep = ["prompt_id", "prompt", "task", "model", "quality", "cost_usd", "input_tokens", "output_tokens"]
+        keep = [
+            "prompt_id",
+            "prompt",
+            "task",
+            "model",
+            "quality",
+            "cost_usd",
+            "input_tokens",
+            "output_tokens",
+        ]
         frames.append(df[keep])
         for m, p in (table.prices or {}).items():
             prices[RENAME.get(m, m)] = p
@@ -89,14 +98,18 @@ def _check_weights_only(router, n_prompts: int) -> None:
     cost_arrays, _ = router.cost.get_state()
     for k, v in {**est_arrays, **cost_arrays}.items():
         if np.ndim(v) and np.shape(v)[0] >= min(n_prompts, 1000):
-            raise SystemExit(f"array {k} has shape {np.shape(v)}: looks like per-prompt data, refusing to ship")
+            raise SystemExit(
+                f"array {k} has shape {np.shape(v)}: looks like per-prompt data, refusing to ship"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train, validate and write the default router; returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=ROOT / "src" / "llmroute" / "assets" / "default-router.safetensors")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "src" / "llmroute" / "assets" / "default-router.safetensors"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not (args.data / "routellm").is_dir() or not (args.data / "routerbench_subset").is_dir():

@@ -129,10 +129,19 @@ def run_gateway(config: Any, routers: dict[str, Any] | None = None) -> Iterator[
     gw = Gateway(cfg, routers=routers)
     port = free_port()
     # the protocol `llmroute serve` uses (one socket write per non-streamed response)
-    server = uvicorn.Server(uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio",
-                                           http=CoalescingHttpToolsProtocol,
-                                           lifespan="on", log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gw,
+            host="127.0.0.1",
+            port=port,
+            loop="asyncio",
+            http=CoalescingHttpToolsProtocol,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
     t = threading.Thread(target=server.run, daemon=True, name="gateway")
     t.start()
     end = time.monotonic() + 20
@@ -153,13 +162,31 @@ def run_gateway(config: Any, routers: dict[str, Any] | None = None) -> Iterator[
 def loopback_config(backend_url: str, tmp_path: Any, **server: Any) -> dict[str, Any]:
     """A loopback-style config dict (fake-strong / fake-weak on the stub router's columns)."""
     return {
-        "server": {"request_timeout_s": 10, "retries": 1, "backoff_s": 0.001, "breaker_failures": 3,
-                   "breaker_cooldown_s": 30, **server},
+        "server": {
+            "request_timeout_s": 10,
+            "retries": 1,
+            "backoff_s": 0.001,
+            "breaker_failures": 3,
+            "breaker_cooldown_s": 30,
+            **server,
+        },
         "models": [
-            {"name": "fake-strong", "base_url": backend_url, "input_per_mtok": 10, "output_per_mtok": 30,
-             "timeout_s": 0.5, "router_model": "strong"},
-            {"name": "fake-weak", "base_url": backend_url, "input_per_mtok": 0.2, "output_per_mtok": 0.2,
-             "timeout_s": 0.5, "router_model": "weak"},
+            {
+                "name": "fake-strong",
+                "base_url": backend_url,
+                "input_per_mtok": 10,
+                "output_per_mtok": 30,
+                "timeout_s": 0.5,
+                "router_model": "strong",
+            },
+            {
+                "name": "fake-weak",
+                "base_url": backend_url,
+                "input_per_mtok": 0.2,
+                "output_per_mtok": 0.2,
+                "timeout_s": 0.5,
+                "router_model": "weak",
+            },
         ],
         "routers": {"default": "builtin:default"},
         "aliases": {"llmroute/auto": {"router": "default", "candidates": ["fake-strong", "fake-weak"]}},

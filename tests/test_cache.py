@@ -30,7 +30,9 @@ def test_critical_tokens() -> None:
     assert critical_tokens("reverse a list in python") != critical_tokens("reverse a list in java")
     assert critical_tokens("Give me two tips") == critical_tokens("give me 2 tips")
     assert critical_tokens("It costs 1,000 dollars") == critical_tokens("it costs 1000 dollars")
-    assert critical_tokens("What is the capital of France?") == critical_tokens("Tell me the capital city of France")
+    assert critical_tokens("What is the capital of France?") == critical_tokens(
+        "Tell me the capital city of France"
+    )
 
 
 def test_exact_and_semantic_hits_with_info() -> None:
@@ -38,7 +40,11 @@ def test_exact_and_semantic_hits_with_info() -> None:
     assert c.lookup("What is the capital of France?") is None
     assert c.store("What is the capital of France?", resp()) is not None
     hit = c.lookup("what is the capital of france")
-    assert hit is not None and hit.kind == "exact" and hit.response["choices"][0]["message"]["content"] == "Paris."
+    assert (
+        hit is not None
+        and hit.kind == "exact"
+        and hit.response["choices"][0]["message"]["content"] == "Paris."
+    )
     sem = c.lookup("What's the capital city of France?")
     assert sem is not None and sem.kind == "semantic" and 0.6 <= sem.similarity < 1.0
     assert sem.info()["kind"] == "semantic" and sem.header().startswith("hit;kind=semantic")
@@ -69,7 +75,10 @@ def test_scope_context_and_params_separate_entries() -> None:
     c.store("hello there friend", resp(), scope="alias-a|key1")
     assert c.lookup("hello there friend", scope="alias-a|key2") is None
     assert c.lookup("hello there friend", scope="alias-a|key1") is not None
-    conv1 = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hello there friend"}]
+    conv1 = [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "hello there friend"},
+    ]
     assert c.lookup(conv1, scope="alias-a|key1") is None  # different context
     c.store(conv1, resp(), params={"temperature": 0})
     assert c.lookup(conv1, params={"temperature": 0}) is not None
@@ -82,7 +91,10 @@ def test_ttl_expiry_and_uncacheable_responses() -> None:
     assert c.lookup("short lived question here") is not None
     time.sleep(0.08)
     assert c.lookup("short lived question here") is None
-    assert c.store("x y z question", {"choices": [{"message": {"content": "", "tool_calls": [{"id": 1}]}}]}) is None
+    assert (
+        c.store("x y z question", {"choices": [{"message": {"content": "", "tool_calls": [{"id": 1}]}}]})
+        is None
+    )
     assert c.store("x y z question", {"error": {"message": "boom"}}) is None
     assert c.stats.skipped == 2
     with pytest.raises(ValueError):
@@ -102,7 +114,9 @@ def test_sqlite_file_persists(tmp_path: Path) -> None:
 def test_redis_backend_with_fakeredis() -> None:
     fakeredis = pytest.importorskip("fakeredis")
     client = fakeredis.FakeRedis()
-    c = SemanticCache.from_config({"backend": "redis", "ttl_s": 60, "threshold": 0.6}, ENC, redis_client=client)
+    c = SemanticCache.from_config(
+        {"backend": "redis", "ttl_s": 60, "threshold": 0.6}, ENC, redis_client=client
+    )
     assert isinstance(c.backend, RedisBackend)
     c.store("What is the capital of France?", resp())
     assert c.lookup("What is the capital of France?").kind == "exact"

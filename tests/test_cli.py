@@ -24,7 +24,9 @@ def _has_router_stack() -> bool:
     return hasattr(importlib.import_module("llmroute.embed"), "load_encoder")
 
 
-needs_router = pytest.mark.skipif(not _has_router_stack(), reason="llmroute.router / load_encoder not available yet")
+needs_router = pytest.mark.skipif(
+    not _has_router_stack(), reason="llmroute.router / load_encoder not available yet"
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +91,16 @@ def test_route_bad_values(tmp_path: Path) -> None:
 
 
 def test_train_rejects_two_routers(synthetic_parquet: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["train", "--data", str(synthetic_parquet), "--router", "knn,mf",
-                              "--out", str(tmp_path / "r.npz")])
+    res = runner.invoke(
+        app,
+        ["train", "--data", str(synthetic_parquet), "--router", "knn,mf", "--out", str(tmp_path / "r.npz")],
+    )
     assert res.exit_code == 2
 
 
 def test_plugin_commands_forward_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "fake_plugin_mod.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_plugin_mod.py").write_text(
+        textwrap.dedent("""
         import typer
         app = typer.Typer()
 
@@ -110,7 +115,8 @@ def test_plugin_commands_forward_arguments(tmp_path: Path, monkeypatch: pytest.M
 
         def serve(port: int = typer.Option(8080, "--port")) -> None:
             typer.echo(f"serving on {port}")
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(cli.PLUGINS, "rules", ("fake_plugin_mod:app", "x"))
     monkeypatch.setitem(cli.PLUGINS, "serve", ("fake_plugin_mod:serve", "x"))
@@ -130,8 +136,23 @@ def test_plugin_commands_forward_arguments(tmp_path: Path, monkeypatch: pytest.M
 @needs_router
 def test_eval_train_route_end_to_end(synthetic_parquet: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    res = runner.invoke(app, ["eval", "--data", str(synthetic_parquet), "--routers", "knn,linear", "--folds", "3",
-                              "--out", str(out), "--latency-prompts", "5", "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            str(synthetic_parquet),
+            "--routers",
+            "knn,linear",
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "--latency-prompts",
+            "5",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
     assert set(data["routers"]) == {"knn", "linear"} and data["folds"] == 3 and data["n_prompts"] == 120
@@ -140,14 +161,25 @@ def test_eval_train_route_end_to_end(synthetic_parquet: Path, tmp_path: Path) ->
     assert all(r["gap_closed"] > 0 for r in data["routers"].values())
 
     model_file = tmp_path / "router.llmr"
-    res = runner.invoke(app, ["train", "--data", str(synthetic_parquet), "--router", "knn", "--out", str(model_file)])
+    res = runner.invoke(
+        app, ["train", "--data", str(synthetic_parquet), "--router", "knn", "--out", str(model_file)]
+    )
     assert res.exit_code == 0, res.output
     assert model_file.exists()
     info = json.loads(res.output)
     assert info["estimator"] == "knn" and len(info["models"]) == 4
 
-    res = runner.invoke(app, ["route", "--router", str(model_file), "--tradeoff", "0",
-                              "Write a Python function that reverses a linked list."])
+    res = runner.invoke(
+        app,
+        [
+            "route",
+            "--router",
+            str(model_file),
+            "--tradeoff",
+            "0",
+            "Write a Python function that reverses a linked list.",
+        ],
+    )
     assert res.exit_code == 0, res.output
     dec = json.loads(res.output)
     assert dec["model"] in info["models"]

@@ -64,7 +64,9 @@ def test_state_round_trip_is_identical(name, split):
 
     params = json.loads(json.dumps(params))  # must be JSON-able
     back = type(est).from_state({k: np.array(v) for k, v in arrays.items()}, params)
-    np.testing.assert_allclose(back.predict(_features(test)), est.predict(_features(test)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        back.predict(_features(test)), est.predict(_features(test)), rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("name", SIMPLE)
@@ -117,7 +119,9 @@ def test_cost_estimator_prices_and_fallbacks():
     no_price = CostEstimator().fit(RoutingTable(df, prices=None))
     assert set(no_price.modes.values()) == {"observed"}
     np.testing.assert_allclose(no_price.predict(table.prompts).mean(0), true.mean(0), rtol=0.35)
-    bare = CostEstimator().fit(RoutingTable(df.drop(columns=["cost_usd", "input_tokens", "output_tokens"]), prices=None))
+    bare = CostEstimator().fit(
+        RoutingTable(df.drop(columns=["cost_usd", "input_tokens", "output_tokens"]), prices=None)
+    )
     assert set(bare.modes.values()) == {"zero"}
     assert np.all(bare.predict(["hello there"]) == 0)
     # state round trip

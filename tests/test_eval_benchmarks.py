@@ -38,11 +38,19 @@ def test_markdown_tables_and_acceptance(quality: ModuleType) -> None:
         sys.path.remove(str(Path(__file__).parent))
     from llmroute.eval.runner import evaluate
 
-    res = evaluate(synthetic_table(n=60, models=("weak", "strong")),
-                   routers=[("default", CentroidRouter), ("knn", CentroidRouter), ("linear", CentroidRouter)],
-                   folds=3, encoder=HashEncoder(), progress=False, dataset="syn", latency_prompts=3)
-    md = quality.markdown([res], {"seed": 0, "encoder": "hash", "machine": "test",
-                                  "load_avg_start": [1.0], "load_avg_end": [2.0]})
+    res = evaluate(
+        synthetic_table(n=60, models=("weak", "strong")),
+        routers=[("default", CentroidRouter), ("knn", CentroidRouter), ("linear", CentroidRouter)],
+        folds=3,
+        encoder=HashEncoder(),
+        progress=False,
+        dataset="syn",
+        latency_prompts=3,
+    )
+    md = quality.markdown(
+        [res],
+        {"seed": 0, "encoder": "hash", "machine": "test", "load_avg_start": [1.0], "load_avg_end": [2.0]},
+    )
     assert "### syn" in md and "| default |" in md and "APGR" in md and "### Acceptance summary" in md
     _head, rows = quality.acceptance([res])
     assert rows[0][0] == "syn" and rows[0][4] == "no"  # equal routers: default does not beat the others

@@ -182,7 +182,10 @@ def test_upper_hull_is_monotone_and_concave(points: list[tuple[float, float]]) -
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(min_value=-1, max_value=1, allow_nan=False), min_size=5, max_size=60), st.integers(0, 10))
+@given(
+    st.lists(st.floats(min_value=-1, max_value=1, allow_nan=False), min_size=5, max_size=60),
+    st.integers(0, 10),
+)
 def test_apgr_bounded_by_perfect_and_worst(score: list[float], seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = len(score)

@@ -45,13 +45,19 @@ class HashEncoder:
         return {"name": self.name}
 
 
-def synthetic_table(n: int = 150, models: Sequence[str] = ("cheap", "mid", "dear"), seed: int = 0,
-                    with_cost: bool = True) -> RoutingTable:
+def synthetic_table(
+    n: int = 150, models: Sequence[str] = ("cheap", "mid", "dear"), seed: int = 0, with_cost: bool = True
+) -> RoutingTable:
     """Best model per prompt known by construction: cheap is right on chat, mid on code, dear on all."""
     rng = np.random.default_rng(seed)
     price = {"cheap": 1e-4, "mid": 5e-4, "dear": 2e-3, "weak": 1e-4, "strong": 2e-3}
-    good = {"cheap": {"chat"}, "mid": {"chat", "code"}, "dear": {"chat", "code", "math"},
-            "weak": {"chat"}, "strong": {"chat", "code", "math"}}
+    good = {
+        "cheap": {"chat"},
+        "mid": {"chat", "code"},
+        "dear": {"chat", "code", "math"},
+        "weak": {"chat"},
+        "strong": {"chat", "code", "math"},
+    }
     rows = []
     names = list(TOPICS)
     for i in range(n):
@@ -60,8 +66,16 @@ def synthetic_table(n: int = 150, models: Sequence[str] = ("cheap", "mid", "dear
         prompt = f"{' '.join(words)} #{i}"
         for m in models:
             q = 1.0 if topic in good[m] else 0.0
-            rows.append({"prompt_id": f"p{i}", "prompt": prompt, "task": f"syn/{topic}", "model": m,
-                         "quality": q, "cost_usd": price[m] * (1 + 0.1 * rng.random()) if with_cost else None})
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": prompt,
+                    "task": f"syn/{topic}",
+                    "model": m,
+                    "quality": q,
+                    "cost_usd": price[m] * (1 + 0.1 * rng.random()) if with_cost else None,
+                }
+            )
     return RoutingTable(pd.DataFrame(rows), source="synthetic")
 
 
@@ -89,8 +103,18 @@ class CentroidRouter:
 
 TOP_KEYS = {"dataset", "n_prompts", "models", "folds", "baselines", "routers"}
 BASE_KEYS = {"single_hull_aiq", "oracle_aiq", "best_single"}
-ROUTER_KEYS = {"aiq", "gap_closed", "cost_ratio_at_best_quality", "max_quality", "apgr", "cpt50", "cpt80",
-               "decision_ms_p50", "decision_ms_p99", "curve"}
+ROUTER_KEYS = {
+    "aiq",
+    "gap_closed",
+    "cost_ratio_at_best_quality",
+    "max_quality",
+    "apgr",
+    "cpt50",
+    "cpt80",
+    "decision_ms_p50",
+    "decision_ms_p99",
+    "curve",
+}
 
 
 def _check_schema(res: dict) -> None:
@@ -107,8 +131,16 @@ def _check_schema(res: dict) -> None:
 def test_evaluate_schema_and_metrics_three_models(tmp_path: Path) -> None:
     table = synthetic_table()
     enc = HashEncoder()
-    res = evaluate(table, routers=[("centroid", CentroidRouter)], folds=3, seed=0, encoder=enc,
-                   progress=False, dataset="synthetic", latency_prompts=10)
+    res = evaluate(
+        table,
+        routers=[("centroid", CentroidRouter)],
+        folds=3,
+        seed=0,
+        encoder=enc,
+        progress=False,
+        dataset="synthetic",
+        latency_prompts=10,
+    )
     _check_schema(res)
     assert res["dataset"] == "synthetic" and res["n_prompts"] == 150 and res["folds"] == 3
     assert res["models"] == ["cheap", "dear", "mid"]
@@ -136,8 +168,14 @@ def test_evaluate_schema_and_metrics_three_models(tmp_path: Path) -> None:
 
 def test_evaluate_two_models_apgr(tmp_path: Path) -> None:
     table = synthetic_table(n=120, models=("weak", "strong"))
-    res = evaluate(table, routers=[("centroid", CentroidRouter)], folds=4, encoder=HashEncoder(),
-                   progress=False, latency_prompts=0)
+    res = evaluate(
+        table,
+        routers=[("centroid", CentroidRouter)],
+        folds=4,
+        encoder=HashEncoder(),
+        progress=False,
+        latency_prompts=0,
+    )
     _check_schema(res)
     r = res["routers"]["centroid"]
     # the strong model wins on 2/3 of the prompts: the perfect ranking scores 1/3 + 1/3 = 0.667
@@ -157,8 +195,14 @@ def test_cost_fallback_params_b_and_unit() -> None:
     t3, note3 = with_cost_fallback(RoutingTable(df, source="x"))
     assert note3.startswith("params_b")
     assert t3.cost_matrix()[0].tolist() == [7.2, 8.0, 7.2]
-    res = evaluate(RoutingTable(df, source="x"), routers=[("centroid", CentroidRouter)], folds=3,
-                   encoder=HashEncoder(), progress=False, latency_prompts=0)
+    res = evaluate(
+        RoutingTable(df, source="x"),
+        routers=[("centroid", CentroidRouter)],
+        folds=3,
+        encoder=HashEncoder(),
+        progress=False,
+        latency_prompts=0,
+    )
     assert res["cost_source"].startswith("params_b")
     _check_schema(res)
 
@@ -182,16 +226,28 @@ def test_evaluate_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="folds"):
         evaluate(t, routers=[("c", CentroidRouter)], folds=1, encoder=HashEncoder(), progress=False)
     with pytest.raises(ValueError, match="duplicate"):
-        evaluate(t, routers=[("c", CentroidRouter), ("c", CentroidRouter)], encoder=HashEncoder(), progress=False)
+        evaluate(
+            t, routers=[("c", CentroidRouter), ("c", CentroidRouter)], encoder=HashEncoder(), progress=False
+        )
 
 
 def test_write_report_files(tmp_path: Path) -> None:
     from llmroute.eval.report import write_report
 
-    res = evaluate(synthetic_table(n=60), routers=[("centroid", CentroidRouter)], folds=3,
-                   encoder=HashEncoder(), progress=False, dataset="syn<1>", latency_prompts=5)
+    res = evaluate(
+        synthetic_table(n=60),
+        routers=[("centroid", CentroidRouter)],
+        folds=3,
+        encoder=HashEncoder(),
+        progress=False,
+        dataset="syn<1>",
+        latency_prompts=5,
+    )
     paths = write_report(res, tmp_path / "out")
-    assert json.loads(paths["json"].read_text())["routers"]["centroid"]["aiq"] == res["routers"]["centroid"]["aiq"]
+    assert (
+        json.loads(paths["json"].read_text())["routers"]["centroid"]["aiq"]
+        == res["routers"]["centroid"]["aiq"]
+    )
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and "centroid" in html
@@ -210,7 +266,9 @@ def test_evaluate_real_routers_when_available() -> None:
     embed = pytest.importorskip("llmroute.embed")
     if not hasattr(embed, "load_encoder"):
         pytest.skip("llmroute.embed.load_encoder not available yet")
-    res = evaluate(synthetic_table(n=90), routers=("knn", "linear"), folds=3, progress=False, latency_prompts=5)
+    res = evaluate(
+        synthetic_table(n=90), routers=("knn", "linear"), folds=3, progress=False, latency_prompts=5
+    )
     _check_schema(res)
     for name in ("knn", "linear"):
         assert res["routers"][name]["gap_closed"] is not None

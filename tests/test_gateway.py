@@ -41,20 +41,23 @@ LONG = "Prove that there are infinitely many primes, step by step. " * 4
 
 def test_sync_routes_by_prompt_and_sets_trace_headers(gw: str) -> None:
     c = _client(gw)
-    raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                      messages=[{"role": "user", "content": SHORT}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="llmroute/auto", messages=[{"role": "user", "content": SHORT}]
+    )
     r = raw.parse()
     assert raw.headers["x-llmroute-model"] == "fake-weak"
     assert len(raw.headers["x-llmroute-request-id"]) >= 16
     assert "alias=llmroute/auto" in raw.headers["x-llmroute-reason"]
     assert r.choices[0].message.content == f"[fake-weak] {SHORT}"
     assert r.usage is not None and r.usage.total_tokens > 0
-    raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                      messages=[{"role": "user", "content": LONG}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="llmroute/auto", messages=[{"role": "user", "content": LONG}]
+    )
     assert raw.headers["x-llmroute-model"] == "fake-strong"
     # the cheap alias always picks the cheaper model
-    raw = c.chat.completions.with_raw_response.create(model="llmroute/cheap",
-                                                      messages=[{"role": "user", "content": LONG}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="llmroute/cheap", messages=[{"role": "user", "content": LONG}]
+    )
     assert raw.headers["x-llmroute-model"] == "fake-weak"
 
 
@@ -68,65 +71,104 @@ def test_routing_reads_the_whole_conversation(gw: str) -> None:
 def test_per_request_policy_override(gw: str) -> None:
     c = _client(gw)
     raw = c.chat.completions.with_raw_response.create(
-        model="llmroute/auto", messages=[{"role": "user", "content": LONG}], extra_body={"llmroute": {"tradeoff": 1e9}})
+        model="llmroute/auto",
+        messages=[{"role": "user", "content": LONG}],
+        extra_body={"llmroute": {"tradeoff": 1e9}},
+    )
     assert raw.headers["x-llmroute-model"] == "fake-weak"
     assert "lambda=1e+09" in raw.headers["x-llmroute-reason"]
 
 
 def test_concrete_model_passes_through_with_extra_fields(gw: str, fake_server: Any) -> None:
     c = _client(gw)
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     raw = c.chat.completions.with_raw_response.create(
-        model="fake-strong", messages=[{"role": "user", "content": SHORT}], tools=tools, tool_choice="auto",
-        response_format={"type": "json_object"}, temperature=0.3, max_tokens=17, n=2,
-        extra_body={"my_vendor_field": {"a": [1, 2]}, "top_k": 5})
+        model="fake-strong",
+        messages=[{"role": "user", "content": SHORT}],
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "json_object"},
+        temperature=0.3,
+        max_tokens=17,
+        n=2,
+        extra_body={"my_vendor_field": {"a": [1, 2]}, "top_k": 5},
+    )
     r = raw.parse()
     assert raw.headers["x-llmroute-model"] == "fake-strong"
     assert raw.headers["x-llmroute-reason"] == "direct"
     assert len(r.choices) == 2
     assert r.choices[0].message.tool_calls[0].function.name == "lookup"
     seen = fake_server.state.last["fake-strong"]
-    for k, v in {"tools": tools, "tool_choice": "auto", "response_format": {"type": "json_object"},
-                 "temperature": 0.3, "max_tokens": 17, "n": 2, "my_vendor_field": {"a": [1, 2]}, "top_k": 5}.items():
+    for k, v in {
+        "tools": tools,
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "temperature": 0.3,
+        "max_tokens": 17,
+        "n": 2,
+        "my_vendor_field": {"a": [1, 2]},
+        "top_k": 5,
+    }.items():
         assert seen[k] == v, k
 
 
 def test_streaming_sync(gw: str) -> None:
     c = _client(gw)
-    stream = c.chat.completions.create(model="llmroute/auto", messages=[{"role": "user", "content": SHORT}],
-                                       stream=True)
+    stream = c.chat.completions.create(
+        model="llmroute/auto", messages=[{"role": "user", "content": SHORT}], stream=True
+    )
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == f"[fake-weak] {SHORT}"
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(ch.usage is None for ch in chunks)  # not asked for: the gateway's usage chunk is hidden
-    stream = c.chat.completions.create(model="llmroute/auto", messages=[{"role": "user", "content": SHORT}],
-                                       stream=True, stream_options={"include_usage": True})
+    stream = c.chat.completions.create(
+        model="llmroute/auto",
+        messages=[{"role": "user", "content": SHORT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_streaming_headers_and_tool_calls(gw: str) -> None:
     c = _client(gw)
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
     with c.chat.completions.with_streaming_response.create(
-            model="llmroute/auto", messages=[{"role": "user", "content": LONG}], stream=True, tools=tools) as resp:
+        model="llmroute/auto", messages=[{"role": "user", "content": LONG}], stream=True, tools=tools
+    ) as resp:
         assert resp.headers["x-llmroute-model"] == "fake-strong"
         assert resp.headers["content-type"].startswith("text/event-stream")
-        calls = [ch.choices[0].delta.tool_calls for ch in resp.parse() if ch.choices and ch.choices[0].delta.tool_calls]
+        calls = [
+            ch.choices[0].delta.tool_calls
+            for ch in resp.parse()
+            if ch.choices and ch.choices[0].delta.tool_calls
+        ]
     assert calls and calls[0][0].function.name == "f"
 
 
 def test_async_client_concurrent(gw: str) -> None:
     async def main() -> list[str]:
         c = openai.AsyncOpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=10)
+
         async def one(i: int) -> str:
-            r = await c.chat.completions.create(model="llmroute/auto",
-                                                messages=[{"role": "user", "content": f"q{i}"}])
+            r = await c.chat.completions.create(
+                model="llmroute/auto", messages=[{"role": "user", "content": f"q{i}"}]
+            )
             return r.choices[0].message.content or ""
+
         out = await asyncio.gather(*(one(i) for i in range(50)))
-        s = await c.chat.completions.create(model="llmroute/auto", messages=[{"role": "user", "content": "s"}],
-                                            stream=True)
+        s = await c.chat.completions.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": "s"}], stream=True
+        )
         text = "".join([ch.choices[0].delta.content or "" async for ch in s if ch.choices])
         await c.close()
         return [*out, text]
@@ -140,7 +182,9 @@ def test_models_route_health_openapi_metrics(gw: str) -> None:
     c = _client(gw)
     ids = [m.id for m in c.models.list()]
     assert {"llmroute/auto", "llmroute/cheap", "fake-strong", "fake-weak"} <= set(ids)
-    d = httpx.post(gw + "/route", json={"model": "llmroute/auto", "messages": [{"role": "user", "content": LONG}]}).json()
+    d = httpx.post(
+        gw + "/route", json={"model": "llmroute/auto", "messages": [{"role": "user", "content": LONG}]}
+    ).json()
     assert d["model"] == "fake-strong"
     assert [x["model"] for x in d["ranked"]] == ["fake-strong", "fake-weak"]
     assert all(0 <= x["expected_quality"] <= 1 and x["expected_cost"] > 0 for x in d["ranked"])
@@ -157,8 +201,9 @@ def test_models_route_health_openapi_metrics(gw: str) -> None:
 
 def test_feedback(gw: str) -> None:
     c = _client(gw)
-    raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                      messages=[{"role": "user", "content": SHORT}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="llmroute/auto", messages=[{"role": "user", "content": SHORT}]
+    )
     rid = raw.headers["x-llmroute-request-id"]
     gw.app.store.flush_sync(5)
     r = httpx.post(gw + "/feedback", json={"request_id": rid, "quality": 1.0, "comment": "good"})
@@ -188,18 +233,51 @@ def _post_raw(gw: str, body: bytes, path: str = "/chat/completions") -> httpx.Re
         (json.dumps({"model": "llmroute/auto"}).encode(), 400, "messages"),
         (json.dumps({"model": "llmroute/auto", "messages": "hi"}).encode(), 400, "messages"),
         (json.dumps({"model": "llmroute/auto", "messages": []}).encode(), 400, "messages"),
-        (json.dumps({"model": "llmroute/auto", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400,
-         "messages[0].role"),
-        (json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": 3}]}).encode(), 400,
-         "messages[0].content"),
-        (json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}).encode(),
-         400, "stream"),
-        (json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}).encode(),
-         400, "max_tokens"),
-        (json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}],
-                     "llmroute": {"tradeoff": "big"}}).encode(), 400, "llmroute.tradeoff"),
-        (json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
-        (json.dumps({"model": "llmroute/nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
+        (
+            json.dumps({"model": "llmroute/auto", "messages": [{"role": "wizard", "content": "x"}]}).encode(),
+            400,
+            "messages[0].role",
+        ),
+        (
+            json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": 3}]}).encode(),
+            400,
+            "messages[0].content",
+        ),
+        (
+            json.dumps(
+                {"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}
+            ).encode(),
+            400,
+            "stream",
+        ),
+        (
+            json.dumps(
+                {"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}
+            ).encode(),
+            400,
+            "max_tokens",
+        ),
+        (
+            json.dumps(
+                {
+                    "model": "llmroute/auto",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "llmroute": {"tradeoff": "big"},
+                }
+            ).encode(),
+            400,
+            "llmroute.tradeoff",
+        ),
+        (
+            json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}).encode(),
+            404,
+            "model",
+        ),
+        (
+            json.dumps({"model": "llmroute/nope", "messages": [{"role": "user", "content": "x"}]}).encode(),
+            404,
+            "model",
+        ),
     ],
 )
 def test_bad_input_gives_openai_style_4xx(gw: str, body: bytes, status: int, param: str | None) -> None:
@@ -214,7 +292,9 @@ def test_bad_input_gives_openai_style_4xx(gw: str, body: bytes, status: int, par
 
 
 def test_oversized_body_and_unknown_paths(gw: str) -> None:
-    big = json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
+    big = json.dumps(
+        {"model": "llmroute/auto", "messages": [{"role": "user", "content": "x" * 100_000}]}
+    ).encode()
     r = _post_raw(gw, big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     # chunked upload without content-length is limited too
@@ -236,7 +316,9 @@ def test_openai_client_sees_typed_errors(gw: str) -> None:
 
 def test_upstream_400_is_returned_not_retried(gw: str, fake_server: Any) -> None:
     fake_server.set_fault("fake-weak", "400")
-    r = _post_raw(gw, json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}]}).encode())
+    r = _post_raw(
+        gw, json.dumps({"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}]}).encode()
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_bad_request"
     assert fake_server.state.counts.get("fake-strong", 0) == 0  # the request itself was bad: no fallback
     assert fake_server.state.counts["fake-weak"] == 1  # and no retry
@@ -248,8 +330,10 @@ def test_client_disconnect_cancels_upstream(gw: str, fake_server: Any) -> None:
     body = json.dumps({"model": "fake-weak", "messages": [{"role": "user", "content": "bye"}]}).encode()
     host, port = gw.root.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     import time
 
     time.sleep(0.3)
@@ -264,7 +348,9 @@ def test_client_disconnect_cancels_upstream(gw: str, fake_server: Any) -> None:
     fake_server.clear()
 
 
-def test_missing_credentials_clear_error(fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_clear_error(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LLMROUTE_TEST_NO_KEY", raising=False)
     cfg = loopback_config(fake_server.base_url, tmp_path)
     cfg["models"][0]["api_key_env"] = "LLMROUTE_TEST_NO_KEY"
@@ -275,6 +361,7 @@ def test_missing_credentials_clear_error(fake_server: Any, tmp_path: Path, monke
         assert e.value.status_code == 503
         assert "LLMROUTE_TEST_NO_KEY" in str(e.value) and "no credentials" in str(e.value)
         # routed requests fall back to a model that has credentials
-        raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                          messages=[{"role": "user", "content": LONG}])
+        raw = c.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": LONG}]
+        )
         assert raw.headers["x-llmroute-model"] == "fake-weak"

@@ -27,16 +27,21 @@ LLMROUTE = str(Path(sys.executable).parent / "llmroute")  # the console script, 
 
 
 def _minimal(**over: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"models": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "router_model": "x"}],
-                           "aliases": {"llmroute/auto": {"router": "default"}}}
+    cfg: dict[str, Any] = {
+        "models": [{"name": "a", "base_url": "http://127.0.0.1:1/v1", "router_model": "x"}],
+        "aliases": {"llmroute/auto": {"router": "default"}},
+    }
     cfg.update(over)
     return cfg
 
 
 def test_env_substitution() -> None:
     env = {"A": "1", "URL": "http://h:9/v1"}
-    assert substitute_env({"x": "${A}", "y": ["${B:-two}", "p${A}q"], "z": 3}, env) == {"x": "1", "y": ["two", "p1q"],
-                                                                                      "z": 3}
+    assert substitute_env({"x": "${A}", "y": ["${B:-two}", "p${A}q"], "z": 3}, env) == {
+        "x": "1",
+        "y": ["two", "p1q"],
+        "z": 3,
+    }
     assert substitute_env("${EMPTY:-}", env) == ""
     with pytest.raises(ConfigError, match=r"models\[0\].base_url: environment variable NOPE is not set"):
         parse_config({"models": [{"name": "a", "base_url": "${NOPE}"}]}, env=env)
@@ -52,17 +57,28 @@ def test_strings_without_placeholders_are_unchanged(s: str) -> None:
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda c: c["models"][0].update(provider="azure"), "models.0.provider: Input should be 'openai', 'anthropic' or 'replay'"),
+        (
+            lambda c: c["models"][0].update(provider="azure"),
+            "models.0.provider: Input should be 'openai', 'anthropic' or 'replay'",
+        ),
         (lambda c: c["models"][0].update(colour="red"), "models.0.colour: unknown field"),
         (lambda c: c["models"][0].update(timeout_s=-1), "models.0.timeout_s: Input should be greater than 0"),
         (lambda c: c["models"][0].update(base_url="ftp://x"), "base_url must start with http:// or https://"),
         (lambda c: c["models"].append({"name": "a"}), "duplicate model name(s) ['a']"),
-        (lambda c: c["models"].append({"name": "r", "provider": "replay"}), "provider 'replay' needs replay_table"),
-        (lambda c: c["aliases"]["llmroute/auto"].update(candidates=["zzz"]),
-         "aliases.llmroute/auto.candidates: unknown model(s) ['zzz']"),
+        (
+            lambda c: c["models"].append({"name": "r", "provider": "replay"}),
+            "provider 'replay' needs replay_table",
+        ),
+        (
+            lambda c: c["aliases"]["llmroute/auto"].update(candidates=["zzz"]),
+            "aliases.llmroute/auto.candidates: unknown model(s) ['zzz']",
+        ),
         (lambda c: c["aliases"]["llmroute/auto"].update(router="other"), "unknown router 'other'"),
         (lambda c: c.update(routers={"default": "builtin:fancy"}), "allowed: 'builtin:default'"),
-        (lambda c: c["aliases"].update(a={"router": "default"}), "an alias cannot have the same name as a model"),
+        (
+            lambda c: c["aliases"].update(a={"router": "default"}),
+            "an alias cannot have the same name as a model",
+        ),
         (lambda c: c.update(keys=[{"id": "k"}]), "give key_sha256"),
         (lambda c: c.update(server={"retries": "many"}), "server.retries: Input should be a valid integer"),
         (lambda c: c.pop("models"), "models: Field required"),
@@ -107,8 +123,12 @@ def _default_router_or_skip() -> None:
 
 
 def _serve(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen([LLMROUTE, "serve", *args, "--port", str(port)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        [LLMROUTE, "serve", *args, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     end = time.monotonic() + 60
     while time.monotonic() < end:
         if p.poll() is not None:
@@ -133,8 +153,7 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 def test_serve_bad_config_exits_with_field_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": [{"name": "a", "provider": "azure"}]}))
-    r = subprocess.run([LLMROUTE, "serve", "--config", str(bad)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([LLMROUTE, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "models.0.provider" in r.stderr and "'openai', 'anthropic' or 'replay'" in r.stderr
 
@@ -142,7 +161,10 @@ def test_serve_bad_config_exits_with_field_error(tmp_path: Path) -> None:
 def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
     _default_router_or_skip()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite", LOCAL_LLM_URL=f"http://127.0.0.1:{free_port()}/v1")
+    env.update(
+        LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite",
+        LOCAL_LLM_URL=f"http://127.0.0.1:{free_port()}/v1",
+    )
     port = free_port()
     p = _serve(["--config", str(EXAMPLES / "llmroute.yaml")], env, port)
     try:
@@ -150,7 +172,9 @@ def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
         assert httpx.get(base + "/healthz").json()["status"] == "ok"
         ids = {m["id"] for m in httpx.get(base + "/v1/models").json()["data"]}
         assert {"llmroute/auto", "gpt-4o", "claude-haiku", "local-llama"} <= ids
-        d = httpx.post(base + "/v1/route", json={"model": "llmroute/auto", "prompt": "Prove sqrt(2) is irrational."})
+        d = httpx.post(
+            base + "/v1/route", json={"model": "llmroute/auto", "prompt": "Prove sqrt(2) is irrational."}
+        )
         assert d.status_code == 200 and d.json()["model"] in ids and len(d.json()["ranked"]) == 5
         assert "llmroute_" in httpx.get(base + "/metrics").text
         c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
@@ -166,17 +190,25 @@ def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
 
 def test_loopback_with_default_router_end_to_end(fake_server: Any, tmp_path: Path) -> None:
     _default_router_or_skip()
-    env = dict(os.environ, LLMROUTE_BACKEND_URL=fake_server.base_url,
-               LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite")
+    env = dict(
+        os.environ,
+        LLMROUTE_BACKEND_URL=fake_server.base_url,
+        LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite",
+    )
     port = free_port()
     p = _serve(["--config", str(EXAMPLES / "loopback.yaml")], env, port)
     try:
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         seen = set()
-        for text in ["hi", "Write a Python function that merges two sorted lists in linear time.",
-                     "What is 2+2?", "Prove that the square root of 2 is irrational, step by step."]:
-            raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                              messages=[{"role": "user", "content": text}])
+        for text in [
+            "hi",
+            "Write a Python function that merges two sorted lists in linear time.",
+            "What is 2+2?",
+            "Prove that the square root of 2 is irrational, step by step.",
+        ]:
+            raw = c.chat.completions.with_raw_response.create(
+                model="llmroute/auto", messages=[{"role": "user", "content": text}]
+            )
             assert raw.parse().choices[0].message.content.startswith(f"[{raw.headers['x-llmroute-model']}]")
             seen.add(raw.headers["x-llmroute-model"])
         assert seen <= {"fake-strong", "fake-weak"}

@@ -48,7 +48,8 @@ def test_no_failed_requests_with_one_faulty_backend(gw: Any, fake_server: Any, f
 
     def one(i: int) -> str:
         raw = client.chat.completions.with_raw_response.create(
-            model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} #{i}"}])
+            model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} #{i}"}]
+        )
         r = raw.parse()
         assert r.choices[0].message.content
         return raw.headers["x-llmroute-model"]
@@ -74,7 +75,8 @@ def test_streams_fall_back_before_the_first_token(gw: Any, fake_server: Any, fau
     client = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=30)
     for i in range(5):
         with client.chat.completions.with_streaming_response.create(
-                model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} {i}"}], stream=True) as resp:
+            model="llmroute/auto", messages=[{"role": "user", "content": f"{LONG} {i}"}], stream=True
+        ) as resp:
             assert resp.headers["x-llmroute-model"] == "fake-weak"
             assert "fallback=fake-weak" in resp.headers["x-llmroute-reason"]
             text = "".join(ch.choices[0].delta.content or "" for ch in resp.parse() if ch.choices)
@@ -105,8 +107,9 @@ def test_retry_same_backend_for_a_transient_error(gw: Any, fake_server: Any) -> 
     _reset(gw, fake_server)
     fake_server.set_fault("fake-weak", "503", count=1)
     c = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0)
-    raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                      messages=[{"role": "user", "content": "hi"}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="llmroute/auto", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-llmroute-model"] == "fake-weak"
     assert fake_server.state.counts == {"fake-weak": 2}
     _reset(gw, fake_server)
@@ -120,17 +123,24 @@ def test_all_backends_down_gives_clean_error_within_deadline(fake_server: Any, t
     with run_gateway(cfg, routers={"default": StubRouter()}) as url:
         fake_server.set_fault("*", "timeout", delay=20)
         t0 = time.monotonic()
-        r = httpx.post(url + "/chat/completions", json={"model": "llmroute/auto",
-                                                       "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+        r = httpx.post(
+            url + "/chat/completions",
+            json={"model": "llmroute/auto", "messages": [{"role": "user", "content": "x"}]},
+            timeout=30,
+        )
         elapsed = time.monotonic() - t0
         assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
         assert elapsed < 10  # bounded by the request deadline, never a hang
         fake_server.set_fault("*", "500")
-        r = httpx.post(url + "/chat/completions", json={"model": "fake-weak",
-                                                       "messages": [{"role": "user", "content": "x"}]})
+        r = httpx.post(
+            url + "/chat/completions",
+            json={"model": "fake-weak", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 502 and "upstream error 500" in r.json()["error"]["message"]
-        r = httpx.post(url + "/chat/completions", json={"model": "fake-weak", "stream": True,
-                                                       "messages": [{"role": "user", "content": "x"}]})
+        r = httpx.post(
+            url + "/chat/completions",
+            json={"model": "fake-weak", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 502 and r.json()["error"]["type"]
     fake_server.clear()
 
@@ -146,8 +156,9 @@ def test_breaker_half_open_probe_closes_after_recovery(fake_server: Any, tmp_pat
         assert httpx.get(url.root + "/healthz").json()["breakers"]["fake-strong"] == "open"
         fake_server.clear()
         time.sleep(0.4)
-        raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                          messages=[{"role": "user", "content": LONG}])
+        raw = c.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": LONG}]
+        )
         assert raw.headers["x-llmroute-model"] == "fake-strong"  # the half-open probe went through
         assert httpx.get(url.root + "/healthz").json()["breakers"]["fake-strong"] == "closed"
         text = httpx.get(url.root + "/metrics").text
@@ -181,14 +192,20 @@ def test_client_disconnect_mid_stream_cancels_upstream(gw: Any, fake_server: Any
 
     _reset(gw, fake_server)
     fake_server.set_fault("fake-weak", "drip", delay=0.3)
-    body = json.dumps({"model": "fake-weak", "stream": True, "messages": [{"role": "user", "content": "drip"}]})
+    body = json.dumps(
+        {"model": "fake-weak", "stream": True, "messages": [{"role": "user", "content": "drip"}]}
+    )
     host, port = gw.root.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode()
+    )
     first = s.recv(4096)
     assert b" 200 " in first.split(b"\r\n")[0] and b"x-llmroute-request-id" in first
-    rid = next(ln.split(b": ")[1].decode() for ln in first.split(b"\r\n") if ln.startswith(b"x-llmroute-request-id"))
+    rid = next(
+        ln.split(b": ")[1].decode() for ln in first.split(b"\r\n") if ln.startswith(b"x-llmroute-request-id")
+    )
     s.close()
     deadline = time.monotonic() + 10
     rec = None

@@ -116,10 +116,14 @@ def test_cancelled_request_closes_its_connection(fake_server: Any) -> None:
         url = fake_server.base_url + "/chat/completions"
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                await c.request("POST", url, {"x-fake-fault": "timeout", "x-fake-delay": "5"}, b'{"model": "m"}')
+                await c.request(
+                    "POST", url, {"x-fake-fault": "timeout", "x-fake-delay": "5"}, b'{"model": "m"}'
+                )
         pool = next(iter(c._pools.values()))
         assert not pool.idle  # the half-used connection was closed, not pooled
-        r = await c.request("POST", url, {}, b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}')
+        r = await c.request(
+            "POST", url, {}, b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}'
+        )
         assert r.status == 200
         await c.close()
 

@@ -31,8 +31,10 @@ class ColumnRouter:
 
 def _config(table: Path, tmp: Path, models: dict[str, str]) -> dict[str, Any]:
     return {
-        "models": [{"name": name, "provider": "replay", "replay_table": str(table), "router_model": col}
-                   for name, col in models.items()],
+        "models": [
+            {"name": name, "provider": "replay", "replay_table": str(table), "router_model": col}
+            for name, col in models.items()
+        ],
         "aliases": {"llmroute/auto": {"router": "default"}},
         "store": {"url": f"sqlite:///{tmp}/t.sqlite"},
     }
@@ -42,24 +44,37 @@ def test_replay_on_generated_table(tmp_path: Path) -> None:
     rows = []
     for i in range(5):
         for m, q in (("big", 1.0), ("small", 0.0)):
-            rows.append({"prompt_id": f"p{i}", "prompt": f"question {i}?", "model": m, "quality": q,
-                         "response": f"{m} says {i}", "input_tokens": 7, "output_tokens": 3})
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": f"question {i}?",
+                    "model": m,
+                    "quality": q,
+                    "response": f"{m} says {i}",
+                    "input_tokens": 7,
+                    "output_tokens": 3,
+                }
+            )
     path = tmp_path / "t.parquet"
     pd.DataFrame(rows).to_parquet(path)
     cfg = _config(path, tmp_path, {"replay-big": "big", "replay-small": "small"})
     with run_gateway(cfg, routers={"default": ColumnRouter({"big": 0.9, "small": 0.2})}) as url:
         c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
-        raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                          messages=[{"role": "user", "content": "question 3?"}])
+        raw = c.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": "question 3?"}]
+        )
         r = raw.parse()
         assert raw.headers["x-llmroute-model"] == "replay-big"
         assert r.choices[0].message.content == "big says 3"
         assert r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 3
-        s = c.chat.completions.create(model="replay-small", messages=[{"role": "user", "content": "question 1?"}],
-                                      stream=True)
+        s = c.chat.completions.create(
+            model="replay-small", messages=[{"role": "user", "content": "question 1?"}], stream=True
+        )
         assert "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices) == "small says 1"
         with pytest.raises(openai.NotFoundError) as e:
-            c.chat.completions.create(model="replay-big", messages=[{"role": "user", "content": "never recorded"}])
+            c.chat.completions.create(
+                model="replay-big", messages=[{"role": "user", "content": "never recorded"}]
+            )
         assert "not found in the replay table" in str(e.value)
 
 
@@ -76,8 +91,9 @@ def test_replay_routerbench_subset(tmp_path: Path) -> None:
         c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         sample = df[df["model"] == "gpt-4-1106-preview"].dropna().head(20)
         for prompt, response in zip(sample["prompt"], sample["response"], strict=True):
-            raw = c.chat.completions.with_raw_response.create(model="llmroute/auto",
-                                                              messages=[{"role": "user", "content": prompt}])
+            raw = c.chat.completions.with_raw_response.create(
+                model="llmroute/auto", messages=[{"role": "user", "content": prompt}]
+            )
             assert raw.headers["x-llmroute-model"] == "gpt4"
             assert raw.parse().choices[0].message.content == response
         # a concrete replay model answers with its own recorded output

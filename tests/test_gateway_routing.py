@@ -29,16 +29,22 @@ finite_or_nan = st.one_of(st.floats(0, 1), st.just(float("nan")))
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.integers(1, 6).flatmap(lambda m: st.tuples(
-        st.lists(finite_or_nan, min_size=m, max_size=m),
-        st.lists(st.one_of(st.sampled_from([1e-5, 1e-4, 1e-3]), st.just(float("nan"))), min_size=m, max_size=m),
-        st.lists(st.booleans(), min_size=m, max_size=m))),
+    st.integers(1, 6).flatmap(
+        lambda m: st.tuples(
+            st.lists(finite_or_nan, min_size=m, max_size=m),
+            st.lists(
+                st.one_of(st.sampled_from([1e-5, 1e-4, 1e-3]), st.just(float("nan"))), min_size=m, max_size=m
+            ),
+            st.lists(st.booleans(), min_size=m, max_size=m),
+        )
+    ),
     st.sampled_from([0.0, 10.0, 1000.0, float("inf")]),
     st.one_of(st.none(), st.sampled_from([1e-6, 1e-4, 1e-2])),
     st.one_of(st.none(), st.sampled_from([0.3, 0.7, 0.99])),
 )
-def test_choose_one_matches_policy_choose(rows: Any, tradeoff: float, max_cost: float | None,
-                                          min_quality: float | None) -> None:
+def test_choose_one_matches_policy_choose(
+    rows: Any, tradeoff: float, max_cost: float | None, min_quality: float | None
+) -> None:
     q, c, ok = rows
     kw = {"tradeoff": tradeoff, "max_cost": max_cost, "min_quality": min_quality}
     want = int(choose(np.array([q]), np.array([c]), mask=np.array([ok]), **kw)[0])
@@ -61,7 +67,9 @@ def _engine(router: Any, batch: int) -> RoutingEngine:
 
 
 def _ctx(text: str, model: str = "llmroute/auto") -> RequestContext:
-    return RequestContext(request_id="r", requested=model, messages=[{"role": "user", "content": text}], body={})
+    return RequestContext(
+        request_id="r", requested=model, messages=[{"role": "user", "content": text}], body={}
+    )
 
 
 def test_batched_estimates_equal_single_ones() -> None:
@@ -115,8 +123,12 @@ def test_unknown_and_direct_names_and_conversation_text() -> None:
     with pytest.raises(GatewayError) as e:
         eng.route(_ctx("x", "gpt-9"))
     assert e.value.status == 404 and e.value.param == "model"
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "U"}]},
-            {"role": "assistant", "content": None, "tool_calls": []}, {"role": "tool", "content": "T"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": [{"type": "text", "text": "U"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+        {"role": "tool", "content": "T"},
+    ]
     assert conversation_text(msgs) == "S\n\nU\n\nT"
     assert conversation_text([{"role": "user", "content": "only"}]) == "only"
 

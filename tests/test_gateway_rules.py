@@ -113,7 +113,9 @@ def test_rule_routes_code_questions_to_the_strong_model(gw: Any) -> None:
     assert "topic==code" in rules["explanation"]
     general = _ask(gw, "Explain caching to a new engineer.")
     reason = general.headers["x-llmroute-reason"]
-    assert reason.startswith("alias=llmroute/auto") and "rules: action=default" in reason  # the router decided
+    assert (
+        reason.startswith("alias=llmroute/auto") and "rules: action=default" in reason
+    )  # the router decided
 
 
 def test_pii_is_redacted_before_the_upstream_call(gw: Any, fake_server: Any) -> None:
@@ -146,7 +148,9 @@ def test_out_of_domain_is_rejected(gw: Any, fake_server: Any) -> None:
     assert ei.value.response.headers["x-llmroute-rules"].startswith("action=block;rule=reject-out-of-domain")
     assert sum(fake_server.state.counts.values()) == 0
     rec = _trace(gw, ei.value.response.headers["x-llmroute-request-id"])
-    assert rec["extra"]["rules"]["rule"] == "reject-out-of-domain" and "ood" in rec["extra"]["rules"]["signals"]
+    assert (
+        rec["extra"]["rules"]["rule"] == "reject-out-of-domain" and "ood" in rec["extra"]["rules"]["signals"]
+    )
 
 
 def test_cache_hits_exact_semantic_and_stream(gw: Any, fake_server: Any) -> None:

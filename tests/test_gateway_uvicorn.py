@@ -43,9 +43,16 @@ def _cycle(keep_alive: bool = True) -> tuple[_CoalescingCycle, _Transport]:
     log = logging.getLogger("test")
     c = _CoalescingCycle(
         scope={"type": "http", "method": "POST", "path": "/", "http_version": "1.1", "headers": []},
-        transport=t, flow=SimpleNamespace(write_paused=False), logger=log, access_logger=log, access_log=False,
-        default_headers=[(b"date", b"x")], message_event=asyncio.Event(), expect_100_continue=False,
-        keep_alive=keep_alive, on_response=lambda: None,
+        transport=t,
+        flow=SimpleNamespace(write_paused=False),
+        logger=log,
+        access_logger=log,
+        access_log=False,
+        default_headers=[(b"date", b"x")],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
     )
     return c, t
 
@@ -53,8 +60,13 @@ def _cycle(keep_alive: bool = True) -> tuple[_CoalescingCycle, _Transport]:
 def test_non_streamed_response_is_one_write() -> None:
     async def go() -> None:
         c, t = _cycle()
-        await c.send({"type": "http.response.start", "status": 200,
-                      "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+        await c.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")],
+            }
+        )
         assert t.writes == []  # the head waits for the body
         await c.send({"type": "http.response.body", "body": b"{}"})
         assert len(t.writes) == 1
@@ -70,7 +82,11 @@ def test_connection_close_still_closes_after_the_write() -> None:
         c, t = _cycle(keep_alive=False)
         await c.send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"3")]})
         await c.send({"type": "http.response.body", "body": b"abc"})
-        assert len(t.writes) == 1 and t.writes[0].endswith(b"\r\n\r\nabc") and b"connection: close" in t.writes[0]
+        assert (
+            len(t.writes) == 1
+            and t.writes[0].endswith(b"\r\n\r\nabc")
+            and b"connection: close" in t.writes[0]
+        )
         assert t.closed
 
     asyncio.run(go())
@@ -79,7 +95,13 @@ def test_connection_close_still_closes_after_the_write() -> None:
 def test_streamed_response_head_goes_out_at_once() -> None:
     async def go() -> None:
         c, t = _cycle()
-        await c.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await c.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         assert len(t.writes) == 1 and b"transfer-encoding: chunked" in t.writes[0]
         await c.send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
         await c.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -103,19 +125,35 @@ def test_real_server_keep_alive_and_stream() -> None:
         if scope["type"] != "http":
             return
         if scope["path"] == "/stream":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            )
             for part in (b"a", b"b"):
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return
         body = scope["path"].encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio",
-                                           http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="asyncio",
+            http=CoalescingHttpToolsProtocol,
+            lifespan="off",
+            log_level="warning",
+        )
+    )
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     end = time.monotonic() + 20

@@ -114,6 +114,7 @@ def test_jailbreak_generalises_to_held_out_family() -> None:
 def test_ood_separates_clusters_and_roundtrips(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 32))
+
     def sample(c: np.ndarray, n: int) -> np.ndarray:
         x = c + 0.3 * rng.normal(size=(n, 32))
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -193,7 +194,9 @@ def test_ood_novelty_floor_keeps_templated_sets_calm() -> None:
     """A templated in-domain set shares almost every n-gram; one new word must not look out of domain."""
     enc = HashingEncoder()
     topics = ["caching", "code review", "unit tests", "indexes", "retries", "logging", "queues", "timeouts"]
-    train = [f"How do I add {t} to my {lang} service?" for t in topics for lang in ("Go", "Rust", "Java", "Python")]
+    train = [
+        f"How do I add {t} to my {lang} service?" for t in topics for lang in ("Go", "Rust", "Java", "Python")
+    ]
     det = OODDetector(n_clusters=4, ridge=0.1).fit(enc.encode(train), train)
     assert det.nov_scale_ >= det.novelty_floor
     near = "How do I add caching to my Kotlin service?"

@@ -115,7 +115,10 @@ def test_messages_input_reads_whole_conversation(router):
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "Write a Python function that reverses a linked list."},
         {"role": "assistant", "content": "Sure."},
-        {"role": "user", "content": [{"type": "text", "text": "Also add unit tests."}, {"type": "image_url"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Also add unit tests."}, {"type": "image_url"}],
+        },
     ]
     text = messages_text(msgs)
     assert "reverses a linked list" in text and "unit tests" in text and "helpful" in text
@@ -229,7 +232,12 @@ def test_round_trip_with_project_encoders(encoder, data, tmp_path):
     a = [d.to_dict() for d in r.route_batch(test.prompts)]
     b = [d.to_dict() for d in back.route_batch(test.prompts)]
     assert a == b
-    acc = np.mean([d.model == t for d, t in zip(r.route_batch(test.prompts, tradeoff=0.0), true_best(test), strict=True)])
+    acc = np.mean(
+        [
+            d.model == t
+            for d, t in zip(r.route_batch(test.prompts, tradeoff=0.0), true_best(test), strict=True)
+        ]
+    )
     assert acc >= 0.6
 
 

@@ -11,7 +11,9 @@ import pytest
 from llmroute.router import Router, default_router_path
 
 PATH = default_router_path()
-pytestmark = pytest.mark.skipif(not PATH.exists(), reason="default router not built (scripts/train_default_router.py)")
+pytestmark = pytest.mark.skipif(
+    not PATH.exists(), reason="default router not built (scripts/train_default_router.py)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,4 +53,13 @@ def test_routes_and_respects_policy(router):
     assert d.model in router.models and d.reason
     # the default policy is a trade-off that is cheaper on average than always-best
     ds = router.route_batch(prompts * 5)
-    assert np.mean([x.expected_cost[x.model] for x in ds]) <= np.mean([x.expected_cost[router.route(p, tradeoff=0.0).model] for x, p in zip(ds, prompts * 5, strict=True)]) + 1e-12
+    assert (
+        np.mean([x.expected_cost[x.model] for x in ds])
+        <= np.mean(
+            [
+                x.expected_cost[router.route(p, tradeoff=0.0).model]
+                for x, p in zip(ds, prompts * 5, strict=True)
+            ]
+        )
+        + 1e-12
+    )

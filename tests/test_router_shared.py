@@ -25,7 +25,9 @@ def _split(table, seed: int = 0, test_share: float = 0.25):
     perm = rng.permutation(table.n_prompts)
     k = int(table.n_prompts * test_share)
     ids = table.prompt_ids
-    return table.subset([ids[i] for i in np.sort(perm[k:])]), table.subset([ids[i] for i in np.sort(perm[:k])])
+    return table.subset([ids[i] for i in np.sort(perm[k:])]), table.subset(
+        [ids[i] for i in np.sort(perm[:k])]
+    )
 
 
 def test_routerbench_held_out_beats_single_model_hull():

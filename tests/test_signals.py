@@ -127,10 +127,16 @@ def test_jailbreak_and_ood_signals(tmp_path) -> None:
     assert jb.compute(req("What's a good name for a cat?")) < 0.5
     from llmroute.guards.ood import OODDetector
 
-    texts = [f"how do I {v} a {n} in python" for v in ("sort", "reverse", "copy", "print") for n in ("list", "dict", "set")]
+    texts = [
+        f"how do I {v} a {n} in python"
+        for v in ("sort", "reverse", "copy", "print")
+        for n in ("list", "dict", "set")
+    ]
     OODDetector(n_clusters=4).fit(ENC.encode(texts), texts).save(tmp_path / "ood.npz")
     ood = sig("ood", type="ood", state=str(tmp_path / "ood.npz"))
-    assert ood.compute(req("how do I sort a list in python")) < ood.compute(req("Quelle est la capitale du Japon ?"))
+    assert ood.compute(req("how do I sort a list in python")) < ood.compute(
+        req("Quelle est la capitale du Japon ?")
+    )
     with pytest.raises(SignalConfigError, match="give 'state'"):
         sig("ood", type="ood")
 

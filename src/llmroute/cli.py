@@ -73,8 +73,9 @@ def _parse_routers(spec: str) -> list[str]:
         raise typer.BadParameter("give at least one router name", param_hint="--routers")
     bad = [n for n in names if n not in KNOWN_ROUTERS]
     if bad:
-        raise typer.BadParameter(f"unknown router(s) {bad}; choose from {', '.join(KNOWN_ROUTERS)}",
-                                 param_hint="--routers")
+        raise typer.BadParameter(
+            f"unknown router(s) {bad}; choose from {', '.join(KNOWN_ROUTERS)}", param_hint="--routers"
+        )
     if len(set(names)) != len(names):
         raise typer.BadParameter(f"router listed twice: {names}", param_hint="--routers")
     return names
@@ -88,17 +89,29 @@ def _check_data(path: Path) -> None:
 # ---- eval --------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")],
-    routers: Annotated[str, typer.Option(help="Comma-separated routers to evaluate.")] = ",".join(KNOWN_ROUTERS),
+    data: Annotated[
+        Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")
+    ],
+    routers: Annotated[str, typer.Option(help="Comma-separated routers to evaluate.")] = ",".join(
+        KNOWN_ROUTERS
+    ),
     folds: Annotated[int, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and the estimators.")] = 0,
-    tasks: Annotated[str | None, typer.Option(help="Only prompts whose task starts with this prefix.")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder for results.json, curves.png, report.html.")] = Path(
-        "runs/eval"
-    ),
-    encoder: Annotated[str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")] = "static-minilm",
-    prices: Annotated[Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")] = None,
-    latency_prompts: Annotated[int, typer.Option(min=0, help="Held-out prompts timed with router.route.")] = 500,
+    tasks: Annotated[
+        str | None, typer.Option(help="Only prompts whose task starts with this prefix.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder for results.json, curves.png, report.html.")
+    ] = Path("runs/eval"),
+    encoder: Annotated[
+        str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")
+    ] = "static-minilm",
+    prices: Annotated[
+        Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")
+    ] = None,
+    latency_prompts: Annotated[
+        int, typer.Option(min=0, help="Held-out prompts timed with router.route.")
+    ] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Cross-validated evaluation: curves, AIQ, gap closed, APGR/CPT, decision latency."""
@@ -112,8 +125,16 @@ def eval_cmd(
         from llmroute.eval.runner import dataset_name, evaluate, load_dataset
 
         table = load_dataset(data, tasks=tasks, prices=prices)
-        res = evaluate(table, routers=names, folds=folds, seed=seed, encoder=encoder, progress=progress,
-                       dataset=dataset_name(data, tasks), latency_prompts=latency_prompts)
+        res = evaluate(
+            table,
+            routers=names,
+            folds=folds,
+            seed=seed,
+            encoder=encoder,
+            progress=progress,
+            dataset=dataset_name(data, tasks),
+            latency_prompts=latency_prompts,
+        )
         return res, write_report(res, out)
 
     res, paths = _run(go)
@@ -134,15 +155,24 @@ def _print_summary(res: dict) -> None:
 
     base = res["baselines"]
     two = len(res["models"]) == 2
-    t = Table(title=f"{res['dataset']}: {res['n_prompts']} prompts, {len(res['models'])} models, "
-                    f"{res['folds']} folds ({res.get('elapsed_s', 0):.1f} s)")
-    cols = ["router", "AIQ", "gap closed", "cost ratio", "max q"] + (["APGR", "CPT50", "CPT80"] if two else [])
+    t = Table(
+        title=f"{res['dataset']}: {res['n_prompts']} prompts, {len(res['models'])} models, "
+        f"{res['folds']} folds ({res.get('elapsed_s', 0):.1f} s)"
+    )
+    cols = ["router", "AIQ", "gap closed", "cost ratio", "max q"] + (
+        ["APGR", "CPT50", "CPT80"] if two else []
+    )
     for c in [*cols, "p50 ms", "p99 ms"]:
         t.add_column(c, justify="left" if c == "router" else "right")
     rows = [*res["routers"].items(), ("random", base["random"])]
     for name, r in rows:
-        cells = [name, _cell(r["aiq"], 4), _cell(r["gap_closed"]), _cell(r["cost_ratio_at_best_quality"]),
-                 _cell(r["max_quality"], 4)]
+        cells = [
+            name,
+            _cell(r["aiq"], 4),
+            _cell(r["gap_closed"]),
+            _cell(r["cost_ratio_at_best_quality"]),
+            _cell(r["max_quality"], 4),
+        ]
         if two:
             cells += [_cell(r["apgr"]), _cell(r["cpt50"], 2), _cell(r["cpt80"], 2)]
         cells += [_cell(r.get("decision_ms_p50")), _cell(r.get("decision_ms_p99"))]
@@ -150,21 +180,31 @@ def _print_summary(res: dict) -> None:
     con = Console(width=None if sys.stdout.isatty() else 160)
     con.print(t)
     best = base["best_single"]
-    con.print(f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"
-              f" · best single {best['model']} (quality {_cell(best['quality'], 4)}, cost {best['cost']:.3g})"
-              f" · cost: {res.get('cost_source', 'cost_usd')}")
+    con.print(
+        f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"
+        f" · best single {best['model']} (quality {_cell(best['quality'], 4)}, cost {best['cost']:.3g})"
+        f" · cost: {res.get('cost_source', 'cost_usd')}"
+    )
 
 
 # ---- train -------------------------------------------------------------------------------------
 @app.command("train")
 def train_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Where to write the router file.")],
     router: Annotated[str, typer.Option(help=f"Estimator: one of {', '.join(KNOWN_ROUTERS)}.")] = "default",
     seed: Annotated[int, typer.Option(help="Seed of the estimator.")] = 0,
-    tasks: Annotated[str | None, typer.Option(help="Only prompts whose task starts with this prefix.")] = None,
-    encoder: Annotated[str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")] = "static-minilm",
-    prices: Annotated[Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Only prompts whose task starts with this prefix.")
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")
+    ] = "static-minilm",
+    prices: Annotated[
+        Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")
+    ] = None,
 ) -> None:
     """Fit a router on a routing table and save it as one file."""
     if "," in router:
@@ -187,9 +227,19 @@ def train_cmd(
         return r, table, cost_source, time.perf_counter() - t0
 
     r, table, cost_source, secs = _run(go)
-    typer.echo(json.dumps({"router": str(out), "estimator": name, "models": list(r.models),
-                           "n_prompts": table.n_prompts, "cost_source": cost_source,
-                           "fit_s": round(secs, 3)}, indent=1))
+    typer.echo(
+        json.dumps(
+            {
+                "router": str(out),
+                "estimator": name,
+                "models": list(r.models),
+                "n_prompts": table.n_prompts,
+                "cost_source": cost_source,
+                "fit_s": round(secs, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 # ---- route -------------------------------------------------------------------------------------
@@ -228,10 +278,14 @@ def _default_router_path() -> Path:
 @app.command("route")
 def route_cmd(
     prompt: Annotated[str, typer.Argument(help="The prompt to route ('-' reads it from stdin).")],
-    router: Annotated[Path | None, typer.Option(help="Router file (default: the shipped default router).")] = None,
+    router: Annotated[
+        Path | None, typer.Option(help="Router file (default: the shipped default router).")
+    ] = None,
     tradeoff: Annotated[float | None, typer.Option(help="Quality-vs-cost trade-off lambda (>= 0).")] = None,
     max_cost: Annotated[float | None, typer.Option(help="Maximum expected cost per request in USD.")] = None,
-    min_quality: Annotated[float | None, typer.Option(help="Cheapest model reaching this expected quality.")] = None,
+    min_quality: Annotated[
+        float | None, typer.Option(help="Cheapest model reaching this expected quality.")
+    ] = None,
     allowed: Annotated[str | None, typer.Option(help="Comma-separated models to choose from.")] = None,
 ) -> None:
     """Route one prompt and print the decision as JSON."""
@@ -267,7 +321,9 @@ def _load_plugin(name: str) -> Any:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name and mod_name.startswith(exc.name):
-            raise CLIError(f"`llmroute {name}` is not available in this build ({mod_name} is missing)") from exc
+            raise CLIError(
+                f"`llmroute {name}` is not available in this build ({mod_name} is missing)"
+            ) from exc
         raise
     try:
         return getattr(mod, attr or "app")

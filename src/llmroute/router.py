@@ -59,6 +59,8 @@ def _worker_estimate(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     with router._one_thread():  # one BLAS thread per worker: the workers already use the cores
         q, c, _ = router._estimate_raw(texts)
     return q, c
+
+
 PromptLike = str | Sequence[Mapping[str, Any]]
 
 
@@ -122,7 +124,9 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (infinite trade-off written as the string 'inf')."""
         d = asdict(self)
-        d["policy"] = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in self.policy.items()}
+        d["policy"] = {
+            k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in self.policy.items()
+        }
         return d
 
 
@@ -292,8 +296,12 @@ class Router:
             est, name = estimator, getattr(estimator, "name", type(estimator).__name__)
         use_extra = bool(getattr(est, "uses_extra", True))
         proto = cls(
-            models=table.models, encoder=enc, estimator=est, cost=CostEstimator(),
-            estimator_name=name, use_extra=use_extra,
+            models=table.models,
+            encoder=enc,
+            estimator=est,
+            cost=CostEstimator(),
+            estimator_name=name,
+            use_extra=use_extra,
         )
         X = proto.featurize(prompts)
         Q = table.quality_matrix()
@@ -473,7 +481,11 @@ class Router:
             raise ValueError("allowed is empty: give at least one model")
         tokens = self.cost.count_tokens(texts) if context_windows else None
         mask = candidate_mask(
-            self.models, allowed=allowed, context_windows=dict(context_windows or {}), input_tokens=tokens, n=n
+            self.models,
+            allowed=allowed,
+            context_windows=dict(context_windows or {}),
+            input_tokens=tokens,
+            n=n,
         )
         threshold = pol.get("threshold")
         use_thr = threshold is not None and not explicit and pol.get("strong") and pol.get("weak")
@@ -483,7 +495,12 @@ class Router:
         if use_thr:
             score = q[:, s] - q[:, w]
             pick = np.where(score >= threshold, s, w)
-            eff = {"rule": "threshold", "threshold": float(threshold), "strong": pol["strong"], "weak": pol["weak"]}
+            eff = {
+                "rule": "threshold",
+                "threshold": float(threshold),
+                "strong": pol["strong"],
+                "weak": pol["weak"],
+            }
         else:
             pick = choose(q, c, tradeoff=lam, max_cost=max_cost, min_quality=min_quality, mask=mask)
             eff = {"rule": "tradeoff", "tradeoff": lam, "max_cost": max_cost, "min_quality": min_quality}
@@ -529,7 +546,11 @@ class Router:
         if eff["rule"] == "min_quality":
             return f"min_quality={eff['min_quality']:g} cheapest reaching it: {tail}"
         lam = eff["tradeoff"]
-        head = "cheapest" if math.isinf(lam) else ("best q" if lam == 0 else f"tradeoff={lam:.3g} best q-tradeoff*c")
+        head = (
+            "cheapest"
+            if math.isinf(lam)
+            else ("best q" if lam == 0 else f"tradeoff={lam:.3g} best q-tradeoff*c")
+        )
         if eff["max_cost"] is not None:
             head += f" (max_cost=${eff['max_cost']:.2g})"
         return f"{head}: {tail}"
@@ -608,7 +629,11 @@ class Router:
             "version": FORMAT_VERSION,
             "models": self.models,
             "encoder": self.encoder.spec(),
-            "estimator": {"name": self.estimator_name, "class": _class_path(self.estimator), "params": est_params},
+            "estimator": {
+                "name": self.estimator_name,
+                "class": _class_path(self.estimator),
+                "params": est_params,
+            },
             "cost": cost_params,
             "use_extra": self.use_extra,
             "policy": self.policy,
@@ -661,8 +686,14 @@ class Router:
         if policy.get("tradeoff") is None:
             policy["tradeoff"] = 0.0
         return cls(
-            models=meta["models"], encoder=encoder, estimator=est, cost=cost,
-            estimator_name=est_meta["name"], use_extra=meta["use_extra"], policy=policy, info=meta.get("info"),
+            models=meta["models"],
+            encoder=encoder,
+            estimator=est,
+            cost=cost,
+            estimator_name=est_meta["name"],
+            use_extra=meta["use_extra"],
+            policy=policy,
+            info=meta.get("info"),
         )
 
     def __repr__(self) -> str:

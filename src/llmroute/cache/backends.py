@@ -102,7 +102,9 @@ class SQLiteBackend:
     def __len__(self) -> int:
         with self._lock:
             return int(
-                self._db.execute("SELECT COUNT(*) FROM cache_entries WHERE expires>?", (time.time(),)).fetchone()[0]
+                self._db.execute(
+                    "SELECT COUNT(*) FROM cache_entries WHERE expires>?", (time.time(),)
+                ).fetchone()[0]
             )
 
     def close(self) -> None:
@@ -118,7 +120,9 @@ class RedisBackend:
     Entries expire through Redis TTLs; bucket members are pruned when found stale.
     """
 
-    def __init__(self, client: Any = None, *, url: str | None = None, prefix: str = "llmroute:cache:") -> None:
+    def __init__(
+        self, client: Any = None, *, url: str | None = None, prefix: str = "llmroute:cache:"
+    ) -> None:
         if client is None:
             if url is None:
                 raise ValueError("RedisBackend needs a client or a url (e.g. redis://localhost:6379/0)")
@@ -171,7 +175,10 @@ class RedisBackend:
         p.execute()
 
     def candidates(self, bucket: str, limit: int) -> list[Entry]:
-        keys = [k.decode() if isinstance(k, bytes) else k for k in self.r.zrevrange(self._bk(bucket), 0, limit - 1)]
+        keys = [
+            k.decode() if isinstance(k, bytes) else k
+            for k in self.r.zrevrange(self._bk(bucket), 0, limit - 1)
+        ]
         if not keys:
             return []
         p = self.r.pipeline()

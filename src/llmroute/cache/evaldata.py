@@ -78,12 +78,16 @@ def contrast_pairs(seed: int = 0) -> list[tuple[str, str, str]]:
         out.append((f"What was the GDP of {c} in {y}?", f"What was the GDP of {c} in {y + 1}?", "number"))
     for n in (3, 5, 10, 12, 25, 100):
         out.append((f"Convert {n} miles to kilometers.", f"Convert {n + 1} miles to kilometers.", "number"))
-        out.append((f"Write a {n}-line poem about the sea.", f"Write a {n * 2}-line poem about the sea.", "number"))
+        out.append(
+            (f"Write a {n}-line poem about the sea.", f"Write a {n * 2}-line poem about the sea.", "number")
+        )
     out.append(("Give me two reasons to learn Spanish.", "Give me three reasons to learn Spanish.", "number"))
     out.append(("List five tips for better sleep.", "List ten tips for better sleep.", "number"))
     months = ["January", "March", "June", "September", "November"]
     for i, m in enumerate(months):
-        out.append((f"What holidays are in {m}?", f"What holidays are in {months[(i + 1) % len(months)]}?", "date"))
+        out.append(
+            (f"What holidays are in {m}?", f"What holidays are in {months[(i + 1) % len(months)]}?", "date")
+        )
     out.append(("What events are scheduled for Monday?", "What events are scheduled for Friday?", "date"))
     out.append(("What's the weather today in Paris?", "What's the weather tomorrow in Paris?", "date"))
     for i, c in enumerate(_COUNTRIES):

@@ -72,7 +72,10 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict of the counters."""
-        return {k: getattr(self, k) for k in ("lookups", "exact_hits", "semantic_hits", "misses", "stores", "skipped")}
+        return {
+            k: getattr(self, k)
+            for k in ("lookups", "exact_hits", "semantic_hits", "misses", "stores", "skipped")
+        }
 
 
 class SemanticCache:
@@ -107,7 +110,9 @@ class SemanticCache:
         self.stats = CacheStats()
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], encoder: Any = None, redis_client: Any = None) -> SemanticCache:
+    def from_config(
+        cls, cfg: Mapping[str, Any], encoder: Any = None, redis_client: Any = None
+    ) -> SemanticCache:
         """Build from a `cache:` config section.
 
         Keys: backend ("sqlite" | "redis"), path (SQLite file; default in-memory), url (Redis),
@@ -122,7 +127,9 @@ class SemanticCache:
         if kind == "sqlite":
             backend: CacheBackend = SQLiteBackend(cfg.get("path", ":memory:"))
         elif kind == "redis":
-            backend = RedisBackend(redis_client, url=cfg.get("url"), prefix=cfg.get("prefix", "llmroute:cache:"))
+            backend = RedisBackend(
+                redis_client, url=cfg.get("url"), prefix=cfg.get("prefix", "llmroute:cache:")
+            )
         else:
             raise ValueError(f"cache.backend must be 'sqlite' or 'redis', not {kind!r}")
         return cls(
@@ -147,10 +154,15 @@ class SemanticCache:
         return ctx, content_text(msgs[last_i].get("content")) if msgs else ""
 
     def keys(
-        self, messages: str | Sequence[Mapping[str, Any]], scope: str = "", params: Mapping[str, Any] | None = None
+        self,
+        messages: str | Sequence[Mapping[str, Any]],
+        scope: str = "",
+        params: Mapping[str, Any] | None = None,
     ) -> tuple[str, str, str]:
         """(exact key, semantic bucket, last user text) of a request."""
-        ctx, last = self._split(messages if not isinstance(messages, str) else [{"role": "user", "content": messages}])
+        ctx, last = self._split(
+            messages if not isinstance(messages, str) else [{"role": "user", "content": messages}]
+        )
         p = {k: params[k] for k in ANSWER_PARAMS if params and params.get(k) is not None}
         base = json.dumps([scope, ctx, p], sort_keys=True, default=str)
         h = hashlib.sha256(base.encode()).hexdigest()

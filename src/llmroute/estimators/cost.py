@@ -132,7 +132,9 @@ class CostEstimator:
         cost = table.cost_matrix()
         # tokens per char/word from the prompts that have an input count
         fin = np.isfinite(tin)
-        row_in = np.where(fin.any(axis=1), np.where(fin, tin, 0.0).sum(axis=1) / np.maximum(fin.sum(axis=1), 1), np.nan)
+        row_in = np.where(
+            fin.any(axis=1), np.where(fin, tin, 0.0).sum(axis=1) / np.maximum(fin.sum(axis=1), 1), np.nan
+        )
         stats = _text_stats(table.prompts)
         ok = np.isfinite(row_in)
         if ok.sum() >= 3:
@@ -200,12 +202,14 @@ class CostEstimator:
             p = prices.get(name)
             if p is not None:
                 self.price_[j] = (p.input_per_mtok, p.output_per_mtok)
-        self.mode_ = np.where(
-            np.isfinite(self.price_[:, 0]), 0, np.where(self.has_cost_, 1, 2)
-        ).astype(np.int64)
+        self.mode_ = np.where(np.isfinite(self.price_[:, 0]), 0, np.where(self.has_cost_, 1, 2)).astype(
+            np.int64
+        )
         # precomputed per-model coefficients: cost = const + k_in * tin + k_out * out
         is_price, is_obs = self.mode_ == 0, self.mode_ == 1
-        self._k_in = np.where(is_price, np.nan_to_num(self.price_[:, 0]) / 1e6, np.where(is_obs, self.cost_ab_[:, 1], 0.0))
+        self._k_in = np.where(
+            is_price, np.nan_to_num(self.price_[:, 0]) / 1e6, np.where(is_obs, self.cost_ab_[:, 1], 0.0)
+        )
         self._k_out = np.where(is_price, np.nan_to_num(self.price_[:, 1]) / 1e6, 0.0)
         self._const = np.where(is_obs, self.cost_ab_[:, 0], 0.0)
 
@@ -260,7 +264,9 @@ class CostEstimator:
             return self.predict_tokens(tin)
         A = _design(stats, X)
         if A.shape[1] != self.feat_W_.shape[0]:
-            raise ValueError(f"cost model expects {self.feat_W_.shape[0] - 2} feature columns, got {A.shape[1] - 2}")
+            raise ValueError(
+                f"cost model expects {self.feat_W_.shape[0] - 2} feature columns, got {A.shape[1] - 2}"
+            )
         T = np.maximum(np.exp(A @ self.feat_W_ + self.feat_b_) * self.feat_smear_ - 1.0, 0.0)
         ok = self.feat_ok_
         if ok[0]:

@@ -131,7 +131,11 @@ def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
             0,
         )
     cp = np.frombuffer(tail.encode("utf-32-le"), dtype=np.uint32)
-    cjk = ((cp >= 0x3040) & (cp <= 0x30FF)) | ((cp >= 0x3400) & (cp <= 0x9FFF)) | ((cp >= 0xAC00) & (cp <= 0xD7AF))
+    cjk = (
+        ((cp >= 0x3040) & (cp <= 0x30FF))
+        | ((cp >= 0x3400) & (cp <= 0x9FFF))
+        | ((cp >= 0xAC00) & (cp <= 0xD7AF))
+    )
     return (
         len(cp),
         int(np.count_nonzero((cp >= 48) & (cp <= 57))),

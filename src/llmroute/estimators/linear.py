@@ -90,7 +90,9 @@ def fit_scaler(Z: np.ndarray, n_emb: int | None = None) -> tuple[np.ndarray, np.
     return mu, sd
 
 
-def inner_folds(n: int, folds: int, seed: int, max_n: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def inner_folds(
+    n: int, folds: int, seed: int, max_n: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, validation) index pairs for hyper-parameter search, on at most `max_n` rows."""
     rng = np.random.default_rng(seed)
     idx = rng.permutation(n)
@@ -204,7 +206,9 @@ class LinearEstimator(QualityEstimator):
                         P = sigmoid(np.hstack([Z[va], np.ones((len(va), 1))]) @ W)
                         scores[g] += masked_bce(P, Q[va])
                 ordered = sorted(self.grid, reverse=True)
-                self.cv_scores_ = {str(g): float(s / len(folds)) for g, s in zip(ordered, scores, strict=True)}
+                self.cv_scores_ = {
+                    str(g): float(s / len(folds)) for g, s in zip(ordered, scores, strict=True)
+                }
                 lam = ordered[int(np.argmin(scores))]
         self.lam_ = float(lam)
         self.W_ = _fit_logistic(Z, Q, self.lam_, None)

@@ -109,8 +109,15 @@ class MFEstimator(QualityEstimator):
             for k, r in grid:
                 p0 = self._init(d, m, k, column_means(Q[tr]))
                 _, ep, curve = adam_train(
-                    p0, _mf_grad_fn(r), _mf_pred, Z[tr], Q[tr],
-                    epochs=self.max_epochs, batch=self.batch, lr=self.lr, seed=self.seed,
+                    p0,
+                    _mf_grad_fn(r),
+                    _mf_pred,
+                    Z[tr],
+                    Q[tr],
+                    epochs=self.max_epochs,
+                    batch=self.batch,
+                    lr=self.lr,
+                    seed=self.seed,
                     val=(Z[va], Q[va]),
                 )
                 score = min(curve)
@@ -124,8 +131,15 @@ class MFEstimator(QualityEstimator):
         self.dim_, self.reg_, self.epochs_ = int(choice[0]), float(choice[1]), int(epochs)
         p0 = self._init(d, m, self.dim_, column_means(Q))
         self.params_, _, _ = adam_train(
-            p0, _mf_grad_fn(self.reg_), _mf_pred, Z, Q,
-            epochs=self.epochs_, batch=self.batch, lr=self.lr, seed=self.seed,
+            p0,
+            _mf_grad_fn(self.reg_),
+            _mf_pred,
+            Z,
+            Q,
+            epochs=self.epochs_,
+            batch=self.batch,
+            lr=self.lr,
+            seed=self.seed,
         )
         return self
 

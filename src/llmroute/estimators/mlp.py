@@ -185,8 +185,15 @@ class MLPEstimator(QualityEstimator):
             for h, a in grid:
                 p0 = self._init(d, m, h, column_means(Q[tr]), self.seed)
                 _, ep, curve = adam_train(
-                    p0, _mlp_grad_fn(a), _mlp_pred, Z[tr], Q[tr],
-                    epochs=self.max_epochs, batch=self.batch, lr=self.lr, seed=self.seed,
+                    p0,
+                    _mlp_grad_fn(a),
+                    _mlp_pred,
+                    Z[tr],
+                    Q[tr],
+                    epochs=self.max_epochs,
+                    batch=self.batch,
+                    lr=self.lr,
+                    seed=self.seed,
                     val=(Z[va], Q[va]),
                 )
                 score = min(curve)
@@ -203,8 +210,15 @@ class MLPEstimator(QualityEstimator):
         self.epochs_ = int(epochs)
         p0 = self._init(d, m, self.hidden_, means, self.seed)
         self.params_, _, _ = adam_train(
-            p0, _mlp_grad_fn(self.alpha_), _mlp_pred, Z, Q,
-            epochs=self.epochs_, batch=self.batch, lr=self.lr, seed=self.seed,
+            p0,
+            _mlp_grad_fn(self.alpha_),
+            _mlp_pred,
+            Z,
+            Q,
+            epochs=self.epochs_,
+            batch=self.batch,
+            lr=self.lr,
+            seed=self.seed,
         )
         self.n_features_ = d
         return self

@@ -61,7 +61,9 @@ def router_curve(
 
 def oracle_choice(Q: np.ndarray, C: np.ndarray, tradeoff: float = 0.0) -> np.ndarray:
     """Oracle pick per prompt: best true q - tradeoff*c, cheapest among ties (NaN = worst)."""
-    return choose(np.where(np.isfinite(Q), Q, -np.inf), np.where(np.isfinite(C), C, np.inf), tradeoff=tradeoff)
+    return choose(
+        np.where(np.isfinite(Q), Q, -np.inf), np.where(np.isfinite(C), C, np.inf), tradeoff=tradeoff
+    )
 
 
 def oracle_curve(Q: np.ndarray, C: np.ndarray, lambdas: Sequence[float] | None = None) -> np.ndarray:

@@ -50,17 +50,31 @@ def plot_curves(results: dict | Sequence[dict], path: str | Path | None = None) 
             ax.plot([p[0] for p in rnd], [p[1] for p in rnd], ":", color="grey", lw=1.0, label="random")
         singles = [s for s in base.get("singles", []) if s["cost"] is not None and s["quality"] is not None]
         if singles:
-            ax.scatter([s["cost"] for s in singles], [s["quality"] for s in singles], c="black", marker="s", s=18,
-                       zorder=5, label="single models")
+            ax.scatter(
+                [s["cost"] for s in singles],
+                [s["quality"] for s in singles],
+                c="black",
+                marker="s",
+                s=18,
+                zorder=5,
+                label="single models",
+            )
             for s in singles:
-                ax.annotate(s["model"].split("/")[-1][:22], (s["cost"], s["quality"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    s["model"].split("/")[-1][:22],
+                    (s["cost"], s["quality"]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         xs = [p[0] for r in res["routers"].values() for p in r["curve"]] + [s["cost"] for s in singles]
         if xs and min(xs) > 0:
             ax.set_xscale("log")
         ax.set_xlabel("mean cost per prompt" + (" (USD)" if res.get("cost_source") == "cost_usd" else ""))
         ax.set_ylabel("mean quality")
-        ax.set_title(f"{res['dataset']} ({res['n_prompts']} prompts, {len(res['models'])} models)", fontsize=10)
+        ax.set_title(
+            f"{res['dataset']} ({res['n_prompts']} prompts, {len(res['models'])} models)", fontsize=10
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -86,34 +100,51 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def _view(res: dict) -> dict:
     base = res["baselines"]
-    best_gap = max((r["gap_closed"] for r in res["routers"].values() if r["gap_closed"] is not None), default=None)
+    best_gap = max(
+        (r["gap_closed"] for r in res["routers"].values() if r["gap_closed"] is not None), default=None
+    )
     rows = []
     for name, r in res["routers"].items():
-        rows.append({
-            "name": name,
-            "best": best_gap is not None and r["gap_closed"] == best_gap,
-            "aiq": _fmt(r["aiq"], 4),
-            "gap_closed": _fmt(r["gap_closed"]),
-            "cost_ratio": _fmt(r["cost_ratio_at_best_quality"]),
-            "max_quality": _fmt(r["max_quality"], 4),
-            "apgr": _fmt(r["apgr"]),
-            "cpt50": _fmt(r["cpt50"], 2),
-            "cpt80": _fmt(r["cpt80"], 2),
-            "p50": _fmt(r["decision_ms_p50"]),
-            "p99": _fmt(r["decision_ms_p99"]),
-        })
+        rows.append(
+            {
+                "name": name,
+                "best": best_gap is not None and r["gap_closed"] == best_gap,
+                "aiq": _fmt(r["aiq"], 4),
+                "gap_closed": _fmt(r["gap_closed"]),
+                "cost_ratio": _fmt(r["cost_ratio_at_best_quality"]),
+                "max_quality": _fmt(r["max_quality"], 4),
+                "apgr": _fmt(r["apgr"]),
+                "cpt50": _fmt(r["cpt50"], 2),
+                "cpt80": _fmt(r["cpt80"], 2),
+                "p50": _fmt(r["decision_ms_p50"]),
+                "p99": _fmt(r["decision_ms_p99"]),
+            }
+        )
     rnd = base.get("random")
     if rnd:
-        rows.append({
-            "name": "random (baseline)", "best": False, "aiq": _fmt(rnd["aiq"], 4),
-            "gap_closed": _fmt(rnd["gap_closed"]), "cost_ratio": _fmt(rnd["cost_ratio_at_best_quality"]),
-            "max_quality": _fmt(rnd["max_quality"], 4), "apgr": _fmt(rnd["apgr"]), "cpt50": _fmt(rnd["cpt50"], 2),
-            "cpt80": _fmt(rnd["cpt80"], 2), "p50": "–", "p99": "–",
-        })
+        rows.append(
+            {
+                "name": "random (baseline)",
+                "best": False,
+                "aiq": _fmt(rnd["aiq"], 4),
+                "gap_closed": _fmt(rnd["gap_closed"]),
+                "cost_ratio": _fmt(rnd["cost_ratio_at_best_quality"]),
+                "max_quality": _fmt(rnd["max_quality"], 4),
+                "apgr": _fmt(rnd["apgr"]),
+                "cpt50": _fmt(rnd["cpt50"], 2),
+                "cpt80": _fmt(rnd["cpt80"], 2),
+                "p50": "–",
+                "p99": "–",
+            }
+        )
     best_model = base["best_single"]["model"]
     singles = [
-        {"model": s["model"], "quality": _fmt(s["quality"], 4), "cost": _fmt(s["cost"], 6),
-         "best": s["model"] == best_model}
+        {
+            "model": s["model"],
+            "quality": _fmt(s["quality"], 4),
+            "cost": _fmt(s["cost"], 6),
+            "best": s["model"] == best_model,
+        }
         for s in base.get("singles", [])
     ]
     orc = base.get("oracle", {})
@@ -130,8 +161,11 @@ def _view(res: dict) -> dict:
         "rows": rows,
         "singles": singles,
         "single_hull_aiq": _fmt(base["single_hull_aiq"], 4),
-        "oracle": {"quality": _fmt(orc.get("quality"), 4), "cost": _fmt(orc.get("cost"), 6),
-                   "aiq": _fmt(base["oracle_aiq"], 4)},
+        "oracle": {
+            "quality": _fmt(orc.get("quality"), 4),
+            "cost": _fmt(orc.get("cost"), 6),
+            "aiq": _fmt(base["oracle_aiq"], 4),
+        },
     }
 
 
@@ -141,7 +175,9 @@ def render_html(results: dict | Sequence[dict], png: bytes) -> str:
 
     from llmroute import __version__
 
-    env = Environment(loader=PackageLoader("llmroute.eval", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=PackageLoader("llmroute.eval", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
     tmpl = env.get_template("report.html.j2")
     return tmpl.render(
         datasets=[_view(r) for r in _as_list(results)],

@@ -81,7 +81,9 @@ RouterFactory = Callable[[RoutingTable, Any, int], EstimatingRouter]
 
 
 # ---- data ------------------------------------------------------------------------------------
-def load_dataset(path: str | Path, tasks: str | None = None, prices: str | Path | None = None) -> RoutingTable:
+def load_dataset(
+    path: str | Path, tasks: str | None = None, prices: str | Path | None = None
+) -> RoutingTable:
     """Load a routing table with `llmroute.data.load_table`, optionally keeping one task family.
 
     `path` is a file or a folder (e.g. ../shared/data/routellm, whose prices.json is used).
@@ -137,7 +139,9 @@ class EvalEncoder(CachedEncoder):
         super().__init__(encoder, EmbeddingCache(maxsize=10_000_000))
         self.bypass = False
 
-    def prime(self, texts: Iterable[str], batch: int = 2048, on_batch: Callable[[int], None] | None = None) -> None:
+    def prime(
+        self, texts: Iterable[str], batch: int = 2048, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         """Embed every distinct text (batches of `batch`; `on_batch(k)` after each)."""
         uniq = list(dict.fromkeys(texts))
         for s in range(0, len(uniq), batch):
@@ -190,7 +194,9 @@ def measure_latency(
     return float(np.percentile(times, 50) / 1e6), float(np.percentile(times, 99) / 1e6)
 
 
-def _align(router: EstimatingRouter, models: Sequence[str], q: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _align(
+    router: EstimatingRouter, models: Sequence[str], q: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     got = list(getattr(router, "models", models))
     if got == list(models):
         return np.asarray(q, dtype=float), np.asarray(c, dtype=float)

@@ -79,11 +79,16 @@ def _validate_chat(body: Any) -> None:
         raise _bad("The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("'model' is required and must be a non-empty string (a model name or an alias "
-                   "such as 'llmroute/auto').", "model")
+        raise _bad(
+            "'model' is required and must be a non-empty string (a model name or an alias "
+            "such as 'llmroute/auto').",
+            "model",
+        )
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise _bad("'messages' is required and must be a non-empty array of {role, content} objects.", "messages")
+        raise _bad(
+            "'messages' is required and must be a non-empty array of {role, content} objects.", "messages"
+        )
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
@@ -91,8 +96,10 @@ def _validate_chat(body: Any) -> None:
             raise _bad(f"messages[{i}].role must be one of {sorted(_ROLES)}.", f"messages[{i}].role")
         c = m.get("content")
         if c is not None and not isinstance(c, str | list):
-            raise _bad(f"messages[{i}].content must be a string or an array of content parts.",
-                       f"messages[{i}].content")
+            raise _bad(
+                f"messages[{i}].content must be a string or an array of content parts.",
+                f"messages[{i}].content",
+            )
     for k, types, what in (
         ("stream", (bool,), "a boolean"),
         ("temperature", (int, float), "a number"),
@@ -102,7 +109,7 @@ def _validate_chat(body: Any) -> None:
         ("n", (int,), "an integer"),
         ("tools", (list,), "an array"),
         ("stream_options", (dict,), "an object"),
-        ("llmroute", (dict,), "an object such as {\"tradeoff\": 0.0, \"max_cost\": 0.01}"),
+        ("llmroute", (dict,), 'an object such as {"tradeoff": 0.0, "max_cost": 0.01}'),
     ):
         v = body.get(k)
         if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
@@ -117,7 +124,11 @@ def _validate_anthropic(body: Any) -> None:
         raise _bad("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _bad("'model' is required and must be a string.", "model")
-    if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool) or body["max_tokens"] <= 0:
+    if (
+        not isinstance(body.get("max_tokens"), int)
+        or isinstance(body.get("max_tokens"), bool)
+        or body["max_tokens"] <= 0
+    ):
         raise _bad("'max_tokens' is required and must be a positive integer.", "max_tokens")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -126,14 +137,21 @@ def _validate_anthropic(body: Any) -> None:
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
             raise _bad(f"messages[{i}].role must be 'user' or 'assistant'.", f"messages[{i}].role")
         if not isinstance(m.get("content"), str | list):
-            raise _bad(f"messages[{i}].content must be a string or an array of blocks.", f"messages[{i}].content")
+            raise _bad(
+                f"messages[{i}].content must be a string or an array of blocks.", f"messages[{i}].content"
+            )
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be a boolean.", "stream")
 
 
 def _anthropic_error(e: GatewayError) -> bytes:
-    etype = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-             429: "rate_limit_error"}.get(e.status, "invalid_request_error" if e.status < 500 else "api_error")
+    etype = {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+    }.get(e.status, "invalid_request_error" if e.status < 500 else "api_error")
     return orjson.dumps({"type": "error", "error": {"type": etype, "message": e.message}})
 
 
@@ -144,35 +162,81 @@ def _from_backend(e: BackendError) -> GatewayError:
 def openapi_document() -> dict[str, Any]:
     """The gateway's OpenAPI 3.1 document (served at /openapi.json)."""
     msg = {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "content": {}}}
-    chat = {"type": "object", "required": ["model", "messages"], "additionalProperties": True, "properties": {
-        "model": {"type": "string", "description": "a model name (passes through) or an alias such as llmroute/auto"},
-        "messages": {"type": "array", "items": msg}, "stream": {"type": "boolean"},
-        "tools": {"type": "array"}, "tool_choice": {}, "response_format": {"type": "object"},
-        "temperature": {"type": "number"}, "max_tokens": {"type": "integer"}, "n": {"type": "integer"},
-        "llmroute": {"type": "object", "description": "per-request policy: tradeoff, max_cost, min_quality"}}}
-    err = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {}}}}}
-    trace_headers = {h: {"schema": {"type": "string"}} for h in
-                     ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")}
+    chat = {
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": True,
+        "properties": {
+            "model": {
+                "type": "string",
+                "description": "a model name (passes through) or an alias such as llmroute/auto",
+            },
+            "messages": {"type": "array", "items": msg},
+            "stream": {"type": "boolean"},
+            "tools": {"type": "array"},
+            "tool_choice": {},
+            "response_format": {"type": "object"},
+            "temperature": {"type": "number"},
+            "max_tokens": {"type": "integer"},
+            "n": {"type": "integer"},
+            "llmroute": {
+                "type": "object",
+                "description": "per-request policy: tradeoff, max_cost, min_quality",
+            },
+        },
+    }
+    err = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {},
+                    "code": {},
+                },
+            }
+        },
+    }
+    trace_headers = {
+        h: {"schema": {"type": "string"}}
+        for h in ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")
+    }
 
     def op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        o: dict[str, Any] = {"summary": summary, "responses": {
-            "200": {"description": "OK", "headers": trace_headers},
-            "4XX": {"description": "client error", "content": {"application/json": {"schema": err}}}}}
+        o: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                "200": {"description": "OK", "headers": trace_headers},
+                "4XX": {"description": "client error", "content": {"application/json": {"schema": err}}},
+            },
+        }
         if body is not None:
             o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         return o
 
     return {
         "openapi": "3.1.0",
-        "info": {"title": "llmroute gateway", "version": "0.1.0",
-                 "description": "OpenAI-compatible routing gateway: aliases route each request to a model."},
+        "info": {
+            "title": "llmroute gateway",
+            "version": "0.1.0",
+            "description": "OpenAI-compatible routing gateway: aliases route each request to a model.",
+        },
         "paths": {
             "/v1/chat/completions": {"post": op("Chat completion, routed when model is an alias", chat)},
             "/v1/messages": {"post": op("Anthropic Messages API, routed to any backend", {"type": "object"})},
             "/v1/route": {"post": op("Routing decision only", chat)},
-            "/v1/feedback": {"post": op("Attach an outcome to a request id", {"type": "object", "required": [
-                "request_id"], "properties": {"request_id": {"type": "string"}, "quality": {"type": "number"}}})},
+            "/v1/feedback": {
+                "post": op(
+                    "Attach an outcome to a request id",
+                    {
+                        "type": "object",
+                        "required": ["request_id"],
+                        "properties": {"request_id": {"type": "string"}, "quality": {"type": "number"}},
+                    },
+                )
+            },
             "/v1/models": {"get": op("Aliases and models")},
             "/healthz": {"get": op("Liveness and breaker states")},
             "/metrics": {"get": op("Prometheus metrics")},
@@ -219,7 +283,9 @@ class Gateway:
         srv = config.server
         if routers is None:
             needed = {a.router for a in config.aliases.values()}
-            routers = {name: load_router(ref, config) for name, ref in config.routers.items() if name in needed}
+            routers = {
+                name: load_router(ref, config) for name, ref in config.routers.items() if name in needed
+            }
         self.engine = RoutingEngine(config, routers)
         self.guard: Any = None  # rules, guards and response cache (issue 4)
         if config.rules or config.cache:
@@ -234,8 +300,12 @@ class Gateway:
 
             register_metrics(self.guard, self.metrics.registry)
         self.executor = Executor(
-            self.backends, retries=srv.retries, backoff_s=srv.backoff_s, breaker_failures=srv.breaker_failures,
-            breaker_cooldown_s=srv.breaker_cooldown_s, max_fallbacks=srv.max_fallbacks,
+            self.backends,
+            retries=srv.retries,
+            backoff_s=srv.backoff_s,
+            breaker_failures=srv.breaker_failures,
+            breaker_cooldown_s=srv.breaker_cooldown_s,
+            max_fallbacks=srv.max_fallbacks,
             on_breaker=self.metrics.set_breaker,
         )
         self.auth = Authenticator(config.keys)
@@ -246,16 +316,45 @@ class Gateway:
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         self.max_body = srv.max_body_bytes
         self.timeout_s = srv.request_timeout_s
-        self._models_body = orjson.dumps({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "llmroute",
-             "llmroute": {"kind": "alias", "router": a.router, "tradeoff": a.tradeoff, "max_cost": a.max_cost,
-                          "min_quality": a.min_quality, "candidates": self.engine.plans[name].models}}
-            for name, a in config.aliases.items()] + [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider,
-             "llmroute": {"kind": "model", "provider": m.provider, "router_model": m.estimated_by,
-                          "input_per_mtok": m.input_per_mtok, "output_per_mtok": m.output_per_mtok,
-                          "context_window": m.context_window}}
-            for m in config.models]})
+        self._models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "llmroute",
+                        "llmroute": {
+                            "kind": "alias",
+                            "router": a.router,
+                            "tradeoff": a.tradeoff,
+                            "max_cost": a.max_cost,
+                            "min_quality": a.min_quality,
+                            "candidates": self.engine.plans[name].models,
+                        },
+                    }
+                    for name, a in config.aliases.items()
+                ]
+                + [
+                    {
+                        "id": m.name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": m.provider,
+                        "llmroute": {
+                            "kind": "model",
+                            "provider": m.provider,
+                            "router_model": m.estimated_by,
+                            "input_per_mtok": m.input_per_mtok,
+                            "output_per_mtok": m.output_per_mtok,
+                            "context_window": m.context_window,
+                        },
+                    }
+                    for m in config.models
+                ],
+            }
+        )
         self._openapi = orjson.dumps(openapi_document())
         self._started = False
         # request ids: a random per-process prefix + a counter (an os.urandom call per request costs a syscall)
@@ -295,10 +394,17 @@ class Gateway:
                     if hasattr(r, "blas_single_thread"):
                         r.blas_single_thread = True
         loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(None, lambda: open_store(
-            cfg.store.url, base_dir=cfg.base_dir, store_prompts=cfg.trace.store_prompts,
-            store_responses=cfg.trace.store_responses, batch_size=cfg.store.batch_size,
-            flush_interval_s=cfg.store.flush_interval_s))
+        self.store = await loop.run_in_executor(
+            None,
+            lambda: open_store(
+                cfg.store.url,
+                base_dir=cfg.base_dir,
+                store_prompts=cfg.trace.store_prompts,
+                store_responses=cfg.trace.store_responses,
+                batch_size=cfg.store.batch_size,
+                flush_interval_s=cfg.store.flush_interval_s,
+            ),
+        )
         self.metrics.bind_store(self.store)
         self.budgets = BudgetManager(cfg.keys, store=self.store)
         self.http = HTTPClient(limit_per_origin=1024)
@@ -327,19 +433,31 @@ class Gateway:
             if handler is None:
                 path = scope["path"]
                 if path in self._paths:
-                    await self._error(send, GatewayError(405, f"Method {scope['method']} not allowed on {path}.",
-                                                         code="method_not_allowed"))
+                    await self._error(
+                        send,
+                        GatewayError(
+                            405, f"Method {scope['method']} not allowed on {path}.", code="method_not_allowed"
+                        ),
+                    )
                 else:
-                    await self._error(send, GatewayError(404, f"No endpoint {path}. See /openapi.json.",
-                                                         code="not_found"))
+                    await self._error(
+                        send, GatewayError(404, f"No endpoint {path}. See /openapi.json.", code="not_found")
+                    )
                 return
             try:
                 await handler(scope, receive, send)
             except Exception:  # a bug, not the client's fault: log it, answer JSON if still possible
                 log.exception("internal error on %s %s", scope["method"], scope["path"])
                 with contextlib.suppress(Exception):
-                    await self._error(send, GatewayError(500, "Internal gateway error (logged).",
-                                                         type="server_error", code="internal_error"))
+                    await self._error(
+                        send,
+                        GatewayError(
+                            500,
+                            "Internal gateway error (logged).",
+                            type="server_error",
+                            code="internal_error",
+                        ),
+                    )
         elif kind == "lifespan":
             while True:
                 msg = await receive()
@@ -362,8 +480,13 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send: Send, e: GatewayError, extra: list[tuple[bytes, bytes]] | None = None,
-                     anthropic: bool = False) -> None:
+    async def _error(
+        self,
+        send: Send,
+        e: GatewayError,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        anthropic: bool = False,
+    ) -> None:
         headers = [_JSON, *(extra or ())]
         headers += [_hdr(k.lower().encode(), v) for k, v in e.headers.items()]
         body = _anthropic_error(e) if anthropic else orjson.dumps(e.body())
@@ -374,8 +497,11 @@ class Gateway:
             if k == b"content-length":
                 try:
                     if int(v) > self.max_body:
-                        raise GatewayError(413, f"Request body too large: the limit is {self.max_body} bytes.",
-                                           code="request_too_large")
+                        raise GatewayError(
+                            413,
+                            f"Request body too large: the limit is {self.max_body} bytes.",
+                            code="request_too_large",
+                        )
                 except ValueError:
                     raise _bad("Invalid Content-Length header.") from None
         chunks: list[bytes] = []
@@ -388,8 +514,11 @@ class Gateway:
             if b:
                 size += len(b)
                 if size > self.max_body:
-                    raise GatewayError(413, f"Request body too large: the limit is {self.max_body} bytes.",
-                                       code="request_too_large")
+                    raise GatewayError(
+                        413,
+                        f"Request body too large: the limit is {self.max_body} bytes.",
+                        code="request_too_large",
+                    )
                 chunks.append(b)
             if not msg.get("more_body"):
                 break
@@ -406,10 +535,15 @@ class Gateway:
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
     def _trace_headers(self, rid: str, model: str, reason: str) -> list[tuple[bytes, bytes]]:
-        return [_hdr(b"x-llmroute-request-id", rid), _hdr(b"x-llmroute-model", model),
-                _hdr(b"x-llmroute-reason", reason)]
+        return [
+            _hdr(b"x-llmroute-request-id", rid),
+            _hdr(b"x-llmroute-model", model),
+            _hdr(b"x-llmroute-reason", reason),
+        ]
 
-    def _rejected_headers(self, rid: str, decision: RouteDecision | None, e: GatewayError) -> list[tuple[bytes, bytes]]:
+    def _rejected_headers(
+        self, rid: str, decision: RouteDecision | None, e: GatewayError
+    ) -> list[tuple[bytes, bytes]]:
         """Trace headers for a request refused before any upstream call (no model was called)."""
         model = decision.model if decision is not None else "none"
         return self._trace_headers(rid, model, f"rejected {e.status} {e.code or e.type}")
@@ -446,16 +580,36 @@ class Gateway:
                 if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
                     raise _bad(f"'llmroute.{k}' must be a non-negative number or null.", f"llmroute.{k}")
                 policy[k] = v
-        ctx = RequestContext(request_id=rid, requested=body["model"], messages=body["messages"], body=body,
-                             key_id=key.id if key is not None else None, headers=headers, endpoint=endpoint,
-                             policy=policy)
+        ctx = RequestContext(
+            request_id=rid,
+            requested=body["model"],
+            messages=body["messages"],
+            body=body,
+            key_id=key.id if key is not None else None,
+            headers=headers,
+            endpoint=endpoint,
+            policy=policy,
+        )
         decision = await self.engine.decide(ctx)
         return ctx, decision, key
 
-    def _finish(self, *, rid: str, ctx: RequestContext | None, decision: RouteDecision | None, model: str,
-                status: int, t0: float, attempts: list[Attempt], usage: tuple[int, int, float] = (0, 0, 0.0),
-                stream: bool = False, ttft: float | None = None, error: str | None = None,
-                response: Any = None, extra: dict[str, Any] | None = None) -> None:
+    def _finish(
+        self,
+        *,
+        rid: str,
+        ctx: RequestContext | None,
+        decision: RouteDecision | None,
+        model: str,
+        status: int,
+        t0: float,
+        attempts: list[Attempt],
+        usage: tuple[int, int, float] = (0, 0, 0.0),
+        stream: bool = False,
+        ttft: float | None = None,
+        error: str | None = None,
+        response: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Metrics + trace record (both queued, off the hot path)."""
         total = time.perf_counter() - t0
         upstream = sum(a.latency_s for a in attempts)
@@ -465,24 +619,49 @@ class Gateway:
         for a in fails:
             m.observe_error(a.model, alias, kind=str(a.status or "error"))
         if decision is not None and model and model != decision.model:
-            m.observe_fallback(alias, decision.model, model, reason=str(fails[-1].status if fails else "error"))
+            m.observe_fallback(
+                alias, decision.model, model, reason=str(fails[-1].status if fails else "error")
+            )
         label = model if model in self.engine.models else ""
-        m.observe_request(model=label, alias=alias if alias in self.engine.plans else None, status=status,
-                          overhead_s=max(0.0, total - upstream), upstream_s=upstream, total_s=total,
-                          tokens_in=usage[0], tokens_out=usage[1], cost_usd=usage[2], fallbacks=len(fails),
-                          ttft_s=ttft, stream=stream)
+        m.observe_request(
+            model=label,
+            alias=alias if alias in self.engine.plans else None,
+            status=status,
+            overhead_s=max(0.0, total - upstream),
+            upstream_s=upstream,
+            total_s=total,
+            tokens_in=usage[0],
+            tokens_out=usage[1],
+            cost_usd=usage[2],
+            fallbacks=len(fails),
+            ttft_s=ttft,
+            stream=stream,
+        )
         if self.store is None:
             return
         rec: dict[str, Any] = {
-            "request_id": rid, "ts": time.time(), "key_id": ctx.key_id if ctx else None, "alias": alias,
-            "model": model or None, "requested_model": ctx.requested if ctx else None, "status": status,
-            "error": error, "reason": decision.reason if decision else None, "stream": stream,
+            "request_id": rid,
+            "ts": time.time(),
+            "key_id": ctx.key_id if ctx else None,
+            "alias": alias,
+            "model": model or None,
+            "requested_model": ctx.requested if ctx else None,
+            "status": status,
+            "error": error,
+            "reason": decision.reason if decision else None,
+            "stream": stream,
             "candidates": decision.candidates() if decision else [],
-            "fallbacks": [{"model": a.model, "error": a.error, "status": a.status,
-                           "latency_ms": a.latency_s * 1000} for a in fails],
-            "overhead_ms": max(0.0, total - upstream) * 1000, "upstream_ms": upstream * 1000,
-            "total_ms": total * 1000, "ttft_ms": None if ttft is None else ttft * 1000,
-            "tokens_in": usage[0], "tokens_out": usage[1], "cost_usd": usage[2],
+            "fallbacks": [
+                {"model": a.model, "error": a.error, "status": a.status, "latency_ms": a.latency_s * 1000}
+                for a in fails
+            ],
+            "overhead_ms": max(0.0, total - upstream) * 1000,
+            "upstream_ms": upstream * 1000,
+            "total_ms": total * 1000,
+            "ttft_ms": None if ttft is None else ttft * 1000,
+            "tokens_in": usage[0],
+            "tokens_out": usage[1],
+            "cost_usd": usage[2],
         }
         if ctx is not None and self.config.trace.store_prompts:
             rec["prompt"] = ctx.text
@@ -519,24 +698,55 @@ class Gateway:
                     body = anthropic_to_openai_request(body)
                 else:
                     _validate_chat(body)
-                ctx, decision, key = await self._prepare(scope, body, rid, "messages" if anthropic else "chat")
+                ctx, decision, key = await self._prepare(
+                    scope, body, rid, "messages" if anthropic else "chat"
+                )
                 if key is not None and self.budgets is not None:
                     reservation = self.budgets.reserve(key, self._max_cost(decision, body))
             except GatewayError as e:
-                self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=e.status, t0=t0, attempts=[],
-                             error=e.message, extra=getattr(e, "trace_extra", None))
+                self._finish(
+                    rid=rid,
+                    ctx=ctx,
+                    decision=decision,
+                    model="",
+                    status=e.status,
+                    t0=t0,
+                    attempts=[],
+                    error=e.message,
+                    extra=getattr(e, "trace_extra", None),
+                )
                 if e.status in (401, 403, 429):
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
                 await self._error(send, e, self._rejected_headers(rid, decision, e), anthropic)
                 return
             watch = _Disconnect(receive)
             if ctx.extra.get("cache_hit") is not None:
-                await self._cached(send, ctx, decision, rid, t0, reservation, anthropic,
-                                   requested if anthropic else "", bool(body.get("stream")))
+                await self._cached(
+                    send,
+                    ctx,
+                    decision,
+                    rid,
+                    t0,
+                    reservation,
+                    anthropic,
+                    requested if anthropic else "",
+                    bool(body.get("stream")),
+                )
                 return
             if body.get("stream"):
-                await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, anthropic,
-                                   requested if anthropic else "", watch)
+                await self._stream(
+                    send,
+                    body,
+                    ctx,
+                    decision,
+                    rid,
+                    t0,
+                    deadline,
+                    reservation,
+                    anthropic,
+                    requested if anthropic else "",
+                    watch,
+                )
                 return
             try:
                 model, resp, attempts = await self.executor.complete(decision.ranked, body, deadline)
@@ -545,10 +755,20 @@ class Gateway:
                 if reservation is not None:
                     self.budgets.release(reservation)  # type: ignore[union-attr]
                 ge = _from_backend(e)
-                self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=ge.status, t0=t0,
-                             attempts=attempts, error=e.message)
+                self._finish(
+                    rid=rid,
+                    ctx=ctx,
+                    decision=decision,
+                    model="",
+                    status=ge.status,
+                    t0=t0,
+                    attempts=attempts,
+                    error=e.message,
+                )
                 watch.done = True
-                await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
+                await self._error(
+                    send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic
+                )
                 return
             usage = self._cost(model, resp.get("usage"))
             if reservation is not None:
@@ -559,14 +779,31 @@ class Gateway:
             out = openai_to_anthropic_response(resp, requested) if anthropic else resp
             watch.done = True
             await self._send(send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, model, reason)])
-            self._finish(rid=rid, ctx=ctx, decision=decision, model=model, status=200, t0=t0, attempts=attempts,
-                         usage=usage, response=resp.get("choices"))
+            self._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model=model,
+                status=200,
+                t0=t0,
+                attempts=attempts,
+                usage=usage,
+                response=resp.get("choices"),
+            )
         except asyncio.CancelledError:
             # client went away: the upstream call was cancelled with us
             if reservation is not None and self.budgets is not None:
                 self.budgets.release(reservation)
-            self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=499, t0=t0, attempts=attempts,
-                         error="client disconnected")
+            self._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model="",
+                status=499,
+                t0=t0,
+                attempts=attempts,
+                error="client disconnected",
+            )
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -574,17 +811,37 @@ class Gateway:
             if watch is not None:
                 watch.stop()
 
-    async def _stream(self, send: Send, body: dict[str, Any], ctx: RequestContext, decision: RouteDecision,
-                      rid: str, t0: float, deadline: float, reservation: Any, anthropic: bool, requested: str,
-                      watch: _Disconnect) -> None:
+    async def _stream(
+        self,
+        send: Send,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        deadline: float,
+        reservation: Any,
+        anthropic: bool,
+        requested: str,
+        watch: _Disconnect,
+    ) -> None:
         try:
             start = await self.executor.stream(decision.ranked, body, deadline)
         except BackendError as e:
             if reservation is not None:
                 self.budgets.release(reservation)  # type: ignore[union-attr]
             ge = _from_backend(e)
-            self._finish(rid=rid, ctx=ctx, decision=decision, model="", status=ge.status, t0=t0,
-                         attempts=getattr(e, "attempts", []), error=e.message, stream=True)
+            self._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model="",
+                status=ge.status,
+                t0=t0,
+                attempts=getattr(e, "attempts", []),
+                error=e.message,
+                stream=True,
+            )
             watch.done = True
             await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
             return
@@ -642,18 +899,57 @@ class Gateway:
         if conv is not None:
             tail = b"".join(conv.finish()) if error is None else OpenAIToAnthropicStream.error(error)
         else:
-            tail = _DONE if error is None else (b"data: " + orjson.dumps(
-                {"error": {"message": error, "type": "upstream_error", "param": None, "code": "stream_interrupted"}})
-                + b"\n\n" + _DONE)
+            tail = (
+                _DONE
+                if error is None
+                else (
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "error": {
+                                "message": error,
+                                "type": "upstream_error",
+                                "param": None,
+                                "code": "stream_interrupted",
+                            }
+                        }
+                    )
+                    + b"\n\n"
+                    + _DONE
+                )
+            )
         watch.done = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         attempts = [*start.attempts]
-        attempts[-1] = Attempt(model, error is None, attempts[-1].latency_s + (time.perf_counter() - t_up), error)
-        self._finish(rid=rid, ctx=ctx, decision=decision, model=model, status=200, t0=t0, attempts=attempts,
-                     usage=usage, stream=True, ttft=ttft, error=error)
+        attempts[-1] = Attempt(
+            model, error is None, attempts[-1].latency_s + (time.perf_counter() - t_up), error
+        )
+        self._finish(
+            rid=rid,
+            ctx=ctx,
+            decision=decision,
+            model=model,
+            status=200,
+            t0=t0,
+            attempts=attempts,
+            usage=usage,
+            stream=True,
+            ttft=ttft,
+            error=error,
+        )
 
-    async def _cached(self, send: Send, ctx: RequestContext, decision: RouteDecision, rid: str, t0: float,
-                      reservation: Any, anthropic: bool, requested: str, stream: bool) -> None:
+    async def _cached(
+        self,
+        send: Send,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        reservation: Any,
+        anthropic: bool,
+        requested: str,
+        stream: bool,
+    ) -> None:
         """Answer from the response cache (issue 4): the stored response, or its SSE replay."""
         from llmroute.cache import replay_sse
 
@@ -665,17 +961,33 @@ class Gateway:
             events = list(replay_sse(resp))
             if anthropic:
                 conv = OpenAIToAnthropicStream(requested, rid)
-                data = b"".join(b"".join(conv.feed(orjson.loads(e[6:]))) for e in events[:-1]) + b"".join(conv.finish())
+                data = b"".join(b"".join(conv.feed(orjson.loads(e[6:]))) for e in events[:-1]) + b"".join(
+                    conv.finish()
+                )
             else:
                 data = b"".join(events)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [_SSE, (b"cache-control", b"no-cache"), *headers]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [_SSE, (b"cache-control", b"no-cache"), *headers],
+                }
+            )
             await send({"type": "http.response.body", "body": data, "more_body": False})
         else:
             out = openai_to_anthropic_response(resp, requested) if anthropic else resp
             await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
-        self._finish(rid=rid, ctx=ctx, decision=decision, model=decision.model, status=200, t0=t0, attempts=[],
-                     stream=stream, response=resp.get("choices"))
+        self._finish(
+            rid=rid,
+            ctx=ctx,
+            decision=decision,
+            model=decision.model,
+            status=200,
+            t0=t0,
+            attempts=[],
+            stream=stream,
+            response=resp.get("choices"),
+        )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = self._new_id()
@@ -688,18 +1000,28 @@ class Gateway:
         except GatewayError as e:
             await self._error(send, e, self._rejected_headers(rid, None, e))
             return
-        out = {"id": rid, "object": "llmroute.decision", "model": decision.model, "alias": decision.alias,
-               "router": decision.router, "reason": decision.reason,
-               "ranked": [{**c, "base_url": self.engine.models[c["model"]].base_url}
-                          for c in decision.candidates()]}
-        await self._send(send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, decision.model,
-                                                                                     decision.reason)])
+        out = {
+            "id": rid,
+            "object": "llmroute.decision",
+            "model": decision.model,
+            "alias": decision.alias,
+            "router": decision.router,
+            "reason": decision.reason,
+            "ranked": [
+                {**c, "base_url": self.engine.models[c["model"]].base_url} for c in decision.candidates()
+            ],
+        }
+        await self._send(
+            send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, decision.model, decision.reason)]
+        )
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await self._read_json(scope, receive)
             if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
-                raise _bad("'request_id' is required (the x-llmroute-request-id of a response).", "request_id")
+                raise _bad(
+                    "'request_id' is required (the x-llmroute-request-id of a response).", "request_id"
+                )
             if self.auth.enabled:
                 self.auth.authenticate(self._headers(scope))
             outcome = {k: v for k, v in body.items() if k != "request_id"}
@@ -707,11 +1029,15 @@ class Gateway:
             if q is not None and (not isinstance(q, int | float) or isinstance(q, bool) or not 0 <= q <= 1):
                 raise _bad("'quality' must be a number in [0, 1].", "quality")
             if not outcome:
-                raise _bad("Give an outcome, e.g. {\"request_id\": ..., \"quality\": 1.0}.")
+                raise _bad('Give an outcome, e.g. {"request_id": ..., "quality": 1.0}.')
             found = await self.store.aattach_feedback(body["request_id"], outcome) if self.store else False
             if not found:
-                raise GatewayError(404, f"Unknown request id {body['request_id'][:64]!r}.", code="not_found",
-                                   param="request_id")
+                raise GatewayError(
+                    404,
+                    f"Unknown request id {body['request_id'][:64]!r}.",
+                    code="not_found",
+                    param="request_id",
+                )
             for hook in self.feedback_hooks:
                 await hook(body["request_id"], outcome)
         except GatewayError as e:
@@ -724,7 +1050,12 @@ class Gateway:
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         br = {n: b.state for n, b in self.executor.breakers.items()}
-        body = {"status": "ok", "models": len(self.backends), "aliases": sorted(self.engine.plans), "breakers": br}
+        body = {
+            "status": "ok",
+            "models": len(self.backends),
+            "aliases": sorted(self.engine.plans),
+            "breakers": br,
+        }
         await self._send(send, 200, orjson.dumps(body), [_JSON])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -38,7 +38,9 @@ class FakeState:
         self.counts: dict[str, int] = {}
         self.last: dict[str, Any] = {}
 
-    def take_fault(self, model: str, header: str | None, delay: str | None) -> tuple[str | None, float | None]:
+    def take_fault(
+        self, model: str, header: str | None, delay: str | None
+    ) -> tuple[str | None, float | None]:
         """The fault for this request (header wins over the per-model registry)."""
         if header:
             return header, float(delay) if delay else None
@@ -81,7 +83,9 @@ def _error(status: int, message: str, etype: str) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-async def _maybe_fault_pre(request: web.Request, fault: str | None, delay: float | None) -> web.StreamResponse | None:
+async def _maybe_fault_pre(
+    request: web.Request, fault: str | None, delay: float | None
+) -> web.StreamResponse | None:
     if fault is None:
         return None
     if fault in ("500", "503"):
@@ -113,7 +117,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     model = str(body.get("model", ""))
     state.counts[model] = state.counts.get(model, 0) + 1
     state.last[model] = body
-    fault, delay = state.take_fault(model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay"))
+    fault, delay = state.take_fault(
+        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
+    )
     early = await _maybe_fault_pre(request, fault, delay)
     if early is not None:
         return early
@@ -124,7 +130,11 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     tool_call = None
     if tools and body.get("tool_choice", "auto") != "none":
         fn = tools[0].get("function", {}).get("name", "tool")
-        tool_call = {"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}
+        tool_call = {
+            "id": "call_fake1",
+            "type": "function",
+            "function": {"name": fn, "arguments": '{"x": 1}'},
+        }
     created = int(time.time())
     if body.get("stream"):
         return await _chat_stream(request, body, model, answer, usage, tool_call, fault, created, delay)
@@ -138,7 +148,12 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         "created": created,
         "model": model,
         "choices": [
-            {"index": i, "message": msg, "finish_reason": "tool_calls" if tool_call else "stop", "logprobs": None}
+            {
+                "index": i,
+                "message": msg,
+                "finish_reason": "tool_calls" if tool_call else "stop",
+                "logprobs": None,
+            }
             for i in range(n)
         ],
         "usage": usage,
@@ -147,7 +162,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if fault == "badjson":
         raw = b'{"id": "chatcmpl-fake", "choices": [ {not json'
     if fault == "cut":
-        r = web.StreamResponse(status=200, headers={"content-type": "application/json", "content-length": str(len(raw))})
+        r = web.StreamResponse(
+            status=200, headers={"content-type": "application/json", "content-length": str(len(raw))}
+        )
         await r.prepare(request)
         await r.write(raw[: len(raw) // 2])
         if request.transport is not None:
@@ -167,7 +184,9 @@ async def _chat_stream(
     created: int,
     delay: float | None = None,
 ) -> web.StreamResponse:
-    r = web.StreamResponse(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+    r = web.StreamResponse(
+        status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+    )
     await r.prepare(request)
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -214,7 +233,9 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     model = str(body.get("model", ""))
     state.counts[model] = state.counts.get(model, 0) + 1
     state.last[model] = body
-    fault, delay = state.take_fault(model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay"))
+    fault, delay = state.take_fault(
+        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
+    )
     early = await _maybe_fault_pre(request, fault, delay)
     if early is not None:
         return early
@@ -229,8 +250,16 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         stop = "end_turn"
     usage = {"input_tokens": 10, "output_tokens": max(1, len(answer) // 4)}
     if not body.get("stream"):
-        msg = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
-               "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        msg = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
         return web.Response(body=orjson.dumps(msg), content_type="application/json")
     r = web.StreamResponse(status=200, headers={"content-type": "text/event-stream"})
     await r.prepare(request)
@@ -238,20 +267,51 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     def ev(name: str, data: dict[str, Any]) -> bytes:
         return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(dict(data, type=name)) + b"\n\n"
 
-    out = [ev("message_start", {"message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                                            "content": [], "stop_reason": None, "stop_sequence": None,
-                                            "usage": {"input_tokens": 10, "output_tokens": 0}}})]
+    out = [
+        ev(
+            "message_start",
+            {
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": 0},
+                }
+            },
+        )
+    ]
     block = content[0]
     if block["type"] == "text":
         out.append(ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
         for i in range(0, len(answer), 8):
-            out.append(ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": answer[i : i + 8]}}))
+            out.append(
+                ev(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": answer[i : i + 8]}},
+                )
+            )
     else:
         out.append(ev("content_block_start", {"index": 0, "content_block": dict(block, input={})}))
-        out.append(ev("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"x": 1}'}}))
+        out.append(
+            ev(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"x": 1}'}},
+            )
+        )
     out.append(ev("content_block_stop", {"index": 0}))
-    out.append(ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
-                                    "usage": {"output_tokens": usage["output_tokens"]}}))
+    out.append(
+        ev(
+            "message_delta",
+            {
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
     out.append(ev("message_stop", {}))
     await r.write(b"".join(out))
     return r
@@ -266,8 +326,11 @@ async def _set_fault(request: web.Request) -> web.Response:
     spec = orjson.loads(await request.read())
     if spec.get("fault") not in FAULTS:
         return _error(400, f"fault must be one of {FAULTS}", "invalid_request_error")
-    state.faults[str(spec.get("model", "*"))] = {"fault": spec["fault"], "count": spec.get("count"),
-                                                 "delay": spec.get("delay")}
+    state.faults[str(spec.get("model", "*"))] = {
+        "fault": spec["fault"],
+        "count": spec.get("count"),
+        "delay": spec.get("delay"),
+    }
     return web.Response(body=b'{"ok": true}', content_type="application/json")
 
 

@@ -29,7 +29,9 @@ class CircuitBreaker:
 
     __slots__ = ("clock", "consecutive", "cooldown_s", "failures", "opened_at", "probing", "state")
 
-    def __init__(self, failures: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, failures: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ):
         self.failures = failures
         self.cooldown_s = cooldown_s
         self.clock = clock
@@ -106,7 +108,9 @@ def _all_failed(last: BackendError | None, attempts: list[Attempt]) -> BackendEr
     if len(models) > 1:
         why = {a.model: a.error for a in attempts}
         msg = "all candidate models failed: " + "; ".join(f"{why[m]}" for m in models)
-        err = BackendError(msg[:2000], status=last.status, retryable=last.retryable, code=last.code, etype=last.etype)
+        err = BackendError(
+            msg[:2000], status=last.status, retryable=last.retryable, code=last.code, etype=last.etype
+        )
     else:
         err = last
     err.attempts = attempts  # type: ignore[attr-defined]
@@ -178,7 +182,9 @@ class Executor:
             for k in range(1 + self.retries):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise last or BackendError("request deadline exceeded", status=504, code="deadline_exceeded")
+                    raise last or BackendError(
+                        "request deadline exceeded", status=504, code="deadline_exceeded"
+                    )
                 t0 = time.monotonic()
                 try:
                     async with self.limits[name]:
@@ -190,8 +196,12 @@ class Executor:
                         raise
                     if e.code != "missing_credentials":
                         self._fail(name)
-                    if e.retryable and k < self.retries and self.breakers[name].state == "closed" \
-                            and await self._backoff(k, deadline):
+                    if (
+                        e.retryable
+                        and k < self.retries
+                        and self.breakers[name].state == "closed"
+                        and await self._backoff(k, deadline)
+                    ):
                         continue
                     break
                 attempts.append(Attempt(name, True, time.monotonic() - t0))
@@ -208,7 +218,9 @@ class Executor:
             for k in range(1 + self.retries):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise last or BackendError("request deadline exceeded", status=504, code="deadline_exceeded")
+                    raise last or BackendError(
+                        "request deadline exceeded", status=504, code="deadline_exceeded"
+                    )
                 t0 = time.monotonic()
                 agen = backend.chat_stream(body, min(backend.cfg.timeout_s, remaining))
                 first: list[dict[str, Any]] = []
@@ -220,8 +232,15 @@ class Executor:
                                 break
                 except (BackendError, TimeoutError) as e:
                     await agen.aclose()
-                    err = e if isinstance(e, BackendError) else BackendError(
-                        f"model {name!r}: no first token before the deadline", status=504, code="upstream_timeout")
+                    err = (
+                        e
+                        if isinstance(e, BackendError)
+                        else BackendError(
+                            f"model {name!r}: no first token before the deadline",
+                            status=504,
+                            code="upstream_timeout",
+                        )
+                    )
                     attempts.append(Attempt(name, False, time.monotonic() - t0, err.message, err.status))
                     last = err
                     if not err.fallback:
@@ -229,8 +248,12 @@ class Executor:
                         raise err from None
                     if err.code != "missing_credentials":
                         self._fail(name)
-                    if err.retryable and k < self.retries and self.breakers[name].state == "closed" \
-                            and await self._backoff(k, deadline):
+                    if (
+                        err.retryable
+                        and k < self.retries
+                        and self.breakers[name].state == "closed"
+                        and await self._backoff(k, deadline)
+                    ):
                         continue
                     break
                 attempts.append(Attempt(name, True, time.monotonic() - t0))

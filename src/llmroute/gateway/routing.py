@@ -63,7 +63,9 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "\n".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return str(content)
 
 
@@ -115,7 +117,11 @@ class RouteDecision:
     def candidates(self) -> list[dict[str, Any]]:
         """Ranked candidates with their estimates (for traces and `/v1/route`)."""
         return [
-            {"model": m, "expected_quality": self.expected_quality.get(m), "expected_cost": self.expected_cost.get(m)}
+            {
+                "model": m,
+                "expected_quality": self.expected_quality.get(m),
+                "expected_cost": self.expected_cost.get(m),
+            }
             for m in self.ranked
         ]
 
@@ -174,7 +180,9 @@ def load_router(ref: str, config: GatewayConfig) -> RouterLike:
         return Router.load(default_router_path())
     path = config.resolve_path(ref)
     if not path.exists():
-        raise FileNotFoundError(f"router file {path} not found (routers: give a saved router path or 'builtin:default')")
+        raise FileNotFoundError(
+            f"router file {path} not found (routers: give a saved router path or 'builtin:default')"
+        )
     return Router.load(path)
 
 
@@ -184,8 +192,14 @@ Hook = Callable[[RequestContext, "RoutingEngine"], Awaitable["RouteDecision | No
 class _AliasPlan:
     """Precomputed per-alias routing data (column indices, prices)."""
 
-    def __init__(self, name: str, alias: AliasConfig, router: RouterLike, models: list[ModelConfig],
-                 expected_output_tokens: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        alias: AliasConfig,
+        router: RouterLike,
+        models: list[ModelConfig],
+        expected_output_tokens: int,
+    ) -> None:
         self.name = name
         self.alias = alias
         self.router = router
@@ -204,8 +218,10 @@ class _AliasPlan:
             self.models.append(n)
             idx.append(cols[col])
         if not self.models:
-            raise ValueError(f"aliases.{name}: no candidate model maps onto router {alias.router!r} "
-                             f"(its models: {list(router.models)}); set router_model on some models")
+            raise ValueError(
+                f"aliases.{name}: no candidate model maps onto router {alias.router!r} "
+                f"(its models: {list(router.models)}); set router_model on some models"
+            )
         self.idx = np.asarray(idx, dtype=np.intp)
         self.pin = np.array([by_name[n].input_per_mtok for n in self.models]) / 1e6
         self.pout = np.array([by_name[n].output_per_mtok for n in self.models]) / 1e6
@@ -214,8 +230,10 @@ class _AliasPlan:
         self.windows_list = [float(by_name[n].context_window or math.inf) for n in self.models]
         # plain-Python copies for the per-request path (numpy calls cost more than they save on a few columns)
         self.idx_list = [int(j) for j in idx]
-        self.cost_rows = [(int(j), float(pi), float(po), bool(pr))
-                          for j, pi, po, pr in zip(idx, self.pin, self.pout, self.priced, strict=True)]
+        self.cost_rows = [
+            (int(j), float(pi), float(po), bool(pr))
+            for j, pi, po, pr in zip(idx, self.pin, self.pout, self.priced, strict=True)
+        ]
         self.has_windows = any(math.isfinite(w) for w in self.windows_list)
         self.out_tokens = float(expected_output_tokens)
 
@@ -223,8 +241,13 @@ class _AliasPlan:
 class RoutingEngine:
     """Turns `RequestContext`s into `RouteDecision`s (see the module docstring)."""
 
-    def __init__(self, config: GatewayConfig, routers: dict[str, RouterLike],
-                 expected_output_tokens: int = 300, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        routers: dict[str, RouterLike],
+        expected_output_tokens: int = 300,
+        batch_size: int | None = None,
+    ) -> None:
         self.config = config
         self.batch_size = config.server.route_batch if batch_size is None else batch_size
         self._batchers: dict[int, _Batcher] = {}
@@ -252,7 +275,9 @@ class RoutingEngine:
         return plan.models, np.asarray(qa, dtype=float), np.asarray(ca, dtype=float)
 
     @staticmethod
-    def _columns(plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str) -> tuple[list[float], list[float]]:
+    def _columns(
+        plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str
+    ) -> tuple[list[float], list[float]]:
         """The alias's candidates' expected quality and cost (configured prices where set)."""
         qr = qrow.tolist() if isinstance(qrow, np.ndarray) else list(qrow)
         cr = crow.tolist() if isinstance(crow, np.ndarray) else list(crow)
@@ -282,8 +307,12 @@ class RoutingEngine:
         plan = self.plans.get(name)
         if plan is None:
             raise GatewayError(
-                404, f"The model {name!r} does not exist on this gateway. Use GET /v1/models to list "
-                "models and aliases.", code="model_not_found", param="model")
+                404,
+                f"The model {name!r} does not exist on this gateway. Use GET /v1/models to list "
+                "models and aliases.",
+                code="model_not_found",
+                param="model",
+            )
         return plan
 
     def route(self, ctx: RequestContext) -> RouteDecision:
@@ -307,7 +336,9 @@ class RoutingEngine:
         qrow, crow = await batcher.estimate(ctx.text)
         return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
 
-    def _decision(self, ctx: RequestContext, plan: _AliasPlan, q: list[float], c: list[float]) -> RouteDecision:
+    def _decision(
+        self, ctx: RequestContext, plan: _AliasPlan, q: list[float], c: list[float]
+    ) -> RouteDecision:
         name = plan.name
         names = plan.models
         m = len(names)
@@ -316,8 +347,13 @@ class RoutingEngine:
             allowed = set(ctx.allowed)
             ok = [n in allowed for n in names]
             if not any(ok):
-                raise GatewayError(403, f"no candidate of {name!r} is allowed for this request",
-                                   type="permission_error", code="model_not_allowed", param="model")
+                raise GatewayError(
+                    403,
+                    f"no candidate of {name!r} is allowed for this request",
+                    type="permission_error",
+                    code="model_not_allowed",
+                    param="model",
+                )
         if plan.has_windows:
             tin = len(ctx.text) / 4.0
             ok = [o and tin <= w for o, w in zip(ok, plan.windows_list, strict=True)]
@@ -331,22 +367,35 @@ class RoutingEngine:
         inf = math.inf
         score = [
             (qj if math.isfinite(qj) else -inf) - (tradeoff * cj if math.isfinite(tradeoff) else cj * 1e12)
-            if math.isfinite(cj) else (qj if math.isfinite(qj) else -inf)
+            if math.isfinite(cj)
+            else (qj if math.isfinite(qj) else -inf)
             for qj, cj in zip(q, c, strict=True)
         ]
         order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score[j], c[j]))
         ranked = [names[pick]] + [names[j] for j in order]
         eq = dict(zip(names, q, strict=True))
         ec = dict(zip(names, c, strict=True))
-        parts = [f"alias={name}", f"pick={names[pick]}", f"q={q[pick]:.3f}", f"cost={c[pick]:.2e}",
-                 f"lambda={tradeoff:g}"]
+        parts = [
+            f"alias={name}",
+            f"pick={names[pick]}",
+            f"q={q[pick]:.3f}",
+            f"cost={c[pick]:.2e}",
+            f"lambda={tradeoff:g}",
+        ]
         if max_cost is not None:
             parts.append(f"max_cost={max_cost:g}")
         if min_quality is not None:
             parts.append(f"min_quality={min_quality:g}")
         parts.append(f"of={m}")
-        return RouteDecision(model=names[pick], ranked=ranked, reason=" ".join(parts), alias=name,
-                             router=pol.router, expected_quality=eq, expected_cost=ec)
+        return RouteDecision(
+            model=names[pick],
+            ranked=ranked,
+            reason=" ".join(parts),
+            alias=name,
+            router=pol.router,
+            expected_quality=eq,
+            expected_cost=ec,
+        )
 
 
 class _Batcher:

@@ -33,7 +33,9 @@ def create_app_from_env():  # type: ignore[no-untyped-def]
     """ASGI app factory for multi-worker uvicorn: reads the config path from `LLMROUTE_CONFIG`."""
     path = os.environ.get("LLMROUTE_CONFIG")
     if not path:
-        raise RuntimeError("LLMROUTE_CONFIG is not set; start the gateway with `llmroute serve --config FILE`")
+        raise RuntimeError(
+            "LLMROUTE_CONFIG is not set; start the gateway with `llmroute serve --config FILE`"
+        )
     return create_app(path)
 
 
@@ -56,16 +58,28 @@ def serve(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     aliases = ", ".join(cfg.aliases) or "none"
-    typer.echo(f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True)
+    typer.echo(
+        f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True
+    )
     try:  # httptools, one socket write per non-streamed response (falls back to stock httptools)
         from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol
 
         http: object = CoalescingHttpToolsProtocol
     except ImportError:  # pragma: no cover - a uvicorn without the httptools protocol module
         http = "httptools"
-    kw = dict(host=host, port=port, loop="uvloop", http=http, lifespan="on", log_level=log_level,
-              access_log=access_log, timeout_keep_alive=30, backlog=4096, proxy_headers=False,
-              server_header=False)
+    kw = dict(
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=http,
+        lifespan="on",
+        log_level=log_level,
+        access_log=access_log,
+        timeout_keep_alive=30,
+        backlog=4096,
+        proxy_headers=False,
+        server_header=False,
+    )
     if gw is not None:
         uvicorn.run(gw, **kw)  # type: ignore[arg-type]
     else:

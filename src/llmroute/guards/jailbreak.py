@@ -105,7 +105,13 @@ class JailbreakDetector:
     def explain(self, text: str, emb: np.ndarray | None = None) -> dict[str, Any]:
         """Score with its reasons (matching patterns and classifier probability)."""
         hits = self.pattern_hits(text)
-        clf = self.classifier_score(emb if emb is not None else self.encoder.encode([text])[0]) if (
-            self.coef_ is not None
-        ) else 0.0
-        return {"score": max([w for _, w in hits] + [clf]), "patterns": [n for n, _ in hits], "classifier": clf}
+        clf = (
+            self.classifier_score(emb if emb is not None else self.encoder.encode([text])[0])
+            if (self.coef_ is not None)
+            else 0.0
+        )
+        return {
+            "score": max([w for _, w in hits] + [clf]),
+            "patterns": [n for n, _ in hits],
+            "classifier": clf,
+        }

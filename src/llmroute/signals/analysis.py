@@ -71,7 +71,9 @@ def _negate(a: Atom) -> Atom:
 def check_atom(path: str, op: str, value: Any, spec: FieldSpec) -> str | None:
     """An error message if `op value` makes no sense for a field of this spec, else None."""
     if op not in _VALID_OPS[spec.kind]:
-        return f"operator {op!r} does not apply to {path!r} (a {spec.kind}; use {sorted(_VALID_OPS[spec.kind])})"
+        return (
+            f"operator {op!r} does not apply to {path!r} (a {spec.kind}; use {sorted(_VALID_OPS[spec.kind])})"
+        )
     vals = value if op in ("in", "not_in") else [value]
     if op == "is":
         return None if isinstance(value, bool) else f"'is' on {path!r} takes true or false"
@@ -110,7 +112,12 @@ def _path_reason(path: str, cons: list[tuple[str, Any]], spec: FieldSpec) -> str
     if spec.kind == "list":
         must, mustnt = set(), set()
         empty = nonempty = False
-        lo, lo_strict, hi, hi_strict = 0.0, False, float(len(spec.choices)) if spec.choices else math.inf, False
+        lo, lo_strict, hi, hi_strict = (
+            0.0,
+            False,
+            float(len(spec.choices)) if spec.choices else math.inf,
+            False,
+        )
         for o, v in cons:
             if o == "contains":
                 must.add(v)

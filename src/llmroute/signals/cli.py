@@ -56,9 +56,13 @@ def check(config: ConfigOpt, encoder: EncoderOpt = "static-minilm", router: Rout
     """Validate the rules; exit 1 listing every problem."""
     eng = _engine(config, encoder, router)
     n_sig = len(eng.signals)
-    typer.echo(f"{config}: OK — {len(eng.rules)} rule(s), {n_sig} signal(s) used: {', '.join(sorted(eng.signals))}")
+    typer.echo(
+        f"{config}: OK — {len(eng.rules)} rule(s), {n_sig} signal(s) used: {', '.join(sorted(eng.signals))}"
+    )
     for r in eng.rules:
-        typer.echo(f"  [{r.priority:>4}] {r.name}: {r.action.type} {json.dumps(r.action.target() or r.action.overrides())}")
+        typer.echo(
+            f"  [{r.priority:>4}] {r.name}: {r.action.type} {json.dumps(r.action.target() or r.action.overrides())}"
+        )
 
 
 @app.command("explain")

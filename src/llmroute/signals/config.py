@@ -27,7 +27,19 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-OPS: tuple[str, ...] = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "not_contains", "is")
+OPS: tuple[str, ...] = (
+    "eq",
+    "ne",
+    "in",
+    "not_in",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "contains",
+    "not_contains",
+    "is",
+)
 
 
 class Predicate(BaseModel):
@@ -59,7 +71,9 @@ class Predicate(BaseModel):
 
     def ops(self) -> list[str]:
         """Operators set on this predicate (empty = truthiness)."""
-        return [o for o in OPS if getattr(self, "in_" if o == "in" else "is_" if o == "is" else o) is not None]
+        return [
+            o for o in OPS if getattr(self, "in_" if o == "in" else "is_" if o == "is" else o) is not None
+        ]
 
     def items(self) -> list[tuple[str, Any]]:
         """(op, value) pairs; a bare predicate is ("is", True)."""

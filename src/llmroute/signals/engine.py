@@ -184,7 +184,9 @@ class RuleEngine:
         base_dir: str | Path | None = None,
     ) -> None:
         try:
-            self.config = config if isinstance(config, RulesConfig) else RulesConfig.model_validate(dict(config))
+            self.config = (
+                config if isinstance(config, RulesConfig) else RulesConfig.model_validate(dict(config))
+            )
         except ValueError as e:
             raise RulesError([str(e)]) from e
         self.router = router
@@ -284,7 +286,9 @@ class RuleEngine:
                 pii = self.signals.get("pii")
                 bad = [t for t in types if not isinstance(pii, PIISignal) or t not in pii.detector.types]
                 if bad:
-                    problems.append(f"rule {r.name!r}: redact names PII types the pii signal does not detect: {bad}")
+                    problems.append(
+                        f"rule {r.name!r}: redact names PII types the pii signal does not detect: {bad}"
+                    )
             if len(problems) > n_before:
                 broken.add(r.name)
         dnfs: dict[str, list[list[analysis.Atom]] | None] = {}
@@ -322,8 +326,10 @@ class RuleEngine:
                 if a.name in broken or b.name in broken or a.action.key() == b.action.key():
                     continue
                 da, db = dnfs[a.name], dnfs[b.name]
-                both = da is None or db is None or any(
-                    analysis.conj_reason(x + y, self.spec_of) is None for x in da for y in db
+                both = (
+                    da is None
+                    or db is None
+                    or any(analysis.conj_reason(x + y, self.spec_of) is None for x in da for y in db)
                 )
                 if both:
                     problems.append(
@@ -392,7 +398,12 @@ class RuleEngine:
                 for t, n in counts.items():
                     redactions[t] = redactions.get(t, 0) + n
             elif a.type == "block":
-                action, rule, message, status = "block", r.name, a.message or "Request blocked by policy.", a.status
+                action, rule, message, status = (
+                    "block",
+                    r.name,
+                    a.message or "Request blocked by policy.",
+                    a.status,
+                )
                 break
             elif a.type == "route":
                 action, rule, target = "route", r.name, a.target()

@@ -187,7 +187,9 @@ class LanguageSignal(Signal):
         allowed = self.params.get("languages")
         if not text.isascii():
             for code, rx in self._scripts:
-                if (not allowed or code in allowed) and len(rx.findall(text)) * 3 > len(text.replace(" ", "")):
+                if (not allowed or code in allowed) and len(rx.findall(text)) * 3 > len(
+                    text.replace(" ", "")
+                ):
                     return code
         return str(self._identifier().classify(text)[0])
 
@@ -449,7 +451,9 @@ class OODSignal(Signal):
 
     type = "ood"
     needs_embedding = True
-    _params = frozenset({"state", "table", "n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims"})
+    _params = frozenset(
+        {"state", "table", "n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims"}
+    )
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: BuildContext) -> None:
         super().__init__(name, params, ctx)
@@ -459,7 +463,11 @@ class OODSignal(Signal):
             q = Path(p)
             return q if q.is_absolute() or ctx.base_dir is None else ctx.base_dir / q
 
-        kw: dict[str, Any] = {k: self.params[k] for k in ("n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims") if k in self.params}
+        kw: dict[str, Any] = {
+            k: self.params[k]
+            for k in ("n_clusters", "use_shape", "ridge", "use_ngrams", "novelty_floor", "ngram_dims")
+            if k in self.params
+        }
         state = _path(self.params["state"]) if "state" in self.params else None
         if state is not None and state.is_file():
             self.detector = OODDetector.load(state)

@@ -28,7 +28,9 @@ from llmroute.signals.engine import RuleEngine, Verdict
 class GatewayGuard:
     """Rules + guards + cache for one gateway (see the module docstring)."""
 
-    def __init__(self, config: Any, routers: dict[str, Any], *, encoder: Any = None, redis_client: Any = None) -> None:
+    def __init__(
+        self, config: Any, routers: dict[str, Any], *, encoder: Any = None, redis_client: Any = None
+    ) -> None:
         self.config = config
         self.routers = routers
         first = next(iter(routers.values()), None)
@@ -47,7 +49,9 @@ class GatewayGuard:
             if cfg.get("backend", "sqlite") == "sqlite" and cfg.get("path") not in (None, ":memory:"):
                 resolve = getattr(config, "resolve_path", None)
                 p = Path(cfg["path"])
-                cfg["path"] = str(resolve(cfg["path"]) if resolve is not None else p if p.is_absolute() else base / p)
+                cfg["path"] = str(
+                    resolve(cfg["path"]) if resolve is not None else p if p.is_absolute() else base / p
+                )
             self.scope_by = cfg.pop("scope", "alias+key")
             if self.scope_by not in ("alias+key", "alias", "global"):
                 raise ValueError("cache.scope must be 'alias+key', 'alias' or 'global'")
@@ -153,7 +157,9 @@ class CacheCollector:
         from prometheus_client.core import CounterMetricFamily
 
         s = self.cache.stats.as_dict()
-        lookups = CounterMetricFamily("llmroute_cache_lookups", "Response cache lookups by result.", labels=["result"])
+        lookups = CounterMetricFamily(
+            "llmroute_cache_lookups", "Response cache lookups by result.", labels=["result"]
+        )
         lookups.add_metric(["exact_hit"], s["exact_hits"])
         lookups.add_metric(["semantic_hit"], s["semantic_hits"])
         lookups.add_metric(["miss"], s["misses"])

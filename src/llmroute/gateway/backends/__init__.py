@@ -10,7 +10,9 @@ from llmroute.gateway.config import GatewayConfig, ModelConfig
 __all__ = ["Backend", "BackendError", "classify_status", "make_backend", "make_backends"]
 
 
-def make_backend(cfg: ModelConfig, replay_cache: dict[str, object] | None = None, base: GatewayConfig | None = None) -> Backend:
+def make_backend(
+    cfg: ModelConfig, replay_cache: dict[str, object] | None = None, base: GatewayConfig | None = None
+) -> Backend:
     """The backend object for one configured model (not started yet)."""
     if cfg.provider == "openai":
         from llmroute.gateway.backends.openai import OpenAIBackend

@@ -33,10 +33,21 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 4096
-_STOP_A2O = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-             "pause_turn": "stop", "refusal": "content_filter"}
-_STOP_O2A = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-             "content_filter": "refusal"}
+_STOP_A2O = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
+_STOP_O2A = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 # ---- OpenAI -> Anthropic (request) -----------------------------------------------------------
@@ -56,7 +67,9 @@ def _o2a_content(content: Any) -> list[dict[str, Any]]:
             url = (p.get("image_url") or {}).get("url", "")
             if url.startswith("data:") and ";base64," in url:
                 head, data = url.split(";base64,", 1)
-                out.append({"type": "image", "source": {"type": "base64", "media_type": head[5:], "data": data}})
+                out.append(
+                    {"type": "image", "source": {"type": "base64", "media_type": head[5:], "data": data}}
+                )
             else:
                 out.append({"type": "image", "source": {"type": "url", "url": url}})
     return out
@@ -87,7 +100,9 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, A
                     args = orjson.loads(fn.get("arguments") or "{}")
                 except orjson.JSONDecodeError:
                     args = {"_raw": fn.get("arguments")}
-                blocks.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args})
+                blocks.append(
+                    {"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args}
+                )
             push("assistant", blocks)
         elif role == "tool":
             c = m.get("content")
@@ -108,9 +123,13 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, A
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("tools"):
         out["tools"] = [
-            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
-             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
-            for t in body["tools"] if isinstance(t, dict) and t.get("type", "function") == "function"
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for t in body["tools"]
+            if isinstance(t, dict) and t.get("type", "function") == "function"
         ]
     tc = body.get("tool_choice")
     if tc is not None and out.get("tools"):
@@ -136,8 +155,16 @@ def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, A
         if b.get("type") == "text":
             text.append(b.get("text", ""))
         elif b.get("type") == "tool_use":
-            calls.append({"id": b.get("id", ""), "type": "function",
-                          "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+            calls.append(
+                {
+                    "id": b.get("id", ""),
+                    "type": "function",
+                    "function": {
+                        "name": b.get("name", ""),
+                        "arguments": orjson.dumps(b.get("input") or {}).decode(),
+                    },
+                }
+            )
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
@@ -148,8 +175,14 @@ def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, A
         "object": "chat.completion",
         "created": 0,
         "model": msg.get("model", model),
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _STOP_A2O.get(msg.get("stop_reason") or "end_turn", "stop")}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": _STOP_A2O.get(msg.get("stop_reason") or "end_turn", "stop"),
+            }
+        ],
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
     }
 
@@ -164,8 +197,13 @@ class AnthropicToOpenAIStream:
         self.input_tokens = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": 0, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     def feed(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
         """OpenAI chunks for one Anthropic event."""
@@ -180,8 +218,20 @@ class AnthropicToOpenAIStream:
             if b.get("type") == "tool_use":
                 k = len(self.tool_index)
                 self.tool_index[int(ev.get("index", 0))] = k
-                return [self._chunk({"tool_calls": [{"index": k, "id": b.get("id", ""), "type": "function",
-                                                     "function": {"name": b.get("name", ""), "arguments": ""}}]})]
+                return [
+                    self._chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": k,
+                                    "id": b.get("id", ""),
+                                    "type": "function",
+                                    "function": {"name": b.get("name", ""), "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
+                ]
             if b.get("type") == "text" and b.get("text"):
                 return [self._chunk({"content": b["text"]})]
             return []
@@ -191,15 +241,25 @@ class AnthropicToOpenAIStream:
                 return [self._chunk({"content": d.get("text", "")})]
             if d.get("type") == "input_json_delta":
                 k = self.tool_index.get(int(ev.get("index", 0)), 0)
-                return [self._chunk({"tool_calls": [{"index": k, "function": {"arguments": d.get("partial_json", "")}}]})]
+                return [
+                    self._chunk(
+                        {"tool_calls": [{"index": k, "function": {"arguments": d.get("partial_json", "")}}]}
+                    )
+                ]
             return []
         if t == "message_delta":
             stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
             ct = int((ev.get("usage") or {}).get("output_tokens") or 0)
             fin = self._chunk({}, _STOP_A2O.get(stop, "stop"))
-            usage = dict(self._chunk({}), choices=[], usage={"prompt_tokens": self.input_tokens,
-                                                              "completion_tokens": ct,
-                                                              "total_tokens": self.input_tokens + ct})
+            usage = dict(
+                self._chunk({}),
+                choices=[],
+                usage={
+                    "prompt_tokens": self.input_tokens,
+                    "completion_tokens": ct,
+                    "total_tokens": self.input_tokens + ct,
+                },
+            )
             usage["_usage_only"] = True
             return [fin, usage]
         if t == "error":
@@ -222,14 +282,30 @@ def _a2o_blocks(content: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str,
             parts.append({"type": "text", "text": b.get("text", "")})
         elif t == "image":
             s = b.get("source") or {}
-            url = s.get("url") if s.get("type") == "url" else f"data:{s.get('media_type')};base64,{s.get('data')}"
+            url = (
+                s.get("url")
+                if s.get("type") == "url"
+                else f"data:{s.get('media_type')};base64,{s.get('data')}"
+            )
             parts.append({"type": "image_url", "image_url": {"url": url}})
         elif t == "tool_use":
-            calls.append({"id": b.get("id", ""), "type": "function",
-                          "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}})
+            calls.append(
+                {
+                    "id": b.get("id", ""),
+                    "type": "function",
+                    "function": {
+                        "name": b.get("name", ""),
+                        "arguments": orjson.dumps(b.get("input") or {}).decode(),
+                    },
+                }
+            )
         elif t == "tool_result":
             c = b.get("content")
-            text = c if isinstance(c, str) else "".join(x.get("text", "") for x in (c or []) if x.get("type") == "text")
+            text = (
+                c
+                if isinstance(c, str)
+                else "".join(x.get("text", "") for x in (c or []) if x.get("type") == "text")
+            )
             tools.append({"role": "tool", "tool_call_id": b.get("tool_use_id", ""), "content": text})
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts), calls, tools
@@ -253,22 +329,35 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
             msgs.append(out)
         elif content or not tool_msgs:
             msgs.append({"role": m.get("role", "user"), "content": content})
-    out_body: dict[str, Any] = {"model": body.get("model"), "messages": msgs, "max_tokens": body.get("max_tokens")}
+    out_body: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": msgs,
+        "max_tokens": body.get("max_tokens"),
+    }
     for k in ("temperature", "top_p", "stream"):
         if body.get(k) is not None:
             out_body[k] = body[k]
     if body.get("stop_sequences"):
         out_body["stop"] = body["stop_sequences"]
     if body.get("tools"):
-        out_body["tools"] = [{"type": "function", "function": {"name": t.get("name"),
-                                                               "description": t.get("description", ""),
-                                                               "parameters": t.get("input_schema") or {}}}
-                             for t in body["tools"]]
+        out_body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.get("name"),
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {},
+                },
+            }
+            for t in body["tools"]
+        ]
     tc = body.get("tool_choice")
     if isinstance(tc, dict):
         kind = tc.get("type")
         out_body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {
-            "type": "function", "function": {"name": tc.get("name", "")}}
+            "type": "function",
+            "function": {"name": tc.get("name", "")},
+        }
     return out_body
 
 
@@ -285,7 +374,9 @@ def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, 
             args = orjson.loads(fn.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             args = {}
-        content.append({"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args})
+        content.append(
+            {"type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": args}
+        )
     u = resp.get("usage") or {}
     return {
         "id": resp.get("id", "msg_llmroute"),
@@ -295,7 +386,10 @@ def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, 
         "content": content,
         "stop_reason": _STOP_O2A.get(choice.get("finish_reason") or "stop", "end_turn"),
         "stop_sequence": None,
-        "usage": {"input_tokens": int(u.get("prompt_tokens") or 0), "output_tokens": int(u.get("completion_tokens") or 0)},
+        "usage": {
+            "input_tokens": int(u.get("prompt_tokens") or 0),
+            "output_tokens": int(u.get("completion_tokens") or 0),
+        },
     }
 
 
@@ -320,9 +414,23 @@ class OpenAIToAnthropicStream:
         if self.started:
             return []
         self.started = True
-        return [_sse("message_start", {"message": {"id": self.id, "type": "message", "role": "assistant",
-                                                   "model": self.model, "content": [], "stop_reason": None,
-                                                   "stop_sequence": None, "usage": dict(self.usage)}})]
+        return [
+            _sse(
+                "message_start",
+                {
+                    "message": {
+                        "id": self.id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": dict(self.usage),
+                    }
+                },
+            )
+        ]
 
     def _close_block(self) -> list[bytes]:
         if self.block is None:
@@ -335,8 +443,10 @@ class OpenAIToAnthropicStream:
         out = self._start()
         if chunk.get("usage"):
             u = chunk["usage"]
-            self.usage = {"input_tokens": int(u.get("prompt_tokens") or 0),
-                          "output_tokens": int(u.get("completion_tokens") or 0)}
+            self.usage = {
+                "input_tokens": int(u.get("prompt_tokens") or 0),
+                "output_tokens": int(u.get("completion_tokens") or 0),
+            }
         for ch in chunk.get("choices") or []:
             d = ch.get("delta") or {}
             if d.get("content"):
@@ -344,10 +454,18 @@ class OpenAIToAnthropicStream:
                     out += self._close_block()
                     self.index += 1
                     self.block = "text"
-                    out.append(_sse("content_block_start", {"index": self.index,
-                                                            "content_block": {"type": "text", "text": ""}}))
-                out.append(_sse("content_block_delta", {"index": self.index,
-                                                        "delta": {"type": "text_delta", "text": d["content"]}}))
+                    out.append(
+                        _sse(
+                            "content_block_start",
+                            {"index": self.index, "content_block": {"type": "text", "text": ""}},
+                        )
+                    )
+                out.append(
+                    _sse(
+                        "content_block_delta",
+                        {"index": self.index, "delta": {"type": "text_delta", "text": d["content"]}},
+                    )
+                )
             for tc in d.get("tool_calls") or []:
                 key = f"tool:{tc.get('index', 0)}"
                 fn = tc.get("function") or {}
@@ -355,11 +473,30 @@ class OpenAIToAnthropicStream:
                     out += self._close_block()
                     self.index += 1
                     self.block = key
-                    out.append(_sse("content_block_start", {"index": self.index, "content_block": {
-                        "type": "tool_use", "id": tc.get("id", ""), "name": fn.get("name", ""), "input": {}}}))
+                    out.append(
+                        _sse(
+                            "content_block_start",
+                            {
+                                "index": self.index,
+                                "content_block": {
+                                    "type": "tool_use",
+                                    "id": tc.get("id", ""),
+                                    "name": fn.get("name", ""),
+                                    "input": {},
+                                },
+                            },
+                        )
+                    )
                 if fn.get("arguments"):
-                    out.append(_sse("content_block_delta", {"index": self.index, "delta": {
-                        "type": "input_json_delta", "partial_json": fn["arguments"]}}))
+                    out.append(
+                        _sse(
+                            "content_block_delta",
+                            {
+                                "index": self.index,
+                                "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
+                            },
+                        )
+                    )
             if ch.get("finish_reason"):
                 self.stop = _STOP_O2A.get(ch["finish_reason"], "end_turn")
         return out
@@ -367,8 +504,15 @@ class OpenAIToAnthropicStream:
     def finish(self) -> list[bytes]:
         """The closing events."""
         out = self._start() + self._close_block()
-        out.append(_sse("message_delta", {"delta": {"stop_reason": self.stop, "stop_sequence": None},
-                                          "usage": {"output_tokens": self.usage["output_tokens"]}}))
+        out.append(
+            _sse(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": self.stop, "stop_sequence": None},
+                    "usage": {"output_tokens": self.usage["output_tokens"]},
+                },
+            )
+        )
         out.append(_sse("message_stop", {}))
         return out
 
@@ -414,8 +558,11 @@ class AnthropicBackend:
             async with asyncio.timeout(timeout_s):
                 resp = await self.client.request("POST", self.url, self.headers, payload)
         except TimeoutError:
-            raise BackendError(f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
-                               status=504, code="upstream_timeout") from None
+            raise BackendError(
+                f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
+                status=504,
+                code="upstream_timeout",
+            ) from None
         except OSError as e:
             raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
         if resp.status != 200:
@@ -426,7 +573,9 @@ class AnthropicBackend:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
         return anthropic_to_openai_response(msg, self.cfg.name)
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeout_s: float
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         payload = self._prep(dict(body, stream=True))
         assert self.client is not None
         name = self.cfg.name
@@ -437,8 +586,11 @@ class AnthropicBackend:
             async with asyncio.timeout(timeout_s):
                 resp = await ctx.__aenter__()
         except TimeoutError:
-            raise BackendError(f"model {name!r}: upstream timed out after {timeout_s:.1f}s", status=504,
-                               code="upstream_timeout") from None
+            raise BackendError(
+                f"model {name!r}: upstream timed out after {timeout_s:.1f}s",
+                status=504,
+                code="upstream_timeout",
+            ) from None
         except OSError as e:
             raise BackendError(f"model {name!r}: upstream connection failed ({e})") from None
         ok = False
@@ -454,8 +606,11 @@ class AnthropicBackend:
                     async with asyncio.timeout(timeout_s):
                         lines = await anext(batches, None)
                 except TimeoutError:
-                    raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
-                                       code="upstream_timeout") from None
+                    raise BackendError(
+                        f"model {name!r}: stream stalled for {timeout_s:.1f}s",
+                        status=504,
+                        code="upstream_timeout",
+                    ) from None
                 if lines is None:
                     break
                 out: list[dict[str, Any]] = []

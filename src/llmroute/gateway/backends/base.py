@@ -49,19 +49,28 @@ def classify_status(model: str, status: int, detail: str = "") -> BackendError:
     """The `BackendError` for an upstream HTTP error status."""
     detail = detail[:300]
     if status == 429:
-        return BackendError(f"model {model!r}: upstream rate limit (429) {detail}".strip(), status=429,
-                            code="upstream_rate_limited", etype="rate_limit_error")
+        return BackendError(
+            f"model {model!r}: upstream rate limit (429) {detail}".strip(),
+            status=429,
+            code="upstream_rate_limited",
+            etype="rate_limit_error",
+        )
     if status >= 500 or status == 408:
         return BackendError(f"model {model!r}: upstream error {status} {detail}".strip(), status=502)
     if status in (401, 403):
         return BackendError(
             f"model {model!r}: upstream rejected the gateway's credentials ({status})",
-            status=502, retryable=False, code="upstream_auth_failed",
+            status=502,
+            retryable=False,
+            code="upstream_auth_failed",
         )
     return BackendError(
         f"model {model!r}: upstream rejected the request ({status}) {detail}".strip(),
-        status=status if 400 <= status < 500 else 502, retryable=False, fallback=False,
-        code="upstream_bad_request", etype="invalid_request_error",
+        status=status if 400 <= status < 500 else 502,
+        retryable=False,
+        fallback=False,
+        code="upstream_bad_request",
+        etype="invalid_request_error",
     )
 
 

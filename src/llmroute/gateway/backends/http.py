@@ -86,8 +86,13 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if not self.finished:
             # close-delimited bodies end here
-            if self.headers_done is not None and self.headers_done.done() and self.status and exc is None \
-                    and not self.pool.framed(self):
+            if (
+                self.headers_done is not None
+                and self.headers_done.done()
+                and self.status
+                and exc is None
+                and not self.pool.framed(self)
+            ):
                 self.on_message_complete()
             else:
                 self._fail(HTTPError("upstream closed the connection" + (f" ({exc})" if exc else "")))
@@ -167,8 +172,12 @@ class _Pool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                lambda: _Conn(self), self.host, self.port, ssl=self.ssl,
-                server_hostname=self.host if self.ssl else None)
+                lambda: _Conn(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            )
         except OSError as e:
             raise HTTPError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}") from None
         return conn
@@ -308,14 +317,21 @@ class HTTPClient:
 
     @staticmethod
     def _encode(method: str, path: bytes, pool: _Pool, headers: dict[str, str], body: bytes) -> bytes:
-        head = [f"{method} ".encode() + path + b" HTTP/1.1\r\nHost: " + pool.host_header.encode()
-                + b"\r\nContent-Length: " + str(len(body)).encode()]
+        head = [
+            f"{method} ".encode()
+            + path
+            + b" HTTP/1.1\r\nHost: "
+            + pool.host_header.encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+        ]
         for k, v in headers.items():
             head.append(f"{k}: {v}".encode("latin-1"))
         return b"\r\n".join(head) + b"\r\n\r\n" + body
 
-    async def _roundtrip(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                         streaming: bool) -> tuple[_Pool, _Conn]:
+    async def _roundtrip(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, streaming: bool
+    ) -> tuple[_Pool, _Conn]:
         pool, path = self._target(url)
         data = self._encode(method, path, pool, headers, body)
         for attempt in (0, 1):

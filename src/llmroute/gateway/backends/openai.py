@@ -25,7 +25,10 @@ def missing_credentials(cfg: ModelConfig) -> BackendError:
     return BackendError(
         f"model {cfg.name!r} has no credentials: set the environment variable {cfg.api_key_env} "
         "and restart the gateway, or pick another model",
-        status=503, retryable=False, code="missing_credentials", etype="backend_unavailable",
+        status=503,
+        retryable=False,
+        code="missing_credentials",
+        etype="backend_unavailable",
     )
 
 
@@ -67,8 +70,11 @@ class OpenAIBackend:
             async with asyncio.timeout(timeout_s):
                 resp = await self.client.request("POST", self.url, self.headers, payload)
         except TimeoutError:
-            raise BackendError(f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
-                               status=504, code="upstream_timeout") from None
+            raise BackendError(
+                f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
+                status=504,
+                code="upstream_timeout",
+            ) from None
         except OSError as e:
             raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
         if resp.status != 200:
@@ -81,7 +87,9 @@ class OpenAIBackend:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned no 'choices'")
         return data
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeout_s: float
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         b = self._prep(body)
         b["stream"] = True
         client_usage = bool((b.get("stream_options") or {}).get("include_usage"))
@@ -94,8 +102,11 @@ class OpenAIBackend:
             async with asyncio.timeout(timeout_s):
                 resp = await ctx.__aenter__()
         except TimeoutError:
-            raise BackendError(f"model {name!r}: upstream timed out after {timeout_s:.1f}s", status=504,
-                               code="upstream_timeout") from None
+            raise BackendError(
+                f"model {name!r}: upstream timed out after {timeout_s:.1f}s",
+                status=504,
+                code="upstream_timeout",
+            ) from None
         except OSError as e:
             raise BackendError(f"model {name!r}: upstream connection failed ({e})") from None
         ok = False
@@ -111,8 +122,11 @@ class OpenAIBackend:
                     async with asyncio.timeout(timeout_s):
                         lines = await anext(batches, None)
                 except TimeoutError:
-                    raise BackendError(f"model {name!r}: stream stalled for {timeout_s:.1f}s", status=504,
-                                       code="upstream_timeout") from None
+                    raise BackendError(
+                        f"model {name!r}: stream stalled for {timeout_s:.1f}s",
+                        status=504,
+                        code="upstream_timeout",
+                    ) from None
                 if lines is None:
                     break
                 out: list[dict[str, Any]] = []
@@ -130,8 +144,14 @@ class OpenAIBackend:
                     if not isinstance(chunk, dict):
                         raise BackendError(f"model {name!r}: upstream sent an invalid stream event")
                     if "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                        raise BackendError(f"model {name!r}: upstream stream error: {err.get('message', '')}"[:400])
+                        err = (
+                            chunk["error"]
+                            if isinstance(chunk["error"], dict)
+                            else {"message": str(chunk["error"])}
+                        )
+                        raise BackendError(
+                            f"model {name!r}: upstream stream error: {err.get('message', '')}"[:400]
+                        )
                     if not client_usage and not chunk.get("choices") and chunk.get("usage"):
                         chunk["_usage_only"] = True
                     out.append(chunk)

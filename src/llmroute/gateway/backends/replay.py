@@ -28,8 +28,11 @@ def load_replay_index(path: Path) -> ReplayIndex:
     if not p.exists():
         raise FileNotFoundError(f"replay table {p} not found")
     if p.suffix == ".parquet":
-        cols = [c for c in ("prompt", "model", "response", "input_tokens", "output_tokens")
-                if c in pq.read_schema(p).names]
+        cols = [
+            c
+            for c in ("prompt", "model", "response", "input_tokens", "output_tokens")
+            if c in pq.read_schema(p).names
+        ]
         df = pq.read_table(p, columns=cols).to_pandas()
     else:
         from llmroute.data import load_table
@@ -54,7 +57,9 @@ class ReplayBackend:
         self.cfg = cfg
         key = cfg.replay_model or cfg.router_model or cfg.name
         if key not in index:
-            raise ValueError(f"models.{cfg.name}.replay_model: {key!r} not in replay table; has {sorted(index)}")
+            raise ValueError(
+                f"models.{cfg.name}.replay_model: {key!r} not in replay table; has {sorted(index)}"
+            )
         self.rows = index[key]
 
     async def start(self, session: Any) -> None:
@@ -71,26 +76,59 @@ class ReplayBackend:
         if hit is None:
             raise BackendError(
                 f"model {self.cfg.name!r}: prompt not found in the replay table (replay answers only recorded prompts)",
-                status=404, retryable=False, fallback=False, code="replay_miss", etype="invalid_request_error",
+                status=404,
+                retryable=False,
+                fallback=False,
+                code="replay_miss",
+                etype="invalid_request_error",
             )
         return hit
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         resp, i, o = self._lookup(body)
         return {
-            "id": "chatcmpl-replay", "object": "chat.completion", "created": 0, "model": self.cfg.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": resp}, "finish_reason": "stop",
-                         "logprobs": None}],
+            "id": "chatcmpl-replay",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.cfg.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": resp},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
             "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
         }
 
-    async def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeout_s: float
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         resp, i, o = self._lookup(body)
-        base = {"id": "chatcmpl-replay", "object": "chat.completion.chunk", "created": 0, "model": self.cfg.name}
-        out = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
-        out += [dict(base, choices=[{"index": 0, "delta": {"content": resp[k : k + 32]}, "finish_reason": None}])
-                for k in range(0, len(resp), 32)]
+        base = {
+            "id": "chatcmpl-replay",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": self.cfg.name,
+        }
+        out = [
+            dict(
+                base,
+                choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            )
+        ]
+        out += [
+            dict(base, choices=[{"index": 0, "delta": {"content": resp[k : k + 32]}, "finish_reason": None}])
+            for k in range(0, len(resp), 32)
+        ]
         out.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-        out.append(dict(base, choices=[], usage={"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
-                        _usage_only=not (body.get("stream_options") or {}).get("include_usage")))
+        out.append(
+            dict(
+                base,
+                choices=[],
+                usage={"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+                _usage_only=not (body.get("stream_options") or {}).get("include_usage"),
+            )
+        )
         yield out
