@@ -39,6 +39,7 @@ from _md import md_table, update_section
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gateway.json"
 
+PACE_MS = 32  # think time per connection in the paced run (32 connections: ~1,000 req/s offered)
 LUA = r"""
 local prompts = {
   "What is the capital of France?",
@@ -239,7 +240,7 @@ def main() -> None:
             ("gateway", "llmroute/auto", gport),
             ("passthrough", "fake-weak", gport),
         )
-        plan = [(False, 1, t) for t in targets[:2]]  # one connection: added latency without queueing
+        plan: list[tuple] = [(False, 1, t) for t in targets[:2]]  # one connection: no queueing
         plan += [
             (stream, c, t)
             for stream in (False, True)
@@ -247,13 +248,17 @@ def main() -> None:
             for t in targets
             if t[0] != "passthrough" or (c == conns[0] and not stream)
         ]
-        for stream, c, (target, model, port) in plan:
-            lua = tmp / f"{target}-{int(stream)}.lua"
-            lua.write_text(
-                LUA.replace("MODEL", model).replace('"STREAM"', '"stream":true,"' if stream else '"')
-            )
+        # paced: each connection waits PACE_MS between requests (~c * 1000 / PACE_MS req/s offered, below
+        # the gateway's capacity), so p50 shows the per-request overhead instead of queueing
+        plan += [(False, conns[0], t, True) for t in targets[:2]]
+        for stream, c, (target, model, port), *paced in plan:
+            lua = tmp / f"{target}-{int(stream)}-{int(bool(paced))}.lua"
+            script = LUA.replace("MODEL", model).replace('"STREAM"', '"stream":true,"' if stream else '"')
+            if paced:
+                script += f"delay = function() return {PACE_MS} end\n"
+            lua.write_text(script)
             res = run_wrk(wrk, f"http://127.0.0.1:{port}", lua, c, args.duration, pids)
-            res.update(target=target, connections=c, stream=stream)
+            res.update(target=target, connections=c, stream=stream, paced_ms=PACE_MS if paced else None)
             print(json.dumps(res), file=sys.stderr)
             runs.append(res)
         faults = []
@@ -330,8 +335,25 @@ def main() -> None:
     print(f"wrote {RESULTS} and BENCHMARKS.md", file=sys.stderr)
 
 
-def _pick(runs: list[dict[str, Any]], target: str, c: int, stream: bool) -> dict[str, Any]:
-    return next(r for r in runs if r["target"] == target and r["connections"] == c and r["stream"] == stream)
+def _pick(
+    runs: list[dict[str, Any]], target: str, c: int, stream: bool, paced: bool = False
+) -> dict[str, Any]:
+    return next(
+        r
+        for r in runs
+        if r["target"] == target
+        and r["connections"] == c
+        and r["stream"] == stream
+        and bool(r.get("paced_ms")) == paced
+    )
+
+
+def _paced(runs: list[dict[str, Any]], c: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(direct, gateway) paced runs at `c` connections, if the result has them."""
+    try:
+        return _pick(runs, "direct", c, False, True), _pick(runs, "gateway", c, False, True)
+    except StopIteration:
+        return None
 
 
 def _modes(conns: list[int]) -> list[tuple[bool, int]]:
@@ -353,7 +375,28 @@ def summarise(runs: list[dict[str, Any]], conns: list[int]) -> dict[str, Any]:
             "direct_rps": d["rps"],
             "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
         }
+    paced = _paced(runs, conns[0])
+    if paced:
+        d, g = paced
+        summary[f"nonstream_c{conns[0]}_paced"] = {
+            "paced_ms": g["paced_ms"],
+            "gateway_rps": g["rps"],
+            "direct_rps": d["rps"],
+            "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+            "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+        }
     return summary
+
+
+def _paced_md(result: dict[str, Any], c: int) -> str:
+    p = result["summary"].get(f"nonstream_c{c}_paced")
+    if not p:
+        return ""
+    return (
+        f" Paced run ({c} connections, each waiting {p['paced_ms']} ms between requests, so the offered load "
+        f"stays below capacity: gateway {p['gateway_rps']:.0f} req/s, direct {p['direct_rps']:.0f} req/s): "
+        f"the gateway adds {p['added_p50_ms']:.2f} ms at p50 and {p['added_p99_ms']:.2f} ms at p99."
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -416,7 +459,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{pt['cpu_us_per_req_gateway']:.0f} us gateway CPU per request; the difference to `llmroute/auto` is the "
         "routing decision (router estimate for the whole conversation + policy). With one connection (no "
         f"queueing) the gateway adds {result['summary']['added_p50_ms_one_connection']:.2f} ms at p50. On a closed "
-        "loop (wrk) p50 ~ connections / throughput, so at 32 connections the added p50 mostly measures throughput.",
+        "loop (wrk) p50 ~ connections / throughput, so at 32 connections the added p50 mostly measures throughput."
+        + _paced_md(result, conns[0]),
         "",
         "Server: uvicorn (uvloop + httptools) with `llmroute.gateway._uvicorn.CoalescingHttpToolsProtocol`, which "
         "writes a non-streamed response's head and body in one socket write (stock uvicorn: two). granian 2.8.7 "
