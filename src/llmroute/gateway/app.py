@@ -673,6 +673,38 @@ class Gateway:
             rec["extra"] = extra
         self.store.write(rec)
 
+    async def _upstream_failed(
+        self,
+        send: Send,
+        e: BackendError,
+        rid: str,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        t0: float,
+        reservation: Any,
+        anthropic: bool,
+        watch: _Disconnect,
+        *,
+        stream: bool = False,
+    ) -> None:
+        """Every candidate failed before a response started: release the budget, trace, answer."""
+        if reservation is not None:
+            self.budgets.release(reservation)  # type: ignore[union-attr]
+        ge = _from_backend(e)
+        self._finish(
+            rid=rid,
+            ctx=ctx,
+            decision=decision,
+            model="",
+            status=ge.status,
+            t0=t0,
+            attempts=getattr(e, "attempts", []),
+            error=e.message,
+            stream=stream,
+        )
+        watch.done = True
+        await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
+
     # ---- endpoints ---------------------------------------------------------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._completion(scope, receive, send, anthropic=False)
@@ -751,24 +783,7 @@ class Gateway:
             try:
                 model, resp, attempts = await self.executor.complete(decision.ranked, body, deadline)
             except BackendError as e:
-                attempts = getattr(e, "attempts", [])
-                if reservation is not None:
-                    self.budgets.release(reservation)  # type: ignore[union-attr]
-                ge = _from_backend(e)
-                self._finish(
-                    rid=rid,
-                    ctx=ctx,
-                    decision=decision,
-                    model="",
-                    status=ge.status,
-                    t0=t0,
-                    attempts=attempts,
-                    error=e.message,
-                )
-                watch.done = True
-                await self._error(
-                    send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic
-                )
+                await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, anthropic, watch)
                 return
             usage = self._cost(model, resp.get("usage"))
             if reservation is not None:
@@ -828,22 +843,9 @@ class Gateway:
         try:
             start = await self.executor.stream(decision.ranked, body, deadline)
         except BackendError as e:
-            if reservation is not None:
-                self.budgets.release(reservation)  # type: ignore[union-attr]
-            ge = _from_backend(e)
-            self._finish(
-                rid=rid,
-                ctx=ctx,
-                decision=decision,
-                model="",
-                status=ge.status,
-                t0=t0,
-                attempts=getattr(e, "attempts", []),
-                error=e.message,
-                stream=True,
+            await self._upstream_failed(
+                send, e, rid, ctx, decision, t0, reservation, anthropic, watch, stream=True
             )
-            watch.done = True
-            await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
             return
         model = start.model
         ttft = time.perf_counter() - t0
