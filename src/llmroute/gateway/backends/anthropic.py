@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from llmroute.gateway.backends.base import BackendError, classify_status
+from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.backends.openai import missing_credentials
 from llmroute.gateway.config import ModelConfig
@@ -581,18 +581,7 @@ class AnthropicBackend:
         name = self.cfg.name
         conv = AnthropicToOpenAIStream(name)
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        ctx = self.client.stream("POST", self.url, self.headers, payload)
-        try:
-            async with asyncio.timeout(timeout_s):
-                resp = await ctx.__aenter__()
-        except TimeoutError:
-            raise BackendError(
-                f"model {name!r}: upstream timed out after {timeout_s:.1f}s",
-                status=504,
-                code="upstream_timeout",
-            ) from None
-        except OSError as e:
-            raise BackendError(f"model {name!r}: upstream connection failed ({e})") from None
+        resp = await open_stream(self.client, self.url, self.headers, payload, name, timeout_s)
         ok = False
         try:
             if resp.status != 200:
@@ -602,15 +591,7 @@ class AnthropicBackend:
             stopped = False
             batches = resp.line_batches()
             while not stopped:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        lines = await anext(batches, None)
-                except TimeoutError:
-                    raise BackendError(
-                        f"model {name!r}: stream stalled for {timeout_s:.1f}s",
-                        status=504,
-                        code="upstream_timeout",
-                    ) from None
+                lines = await next_lines(batches, name, timeout_s)
                 if lines is None:
                     break
                 out: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ fall back to another candidate.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -95,3 +96,33 @@ class Backend(Protocol):
         """Lists of OpenAI chunk dicts, one list per burst that arrived together (forwarded in one
         write); `timeout_s` bounds the wait for each burst."""
         ...
+
+
+async def open_stream(
+    client: Any, url: str, headers: dict[str, str], payload: bytes, model: str, timeout_s: float
+) -> Any:
+    """POST `payload` and wait (at most `timeout_s`) for the response head of a streamed call.
+
+    Returns the client's stream response; timeouts and connection failures become `BackendError`.
+    """
+    ctx = client.stream("POST", url, headers, payload)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await ctx.__aenter__()
+    except TimeoutError:
+        raise BackendError(
+            f"model {model!r}: upstream timed out after {timeout_s:.1f}s", status=504, code="upstream_timeout"
+        ) from None
+    except OSError as e:
+        raise BackendError(f"model {model!r}: upstream connection failed ({e})") from None
+
+
+async def next_lines(batches: AsyncIterator[list[bytes]], model: str, timeout_s: float) -> list[bytes] | None:
+    """The next batch of stream lines (None at the end); a stall longer than `timeout_s` is a `BackendError`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await anext(batches, None)
+    except TimeoutError:
+        raise BackendError(
+            f"model {model!r}: stream stalled for {timeout_s:.1f}s", status=504, code="upstream_timeout"
+        ) from None
