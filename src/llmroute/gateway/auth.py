@@ -23,12 +23,17 @@ Keys live in the config only as sha256 hex (`hash_key("sk-...")`, or `llmroute k
 key is sent as `Authorization: Bearer <key>` or `x-api-key: <key>`. Key text never appears in
 errors or logs.
 
-Budgets (atomic, per process): a request is admitted while the key's spend plus its in-flight
-reservations is below each of its budgets (day and month, UTC), and then reserves its maximum
-cost. Reserve/commit run under a lock without awaiting, so any number of concurrent requests
-(threads or tasks) can overspend a budget by at most one request's maximum cost; commits
-reconcile with the actual cost. Spend is persisted through the store, so restarts keep it. With
-several worker processes each enforces the budget on its own (bound: workers x one request).
+Budgets (atomic): a request is admitted while the key's spend plus its in-flight reservations is
+below each of its budgets (day and month, UTC), and then reserves its maximum cost. Reserve/commit
+run under a lock without awaiting, so any number of concurrent requests (threads or tasks) can
+overspend a budget by at most one request's maximum cost; commits reconcile with the actual cost.
+Spend is persisted through the store, so restarts keep it.
+
+Several worker processes (`llmroute serve --workers N`): when a shared folder is given
+(`shared_dir=`, or the `LLMROUTE_SHARED_DIR` environment variable that `serve` sets for N > 1),
+budgets and rate limits live in a `llmroute.gateway.ledger.SharedLedger` there, updated under a
+file lock, so the same bound (one request's maximum cost) holds across all workers. Without one
+(a single worker) the counters stay in process memory: the fast path, no file lock.
 
 Rate limits: a token bucket per key refilled at `rpm / 60` per second holding `burst_s` seconds
 of requests (at least one).
@@ -46,7 +51,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from llmroute.gateway.ledger import SharedLedger, shared_dir_from_env
 
 __all__ = [
     "ApiKey",
@@ -208,6 +216,8 @@ class Authenticator:
     """Checks the API key, the key's model permission and its request rate.
 
     With no keys configured every request is admitted anonymously (`admit` returns None).
+    `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) makes
+    the rate limits hold across worker processes (see the module docstring).
     """
 
     def __init__(
@@ -217,9 +227,12 @@ class Authenticator:
         env: Mapping[str, str] | None = None,
         burst_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        shared_dir: str | Path | None = None,
     ) -> None:
         self.keys: dict[str, ApiKey] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._clock = clock
         for k in keys:
             key = k if isinstance(k, ApiKey) else ApiKey.from_config(k, env)
             if key.sha256 in self.keys:
@@ -227,7 +240,13 @@ class Authenticator:
             self.keys[key.sha256] = key
             if key.rpm:
                 rate = key.rpm / 60.0
-                self._buckets[key.id] = TokenBucket(rate, max(1.0, math.floor(rate * burst_s)), clock)
+                cap = max(1.0, math.floor(rate * burst_s))
+                self._rates[key.id] = (rate, cap)
+                self._buckets[key.id] = TokenBucket(rate, cap, clock)
+        self._ledger: SharedLedger | None = None
+        folder = shared_dir if shared_dir is not None else shared_dir_from_env()
+        if folder and self._rates:
+            self._ledger = SharedLedger(Path(folder) / "rates.ledger", sorted(self._rates))
 
     @property
     def enabled(self) -> bool:
@@ -277,7 +296,11 @@ class Authenticator:
         bucket = self._buckets.get(key.id)
         if bucket is None:
             return
-        wait = bucket.take()
+        if self._ledger is None:
+            wait = bucket.take()
+        else:
+            rate, cap = self._rates[key.id]
+            wait = self._ledger.take(key.id, rate, cap, self._clock())
         if wait > 0.0:
             raise GatewayError(
                 429,
@@ -343,12 +366,22 @@ def period_ids(ts: float) -> tuple[str, str]:
     return f"d:{d:%Y-%m-%d}", f"m:{d:%Y-%m}"
 
 
-def _day_span(ts: float) -> tuple[float, float, str, str]:
-    """(start, end, day id, month id) of the UTC day holding `ts`."""
+def _day_span(ts: float) -> tuple[float, float, str, str, int, int]:
+    """(start, end, day id, month id, day number, month number) of the UTC day holding `ts`.
+
+    Day number = whole UTC days since the epoch; month number = year * 12 + month - 1.
+    """
     d = datetime.fromtimestamp(ts, UTC)
     start = datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
     day, month = period_ids(ts)
-    return start, start + 86400.0, day, month
+    return start, start + 86400.0, day, month, int(start // 86400), d.year * 12 + d.month - 1
+
+
+def _period_numbers(day: str, month: str) -> tuple[int, int]:
+    """Day and month numbers of period ids 'd:YYYY-MM-DD' and 'm:YYYY-MM' (see `_day_span`)."""
+    d = datetime.strptime(day[2:], "%Y-%m-%d").replace(tzinfo=UTC)
+    y, m = (int(x) for x in month[2:].split("-"))
+    return int(d.timestamp() // 86400), y * 12 + m - 1
 
 
 _ADJ = {"day": "daily", "month": "monthly"}
@@ -373,10 +406,16 @@ class Reservation:
     day: str = ""
     month: str = ""
     settled: bool = field(default=False, repr=False)
+    day_no: int = field(default=0, repr=False)
+    month_no: int = field(default=0, repr=False)
 
 
 class BudgetManager:
-    """Per-key day/month USD budgets with atomic reserve/commit (see the module docstring)."""
+    """Per-key day/month USD budgets with atomic reserve/commit (see the module docstring).
+
+    `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) keeps
+    the books in a ledger shared by all worker processes; without it they are in this process.
+    """
 
     def __init__(
         self,
@@ -385,6 +424,7 @@ class BudgetManager:
         store: Any = None,
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] | None = None,
+        shared_dir: str | Path | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -403,19 +443,48 @@ class BudgetManager:
                 )
             self.keys[key.id] = key
         self._lock = threading.Lock()
-        self._span: tuple[float, float, str, str] = (0.0, 0.0, "", "")  # cached current UTC day
+        self._span: tuple[float, float, str, str, int, int] = (0.0, 0.0, "", "", 0, 0)  # current UTC day
         # (key_id, period) -> [spent, reserved]
         self._acct: dict[tuple[str, str], list[float]] = {}
-        if store is not None and self.keys:
+        self._ledger: SharedLedger | None = None
+        folder = shared_dir if shared_dir is not None else shared_dir_from_env()
+        if folder and self.keys:
+            self._ledger = SharedLedger(
+                Path(folder) / "budgets.ledger", sorted(self.keys), initial=self._persisted
+            )
+        elif store is not None and self.keys:
             day, month = period_ids(clock())
             for (kid, period), usd in store.load_spend([day, month]).items():
                 self._acct[(kid, period)] = [usd, 0.0]
+
+    def _persisted(self, key_ids: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+        """Seed for new ledger slots: {key_id: (day no, day spent, month no, month spent)}."""
+        _, _, day, month, day_no, month_no = _day_span(self.clock())
+        spend = self.store.load_spend([day, month]) if self.store is not None else {}
+        return {
+            kid: (day_no, spend.get((kid, day), 0.0), month_no, spend.get((kid, month), 0.0))
+            for kid in key_ids
+        }
 
     def _row(self, key_id: str, period: str) -> list[float]:
         row = self._acct.get((key_id, period))
         if row is None:
             row = self._acct[(key_id, period)] = [0.0, 0.0]
         return row
+
+    def _exhausted(
+        self, kid: str, name: str, budget: float, spent: float, reserved: float, now: float
+    ) -> GatewayError:
+        wait = _seconds_to_next(now, name)
+        return GatewayError(
+            429,
+            f"Budget exhausted for API key '{kid}': {_ADJ[name]} budget ${budget:.4f}, "
+            f"spent ${spent:.4f} (+${reserved:.4f} in flight). It resets in {wait} s (UTC).",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers={"Retry-After": str(wait)},
+            key_id=kid,
+        )
 
     def reserve(self, key: ApiKey | str | None, max_cost: float) -> Reservation:
         """Hold `max_cost` USD for a request of `key`; raise 429 `GatewayError` if a budget is spent.
@@ -433,6 +502,15 @@ class BudgetManager:
         if not span[0] <= now < span[1]:
             span = self._span = _day_span(now)
         day, month = span[2], span[3]
+        ledger = self._ledger
+        if ledger is not None and kid in ledger:
+            bd = cfg.budget_usd_day if cfg else None
+            bm = cfg.budget_usd_month if cfg else None
+            refused = ledger.reserve(kid, span[4], span[5], bd, bm, amount)
+            if refused is not None:
+                name, spent, reserved = refused
+                raise self._exhausted(kid, name, bd if name == "day" else bm, spent, reserved, now)  # type: ignore[arg-type]
+            return Reservation(kid, amount, day, month, day_no=span[4], month_no=span[5])
         with self._lock:
             rd = self._row(kid, day)
             rm = self._row(kid, month)
@@ -441,16 +519,7 @@ class BudgetManager:
                 (rm, cfg and cfg.budget_usd_month, "month"),
             ):
                 if budget is not None and row[0] + row[1] >= budget:
-                    wait = _seconds_to_next(now, name)
-                    raise GatewayError(
-                        429,
-                        f"Budget exhausted for API key '{kid}': {_ADJ[name]} budget ${budget:.4f}, "
-                        f"spent ${row[0]:.4f} (+${row[1]:.4f} in flight). It resets in {wait} s (UTC).",
-                        type="insufficient_quota",
-                        code="insufficient_quota",
-                        headers={"Retry-After": str(wait)},
-                        key_id=kid,
-                    )
+                    raise self._exhausted(kid, name, budget, row[0], row[1], now)
             rd[1] += amount
             rm[1] += amount
         return Reservation(kid, amount, day, month)
@@ -460,14 +529,25 @@ class BudgetManager:
         if res.settled:
             return
         actual = max(0.0, float(actual_cost))
-        with self._lock:
-            if res.settled:
-                return
-            res.settled = True
-            for period in (res.day, res.month):
-                row = self._row(res.key_id or "", period)
-                row[1] = max(0.0, row[1] - res.amount)
-                row[0] += actual
+        ledger = self._ledger
+        if ledger is not None and res.key_id in ledger:
+            with self._lock:
+                if res.settled:
+                    return
+                res.settled = True
+            day_no, month_no = (
+                (res.day_no, res.month_no) if res.day_no else _period_numbers(res.day, res.month)
+            )
+            ledger.settle(res.key_id, day_no, month_no, res.amount, actual)  # type: ignore[arg-type]
+        else:
+            with self._lock:
+                if res.settled:
+                    return
+                res.settled = True
+                for period in (res.day, res.month):
+                    row = self._row(res.key_id or "", period)
+                    row[1] = max(0.0, row[1] - res.amount)
+                    row[0] += actual
         if actual > 0 and self.store is not None and res.key_id is not None:
             self.store.add_spend(res.key_id, res.day, actual)
             self.store.add_spend(res.key_id, res.month, actual)
@@ -477,9 +557,23 @@ class BudgetManager:
         self.commit(res, 0.0)
 
     def usage(self, key_id: str) -> dict[str, float]:
-        """Current spend and in-flight reservations of a key in this day and month (USD)."""
-        day, month = period_ids(self.clock())
+        """Current spend and in-flight reservations of a key in this day and month (USD).
+
+        With a shared ledger these are the totals over all worker processes.
+        """
+        now = self.clock()
+        ledger = self._ledger
+        if ledger is not None and key_id in ledger:
+            span = _day_span(now)
+            ds, dr, ms, mr = ledger.usage(key_id, span[4], span[5])
+            return {"day_spent": ds, "day_reserved": dr, "month_spent": ms, "month_reserved": mr}
+        day, month = period_ids(now)
         with self._lock:
             d = list(self._acct.get((key_id, day), (0.0, 0.0)))
             m = list(self._acct.get((key_id, month), (0.0, 0.0)))
         return {"day_spent": d[0], "day_reserved": d[1], "month_spent": m[0], "month_reserved": m[1]}
+
+    def close(self) -> None:
+        """Close the shared ledger, if any (the other workers keep theirs)."""
+        if self._ledger is not None:
+            self._ledger.close()

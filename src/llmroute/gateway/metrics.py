@@ -22,7 +22,17 @@ is known pass `model=""`.
 Hot path: `observe_*` append one tuple to a deque (well under a microsecond); the tuples are
 folded into plain counters and fixed-bucket histograms when the deque passes `fold_every` items
 or at scrape time, and a custom collector exports them. No default (global) registry is touched.
-One registry per process: with several workers each exposes its own numbers.
+
+Several worker processes (`llmroute serve --workers N`, which sets `LLMROUTE_SHARED_DIR` to a
+private temporary folder): each worker writes its folded counters to `metrics-<pid>.json` there
+(atomically, from a background thread every `publish_interval_s` while events arrive, and at
+each scrape), and a scrape answered by any worker sums every worker's file with its own live
+numbers. So /metrics counts all requests, at most `publish_interval_s` (0.25 s) behind for the
+other workers; files of exited workers stay, so counters never go down. prometheus_client's own
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR) is not used: it only aggregates its own mmap-backed
+metric objects (not custom collectors like this one) and would put about a dozen locked mmap
+writes on every request's path instead of one deque append. Collectors other code registers on
+`registry` (e.g. the response cache's) still report the answering worker only.
 
 Series (all prefixed `llmroute_`)::
 
@@ -40,10 +50,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import logging
+import os
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import (
@@ -53,7 +67,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from llmroute.gateway.ledger import shared_dir_from_env
+
 __all__ = ["DEFAULT_BUCKETS", "OVERHEAD_BUCKETS", "GatewayMetrics"]
+
+log = logging.getLogger("llmroute.gateway.metrics")
 
 # seconds; upstream / total latency
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -147,7 +165,11 @@ def _fmt(b: float) -> str:
 
 
 class GatewayMetrics:
-    """Gateway counters and histograms exported through a private `CollectorRegistry`."""
+    """Gateway counters and histograms exported through a private `CollectorRegistry`.
+
+    `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) turns on
+    the multi-worker mode of the module docstring; `close()` stops its publisher thread.
+    """
 
     def __init__(
         self,
@@ -156,6 +178,8 @@ class GatewayMetrics:
         overhead_buckets: Sequence[float] = OVERHEAD_BUCKETS,
         fold_every: int = 4096,
         prefix: str = "llmroute",
+        shared_dir: str | Path | None = None,
+        publish_interval_s: float = 0.25,
     ) -> None:
         self.buckets = tuple(sorted(buckets))
         self.overhead_buckets = tuple(sorted(overhead_buckets))
@@ -173,6 +197,18 @@ class GatewayMetrics:
         self._store: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
+        folder = shared_dir if shared_dir is not None else shared_dir_from_env()
+        self.shared_dir: Path | None = Path(folder) if folder else None
+        self.publish_interval_s = float(publish_interval_s)
+        self._pid = os.getpid()
+        self._dirty = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.shared_dir is not None:
+            self._thread = threading.Thread(
+                target=self._publisher, name="llmroute-metrics-publisher", daemon=True
+            )
+            self._thread.start()
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -239,6 +275,7 @@ class GatewayMetrics:
             if self._breaker.get(model) != value:
                 k = (model, "half_open" if value == 1.0 else state)
                 self._breaker_transitions[k] = self._breaker_transitions.get(k, 0) + 1
+                self._dirty = True
             self._breaker[model] = value
 
     def bind_store(self, store: Any) -> None:
@@ -308,21 +345,15 @@ class GatewayMetrics:
 
     # ---- export -------------------------------------------------------------------------------
 
-    def collect(self) -> Iterable[Metric]:
-        """prometheus_client collector protocol: fold pending events, yield every family."""
+    def _state(self) -> dict[str, Any]:
+        """This process's counters as plain dicts keyed by label tuples (pending events folded)."""
         self._fold()
-        p = self.prefix
         with self._lock:
-            requests: dict[tuple[str, str, str], float] = {}
-            streams: dict[tuple[str, str], float] = {}
-            tokens: dict[tuple[str, str, str], float] = {}
-            cost: dict[tuple[str, str], float] = {}
-            hists: dict[str, dict[tuple[str, str], _Hist]] = {
-                "total": {},
-                "overhead": {},
-                "upstream": {},
-                "ttft": {},
-            }
+            requests: dict[tuple, float] = {}
+            streams: dict[tuple, float] = {}
+            tokens: dict[tuple, float] = {}
+            cost: dict[tuple, float] = {}
+            hists: dict[str, dict[tuple, tuple[list[int], float, int]]] = {n: {} for n in _HISTS}
             for (model, alias), ser in self._series.items():
                 for status, n in ser.requests.items():
                     requests[(model, alias, str(status))] = n
@@ -334,91 +365,134 @@ class GatewayMetrics:
                     tokens[(model, alias, "out")] = ser.tokens_out
                 if ser.cost:
                     cost[(model, alias)] = ser.cost
-                for name in hists:
+                for name, per in hists.items():
                     h = getattr(ser, name)
                     if h.count:
-                        hists[name][(model, alias)] = h
-            yield _counter(
-                f"{p}_requests",
-                "Client requests by chosen model, alias and HTTP status.",
-                ["model", "alias", "status"],
-                requests,
-            )
-            yield _counter(f"{p}_stream_requests", "Streaming client requests.", ["model", "alias"], streams)
-            yield _counter(
-                f"{p}_tokens",
-                "Tokens by direction (in = prompt, out = completion).",
-                ["model", "alias", "direction"],
-                tokens,
-            )
-            yield _counter(f"{p}_cost_usd", "Actual cost in USD.", ["model", "alias"], cost)
-            yield _counter(
-                f"{p}_errors", "Failed upstream attempts by kind.", ["model", "alias", "kind"], self._errors
-            )
-            yield _counter(
-                f"{p}_fallbacks",
-                "Fallbacks from one candidate to the next.",
-                ["alias", "from_model", "to_model", "reason"],
-                self._fallbacks,
-            )
-            yield _counter(f"{p}_cache", "Response cache lookups.", ["kind", "result"], self._cache)
-            yield _counter(
-                f"{p}_rejections",
-                "Requests refused before any upstream call.",
-                ["status", "reason", "key_id"],
-                self._rejections,
-            )
-            g = GaugeMetricFamily(
-                f"{p}_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["model"]
-            )
-            for model, v in sorted(self._breaker.items()):
-                g.add_metric([model], v)
-            yield g
-            yield _counter(
-                f"{p}_breaker_transitions",
-                "Circuit breaker state changes.",
-                ["model", "state"],
-                self._breaker_transitions,
-            )
-            yield _histogram(
-                f"{p}_request_duration_seconds", "Total request time seen by the gateway.", hists["total"]
-            )
-            yield _histogram(
-                f"{p}_gateway_overhead_seconds",
-                "Time spent in the gateway itself (routing, auth, bookkeeping), upstream excluded.",
-                hists["overhead"],
-            )
-            yield _histogram(
-                f"{p}_upstream_duration_seconds", "Time spent waiting for upstream models.", hists["upstream"]
-            )
-            yield _histogram(
-                f"{p}_time_to_first_token_seconds", "Streaming: time to the first token.", hists["ttft"]
-            )
+                        per[(model, alias)] = (list(h.counts), h.sum, h.count)
+            state: dict[str, Any] = {
+                "requests": requests,
+                "streams": streams,
+                "tokens": tokens,
+                "cost": cost,
+                "errors": dict(self._errors),
+                "fallbacks": dict(self._fallbacks),
+                "cache": dict(self._cache),
+                "rejections": dict(self._rejections),
+                "breaker": {(m,): v for m, v in self._breaker.items()},
+                "breaker_transitions": dict(self._breaker_transitions),
+                "hists": hists,
+            }
         store = self._store
+        stats = None
         if store is not None:
             try:
-                s = store.stats()
+                stats = dict(store.stats())
             except Exception:
-                s = None
-            if s:
-                yield GaugeMetricFamily(
-                    f"{p}_trace_queue_depth", "Trace records waiting to be written.", value=s.get("queued", 0)
-                )
-                yield CounterMetricFamily(
-                    f"{p}_traces_written", "Trace records written.", value=s.get("written", 0)
-                )
-                yield CounterMetricFamily(
-                    f"{p}_traces_dropped",
-                    "Trace records dropped (queue full or closed).",
-                    value=s.get("dropped", 0) + s.get("errors", 0),
-                )
+                stats = None
+        state["store"] = stats
+        return state
+
+    def collect(self) -> Iterable[Metric]:
+        """prometheus_client collector protocol: fold pending events, yield every family.
+
+        With a shared folder the numbers are the sums over every worker process (see `publish`).
+        """
+        state = self._state()
+        if self.shared_dir is not None:
+            self._write_snapshot(state)
+            state = _merge([state, *self._read_others()])
+        p = self.prefix
+        yield _counter(
+            f"{p}_requests",
+            "Client requests by chosen model, alias and HTTP status.",
+            ["model", "alias", "status"],
+            state["requests"],
+        )
+        yield _counter(
+            f"{p}_stream_requests", "Streaming client requests.", ["model", "alias"], state["streams"]
+        )
+        yield _counter(
+            f"{p}_tokens",
+            "Tokens by direction (in = prompt, out = completion).",
+            ["model", "alias", "direction"],
+            state["tokens"],
+        )
+        yield _counter(f"{p}_cost_usd", "Actual cost in USD.", ["model", "alias"], state["cost"])
+        yield _counter(
+            f"{p}_errors", "Failed upstream attempts by kind.", ["model", "alias", "kind"], state["errors"]
+        )
+        yield _counter(
+            f"{p}_fallbacks",
+            "Fallbacks from one candidate to the next.",
+            ["alias", "from_model", "to_model", "reason"],
+            state["fallbacks"],
+        )
+        yield _counter(f"{p}_cache", "Response cache lookups.", ["kind", "result"], state["cache"])
+        yield _counter(
+            f"{p}_rejections",
+            "Requests refused before any upstream call.",
+            ["status", "reason", "key_id"],
+            state["rejections"],
+        )
+        g = GaugeMetricFamily(
+            f"{p}_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open (the most open over workers).",
+            labels=["model"],
+        )
+        for (model,), v in sorted(state["breaker"].items()):
+            g.add_metric([model], v)
+        yield g
+        yield _counter(
+            f"{p}_breaker_transitions",
+            "Circuit breaker state changes.",
+            ["model", "state"],
+            state["breaker_transitions"],
+        )
+        hists = state["hists"]
+        yield _histogram(
+            f"{p}_request_duration_seconds",
+            "Total request time seen by the gateway.",
+            hists["total"],
+            self.buckets,
+        )
+        yield _histogram(
+            f"{p}_gateway_overhead_seconds",
+            "Time spent in the gateway itself (routing, auth, bookkeeping), upstream excluded.",
+            hists["overhead"],
+            self.overhead_buckets,
+        )
+        yield _histogram(
+            f"{p}_upstream_duration_seconds",
+            "Time spent waiting for upstream models.",
+            hists["upstream"],
+            self.buckets,
+        )
+        yield _histogram(
+            f"{p}_time_to_first_token_seconds",
+            "Streaming: time to the first token.",
+            hists["ttft"],
+            self.buckets,
+        )
+        s = state["store"]
+        if s:
+            yield GaugeMetricFamily(
+                f"{p}_trace_queue_depth", "Trace records waiting to be written.", value=s.get("queued", 0)
+            )
+            yield CounterMetricFamily(
+                f"{p}_traces_written", "Trace records written.", value=s.get("written", 0)
+            )
+            yield CounterMetricFamily(
+                f"{p}_traces_dropped",
+                "Trace records dropped (queue full or closed).",
+                value=s.get("dropped", 0) + s.get("errors", 0),
+            )
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of the Prometheus text exposition for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain-dict view of the counters (for tests and the dashboard)."""
+        """Plain-dict view of this process's counters (for tests and the dashboard)."""
         self._fold()
         with self._lock:
             items = list(self._series.items())
@@ -433,6 +507,127 @@ class GatewayMetrics:
                 "breaker": dict(self._breaker),
             }
 
+    # ---- several worker processes ---------------------------------------------------------------
+
+    def publish(self) -> None:
+        """Write this process's counters to its snapshot file in the shared folder (no-op without one).
+
+        A background thread calls this every `publish_interval_s` while events arrive; a scrape
+        calls it too. Other workers' numbers are read from their files at scrape time.
+        """
+        if self.shared_dir is not None:
+            self._write_snapshot(self._state())
+
+    def _write_snapshot(self, state: dict[str, Any]) -> None:
+        assert self.shared_dir is not None
+        data = orjson.dumps(_encode(state))
+        path = self.shared_dir / f"metrics-{self._pid}.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:  # pragma: no cover - a full or removed folder; the scrape still answers
+            log.warning("cannot publish metrics to %s: %s", path, e)
+
+    def _read_others(self) -> list[dict[str, Any]]:
+        assert self.shared_dir is not None
+        own = f"metrics-{self._pid}.json"
+        out: list[dict[str, Any]] = []
+        try:
+            paths = sorted(self.shared_dir.glob("metrics-*.json"))
+        except OSError:  # pragma: no cover
+            return out
+        for path in paths:
+            if path.name == own:
+                continue
+            try:
+                out.append(_decode(orjson.loads(path.read_bytes())))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("skipping unreadable metrics snapshot %s: %s", path.name, e)
+        return out
+
+    def _publisher(self) -> None:
+        while not self._stop.wait(self.publish_interval_s):
+            if self._pending or self._dirty:
+                self._dirty = False
+                try:
+                    self.publish()
+                except Exception as e:  # pragma: no cover - keep publishing
+                    log.warning("metrics publisher: %s: %s", type(e).__name__, e)
+
+    def close(self) -> None:
+        """Stop the publisher thread after a last publish (multi-worker mode; otherwise a no-op)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(5)
+            self._thread = None
+            self.publish()
+
+
+_HISTS = ("total", "overhead", "upstream", "ttft")
+_PLAIN = (
+    "requests",
+    "streams",
+    "tokens",
+    "cost",
+    "errors",
+    "fallbacks",
+    "cache",
+    "rejections",
+    "breaker",
+    "breaker_transitions",
+)
+
+
+def _encode(state: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able form of `GatewayMetrics._state()` (label tuples become lists)."""
+    out: dict[str, Any] = {k: [[*key, v] for key, v in state[k].items()] for k in _PLAIN}
+    out["hists"] = {
+        n: [[list(key), c, s, cnt] for key, (c, s, cnt) in per.items()] for n, per in state["hists"].items()
+    }
+    out["store"] = state["store"]
+    return out
+
+
+def _decode(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: {tuple(row[:-1]): row[-1] for row in data[k]} for k in _PLAIN}
+    out["hists"] = {
+        n: {tuple(key): (list(c), float(s), int(cnt)) for key, c, s, cnt in data["hists"].get(n, [])}
+        for n in _HISTS
+    }
+    out["store"] = data.get("store")
+    return out
+
+
+def _merge(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the counters and histograms of several processes; breaker state: the most open."""
+    out: dict[str, Any] = {k: {} for k in _PLAIN}
+    out["hists"] = {n: {} for n in _HISTS}
+    store: dict[str, float] | None = None
+    for st in states:
+        for k in _PLAIN:
+            acc = out[k]
+            if k == "breaker":
+                for key, v in st[k].items():
+                    acc[key] = max(acc.get(key, 0.0), v)
+            else:
+                for key, v in st[k].items():
+                    acc[key] = acc.get(key, 0) + v
+        for n in _HISTS:
+            acc = out["hists"][n]
+            for key, (c, s, cnt) in st["hists"][n].items():
+                old = acc.get(key)
+                if old is None:
+                    acc[key] = (list(c), s, cnt)
+                else:
+                    acc[key] = ([a + b for a, b in zip(old[0], c, strict=True)], old[1] + s, old[2] + cnt)
+        if st.get("store"):
+            store = store or {}
+            for k2, v2 in st["store"].items():
+                store[k2] = store.get(k2, 0) + v2
+    out["store"] = store
+    return out
+
 
 def _counter(name: str, doc: str, labels: list[str], data: dict[Any, float]) -> CounterMetricFamily:
     c = CounterMetricFamily(name, doc, labels=labels)
@@ -441,8 +636,15 @@ def _counter(name: str, doc: str, labels: list[str], data: dict[Any, float]) -> 
     return c
 
 
-def _histogram(name: str, doc: str, data: dict[tuple[str, str], _Hist]) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, data: dict[tuple, tuple[list[int], float, int]], bounds: Sequence[float]
+) -> HistogramMetricFamily:
     h = HistogramMetricFamily(name, doc, labels=["model", "alias"])
-    for k, hist in sorted(data.items()):
-        h.add_metric(list(k), hist.buckets(), hist.sum)
+    for k, (counts, total, count) in sorted(data.items()):
+        buckets, acc = [], 0
+        for b, c in zip(bounds, counts, strict=False):
+            acc += c
+            buckets.append((_fmt(b), float(acc)))
+        buckets.append(("+Inf", float(count)))
+        h.add_metric(list(k), buckets, total)
     return h

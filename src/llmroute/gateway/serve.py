@@ -5,7 +5,10 @@ and was slower for this app on the reference 2-core box (see BENCHMARKS.md, Gate
 
 The config is validated before the server starts; errors name the field and what is allowed.
 With `--workers N > 1` each worker process builds its own `Gateway` from the same file (the
-path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_env`).
+path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_env`). `serve`
+also creates a private temporary folder, named to the workers in `LLMROUTE_SHARED_DIR` and removed
+at exit, where the workers share budgets and rate limits (`llmroute.gateway.ledger`) and publish
+their metrics so that any worker's /metrics shows the totals (`llmroute.gateway.metrics`).
 """
 
 from __future__ import annotations
@@ -83,8 +86,19 @@ def serve(
     if gw is not None:
         uvicorn.run(gw, **kw)  # type: ignore[arg-type]
     else:
+        import shutil
+        import tempfile
+
+        from llmroute.gateway.ledger import SHARED_DIR_ENV
+
+        shared = tempfile.mkdtemp(prefix="llmroute-workers-")  # mode 0700
         os.environ["LLMROUTE_CONFIG"] = str(Path(config).resolve())
-        uvicorn.run("llmroute.gateway.serve:create_app_from_env", factory=True, workers=workers, **kw)  # type: ignore[arg-type]
+        os.environ[SHARED_DIR_ENV] = shared
+        try:
+            uvicorn.run("llmroute.gateway.serve:create_app_from_env", factory=True, workers=workers, **kw)  # type: ignore[arg-type]
+        finally:
+            os.environ.pop(SHARED_DIR_ENV, None)
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 if __name__ == "__main__":
