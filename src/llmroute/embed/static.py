@@ -30,6 +30,44 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NON_ASCII_CHUNK = re.compile(r"[^ \t\n\r]*[^\x00-\x7f][^ \t\n\r]*")
 _MAX_NON_ASCII_CHUNKS = 8
 _WORD_CACHE_MAX = 200_000
+_CHUNK_CACHE_MAX = 50_000
+# Batches of at least this many texts tokenise their ASCII text in one vectorised numpy pass.
+_VECTOR_MIN_TEXTS = 8
+# Vectorised lookup: a word of up to 16 bytes is keyed exactly by its bytes (two little-endian
+# uint64, zero padded); the hash only orders the table, every hit is verified on both halves.
+_KEY_BYTES = 16
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_HASH_MUL2 = np.uint64(0xBF58476D1CE4E5B9)
+_BYTE_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
+
+
+def _byte_classes() -> np.ndarray:
+    """256-entry table: 0 whitespace (space, tab, newline, CR), 1 [a-z0-9], 2 other printable
+    ASCII, 3 control characters (texts with those take the tokenizer path)."""
+    lut = np.full(256, 2, dtype=np.uint8)
+    lut[[*range(32), 127]] = 3
+    lut[list(b" \t\n\r")] = 0
+    lut[list(b"abcdefghijklmnopqrstuvwxyz0123456789")] = 1
+    return lut
+
+
+def _word_keys(data: bytes, starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact keys (low, high uint64) of the words data[s : s + n] (bytes past 16 ignored)."""
+    padded = data + bytes(_KEY_BYTES + 8)
+    # an overlapping view: element i is the 8 bytes starting at byte i (unaligned loads)
+    v8 = np.ndarray(shape=(len(data) + 8,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
+    lo = v8[starts] & _BYTE_MASKS[np.minimum(lens, 8)]
+    hi = v8[starts + 8] & _BYTE_MASKS[np.clip(lens - 8, 0, 8)]
+    return lo, hi
+
+
+def _slot(lo: np.ndarray, hi: np.ndarray, size: int) -> np.ndarray:
+    """Hash-table slot of each key (multiplicative hashing; `size` a power of two)."""
+    h = (lo ^ (hi * _HASH_MUL)) * _HASH_MUL2
+    return (h >> np.uint64(64 - size.bit_length() + 1)).astype(np.int64)
+
+
+_BYTE_CLASS = _byte_classes()
 
 
 def default_asset_dir() -> Path:
@@ -76,16 +114,17 @@ class StaticEncoder:
         tok.no_padding()
         tok.enable_truncation(self.max_tokens)
         self._tok = tok
-        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         # Fast path (same ids as the tokenizer, checked in the tests): plain-ASCII texts are split
         # with a regex and looked up word by word; words not in the vocabulary go through the
         # tokenizer's own WordPiece model once and are memoised.
         self._fast = type(tok.model).__name__ == "WordPiece" and tok.normalizer is not None
-        self._words: dict[str, tuple[int, ...]] = {}
+        self._word_id: dict[str, int] = {}  # whole vocabulary words (one token each)
+        self._pieces: dict[str, tuple[int, ...]] = {}  # memo: other words -> their WordPiece ids
+        self._chunk_ids: dict[str, list[int]] = {}  # memo: non-ASCII chunks -> tokenizer ids
+        self._table: tuple[np.ndarray, ...] | None = None  # vectorised lookup, built on first use
         if self._fast:
             vocab = tok.get_vocab(with_added_tokens=False)
-            self._words = {w: (i,) for w, i in vocab.items() if not w.startswith("##")}
-            self._n_vocab_words = len(self._words)
+            self._word_id = {w: i for w, i in vocab.items() if not w.startswith("##")}
             self._wordpiece = tok.model
             self._specials = [t.content for t in tok.get_added_tokens_decoder().values()]
 
@@ -99,34 +138,61 @@ class StaticEncoder:
         texts = _check_texts(texts)
         return [self._ids(t) for t in texts]
 
+    # ---- per-text tokenisation ----------------------------------------------------------------
+    def _slow(self, text: str) -> bool:
+        """True when `text` (already cut to max_chars) must go through the tokenizer whole."""
+        return not self._fast or bool(_ASCII_CONTROL.search(text)) or self._has_special(text)
+
     def _ids(self, text: str) -> list[int]:
+        """Token ids of one text, in order (the tokenizer's ids, truncated)."""
         text = text[: self._max_chars]
-        if not self._fast or _ASCII_CONTROL.search(text) or self._has_special(text):
+        if self._slow(text):
             return self._tok.encode(text, add_special_tokens=False).ids
         if text.isascii():
-            out = self._ascii_ids(text)
+            out = self._ascii_ids(text, ordered=True)
         else:
             matches = list(_NON_ASCII_CHUNK.finditer(text))
             if len(matches) > _MAX_NON_ASCII_CHUNKS:  # mostly non-ASCII: one tokenizer call is cheaper
                 return self._tok.encode(text, add_special_tokens=False).ids
             out = []
             pos = 0
-            encode = self._tok.encode
             for m in matches:
-                out += self._ascii_ids(text[pos : m.start()])
-                out += encode(m.group(), add_special_tokens=False).ids
+                out += self._ascii_ids(text[pos : m.start()], ordered=True)
+                out += self._chunk(m.group())
                 pos = m.end()
-            out += self._ascii_ids(text[pos:])
+            out += self._ascii_ids(text[pos:], ordered=True)
         return out[: self.max_tokens]
 
-    def _ascii_ids(self, text: str) -> list[int]:
-        words = self._words
-        out: list[int] = []
-        for w in _ASCII_WORDS.findall(text.lower()):
-            pieces = words.get(w)
-            if pieces is None:
-                pieces = self._wordpiece_ids(w)
-            out.extend(pieces)
+    def _bag(self, text: str) -> list[int]:
+        """The ids `_ids` gives, as a multiset (order may differ): what mean pooling needs."""
+        text = text[: self._max_chars]
+        if text.isascii() and not self._slow(text):
+            ids = self._ascii_ids(text, ordered=False)
+            if len(ids) <= self.max_tokens:
+                return ids
+        return self._ids(text)
+
+    def _ascii_ids(self, text: str, ordered: bool) -> list[int]:
+        """Ids of an ASCII text; with `ordered=False` the WordPiece pieces of words outside the
+        vocabulary are appended at the end instead of in place (same multiset)."""
+        found = _ASCII_WORDS.findall(text.lower())
+        ids = list(map(self._word_id.get, found))
+        if None not in ids:
+            return ids  # type: ignore[return-value]
+        pieces = self._pieces
+        if ordered:
+            out: list[int] = []
+            for w, i in zip(found, ids, strict=True):
+                if i is None:
+                    out.extend(pieces.get(w) or self._wordpiece_ids(w))
+                else:
+                    out.append(i)
+            return out
+        extra: list[int] = []
+        for w in (w for w, i in zip(found, ids, strict=True) if i is None):
+            extra.extend(pieces.get(w) or self._wordpiece_ids(w))
+        out = [i for i in ids if i is not None]
+        out += extra
         return out
 
     def _has_special(self, text: str) -> bool:
@@ -134,18 +200,197 @@ class StaticEncoder:
 
     def _wordpiece_ids(self, word: str) -> tuple[int, ...]:
         ids = tuple(t.id for t in self._wordpiece.tokenize(word))
-        if len(self._words) >= self._n_vocab_words + _WORD_CACHE_MAX:  # bound the memo
-            for key in list(self._words)[self._n_vocab_words :]:
-                del self._words[key]
-        self._words[word] = ids
+        if len(self._pieces) >= _WORD_CACHE_MAX:  # bound the memo
+            self._pieces.clear()
+        self._pieces[word] = ids
         return ids
 
+    def _chunk(self, chunk: str) -> list[int]:
+        """Tokenizer ids of one whitespace-free chunk holding non-ASCII characters (memoised)."""
+        ids = self._chunk_ids.get(chunk)
+        if ids is None:
+            ids = self._tok.encode(chunk, add_special_tokens=False).ids
+            if len(self._chunk_ids) >= _CHUNK_CACHE_MAX:
+                self._chunk_ids.clear()
+            self._chunk_ids[chunk] = ids
+        return ids
+
+    # ---- batch tokenisation -------------------------------------------------------------------
+    def _batch_bags(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids of many texts as (flat ids, row pointers) blocks, one row per text in each.
+
+        Summed over the blocks, row i holds the multiset of `_ids(texts[i])` (the order within
+        a row may differ, which mean pooling ignores). Texts are cut into ASCII stretches, all
+        tokenised in one vectorised pass (`_vector_ascii`), and id lists (non-ASCII chunks,
+        texts the tokenizer must handle whole). Texts longer than `max_tokens` tokens and ASCII
+        stretches with control characters go through `_ids` one by one (exact truncation).
+        """
+        n = len(texts)
+        parts: list[str] = []  # ASCII stretches
+        part_text: list[int] = []
+        lists: list[list[int]] = []  # id lists
+        list_text: list[int] = []
+        encode = self._tok.encode
+        for ti, text in enumerate(texts):
+            text = text[: self._max_chars]
+            if text.isascii():
+                if self._has_special(text):
+                    lists.append(encode(text, add_special_tokens=False).ids)
+                    list_text.append(ti)
+                else:
+                    parts.append(text)
+                    part_text.append(ti)
+                continue
+            matches = list(_NON_ASCII_CHUNK.finditer(text))
+            if len(matches) > _MAX_NON_ASCII_CHUNKS or self._has_special(text):
+                lists.append(encode(text, add_special_tokens=False).ids)
+                list_text.append(ti)
+                continue
+            pos = 0
+            for m in matches:
+                parts.append(text[pos : m.start()])
+                lists.append(self._chunk(m.group()))
+                pos = m.end()
+            parts.append(text[pos:])
+            part_text += [ti] * (len(matches) + 1)
+            list_text += [ti] * len(matches)
+        p_text = np.asarray(part_text, dtype=np.int64)
+        a_tok, a_count, bad = self._vector_ascii(parts)
+        per_text = np.bincount(p_text, weights=a_count, minlength=n)
+        has_list = np.zeros(n, dtype=bool)
+        if lists:
+            l_text = np.asarray(list_text, dtype=np.int64)
+            l_len = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+            per_text += np.bincount(l_text, weights=l_len, minlength=n)
+            has_list[l_text] = True
+        over = per_text > self.max_tokens
+        # texts with id lists or control characters are redone one by one when they need it;
+        # long pure-ASCII texts (a single stretch, tokens in order) are cut here
+        redo = over & has_list
+        if bad.any():
+            redo[p_text[bad]] = True
+        cut = over & ~redo
+        blocks = []
+        if redo.any() or cut.any():
+            tok_part = np.repeat(np.arange(len(a_count)), a_count)
+            tok_text = p_text[tok_part]
+            rank = np.arange(len(a_tok)) - (np.cumsum(a_count) - a_count)[tok_part]
+            a_tok = a_tok[~(redo[tok_text] | (cut[tok_text] & (rank >= self.max_tokens)))]
+            a_count = np.where(
+                redo[p_text], 0, np.where(cut[p_text], np.minimum(a_count, self.max_tokens), a_count)
+            )
+        if redo.any():
+            r_idx = np.flatnonzero(redo).tolist()
+            blocks.append(_block([self._ids(texts[i]) for i in r_idx], np.asarray(r_idx, dtype=np.int64), n))
+        a_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(p_text, weights=a_count, minlength=n).astype(np.int64), out=a_ptr[1:])
+        blocks.insert(0, (a_tok, a_ptr))
+        if lists:
+            keep_l = ~redo[l_text]
+            kept = [ids for ids, k in zip(lists, keep_l.tolist(), strict=True) if k]
+            blocks.append(_block(kept, l_text[keep_l], n))
+        return blocks
+
+    def _lookup_table(self) -> tuple[np.ndarray, ...]:
+        """Open-addressing hash table (linear probing) of the vocabulary words of <= 16 bytes:
+        (low keys, high keys, ids), empty slots have low key 0 (no word has that key)."""
+        if self._table is None:
+            words = [w for w in self._word_id if w.isascii() and 0 < len(w) <= _KEY_BYTES]
+            raw = b"".join(w.encode("ascii").ljust(_KEY_BYTES, b"\0") for w in words)
+            keys = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+            size = 1 << max(int(np.ceil(np.log2(max(len(words), 1) * 4))), 4)
+            lo_tab = np.zeros(size, dtype=np.uint64)
+            hi_tab = np.zeros(size, dtype=np.uint64)
+            id_tab = np.full(size, -1, dtype=np.int64)
+            slots = _slot(keys[:, 0], keys[:, 1], size).tolist()
+            for w, s, lo, hi in zip(words, slots, keys[:, 0].tolist(), keys[:, 1].tolist(), strict=True):
+                while lo_tab[s] != 0:
+                    s = (s + 1) & (size - 1)
+                lo_tab[s], hi_tab[s], id_tab[s] = lo, hi, self._word_id[w]
+            self._table = (lo_tab, hi_tab, id_tab)
+        return self._table
+
+    def _lookup(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Vocabulary id of each key (-1 when absent)."""
+        lo_tab, hi_tab, id_tab = self._lookup_table()
+        size = len(lo_tab)
+        slot = _slot(lo, hi, size)
+        t_lo = lo_tab[slot]
+        found = (t_lo == lo) & (hi_tab[slot] == hi)
+        out = np.where(found, id_tab[slot], -1)
+        active = np.flatnonzero(~found & (t_lo != 0))  # slot taken by another word: probe on
+        slot, lo, hi = slot[active], lo[active], hi[active]
+        while active.size:
+            slot = (slot + 1) & (size - 1)
+            t_lo = lo_tab[slot]
+            found = (t_lo == lo) & (hi_tab[slot] == hi)
+            out[active[found]] = id_tab[slot[found]]
+            go = ~found & (t_lo != 0)
+            active, slot, lo, hi = active[go], slot[go], lo[go], hi[go]
+        return out
+
+    def _vector_ascii(self, parts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids of ASCII texts, all in one numpy pass.
+
+        Returns (flat ids in order, token count per text, texts holding a control character);
+        the ids of the latter are not valid. Same words as `_ASCII_WORDS` (runs of [a-z0-9], or
+        one other non-space character) after lower-casing; words are looked up by their exact
+        byte keys, the rest (outside the vocabulary or longer than 16 bytes) go through the
+        memoised per-word path.
+        """
+        k = len(parts)
+        joined = " ".join(parts).lower()  # the space keeps words of neighbouring parts apart
+        data = joined.encode("ascii")
+        empty = np.zeros(0, dtype=np.int64)
+        if not data.strip():
+            return empty, np.zeros(k, dtype=np.int64), np.zeros(k, dtype=bool)
+        cls = _BYTE_CLASS[np.frombuffer(data, dtype=np.uint8)]
+        part_len = np.fromiter(map(len, parts), dtype=np.int64, count=k)
+        part_start = np.cumsum(part_len + 1) - (part_len + 1)
+        ctrl = np.flatnonzero(cls == 3)
+        bad = np.zeros(k, dtype=bool)
+        if ctrl.size:
+            bad[np.searchsorted(part_start, ctrl, side="right") - 1] = True
+        alnum = (cls == 1).view(np.int8)
+        edge = np.diff(alnum, prepend=np.int8(0), append=np.int8(0))  # +1 run start, -1 run end
+        run_start = edge[:-1] == 1
+        starts = np.flatnonzero(run_start | (cls == 2))
+        lens = np.ones(len(starts), dtype=np.int64)
+        in_run = run_start[starts]
+        lens[in_run] = np.flatnonzero(edge == -1) - starts[in_run]
+        first_word = np.searchsorted(starts, part_start)  # words are in part order
+        words_per_part = np.diff(first_word, append=len(starts))
+        lo, hi = _word_keys(data, starts, lens)
+        word_ids = self._lookup(lo, hi)
+        miss = np.flatnonzero((word_ids < 0) | (lens > _KEY_BYTES))
+        if len(miss) == 0:
+            return word_ids, words_per_part, bad
+        word_id, pieces = self._word_id, self._pieces
+        got: list[tuple[int, ...]] = []
+        for s, n in zip(starts[miss].tolist(), lens[miss].tolist(), strict=True):
+            w = joined[s : s + n]
+            i = word_id.get(w)
+            got.append((i,) if i is not None else (pieces.get(w) or self._wordpiece_ids(w)))
+        m_len = np.fromiter(map(len, got), dtype=np.int64, count=len(got))
+        n_pieces = np.ones(len(starts), dtype=np.int64)
+        n_pieces[miss] = m_len
+        tok = np.repeat(word_ids, n_pieces)
+        t_start = np.cumsum(n_pieces) - n_pieces
+        m_flat = np.fromiter((i for ids in got for i in ids), dtype=np.int64, count=int(m_len.sum()))
+        m_off = np.cumsum(m_len) - m_len
+        m_k = np.repeat(np.arange(len(miss)), m_len)
+        tok[t_start[miss][m_k] + (np.arange(len(m_flat)) - m_off[m_k])] = m_flat
+        ends = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(n_pieces, out=ends[1:])
+        return tok, ends[first_word + words_per_part] - ends[first_word], bad
+
+    # ---- embedding ----------------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts: (len(texts), dim) float32, rows L2-normalised (zero rows for empty text)."""
         texts = _check_texts(texts)
         n = len(texts)
         if n == 1:  # a single request: no batch machinery
-            ids = self._ids(texts[0])
+            ids = self._bag(texts[0])
             out = np.zeros((1, self.dim), np.float32)
             if ids:
                 v = self._emb[ids].sum(axis=0)
@@ -153,22 +398,23 @@ class StaticEncoder:
                 if norm > 0.0:
                     out[0] = v / norm
             return out
-        out = np.zeros((n, self.dim), np.float32)
         if n == 0:
-            return out
-        return self._pool([self._ids(t) for t in texts])
+            return np.zeros((0, self.dim), np.float32)
+        if n >= _VECTOR_MIN_TEXTS and self._fast:
+            return self._pool(self._batch_bags(texts))
+        return self._pool([_block([self._bag(t) for t in texts], np.arange(n), n)])
 
-    def _pool(self, ids: list[list[int]]) -> np.ndarray:
-        """Sum the token rows of each id list (a sparse count matrix times the embeddings), normalise."""
+    def _pool(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Sum the token rows of each text (sparse count matrices times the embeddings), normalise."""
         from scipy.sparse import csr_matrix
 
-        n = len(ids)
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=n)
-        indptr = np.zeros(n + 1, np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(indptr[-1]))
-        counts = csr_matrix((np.ones(flat.size, np.float32), flat, indptr), shape=(n, self.vocab_size))
-        sums = np.asarray(counts @ self._emb, dtype=np.float32)
+        n = len(blocks[0][1]) - 1
+        sums: np.ndarray | None = None
+        for flat, indptr in blocks:
+            counts = csr_matrix((np.ones(flat.size, np.float32), flat, indptr), shape=(n, self.vocab_size))
+            part = np.asarray(counts @ self._emb, dtype=np.float32)
+            sums = part if sums is None else sums + part
+        assert sums is not None
         norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))
         nz = norms > 0.0
         sums[nz] /= norms[nz, None]
@@ -184,6 +430,15 @@ class StaticEncoder:
 
     def __repr__(self) -> str:
         return f"StaticEncoder(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens})"
+
+
+def _block(ids: list[list[int]], rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat ids, row pointers) of an n-row block whose rows `rows` (increasing) hold `ids`."""
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, weights=lens, minlength=n).astype(np.int64), out=indptr[1:])
+    flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lens.sum()))
+    return flat, indptr
 
 
 def _check_texts(texts: Sequence[str]) -> Sequence[str]:

