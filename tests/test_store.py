@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 import time
@@ -248,29 +247,7 @@ def test_postgres_url_without_driver_or_server_is_a_clear_error() -> None:
     assert "s3cret" not in str(e.value)
 
 
-@pytest.mark.skipif(not os.environ.get("LLMROUTE_TEST_POSTGRES_URL"), reason="set LLMROUTE_TEST_POSTGRES_URL")
-def test_postgres_roundtrip() -> None:
-    pytest.importorskip("asyncpg")
-    url = os.environ["LLMROUTE_TEST_POSTGRES_URL"]
-    tag = f"pg-{time.time_ns()}"
-    st = open_store(url)
-    for i in range(50):
-        st.write(_rec(i, request_id=f"{tag}-{i}", key_id=tag))
-    st.add_spend(tag, "d:2026-01-31", 0.5)
-    st.close_sync()
-    st = open_store(url)
-    try:
-        rows = st.query(key_id=tag, limit=None)
-        assert len(rows) == 50
-        assert st.attach_feedback(f"{tag}-3", {"quality": 1.0})
-        got = st.get(f"{tag}-3")
-        assert got is not None and got["outcome"] == {"quality": 1.0}
-        assert got["candidates"][0]["model"] == "fake-weak"
-        assert st.load_spend(["d:2026-01-31"])[(tag, "d:2026-01-31")] == pytest.approx(0.5)
-        assert st.prune(1_700_000_000.0 + 10) >= 10
-        assert len(st.query(key_id=tag, limit=None)) == 40
-    finally:
-        st.close_sync()
+# the Postgres store against a real server: tests/test_store_postgres.py
 
 
 def test_parse_time() -> None:
