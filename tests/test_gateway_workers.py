@@ -88,6 +88,46 @@ def test_budget_ledger_holds_across_processes(tmp_path: Path) -> None:
     assert e.value.status == 429 and e.value.code == "insufficient_quota"
 
 
+def _holding_worker(folder: str, out: Any) -> None:
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], shared_dir=folder)
+    bm.reserve("k", 0.6)
+    bm.reserve("k", 0.6)  # 0.6 < 1.0 still admits; now 1.2 is held in flight
+    out.put("holding")
+    time.sleep(120)  # killed by the test mid-"request"
+
+
+def test_reservations_of_a_killed_worker_are_given_back(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_holding_worker, args=(str(tmp_path), out))
+    child.start()
+    try:
+        assert out.get(timeout=60) == "holding"
+        bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], shared_dir=tmp_path)
+        assert bm.usage("k")["day_reserved"] == pytest.approx(1.2)
+        with pytest.raises(GatewayError):  # the live worker's reservations count
+            bm.reserve("k", 0.1)
+    finally:
+        child.kill()
+        child.join(30)
+    bm._ledger.reclaim_interval_s = 0.0  # type: ignore[union-attr]
+    res = bm.reserve("k", 0.1)  # refused at first, then the dead worker's 1.2 is given back
+    assert bm.usage("k")["day_reserved"] == pytest.approx(0.1)
+    bm.commit(res, 0.05)
+    # a process opening the ledger (a restarted worker) also gives back dead workers' holds
+    child = ctx.Process(target=_holding_worker, args=(str(tmp_path), out))
+    child.start()
+    try:
+        assert out.get(timeout=60) == "holding"
+    finally:
+        child.kill()
+        child.join(30)
+    again = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], shared_dir=tmp_path)
+    assert again.usage("k") == pytest.approx(
+        {"day_spent": 0.05, "day_reserved": 0.0, "month_spent": 0.05, "month_reserved": 0.0}
+    )
+
+
 def _rate_worker(folder: str, now: float, out: Any) -> None:
     auth = Authenticator(
         [{"id": "c", "key_sha256": hash_key("kc"), "rpm": 60}], shared_dir=folder, clock=lambda: now

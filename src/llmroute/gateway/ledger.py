@@ -9,15 +9,21 @@ share a file descriptor). A budget check-and-reserve is therefore atomic across 
 key overspends its budget by at most one request's maximum cost however many workers serve it.
 One locked update costs a few microseconds; a single worker does not use the ledger at all.
 
-Layout: a 64-byte header (magic, slot count) and one 80-byte slot per key: a 16-byte digest of
-the key id, then 8 doubles: day number, day spent, day reserved, month number, month spent, month
-reserved (USD), rate-limit tokens, rate-limit stamp. Day number = whole UTC days since the epoch,
-month number = year * 12 + month - 1; a slot rolls over to a new period on its first use in it.
+Layout: a 64-byte header (magic, key slots, worker entries), one 80-byte slot per key (a 16-byte
+digest of the key id, then 8 doubles: day number, day spent, day reserved, month number, month
+spent, month reserved (USD), rate-limit tokens, rate-limit stamp), then one entry per worker
+process (its pid, then per key: day number, day reserved, month number, month reserved). Day
+number = whole UTC days since the epoch, month number = year * 12 + month - 1; a slot rolls over
+to a new period on its first use in it.
+
+A worker that dies mid-request (uvicorn restarts killed or hung workers) leaves reservations
+behind; its entry says how much. They are given back when a process opens the ledger (the
+restarted worker does) and when a reservation is refused (at most once per `reclaim_interval_s`
+per process): entries whose pid no longer exists are subtracted from the key totals and freed.
 
 Limits: the ledger lives only as long as the folder (one `serve` run): spend is persisted through
-the trace store as before and seeded into the ledger by the first worker that opens it. A worker
-killed mid-request leaves its in-flight reservations held until the gateway restarts (the error
-is on the side of refusing, never of overspending). Workers on different hosts do not share it.
+the trace store as before and seeded into the ledger by the first worker that opens it. Workers on
+different hosts do not share it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hashlib
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -35,13 +42,15 @@ __all__ = ["SHARED_DIR_ENV", "SharedLedger", "shared_dir_from_env"]
 
 SHARED_DIR_ENV = "LLMROUTE_SHARED_DIR"
 
-_MAGIC = b"LLMRLED1"
+_MAGIC = b"LLMRLED2"
 _HEADER_BYTES = 64
 _SLOT_BYTES = 80  # 16-byte digest + 8 doubles
 _SLOT_DOUBLES = _SLOT_BYTES // 8
 _HEADER_DOUBLES = _HEADER_BYTES // 8
 # field offsets (in doubles) inside a slot, after the 2-double digest
 _DAY, _DAY_SPENT, _DAY_RES, _MONTH, _MONTH_SPENT, _MONTH_RES, _TOKENS, _STAMP = range(2, 10)
+# a worker entry: pid, then per key slot 4 doubles (day number, day reserved, month number, month reserved)
+_W_FIELDS = 4
 
 Initial = Callable[[Sequence[str]], Mapping[str, tuple[float, float, float, float]]]
 
@@ -55,13 +64,24 @@ def _digest(key_id: str) -> bytes:
     return hashlib.blake2b(key_id.encode("utf-8"), digest_size=16).digest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class SharedLedger:
     """Per-key (day, month) spend/reservations and token buckets in a shared, file-locked map.
 
-    `path` is created if missing (with room for `capacity` keys, default max(64, 2 x keys)).
-    Every id in `key_ids` gets a slot. When this process is the first to claim slots, `initial`
-    (if given) is called with the new ids, under the lock, and returns
-    {key_id: (day_number, day_spent, month_number, month_spent)} to seed them with persisted spend.
+    `path` is created if missing (with room for `capacity` keys, default max(64, 2 x keys), and
+    `max_workers` worker processes alive at once). Every id in `key_ids` gets a slot. When this
+    process is the first to claim slots, `initial` (if given) is called with the new ids, under
+    the lock, and returns {key_id: (day_number, day_spent, month_number, month_spent)} to seed
+    them with persisted spend.
     """
 
     def __init__(
@@ -70,31 +90,43 @@ class SharedLedger:
         key_ids: Sequence[str],
         *,
         capacity: int | None = None,
+        max_workers: int = 64,
         initial: Initial | None = None,
+        reclaim_interval_s: float = 1.0,
     ) -> None:
         self.path = str(path)
+        self.reclaim_interval_s = float(reclaim_interval_s)
+        self._last_reclaim = -float("inf")
+        self._pid = os.getpid()
         self._tlock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._slots: dict[str, int] = {}
+        # key id -> (slot base, this process's worker-entry base for that key), in doubles
+        self._slots: dict[str, tuple[int, int]] = {}
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 if os.fstat(self._fd).st_size == 0:
                     cap = int(capacity or max(64, 2 * len(key_ids)))
-                    os.ftruncate(self._fd, _HEADER_BYTES + cap * _SLOT_BYTES)
-                    os.pwrite(self._fd, _MAGIC + cap.to_bytes(8, "little"), 0)
-                head = os.pread(self._fd, 16, 0)
+                    nw = int(max_workers)
+                    os.ftruncate(self._fd, _HEADER_BYTES + cap * _SLOT_BYTES + nw * 8 * (1 + cap * _W_FIELDS))
+                    os.pwrite(self._fd, _MAGIC + cap.to_bytes(8, "little") + nw.to_bytes(8, "little"), 0)
+                head = os.pread(self._fd, 24, 0)
                 if head[:8] != _MAGIC:
-                    raise ValueError(f"{self.path} is not an llmroute ledger file")
-                cap = int.from_bytes(head[8:16], "little")
-                self._mm = mmap.mmap(self._fd, _HEADER_BYTES + cap * _SLOT_BYTES)
+                    raise ValueError(f"{self.path} is not an llmroute ledger file (or an older layout)")
+                self._cap = cap = int.from_bytes(head[8:16], "little")
+                self._nw = int.from_bytes(head[16:24], "little")
+                self._wstride = 1 + cap * _W_FIELDS
+                self._w0 = _HEADER_DOUBLES + cap * _SLOT_DOUBLES
+                self._mm = mmap.mmap(self._fd, (self._w0 + self._nw * self._wstride) * 8)
                 self._v = memoryview(self._mm).cast("d")
-                new = self._claim(key_ids, cap)
+                self._reclaim()
+                me = self._claim_worker()
+                new = self._claim(key_ids, cap, me)
                 if new and initial is not None:
                     for kid, (day, day_spent, month, month_spent) in initial(new).items():
-                        base = self._slots.get(kid)
-                        if base is None:
+                        if kid not in self._slots:
                             continue
+                        base = self._slots[kid][0]
                         v = self._v
                         v[base + _DAY], v[base + _DAY_SPENT] = float(day), float(day_spent)
                         v[base + _MONTH], v[base + _MONTH_SPENT] = float(month), float(month_spent)
@@ -104,7 +136,44 @@ class SharedLedger:
             self.close()
             raise
 
-    def _claim(self, key_ids: Sequence[str], cap: int) -> list[str]:
+    def _claim_worker(self) -> int:
+        """The base (in doubles) of this process's worker entry, claiming a free one if needed."""
+        v, free = self._v, None
+        for w in range(self._nw):
+            base = self._w0 + w * self._wstride
+            pid = int(v[base])
+            if pid == self._pid:
+                return base
+            if pid == 0 and free is None:
+                free = base
+        if free is None:
+            raise ValueError(f"the ledger {self.path} has no free worker entry ({self._nw} processes alive)")
+        v[free] = float(self._pid)
+        for f in range(1, self._wstride):
+            v[free + f] = 0.0
+        return free
+
+    def _reclaim(self) -> bool:
+        """Give back the reservations of worker processes that no longer exist (lock held)."""
+        v, found = self._v, False
+        for w in range(self._nw):
+            wb = self._w0 + w * self._wstride
+            pid = int(v[wb])
+            if pid == 0 or pid == self._pid or _alive(pid):
+                continue
+            found = True
+            for i in range(self._cap):
+                e = wb + 1 + i * _W_FIELDS
+                kb = _HEADER_DOUBLES + i * _SLOT_DOUBLES
+                if v[e + 1] and v[kb + _DAY] == v[e]:
+                    v[kb + _DAY_RES] = max(0.0, v[kb + _DAY_RES] - v[e + 1])
+                if v[e + 3] and v[kb + _MONTH] == v[e + 2]:
+                    v[kb + _MONTH_RES] = max(0.0, v[kb + _MONTH_RES] - v[e + 3])
+            for f in range(self._wstride):
+                v[wb + f] = 0.0
+        return found
+
+    def _claim(self, key_ids: Sequence[str], cap: int, me: int) -> list[str]:
         """Map each key id to its slot (claiming free slots); returns the ids claimed just now."""
         mm = self._mm
         used: dict[bytes, int] = {}
@@ -133,7 +202,7 @@ class SharedLedger:
                 self._v[base + _TOKENS] = -1.0  # bucket not started: full on first use
                 used[d] = i
                 new.append(kid)
-            self._slots[kid] = _HEADER_DOUBLES + i * _SLOT_DOUBLES
+            self._slots[kid] = (_HEADER_DOUBLES + i * _SLOT_DOUBLES, me + 1 + i * _W_FIELDS)
         return new
 
     def __contains__(self, key_id: object) -> bool:
@@ -155,7 +224,7 @@ class SharedLedger:
         Admitted (None) while spent + reserved < budget in both the day `day` and the month
         `month`; refused with ('day' | 'month', spent, reserved) of the exhausted period.
         """
-        base = self._slots[key_id]
+        base, w = self._slots[key_id]
         v = self._v
         fd = self._fd
         with self._tlock:
@@ -165,24 +234,48 @@ class SharedLedger:
                     v[base + _DAY], v[base + _DAY_SPENT], v[base + _DAY_RES] = day, 0.0, 0.0
                 if v[base + _MONTH] != month:
                     v[base + _MONTH], v[base + _MONTH_SPENT], v[base + _MONTH_RES] = month, 0.0, 0.0
-                ds, dr = v[base + _DAY_SPENT], v[base + _DAY_RES]
-                if budget_day is not None and ds + dr >= budget_day:
-                    return "day", ds, dr
-                ms, mr = v[base + _MONTH_SPENT], v[base + _MONTH_RES]
-                if budget_month is not None and ms + mr >= budget_month:
-                    return "month", ms, mr
-                v[base + _DAY_RES] = dr + amount
-                v[base + _MONTH_RES] = mr + amount
+                refused = self._refused(base, budget_day, budget_month)
+                if refused is not None:
+                    now = time.monotonic()
+                    if now - self._last_reclaim < self.reclaim_interval_s:
+                        return refused
+                    self._last_reclaim = now
+                    if not self._reclaim():
+                        return refused
+                    refused = self._refused(base, budget_day, budget_month)
+                    if refused is not None:
+                        return refused
+                v[base + _DAY_RES] += amount
+                v[base + _MONTH_RES] += amount
+                # this process's share, so that it can be given back if the process dies
+                if v[w] != day:
+                    v[w], v[w + 1] = day, 0.0
+                v[w + 1] += amount
+                if v[w + 2] != month:
+                    v[w + 2], v[w + 3] = month, 0.0
+                v[w + 3] += amount
                 return None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _refused(
+        self, base: int, budget_day: float | None, budget_month: float | None
+    ) -> tuple[str, float, float] | None:
+        v = self._v
+        ds, dr = v[base + _DAY_SPENT], v[base + _DAY_RES]
+        if budget_day is not None and ds + dr >= budget_day:
+            return "day", ds, dr
+        ms, mr = v[base + _MONTH_SPENT], v[base + _MONTH_RES]
+        if budget_month is not None and ms + mr >= budget_month:
+            return "month", ms, mr
+        return None
 
     def settle(self, key_id: str, day: int, month: int, amount: float, actual: float) -> None:
         """Replace a reservation of `amount` made in (`day`, `month`) by the `actual` cost.
 
         A period that has rolled over since the reservation is left alone (its books are closed).
         """
-        base = self._slots[key_id]
+        base, w = self._slots[key_id]
         v = self._v
         fd = self._fd
         with self._tlock:
@@ -194,12 +287,16 @@ class SharedLedger:
                 if v[base + _MONTH] == month:
                     v[base + _MONTH_RES] = max(0.0, v[base + _MONTH_RES] - amount)
                     v[base + _MONTH_SPENT] += actual
+                if v[w] == day:
+                    v[w + 1] = max(0.0, v[w + 1] - amount)
+                if v[w + 2] == month:
+                    v[w + 3] = max(0.0, v[w + 3] - amount)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def usage(self, key_id: str, day: int, month: int) -> tuple[float, float, float, float]:
         """(day spent, day reserved, month spent, month reserved) of `key_id` in those periods."""
-        base = self._slots[key_id]
+        base = self._slots[key_id][0]
         v = self._v
         with self._tlock:
             fcntl.flock(self._fd, fcntl.LOCK_SH)
@@ -220,7 +317,7 @@ class SharedLedger:
         """A token bucket shared by all processes: 0.0 if `n` tokens were taken, else the seconds
         until they would be available. `now` must come from a clock all processes share
         (time.monotonic is system-wide on Linux)."""
-        base = self._slots[key_id]
+        base = self._slots[key_id][0]
         v = self._v
         fd = self._fd
         with self._tlock:
