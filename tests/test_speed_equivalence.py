@@ -19,7 +19,18 @@ from llmroute.embed.static import StaticEncoder
 
 def _varied_texts(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = ["Hello", "world", "tokenisation", "unaffable", "x" * 40, "GPT-4", "3.14", "don't", "C++", "1,200.5"]
+    words = [
+        "Hello",
+        "world",
+        "tokenisation",
+        "unaffable",
+        "x" * 40,
+        "GPT-4",
+        "3.14",
+        "don't",
+        "C++",
+        "1,200.5",
+    ]
     texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 200))) for _ in range(150)]
     texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(100)]
     mixed = string.printable + "éü中文“”\u00a0\u3000\u200b\x85\u2028ﬁÅ€—…\x00\x1c"
@@ -95,3 +106,65 @@ def test_static_vectorised_path_on_a_fresh_encoder_and_repeated_batches() -> Non
     only_ascii = [t for t in texts if t.isascii() and t.strip()]
     np.testing.assert_allclose(enc.encode(only_ascii), _reference_embedding(enc, only_ascii), atol=2e-6)
     assert np.all(enc.encode([""] * 10) == 0.0)
+
+
+def test_choose_row_matches_choose_on_random_rows() -> None:
+    from llmroute.policy import choose, choose_row
+
+    rng = np.random.default_rng(0)
+    for trial in range(3000):
+        m = int(rng.integers(1, 7))
+        q = rng.choice([0.0, 0.2, 0.5, 0.5, 0.9, 1.0], m) if trial % 3 == 0 else rng.random(m)  # ties
+        c = rng.choice([0.0, 1e-4, 1e-4, 2e-3], m) if trial % 4 == 0 else rng.random(m) * 1e-3
+        if trial % 7 == 0:
+            q[rng.integers(m)] = rng.choice([np.nan, np.inf, -np.inf])
+        if trial % 11 == 0:
+            c[rng.integers(m)] = rng.choice([np.nan, np.inf])
+        mask = rng.random(m) < 0.6 if trial % 2 else None
+        kw: dict = {"tradeoff": float(rng.choice([0.0, 1.0, 50.0, 1e4, np.inf]))}
+        if trial % 5 == 1:
+            kw["max_cost"] = float(rng.choice([0.0, 1e-4, 5e-4]))
+        if trial % 5 == 2:
+            kw["min_quality"] = float(rng.choice([0.3, 0.7, 0.95]))
+        want = int(choose(q[None], c[None], mask=None if mask is None else mask[None], **kw)[0])
+        got = choose_row(q.tolist(), c.tolist(), mask=None if mask is None else mask.tolist(), **kw)
+        assert got == want, (q, c, mask, kw)
+
+
+def _router():
+    from llmroute.data import make_synthetic_table
+    from llmroute.router import Router
+
+    return Router.fit(make_synthetic_table(n_prompts=300, seed=3), estimator="mlp", seed=0)
+
+
+def _same_decision(a, b) -> None:
+    assert (a.model, a.ranked, a.policy, a.reason) == (b.model, b.ranked, b.policy, b.reason)
+    for f in ("expected_quality", "expected_cost"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert list(x) == list(y)
+        np.testing.assert_allclose(list(x.values()), list(y.values()), rtol=1e-5, atol=1e-12)
+
+
+def test_route_single_fast_path_equals_the_batch_decisions() -> None:
+    r = _router()
+    texts = [t for t in _varied_texts(3) if t][:60]
+    models = r.models
+    policies = [
+        {},
+        {"tradeoff": 0.0},
+        {"tradeoff": float("inf")},
+        {"tradeoff": 500.0},
+        {"max_cost": 1e-9},
+        {"min_quality": 0.6},
+        {"min_quality": 0.999},
+        {"allowed": models[:2], "tradeoff": 10.0},
+        {"context_windows": {models[0]: 20}},
+    ]
+    for pol in policies:
+        batch = r.route_batch(texts, **pol)  # numpy policy path
+        for t, b in zip(texts, batch, strict=True):
+            _same_decision(r.route(t, **pol), b)  # route: the plain-Python path for one prompt
+    r.set_policy(strong=models[0], weak=models[-1], threshold=0.0)
+    for t, b in zip(texts, r.route_batch(texts), strict=True):
+        _same_decision(r.route(t), b)

@@ -31,7 +31,7 @@ import numpy as np
 from llmroute.data.table import ModelPrice, RoutingTable
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.cost import CostEstimator
-from llmroute.policy import calibrate_threshold, candidate_mask, choose
+from llmroute.policy import calibrate_threshold, candidate_mask, choose, choose_row
 
 __all__ = [
     "FORMAT",
@@ -62,6 +62,31 @@ def _worker_estimate(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 PromptLike = str | Sequence[Mapping[str, Any]]
+
+
+class _OneBlasThread:
+    """BLAS on one thread inside the block, the previous setting restored after.
+
+    Calls the BLAS libraries threadpoolctl found directly (a few microseconds, where
+    `ThreadpoolController.limit` costs ~20-50 us per call: it re-reads every library's state).
+    """
+
+    __slots__ = ("libs", "prev")
+
+    def __init__(self, libs: list[Any]) -> None:
+        self.libs = libs
+        self.prev: list[int] = []
+
+    def __enter__(self) -> None:
+        self.prev = [lc.get_num_threads() or 1 for lc in self.libs]
+        for lc, n in zip(self.libs, self.prev, strict=True):
+            if n > 1:
+                lc.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        for lc, n in zip(self.libs, self.prev, strict=True):
+            if n > 1:
+                lc.set_num_threads(n)
 
 
 class RouterFileError(ValueError):
@@ -257,8 +282,8 @@ class Router:
         if self._blas is None:
             from threadpoolctl import ThreadpoolController
 
-            self._blas = ThreadpoolController()
-        return self._blas.limit(limits=1, user_api="blas")
+            self._blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        return _OneBlasThread(self._blas)
 
     # ---- fitting ---------------------------------------------------------------------------
     @classmethod
@@ -479,6 +504,14 @@ class Router:
             allowed = [allowed]
         if allowed is not None and len(allowed) == 0:
             raise ValueError("allowed is empty: give at least one model")
+        if n == 1:
+            ql, cl = q[0].tolist(), c[0].tolist()
+            if all(map(math.isfinite, ql)) and all(map(math.isfinite, cl)):
+                return [
+                    self._decide_one(
+                        ql, cl, texts, explicit, lam, max_cost, min_quality, allowed, context_windows
+                    )
+                ]
         tokens = self.cost.count_tokens(texts) if context_windows else None
         mask = candidate_mask(
             self.models,
@@ -537,6 +570,71 @@ class Router:
                 )
             )
         return out
+
+    def _decide_one(
+        self,
+        q: list[float],
+        c: list[float],
+        texts: list[str],
+        explicit: bool,
+        lam: float,
+        max_cost: float | None,
+        min_quality: float | None,
+        allowed: Sequence[str] | None,
+        context_windows: Mapping[str, int] | None,
+    ) -> Decision:
+        """`_decide` for one prompt with finite estimates, in plain Python (same decision)."""
+        models = self.models
+        m = len(models)
+        if allowed is None and not context_windows:
+            ok = [True] * m
+        else:
+            tokens = self.cost.count_tokens(texts) if context_windows else None
+            ok = candidate_mask(
+                models, allowed=allowed, context_windows=dict(context_windows or {}), input_tokens=tokens, n=1
+            )[0].tolist()
+        pol = self.policy
+        threshold = pol.get("threshold")
+        use_thr = threshold is not None and not explicit and pol.get("strong") and pol.get("weak")
+        if use_thr:
+            s, w = self._pair()
+            use_thr = ok[s] and ok[w]
+        eff: dict[str, Any]
+        if use_thr:
+            j = s if q[s] - q[w] >= threshold else w
+            eff = {
+                "rule": "threshold",
+                "threshold": float(threshold),
+                "strong": pol["strong"],
+                "weak": pol["weak"],
+            }
+        else:
+            j = choose_row(q, c, tradeoff=lam, max_cost=max_cost, min_quality=min_quality, mask=ok)
+            eff = {"rule": "tradeoff", "tradeoff": lam, "max_cost": max_cost, "min_quality": min_quality}
+            if min_quality is not None:
+                eff["rule"] = "min_quality"
+        adm = ok if any(ok) else [True] * m
+        if max_cost is not None and eff["rule"] != "threshold":
+            within = [adm[k] and c[k] <= max_cost for k in range(m)]
+            if any(within):
+                adm = within
+        if eff["rule"] == "min_quality":
+            top = 10.0 * (max(c) + 1)
+            key = [-c[k] + top if q[k] >= min_quality else q[k] for k in range(m)]
+        elif math.isinf(lam):
+            key = [-x for x in c]
+        else:
+            key = [q[k] - lam * c[k] for k in range(m)]
+        inf = math.inf
+        order = sorted(range(m), key=[-key[k] if adm[k] else inf for k in range(m)].__getitem__)
+        return Decision(
+            model=models[j],
+            expected_quality=dict(zip(models, q, strict=True)),
+            expected_cost=dict(zip(models, c, strict=True)),
+            reason=self._reason(eff, models[j], q[j], c[j]),
+            ranked=[models[j]] + [models[k] for k in order if adm[k] and k != j],
+            policy=eff,
+        )
 
     @staticmethod
     def _reason(eff: dict, model: str, qj: float, cj: float) -> str:

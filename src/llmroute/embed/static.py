@@ -299,15 +299,17 @@ class StaticEncoder:
             raw = b"".join(w.encode("ascii").ljust(_KEY_BYTES, b"\0") for w in words)
             keys = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
             size = 1 << max(int(np.ceil(np.log2(max(len(words), 1) * 4))), 4)
-            lo_tab = np.zeros(size, dtype=np.uint64)
-            hi_tab = np.zeros(size, dtype=np.uint64)
-            id_tab = np.full(size, -1, dtype=np.int64)
+            lo_tab, hi_tab, id_tab = [0] * size, [0] * size, [-1] * size
             slots = _slot(keys[:, 0], keys[:, 1], size).tolist()
             for w, s, lo, hi in zip(words, slots, keys[:, 0].tolist(), keys[:, 1].tolist(), strict=True):
                 while lo_tab[s] != 0:
                     s = (s + 1) & (size - 1)
                 lo_tab[s], hi_tab[s], id_tab[s] = lo, hi, self._word_id[w]
-            self._table = (lo_tab, hi_tab, id_tab)
+            self._table = (
+                np.array(lo_tab, dtype=np.uint64),
+                np.array(hi_tab, dtype=np.uint64),
+                np.array(id_tab, dtype=np.int64),
+            )
         return self._table
 
     def _lookup(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -42,11 +42,9 @@ _DEFAULT_TOK_PER_CHAR = 0.25
 
 def _text_stats(texts: Sequence[str]) -> np.ndarray:
     """(n, 2) [chars, words] per text."""
-    out = np.empty((len(texts), 2))
-    for i, t in enumerate(texts):
-        out[i, 0] = len(t)
-        out[i, 1] = t.count(" ") + t.count("\n") + 1 if t else 0
-    return out
+    return np.array(
+        [(len(t), t.count(" ") + t.count("\n") + 1 if t else 0) for t in texts], dtype=np.float64
+    ).reshape(len(texts), 2)
 
 
 _ALPHAS = np.logspace(-2, 4, 13)
@@ -259,18 +257,22 @@ class CostEstimator:
         With `X` (the texts' features) and a feature model fitted, token counts come from it.
         """
         stats = _text_stats(texts)
-        tin = self._tokens_from_stats(stats)
         if X is None or not self.feat_ok_.any() or self.feat_W_.shape[0] == 0:
-            return self.predict_tokens(tin)
-        A = _design(stats, X)
-        if A.shape[1] != self.feat_W_.shape[0]:
+            return self.predict_tokens(self._tokens_from_stats(stats))
+        n_in = 2 + X.emb.shape[1] + X.extra.shape[1]
+        if n_in != self.feat_W_.shape[0]:
             raise ValueError(
-                f"cost model expects {self.feat_W_.shape[0] - 2} feature columns, got {A.shape[1] - 2}"
+                f"cost model expects {self.feat_W_.shape[0] - 2} feature columns, got {n_in - 2}"
             )
-        T = np.maximum(np.exp(A @ self.feat_W_ + self.feat_b_) * self.feat_smear_ - 1.0, 0.0)
+        A = np.concatenate((np.log1p(stats), X.emb, X.extra), axis=1, dtype=np.float64)  # = _design
+        T = A @ self.feat_W_
+        T += self.feat_b_
+        np.exp(T, out=T)
+        T *= self.feat_smear_
+        T -= 1.0
+        np.maximum(T, 0.0, out=T)
         ok = self.feat_ok_
-        if ok[0]:
-            tin = T[:, 0]
+        tin = T[:, 0] if ok[0] else self._tokens_from_stats(stats)
         out = T[:, 1:] if ok[1:].all() else np.where(ok[1:] > 0, T[:, 1:], self.expected_output_tokens(tin))
         return self._cost(tin.reshape(-1, 1), out)
 

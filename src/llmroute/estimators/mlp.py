@@ -225,11 +225,26 @@ class MLPEstimator(QualityEstimator):
 
     def predict(self, X: Features) -> np.ndarray:
         """(n, m) expected quality."""
-        Z = stack_features(X, self.use_extra)
+        if self.use_extra and X.extra.shape[1]:  # stack_features, in one copy
+            Z = np.concatenate((X.emb, X.extra), axis=1, dtype=np.float64)
+        else:
+            Z = np.array(X.emb, dtype=np.float64)
         if Z.shape[1] != self.n_features_:
             raise ValueError(f"expected {self.n_features_} feature columns, got {Z.shape[1]}")
-        Z = ((Z - self.mu_) / self.sd_).astype(np.float32)
-        return _mlp_pred(self.params_, Z).astype(np.float64)
+        np.subtract(Z, self.mu_, out=Z)
+        np.divide(Z, self.sd_, out=Z)
+        p = self.params_
+        A = Z.astype(np.float32) @ p["W1"]
+        A += p["b1"]
+        np.maximum(A, 0.0, out=A)
+        S = A @ p["W2"]
+        S += p["b2"]
+        # sigmoid as in linear.sigmoid: 0.5 * (1 + tanh(0.5 * z)), same float32 operations
+        S *= np.float32(0.5)
+        np.tanh(S, out=S)
+        S += np.float32(1.0)
+        S *= np.float32(0.5)
+        return S.astype(np.float64)
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays: scaler and layer weights; params: hyper-parameters and the chosen ones."""
