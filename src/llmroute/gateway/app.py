@@ -264,8 +264,18 @@ class _Disconnect:
                 return
 
     def stop(self) -> None:
+        """The request is over. uvicorn answers the pending `receive` with `http.disconnect` once the
+        response is complete, so the watcher normally ends on its own in the next loop turn;
+        cancelling it at once would leave a CancelledError/traceback/frame cycle holding the whole
+        request cycle per request for the garbage collector. A watcher still waiting one turn later
+        (another server, or no complete response) is cancelled then."""
         self.done = True
-        self.watcher.cancel()
+        if not self.watcher.done():
+            asyncio.get_running_loop().call_soon(self._reap)
+
+    def _reap(self) -> None:
+        if not self.watcher.done():
+            self.watcher.cancel()
 
 
 class Gateway:
