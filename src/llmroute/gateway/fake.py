@@ -1,11 +1,17 @@
 """A fake OpenAI-compatible (and Anthropic Messages) server for tests and benchmarks.
 
-Answers instantly (a deterministic echo), streams, and injects faults on demand:
+Answers instantly by default (a deterministic echo), streams, and injects faults on demand:
 
 - per request: header `x-fake-fault: <fault>` (and `x-fake-delay: <seconds>` for `slow`/`timeout`);
 - per model: `POST /_control/fault {"model": "fake-strong" | "*", "fault": "<fault>", "count": N | null,
   "delay": s}`; `DELETE /_control/fault` clears every fault; `GET /_control/stats` gives request counts
   per model; `GET /_control/last?model=M` returns the last request body seen for model M.
+
+Upstream latency (a real model takes time): `--latency-ms MS` (or the environment variable
+`LLMROUTE_FAKE_LATENCY_MS`), or at run time `POST /_control/latency {"ms": 15}` (`GET` reads it),
+makes every successful chat / messages answer wait that long before its first byte (server-wide,
+default 0; `DELETE /_control/fault` leaves it as is). Faults answer without it; `slow` adds its
+delay on top.
 
 Faults: `500`, `503`, `429`, `400`, `timeout` (never answers within `delay`, default 30 s), `reset`
 (connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
@@ -13,12 +19,13 @@ midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: 
 `delay` s, default 0.2), `slow` (first byte after `delay`,
 default 0.5 s, then a normal answer).
 
-Run it: `python -m llmroute.gateway.fake --port 9000` (binds 127.0.0.1).
+Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -33,10 +40,11 @@ FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slo
 class FakeState:
     """Fault registry and counters of one fake server."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = 0.0) -> None:
         self.faults: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] = {}
         self.last: dict[str, Any] = {}
+        self.latency_s = latency_s  # wait before every successful answer's first byte
 
     def take_fault(
         self, model: str, header: str | None, delay: str | None
@@ -123,6 +131,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     early = await _maybe_fault_pre(request, fault, delay)
     if early is not None:
         return early
+    if state.latency_s > 0:
+        await asyncio.sleep(state.latency_s)
     messages = body.get("messages")
     answer = _answer(model, messages)
     usage = _usage(messages, answer)
@@ -239,6 +249,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     early = await _maybe_fault_pre(request, fault, delay)
     if early is not None:
         return early
+    if state.latency_s > 0:
+        await asyncio.sleep(state.latency_s)
     answer = _answer(model, body.get("messages"))
     tools = body.get("tools")
     content: list[dict[str, Any]]
@@ -339,6 +351,24 @@ async def _clear_faults(request: web.Request) -> web.Response:
     return web.Response(body=b'{"ok": true}', content_type="application/json")
 
 
+async def _set_latency(request: web.Request) -> web.Response:
+    try:
+        spec = orjson.loads(await request.read())
+        ms = float(spec["ms"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return _error(400, 'send {"ms": <milliseconds >= 0>}', "invalid_request_error")
+    if not ms >= 0:
+        return _error(400, "ms must be >= 0", "invalid_request_error")
+    request.app[STATE].latency_s = ms / 1000.0
+    return web.Response(body=orjson.dumps({"ms": ms}), content_type="application/json")
+
+
+async def _get_latency(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"ms": request.app[STATE].latency_s * 1000.0}), content_type="application/json"
+    )
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(request.app[STATE].counts), content_type="application/json")
 
@@ -348,29 +378,42 @@ async def _last(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(last), content_type="application/json")
 
 
-def make_app() -> web.Application:
-    """The fake server as an aiohttp application (state in `app[STATE]`)."""
+def make_app(latency_ms: float = 0.0) -> web.Application:
+    """The fake server as an aiohttp application (state in `app[STATE]`); `latency_ms` delays every
+    successful answer (see the module docstring)."""
+    if not latency_ms >= 0:
+        raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[STATE] = FakeState()
+    app[STATE] = FakeState(latency_s=latency_ms / 1000.0)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/chat/completions", _chat)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/_control/fault", _set_fault)
     app.router.add_delete("/_control/fault", _clear_faults)
+    app.router.add_post("/_control/latency", _set_latency)
+    app.router.add_get("/_control/latency", _get_latency)
     app.router.add_get("/_control/stats", _stats)
     app.router.add_get("/_control/last", _last)
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m llmroute.gateway.fake --port N [--host 127.0.0.1]`."""
+    """`python -m llmroute.gateway.fake --port N [--host 127.0.0.1] [--latency-ms MS]`."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m llmroute.gateway.fake", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=float(os.environ.get("LLMROUTE_FAKE_LATENCY_MS") or 0),
+        help="wait this long before every successful answer (default: $LLMROUTE_FAKE_LATENCY_MS or 0)",
+    )
     args = ap.parse_args(argv)
+    if args.latency_ms < 0:
+        ap.error("--latency-ms must be >= 0")
     import logging
 
     # aborted connections (the gateway cancelling calls) are normal here: do not log tracebacks
@@ -381,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
         pass
-    web.run_app(make_app(), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(make_app(args.latency_ms), host=args.host, port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":
