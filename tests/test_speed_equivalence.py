@@ -7,6 +7,7 @@ per-text feature code before it was vectorised. Router: route / route_batch / es
 
 from __future__ import annotations
 
+import math
 import random
 import string
 
@@ -15,6 +16,7 @@ import pytest
 
 from llmroute.embed import load_encoder
 from llmroute.embed.static import StaticEncoder
+from llmroute.estimators import features as F
 
 
 def _varied_texts(seed: int = 0) -> list[str]:
@@ -168,3 +170,158 @@ def test_route_single_fast_path_equals_the_batch_decisions() -> None:
     r.set_policy(strong=models[0], weak=models[-1], threshold=0.0)
     for t, b in zip(texts, r.route_batch(texts), strict=True):
         _same_decision(r.route(t), b)
+
+
+# ---- features: the per-text code before the batch path (verbatim, for reference) -------------
+def _ref_number(token: str) -> float:
+    """Value of a digit run such as 1,200.5 (0 when it is not one number, e.g. a version 1.2.3)."""
+    try:
+        return float(token.replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+F._DIGITS = bytes(range(48, 58))
+F._UPPER = bytes(range(65, 91))
+F._LOWER = bytes(range(97, 123))
+F._SPACE = b" \n\t\r"
+
+
+def _ref_char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
+    """Counts in `tail`: chars, digits, upper, lower, whitespace, non-ASCII, CJK."""
+    if tail.isascii():  # the common case: byte deletions in C, no array work
+        b = tail.encode("ascii")
+        n = len(b)
+        return (
+            n,
+            n - len(b.translate(None, F._DIGITS)),
+            n - len(b.translate(None, F._UPPER)),
+            n - len(b.translate(None, F._LOWER)),
+            n - len(b.translate(None, F._SPACE)),
+            0,
+            0,
+        )
+    cp = np.frombuffer(tail.encode("utf-32-le"), dtype=np.uint32)
+    cjk = (
+        ((cp >= 0x3040) & (cp <= 0x30FF))
+        | ((cp >= 0x3400) & (cp <= 0x9FFF))
+        | ((cp >= 0xAC00) & (cp <= 0xD7AF))
+    )
+    return (
+        len(cp),
+        int(np.count_nonzero((cp >= 48) & (cp <= 57))),
+        int(np.count_nonzero((cp >= 65) & (cp <= 90))),
+        int(np.count_nonzero((cp >= 97) & (cp <= 122))),
+        int(np.count_nonzero((cp == 32) | (cp == 10) | (cp == 9) | (cp == 13))),
+        int(np.count_nonzero(cp > 127)),
+        int(np.count_nonzero(cjk)),
+    )
+
+
+def _ref_one(text: str) -> list[float]:
+    n = len(text)
+    if n == 0:
+        return [0.0] * len(F.FEATURE_NAMES)
+    nw = len(text.split())
+    tail = text[-F._MAX_SCAN :]
+    low = tail.lower()
+    n_cp, digits, upper, lower, space, non_ascii, cjk = _ref_char_classes(tail)
+    inv = 1.0 / n_cp
+    punct = n_cp - digits - upper - lower - space - non_ascii
+    nums = F._NUM.findall(tail)
+    values = [_ref_number(x) for x in nums[:200]]
+    return [
+        math.log1p(n),
+        math.log1p(nw),
+        math.log1p(text.count("\n")),
+        (n - text.count(" ")) / max(nw, 1),
+        digits * inv,
+        math.log1p(len(nums)),
+        (sum(map(tail.count, F._MATH_CHARS)) + sum(map(low.count, F._MATH_SUBSTR))) * inv * 10.0,
+        math.log1p(sum(map(tail.count, F._CODE_MARKERS))),
+        math.log1p(len(F._MC.findall(tail))),
+        math.log1p(sum(map(low.count, F._QWORDS))),
+        float("how many" in low or "how much" in low),
+        math.log1p(sum(map(low.count, F._WRITE_WORDS))),
+        math.log1p(tail.count("?")),
+        float("__" in tail or "[mask]" in low or "blank" in low),
+        math.log1p(len(F._QA_BLOCK.findall(tail))),
+        upper * inv,
+        punct * inv,
+        non_ascii * inv,
+        cjk * inv,
+        float(tail.rstrip().endswith("?")),
+        math.log1p(len(F._SENT_END.findall(tail))),
+        math.log1p(len(set(nums))),
+        math.log1p(min(max(values, default=0.0), 1e12)),
+        math.log1p(sum(map(low.count, F._RATIO_WORDS))),
+        math.log1p(sum("." in x for x in nums)),
+    ]
+
+
+def _ref_features(texts: list[str]) -> np.ndarray:
+    out = np.zeros((len(texts), len(F.FEATURE_NAMES)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        out[i] = _ref_one(t)
+    return out
+
+
+def _feature_texts(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = [
+        *"ABEFacegqQ().:, \n\t\x0b\x1c\x00?!1209",
+        "question",
+        "Question",
+        "QUESTION",
+        "answer",
+        "Answer",
+        "uestion",
+        "what ",
+        "How many",
+        "how much",
+        "```",
+        "__",
+        "[MASK]",
+        "blank",
+        "$",
+        "%",
+        "per ",
+        "\\frac",
+        "=",
+        "->",
+        "=>",
+        "probability",
+        "int ",
+        "print(",
+        "printf(",
+        ";\n",
+        "{\n",
+        "\r\n",
+        "A) ",
+        "(b) ",
+        "Q:",
+        "a :",
+        "1,000.5",
+        "3.",
+        ".5",
+        "1..2",
+    ]  # fmt: skip  (ASCII: the batch path; _varied_texts adds non-ASCII texts)
+    texts = [
+        "".join(rng.choice(pieces) for _ in range(rng.choice([0, 1, 3, 20, 80, 300, 900])))
+        for _ in range(600)
+    ]
+    texts += ["x" * 1995 + "A) b\n" + "Q: y", "q" * 2500 + "\nA) " + "1.5" * 10, "1" * 3000]
+    texts = texts + _varied_texts(seed)
+    assert sum(t.isascii() and len(t) > 100 for t in texts) > 300
+    return texts
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batch_features_equal_the_per_text_reference(seed: int) -> None:
+    texts = _feature_texts(seed)
+    want = _ref_features(texts)
+    np.testing.assert_array_equal(F.prompt_features(texts), want)  # one batch
+    for size in (1, 7, 8, 33):  # per-text path below 8 texts, the batch path from 8
+        got = np.vstack([F.prompt_features(texts[i : i + size]) for i in range(0, len(texts), size)])
+        np.testing.assert_array_equal(got, want)
+    assert F.prompt_features([]).shape == (0, len(F.FEATURE_NAMES))
