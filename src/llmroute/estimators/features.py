@@ -10,6 +10,7 @@ length, digits and math symbols, code markers, multiple-choice layout, question 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -147,7 +148,7 @@ def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
     )
 
 
-def _substring_counts(tail: str, low: str) -> tuple[int, int, int, int, int, bool, bool]:  # = _Sub
+def _substring_counts(tail: str, low: str) -> tuple[int, int, int, int, int, bool, bool]:
     """Per text: math symbols and words, code markers, question, writing and ratio words (each a
     sum of `str.count`), and the 'how many/much' and blank-marker flags."""
     return (
@@ -161,12 +162,7 @@ def _substring_counts(tail: str, low: str) -> tuple[int, int, int, int, int, boo
     )
 
 
-_Sub = tuple[int, int, int, int, int, bool, bool]
-# what a batch precomputes per text: substring counts, numbers, MC / QA / sentence-end counts
-_Pre = tuple[_Sub, list[str], int, int, int]
-
-
-def _one(text: str, pre: _Pre | None = None) -> list[float]:
+def _one(text: str) -> list[float]:
     n = len(text)
     if n == 0:
         return [0.0] * len(FEATURE_NAMES)
@@ -175,18 +171,10 @@ def _one(text: str, pre: _Pre | None = None) -> list[float]:
     n_cp, digits, upper, lower, space, non_ascii, cjk = _char_classes(tail)
     inv = 1.0 / n_cp
     punct = n_cp - digits - upper - lower - space - non_ascii
-    if pre is None:
-        sub = _substring_counts(tail, tail.lower())
-        nums = _NUM.findall(tail)
-        mc_n, qa_n, sent_n = (
-            len(_MC.findall(tail)),
-            len(_QA_BLOCK.findall(tail)),
-            len(_SENT_END.findall(tail)),
-        )
-    else:
-        sub, nums, mc_n, qa_n, sent_n = pre
+    math_n, code_n, q_n, write_n, ratio_n, how_many, blank = _substring_counts(tail, tail.lower())
+    nums = _NUM.findall(tail)
+    mc_n, qa_n, sent_n = len(_MC.findall(tail)), len(_QA_BLOCK.findall(tail)), len(_SENT_END.findall(tail))
     values = [_number(x) for x in nums[:200]]
-    math_n, code_n, q_n, write_n, ratio_n, how_many, blank = sub
     return [
         math.log1p(n),
         math.log1p(nw),
@@ -280,9 +268,10 @@ def _positions(buf: bytes, patterns: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _batch_substring_counts(tails: list[str]) -> list[_Sub]:
-    """`_substring_counts` of many ASCII tails: the texts are joined (a NUL between them, which
-    no pattern holds, so no occurrence spans two texts) and scanned once per buffer."""
+def _batch_group_counts(tails: list[str]) -> np.ndarray:
+    """(groups, k) counts of `_GROUPS` (patterns of 2+ characters) in many ASCII tails: the texts
+    are joined (a NUL between them, which no pattern holds, so no occurrence spans two texts) and
+    scanned once per buffer."""
     k = len(tails)
     joined = "\0".join(tails)
     bufs = (joined.encode("ascii"), joined.lower().encode("ascii"))
@@ -300,40 +289,53 @@ def _batch_substring_counts(tails: list[str]) -> list[_Sub]:
             at += n_p
             if len(pos):
                 counts[g] = np.bincount(np.searchsorted(starts, pos, side="right") - 1, minlength=k)
-    math_n, code_n, q_n, write_n, ratio_n, how_n, blank_tail, blank_low = counts.tolist()
-    # single characters (ASCII: the same count in the lower-cased text)
-    math_single = _MATH_CHARS + "".join(p for p in _MATH_SUBSTR if len(p) == 1)
-    ratio_single = "".join(p for p in _RATIO_WORDS if len(p) == 1)
-    return [
-        (
-            sum(map(tail.count, math_single)) + math_n[i],
-            code_n[i],
-            q_n[i],
-            write_n[i],
-            sum(map(tail.count, ratio_single)) + ratio_n[i],
-            how_n[i] > 0,
-            blank_tail[i] > 0 or blank_low[i] > 0,
-        )
-        for i, tail in enumerate(tails)
-    ]
+    return counts
 
 
-def _in(B: np.ndarray, chars: str) -> np.ndarray:
-    """Boolean mask: B (uint8) is one of `chars` (ASCII)."""
-    lut = np.zeros(256, dtype=bool)
-    lut[list(chars.encode("ascii"))] = True
-    return lut[B]
+_RE_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "  # `\s` (and str.split / str.isspace) in ASCII
+# byte classes for the batch path: bit flags
+_F_DIGIT, _F_SEP, _F_SPACE, _F_END, _F_LETTER = 1, 2, 4, 8, 16
+_HIST_CLASSES = 10  # 0 other, 1 digit, 2 upper, 3 lower, 4 ' ', 5 '\n', 6 '\t' '\r', 7 '?', 8 math, 9 '%'
 
 
-_RE_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "  # what `\s` matches in ASCII
+@functools.cache
+def _byte_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per byte: class flags (`_F_*`) and histogram class."""
+    flags = np.zeros(256, dtype=np.uint8)
+    hist = np.zeros(256, dtype=np.int64)
+    for c in range(256):
+        ch = chr(c)
+        if ch.isdigit() and c < 128:
+            flags[c] |= _F_DIGIT
+            hist[c] = 1
+        elif 65 <= c <= 90:
+            hist[c] = 2
+        elif 97 <= c <= 122:
+            hist[c] = 3
+        if ch in ".,":
+            flags[c] |= _F_SEP
+        if ch in _RE_SPACE:
+            flags[c] |= _F_SPACE
+        if ch in ".!?":
+            flags[c] |= _F_END
+        if ch.isascii() and ch.isalpha():
+            flags[c] |= _F_LETTER
+    hist[ord(" ")], hist[ord("\n")], hist[ord("\t")], hist[ord("\r")], hist[ord("?")] = 4, 5, 6, 6, 7
+    hist[list((_MATH_CHARS + "$").encode())] = 8
+    hist[ord("%")] = 9
+    return flags, hist
 
 
-def _batch_regex(
-    buf: bytes, starts: np.ndarray, lens: np.ndarray
-) -> tuple[list[list[str]], list[int], list[int], list[int]]:
-    """`_NUM.findall`, and the match counts of `_MC`, `_QA_BLOCK` and `_SENT_END`, per ASCII text
-    of `buf` (texts at `starts` with `lens`, separated by one NUL), without the regex engine.
+def _log1p(values: Sequence[float]) -> list[float]:
+    return [math.log1p(v) for v in values]  # math.log1p, as the per-text code (numpy may differ by an ulp)
 
+
+def _batch_rows(texts: list[str]) -> np.ndarray:
+    """(k, len(FEATURE_NAMES)) float64 features of non-empty ASCII texts: the values `_one` gives,
+    computed for all texts at once.
+
+    The tails are joined with a NUL between them (no pattern holds one, so nothing spans two
+    texts). Character counts come from one histogram; the regexes are replaced by mask logic:
     - numbers: maximal runs of digits and of '.'/',' with a digit on both sides (what
       `\\d+(?:[.,]\\d+)*` finds scanning left to right);
     - sentence ends: '.', '!' or '?' followed by whitespace or at the end of the text (a match
@@ -343,13 +345,29 @@ def _batch_regex(
       question-answer label. Distinct openers are independent matches (a match ends on its
       opener's line or in the whitespace after it).
     """
-    k = len(starts)
-    B = np.frombuffer(buf + bytes(16), dtype=np.uint8)  # padding: lookahead past the last text
+    k = len(texts)
+    tails = [t[-_MAX_SCAN:] for t in texts]
+    lens = np.fromiter(map(len, tails), dtype=np.int64, count=k)
+    starts = np.cumsum(lens + 1) - (lens + 1)
+    buf = "\0".join(tails).encode("ascii")
     n = len(buf)
-    digit = (B >= 48) & (B <= 57)
+    flag_lut, hist_lut = _byte_tables()
+    B = np.frombuffer(buf + bytes(16), dtype=np.uint8)  # padding: lookahead past the last text
+    F = flag_lut[B]
+    # character histogram per text (the NUL after each text falls in class 0)
+    hist = np.bincount(
+        np.repeat(np.arange(k, dtype=np.int64) * _HIST_CLASSES, lens + 1)[:n] + hist_lut[B[:n]],
+        minlength=k * _HIST_CLASSES,
+    ).reshape(k, _HIST_CLASSES)
+    digits, upper, lower = hist[:, 1], hist[:, 2], hist[:, 3]
+    space = hist[:, 4] + hist[:, 5] + hist[:, 6]
+    qmarks, math_chars, percent = hist[:, 7], hist[:, 8], hist[:, 9]
+    is_space = (F & _F_SPACE) != 0
+    non_space = np.flatnonzero(~is_space[:n])
     # numbers
+    digit = (F & _F_DIGIT) != 0
     tok = digit.copy()
-    sep = _in(B, ".,")
+    sep = (F & _F_SEP) != 0
     sep[1:-1] &= digit[:-2] & digit[2:]
     sep[0] = False
     tok |= sep
@@ -365,69 +383,108 @@ def _batch_regex(
     ):
         nums[i].append(text[a:b])
     # sentence ends
-    space = _in(B, _RE_SPACE)
     last = np.zeros(len(B), dtype=bool)
-    last[(starts + lens - 1)[lens > 0]] = True
-    ends = np.flatnonzero(_in(B[:n], ".!?") & (space[1 : n + 1] | last[:n]))
+    ends_at = starts + lens - 1
+    last[ends_at] = True
+    ends = np.flatnonzero(((F[:n] & _F_END) != 0) & (is_space[1 : n + 1] | last[:n]))
     sent = np.bincount(np.searchsorted(starts, ends, side="right") - 1, minlength=k)
+    # ends with '?' after stripping whitespace: the last non-space character of the text
+    j = np.searchsorted(non_space, ends_at, side="right") - 1
+    last_ns = non_space[np.maximum(j, 0)]
+    ends_q = (j >= 0) & (last_ns >= starts) & (B[last_ns] == 63)
+    # words (str.split): non-space characters at a text start or after a space
+    word_start = ~is_space[:n]
+    word_start[1:] &= is_space[: n - 1]
+    word_start[starts] = ~is_space[starts]
+    word_start[starts[1:] - 1] = False  # the NUL between two texts
+    words = np.bincount(np.searchsorted(starts, np.flatnonzero(word_start), side="right") - 1, minlength=k)
     # line openers: the first non-space at or after each line start
-    line_starts = np.concatenate((starts, np.flatnonzero(B[:n] == 10) + 1))
-    non_space = np.flatnonzero(~space[:n])
-    idx = np.searchsorted(non_space, line_starts)
-    opener = np.unique(non_space[idx[idx < len(non_space)]])
-    letter = _in(B, "ABCDEabcde")
-    close = _in(B, ").:")
-    o = opener
-    mc_ok = (letter[o] & close[o + 1] & space[o + 2]) | (
-        (B[o] == 40) & letter[o + 1] & close[o + 2] & space[o + 3]
-    )
+    line = np.zeros(n + 1, dtype=bool)
+    line[starts] = True
+    line[np.flatnonzero(B[:n] == 10) + 1] = True
+    idx = np.searchsorted(non_space, np.flatnonzero(line[:n]))
+    o = non_space[idx[idx < len(non_space)]]
+    if len(o) > 1:
+        o = o[np.concatenate(([True], o[1:] != o[:-1]))]  # sorted: drop repeats
+    b0, b1, b2, b3 = B[o], B[o + 1], B[o + 2], B[o + 3]
+    lut_letter = np.zeros(256, dtype=bool)
+    lut_letter[list(b"ABCDEabcde")] = True
+    lut_close = np.zeros(256, dtype=bool)
+    lut_close[list(b").:")] = True
+    sp = (flag_lut[[b2, b3]] & _F_SPACE) != 0
+    mc_ok = (lut_letter[b0] & lut_close[b1] & sp[0]) | ((b0 == 40) & lut_letter[b1] & lut_close[b2] & sp[1])
     mc = np.bincount(np.searchsorted(starts, o[mc_ok], side="right") - 1, minlength=k)
-    low = B | np.uint8(0x20)  # ASCII letters lower-cased (only compared with letters)
-    is_letter = _in(B, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+    is_letter = (F & _F_LETTER) != 0
 
     def word_at(pos: np.ndarray, word: str) -> np.ndarray:
         ok = np.ones(len(pos), dtype=bool)
-        for j, ch in enumerate(word.encode("ascii")):
-            ok &= is_letter[pos + j] & (low[pos + j] == ch)
+        for m, ch in enumerate(word.encode("ascii")):
+            ok &= is_letter[pos + m] & ((B[pos + m] | np.uint8(0x20)) == ch)
         return ok
-
-    def colon_after(pos: np.ndarray) -> np.ndarray:
-        nxt = np.searchsorted(non_space, pos)  # next non-space at or after pos
-        ok = nxt < len(non_space)
-        where = non_space[np.minimum(nxt, len(non_space) - 1)]
-        return ok & (B[where] == 58)
 
     qa_ok = np.zeros(len(o), dtype=bool)
     for word in ("question", "q", "answer", "a"):  # the alternation, tried in order
         cand = ~qa_ok & word_at(o, word)
         if cand.any():
-            qa_ok[cand] = colon_after(o[cand] + len(word))
+            nxt = np.searchsorted(non_space, o[cand] + len(word))  # next non-space after the word
+            qa_ok[cand] = (nxt < len(non_space)) & (B[non_space[np.minimum(nxt, len(non_space) - 1)]] == 58)
     qa = np.bincount(np.searchsorted(starts, o[qa_ok], side="right") - 1, minlength=k)
-    return nums, mc.tolist(), qa.tolist(), sent.tolist()
-
-
-def _batch_pre(tails: list[str]) -> list[_Pre]:
-    """What `_one` scans per text, for many ASCII tails at once (the same values)."""
-    k = len(tails)
-    lens = np.fromiter(map(len, tails), dtype=np.int64, count=k)
-    starts = np.cumsum(lens + 1) - (lens + 1)
-    nums, mc, qa, sent = _batch_regex("\0".join(tails).encode("ascii"), starts, lens)
-    subs = _batch_substring_counts(tails)
-    return list(zip(subs, nums, mc, qa, sent, strict=True))
+    # substrings of 2+ characters
+    g_math, g_code, g_q, g_write, g_ratio, g_how, g_blank_tail, g_blank_low = _batch_group_counts(tails)
+    # full-text counts (the tail is the text unless it is longer than _MAX_SCAN)
+    n_chars = np.fromiter(map(len, texts), dtype=np.int64, count=k)
+    newlines, spaces = hist[:, 5].copy(), hist[:, 4].copy()
+    for i in np.flatnonzero(n_chars > _MAX_SCAN).tolist():
+        t = texts[i]
+        words[i], newlines[i], spaces[i] = len(t.split()), t.count("\n"), t.count(" ")
+    # numbers: values, distinct, decimals (the per-text code's Python, per text with numbers)
+    n_nums = [len(x) for x in nums]
+    distinct = [len(set(x)) if x else 0 for x in nums]
+    top = [min(max([_number(v) for v in x[:200]]), 1e12) if x else 0.0 for x in nums]
+    decimals = [sum("." in v for v in x) if x else 0 for x in nums]
+    inv = 1.0 / lens
+    punct = lens - digits - upper - lower - space
+    cols = [
+        _log1p(n_chars.tolist()),
+        _log1p(words.tolist()),
+        _log1p(newlines.tolist()),
+        (n_chars - spaces) / np.maximum(words, 1),
+        digits * inv,
+        _log1p(n_nums),
+        (math_chars + g_math) * inv * 10.0,
+        _log1p(g_code.tolist()),
+        _log1p(mc.tolist()),
+        _log1p(g_q.tolist()),
+        (g_how > 0).astype(np.float64),
+        _log1p(g_write.tolist()),
+        _log1p(qmarks.tolist()),
+        ((g_blank_tail > 0) | (g_blank_low > 0)).astype(np.float64),
+        _log1p(qa.tolist()),
+        upper * inv,
+        punct * inv,
+        np.zeros(k),  # non-ASCII share
+        np.zeros(k),  # CJK share
+        ends_q.astype(np.float64),
+        _log1p(sent.tolist()),
+        _log1p(distinct),
+        _log1p(top),
+        _log1p((percent + g_ratio).tolist()),
+        _log1p(decimals),
+    ]
+    return np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
 
 
 def prompt_features(texts: Sequence[str]) -> np.ndarray:
     """(len(texts), len(FEATURE_NAMES)) float32 hand-made features, one row per text."""
     texts = [t if isinstance(t, str) else text_of(t) for t in texts]
-    rows: list[list[float]] = [[]] * len(texts)
+    out = np.zeros((len(texts), len(FEATURE_NAMES)), dtype=np.float64)
+    fast: list[int] = []
     if len(texts) >= _VECTOR_MIN_TEXTS:
         fast = [i for i, t in enumerate(texts) if t and t.isascii()]
-        pres = _batch_pre([texts[i][-_MAX_SCAN:] for i in fast])
-        for i, pre in zip(fast, pres, strict=True):
-            rows[i] = _one(texts[i], pre)
+        if fast:
+            out[fast] = _batch_rows([texts[i] for i in fast])
+    done = set(fast)
     for i, t in enumerate(texts):
-        if not rows[i]:
-            rows[i] = _one(t)
-    if not rows:
-        return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
-    return np.array(rows, dtype=np.float64).astype(np.float32)  # the same rounding as row assignment
+        if i not in done:
+            out[i] = _one(t)
+    return out.astype(np.float32)  # the same rounding as assigning the float rows to float32
