@@ -433,7 +433,8 @@ class Router:
 
     def _estimate_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
         X = self.featurize(texts)
-        q = np.clip(np.asarray(self.estimator.predict(X), dtype=np.float64), 0.0, 1.0)
+        q = np.array(self.estimator.predict(X), dtype=np.float64)
+        np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)  # clip to [0, 1] (NaN stays NaN, as np.clip)
         c = self.cost.predict(texts, X)
         return q, c, X
 
@@ -554,18 +555,17 @@ class Router:
         order = np.argsort(np.where(admissible, -key, np.inf), axis=1, kind="stable").tolist()
         adm = admissible.tolist()
         ql, cl, picks = q.tolist(), c.tolist(), pick.tolist()
+        head = self._reason_head(eff)
         out: list[Decision] = []
-        for i in range(n):
-            j = picks[i]
-            ai = adm[i]
-            qi, ci = ql[i], cl[i]
+        for j, ai, qi, ci, oi in zip(picks, adm, ql, cl, order, strict=True):
+            mj = models[j]
             out.append(
                 Decision(
-                    model=models[j],
+                    model=mj,
                     expected_quality=dict(zip(models, qi, strict=True)),
                     expected_cost=dict(zip(models, ci, strict=True)),
-                    reason=self._reason(eff, models[j], qi[j], ci[j]),
-                    ranked=[models[j]] + [models[k] for k in order[i] if ai[k] and k != j],
+                    reason=f"{head}: {mj} q={qi[j]:.2f} c=${ci[j]:.2g}",
+                    ranked=[mj] + [models[k] for k in oi if ai[k] and k != j],
                     policy=eff,
                 )
             )
@@ -637,12 +637,12 @@ class Router:
         )
 
     @staticmethod
-    def _reason(eff: dict, model: str, qj: float, cj: float) -> str:
-        tail = f"{model} q={qj:.2f} c=${cj:.2g}"
+    def _reason_head(eff: dict) -> str:
+        """The policy part of a decision's reason (the same for every prompt of a call)."""
         if eff["rule"] == "threshold":
-            return f"threshold={eff['threshold']:.3g} on q({eff['strong']})-q({eff['weak']}): {tail}"
+            return f"threshold={eff['threshold']:.3g} on q({eff['strong']})-q({eff['weak']})"
         if eff["rule"] == "min_quality":
-            return f"min_quality={eff['min_quality']:g} cheapest reaching it: {tail}"
+            return f"min_quality={eff['min_quality']:g} cheapest reaching it"
         lam = eff["tradeoff"]
         head = (
             "cheapest"
@@ -651,7 +651,11 @@ class Router:
         )
         if eff["max_cost"] is not None:
             head += f" (max_cost=${eff['max_cost']:.2g})"
-        return f"{head}: {tail}"
+        return head
+
+    @staticmethod
+    def _reason(eff: dict, model: str, qj: float, cj: float) -> str:
+        return f"{Router._reason_head(eff)}: {model} q={qj:.2f} c=${cj:.2g}"
 
     def route(
         self,

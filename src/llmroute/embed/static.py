@@ -271,11 +271,15 @@ class StaticEncoder:
             redo[p_text[bad]] = True
         cut = over & ~redo
         blocks = []
-        if redo.any() or cut.any():
-            tok_part = np.repeat(np.arange(len(a_count)), a_count)
-            tok_text = p_text[tok_part]
-            rank = np.arange(len(a_tok)) - (np.cumsum(a_count) - a_count)[tok_part]
-            a_tok = a_tok[~(redo[tok_text] | (cut[tok_text] & (rank >= self.max_tokens)))]
+        if redo.any() or cut.any():  # drop token ranges part by part (few parts)
+            keep = np.ones(len(a_tok), dtype=bool)
+            p_redo, p_cut = redo[p_text], cut[p_text] & (a_count > self.max_tokens)
+            a_end = np.cumsum(a_count)
+            for p, r in zip(
+                np.flatnonzero(p_redo | p_cut).tolist(), p_redo[p_redo | p_cut].tolist(), strict=True
+            ):
+                keep[a_end[p] - a_count[p] + (0 if r else self.max_tokens) : a_end[p]] = False
+            a_tok = a_tok[keep]
             a_count = np.where(
                 redo[p_text], 0, np.where(cut[p_text], np.minimum(a_count, self.max_tokens), a_count)
             )
