@@ -47,6 +47,7 @@ def _varied_texts(seed: int = 0) -> list[str]:
         "a\x0bb\x0cc\x7fd\x00e",
         "é\x00a b",
         "中文 text 日本語のテキスト",
+        "한국어 ١٢٣ \u3040\u30ff\u9fff\uac00\ud7af \u303f\u3100\ud7b0 ÀÉ İK 3² ½",  # range edges, digits
         "def f(x):\n    return x ** 2  # square\n\nprint(f(3))",
         "Solve for x: $\\frac{3}{4}x + 7 = 22$. What is x? (A) 1 (B) 2 (C) 20",
         "supercalifragilisticexpialidocious pneumonoultramicroscopicsilicovolcanoconiosis",

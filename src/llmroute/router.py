@@ -553,20 +553,26 @@ class Router:
         else:
             key = q - lam * c
         order = np.argsort(np.where(admissible, -key, np.inf), axis=1, kind="stable").tolist()
-        adm = admissible.tolist()
+        adm = admissible.tolist() if not admissible.all() else [None] * n
         ql, cl, picks = q.tolist(), c.tolist(), pick.tolist()
         head = self._reason_head(eff)
+        all_adm = bool(admissible.all())
         out: list[Decision] = []
+        append = out.append
         for j, ai, qi, ci, oi in zip(picks, adm, ql, cl, order, strict=True):
             mj = models[j]
-            out.append(
+            if all_adm:
+                ranked = [mj] + [models[k] for k in oi if k != j]
+            else:
+                ranked = [mj] + [models[k] for k in oi if ai[k] and k != j]
+            append(
                 Decision(
-                    model=mj,
-                    expected_quality=dict(zip(models, qi, strict=True)),
-                    expected_cost=dict(zip(models, ci, strict=True)),
-                    reason=f"{head}: {mj} q={qi[j]:.2f} c=${ci[j]:.2g}",
-                    ranked=[mj] + [models[k] for k in oi if ai[k] and k != j],
-                    policy=eff,
+                    mj,
+                    dict(zip(models, qi, strict=True)),
+                    dict(zip(models, ci, strict=True)),
+                    f"{head}: {mj} q={qi[j]:.2f} c=${ci[j]:.2g}",
+                    ranked,
+                    eff,
                 )
             )
         return out

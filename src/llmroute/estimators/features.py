@@ -115,6 +115,8 @@ _DIGITS = bytes(range(48, 58))
 _UPPER = bytes(range(65, 91))
 _LOWER = bytes(range(97, 123))
 _SPACE = b" \n\t\r"
+_ASCII = bytes(range(128))
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # kana, CJK ideographs, Hangul
 
 
 def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
@@ -131,20 +133,18 @@ def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
             0,
             0,
         )
-    cp = np.frombuffer(tail.encode("utf-32-le"), dtype=np.uint32)
-    cjk = (
-        ((cp >= 0x3040) & (cp <= 0x30FF))
-        | ((cp >= 0x3400) & (cp <= 0x9FFF))
-        | ((cp >= 0xAC00) & (cp <= 0xD7AF))
-    )
+    # UTF-8: the ASCII classes are counted on bytes (a non-ASCII character has no byte < 128)
+    b = tail.encode("utf-8")
+    n = len(b)
+    n_cp = len(tail)
     return (
-        len(cp),
-        int(np.count_nonzero((cp >= 48) & (cp <= 57))),
-        int(np.count_nonzero((cp >= 65) & (cp <= 90))),
-        int(np.count_nonzero((cp >= 97) & (cp <= 122))),
-        int(np.count_nonzero((cp == 32) | (cp == 10) | (cp == 9) | (cp == 13))),
-        int(np.count_nonzero(cp > 127)),
-        int(np.count_nonzero(cjk)),
+        n_cp,
+        n - len(b.translate(None, _DIGITS)),
+        n - len(b.translate(None, _UPPER)),
+        n - len(b.translate(None, _LOWER)),
+        n - len(b.translate(None, _SPACE)),
+        n_cp - (n - len(b.translate(None, _ASCII))),
+        n_cp - len(_CJK.sub("", tail)),
     )
 
 
