@@ -312,6 +312,12 @@ def _feature_texts(seed: int) -> list[str]:
         for _ in range(600)
     ]
     texts += ["x" * 1995 + "A) b\n" + "Q: y", "q" * 2500 + "\nA) " + "1.5" * 10, "1" * 3000]
+    texts += [  # whitespace runs longer than the vectorised walks (32 steps)
+        "\n" * 50 + "A) x" + " \n" * 40 + "(b) y",
+        "Q" + " \n" * 40 + ": what?" + " " * 60,
+        " \t" * 50,
+        "ok?" + "\n" * 70,
+    ]
     texts = texts + _varied_texts(seed)
     assert sum(t.isascii() and len(t) > 100 for t in texts) > 300
     return texts

@@ -330,6 +330,29 @@ def _log1p(values: Sequence[float]) -> list[float]:
     return [math.log1p(v) for v in values]  # math.log1p, as the per-text code (numpy may differ by an ulp)
 
 
+def _skip_spaces(pos: np.ndarray, is_space: np.ndarray, step: int) -> np.ndarray:
+    """From each position, the first one holding no space, walking by `step` (+1 or -1).
+
+    `is_space` must hold a non-space at both ends (the batch buffer's NUL padding), so every
+    walk stops inside it (backwards, position -1 reads the padding at the end).
+    """
+    pos = pos.copy()
+    act = np.flatnonzero(is_space[pos])
+    for _ in range(32):  # whitespace runs are short: a few vectorised steps
+        if act.size == 0:
+            return pos
+        pos[act] += step
+        act = act[is_space[pos[act]]]
+    if act.size:  # long runs: search the non-space positions
+        ns = np.flatnonzero(~is_space)
+        if step > 0:
+            pos[act] = ns[np.searchsorted(ns, pos[act])]
+        else:
+            j = np.searchsorted(ns, pos[act], side="right") - 1
+            pos[act] = np.where(j >= 0, ns[np.maximum(j, 0)], -1)
+    return pos
+
+
 def _batch_rows(texts: list[str]) -> np.ndarray:
     """(k, len(FEATURE_NAMES)) float64 features of non-empty ASCII texts: the values `_one` gives,
     computed for all texts at once.
@@ -363,7 +386,6 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
     space = hist[:, 4] + hist[:, 5] + hist[:, 6]
     qmarks, math_chars, percent = hist[:, 7], hist[:, 8], hist[:, 9]
     is_space = (F & _F_SPACE) != 0
-    non_space = np.flatnonzero(~is_space[:n])
     # numbers
     digit = (F & _F_DIGIT) != 0
     tok = digit.copy()
@@ -389,9 +411,8 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
     ends = np.flatnonzero(((F[:n] & _F_END) != 0) & (is_space[1 : n + 1] | last[:n]))
     sent = np.bincount(np.searchsorted(starts, ends, side="right") - 1, minlength=k)
     # ends with '?' after stripping whitespace: the last non-space character of the text
-    j = np.searchsorted(non_space, ends_at, side="right") - 1
-    last_ns = non_space[np.maximum(j, 0)]
-    ends_q = (j >= 0) & (last_ns >= starts) & (B[last_ns] == 63)
+    last_ns = _skip_spaces(ends_at, is_space, -1)
+    ends_q = (last_ns >= starts) & (B[np.maximum(last_ns, 0)] == 63)
     # words (str.split): non-space characters at a text start or after a space
     word_start = ~is_space[:n]
     word_start[1:] &= is_space[: n - 1]
@@ -402,8 +423,7 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
     line = np.zeros(n + 1, dtype=bool)
     line[starts] = True
     line[np.flatnonzero(B[:n] == 10) + 1] = True
-    idx = np.searchsorted(non_space, np.flatnonzero(line[:n]))
-    o = non_space[idx[idx < len(non_space)]]
+    o = _skip_spaces(np.flatnonzero(line[:n]), is_space, 1)
     if len(o) > 1:
         o = o[np.concatenate(([True], o[1:] != o[:-1]))]  # sorted: drop repeats
     b0, b1, b2, b3 = B[o], B[o + 1], B[o + 2], B[o + 3]
@@ -426,8 +446,7 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
     for word in ("question", "q", "answer", "a"):  # the alternation, tried in order
         cand = ~qa_ok & word_at(o, word)
         if cand.any():
-            nxt = np.searchsorted(non_space, o[cand] + len(word))  # next non-space after the word
-            qa_ok[cand] = (nxt < len(non_space)) & (B[non_space[np.minimum(nxt, len(non_space) - 1)]] == 58)
+            qa_ok[cand] = B[_skip_spaces(o[cand] + len(word), is_space, 1)] == 58  # then ':'
     qa = np.bincount(np.searchsorted(starts, o[qa_ok], side="right") - 1, minlength=k)
     # substrings of 2+ characters
     g_math, g_code, g_q, g_write, g_ratio, g_how, g_blank_tail, g_blank_low = _batch_group_counts(tails)
