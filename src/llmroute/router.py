@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -47,17 +48,17 @@ FORMAT = "llmroute-router"
 FORMAT_VERSION = 1
 _CACHE_MAX = 4096
 _PARALLEL_MIN_CHUNK = 500
-_WORKER_ROUTER: list[Router] = []  # set only inside forked batch workers (see route_batch)
+_WORKER_STATE: list[Any] = []  # (router, texts), set only inside forked batch workers (see route_batch)
 
 
-def _init_worker(router: Router) -> None:
-    _WORKER_ROUTER[:] = [router]
+def _init_worker(router: Router, texts: list[str]) -> None:
+    _WORKER_STATE[:] = [router, texts]  # inherited through fork, nothing pickled
 
 
-def _worker_estimate(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    router = _WORKER_ROUTER[0]
+def _worker_estimate(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    router, texts = _WORKER_STATE
     with router._one_thread():  # one BLAS thread per worker: the workers already use the cores
-        q, c, _ = router._estimate_raw(texts)
+        q, c, _ = router._estimate_raw(texts[span[0] : span[1]])
     return q, c
 
 
@@ -708,10 +709,11 @@ class Router:
             q, c, _ = self._estimate_texts(texts)
             return q, c
         n_chunks = min(workers * 4, max(1, len(texts) // _PARALLEL_MIN_CHUNK))
-        chunks = [list(part) for part in np.array_split(np.asarray(texts, dtype=object), n_chunks)]
+        bounds = np.linspace(0, len(texts), n_chunks + 1).astype(int).tolist()
+        spans = list(itertools.pairwise(bounds))  # workers get index ranges, not texts
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(self,)) as pool:
-            parts = pool.map(_worker_estimate, chunks)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(self, texts)) as pool:
+            parts = pool.map(_worker_estimate, spans, chunksize=1)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     # ---- persistence -----------------------------------------------------------------------
