@@ -1,15 +1,25 @@
 """The fake upstream's server-wide latency (the realistic-upstream scenario of benchmarks/gateway.py)
-and the gateway's disconnect watcher ending without a per-request cancellation."""
+and how the gateway notices client disconnects: a server callback under `llmroute serve`'s protocol,
+else a watcher task that ends without a per-request cancellation."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from conftest import StubRouter, loopback_config, run_gateway, start_fake_server
+from conftest import StubRouter, free_port, loopback_config, run_gateway, start_fake_server
 from llmroute.gateway import app as app_mod
+from llmroute.gateway._uvicorn import DISCONNECT_EXTENSION
+from llmroute.gateway.app import Gateway
+from llmroute.gateway.config import parse_config
 from llmroute.gateway.fake import STATE, main, make_app
 
 CHAT = {"model": "fake-weak", "messages": [{"role": "user", "content": "hello"}]}
@@ -70,29 +80,110 @@ def test_gateway_with_upstream_latency_answers_normally(tmp_path: Any) -> None:
             assert r.status_code == 200 and r.headers["x-llmroute-model"] in ("fake-strong", "fake-weak")
 
 
-def test_disconnect_watchers_end_without_being_cancelled(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each completion request starts a watcher for client disconnects. After a complete response
-    it ends on the server's http.disconnect instead of being cancelled (a cancellation leaves a
-    CancelledError/traceback cycle holding the request for the garbage collector)."""
+@contextlib.contextmanager
+def _stock_uvicorn_gateway(cfg: dict[str, Any]) -> Iterator[Any]:
+    """The gateway on stock uvicorn (httptools, no `llmroute.on_disconnect` extension)."""
+    import uvicorn
+
+    gw = Gateway(parse_config(cfg), routers={"default": StubRouter()})
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gw,
+            host="127.0.0.1",
+            port=port,
+            loop="asyncio",
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    end = time.monotonic() + 20
+    while not server.started and t.is_alive() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield gw, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(20)
+
+
+def _record_watchers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     made: list[Any] = []
     init = app_mod._Disconnect.__init__
 
-    def record(self: Any, receive: Any) -> None:
-        init(self, receive)
+    def record(self: Any, scope: Any, receive: Any) -> None:
+        init(self, scope, receive)
         made.append(self)
 
     monkeypatch.setattr(app_mod._Disconnect, "__init__", record)
+    return made
+
+
+def _requests(c: httpx.Client, root: str) -> None:
+    for i in range(6):
+        body = {**CHAT, "model": "llmroute/auto", "stream": i % 2 == 1}
+        assert c.post(root + "/v1/chat/completions", json=body).status_code == 200
+    r = c.post(root + "/v1/messages", json={**CHAT, "model": "llmroute/auto", "max_tokens": 8})
+    assert r.status_code == 200
+    # a later request on the same connection runs after every earlier watcher's turn
+    assert c.get(root + "/v1/models").status_code == 200
+
+
+def _disconnect_mid_request(gw: Any, root: str, fs: Any) -> None:
+    """A client that goes away while the upstream is slow: the call is cancelled, the trace says 499."""
+    fs.set_fault("fake-weak", "slow", delay=3.0)
+    body = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "bye"}]})
+    host, port = root.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        while not fs.state.counts.get("fake-weak"):  # the upstream call is under way
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    rec: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not rec:
+        gw.store.flush_sync(5)
+        rec = gw.store.query(status=499, limit=5)
+        time.sleep(0.05)
+    assert rec and rec[0]["error"] == "client disconnected"
+    fs.clear()
+
+
+def test_llmroute_serve_protocol_calls_back_on_disconnect(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the protocol `llmroute serve` uses, no watcher task per request: the server calls back
+    when the client goes away, which cancels the request (and its upstream call)."""
+    assert app_mod._DISCONNECT_EXT == DISCONNECT_EXTENSION
+    made = _record_watchers(monkeypatch)
     with start_fake_server() as fs:
         cfg = loopback_config(fs.base_url, tmp_path)
         with run_gateway(cfg, routers={"default": StubRouter()}) as gw, httpx.Client(timeout=10) as c:
-            for i in range(6):
-                body = {**CHAT, "model": "llmroute/auto", "stream": i % 2 == 1}
-                assert c.post(gw + "/chat/completions", json=body).status_code == 200
-            r = c.post(gw + "/messages", json={**CHAT, "model": "llmroute/auto", "max_tokens": 8})
-            assert r.status_code == 200
-            # a later request on the same connection runs after every earlier watcher's turn
-            assert c.get(gw + "/models").status_code == 200
+            _requests(c, gw.root)
+            assert len(made) == 7 and all(w.watcher is None for w in made)
+            _disconnect_mid_request(gw.app, gw.root, fs)
+
+
+def test_other_servers_use_a_watcher_that_ends_uncancelled(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the extension a watcher task waits for http.disconnect. After a complete response it
+    ends on the server's http.disconnect instead of being cancelled (a cancellation leaves a
+    CancelledError/traceback cycle holding the request for the garbage collector); a real
+    disconnect still cancels the request."""
+    made = _record_watchers(monkeypatch)
+    with start_fake_server() as fs:
+        cfg = loopback_config(fs.base_url, tmp_path)
+        with _stock_uvicorn_gateway(cfg) as (gw, root), httpx.Client(timeout=10) as c:
+            _requests(c, root)
             assert len(made) == 7
-            assert all(w.watcher.done() and not w.watcher.cancelled() for w in made)
+            assert all(w.watcher is not None and w.watcher.done() for w in made)
+            assert not any(w.watcher.cancelled() for w in made)
+            _disconnect_mid_request(gw, root, fs)

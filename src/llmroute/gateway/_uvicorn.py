@@ -9,6 +9,12 @@ are unchanged: their head goes out at once, so SSE clients see headers before th
 
 Only the transport the cycle writes to is swapped, for the duration of uvicorn's own `send`; all
 of uvicorn's checks (header validation, content-length accounting, keep-alive) still run.
+
+The protocol also offers the ASGI scope extension `DISCONNECT_EXTENSION`
+(`scope["extensions"]["llmroute.on_disconnect"]["register"]`): a function `register(callback)` whose callback
+runs once, from `connection_lost`, when the client goes away before the response is complete (the
+moment uvicorn marks the cycle disconnected). The gateway uses it instead of a watcher task per
+request blocked in `receive()` (a task, an event wait and a wake-up per request).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["CoalescingHttpToolsProtocol"]
+__all__ = ["DISCONNECT_EXTENSION", "CoalescingHttpToolsProtocol"]
+
+DISCONNECT_EXTENSION = "llmroute.on_disconnect"
 
 
 class _Collect:
@@ -40,6 +48,13 @@ class _CoalescingCycle(RequestResponseCycle):
     """A request/response cycle whose response head waits for the first body chunk."""
 
     _head: bytes | None = None
+    _on_disconnect: Any = None
+
+    def _register_disconnect(self, callback: Any) -> None:
+        if self.disconnected:  # already gone: call back at once
+            callback()
+        else:
+            self._on_disconnect = callback
 
     async def _collect(self, message: Any) -> _Collect:
         real = self.transport
@@ -79,4 +94,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         cycle.__class__ = _CoalescingCycle
+        ext = cycle.scope.get("extensions")
+        if ext is None:
+            ext = cycle.scope["extensions"] = {}  # type: ignore[typeddict-unknown-key]
+        ext[DISCONNECT_EXTENSION] = {"register": cycle._register_disconnect}  # type: ignore[attr-defined]
         super()._start_asgi_task(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if isinstance(cycle, _CoalescingCycle) and cycle.disconnected:
+            callback, cycle._on_disconnect = cycle._on_disconnect, None
+            if callback is not None:
+                callback()

@@ -63,6 +63,8 @@ _JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream")
 _ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
 _DONE = b"data: [DONE]\n\n"
+# ASGI scope extension offered by `llmroute.gateway._uvicorn.CoalescingHttpToolsProtocol`
+_DISCONNECT_EXT = "llmroute.on_disconnect"
 
 
 def _hdr(name: bytes, value: str) -> tuple[bytes, bytes]:
@@ -246,35 +248,47 @@ def openapi_document() -> dict[str, Any]:
 
 
 class _Disconnect:
-    """Watches `receive` for a client disconnect and cancels the request task."""
+    """Cancels the request task when the client disconnects before the response is complete.
+
+    Under `llmroute serve` (uvicorn with `CoalescingHttpToolsProtocol`) the server calls back on
+    the disconnect (the `llmroute.on_disconnect` scope extension): no extra task per request.
+    Under any other ASGI server a watcher task waits in `receive()` for `http.disconnect`."""
 
     __slots__ = ("done", "task", "watcher")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive) -> None:
         self.done = False
         self.task = asyncio.current_task()
-        self.watcher = asyncio.ensure_future(self._watch(receive))
+        ext = (scope.get("extensions") or {}).get(_DISCONNECT_EXT)
+        if ext is not None:
+            self.watcher: asyncio.Future[None] | None = None
+            ext["register"](self._cancel)
+        else:
+            self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    def _cancel(self) -> None:
+        if not self.done and self.task is not None:
+            self.task.cancel()
 
     async def _watch(self, receive: Receive) -> None:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                if not self.done and self.task is not None:
-                    self.task.cancel()
+                self._cancel()
                 return
 
     def stop(self) -> None:
         """The request is over. uvicorn answers the pending `receive` with `http.disconnect` once the
-        response is complete, so the watcher normally ends on its own in the next loop turn;
+        response is complete, so a watcher normally ends on its own in the next loop turn;
         cancelling it at once would leave a CancelledError/traceback/frame cycle holding the whole
         request cycle per request for the garbage collector. A watcher still waiting one turn later
         (another server, or no complete response) is cancelled then."""
         self.done = True
-        if not self.watcher.done():
+        if self.watcher is not None and not self.watcher.done():
             asyncio.get_running_loop().call_soon(self._reap)
 
     def _reap(self) -> None:
-        if not self.watcher.done():
+        if self.watcher is not None and not self.watcher.done():
             self.watcher.cancel()
 
 
@@ -761,7 +775,7 @@ class Gateway:
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
                 await self._error(send, e, self._rejected_headers(rid, decision, e), anthropic)
                 return
-            watch = _Disconnect(receive)
+            watch = _Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
                 await self._cached(
                     send,
