@@ -115,6 +115,7 @@ def test_reservations_of_a_killed_worker_are_given_back(tmp_path: Path) -> None:
     assert bm.usage("k")["day_reserved"] == pytest.approx(0.1)
     bm.commit(res, 0.05)
     # a process opening the ledger (a restarted worker) also gives back dead workers' holds
+    out = ctx.Queue()  # a new queue: the killed child may have died holding the old one's lock
     child = ctx.Process(target=_holding_worker, args=(str(tmp_path), out))
     child.start()
     try:
