@@ -332,3 +332,14 @@ def test_batch_features_equal_the_per_text_reference(seed: int) -> None:
         got = np.vstack([F.prompt_features(texts[i : i + size]) for i in range(0, len(texts), size)])
         np.testing.assert_array_equal(got, want)
     assert F.prompt_features([]).shape == (0, len(F.FEATURE_NAMES))
+
+
+def test_batches_in_slices_give_the_same_rows(monkeypatch: pytest.MonkeyPatch, static: StaticEncoder) -> None:
+    import llmroute.embed.static as static_mod
+
+    texts = _varied_texts(4)[:120]
+    emb, feats = static.encode(texts), F.prompt_features(texts)
+    monkeypatch.setattr(static_mod, "_VECTOR_CHUNK", 16)
+    monkeypatch.setattr(F, "_VECTOR_CHUNK", 16)
+    np.testing.assert_allclose(static.encode(texts), emb, atol=1e-6)
+    np.testing.assert_array_equal(F.prompt_features(texts), feats)

@@ -33,6 +33,7 @@ _WORD_CACHE_MAX = 200_000
 _CHUNK_CACHE_MAX = 50_000
 # Batches of at least this many texts tokenise their ASCII text in one vectorised numpy pass.
 _VECTOR_MIN_TEXTS = 8
+_VECTOR_CHUNK = 4096
 # Vectorised lookup: a word of up to 16 bytes is keyed exactly by its bytes (two little-endian
 # uint64, zero padded); the hash only orders the table, every hit is verified on both halves.
 _KEY_BYTES = 16
@@ -406,8 +407,11 @@ class StaticEncoder:
             return out
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        if n >= _VECTOR_MIN_TEXTS and self._fast:
-            return self._pool(self._batch_bags(texts))
+        if n >= _VECTOR_MIN_TEXTS and self._fast:  # in slices: bounded memory, arrays stay in cache
+            out = np.empty((n, self.dim), np.float32)
+            for i in range(0, n, _VECTOR_CHUNK):
+                out[i : i + _VECTOR_CHUNK] = self._pool(self._batch_bags(texts[i : i + _VECTOR_CHUNK]))
+            return out
         return self._pool([_block([self._bag(t) for t in texts], np.arange(n), n)])
 
     def _pool(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

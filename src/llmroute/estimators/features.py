@@ -206,6 +206,7 @@ def _one(text: str) -> list[float]:
 
 # ---- batches: the substring counts of all ASCII tails in one numpy pass --------------------------
 _VECTOR_MIN_TEXTS = 8
+_VECTOR_CHUNK = 4096
 _BYTE_MASKS = [(1 << (8 * k)) - 1 for k in range(9)]
 # (buffer, patterns) per summed group, in `_substring_counts` order; single characters are
 # counted per text with str.count (cheap), longer patterns here. Case as in `_substring_counts`.
@@ -500,8 +501,9 @@ def prompt_features(texts: Sequence[str]) -> np.ndarray:
     fast: list[int] = []
     if len(texts) >= _VECTOR_MIN_TEXTS:
         fast = [i for i, t in enumerate(texts) if t and t.isascii()]
-        if fast:
-            out[fast] = _batch_rows([texts[i] for i in fast])
+        for j in range(0, len(fast), _VECTOR_CHUNK):  # in slices: bounded memory
+            part = fast[j : j + _VECTOR_CHUNK]
+            out[part] = _batch_rows([texts[i] for i in part])
     done = set(fast)
     for i, t in enumerate(texts):
         if i not in done:
