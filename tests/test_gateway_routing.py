@@ -51,6 +51,23 @@ def test_choose_one_matches_policy_choose(
     assert choose_one(list(q), list(c), list(ok), **kw) == want
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda m: st.tuples(
+            st.lists(st.sampled_from([0.2, 0.5, 0.5 + 1e-13, 0.9]) | st.floats(0, 1), min_size=m, max_size=m),
+            st.lists(st.sampled_from([1e-5, 1e-4, 1e-3, 0.0]), min_size=m, max_size=m),
+        )
+    ),
+    st.sampled_from([0.0, 10.0, 1000.0, 1e300]),
+)
+def test_choose_one_usual_row_matches_policy_choose(rows: Any, tradeoff: float) -> None:
+    """The fast path (finite estimates, every model allowed, no limits), ties included."""
+    q, c = rows
+    want = int(choose(np.array([q]), np.array([c]), tradeoff=tradeoff)[0])
+    assert choose_one(list(q), list(c), [True] * len(q), tradeoff=tradeoff) == want
+
+
 class CountingRouter(StubRouter):
     def __init__(self) -> None:
         super().__init__()
