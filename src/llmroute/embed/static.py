@@ -27,7 +27,9 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A whitespace-delimited chunk (ASCII whitespace) holding a non-ASCII character.  BERT's
 # pre-tokenisation never joins across whitespace, so such chunks can go through the real
 # tokenizer one by one while the ASCII text around them takes the fast path.
-_NON_ASCII_CHUNK = re.compile(r"[^ \t\n\r]*[^\x00-\x7f][^ \t\n\r]*")
+# Written to scan fast: tried only where a chunk can start (after whitespace), ASCII characters
+# first (no backtracking); the same matches as r"[^ \t\n\r]*[^\x00-\x7f][^ \t\n\r]*".
+_NON_ASCII_CHUNK = re.compile(r"(?<![^ \t\n\r])[\x00-\x08\x0b\x0c\x0e-\x1f\x21-\x7f]*[^\x00-\x7f][^ \t\n\r]*")
 _MAX_NON_ASCII_CHUNKS = 8
 _WORD_CACHE_MAX = 200_000
 _CHUNK_CACHE_MAX = 50_000
