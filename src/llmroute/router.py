@@ -22,7 +22,7 @@ import inspect
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -696,25 +696,33 @@ class Router:
         """
         texts = self._texts(prompts)
         if workers > 1 and len(texts) >= 2 * _PARALLEL_MIN_CHUNK:
-            q, c = self._estimate_parallel(texts, workers)
-            X = None
-        else:
-            q, c, X = self._estimate_texts(texts)
+            out: list[Decision] = []
+            # decide each chunk as it arrives, while the workers estimate the next ones
+            for (a, b), q, c in self._estimate_parallel(texts, workers):
+                out += self._decide(
+                    q, c, None, texts[a:b], tradeoff, max_cost, min_quality, allowed, context_windows
+                )
+            return out
+        q, c, X = self._estimate_texts(texts)
         return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)
 
-    def _estimate_parallel(self, texts: list[str], workers: int) -> tuple[np.ndarray, np.ndarray]:
+    def _estimate_parallel(
+        self, texts: list[str], workers: int
+    ) -> Iterator[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
+        """(index range, q, c) per chunk of `texts`, in order, estimated in forked workers."""
         import multiprocessing
 
         if "fork" not in multiprocessing.get_all_start_methods():
             q, c, _ = self._estimate_texts(texts)
-            return q, c
+            yield (0, len(texts)), q, c
+            return
         n_chunks = min(workers * 4, max(1, len(texts) // _PARALLEL_MIN_CHUNK))
         bounds = np.linspace(0, len(texts), n_chunks + 1).astype(int).tolist()
         spans = list(itertools.pairwise(bounds))  # workers get index ranges, not texts
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(self, texts)) as pool:
-            parts = pool.map(_worker_estimate, spans, chunksize=1)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            for span, (q, c) in zip(spans, pool.imap(_worker_estimate, spans), strict=True):
+                yield span, q, c
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
