@@ -124,7 +124,7 @@ def choose_row(
     """
     m = len(q)
     inf = math.inf
-    if any(x != x for x in c):
+    if any(map(math.isnan, c)):
         return int(
             choose(
                 np.asarray([q], dtype=float),
