@@ -318,8 +318,15 @@ def _feature_texts(seed: int) -> list[str]:
         " \t" * 50,
         "ok?" + "\n" * 70,
     ]
+    # non-ASCII characters: whitespace, digits, case-mapping and CJK ones (ASCII stand-ins or not)
+    uni = [*"\xa0\u3000\u2028\x85\u2003\u200b١０३²½ſKıİÅﬁǅ：中の한éÜßẞ😀\u0301Σς—“…？。Ａａ"]
+    texts += [
+        "".join(rng.choice(pieces + rng.sample(uni, 3)) for _ in range(rng.choice([1, 5, 40, 300])))
+        for _ in range(300)
+    ]
     texts = texts + _varied_texts(seed)
     assert sum(t.isascii() and len(t) > 100 for t in texts) > 300
+    assert sum(not t.isascii() and F._ascii_stand_in(t) is not None for t in texts) > 50
     return texts
 
 

@@ -116,6 +116,7 @@ _UPPER = bytes(range(65, 91))
 _LOWER = bytes(range(97, 123))
 _SPACE = b" \n\t\r"
 _ASCII = bytes(range(128))
+_NON_ASCII_CHAR = re.compile("[^\x00-\x7f]")
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # kana, CJK ideographs, Hangul
 
 
@@ -354,9 +355,29 @@ def _skip_spaces(pos: np.ndarray, is_space: np.ndarray, step: int) -> np.ndarray
     return pos
 
 
-def _batch_rows(texts: list[str]) -> np.ndarray:
+def _ascii_stand_in(text: str) -> str | None:
+    """`text` with each non-ASCII character replaced by an ASCII one that every feature except
+    the non-ASCII / CJK shares treats the same way (None when there is no such character).
+
+    A non-ASCII character only ever counts as "whitespace" (str.split, `\\s`, rstrip) or as
+    "some other character": it becomes \\x1c (whitespace, in no pattern or class) or \\x01
+    (neither). Not possible for decimal digits (`\\d` takes them into numbers), the fullwidth
+    colon (the Q/A pattern) and characters whose case mappings hold ASCII (lower-casing and the
+    case-insensitive Q/A pattern would see them as letters).
+    """
+    table: dict[int, str] = {}
+    for ch in set(_NON_ASCII_CHAR.findall(text)):
+        cased = ch.lower() + ch.upper() + ch.casefold()
+        if ch.isdecimal() or ch == "：" or any(ord(c) < 128 for c in cased):
+            return None
+        table[ord(ch)] = "\x1c" if ch.isspace() else "\x01"
+    return text.translate(table)
+
+
+def _batch_rows(texts: list[str], shares: list[tuple[int, int]] | None = None) -> np.ndarray:
     """(k, len(FEATURE_NAMES)) float64 features of non-empty ASCII texts: the values `_one` gives,
-    computed for all texts at once.
+    computed for all texts at once. `shares`: per text, the non-ASCII and CJK character counts of
+    the original tail when the text is an `_ascii_stand_in` (else 0, 0).
 
     The tails are joined with a NUL between them (no pattern holds one, so nothing spans two
     texts). Character counts come from one histogram; the regexes are replaced by mask logic:
@@ -463,7 +484,10 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
     top = [min(max([_number(v) for v in x[:200]]), 1e12) if x else 0.0 for x in nums]
     decimals = [sum("." in v for v in x) if x else 0 for x in nums]
     inv = 1.0 / lens
-    punct = lens - digits - upper - lower - space
+    non_ascii, cjk = (
+        np.array(shares, dtype=np.int64).reshape(k, 2).T if shares else (np.zeros(k), np.zeros(k))
+    )
+    punct = lens - digits - upper - lower - space - non_ascii
     cols = [
         _log1p(n_chars.tolist()),
         _log1p(words.tolist()),
@@ -482,8 +506,8 @@ def _batch_rows(texts: list[str]) -> np.ndarray:
         _log1p(qa.tolist()),
         upper * inv,
         punct * inv,
-        np.zeros(k),  # non-ASCII share
-        np.zeros(k),  # CJK share
+        non_ascii * inv,
+        cjk * inv,
         ends_q.astype(np.float64),
         _log1p(sent.tolist()),
         _log1p(distinct),
@@ -500,10 +524,20 @@ def prompt_features(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), len(FEATURE_NAMES)), dtype=np.float64)
     fast: list[int] = []
     if len(texts) >= _VECTOR_MIN_TEXTS:
-        fast = [i for i, t in enumerate(texts) if t and t.isascii()]
+        use: dict[int, str] = {}  # the texts the batch path takes: ASCII ones and stand-ins
+        shares: dict[int, tuple[int, int]] = {}
+        for i, t in enumerate(texts):
+            if t and t.isascii():
+                use[i] = t
+            elif t:
+                stand_in = _ascii_stand_in(t)
+                if stand_in is not None:
+                    use[i] = stand_in
+                    shares[i] = _char_classes(t[-_MAX_SCAN:])[5:]
+        fast = list(use)
         for j in range(0, len(fast), _VECTOR_CHUNK):  # in slices: bounded memory
             part = fast[j : j + _VECTOR_CHUNK]
-            out[part] = _batch_rows([texts[i] for i in part])
+            out[part] = _batch_rows([use[i] for i in part], [shares.get(i, (0, 0)) for i in part])
     done = set(fast)
     for i, t in enumerate(texts):
         if i not in done:
