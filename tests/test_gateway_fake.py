@@ -5,6 +5,7 @@ else a watcher task that ends without a per-request cancellation."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -134,6 +135,27 @@ def _requests(c: httpx.Client, root: str) -> None:
     assert c.get(root + "/v1/models").status_code == 200
 
 
+@contextlib.contextmanager
+def _garbage() -> Iterator[list[Any]]:
+    """Collects what the garbage collector finds unreachable (in reference cycles) meanwhile."""
+    found: list[Any] = []
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def _request_objects(objs: list[Any]) -> list[Any]:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    return [o for o in objs if isinstance(o, RequestResponseCycle | app_mod._Disconnect | BaseException)]
+
+
 def _disconnect_mid_request(gw: Any, root: str, fs: Any) -> None:
     """A client that goes away while the upstream is slow: the call is cancelled, the trace says 499."""
     fs.set_fault("fake-weak", "slow", delay=3.0)
@@ -166,8 +188,11 @@ def test_llmroute_serve_protocol_calls_back_on_disconnect(
     with start_fake_server() as fs:
         cfg = loopback_config(fs.base_url, tmp_path)
         with run_gateway(cfg, routers={"default": StubRouter()}) as gw, httpx.Client(timeout=10) as c:
-            _requests(c, gw.root)
+            with _garbage() as garbage:
+                _requests(c, gw.root)
             assert len(made) == 7 and all(w.watcher is None for w in made)
+            # no request leaves a reference cycle behind (each one would wait for the collector)
+            assert _request_objects(garbage) == []
             _disconnect_mid_request(gw.app, gw.root, fs)
 
 
@@ -182,7 +207,9 @@ def test_other_servers_use_a_watcher_that_ends_uncancelled(
     with start_fake_server() as fs:
         cfg = loopback_config(fs.base_url, tmp_path)
         with _stock_uvicorn_gateway(cfg) as (gw, root), httpx.Client(timeout=10) as c:
-            _requests(c, root)
+            with _garbage() as garbage:
+                _requests(c, root)
+            assert _request_objects(garbage) == []
             assert len(made) == 7
             assert all(w.watcher is not None and w.watcher.done() for w in made)
             assert not any(w.watcher.cancelled() for w in made)

@@ -19,6 +19,7 @@ request blocked in `receive()` (a task, an event wait and a wake-up per request)
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -89,6 +90,22 @@ class _CoalescingCycle(RequestResponseCycle):
             self.transport.close()
 
 
+class _Register:
+    """The `register(callback)` of the disconnect extension. It holds its cycle weakly: the scope
+    belongs to the cycle, so a strong reference (e.g. a bound method) would make a reference cycle
+    per request that only the garbage collector frees."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: _CoalescingCycle) -> None:
+        self._cycle = weakref.ref(cycle)
+
+    def __call__(self, callback: Any) -> None:
+        cycle = self._cycle()
+        if cycle is not None:
+            cycle._register_disconnect(callback)
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` whose requests run in a `_CoalescingCycle` (see the module docstring)."""
 
@@ -97,7 +114,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         ext = cycle.scope.get("extensions")
         if ext is None:
             ext = cycle.scope["extensions"] = {}  # type: ignore[typeddict-unknown-key]
-        ext[DISCONNECT_EXTENSION] = {"register": cycle._register_disconnect}  # type: ignore[attr-defined]
+        ext[DISCONNECT_EXTENSION] = {"register": _Register(cycle)}  # type: ignore[arg-type]
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
