@@ -350,3 +350,12 @@ def test_batches_in_slices_give_the_same_rows(monkeypatch: pytest.MonkeyPatch, s
     monkeypatch.setattr(F, "_VECTOR_CHUNK", 16)
     np.testing.assert_allclose(static.encode(texts), emb, atol=1e-6)
     np.testing.assert_array_equal(F.prompt_features(texts), feats)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 37])
+def test_static_paths_with_short_truncation(max_tokens: int) -> None:
+    enc = StaticEncoder(max_tokens=max_tokens)  # most texts are cut: mixed ones one by one
+    texts = _varied_texts(7)
+    ref = _reference_embedding(enc, texts)
+    np.testing.assert_allclose(enc.encode(texts), ref, atol=2e-6)
+    np.testing.assert_allclose(np.vstack([enc.encode([t]) for t in texts]), ref, atol=2e-6)
