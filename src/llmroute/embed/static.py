@@ -5,6 +5,11 @@ tokens, no padding, truncated to ``max_tokens``), its token rows are averaged an
 L2-normalised.  The rows already carry model2vec's PCA and SIF weighting; special tokens and
 ``[UNK]`` have zero rows, so they do not move the direction of the mean.  The asset is built by
 ``scripts/build_static_encoder.py`` and ships in ``llmroute/assets/static-minilm``.
+
+Speed (the ids are always the tokenizer's, checked in the tests): one text is split with a regex
+and looked up word by word; a batch of 8+ texts is tokenised in one numpy pass over all its ASCII
+text (word boundaries from byte classes, words keyed exactly by their bytes in a hash table), with
+non-ASCII chunks and words outside the vocabulary going through the tokenizer once (memoised).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ length, digits and math symbols, code markers, multiple-choice layout, question 
 (Latin / CJK / other) and few-shot structure. All pure Python + numpy, no model, no state.
 
 `prompt_features(texts)` returns an (n, k) float32 matrix with one column per name in
-`FEATURE_NAMES`; estimators standardise the columns themselves.
+`FEATURE_NAMES`; estimators standardise the columns themselves. Batches of 8+ texts are computed
+column-wise in numpy (`_batch_rows`); the values are identical to the per-text code (`_one`),
+which the tests check against a verbatim copy of it.
 """
 
 from __future__ import annotations
