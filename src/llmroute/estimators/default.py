@@ -8,7 +8,9 @@ How it works (all numpy; state = arrays + JSON, no pickle):
    - multi-scale kernel smoothing (Nadaraya-Watson) over all training prompts: weight
      exp(beta * (cos_sim - 1)) in a PCA-reduced (32-d) copy of the embedding space, plus a
      pseudo-weight on the model's mean so that prompts far from anything seen fall back to it
-     (shrinkage where neighbours are far), and log(total weight) as a "how far" signal.
+     (shrinkage where neighbours are far), and log(mean weight per training prompt) as a
+     "how far" signal (a mean, not a total, so it has the same scale in the inner folds
+     and in the final fit).
      The betas are fitted from the training embeddings so the kernels cover about 10, 40
      and 160 effective neighbours - a smooth kNN without any top-k search, so one decision
      is a few small matrix products;
@@ -16,12 +18,18 @@ How it works (all numpy; state = arrays + JSON, no pickle):
    - cluster experts: spherical k-means (mean cluster size 3000 and 750 prompts); per
      cluster a ridge on the global ridge's residuals (GCV again, so clusters without local
      structure fall back to the global model);
-   - optional: EB-shrunk per-cluster means (`proto_sizes`), the project's logistic
-     regression (`logistic=True`).
+   - the project's logistic regression on small tables (<= 1000 training prompts by
+     default; `logistic=True` always); optional: EB-shrunk per-cluster means (`proto_sizes`).
 3. A stacker: ridge regression (GCV) from all base predictions, for all models, to each
    model's quality, fitted on out-of-fold base predictions from an inner K-fold split of the
-   training data only (optional per-cluster corrections: `stack_clusters`). Predictions are
-   clipped to [0, 1].
+   training data only (optional per-cluster corrections: `stack_clusters`).
+4. Selection: the final predictor is the stack, the equal-weight average of the base
+   blocks, one block alone or the per-model mean - whichever has the lowest inner-CV loss on
+   the part of the error that changes decisions (each row's residuals minus their row mean:
+   the squared error of the predicted between-model differences, see `_centred_sq`). The
+   stack's own out-of-fold predictions come from refitting it inside the same inner split.
+   Large tables keep the stack; small ones (e.g. 160 MT-Bench prompts) often take a single
+   block or the average. Predictions are clipped to [0, 1].
 
 Penalties, kernel widths and blend weights are chosen inside `fit` from the training data;
 the constructor sets structure and seed. The kernel memory (PCA-reduced embeddings and
@@ -76,27 +84,42 @@ def _ridge_gcv(
     return W, b, float(np.median(chosen))
 
 
-def _select_stacker(
-    B: np.ndarray, Y: np.ndarray, W: np.ndarray, b: np.ndarray, alpha: float, starts: list[int]
-) -> int:
-    """-1 to keep the ridge blend, else the first column of the (n, m) base block to use alone.
+def _centred_sq(Q: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """(n,) per-prompt squared error of P against Q after removing each row's mean residual.
 
-    B holds out-of-fold base predictions, so each block's squared error is an honest held-out
-    error; the blend's error is its GCV (leave-one-out-like) estimate. On small tables the blend
-    over many columns can overfit; then a single base learner is the better estimator.
+    A decision argmax_j (q_j - lambda * c_j) does not change when a constant is added to a
+    row of q, so only the within-row (between-model) part of the error matters. This loss is
+    the sum over model pairs of the squared error of the predicted difference q_i - q_j (up to
+    a factor m), which is the regret of "pick i over j when the predicted difference exceeds
+    t" integrated over all thresholds t. NaN cells of Q are left out.
     """
-    n = len(B)
-    Bc = B - B.mean(axis=0)
-    ev = np.linalg.eigvalsh(Bc.T @ Bc)
-    df = float((ev / (ev + alpha)).clip(0.0, 1.0).sum())
-    blend = float(((Y - (B @ W + b)) ** 2).mean()) / max(1.0 - (df + 1.0) / n, 1e-3) ** 2
-    m = Y.shape[1]
-    best, best_err = -1, blend
-    for start in starts:
-        err = float(((Y - B[:, start : start + m]) ** 2).mean())
-        if err < best_err:
-            best, best_err = start, err
-    return best
+    ok = np.isfinite(Q)
+    R = np.where(ok, Q - P, 0.0)
+    rm = R.sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
+    return (np.where(ok, R - rm[:, None], 0.0) ** 2).sum(axis=1)
+
+
+def _select_candidate(
+    cands: dict[str, np.ndarray], Q: np.ndarray, order: list[str], z: float
+) -> tuple[str, dict[str, float]]:
+    """Pick a final predictor from out-of-fold candidate predictions (the one-standard-error rule).
+
+    Each candidate's loss is the mean `_centred_sq` of its (clipped) out-of-fold predictions.
+    Walking `order` from the simplest candidate to the most flexible, the first one whose
+    paired loss difference to the best candidate is within `z` standard errors is chosen;
+    z = 0 picks the best. Candidates not in `order` (the per-model mean) win only when every
+    ordered one is worse by more than that. Returns (name, mean loss per candidate).
+    """
+    L = {k: _centred_sq(Q, np.clip(v, 0.0, 1.0)) for k, v in cands.items()}
+    scores = {k: float(v.mean()) for k, v in L.items()}
+    best = min(scores, key=scores.__getitem__)
+    for k in order:
+        if k not in L:
+            continue
+        d = L[k] - L[best]
+        if d.mean() <= z * d.std() / np.sqrt(max(len(d), 1)):
+            return k, scores
+    return best, scores
 
 
 def _kmeans(E: np.ndarray, k: int, seed: int, iters: int = 15) -> np.ndarray:
@@ -189,7 +212,9 @@ class _Base:
         prior: float,
         betas: tuple[float, ...] = (),
         logistic_lam: float | None = None,
+        density_mean: bool = True,
     ) -> None:
+        self.density_mean = density_mean
         self.protos = protos
         self.experts = experts
         self.prior = prior
@@ -247,6 +272,11 @@ class _Base:
         Weight of training prompt i: exp(beta * (cos_sim - 1)) (1 for an identical prompt), plus
         a pseudo-weight 1 on the model's mean, so far-away prompts fall back to it. Matrix
         products only, no top-k search: cheap for single decisions and batches alike.
+
+        The "how far" columns are log(mean kernel weight per training row), not of the total:
+        the stacker learns its weights from inner-fold bases fitted on (K-1)/K of the rows, and a
+        total grows with the row count, so on the final base it would be shifted by log(K/(K-1))
+        times a weight that differs per model - a bias in the between-model differences.
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
@@ -266,7 +296,11 @@ class _Base:
                 den[g, s0 : s0 + step] = R[:, m : 2 * m]
                 tot[g, s0 : s0 + step] = R[:, 2 * m]
         preds = (num + self.mu) / (den + 1.0)
-        return [preds[g] for g in range(nb)] + [np.log1p(tot[g])[:, None] for g in range(nb)]
+        if self.density_mean:  # mean kernel weight per training row: the same scale for any n
+            dens = [np.log(tot[g] / len(self.E) + 1e-9)[:, None] for g in range(nb)]
+        else:  # states saved before the mean-weight feature: log(1 + total weight)
+            dens = [np.log1p(tot[g])[:, None] for g in range(nb)]
+        return [preds[g] for g in range(nb)] + dens
 
     def transform(
         self,
@@ -301,9 +335,19 @@ class DefaultEstimator(QualityEstimator):
     kernel_dim:   PCA dimension of the kernel space (0 = full embedding).
     standardize:  standardise embedding columns before the ridge (off: measured worse).
     per_output:   one GCV penalty per model in the stacker (off: measured no gain).
-    logistic:     add the project's logistic regression as a base learner (slower fit).
+    logistic:     add the project's logistic regression as a base learner (slower fit); None =
+                  only on small tables (at most `logistic_max_n` training prompts), where it is
+                  cheap and the strongest simple learner.
+    logistic_max_n: the size limit of `logistic=None`.
     stack_clusters: clusters with their own stacker correction (0 = off).
     inner_folds:  folds of the inner split that trains the stacker.
+    selection:    how the final predictor is chosen from the out-of-fold candidates (the ridge
+                  stack, the equal-weight average of the base blocks, each block alone, the
+                  per-model mean), on the decision-relevant `_centred_sq` loss: "best" (default:
+                  lowest inner-CV loss), "one_se" (the first of average, blocks, stack within
+                  `select_se` standard errors of the best; measured slightly worse) or "stack"
+                  (always the ridge stack, as before).
+    select_se:    standard errors of the one-SE rule.
     seed:         seed of k-means, the kernel-width sample and the inner split.
     """
 
@@ -318,11 +362,16 @@ class DefaultEstimator(QualityEstimator):
         kernel_dim: int = 32,
         standardize: bool = False,
         per_output: bool = False,
-        logistic: bool = False,
+        logistic: bool | None = None,
+        logistic_max_n: int = 1000,
         stack_clusters: int = 0,
         inner_folds: int = 4,
+        selection: str = "best",
+        select_se: float = 1.0,
         seed: int = 0,
     ) -> None:
+        if selection not in ("one_se", "best", "stack"):
+            raise ValueError(f"selection must be 'one_se', 'best' or 'stack', got {selection!r}")
         self.proto_sizes = tuple(int(s) for s in proto_sizes)
         self.expert_sizes = tuple(int(s) for s in expert_sizes)
         self.prior = float(prior)
@@ -330,9 +379,13 @@ class DefaultEstimator(QualityEstimator):
         self.kernel_dim = int(kernel_dim)
         self.standardize = bool(standardize)
         self.per_output = bool(per_output)
-        self.logistic = bool(logistic)
+        self.logistic = None if logistic is None else bool(logistic)
+        self.logistic_max_n = int(logistic_max_n)
         self.stack_clusters = int(stack_clusters)
         self.inner_folds = int(inner_folds)
+        self.selection = selection
+        self.select_se = float(select_se)
+
         self.seed = int(seed)
 
     # ---- helpers -----------------------------------------------------------------------
@@ -384,14 +437,17 @@ class DefaultEstimator(QualityEstimator):
         K = self._kernel_emb(X)
         self.betas_ = _betas_for(K, self.neighbours, self.seed)
         lam = None
-        if self.logistic:
+        use_logit = n <= self.logistic_max_n if self.logistic is None else self.logistic
+        if use_logit:
             from llmroute.estimators.linear import LinearEstimator
 
             lam = float(LinearEstimator(seed=self.seed).fit(X, Q).lam_)
         folds = max(2, min(self.inner_folds, n // 2))
         perm = np.random.default_rng(self.seed).permutation(n)
+        parts = np.array_split(perm, folds)
         B = None
-        for part in np.array_split(perm, folds):
+        MU = np.zeros((n, m))  # out-of-fold per-model means (the simplest candidate)
+        for part in parts:
             tr = np.setdiff1d(perm, part)
             base = _Base(self.protos_, self.experts_, self.prior, self.betas_, lam)
             base.fit(X.take(tr), Z[tr], Q[tr], [lab[tr] for lab in labs], K[tr])
@@ -401,17 +457,11 @@ class DefaultEstimator(QualityEstimator):
             if B is None:
                 B = np.zeros((n, Bp.shape[1]))
             B[part] = Bp
+            MU[part] = base.mu
         assert B is not None
         Qf = _fill(Q, column_means(Q))
         self.stack_W_, self.stack_b_, self.stack_alpha_ = _ridge_gcv(B, Qf, per_output=self.per_output)
-        # quality blocks of B: global ridge, one per expert level, one per kernel width
-        first = len(self.protos_) * (m + 2)
-        starts = [first + k * m for k in range(1 + len(self.experts_) + len(self.betas_))]
-        self.stack_choice_ = _select_stacker(B, Qf, self.stack_W_, self.stack_b_, self.stack_alpha_, starts)
-        if self.stack_choice_ >= 0:  # one base block predicts held-out rows better than the blend
-            W = np.zeros_like(self.stack_W_)
-            W[self.stack_choice_ : self.stack_choice_ + m] = np.eye(m)
-            self.stack_W_, self.stack_b_ = W, np.zeros(m)
+        self._choose_final(B, Q, Qf, MU, parts, perm, has_logit=lam is not None)
         # per-cluster stacker corrections: ridge on the global stacker's residuals
         self.stack_centres_ = np.zeros((0, X.emb.shape[1]), dtype=np.float32)
         self.stack_LW_ = np.zeros((0, B.shape[1], m))
@@ -429,6 +479,63 @@ class DefaultEstimator(QualityEstimator):
             self.stack_centres_, self.stack_LW_, self.stack_Lb_ = Cs, LW, Lb
         self.base_ = _Base(self.protos_, self.experts_, self.prior, self.betas_, lam).fit(X, Z, Q, labs, K)
         return self
+
+    def _choose_final(
+        self,
+        B: np.ndarray,
+        Q: np.ndarray,
+        Qf: np.ndarray,
+        MU: np.ndarray,
+        parts: list[np.ndarray],
+        perm: np.ndarray,
+        has_logit: bool,
+    ) -> None:
+        """Replace the ridge stack by a simpler candidate when the inner CV does not support it.
+
+        Candidates, all with out-of-fold predictions on the training rows: the ridge stack (its
+        own out-of-fold predictions come from refitting it on the other inner folds' rows of B,
+        nested in the same split), the equal-weight average of the quality blocks (no fitted
+        weight), each quality block alone (global ridge, each expert level, each kernel width,
+        the logistic regression when present) and the per-model mean. On small tables a stack
+        of many columns can overfit its weights; on large ones it usually wins and is kept.
+        """
+        n, m = Q.shape
+        first = len(self.protos_) * (m + 2)
+        nq = 1 + len(self.experts_) + len(self.betas_)
+        names = ["ridge"] + [f"expert{e}" for e in range(len(self.experts_))]
+        names += [f"kernel{k}" for k in range(len(self.betas_))]
+        starts = [first + k * m for k in range(nq)]
+        if has_logit:  # the logistic block is the last m columns
+            names.append("logistic")
+            starts.append(B.shape[1] - m)
+        self.stack_choice_ = "stack"
+        self.selection_scores_: dict[str, float] = {}
+        if self.selection == "stack":
+            return
+        S = np.zeros((n, m))
+        for part in parts:
+            tr = np.setdiff1d(perm, part)
+            W, b, _ = _ridge_gcv(B[tr], Qf[tr], per_output=self.per_output)
+            S[part] = B[part] @ W + b
+        W_avg = np.zeros_like(self.stack_W_)
+        for s0 in starts:
+            W_avg[s0 : s0 + m] += np.eye(m) / len(starts)
+        cands = {"stack": S, "average": B @ W_avg, "mean": MU}
+        cands |= {nm: B[:, s0 : s0 + m] for nm, s0 in zip(names, starts, strict=True)}
+        z = self.select_se if self.selection == "one_se" else 0.0
+        choice, self.selection_scores_ = _select_candidate(cands, Q, ["average", *names, "stack"], z)
+        self.stack_choice_ = choice
+        if choice == "stack":
+            return
+        if choice == "average":
+            self.stack_W_, self.stack_b_ = W_avg, np.zeros(m)
+        elif choice == "mean":
+            self.stack_W_, self.stack_b_ = np.zeros_like(self.stack_W_), column_means(Q)
+        else:
+            s0 = starts[names.index(choice)]
+            W = np.zeros_like(self.stack_W_)
+            W[s0 : s0 + m] = np.eye(m)
+            self.stack_W_, self.stack_b_ = W, np.zeros(m)
 
     def predict(self, X: Features) -> np.ndarray:
         """(n, m) expected quality in [0, 1]."""
@@ -451,8 +558,11 @@ class DefaultEstimator(QualityEstimator):
             "standardize": self.standardize,
             "per_output": self.per_output,
             "logistic": self.logistic,
+            "logistic_max_n": self.logistic_max_n,
             "stack_clusters": self.stack_clusters,
             "inner_folds": self.inner_folds,
+            "selection": self.selection,
+            "select_se": self.select_se,
             "seed": self.seed,
         }
 
@@ -491,6 +601,8 @@ class DefaultEstimator(QualityEstimator):
             "betas": list(self.betas_),
             "n_protos": len(self.protos_),
             "n_experts": len(self.experts_),
+            "stack_choice": self.stack_choice_,
+            "density_mean": b.density_mean,
         }
         if b.logit is not None:
             la, lp = b.logit.get_state()
@@ -510,8 +622,11 @@ class DefaultEstimator(QualityEstimator):
             standardize=params["standardize"],
             per_output=params["per_output"],
             logistic=params["logistic"],
+            logistic_max_n=params.get("logistic_max_n", 1000),
             stack_clusters=params["stack_clusters"],
             inner_folds=params["inner_folds"],
+            selection=params.get("selection", "stack"),
+            select_se=params.get("select_se", 1.0),
             seed=params["seed"],
         )
         f64 = lambda k: np.asarray(arrays[k], dtype=np.float64)  # noqa: E731
@@ -522,7 +637,14 @@ class DefaultEstimator(QualityEstimator):
         est.protos_ = [f32(f"proto.{g}.centres") for g in range(params["n_protos"])]
         est.experts_ = [f32(f"expert.{e}.centres") for e in range(params["n_experts"])]
         est.betas_ = tuple(float(b) for b in params["betas"])
-        base = _Base(est.protos_, est.experts_, est.prior, est.betas_, params.get("logistic_lam"))
+        base = _Base(
+            est.protos_,
+            est.experts_,
+            est.prior,
+            est.betas_,
+            params.get("logistic_lam"),
+            density_mean=bool(params.get("density_mean", False)),
+        )
         base.mu, base.W, base.b = f64("mu"), f64("ridge_w"), f64("ridge_b")
         base.alpha = float(params["ridge_alpha"])
         base.proto_means = [f64(f"proto.{g}.means") for g in range(params["n_protos"])]
@@ -539,6 +661,7 @@ class DefaultEstimator(QualityEstimator):
         est.base_ = base
         est.stack_W_, est.stack_b_ = f64("stack_w"), f64("stack_b")
         est.stack_alpha_ = float(params["stack_alpha"])
+        est.stack_choice_ = str(params.get("stack_choice", "stack"))
         est.stack_centres_ = f32("stack_centres")
         est.stack_LW_, est.stack_Lb_ = f64("stack_local_w"), f64("stack_local_b")
         est.n_models_ = len(base.mu)
