@@ -137,3 +137,23 @@ def test_cost_token_count_from_text():
     est = ce.count_tokens(table.prompts)
     assert np.median(np.abs(est - tin) / tin) < 0.2
     assert ce.count_tokens([""])[0] == 0
+
+
+def test_cost_estimate_stays_finite_on_out_of_range_prompts():
+    """A prompt far outside the training range (one huge 'word', a huge text) gets a large but
+    finite cost: the log-token models are capped, never overflow to inf."""
+    table = make_synthetic_table(160, seed=4)
+    X = _features(table)
+    ce = CostEstimator().fit(table, X)
+    odd = ["x" * 5000, "word " * 200_000, "é" * 20_000]
+    Xo = Features(hash_embed(odd), np.full((len(odd), 2), 1e4, dtype=np.float32))  # far off-range
+    for C in (ce.predict(odd, Xo), ce.predict(odd), ce.predict_tokens(np.array([1e12]))):
+        assert np.isfinite(C).all() and (C >= 0).all()
+
+
+def test_shipped_router_cost_finite_for_one_huge_word():
+    from llmroute import Router
+    from llmroute.router import default_router_path
+
+    d = Router.load(default_router_path()).route("x" * 5000)
+    assert all(np.isfinite(v) for v in d.expected_cost.values())

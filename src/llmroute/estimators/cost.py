@@ -38,6 +38,9 @@ __all__ = ["CostEstimator"]
 
 _MODES = ("price", "observed", "zero")
 _DEFAULT_TOK_PER_CHAR = 0.25
+# Log-token predictions are capped here (a million tokens, beyond any context window) so an
+# out-of-range prompt (e.g. one 5,000-character "word") gives a large finite cost, never inf.
+_MAX_LOG_TOKENS = float(np.log1p(1e6))
 
 
 def _text_stats(texts: Sequence[str]) -> np.ndarray:
@@ -241,7 +244,7 @@ class CostEstimator:
         """(n, m) expected output tokens per model."""
         lx = np.log1p(np.asarray(input_tokens, dtype=np.float64).reshape(-1, 1))
         a, b, smear = self.out_ab_[:, 0], self.out_ab_[:, 1], self.out_ab_[:, 2]
-        return np.maximum(np.exp(a + b * lx) * smear - 1.0, 0.0)
+        return np.maximum(np.exp(np.minimum(a + b * lx, _MAX_LOG_TOKENS)) * smear - 1.0, 0.0)
 
     def predict_tokens(self, input_tokens: np.ndarray) -> np.ndarray:
         """(n, m) expected cost in USD given input token counts."""
@@ -267,6 +270,7 @@ class CostEstimator:
         A = np.concatenate((np.log1p(stats), X.emb, X.extra), axis=1, dtype=np.float64)  # = _design
         T = A @ self.feat_W_
         T += self.feat_b_
+        np.minimum(T, _MAX_LOG_TOKENS, out=T)
         np.exp(T, out=T)
         T *= self.feat_smear_
         T -= 1.0
