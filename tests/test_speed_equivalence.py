@@ -60,6 +60,16 @@ def _varied_texts(seed: int = 0) -> list[str]:
     return texts
 
 
+@pytest.fixture(autouse=True)
+def _batch_path_for_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the batch paths from 8 texts on, whatever their length, so every test below runs them
+    (in production short batches stay on the per-text path, which is faster there)."""
+    from llmroute.embed import static as static_module
+
+    monkeypatch.setattr(static_module, "_VECTOR_MIN_CHARS", 0)
+    monkeypatch.setattr(F, "_VECTOR_MIN_CHARS", 0)
+
+
 @pytest.fixture(scope="module")
 def static() -> StaticEncoder:
     return load_encoder("static-minilm")  # type: ignore[return-value]
