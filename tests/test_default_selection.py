@@ -54,16 +54,16 @@ def test_select_candidate_best_and_one_standard_error_rule() -> None:
     noise = rng.normal(size=(400, 3))
     cands = {
         "stack": Q + 0.10 * noise,  # best
-        "average": Q + 0.11 * noise,  # the same noise, scaled: worse on every row
+        "ridge": Q + 0.11 * noise,  # the same noise, scaled: worse on every row
         "mean": np.tile(Q.mean(axis=0), (400, 1)),
     }
-    choice, scores = _select_candidate(cands, Q, ["average", "stack"], z=0.0)
-    assert choice == "stack" and scores["stack"] < scores["average"] < scores["mean"]
-    # identical noise -> the paired difference has tiny spread: "average" is not within 1 SE
-    assert _select_candidate(cands, Q, ["average", "stack"], z=1.0)[0] == "stack"
+    choice, scores = _select_candidate(cands, Q, ["ridge", "stack"], z=0.0)
+    assert choice == "stack" and scores["stack"] < scores["ridge"] < scores["mean"]
+    # identical noise -> the paired difference has tiny spread: "ridge" is not within 1 SE
+    assert _select_candidate(cands, Q, ["ridge", "stack"], z=1.0)[0] == "stack"
     # independent noise of nearly the same size: the simpler one is within 1 SE
-    cands["average"] = Q + 0.1005 * rng.normal(size=(400, 3))
-    assert _select_candidate(cands, Q, ["average", "stack"], z=1.0)[0] == "average"
+    cands["ridge"] = Q + 0.1005 * rng.normal(size=(400, 3))
+    assert _select_candidate(cands, Q, ["ridge", "stack"], z=1.0)[0] == "ridge"
     # the per-model mean (not in the order) wins only when it is the best
     assert _select_candidate({"mean": cands["mean"], "stack": Q[::-1]}, Q, ["stack"], z=1.0)[0] == "mean"
 

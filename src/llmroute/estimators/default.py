@@ -23,13 +23,13 @@ How it works (all numpy; state = arrays + JSON, no pickle):
 3. A stacker: ridge regression (GCV) from all base predictions, for all models, to each
    model's quality, fitted on out-of-fold base predictions from an inner K-fold split of the
    training data only (optional per-cluster corrections: `stack_clusters`).
-4. Selection: the final predictor is the stack, the equal-weight average of the base
-   blocks, one block alone or the per-model mean - whichever has the lowest inner-CV loss on
+4. Selection: the final predictor is the stack, one base block alone or the per-model
+   mean - whichever has the lowest inner-CV loss on
    the part of the error that changes decisions (each row's residuals minus their row mean:
    the squared error of the predicted between-model differences, see `_centred_sq`). The
    stack's own out-of-fold predictions come from refitting it inside the same inner split.
    Large tables keep the stack; small ones (e.g. 160 MT-Bench prompts) often take a single
-   block or the average. Predictions are clipped to [0, 1].
+   block. Predictions are clipped to [0, 1].
 
 Penalties, kernel widths and blend weights are chosen inside `fit` from the training data;
 the constructor sets structure and seed. The kernel memory (PCA-reduced embeddings and
@@ -342,11 +342,10 @@ class DefaultEstimator(QualityEstimator):
     stack_clusters: clusters with their own stacker correction (0 = off).
     inner_folds:  folds of the inner split that trains the stacker.
     selection:    how the final predictor is chosen from the out-of-fold candidates (the ridge
-                  stack, the equal-weight average of the base blocks, each block alone, the
-                  per-model mean), on the decision-relevant `_centred_sq` loss: "best" (default:
-                  lowest inner-CV loss), "one_se" (the first of average, blocks, stack within
-                  `select_se` standard errors of the best; measured slightly worse) or "stack"
-                  (always the ridge stack, as before).
+                  stack, each base block alone, the per-model mean), on the decision-relevant
+                  `_centred_sq` loss: "best" (default: lowest inner-CV loss), "one_se" (the
+                  first of the blocks, then the stack, within `select_se` standard errors of
+                  the best; measured worse on small tables) or "stack" (always the stack).
     select_se:    standard errors of the one-SE rule.
     seed:         seed of k-means, the kernel-width sample and the inner split.
     """
@@ -494,10 +493,11 @@ class DefaultEstimator(QualityEstimator):
 
         Candidates, all with out-of-fold predictions on the training rows: the ridge stack (its
         own out-of-fold predictions come from refitting it on the other inner folds' rows of B,
-        nested in the same split), the equal-weight average of the quality blocks (no fitted
-        weight), each quality block alone (global ridge, each expert level, each kernel width,
-        the logistic regression when present) and the per-model mean. On small tables a stack
-        of many columns can overfit its weights; on large ones it usually wins and is kept.
+        nested in the same split), each quality block alone (global ridge, each expert level,
+        each kernel width, the logistic regression when present) and the per-model mean. On
+        small tables a stack of many columns can overfit its weights; on large ones it usually
+        wins and is kept. (An equal-weight average of the blocks was measured as a candidate and
+        dropped: often chosen, worse decisions - see docs/default-estimator-notes.md.)
         """
         n, m = Q.shape
         first = len(self.protos_) * (m + 2)
@@ -517,19 +517,14 @@ class DefaultEstimator(QualityEstimator):
             tr = np.setdiff1d(perm, part)
             W, b, _ = _ridge_gcv(B[tr], Qf[tr], per_output=self.per_output)
             S[part] = B[part] @ W + b
-        W_avg = np.zeros_like(self.stack_W_)
-        for s0 in starts:
-            W_avg[s0 : s0 + m] += np.eye(m) / len(starts)
-        cands = {"stack": S, "average": B @ W_avg, "mean": MU}
+        cands = {"stack": S, "mean": MU}
         cands |= {nm: B[:, s0 : s0 + m] for nm, s0 in zip(names, starts, strict=True)}
         z = self.select_se if self.selection == "one_se" else 0.0
-        choice, self.selection_scores_ = _select_candidate(cands, Q, ["average", *names, "stack"], z)
+        choice, self.selection_scores_ = _select_candidate(cands, Q, [*names, "stack"], z)
         self.stack_choice_ = choice
         if choice == "stack":
             return
-        if choice == "average":
-            self.stack_W_, self.stack_b_ = W_avg, np.zeros(m)
-        elif choice == "mean":
+        if choice == "mean":
             self.stack_W_, self.stack_b_ = np.zeros_like(self.stack_W_), column_means(Q)
         else:
             s0 = starts[names.index(choice)]
