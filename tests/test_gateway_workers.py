@@ -28,7 +28,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, loopback_config
+from conftest import StubRouter, free_port, loopback_config
+from llmroute.gateway.app import Gateway
 from llmroute.gateway.auth import (
     Authenticator,
     BudgetManager,
@@ -38,7 +39,8 @@ from llmroute.gateway.auth import (
     max_request_cost,
     period_ids,
 )
-from llmroute.gateway.ledger import SharedLedger
+from llmroute.gateway.config import parse_config
+from llmroute.gateway.ledger import SHARED_DIR_ENV, SharedLedger
 from llmroute.gateway.metrics import GatewayMetrics
 from llmroute.gateway.store import open_store
 
@@ -268,6 +270,47 @@ def test_metrics_merge_worker_snapshots(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_gateway_shutdown_publishes_last_metrics_and_closes_ledgers(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopping worker publishes its last counts (even between publisher ticks) and releases the
+    budget and rate-limit ledgers."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv(SHARED_DIR_ENV, str(shared))
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["keys"] = [{"id": "team-a", "key_sha256": hash_key(KEY_A), "budget_usd_day": 5.0, "rpm": 600}]
+    metrics = GatewayMetrics(publish_interval_s=3600)  # no publisher tick during the test
+    gw = Gateway(parse_config(cfg), routers={"default": StubRouter()}, metrics=metrics)
+
+    async def run() -> None:
+        await gw.startup()
+        transport = httpx.ASGITransport(app=gw)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            for _ in range(3):
+                r = await c.post(
+                    "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {KEY_A}"},
+                    json={"model": "llmroute/auto", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                assert r.status_code == 200, r.text
+        assert not list(shared.glob("metrics-*.json"))  # nothing published yet
+        await gw.shutdown()
+
+    asyncio.run(run())
+    assert metrics._thread is None
+    assert len(list(shared.glob("metrics-*.json"))) == 1
+    other = GatewayMetrics(shared_dir=shared, publish_interval_s=3600)
+    other._pid += 1  # stands in for a worker that keeps running
+    try:
+        assert _requests_total(other.render()[0].decode(), "200") == 3
+    finally:
+        other.close()
+    assert gw.budgets is not None and gw.budgets._ledger is not None and gw.budgets._ledger._fd == -1
+    assert gw.auth._ledger is not None and gw.auth._ledger._fd == -1
+    assert gw.store.stats()["written"] == 3
 
 
 # ---- end to end: llmroute serve --workers 2 -----------------------------------------------------

@@ -437,7 +437,9 @@ class Gateway:
         self._started = True
 
     async def shutdown(self) -> None:
-        """Close backends, the session and the store (draining queued traces)."""
+        """Close backends, the session and the store (draining queued traces), then the metrics
+        (a worker of `llmroute serve --workers N` publishes its last counts, store totals included)
+        and the budgets and rate limits (releasing the shared ledgers)."""
         if not self._started:
             return
         self._started = False
@@ -448,6 +450,11 @@ class Gateway:
             await self.http.close()
         if self.store is not None:
             await self.store.close()
+        # joins the publisher thread (up to seconds): off the event loop
+        await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
+        if self.budgets is not None:
+            self.budgets.close()
+        self.auth.close()
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

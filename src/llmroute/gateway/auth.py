@@ -248,6 +248,11 @@ class Authenticator:
         if folder and self._rates:
             self._ledger = SharedLedger(Path(folder) / "rates.ledger", sorted(self._rates))
 
+    def close(self) -> None:
+        """Close the shared rate-limit ledger, if any (the other workers keep theirs)."""
+        if self._ledger is not None:
+            self._ledger.close()
+
     @property
     def enabled(self) -> bool:
         """Whether requests need a key."""
