@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from llmroute.gateway.store import StoreError, TraceStore, open_store, parse_time
+from llmroute.gateway.store import (
+    TRACE_FIELDS,
+    StoreError,
+    TraceStore,
+    normalize_record,
+    normalize_row,
+    open_store,
+    parse_time,
+)
 
 
 def _rec(i: int, **kw: object) -> dict:
@@ -147,6 +155,42 @@ def test_schema_mapping_extra_latency_and_defaults(db: str) -> None:
         assert (row["overhead_ms"], row["upstream_ms"], row["total_ms"]) == (0.3, 5.0, 5.3)
         assert row["stream"] is True
         assert row["extra"] == {"router": "default", "guards": {"pii": "redacted"}, "cache": {"hit": False}}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_write_row_stores_what_write_stores(tmp_path: Path, keep: bool) -> None:
+    """The gateway's tuple form (`write_row`) gives the same stored record as the dict form,
+    including conversions (bool, int-for-float, str subclasses) and the prompt/response filters."""
+
+    class Name(str):
+        pass
+
+    recs = [
+        _rec(1),
+        _rec(2, stream=True, status=502, error="upstream", prompt="hi", response=[{"x": 1}], cost_usd=0),
+        _rec(3, request_id="", ts=None, model=Name("fake-weak"), extra={"cache": "miss"}, ttft_ms=3),
+        _rec(4, outcome={"quality": 1.0}, tokens_in=True, key_id=None, candidates=[]),
+    ]
+    for r in recs:
+        rec = {k: r.get(k) for k in TRACE_FIELDS}
+        row = tuple(rec[k] for k in TRACE_FIELDS)
+        a = normalize_record(rec, store_prompts=keep, store_responses=keep)
+        b = normalize_row(row, store_prompts=keep, store_responses=keep)
+        if not rec["request_id"]:  # generated ids and write times differ
+            a, b = a[2:], b[2:]
+        assert a == b
+        assert [type(x) for x in a] == [type(x) for x in b]
+    with pytest.raises(ValueError, match="TRACE_FIELDS"):
+        normalize_row(("x",), store_prompts=False, store_responses=False)
+
+    st_dict = open_store(f"sqlite:///{tmp_path}/dict.db", store_prompts=keep, store_responses=keep)
+    st_row = open_store(f"sqlite:///{tmp_path}/row.db", store_prompts=keep, store_responses=keep)
+    for r in recs[:2] + recs[3:]:
+        st_dict.write(r)
+        st_row.write_row(tuple(r.get(k) for k in TRACE_FIELDS))
+    assert st_dict.query(limit=None) == st_row.query(limit=None)
+    st_dict.close_sync()
+    st_row.close_sync()
 
 
 def test_feedback_is_ordered_after_the_write(db: str) -> None:
