@@ -193,6 +193,26 @@ def test_write_row_stores_what_write_stores(tmp_path: Path, keep: bool) -> None:
     st_row.close_sync()
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_multi_row_inserts_keep_every_record_and_upsert_order(tmp_path: Path, n: int) -> None:
+    """Batches go to SQLite 64 rows per statement (the rest row by row): every record lands, and a
+    request id written twice in one batch ends as its last write, keeping an earlier outcome."""
+    from llmroute.gateway.store import _SQLiteBackend
+
+    b = _SQLiteBackend(str(tmp_path / "t.db"))
+    assert b._multi == 64
+    norm = lambda r: normalize_record(r, store_prompts=False, store_responses=False)  # noqa: E731
+    rows = [norm(_rec(i)) for i in range(n)]
+    rows.insert(n // 2, norm(_rec(0, status=503, outcome={"quality": 0.5})))  # same id as rows[0], later
+    rows.append(norm(_rec(0, status=201)))
+    b.insert(rows)
+    assert b.count() == n
+    got = {r["request_id"]: r for r in b.query({}, None)}
+    assert got["req-00000"]["status"] == 201 and got["req-00000"]["outcome"] == {"quality": 0.5}
+    assert got[f"req-{n - 1:05d}"]["tokens_in"] == 20
+    b.close()
+
+
 def test_feedback_is_ordered_after_the_write(db: str) -> None:
     with open_store(db, flush_interval_s=60) as st:
         st.write(_rec(7))
