@@ -108,36 +108,6 @@ def test_batched_estimates_equal_single_ones() -> None:
     assert router.calls == [8, 8, 4]  # 20 concurrent requests, batches of at most 8, every prompt estimated
 
 
-def test_batcher_waits_a_couple_of_turns_for_company() -> None:
-    """Requests that reach the router one or two loop turns apart share a router call; a lone
-    request is still answered; a full batch does not wait."""
-    router = CountingRouter()
-    eng = _engine(router, 4)
-
-    async def late(text: str, turns: int) -> RouteDecision:
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        return await eng.decide(_ctx(text))
-
-    async def main() -> None:
-        got = await asyncio.gather(late("a", 0), late("bb", 1), late("ccc", 2))
-        assert [d.expected_quality for d in got] == [
-            eng.route(_ctx(t)).expected_quality for t in ("a", "bb", "ccc")
-        ]
-        assert router.calls[0] == 3
-        router.calls.clear()
-        await eng.decide(_ctx("alone"))
-        assert router.calls == [1]
-        router.calls.clear()
-        await asyncio.gather(*(late(f"p{i}", i // 4) for i in range(6)))
-        assert router.calls == [4, 2]  # four at once go at once; the next two wait for each other
-        router.calls.clear()
-        await asyncio.gather(late("x", 0), late("y", 5))  # too late for the first call
-        assert router.calls == [1, 1]
-
-    asyncio.run(main())
-
-
 def test_hooks_run_first_and_can_block_or_decide() -> None:
     eng = _engine(StubRouter(), 8)
     seen: list[str] = []

@@ -12,9 +12,9 @@
    request via the body field `llmroute: {tradeoff, max_cost, min_quality}`) picks the model, and
    the remaining candidates are ranked for fallback.
 
-Without hooks, router estimates are micro-batched: the requests that reach the router within a
-couple of event-loop turns share one `router.estimate` call (at most `server.route_batch` prompts;
-each request is still estimated on its own conversation, nothing is cached). A hook that wants the
+Without hooks, router estimates are micro-batched: the requests that reach the router in the
+same event-loop turn share one `router.estimate` call (at most `server.route_batch` prompts; each
+request is still estimated on its own conversation, nothing is cached). A hook that wants the
 default decision calls the synchronous `engine.route(ctx)`.
 
 Routers are anything with `.models` (router column names) and `.estimate(prompts) -> (q, c)`,
@@ -343,8 +343,8 @@ class RoutingEngine:
 
     async def route_async(self, ctx: RequestContext) -> RouteDecision:
         """`route`, with the router estimate micro-batched across concurrent requests: requests
-        that reach this point within a couple of event-loop turns share one `router.estimate` call
-        (up to `batch_size` prompts). Every request is still estimated on its own text; nothing is cached."""
+        that reach this point in the same event-loop turn share one `router.estimate` call (up to
+        `batch_size` prompts). Every request is still estimated on its own text; nothing is cached."""
         plan = self._plan(ctx)
         if plan is None:
             return RouteDecision(model=ctx.requested, ranked=[ctx.requested], reason="direct")
@@ -417,36 +417,22 @@ class RoutingEngine:
 
 
 class _Batcher:
-    """Collects the prompts that reach the router within a couple of event-loop turns and
-    estimates them in one router call.
+    """Collects the prompts of one event-loop turn and estimates them in one router call."""
 
-    A router call has a large fixed cost (per prompt on the reference box: ~90-180 us alone,
-    ~50 us in a batch of 8, ~36 us in 32), so a batch with room left waits up to `defer_turns`
-    more loop turns (each one polls the sockets once, so requests that arrived meanwhile join;
-    two are needed because a request read in a turn's I/O phase first runs in the next turn).
-    A turn with nothing else to do takes microseconds; a busy one does work that was due anyway."""
-
-    def __init__(self, router: RouterLike, max_batch: int, defer_turns: int = 2) -> None:
+    def __init__(self, router: RouterLike, max_batch: int) -> None:
         self.router = router
         self.max_batch = max_batch
-        self.defer_turns = defer_turns
         self.pending: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
-        self._waited = 0
 
     def estimate(self, text: str) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
         if not self.pending:
-            self._waited = 0
             loop.call_soon(self._flush)
         self.pending.append((text, fut))
         return fut
 
     def _flush(self) -> None:
-        if self._waited < self.defer_turns and len(self.pending) < self.max_batch:
-            self._waited += 1
-            asyncio.get_running_loop().call_soon(self._flush)
-            return
         pending, self.pending = self.pending, []
         for k in range(0, len(pending), self.max_batch):
             chunk = [(t, f) for t, f in pending[k : k + self.max_batch] if not f.done()]
