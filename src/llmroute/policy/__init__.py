@@ -124,6 +124,24 @@ def choose_row(
     """
     m = len(q)
     inf = math.inf
+    isfinite = math.isfinite
+    if (
+        max_cost is None
+        and min_quality is None
+        and isfinite(tradeoff)
+        and (mask is None or all(mask))
+        and all(map(isfinite, q))
+        and all(map(isfinite, c))
+    ):
+        # the usual row (finite estimates, no limits): best q - tradeoff * c, ties to the cheaper
+        # model, then to the first; the same pick as the general code below, in one pass
+        scores = [q[j] - tradeoff * c[j] for j in range(m)]
+        top = max(scores) - 1e-12
+        best, best_c = -1, inf
+        for j in range(m):
+            if scores[j] >= top and (best < 0 or c[j] < best_c):
+                best, best_c = j, c[j]
+        return best
     if any(map(math.isnan, c)):
         return int(
             choose(
