@@ -879,50 +879,55 @@ class Gateway:
                 send, e, rid, ctx, decision, t0, reservation, anthropic, watch, stream=True
             )
             return
-        model = start.model
-        ttft = time.perf_counter() - t0
-        reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-        headers = [_SSE, (b"cache-control", b"no-cache"), *self._trace_headers(rid, model, reason)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        usage_raw: dict[str, Any] | None = None
-        conv = OpenAIToAnthropicStream(requested, rid) if anthropic else None
-        error: str | None = None
-        t_up = time.perf_counter()
-
-        collected: list[dict[str, Any]] | None = [] if self.guard is not None and self.guard.cache else None
-
-        def encode(chunk: dict[str, Any]) -> bytes:
-            nonlocal usage_raw
-            if collected is not None:
-                collected.append(chunk)
-            if chunk.get("usage"):
-                usage_raw = chunk["usage"]
-            if conv is not None:
-                return b"".join(conv.feed(chunk))
-            if chunk.pop("_usage_only", False):
-                return b""
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
         try:
-            first = b"".join(encode(c) for c in start.first)
-            if first:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-            async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                async for batch in start.rest:
-                    data = b"".join([encode(chunk) for chunk in batch])
-                    if data:
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-            self.executor.stream_done(model, True)
-        except (BackendError, TimeoutError) as e:
-            error = e.message if isinstance(e, BackendError) else "request deadline exceeded mid-stream"
-            self.executor.stream_done(model, False)
-            with contextlib.suppress(Exception):
-                await start.rest.aclose()  # type: ignore[attr-defined]
-        except asyncio.CancelledError:
-            # client disconnected: close the upstream stream now, then let the caller record it
-            with contextlib.suppress(Exception):
-                await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
-            raise
+            model = start.model
+            ttft = time.perf_counter() - t0
+            reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
+            headers = [_SSE, (b"cache-control", b"no-cache"), *self._trace_headers(rid, model, reason)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            usage_raw: dict[str, Any] | None = None
+            conv = OpenAIToAnthropicStream(requested, rid) if anthropic else None
+            error: str | None = None
+            t_up = time.perf_counter()
+
+            collected: list[dict[str, Any]] | None = (
+                [] if self.guard is not None and self.guard.cache else None
+            )
+
+            def encode(chunk: dict[str, Any]) -> bytes:
+                nonlocal usage_raw
+                if collected is not None:
+                    collected.append(chunk)
+                if chunk.get("usage"):
+                    usage_raw = chunk["usage"]
+                if conv is not None:
+                    return b"".join(conv.feed(chunk))
+                if chunk.pop("_usage_only", False):
+                    return b""
+                return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+            try:
+                first = b"".join(encode(c) for c in start.first)
+                if first:
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    async for batch in start.rest:
+                        data = b"".join([encode(chunk) for chunk in batch])
+                        if data:
+                            await send({"type": "http.response.body", "body": data, "more_body": True})
+                self.executor.stream_done(model, True)
+            except (BackendError, TimeoutError) as e:
+                error = e.message if isinstance(e, BackendError) else "request deadline exceeded mid-stream"
+                self.executor.stream_done(model, False)
+                with contextlib.suppress(Exception):
+                    await start.rest.aclose()  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                # client disconnected: close the upstream stream now, then let the caller record it
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
+                raise
+        finally:
+            start.release()  # the model's concurrency slot, however the stream ended
         usage = self._cost(model, usage_raw)
         if reservation is not None:
             self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]

@@ -91,6 +91,21 @@ class StreamStart:
     rest: AsyncIterator[list[dict[str, Any]]]
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
+    release: Callable[[], None] = field(default=lambda: None)
+    """Frees the answering model's concurrency slot, held while the stream runs; idempotent.
+    The caller calls it once the stream has ended, however it ended."""
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+
+    return call
 
 
 def _committed(chunk: dict[str, Any]) -> bool:
@@ -224,13 +239,19 @@ class Executor:
                 t0 = time.monotonic()
                 agen = backend.chat_stream(body, min(backend.cfg.timeout_s, remaining))
                 first: list[dict[str, Any]] = []
+                slot = self.limits[name]  # held until the stream ends (StreamStart.release)
+                held = False
                 try:
                     async with asyncio.timeout(remaining):
+                        await slot.acquire()
+                        held = True
                         async for batch in agen:
                             first.extend(batch)
                             if any(_committed(chunk) for chunk in batch):
                                 break
                 except (BackendError, TimeoutError) as e:
+                    if held:
+                        slot.release()
                     await agen.aclose()
                     err = (
                         e
@@ -256,8 +277,12 @@ class Executor:
                     ):
                         continue
                     break
+                except BaseException:
+                    if held:
+                        slot.release()
+                    raise
                 attempts.append(Attempt(name, True, time.monotonic() - t0))
-                return StreamStart(name, first, agen, attempts, t0)
+                return StreamStart(name, first, agen, attempts, t0, _once(slot.release))
         raise _all_failed(last, attempts)
 
     def stream_done(self, name: str, ok: bool) -> None:
