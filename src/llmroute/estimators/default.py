@@ -38,6 +38,8 @@ outcomes of the training prompts) is part of the saved state, as for the kNN est
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import ClassVar, Self
 
 import numpy as np
@@ -198,6 +200,22 @@ def _n_clusters(n: int, mean_size: int) -> int:
     return int(np.clip(round(n / mean_size), 1, 1024))
 
 
+_KERNEL_THREAD_ROWS = 2048  # rows per extra kernel thread (smaller batches stay on one)
+
+
+def _kernel_threads(n: int) -> int:
+    """Threads for the kernel sums of an n-row batch: one below 2 x `_KERNEL_THREAD_ROWS` rows,
+    else up to the BLAS thread count in effect (1 inside the router's worker processes and in
+    the gateway, which limit BLAS to one thread: then no extra threads either)."""
+    if n < 2 * _KERNEL_THREAD_ROWS:
+        return 1
+    from threadpoolctl import threadpool_info
+
+    blas = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    cap = min(blas) if blas else 1
+    return max(1, min(cap, os.cpu_count() or 1, n // _KERNEL_THREAD_ROWS))
+
+
 class _Base:
     """Base learners fitted on one training subset; `transform` gives stacker inputs.
 
@@ -284,23 +302,57 @@ class _Base:
             self._M = np.ascontiguousarray(
                 np.concatenate([self.Qf, self.ok, np.ones((len(self.Qf), 1), np.float32)], axis=1)
             )
-        num = np.empty((nb, len(E), m))
-        den = np.empty((nb, len(E), m))
-        tot = np.empty((nb, len(E)))
-        step = 256
-        for s0 in range(0, len(E), step):
-            S = E[s0 : s0 + step] @ self.E.T - np.float32(1.0)
-            for g, beta in enumerate(self.betas):
-                R = np.exp(np.float32(beta) * S) @ self._M
-                num[g, s0 : s0 + step] = R[:, :m]
-                den[g, s0 : s0 + step] = R[:, m : 2 * m]
-                tot[g, s0 : s0 + step] = R[:, 2 * m]
+        n = len(E)
+        R = np.empty((nb, n, self._M.shape[1]), np.float32)
+        threads = _kernel_threads(n)
+        if threads <= 1:
+            self._kernel_rows(E, R, 0, n)
+        else:  # large batches: row ranges on parallel threads (numpy releases the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            from threadpoolctl import threadpool_limits
+
+            step = self._kernel_step()  # ranges start on chunk boundaries: the same chunks as one thread
+            bounds = [min(n, step * round(n * t / threads / step)) for t in range(threads)] + [n]
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+                jobs = [pool.submit(self._kernel_rows, E, R, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+                for job in jobs:
+                    job.result()
+        num = R[:, :, :m].astype(np.float64)
+        den = R[:, :, m : 2 * m].astype(np.float64)
+        tot = R[:, :, 2 * m].astype(np.float64)
         preds = (num + self.mu) / (den + 1.0)
         if self.density_mean:  # mean kernel weight per training row: the same scale for any n
             dens = [np.log(tot[g] / len(self.E) + 1e-9)[:, None] for g in range(nb)]
         else:  # states saved before the mean-weight feature: log(1 + total weight)
             dens = [np.log1p(tot[g])[:, None] for g in range(nb)]
         return [preds[g] for g in range(nb)] + dens
+
+    def _kernel_step(self) -> int:
+        """Rows per kernel chunk: a (chunk, N) float32 block of about 4 MB, 32 to 256 rows."""
+        return int(np.clip((1 << 20) // max(len(self.E), 1), 32, 256))
+
+    def _kernel_rows(self, E: np.ndarray, R: np.ndarray, lo: int, hi: int) -> None:
+        """Kernel sums for rows lo:hi of E into R[:, lo:hi] ((betas, n, 2m+1) float32).
+
+        Row chunks small enough that the (chunk, N) similarity block and its exp stay in cache
+        (~4 MB), at least 32 rows so the products keep BLAS's large-matrix path (the sums are
+        then bitwise those of one big product); every step writes into preallocated buffers.
+        """
+        M, N = self._M, len(self.E)
+        step = self._kernel_step()
+        S = np.empty((min(step, hi - lo), N), np.float32)
+        X = np.empty_like(S)
+        ET = self.E.T
+        for s0 in range(lo, hi, step):
+            s1 = min(s0 + step, hi)
+            Sv, Xv = S[: s1 - s0], X[: s1 - s0]
+            np.matmul(E[s0:s1], ET, out=Sv)
+            Sv -= np.float32(1.0)  # cos_sim - 1, computed once for all widths
+            for g, beta in enumerate(self.betas):
+                np.multiply(Sv, np.float32(beta), out=Xv)
+                np.exp(Xv, out=Xv)
+                np.matmul(Xv, M, out=R[g, s0:s1])
 
     def transform(
         self,
