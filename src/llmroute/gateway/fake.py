@@ -19,6 +19,10 @@ midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: 
 `delay` s, default 0.2), `slow` (first byte after `delay`,
 default 0.5 s, then a normal answer).
 
+With tools, answers with a tool call of the first tool (arguments `{"x": 1}`); on `/v1/messages` a
+forced `tool_choice` (`{"type": "tool", "name": N}`) calls tool N with an input built from its
+`input_schema` (streamed as `input_json_delta`s of 8 characters).
+
 Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1).
 """
 
@@ -233,6 +237,31 @@ async def _chat_stream(
     return r
 
 
+def _sample(schema: Any, text: str) -> Any:
+    """A deterministic value following a (simple) JSON Schema: objects with every property,
+    strings (the echo answer), numbers, booleans, arrays of one item, enums' first value."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("enum"):
+        return schema["enum"][0]
+    t = schema.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), "null")
+    if t == "object" or "properties" in schema:
+        return {k: _sample(v, text) for k, v in (schema.get("properties") or {}).items()}
+    if t == "array":
+        return [_sample(schema.get("items") or {"type": "string"}, text)]
+    if t == "integer":
+        return 1
+    if t == "number":
+        return 1.5
+    if t == "boolean":
+        return True
+    if t == "null":
+        return None
+    return text
+
+
 async def _messages(request: web.Request) -> web.StreamResponse:
     """A fake Anthropic Messages API endpoint."""
     state: FakeState = request.app[STATE]
@@ -254,8 +283,15 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     answer = _answer(model, body.get("messages"))
     tools = body.get("tools")
     content: list[dict[str, Any]]
-    if tools and (body.get("tool_choice") or {}).get("type") != "none":
-        content = [{"type": "tool_use", "id": "toolu_fake1", "name": tools[0]["name"], "input": {"x": 1}}]
+    choice = body.get("tool_choice") or {}
+    if tools and choice.get("type") != "none":
+        tool = tools[0]
+        inp: Any = {"x": 1}
+        if choice.get("type") == "tool":  # forced: that tool, with an input following its schema
+            tool = next((t for t in tools if t.get("name") == choice.get("name")), tool)
+            if (tool.get("input_schema") or {}).get("properties"):
+                inp = _sample(tool["input_schema"], answer)
+        content = [{"type": "tool_use", "id": "toolu_fake1", "name": tool["name"], "input": inp}]
         stop = "tool_use"
     else:
         content = [{"type": "text", "text": answer}]
@@ -308,12 +344,14 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             )
     else:
         out.append(ev("content_block_start", {"index": 0, "content_block": dict(block, input={})}))
-        out.append(
-            ev(
-                "content_block_delta",
-                {"index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"x": 1}'}},
+        raw = orjson.dumps(block["input"]).decode() if block["input"] != {"x": 1} else '{"x": 1}'
+        for i in range(0, len(raw), 8):
+            out.append(
+                ev(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[i : i + 8]}},
+                )
             )
-        )
     out.append(ev("content_block_stop", {"index": 0}))
     out.append(
         ev(

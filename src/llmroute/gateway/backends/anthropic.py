@@ -7,11 +7,32 @@ gateway's own `POST /v1/messages` endpoint.
   an Anthropic Messages request routed to any backend (the inbound endpoint).
 Text, system prompts, images (URL / base64), tool definitions, tool_choice, tool calls and tool
 results, stop sequences, usage and stop reasons are translated, streaming included.
+
+OpenAI `response_format` on an Anthropic model (see `response_format_plan`):
+
+- `{"type": "json_schema", "json_schema": {"name", "schema", "description"?}}`: the schema is sent
+  as one extra tool (`input_schema` = the schema, name sanitised to `[a-zA-Z0-9_-]{1,64}` and made
+  distinct from the client's tools) that the model is forced to call; the tool_use input comes back
+  as the assistant `content` (a JSON string; streamed as content deltas), `finish_reason` "stop",
+  no `tool_calls`. A root schema without `"type"` is sent as an object schema; a non-object root
+  type is a 400 (Anthropic tool inputs are objects). `strict` is not forwarded: adherence is the
+  model's, not guaranteed by a constrained decoder.
+  With the client's own tools as well, they are kept and the model must call some tool
+  (`tool_choice` "auto"/absent -> Anthropic `any`; "none" -> forced response tool): a call of a
+  client tool comes back as a normal `tool_calls` entry, a call of the response tool as `content`.
+  With `tool_choice` "required" or a named function the response tool is not added (the answer
+  is a tool call either way).
+- `{"type": "json_object"}`: a short instruction to answer with a single JSON object and nothing
+  else is appended to the system prompt.
+- `{"type": "text"}` or absent: nothing changes.
+- Anything else (not an object, unknown type, json_schema without a schema object): a 400
+  `BackendError` naming the field, never retried nor sent to another model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +51,7 @@ __all__ = [
     "anthropic_to_openai_response",
     "openai_to_anthropic_request",
     "openai_to_anthropic_response",
+    "response_format_plan",
 ]
 
 DEFAULT_MAX_TOKENS = 4096
@@ -51,6 +73,103 @@ _STOP_O2A = {
 
 
 # ---- OpenAI -> Anthropic (request) -----------------------------------------------------------
+JSON_OBJECT_INSTRUCTION = (
+    "Respond with a single valid JSON object and nothing else: no prose before or after it and no "
+    "Markdown code fences."
+)
+_TOOL_NAME_BAD = re.compile(r"[^a-zA-Z0-9_-]+")
+_RF_TOOL_DESCRIPTION = (
+    "Give your final answer by calling this tool: its input is the answer, and it must follow the "
+    "input schema exactly."
+)
+
+
+def _bad_response_format(detail: str) -> BackendError:
+    return BackendError(
+        f"Invalid 'response_format': {detail}",
+        status=400,
+        retryable=False,
+        fallback=False,
+        code="invalid_response_format",
+        etype="invalid_request_error",
+    )
+
+
+def _client_tool_names(body: dict[str, Any]) -> set[str]:
+    return {
+        str((t.get("function") or {}).get("name", ""))
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and t.get("type", "function") == "function"
+    }
+
+
+def response_format_plan(body: dict[str, Any]) -> dict[str, Any] | None:
+    """How an OpenAI body's `response_format` is sent to an Anthropic model.
+
+    None for no / `text` format; `{"type": "json_object"}`; or `{"type": "json_schema", "tool":
+    <Anthropic tool definition>, "force": bool}` where `tool` is None when the client's
+    `tool_choice` ("required" or a named function) leaves no room for a structured answer.
+    Raises a 400 `BackendError` (no fallback) for an invalid `response_format`.
+    """
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    if not isinstance(rf, dict):
+        raise _bad_response_format('must be an object such as {"type": "json_object"}.')
+    kind = rf.get("type")
+    if kind in (None, "text"):
+        if kind is None and rf:
+            raise _bad_response_format("missing required field 'response_format.type'.")
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise _bad_response_format(
+            f"unsupported value {str(kind)[:40]!r} for 'response_format.type'; "
+            "supported: 'text', 'json_object', 'json_schema'."
+        )
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise _bad_response_format(
+            "'response_format.json_schema' is required for type 'json_schema' "
+            "(an object with 'name' and 'schema')."
+        )
+    schema = js.get("schema")
+    if not isinstance(schema, dict):
+        raise _bad_response_format("'response_format.json_schema.schema' must be a JSON Schema object.")
+    if "type" not in schema:
+        schema = dict(schema, type="object")
+    elif schema["type"] != "object":
+        raise _bad_response_format(
+            '\'response_format.json_schema.schema\' must have "type": "object" at its root '
+            "for Anthropic models."
+        )
+    tc = body.get("tool_choice")
+    has_tools = bool(_client_tool_names(body))
+    if has_tools and (tc == "required" or isinstance(tc, dict)):
+        return {"type": "json_schema", "tool": None, "force": False}
+    name = _TOOL_NAME_BAD.sub("_", str(js.get("name") or "")).strip("_")[:64] or "json_response"
+    taken = _client_tool_names(body)
+    base, k = name, 1
+    while name in taken:
+        k += 1
+        suffix = f"_{k}"
+        name = base[: 64 - len(suffix)] + suffix
+    desc = js.get("description")
+    tool = {
+        "name": name,
+        "description": str(desc) if isinstance(desc, str) and desc else _RF_TOOL_DESCRIPTION,
+        "input_schema": schema,
+    }
+    return {"type": "json_schema", "tool": tool, "force": not has_tools or tc == "none"}
+
+
+def _rf_tool_name(plan: dict[str, Any] | None) -> str | None:
+    if plan is None or plan["type"] != "json_schema" or plan["tool"] is None:
+        return None
+    return str(plan["tool"]["name"])
+
+
 def _o2a_content(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
@@ -75,8 +194,15 @@ def _o2a_content(content: Any) -> list[dict[str, Any]]:
     return out
 
 
-def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI chat-completions body as an Anthropic Messages body for `model`."""
+def openai_to_anthropic_request(
+    body: dict[str, Any], model: str, plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An OpenAI chat-completions body as an Anthropic Messages body for `model`.
+
+    `plan` is `response_format_plan(body)` when the caller already has it (computed here
+    otherwise; an invalid `response_format` raises a 400 `BackendError`)."""
+    if plan is None:
+        plan = response_format_plan(body)
     system: list[str] = []
     msgs: list[dict[str, Any]] = []
 
@@ -113,6 +239,8 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, A
         "messages": msgs,
         "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS,
     }
+    if plan is not None and plan["type"] == "json_object":
+        system.append(JSON_OBJECT_INSTRUCTION)
     if system:
         out["system"] = "\n\n".join(system)
     for k in ("temperature", "top_p", "stream"):
@@ -141,19 +269,32 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, A
             out["tool_choice"] = {"type": "none"}
         elif isinstance(tc, dict):
             out["tool_choice"] = {"type": "tool", "name": (tc.get("function") or {}).get("name", "")}
+    if plan is not None and plan["type"] == "json_schema" and plan["tool"] is not None:
+        out["tools"] = [*out.get("tools", []), plan["tool"]]
+        out["tool_choice"] = (
+            {"type": "tool", "name": plan["tool"]["name"]} if plan["force"] else {"type": "any"}
+        )
     user = body.get("user")
     if isinstance(user, str):
         out["metadata"] = {"user_id": user}
     return out
 
 
-def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, Any]:
-    """An Anthropic Messages response as an OpenAI chat completion."""
+def anthropic_to_openai_response(
+    msg: dict[str, Any], model: str, response_tool: str | None = None
+) -> dict[str, Any]:
+    """An Anthropic Messages response as an OpenAI chat completion.
+
+    `response_tool`: the name of the tool that carries a `json_schema` response format (see
+    `response_format_plan`); its tool_use input becomes the message content (a JSON string)."""
     text: list[str] = []
     calls: list[dict[str, Any]] = []
+    structured: str | None = None
     for b in msg.get("content") or []:
         if b.get("type") == "text":
             text.append(b.get("text", ""))
+        elif b.get("type") == "tool_use" and response_tool is not None and b.get("name") == response_tool:
+            structured = orjson.dumps(b.get("input") or {}).decode()
         elif b.get("type") == "tool_use":
             calls.append(
                 {
@@ -165,9 +306,14 @@ def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, A
                     },
                 }
             )
+    if structured is not None:
+        text = [structured]  # any preamble text is not part of the structured answer
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
+    finish = _STOP_A2O.get(msg.get("stop_reason") or "end_turn", "stop")
+    if structured is not None and not calls and finish == "tool_calls":
+        finish = "stop"
     u = msg.get("usage") or {}
     pt, ct = int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
     return {
@@ -180,7 +326,7 @@ def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, A
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": _STOP_A2O.get(msg.get("stop_reason") or "end_turn", "stop"),
+                "finish_reason": finish,
             }
         ],
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
@@ -188,13 +334,19 @@ def anthropic_to_openai_response(msg: dict[str, Any], model: str) -> dict[str, A
 
 
 class AnthropicToOpenAIStream:
-    """Stateful: Anthropic stream events in, OpenAI chunk dicts out."""
+    """Stateful: Anthropic stream events in, OpenAI chunk dicts out.
 
-    def __init__(self, model: str) -> None:
+    `response_tool`: as in `anthropic_to_openai_response`; that tool's `input_json_delta`s are
+    sent as content deltas (and `{}` if it streamed no input), not as tool calls."""
+
+    def __init__(self, model: str, response_tool: str | None = None) -> None:
         self.model = model
         self.id = "chatcmpl-anthropic"
         self.tool_index: dict[int, int] = {}
         self.input_tokens = 0
+        self.response_tool = response_tool
+        self.rf_blocks: dict[int, bool] = {}  # block index -> some input streamed
+        self.rf_used = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
@@ -215,6 +367,14 @@ class AnthropicToOpenAIStream:
             return [self._chunk({"role": "assistant", "content": ""})]
         if t == "content_block_start":
             b = ev.get("content_block") or {}
+            if (
+                b.get("type") == "tool_use"
+                and self.response_tool is not None
+                and b.get("name") == self.response_tool
+            ):
+                self.rf_blocks[int(ev.get("index", 0))] = False
+                self.rf_used = True
+                return []
             if b.get("type") == "tool_use":
                 k = len(self.tool_index)
                 self.tool_index[int(ev.get("index", 0))] = k
@@ -239,6 +399,12 @@ class AnthropicToOpenAIStream:
             d = ev.get("delta") or {}
             if d.get("type") == "text_delta":
                 return [self._chunk({"content": d.get("text", "")})]
+            if d.get("type") == "input_json_delta" and int(ev.get("index", 0)) in self.rf_blocks:
+                part = d.get("partial_json", "")
+                if not part:
+                    return []
+                self.rf_blocks[int(ev.get("index", 0))] = True
+                return [self._chunk({"content": part})]
             if d.get("type") == "input_json_delta":
                 k = self.tool_index.get(int(ev.get("index", 0)), 0)
                 return [
@@ -247,10 +413,16 @@ class AnthropicToOpenAIStream:
                     )
                 ]
             return []
+        if t == "content_block_stop" and self.rf_blocks.get(int(ev.get("index", 0))) is False:
+            self.rf_blocks[int(ev.get("index", 0))] = True
+            return [self._chunk({"content": "{}"})]
         if t == "message_delta":
             stop = (ev.get("delta") or {}).get("stop_reason") or "end_turn"
             ct = int((ev.get("usage") or {}).get("output_tokens") or 0)
-            fin = self._chunk({}, _STOP_A2O.get(stop, "stop"))
+            finish = _STOP_A2O.get(stop, "stop")
+            if self.rf_used and not self.tool_index and finish == "tool_calls":
+                finish = "stop"
+            fin = self._chunk({}, finish)
             usage = dict(
                 self._chunk({}),
                 choices=[],
@@ -544,15 +716,18 @@ class AnthropicBackend:
     async def close(self) -> None:
         self.client = None
 
-    def _prep(self, body: dict[str, Any]) -> bytes:
+    def _prep(self, body: dict[str, Any]) -> tuple[bytes, str | None]:
+        """(the Anthropic payload, the response-format tool name or None)."""
         if self.key_missing:
             raise missing_credentials(self.cfg)
         if self.client is None:
             raise BackendError(f"model {self.cfg.name!r}: backend not started", status=503, retryable=False)
-        return orjson.dumps(openai_to_anthropic_request(body, self.cfg.upstream))
+        plan = response_format_plan(body)
+        payload = orjson.dumps(openai_to_anthropic_request(body, self.cfg.upstream, plan))
+        return payload, _rf_tool_name(plan)
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        payload = self._prep(dict(body, stream=False))
+        payload, rf_tool = self._prep(dict(body, stream=False))
         assert self.client is not None
         try:
             async with asyncio.timeout(timeout_s):
@@ -571,15 +746,15 @@ class AnthropicBackend:
             msg = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
-        return anthropic_to_openai_response(msg, self.cfg.name)
+        return anthropic_to_openai_response(msg, self.cfg.name, rf_tool)
 
     async def chat_stream(
         self, body: dict[str, Any], timeout_s: float
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        payload = self._prep(dict(body, stream=True))
+        payload, rf_tool = self._prep(dict(body, stream=True))
         assert self.client is not None
         name = self.cfg.name
-        conv = AnthropicToOpenAIStream(name)
+        conv = AnthropicToOpenAIStream(name, rf_tool)
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = await open_stream(self.client, self.url, self.headers, payload, name, timeout_s)
         ok = False
