@@ -296,3 +296,24 @@ def test_end_to_end_invalid_response_format_is_400_without_fallback(gw: str, fak
         assert "response_format.json_schema.schema" in str(e.value)
         assert e.value.body["code"] == "invalid_response_format"
     assert fake_server.state.counts == before  # nothing sent upstream, no fallback to fake-weak
+
+
+def test_end_to_end_openai_parse_with_pydantic(gw: str, fake_server: Any) -> None:
+    from pydantic import BaseModel
+
+    class Step(BaseModel):
+        explanation: str
+        output: int
+
+    class Solution(BaseModel):
+        steps: list[Step]
+        final_answer: str
+        confident: bool
+
+    c = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=10)
+    r = c.chat.completions.parse(model="claude-fake", messages=MSGS, response_format=Solution)
+    sol = r.choices[0].message.parsed
+    assert isinstance(sol, Solution) and sol.steps[0].output == 1 and sol.confident is True
+    sent = fake_server.state.last["claude-x"]
+    assert sent["tool_choice"] == {"type": "tool", "name": "Solution"}
+    assert sent["tools"][0]["input_schema"]["$defs"]["Step"]["required"] == ["explanation", "output"]

@@ -237,20 +237,34 @@ async def _chat_stream(
     return r
 
 
-def _sample(schema: Any, text: str) -> Any:
+def _sample(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
     """A deterministic value following a (simple) JSON Schema: objects with every property,
-    strings (the echo answer), numbers, booleans, arrays of one item, enums' first value."""
-    if not isinstance(schema, dict):
+    strings (the echo answer), numbers, booleans, arrays of one item, enums' first value, local
+    `$ref`s (`#/$defs/...`) and the first `anyOf`/`oneOf` branch."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 16:
         return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        return _sample(target, text, root, depth + 1)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _sample(schema[key][0], text, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
     if schema.get("enum"):
         return schema["enum"][0]
     t = schema.get("type")
     if isinstance(t, list):
         t = next((x for x in t if x != "null"), "null")
     if t == "object" or "properties" in schema:
-        return {k: _sample(v, text) for k, v in (schema.get("properties") or {}).items()}
+        props = schema.get("properties") or {}
+        return {k: _sample(v, text, root, depth + 1) for k, v in props.items()}
     if t == "array":
-        return [_sample(schema.get("items") or {"type": "string"}, text)]
+        return [_sample(schema.get("items") or {"type": "string"}, text, root, depth + 1)]
     if t == "integer":
         return 1
     if t == "number":
