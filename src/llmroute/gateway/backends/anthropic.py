@@ -44,6 +44,7 @@ from llmroute.gateway.backends.openai import missing_credentials
 from llmroute.gateway.config import ModelConfig
 
 __all__ = [
+    "JSON_OBJECT_INSTRUCTION",
     "AnthropicBackend",
     "AnthropicToOpenAIStream",
     "OpenAIToAnthropicStream",
