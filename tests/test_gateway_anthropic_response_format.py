@@ -295,6 +295,7 @@ def test_end_to_end_invalid_response_format_is_400_without_fallback(gw: str, fak
             )
         assert "response_format.json_schema.schema" in str(e.value)
         assert e.value.body["code"] == "invalid_response_format"
+        assert e.value.body["param"] == "response_format"
     assert fake_server.state.counts == before  # nothing sent upstream, no fallback to fake-weak
 
 

@@ -158,7 +158,7 @@ def _anthropic_error(e: GatewayError) -> bytes:
 
 
 def _from_backend(e: BackendError) -> GatewayError:
-    return GatewayError(e.status, e.message, type=e.etype, code=e.code)
+    return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param)
 
 
 def openapi_document() -> dict[str, Any]:

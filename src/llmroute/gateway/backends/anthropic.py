@@ -93,6 +93,7 @@ def _bad_response_format(detail: str) -> BackendError:
         fallback=False,
         code="invalid_response_format",
         etype="invalid_request_error",
+        param="response_format",
     )
 
 

@@ -36,6 +36,7 @@ class BackendError(Exception):
         fallback: bool = True,
         code: str = "upstream_error",
         etype: str = "upstream_error",
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -44,6 +45,7 @@ class BackendError(Exception):
         self.fallback = fallback
         self.code = code
         self.etype = etype
+        self.param = param  # the request field at fault, for client errors
 
 
 def classify_status(model: str, status: int, detail: str = "") -> BackendError:
