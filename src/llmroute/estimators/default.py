@@ -295,6 +295,11 @@ class _Base:
         the stacker learns its weights from inner-fold bases fitted on (K-1)/K of the rows, and a
         total grows with the row count, so on the final base it would be shifted by log(K/(K-1))
         times a weight that differs per model - a bias in the between-model differences.
+
+        Speed: cache-sized row chunks (`_kernel_rows`); batches of >= 2 x `_KERNEL_THREAD_ROWS`
+        rows run their row ranges on threads (BLAS held to one thread meanwhile) when BLAS itself
+        may use more than one. The sums are bitwise those of the one-product-per-256-rows form
+        run with the same BLAS thread count (tests/test_default_kernel.py keeps that form).
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
