@@ -298,8 +298,11 @@ class _Base:
 
         Speed: cache-sized row chunks (`_kernel_rows`); batches of >= 2 x `_KERNEL_THREAD_ROWS`
         rows run their row ranges on threads (BLAS held to one thread meanwhile) when BLAS itself
-        may use more than one. The sums are bitwise those of the one-product-per-256-rows form
-        run with the same BLAS thread count (tests/test_default_kernel.py keeps that form).
+        may use more than one. The sums equal those of the earlier one-product-per-256-rows form
+        (kept in tests/test_default_kernel.py) to float32 rounding: bitwise where BLAS takes the
+        same path (measured on the routellm and routerbench routers, 1 to 4,000 rows); they can
+        differ in the last bits where that form's short tail chunk (< 32 rows) took another BLAS
+        path, and threaded batches match it run with one BLAS thread (as in the gateway).
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
