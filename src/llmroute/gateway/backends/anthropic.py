@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream
+from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream, post_json
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.backends.openai import missing_credentials
 from llmroute.gateway.config import ModelConfig
@@ -730,24 +730,7 @@ class AnthropicBackend:
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload, rf_tool = self._prep(dict(body, stream=False))
-        assert self.client is not None
-        try:
-            async with asyncio.timeout(timeout_s):
-                resp = await self.client.request("POST", self.url, self.headers, payload)
-        except TimeoutError:
-            raise BackendError(
-                f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
-                status=504,
-                code="upstream_timeout",
-            ) from None
-        except OSError as e:
-            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
-        if resp.status != 200:
-            raise classify_status(self.cfg.name, resp.status, resp.body[:300].decode("utf-8", "replace"))
-        try:
-            msg = orjson.loads(resp.body)
-        except orjson.JSONDecodeError:
-            raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
+        msg = await post_json(self.client, self.url, self.headers, payload, self.cfg.name, timeout_s)
         return anthropic_to_openai_response(msg, self.cfg.name, rf_tool)
 
     async def chat_stream(

@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import orjson
+
 from llmroute.gateway.config import ModelConfig
 
 __all__ = ["Backend", "BackendError", "classify_status"]
@@ -98,6 +100,30 @@ class Backend(Protocol):
         """Lists of OpenAI chunk dicts, one list per burst that arrived together (forwarded in one
         write); `timeout_s` bounds the wait for each burst."""
         ...
+
+
+async def post_json(
+    client: Any, url: str, headers: dict[str, str], payload: bytes, model: str, timeout_s: float
+) -> Any:
+    """POST `payload` and return the decoded JSON answer of a non-streamed call (at most `timeout_s`).
+
+    Timeouts, connection failures, non-200 statuses and invalid JSON become `BackendError`.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            resp = await client.request("POST", url, headers, payload)
+    except TimeoutError:
+        raise BackendError(
+            f"model {model!r}: upstream timed out after {timeout_s:.1f}s", status=504, code="upstream_timeout"
+        ) from None
+    except OSError as e:
+        raise BackendError(f"model {model!r}: upstream connection failed ({e})") from None
+    if resp.status != 200:
+        raise classify_status(model, resp.status, resp.body[:300].decode("utf-8", "replace"))
+    try:
+        return orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        raise BackendError(f"model {model!r}: upstream returned invalid JSON") from None
 
 
 async def open_stream(

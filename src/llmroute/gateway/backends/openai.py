@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream
+from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream, post_json
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import ModelConfig
 
@@ -65,24 +65,7 @@ class OpenAIBackend:
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload = orjson.dumps(self._prep(body))
-        assert self.client is not None
-        try:
-            async with asyncio.timeout(timeout_s):
-                resp = await self.client.request("POST", self.url, self.headers, payload)
-        except TimeoutError:
-            raise BackendError(
-                f"model {self.cfg.name!r}: upstream timed out after {timeout_s:.1f}s",
-                status=504,
-                code="upstream_timeout",
-            ) from None
-        except OSError as e:
-            raise BackendError(f"model {self.cfg.name!r}: upstream connection failed ({e})") from None
-        if resp.status != 200:
-            raise classify_status(self.cfg.name, resp.status, resp.body[:300].decode("utf-8", "replace"))
-        try:
-            data = orjson.loads(resp.body)
-        except orjson.JSONDecodeError:
-            raise BackendError(f"model {self.cfg.name!r}: upstream returned invalid JSON") from None
+        data = await post_json(self.client, self.url, self.headers, payload, self.cfg.name, timeout_s)
         if not isinstance(data, dict) or "choices" not in data:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned no 'choices'")
         return data
