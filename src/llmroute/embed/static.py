@@ -417,7 +417,9 @@ class StaticEncoder:
             return out
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        if n >= _VECTOR_MIN_TEXTS and self._fast and sum(map(len, texts)) >= _VECTOR_MIN_CHARS:  # in slices: bounded memory, arrays stay in cache
+        if (
+            n >= _VECTOR_MIN_TEXTS and self._fast and sum(map(len, texts)) >= _VECTOR_MIN_CHARS
+        ):  # in slices: bounded memory, arrays stay in cache
             out = np.empty((n, self.dim), np.float32)
             for i in range(0, n, _VECTOR_CHUNK):
                 out[i : i + _VECTOR_CHUNK] = self._pool(self._batch_bags(texts[i : i + _VECTOR_CHUNK]))
