@@ -406,25 +406,21 @@ class StaticEncoder:
         """Embed texts: (len(texts), dim) float32, rows L2-normalised (zero rows for empty text)."""
         texts = _check_texts(texts)
         n = len(texts)
-        if n == 1:  # a single request: no batch machinery
-            ids = self._bag(texts[0])
-            out = np.zeros((1, self.dim), np.float32)
+        if n >= _VECTOR_MIN_TEXTS and self._fast and sum(map(len, texts)) >= _VECTOR_MIN_CHARS:
+            out = np.empty((n, self.dim), np.float32)
+            for i in range(0, n, _VECTOR_CHUNK):  # in slices: bounded memory, arrays stay in cache
+                out[i : i + _VECTOR_CHUNK] = self._pool(self._batch_bags(texts[i : i + _VECTOR_CHUNK]))
+            return out
+        # one text at a time (a request, or a small batch): no sparse-matrix set-up to pay for
+        out = np.zeros((n, self.dim), np.float32)
+        for i, text in enumerate(texts):
+            ids = self._bag(text)
             if ids:
                 v = self._emb[ids].sum(axis=0)
                 norm = float(np.sqrt(v @ v))
                 if norm > 0.0:
-                    out[0] = v / norm
-            return out
-        if n == 0:
-            return np.zeros((0, self.dim), np.float32)
-        if (
-            n >= _VECTOR_MIN_TEXTS and self._fast and sum(map(len, texts)) >= _VECTOR_MIN_CHARS
-        ):  # in slices: bounded memory, arrays stay in cache
-            out = np.empty((n, self.dim), np.float32)
-            for i in range(0, n, _VECTOR_CHUNK):
-                out[i : i + _VECTOR_CHUNK] = self._pool(self._batch_bags(texts[i : i + _VECTOR_CHUNK]))
-            return out
-        return self._pool([_block([self._bag(t) for t in texts], np.arange(n), n)])
+                    out[i] = v / norm
+        return out
 
     def _pool(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """Sum the token rows of each text (sparse count matrices times the embeddings), normalise."""
