@@ -192,3 +192,33 @@ def loopback_config(backend_url: str, tmp_path: Any, **server: Any) -> dict[str,
         "aliases": {"llmroute/auto": {"router": "default", "candidates": ["fake-strong", "fake-weak"]}},
         "store": {"url": f"sqlite:///{tmp_path}/traces.sqlite", "flush_interval_s": 0.05},
     }
+
+
+@pytest.fixture(scope="module")
+def anthropic_gw(
+    fake_server: FakeServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayHandle]:
+    """A gateway whose `llmroute/claude` alias routes between an Anthropic model (`claude-fake`, on the
+    fake server's /v1/messages) and `fake-weak`, with the stub router."""
+    cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("anthropic"))
+    cfg["models"].append(
+        {
+            "name": "claude-fake",
+            "provider": "anthropic",
+            "base_url": fake_server.url,
+            "api_key_env": "LLMROUTE_TEST_ANTHROPIC_KEY",
+            "upstream_model": "claude-x",
+            "input_per_mtok": 3,
+            "output_per_mtok": 15,
+            "router_model": "strong",
+            "timeout_s": 2,
+        }
+    )
+    cfg["aliases"]["llmroute/claude"] = {"router": "default", "candidates": ["claude-fake", "fake-weak"]}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLMROUTE_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    try:
+        with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+            yield url
+    finally:
+        mp.undo()

@@ -26,29 +26,9 @@ LONG = "Explain the proof of Fermat's little theorem in detail. " * 4
 
 
 @pytest.fixture(scope="module")
-def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("anth"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": "LLMROUTE_TEST_ANTHROPIC_KEY",
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 2,
-        }
-    )
-    cfg["aliases"]["llmroute/claude"] = {"router": "default", "candidates": ["claude-fake", "fake-weak"]}
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLMROUTE_TEST_ANTHROPIC_KEY", "sk-ant-test")
-    try:
-        with run_gateway(cfg, routers={"default": StubRouter()}) as url:
-            yield url
-    finally:
-        mp.undo()
+def gw(anthropic_gw: Any) -> Any:
+    """The shared Anthropic-backed gateway (conftest `anthropic_gw`)."""
+    return anthropic_gw
 
 
 def _anthropic(gw: Any) -> anthropic.Anthropic:

@@ -11,7 +11,6 @@ from typing import Any
 import openai
 import pytest
 
-from conftest import StubRouter, loopback_config, run_gateway
 from llmroute.gateway.backends.anthropic import (
     JSON_OBJECT_INSTRUCTION,
     AnthropicToOpenAIStream,
@@ -209,27 +208,9 @@ def test_stream_client_tool_is_still_a_tool_call() -> None:
 
 # ---- end to end ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("anth_rf"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": "LLMROUTE_TEST_ANTHROPIC_KEY",
-            "upstream_model": "claude-x",
-            "router_model": "strong",
-            "timeout_s": 2,
-        }
-    )
-    cfg["aliases"]["llmroute/claude"] = {"router": "default", "candidates": ["claude-fake", "fake-weak"]}
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLMROUTE_TEST_ANTHROPIC_KEY", "sk-ant-test")
-    try:
-        with run_gateway(cfg, routers={"default": StubRouter()}) as url:
-            yield url
-    finally:
-        mp.undo()
+def gw(anthropic_gw: Any) -> Any:
+    """The shared Anthropic-backed gateway (conftest `anthropic_gw`)."""
+    return anthropic_gw
 
 
 def test_end_to_end_json_schema(gw: str, fake_server: Any) -> None:
