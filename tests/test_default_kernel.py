@@ -50,7 +50,7 @@ def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0) -> _Base:
     base.ok = ok.astype(np.float32)
     base.Qf = np.where(ok, Q, 0.0).astype(np.float32)
     base.mu = np.array([0.55, 0.6, 0.7][:m])
-    base._M = None
+    base._MT = None
     base._centres = centres  # type: ignore[attr-defined]
     return base
 

@@ -7,6 +7,7 @@ per-text feature code before it was vectorised. Router: route / route_batch / es
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import string
@@ -181,6 +182,38 @@ def test_route_single_fast_path_equals_the_batch_decisions() -> None:
     r.set_policy(strong=models[0], weak=models[-1], threshold=0.0)
     for t, b in zip(texts, r.route_batch(texts), strict=True):
         _same_decision(r.route(t), b)
+
+
+@pytest.mark.parametrize("estimator", ["default", "mlp"])
+def test_pipelined_batches_equal_the_one_pass_estimates(
+    monkeypatch: pytest.MonkeyPatch, estimator: str
+) -> None:
+    """Large batches are estimated chunk by chunk on threads while the next chunk is featurised:
+    same estimates (to float rounding), same decisions, same order as one pass."""
+    import llmroute.router as router_mod
+    from llmroute.data import make_synthetic_table
+    from llmroute.router import Router
+
+    r = Router.fit(make_synthetic_table(n_prompts=300, seed=3), estimator=estimator, seed=0)
+    texts = [t for t in _varied_texts(4) if t] * 3  # ~1,400 prompts, repeats included
+    one_q, one_c = r.estimate(texts)  # default chunk size: one pass
+    assert r._pipeline_threads(len(texts)) == 0
+    one = r.route_batch(texts, tradeoff=50.0)
+
+    monkeypatch.setattr(router_mod, "_PIPELINE_CHUNK", 100)
+    monkeypatch.setattr(
+        Router, "_pipeline_threads", lambda self, n: 0 if n < 200 or self.blas_single_thread else 2
+    )
+    spans = [span for span, *_ in r._estimate_chunks(texts)]
+    assert spans[0] == (0, 100) and spans[-1][1] == len(texts) and len(spans) == len(texts) // 100
+    assert all(a == b for (_, a), (b, _) in itertools.pairwise(spans))  # contiguous, in order
+    q, c = r.estimate(texts)
+    np.testing.assert_allclose(q, one_q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, one_c, rtol=1e-6, atol=1e-12)
+    for a, b in zip(r.route_batch(texts, tradeoff=50.0), one, strict=True):
+        _same_decision(a, b)
+    r.blas_single_thread = True  # a gateway process keeps to one thread: no pipeline
+    assert [span for span, *_ in r._estimate_chunks(texts)] == [(0, len(texts))]
 
 
 # ---- features: the per-text code before the batch path (verbatim, for reference) -------------

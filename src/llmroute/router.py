@@ -22,6 +22,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,11 @@ FORMAT = "llmroute-router"
 FORMAT_VERSION = 1
 _CACHE_MAX = 4096
 _PARALLEL_MIN_CHUNK = 500
+# Large batches are estimated in chunks of this many prompts: the calling thread featurises the
+# next chunk (tokenising and hand features: mostly Python) while pool threads estimate the ones
+# before it (numpy, which releases the GIL). Below 2 chunks there is nothing to overlap.
+_PIPELINE_CHUNK = 2048
+_PIPELINE_MAX_THREADS = 4
 _WORKER_STATE: list[Any] = []  # (router, texts), set only inside forked batch workers (see route_batch)
 
 
@@ -430,7 +436,65 @@ class Router:
         if len(texts) <= 16 and not self.blas_single_thread:
             with self._one_thread():
                 return self._estimate_raw(texts)
+        if self._pipeline_threads(len(texts)) > 0:
+            parts = list(self._estimate_chunks(texts))
+            return (
+                np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]),
+                Features(
+                    np.concatenate([p[3].emb for p in parts]), np.concatenate([p[3].extra for p in parts])
+                ),
+            )
         return self._estimate_raw(texts)
+
+    def _pipeline_threads(self, n: int) -> int:
+        """Estimation threads for a batch of `n` prompts: 0 (one pass, no pipeline) when the
+        batch has fewer than two chunks, when the process keeps to one thread (the gateway) or
+        when only one core is usable."""
+        if n < 2 * _PIPELINE_CHUNK or self.blas_single_thread:
+            return 0
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        return 0 if cores < 2 else min(cores, _PIPELINE_MAX_THREADS)
+
+    def _estimate_chunks(
+        self, texts: list[str]
+    ) -> Iterator[tuple[tuple[int, int], np.ndarray, np.ndarray, Features]]:
+        """(index range, q, c, features) per chunk of a large batch, in order (pipelined).
+
+        This thread featurises chunk k+1 while pool threads run the estimators on chunk k; BLAS
+        is held to one thread meanwhile (the pool threads use the cores). Estimates equal the
+        one-pass ones to float rounding (rows are independent; only BLAS blocking differs).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(texts)
+        threads = self._pipeline_threads(n)
+        if threads == 0:
+            q, c, X = self._estimate_texts(texts)
+            yield (0, n), q, c, X
+            return
+        bounds = [*range(0, n, _PIPELINE_CHUNK), n]
+        if bounds[-1] - bounds[-2] < _PIPELINE_CHUNK // 2:  # no small tail chunk
+            del bounds[-2]
+        spans = list(itertools.pairwise(bounds))
+
+        def estimate(a: int, b: int, X: Features) -> tuple[np.ndarray, np.ndarray]:
+            q = np.array(self.estimator.predict(X), dtype=np.float64)
+            np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
+            return q, self.cost.predict(texts[a:b], X)
+
+        with self._one_thread(), ThreadPoolExecutor(threads, thread_name_prefix="llmroute-estimate") as pool:
+            feats: list[Features] = []
+            jobs = []
+            for a, b in spans:
+                feats.append(self.featurize(texts[a:b]))
+                jobs.append(pool.submit(estimate, a, b, feats[-1]))
+            for span, X, job in zip(spans, feats, jobs, strict=True):
+                q, c = job.result()
+                yield span, q, c, X
 
     def _estimate_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
         X = self.featurize(texts)
@@ -701,6 +765,13 @@ class Router:
             for (a, b), q, c in self._estimate_parallel(texts, workers):
                 out += self._decide(
                     q, c, None, texts[a:b], tradeoff, max_cost, min_quality, allowed, context_windows
+                )
+            return out
+        if self._pipeline_threads(len(texts)) > 0:
+            out = []
+            for (a, b), q, c, X in self._estimate_chunks(texts):  # decide each chunk as it comes
+                out += self._decide(
+                    q, c, X, texts[a:b], tradeoff, max_cost, min_quality, allowed, context_windows
                 )
             return out
         q, c, X = self._estimate_texts(texts)

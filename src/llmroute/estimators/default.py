@@ -239,7 +239,7 @@ class _Base:
         self.betas = betas
         self.logistic_lam = logistic_lam
         self.logit: QualityEstimator | None = None
-        self._M: np.ndarray | None = None
+        self._MT: np.ndarray | None = None
 
     def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray], K: np.ndarray) -> Self:
         """`labs`: nearest-centre labels of the rows, one array per proto then expert level;
@@ -299,19 +299,17 @@ class _Base:
         Speed: cache-sized row chunks (`_kernel_rows`); batches of >= 2 x `_KERNEL_THREAD_ROWS`
         rows run their row ranges on threads (BLAS held to one thread meanwhile) when BLAS itself
         may use more than one. The sums equal those of the earlier one-product-per-256-rows form
-        (kept in tests/test_default_kernel.py) to float32 rounding: bitwise where BLAS takes the
-        same path (measured on the routellm and routerbench routers, 1 to 4,000 rows); they can
-        differ in the last bits where that form's short tail chunk (< 32 rows) took another BLAS
-        path, and threaded batches match it run with one BLAS thread (as in the gateway).
+        (kept in tests/test_default_kernel.py) to float32 rounding (relative differences of
+        ~6e-7: the per-row sums add the same terms in another order).
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
-        if getattr(self, "_M", None) is None:  # [outcomes | observed | 1]: one product per chunk
-            self._M = np.ascontiguousarray(
-                np.concatenate([self.Qf, self.ok, np.ones((len(self.Qf), 1), np.float32)], axis=1)
+        if getattr(self, "_MT", None) is None:  # [outcomes | observed | 1], rows contiguous
+            self._MT = np.ascontiguousarray(
+                np.concatenate([self.Qf, self.ok, np.ones((len(self.Qf), 1), np.float32)], axis=1).T
             )
         n = len(E)
-        R = np.empty((nb, n, self._M.shape[1]), np.float32)
+        R = np.empty((nb, n, len(self._MT)), np.float32)
         threads = _kernel_threads(n)
         if threads <= 1:
             self._kernel_rows(E, R, 0, n)
@@ -344,10 +342,12 @@ class _Base:
         """Kernel sums for rows lo:hi of E into R[:, lo:hi] ((betas, n, 2m+1) float32).
 
         Row chunks small enough that the (chunk, N) similarity block and its exp stay in cache
-        (~4 MB), at least 32 rows so the products keep BLAS's large-matrix path (the sums are
-        then bitwise those of one big product); every step writes into preallocated buffers.
+        (~4 MB), at least 32 rows so the similarity product keeps BLAS's large-matrix path; every
+        step writes into preallocated buffers. The weighted sums are one matrix-vector product
+        per row with the contiguous (2m+1, N) outcome matrix: BLAS's (rows, N) x (N, 2m+1)
+        product is slow for so few columns (one row 15 -> 4 us, 67 rows 350 -> 270 us).
         """
-        M, N = self._M, len(self.E)
+        MT, N = self._MT, len(self.E)
         step = self._kernel_step()
         S = np.empty((min(step, hi - lo), N), np.float32)
         X = np.empty_like(S)
@@ -360,7 +360,9 @@ class _Base:
             for g, beta in enumerate(self.betas):
                 np.multiply(Sv, np.float32(beta), out=Xv)
                 np.exp(Xv, out=Xv)
-                np.matmul(Xv, M, out=R[g, s0:s1])
+                Rg = R[g]
+                for i in range(s1 - s0):
+                    np.matmul(MT, Xv[i], out=Rg[s0 + i])
 
     def transform(
         self,
