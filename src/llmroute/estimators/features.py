@@ -175,8 +175,11 @@ def _one(text: str) -> list[float]:
     inv = 1.0 / n_cp
     punct = n_cp - digits - upper - lower - space - non_ascii
     math_n, code_n, q_n, write_n, ratio_n, how_many, blank = _substring_counts(tail, tail.lower())
-    nums = _NUM.findall(tail)
-    mc_n, qa_n, sent_n = len(_MC.findall(tail)), len(_QA_BLOCK.findall(tail)), len(_SENT_END.findall(tail))
+    # regex scans skipped where they cannot match (an ASCII text without digits has no number;
+    # a question/answer block needs a colon)
+    nums = _NUM.findall(tail) if digits or non_ascii else []
+    qa_n = len(_QA_BLOCK.findall(tail)) if ":" in tail or "\uff1a" in tail else 0
+    mc_n, sent_n = len(_MC.findall(tail)), len(_SENT_END.findall(tail))
     values = [_number(x) for x in nums[:200]]
     return [
         math.log1p(n),
