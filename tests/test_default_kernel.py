@@ -49,7 +49,7 @@ def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0) -> _Base:
     base.E = _unit(rng, n_train, d, centres)
     base.ok = ok.astype(np.float32)
     base.Qf = np.where(ok, Q, 0.0).astype(np.float32)
-    base.mu = np.array([0.55, 0.6, 0.7][:m])
+    base.mu = np.linspace(0.55, 0.7, m)
     base._MT = None
     base._centres = centres  # type: ignore[attr-defined]
     return base
@@ -57,8 +57,9 @@ def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0) -> _Base:
 
 @pytest.mark.parametrize("n_train", [300, 9000])  # 9000: 116-row chunks instead of 256
 @pytest.mark.parametrize("n", [1, 7, 300, 4500])  # 4500: split over threads where BLAS has them
-def test_kernel_matches_the_reference_formula(n_train: int, n: int) -> None:
-    base = _base(n_train)
+@pytest.mark.parametrize("m", [3, 6])  # sums row by row (few models) or as one product per chunk
+def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int) -> None:
+    base = _base(n_train, m=m)
     K = _unit(np.random.default_rng(n), n, 32, base._centres)  # type: ignore[attr-defined]
     got = base._kernel(K)
     want = _reference_kernel(base, K)
