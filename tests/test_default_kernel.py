@@ -1,6 +1,10 @@
 """The default estimator's kernel smoother: the chunked (and, for big batches, threaded) kernel
-sums give the same numbers as the straightforward formula it replaced (one exp and one product
-per width over 256-row blocks)."""
+sums give the numbers of the straightforward formula, computed in float64 (the exact value the
+float32 kernel approximates), to float32 accumulation error.
+
+(The reference used to be the earlier float32 formula itself with rtol 2e-6; both float32 forms
+differ from the exact sums by up to ~3e-6 relative depending on the BLAS kernel and summation
+order, so two float32 results could disagree by more than that tolerance on another CPU.)"""
 
 from __future__ import annotations
 
@@ -15,17 +19,18 @@ from llmroute.estimators.default import DefaultEstimator, _Base
 
 
 def _reference_kernel(base: _Base, K: np.ndarray) -> list[np.ndarray]:
-    """The kernel as first written (kept here as the oracle): same outputs as `_Base._kernel`."""
-    E = np.asarray(K, dtype=np.float32)
+    """The kernel formula in float64 (the oracle): what `_Base._kernel` computes in float32."""
+    E = np.asarray(K, dtype=np.float64)
     nb, m = len(base.betas), len(base.mu)
-    M = np.concatenate([base.Qf, base.ok, np.ones((len(base.Qf), 1), np.float32)], axis=1)
+    M = np.concatenate([base.Qf, base.ok, np.ones((len(base.Qf), 1), np.float32)], axis=1).astype(np.float64)
+    ET = np.asarray(base.E, dtype=np.float64).T
     num = np.empty((nb, len(E), m))
     den = np.empty((nb, len(E), m))
     tot = np.empty((nb, len(E)))
     for s0 in range(0, len(E), 256):
-        S = E[s0 : s0 + 256] @ base.E.T - np.float32(1.0)
+        S = E[s0 : s0 + 256] @ ET - 1.0
         for g, beta in enumerate(base.betas):
-            R = np.exp(np.float32(beta) * S) @ M
+            R = np.exp(beta * S) @ M
             num[g, s0 : s0 + 256] = R[:, :m]
             den[g, s0 : s0 + 256] = R[:, m : 2 * m]
             tot[g, s0 : s0 + 256] = R[:, 2 * m]
@@ -66,7 +71,7 @@ def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int) -> N
     assert len(got) == len(want) == 6
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_threaded_and_single_thread_kernels_agree(monkeypatch: pytest.MonkeyPatch) -> None:
