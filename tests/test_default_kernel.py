@@ -44,13 +44,14 @@ def _unit(rng: np.random.Generator, n: int, d: int, centres: np.ndarray) -> np.n
     return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0) -> _Base:
-    """A kernel-only base with `n_train` remembered prompts (some outcomes missing)."""
+def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0, complete: bool = False) -> _Base:
+    """A kernel-only base with `n_train` remembered prompts (some outcomes missing unless
+    `complete`)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((6, d))
     base = _Base([], [], 2.0, betas=(60.0, 25.5, 9.25))
     Q = (rng.random((n_train, m)) < 0.6).astype(np.float32)
-    ok = rng.random((n_train, m)) > 0.2
+    ok = rng.random((n_train, m)) > (0.0 if complete else 0.2)
     base.E = _unit(rng, n_train, d, centres)
     base.ok = ok.astype(np.float32)
     base.Qf = np.where(ok, Q, 0.0).astype(np.float32)
@@ -62,9 +63,10 @@ def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0) -> _Base:
 
 @pytest.mark.parametrize("n_train", [300, 9000])  # 9000: 116-row chunks instead of 256
 @pytest.mark.parametrize("n", [1, 7, 300, 4500])  # 4500: split over threads where BLAS has them
-@pytest.mark.parametrize("m", [3, 6])  # sums row by row (few models) or as one product per chunk
-def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int) -> None:
-    base = _base(n_train, m=m)
+@pytest.mark.parametrize("m", [3, 6])  # cache-sized sub-blocks up to 8 outcome columns, else whole chunks
+@pytest.mark.parametrize("complete", [False, True])  # no missing outcome: the observed sums are left out
+def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int, complete: bool) -> None:
+    base = _base(n_train, m=m, complete=complete)
     K = _unit(np.random.default_rng(n), n, 32, base._centres)  # type: ignore[attr-defined]
     got = base._kernel(K)
     want = _reference_kernel(base, K)
@@ -72,6 +74,11 @@ def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int) -> N
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert base._complete is complete
+    step = base._kernel_step()
+    sub = max(8, min((1 << 17) // n_train, step))
+    columns = m + 1 if complete else 2 * m + 1
+    assert base._kernel_sub(step) == (sub if columns <= default_mod._KERNEL_SUB_MAX_COLS else step)
 
 
 def test_threaded_and_single_thread_kernels_agree(monkeypatch: pytest.MonkeyPatch) -> None:
