@@ -305,7 +305,7 @@ class _Base:
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
-        if getattr(self, "_MT", None) is None:  # [outcomes | observed | 1], rows contiguous
+        if getattr(self, "_MT", None) is None:  # [outcomes | observed (if any missing) | 1]^T
             # a table without missing outcomes has observed == 1 everywhere: its weighted sums
             # are the total weight, so those m rows are left out (the same numbers, fewer sums)
             self._complete = bool(self.ok.all())
@@ -365,9 +365,8 @@ class _Base:
         outcome columns (`_kernel_sub`), so each exp'd block is still in cache when it is
         multiplied by the outcome matrix (a 4 MB block streamed three times per width through a
         2 MB L2 cache made those passes memory-bound: routellm's 15.5k training prompts, 6,000
-        rows: 0.38 -> 0.30 s). One row is one
-        matrix-vector product with the contiguous (columns, N) outcome matrix. Every step writes
-        into preallocated buffers.
+        rows: 0.38 -> 0.30 s). One row is one matrix-vector product with the contiguous
+        (columns, N) outcome matrix. Every step writes into preallocated buffers.
         """
         MT, N = self._MT, len(self.E)
         step = self._kernel_step()
