@@ -24,9 +24,11 @@ from typing import Annotated, Any
 
 import typer
 
+from llmroute.cliapp import HELP_OPTION_NAMES, Typer
+
 __all__ = ["PLUGINS", "app"]
 
-app = typer.Typer(
+app = Typer(
     name="llmroute",
     help="Route each LLM request to the model that gives the best answer for the money.",
     no_args_is_help=True,
@@ -344,11 +346,16 @@ def _make_plugin_command(name: str, help_text: str) -> None:
         except CLIError as exc:
             _fail(str(exc))
         if not isinstance(obj, typer.Typer):
-            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single = Typer(add_completion=False, pretty_exceptions_enable=False)
             single.command(name)(obj)
             obj = single
         cmd = typer.main.get_command(obj)
-        cmd.main(args=list(ctx.args), prog_name=f"llmroute {name}", standalone_mode=True)
+        cmd.main(
+            args=list(ctx.args),
+            prog_name=f"llmroute {name}",
+            standalone_mode=True,
+            help_option_names=list(HELP_OPTION_NAMES),
+        )
 
 
 for _name, (_target, _help) in PLUGINS.items():

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import typer
 
+from llmroute.cliapp import Typer
 from llmroute.gateway.config import ConfigError, load_config
 
 __all__ = ["app", "create_app", "create_app_from_env", "freeze_startup_objects", "serve"]
 
-app = typer.Typer(add_completion=False, help="Run the llmroute gateway.")
+app = Typer(add_completion=False, help="Run the llmroute gateway.")
 
 
 def create_app(config_path: str | Path):  # type: ignore[no-untyped-def]

@@ -33,10 +33,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from llmroute.cliapp import Typer
+
 __all__ = ["keys_app", "resolve_store_url", "summarize", "traces_app"]
 
-traces_app = typer.Typer(help="Query the gateway's decision traces.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create and hash gateway API keys.", no_args_is_help=True)
+traces_app = Typer(help="Query the gateway's decision traces.", no_args_is_help=True)
+keys_app = Typer(help="Create and hash gateway API keys.", no_args_is_help=True)
 
 _DEFAULT_URL = "sqlite:///llmroute-traces.sqlite"
 

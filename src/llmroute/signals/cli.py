@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
+from llmroute.cliapp import Typer
+
+app = Typer(
     name="rules",
     help="Check and explain routing rules (the signals:/rules: sections of a gateway config).",
     no_args_is_help=True,
