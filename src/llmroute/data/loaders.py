@@ -36,11 +36,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmroute.data.encoding import encoding_error
 from llmroute.data.prices import load_prices
 from llmroute.data.table import ModelPrice, RoutingTable, TableError
-from llmroute.data.validate import derive_prompt_id, validate
+from llmroute.data.validate import HIDDEN_COLUMNS, derive_prompt_id, user_columns, validate
 
-__all__ = ["FILE_FORMATS", "LAYOUTS", "detect_layout", "load_table", "read_frame", "to_long"]
+__all__ = [
+    "FILE_FORMATS",
+    "LAYOUTS",
+    "detect_layout",
+    "load_table",
+    "read_frame",
+    "to_long",
+]
 
 LAYOUTS: tuple[str, ...] = ("long", "routerbench", "routellm")
 FILE_FORMATS: tuple[str, ...] = ("parquet", "csv", "jsonl", "json", "pickle")
@@ -78,6 +86,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         header = pd.read_csv(path, nrows=0).columns
     except pd.errors.EmptyDataError:
         raise TableError(f"{path}: the file is empty") from None
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
     text = {
         c: str
         for c in header
@@ -86,35 +96,45 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         # keep_default_na=False: a prompt reading "NA" or "null" stays text; empty cells are missing.
         return pd.read_csv(path, dtype=text, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
+    except (pd.errors.ParserError, ValueError) as e:
         raise TableError(f"{path}: cannot parse CSV ({e})") from None
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The records of a JSON-lines file and the 1-based line number of each."""
     records: list[dict] = []
     lines: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TableError(
-                    f"{path}: row {lineno}: invalid JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise TableError(f"{path}: row {lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(obj)
-            lines.append(lineno)
+    try:
+        # utf-8-sig: a byte-order mark some editors write is not part of the first record
+        with path.open(encoding="utf-8-sig") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TableError(
+                        f"{path}: row {lineno}: invalid JSON ({e.msg} at column {e.colno})"
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise TableError(
+                        f"{path}: row {lineno}: expected a JSON object, got {type(obj).__name__}"
+                    )
+                records.append(obj)
+                lines.append(lineno)
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
     df = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    df["_row"] = lines
-    return df
+    return df, lines
 
 
 def _read_json(path: Path) -> pd.DataFrame:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
     except json.JSONDecodeError as e:
         raise TableError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
     if isinstance(obj, dict) and isinstance(obj.get("rows"), list):
@@ -142,6 +162,7 @@ def read_frame(path: str | Path, file_format: str | None = None) -> pd.DataFrame
     if not p.is_file():
         raise TableError(f"{p}: file not found")
     f = _file_format(p, file_format)
+    rows: list[int] | None = None
     if f == "parquet":
         try:
             df = pd.read_parquet(p)
@@ -150,7 +171,7 @@ def read_frame(path: str | Path, file_format: str | None = None) -> pd.DataFrame
     elif f == "csv":
         df = _read_csv(p)
     elif f == "jsonl":
-        df = _read_jsonl(p)
+        df, rows = _read_jsonl(p)
     elif f == "json":
         df = _read_json(p)
     elif f == "pickle":
@@ -163,8 +184,13 @@ def read_frame(path: str | Path, file_format: str | None = None) -> pd.DataFrame
         raise TableError(f"{p}: unknown file format {f!r}; use one of {', '.join(FILE_FORMATS)}")
     df = df.reset_index(drop=True)
     df.columns = [str(c) for c in df.columns]
-    if "_row" not in df.columns:
-        df["_row"] = np.arange(1, len(df) + 1)
+    clash = [c for c in HIDDEN_COLUMNS if c in df.columns]
+    if clash:
+        raise TableError(
+            f"{p}: column {clash[0]!r} is a name llmroute reserves for its own row bookkeeping; "
+            "rename that column in the file"
+        )
+    df["_row"] = rows if rows is not None else np.arange(1, len(df) + 1)
     df["_file"] = str(p)
     return df
 
@@ -412,7 +438,7 @@ def load_table(
     source_columns: dict[str, str] = {}
     for f in files:
         raw = read_frame(f, file_format)
-        if raw.drop(columns=["_row", "_file"]).shape[1] == 0 or raw.empty:
+        if not user_columns(raw.columns) or raw.empty:
             raise TableError(f"{f}: the table has no rows" if raw.empty else f"{f}: no columns")
         long, cols = to_long(raw, layout, str(f))
         source_columns.update(cols)

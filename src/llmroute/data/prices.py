@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from llmroute.data.encoding import encoding_error
 from llmroute.data.table import ModelPrice, TableError
 
 __all__ = ["load_prices", "parse_prices", "prices_to_dict"]
@@ -75,7 +76,7 @@ def parse_prices(obj: object, source: str = "<prices>") -> dict[str, ModelPrice]
 
 
 def _load_csv(path: Path) -> dict[str, ModelPrice]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in reader.fieldnames or []]
         reader.fieldnames = fields
@@ -122,9 +123,12 @@ def load_prices(path: str | Path) -> dict[str, ModelPrice]:
     if not p.is_file():
         raise TableError(f"{p}: price table not found")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        return _load_csv(p)
-    text = p.read_text(encoding="utf-8")
+    try:
+        if suffix == ".csv":
+            return _load_csv(p)
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise encoding_error(p) from None
     if suffix == ".json":
         try:
             obj = json.loads(text)

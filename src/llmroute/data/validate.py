@@ -36,7 +36,14 @@ import pandas as pd
 
 from llmroute.data.table import ModelPrice, TableError
 
-__all__ = ["MISSING_STRINGS", "derive_prompt_id", "validate", "validate_prices_against_models"]
+__all__ = [
+    "HIDDEN_COLUMNS",
+    "MISSING_STRINGS",
+    "derive_prompt_id",
+    "user_columns",
+    "validate",
+    "validate_prices_against_models",
+]
 
 #: Cell texts that count as missing in numeric columns (case-insensitive, stripped).
 MISSING_STRINGS: frozenset[str] = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
@@ -45,7 +52,17 @@ _MAX_LISTED = 5
 _NONNEG_FLOAT = ("cost_usd", "latency_s")
 _NONNEG_INT = ("input_tokens", "output_tokens")
 _TEXT_OPTIONAL = ("task", "split", "response")
-_HIDDEN = ("_file", "_row")
+#: Helper columns the loaders add (origin file and 1-based row); never shown to users.
+HIDDEN_COLUMNS: tuple[str, ...] = ("_file", "_row")
+_HIDDEN = HIDDEN_COLUMNS
+
+
+def user_columns(columns: Iterable[object]) -> list[str]:
+    """Column names as the user wrote them: the loaders' helper columns (`HIDDEN_COLUMNS`) left out.
+
+    Every message that lists a table's columns goes through this.
+    """
+    return [str(c) for c in columns if str(c) not in HIDDEN_COLUMNS]
 
 
 def derive_prompt_id(prompt: str) -> str:
@@ -167,15 +184,16 @@ def validate(
     df = df.reset_index(drop=True)
     cols = [str(c) for c in df.columns]
     if len(set(cols)) != len(cols):
-        dup = sorted({c for c in cols if cols.count(c) > 1})
+        dup = sorted({c for c in cols if cols.count(c) > 1 and c not in HIDDEN_COLUMNS})
         raise TableError(f"{source}: duplicate column name(s) {', '.join(repr(c) for c in dup)}")
     df.columns = cols
     need = ["prompt", "model", "quality"]
     missing_cols = [c for c in need if c not in df.columns]
     if missing_cols:
+        shown = user_columns(cols)
         raise TableError(
             f"{source}: missing required column(s) {', '.join(repr(c) for c in missing_cols)}; "
-            f"found {', '.join(repr(c) for c in cols) or 'no columns'}. A long-format routing table "
+            f"found {', '.join(repr(c) for c in shown) or 'no columns'}. A long-format routing table "
             "needs prompt_id (optional), prompt, model, quality"
         )
     if df.empty:
