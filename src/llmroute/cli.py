@@ -4,6 +4,7 @@
                    [--tasks PREFIX] [--out DIR]
     llmroute train --data PATH [--router default] --out FILE
     llmroute route [--router FILE] [--tradeoff X | --max-cost USD] "prompt"
+    llmroute calibrate [--router FILE] --prompts FILE --strong-share 0.3 --out FILE
 
 Heavy imports live inside the commands so that `llmroute --help` stays fast. Commands owned by
 other parts (serve, traces, rules) are registered lazily from `PLUGINS`: one line per command,
@@ -313,6 +314,70 @@ def route_cmd(
 
     decision = _run(go)
     typer.echo(json.dumps(_jsonable(decision), indent=1, default=_json_default))
+
+
+# ---- calibrate ---------------------------------------------------------------------------------
+@app.command("calibrate")
+def calibrate_cmd(
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            "--prompts", help="Sample of your traffic: text (one prompt a line), or JSONL/CSV with 'prompt'."
+        ),
+    ],
+    strong_share: Annotated[
+        float, typer.Option("--strong-share", min=0.0, max=1.0, help="Share of prompts for the strong model.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the calibrated router file.")],
+    router: Annotated[
+        Path | None, typer.Option(help="Router file (default: the shipped default router).")
+    ] = None,
+    strong: Annotated[
+        str | None, typer.Option(help="Strong model (router column; default: the router's).")
+    ] = None,
+    weak: Annotated[
+        str | None, typer.Option(help="Weak model (router column; default: the router's).")
+    ] = None,
+) -> None:
+    """Set the strong/weak threshold so --strong-share of --prompts go to the strong model.
+
+    The written router carries the threshold as its policy: `route` without a trade-off and a
+    gateway alias without its own trade-off use it; the saved score quantiles let a gateway map
+    any other share (`llmroute/auto@0.5`) to a threshold.
+    """
+    if out.exists() and out.is_dir():
+        _fail(f"--out {out} is a directory; give a file path")
+
+    def go() -> tuple[Any, float, int]:
+        from llmroute.data.prompts import load_prompts
+        from llmroute.router import Router
+
+        path = router if router is not None else _default_router_path()
+        if not path.exists():
+            raise CLIError(f"router file {path} does not exist (train one with `llmroute train`)")
+        r = Router.load(path)
+        if strong is not None or weak is not None:
+            r.set_policy(**{k: v for k, v in (("strong", strong), ("weak", weak)) if v is not None})
+        texts = load_prompts(prompts)
+        thr = r.calibrate(texts, strong_share)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r.save(out)
+        return r, thr, len(texts)
+
+    r, thr, n = _run(go)
+    typer.echo(
+        json.dumps(
+            {
+                "router": str(out),
+                "threshold": thr,
+                "strong_share": strong_share,
+                "strong": r.policy["strong"],
+                "weak": r.policy["weak"],
+                "n_prompts": n,
+            },
+            indent=1,
+        )
+    )
 
 
 # ---- lazily imported commands of other parts ---------------------------------------------------

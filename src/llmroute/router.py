@@ -33,7 +33,15 @@ import numpy as np
 from llmroute.data.table import ModelPrice, RoutingTable
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.cost import CostEstimator
-from llmroute.policy import calibrate_threshold, candidate_mask, choose, choose_row
+from llmroute.policy import (
+    calibrate_threshold,
+    candidate_mask,
+    choose,
+    choose_row,
+    score_quantiles,
+    threshold_for_share,
+    unmet_constraints,
+)
 
 __all__ = [
     "FORMAT",
@@ -144,6 +152,9 @@ class Decision:
     model: the chosen model; expected_quality / expected_cost: per model (USD);
     reason: compact, human-readable; ranked: admissible models, chosen first, then by the
     policy's preference (fallback order); policy: the effective policy settings.
+    constraints_met: False when no admissible model meets `max_cost` / `min_quality` and the
+    closest one was chosen (the cheapest / the best); unmet_constraints names which
+    ("max_cost", "min_quality"), and the reason says it.
     """
 
     model: str
@@ -152,6 +163,8 @@ class Decision:
     reason: str
     ranked: list[str]
     policy: dict[str, Any] = field(default_factory=dict)
+    constraints_met: bool = True
+    unmet_constraints: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (infinite trade-off written as the string 'inf')."""
@@ -356,7 +369,9 @@ class Router:
 
         The default trade-off is the largest lambda at which the routed mean *expected* quality
         on training prompts still reaches the best single model's mean expected quality:
-        "best-model quality, for less".
+        "best-model quality, for less". The strong-minus-weak score quantiles on those prompts
+        are kept too (`score_quantiles`, for the pair `score_pair`), so a strong share maps to a
+        threshold before any calibration (`threshold_for_share`).
         """
         ok = np.isfinite(Q)
         mean_q = np.where(ok, Q, 0).sum(0) / np.maximum(ok.sum(0), 1)
@@ -374,7 +389,11 @@ class Router:
                 tradeoff = float(lam)
             else:
                 break
-        return {"tradeoff": tradeoff, "strong": self.models[strong], "weak": self.models[weak]}
+        out: dict[str, Any] = {"tradeoff": tradeoff, "strong": self.models[strong], "weak": self.models[weak]}
+        with contextlib.suppress(ValueError):  # no finite score: no quantiles
+            out["score_quantiles"] = score_quantiles(q[:, strong] - q[:, weak])
+            out["score_pair"] = [self.models[strong], self.models[weak]]
+        return out
 
     def _summary(self, table: RoutingTable, est: QualityEstimator) -> dict[str, Any]:
         Q = table.quality_matrix()
@@ -524,12 +543,38 @@ class Router:
         """Set (and return) the strong/weak threshold so `strong_share` of `prompts` go strong.
 
         RouteLLM-style: calibrate on a sample of your own traffic. Afterwards `route()` calls
-        without an explicit trade-off / max_cost / min_quality use the threshold rule.
+        without an explicit trade-off / max_cost / min_quality use the threshold rule (and so
+        does a gateway alias on this router without its own trade-off). The score quantiles of
+        `prompts` are kept in the policy, so any other share maps to a threshold later
+        (`threshold_for_share`, the gateway's `model@share` suffix).
         """
-        thr = calibrate_threshold(self.strong_weak_score(prompts), strong_share)
+        scores = self.strong_weak_score(prompts)
+        thr = calibrate_threshold(scores, strong_share)
         self.policy["threshold"] = thr
         self.policy["strong_share"] = float(strong_share)
+        with contextlib.suppress(ValueError):  # no finite score: keep no quantiles
+            self.policy["score_quantiles"] = score_quantiles(scores)
+            self.policy["score_pair"] = [self.policy["strong"], self.policy["weak"]]
         return thr
+
+    def threshold_for_share(self, strong_share: float) -> float:
+        """The strong/weak threshold that sends about `strong_share` of prompts strong.
+
+        The calibrated threshold itself for the calibrated share; otherwise read off the score
+        quantiles stored at `calibrate` (your prompts) or `fit` time (the training prompts).
+        Raises ValueError when the router has no strong/weak pair or no quantiles for it.
+        """
+        pol = self.policy
+        self._pair()  # raises without a strong/weak pair
+        if pol.get("threshold") is not None and pol.get("strong_share") == strong_share:
+            return float(pol["threshold"])
+        qs = pol.get("score_quantiles")
+        if not qs or list(pol.get("score_pair") or ()) != [pol["strong"], pol["weak"]]:
+            raise ValueError(
+                "this router stores no score distribution for its strong/weak pair; run "
+                "`llmroute calibrate` (or router.calibrate(prompts, share)) once"
+            )
+        return threshold_for_share(qs, strong_share)
 
     def set_policy(self, **policy: Any) -> None:
         """Change policy defaults (tradeoff, max_cost, min_quality, strong, weak, threshold)."""
@@ -622,6 +667,7 @@ class Router:
         ql, cl, picks = q.tolist(), c.tolist(), pick.tolist()
         head = self._reason_head(eff)
         all_adm = bool(admissible.all())
+        check = eff["rule"] != "threshold" and (max_cost is not None or min_quality is not None)
         out: list[Decision] = []
         append = out.append
         for j, ai, qi, ci, oi in zip(picks, adm, ql, cl, order, strict=True):
@@ -630,14 +676,22 @@ class Router:
                 ranked = [mj] + [models[k] for k in oi if k != j]
             else:
                 ranked = [mj] + [models[k] for k in oi if ai[k] and k != j]
+            reason = f"{head}: {mj} q={qi[j]:.2f} c=${ci[j]:.2g}"
+            unmet = (
+                unmet_constraints(qi[j], ci[j], max_cost=max_cost, min_quality=min_quality) if check else []
+            )
+            if unmet:
+                reason += self._unmet_note(unmet, qi[j], ci[j], max_cost, min_quality)
             append(
                 Decision(
                     mj,
                     dict(zip(models, qi, strict=True)),
                     dict(zip(models, ci, strict=True)),
-                    f"{head}: {mj} q={qi[j]:.2f} c=${ci[j]:.2g}",
+                    reason,
                     ranked,
                     eff,
+                    not unmet,
+                    unmet,
                 )
             )
         return out
@@ -698,14 +752,34 @@ class Router:
             key = [q[k] - lam * c[k] for k in range(m)]
         inf = math.inf
         order = sorted(range(m), key=[-key[k] if adm[k] else inf for k in range(m)].__getitem__)
+        reason = self._reason(eff, models[j], q[j], c[j])
+        unmet: list[str] = []
+        if eff["rule"] != "threshold" and (max_cost is not None or min_quality is not None):
+            unmet = unmet_constraints(q[j], c[j], max_cost=max_cost, min_quality=min_quality)
+            if unmet:
+                reason += self._unmet_note(unmet, q[j], c[j], max_cost, min_quality)
         return Decision(
             model=models[j],
             expected_quality=dict(zip(models, q, strict=True)),
             expected_cost=dict(zip(models, c, strict=True)),
-            reason=self._reason(eff, models[j], q[j], c[j]),
+            reason=reason,
             ranked=[models[j]] + [models[k] for k in order if adm[k] and k != j],
             policy=eff,
+            constraints_met=not unmet,
+            unmet_constraints=unmet,
         )
+
+    @staticmethod
+    def _unmet_note(
+        unmet: list[str], qj: float, cj: float, max_cost: float | None, min_quality: float | None
+    ) -> str:
+        """The reason's suffix when no admissible model meets a limit (the closest was chosen)."""
+        parts = []
+        if "max_cost" in unmet:
+            parts.append(f"max_cost unmet: c=${cj:.2g} > ${max_cost:.2g}")
+        if "min_quality" in unmet:
+            parts.append(f"min_quality unmet: q={qj:.2f} < {min_quality:g}")
+        return " | " + "; ".join(parts) + " (no model meets it; closest chosen)"
 
     @staticmethod
     def _reason_head(eff: dict) -> str:

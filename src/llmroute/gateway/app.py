@@ -49,7 +49,14 @@ from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
 from llmroute.gateway.reliability import Attempt, Executor
-from llmroute.gateway.routing import RequestContext, RouteDecision, RouterLike, RoutingEngine, load_router
+from llmroute.gateway.routing import (
+    RequestContext,
+    RouteDecision,
+    RouterLike,
+    RoutingEngine,
+    load_router,
+    parse_request_policy,
+)
 
 __all__ = ["Gateway", "openapi_document"]
 
@@ -171,7 +178,9 @@ def openapi_document() -> dict[str, Any]:
         "properties": {
             "model": {
                 "type": "string",
-                "description": "a model name (passes through) or an alias such as llmroute/auto",
+                "description": "a model name (passes through) or an alias such as llmroute/auto; an "
+                "alias takes a per-request policy suffix: @0.3 or @share=0.3 (share of requests for "
+                "the strong model), @tradeoff=50",
             },
             "messages": {"type": "array", "items": msg},
             "stream": {"type": "boolean"},
@@ -183,7 +192,15 @@ def openapi_document() -> dict[str, Any]:
             "n": {"type": "integer"},
             "llmroute": {
                 "type": "object",
-                "description": "per-request policy: tradeoff, max_cost, min_quality",
+                "description": "per-request policy (other fields: 400)",
+                "additionalProperties": False,
+                "properties": {
+                    "tradeoff": {"type": ["number", "null"], "minimum": 0},
+                    "max_cost": {"type": ["number", "null"], "minimum": 0},
+                    "min_quality": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                    "strong_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                    "on_unmet": {"enum": ["closest", "reject", None]},
+                },
             },
         },
     }
@@ -205,6 +222,12 @@ def openapi_document() -> dict[str, Any]:
         h: {"schema": {"type": "string"}}
         for h in ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")
     }
+    for h, what in (
+        ("x-llmroute-constraint", "with max_cost/min_quality: 'met' or which limit no candidate meets"),
+        ("x-llmroute-rule", "the rules that changed this request's policy"),
+        ("x-llmroute-tradeoff", "the trade-off a rule set"),
+    ):
+        trace_headers[h] = {"schema": {"type": "string"}, "description": what}
 
     def op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         o: dict[str, Any] = {
@@ -352,9 +375,7 @@ class Gateway:
                         "llmroute": {
                             "kind": "alias",
                             "router": a.router,
-                            "tradeoff": a.tradeoff,
-                            "max_cost": a.max_cost,
-                            "min_quality": a.min_quality,
+                            **self.engine.alias_info(name),  # effective policy, accepted model suffixes
                             "candidates": self.engine.plans[name].models,
                         },
                     }
@@ -565,12 +586,17 @@ class Gateway:
     def _headers(scope: Scope) -> dict[str, str]:
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
-    def _trace_headers(self, rid: str, model: str, reason: str) -> list[tuple[bytes, bytes]]:
-        return [
+    def _trace_headers(
+        self, rid: str, model: str, reason: str, decision: RouteDecision | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        out = [
             _hdr(b"x-llmroute-request-id", rid),
             _hdr(b"x-llmroute-model", model),
             _hdr(b"x-llmroute-reason", reason),
         ]
+        if decision is not None and decision.policy:  # constraint / rule headers (RouteDecision.headers)
+            out += [_hdr(k.encode(), v) for k, v in decision.headers()]
+        return out
 
     def _rejected_headers(
         self, rid: str, decision: RouteDecision | None, e: GatewayError
@@ -602,18 +628,17 @@ class Gateway:
     ) -> tuple[RequestContext, RouteDecision, Any]:
         """auth -> decide; shared by chat, messages and route."""
         headers = self._headers(scope) if (self.auth.enabled or self.engine.hooks) else {}
-        key = self.auth.admit(headers, body["model"]) if self.auth.enabled else None
-        pol = body.pop("llmroute", None) or {}
-        policy: dict[str, float | None] = {}
-        for k in ("tradeoff", "max_cost", "min_quality"):
-            if k in pol:
-                v = pol[k]
-                if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
-                    raise _bad(f"'llmroute.{k}' must be a non-negative number or null.", f"llmroute.{k}")
-                policy[k] = v
+        try:  # "alias@0.3", "alias@tradeoff=50": per-request policy in the model name
+            model, policy = self.engine.split_model(body["model"])
+        except GatewayError:
+            if self.auth.enabled:
+                self.auth.authenticate(headers)  # an unknown caller gets its 401 first
+            raise
+        key = self.auth.admit(headers, model) if self.auth.enabled else None
+        policy.update(parse_request_policy(body.pop("llmroute", None)))  # 400 on unknown fields
         ctx = RequestContext(
             request_id=rid,
-            requested=body["model"],
+            requested=model,
             messages=body["messages"],
             body=body,
             key_id=key.id if key is not None else None,
@@ -735,7 +760,9 @@ class Gateway:
             stream=stream,
         )
         watch.done = True
-        await self._error(send, ge, self._trace_headers(rid, decision.model, decision.reason), anthropic)
+        await self._error(
+            send, ge, self._trace_headers(rid, decision.model, decision.reason, decision), anthropic
+        )
 
     # ---- endpoints ---------------------------------------------------------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -825,7 +852,8 @@ class Gateway:
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
             out = openai_to_anthropic_response(resp, requested) if anthropic else resp
             watch.done = True
-            await self._send(send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, model, reason)])
+            headers = self._trace_headers(rid, model, reason, decision)
+            await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
             self._finish(
                 rid=rid,
                 ctx=ctx,
@@ -883,7 +911,8 @@ class Gateway:
             model = start.model
             ttft = time.perf_counter() - t0
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-            headers = [_SSE, (b"cache-control", b"no-cache"), *self._trace_headers(rid, model, reason)]
+            trace = self._trace_headers(rid, model, reason, decision)
+            headers = [_SSE, (b"cache-control", b"no-cache"), *trace]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             usage_raw: dict[str, Any] | None = None
             conv = OpenAIToAnthropicStream(requested, rid) if anthropic else None
@@ -995,7 +1024,7 @@ class Gateway:
         resp = ctx.extra["cache_hit"].response
         if reservation is not None:
             self.budgets.release(reservation)  # type: ignore[union-attr]
-        headers = self._trace_headers(rid, decision.model, decision.reason)
+        headers = self._trace_headers(rid, decision.model, decision.reason, decision)
         if stream:
             events = list(replay_sse(resp))
             if anthropic:
@@ -1049,9 +1078,13 @@ class Gateway:
             "ranked": [
                 {**c, "base_url": self.engine.models[c["model"]].base_url} for c in decision.candidates()
             ],
+            **decision.summary(),
         }
         await self._send(
-            send, 200, orjson.dumps(out), [_JSON, *self._trace_headers(rid, decision.model, decision.reason)]
+            send,
+            200,
+            orjson.dumps(out),
+            [_JSON, *self._trace_headers(rid, decision.model, decision.reason, decision)],
         )
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:

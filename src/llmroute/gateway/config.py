@@ -13,7 +13,7 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers}]
     routers:  {name: "path/to/router" | "builtin:default"}
-    aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, candidates}}
+    aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://"}
     trace:    {store_prompts: false, store_responses: false}
@@ -147,13 +147,24 @@ class ModelConfig(_Strict):
 
 
 class AliasConfig(_Strict):
-    """A routed model name exposed to clients, with its router and policy."""
+    """A routed model name exposed to clients, with its router and policy.
+
+    tradeoff unset: the policy stored in the router file applies (its trade-off, and its
+    calibrated strong/weak threshold when it has one; see `llmroute.gateway.routing`).
+    on_unmet: what happens when no candidate meets max_cost / min_quality: "closest" serves the
+    closest one (the cheapest / the best) and says so in headers, "reject" answers 422.
+    """
 
     router: str = "default"
     candidates: list[str] = Field(default_factory=list, description="model names; empty = all routable")
-    tradeoff: float = Field(0.0, ge=0, description="lambda in q - lambda * cost_usd")
+    tradeoff: float | None = Field(
+        None, ge=0, description="lambda in q - lambda * cost_usd; unset = the router file's policy"
+    )
     max_cost: float | None = Field(None, gt=0)
     min_quality: float | None = Field(None, ge=0, le=1)
+    on_unmet: Literal["closest", "reject"] = Field(
+        "closest", description="no candidate meets max_cost/min_quality: serve the closest, or 422"
+    )
     description: str = ""
 
 

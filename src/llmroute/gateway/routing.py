@@ -8,9 +8,32 @@
    `ctx` (e.g. narrow `ctx.allowed`, change `ctx.policy`), or raise `GatewayError` (block);
 2. a concrete model name passes through unrouted;
 3. an alias is routed: the alias's router estimates quality and cost for the whole conversation
-   (`conversation_text`), the alias policy (trade-off / max_cost / min_quality, overridable per
-   request via the body field `llmroute: {tradeoff, max_cost, min_quality}`) picks the model, and
-   the remaining candidates are ranked for fallback.
+   (`conversation_text`), the effective policy (below) picks the model, and the remaining
+   candidates are ranked for fallback.
+
+Policy of an alias, per request (first that applies):
+
+- the request's own knobs: the body object `llmroute: {tradeoff, max_cost, min_quality,
+  strong_share, on_unmet}` (unknown fields are a 400) and a model-name suffix
+  (`llmroute/auto@0.3` = `@share=0.3`, `@tradeoff=50`; see `split_model`), then rules (`set`);
+- the alias's config (`tradeoff`, `max_cost`, `min_quality`, `on_unmet`);
+- the policy stored in the router file: its trade-off and, when it was calibrated
+  (`llmroute calibrate`), its strong/weak threshold.
+
+Threshold rule on an alias (the router's calibrated threshold when the alias sets no trade-off,
+max_cost or min_quality; or a per-request strong share): the router's strong and weak are router
+columns; a candidate stands for the column its `router_model` names. When the strong-minus-weak
+score of the prompt reaches the threshold, the pick is the strong column's candidate (the
+cheapest by the trade-off when several map to it), else the weak column's; the other candidates
+stay fallbacks. A strong share maps to a threshold with the score quantiles the router stored at
+fit / calibrate time (`Router.threshold_for_share`). When the alias has no (admissible)
+candidate on the strong or the weak column, or max_cost / min_quality are set, the trade-off
+rule decides and the reason says why the threshold did not apply.
+
+When no admissible candidate meets max_cost / min_quality the decision says so
+(`constraints_met`, `unmet_constraints`, the reason and the `x-llmroute-constraint` header);
+`on_unmet: closest` (default) serves the closest candidate (the cheapest / the best),
+`on_unmet: reject` answers 422 `constraint_unmet`.
 
 Without hooks, router estimates are micro-batched: the requests that reach the router in the
 same event-loop turn share one `router.estimate` call (at most `server.route_batch` prompts; each
@@ -35,16 +58,20 @@ import numpy as np
 
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.config import AliasConfig, GatewayConfig, ModelConfig
-from llmroute.policy import choose_row
+from llmroute.policy import choose_row, unmet_constraints
 
 __all__ = [
+    "SUFFIX_HELP",
     "RequestContext",
     "RouteDecision",
     "RouterLike",
     "RoutingEngine",
     "choose_one",
+    "constraint_header",
     "conversation_text",
     "load_router",
+    "parse_model_suffix",
+    "parse_request_policy",
 ]
 
 
@@ -78,6 +105,72 @@ def conversation_text(messages: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(t for t in (_text(m.get("content")) for m in messages) if t)
 
 
+_POLICY_FIELDS = ("tradeoff", "max_cost", "min_quality", "strong_share", "on_unmet")
+_ON_UNMET = ("closest", "reject")
+SUFFIX_HELP = (
+    "@<share> or @share=<share> (share of requests for the strong model, 0..1; e.g. "
+    "llmroute/auto@0.3) or @tradeoff=<lambda >= 0> (e.g. llmroute/auto@tradeoff=50)"
+)
+
+
+def _bad(message: str, param: str) -> GatewayError:
+    return GatewayError(400, message, param=param)
+
+
+def parse_request_policy(obj: Any) -> dict[str, Any]:
+    """Validate the body object `llmroute: {...}`: the per-request policy fields.
+
+    tradeoff, max_cost: numbers >= 0 (or null: no value); min_quality, strong_share: numbers in
+    [0, 1] (or null); on_unmet: "closest" or "reject". Any other field, or a bad value, is a 400
+    `GatewayError` naming `llmroute.<field>`.
+    """
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise _bad(f"'llmroute' must be an object with any of {list(_POLICY_FIELDS)}.", "llmroute")
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if k not in _POLICY_FIELDS:
+            raise _bad(
+                f"Unknown field 'llmroute.{k}'; the per-request policy takes {', '.join(_POLICY_FIELDS)}.",
+                f"llmroute.{k}",
+            )
+        if k == "on_unmet":
+            if v is not None and v not in _ON_UNMET:
+                raise _bad(f"'llmroute.on_unmet' must be one of {list(_ON_UNMET)}.", "llmroute.on_unmet")
+        elif v is not None:
+            unit = k in ("min_quality", "strong_share")
+            if (
+                not isinstance(v, int | float)
+                or isinstance(v, bool)
+                or not v >= 0  # NaN too
+                or (unit and v > 1)
+            ):
+                want = "a number in [0, 1]" if unit else "a non-negative number"
+                raise _bad(f"'llmroute.{k}' must be {want} or null.", f"llmroute.{k}")
+        out[k] = v
+    return out
+
+
+def parse_model_suffix(suffix: str) -> dict[str, float]:
+    """The policy a model-name suffix asks for: '0.3' / 'share=0.3' -> {"strong_share": 0.3},
+    'tradeoff=50' -> {"tradeoff": 50.0} ('inf': cheapest). ValueError when it is none of these."""
+    key, eq, value = suffix.partition("=")
+    if not eq:
+        key, value = "share", suffix
+    key = key.strip().lower()
+    field_name = {"share": "strong_share", "strong_share": "strong_share", "tradeoff": "tradeoff"}.get(key)
+    if field_name is None:
+        raise ValueError(f"unknown suffix key {key!r}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if math.isnan(x) or x < 0 or (field_name == "strong_share" and x > 1):
+        raise ValueError(f"{value!r} is out of range")
+    return {field_name: x}
+
+
 @dataclass
 class RequestContext:
     """One request on its way to a decision (hooks may read and edit it)."""
@@ -89,7 +182,7 @@ class RequestContext:
     key_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     endpoint: str = "chat"
-    policy: dict[str, float | None] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
     allowed: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     _text: str | None = None
@@ -104,7 +197,14 @@ class RequestContext:
 
 @dataclass
 class RouteDecision:
-    """The chosen model, the ranked fallbacks and why."""
+    """The chosen model, the ranked fallbacks and why.
+
+    policy: the effective policy (rule "tradeoff" | "min_quality" | "threshold", its numbers,
+    where the trade-off came from, and `set_by`: policy fields a rule changed -> rule name).
+    constraints_met / unmet_constraints: whether the chosen model meets max_cost / min_quality
+    (False: no admissible candidate does; the closest was chosen). `headers()` gives the
+    response headers that say so.
+    """
 
     model: str
     ranked: list[str]
@@ -114,6 +214,9 @@ class RouteDecision:
     expected_quality: dict[str, float] = field(default_factory=dict)
     expected_cost: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    constraints_met: bool = True
+    unmet_constraints: list[str] = field(default_factory=list)
 
     def candidates(self) -> list[dict[str, Any]]:
         """Ranked candidates with their estimates (for traces and `/v1/route`)."""
@@ -125,6 +228,51 @@ class RouteDecision:
             }
             for m in self.ranked
         ]
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers beyond model/reason: `x-llmroute-constraint` when max_cost or
+        min_quality applied ("met", or which limit no candidate meets), and when a rule changed
+        this request's policy `x-llmroute-rule` (the rules) with the effective values
+        (`x-llmroute-tradeoff`, `x-llmroute-max-cost`, `x-llmroute-min-quality`)."""
+        pol = self.policy
+        if not pol:
+            return []
+        out: list[tuple[str, str]] = []
+        if pol.get("max_cost") is not None or pol.get("min_quality") is not None:
+            out.append(("x-llmroute-constraint", constraint_header(self)))
+        set_by = pol.get("set_by")
+        if set_by:
+            out.append(("x-llmroute-rule", ",".join(dict.fromkeys(set_by.values()))))
+            for k in ("tradeoff", "max_cost", "min_quality"):
+                if k in set_by and pol.get(k) is not None:
+                    out.append((f"x-llmroute-{k.replace('_', '-')}", f"{pol[k]:g}"))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The policy part of a decision record (`/v1/route`, traces): JSON-able."""
+        pol = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in self.policy.items()}
+        return {
+            "policy": pol,
+            "constraints_met": self.constraints_met,
+            "unmet_constraints": list(self.unmet_constraints),
+        }
+
+
+def constraint_header(d: RouteDecision) -> str:
+    """`x-llmroute-constraint`: "met", or e.g. "unmet max_cost: expected $0.0023 > $0.001;
+    closest candidate served" (or "...; rejected" under on_unmet: reject)."""
+    if d.constraints_met:
+        return "met"
+    pol = d.policy
+    parts = []
+    if "max_cost" in d.unmet_constraints:
+        c = d.expected_cost.get(d.model, math.nan)
+        parts.append(f"max_cost: expected ${c:.3g} > ${pol['max_cost']:.3g}")
+    if "min_quality" in d.unmet_constraints:
+        q = d.expected_quality.get(d.model, math.nan)
+        parts.append(f"min_quality: expected {q:.3f} < {pol['min_quality']:g}")
+    tail = "rejected" if pol.get("on_unmet") == "reject" else "closest candidate served"
+    return f"unmet {'; '.join(parts)}; {tail}"
 
 
 def choose_one(
@@ -207,6 +355,89 @@ class _AliasPlan:
         ]
         self.has_windows = any(math.isfinite(w) for w in self.windows_list)
         self.out_tokens = float(expected_output_tokens)
+        self._policy_from_router(router, [by_name[n].estimated_by for n in self.models])
+
+    def _policy_from_router(self, router: RouterLike, columns: list[str]) -> None:
+        """The router file's policy as it applies to this alias (see the module docstring)."""
+        pol = dict(getattr(router, "policy", None) or {})
+        self.router_policy = pol
+        lam = pol.get("tradeoff")
+        self.router_tradeoff = 0.0 if lam is None else float(lam)
+        thr = pol.get("threshold")
+        self.threshold: float | None = None if thr is None else float(thr)
+        strong, weak = pol.get("strong"), pol.get("weak")
+        self.strong_col, self.weak_col = strong, weak
+        self.strong_idx = [i for i, col in enumerate(columns) if strong is not None and col == strong]
+        self.weak_idx = [i for i, col in enumerate(columns) if weak is not None and col == weak]
+        # why the threshold rule can never apply on this alias (None: it can)
+        self.no_threshold: str | None = None
+        if strong is None or weak is None or strong == weak:
+            self.no_threshold = "the router has no strong/weak pair"
+        elif not self.strong_idx:
+            self.no_threshold = f"no candidate maps to the router's strong column {strong!r}"
+        elif not self.weak_idx:
+            self.no_threshold = f"no candidate maps to the router's weak column {weak!r}"
+        self._share_thresholds: dict[float, float] = {}
+
+    def maps_shares(self) -> bool:
+        """Whether the router can turn a strong share into a threshold (see `share_threshold`)."""
+        pol = self.router_policy
+        pair = [pol.get("strong"), pol.get("weak")]
+        return bool(pol.get("score_quantiles")) and list(pol.get("score_pair") or ()) == pair
+
+    def share_threshold(self, share: float) -> float:
+        """The router's threshold for a strong share (cached per share); a 400 when the router
+        cannot map shares (no score distribution stored: never calibrated nor fitted with one)."""
+        thr = self._share_thresholds.get(share)
+        if thr is not None:
+            return thr
+        fn = getattr(self.router, "threshold_for_share", None)
+        try:
+            if fn is None:
+                raise ValueError("this router has no strong/weak calibration")
+            thr = float(fn(share))
+        except ValueError as e:
+            raise GatewayError(
+                400,
+                f"The model {self.name!r} cannot route by strong share: {e}. Use a trade-off suffix "
+                f"instead ({self.name}@tradeoff=50), or calibrate its router with `llmroute calibrate "
+                "--router FILE --prompts FILE --strong-share 0.3 --out FILE` and serve that file.",
+                param="model",
+                code="share_not_calibrated",
+            ) from None
+        if len(self._share_thresholds) < 1024:
+            self._share_thresholds[share] = thr
+        return thr
+
+    def info(self) -> dict[str, Any]:
+        """The alias's effective default policy (for `/v1/models`)."""
+        a = self.alias
+        own = a.tradeoff is not None or a.max_cost is not None or a.min_quality is not None
+        rule = (
+            "threshold"
+            if not own and self.threshold is not None and self.no_threshold is None
+            else "tradeoff"
+        )
+        out: dict[str, Any] = {
+            "rule": rule,
+            "tradeoff": a.tradeoff if a.tradeoff is not None else self.router_tradeoff,
+            "tradeoff_from": "alias" if a.tradeoff is not None else "router",
+            "max_cost": a.max_cost,
+            "min_quality": a.min_quality,
+            "on_unmet": a.on_unmet,
+        }
+        if rule == "threshold":
+            out.update(
+                threshold=self.threshold,
+                strong=self.strong_col,
+                weak=self.weak_col,
+                strong_share=self.router_policy.get("strong_share"),
+            )
+        suffixes = [f"{self.name}@tradeoff=<lambda>"]
+        if self.no_threshold is None and self.maps_shares():
+            suffixes.insert(0, f"{self.name}@<strong share 0..1>")
+        out["model_suffixes"] = suffixes
+        return out
 
 
 class RoutingEngine:
@@ -237,6 +468,36 @@ class RoutingEngine:
     def is_known(self, name: str) -> bool:
         """Whether `name` is a configured model or alias."""
         return name in self.models or name in self.plans
+
+    def split_model(self, name: str) -> tuple[str, dict[str, float]]:
+        """(model or alias name, policy from its suffix) for a requested model name.
+
+        `alias@0.3` / `alias@share=0.3` ask for a strong share, `alias@tradeoff=50` for a
+        trade-off (RouteLLM's convention, usable from any client). A name without '@', a known
+        name, and an unknown base are returned as they are (unknown: a 404 later). A bad suffix
+        on an alias, or any suffix on a concrete model, is a 400 naming `model`.
+        """
+        if "@" not in name or name in self.models or name in self.plans:
+            return name, {}
+        base, _, suffix = name.rpartition("@")
+        if base in self.models:
+            raise _bad(
+                f"The model {name!r}: suffixes ({SUFFIX_HELP}) apply to routed aliases only; "
+                f"{base!r} is a concrete model.",
+                "model",
+            )
+        if base not in self.plans:
+            return name, {}
+        try:
+            return base, parse_model_suffix(suffix)
+        except ValueError as e:
+            raise _bad(
+                f"Bad model suffix '@{suffix}' in {name!r} ({e}); use {SUFFIX_HELP}.", "model"
+            ) from None
+
+    def alias_info(self, name: str) -> dict[str, Any]:
+        """An alias's effective default policy and the model suffixes it accepts (`/v1/models`)."""
+        return self.plans[name].info()
 
     def estimate(self, alias: str, text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(candidate names, expected quality, expected cost) of an alias's candidates for `text`."""
@@ -329,44 +590,155 @@ class RoutingEngine:
             tin = len(ctx.text) / 4.0
             ok = [o and tin <= w for o, w in zip(ok, plan.windows_list, strict=True)]
         pol = plan.alias
-        policy = ctx.policy
-        tradeoff = policy.get("tradeoff", pol.tradeoff) if policy else pol.tradeoff
-        max_cost = policy.get("max_cost", pol.max_cost) if policy else pol.max_cost
-        min_quality = policy.get("min_quality", pol.min_quality) if policy else pol.min_quality
-        tradeoff = pol.tradeoff if tradeoff is None else float(tradeoff)
-        pick = choose_one(q, c, ok, tradeoff=tradeoff, max_cost=max_cost, min_quality=min_quality)
+        req = ctx.policy
+        # the effective policy: request (suffix, body, rules) > alias config > router file
+        set_by = ctx.extra.get("policy_set_by") if ctx.extra else None
+        lam_req = req.get("tradeoff") if req else None
+        if lam_req is not None:
+            tradeoff, source = float(lam_req), "rule" if set_by and "tradeoff" in set_by else "request"
+        elif pol.tradeoff is not None:
+            tradeoff, source = pol.tradeoff, "alias"
+        else:
+            tradeoff, source = plan.router_tradeoff, "router"
+        if req:
+            max_cost = req.get("max_cost", pol.max_cost)
+            min_quality = req.get("min_quality", pol.min_quality)
+            share = req.get("strong_share")
+            on_unmet = req.get("on_unmet") or pol.on_unmet
+        else:
+            max_cost, min_quality, share, on_unmet = pol.max_cost, pol.min_quality, None, pol.on_unmet
+        eff: dict[str, Any] = {
+            "rule": "tradeoff",
+            "tradeoff": tradeoff,
+            "tradeoff_from": source,
+            "max_cost": max_cost,
+            "min_quality": min_quality,
+            "on_unmet": on_unmet,
+        }
+        notes: list[str] = []
+        # threshold rule: a per-request strong share, or the router's calibrated threshold when
+        # neither the request nor the alias sets a policy of its own
+        threshold: float | None = None
+        if share is not None:
+            eff["strong_share"] = share
+            share_thr = plan.share_threshold(share)  # a 400 when the router cannot map shares
+            if max_cost is not None or min_quality is not None:
+                notes.append("strong share not applied: max_cost/min_quality set")
+            elif plan.no_threshold is not None:
+                notes.append(f"strong share not applied: {plan.no_threshold}")
+            else:
+                threshold = share_thr
+        elif plan.threshold is not None and source == "router" and max_cost is None and min_quality is None:
+            if plan.no_threshold is not None:
+                notes.append(f"router threshold not applied: {plan.no_threshold}")
+            else:
+                threshold = plan.threshold
+        pick = -1
+        if threshold is not None:
+            strong_ok = [j for j in plan.strong_idx if ok[j]]
+            weak_ok = [j for j in plan.weak_idx if ok[j]]
+            if not strong_ok or not weak_ok:
+                col = plan.strong_col if not strong_ok else plan.weak_col
+                notes.append(f"threshold not applied: no admissible candidate on column {col!r}")
+            else:
+                score = q[strong_ok[0]] - q[weak_ok[0]]
+                side = set(strong_ok if score >= threshold else weak_ok)
+                pick = choose_one(q, c, [j in side for j in range(m)], tradeoff=tradeoff)
+                eff.update(
+                    rule="threshold",
+                    threshold=threshold,
+                    score=score,
+                    strong=plan.strong_col,
+                    weak=plan.weak_col,
+                )
+        if pick < 0:
+            pick = choose_one(q, c, ok, tradeoff=tradeoff, max_cost=max_cost, min_quality=min_quality)
+            if min_quality is not None:
+                eff["rule"] = "min_quality"
         inf = math.inf
-        score = [
+        score_l = [
             (qj if math.isfinite(qj) else -inf) - (tradeoff * cj if math.isfinite(tradeoff) else cj * 1e12)
             if math.isfinite(cj)
             else (qj if math.isfinite(qj) else -inf)
             for qj, cj in zip(q, c, strict=True)
         ]
-        order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score[j], c[j]))
+        order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score_l[j], c[j]))
         ranked = [names[pick]] + [names[j] for j in order]
         eq = dict(zip(names, q, strict=True))
         ec = dict(zip(names, c, strict=True))
+        unmet: list[str] = []
+        if eff["rule"] != "threshold" and (max_cost is not None or min_quality is not None):
+            unmet = unmet_constraints(q[pick], c[pick], max_cost=max_cost, min_quality=min_quality)
+        if set_by:
+            eff["set_by"] = dict(set_by)
         parts = [
             f"alias={name}",
             f"pick={names[pick]}",
             f"q={q[pick]:.3f}",
             f"cost={c[pick]:.2e}",
-            f"lambda={tradeoff:g}",
         ]
+        if eff["rule"] == "threshold":
+            parts.append(f"threshold={threshold:.3g} score={eff['score']:.3g}")
+            if share is not None:
+                parts.append(f"share={share:g}")
+        else:
+            parts.append(f"lambda={tradeoff:g}")
+            if source != "alias":
+                parts.append(f"lambda_from={source}")
         if max_cost is not None:
             parts.append(f"max_cost={max_cost:g}")
         if min_quality is not None:
             parts.append(f"min_quality={min_quality:g}")
         parts.append(f"of={m}")
-        return RouteDecision(
+        if set_by:
+            parts.append("set_by=" + ",".join(f"{k}:{r}" for k, r in set_by.items()))
+        if unmet:
+            parts.append("unmet=" + ",".join(unmet))
+        reason = " ".join(parts)
+        if notes:
+            reason += " (" + "; ".join(notes) + ")"
+        d = RouteDecision(
             model=names[pick],
             ranked=ranked,
-            reason=" ".join(parts),
+            reason=reason,
             alias=name,
             router=pol.router,
             expected_quality=eq,
             expected_cost=ec,
+            policy=eff,
+            constraints_met=not unmet,
+            unmet_constraints=unmet,
         )
+        if eff["rule"] == "threshold" or set_by or unmet or notes:
+            d.extra["policy"] = d.summary()
+        if unmet and on_unmet == "reject":
+            raise self._reject(d, max_cost, min_quality)
+        return d
+
+    @staticmethod
+    def _reject(d: RouteDecision, max_cost: float | None, min_quality: float | None) -> GatewayError:
+        """The 422 for `on_unmet: reject` (names the unmet limit and what to change)."""
+        what = []
+        if "max_cost" in d.unmet_constraints:
+            what.append(
+                f"max_cost=${max_cost:.3g} (the closest, {d.model}, is expected to cost "
+                f"${d.expected_cost.get(d.model, math.nan):.3g})"
+            )
+        if "min_quality" in d.unmet_constraints:
+            what.append(
+                f"min_quality={min_quality:g} (the closest, {d.model}, is expected to reach "
+                f"{d.expected_quality.get(d.model, math.nan):.3f})"
+            )
+        err = GatewayError(
+            422,
+            f"No candidate of {d.alias!r} meets {' and '.join(what)}. Relax the limit, or send "
+            '"llmroute": {"on_unmet": "closest"} to get the closest candidate anyway.',
+            code="constraint_unmet",
+            param=f"llmroute.{d.unmet_constraints[0]}",
+            headers=dict(d.headers()),
+        )
+        err.trace_extra = {"policy": d.summary(), "candidates": d.candidates()}
+        return err
 
 
 class _Batcher:

@@ -16,8 +16,14 @@ __all__ = [
     "candidate_mask",
     "choose",
     "choose_row",
+    "score_quantiles",
+    "threshold_for_share",
     "tradeoff_grid",
+    "unmet_constraints",
 ]
+
+#: Number of evenly spaced levels (0, 0.01, ..., 1) at which `score_quantiles` summarises scores.
+QUANTILE_LEVELS = 101
 
 
 def candidate_mask(
@@ -202,3 +208,53 @@ def calibrate_threshold(scores: np.ndarray, strong_share: float) -> float:
     if k <= 0:
         return float(np.nextafter(s[0], np.inf))
     return float(s[k - 1])
+
+
+def score_quantiles(scores: np.ndarray, levels: int = QUANTILE_LEVELS) -> list[float]:
+    """The strong-vs-weak score distribution at `levels` evenly spaced quantile levels (0 .. 1).
+
+    Saved in a router's policy (at fit and calibrate time) so that any strong share maps to a
+    threshold later (`threshold_for_share`) without the prompts themselves.
+    """
+    s = np.asarray(scores, dtype=float)
+    s = s[np.isfinite(s)]
+    if len(s) == 0:
+        raise ValueError("need at least one finite score to summarise")
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    return [float(x) for x in np.quantile(s, np.linspace(0.0, 1.0, levels))]
+
+
+def threshold_for_share(quantiles: Sequence[float], strong_share: float) -> float:
+    """Threshold that sends about `strong_share` of prompts strong, from `score_quantiles` output.
+
+    A prompt goes strong when its score is >= the threshold, so the threshold is the score
+    distribution's (1 - share) quantile (linear between the stored levels); share 0 gives a
+    threshold above every stored score, share 1 the smallest stored score.
+    """
+    if not 0.0 <= strong_share <= 1.0 or math.isnan(strong_share):
+        raise ValueError(f"strong_share must be in [0, 1], got {strong_share}")
+    qs = np.asarray(quantiles, dtype=float)
+    if qs.ndim != 1 or len(qs) < 2 or not np.all(np.isfinite(qs)):
+        raise ValueError("quantiles must be at least two finite numbers (see score_quantiles)")
+    if strong_share <= 0.0:
+        return float(np.nextafter(qs[-1], np.inf))
+    levels = np.linspace(0.0, 1.0, len(qs))
+    return float(np.interp(1.0 - strong_share, levels, qs))
+
+
+def unmet_constraints(
+    quality: float, cost: float, *, max_cost: float | None = None, min_quality: float | None = None
+) -> list[str]:
+    """Which limits the chosen model's estimates break: a sublist of ["max_cost", "min_quality"].
+
+    The policies above fall back to the closest model when no admissible model meets a limit
+    (the cheapest for max_cost, the best for min_quality); this says when that happened. An
+    unknown (NaN) estimate counts as not meeting the limit.
+    """
+    out: list[str] = []
+    if max_cost is not None and not cost <= max_cost:
+        out.append("max_cost")
+    if min_quality is not None and not quality >= min_quality:
+        out.append("min_quality")
+    return out

@@ -49,6 +49,8 @@ class Verdict:
     policy overrides (tradeoff, max_cost, min_quality, allowed). messages: the messages to
     forward (redacted copies when a redact rule fired). redactions: {pii type: count}.
     signals: every computed signal value. details: per-signal explanations (no personal data).
+    set_by: which rule set each override (the highest-priority rule that set it wins).
+    reasons: per fired rule, the conditions that held, with the signal values that made them hold.
     """
 
     action: str
@@ -64,6 +66,7 @@ class Verdict:
     message: str | None = None
     status: int = 200
     reasons: dict[str, str] = field(default_factory=dict)
+    set_by: dict[str, str] = field(default_factory=dict)
 
     @property
     def blocked(self) -> bool:
@@ -104,6 +107,7 @@ class Verdict:
             "reasons": dict(self.reasons),
             "target": dict(self.target),
             "overrides": dict(self.overrides),
+            "set_by": dict(self.set_by),
             "redactions": dict(self.redactions),
             "signals": dict(self.signals),
             "details": dict(self.details),
@@ -382,6 +386,7 @@ class RuleEngine:
         applied: list[str] = []
         reasons: dict[str, str] = {}
         overrides: dict[str, Any] = {}
+        set_by: dict[str, str] = {}
         redactions: dict[str, int] = {}
         messages = req.messages
         action, rule, target, message, status = "default", None, {}, None, 200
@@ -392,7 +397,9 @@ class RuleEngine:
             reasons[r.name] = self._why(r.when, values)
             a = r.action
             for k, v in a.overrides().items():
-                overrides.setdefault(k, v)
+                if k not in overrides:  # the highest-priority rule's value wins
+                    overrides[k] = v
+                    set_by[k] = r.name
             if a.type == "redact":
                 messages, counts = self._redact(messages, a.pii_types, a.template)
                 for t, n in counts.items():
@@ -418,21 +425,15 @@ class RuleEngine:
         return Verdict(
             action=action, rule=rule, applied=applied, target=target, overrides=overrides,
             messages=messages, redactions=redactions, signals=values, details=details,
-            timings_us=timings, message=message, status=status, reasons=reasons,
+            timings_us=timings, message=message, status=status, reasons=reasons, set_by=set_by,
         )  # fmt: skip
 
     @staticmethod
     def _why(cond: Condition | None, values: dict[str, Any]) -> str:
+        """The conditions that made `cond` hold (only those), with their signal values."""
         if cond is None:
             return "always"
-        shown = []
-        for p in iter_predicates(cond)[:4]:
-            name, _, sub = p.signal.partition(".")
-            if name not in values:  # short-circuited: not computed
-                continue
-            v = _get_path(values[name], sub or None)
-            shown.append(f"{p.describe()} [{p.signal}={round(v, 3) if isinstance(v, float) else v!r}]")
-        return "; ".join(shown)
+        return "; ".join(_held(cond, values)[:6])
 
     def _redact(
         self, messages: list[dict[str, Any]], types: list[str] | None, template: str
@@ -494,6 +495,55 @@ class RuleEngine:
         if v.redacted:
             lines.append("forwarded text: " + content_text(v.messages[-1].get("content"))[:300])
         return "\n".join(lines)
+
+
+def _truth(c: Condition, values: dict[str, Any]) -> bool | None:
+    """Whether `c` holds on the computed signal `values` (None: it needs a signal not computed)."""
+    if isinstance(c, Predicate):
+        name, _, sub = c.signal.partition(".")
+        if name not in values:
+            return None
+        got = _get_path(values[name], sub or None)
+        return all(_test(op, v, got) for op, v in c.items())
+    if isinstance(c, Not):
+        inner = _truth(c.not_, values)
+        return None if inner is None else not inner
+    parts = [_truth(x, values) for x in (c.all if isinstance(c, All) else c.any)]
+    if isinstance(c, All):
+        return False if False in parts else (None if None in parts else True)
+    return True if True in parts else (None if None in parts else False)
+
+
+def _shown(p: Predicate, values: dict[str, Any], negate: bool) -> str:
+    name, _, sub = p.signal.partition(".")
+    v = _get_path(values[name], sub or None)
+    text = f"not ({p.describe()})" if negate else p.describe()
+    return f"{text} [{p.signal}={round(v, 3) if isinstance(v, float) else v!r}]"
+
+
+def _held(c: Condition, values: dict[str, Any]) -> list[str]:
+    """Why `c` holds: its predicates that held (every true branch of an `any`, all of an `all`;
+    under `not`, the predicates that failed), never one that did not hold or was not computed."""
+    if _truth(c, values) is not True:
+        return []
+    if isinstance(c, Predicate):
+        return [_shown(c, values, negate=False)]
+    if isinstance(c, Not):
+        return _failed(c.not_, values)
+    subs = c.all if isinstance(c, All) else c.any
+    return [line for x in subs for line in _held(x, values)]
+
+
+def _failed(c: Condition, values: dict[str, Any]) -> list[str]:
+    """Why `c` does not hold (the mirror of `_held`): its predicates that failed, shown negated."""
+    if _truth(c, values) is not False:
+        return []
+    if isinstance(c, Predicate):
+        return [_shown(c, values, negate=True)]
+    if isinstance(c, Not):
+        return _held(c.not_, values)
+    subs = c.all if isinstance(c, All) else c.any
+    return [line for x in subs for line in _failed(x, values)]
 
 
 def _known_types() -> set[str]:

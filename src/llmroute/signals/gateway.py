@@ -6,7 +6,9 @@
 1. rules: evaluate the `signals:`/`rules:` sections on the request. A block raises a
    `GatewayError` (status from the rule, code `blocked_by_rule`, header `x-llmroute-rules`);
    redaction rewrites the forwarded messages; `set` overrides the policy (trade-off, budget,
-   allowed models); a route action pins a model or switches the alias.
+   allowed models; over the caller's own values too, and the response says so in
+   `x-llmroute-rule` and `x-llmroute-tradeoff`, see `RouteDecision.headers`); a route action
+   pins a model or switches the alias.
 2. cache: look the (redacted) request up; on a hit the decision carries `cache_hit` in
    `ctx.extra` and the gateway answers from the cache (stream replayed as SSE).
 3. the default decision (`engine.route(ctx)`) is decorated: `reason` gets a compact
@@ -94,9 +96,15 @@ class GatewayGuard:
                 ctx.messages = verdict.messages
                 ctx.body["messages"] = verdict.messages
                 ctx._text = None
+            set_by = {}
             for k in ("tradeoff", "max_cost", "min_quality"):
                 if k in verdict.overrides:
                     ctx.policy[k] = verdict.overrides[k]
+                    set_by[k] = verdict.set_by.get(k, verdict.rule or "")
+            if "allowed" in verdict.overrides:
+                set_by["allowed"] = verdict.set_by.get("allowed", verdict.rule or "")
+            if set_by:  # the decision names these rules in its reason and response headers
+                ctx.extra["policy_set_by"] = set_by
             if "allowed" in verdict.overrides:
                 allowed = list(verdict.overrides["allowed"])
                 ctx.allowed = allowed if ctx.allowed is None else [m for m in ctx.allowed if m in allowed]
