@@ -358,7 +358,7 @@ def test_missing_credentials_clear_error(
         c = _client(url)
         with pytest.raises(openai.APIStatusError) as e:
             c.chat.completions.create(model="fake-strong", messages=[{"role": "user", "content": "x"}])
-        assert e.value.status_code == 503
+        assert e.value.status_code == 501
         assert "LLMROUTE_TEST_NO_KEY" in str(e.value) and "no credentials" in str(e.value)
         # routed requests fall back to a model that has credentials
         raw = c.chat.completions.with_raw_response.create(

@@ -46,7 +46,7 @@ def test_messages_endpoint_routes_and_answers(gw: Any) -> None:
     assert msg.content[0].text == "[fake-weak] hi"
     assert msg.stop_reason == "end_turn"
     assert msg.usage.output_tokens > 0
-    assert msg.model == "llmroute/auto"
+    assert msg.model == "fake-weak"  # the concrete model that answered, not the alias
 
 
 def test_messages_endpoint_streaming(gw: Any) -> None:
@@ -197,7 +197,8 @@ def test_anthropic_backend_without_key(
         c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         with pytest.raises(openai.APIStatusError) as e:
             c.chat.completions.create(model="claude-nokey", messages=[{"role": "user", "content": "x"}])
-        assert e.value.status_code == 503 and "LLMROUTE_TEST_ANTHROPIC_KEY2" in str(e.value)
+        assert e.value.status_code == 501 and "LLMROUTE_TEST_ANTHROPIC_KEY2" in str(e.value)
+        assert e.value.response.headers["x-should-retry"] == "false"
 
 
 def test_translations_roundtrip() -> None:

@@ -180,10 +180,14 @@ def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
         c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.APIStatusError) as e:
             c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-        assert e.value.status_code == 503 and "OPENAI_API_KEY" in str(e.value)
+        assert e.value.status_code == 501 and "OPENAI_API_KEY" in str(e.value)
+        assert e.value.response.headers["x-should-retry"] == "false"
         with pytest.raises(openai.APIStatusError) as e:
             c.chat.completions.create(model="llmroute/auto", messages=[{"role": "user", "content": "hi"}])
-        assert e.value.status_code in (502, 503) and "all candidate models failed" in str(e.value)
+        # the local model's connection failure (which a retry may cure) speaks for the request,
+        # not the hosted models' missing keys
+        assert e.value.status_code == 502 and "all candidate models failed" in str(e.value)
+        assert "OPENAI_API_KEY" in str(e.value) and "x-should-retry" not in e.value.response.headers
     finally:
         _stop(p)
 

@@ -65,6 +65,7 @@ __all__ = [
     "TokenBucket",
     "estimate_input_tokens",
     "extract_key",
+    "format_usd",
     "generate_key",
     "hash_key",
     "max_request_cost",
@@ -392,6 +393,23 @@ def _period_numbers(day: str, month: str) -> tuple[int, int]:
 _ADJ = {"day": "daily", "month": "monthly"}
 
 
+def format_usd(usd: float) -> str:
+    """A dollar amount with enough digits to be meaningful: cents from $1 up, else two or three
+    significant digits ("$12.35", "$0.50", "$0.0004", "$0.000437", "$0"): never "$0.00" for an
+    amount of a trillionth of a dollar or more, and never scientific notation."""
+    x = float(usd)
+    if x == 0 or not math.isfinite(x):
+        return "$0" if x == 0 else f"${x}"
+    sign, x = ("-", -x) if x < 0 else ("", x)
+    if x >= 1:
+        return f"{sign}${x:,.2f}"
+    decimals = min(14, max(2, 2 - math.floor(math.log10(x))))
+    text = f"{x:.{decimals}f}".rstrip("0")
+    if len(text.partition(".")[2]) < 2:
+        text = f"{x:.2f}"
+    return f"{sign}${text}"
+
+
 def _seconds_to_next(ts: float, period: str) -> int:
     d = datetime.fromtimestamp(ts, UTC)
     if period == "day":
@@ -483,8 +501,9 @@ class BudgetManager:
         wait = _seconds_to_next(now, name)
         return GatewayError(
             429,
-            f"Budget exhausted for API key '{kid}': {_ADJ[name]} budget ${budget:.4f}, "
-            f"spent ${spent:.4f} (+${reserved:.4f} in flight). It resets in {wait} s (UTC).",
+            f"Budget exhausted for API key '{kid}': {_ADJ[name]} budget {format_usd(budget)}, "
+            f"spent {format_usd(spent)} (+{format_usd(reserved)} in flight). "
+            f"It resets in {wait} s (UTC).",
             type="insufficient_quota",
             code="insufficient_quota",
             headers={"Retry-After": str(wait)},

@@ -13,6 +13,7 @@ Interface for the gateway core::
     metrics.set_breaker(model, "open" | "half_open" | "closed")
     metrics.observe_cache(hit=True, kind="exact")
     metrics.observe_rejection(status=429, reason="budget", key_id="team-a")  # 401/403/429/4xx
+    metrics.observe_decision(model="fake-weak", alias="llmroute/auto")  # POST /v1/route answered
     body, content_type = metrics.render()       # for GET /metrics
 
 Only names from the config should be used as `model`/`alias` labels (never unvalidated client
@@ -41,6 +42,7 @@ Series (all prefixed `llmroute_`)::
     fallbacks_total{alias,from_model,to_model,reason}   breaker_state{model} (0 closed, 1 half-open, 2 open)
     breaker_transitions_total{model,state}          cache_total{kind,result=hit|miss}
     rejections_total{status,reason,key_id}          stream_requests_total{model,alias}
+    route_decisions_total{model,alias}              (POST /v1/route: decisions without a call)
     request_duration_seconds{model,alias}           gateway_overhead_seconds{model,alias}
     upstream_duration_seconds{model,alias}          time_to_first_token_seconds{model,alias}
     trace_queue_depth, traces_written_total, traces_dropped_total   (with bind_store)
@@ -107,7 +109,7 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (
 
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
-_REQ, _ERR, _FB, _CACHE, _REJ = 0, 1, 2, 3, 4
+_REQ, _ERR, _FB, _CACHE, _REJ, _DEC = 0, 1, 2, 3, 4, 5
 
 
 class _Hist:
@@ -192,6 +194,7 @@ class GatewayMetrics:
         self._fallbacks: dict[tuple[str, str, str, str], int] = {}
         self._cache: dict[tuple[str, str], int] = {}
         self._rejections: dict[tuple[str, str, str], int] = {}
+        self._decisions: dict[tuple[str, str], int] = {}
         self._breaker: dict[str, float] = {}
         self._breaker_transitions: dict[tuple[str, str], int] = {}
         self._store: Any = None
@@ -265,6 +268,11 @@ class GatewayMetrics:
     def observe_rejection(self, status: int, reason: str, key_id: str | None = None) -> None:
         """Record a request refused before any upstream call (auth, permission, rate, budget, bad input)."""
         self._pending.append((_REJ, str(status), reason, key_id or ""))
+
+    def observe_decision(self, model: str, alias: str | None = None) -> None:
+        """Record one routing decision answered by `POST /v1/route` (no upstream call follows;
+        chat and messages requests are counted by `observe_request`)."""
+        self._pending.append((_DEC, model, alias or ""))
 
     def set_breaker(self, model: str, state: str) -> None:
         """Set a backend's circuit-breaker state: 'closed', 'half_open' or 'open'."""
@@ -342,6 +350,9 @@ class GatewayMetrics:
                 elif kind == _REJ:
                     k = ev[1:4]
                     self._rejections[k] = self._rejections.get(k, 0) + 1
+                elif kind == _DEC:
+                    k = ev[1:3]
+                    self._decisions[k] = self._decisions.get(k, 0) + 1
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -378,6 +389,7 @@ class GatewayMetrics:
                 "fallbacks": dict(self._fallbacks),
                 "cache": dict(self._cache),
                 "rejections": dict(self._rejections),
+                "decisions": dict(self._decisions),
                 "breaker": {(m,): v for m, v in self._breaker.items()},
                 "breaker_transitions": dict(self._breaker_transitions),
                 "hists": hists,
@@ -433,6 +445,12 @@ class GatewayMetrics:
             "Requests refused before any upstream call.",
             ["status", "reason", "key_id"],
             state["rejections"],
+        )
+        yield _counter(
+            f"{p}_route_decisions",
+            "Routing decisions answered by POST /v1/route (decision only, no upstream call).",
+            ["model", "alias"],
+            state["decisions"],
         )
         g = GaugeMetricFamily(
             f"{p}_breaker_state",
@@ -504,6 +522,7 @@ class GatewayMetrics:
                 "fallbacks": dict(self._fallbacks),
                 "cache": dict(self._cache),
                 "rejections": dict(self._rejections),
+                "decisions": dict(self._decisions),
                 "breaker": dict(self._breaker),
             }
 
@@ -574,6 +593,7 @@ _PLAIN = (
     "fallbacks",
     "cache",
     "rejections",
+    "decisions",
     "breaker",
     "breaker_transitions",
 )
@@ -590,7 +610,7 @@ def _encode(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: {tuple(row[:-1]): row[-1] for row in data[k]} for k in _PLAIN}
+    out: dict[str, Any] = {k: {tuple(row[:-1]): row[-1] for row in data.get(k, ())} for k in _PLAIN}
     out["hists"] = {
         n: {tuple(key): (list(c), float(s), int(cnt)) for key, c, s, cnt in data["hists"].get(n, [])}
         for n in _HISTS

@@ -116,6 +116,14 @@ def _committed(chunk: dict[str, Any]) -> bool:
     return False
 
 
+def _speaks_for(last: BackendError | None, new: BackendError) -> BackendError:
+    """The error that stands for the request so far: a later missing-credentials error does not
+    hide an earlier real upstream failure, whose status (e.g. a retryable 502) the client sees."""
+    if last is not None and new.code == "missing_credentials" and last.code != "missing_credentials":
+        return last
+    return new
+
+
 def _all_failed(last: BackendError | None, attempts: list[Attempt]) -> BackendError:
     """One error for a request whose every candidate failed: each model's last error, in order."""
     assert last is not None
@@ -206,7 +214,7 @@ class Executor:
                         resp = await backend.chat(body, min(backend.cfg.timeout_s, remaining))
                 except BackendError as e:
                     attempts.append(Attempt(name, False, time.monotonic() - t0, e.message, e.status))
-                    last = e
+                    last = _speaks_for(last, e)
                     if not e.fallback:
                         raise
                     if e.code != "missing_credentials":
@@ -263,7 +271,7 @@ class Executor:
                         )
                     )
                     attempts.append(Attempt(name, False, time.monotonic() - t0, err.message, err.status))
-                    last = err
+                    last = _speaks_for(last, err)
                     if not err.fallback:
                         err.attempts = attempts  # type: ignore[attr-defined]
                         raise err from None

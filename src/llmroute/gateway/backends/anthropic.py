@@ -45,6 +45,7 @@ from llmroute.gateway.config import ModelConfig
 
 __all__ = [
     "JSON_OBJECT_INSTRUCTION",
+    "PROMPT_TOKENS",
     "AnthropicBackend",
     "AnthropicToOpenAIStream",
     "OpenAIToAnthropicStream",
@@ -56,6 +57,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 4096
+#: Private key on the first OpenAI chunk of an Anthropic upstream stream: the input tokens its
+#: `message_start` reported, so `OpenAIToAnthropicStream` can pass them on in its own
+#: `message_start` (the gateway removes the key before a chunk goes to an OpenAI client).
+PROMPT_TOKENS = "_prompt_tokens"
 _STOP_A2O = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -366,7 +371,10 @@ class AnthropicToOpenAIStream:
             m = ev.get("message") or {}
             self.id = m.get("id", self.id)
             self.input_tokens = int((m.get("usage") or {}).get("input_tokens") or 0)
-            return [self._chunk({"role": "assistant", "content": ""})]
+            first = self._chunk({"role": "assistant", "content": ""})
+            if self.input_tokens:
+                first[PROMPT_TOKENS] = self.input_tokens
+            return [first]
         if t == "content_block_start":
             b = ev.get("content_block") or {}
             if (
@@ -573,16 +581,22 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
 
 
 class OpenAIToAnthropicStream:
-    """Stateful: OpenAI chunk dicts in, Anthropic SSE event bytes out."""
+    """Stateful: OpenAI chunk dicts in, Anthropic SSE event bytes out.
 
-    def __init__(self, model: str, request_id: str) -> None:
+    `model`: the `model` of the message (the gateway passes the concrete model that answers).
+    Usage follows Anthropic: `message_start` carries the input tokens (those an Anthropic
+    upstream reported in its own `message_start`, marked `PROMPT_TOKENS` on the first chunk,
+    else `input_tokens`, the caller's estimate), and the closing `message_delta` carries the
+    final input and output tokens (the upstream's exact counts when it sent usage)."""
+
+    def __init__(self, model: str, request_id: str, input_tokens: int = 0) -> None:
         self.model = model
         self.id = f"msg_{request_id}"
         self.started = False
         self.block: str | None = None  # "text" | "tool:<k>"
         self.index = -1
         self.stop = "end_turn"
-        self.usage = {"input_tokens": 0, "output_tokens": 0}
+        self.usage = {"input_tokens": int(input_tokens), "output_tokens": 0}
 
     def _start(self) -> list[bytes]:
         if self.started:
@@ -614,11 +628,13 @@ class OpenAIToAnthropicStream:
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         """Anthropic events for one OpenAI chunk."""
+        if not self.started and chunk.get(PROMPT_TOKENS):
+            self.usage["input_tokens"] = int(chunk[PROMPT_TOKENS])
         out = self._start()
         if chunk.get("usage"):
             u = chunk["usage"]
             self.usage = {
-                "input_tokens": int(u.get("prompt_tokens") or 0),
+                "input_tokens": int(u.get("prompt_tokens") or 0) or self.usage["input_tokens"],
                 "output_tokens": int(u.get("completion_tokens") or 0),
             }
         for ch in chunk.get("choices") or []:
@@ -683,7 +699,7 @@ class OpenAIToAnthropicStream:
                 "message_delta",
                 {
                     "delta": {"stop_reason": self.stop, "stop_sequence": None},
-                    "usage": {"output_tokens": self.usage["output_tokens"]},
+                    "usage": dict(self.usage),
                 },
             )
         )

@@ -21,11 +21,16 @@ __all__ = ["OpenAIBackend", "missing_credentials"]
 
 
 def missing_credentials(cfg: ModelConfig) -> BackendError:
-    """The error for a hosted model whose API key env var is not set."""
+    """The error for a hosted model whose API key env var is not set.
+
+    HTTP 501 (the gateway cannot serve this model as configured), not retryable: the gateway
+    also answers `x-should-retry: false`, so the official openai/anthropic clients, which retry
+    every 5xx otherwise, do not retry a request that can only fail the same way until the
+    operator sets the variable. Aliases fall back to their other candidates first."""
     return BackendError(
         f"model {cfg.name!r} has no credentials: set the environment variable {cfg.api_key_env} "
         "and restart the gateway, or pick another model",
-        status=503,
+        status=501,
         retryable=False,
         code="missing_credentials",
         etype="backend_unavailable",
