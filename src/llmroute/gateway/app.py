@@ -7,7 +7,7 @@ at startup). Endpoints::
     POST /v1/messages           Anthropic Messages in, routed to any backend (stream too)
     POST /v1/route              decision only: chosen model, ranked candidates, reason
     POST /v1/feedback           attach an outcome to a request id
-    GET  /v1/models             aliases and models
+    GET  /v1/models             aliases and models (with keys: those the caller's key may use)
     GET  /healthz, GET /metrics (Prometheus), GET /openapi.json
 
 Request path: parse + validate -> auth (key, permission, rate) -> `RoutingEngine.decide` (hooks,
@@ -41,6 +41,7 @@ from llmroute.gateway.auth import (
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
 from llmroute.gateway.backends.anthropic import (
+    PROMPT_TOKENS,
     OpenAIToAnthropicStream,
     anthropic_to_openai_request,
     openai_to_anthropic_response,
@@ -153,6 +154,12 @@ def _validate_anthropic(body: Any) -> None:
         raise _bad("'stream' must be a boolean.", "stream")
 
 
+def _input_tokens(ctx: RequestContext) -> int:
+    """The prompt's input tokens as far as the gateway can tell before any upstream usage arrives
+    (about 4 characters per token: the estimate routing uses)."""
+    return max(1, round(len(ctx.text) / 4))
+
+
 def _anthropic_error(e: GatewayError) -> bytes:
     etype = {
         401: "authentication_error",
@@ -165,7 +172,12 @@ def _anthropic_error(e: GatewayError) -> bytes:
 
 
 def _from_backend(e: BackendError) -> GatewayError:
-    return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param)
+    """The client's error for a failed upstream call. A 5xx that a retry cannot cure (a model
+    without credentials: 501; upstream rejecting the gateway's own key) says
+    `x-should-retry: false`, which the official openai/anthropic clients obey (they retry every
+    other 5xx)."""
+    headers = {"x-should-retry": "false"} if e.status >= 500 and not e.retryable else None
+    return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param, headers=headers)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -262,7 +274,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 )
             },
-            "/v1/models": {"get": op("Aliases and models")},
+            "/v1/models": {"get": op("Aliases and models the caller's API key may use")},
             "/healthz": {"get": op("Liveness and breaker states")},
             "/metrics": {"get": op("Prometheus metrics")},
             "/openapi.json": {"get": op("This document")},
@@ -363,43 +375,39 @@ class Gateway:
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         self.max_body = srv.max_body_bytes
         self.timeout_s = srv.request_timeout_s
-        self._models_body = orjson.dumps(
+        self._model_list: list[dict[str, Any]] = [
             {
-                "object": "list",
-                "data": [
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "llmroute",
-                        "llmroute": {
-                            "kind": "alias",
-                            "router": a.router,
-                            **self.engine.alias_info(name),  # effective policy, accepted model suffixes
-                            "candidates": self.engine.plans[name].models,
-                        },
-                    }
-                    for name, a in config.aliases.items()
-                ]
-                + [
-                    {
-                        "id": m.name,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": m.provider,
-                        "llmroute": {
-                            "kind": "model",
-                            "provider": m.provider,
-                            "router_model": m.estimated_by,
-                            "input_per_mtok": m.input_per_mtok,
-                            "output_per_mtok": m.output_per_mtok,
-                            "context_window": m.context_window,
-                        },
-                    }
-                    for m in config.models
-                ],
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmroute",
+                "llmroute": {
+                    "kind": "alias",
+                    "router": a.router,
+                    **self.engine.alias_info(name),  # effective policy, accepted model suffixes
+                    "candidates": self.engine.plans[name].models,
+                },
             }
-        )
+            for name, a in config.aliases.items()
+        ] + [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.provider,
+                "llmroute": {
+                    "kind": "model",
+                    "provider": m.provider,
+                    "router_model": m.estimated_by,
+                    "input_per_mtok": m.input_per_mtok,
+                    "output_per_mtok": m.output_per_mtok,
+                    "context_window": m.context_window,
+                },
+            }
+            for m in config.models
+        ]
+        self._models_body = self._models_for(None)
+        self._models_by_key: dict[str, bytes] = {}
         self._openapi = orjson.dumps(openapi_document())
         self._started = False
         # request ids: a random per-process prefix + a counter (an os.urandom call per request costs a syscall)
@@ -785,7 +793,6 @@ class Gateway:
                 body = await self._read_json(scope, receive)
                 if anthropic:
                     _validate_anthropic(body)
-                    requested = body["model"]
                     body = anthropic_to_openai_request(body)
                 else:
                     _validate_chat(body)
@@ -813,30 +820,12 @@ class Gateway:
             watch = _Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
                 await self._cached(
-                    send,
-                    ctx,
-                    decision,
-                    rid,
-                    t0,
-                    reservation,
-                    anthropic,
-                    requested if anthropic else "",
-                    bool(body.get("stream")),
+                    send, ctx, decision, rid, t0, reservation, anthropic, bool(body.get("stream"))
                 )
                 return
             if body.get("stream"):
                 await self._stream(
-                    send,
-                    body,
-                    ctx,
-                    decision,
-                    rid,
-                    t0,
-                    deadline,
-                    reservation,
-                    anthropic,
-                    requested if anthropic else "",
-                    watch,
+                    send, body, ctx, decision, rid, t0, deadline, reservation, anthropic, watch
                 )
                 return
             try:
@@ -850,7 +839,7 @@ class Gateway:
             if self.guard is not None:
                 self.guard.store(ctx, resp)
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-            out = openai_to_anthropic_response(resp, requested) if anthropic else resp
+            out = openai_to_anthropic_response(resp, model) if anthropic else resp
             watch.done = True
             headers = self._trace_headers(rid, model, reason, decision)
             await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
@@ -897,7 +886,6 @@ class Gateway:
         deadline: float,
         reservation: Any,
         anthropic: bool,
-        requested: str,
         watch: _Disconnect,
     ) -> None:
         try:
@@ -915,7 +903,7 @@ class Gateway:
             headers = [_SSE, (b"cache-control", b"no-cache"), *trace]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             usage_raw: dict[str, Any] | None = None
-            conv = OpenAIToAnthropicStream(requested, rid) if anthropic else None
+            conv = OpenAIToAnthropicStream(model, rid, _input_tokens(ctx)) if anthropic else None
             error: str | None = None
             t_up = time.perf_counter()
 
@@ -931,6 +919,7 @@ class Gateway:
                     usage_raw = chunk["usage"]
                 if conv is not None:
                     return b"".join(conv.feed(chunk))
+                chunk.pop(PROMPT_TOKENS, None)
                 if chunk.pop("_usage_only", False):
                     return b""
                 return b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -1015,7 +1004,6 @@ class Gateway:
         t0: float,
         reservation: Any,
         anthropic: bool,
-        requested: str,
         stream: bool,
     ) -> None:
         """Answer from the response cache (issue 4): the stored response, or its SSE replay."""
@@ -1028,7 +1016,7 @@ class Gateway:
         if stream:
             events = list(replay_sse(resp))
             if anthropic:
-                conv = OpenAIToAnthropicStream(requested, rid)
+                conv = OpenAIToAnthropicStream(decision.model, rid, _input_tokens(ctx))
                 data = b"".join(b"".join(conv.feed(orjson.loads(e[6:]))) for e in events[:-1]) + b"".join(
                     conv.finish()
                 )
@@ -1043,7 +1031,7 @@ class Gateway:
             )
             await send({"type": "http.response.body", "body": data, "more_body": False})
         else:
-            out = openai_to_anthropic_response(resp, requested) if anthropic else resp
+            out = openai_to_anthropic_response(resp, decision.model) if anthropic else resp
             await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
         self._finish(
             rid=rid,
@@ -1066,8 +1054,14 @@ class Gateway:
             _validate_chat(body)
             _ctx, decision, _ = await self._prepare(scope, body, rid, "route")
         except GatewayError as e:
+            if e.status in (401, 403, 429):
+                self.metrics.observe_rejection(e.status, e.code or e.type, e.key_id)
             await self._error(send, e, self._rejected_headers(rid, None, e))
             return
+        self.metrics.observe_decision(
+            decision.model if decision.model in self.engine.models else "",
+            decision.alias if decision.alias in self.engine.plans else None,
+        )
         out = {
             "id": rid,
             "object": "llmroute.decision",
@@ -1117,8 +1111,28 @@ class Gateway:
             return
         await self._send(send, 200, b'{"ok":true}', [_JSON])
 
+    def _models_for(self, key: Any) -> bytes:
+        """The /v1/models body: every alias and model, or only those API key `key` may use."""
+        data = self._model_list if key is None else [m for m in self._model_list if key.may_use(m["id"])]
+        return orjson.dumps({"object": "list", "data": data})
+
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._send(send, 200, self._models_body, [_JSON])
+        """GET /v1/models. With API keys configured the caller must present one (401 otherwise)
+        and sees only the aliases and models its key may use (its `aliases` allow-list)."""
+        body = self._models_body
+        if self.auth.enabled:
+            try:
+                key = self.auth.authenticate(self._headers(scope))
+            except GatewayError as e:
+                self.metrics.observe_rejection(e.status, e.code or e.type, None)
+                await self._error(send, e)
+                return
+            if key is not None and key.allowed is not None:
+                cached = self._models_by_key.get(key.id)
+                if cached is None:
+                    cached = self._models_by_key[key.id] = self._models_for(key)
+                body = cached
+        await self._send(send, 200, body, [_JSON])
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         br = {n: b.state for n, b in self.executor.breakers.items()}
