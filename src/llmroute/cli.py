@@ -2,6 +2,7 @@
 
     llmroute eval  --data PATH [--routers default,knn,linear,mlp,mf] [--folds 5] [--seed 0]
                    [--tasks PREFIX] [--out DIR]
+    llmroute eval  --data PATH --router FILE [--out DIR]     (a trained router on new data, no CV)
     llmroute train --data PATH [--router default] --out FILE
     llmroute route [--router FILE] [--tradeoff X | --max-cost USD] "prompt"
     llmroute calibrate [--router FILE] --prompts FILE --strong-share 0.3 --out FILE
@@ -95,10 +96,21 @@ def eval_cmd(
     data: Annotated[
         Path, typer.Option("--data", help="Routing table: a file or a folder with data.parquet.")
     ],
-    routers: Annotated[str, typer.Option(help="Comma-separated routers to evaluate.")] = ",".join(
-        KNOWN_ROUTERS
-    ),
-    folds: Annotated[int, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids.")] = 5,
+    routers: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated routers to cross-validate [default: {','.join(KNOWN_ROUTERS)}]."),
+    ] = None,
+    router: Annotated[
+        Path | None,
+        typer.Option(
+            "--router",
+            help="A trained router file (llmroute train): score it on --data as it is, without CV. "
+            "The table's models must be among the router's (matched by name).",
+        ),
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids [default: 5].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and the estimators.")] = 0,
     tasks: Annotated[
         str | None, typer.Option(help="Only prompts whose task starts with this prefix.")
@@ -107,8 +119,9 @@ def eval_cmd(
         Path, typer.Option(help="Output folder for results.json, curves.png, report.html.")
     ] = Path("runs/eval"),
     encoder: Annotated[
-        str, typer.Option(help="Encoder spec for llmroute.embed.load_encoder.")
-    ] = "static-minilm",
+        str | None,
+        typer.Option(help="Encoder spec for llmroute.embed.load_encoder [default: static-minilm]."),
+    ] = None,
     prices: Annotated[
         Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")
     ] = None,
@@ -117,27 +130,57 @@ def eval_cmd(
     ] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Cross-validated evaluation: curves, AIQ, gap closed, APGR/CPT, decision latency."""
-    names = _parse_routers(routers)
+    """Cross-validated evaluation: curves, AIQ, gap closed, APGR/CPT, decision latency.
+
+    With --router FILE: score that trained router on --data as it is (no CV): the same curve,
+    metrics and report, for a table the router never saw.
+    """
+    if router is not None:
+        given = [
+            o
+            for o, v in (("--routers", routers), ("--folds", folds), ("--encoder", encoder))
+            if v is not None
+        ]
+        if given:
+            _fail(
+                f"{', '.join(given)} cannot go with --router: a trained router is scored as it is "
+                "(its file names its estimator and encoder; there is no CV)"
+            )
+        if not router.is_file():
+            _fail(f"--router {router}: no such file (train one with `llmroute train`)")
+    names = _parse_routers(routers if routers is not None else ",".join(KNOWN_ROUTERS))
     _check_data(data)
     if prices is not None and not prices.exists():
         _fail(f"--prices {prices}: no such file")
 
     def go() -> tuple[dict, dict]:
         from llmroute.eval.report import write_report
-        from llmroute.eval.runner import dataset_name, evaluate, load_dataset
+        from llmroute.eval.runner import dataset_name, evaluate, evaluate_router, load_dataset
 
         table = load_dataset(data, tasks=tasks, prices=prices)
-        res = evaluate(
-            table,
-            routers=names,
-            folds=folds,
-            seed=seed,
-            encoder=encoder,
-            progress=progress,
-            dataset=dataset_name(data, tasks),
-            latency_prompts=latency_prompts,
-        )
+        if router is not None:
+            from llmroute.router import Router
+
+            res = evaluate_router(
+                Router.load(router),
+                table,
+                name=router.stem,
+                router_label=str(router),
+                seed=seed,
+                dataset=dataset_name(data, tasks),
+                latency_prompts=latency_prompts,
+            )
+        else:
+            res = evaluate(
+                table,
+                routers=names,
+                folds=folds if folds is not None else 5,
+                seed=seed,
+                encoder=encoder or "static-minilm",
+                progress=progress,
+                dataset=dataset_name(data, tasks),
+                latency_prompts=latency_prompts,
+            )
         return res, write_report(res, out)
 
     res, paths = _run(go)
@@ -158,9 +201,10 @@ def _print_summary(res: dict) -> None:
 
     base = res["baselines"]
     two = len(res["models"]) == 2
+    how = f"{res['folds']} folds" if res.get("folds") else f"router {res.get('router_file', '?')}, no CV"
     t = Table(
         title=f"{res['dataset']}: {res['n_prompts']} prompts, {len(res['models'])} models, "
-        f"{res['folds']} folds ({res.get('elapsed_s', 0):.1f} s)"
+        f"{how} ({res.get('elapsed_s', 0):.1f} s)"
     )
     cols = ["router", "AIQ", "gap closed", "cost ratio", "max q"] + (
         ["APGR", "CPT50", "CPT80"] if two else []
@@ -218,11 +262,12 @@ def train_cmd(
         _fail(f"--out {out} is a directory; give a file path")
 
     def go() -> Any:
-        from llmroute.eval.runner import load_dataset, with_cost_fallback
+        from llmroute.eval.runner import check_routable, load_dataset, with_cost_fallback
         from llmroute.router import Router
 
         table = load_dataset(data, tasks=tasks, prices=prices)
         table, cost_source = with_cost_fallback(table)
+        check_routable(table)
         t0 = time.perf_counter()
         r = Router.fit(table, estimator=name, encoder=encoder, seed=seed)
         out.parent.mkdir(parents=True, exist_ok=True)

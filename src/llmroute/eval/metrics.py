@@ -1,4 +1,4 @@
-"""Routing metrics, exactly as defined in DESIGN.md.
+"""Routing metrics (the report's "Definitions" section states them in words).
 
 All functions are pure numpy. Points are (mean cost, mean quality) pairs.
 """
@@ -17,10 +17,13 @@ __all__ = [
     "apgr",
     "cost_ratio_at_best_quality",
     "cpt",
+    "curve_from_picks",
     "gap_closed",
     "oracle_choice",
     "pgr_curve",
+    "pick_shares",
     "router_curve",
+    "router_picks",
     "single_model_points",
     "upper_hull",
 ]
@@ -45,6 +48,27 @@ def _point(Q: np.ndarray, C: np.ndarray, pick: np.ndarray) -> tuple[float, float
     return float(np.nanmean(c)), float(np.nanmean(q))
 
 
+def router_picks(q_hat: np.ndarray, c_hat: np.ndarray, lambdas: Sequence[float]) -> np.ndarray:
+    """(len(lambdas), n) model index picked per prompt at each trade-off (max q - lambda*c)."""
+    n = np.asarray(q_hat).shape[0]
+    out = np.empty((len(lambdas), n), dtype=np.intp)
+    for k, lam in enumerate(lambdas):
+        out[k] = choose(q_hat, c_hat, tradeoff=float(lam))
+    return out
+
+
+def curve_from_picks(Q: np.ndarray, C: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """(len(picks), 2) (mean true cost, mean true quality) of each row of `router_picks`."""
+    return np.array([_point(Q, C, p) for p in picks], dtype=float).reshape(len(picks), 2)
+
+
+def pick_shares(picks: np.ndarray, n_models: int) -> np.ndarray:
+    """(len(picks), n_models) share of prompts sent to each model at each trade-off."""
+    picks = np.atleast_2d(picks)
+    n = max(picks.shape[1], 1)
+    return np.stack([np.bincount(p, minlength=n_models) / n for p in picks]).astype(float)
+
+
 def router_curve(
     Q: np.ndarray,
     C: np.ndarray,
@@ -55,8 +79,7 @@ def router_curve(
     """Sweep the trade-off; each point is (mean true cost, mean true quality) of the picks."""
     if lambdas is None:
         lambdas = tradeoff_grid(float(np.nanmedian(np.abs(C))) if np.isfinite(C).any() else 1.0)
-    pts = [_point(Q, C, choose(q_hat, c_hat, tradeoff=lam)) for lam in lambdas]
-    return np.array(pts, dtype=float)
+    return curve_from_picks(Q, C, router_picks(q_hat, c_hat, lambdas))
 
 
 def oracle_choice(Q: np.ndarray, C: np.ndarray, tradeoff: float = 0.0) -> np.ndarray:

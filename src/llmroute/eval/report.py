@@ -1,14 +1,17 @@
 """Write evaluation outputs: results.json, curves.png and a self-contained report.html.
 
-`write_report(results, out_dir)` takes one `evaluate()` result (or a list of them, one per
-dataset) and writes the three files. The HTML embeds the plot as a base64 PNG, so it can be
-mailed or opened offline.
+`write_report(results, out_dir)` takes one `evaluate()` / `evaluate_router()` result (or a list
+of them, one per dataset) and writes the three files. The HTML embeds the plot as a base64 PNG
+and links nothing outside itself, so it can be mailed or opened offline. Besides the headline
+table it shows the spread over CV folds, a per-task breakdown, the trade-off and pick share per
+model behind every curve point, and defines every metric.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import math
 import time
@@ -16,68 +19,110 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_curves", "render_html", "write_report"]
+import numpy as np
+
+__all__ = ["curves_figure", "plot_curves", "render_html", "write_report"]
 
 
 def _as_list(results: dict | Sequence[dict]) -> list[dict]:
     return [results] if isinstance(results, dict) else list(results)
 
 
+#: Label offsets (points) tried around a single-model marker, in order of preference.
+_LABEL_OFFSETS: tuple[tuple[float, float, str, str], ...] = (
+    (7, 3, "left", "bottom"),
+    (7, -3, "left", "top"),
+    (-7, 3, "right", "bottom"),
+    (-7, -3, "right", "top"),
+    (0, 8, "center", "bottom"),
+    (0, -8, "center", "top"),
+    (7, 14, "left", "bottom"),
+    (7, -14, "left", "top"),
+    (-7, 14, "right", "bottom"),
+    (-7, -14, "right", "top"),
+    (0, 22, "center", "bottom"),
+    (0, -22, "center", "top"),
+)
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Area shared by two matplotlib Bboxes (display units)."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def _place_labels(
+    ax: Any,
+    renderer: Any,
+    points: list[tuple[float, float, str]],
+    avoid: list[Any],
+    lines: Sequence[Sequence[tuple[float, float]]] = (),
+) -> None:
+    """Annotate each (x, y, text) next to its point, inside the axes, without overlaps.
+
+    Tries the offsets of `_LABEL_OFFSETS` in turn and keeps the first whose text box lies inside
+    the axes and touches no earlier label, marker, plotted line (`lines`: polylines in data
+    units, sampled every few pixels) or box in `avoid` (the legend); when none does, the one
+    with the least overlap. Labels are placed from the top of the plot down.
+    """
+    from matplotlib.transforms import Bbox
+
+    inside = ax.get_window_extent(renderer)
+    taken = list(avoid)
+    markers = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        markers.append(Bbox.from_bounds(px - 4, py - 4, 8, 8))
+    for line in lines:
+        if not line:
+            continue
+        disp = ax.transData.transform(np.asarray(line, dtype=float))
+        for (x0, y0), (x1, y1) in itertools.pairwise(disp):
+            steps = max(int(math.hypot(x1 - x0, y1 - y0) // 5), 1)
+            for t in np.linspace(0.0, 1.0, steps + 1):
+                px, py = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                taken.append(Bbox.from_bounds(px - 1.5, py - 1.5, 3, 3))
+        if len(disp) == 1:
+            taken.append(Bbox.from_bounds(disp[0][0] - 1.5, disp[0][1] - 1.5, 3, 3))
+    for k in sorted(range(len(points)), key=lambda i: -points[i][1]):
+        x, y, text = points[k]
+        best: tuple[float, Any] | None = None
+        for dx, dy, ha, va in _LABEL_OFFSETS:
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=9.5,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+                zorder=6,
+            )
+            box = ann.get_window_extent(renderer)
+            outside = box.width * box.height - _overlap(box, inside)
+            hit = sum(_overlap(box, t) for t in taken)
+            hit += sum(_overlap(box, m) for j, m in enumerate(markers) if j != k)
+            cost = hit + 4 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        if best is not None:
+            taken.append(best[1].get_window_extent(renderer))
+
+
 def plot_curves(results: dict | Sequence[dict], path: str | Path | None = None) -> bytes:
     """Cost (log axis) vs quality: every router's curve, single models, oracle and random.
 
-    One panel per dataset. Returns the PNG bytes (and writes them to `path` when given).
+    The figure of `curves_figure` as PNG bytes (also written to `path` when given).
     """
-
-    from matplotlib.figure import Figure
-
-    sets = _as_list(results)
-    cols = min(len(sets), 2)
-    rows = math.ceil(len(sets) / cols)
-    fig = Figure(figsize=(7.0 * cols, 5.0 * rows), dpi=100)
-    for i, res in enumerate(sets):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        base = res["baselines"]
-        for name, r in res["routers"].items():
-            pts = sorted(r["curve"])
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ms=3, lw=1.4, label=name)
-        orc = sorted(base.get("oracle", {}).get("curve", []))
-        if orc:
-            ax.plot([p[0] for p in orc], [p[1] for p in orc], "k--", lw=1.0, label="oracle")
-        rnd = sorted(base.get("random", {}).get("curve", []))
-        if rnd:
-            ax.plot([p[0] for p in rnd], [p[1] for p in rnd], ":", color="grey", lw=1.0, label="random")
-        singles = [s for s in base.get("singles", []) if s["cost"] is not None and s["quality"] is not None]
-        if singles:
-            ax.scatter(
-                [s["cost"] for s in singles],
-                [s["quality"] for s in singles],
-                c="black",
-                marker="s",
-                s=18,
-                zorder=5,
-                label="single models",
-            )
-            for s in singles:
-                ax.annotate(
-                    s["model"].split("/")[-1][:22],
-                    (s["cost"], s["quality"]),
-                    fontsize=6,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-        xs = [p[0] for r in res["routers"].values() for p in r["curve"]] + [s["cost"] for s in singles]
-        if xs and min(xs) > 0:
-            ax.set_xscale("log")
-        ax.set_xlabel("mean cost per prompt" + (" (USD)" if res.get("cost_source") == "cost_usd" else ""))
-        ax.set_ylabel("mean quality")
-        ax.set_title(
-            f"{res['dataset']} ({res['n_prompts']} prompts, {len(res['models'])} models)", fontsize=10
-        )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig = curves_figure(results)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()
@@ -86,13 +131,91 @@ def plot_curves(results: dict | Sequence[dict], path: str | Path | None = None) 
     return data
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def curves_figure(results: dict | Sequence[dict]) -> Any:
+    """The matplotlib Figure behind `plot_curves` (Agg canvas attached).
+
+    One panel per dataset (10 x 7 inches at 110 dpi each, two per row), 11-14 pt fonts, the
+    legend inside the axes where it covers the fewest points, and each single model's label
+    placed inside the axes without overlapping another label, a marker, a curve or the legend
+    where any such place exists (`_place_labels`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sets = _as_list(results)
+    cols = min(len(sets), 2)
+    rows = math.ceil(len(sets) / cols)
+    fig = Figure(figsize=(10.0 * cols, 7.0 * rows), dpi=110)
+    canvas = FigureCanvasAgg(fig)
+    panels = []
+    for i, res in enumerate(sets):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        base = res["baselines"]
+        ys: list[float] = []
+        lines: list[list[tuple[float, float]]] = []
+        for name, r in res["routers"].items():
+            pts = sorted(r["curve"])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ms=5, lw=2.0, label=name)
+                ys += [p[1] for p in pts]
+                lines.append([(p[0], p[1]) for p in pts])
+        orc = sorted(base.get("oracle", {}).get("curve", []))
+        if orc:
+            ax.plot([p[0] for p in orc], [p[1] for p in orc], "k--", lw=1.3, label="oracle")
+            ys += [p[1] for p in orc]
+            lines.append([(p[0], p[1]) for p in orc])
+        rnd = sorted(base.get("random", {}).get("curve", []))
+        if rnd:
+            ax.plot([p[0] for p in rnd], [p[1] for p in rnd], ":", color="grey", lw=1.5, label="random")
+            lines.append([(p[0], p[1]) for p in rnd])
+        singles = [s for s in base.get("singles", []) if s["cost"] is not None and s["quality"] is not None]
+        if singles:
+            ax.scatter(
+                [s["cost"] for s in singles],
+                [s["quality"] for s in singles],
+                c="black",
+                marker="s",
+                s=30,
+                zorder=5,
+                label="single models",
+            )
+            ys += [s["quality"] for s in singles]
+        xs = [p[0] for r in res["routers"].values() for p in r["curve"]] + [s["cost"] for s in singles]
+        if xs and min(xs) > 0:
+            ax.set_xscale("log")
+        if ys:  # head-room for labels above the top point and below the lowest one
+            lo, hi = min(ys), max(ys)
+            pad = max(hi - lo, 0.02)
+            ax.set_ylim(lo - 0.10 * pad, hi + 0.10 * pad)
+        ax.margins(x=0.08)
+        cost_unit = " (USD)" if res.get("cost_source", "cost_usd") == "cost_usd" else ""
+        ax.set_xlabel("mean cost per prompt" + cost_unit, fontsize=13)
+        ax.set_ylabel("mean quality", fontsize=13)
+        ax.tick_params(labelsize=11)
+        how = f"{res['folds']}-fold CV" if res.get("folds") else "trained router, no CV"
+        ax.set_title(
+            f"{res['dataset']} ({res['n_prompts']} prompts, {len(res['models'])} models, {how})", fontsize=14
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        legend = ax.legend(fontsize=11, loc="best", framealpha=0.9)
+        panels.append((ax, legend, singles, lines))
+    fig.tight_layout()
+    renderer = canvas.get_renderer()
+    for ax, legend, singles, lines in panels:
+        labels = [(s["cost"], s["quality"], s["model"].split("/")[-1][:28]) for s in singles]
+        _place_labels(ax, renderer, labels, [legend.get_window_extent(renderer)], lines)
+    return fig
+
+
+def _fmt(x: Any, digits: int = 3, small: bool = True) -> str:
+    """A number for the report ('–' when missing); `small`: tiny values (costs) in 3 significant
+    digits instead of rounding to zero."""
     if x is None:
         return "–"
     if isinstance(x, float):
         if not math.isfinite(x):
             return "–"
-        if x != 0 and abs(x) < 10 ** (-digits):
+        if small and x != 0 and abs(x) < 10 ** (-digits):
             return f"{x:.{digits}g}"
         return f"{x:.{digits}f}"
     return str(x)
@@ -110,7 +233,7 @@ def _view(res: dict) -> dict:
                 "name": name,
                 "best": best_gap is not None and r["gap_closed"] == best_gap,
                 "aiq": _fmt(r["aiq"], 4),
-                "gap_closed": _fmt(r["gap_closed"]),
+                "gap_closed": _fmt(r["gap_closed"], small=False),
                 "cost_ratio": _fmt(r["cost_ratio_at_best_quality"]),
                 "max_quality": _fmt(r["max_quality"], 4),
                 "apgr": _fmt(r["apgr"]),
@@ -127,7 +250,7 @@ def _view(res: dict) -> dict:
                 "name": "random (baseline)",
                 "best": False,
                 "aiq": _fmt(rnd["aiq"], 4),
-                "gap_closed": _fmt(rnd["gap_closed"]),
+                "gap_closed": _fmt(rnd["gap_closed"], small=False),
                 "cost_ratio": _fmt(rnd["cost_ratio_at_best_quality"]),
                 "max_quality": _fmt(rnd["max_quality"], 4),
                 "apgr": _fmt(rnd["apgr"]),
@@ -148,16 +271,19 @@ def _view(res: dict) -> dict:
         for s in base.get("singles", [])
     ]
     orc = base.get("oracle", {})
+    two = len(res["models"]) == 2
     return {
         "dataset": res["dataset"],
         "n_prompts": res["n_prompts"],
         "models": res["models"],
         "folds": res["folds"],
+        "router_file": res.get("router_file"),
+        "router_models": res.get("router_models"),
         "seed": res.get("seed", "–"),
         "encoder": res.get("encoder", "–"),
         "cost_source": res.get("cost_source", "cost_usd"),
         "elapsed_s": res.get("elapsed_s"),
-        "two": len(res["models"]) == 2,
+        "two": two,
         "rows": rows,
         "singles": singles,
         "single_hull_aiq": _fmt(base["single_hull_aiq"], 4),
@@ -166,7 +292,121 @@ def _view(res: dict) -> dict:
             "cost": _fmt(orc.get("cost"), 6),
             "aiq": _fmt(base["oracle_aiq"], 4),
         },
+        "fold_rows": _fold_rows(res, two),
+        "tasks": _task_view(res, two),
+        "points": _points_view(res),
     }
+
+
+def _spread_cell(sp: dict | None, digits: int = 3) -> str:
+    """'mean ± std [min, max]' of a `fold_spread` entry."""
+    if not sp or sp.get("mean") is None:
+        return "–"
+    return (
+        f"{_fmt(sp['mean'], digits, False)} ± {_fmt(sp['std'], digits, False)} "
+        f"[{_fmt(sp['min'], digits, False)}, {_fmt(sp['max'], digits, False)}]"
+    )
+
+
+def _fold_rows(res: dict, two: bool) -> list[dict]:
+    """Per router: the spread over CV folds of gap closed, AIQ (and APGR), plus each fold's value."""
+    out = []
+    for name, r in res["routers"].items():
+        spread = r.get("fold_spread")
+        if not spread:
+            continue
+        out.append(
+            {
+                "name": name,
+                "gap_closed": _spread_cell(spread.get("gap_closed")),
+                "aiq": _spread_cell(spread.get("aiq"), 4),
+                "apgr": _spread_cell(spread.get("apgr")) if two else None,
+                "each": " · ".join(_fmt(f.get("gap_closed"), small=False) for f in r.get("per_fold", [])),
+            }
+        )
+    return out
+
+
+def _task_view(res: dict, two: bool) -> dict | None:
+    """The per-task table: one row per task family, one gap-closed (and APGR) cell per router."""
+    tasks = res.get("tasks") or []
+    if not tasks:
+        return None
+    names = list(res["routers"])
+    rows = []
+    for t in tasks:
+        best = t.get("best_single") or {}
+        cells = []
+        for name in names:
+            m = res["routers"][name].get("by_task", {}).get(t["task"], {})
+            cells.append(
+                {
+                    "gap_closed": _fmt(m.get("gap_closed"), small=False),
+                    "apgr": _fmt(m.get("apgr"), small=False),
+                }
+            )
+        rows.append(
+            {
+                "task": t["task"],
+                "n_prompts": t["n_prompts"],
+                "best_model": best.get("model", "–"),
+                "best_quality": _fmt(best.get("quality"), 4),
+                "oracle_quality": _fmt(t.get("oracle_quality"), 4),
+                "cells": cells,
+            }
+        )
+    return {"routers": names, "two": two, "rows": rows}
+
+
+def _fmt_tradeoff(lam: float | None) -> str:
+    if lam is None:
+        return "∞"
+    if lam == 0:
+        return "0"
+    return f"{lam:.3g}"
+
+
+def _points_view(res: dict) -> list[dict]:
+    """Per router: its distinct curve points with the trade-off range behind each and pick shares.
+
+    Consecutive trade-offs that give the same picks' (cost, quality) are merged into one row
+    whose trade-off column shows the range.
+    """
+    models = res["models"]
+    out = []
+    for name, r in res["routers"].items():
+        pts = r.get("curve_points") or []
+        merged: list[dict] = []
+        for p in pts:
+            key = (round(p["cost"], 15), round(p["quality"], 12))
+            if merged and merged[-1]["key"] == key:
+                merged[-1]["hi"] = p["tradeoff"]
+                continue
+            merged.append({"key": key, "lo": p["tradeoff"], "hi": p["tradeoff"], "p": p})
+        rows = []
+        for m in merged:
+            lo, hi = _fmt_tradeoff(m["lo"]), _fmt_tradeoff(m["hi"])
+            share = m["p"]["pick_share"]
+            rows.append(
+                {
+                    "tradeoff": lo if lo == hi else f"{lo} – {hi}",
+                    "cost": _fmt(m["p"]["cost"], 6),
+                    "quality": _fmt(m["p"]["quality"], 4),
+                    "shares": [_pct(share.get(model, 0.0)) for model in models],
+                }
+            )
+        if rows:
+            out.append({"name": name, "rows": rows})
+    return out
+
+
+def _pct(x: float) -> str:
+    """A pick share as a whole percent; '·' for none, '<1%' for a few prompts."""
+    if x <= 0:
+        return "·"
+    if x < 0.01:
+        return "<1%"
+    return f"{100 * x:.0f}%"
 
 
 def render_html(results: dict | Sequence[dict], png: bytes) -> str:
