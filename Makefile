@@ -1,4 +1,5 @@
 # One command installs and runs the gateway, one installs and runs every test.
+# `make demo`: the gateway in front of two fake models (no API key needed; chat requests get answers).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ CONFIG ?= examples/llmroute.yaml
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test install lint bench clean
+.PHONY: run demo test install lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/llmroute serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+demo: $(STAMP)
+	$(BIN)/llmroute serve --config examples/loopback.yaml --fake-upstream --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
@@ -30,15 +29,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 class StubRouter:
@@ -74,33 +64,11 @@ class FakeServer:
 
 @contextlib.contextmanager
 def start_fake_server() -> Iterator[FakeServer]:
-    """Run the fake server on a free port in a background thread."""
-    from aiohttp import web
+    """Run the fake server on a free port in a background thread (`llmroute.gateway.fake.serve_in_thread`)."""
+    from llmroute.gateway.fake import serve_in_thread
 
-    from llmroute.gateway.fake import STATE, make_app
-
-    port = free_port()
-    app = make_app()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        loop.run_until_complete(site.start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    t = threading.Thread(target=run, daemon=True, name="fake-server")
-    t.start()
-    _wait_port(port)
-    try:
-        yield FakeServer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", app[STATE], port)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
+    with serve_in_thread() as fake:
+        yield FakeServer(fake.url, fake.base_url, fake.state, fake.port)
 
 
 @pytest.fixture(scope="module")

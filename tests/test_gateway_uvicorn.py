@@ -193,3 +193,87 @@ def test_serve_freezes_startup_objects_out_of_the_collector() -> None:
         assert not any(o is loaded for o in gc.get_objects())
     finally:
         gc.unfreeze()
+
+
+# ---- a socket bound up front; "ready" only once the app has started and the socket listens -------
+
+
+class _SlowStartApp:
+    """An ASGI app whose lifespan startup waits until `release` is set."""
+
+    def __init__(self) -> None:
+        self.starting = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    self.starting.set()
+                    await asyncio.get_running_loop().run_in_executor(None, self.release.wait)
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_ready_server_calls_back_only_once_the_socket_listens() -> None:
+    from llmroute.gateway._uvicorn import ReadyServer, bind_socket
+
+    app = _SlowStartApp()
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    ready: list[bool] = []
+
+    def on_ready() -> None:  # a connection is accepted (by the kernel) at this very moment
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            ready.append(True)
+
+    server = ReadyServer(
+        uvicorn.Config(app, loop="asyncio", lifespan="on", log_level="warning", timeout_graceful_shutdown=1),
+        on_ready=on_ready,
+    )
+    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    try:
+        assert app.starting.wait(20)
+        # the app is still starting: bound, not listening, nothing announced
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert ready == []
+        app.release.set()
+        end = time.monotonic() + 20
+        while not ready and th.is_alive() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert ready == [True]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(1024).startswith(b"HTTP/1.1 200")
+    finally:
+        app.release.set()
+        server.should_exit = True
+        th.join(20)
+
+
+def test_bind_socket_names_a_busy_port_and_what_to_do() -> None:
+    from llmroute.gateway._uvicorn import BindError, bind_socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(BindError) as e:
+            bind_socket("127.0.0.1", port)
+    msg = e.value.strerror
+    assert msg.startswith(f"cannot listen on 127.0.0.1:{port}: port {port} is already in use")
+    assert "--port" in msg and "\n" not in msg
+    free = bind_socket("127.0.0.1", 0)  # a free port binds, and is not listening yet
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", free.getsockname()[1]), timeout=5).close()
+    finally:
+        free.close()

@@ -15,16 +15,32 @@ The protocol also offers the ASGI scope extension `DISCONNECT_EXTENSION`
 runs once, from `connection_lost`, when the client goes away before the response is complete (the
 moment uvicorn marks the cycle disconnected). The gateway uses it instead of a watcher task per
 request blocked in `receive()` (a task, an event wait and a wake-up per request).
+
+`llmroute serve` binds its listening socket itself (`bind_socket`, so a busy port is one clear
+error before anything loads) and hands it to `ReadyServer` (one process: calls back once the
+app has started and the socket listens) or `run_workers` (uvicorn's multi-process supervisor).
 """
 
 from __future__ import annotations
 
+import errno
+import inspect
+import socket
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-__all__ = ["DISCONNECT_EXTENSION", "CoalescingHttpToolsProtocol"]
+__all__ = [
+    "DISCONNECT_EXTENSION",
+    "BindError",
+    "CoalescingHttpToolsProtocol",
+    "ReadyServer",
+    "bind_socket",
+    "run_workers",
+]
 
 DISCONNECT_EXTENSION = "llmroute.on_disconnect"
 
@@ -124,3 +140,63 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             callback, cycle._on_disconnect = cycle._on_disconnect, None
             if callback is not None:
                 callback()
+
+
+# ---- serving on a socket bound up front ---------------------------------------------------------
+
+
+class BindError(OSError):
+    """The gateway cannot listen on the address; the message says which and what to do."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port` (not listening yet), set up as uvicorn binds its own
+    (`SO_REUSEADDR`, inheritable for worker processes). Raises `BindError` with a one-line
+    message naming the address and what to do (busy port, privileged port, foreign address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            why = (
+                f"port {port} is already in use (another `llmroute serve` or another program "
+                f"listens there); stop it, or pick a free port with --port (make run PORT=...)"
+            )
+        elif e.errno == errno.EACCES:
+            why = f"no permission to use port {port} (ports below 1024 need privileges); use --port 8080"
+        elif e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            why = f"{host!r} is not an address of this machine; use --host 127.0.0.1 (or 0.0.0.0 for all)"
+        else:
+            why = e.strerror or str(e)
+        raise BindError(e.errno or 0, f"cannot listen on {shown}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class ReadyServer(uvicorn.Server):
+    """`uvicorn.Server` that calls `on_ready()` once the app's startup has completed and the
+    socket listens (so whatever it prints is true: the gateway answers)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit and self.on_ready is not None:
+            self.on_ready()
+
+
+def run_workers(config: uvicorn.Config, sock: socket.socket) -> None:
+    """Serve `config` (an app import string, `workers` > 1) on `sock` with uvicorn's
+    multi-process supervisor, as `uvicorn.run` does after binding its own socket."""
+    from uvicorn.supervisors import Multiprocess
+
+    if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn releases
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()  # type: ignore[call-arg]
+    else:
+        Multiprocess(config, sockets=[sock]).run()

@@ -23,20 +23,23 @@ With tools, answers with a tool call of the first tool (arguments `{"x": 1}`); o
 forced `tool_choice` (`{"type": "tool", "name": N}`) calls tool N with an input built from its
 `input_schema` (streamed as `input_json_delta`s of 8 characters).
 
-Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1).
+Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1), or
+in a background thread of the current process with `serve_in_thread()` (what the tests and
+`llmroute serve --fake-upstream`, the keyless demo, use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["FAULTS", "STATE", "FakeState", "main", "make_app"]
+__all__ = ["FAULTS", "STATE", "FakeState", "RunningFake", "main", "make_app", "serve_in_thread"]
 
 FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip")
 
@@ -448,6 +451,71 @@ def make_app(latency_ms: float = 0.0) -> web.Application:
     app.router.add_get("/_control/stats", _stats)
     app.router.add_get("/_control/last", _last)
     return app
+
+
+class RunningFake:
+    """A fake server running in a background thread (see `serve_in_thread`).
+
+    `url` is its root ("http://127.0.0.1:PORT"), `base_url` the OpenAI base ("<url>/v1"),
+    `state` its `FakeState`; `stop()` (or leaving the `with` block) shuts it down."""
+
+    def __init__(self, host: str, port: int, state: FakeState, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self.base_url = f"{self.url}/v1"
+        self.state = state
+        self._loop = loop
+        self._thread: threading.Thread | None = None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server and join its thread (idempotent)."""
+        t, self._thread = self._thread, None
+        if t is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            t.join(timeout_s)
+
+    def __enter__(self) -> RunningFake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_in_thread(host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0) -> RunningFake:
+    """Start the fake server on `host:port` (0: a free port) in a daemon thread with its own event
+    loop; returns once it accepts connections. Raises `OSError` if the port cannot be bound."""
+    import concurrent.futures
+    import logging
+
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # aborted calls are normal here
+    app = make_app(latency_ms)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    bound: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, host, port).start())
+            bound.set_result(int(runner.addresses[0][1]))
+        except BaseException as e:
+            bound.set_exception(e)
+        else:
+            loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True, name="llmroute-fake-upstream")
+    thread.start()
+    try:
+        fake = RunningFake(host, bound.result(timeout=30), app[STATE], loop)
+    except BaseException:
+        thread.join(10)
+        raise
+    fake._thread = thread
+    return fake
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,19 +13,41 @@ path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_e
 also creates a private temporary folder, named to the workers in `LLMROUTE_SHARED_DIR` and removed
 at exit, where the workers share budgets and rate limits (`llmroute.gateway.ledger`) and publish
 their metrics so that any worker's /metrics shows the totals (`llmroute.gateway.metrics`).
+
+Start-up, in order: the config is validated (exit 2 on an error naming the field); the port is
+bound (a busy or forbidden port: one line naming it and what to do, exit 1); the app is built;
+one warning line per model whose `api_key_env` is unset and per alias whose candidates all map
+to one router column (`startup_warnings`); the server starts, and only once it answers the
+banner prints (`banner`: the address, the models and aliases, and one `curl` line to try).
+`--fake-upstream` also runs the project's fake OpenAI-compatible server (`llmroute.gateway.fake`)
+on a free port and points `LLMROUTE_BACKEND_URL` at it: with `examples/loopback.yaml` that is a
+keyless demo (`make demo`) whose chat requests get answers.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import typer
 
 from llmroute.cliapp import Typer
-from llmroute.gateway.config import ConfigError, load_config
+from llmroute.gateway.config import ConfigError, GatewayConfig, load_config
 
-__all__ = ["app", "create_app", "create_app_from_env", "freeze_startup_objects", "serve"]
+__all__ = [
+    "app",
+    "banner",
+    "create_app",
+    "create_app_from_env",
+    "freeze_startup_objects",
+    "serve",
+    "startup_warnings",
+]
 
 app = Typer(add_completion=False, help="Run the llmroute gateway.")
 
@@ -60,6 +82,95 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def startup_warnings(
+    cfg: GatewayConfig,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One line per configured problem a new user should know about at start-up:
+
+    - a model whose `api_key_env` is unset in `env` (default: the environment): it cannot be
+      called; aliases fall back to their other candidates, a request naming it gets a 501;
+    - an alias whose candidates (`candidates[alias]`, default: its configured candidates, or
+      every model) are all estimated by one router column (`router_model`): the router sees
+      them as one model, so the cheapest always wins.
+    """
+    env = os.environ if env is None else env
+    out: list[str] = []
+    for m in cfg.models:
+        if m.api_key_env and not env.get(m.api_key_env):
+            out.append(
+                f"model {m.name!r}: {m.api_key_env} is not set, so it cannot be called (aliases use "
+                f"their other candidates; asking for it by name gets a 501); set {m.api_key_env} "
+                "and restart to use it"
+            )
+    by_name = {m.name: m for m in cfg.models}
+    for name, alias in cfg.aliases.items():
+        names = list(candidates[name]) if candidates and name in candidates else None
+        if names is None:
+            names = alias.candidates or list(by_name)
+        columns = {by_name[n].estimated_by for n in names if n in by_name}
+        if len(names) > 1 and len(columns) == 1:
+            out.append(
+                f"alias {name!r}: all its candidates ({', '.join(names)}) map to one router column "
+                f"{next(iter(columns))!r}, so the router cannot tell them apart and the cheapest "
+                f"always wins; give them different router_model columns (the closest in strength) "
+                f"or train a router on your own models"
+            )
+    return out
+
+
+def banner(cfg: GatewayConfig, host: str, port: int, *, workers: int = 1, chat: bool = False) -> list[str]:
+    """The two start-up lines: where the gateway listens (models, aliases) and one `curl`
+    command to try next: a chat request when `chat` (the models answer without keys, e.g. the
+    demo), else a routing decision (`POST /v1/route`, which needs no provider key)."""
+    aliases = ", ".join(cfg.aliases) or "none"
+    shown = f"[{host}]" if ":" in host else host
+    more = f"; {workers} workers" if workers > 1 else ""
+    first = f"llmroute gateway on http://{shown}:{port} ({len(cfg.models)} models; aliases: {aliases}{more})"
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, shown)
+    model = next(iter(cfg.aliases), cfg.models[0].name)
+    if chat:
+        path = "/v1/chat/completions"
+        body: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Hello! Who are you?"}],
+        }
+    else:
+        path = "/v1/route"
+        body = {"model": model, "prompt": "Prove that the square root of 2 is irrational."}
+    auth = ' -H "Authorization: Bearer $LLMROUTE_API_KEY"' if cfg.keys else ""
+    curl = (
+        f"curl -s http://{target}:{port}{path} -H 'Content-Type: application/json'{auth} "
+        f"-d '{json.dumps(body)}'"
+    )
+    return [first, f"try: {curl}"]
+
+
+def _echo_lines(lines: Sequence[str], prefix: str = "") -> None:
+    for line in lines:
+        typer.echo(f"{prefix}{line}", err=True)
+    sys.stderr.flush()
+
+
+def _announce_when_up(host: str, port: int, lines: Sequence[str], timeout_s: float = 300.0) -> None:
+    """Print `lines` once GET /healthz answers (the workers of `--workers N` are up)."""
+    import urllib.request
+
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://[{target}]:{port}/healthz" if ":" in target else f"http://{target}:{port}/healthz"
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    _echo_lines(lines)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
 @app.command("serve")
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="gateway YAML (see examples/llmroute.yaml)"),
@@ -68,20 +179,52 @@ def serve(
     workers: int = typer.Option(1, min=1, help="worker processes"),
     log_level: str = typer.Option("warning", help="uvicorn log level"),
     access_log: bool = typer.Option(False, help="log every request (slower)"),
+    fake_upstream: bool = typer.Option(
+        False,
+        "--fake-upstream",
+        help="also run the fake OpenAI-compatible server on a free port and set LLMROUTE_BACKEND_URL "
+        "to it (with examples/loopback.yaml: a demo that answers without any API key)",
+    ),
 ) -> None:
     """Serve the OpenAI-compatible routing gateway."""
     import uvicorn
 
+    from llmroute.gateway._uvicorn import BindError, ReadyServer, bind_socket, run_workers
+
+    fake = None
+    if fake_upstream:
+        from llmroute.gateway.fake import serve_in_thread
+
+        fake = serve_in_thread()
+        os.environ["LLMROUTE_BACKEND_URL"] = fake.base_url  # read by the config (and the workers)
     try:
         cfg = load_config(config)
-        gw = create_app(config) if workers == 1 else None
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    aliases = ", ".join(cfg.aliases) or "none"
-    typer.echo(
-        f"llmroute gateway on http://{host}:{port} ({len(cfg.models)} models; aliases: {aliases})", err=True
-    )
+    try:
+        sock = bind_socket(host, port)
+    except BindError as e:
+        typer.echo(f"error: {e.strerror}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        gw = None
+        if workers == 1:
+            from llmroute.gateway.app import Gateway
+
+            gw = Gateway(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        sock.close()
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    plans = {name: plan.models for name, plan in gw.engine.plans.items()} if gw is not None else None
+    _echo_lines(startup_warnings(cfg, plans), "warning: ")
+    if fake is not None and not any((m.base_url or "").startswith(fake.url) for m in cfg.models):
+        _echo_lines(
+            [f"--fake-upstream: no model of {config} uses ${{LLMROUTE_BACKEND_URL}}; it is unused"],
+            "warning: ",
+        )
+    lines = banner(cfg, host, sock.getsockname()[1], workers=workers, chat=fake is not None)
     try:  # httptools, one socket write per non-streamed response (falls back to stock httptools)
         from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol
 
@@ -101,23 +244,44 @@ def serve(
         proxy_headers=False,
         server_header=False,
     )
-    if gw is not None:
-        freeze_startup_objects()
-        uvicorn.run(gw, **kw)  # type: ignore[arg-type]
-    else:
-        import shutil
-        import tempfile
+    try:
+        if gw is not None:
+            freeze_startup_objects()
+            server = ReadyServer(uvicorn.Config(gw, **kw), on_ready=lambda: _echo_lines(lines))  # type: ignore[arg-type]
+            server.run(sockets=[sock])
+            if not server.started:
+                raise typer.Exit(3)
+        else:
+            import shutil
+            import tempfile
 
-        from llmroute.gateway.ledger import SHARED_DIR_ENV
+            from llmroute.gateway.ledger import SHARED_DIR_ENV
 
-        shared = tempfile.mkdtemp(prefix="llmroute-workers-")  # mode 0700
-        os.environ["LLMROUTE_CONFIG"] = str(Path(config).resolve())
-        os.environ[SHARED_DIR_ENV] = shared
-        try:
-            uvicorn.run("llmroute.gateway.serve:create_app_from_env", factory=True, workers=workers, **kw)  # type: ignore[arg-type]
-        finally:
-            os.environ.pop(SHARED_DIR_ENV, None)
-            shutil.rmtree(shared, ignore_errors=True)
+            shared = tempfile.mkdtemp(prefix="llmroute-workers-")  # mode 0700
+            os.environ["LLMROUTE_CONFIG"] = str(Path(config).resolve())
+            os.environ[SHARED_DIR_ENV] = shared
+            try:
+                threading.Thread(
+                    target=_announce_when_up, args=(host, sock.getsockname()[1], lines), daemon=True
+                ).start()
+                run_workers(
+                    uvicorn.Config(
+                        "llmroute.gateway.serve:create_app_from_env",
+                        factory=True,
+                        workers=workers,
+                        **kw,  # type: ignore[arg-type]
+                    ),
+                    sock,
+                )
+            finally:
+                os.environ.pop(SHARED_DIR_ENV, None)
+                shutil.rmtree(shared, ignore_errors=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        if fake is not None:
+            fake.stop()
 
 
 if __name__ == "__main__":
