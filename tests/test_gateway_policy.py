@@ -307,6 +307,8 @@ def test_on_unmet_reject_is_a_422(gw: Any) -> None:
     assert body["code"] == "constraint_unmet" and body["param"] == "llmroute.max_cost"
     assert "max_cost" in body["message"] and "on_unmet" in body["message"]
     assert e.value.response.headers["x-llmroute-constraint"].endswith("rejected")
+    rec = _trace(gw, e.value.response.headers["x-llmroute-request-id"])
+    assert rec["status"] == 422 and rec["extra"]["policy"]["unmet_constraints"] == ["max_cost"]
     # the same alias serves when the limit is met, and a request may ask for the closest instead
     assert (
         picked(gw, text(150), "llmroute/strict", extra_body={"llmroute": {"max_cost": 1.0}})[0]
