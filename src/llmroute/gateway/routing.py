@@ -394,14 +394,16 @@ class _AliasPlan:
         fn = getattr(self.router, "threshold_for_share", None)
         try:
             if fn is None:
-                raise ValueError("this router has no strong/weak calibration")
+                raise ValueError(
+                    "its router has no strong/weak calibration; calibrate it with `llmroute calibrate "
+                    "--router FILE --prompts FILE --strong-share 0.3 --out FILE` and serve that file"
+                )
             thr = float(fn(share))
         except ValueError as e:
             raise GatewayError(
                 400,
-                f"The model {self.name!r} cannot route by strong share: {e}. Use a trade-off suffix "
-                f"instead ({self.name}@tradeoff=50), or calibrate its router with `llmroute calibrate "
-                "--router FILE --prompts FILE --strong-share 0.3 --out FILE` and serve that file.",
+                f"The model {self.name!r} cannot route by strong share: {e}. Meanwhile use a trade-off "
+                f"suffix ({self.name}@tradeoff=50).",
                 param="model",
                 code="share_not_calibrated",
             ) from None
