@@ -1,4 +1,4 @@
-"""Routing metrics against hand-computed values and properties (DESIGN.md "Metrics")."""
+"""Routing metrics against hand-computed values and properties."""
 
 from __future__ import annotations
 

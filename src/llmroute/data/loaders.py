@@ -2,9 +2,9 @@
 
 `load_table(path)` detects the file format from the suffix and the layout from the columns:
 
-- **long** (DESIGN.md): a `model` column, one row per (prompt, model): `prompt_id, prompt, task,
-  model, quality, cost_usd, input_tokens, output_tokens` (+ `response`, `latency_s`, `split`, any
-  extra column). Parquet, CSV, JSONL (one object per line) or JSON (a list of objects).
+- **long** (the README's routing tables): a `model` column, one row per (prompt, model):
+  `prompt_id, prompt, task, model, quality, cost_usd, input_tokens, output_tokens` (+ `response`,
+  `latency_s`, `split`, any extra column). Parquet, CSV, JSONL (one object per line) or JSON (a list of objects).
 - **routerbench** (RouterBench's wide layout, also used by RouterDC's CSVs): one row per prompt,
   a quality column named after each model, `<model>|total_cost`, `<model>|model_response`, plus
   `sample_id`, `prompt`, `eval_name`. Prompts / responses stored as ``str(list)`` of parts are

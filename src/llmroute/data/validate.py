@@ -6,7 +6,7 @@ and the column, e.g.::
 
     data.csv: row 3, column 'quality': value 1.5 is outside [0, 1]
 
-Rules (see DESIGN.md, "Routing data"):
+Rules:
 
 - required columns: `prompt`, `model`, `quality` (and `prompt_id`, which is derived when the
   column is absent, see `derive_prompt_id`);

@@ -1,4 +1,4 @@
-"""Cross-validated evaluation of routers on a routing table (DESIGN.md "Metrics").
+"""Cross-validated evaluation of routers on a routing table (metrics: `llmroute.eval.metrics`).
 
 `evaluate(table)` embeds every prompt once, then for each router and each of K folds over
 prompt ids fits `llmroute.router.Router` on the training prompts (the same public API the
@@ -8,8 +8,10 @@ cost ratio at the best single model's quality and, on two-model tables, APGR / C
 CPT(80%). Decision latency is measured with `router.route(prompt)`, one prompt at a time,
 warm, including embedding (the embedding cache is bypassed for that measurement).
 
-The returned dict is the `results.json` schema of issue 2; `llmroute.eval.report` writes it
-with `curves.png` and `report.html`.
+Each router also gets the trade-off and pick share per model behind every curve point, a
+per-task breakdown and the spread over folds. `evaluate_router(router, table)` scores one
+trained router on a table as it is (no CV). The returned dict is what `results.json` holds;
+`llmroute.eval.report` writes it with `curves.png` and `report.html`.
 """
 
 from __future__ import annotations
