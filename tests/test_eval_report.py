@@ -86,12 +86,13 @@ def test_curve_points_carry_the_tradeoff_and_pick_share(cv_result: dict) -> None
     assert finite == sorted(finite) and len(set(finite)) == len(finite)
     grid = tradeoff_grid(float(np.nanmedian(np.abs(task_table().cost_matrix()))))
     assert finite == pytest.approx(list(grid[:-1]))
+    assert cv_result["models"] == ["cheap", "dear", "mid"]  # the order of every pick_share
     for p in pts:
-        assert set(p["pick_share"]) == {"cheap", "mid", "dear"}
-        assert sum(p["pick_share"].values()) == pytest.approx(1.0, abs=1e-3)
-    assert pts[-1]["pick_share"]["cheap"] == 1.0  # lambda = inf
+        assert len(p["pick_share"]) == 3
+        assert sum(p["pick_share"]) == pytest.approx(1.0, abs=1e-3)
+    assert pts[-1]["pick_share"] == [1.0, 0.0, 0.0]  # lambda = inf: the cheapest
     # lambda = 0: the best expected quality; dear is never worse, so it takes the most prompts
-    assert pts[0]["pick_share"]["dear"] > 0.5
+    assert pts[0]["pick_share"][1] > 0.5
     # the shares are those of the cost: cost = sum(share * mean cost of the picked prompts) is
     # bounded by the cheapest and dearest model
     assert pts[0]["cost"] > pts[-1]["cost"]
@@ -108,8 +109,8 @@ def test_pick_share_matches_the_policy_on_known_estimates() -> None:
     res = _score_router(Q, C, q_hat, c_hat, ctx, t.models, {})
     for p in res["curve_points"]:
         lam = np.inf if p["tradeoff"] is None else p["tradeoff"]
-        want = t.models[int(choose(q_hat[:1], c_hat[:1], tradeoff=lam)[0])]
-        assert p["pick_share"][want] == 1.0
+        want = int(choose(q_hat[:1], c_hat[:1], tradeoff=lam)[0])
+        assert p["pick_share"][want] == 1.0 and sum(p["pick_share"]) == 1.0
 
 
 # ---- per task and per fold -------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_evaluate_router_maps_models_by_name() -> None:
     assert res["models"] == ["cheap", "dear", "mid"] and res["router_models"] == r.models
     m = res["routers"]["truth"]
     assert m["gap_closed"] == pytest.approx(1.0)
-    assert set(m["curve_points"][0]["pick_share"]) == {"cheap", "dear", "mid"}  # never the extra model
+    assert all(len(p["pick_share"]) == 3 for p in m["curve_points"])  # never the extra model
     assert m["decision_ms_p50"] is not None and set(m["by_task"]) == {"chat", "code", "math"}
     assert "per_fold" not in m
     json.dumps(res, allow_nan=False)

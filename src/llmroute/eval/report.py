@@ -392,7 +392,7 @@ def _points_view(res: dict) -> list[dict]:
                     "tradeoff": lo if lo == hi else f"{lo} – {hi}",
                     "cost": _fmt(m["p"]["cost"], 6),
                     "quality": _fmt(m["p"]["quality"], 4),
-                    "shares": [_pct(share.get(model, 0.0)) for model in models],
+                    "shares": [_pct(share[j]) for j in range(len(models))],
                 }
             )
         if rows:

@@ -288,7 +288,8 @@ def _score_curve(curve: np.ndarray, Q: np.ndarray, score: np.ndarray | None, ctx
 
 def _curve_points(curve: np.ndarray, picks: np.ndarray, lambdas: np.ndarray, models: list[str]) -> list[dict]:
     """One dict per finite curve point (the same points as `curve`, in order): the trade-off
-    lambda behind it (None = infinite: always the cheapest), its cost, quality and pick share."""
+    lambda behind it (None = infinite: always the cheapest), its cost, quality and the share of
+    prompts picked per model (a list in `models` order)."""
     shares = pick_shares(picks, len(models))
     out = []
     for lam, (c, q), share in zip(lambdas, curve, shares, strict=True):
@@ -299,7 +300,7 @@ def _curve_points(curve: np.ndarray, picks: np.ndarray, lambdas: np.ndarray, mod
                 "tradeoff": _num(lam),
                 "cost": float(c),
                 "quality": float(q),
-                "pick_share": {m: round(float(v), 4) for m, v in zip(models, share, strict=True)},
+                "pick_share": [round(float(v), 4) for v in share],
             }
         )
     return out
