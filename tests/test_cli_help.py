@@ -12,6 +12,7 @@ from llmroute import cli
 from llmroute.cliapp import Typer
 
 runner = CliRunner()
+WIDE = {"COLUMNS": "250"}  # rich wraps help at $COLUMNS
 
 
 def _paths(cmd: Any, prefix: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
@@ -61,8 +62,8 @@ def test_the_walk_finds_the_commands_of_every_part() -> None:
 
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=lambda p: " ".join(p) or "llmroute")
 def test_dash_h_is_help(path: tuple[str, ...]) -> None:
-    long = runner.invoke(cli.app, [*path, "--help"], terminal_width=160)
-    short = runner.invoke(cli.app, [*path, "-h"], terminal_width=160)
+    long = runner.invoke(cli.app, [*path, "--help"], env=WIDE)
+    short = runner.invoke(cli.app, [*path, "-h"], env=WIDE)
     assert long.exit_code == 0, long.output
     assert short.exit_code == 0, short.output
     assert "Usage:" in short.output
@@ -75,7 +76,7 @@ def _flags(cmd: Any) -> list[str]:
 
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=lambda p: " ".join(p) or "llmroute")
 def test_flags_show_no_value_placeholder(path: tuple[str, ...]) -> None:
-    res = runner.invoke(cli.app, [*path, "--help"], terminal_width=200)
+    res = runner.invoke(cli.app, [*path, "--help"], env=WIDE)
     assert res.exit_code == 0, res.output
     out = res.output
     for bad in ("<bool>", "BOOLEAN", "<boolean>"):
@@ -95,3 +96,11 @@ def test_every_bool_option_is_a_flag() -> None:
             if p.param_type_name == "option" and getattr(desc, "annotation", None) is bool:
                 assert p.is_flag, f"llmroute {' '.join(path)}: {p.opts} takes a value"
     assert any(_flags(cmd) for _, cmd in COMMANDS)
+
+
+def test_eval_help_shows_the_defaults_of_its_optional_options() -> None:
+    """--routers/--folds/--encoder default to None (so --router can refuse them): the help says
+    what they mean when left out (square brackets would be eaten as rich markup)."""
+    out = " ".join(runner.invoke(cli.app, ["eval", "-h"], env=WIDE).output.split())
+    assert "(default: default,knn,linear,mlp,mf)" in out
+    assert "(default: 5)" in out and "(default: static-minilm)" in out

@@ -98,7 +98,7 @@ def eval_cmd(
     ],
     routers: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated routers to cross-validate [default: {','.join(KNOWN_ROUTERS)}]."),
+        typer.Option(help=f"Comma-separated routers to cross-validate (default: {','.join(KNOWN_ROUTERS)})."),
     ] = None,
     router: Annotated[
         Path | None,
@@ -109,7 +109,7 @@ def eval_cmd(
         ),
     ] = None,
     folds: Annotated[
-        int | None, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids [default: 5].")
+        int | None, typer.Option(min=2, max=50, help="Cross-validation folds over prompt ids (default: 5).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and the estimators.")] = 0,
     tasks: Annotated[
@@ -120,7 +120,7 @@ def eval_cmd(
     ] = Path("runs/eval"),
     encoder: Annotated[
         str | None,
-        typer.Option(help="Encoder spec for llmroute.embed.load_encoder [default: static-minilm]."),
+        typer.Option(help="Encoder spec for llmroute.embed.load_encoder (default: static-minilm)."),
     ] = None,
     prices: Annotated[
         Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")
