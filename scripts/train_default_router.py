@@ -17,6 +17,12 @@ Data provenance (read at build time only; none of it is copied into the reposito
   prompt text; they are dropped here so that the shipped cost model counts tokens from the text
   a gateway actually sends (calibrated on RouterBench, whose counts are the prompt's own).
 
+Everyday prompts: ``src/llmroute/assets/everyday/*.jsonl`` (the project's own words, shipped in the
+package) teach the router's regime head which prompts are everyday-easy (any model will do),
+everyday-hard (worth the strongest model) or like the benchmark prompts above (see
+``llmroute.estimators.regime``). The dev set that measures this (``datasets/everyday/dev.jsonl``)
+is never read here.
+
 What the artifact contains: weights only. The encoder is the project's static MiniLM (shipped
 separately; referenced by spec). The quality estimator is parametric (the best of linear, mlp
 and mf on a held-out fifth of the prompts, then refitted on all): a feature scaler and layer
@@ -57,8 +63,12 @@ this repository (read from ../shared/data at build time):
 - RouteLLM (github.com/lm-sys/RouteLLM @ 0b64fdaf, Apache-2.0): GPT-4-1106 vs Mixtral-8x7B outcomes on
   MMLU, GSM8K and MT-Bench.
 
-The file holds only learned parameters (a feature scaler, estimator weights, per-model token/cost
-regressions and prices) and aggregate metadata (per-model mean quality, task-family counts). It
+It also learned from the project's own everyday prompts (src/llmroute/assets/everyday, written for
+llmroute, Apache-2.0 like the rest of the repository): its regime head tells everyday-easy,
+everyday-hard and benchmark-like prompts apart.
+
+The file holds only learned parameters (a feature scaler, estimator weights, the regime head's
+weights and per-model abilities, per-model token/cost regressions and prices) and aggregate metadata (per-model mean quality, task-family counts). It
 contains no prompts, responses or per-prompt outcomes. Encoder: the project's static MiniLM
 (see assets/static-minilm/NOTICE), referenced by name.
 
@@ -96,7 +106,8 @@ def _load(data: Path) -> tuple[pd.DataFrame, dict]:
 def _check_weights_only(router, n_prompts: int) -> None:
     est_arrays, _ = router.estimator.get_state()
     cost_arrays, _ = router.cost.get_state()
-    for k, v in {**est_arrays, **cost_arrays}.items():
+    head_arrays = router.regime_head.get_state()[0] if router.regime_head is not None else {}
+    for k, v in {**est_arrays, **cost_arrays, **head_arrays}.items():
         if np.ndim(v) and np.shape(v)[0] >= min(n_prompts, 1000):
             raise SystemExit(
                 f"array {k} has shape {np.shape(v)}: looks like per-prompt data, refusing to ship"
@@ -146,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chosen estimator: {best}")
 
     router = Router.fit(table, estimator=best, encoder=encoder, seed=args.seed)
+    t0 = time.perf_counter()
+    router.fit_regime_head(table, seed=args.seed)
+    print(f"regime head: C={router.regime_head.C_} ({time.perf_counter() - t0:.1f} s)")
     _check_weights_only(router, table.n_prompts)
     router.info["selection"] = {"held_out_bce": scores, "chosen": best}
     router.info["data"] = ["routerbench_subset (RouterBench via RouterDC)", "routellm (lm-sys/RouteLLM)"]
@@ -156,15 +170,31 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{out} is {size} bytes (> 5 MB)")
     # round trip check
     back = Router.load(out)
-    probe = ["What is 17 * 23?", "Write a haiku about autumn.", "def add(a, b):\n    # finish this"]
+    probe = [
+        "What is 17 * 23?",
+        "Write a haiku about autumn.",
+        "def add(a, b):\n    # finish this",
+        "hello, how are you?",
+        "Prove that there are infinitely many primes.",
+    ]
     assert [d.to_dict() for d in back.route_batch(probe)] == [d.to_dict() for d in router.route_batch(probe)]
     summary = {
         "file_bytes": size,
         "models": router.models,
         "estimator": best,
         "held_out_bce": {k: round(v, 4) for k, v in scores.items()},
-        "default_policy": {k: v for k, v in router.policy.items() if v is not None},
+        "default_policy": {
+            k: v for k, v in router.policy.items() if v is not None and k != "score_quantiles"
+        },
         "n_prompts": table.n_prompts,
+        "regime_head": {
+            k: v
+            for k, v in router.info["regime_head"].items()
+            if k in ("everyday_prompts", "known_prompts", "C")
+        },
+        "abilities": {
+            m: round(float(a), 4) for m, a in zip(router.models, router.regime_head.ability_, strict=True)
+        },
     }
     notice = out.with_name("default-router.NOTICE")
     notice.write_text(NOTICE.format(summary="Build summary:\n" + json.dumps(summary, indent=2)))

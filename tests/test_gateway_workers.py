@@ -358,6 +358,8 @@ def test_serve_two_workers_share_budget_rate_limit_and_metrics(fake_server: Any,
     cfg = loopback_config(fake_server.base_url, tmp_path)
     cfg["models"][0]["router_model"] = "gpt-4-1106-preview"
     cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+    # every request goes to fake-strong (best quality), so the budget runs out within the test
+    cfg["aliases"]["llmroute/auto"]["tradeoff"] = 0
     cfg["keys"] = [
         {"id": "team-a", "key_sha256": hash_key(KEY_A), "budget_usd_day": budget},
         {"id": "team-c", "key_sha256": hash_key(KEY_C), "rpm": 60},  # bucket of 10, +1 per second

@@ -33,6 +33,7 @@ import numpy as np
 from llmroute.data.table import ModelPrice, RoutingTable
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.cost import CostEstimator
+from llmroute.estimators.regime import RegimeHead
 from llmroute.policy import (
     calibrate_threshold,
     candidate_mask,
@@ -267,6 +268,7 @@ class Router:
         use_extra: bool,
         policy: Mapping[str, Any] | None = None,
         info: Mapping[str, Any] | None = None,
+        regime_head: RegimeHead | None = None,
     ) -> None:
         self.models: list[str] = list(models)
         self.encoder = encoder
@@ -274,6 +276,11 @@ class Router:
         self.cost = cost
         self.estimator_name = estimator_name
         self.use_extra = bool(use_extra)
+        # optional head: is a prompt everyday-easy, everyday-hard or like the training prompts
+        # (see estimators/regime.py); it reads the estimator's features, hand-made ones included
+        if regime_head is not None and not self.use_extra:
+            raise ValueError("a regime head needs an estimator that uses the hand-made features")
+        self.regime_head = regime_head
         self.info: dict[str, Any] = dict(info or {})
         self.policy: dict[str, Any] = {
             "tradeoff": 0.0,
@@ -352,17 +359,92 @@ class Router:
         Q = table.quality_matrix()
         est.fit(X, Q)
         proto.cost = CostEstimator().fit(table, X if cost_features else None)
-        # policy defaults fitted on (a sample of) the training prompts
-        rng = np.random.default_rng(seed)
-        sample = rng.choice(len(prompts), min(len(prompts), 3000), replace=False)
-        Xs = X.take(np.sort(sample))
-        q = est.predict(Xs)
-        c = proto.cost.predict([prompts[i] for i in np.sort(sample)], Xs)
-        fitted = proto._fit_policy(Q, q, c)
+        fitted = proto._policy_from_table(table, seed, X)
         fitted.update(policy or {})
         proto.policy.update(fitted)
         proto.info = proto._summary(table, est)
         return proto
+
+    def _policy_from_table(self, table: RoutingTable, seed: int, X: Features | None = None) -> dict[str, Any]:
+        """`_fit_policy` on (a sample of) the training prompts, estimated as `route` would."""
+        prompts = table.prompts
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(prompts), min(len(prompts), 3000), replace=False))
+        texts = [prompts[i] for i in sample]
+        Xs = self.featurize(texts) if X is None else X.take(sample)
+        q = self._quality(Xs)
+        c = self.cost.predict(texts, Xs)
+        Q = table.quality_matrix()[:, [table.models.index(m) for m in self.models]]
+        return self._fit_policy(Q, q, c)
+
+    def fit_regime_head(
+        self,
+        table: RoutingTable,
+        everyday: Sequence[Any] | None = None,
+        *,
+        seed: int = 0,
+        max_known: int = 6000,
+        C: float | None = None,
+    ) -> RegimeHead:
+        """Fit and attach a regime head (`llmroute.estimators.regime`) for this router.
+
+        table: the router's training table (its prompts are the "known" regimes, one per set of
+        models observed together); everyday: labelled everyday prompts (objects with `text` and
+        `tier`, e.g. `llmroute.data.everyday.load_everyday`; default: the corpus shipped in the
+        package); max_known: training prompts sampled per fit (stratified by model set);
+        C: the head's L2 setting (None: chosen by cross-validation, which takes a while).
+        """
+        from llmroute.data.everyday import training_corpus
+        from llmroute.estimators.regime import RegimeHead, common_ability, support_sets
+
+        missing = sorted(set(self.models) - set(table.models))
+        if missing:
+            raise ValueError(f"the table has no outcomes for router model(s) {missing}")
+        items = training_corpus() if everyday is None else list(everyday)
+        Q = table.quality_matrix()[:, [table.models.index(m) for m in self.models]]
+        supports, row_set = support_sets(Q)
+        k = len(supports)
+        rng = np.random.default_rng(seed)
+        picks: list[np.ndarray] = []
+        for s in range(k):
+            rows = np.flatnonzero(row_set == s)
+            n_take = min(len(rows), max(max_known // k, 1))
+            picks.append(np.sort(rng.choice(rows, n_take, replace=False)))
+        tier_p = {"easy": (1.0, 0.0), "medium": (0.5, 0.5), "hard": (0.0, 1.0)}
+        P = np.zeros((len(items) + sum(map(len, picks)), 2 + k))
+        P[: len(items), :2] = [tier_p[x.tier] for x in items]
+        n_ev = sum(x.tier != "medium" for x in items)
+        weights = [1.0] * len(items)
+        # C is chosen by holding out one writer's prompts at a time (prompts in other words)
+        groups: list[str | None] = [str(getattr(x, "source", "")) for x in items]
+        texts = [x.text for x in items]
+        prompts = table.prompts
+        at = len(items)
+        for s, rows in enumerate(picks):
+            P[at : at + len(rows), 2 + s] = 1.0
+            at += len(rows)
+            # the known sets share half the weight of the everyday prompts, equally
+            weights += [n_ev / 2 / k / max(len(rows), 1)] * len(rows)
+            groups += [None] * len(rows)
+            texts += [prompts[i] for i in rows]
+        head = RegimeHead(C=C, seed=seed).fit(
+            self.featurize(texts), P, common_ability(Q), supports, np.asarray(weights), groups
+        )
+        self.set_regime_head(head)
+        # the score quantiles (strong share -> threshold) describe the estimates `route` now
+        # makes; the default trade-off stays the estimator's (on the training prompts, which the
+        # head calls familiar, it barely moves, and its "reach the best model's mean" criterion
+        # turns degenerate once one model leads on every prompt)
+        refit = self._policy_from_table(table, seed)
+        self.policy.update({k: v for k, v in refit.items() if k in ("score_quantiles", "score_pair")})
+        self.info["regime_head"] = {
+            "everyday_prompts": len(items),
+            "known_prompts": int(sum(map(len, picks))),
+            "known_sets": [[m for m, seen in zip(self.models, sup, strict=True) if seen] for sup in supports],
+            "C": head.C_,
+            "cv_scores": head.cv_scores_,
+        }
+        return head
 
     def _fit_policy(self, Q: np.ndarray, q: np.ndarray, c: np.ndarray) -> dict[str, Any]:
         """Strong/weak pair and a default trade-off from training data.
@@ -501,9 +583,7 @@ class Router:
         spans = list(itertools.pairwise(bounds))
 
         def estimate(a: int, b: int, X: Features) -> tuple[np.ndarray, np.ndarray]:
-            q = np.array(self.estimator.predict(X), dtype=np.float64)
-            np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
-            return q, self.cost.predict(texts[a:b], X)
+            return self._quality(X), self.cost.predict(texts[a:b], X)
 
         with self._one_thread(), ThreadPoolExecutor(threads, thread_name_prefix="llmroute-estimate") as pool:
             feats: list[Features] = []
@@ -515,12 +595,27 @@ class Router:
                 q, c = job.result()
                 yield span, q, c, X
 
-    def _estimate_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
-        X = self.featurize(texts)
+    def _quality(self, X: Features) -> np.ndarray:
+        """(n, m) expected quality: the estimator's, clipped to [0, 1], then mixed with the
+        regime head's easy / hard / familiar estimates when the router has one (`RegimeHead.mix`)."""
         q = np.array(self.estimator.predict(X), dtype=np.float64)
         np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)  # clip to [0, 1] (NaN stays NaN, as np.clip)
+        if self.regime_head is not None:
+            q = self.regime_head.mix(q, self.regime_head.predict(X))
+        return q
+
+    def _estimate_raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, Features]:
+        X = self.featurize(texts)
+        q = self._quality(X)
         c = self.cost.predict(texts, X)
         return q, c, X
+
+    def regimes(self, prompts: Sequence[PromptLike]) -> np.ndarray | None:
+        """(n, 3) probabilities that each prompt is everyday-easy, everyday-hard or like the
+        training prompts (`estimators.regime.REGIMES`), or None without a regime head."""
+        if self.regime_head is None:
+            return None
+        return self.regime_head.predict(self.featurize(self._texts(prompts)))
 
     def estimate(self, prompts: Sequence[PromptLike]) -> tuple[np.ndarray, np.ndarray]:
         """(q, c): (n, m) expected quality in [0, 1] and expected cost in USD, `models` order."""
@@ -585,6 +680,18 @@ class Router:
             if policy.get(key) is not None and policy[key] not in self._index:
                 raise ValueError(f"unknown model {policy[key]!r} for {key}; known: {self.models}")
         self.policy.update(policy)
+
+    def set_regime_head(self, head: RegimeHead | None) -> None:
+        """Use a fitted regime head (fitted on this router's `featurize` output) from now on, or
+        none. See `llmroute.estimators.regime`."""
+        if head is not None and not self.use_extra:
+            raise ValueError(
+                f"a regime head needs an estimator that uses the hand-made features; "
+                f"{self.estimator_name!r} does not"
+            )
+        if head is not None and len(head.ability_) != len(self.models):
+            raise ValueError(f"regime head has {len(head.ability_)} abilities for {len(self.models)} models")
+        self.regime_head = head
 
     def set_prices(self, prices: Mapping[str, ModelPrice]) -> None:
         """Use these prices (model -> ModelPrice) for cost estimates from now on."""
@@ -882,6 +989,10 @@ class Router:
         cost_arrays, cost_params = self.cost.get_state()
         for k, v in cost_arrays.items():
             arrays[f"cost/{k}"] = v
+        if self.regime_head is not None:
+            head_arrays, head_params = self.regime_head.get_state()
+            for k, v in head_arrays.items():
+                arrays[f"regime/{k}"] = v
         enc_state = getattr(self.encoder, "state", None)
         enc_arrays = enc_state() if callable(enc_state) else {}
         for k, v in (enc_arrays or {}).items():
@@ -899,6 +1010,7 @@ class Router:
             },
             "cost": cost_params,
             "use_extra": self.use_extra,
+            "regime_head": head_params if self.regime_head is not None else None,
             "policy": self.policy,
             "info": self.info,
         }
@@ -938,6 +1050,9 @@ class Router:
         est_meta = meta["estimator"]
         est = _import_class(est_meta["class"]).from_state(part("est/"), est_meta["params"])
         cost = CostEstimator.from_state(part("cost/"), meta["cost"])
+        regime_head = None
+        if meta.get("regime_head") is not None:
+            regime_head = RegimeHead.from_state(part("regime/"), meta["regime_head"])
         if encoder is None:
             from llmroute.embed import encoder_from_state
 
@@ -957,6 +1072,7 @@ class Router:
             use_extra=meta["use_extra"],
             policy=policy,
             info=meta.get("info"),
+            regime_head=regime_head,
         )
 
     def __repr__(self) -> str:
