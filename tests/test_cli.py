@@ -200,3 +200,28 @@ def test_route_with_the_shipped_default_router() -> None:
     dec = json.loads(res.output)
     assert dec["model"] in dec["expected_quality"]
     assert dec["reason"]
+
+
+@needs_router
+def test_train_everyday_fits_a_regime_head(synthetic_parquet: Path, tmp_path: Path) -> None:
+    from llmroute.router import Router
+
+    mine = tmp_path / "mine.jsonl"
+    lines = [{"prompt": f"hello number {i}, how are you?", "tier": "easy"} for i in range(20)]
+    lines += [{"prompt": f"Prove theorem {i} about prime gaps rigorously.", "tier": "hard"} for i in range(20)]
+    mine.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "r.safetensors"
+    args = ["train", "--data", str(synthetic_parquet), "--router", "linear", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--everyday", "--everyday-prompts", str(mine)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["regime_head"] is True
+    r = Router.load(out)
+    assert r.regime_head is not None and r.info["regime_head"]["everyday_prompts"] == 40
+    probs = r.regimes(["hello number 99, how are you?", "Prove theorem 99 about prime gaps rigorously."])
+    assert probs[0, 0] > 0.5 and probs[1, 1] > 0.5
+    # without the flag: no head; with an estimator that cannot carry one: a clear error
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and json.loads(res.output)["regime_head"] is False
+    knn = ["train", "--data", str(synthetic_parquet), "--router", "knn", "--out", str(out), "--everyday"]
+    res = runner.invoke(app, [*knn, "--everyday-prompts", str(mine)])
+    assert res.exit_code == 2 and "hand-made features" in res.output

@@ -252,6 +252,23 @@ def train_cmd(
     prices: Annotated[
         Path | None, typer.Option(help="Price table (USD per 1M tokens) for tables without cost.")
     ] = None,
+    everyday: Annotated[
+        bool,
+        typer.Option(
+            "--everyday/--no-everyday",
+            help="Also fit a regime head from the everyday prompts shipped in the package, so that "
+            "greetings, simple facts and rewrites go to the cheapest model and proofs or designs to "
+            "the strongest even when the table holds only benchmark prompts (as the shipped router). "
+            "Needs an estimator that uses the hand-made features (default, linear, mlp).",
+        ),
+    ] = False,
+    everyday_prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --everyday: your own labelled everyday prompts instead (JSONL: prompt or "
+            "messages, tier easy|medium|hard).",
+        ),
+    ] = None,
 ) -> None:
     """Fit a router on a routing table and save it as one file."""
     if "," in router:
@@ -270,6 +287,11 @@ def train_cmd(
         check_routable(table)
         t0 = time.perf_counter()
         r = Router.fit(table, estimator=name, encoder=encoder, seed=seed)
+        if everyday:
+            from llmroute.data.everyday import load_everyday
+
+            items = load_everyday(everyday_prompts) if everyday_prompts is not None else None
+            r.fit_regime_head(table, items, seed=seed)
         out.parent.mkdir(parents=True, exist_ok=True)
         r.save(out)
         return r, table, cost_source, time.perf_counter() - t0
@@ -283,6 +305,7 @@ def train_cmd(
                 "models": list(r.models),
                 "n_prompts": table.n_prompts,
                 "cost_source": cost_source,
+                "regime_head": r.regime_head is not None,
                 "fit_s": round(secs, 3),
             },
             indent=1,
