@@ -208,7 +208,9 @@ def test_train_everyday_fits_a_regime_head(synthetic_parquet: Path, tmp_path: Pa
 
     mine = tmp_path / "mine.jsonl"
     lines = [{"prompt": f"hello number {i}, how are you?", "tier": "easy"} for i in range(20)]
-    lines += [{"prompt": f"Prove theorem {i} about prime gaps rigorously.", "tier": "hard"} for i in range(20)]
+    lines += [
+        {"prompt": f"Prove theorem {i} about prime gaps rigorously.", "tier": "hard"} for i in range(20)
+    ]
     mine.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "r.safetensors"
     args = ["train", "--data", str(synthetic_parquet), "--router", "linear", "--out", str(out)]
