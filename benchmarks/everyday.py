@@ -14,12 +14,14 @@ analysis labelled `hard`; a few `medium`, reported only) and counts where each t
 - the decisions go through everything the gateway does before a model is called (signals, rules,
   guards, the router), exactly as a client sees them.
 
-The dev set is never used for training (the router's regime head learns from the separate corpus
-in `src/llmroute/assets/everyday/`). Writes `benchmarks/results/everyday.json` and the
-"Everyday routing" section of BENCHMARKS.md.
+The same counts for `datasets/everyday/check.jsonl`, a second set by a fourth writer asked for
+unusual wordings (terse, non-native, pasted emails, API-style): a stand-in for held-back sets in
+other words. Neither set is ever used for training (the router's regime head learns from the
+separate corpus in `src/llmroute/assets/everyday/`). Writes `benchmarks/results/everyday.json` and
+the "Everyday routing" section of BENCHMARKS.md.
 
 Usage: .venv/bin/python benchmarks/everyday.py [--config examples/llmroute.yaml] [--alias llmroute/auto]
-       [--data datasets/everyday/dev.jsonl] [--no-md]
+       [--data datasets/everyday/dev.jsonl datasets/everyday/check.jsonl] [--no-md]
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def halves(config: Path, alias: str) -> tuple[list[str], list[str], list[str]]:
     return order, order[:k], order[len(order) - k :]
 
 
-def run(config: Path, alias: str, data: Path) -> dict[str, Any]:
-    """Route every prompt of `data` through the gateway and count where each tier went."""
+def run(url: str, config: Path, alias: str, data: Path) -> dict[str, Any]:
+    """Route every prompt of `data` through the gateway at `url` and count where each tier went."""
     import httpx
 
     items = load_everyday(data)
@@ -112,7 +114,7 @@ def run(config: Path, alias: str, data: Path) -> dict[str, Any]:
     refused: list[dict[str, Any]] = []
     misrouted: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with serve(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30) as client:
         for x in items:
             r = client.post("/v1/route", json={"model": alias, "messages": x.messages})
             if r.status_code != 200:
@@ -168,8 +170,12 @@ def run(config: Path, alias: str, data: Path) -> dict[str, Any]:
     return result
 
 
-def markdown(res: dict[str, Any]) -> str:
-    """The BENCHMARKS.md section for one run."""
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """The BENCHMARKS.md section: one block per data set."""
+    return "\n".join(_markdown_one(res) for res in runs)
+
+
+def _markdown_one(res: dict[str, Any]) -> str:
     cheap, dear = ", ".join(res["cheaper_half"]), ", ".join(res["dearer_half"])
     rows = []
     for t in ("easy", "medium", "hard"):
@@ -209,22 +215,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "llmroute.yaml")
     ap.add_argument("--alias", default="llmroute/auto")
-    ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "everyday" / "dev.jsonl")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[
+            ROOT / "datasets" / "everyday" / "dev.jsonl",
+            ROOT / "datasets" / "everyday" / "check.jsonl",
+        ],
+        help="everyday JSONL files (default: the dev set, then the independent check set)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "everyday.json")
     ap.add_argument("--no-md", action="store_true", help="print only; write no file")
     args = ap.parse_args(argv)
-    res = run(args.config.resolve(), args.alias, args.data.resolve())
-    print(
-        json.dumps(
-            {k: res[k] for k in ("tiers", "easy_to_cheaper_half", "hard_to_dearer_half", "refused", "met")},
-            indent=2,
-        )
-    )
+    config = args.config.resolve()
+    with serve(config) as url:
+        runs = [run(url, config, args.alias, d.resolve()) for d in args.data if d.is_file()]
+    if not runs:
+        print(f"none of {[str(d) for d in args.data]} exists", file=sys.stderr)
+        return 2
+    keys = ("data", "easy_to_cheaper_half", "hard_to_dearer_half", "refused", "met")
+    print(json.dumps([{k: res[k] for k in keys} for res in runs], indent=2))
     if not args.no_md:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
         update_section(
-            "everyday", markdown(res), title="Everyday routing (what `make run` does with ordinary prompts)"
+            "everyday", markdown(runs), title="Everyday routing (what `make run` does with ordinary prompts)"
         )
     return 0
 

@@ -192,6 +192,40 @@ def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
         _stop(p)
 
 
+def test_make_run_config_sends_easy_prompts_cheap_and_hard_ones_dear(tmp_path: Path) -> None:
+    """What a new user sees first: ordinary prompts through `make run`'s config (issue 10)."""
+    _default_router_or_skip()
+    cfg = load_config(EXAMPLES / "llmroute.yaml", env={})
+    auto = cfg.aliases["llmroute/auto"].candidates
+    by_price = sorted(auto, key=lambda n: cfg.model(n).input_per_mtok + cfg.model(n).output_per_mtok)
+    cheap, dear = set(by_price[: len(auto) // 2]), set(by_price[-(len(auto) // 2) :])
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite")
+    port = free_port()
+    p = _serve(["--config", str(EXAMPLES / "llmroute.yaml")], env, port)
+    easy = [
+        "hello, how are you?",
+        "Hello, what can you do?",
+        "What is the capital of Japan?",
+        "Translate 'thank you' into Italian.",
+        "Turn this into a bulleted list: milk, eggs, flour",
+    ]
+    hard = [
+        "Prove that there are infinitely many primes.",
+        "Design a multi-region database that survives a network partition.",
+        "Implement a lock-free multi-producer single-consumer queue in C++ and explain the memory ordering.",
+    ]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for text in easy + hard:
+            r = httpx.post(base + "/v1/route", json={"model": "llmroute/auto", "prompt": text})
+            assert r.status_code == 200, (text, r.text)  # nothing everyday is refused
+            want = cheap if text in easy else dear
+            assert r.json()["model"] in want, (text, r.json()["model"], r.json()["reason"])
+    finally:
+        _stop(p)
+
+
 def test_loopback_with_default_router_end_to_end(fake_server: Any, tmp_path: Path) -> None:
     _default_router_or_skip()
     env = dict(

@@ -213,6 +213,20 @@ def test_startup_warnings_and_banner_units() -> None:
     ]
     w = startup_warnings(cfg, {"all": ["a"]}, env={})  # the alias routes one model: nothing to tell apart
     assert len(w) == 1 and w[0].startswith("model 'a': K_A is not set")
+    # two of three candidates share a column: said once, naming the one that wins
+    three = parse_config(
+        {
+            "models": [
+                dict(base, name="a", router_model="col", input_per_mtok=2.0),
+                dict(base, name="b", router_model="col", input_per_mtok=1.0),
+                dict(base, name="c", router_model="other"),
+            ],
+            "aliases": {"mix": {"router": "default"}},
+        }
+    )
+    (w,) = startup_warnings(three, env={})
+    assert w.startswith("alias 'mix': a, b share the router column 'col'")
+    assert "b (the cheapest) is picked over a" in w
     lines = banner(cfg, "0.0.0.0", 9999, workers=2, chat=True)
     assert lines[0] == "llmroute gateway on http://0.0.0.0:9999 (2 models; aliases: all; 2 workers)"
     argv = shlex.split(lines[1].removeprefix("try: "))

@@ -431,12 +431,17 @@ class Router:
             self.featurize(texts), P, common_ability(Q), supports, np.asarray(weights), groups
         )
         self.set_regime_head(head)
-        # the score quantiles (strong share -> threshold) describe the estimates `route` now
-        # makes; the default trade-off stays the estimator's (on the training prompts, which the
-        # head calls familiar, it barely moves, and its "reach the best model's mean" criterion
-        # turns degenerate once one model leads on every prompt)
-        refit = self._policy_from_table(table, seed)
-        self.policy.update({k: v for k, v in refit.items() if k in ("score_quantiles", "score_pair")})
+        # strong shares (`@0.3` in the gateway) now refer to everyday traffic like the corpus:
+        # the score quantiles are taken there, on the estimates `route` now makes. The default
+        # trade-off stays the estimator's (its "reach the best model's mean on the training
+        # prompts" criterion turns degenerate once one model leads on every prompt)
+        pair = self.policy.get("score_pair") or [self.policy.get("strong"), self.policy.get("weak")]
+        if pair[0] in self._index and pair[1] in self._index:
+            q_ev = self._quality(self.featurize([x.text for x in items]))
+            with contextlib.suppress(ValueError):  # no finite score: keep the old quantiles
+                scores = q_ev[:, self._index[pair[0]]] - q_ev[:, self._index[pair[1]]]
+                self.policy["score_quantiles"] = score_quantiles(scores)
+                self.policy["score_pair"] = list(pair)
         self.info["regime_head"] = {
             "everyday_prompts": len(items),
             "known_prompts": int(sum(map(len, picks))),

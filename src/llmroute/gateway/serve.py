@@ -93,7 +93,9 @@ def startup_warnings(
       called; aliases fall back to their other candidates, a request naming it gets a 501;
     - an alias whose candidates (`candidates[alias]`, default: its configured candidates, or
       every model) are all estimated by one router column (`router_model`): the router sees
-      them as one model, so the cheapest always wins.
+      them as one model, so the cheapest always wins;
+    - otherwise, each group of an alias's candidates that share one column: the dearer ones of
+      the group are never picked by quality (only as fallbacks).
     """
     env = os.environ if env is None else env
     out: list[str] = []
@@ -109,13 +111,29 @@ def startup_warnings(
         names = list(candidates[name]) if candidates and name in candidates else None
         if names is None:
             names = alias.candidates or list(by_name)
-        columns = {by_name[n].estimated_by for n in names if n in by_name}
-        if len(names) > 1 and len(columns) == 1:
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            if n in by_name:
+                groups.setdefault(by_name[n].estimated_by, []).append(n)
+        if len(names) > 1 and len(groups) == 1:
             out.append(
                 f"alias {name!r}: all its candidates ({', '.join(names)}) map to one router column "
-                f"{next(iter(columns))!r}, so the router cannot tell them apart and the cheapest "
+                f"{next(iter(groups))!r}, so the router cannot tell them apart and the cheapest "
                 f"always wins; give them different router_model columns (the closest in strength) "
                 f"or train a router on your own models"
+            )
+            continue
+        for column, group in groups.items():
+            if len(group) < 2:
+                continue
+            price = {n: by_name[n].input_per_mtok + by_name[n].output_per_mtok for n in group}
+            cheapest = min(group, key=lambda n: (price[n], group.index(n)))
+            others = [n for n in group if n != cheapest]
+            out.append(
+                f"alias {name!r}: {', '.join(group)} share the router column {column!r}, so they tie "
+                f"on expected quality and {cheapest} (the cheapest) is picked over "
+                f"{', '.join(others)}, which serve only as fallbacks; a column is a stand-in until "
+                f"the model is profiled (train a router on your own models)"
             )
     return out
 
