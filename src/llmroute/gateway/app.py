@@ -10,10 +10,19 @@ at startup). Endpoints::
     GET  /v1/models             aliases and models (with keys: those the caller's key may use)
     GET  /healthz, GET /metrics (Prometheus), GET /openapi.json
 
-Request path: parse + validate -> auth (key, permission, rate) -> `RoutingEngine.decide` (hooks,
-then the router) -> budget reservation -> `Executor` (retries, fallback, breakers, deadline) ->
-response with `x-llmroute-request-id`, `x-llmroute-model`, `x-llmroute-reason` -> metrics and a
-trace record queued to the store (off the hot path). A client disconnect cancels the upstream call.
+The code is split by API family over one shared request pipeline:
+
+- this module: `Gateway` (construction, startup/shutdown, dispatch) and the pipeline every
+  completion runs, whatever its API: parse + validate -> auth (key, permission, rate) ->
+  `RoutingEngine.decide` (hooks, then the router) -> budget reservation -> response cache or
+  `Executor` (retries, fallback, breakers, deadline) -> response with `x-llmroute-request-id`,
+  `x-llmroute-model`, `x-llmroute-reason` -> metrics and a trace record queued to the store (off
+  the hot path). A client disconnect cancels the upstream call.
+- `api_openai` / `api_anthropic`: the `ApiFamily` of chat completions / Anthropic Messages:
+  request validation (and translation to the OpenAI chat body every backend takes), error bodies,
+  response and stream shapes.
+- `api_ops`: route, feedback, models, health, metrics and the OpenAPI document.
+- `asgi`: the plumbing they share (responses, JSON bodies, errors, trace headers).
 
 Build with `Gateway(config)` (loads routers and backends; `routers=` injects router objects) and
 serve it with any ASGI server (`llmroute serve` uses uvicorn with uvloop + httptools).
@@ -28,10 +37,27 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from llmroute.gateway.api_anthropic import ANTHROPIC_MESSAGES
+from llmroute.gateway.api_openai import OPENAI_CHAT
+from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
+from llmroute.gateway.asgi import (
+    JSON,
+    SSE,
+    Handler,
+    Receive,
+    Scope,
+    Send,
+    read_json,
+    rejected_headers,
+    request_headers,
+    send_error,
+    send_response,
+    trace_headers,
+)
 from llmroute.gateway.auth import (
     Authenticator,
     BudgetManager,
@@ -40,12 +66,6 @@ from llmroute.gateway.auth import (
     max_request_cost,
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
-from llmroute.gateway.backends.anthropic import (
-    PROMPT_TOKENS,
-    OpenAIToAnthropicStream,
-    anthropic_to_openai_request,
-    openai_to_anthropic_response,
-)
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
@@ -59,116 +79,57 @@ from llmroute.gateway.routing import (
     parse_request_policy,
 )
 
-__all__ = ["Gateway", "openapi_document"]
+__all__ = ["ApiFamily", "Gateway", "StreamEncoder", "openapi_document"]
 
 log = logging.getLogger("llmroute.gateway")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-_JSON = (b"content-type", b"application/json")
-_SSE = (b"content-type", b"text/event-stream")
-_ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
-_DONE = b"data: [DONE]\n\n"
 # ASGI scope extension offered by `llmroute.gateway._uvicorn.CoalescingHttpToolsProtocol`
 _DISCONNECT_EXT = "llmroute.on_disconnect"
 
 
-def _hdr(name: bytes, value: str) -> tuple[bytes, bytes]:
-    return name, value.encode("latin-1", "replace")
+class StreamEncoder(Protocol):
+    """One streamed response in an API family's wire format."""
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        """The bytes for one OpenAI chunk from the backend (b"" for none)."""
+        ...
+
+    def finish(self) -> bytes:
+        """The end of a complete stream."""
+        ...
+
+    def fail(self, message: str) -> bytes:
+        """The end of a stream the upstream broke off with `message`."""
+        ...
 
 
-def _bad(message: str, param: str | None = None, status: int = 400, code: str | None = None) -> GatewayError:
-    return GatewayError(status, message, param=param, code=code)
+class ApiFamily(Protocol):
+    """What differs between the completion APIs that share the request pipeline: how a request
+    becomes the OpenAI chat body that is routed and executed, and how answers and errors look.
+    Implemented by `api_openai.OPENAI_CHAT` and `api_anthropic.ANTHROPIC_MESSAGES`."""
 
+    #: `RequestContext.endpoint` of the family's requests ("chat", "messages")
+    endpoint: str
 
-def _validate_chat(body: Any) -> None:
-    """OpenAI chat request checks that must give a 400 (never a 500) before anything runs."""
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad(
-            "'model' is required and must be a non-empty string (a model name or an alias "
-            "such as 'llmroute/auto').",
-            "model",
-        )
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise _bad(
-            "'messages' is required and must be a non-empty array of {role, content} objects.", "messages"
-        )
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
-        if m.get("role") not in _ROLES:
-            raise _bad(f"messages[{i}].role must be one of {sorted(_ROLES)}.", f"messages[{i}].role")
-        c = m.get("content")
-        if c is not None and not isinstance(c, str | list):
-            raise _bad(
-                f"messages[{i}].content must be a string or an array of content parts.",
-                f"messages[{i}].content",
-            )
-    for k, types, what in (
-        ("stream", (bool,), "a boolean"),
-        ("temperature", (int, float), "a number"),
-        ("top_p", (int, float), "a number"),
-        ("max_tokens", (int,), "an integer"),
-        ("max_completion_tokens", (int,), "an integer"),
-        ("n", (int,), "an integer"),
-        ("tools", (list,), "an array"),
-        ("stream_options", (dict,), "an object"),
-        ("llmroute", (dict,), 'an object such as {"tradeoff": 0.0, "max_cost": 0.01}'),
-    ):
-        v = body.get(k)
-        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
-            raise _bad(f"'{k}' must be {what}.", k)
-    mt = body.get("max_tokens")
-    if isinstance(mt, int) and mt <= 0:
-        raise _bad("'max_tokens' must be a positive integer.", "max_tokens")
+    def parse(self, body: Any) -> dict[str, Any]:
+        """Validate the decoded JSON body (`GatewayError` 400) and return the OpenAI chat request."""
+        ...
 
+    def error_body(self, e: GatewayError) -> bytes:
+        """The JSON error body for `e`."""
+        ...
 
-def _validate_anthropic(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise _bad("'model' is required and must be a string.", "model")
-    if (
-        not isinstance(body.get("max_tokens"), int)
-        or isinstance(body.get("max_tokens"), bool)
-        or body["max_tokens"] <= 0
-    ):
-        raise _bad("'max_tokens' is required and must be a positive integer.", "max_tokens")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise _bad("'messages' is required and must be a non-empty array.", "messages")
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise _bad(f"messages[{i}].role must be 'user' or 'assistant'.", f"messages[{i}].role")
-        if not isinstance(m.get("content"), str | list):
-            raise _bad(
-                f"messages[{i}].content must be a string or an array of blocks.", f"messages[{i}].content"
-            )
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise _bad("'stream' must be a boolean.", "stream")
+    def response(self, resp: dict[str, Any], model: str) -> dict[str, Any]:
+        """The answer to send for the backend's chat completion `resp` from `model`."""
+        ...
 
+    def stream(self, model: str, rid: str, ctx: RequestContext) -> StreamEncoder:
+        """The encoder of one streamed response from `model` to request `rid`."""
+        ...
 
-def _input_tokens(ctx: RequestContext) -> int:
-    """The prompt's input tokens as far as the gateway can tell before any upstream usage arrives
-    (about 4 characters per token: the estimate routing uses)."""
-    return max(1, round(len(ctx.text) / 4))
-
-
-def _anthropic_error(e: GatewayError) -> bytes:
-    etype = {
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "request_too_large",
-        429: "rate_limit_error",
-    }.get(e.status, "invalid_request_error" if e.status < 500 else "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": etype, "message": e.message}})
+    def replay(self, events: list[bytes], model: str, rid: str, ctx: RequestContext) -> bytes:
+        """The whole stream body for a cached answer given as OpenAI SSE events (`[DONE]` last)."""
+        ...
 
 
 def _from_backend(e: BackendError) -> GatewayError:
@@ -178,108 +139,6 @@ def _from_backend(e: BackendError) -> GatewayError:
     other 5xx)."""
     headers = {"x-should-retry": "false"} if e.status >= 500 and not e.retryable else None
     return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param, headers=headers)
-
-
-def openapi_document() -> dict[str, Any]:
-    """The gateway's OpenAPI 3.1 document (served at /openapi.json)."""
-    msg = {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "content": {}}}
-    chat = {
-        "type": "object",
-        "required": ["model", "messages"],
-        "additionalProperties": True,
-        "properties": {
-            "model": {
-                "type": "string",
-                "description": "a model name (passes through) or an alias such as llmroute/auto; an "
-                "alias takes a per-request policy suffix: @0.3 or @share=0.3 (share of requests for "
-                "the strong model), @tradeoff=50",
-            },
-            "messages": {"type": "array", "items": msg},
-            "stream": {"type": "boolean"},
-            "tools": {"type": "array"},
-            "tool_choice": {},
-            "response_format": {"type": "object"},
-            "temperature": {"type": "number"},
-            "max_tokens": {"type": "integer"},
-            "n": {"type": "integer"},
-            "llmroute": {
-                "type": "object",
-                "description": "per-request policy (other fields: 400)",
-                "additionalProperties": False,
-                "properties": {
-                    "tradeoff": {"type": ["number", "null"], "minimum": 0},
-                    "max_cost": {"type": ["number", "null"], "minimum": 0},
-                    "min_quality": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                    "strong_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                    "on_unmet": {"enum": ["closest", "reject", None]},
-                },
-            },
-        },
-    }
-    err = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": {},
-                    "code": {},
-                },
-            }
-        },
-    }
-    trace_headers = {
-        h: {"schema": {"type": "string"}}
-        for h in ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")
-    }
-    for h, what in (
-        ("x-llmroute-constraint", "with max_cost/min_quality: 'met' or which limit no candidate meets"),
-        ("x-llmroute-rule", "the rules that changed this request's policy"),
-        ("x-llmroute-tradeoff", "the trade-off a rule set"),
-    ):
-        trace_headers[h] = {"schema": {"type": "string"}, "description": what}
-
-    def op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        o: dict[str, Any] = {
-            "summary": summary,
-            "responses": {
-                "200": {"description": "OK", "headers": trace_headers},
-                "4XX": {"description": "client error", "content": {"application/json": {"schema": err}}},
-            },
-        }
-        if body is not None:
-            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        return o
-
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "llmroute gateway",
-            "version": "0.1.0",
-            "description": "OpenAI-compatible routing gateway: aliases route each request to a model.",
-        },
-        "paths": {
-            "/v1/chat/completions": {"post": op("Chat completion, routed when model is an alias", chat)},
-            "/v1/messages": {"post": op("Anthropic Messages API, routed to any backend", {"type": "object"})},
-            "/v1/route": {"post": op("Routing decision only", chat)},
-            "/v1/feedback": {
-                "post": op(
-                    "Attach an outcome to a request id",
-                    {
-                        "type": "object",
-                        "required": ["request_id"],
-                        "properties": {"request_id": {"type": "string"}, "quality": {"type": "number"}},
-                    },
-                )
-            },
-            "/v1/models": {"get": op("Aliases and models the caller's API key may use")},
-            "/healthz": {"get": op("Liveness and breaker states")},
-            "/metrics": {"get": op("Prometheus metrics")},
-            "/openapi.json": {"get": op("This document")},
-        },
-    }
 
 
 class _Disconnect:
@@ -375,56 +234,17 @@ class Gateway:
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         self.max_body = srv.max_body_bytes
         self.timeout_s = srv.request_timeout_s
-        self._model_list: list[dict[str, Any]] = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "llmroute",
-                "llmroute": {
-                    "kind": "alias",
-                    "router": a.router,
-                    **self.engine.alias_info(name),  # effective policy, accepted model suffixes
-                    "candidates": self.engine.plans[name].models,
-                },
-            }
-            for name, a in config.aliases.items()
-        ] + [
-            {
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": m.provider,
-                "llmroute": {
-                    "kind": "model",
-                    "provider": m.provider,
-                    "router_model": m.estimated_by,
-                    "input_per_mtok": m.input_per_mtok,
-                    "output_per_mtok": m.output_per_mtok,
-                    "context_window": m.context_window,
-                },
-            }
-            for m in config.models
-        ]
-        self._models_body = self._models_for(None)
-        self._models_by_key: dict[str, bytes] = {}
-        self._openapi = orjson.dumps(openapi_document())
+        self._ops = OpsEndpoints(self)  # route, feedback, models, health, metrics, openapi
         self._started = False
         # request ids: a random per-process prefix + a counter (an os.urandom call per request costs a syscall)
         prefix = os.urandom(6).hex()
         counter = itertools.count(1)
-        self._new_id = lambda: f"{prefix}{next(counter):012x}"
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+        self.new_id: Callable[[], str] = lambda: f"{prefix}{next(counter):012x}"
+        self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
             ("POST", "/v1/messages"): self._messages,
-            ("POST", "/v1/route"): self._route,
-            ("POST", "/v1/feedback"): self._feedback,
-            ("GET", "/v1/models"): self._models,
-            ("GET", "/models"): self._models,
-            ("GET", "/healthz"): self._health,
-            ("GET", "/metrics"): self._metrics,
-            ("GET", "/openapi.json"): self._openapi_ep,
+            **self._ops.routes(),
         }
         self._paths = {p for _, p in self._routes}
 
@@ -493,14 +313,14 @@ class Gateway:
             if handler is None:
                 path = scope["path"]
                 if path in self._paths:
-                    await self._error(
+                    await send_error(
                         send,
                         GatewayError(
                             405, f"Method {scope['method']} not allowed on {path}.", code="method_not_allowed"
                         ),
                     )
                 else:
-                    await self._error(
+                    await send_error(
                         send, GatewayError(404, f"No endpoint {path}. See /openapi.json.", code="not_found")
                     )
                 return
@@ -509,7 +329,7 @@ class Gateway:
             except Exception:  # a bug, not the client's fault: log it, answer JSON if still possible
                 log.exception("internal error on %s %s", scope["method"], scope["path"])
                 with contextlib.suppress(Exception):
-                    await self._error(
+                    await send_error(
                         send,
                         GatewayError(
                             500,
@@ -533,86 +353,7 @@ class Gateway:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    # ---- helpers -----------------------------------------------------------------------------
-    @staticmethod
-    async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _error(
-        self,
-        send: Send,
-        e: GatewayError,
-        extra: list[tuple[bytes, bytes]] | None = None,
-        anthropic: bool = False,
-    ) -> None:
-        headers = [_JSON, *(extra or ())]
-        headers += [_hdr(k.lower().encode(), v) for k, v in e.headers.items()]
-        body = _anthropic_error(e) if anthropic else orjson.dumps(e.body())
-        await self._send(send, e.status, body, headers)
-
-    async def _read_json(self, scope: Scope, receive: Receive) -> Any:
-        for k, v in scope["headers"]:
-            if k == b"content-length":
-                try:
-                    if int(v) > self.max_body:
-                        raise GatewayError(
-                            413,
-                            f"Request body too large: the limit is {self.max_body} bytes.",
-                            code="request_too_large",
-                        )
-                except ValueError:
-                    raise _bad("Invalid Content-Length header.") from None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise asyncio.CancelledError
-            b = msg.get("body", b"")
-            if b:
-                size += len(b)
-                if size > self.max_body:
-                    raise GatewayError(
-                        413,
-                        f"Request body too large: the limit is {self.max_body} bytes.",
-                        code="request_too_large",
-                    )
-                chunks.append(b)
-            if not msg.get("more_body"):
-                break
-        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if not raw:
-            raise _bad("The request body is empty; send a JSON object.")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise _bad(f"The request body is not valid JSON: {e.msg} at position {e.pos}.") from None
-
-    @staticmethod
-    def _headers(scope: Scope) -> dict[str, str]:
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-
-    def _trace_headers(
-        self, rid: str, model: str, reason: str, decision: RouteDecision | None = None
-    ) -> list[tuple[bytes, bytes]]:
-        out = [
-            _hdr(b"x-llmroute-request-id", rid),
-            _hdr(b"x-llmroute-model", model),
-            _hdr(b"x-llmroute-reason", reason),
-        ]
-        if decision is not None and decision.policy:  # constraint / rule headers (RouteDecision.headers)
-            out += [_hdr(k.encode(), v) for k, v in decision.headers()]
-        return out
-
-    def _rejected_headers(
-        self, rid: str, decision: RouteDecision | None, e: GatewayError
-    ) -> list[tuple[bytes, bytes]]:
-        """Trace headers for a request refused before any upstream call (no model was called)."""
-        model = decision.model if decision is not None else "none"
-        return self._trace_headers(rid, model, f"rejected {e.status} {e.code or e.type}")
-
+    # ---- the shared pipeline -----------------------------------------------------------------
     def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
         tin = estimate_input_tokens(body.get("messages") or [])
         mt = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -631,11 +372,13 @@ class Gateway:
         pin, pout = self.prices[model]
         return ti, to, ti * pin + to * pout
 
-    async def _prepare(
+    async def prepare(
         self, scope: Scope, body: dict[str, Any], rid: str, endpoint: str
     ) -> tuple[RequestContext, RouteDecision, Any]:
-        """auth -> decide; shared by chat, messages and route."""
-        headers = self._headers(scope) if (self.auth.enabled or self.engine.hooks) else {}
+        """auth -> decide, for the OpenAI chat request `body` (the model name's policy suffix and the
+        `llmroute` field applied); shared by chat, messages and /v1/route. Returns the request
+        context, the decision and the caller's API key (None without keys); raises `GatewayError`."""
+        headers = request_headers(scope) if (self.auth.enabled or self.engine.hooks) else {}
         try:  # "alias@0.3", "alias@tradeoff=50": per-request policy in the model name
             model, policy = self.engine.split_model(body["model"])
         except GatewayError:
@@ -747,7 +490,7 @@ class Gateway:
         decision: RouteDecision,
         t0: float,
         reservation: Any,
-        anthropic: bool,
+        api: ApiFamily,
         watch: _Disconnect,
         *,
         stream: bool = False,
@@ -768,21 +511,21 @@ class Gateway:
             stream=stream,
         )
         watch.done = True
-        await self._error(
-            send, ge, self._trace_headers(rid, decision.model, decision.reason, decision), anthropic
+        await send_error(
+            send, ge, trace_headers(rid, decision.model, decision.reason, decision), api.error_body(ge)
         )
 
-    # ---- endpoints ---------------------------------------------------------------------------
+    # ---- completion endpoints: one pipeline, one API family each ----------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._completion(scope, receive, send, anthropic=False)
+        await self._completion(scope, receive, send, OPENAI_CHAT)
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._completion(scope, receive, send, anthropic=True)
+        await self._completion(scope, receive, send, ANTHROPIC_MESSAGES)
 
-    async def _completion(self, scope: Scope, receive: Receive, send: Send, *, anthropic: bool) -> None:
+    async def _completion(self, scope: Scope, receive: Receive, send: Send, api: ApiFamily) -> None:
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
-        rid = self._new_id()
+        rid = self.new_id()
         ctx: RequestContext | None = None
         decision: RouteDecision | None = None
         reservation = None
@@ -790,15 +533,8 @@ class Gateway:
         attempts: list[Attempt] = []
         try:
             try:
-                body = await self._read_json(scope, receive)
-                if anthropic:
-                    _validate_anthropic(body)
-                    body = anthropic_to_openai_request(body)
-                else:
-                    _validate_chat(body)
-                ctx, decision, key = await self._prepare(
-                    scope, body, rid, "messages" if anthropic else "chat"
-                )
+                body = api.parse(await read_json(scope, receive, self.max_body))
+                ctx, decision, key = await self.prepare(scope, body, rid, api.endpoint)
                 if key is not None and self.budgets is not None:
                     reservation = self.budgets.reserve(key, self._max_cost(decision, body))
             except GatewayError as e:
@@ -815,23 +551,19 @@ class Gateway:
                 )
                 if e.status in (401, 403, 429):
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
-                await self._error(send, e, self._rejected_headers(rid, decision, e), anthropic)
+                await send_error(send, e, rejected_headers(rid, decision, e), api.error_body(e))
                 return
             watch = _Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
-                await self._cached(
-                    send, ctx, decision, rid, t0, reservation, anthropic, bool(body.get("stream"))
-                )
+                await self._cached(send, ctx, decision, rid, t0, reservation, api, bool(body.get("stream")))
                 return
             if body.get("stream"):
-                await self._stream(
-                    send, body, ctx, decision, rid, t0, deadline, reservation, anthropic, watch
-                )
+                await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, api, watch)
                 return
             try:
                 model, resp, attempts = await self.executor.complete(decision.ranked, body, deadline)
             except BackendError as e:
-                await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, anthropic, watch)
+                await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, api, watch)
                 return
             usage = self._cost(model, resp.get("usage"))
             if reservation is not None:
@@ -839,10 +571,10 @@ class Gateway:
             if self.guard is not None:
                 self.guard.store(ctx, resp)
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-            out = openai_to_anthropic_response(resp, model) if anthropic else resp
+            out = api.response(resp, model)
             watch.done = True
-            headers = self._trace_headers(rid, model, reason, decision)
-            await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
+            headers = trace_headers(rid, model, reason, decision)
+            await send_response(send, 200, orjson.dumps(out), [JSON, *headers])
             self._finish(
                 rid=rid,
                 ctx=ctx,
@@ -885,25 +617,24 @@ class Gateway:
         t0: float,
         deadline: float,
         reservation: Any,
-        anthropic: bool,
+        api: ApiFamily,
         watch: _Disconnect,
     ) -> None:
         try:
             start = await self.executor.stream(decision.ranked, body, deadline)
         except BackendError as e:
-            await self._upstream_failed(
-                send, e, rid, ctx, decision, t0, reservation, anthropic, watch, stream=True
-            )
+            await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, api, watch, stream=True)
             return
         try:
             model = start.model
             ttft = time.perf_counter() - t0
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-            trace = self._trace_headers(rid, model, reason, decision)
-            headers = [_SSE, (b"cache-control", b"no-cache"), *trace]
+            trace = trace_headers(rid, model, reason, decision)
+            headers = [SSE, (b"cache-control", b"no-cache"), *trace]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             usage_raw: dict[str, Any] | None = None
-            conv = OpenAIToAnthropicStream(model, rid, _input_tokens(ctx)) if anthropic else None
+            enc = api.stream(model, rid, ctx)
+            feed = enc.feed
             error: str | None = None
             t_up = time.perf_counter()
 
@@ -917,12 +648,7 @@ class Gateway:
                     collected.append(chunk)
                 if chunk.get("usage"):
                     usage_raw = chunk["usage"]
-                if conv is not None:
-                    return b"".join(conv.feed(chunk))
-                chunk.pop(PROMPT_TOKENS, None)
-                if chunk.pop("_usage_only", False):
-                    return b""
-                return b"data: " + orjson.dumps(chunk) + b"\n\n"
+                return feed(chunk)
 
             try:
                 first = b"".join(encode(c) for c in start.first)
@@ -953,28 +679,7 @@ class Gateway:
             from llmroute.cache import assemble_stream
 
             self.guard.store(ctx, assemble_stream(collected))
-        if conv is not None:
-            tail = b"".join(conv.finish()) if error is None else OpenAIToAnthropicStream.error(error)
-        else:
-            tail = (
-                _DONE
-                if error is None
-                else (
-                    b"data: "
-                    + orjson.dumps(
-                        {
-                            "error": {
-                                "message": error,
-                                "type": "upstream_error",
-                                "param": None,
-                                "code": "stream_interrupted",
-                            }
-                        }
-                    )
-                    + b"\n\n"
-                    + _DONE
-                )
-            )
+        tail = enc.finish() if error is None else enc.fail(error)
         watch.done = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         attempts = [*start.attempts]
@@ -1003,7 +708,7 @@ class Gateway:
         rid: str,
         t0: float,
         reservation: Any,
-        anthropic: bool,
+        api: ApiFamily,
         stream: bool,
     ) -> None:
         """Answer from the response cache (issue 4): the stored response, or its SSE replay."""
@@ -1012,27 +717,20 @@ class Gateway:
         resp = ctx.extra["cache_hit"].response
         if reservation is not None:
             self.budgets.release(reservation)  # type: ignore[union-attr]
-        headers = self._trace_headers(rid, decision.model, decision.reason, decision)
+        headers = trace_headers(rid, decision.model, decision.reason, decision)
         if stream:
-            events = list(replay_sse(resp))
-            if anthropic:
-                conv = OpenAIToAnthropicStream(decision.model, rid, _input_tokens(ctx))
-                data = b"".join(b"".join(conv.feed(orjson.loads(e[6:]))) for e in events[:-1]) + b"".join(
-                    conv.finish()
-                )
-            else:
-                data = b"".join(events)
+            data = api.replay(list(replay_sse(resp)), decision.model, rid, ctx)
             await send(
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [_SSE, (b"cache-control", b"no-cache"), *headers],
+                    "headers": [SSE, (b"cache-control", b"no-cache"), *headers],
                 }
             )
             await send({"type": "http.response.body", "body": data, "more_body": False})
         else:
-            out = openai_to_anthropic_response(resp, decision.model) if anthropic else resp
-            await self._send(send, 200, orjson.dumps(out), [_JSON, *headers])
+            out = api.response(resp, decision.model)
+            await send_response(send, 200, orjson.dumps(out), [JSON, *headers])
         self._finish(
             rid=rid,
             ctx=ctx,
@@ -1044,109 +742,3 @@ class Gateway:
             stream=stream,
             response=resp.get("choices"),
         )
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = self._new_id()
-        try:
-            body = await self._read_json(scope, receive)
-            if isinstance(body, dict) and "messages" not in body and isinstance(body.get("prompt"), str):
-                body["messages"] = [{"role": "user", "content": body["prompt"]}]
-            _validate_chat(body)
-            _ctx, decision, _ = await self._prepare(scope, body, rid, "route")
-        except GatewayError as e:
-            if e.status in (401, 403, 429):
-                self.metrics.observe_rejection(e.status, e.code or e.type, e.key_id)
-            await self._error(send, e, self._rejected_headers(rid, None, e))
-            return
-        self.metrics.observe_decision(
-            decision.model if decision.model in self.engine.models else "",
-            decision.alias if decision.alias in self.engine.plans else None,
-        )
-        out = {
-            "id": rid,
-            "object": "llmroute.decision",
-            "model": decision.model,
-            "alias": decision.alias,
-            "router": decision.router,
-            "reason": decision.reason,
-            "ranked": [
-                {**c, "base_url": self.engine.models[c["model"]].base_url} for c in decision.candidates()
-            ],
-            **decision.summary(),
-        }
-        await self._send(
-            send,
-            200,
-            orjson.dumps(out),
-            [_JSON, *self._trace_headers(rid, decision.model, decision.reason, decision)],
-        )
-
-    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            body = await self._read_json(scope, receive)
-            if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
-                raise _bad(
-                    "'request_id' is required (the x-llmroute-request-id of a response).", "request_id"
-                )
-            if self.auth.enabled:
-                self.auth.authenticate(self._headers(scope))
-            outcome = {k: v for k, v in body.items() if k != "request_id"}
-            q = outcome.get("quality")
-            if q is not None and (not isinstance(q, int | float) or isinstance(q, bool) or not 0 <= q <= 1):
-                raise _bad("'quality' must be a number in [0, 1].", "quality")
-            if not outcome:
-                raise _bad('Give an outcome, e.g. {"request_id": ..., "quality": 1.0}.')
-            found = await self.store.aattach_feedback(body["request_id"], outcome) if self.store else False
-            if not found:
-                raise GatewayError(
-                    404,
-                    f"Unknown request id {body['request_id'][:64]!r}.",
-                    code="not_found",
-                    param="request_id",
-                )
-            for hook in self.feedback_hooks:
-                await hook(body["request_id"], outcome)
-        except GatewayError as e:
-            await self._error(send, e)
-            return
-        await self._send(send, 200, b'{"ok":true}', [_JSON])
-
-    def _models_for(self, key: Any) -> bytes:
-        """The /v1/models body: every alias and model, or only those API key `key` may use."""
-        data = self._model_list if key is None else [m for m in self._model_list if key.may_use(m["id"])]
-        return orjson.dumps({"object": "list", "data": data})
-
-    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """GET /v1/models. With API keys configured the caller must present one (401 otherwise)
-        and sees only the aliases and models its key may use (its `aliases` allow-list)."""
-        body = self._models_body
-        if self.auth.enabled:
-            try:
-                key = self.auth.authenticate(self._headers(scope))
-            except GatewayError as e:
-                self.metrics.observe_rejection(e.status, e.code or e.type, None)
-                await self._error(send, e)
-                return
-            if key is not None and key.allowed is not None:
-                cached = self._models_by_key.get(key.id)
-                if cached is None:
-                    cached = self._models_by_key[key.id] = self._models_for(key)
-                body = cached
-        await self._send(send, 200, body, [_JSON])
-
-    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        br = {n: b.state for n, b in self.executor.breakers.items()}
-        body = {
-            "status": "ok",
-            "models": len(self.backends),
-            "aliases": sorted(self.engine.plans),
-            "breakers": br,
-        }
-        await self._send(send, 200, orjson.dumps(body), [_JSON])
-
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        data, ctype = self.metrics.render()
-        await self._send(send, 200, data, [(b"content-type", ctype.encode())])
-
-    async def _openapi_ep(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._send(send, 200, self._openapi, [_JSON])
