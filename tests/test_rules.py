@@ -215,8 +215,11 @@ def test_example_config_rules() -> None:
     assert v.target == {"model": "local-llama"} and v.rule == "secrets-stay-local"
     v = eng.evaluate("Plan a weekend in Kyoto and email it to ann@example.com")
     assert v.action == "default" and v.redactions == {"email": 1} and "[EMAIL]" in v.messages[-1]["content"]
+    # code and maths are left to the router's regime head (the trade-off rule is commented out)
     v = eng.evaluate("Write a Python function that parses ISO dates.")
-    assert v.overrides == {"tradeoff": 5.0} and "code-and-math-favour-quality" in v.applied
+    assert v.action == "default" and v.overrides == {}
+    v = eng.evaluate("Summarise this log. " + "GET /index.html 200 OK " * 2000)
+    assert v.overrides == {"tradeoff": 300.0} and "long-context-cheaper" in v.applied
 
 
 def test_rules_command_through_the_main_cli() -> None:
@@ -224,4 +227,4 @@ def test_rules_command_through_the_main_cli() -> None:
 
     r = CliRunner().invoke(app, ["rules", "check", "--config", str(EXAMPLE)])
     assert r.exit_code == 0, r.output
-    assert "5 rule(s)" in r.output
+    assert "4 rule(s)" in r.output
