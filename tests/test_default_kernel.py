@@ -15,7 +15,7 @@ import pytest
 
 import llmroute.estimators.default as default_mod
 from llmroute.estimators.base import Features
-from llmroute.estimators.default import DefaultEstimator, _Base
+from llmroute.estimators.default import DefaultEstimator, _Base, _KernelMemory
 
 
 def _reference_kernel(base: _Base, K: np.ndarray) -> list[np.ndarray]:
@@ -56,7 +56,6 @@ def _base(n_train: int, m: int = 3, d: int = 32, seed: int = 0, complete: bool =
     base.ok = ok.astype(np.float32)
     base.Qf = np.where(ok, Q, 0.0).astype(np.float32)
     base.mu = np.linspace(0.55, 0.7, m)
-    base._MT = None
     base._centres = centres  # type: ignore[attr-defined]
     return base
 
@@ -74,11 +73,14 @@ def test_kernel_matches_the_reference_formula(n_train: int, n: int, m: int, comp
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert base._complete is complete
+    mem = base._memory
+    assert mem is not None and mem.complete is complete
+    assert mem.bounds is None  # betas this small leave no block out: one pass over every row
+    assert len(mem.MT) == (m + 1 if complete else 2 * m + 1)  # random missing cells: m patterns
     step = base._kernel_step()
     sub = max(8, min((1 << 17) // n_train, step))
-    columns = m + 1 if complete else 2 * m + 1
-    assert base._kernel_sub(step) == (sub if columns <= default_mod._KERNEL_SUB_MAX_COLS else step)
+    want_sub = sub if len(mem.MT) <= default_mod._KERNEL_SUB_MAX_COLS else step
+    assert _Base._kernel_sub(step, n_train, len(mem.MT)) == want_sub
 
 
 def test_threaded_and_single_thread_kernels_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,3 +113,122 @@ def test_kernel_threads_rule() -> None:
     assert default_mod._kernel_threads(2 * default_mod._KERNEL_THREAD_ROWS - 1) == 1
     big = default_mod._kernel_threads(100_000)
     assert 1 <= big <= max(1, os.cpu_count() or 1)
+
+
+# ---- blocked kernel memory: templated prompts, sharp kernels -------------------------------------
+def _tight(rng: np.random.Generator, n: int, centres: np.ndarray, noise: float) -> np.ndarray:
+    X = centres[rng.integers(0, len(centres), n)] + noise * rng.standard_normal((n, centres.shape[1]))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _sharp_base(n_train: int, m: int, betas: tuple[float, ...], noise: float = 0.15, seed: int = 0) -> _Base:
+    """A kernel-only base over tight clusters with sharp kernels (the routerbench case: most
+    blocks of the memory are far from a query). Models 0 and 1 miss the same rows, model 2
+    misses none, the others miss their own."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, 32))
+    base = _Base([], [], 2.0, betas=betas)
+    Q = (rng.random((n_train, m)) < 0.6).astype(np.float32)
+    ok = rng.random((n_train, m)) > 0.2
+    ok[:, 1] = ok[:, 0]
+    ok[:, 2] = True
+    base.E = _tight(rng, n_train, centres, noise)
+    base.ok = ok.astype(np.float32)
+    base.Qf = np.where(ok, Q, 0.0).astype(np.float32)
+    base.mu = np.linspace(0.55, 0.7, m)
+    base._centres = centres  # type: ignore[attr-defined]
+    return base
+
+
+def _queries(base: _Base, n: int, seed: int) -> np.ndarray:
+    """Near the clusters, far from all of them (random directions), zero rows and training rows."""
+    rng = np.random.default_rng(seed)
+    K = _tight(rng, n, base._centres, 0.15)  # type: ignore[attr-defined]
+    far = rng.random(n) < 0.3
+    K[far] = _unit(rng, int(far.sum()), 32, rng.standard_normal((3, 32)))
+    if n > 2:
+        K[0] = 0.0
+        K[1] = base.E[5]
+    return K
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 300, 4500])
+@pytest.mark.parametrize("m", [3, 6])
+def test_blocked_kernel_matches_the_reference_formula(n: int, m: int) -> None:
+    base = _sharp_base(3000, m, betas=(600.0, 240.0, 150.0))
+    K = _queries(base, n, seed=n)
+    got = base._kernel(K)
+    want = _reference_kernel(base, K)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    mem = base._memory
+    assert mem is not None and mem.bounds is not None and not mem.complete
+    # models 0 and 1 share one observed-weight sum, model 2 uses the total weight
+    assert len(mem.MT) == m + (m - 2) + 1
+    assert mem.den[0] == mem.den[1] != mem.den[2] == len(mem.MT) - 1
+    if n >= 300:  # blocks were left out: fewer sums than rows x training rows
+        items = mem.plan(K, base._kernel_step())
+        done = sum(len(r) * (c.stop - c.start) for r, c in items)
+        assert done < 0.6 * n * len(base.E)
+
+
+@pytest.mark.parametrize("noise", [0.15, 0.6])  # tight and wide blocks
+@pytest.mark.parametrize("betas", [(60.0,), (200.0, 30.0), (400.0, 90.0), (3000.0, 1100.0)])
+def test_needed_blocks_hold_every_weight_above_the_cut(noise: float, betas: tuple[float, ...]) -> None:
+    base = _sharp_base(2000, 3, betas=betas, noise=noise)
+    rng = np.random.default_rng(1)
+    K = np.concatenate(
+        [
+            base.E[:300],  # the training rows themselves (weight 1 in their own block)
+            _queries(base, 400, seed=2),
+            _tight(rng, 300, base.E[rng.integers(0, 2000, 30)].astype(np.float64), 0.02),
+        ]
+    )
+    base._kernel(K[:1])
+    mem = base._memory
+    assert mem is not None and mem.bounds is not None
+    need = mem.needed(K)
+    # exact float64 exponents of the widest kernel, per (query, training row) in storage order
+    expo = min(betas) * (K.astype(np.float64) @ mem.ET.astype(np.float64) - 1.0)
+    block_max = np.maximum.reduceat(expo, mem.bounds[:-1], axis=1)
+    assert need[block_max >= -default_mod._KERNEL_CUT].all()
+    if min(betas) >= 90:
+        assert not need.all()  # and blocks are left out
+
+
+def test_small_or_flat_memories_are_not_blocked() -> None:
+    assert _KernelMemory(*_memory_inputs(400), betas=(3000.0,)).bounds is None  # few rows
+    assert _KernelMemory(*_memory_inputs(3000), betas=(20.0,)).bounds is None  # wide kernel
+    assert _KernelMemory(*_memory_inputs(3000), betas=(3000.0, 20.0)).bounds is None  # widest decides
+
+
+def _memory_inputs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    base = _sharp_base(n, 3, betas=(1.0,))
+    return base.E, base.Qf, base.ok
+
+
+def test_sharp_kernel_predictions_unchanged_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few-shot-like prompts (one shared template, small differences): the fitted widths are
+    sharp, the kernel memory is blocked, and predictions equal the reference formula's."""
+    rng = np.random.default_rng(4)
+    shared = rng.standard_normal(24)
+    tasks = rng.standard_normal((3, 24))
+
+    def emb(n: int) -> np.ndarray:
+        X = shared * 6.0 + tasks[rng.integers(0, 3, n)] * 1.5 + 0.3 * rng.standard_normal((n, 24))
+        return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+    Xtr = Features(emb(900), rng.standard_normal((900, 2)).astype(np.float32))
+    Q = (rng.random((900, 3)) < 0.5).astype(float)
+    est = DefaultEstimator(kernel_dim=16).fit(Xtr, Q)
+    Xte = Features(
+        np.concatenate([emb(500), _unit(rng, 100, 24, rng.standard_normal((2, 24)))]),
+        rng.standard_normal((600, 2)).astype(np.float32),
+    )
+    got = est.predict(Xte)
+    mem = est.base_._memory
+    assert mem is not None and mem.bounds is not None
+    monkeypatch.setattr(_Base, "_kernel", _reference_kernel)
+    want = est.predict(Xte)
+    assert np.abs(got - want).max() <= 1e-6

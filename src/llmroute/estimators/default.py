@@ -217,6 +217,155 @@ def _kernel_threads(n: int) -> int:
     return max(1, min(cap, os.cpu_count() or 1, n // _KERNEL_THREAD_ROWS))
 
 
+# Kernel weights below exp(-_KERNEL_CUT) (~2e-22) are left out where a whole block of training
+# rows is that far from a query: every denominator holds the pseudo-weight 1 and the density
+# column the floor 1e-9, so this moves no output by more than (training rows) x 2e-22.
+_KERNEL_CUT = 50.0
+_KERNEL_BLOCK_ROWS = 64  # mean training rows per block of a blocked kernel memory
+_KERNEL_MIN_BLOCKED = 512  # smaller kernel memories are not blocked (one pass over all rows is cheap)
+_BOUND_SLACK = 1e-4  # taken off the similarity cut: covers float32 rounding of the similarities
+_ITEM_COST = 8192  # a kernel work item's fixed cost (a few BLAS and exp calls), in weighted sums
+
+
+def _chain_order(C: np.ndarray) -> np.ndarray:
+    """An order of the unit rows of C in which each row is followed by the nearest one not yet
+    placed (greedy chain from row 0): similar blocks end up adjacent."""
+    k = len(C)
+    sim = C @ C.T
+    order = [0]
+    free = np.ones(k, dtype=bool)
+    free[0] = False
+    for _ in range(k - 1):
+        row = np.where(free, sim[order[-1]], -np.inf)
+        nxt = int(np.argmax(row))
+        order.append(nxt)
+        free[nxt] = False
+    return np.asarray(order, dtype=np.int64)
+
+
+class _KernelMemory:
+    """The training side of the kernel sums, arranged once per fitted base (on first use).
+
+    `MT` (columns, N) float32 holds [outcomes | one row per distinct pattern of observed outcomes
+    that is not "all observed" | 1]: models with the same missing rows share one observed-weight
+    sum, and fully observed models use the total weight (the same numbers, fewer sums; routerbench
+    has 11 models with two patterns: 14 rows instead of 23). `den[j]` is the row holding model j's
+    observed weight.
+
+    Blocks (when the widest kernel can leave rows out at all: N >= `_KERNEL_MIN_BLOCKED` and
+    beta_min * (1 - cos) can exceed `_KERNEL_CUT`): the training rows are grouped by spherical
+    k-means (about `_KERNEL_BLOCK_ROWS` rows per block), stored block by block, similar blocks
+    next to each other (`_chain_order`). Each block has a centre c and the angle a_in of its
+    widest member from it. For a unit query q the triangle inequality on the sphere bounds every
+    member's similarity: angle(q, x) >= angle(q, c) - a_in. So where angle(q, c) >= a_in +
+    arccos(1 - _KERNEL_CUT / beta_min), every weight of the block, for every width, is below
+    exp(-_KERNEL_CUT): the block is needed only where q . c > `thresh` = cos(a_in + that angle)
+    (a zero query row, whose similarities are all 0, obeys the same rule). A query's sums run over
+    the training rows from its first to its last needed block (one slice, no copy; the blocks in
+    between add weights of ~0). Templated prompts (routerbench_subset: betas ~1,100-3,300) skip
+    most blocks; spread-out memories (routellm: betas ~20-80) are not blocked.
+    """
+
+    __slots__ = ("ET", "MT", "bounds", "centres", "complete", "den", "thresh")
+
+    def __init__(self, E: np.ndarray, Qf: np.ndarray, ok: np.ndarray, betas: tuple[float, ...]) -> None:
+        N, m = Qf.shape
+        observed = np.asarray(ok).T > 0  # (m, N)
+        full = observed.all(axis=1)
+        rows = [np.asarray(Qf, dtype=np.float32).T]
+        den = np.zeros(m, dtype=np.int64)
+        if not full.all():
+            patterns, inverse = np.unique(observed[~full], axis=0, return_inverse=True)
+            rows.append(patterns.astype(np.float32))
+            den[~full] = m + inverse.ravel()
+        rows.append(np.ones((1, N), np.float32))
+        MT = np.concatenate(rows, axis=0)
+        den[full] = len(MT) - 1
+        self.den = den
+        self.complete = bool(full.all())
+        self.bounds: np.ndarray | None = None
+        E = np.asarray(E, dtype=np.float32)
+        beta = min(betas) if betas else 0.0
+        if N >= _KERNEL_MIN_BLOCKED and 2.0 * beta > _KERNEL_CUT + 2.0 * _BOUND_SLACK * beta:
+            E64 = E.astype(np.float64)
+            C = _kmeans(E64, int(np.clip(N // _KERNEL_BLOCK_ROWS, 2, 1024)), seed=0, iters=8)
+            C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+            lab = np.argmax(E64 @ C.T, axis=1)
+            counts = np.bincount(lab, minlength=len(C))
+            keep = np.flatnonzero(counts > 0)
+            keep = keep[_chain_order(C[keep])]
+            rank = np.empty(len(C), dtype=np.int64)
+            rank[keep] = np.arange(len(keep))
+            C, counts, lab = C[keep], counts[keep], rank[lab]
+            order = np.argsort(lab, kind="stable")
+            E, MT, lab = E[order], MT[:, order], lab[order]
+            self.bounds = np.concatenate(([0], np.cumsum(counts)))
+            member_cos = np.einsum("ij,ij->i", E.astype(np.float64), C[lab])
+            a_in = np.arccos(np.clip(np.minimum.reduceat(member_cos, self.bounds[:-1]), -1.0, 1.0))
+            a_cut = np.arccos(1.0 - _KERNEL_CUT / beta - _BOUND_SLACK)
+            self.thresh = np.cos(np.minimum(a_in + a_cut, np.pi)) - _BOUND_SLACK
+            self.thresh[a_in + a_cut >= np.pi] = -np.inf  # needed by every query
+            self.centres = np.ascontiguousarray(C.T, dtype=np.float32)  # (d, blocks)
+        self.ET = np.ascontiguousarray(E.T)
+        self.MT = np.ascontiguousarray(MT)
+
+    def needed(self, K: np.ndarray) -> np.ndarray:
+        """(n, blocks) bool: blocks in which some weight of query row i may reach exp(-_KERNEL_CUT).
+        Rows of K are unit vectors or zero; any other row needs every block."""
+        need = (K @ self.centres) > self.thresh
+        sq = np.einsum("ij,ij->i", K, K)
+        odd = (np.abs(sq - 1.0) > 1e-3) & (sq > 1e-6)
+        if odd.any():
+            need[odd] = True
+        return need
+
+    def plan(self, K: np.ndarray, step: int) -> list[tuple[slice | np.ndarray, slice]]:
+        """Work items (query rows, training columns) covering every weight >= exp(-_KERNEL_CUT).
+
+        Rows far from every block get no item (their sums are 0). The others are grouped by their
+        first needed block; an item spans its rows' needed blocks (a slice of the stored rows).
+        Neighbouring groups share an item (up to `step` rows) where that costs fewer sums than
+        two items would, counting `_ITEM_COST` sums for each item's fixed cost."""
+        n = len(K)
+        if self.bounds is None:
+            return [(slice(s0, min(s0 + step, n)), slice(None)) for s0 in range(0, n, step)]
+        need = self.needed(K)
+        bounds = self.bounds
+        if n == 1:
+            blocks = np.flatnonzero(need[0])
+            if not len(blocks):
+                return []
+            return [(slice(0, 1), slice(int(bounds[blocks[0]]), int(bounds[blocks[-1] + 1])))]
+        rows = np.flatnonzero(need.any(axis=1))
+        if not len(rows):
+            return []
+        nr = need[rows]
+        first = nr.argmax(axis=1)
+        last = nr.shape[1] - 1 - nr[:, ::-1].argmax(axis=1)
+        order = np.argsort(first, kind="stable")
+        rows, first, last = rows[order], first[order], last[order]
+        starts = np.flatnonzero(np.diff(first, prepend=-1))  # one group per first block
+        ends = [*starts[1:].tolist(), len(rows)]
+        his = np.maximum.reduceat(last, starts).tolist()
+        items: list[tuple[slice | np.ndarray, slice]] = []
+        cur: list[int] = []  # [row start, row end, first block, last block]
+        for s0, e0, lo, hi in zip(starts.tolist(), ends, first[starts].tolist(), his, strict=True):
+            for a in range(s0, e0, step):
+                g = [a, min(a + step, e0), lo, hi]
+                if cur and g[1] - cur[0] <= step:
+                    width = int(bounds[max(cur[3], hi) + 1] - bounds[cur[2]])
+                    apart = (cur[1] - cur[0]) * int(bounds[cur[3] + 1] - bounds[cur[2]])
+                    apart += (g[1] - g[0]) * int(bounds[hi + 1] - bounds[lo]) + _ITEM_COST
+                    if (g[1] - cur[0]) * width <= apart:
+                        cur[1], cur[3] = g[1], max(cur[3], hi)
+                        continue
+                if cur:
+                    items.append((rows[cur[0] : cur[1]], slice(int(bounds[cur[2]]), int(bounds[cur[3] + 1]))))
+                cur = g
+        items.append((rows[cur[0] : cur[1]], slice(int(bounds[cur[2]]), int(bounds[cur[3] + 1]))))
+        return items
+
+
 class _Base:
     """Base learners fitted on one training subset; `transform` gives stacker inputs.
 
@@ -240,7 +389,7 @@ class _Base:
         self.betas = betas
         self.logistic_lam = logistic_lam
         self.logit: QualityEstimator | None = None
-        self._MT: np.ndarray | None = None
+        self._memory: _KernelMemory | None = None  # built on the first kernel call
 
     def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray], K: np.ndarray) -> Self:
         """`labs`: nearest-centre labels of the rows, one array per proto then expert level;
@@ -279,6 +428,7 @@ class _Base:
             self.E = np.ascontiguousarray(K, dtype=np.float32)
             self.ok = ok.astype(np.float32)
             self.Qf = Q0.astype(np.float32)
+            self._memory = None
         if self.logistic_lam is not None:
             from llmroute.estimators.linear import LinearEstimator
 
@@ -297,98 +447,110 @@ class _Base:
         total grows with the row count, so on the final base it would be shifted by log(K/(K-1))
         times a weight that differs per model - a bias in the between-model differences.
 
-        Speed: cache-sized row chunks (`_kernel_rows`); batches of >= 2 x `_KERNEL_THREAD_ROWS`
-        rows run their row ranges on threads (BLAS held to one thread meanwhile) when BLAS itself
-        may use more than one. The sums equal those of the earlier one-product-per-256-rows form
-        (kept in tests/test_default_kernel.py) to float32 rounding (relative differences of
-        ~6e-7: the per-row sums add the same terms in another order).
+        Speed: the training side is arranged once (`_KernelMemory`: shared observed-weight sums,
+        and blocks of nearby training prompts that a query skips when all their weights are below
+        exp(-50)); the sums run on cache-sized row chunks (`_kernel_rows`); batches of >= 2 x
+        `_KERNEL_THREAD_ROWS` rows run their chunks on threads (BLAS held to one thread meanwhile)
+        when BLAS itself may use more than one. The sums equal the straightforward formula
+        (kept in tests/test_default_kernel.py, in float64) to float32 rounding: the terms are added
+        in another order, and skipped weights are below exp(-50).
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
-        if getattr(self, "_MT", None) is None:  # [outcomes | observed (if any missing) | 1]^T
-            # a table without missing outcomes has observed == 1 everywhere: its weighted sums
-            # are the total weight, so those m rows are left out (the same numbers, fewer sums)
-            self._complete = bool(self.ok.all())
-            blocks = [self.Qf] if self._complete else [self.Qf, self.ok]
-            self._MT = np.ascontiguousarray(
-                np.concatenate([*blocks, np.ones((len(self.Qf), 1), np.float32)], axis=1).T
-            )
+        mem = self._memory
+        if mem is None:  # one assignment: threads that race here each build an equal memory
+            mem = self._memory = _KernelMemory(self.E, self.Qf, self.ok, self.betas)
         n = len(E)
-        R = np.empty((nb, n, len(self._MT)), np.float32)
-        threads = _kernel_threads(n)
+        R = np.zeros((nb, n, len(mem.MT)), np.float32)
+        items = mem.plan(E, self._kernel_step())
+        threads = min(_kernel_threads(n), len(items))
         if threads <= 1:
-            self._kernel_rows(E, R, 0, n)
-        else:  # large batches: row ranges on parallel threads (numpy releases the GIL)
+            self._kernel_rows(mem, E, R, items)
+        else:  # large batches: items on parallel threads (numpy releases the GIL)
             from concurrent.futures import ThreadPoolExecutor
 
             from threadpoolctl import threadpool_limits
 
-            step = self._kernel_step()  # ranges start on chunk boundaries: the same chunks as one thread
-            bounds = [min(n, step * round(n * t / threads / step)) for t in range(threads)] + [n]
+            cuts = [round(len(items) * t / threads) for t in range(threads + 1)]
             with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-                jobs = [pool.submit(self._kernel_rows, E, R, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+                jobs = [
+                    pool.submit(self._kernel_rows, mem, E, R, items[a:b]) for a, b in itertools.pairwise(cuts)
+                ]
                 for job in jobs:
                     job.result()
         num = R[:, :, :m].astype(np.float64)
         tot = R[:, :, -1].astype(np.float64)
-        den = tot[:, :, None] if self._complete else R[:, :, m : 2 * m].astype(np.float64)
+        den = tot[:, :, None] if mem.complete else R[:, :, mem.den].astype(np.float64)
         preds = (num + self.mu) / (den + 1.0)
-        if self.density_mean:  # mean kernel weight per training row: the same scale for any n
-            dens = [np.log(tot[g] / len(self.E) + 1e-9)[:, None] for g in range(nb)]
-        else:  # states saved before the mean-weight feature: log(1 + total weight)
-            dens = [np.log1p(tot[g])[:, None] for g in range(nb)]
-        return [preds[g] for g in range(nb)] + dens
+        # log(mean kernel weight per training row): the same scale for any n; states saved before
+        # that feature use log(1 + total weight)
+        dens = np.log(tot / len(self.E) + 1e-9) if self.density_mean else np.log1p(tot)
+        return [preds[g] for g in range(nb)] + [dens[g][:, None] for g in range(nb)]
 
     def _kernel_step(self) -> int:
         """Rows per kernel chunk: a (chunk, N) float32 block of about 4 MB, 32 to 256 rows."""
-        return int(np.clip((1 << 20) // max(len(self.E), 1), 32, 256))
+        return min(max((1 << 20) // max(len(self.E), 1), 32), 256)
 
-    def _kernel_sub(self, step: int) -> int:
+    @staticmethod
+    def _kernel_sub(step: int, columns: int, outcomes: int) -> int:
         """Rows per sub-block of a chunk for the exp and the weighted sums.
 
-        With few outcome columns (<= `_KERNEL_SUB_MAX_COLS`: 3 models with missing outcomes, 7
-        without) the sums are memory-bound: a (rows, N) float32 block of about 512 KB (at least
-        8 rows) stays in a core's L2 cache between the exp and the product. With more columns
-        the product is compute-bound and the whole chunk is one product (measured faster: 11
-        models, 2,540 rows: 84 vs 91-103 ms for 32-64-row sub-blocks).
+        With few outcome rows (<= `_KERNEL_SUB_MAX_COLS`, e.g. 3 models with missing outcomes, 7
+        without) the sums are memory-bound: a (rows, columns) float32 block of about 512 KB (at
+        least 8 rows) stays in a core's L2 cache between the exp and the product. With more
+        outcome rows the product is compute-bound and the whole chunk is one product (measured
+        faster: 11 models, 2,540 rows: 84 vs 91-103 ms for 32-64-row sub-blocks).
         """
-        if len(self._MT) > _KERNEL_SUB_MAX_COLS:
+        if outcomes > _KERNEL_SUB_MAX_COLS:
             return step
-        return int(np.clip((1 << 17) // max(len(self.E), 1), 8, step))
+        return min(max((1 << 17) // max(columns, 1), 8), step)
 
-    def _kernel_rows(self, E: np.ndarray, R: np.ndarray, lo: int, hi: int) -> None:
-        """Kernel sums for rows lo:hi of E into R[:, lo:hi] ((betas, n, outcome columns) float32).
+    def _kernel_rows(
+        self,
+        mem: _KernelMemory,
+        E: np.ndarray,
+        R: np.ndarray,
+        items: list[tuple[slice | np.ndarray, slice | np.ndarray]],
+    ) -> None:
+        """Kernel sums of the work items (query rows, training columns) into R ((betas, n,
+        outcome rows) float32; rows no item covers stay 0).
 
-        The similarity product runs on row chunks of at least 32 rows (BLAS's large-matrix path)
-        and about 4 MB; cos_sim - 1 is computed once per chunk for all widths. The exp and the
-        weighted sums then walk the chunk in sub-blocks of about 512 KB when there are few
-        outcome columns (`_kernel_sub`), so each exp'd block is still in cache when it is
-        multiplied by the outcome matrix (a 4 MB block streamed three times per width through a
-        2 MB L2 cache made those passes memory-bound: routellm's 15.5k training prompts, 6,000
-        rows: 0.38 -> 0.30 s). One row is one matrix-vector product with the contiguous
-        (columns, N) outcome matrix. Every step writes into preallocated buffers.
+        The similarity product of an item is one BLAS product (at least 32 rows where the batch
+        has them, about 4 MB); cos_sim - 1 is computed once for all widths. The exp and the
+        weighted sums then walk the item in sub-blocks of about 512 KB when there are few outcome
+        rows (`_kernel_sub`), so each exp'd block is still in cache when it is multiplied by the
+        outcome matrix (a 4 MB block streamed three times per width through a 2 MB L2 cache made
+        those passes memory-bound: routellm's 15.5k training prompts, 6,000 rows: 0.38 -> 0.30 s).
+        One row is one matrix-vector product. Buffers are allocated once per call.
         """
-        MT, N = self._MT, len(self.E)
+        if not items:
+            return
         step = self._kernel_step()
-        sub = self._kernel_sub(step)
-        S = np.empty((min(step, hi - lo), N), np.float32)
-        X = np.empty((min(sub, hi - lo), N), np.float32)
-        ET = self.E.T
-        for s0 in range(lo, hi, step):
-            s1 = min(s0 + step, hi)
-            Sv = S[: s1 - s0]
-            np.matmul(E[s0:s1], ET, out=Sv)
-            Sv -= np.float32(1.0)  # cos_sim - 1, computed once for all widths
-            for a in range(0, s1 - s0, sub):
-                z = min(a + sub, s1 - s0)
-                Xv = X[: z - a]
+        n_out = len(mem.MT)
+        N = mem.ET.shape[1]
+        S_buf = np.empty(min(step, len(E)) * N, np.float32)
+        X_buf = np.empty(S_buf.size, np.float32)
+        for rows, cols in items:
+            ET, MT = mem.ET[:, cols], mem.MT[:, cols]
+            k, nc = (rows.stop - rows.start if isinstance(rows, slice) else len(rows)), ET.shape[1]
+            S = S_buf[: k * nc].reshape(k, nc)
+            np.matmul(E[rows], ET, out=S)
+            S -= np.float32(1.0)  # cos_sim - 1, computed once for all widths
+            sub = self._kernel_sub(step, nc, n_out)
+            MTt = MT.T
+            for a in range(0, k, sub):
+                z = min(a + sub, k)
+                X = X_buf[: (z - a) * nc].reshape(z - a, nc)
+                out_rows = slice(rows.start + a, rows.start + z) if isinstance(rows, slice) else rows[a:z]
                 for g, beta in enumerate(self.betas):
-                    np.multiply(Sv[a:z], np.float32(beta), out=Xv)
-                    np.exp(Xv, out=Xv)
-                    if z - a == 1:
-                        np.matmul(MT, Xv[0], out=R[g, s0 + a])
+                    np.multiply(S[a:z], np.float32(beta), out=X)
+                    np.exp(X, out=X)
+                    if z - a == 1 and isinstance(out_rows, slice):
+                        np.matmul(MT, X[0], out=R[g, out_rows.start])
+                    elif isinstance(out_rows, slice):
+                        np.matmul(X, MTt, out=R[g, out_rows])
                     else:
-                        np.matmul(Xv, MT.T, out=R[g, s0 + a : s0 + z])
+                        R[g, out_rows] = X @ MTt
 
     def transform(
         self,
