@@ -232,3 +232,17 @@ def test_sharp_kernel_predictions_unchanged_end_to_end(monkeypatch: pytest.Monke
     monkeypatch.setattr(_Base, "_kernel", _reference_kernel)
     want = est.predict(Xte)
     assert np.abs(got - want).max() <= 1e-6
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 500])
+def test_per_cluster_products_equal_the_gathered_einsum(n: int) -> None:
+    """Cluster experts (and stacker corrections): one product per cluster present, the numbers of
+    einsum over the gathered (n, p, m) weights."""
+    rng = np.random.default_rng(n)
+    Z = rng.standard_normal((n, 40))
+    W = rng.standard_normal((7, 40, 5))
+    lab = rng.choice([0, 2, 3, 6], size=n)  # clusters 1, 4, 5 absent
+    got = default_mod._per_cluster_product(Z, W, lab)
+    want = np.einsum("np,npm->nm", Z, W[lab])
+    assert got.shape == (n, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

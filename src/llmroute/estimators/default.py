@@ -156,6 +156,22 @@ def _assign(E: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab, S[np.arange(len(S)), lab]
 
 
+def _per_cluster_product(Z: np.ndarray, W: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """(n, m) rows Z[i] @ W[lab[i]]: one product per cluster present (the same numbers as
+    einsum("np,npm->nm", Z, W[lab]) to float64 rounding, without the (n, p, m) gather)."""
+    if len(lab) == 1:
+        return Z @ W[lab[0]]
+    out = np.empty((len(Z), W.shape[2]))
+    if len(lab) == 0:
+        return out
+    order = np.argsort(lab, kind="stable")
+    labs = lab[order]
+    cuts = np.flatnonzero(np.diff(labs)) + 1
+    for rows in np.split(order, cuts):
+        out[rows] = Z[rows] @ W[lab[rows[0]]]
+    return out
+
+
 def _betas_for(E: np.ndarray, neighbours: tuple[int, ...], seed: int, sample: int = 300) -> tuple[float, ...]:
     """Kernel sharpness per target neighbourhood size, chosen from the training embeddings.
 
@@ -567,7 +583,7 @@ class _Base:
         cols.append(glob)
         for e in range(len(self.experts)):
             lab = labs[len(self.protos) + e]
-            cols.append(glob + np.einsum("np,npm->nm", Z, self.local_W[e][lab]) + self.local_b[e][lab])
+            cols.append(glob + _per_cluster_product(Z, self.local_W[e], lab) + self.local_b[e][lab])
         if self.betas:
             cols += self._kernel(K)
         if self.logit is not None:
@@ -792,7 +808,7 @@ class DefaultEstimator(QualityEstimator):
         out = B @ self.stack_W_ + self.stack_b_
         if len(self.stack_centres_):
             lab, _ = _assign(X.emb, self.stack_centres_)
-            out += np.einsum("np,npm->nm", B, self.stack_LW_[lab]) + self.stack_Lb_[lab]
+            out += _per_cluster_product(B, self.stack_LW_, lab) + self.stack_Lb_[lab]
         return np.clip(out, 0.0, 1.0)
 
     # ---- state -------------------------------------------------------------------------
