@@ -402,3 +402,13 @@ def test_static_paths_with_short_truncation(max_tokens: int) -> None:
     ref = _reference_embedding(enc, texts)
     np.testing.assert_allclose(enc.encode(texts), ref, atol=2e-6)
     np.testing.assert_allclose(np.vstack([enc.encode([t]) for t in texts]), ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 8, 9, 30])  # str.replace up to 8 characters, translate above
+def test_ascii_stand_in_replaces_like_one_translate(distinct: int) -> None:
+    rng = random.Random(distinct)
+    chars = [*"\xa0\u3000\u2003éÜ中の한—“”…😀ΣςЖжñø\u2028\x85ŁłçÇàèìòùâêî"][:distinct]
+    text = "".join(rng.choice([*chars, "a", " ", "Q: ", "x."]) for _ in range(2000))
+    assert len(set(text) - set(string.printable)) == distinct
+    want = text.translate({ord(c): "\x1c" if c.isspace() else "\x01" for c in chars})
+    assert F._ascii_stand_in(text) == want

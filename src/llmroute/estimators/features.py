@@ -372,6 +372,10 @@ def _ascii_stand_in(text: str) -> str | None:
     (neither). Not possible for decimal digits (`\\d` takes them into numbers), the fullwidth
     colon (the Q/A pattern) and characters whose case mappings hold ASCII (lower-casing and the
     case-insensitive Q/A pattern would see them as letters).
+
+    A few distinct characters (the usual case: a curly quote, a dash) are replaced one by one
+    with str.replace (C string search; str.translate looks every character up in a dict: ~7x
+    slower on a 1,500-character prompt); many go through one translate.
     """
     table: dict[int, str] = {}
     for ch in set(_NON_ASCII_CHAR.findall(text)):
@@ -379,7 +383,11 @@ def _ascii_stand_in(text: str) -> str | None:
         if ch.isdecimal() or ch == "：" or any(ord(c) < 128 for c in cased):
             return None
         table[ord(ch)] = "\x1c" if ch.isspace() else "\x01"
-    return text.translate(table)
+    if len(table) > 8:
+        return text.translate(table)
+    for code, to in table.items():
+        text = text.replace(chr(code), to)
+    return text
 
 
 def _batch_rows(texts: list[str], shares: list[tuple[int, int]] | None = None) -> np.ndarray:
