@@ -1,10 +1,21 @@
 """Personal-data detection and redaction: fast regexes with checksums, optional Presidio.
 
-Supported types (`PII_TYPES`): email, phone, card (Luhn-checked), iban (mod-97 checked, with
-per-country lengths), ssn (US), nino (UK National Insurance number), ip (IPv4 and IPv6) and
-secret (API-key-like tokens: OpenAI/Anthropic/AWS/GitHub/Slack/Google keys, JWTs, private-key
-blocks, `password=...`-style assignments). Every pattern is guarded by a cheap substring or
-character pre-check so that clean text costs a few microseconds.
+Supported types (`PII_TYPES`): email, phone, card, iban (mod-97 checked, with per-country
+lengths), ssn (US), nino (UK National Insurance number), ip (IPv4 and IPv6) and secret
+(API-key-like tokens: OpenAI/Anthropic/AWS/GitHub/Slack/Google keys, JWTs, private-key blocks,
+`password=...`-style assignments). Every pattern is guarded by a cheap substring or character
+pre-check so that clean text costs a few microseconds.
+
+What does not count, because it is a look-alike and not personal data:
+- card: a digit string is a card only with a card's grouping (`CARD_GROUPINGS`: 4-4-4-4, 4-6-5
+  Amex, 4-6-4 Diners, 4-4-4-4-3, or 13-19 digits ungrouped, one separator kind), a payment-card
+  industry digit first (2-6) and a valid Luhn checksum. ISBNs (978-0-306-40615-7, 0-306-40615-2,
+  9780306406157), order numbers and other groupings are not cards even when they pass Luhn.
+- phone: fewer than 7 or more than 15 digits (arithmetic such as `2500+2500(1+x)`), and dates
+  written like numbers (03-15-2024, 06.12.2023, 2024.03.15).
+- ip: addresses that identify no host: 0.0.0.0, loopback 127.x.x.x, masks and broadcast
+  (255.x.x.x); and version strings (v1.2.3.4). Private ranges (10.x, 192.168.x) still count:
+  they name hosts inside an organisation.
 """
 
 from __future__ import annotations
@@ -42,7 +53,14 @@ _PHONE = re.compile(
 _PHONE_KW = re.compile(
     r"(?i)\b(?:phone|tel|telephone|mobile|cell|call me|text me|whatsapp|fax)\b[^\d\n]{0,20}(\+?\d[\d\s().-]{6,18}\d)"
 )
-_CARD = re.compile(r"(?<![\d.,-])(?:\d[ -]?){12,18}\d(?![\d-])")
+# Runs of digit groups joined by single spaces or hyphens; `_card_spans` checks the grouping.
+_DIGIT_RUN = re.compile(r"(?<![\d.,-])\d+(?:[ -]\d+)*")
+CARD_GROUPINGS: tuple[tuple[int, ...], ...] = ((4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3))
+"""Digit groupings printed on payment cards (besides 13-19 digits without separators)."""
+_CARD_SHAPES = ((0,), *sorted(CARD_GROUPINGS, key=len, reverse=True))  # (0,): ungrouped, 13-19 digits
+_CARD_FIRST_DIGITS = frozenset(
+    "23456"
+)  # industry identifiers of payment cards (Mastercard 2/5, Amex 3, Visa 4, ...)
 _IBAN = re.compile(r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?)\b")
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}[- ](?!00)\d{2}[- ](?!0000)\d{4}(?![\d-])")
 _NINO = re.compile(
@@ -86,15 +104,70 @@ class PIIMatch:
 
 
 def _ipv4_ok(text: str, start: int, end: int) -> bool:
-    """Valid dotted quad (octets <= 255, no leading zeros) not embedded in a longer number."""
-    if start > 0 and (text[start - 1].isdigit() or text[start - 1] == "."):
+    """A host's address: a valid dotted quad (octets <= 255, no leading zeros) not embedded in a
+    longer number or a version string (v1.2.3.4), and not one that names no host (0.0.0.0,
+    loopback 127.x, masks and broadcast 255.x)."""
+    if start > 0 and (text[start - 1].isalnum() or text[start - 1] in "._"):
         return False
     if end < len(text) and (text[end].isdigit() or (text[end] == "." and text[end + 1 : end + 2].isdigit())):
         return False
-    for part in text[start:end].split("."):
+    octets = text[start:end].split(".")
+    for part in octets:
         if int(part) > 255 or (len(part) > 1 and part[0] == "0"):
             return False
-    return True
+    return octets[0] not in ("0", "127", "255")
+
+
+def _card_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of digit sequences with a payment card's grouping, first digit and Luhn checksum."""
+    out: list[tuple[int, int]] = []
+    for m in _DIGIT_RUN.finditer(text):
+        run = m.group()
+        if len(run) < 13:
+            continue
+        parts = re.split(r"([ -])", run)
+        groups, seps = parts[0::2], parts[1::2]
+        starts = [m.start()]
+        for g, sep in zip(groups, seps, strict=False):
+            starts.append(starts[-1] + len(g) + len(sep))
+        i = 0
+        while i < len(groups):
+            k = 0
+            for shape in _CARD_SHAPES:
+                n = len(shape)
+                sizes = tuple(len(g) for g in groups[i : i + n])
+                ok = sizes == shape or (n == 1 and 13 <= sizes[0] <= 19)
+                if ok and len(set(seps[i : i + n - 1])) <= 1:
+                    digits = "".join(groups[i : i + n])
+                    if digits[0] in _CARD_FIRST_DIGITS and len(set(digits)) > 1 and luhn_ok(digits):
+                        k = n
+                        break
+            if k:
+                out.append((starts[i], starts[i + k - 1] + len(groups[i + k - 1])))
+                i += k
+            else:
+                i += 1
+    return out
+
+
+def _is_date(groups: list[str]) -> bool:
+    """Three numeric groups that read as a date: dd-mm-yyyy, mm-dd-yyyy or yyyy-mm-dd (also . and /)."""
+    if len(groups) != 3:
+        return False
+    sizes = tuple(len(g) for g in groups)
+    a, b, c = (int(g) for g in groups)
+    if sizes == (4, 2, 2):
+        return 1000 <= a <= 2999 and 1 <= b <= 12 and 1 <= c <= 31
+    if sizes in ((2, 2, 4), (1, 2, 4), (2, 1, 4), (1, 1, 4)):
+        return 1000 <= c <= 2999 and ((1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31))
+    return False
+
+
+def _phone_ok(match: str) -> bool:
+    """7-15 digits (the length of a real number) and not a date written with separators."""
+    groups = re.findall(r"\d+", match)
+    n = sum(len(g) for g in groups)
+    return 7 <= n <= 15 and not _is_date(groups)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -155,10 +228,7 @@ class PIIDetector:
                 ]
         if has_digit:
             if "card" in want:
-                for m in _CARD.finditer(text):
-                    digits = re.sub(r"\D", "", m.group())
-                    if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
-                        found.append(PIIMatch("card", m.start(), m.end(), m.group()))
+                found += [PIIMatch("card", a, b, text[a:b]) for a, b in _card_spans(text)]
             if "iban" in want:
                 for m in _IBAN.finditer(text):
                     if iban_ok(m.group(1)):
@@ -177,10 +247,16 @@ class PIIDetector:
                 if "::" in text or text.count(":") >= 7:
                     found += [PIIMatch("ip", m.start(), m.end(), m.group()) for m in _IPV6.finditer(text)]
             if "phone" in want:
-                found += [PIIMatch("phone", m.start(), m.end(), m.group()) for m in _PHONE.finditer(text)]
+                found += [
+                    PIIMatch("phone", m.start(), m.end(), m.group())
+                    for m in _PHONE.finditer(text)
+                    if _phone_ok(m.group())
+                ]
                 if any(h in lower for h in _PHONE_HINTS):
                     found += [
-                        PIIMatch("phone", m.start(1), m.end(1), m.group(1)) for m in _PHONE_KW.finditer(text)
+                        PIIMatch("phone", m.start(1), m.end(1), m.group(1))
+                        for m in _PHONE_KW.finditer(text)
+                        if _phone_ok(m.group(1))
                     ]
         if self.use_presidio:
             found += self._presidio_find(text)

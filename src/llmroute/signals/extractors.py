@@ -408,10 +408,12 @@ class PIISignal(Signal):
 
 
 class JailbreakSignal(Signal):
-    """Jailbreak / prompt-injection score in [0, 1] (patterns + embedding classifier).
+    """Jailbreak / prompt-injection score in [0, 1] (patterns + lexical classifier).
 
-    classifier: use the embedding classifier (default true when an encoder is configured).
+    classifier: use the classifier as well as the patterns (default true; it needs no encoder).
     examples: extra [{text, label}] to train on. scope: "last" (default) or "all".
+    A score >= 0.9 means a blocking-grade pattern matched or the classifier rates the text above
+    every benign training example, each scored out-of-fold (see `llmroute.guards.jailbreak`).
     """
 
     type = "jailbreak"
@@ -421,20 +423,20 @@ class JailbreakSignal(Signal):
         super().__init__(name, params, ctx)
         from llmroute.guards.jailbreak import JailbreakDetector
 
-        use_clf = bool(self.params.get("classifier", ctx.encoder is not None))
-        extra = [(str(e["text"]), int(e["label"])) for e in self.params.get("examples", [])]
-        self.detector = JailbreakDetector(_encoder_for(name, ctx) if use_clf else None, extra)
-        self.needs_embedding = use_clf  # type: ignore[misc]
+        use_clf = bool(self.params.get("classifier", True))
+        try:
+            extra = [(str(e["text"]), int(e["label"])) for e in self.params.get("examples", [])]
+            self.detector = JailbreakDetector(use_clf, extra)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SignalConfigError(
+                f"signal {name!r} (jailbreak): examples must be a list of {{text, label}} with label 0 or 1 ({e})"
+            ) from e
 
     def fields(self) -> dict[str, FieldSpec]:
         return {"": FieldSpec("number", 0.0, 1.0)}
 
     def compute(self, req: SignalRequest) -> float:
-        text = self._text(req)
-        if self.detector.coef_ is None:
-            return self.detector.score(text)
-        emb = req.embedding() if self.params.get("scope", "last") == "last" else None
-        return round(self.detector.score(text, emb), 4)
+        return round(self.detector.score(self._text(req)), 4)
 
     def detail(self, req: SignalRequest, value: Any) -> Any:
         hits = self.detector.pattern_hits(self._text(req))
