@@ -246,3 +246,16 @@ def test_per_cluster_products_equal_the_gathered_einsum(n: int) -> None:
     want = np.einsum("np,npm->nm", Z, W[lab])
     assert got.shape == (n, 5)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 40])
+@pytest.mark.parametrize("scale", [0.97, 1.02])
+def test_blocked_kernel_rows_that_are_not_unit_vectors_use_every_block(n: int, scale: float) -> None:
+    """The block bound holds for unit (and zero) query rows; any other row is summed over all."""
+    base = _sharp_base(3000, 3, betas=(600.0, 240.0, 150.0))
+    K = _tight(np.random.default_rng(9), n, base._centres, 0.15) * np.float32(scale)  # type: ignore[attr-defined]
+    for a, b in zip(base._kernel(K), _reference_kernel(base, K), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    mem = base._memory
+    assert mem is not None and mem.bounds is not None and mem.needed(K).all()
+    assert all(c == slice(0, len(base.E)) or c == slice(None) for _, c in mem.plan(K, 256))

@@ -345,13 +345,16 @@ class _KernelMemory:
         n = len(K)
         if self.bounds is None:
             return [(slice(s0, min(s0 + step, n)), slice(None)) for s0 in range(0, n, step)]
-        need = self.needed(K)
         bounds = self.bounds
-        if n == 1:
-            blocks = np.flatnonzero(need[0])
+        if n == 1:  # one query: the same rule in fewer numpy calls
+            k = K[0]
+            sq = float(k @ k)
+            odd = abs(sq - 1.0) > 1e-3 and sq > 1e-6
+            blocks = np.arange(len(self.thresh)) if odd else np.flatnonzero(k @ self.centres > self.thresh)
             if not len(blocks):
                 return []
             return [(slice(0, 1), slice(int(bounds[blocks[0]]), int(bounds[blocks[-1] + 1])))]
+        need = self.needed(K)
         rows = np.flatnonzero(need.any(axis=1))
         if not len(rows):
             return []
