@@ -249,7 +249,7 @@ def test_per_cluster_products_equal_the_gathered_einsum(n: int) -> None:
 
 
 @pytest.mark.parametrize("n", [1, 40])
-@pytest.mark.parametrize("scale", [0.97, 1.02])
+@pytest.mark.parametrize("scale", [0.9, 0.99])
 def test_blocked_kernel_rows_that_are_not_unit_vectors_use_every_block(n: int, scale: float) -> None:
     """The block bound holds for unit (and zero) query rows; any other row is summed over all."""
     base = _sharp_base(3000, 3, betas=(600.0, 240.0, 150.0))
