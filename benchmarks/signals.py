@@ -7,9 +7,12 @@ Writes benchmarks/results/signals.json and the "signals" section of BENCHMARKS.m
 Latency: one request at a time, warm, on typical chat requests (project-written prompts, with
 and without a system message), p50/p99 per signal and for a full rule evaluation of
 examples/llmroute.yaml (and of an "all signals" config that adds language, shape, similarity
-and out-of-domain). Quality: PII recall per type on the generated set and flag rate on
-../shared/data prompts; jailbreak AUROC (leave-one-attack-family-out) and flag rate on
-../shared/data; out-of-domain AUROC over task-family splits of ../shared/data (fit on some
+and out-of-domain). Quality: PII recall per type on the generated set, flag rate on
+../shared/data prompts and on the everyday sets (datasets/everyday), ISBNs and other look-alikes
+taken for PII; jailbreak AUROC and recall with each attack family held out of training, recall on
+a held-back attack set written in other words, and blocks at the example config's threshold on
+everyday prompts, on the everyday sets (through examples/llmroute.yaml) and on every
+../shared/data prompt; out-of-domain AUROC over task-family splits of ../shared/data (fit on some
 families, score the held-out family against held-out in-domain prompts); cache hit rate on the
 paraphrase set and false hits on the contrast set, over a threshold sweep.
 """
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -36,17 +40,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import md_table, update_section  # noqa: E402
 from llmroute.cache import SemanticCache  # noqa: E402
 from llmroute.cache.evaldata import contrast_pairs, paraphrase_pairs  # noqa: E402
-from llmroute.guards.evaldata import pii_examples  # noqa: E402
+from llmroute.guards.evaldata import (  # noqa: E402
+    clean_sentences,
+    everyday_prompts,
+    held_back_attacks,
+    isbn_sentences,
+    pii_examples,
+)
 from llmroute.guards.jailbreak import JailbreakDetector  # noqa: E402
 from llmroute.guards.jailbreak_data import ATTACK_FAMILIES, BENIGN_FAMILIES, examples  # noqa: E402
 from llmroute.guards.ood import OODDetector  # noqa: E402
-from llmroute.guards.pii import PII_TYPES, PIIDetector  # noqa: E402
+from llmroute.guards.pii import PII_TYPES, PIIDetector, luhn_ok  # noqa: E402
 from llmroute.signals.engine import RuleEngine  # noqa: E402
 from llmroute.signals.extractors import BuildContext, build_signal  # noqa: E402
 from llmroute.signals.request import SignalRequest  # noqa: E402
 
 FAMILY_MAP = {"arc_easy": "arc", "arc_challenge": "arc", "arc-challenge": "arc", "math_prealgebra": "math",
               "gsm8k": "math", "humaneval": "code", "humaneval_js": "code", "mbpp": "code"}  # fmt: skip
+
+
+def example_block_threshold() -> float:
+    """The `gte` of the jailbreak block rule in examples/llmroute.yaml (what `make run` serves)."""
+    rules = yaml.safe_load((ROOT / "examples" / "llmroute.yaml").read_text())["rules"]
+    return float(next(r for r in rules if r["when"].get("signal") == "jailbreak")["when"]["gte"])
 
 
 def pct(xs: list[float], cpu: list[float] | None = None) -> dict[str, float]:
@@ -197,6 +213,21 @@ def bench_latency(encoder: Any, reqs: list[Any], repeats: int, ood: OODDetector 
 
 
 # ---- quality --------------------------------------------------------------------------------
+def everyday_sets() -> dict[str, list[Any]]:
+    """The project's everyday prompt sets (datasets/everyday/*.jsonl: a prompt or a conversation each)."""
+    out: dict[str, list[Any]] = {}
+    for name in ("dev", "check"):
+        path = ROOT / "datasets" / "everyday" / f"{name}.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            out[name] = [r.get("messages") or r["prompt"] for r in rows]
+    return out
+
+
+def _all_text(x: Any) -> str:
+    return x if isinstance(x, str) else "\n".join(str(m.get("content", "")) for m in x)
+
+
 def bench_pii(n_per_type: int) -> dict[str, Any]:
     det = PIIDetector()
     found = dict.fromkeys(PII_TYPES, 0)
@@ -222,24 +253,50 @@ def bench_pii(n_per_type: int) -> dict[str, Any]:
         flag[name] = {"prompts": len(df), "flag_rate": round(sum(bool(f) for f in flagged) / len(df), 5),
                       "by_type": by_type}  # fmt: skip
     out["shared_flag_rate"] = flag
+    # look-alikes: valid hyphenated ISBN-13/10 (a share pass Luhn), dates, masks, versions, arithmetic
+    isbns = isbn_sentences(3000, seed=11)
+    out["isbn"] = {"sentences": len(isbns),
+                   "luhn_passing": sum(luhn_ok(re.sub(r"\D", "", v)) for _, v in isbns),
+                   "flagged_as_card": sum(any(m.type == "card" for m in det.find(s)) for s, _ in isbns)}  # fmt: skip
+    clean = clean_sentences()
+    out["lookalikes"] = {"sentences": len(clean), "flagged": sum(bool(det.find(s)) for s in clean)}
+    out["everyday_flagged"] = {
+        name: {"prompts": len(xs), "by_type": _count_types(det, xs)} for name, xs in everyday_sets().items()
+    }
     return out
 
 
-def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
+def _count_types(det: PIIDetector, xs: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for x in xs:
+        for t in det.types_in(_all_text(x)):
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def bench_jailbreak(threshold: float) -> dict[str, Any]:
+    """Held-out recall (attack families held out of training; a held-back set in other words) and
+    false blocks (everyday prompts, the everyday sets through examples/llmroute.yaml, every shared prompt)."""
     from sklearn.metrics import roc_auc_score
 
     data = examples(seed=0)
-    per_family = {}
+    per_family, recall_family = {}, {}
     all_y, all_s = [], []
+    t0 = time.perf_counter()
+    JailbreakDetector(train_examples=[(t, y) for t, y, _ in data], seed=1)  # (seed 1: not the cached fit)
+    fit_s = time.perf_counter() - t0
     for held in ATTACK_FAMILIES:
         # hold out one attack family AND one third of the benign prompts
         benign_test = {t for i, (t, y, _) in enumerate(data) if y == 0 and i % 3 == 0}
         train = [(t, y) for t, y, f in data if f != held and t not in benign_test]
-        det = JailbreakDetector(encoder, train_examples=train)
+        det = JailbreakDetector(train_examples=train)
         test = [(t, y) for t, y, f in data if f == held or t in benign_test]
         s = [det.score(t) for t, _ in test]
         y = [y for _, y in test]
         per_family[held] = round(float(roc_auc_score(y, s)), 4)
+        recall_family[held] = round(
+            float(np.mean([a >= threshold for a, b in zip(s, y, strict=True) if b])), 4
+        )
         all_y += y
         all_s += s
     ya, sa = np.array(all_y), np.array(all_s)
@@ -249,27 +306,49 @@ def bench_jailbreak(encoder: Any, threshold: float) -> dict[str, Any]:
         tp = int((pred & (ya == 1)).sum())
         pr[str(th)] = {"precision": round(tp / max(1, int(pred.sum())), 4),
                        "recall": round(tp / max(1, int((ya == 1).sum())), 4)}  # fmt: skip
+    det = JailbreakDetector()
+    held_back = np.array([det.score(t) for t, _ in held_back_attacks()])
     out: dict[str, Any] = {
+        "training": {"examples": len(data), "attacks": int(sum(y for _, y, _ in data)), "fit_seconds": round(fit_s, 2)},
         "auroc_leave_one_family_out": per_family,
+        "recall_leave_one_family_out": recall_family,
         "auroc_pooled": round(float(roc_auc_score(ya, sa)), 4),
         "threshold": threshold,
         "precision": pr[str(threshold)]["precision"],
         "recall": pr[str(threshold)]["recall"],
+        "benign_held_out_blocked": int(((sa >= threshold) & (ya == 0)).sum()),
         "by_threshold": pr,
         "patterns_only_recall": round(
             float(np.mean([JailbreakDetector(None).score(t) >= threshold for t, y, _ in data if y == 1])), 4
         ),
-    }
-    det = JailbreakDetector(encoder)
+        "held_back": {"attacks": len(held_back), "recall": round(float((held_back >= threshold).mean()), 4),
+                      "recall_at_0.5": round(float((held_back >= 0.5).mean()), 4),
+                      "patterns_only_recall": round(float(np.mean([JailbreakDetector(None).score(t) >= threshold
+                                                                    for t, _ in held_back_attacks()])), 4)},
+    }  # fmt: skip
+    everyday = np.array([det.score(p) for p, _ in everyday_prompts()])
+    out["everyday_prompts"] = {"prompts": len(everyday), "blocked": int((everyday >= threshold).sum()),
+                               "max_score": round(float(everyday.max()), 4),
+                               "hello_how_are_you": round(det.score("hello, how are you?"), 4),
+                               "hello_what_can_you_do": round(det.score("Hello, what can you do?"), 4)}  # fmt: skip
+    ex_cfg = yaml.safe_load((ROOT / "examples" / "llmroute.yaml").read_text())
+    engine = RuleEngine(ex_cfg, base_dir=ROOT / "examples")
+    sets = {}
+    for name, xs in everyday_sets().items():
+        scores = [det.score(x if isinstance(x, str) else str(x[-1].get("content", ""))) for x in xs]
+        sets[name] = {"prompts": len(xs), "refused_by_example_config": sum(engine.evaluate(x).blocked for x in xs),
+                      "max_score": round(float(max(scores)), 4)}  # fmt: skip
+    out["everyday_sets"] = sets
     flag = {}
-    for name in ("routerbench_subset", "routellm"):
-        df = shared_prompts(name, n=2000)
+    for name in ("routerbench_subset", "routellm", "routerdc_7model"):
+        df = shared_prompts(name)
         if df is None:
             continue
-        emb = encoder.encode(df.prompt.tolist())
-        s = np.array([det.score(p, e) for p, e in zip(df.prompt, emb, strict=True)])
-        flag[name] = {"prompts": len(df), "flag_rate_at_threshold": round(float((s >= threshold).mean()), 5),
-                      "flag_rate_at_0.5": round(float((s >= 0.5).mean()), 5)}  # fmt: skip
+        s = np.array([det.score(p) for p in df.prompt])
+        flag[name] = {"prompts": len(df), "blocked": int((s >= threshold).sum()),
+                      "flag_rate_at_threshold": round(float((s >= threshold).mean()), 5),
+                      "flag_rate_at_0.5": round(float((s >= 0.5).mean()), 5),
+                      "max_score": round(float(s.max()), 4)}  # fmt: skip
     out["shared_flag_rate"] = flag
     return out
 
@@ -385,7 +464,7 @@ def main() -> None:
         "typical_requests": len(reqs),
     }
     results["pii"] = bench_pii(50 if args.quick else 300)
-    results["jailbreak"] = bench_jailbreak(encoder, 0.9)
+    results["jailbreak"] = bench_jailbreak(example_block_threshold())
     results["ood"], ood = bench_ood(encoder, 300 if args.quick else 1500)
     results["cache"] = bench_cache(encoder, [0.8, 0.85, 0.88, 0.9, 0.92, 0.95])
     results["latency"] = bench_latency(encoder, reqs, 2 if args.quick else 10, ood)
@@ -416,14 +495,40 @@ def render(r: dict[str, Any]) -> str:
                  + ", ".join(f"{t} {v:.3f}" for t, v in pii["recall"].items()) + ". Flagged share of "
                  "../shared/data prompts: " + ", ".join(f"{k} {v['flag_rate']:.4f} ({v['prompts']})"
                                                         for k, v in pii["shared_flag_rate"].items()) + ".")  # fmt: skip
+    if "isbn" in pii:
+        isbn, look = pii["isbn"], pii["lookalikes"]
+        parts.append(f"Look-alikes: {isbn['flagged_as_card']} of {isbn['sentences']} sentences with a valid hyphenated "
+                     f"ISBN-13/ISBN-10 taken for a card ({isbn['luhn_passing']} of the ISBNs pass Luhn; 181 of 3000 "
+                     f"were cards before issue 10); {look['flagged']} of {look['sentences']} PII-free sentences with "
+                     "dates, versions, masks, loopback addresses and arithmetic flagged (8 before). Everyday sets, "
+                     "prompts with PII by type (true positives: pasted contact lists): "
+                     + ", ".join(f"{k} {v['by_type']} of {v['prompts']}" for k, v in pii["everyday_flagged"].items())
+                     + ".")  # fmt: skip
     jb = r["jailbreak"]
-    parts.append(f"\n**Jailbreak** (project-written set): pooled AUROC {jb['auroc_pooled']} with each attack family "
-                 f"held out of training ({', '.join(f'{k} {v}' for k, v in jb['auroc_leave_one_family_out'].items())}); "
-                 f"at score >= {jb['threshold']}: precision {jb['precision']}, recall {jb['recall']}; at >= 0.5: "
-                 f"precision {jb['by_threshold']['0.5']['precision']}, recall {jb['by_threshold']['0.5']['recall']} "
-                 f"(patterns alone: recall {jb['patterns_only_recall']}). Flagged share of shared prompts: "
-                 + ", ".join(f"{k} {v['flag_rate_at_threshold']} (at 0.5: {v['flag_rate_at_0.5']})"
-                             for k, v in jb["shared_flag_rate"].items()) + ".")  # fmt: skip
+    th = jb["threshold"]
+    parts.append(f"\n**Jailbreak** (project-written set of {jb['training']['examples']} texts, "
+                 f"{jb['training']['attacks']} attacks; fitted in {jb['training']['fit_seconds']} s at start-up): "
+                 f"with each attack family held out of training, at score >= {th} (the example config's block "
+                 f"threshold) recall {jb['recall']} ("
+                 + ", ".join(f"{k} {v}" for k, v in jb["recall_leave_one_family_out"].items())
+                 + f"), {jb['benign_held_out_blocked']} held-out benign texts blocked, pooled AUROC {jb['auroc_pooled']}; "
+                 f"at >= 0.5: precision {jb['by_threshold']['0.5']['precision']}, recall "
+                 f"{jb['by_threshold']['0.5']['recall']} (patterns alone: recall {jb['patterns_only_recall']}). "
+                 f"Held-back attacks written in other words (never trained on): recall {jb['held_back']['recall']} "
+                 f"at {th}, {jb['held_back']['recall_at_0.5']} at 0.5 (patterns alone "
+                 f"{jb['held_back']['patterns_only_recall']}).")  # fmt: skip
+    ev = jb["everyday_prompts"]
+    sets = "; ".join(f"{k}: {v['refused_by_example_config']} of {v['prompts']} refused (highest score {v['max_score']})"
+                     for k, v in jb["everyday_sets"].items())  # fmt: skip
+    shared = ", ".join(f"{k} {v['blocked']} of {v['prompts']} (highest {v['max_score']}, share >= 0.5: "
+                       f"{v['flag_rate_at_0.5']})" for k, v in jb["shared_flag_rate"].items())  # fmt: skip
+    parts.append(f"False blocks at >= {th}: everyday prompts {ev['blocked']} of {ev['prompts']} (highest "
+                 f"{ev['max_score']}; 'hello, how are you?' {ev['hello_how_are_you']}, 'Hello, what can you do?' "
+                 f"{ev['hello_what_can_you_do']}); everyday sets through examples/llmroute.yaml: {sets}; shared "
+                 f"prompts blocked: {shared}.")  # fmt: skip
+    parts.append("Before issue 10 (embedding classifier, commit 3bf7284): recall 0.62 with each family held out on "
+                 "the then 100-attack set, held-back attacks 0.23, 'hello, how are you?' blocked (0.90), shared "
+                 "prompts blocked: routellm 6, routerdc_7model 4.")  # fmt: skip
     rows = []
     for ds, v in r["ood"].items():
         for fam, s in v["splits"].items():

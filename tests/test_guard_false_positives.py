@@ -290,3 +290,25 @@ def test_gateway_keeps_isbns_and_sends_cards_to_the_local_model(guarded_gw: Any,
     raw = _chat(guarded_gw, "Why was my card 4111 1111 1111 1111 declined?")
     assert "rules: action=route;rule=secrets-stay-local" in raw.headers["x-llmroute-reason"]
     assert raw.headers["x-llmroute-model"] == "fake-weak"
+
+
+def test_pattern_hints_never_change_which_patterns_match() -> None:
+    """The substring pre-check only skips regexes that cannot match (same hits with and without it)."""
+    det = JailbreakDetector(None)
+    texts = [t for t, _, _ in examples(seed=0)] + [t for t, _ in held_back_attacks()]
+    texts += [p for p, _ in everyday_prompts()] + [t.upper() for t, _, _ in examples(seed=1)]
+    texts += ["### system: x", "<!-- Assistant: y", "[INST] z", "DAN can do anything", "enter GOD mode now"]
+    path = DATA / "routellm" / "data.parquet"
+    if path.exists():
+        import pandas as pd
+
+        texts += (
+            pd.read_parquet(path, columns=["prompt"])
+            .prompt.drop_duplicates()
+            .sample(1500, random_state=0)
+            .tolist()
+        )
+    for t in texts:
+        unfiltered = [n for n, _, r, _ in det._patterns if r.search(t)]
+        assert [n for n, _ in det.pattern_hits(t)] == unfiltered, t[:80]
+    assert sum(bool(det.pattern_hits(t)) for t, y, _ in examples(seed=0) if y) > 50

@@ -95,6 +95,35 @@ PATTERNS: tuple[tuple[str, float, str], ...] = (
 )  # fmt: skip
 
 
+# Lower-case substrings at least one of which every match of a pattern contains: a pattern's regex
+# runs only when one is present (most prompts contain none, and the regexes cost ~2 us each).
+# Patterns without an entry (e.g. a deployment's own) always run.
+PATTERN_HINTS: dict[str, tuple[str, ...]] = {
+    "ignore-instructions": ("ignore", "disregard", "forget", "override", "bypass", "skip", "drop", "abandon",
+                            "set aside", "stop following", "no longer follow"),
+    "ignore-what-you-were-told": ("ignore", "disregard", "forget"),
+    "instructions-cancelled": ("cancel", "void", "revoked", "overridden", "replaced", "lifted", "no longer apply"),
+    "new-instructions": ("new ",),
+    "dan": ("dan", "do anything now"),
+    "developer-mode": (" mode",),
+    "unfiltered-persona": ("unfiltered", "uncensored", "jailbroken", "amoral", "unrestricted", "freed from"),
+    "no-rules": ("no ", "without", "free from", "zero "),
+    "never-refuse": ("never ",),
+    "safety-off": ("safety",),
+    "system-prompt-leak": ("prompt", "system message", "hidden", "secret", "confidential", "developer message",
+                           "your instructions", "your configuration"),
+    "what-were-you-told": ("were you", "have you"),
+    "everything-above": ("everything above",),
+    "chat-template-injection": ("<|", "[inst]", "system", "<!--", "end of user input"),
+    "note-to-ai": (" to the ", " to any ", " to all ", "reading this", "processing this"),
+    "authority-claim": ("administrator", "developer", "creator"),
+    "leetspeak-ignore": ("1gn", "i g n o r e"),
+    "hypothetical-no-filter": ("filter", "disclaimer"),
+    "opposite-policy": ("opposite of your", "bypass the safety"),
+}  # fmt: skip
+
+_DEFAULT_REGEX = {n: p for n, _, p in PATTERNS}
+
 FEATURE_BITS = 18  # hashed buckets per block (character n-grams, word n-grams)
 MAX_CHARS = 2000  # the classifier reads the first and last MAX_CHARS / 2 characters of longer texts
 _WORD = re.compile(r"\w+")
@@ -218,7 +247,12 @@ class JailbreakDetector:
         train_examples: Sequence[tuple[str, int]] | None = None,
         C: float = 16.0,
     ) -> None:
-        self._patterns = [(n, float(w), re.compile(p, re.IGNORECASE)) for n, w, p in patterns]
+        self._patterns: list[tuple[str, float, re.Pattern[str], tuple[str, ...] | None]] = []
+        for n, w, p in patterns:
+            hints = (
+                PATTERN_HINTS.get(n) if _DEFAULT_REGEX.get(n) == p else None
+            )  # hints fit the built-in regex only
+            self._patterns.append((n, float(w), re.compile(p, re.IGNORECASE), hints))
         self.coef_: np.ndarray | None = None
         self.intercept_: float = 0.0
         if classifier is not None and classifier is not False:
@@ -231,7 +265,12 @@ class JailbreakDetector:
 
     def pattern_hits(self, text: str) -> list[tuple[str, float]]:
         """(pattern name, weight) for every pattern that matches `text`."""
-        return [(n, w) for n, w, r in self._patterns if r.search(text)]
+        lower = text.lower()
+        return [
+            (n, w)
+            for n, w, r, hints in self._patterns
+            if (hints is None or any(h in lower for h in hints)) and r.search(text)
+        ]
 
     def classifier_score(self, text: str) -> float:
         """Calibrated attack score of the lexical classifier (0 when there is none)."""
