@@ -175,14 +175,17 @@ def test_blocked_kernel_matches_the_reference_formula(n: int, m: int) -> None:
 
 @pytest.mark.parametrize("noise", [0.15, 0.6])  # tight and wide blocks
 @pytest.mark.parametrize("betas", [(60.0,), (200.0, 30.0), (400.0, 90.0), (3000.0, 1100.0)])
-def test_needed_blocks_hold_every_weight_above_the_cut(noise: float, betas: tuple[float, ...]) -> None:
-    base = _sharp_base(2000, 3, betas=betas, noise=noise)
+@pytest.mark.parametrize("n_train", [2000, 9000])  # 9000: block centres fitted on a sample
+def test_needed_blocks_hold_every_weight_above_the_cut(
+    noise: float, betas: tuple[float, ...], n_train: int
+) -> None:
+    base = _sharp_base(n_train, 3, betas=betas, noise=noise)
     rng = np.random.default_rng(1)
     K = np.concatenate(
         [
             base.E[:300],  # the training rows themselves (weight 1 in their own block)
             _queries(base, 400, seed=2),
-            _tight(rng, 300, base.E[rng.integers(0, 2000, 30)].astype(np.float64), 0.02),
+            _tight(rng, 300, base.E[rng.integers(0, n_train, 30)].astype(np.float64), 0.02),
         ]
     )
     base._kernel(K[:1])

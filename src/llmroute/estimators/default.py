@@ -239,6 +239,7 @@ def _kernel_threads(n: int) -> int:
 _KERNEL_CUT = 50.0
 _KERNEL_BLOCK_ROWS = 64  # mean training rows per block of a blocked kernel memory
 _KERNEL_MIN_BLOCKED = 512  # smaller kernel memories are not blocked (one pass over all rows is cheap)
+_KERNEL_KMEANS_SAMPLE = 8192  # training rows the block centres are fitted on (at most)
 _BOUND_SLACK = 1e-4  # taken off the similarity cut: covers float32 rounding of the similarities
 _ITEM_COST = 8192  # a kernel work item's fixed cost (a few BLAS and exp calls), in weighted sums
 
@@ -304,7 +305,13 @@ class _KernelMemory:
         beta = min(betas) if betas else 0.0
         if N >= _KERNEL_MIN_BLOCKED and 2.0 * beta > _KERNEL_CUT + 2.0 * _BOUND_SLACK * beta:
             E64 = E.astype(np.float64)
-            C = _kmeans(E64, int(np.clip(N // _KERNEL_BLOCK_ROWS, 2, 1024)), seed=0, iters=8)
+            # centres from a sample (their quality only moves speed; every row is then assigned)
+            fit_on = E64
+            if N > _KERNEL_KMEANS_SAMPLE:
+                fit_on = E64[
+                    np.sort(np.random.default_rng(0).choice(N, _KERNEL_KMEANS_SAMPLE, replace=False))
+                ]
+            C = _kmeans(fit_on, int(np.clip(N // _KERNEL_BLOCK_ROWS, 2, 1024)), seed=0, iters=8)
             C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
             lab = np.argmax(E64 @ C.T, axis=1)
             counts = np.bincount(lab, minlength=len(C))
