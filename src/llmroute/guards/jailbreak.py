@@ -5,7 +5,7 @@ that match, or the classifier's score when it is higher.
 
 The classifier is a logistic regression on hashed character 3/4/5-grams (`guards.ood.distinct_ngrams`)
 and word uni/bigrams, each block L2-normalised over all of the text's n-grams, trained at
-construction on the project-written set in `llmroute.guards.jailbreak_data` (~700 texts, ~0.5 s,
+construction on the project-written set in `llmroute.guards.jailbreak_data` (~740 texts, ~0.3 s,
 cached per training set). Why these features and not the request's sentence embedding: a linear
 model on a dense embedding extrapolates to confident scores on texts unlike its training data (a
 greeting, a law exam question scored 0.9), while on sparse n-grams an unfamiliar text is mostly

@@ -4,7 +4,15 @@ Everything here was written for this project (no third-party data). `examples()`
 (text, label, family) triples: label 1 = attack, 0 = benign. Families let evaluation hold out
 whole attack styles (`family` of attacks: override, persona, exfiltration, injection,
 obfuscation, roleplay; benign families: plain, tricky, roleplay_ok, tasks — benchmark-shaped
-prompts such as multiple-choice questions, word problems and code stubs).
+prompts such as multiple-choice questions, word problems and code stubs —, chat (greetings, small
+talk, questions to the assistant), everyday (rewrites, translation, formatting, facts, short
+creative), hard (proofs, maths, code, systems design, analysis), sensitive (crime, law, security
+and medicine asked legitimately), documents and scenarios (the forms of injection, persona and
+override prompts without the attack) and cue_words (words attacks use, in everyday senses)).
+
+Design: attacks carry harmless goals too and benign texts cover harmful-sounding topics and every
+attack form, so that what separates the classes is the attack itself, not its topic or shape.
+Evaluation sets kept out of training are in `llmroute.guards.evaldata`.
 """
 
 from __future__ import annotations
