@@ -8,6 +8,7 @@ chunks go back as the backends produced them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,11 +20,78 @@ if TYPE_CHECKING:
     from llmroute.gateway.auth import GatewayError
     from llmroute.gateway.routing import RequestContext
 
-__all__ = ["DONE", "OPENAI_CHAT", "ROLES", "OpenAIChat", "OpenAIStream", "validate_chat"]
+__all__ = [
+    "DONE",
+    "OPENAI_CHAT",
+    "ROLES",
+    "OpenAIChat",
+    "OpenAIStream",
+    "check_number",
+    "check_output_fits",
+    "validate_chat",
+]
 
 ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
+#: The chat request's numeric fields: (name, minimum, maximum, integer), as OpenAI documents them.
+_NUMBERS: tuple[tuple[str, float | None, float | None, bool], ...] = (
+    ("temperature", 0, 2, False),
+    ("top_p", 0, 1, False),
+    ("presence_penalty", -2, 2, False),
+    ("frequency_penalty", -2, 2, False),
+    ("n", 1, None, True),
+    ("max_tokens", 1, None, True),
+    ("max_completion_tokens", 1, None, True),
+)
 #: The last event of every OpenAI chat stream.
 DONE = b"data: [DONE]\n\n"
+
+
+def check_number(
+    body: dict[str, Any],
+    key: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    integer: bool = False,
+    required: bool = False,
+) -> None:
+    """400 naming `key` unless `body[key]` is absent/null (allowed unless `required`) or a number in
+    [`lo`, `hi`] (either bound None: open). With `integer`, an integral float such as 417.0 is
+    accepted and stored back as the int 417 (what upstream APIs expect); 417.5 is a 400."""
+    v = body.get(key)
+    if v is None and not required:
+        return
+    if isinstance(v, float) and integer and v.is_integer():
+        v = body[key] = int(v)
+    if not isinstance(v, int | float) or isinstance(v, bool) or (integer and not isinstance(v, int)):
+        what = "an integer" if integer else "a number"
+        raise bad_request(f"'{key}' {'is required and ' if required else ''}must be {what}.", key)
+    if (lo is not None and not v >= lo) or (hi is not None and not v <= hi):  # NaN fails both
+        if hi is None:
+            want = f">= {lo:g}" if not (integer and lo == 1) else "a positive integer"
+        elif lo is None:
+            want = f"<= {hi:g}"
+        else:
+            want = f"between {lo:g} and {hi:g}"
+        raise bad_request(f"'{key}' must be {want}, got {v}.", key)
+
+
+def check_output_fits(body: dict[str, Any], windows: Sequence[tuple[str, int | None]]) -> None:
+    """400 naming `max_tokens` (or `max_completion_tokens`) when the requested output is larger than
+    the context window of every candidate in `windows` ((model, window or None: unknown) pairs)."""
+    key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+    want = body.get(key)
+    if not isinstance(want, int) or not windows:
+        return
+    if any(w is None or want <= w for _, w in windows):
+        return
+    largest = max(w for _, w in windows if w is not None)
+    names = ", ".join(f"{m} ({w})" for m, w in windows)
+    raise bad_request(
+        f"'{key}' is {want}, beyond the context window of every model this request can use "
+        f"({names}); ask for at most {largest}.",
+        key,
+    )
 
 
 def validate_chat(body: Any) -> None:
@@ -53,13 +121,11 @@ def validate_chat(body: Any) -> None:
                 f"messages[{i}].content must be a string or an array of content parts.",
                 f"messages[{i}].content",
             )
+    for k, lo, hi, integer in _NUMBERS:
+        if k in body:
+            check_number(body, k, lo, hi, integer=integer)
     for k, types, what in (
         ("stream", (bool,), "a boolean"),
-        ("temperature", (int, float), "a number"),
-        ("top_p", (int, float), "a number"),
-        ("max_tokens", (int,), "an integer"),
-        ("max_completion_tokens", (int,), "an integer"),
-        ("n", (int,), "an integer"),
         ("tools", (list,), "an array"),
         ("stream_options", (dict,), "an object"),
         ("llmroute", (dict,), 'an object such as {"tradeoff": 0.0, "max_cost": 0.01}'),
@@ -67,9 +133,6 @@ def validate_chat(body: Any) -> None:
         v = body.get(k)
         if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
             raise bad_request(f"'{k}' must be {what}.", k)
-    mt = body.get("max_tokens")
-    if isinstance(mt, int) and mt <= 0:
-        raise bad_request("'max_tokens' must be a positive integer.", "max_tokens")
 
 
 class OpenAIStream:

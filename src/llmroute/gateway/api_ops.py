@@ -208,7 +208,7 @@ class OpsEndpoints:
         gw = self.gw
         rid = gw.new_id()
         try:
-            body = await read_json(scope, receive, gw.max_body)
+            body = await read_json(scope, receive, gw.max_body, gw.max_depth)
             if isinstance(body, dict) and "messages" not in body and isinstance(body.get("prompt"), str):
                 body["messages"] = [{"role": "user", "content": body["prompt"]}]
             validate_chat(body)
@@ -245,7 +245,7 @@ class OpsEndpoints:
         record, then tell the feedback hooks; 404 for an unknown request id."""
         gw = self.gw
         try:
-            body = await read_json(scope, receive, gw.max_body)
+            body = await read_json(scope, receive, gw.max_body, gw.max_depth)
             if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
                 raise bad_request(
                     "'request_id' is required (the x-llmroute-request-id of a response).", "request_id"

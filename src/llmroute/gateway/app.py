@@ -42,11 +42,12 @@ from typing import Any, Protocol
 import orjson
 
 from llmroute.gateway.api_anthropic import ANTHROPIC_MESSAGES
-from llmroute.gateway.api_openai import OPENAI_CHAT
+from llmroute.gateway.api_openai import OPENAI_CHAT, check_output_fits
 from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
 from llmroute.gateway.asgi import (
     JSON,
     SSE,
+    ErrorLog,
     Handler,
     Receive,
     Scope,
@@ -233,6 +234,8 @@ class Gateway:
         self.feedback_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         self.max_body = srv.max_body_bytes
+        self.max_depth = srv.max_json_depth
+        self.errors = ErrorLog(log)  # unexpected exceptions: first of each kind per minute, then a count
         self.timeout_s = srv.request_timeout_s
         self._ops = OpsEndpoints(self)  # route, feedback, models, health, metrics, openapi
         self._started = False
@@ -246,7 +249,13 @@ class Gateway:
             ("POST", "/v1/messages"): self._messages,
             **self._ops.routes(),
         }
-        self._paths = {p for _, p in self._routes}
+        # model or alias -> its candidates' (name, context window), where any window is configured
+        cands = {m: [m] for m in self.engine.models} | {a: p.models for a, p in self.engine.plans.items()}
+        windows = {n: [(m, self.engine.models[m].context_window) for m in ms] for n, ms in cands.items()}
+        self._windows = {n: w for n, w in windows.items() if any(x is not None for _, x in w)}
+        self._allow: dict[str, str] = {}  # path -> its `Allow` header (405 answers)
+        for method, path in sorted(self._routes):
+            self._allow[path] = f"{self._allow[path]}, {method}" if path in self._allow else method
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -312,11 +321,15 @@ class Gateway:
             handler = self._routes.get((scope["method"], scope["path"]))
             if handler is None:
                 path = scope["path"]
-                if path in self._paths:
+                allow = self._allow.get(path)
+                if allow is not None:
                     await send_error(
                         send,
                         GatewayError(
-                            405, f"Method {scope['method']} not allowed on {path}.", code="method_not_allowed"
+                            405,
+                            f"Method {scope['method']} not allowed on {path}; use {allow}.",
+                            code="method_not_allowed",
+                            headers={"Allow": allow},
                         ),
                     )
                 else:
@@ -326,8 +339,8 @@ class Gateway:
                 return
             try:
                 await handler(scope, receive, send)
-            except Exception:  # a bug, not the client's fault: log it, answer JSON if still possible
-                log.exception("internal error on %s %s", scope["method"], scope["path"])
+            except Exception as e:  # a bug, not the client's fault: log it, answer JSON if still possible
+                self.errors.exception(e, "internal error on %s %s", scope["method"], scope["path"])
                 with contextlib.suppress(Exception):
                     await send_error(
                         send,
@@ -387,6 +400,9 @@ class Gateway:
             raise
         key = self.auth.admit(headers, model) if self.auth.enabled else None
         policy.update(parse_request_policy(body.pop("llmroute", None)))  # 400 on unknown fields
+        windows = self._windows.get(model)
+        if windows is not None:
+            check_output_fits(body, windows)  # 400: max_tokens fits no candidate's window
         ctx = RequestContext(
             request_id=rid,
             requested=model,
@@ -533,7 +549,7 @@ class Gateway:
         attempts: list[Attempt] = []
         try:
             try:
-                body = api.parse(await read_json(scope, receive, self.max_body))
+                body = api.parse(await read_json(scope, receive, self.max_body, self.max_depth))
                 ctx, decision, key = await self.prepare(scope, body, rid, api.endpoint)
                 if key is not None and self.budgets is not None:
                     reservation = self.budgets.reserve(key, self._max_cost(decision, body))
@@ -603,9 +619,45 @@ class Gateway:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+        except Exception as e:  # a bug, not the client's fault: a 500 with a trace row and a metric
+            if reservation is not None and self.budgets is not None:
+                self.budgets.release(reservation)  # before the answer: the client may retry at once
+            await self._internal_error(send, e, rid, ctx, decision, t0, attempts, api, scope)
         finally:
+            if reservation is not None and self.budgets is not None:
+                self.budgets.release(reservation)  # every exit path: a no-op once committed
             if watch is not None:
                 watch.stop()
+
+    async def _internal_error(
+        self,
+        send: Send,
+        e: Exception,
+        rid: str,
+        ctx: RequestContext | None,
+        decision: RouteDecision | None,
+        t0: float,
+        attempts: list[Attempt],
+        api: ApiFamily,
+        scope: Scope,
+    ) -> None:
+        """An unexpected exception in the pipeline: log it (rate-limited per kind), record a 500
+        (trace row, metric) and answer it unless the response had started already."""
+        self.errors.exception(e, "internal error on %s %s (request %s)", scope["method"], scope["path"], rid)
+        ge = GatewayError(500, "Internal gateway error (logged).", type="server_error", code="internal_error")
+        with contextlib.suppress(Exception):  # the recording step may be what failed
+            self._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model="",
+                status=500,
+                t0=t0,
+                attempts=attempts,
+                error=f"internal error: {type(e).__name__}",
+            )
+        with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say
+            await send_error(send, ge, rejected_headers(rid, decision, ge), api.error_body(ge))
 
     async def _stream(
         self,

@@ -8,6 +8,8 @@ families (`api_openai`, `api_anthropic`, `api_ops`) call these functions with wh
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JSON",
+    "MAX_JSON_DEPTH",
     "SSE",
+    "ErrorLog",
     "Handler",
     "Headers",
     "Receive",
@@ -28,6 +32,7 @@ __all__ = [
     "Send",
     "bad_request",
     "header",
+    "json_too_deep",
     "read_json",
     "rejected_headers",
     "request_headers",
@@ -45,6 +50,8 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = (b"content-type", b"application/json")
 SSE = (b"content-type", b"text/event-stream")
+#: Default nesting limit of a JSON request body (`server.max_json_depth`): deeper bodies are a 400.
+MAX_JSON_DEPTH = 64
 
 
 def header(name: bytes, value: str) -> tuple[bytes, bytes]:
@@ -87,10 +94,28 @@ def _too_large(max_body: int) -> GatewayError:
     )
 
 
-async def read_json(scope: Scope, receive: Receive, max_body: int) -> Any:
+def json_too_deep(raw: bytes, obj: Any, limit: int) -> bool:
+    """Whether the parsed JSON `obj` (decoded from `raw`) nests arrays/objects more than `limit` deep.
+
+    Cheap on the hot path: a body with at most `limit` brackets cannot be deeper (two C-speed byte
+    counts); only bodies with more brackets are walked, iteratively, one step per container."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+async def read_json(scope: Scope, receive: Receive, max_body: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The request body parsed as JSON. A 413 beyond `max_body` bytes (by Content-Length or as
-    received), a 400 for an empty or invalid body; a client that disconnects while sending it
-    cancels the request (`asyncio.CancelledError`)."""
+    received), a 400 for an empty or invalid body or one nesting arrays/objects deeper than
+    `max_depth`; a client that disconnects while sending it cancels the request
+    (`asyncio.CancelledError`)."""
     for k, v in scope["headers"]:
         if k == b"content-length":
             try:
@@ -116,9 +141,64 @@ async def read_json(scope: Scope, receive: Receive, max_body: int) -> Any:
     if not raw:
         raise bad_request("The request body is empty; send a JSON object.")
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if e.msg == "depth limit exceeded":  # orjson's own limit (1024) is above any max_depth
+            raise _too_deep(max_depth) from None
         raise bad_request(f"The request body is not valid JSON: {e.msg} at position {e.pos}.") from None
+    if json_too_deep(raw, obj, max_depth):
+        raise _too_deep(max_depth)
+    return obj
+
+
+def _too_deep(max_depth: int) -> GatewayError:
+    return bad_request(
+        f"The request body nests arrays/objects more than {max_depth} levels deep "
+        "(server.max_json_depth); flatten it.",
+        code="json_too_deep",
+    )
+
+
+class ErrorLog:
+    """Logs unexpected exceptions without flooding the log: per kind (exception type and where it
+    was raised) the first one in each `window_s` with its traceback, then only a count of the ones
+    that followed, logged with the next one after the window."""
+
+    def __init__(
+        self, logger: logging.Logger, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.window_s = window_s
+        self.clock = clock
+        # kind -> [start of its window, errors suppressed in it]
+        self._kinds: dict[tuple[str, str, int], list[float]] = {}
+
+    @staticmethod
+    def kind(exc: BaseException) -> tuple[str, str, int]:
+        """An exception's kind: its type and the file and line it was raised at."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else ("", 0)
+        return type(exc).__qualname__, *where
+
+    def exception(self, exc: BaseException, message: str, *args: Any) -> bool:
+        """Log `exc` under `message % args` unless its kind was logged within the window; returns
+        whether it was logged."""
+        now = self.clock()
+        k = self.kind(exc)
+        row = self._kinds.get(k)
+        if row is not None and now - row[0] < self.window_s:
+            row[1] += 1
+            return False
+        suppressed = int(row[1]) if row is not None else 0
+        if len(self._kinds) > 1024:  # bounded: forget old kinds
+            self._kinds.clear()
+        self._kinds[k] = [now, 0]
+        if suppressed:
+            message += f" ({suppressed} more of this kind in the last {self.window_s:g} s not logged)"
+        self.logger.error(message, *args, exc_info=exc)
+        return True
 
 
 def trace_headers(rid: str, model: str, reason: str, decision: RouteDecision | None = None) -> Headers:
