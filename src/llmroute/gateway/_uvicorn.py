@@ -16,6 +16,20 @@ runs once, from `connection_lost`, when the client goes away before the response
 moment uvicorn marks the cycle disconnected). The gateway uses it instead of a watcher task per
 request blocked in `receive()` (a task, an event wait and a wake-up per request).
 
+The protocol also guards against slow and oversized clients (the `server:` limits of the gateway
+config, found on the app it serves; `ServerConfig` defaults for any other app):
+
+- a request head (request line + headers) over `max_header_bytes`, or with more than
+  `max_header_count` fields, gets a 431; bytes are counted as they arrive, so a huge header is
+  refused before it is buffered whole (httptools itself has no limit);
+- a connection that has not completed a request head within `header_timeout_s` of opening (or of
+  the head's first byte, on a kept-alive connection) is closed, with a 408 when part of a head came;
+- a request body that sends nothing for `body_timeout_s` gets a 408 (the app sees a disconnect);
+- past `max_connections` open connections per process, a new one gets a 503 and is closed.
+
+Each refusal says `connection: close`, half-closes the socket and discards what the client still
+sends for `LINGER_S` before closing, so the client reads the status instead of a reset.
+
 `llmroute serve` binds its listening socket itself (`bind_socket`, so a busy port is one clear
 error before anything loads) and hands it to `ReadyServer` (one process: calls back once the
 app has started and the socket listens) or `run_workers` (uvicorn's multi-process supervisor).
@@ -23,6 +37,7 @@ app has started and the socket listens) or `run_workers` (uvicorn's multi-proces
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import inspect
 import socket
@@ -30,11 +45,15 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from llmroute.gateway.config import ServerConfig
 
 __all__ = [
     "DISCONNECT_EXTENSION",
+    "LINGER_S",
     "BindError",
     "CoalescingHttpToolsProtocol",
     "ReadyServer",
@@ -43,6 +62,7 @@ __all__ = [
 ]
 
 DISCONNECT_EXTENSION = "llmroute.on_disconnect"
+LINGER_S = 1.0  # after a refusal: how long what the client still sends is read and dropped
 
 
 class _Collect:
@@ -122,8 +142,192 @@ class _Register:
             cycle._register_disconnect(callback)
 
 
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the protocol has refused."""
+
+
+def _server_limits(config: uvicorn.Config) -> ServerConfig:
+    """The `server:` section of the gateway config `config` serves (looked up once per uvicorn
+    config, through wrapping middlewares' `.app`), or the `ServerConfig` defaults."""
+    found = config.__dict__.get("_llmroute_server")
+    if found is None:
+        app, found = config.loaded_app, None
+        for _ in range(8):
+            server = getattr(getattr(app, "config", None), "server", None)
+            if isinstance(server, ServerConfig):
+                found = server
+                break
+            app = getattr(app, "app", None)
+            if app is None:
+                break
+        found = found or ServerConfig()
+        config.__dict__["_llmroute_server"] = found
+    return found
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """`HttpToolsProtocol` whose requests run in a `_CoalescingCycle` (see the module docstring)."""
+    """`HttpToolsProtocol` whose requests run in a `_CoalescingCycle`, with limits on slow and
+    oversized clients (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        limits = _server_limits(config)
+        self.timeout_keep_alive = limits.keep_alive_s
+        self._max_head = limits.max_header_bytes
+        self._max_fields = limits.max_header_count
+        self._head_timeout = limits.header_timeout_s
+        self._body_timeout = limits.body_timeout_s
+        self._max_connections = limits.max_connections
+        self._in_head = False  # a request head has begun and is not complete
+        self._head_bytes = 0  # bytes received while the current head was incomplete
+        self._head_size = 0  # request line + header bytes parsed so far
+        self._in_body = False  # the current request's body is not complete
+        self._body_seen = 0.0  # loop time of the last body bytes (or of the head's end)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # ---- connection limits ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(503, "Too many open connections; retry later.")
+            return
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _refuse(self, status: int, msg: str) -> None:
+        """Answer `status` (when a response may still be sent), half-close, drop what the client
+        still sends for `LINGER_S`, then close."""
+        self._refused = True
+        self._in_head = self._in_body = False
+        self._cancel_timers()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() returns a disconnect, its sends are dropped
+            cycle.message_event.set()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not status:
+            transport.close()
+            return
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            body = msg.encode("ascii")
+            transport.write(
+                b"".join(
+                    [
+                        STATUS_LINE[status],
+                        b"content-type: text/plain; charset=utf-8\r\n",
+                        b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n",
+                        body,
+                    ]
+                )
+            )
+        self.flow.resume_reading()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):  # pragma: no cover - already shut down
+            pass
+        self.loop.call_later(LINGER_S, transport.close)
+
+    def _cancel_timers(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self._in_head:
+            self._refuse(408, "Request headers not received in time.")
+        elif self.cycle is None:  # opened and sent nothing
+            self._refuse(0, "")
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._refused or not self._in_body or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_seen
+        if idle < self._body_timeout or self.flow.read_paused:  # sent since, or the app is not reading
+            wait = self._body_timeout - idle if idle < self._body_timeout else self._body_timeout
+            self._body_timer = self.loop.call_later(wait, self._body_timed_out)
+            return
+        self._refuse(408, "Request body not received in time.")
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: dropped
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._refused:  # a callback refused the request
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        if self._in_head:  # this data ends in an incomplete head: count it all
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self._refuse(431, "Request header fields too large.")
+                return
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+        elif self._in_body:
+            self._body_seen = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+
+    # ---- parser callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            self._refuse(431, "Request header fields too large.")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head or len(self.headers) >= self._max_fields:
+            self._refuse(431, "Request header fields too large.")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         cycle.__class__ = _CoalescingCycle
@@ -134,6 +338,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
         cycle = self.cycle
         super().connection_lost(exc)
         if isinstance(cycle, _CoalescingCycle) and cycle.disconnected:

@@ -7,8 +7,9 @@ and says what is allowed.
 
 Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
 
-    server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
-               breaker_cooldown_s}
+    server:   {max_body_bytes, request_timeout_s, retries, backoff_s, breaker_failures,
+               breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
+               body_timeout_s, keep_alive_s, max_connections}
     models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers}]
@@ -86,9 +87,6 @@ class ServerConfig(_Strict):
     """Request-path limits and reliability knobs."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    max_json_depth: int = Field(
-        64, ge=2, le=200, description="deepest array/object nesting of a JSON body (deeper: 400)"
-    )
     request_timeout_s: float = Field(120.0, gt=0, description="whole-request deadline")
     retries: int = Field(1, ge=0, le=10, description="retries per candidate for retryable errors")
     backoff_s: float = Field(0.05, ge=0, description="first retry backoff; doubles each retry")
@@ -99,6 +97,21 @@ class ServerConfig(_Strict):
         8, ge=1, le=256, description="router estimates batched per event-loop turn (1 = off)"
     )
     blas_threads: int | None = Field(1, ge=1, description="BLAS threads per worker (None: leave as is)")
+    # slow and oversized clients (enforced per connection by `llmroute.gateway._uvicorn`)
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line + headers larger than this get a 431"
+    )
+    max_header_count: int = Field(100, ge=1, description="more header fields than this get a 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection whose request head is not complete by then is closed (408)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long gets a 408"
+    )
+    keep_alive_s: float = Field(30.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(
+        1024, ge=1, description="open connections per worker; more get a 503 and are closed"
+    )
 
 
 class ModelConfig(_Strict):

@@ -257,7 +257,7 @@ def serve(
         lifespan="on",
         log_level=log_level,
         access_log=access_log,
-        timeout_keep_alive=30,
+        timeout_keep_alive=cfg.server.keep_alive_s,  # the protocol also reads the server: limits
         backlog=4096,
         proxy_headers=False,
         server_header=False,
