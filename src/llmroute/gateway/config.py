@@ -7,7 +7,7 @@ and says what is allowed.
 
 Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
 
-    server:   {max_body_bytes, request_timeout_s, retries, backoff_s, breaker_failures,
+    server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
                body_timeout_s, keep_alive_s, max_connections}
     models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
@@ -87,6 +87,9 @@ class ServerConfig(_Strict):
     """Request-path limits and reliability knobs."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_json_depth: int = Field(
+        64, ge=2, le=200, description="deepest array/object nesting of a JSON body (deeper: 400)"
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="whole-request deadline")
     retries: int = Field(1, ge=0, le=10, description="retries per candidate for retryable errors")
     backoff_s: float = Field(0.05, ge=0, description="first retry backoff; doubles each retry")
