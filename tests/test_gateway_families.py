@@ -128,7 +128,7 @@ def test_refusals_on_messages_have_anthropic_error_types(gw: GatewayHandle) -> N
         "type": "error",
         "error": {
             "type": "invalid_request_error",
-            "message": "'max_tokens' is required and must be a positive integer.",
+            "message": "'max_tokens' must be a positive integer, got 0.",
         },
     }
 

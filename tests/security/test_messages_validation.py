@@ -470,3 +470,99 @@ def test_official_client_text_system_blocks_tools_and_tool_result(
     ) as s:
         final = s.get_final_message()
     assert final.content and final.stop_reason == "end_turn"
+
+
+# ---- generated valid requests: never refused, never a 5xx, on either kind of backend -----------
+_TEXT = st.text(max_size=12)
+_CACHE = st.sampled_from([{}, {"cache_control": {"type": "ephemeral"}}])
+_TEXT_BLOCK = st.builds(lambda t, cc: {"type": "text", "text": t, **cc}, _TEXT, _CACHE)
+_IMAGE_BLOCK = st.one_of(
+    st.builds(
+        lambda m, d: {"type": "image", "source": {"type": "base64", "media_type": m, "data": d}},
+        st.sampled_from(_IMAGE_MEDIA),
+        st.text(alphabet="ABCDEFabcdef0123456789+/=", max_size=12),
+    ),
+    st.just({"type": "image", "source": {"type": "url", "url": "https://example.invalid/a.png"}}),
+)
+_DOCUMENT_BLOCK = st.builds(
+    lambda s, title: {"type": "document", "source": s, **title},
+    st.one_of(
+        st.builds(lambda d: {"type": "text", "media_type": "text/plain", "data": d}, _TEXT),
+        st.just({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}),
+        st.just({"type": "url", "url": "https://example.invalid/a.pdf"}),
+        st.builds(
+            lambda c: {"type": "content", "content": c}, st.one_of(_TEXT, st.lists(_TEXT_BLOCK, max_size=2))
+        ),
+    ),
+    st.sampled_from([{}, {"title": "t"}, {"title": None, "context": "c"}]),
+)
+_TOOL_USE_BLOCK = st.builds(
+    lambda i, n, inp: {"type": "tool_use", "id": f"toolu_{i}", "name": n, "input": inp},
+    st.integers(0, 3),
+    st.sampled_from(["get_weather", "lookup"]),
+    st.dictionaries(st.sampled_from(["city", "q", "n"]), st.one_of(_TEXT, st.integers(-5, 5)), max_size=2),
+)
+_TOOL_RESULT_BLOCK = st.builds(
+    lambda i, c, err: {"type": "tool_result", "tool_use_id": f"toolu_{i}", **c, **err},
+    st.integers(0, 3),
+    st.one_of(
+        st.just({}),
+        st.builds(lambda t: {"content": t}, _TEXT),
+        st.builds(lambda b: {"content": b}, st.lists(st.one_of(_TEXT_BLOCK, _IMAGE_BLOCK), max_size=2)),
+    ),
+    st.sampled_from([{}, {"is_error": True}, {"is_error": False}]),
+)
+_THINKING_BLOCKS = st.sampled_from(
+    [
+        {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+        {"type": "redacted_thinking", "data": "xyz"},
+    ]
+)
+_BLOCK = st.one_of(
+    _TEXT_BLOCK, _IMAGE_BLOCK, _DOCUMENT_BLOCK, _TOOL_USE_BLOCK, _TOOL_RESULT_BLOCK, _THINKING_BLOCKS
+)
+_MESSAGE = st.builds(
+    lambda role, content: {"role": role, "content": content},
+    st.sampled_from(["user", "assistant"]),
+    st.one_of(_TEXT, st.lists(_BLOCK, min_size=1, max_size=3)),
+)
+_TOOL_DEFS = st.lists(
+    st.builds(
+        lambda n, d: {
+            "name": n,
+            **d,
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+        st.sampled_from(["get_weather", "lookup"]),
+        st.sampled_from([{}, {"description": "d"}]),
+    ),
+    min_size=1,
+    max_size=2,
+    unique_by=lambda t: t["name"],
+)
+_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "system": st.one_of(_TEXT, st.lists(_TEXT_BLOCK, max_size=2)),
+    "tools": _TOOL_DEFS,
+    "tool_choice": st.sampled_from(
+        [{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "get_weather"}]
+    ),
+    "stop_sequences": st.lists(st.text(min_size=1, max_size=4), max_size=2),
+    "temperature": st.floats(0, 1),
+    "top_p": st.floats(0, 1),
+    "top_k": st.integers(0, 50),
+    "metadata": st.sampled_from([{}, {"user_id": "u-1"}, {"user_id": None}]),
+}
+VALID_BODIES = st.builds(
+    lambda model, mt, msgs, opt: {"model": model, "max_tokens": mt, "messages": msgs, **opt},
+    st.sampled_from(["fake-weak", "claude-fake"]),
+    st.one_of(st.integers(1, 64), st.sampled_from([16.0, 64.0])),
+    st.lists(_MESSAGE, min_size=1, max_size=4),
+    st.fixed_dictionaries({}, optional=_OPTIONAL),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=VALID_BODIES)
+def test_generated_valid_requests_are_answered(client: anthropic.Anthropic, body: dict[str, Any]) -> None:
+    out = _post(client, body)
+    assert out["type"] == "message" and out["role"] == "assistant"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmroute.gateway.api_openai import check_number
 from llmroute.gateway.asgi import bad_request
 from llmroute.gateway.backends.anthropic import (
     OpenAIToAnthropicStream,
@@ -56,21 +57,6 @@ _TOOL_CHOICES = ("auto", "any", "tool", "none")
 
 def _bad(path: str, what: str) -> GatewayError:
     return bad_request(f"'{path}' {what}", path)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _as_int(v: Any) -> int | None:
-    """`v` as an int when it is one (integral floats such as 417.0 included), else None."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return None
 
 
 def _string(v: Any, path: str, *, required: bool = True) -> None:
@@ -228,12 +214,6 @@ def _tool_choice(tc: Any) -> None:
         raise _bad("tool_choice.disable_parallel_tool_use", "must be a boolean.")
 
 
-def _unit_interval(body: dict[str, Any], key: str) -> None:
-    v = body.get(key)
-    if v is not None and (not _is_num(v) or not 0 <= v <= 1):
-        raise _bad(key, "must be a number between 0 and 1.")
-
-
 def validate_messages(body: Any) -> None:
     """Check an Anthropic Messages request; any violation is a 400 `GatewayError` naming the field
     by its path (never a 500), raised before anything else runs (auth, routing, budget holds).
@@ -251,10 +231,7 @@ def validate_messages(body: Any) -> None:
         raise bad_request("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _bad("model", "is required and must be a non-empty string (a model name or an alias).")
-    mt = _as_int(body.get("max_tokens"))
-    if mt is None or mt <= 0:
-        raise _bad("max_tokens", "is required and must be a positive integer.")
-    body["max_tokens"] = mt
+    check_number(body, "max_tokens", 1, integer=True, required=True)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _bad("messages", "is required and must be a non-empty array of {role, content} objects.")
@@ -283,13 +260,9 @@ def validate_messages(body: Any) -> None:
             raise _bad("stop_sequences", "must be an array of strings.")
         for i, s in enumerate(stop):
             _string(s, f"stop_sequences[{i}]")
-    _unit_interval(body, "temperature")
-    _unit_interval(body, "top_p")
-    if body.get("top_k") is not None:
-        tk = _as_int(body["top_k"])
-        if tk is None or tk < 0:
-            raise _bad("top_k", "must be a non-negative integer.")
-        body["top_k"] = tk
+    check_number(body, "temperature", 0, 1)
+    check_number(body, "top_p", 0, 1)
+    check_number(body, "top_k", 0, integer=True)
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise _bad("stream", "must be a boolean.")
     meta = body.get("metadata")
