@@ -32,6 +32,7 @@ from llmroute.gateway.asgi import (
     trace_headers,
 )
 from llmroute.gateway.auth import GatewayError
+from llmroute.gateway.backends.http import public_url
 
 if TYPE_CHECKING:
     from llmroute.gateway.app import Gateway
@@ -204,7 +205,8 @@ class OpsEndpoints:
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/route: the decision a chat request would get (`prompt` stands for one user
-        message), with each ranked candidate's base URL; no upstream call."""
+        message), with each ranked candidate's base URL (scheme://host[:port]/path only: no
+        user:password, no query string); no upstream call."""
         gw = self.gw
         rid = gw.new_id()
         try:
@@ -230,7 +232,10 @@ class OpsEndpoints:
             "alias": decision.alias,
             "router": decision.router,
             "reason": decision.reason,
-            "ranked": [{**c, "base_url": engine.models[c["model"]].base_url} for c in decision.candidates()],
+            "ranked": [
+                {**c, "base_url": public_url(engine.models[c["model"]].base_url)}
+                for c in decision.candidates()
+            ],
             **decision.summary(),
         }
         await send_response(
@@ -242,7 +247,9 @@ class OpsEndpoints:
 
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/feedback: merge an outcome (e.g. `quality` in [0, 1]) into a request's trace
-        record, then tell the feedback hooks; 404 for an unknown request id."""
+        record, then tell the feedback hooks; 404 for an unknown request id. With API keys
+        configured, only the key that made the request may give its feedback (another key's
+        request id is answered 404 like an unknown one: ids of other tenants are not confirmed)."""
         gw = self.gw
         try:
             body = await read_json(scope, receive, gw.max_body, gw.max_depth)
@@ -250,15 +257,17 @@ class OpsEndpoints:
                 raise bad_request(
                     "'request_id' is required (the x-llmroute-request-id of a response).", "request_id"
                 )
+            owner = None
             if gw.auth.enabled:
-                gw.auth.authenticate(request_headers(scope))
+                key = gw.auth.authenticate(request_headers(scope))
+                owner = key.id if key is not None else None
             outcome = {k: v for k, v in body.items() if k != "request_id"}
             q = outcome.get("quality")
             if q is not None and (not isinstance(q, int | float) or isinstance(q, bool) or not 0 <= q <= 1):
                 raise bad_request("'quality' must be a number in [0, 1].", "quality")
             if not outcome:
                 raise bad_request('Give an outcome, e.g. {"request_id": ..., "quality": 1.0}.')
-            found = await gw.store.aattach_feedback(body["request_id"], outcome) if gw.store else False
+            found = await gw.store.aattach_feedback(body["request_id"], outcome, owner) if gw.store else False
             if not found:
                 raise GatewayError(
                     404,

@@ -17,7 +17,9 @@ Faults: `500`, `503`, `429`, `400`, `timeout` (never answers within `delay`, def
 (connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
 midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
 `delay` s, default 0.2), `slow` (first byte after `delay`,
-default 0.5 s, then a normal answer).
+default 0.5 s, then a normal answer), `echo` / `echo500` (a careless upstream: 400 / 500 whose
+error message repeats the request line, every request header, credentials included, and the
+body, prompt included; for testing that the gateway never forwards such text).
 
 With tools, answers with a tool call of the first tool (arguments `{"x": 1}`); on `/v1/messages` a
 forced `tool_choice` (`{"type": "tool", "name": N}`) calls tool N with an input built from its
@@ -41,7 +43,7 @@ from aiohttp import web
 
 __all__ = ["FAULTS", "STATE", "FakeState", "RunningFake", "main", "make_app", "serve_in_thread"]
 
-FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip")
+FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip", "echo", "echo500")
 
 
 class FakeState:
@@ -109,6 +111,11 @@ async def _maybe_fault_pre(
         return _error(429, "fake rate limit", "rate_limit_error")
     if fault == "400":
         return _error(400, "fake bad request", "invalid_request_error")
+    if fault in ("echo", "echo500"):
+        heads = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+        body = (await request.read()).decode("utf-8", "replace")
+        msg = f"cannot serve {request.method} {request.url} headers: {heads} body: {body}"
+        return _error(400 if fault == "echo" else 500, msg, "invalid_request_error")
     if fault == "timeout":
         await asyncio.sleep(delay if delay is not None else 30.0)
         return _error(504, "fake timeout elapsed", "server_error")

@@ -9,7 +9,7 @@ Interface for the gateway core (everything else in this module is detail)::
                        flush_interval_s=cfg.store.flush_interval_s)
     store.write(record)                 # hot path: appends to a queue, never blocks, never raises
     store.write_row(values)             # the same for a tuple in TRACE_FIELDS order (the gateway's form)
-    await store.aattach_feedback(rid, {"quality": 1.0})   # -> False if rid is unknown
+    await store.aattach_feedback(rid, {"quality": 1.0}, owner=key_id)  # -> False: unknown rid / not key_id's
     await store.aget(rid) / await store.aquery(model="fake-weak", limit=20)
     await store.close()                 # at shutdown: drains the queue, nothing is lost
 
@@ -250,7 +250,7 @@ class _Backend(Protocol):
     def insert(self, rows: list[tuple]) -> None: ...
     def add_spend(self, deltas: dict[tuple[str, str], float]) -> None: ...
     def load_spend(self, periods: Sequence[str]) -> dict[tuple[str, str], float]: ...
-    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool: ...
+    def attach(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool: ...
     def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]: ...
     def count(self) -> int: ...
     def prune(self, before: float) -> int: ...
@@ -361,9 +361,11 @@ class _SQLiteBackend:
         ).fetchall()
         return {(k, p): float(v) for k, p, v in rows}
 
-    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool:
-        row = self.db.execute("SELECT outcome FROM traces WHERE request_id = ?", (request_id,)).fetchone()
-        if row is None:
+    def attach(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool:
+        row = self.db.execute(
+            "SELECT outcome, key_id FROM traces WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        if row is None or (owner is not None and row[1] != owner):
             return False
         merged = _merge_outcome(_loads(row[0]), outcome)
         self.db.execute("UPDATE traces SET outcome = ? WHERE request_id = ?", (_dumps(merged), request_id))
@@ -457,11 +459,13 @@ class _PostgresBackend:
         )
         return {(r[0], r[1]): float(r[2]) for r in rows}
 
-    def attach(self, request_id: str, outcome: dict[str, Any]) -> bool:
+    def attach(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool:
         row = self._run(
-            self.conn.fetchrow("SELECT outcome::text FROM llmroute_traces WHERE request_id = $1", request_id)
+            self.conn.fetchrow(
+                "SELECT outcome::text, key_id FROM llmroute_traces WHERE request_id = $1", request_id
+            )
         )
-        if row is None:
+        if row is None or (owner is not None and row[1] != owner):
             return False
         merged = _merge_outcome(_loads(row[0]), outcome)
         self._run(
@@ -686,13 +690,17 @@ class TraceStore:
         rows = await self.aquery(request_id=request_id, limit=1)
         return rows[0] if rows else None
 
-    def attach_feedback(self, request_id: str, outcome: dict[str, Any]) -> bool:
-        """Merge `outcome` into the record's outcome; False if no such request id (blocking)."""
-        return bool(self._submit(lambda b: b.attach(request_id, dict(outcome))).result())
+    def attach_feedback(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool:
+        """Merge `outcome` into the record's outcome; False if no such request id, or if `owner` (an
+        API key id) is given and the request was not made with that key (blocking)."""
+        return bool(self._submit(lambda b: b.attach(request_id, dict(outcome), owner)).result())
 
-    async def aattach_feedback(self, request_id: str, outcome: dict[str, Any]) -> bool:
+    async def aattach_feedback(
+        self, request_id: str, outcome: dict[str, Any], owner: str | None = None
+    ) -> bool:
         """`attach_feedback` for use inside an event loop."""
-        return bool(await asyncio.wrap_future(self._submit(lambda b: b.attach(request_id, dict(outcome)))))
+        fut = self._submit(lambda b: b.attach(request_id, dict(outcome), owner))
+        return bool(await asyncio.wrap_future(fut))
 
     def load_spend(self, periods: Iterable[str]) -> dict[tuple[str, str], float]:
         """Persisted spend {(key_id, period): usd} for the given periods (blocking)."""

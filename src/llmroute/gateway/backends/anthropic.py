@@ -38,8 +38,16 @@ from typing import Any
 
 import orjson
 
-from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream, post_json
-from llmroute.gateway.backends.http import HTTPClient
+from llmroute.gateway.backends.base import (
+    BackendError,
+    ErrorScrubber,
+    classify_status,
+    next_lines,
+    open_stream,
+    os_reason,
+    post_json,
+)
+from llmroute.gateway.backends.http import HTTPClient, join_url
 from llmroute.gateway.backends.openai import missing_credentials
 from llmroute.gateway.config import ModelConfig
 
@@ -718,14 +726,16 @@ class AnthropicBackend:
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
-        self.url = (cfg.base_url or "https://api.anthropic.com").rstrip("/") + "/v1/messages"
+        self.url = join_url(cfg.base_url or "https://api.anthropic.com", "/v1/messages")
         self.client: HTTPClient | None = None
         self.headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01", **cfg.headers}
         self.key_missing = False
+        self.scrub = ErrorScrubber.for_model(cfg)  # upstream error text -> client and trace
 
     async def start(self, client: HTTPClient) -> None:
         self.client = client
         key = self.cfg.api_key()
+        self.scrub.add_secret(key)
         if key:
             self.headers["x-api-key"] = key
         elif self.cfg.api_key_env:
@@ -746,7 +756,9 @@ class AnthropicBackend:
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload, rf_tool = self._prep(dict(body, stream=False))
-        msg = await post_json(self.client, self.url, self.headers, payload, self.cfg.name, timeout_s)
+        msg = await post_json(
+            self.client, self.url, self.headers, payload, self.cfg.name, timeout_s, self.scrub
+        )
         return anthropic_to_openai_response(msg, self.cfg.name, rf_tool)
 
     async def chat_stream(
@@ -763,7 +775,7 @@ class AnthropicBackend:
             if resp.status != 200:
                 async with asyncio.timeout(timeout_s):
                     raw = await resp.read()
-                raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
+                raise classify_status(name, resp.status, self.scrub.detail(raw, payload))
             stopped = False
             batches = resp.line_batches()
             while not stopped:
@@ -778,6 +790,12 @@ class AnthropicBackend:
                         ev = orjson.loads(line[5:].strip())
                     except orjson.JSONDecodeError:
                         raise BackendError(f"model {name!r}: upstream sent an invalid stream event") from None
+                    if isinstance(ev, dict) and ev.get("type") == "error":
+                        err = ev.get("error")
+                        why = self.scrub.text(
+                            str(err.get("message", "") if isinstance(err, dict) else err), payload
+                        )
+                        raise BackendError(f"model {name!r}: upstream stream error: {why}")
                     for chunk in conv.feed(ev):
                         if client_usage and chunk.get("_usage_only"):
                             del chunk["_usage_only"]
@@ -793,6 +811,6 @@ class AnthropicBackend:
                 pass
             ok = True
         except OSError as e:
-            raise BackendError(f"model {name!r}: upstream stream broke ({e})") from None
+            raise BackendError(f"model {name!r}: upstream stream broke ({os_reason(e)})") from None
         finally:
             resp.release(ok)

@@ -21,15 +21,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import ssl as _ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httptools
 
-__all__ = ["HTTPClient", "HTTPError", "Response", "StreamResponse"]
+__all__ = ["HTTPClient", "HTTPError", "Response", "StreamResponse", "error_reason", "join_url", "public_url"]
+
+
+def error_reason(e: BaseException | None) -> str:
+    """Why an OS-level call failed, without host or port (asyncio's messages name the address):
+    the errno's text, else the exception's class name."""
+    errno = getattr(e, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    return type(e).__name__
+
+
+def join_url(base: str, path: str) -> str:
+    """`base` with `path` appended to its path, before any query string: `join_url(
+    "https://h/v1?api-version=2024", "/chat/completions")` -> `"https://h/v1/chat/completions?api-version=2024"`.
+    A trailing slash of the base path is dropped first; a fragment is dropped."""
+    u = urlsplit(base)
+    joined = u.path.rstrip("/") + "/" + path.lstrip("/")
+    return urlunsplit((u.scheme, u.netloc, joined, u.query, ""))
+
+
+def public_url(url: str | None) -> str | None:
+    """What a client or a trace may see of an upstream URL: `scheme://host[:port]/path`, without
+    userinfo (user:password), query string (tokens) or fragment. None stays None."""
+    if not url:
+        return url
+    u = urlsplit(url)
+    host = u.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((u.scheme, netloc, u.path, "", ""))
 
 
 class HTTPError(OSError):
@@ -95,7 +131,8 @@ class _Conn(asyncio.Protocol):
             ):
                 self.on_message_complete()
             else:
-                self._fail(HTTPError("upstream closed the connection" + (f" ({exc})" if exc else "")))
+                why = f" ({error_reason(exc)})" if exc else ""
+                self._fail(HTTPError("upstream closed the connection" + why))
         self.pool.discard(self)
 
     # -- httptools callbacks --
@@ -179,7 +216,8 @@ class _Pool:
                 server_hostname=self.host if self.ssl else None,
             )
         except OSError as e:
-            raise HTTPError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}") from None
+            # no host:port in the message: it reaches clients and traces (the caller names the model)
+            raise HTTPError(f"cannot connect: {error_reason(e)}") from None
         return conn
 
     def release(self, conn: _Conn) -> None:
@@ -302,7 +340,7 @@ class HTTPClient:
             return t
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise HTTPError(f"unsupported URL {url!r}: need http:// or https://")
+            raise HTTPError(f"unsupported URL {public_url(url)!r}: need http:// or https://")
         port = u.port or (443 if u.scheme == "https" else 80)
         key = (u.scheme, u.hostname, port)
         pool = self._pools.get(key)

@@ -13,8 +13,16 @@ from typing import Any
 
 import orjson
 
-from llmroute.gateway.backends.base import BackendError, classify_status, next_lines, open_stream, post_json
-from llmroute.gateway.backends.http import HTTPClient
+from llmroute.gateway.backends.base import (
+    BackendError,
+    ErrorScrubber,
+    classify_status,
+    next_lines,
+    open_stream,
+    os_reason,
+    post_json,
+)
+from llmroute.gateway.backends.http import HTTPClient, join_url
 from llmroute.gateway.config import ModelConfig
 
 __all__ = ["OpenAIBackend", "missing_credentials"]
@@ -38,19 +46,22 @@ def missing_credentials(cfg: ModelConfig) -> BackendError:
 
 
 class OpenAIBackend:
-    """Chat completions against `{base_url}/chat/completions`."""
+    """Chat completions against `{base_url}/chat/completions` (a query string in `base_url`, e.g.
+    `?api-version=...`, stays after the path). Upstream error text reaches the client and the trace
+    only through `ErrorScrubber` (no keys, no echoed prompt, no upstream address)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
-        base = (cfg.base_url or "").rstrip("/")
-        self.url = base + "/chat/completions"
+        self.url = join_url(cfg.base_url or "", "/chat/completions")
         self.client: HTTPClient | None = None
         self.headers: dict[str, str] = {"Content-Type": "application/json", **cfg.headers}
         self.key_missing = False
+        self.scrub = ErrorScrubber.for_model(cfg)
 
     async def start(self, client: HTTPClient) -> None:
         self.client = client
         key = self.cfg.api_key()
+        self.scrub.add_secret(key)
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
         elif self.cfg.api_key_env:
@@ -70,7 +81,9 @@ class OpenAIBackend:
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         payload = orjson.dumps(self._prep(body))
-        data = await post_json(self.client, self.url, self.headers, payload, self.cfg.name, timeout_s)
+        data = await post_json(
+            self.client, self.url, self.headers, payload, self.cfg.name, timeout_s, self.scrub
+        )
         if not isinstance(data, dict) or "choices" not in data:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned no 'choices'")
         return data
@@ -85,13 +98,14 @@ class OpenAIBackend:
             b["stream_options"] = {**(b.get("stream_options") or {}), "include_usage": True}
         assert self.client is not None
         name = self.cfg.name
-        resp = await open_stream(self.client, self.url, self.headers, orjson.dumps(b), name, timeout_s)
+        payload = orjson.dumps(b)
+        resp = await open_stream(self.client, self.url, self.headers, payload, name, timeout_s)
         ok = False
         try:
             if resp.status != 200:
                 async with asyncio.timeout(timeout_s):
                     raw = await resp.read()
-                raise classify_status(name, resp.status, raw[:300].decode("utf-8", "replace"))
+                raise classify_status(name, resp.status, self.scrub.detail(raw, payload))
             done = False
             batches = resp.line_batches()
             while not done:
@@ -118,9 +132,8 @@ class OpenAIBackend:
                             if isinstance(chunk["error"], dict)
                             else {"message": str(chunk["error"])}
                         )
-                        raise BackendError(
-                            f"model {name!r}: upstream stream error: {err.get('message', '')}"[:400]
-                        )
+                        why = self.scrub.text(str(err.get("message", "")), payload)
+                        raise BackendError(f"model {name!r}: upstream stream error: {why}")
                     if not client_usage and not chunk.get("choices") and chunk.get("usage"):
                         chunk["_usage_only"] = True
                     out.append(chunk)
@@ -132,6 +145,6 @@ class OpenAIBackend:
                 pass
             ok = True
         except OSError as e:
-            raise BackendError(f"model {name!r}: upstream stream broke ({e})") from None
+            raise BackendError(f"model {name!r}: upstream stream broke ({os_reason(e)})") from None
         finally:
             resp.release(ok)
