@@ -339,6 +339,11 @@ def test_arrays_of_non_objects_are_400(
         (("tools", 0, "type"), "web_search_20250305"),
         (("tool_choice", "type"), "required"),
         (("stop_sequences",), "END"),
+        (("model",), ""),
+        (("messages",), []),
+        (("tools", 0, "name"), ""),
+        (("tool_choice", "name"), ""),
+        (("tools", 0, "input_schema", "type"), "string"),
     ],
 )
 def test_the_reported_cases_and_bounds_are_400(
@@ -566,3 +571,21 @@ VALID_BODIES = st.builds(
 def test_generated_valid_requests_are_answered(client: anthropic.Anthropic, body: dict[str, Any]) -> None:
     out = _post(client, body)
     assert out["type"] == "message" and out["role"] == "assistant"
+
+
+@pytest.mark.parametrize("levels", [40, 150, 450])  # 2 JSON levels each
+def test_deeply_nested_block_fields_are_400(
+    client: anthropic.Anthropic, gw: GatewayHandle, levels: int
+) -> None:
+    """A tool_use input nested hundreds of levels deep (the translation re-encodes it) is refused
+    like any over-deep body: a 400 in the Anthropic shape, no hold taken."""
+    nested: Any = {}
+    for _ in range(levels):
+        nested = {"a": [nested]}
+    body = _valid_body()
+    body["messages"][1]["content"][1]["input"] = nested
+    with pytest.raises(anthropic.BadRequestError) as e:
+        _post(client, body)
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+    assert gw.app.budgets.usage(KEY_ID)["day_reserved"] == 0.0
