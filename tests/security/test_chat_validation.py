@@ -55,6 +55,11 @@ BAD = [
     ("n", 2.5),
     ("n", "2"),
     ("n", True),
+    ("n", 129),
+    ("n", 1e308),
+    ("max_tokens", 2**31),
+    ("max_tokens", 10**30),
+    ("max_completion_tokens", 1e308),
     ("max_tokens", 0),
     ("max_tokens", -5),
     ("max_tokens", 417.5),
@@ -126,6 +131,30 @@ def test_request_policy_bounds_are_inclusive(gw: GatewayHandle) -> None:
             model="llmroute/auto", messages=HI, extra_body={"llmroute": {"min_quality": q}}
         )
         assert r.choices
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": {"a": 1}, "content": "hi"}]}, "messages[0].role"),
+        ({"tools": [1]}, "tools[0]"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}, None]}, "tools[1]"),
+    ],
+)
+def test_wrongly_typed_parts_are_a_400_not_a_5xx(
+    gw: GatewayHandle, fields: dict[str, Any], param: str
+) -> None:
+    body = {"model": "llmroute/auto", "messages": HI, **fields}
+    for path in ("/chat/completions", "/route"):
+        r = httpx.post(f"{gw}{path}", json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, r.text)
+
+
+def test_n_and_token_counts_up_to_their_maximum(gw: GatewayHandle) -> None:
+    body = {"model": "llmroute/auto", "messages": HI, "n": 128, "max_tokens": STRONG_WINDOW}
+    r = httpx.post(f"{gw}/route", json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+    assert r.status_code == 200, r.text
 
 
 # ---- context windows -----------------------------------------------------------------------------

@@ -32,15 +32,17 @@ __all__ = [
 ]
 
 ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
+#: Upper bounds of `n` (OpenAI's) and of the token counts (a 32-bit int: upstream APIs take no more).
+MAX_N, MAX_TOKENS = 128, 2**31 - 1
 #: The chat request's numeric fields: (name, minimum, maximum, integer), as OpenAI documents them.
 _NUMBERS: tuple[tuple[str, float | None, float | None, bool], ...] = (
     ("temperature", 0, 2, False),
     ("top_p", 0, 1, False),
     ("presence_penalty", -2, 2, False),
     ("frequency_penalty", -2, 2, False),
-    ("n", 1, None, True),
-    ("max_tokens", 1, None, True),
-    ("max_completion_tokens", 1, None, True),
+    ("n", 1, MAX_N, True),
+    ("max_tokens", 1, MAX_TOKENS, True),
+    ("max_completion_tokens", 1, MAX_TOKENS, True),
 )
 #: The last event of every OpenAI chat stream.
 DONE = b"data: [DONE]\n\n"
@@ -113,7 +115,8 @@ def validate_chat(body: Any) -> None:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise bad_request(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
-        if m.get("role") not in ROLES:
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_request(f"messages[{i}].role must be one of {sorted(ROLES)}.", f"messages[{i}].role")
         c = m.get("content")
         if c is not None and not isinstance(c, str | list):
@@ -133,6 +136,11 @@ def validate_chat(body: Any) -> None:
         v = body.get(k)
         if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
             raise bad_request(f"'{k}' must be {what}.", k)
+    for i, t in enumerate(body.get("tools") or ()):
+        if not isinstance(t, dict):
+            raise bad_request(
+                f"tools[{i}] must be an object such as {{'type': 'function', ...}}.", f"tools[{i}]"
+            )
 
 
 class OpenAIStream:
