@@ -7,6 +7,14 @@ numbers (digits and number words, normalised: "2,000" == "2000", "two" == "2"), 
 entities (capitalised words that are not common sentence words, acronyms, alphanumeric codes
 such as "GPT-4" or "A100"). Embedding similarity alone confuses "turn on" with "turn off" and
 "2019" with "2020"; this signature makes those contrasts a guaranteed miss.
+
+Also (issue 11): negation by prefix or suffix as a rule ("un-"/"non-" before any word,
+"in-"/"im-"/"il-"/"ir-"/"dis-" before a list of common stems, "-less"), clock times' am/pm, units
+(normalised: "km" == "kilometres"; a single letter counts only right after a number or "°"),
+lower-case words whose identity is the question (diets, proteins, animals, colours, materials),
+antonym actions (cancel/renew, hire/fire, join/leave, ...), and ORDER: `signature` appends the
+sequence of entities, units, numbers and dates in the order they appear, and the two sides of a
+comparison ("A faster than B") or conversion ("convert A to B"), so swapping them is a miss.
 """
 
 from __future__ import annotations
@@ -54,6 +62,10 @@ _POLARITY_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("male", "man", "men", "boy", "he", "his", "father", "husband"),
      ("female", "woman", "women", "girl", "she", "her", "mother", "wife")),
     (("asc", "ascending", "increasing"), ("desc", "descending", "decreasing")),
+    (("renew", "subscribe", "join", "hire", "deposit", "approve", "extend", "enroll", "enrol", "register",
+      "attach", "follow", "borrow", "win", "arrive", "attack", "keep", "accept"),
+     ("cancel", "unsubscribe", "leave", "fire", "withdraw", "disapprove", "terminate", "quit", "resign",
+      "unregister", "detach", "unfollow", "lend", "lose", "depart", "defend", "discard", "decline")),
 )  # fmt: skip
 _POLARITY: dict[str, str] = {}
 for _gi, (_pos, _neg) in enumerate(_POLARITY_GROUPS):
@@ -95,6 +107,86 @@ _LEXICON = set(
     ounces liters litres gallons celsius fahrenheit kelvin hours minutes seconds days weeks
     months years dollars euros pounds yen usd eur gbp bitcoin""".split()  # noqa: SIM905
 )
+# Words whose identity is the question although people type them in lower case.
+_KINDS = set(
+    """vegan vegetarian keto paleo halal kosher gluten-free dairy-free pescatarian beef pork chicken lamb
+    turkey duck fish salmon tuna cod shrimp prawn prawns tofu tempeh steak bacon ham mutton venison
+    cat cats dog dogs rabbit hamster horse parrot puppy kitten ferret goldfish snake
+    red green blue yellow black white brown grey gray pink purple orange navy beige
+    wood wooden steel marble granite glass plastic leather cotton wool silk aluminium aluminum copper
+    iron concrete quartz""".split()  # noqa: SIM905
+)
+# Units, normalised (a single letter only right after a number or a degree sign).
+_UNITS: dict[str, str] = {}
+for _canon, _names in {
+    "km": "km kilometer kilometers kilometre kilometres",
+    "mi": "mi mile miles",
+    "m": "m meter meters metre metres",
+    "cm": "cm centimeter centimeters centimetre centimetres",
+    "mm": "mm millimeter millimeters millimetre millimetres",
+    "ft": "ft foot feet",
+    "in": "inch inches",
+    "yd": "yd yard yards",
+    "g": "g gram grams gramme grammes",
+    "kg": "kg kilo kilos kilogram kilograms",
+    "mg": "mg milligram milligrams",
+    "mcg": "mcg µg microgram micrograms",
+    "lb": "lb lbs pound pounds",
+    "oz": "oz ounce ounces",
+    "ml": "ml milliliter milliliters millilitre millilitres",
+    "l": "l liter liters litre litres",
+    "gal": "gal gallon gallons",
+    "tsp": "tsp teaspoon teaspoons",
+    "tbsp": "tbsp tablespoon tablespoons",
+    "cup": "cup cups",
+    "degc": "c celsius centigrade",
+    "degf": "f fahrenheit",
+    "degk": "k kelvin",
+    "kb": "kb kilobyte kilobytes",
+    "mb": "mb megabyte megabytes",
+    "gb": "gb gigabyte gigabytes",
+    "tb": "tb terabyte terabytes",
+    "kbps": "kbps",
+    "mbps": "mbps",
+    "gbps": "gbps",
+    "hz": "hz hertz",
+    "khz": "khz",
+    "mhz": "mhz",
+    "ghz": "ghz",
+    "w": "w watt watts",
+    "kw": "kw kilowatt kilowatts",
+    "kwh": "kwh",
+    "v": "v volt volts",
+    "mph": "mph",
+    "kph": "kph kmh",
+    "ms": "ms millisecond milliseconds",
+    "h": "hr hrs hour hours",
+    "min": "min mins minute minutes",
+    "ha": "ha hectare hectares",
+    "acre": "acre acres",
+    "psi": "psi",
+}.items():
+    for _n in _names.split():
+        _UNITS[_n] = _canon
+# Stems that "in-", "im-", "il-", "ir-" and "dis-" negate ("un-" and "non-" negate any word).
+_NEG_STEMS = set(
+    """possible legal polite secure valid correct complete active accurate sufficient efficient visible
+    capable direct dependent consistent compatible mature moral mortal patient perfect proper practical
+    probable logical literate regular relevant responsible rational reversible replaceable agree allow
+    approve like honest able appear connect continue obey qualify satisfied loyal comfort order organized
+    organised advantage credible flexible formal finite accessible adequate appropriate convenient
+    sensitive stable tolerant""".split()  # noqa: SIM905
+)
+_NOT_UN = {"until", "uncle", "unless", "unanimous", "unto", "unit", "units", "union", "unions", "unique",
+           "unity", "unify", "uniform", "unicode", "unicorn", "unix", "unison", "universe", "universal",
+           "university", "undo"}  # fmt: skip
+_NOT_LESS = {"unless", "nevertheless", "regardless", "nonetheless", "bless"}
+_CLOCK = re.compile(r"(?<![\w.])(\d{1,2}(?::\d{2})?)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
+_COMPARE = {"than"}
+_CONVERT = {"convert", "converting", "translate", "translating", "change", "changing", "cast", "casting",
+            "switch", "switching", "migrate", "migrating", "port", "transform", "turn", "exchange", "swap"}  # fmt: skip
+_DIRECTION = {"to", "into"}
+_SKIP_COMPARE = {"more", "less", "much", "far", "way", "even", "a", "lot", "bit", "any"}
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'’\-]*[A-Za-z0-9]|[A-Za-z]\+\+|[A-Za-z]#?|\d[\d,]*(?:\.\d+)?%?|[$€£¥]")
 _ALNUM_CODE = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9\-]+$")
 
@@ -109,34 +201,112 @@ def _norm_number(tok: str) -> str:
     return s + ("%" if tok.endswith("%") else "")
 
 
-def critical_tokens(text: str) -> frozenset[str]:
-    """The normalised critical-token set of `text` (see the module docstring)."""
+def _prefix_negated(bare: str) -> bool:
+    """`bare` negates a word by prefix or suffix: unsafe, non-alcoholic, impossible, harmless."""
+    if bare.startswith("non") and (bare[3:4] == "-" or (len(bare) >= 7 and bare not in ("nonetheless",))):
+        return True
+    if (
+        bare.startswith("un")
+        and len(bare) >= 5
+        and bare not in _NOT_UN
+        and not bare.startswith(("under", "uni"))
+    ):
+        return True
+    for prefix in ("in", "im", "il", "ir", "dis"):
+        if bare.startswith(prefix) and bare[len(prefix) :].lstrip("-") in _NEG_STEMS:
+            return True
+    return bare.endswith("less") and len(bare) >= 7 and bare not in _NOT_LESS
+
+
+def _scan(text: str) -> tuple[set[str], list[str], list[str]]:
+    """(critical tokens, those of them whose order counts in text order, lower-case words)."""
     out: set[str] = set()
+    order: list[str] = []
+    words: list[str] = []
+    for m in _CLOCK.finditer(text):  # "7 am", "7:30 p.m.", "7pm": the number and the half of the day
+        tag = "@" + m.group(2).lower() + "m"
+        out.add(tag)
+        order.append(tag)
+    text = _CLOCK.sub(lambda m: f" {m.group(1)} ", text)
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok[0].isdigit():
-            out.add("#" + _norm_number(tok))
+            t = "#" + _norm_number(tok)
+            out.add(t)
+            order.append(t)
             continue
         if tok in ("$", "€", "£", "¥"):
             out.add(tok)
             continue
         low = tok.lower().replace("’", "'")
         bare = low.replace("'", "")
+        words.append(bare)
+        before = text[: m.start()].rstrip()
+        after_number = bool(before) and (before[-1].isdigit() or before[-1] == "°")
+        t = ""
         if low.endswith("n't") or bare in _NEGATIONS:
             out.add("neg")
         elif bare in _NUM_WORDS:
             out.add("#" + _NUM_WORDS[bare])
         elif bare in _MONTHS and (bare not in ("may", "march") or tok[0].isupper()):
-            out.add("@" + _MONTHS[bare])
+            t = "@" + _MONTHS[bare]
+        elif bare in _UNITS and (len(bare) > 1 or after_number):
+            t = "U" + _UNITS[bare]
         elif bare in _POLARITY:
             out.add(_POLARITY[bare])
-        elif low in _LEXICON or _ALNUM_CODE.match(tok):
-            out.add("E" + low)
+        elif _prefix_negated(bare):
+            out.add("neg")
+        elif low in _LEXICON or low in _KINDS or _ALNUM_CODE.match(tok):
+            t = "E" + low
         elif tok[0].isupper() and low not in _COMMON:
-            out.add("E" + low)  # at a sentence start too: "Paris ..." vs "London ..." must differ
-    return frozenset(out)
+            t = "E" + low  # at a sentence start too: "Paris ..." vs "London ..." must differ
+        if t:
+            out.add(t)
+            order.append(t)
+    return out, order, words
+
+
+def critical_tokens(text: str) -> frozenset[str]:
+    """The normalised critical-token set of `text` (see the module docstring)."""
+    return frozenset(_scan(text)[0])
+
+
+def _content(words: list[str], start: int, step: int, skip: set[str]) -> str:
+    """The first word from `start` going `step` that is neither common nor in `skip`."""
+    i = start
+    while 0 <= i < len(words):
+        w = words[i]
+        if w not in _COMMON and w not in skip and w not in _NEGATIONS:
+            return w
+        i += step
+    return ""
+
+
+def _relations(words: list[str]) -> list[str]:
+    """The two sides of each comparison ("A faster than B") and conversion ("convert A to B")."""
+    out: list[str] = []
+    for i, w in enumerate(words):
+        if w in _COMPARE:  # skip the comparative itself ("faster", "more expensive")
+            j = i - 2
+            while j >= 0 and words[j] in _SKIP_COMPARE:
+                j -= 1
+            left, right = _content(words, j, -1, _SKIP_COMPARE), _content(words, i + 1, 1, _SKIP_COMPARE)
+            if left or right:
+                out.append(f"R{left}>{right}")
+        elif w in _CONVERT:
+            k = next((k for k in range(i + 1, len(words)) if words[k] in _DIRECTION), None)
+            if k is not None:
+                left, right = _content(words, i + 1, 1, _DIRECTION), _content(words, k + 1, 1, set())
+                if left or right:
+                    out.append(f"R{left}>{right}")
+    return out
 
 
 def signature(text: str) -> str:
-    """A stable string form of `critical_tokens(text)` (sorted, `|`-joined)."""
-    return "|".join(sorted(critical_tokens(text)))
+    """A stable string form of the critical tokens of `text` (sorted, `|`-joined), then `~` and
+    the order-sensitive part: entities, units, numbers and dates in text order (first occurrence)
+    and the sides of comparisons and conversions."""
+    out, order, words = _scan(text)
+    seq = list(dict.fromkeys(order))
+    rel = _relations(words)
+    return "|".join(sorted(out)) + ("~" + ",".join(seq + rel) if len(seq) > 1 or rel else "")

@@ -2,7 +2,10 @@
 
 `paraphrase_pairs()`: (a, b) that ask the same thing in different words — a cache SHOULD hit.
 `contrast_pairs()`: (a, b, kind) that look alike but ask different things (negation, number,
-date, entity, polarity) — a cache must NEVER hit. All text here was written for this project.
+date, entity, polarity; and, from issue 11: negation by prefix or suffix (safe/unsafe,
+harmful/harmless), am/pm, units, swapped order (A faster than B / B faster than A, km to miles /
+miles to km), antonym actions (cancel/renew) and swapped lower-case entities (vegan/beef)) — a
+cache must NEVER hit. All text here was written for this project.
 """
 
 from __future__ import annotations
@@ -53,6 +56,68 @@ _CONTRAST_TEMPLATES: list[tuple[str, str, str, list[str]]] = [
     ("polarity", "How do I encrypt a file with {x}?", "How do I decrypt a file with {x}?", ["GPG", "OpenSSL", "7-Zip"]),
 ]  # fmt: skip
 _YEARS = list(range(1990, 2024))
+_SERVICES = ["Netflix", "Spotify", "gym", "newspaper", "Adobe", "car insurance"]
+# issue 11: (kind, a, b, fills) for the families above; `{x}` takes each fill in turn
+_CONTRAST_TEMPLATES_11: list[tuple[str, str, str, list[str]]] = [
+    ("prefix_negation", "Is it safe to eat raw {x}?", "Is it unsafe to eat raw {x}?", ["eggs", "salmon", "flour"]),
+    ("prefix_negation", "Is the latest {x} release stable?", "Is the latest {x} release unstable?", _LANGS[:3]),
+    ("prefix_negation", "Is it legal to record a phone call in {x}?",
+     "Is it illegal to record a phone call in {x}?", _COUNTRIES[:3]),
+    ("prefix_negation", "Is it possible to {x} in one line of Python?",
+     "Is it impossible to {x} in one line of Python?", _TASKS[:3]),
+    ("prefix_negation", "Which {x} features are supported on Windows?",
+     "Which {x} features are unsupported on Windows?", _LANGS[3:]),
+    ("prefix_negation", "Are alcoholic drinks bad for {x}?", "Are non-alcoholic drinks bad for {x}?",
+     ["the liver", "sleep", "weight loss"]),
+    ("prefix_negation", "Is {x} harmful to dogs?", "Is {x} harmless to dogs?", ["chocolate", "garlic", "peanut butter"]),
+    ("prefix_negation", "Write a polite reply to a {x}.", "Write an impolite reply to a {x}.",
+     ["customer complaint", "job offer", "wedding invitation"]),
+    ("prefix_negation", "Why is my {x} connection secure?", "Why is my {x} connection insecure?",
+     ["VPN", "database", "Wi-Fi"]),
+    ("ampm", "Set an alarm for {x} am tomorrow.", "Set an alarm for {x} pm tomorrow.", ["5", "6:30", "7", "11"]),
+    ("ampm", "Is the pharmacy open at {x} a.m. on Sundays?", "Is the pharmacy open at {x} p.m. on Sundays?",
+     ["8", "9:30", "10"]),
+    ("ampm", "Book a table for four at {x}am.", "Book a table for four at {x}pm.", ["7", "8", "12"]),
+    ("unit", "How many calories are in 100 {x} of rice?", "How many calories are in 100 ounces of rice?",
+     ["grams", "g", "kilograms"]),
+    ("unit", "Is 5 {x} of melatonin too much?", "Is 5 mcg of melatonin too much?", ["mg", "milligrams"]),
+    ("unit", "Is 30 {x} hot for a bath?", "Is 30 degrees Fahrenheit hot for a bath?",
+     ["degrees Celsius", "°C"]),
+    ("unit", "How long does it take to walk 10 {x}?", "How long does it take to walk 10 miles?",
+     ["km", "kilometers"]),
+    ("unit", "Add 2 {x} of salt to the soup?", "Add 2 tbsp of salt to the soup?", ["tsp", "teaspoons"]),
+    ("unit", "Is a 3 {x} upload limit enough for photos?", "Is a 3 GB upload limit enough for photos?",
+     ["MB", "mb", "KB"]),
+    ("antonym_action", "How do I cancel my {x} subscription?", "How do I renew my {x} subscription?", _SERVICES),
+    ("antonym_action", "How do I join a {x} group?", "How do I leave a {x} group?", ["WhatsApp", "Facebook", "Slack"]),
+    ("antonym_action", "What should I ask before I hire a {x}?", "What should I ask before I fire a {x}?",
+     ["contractor", "nanny", "lawyer"]),
+    ("antonym_action", "How do I deposit cash at a {x} ATM?", "How do I withdraw cash at a {x} ATM?",
+     ["Chase", "Barclays", "local"]),
+    ("antonym_action", "How do I follow a channel on {x}?", "How do I unfollow a channel on {x}?",
+     ["YouTube", "Twitch", "Telegram"]),
+    ("antonym_action", "How do I approve a pull request on {x}?", "How do I reject a pull request on {x}?",
+     ["GitHub", "GitLab", "Bitbucket"]),
+]  # fmt: skip
+# issue 11, swapped order: "{a} ... {b}" vs "{b} ... {a}"
+_ORDER_TEMPLATES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Is a {a} faster than a {b}?", [("cheetah", "lion"), ("horse", "greyhound"), ("train", "plane")]),
+    ("Is {a} faster than {b}?", [("Python", "Java"), ("Rust", "Go"), ("PostgreSQL", "MySQL")]),
+    ("Why is {a} more expensive than {b}?", [("gold", "silver"), ("butter", "margarine"), ("coffee", "tea")]),
+    ("Convert 10 {a} to {b}.", [("km", "miles"), ("celsius", "fahrenheit"), ("pounds", "kilograms")]),
+    ("How do I convert a {a} to a {b} in Python?", [("list", "tuple"), ("string", "integer"), ("dict", "string")]),
+    ("Translate this sentence from {a} to {b}.", [("French", "German"), ("English", "Spanish")]),
+    ("Is {a} heavier than {b}?", [("steel", "aluminium"), ("water", "oil")]),
+]  # fmt: skip
+# issue 11, swapped lower-case entities: the template with each of two fills
+_SWAP_TEMPLATES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Give me a {a} recipe for lasagna.", [("vegan", "beef"), ("vegetarian", "pork"), ("keto", "vegan")]),
+    ("What wine goes well with {a}?", [("fish", "steak"), ("chicken", "lamb"), ("salmon", "beef")]),
+    ("Is it safe to give cheese to my {a}?", [("cat", "dog"), ("rabbit", "hamster")]),
+    ("Does a {a} shirt go with navy trousers?", [("red", "green"), ("brown", "white")]),
+    ("Make a {a} stir fry for two.", [("tofu", "chicken"), ("shrimp", "pork")]),
+    ("Is a {a} countertop easy to clean?", [("marble", "granite"), ("wood", "steel")]),
+]  # fmt: skip
 
 
 def paraphrase_pairs(seed: int = 0) -> list[tuple[str, str]]:
@@ -69,9 +134,15 @@ def contrast_pairs(seed: int = 0) -> list[tuple[str, str, str]]:
     """Near-identical pairs that must not share an answer: (a, b, kind)."""
     rng = random.Random(seed)
     out: list[tuple[str, str, str]] = []
-    for kind, a, b, fills in _CONTRAST_TEMPLATES:
+    for kind, a, b, fills in _CONTRAST_TEMPLATES + _CONTRAST_TEMPLATES_11:
         for x in fills:
             out.append((a.format(x=x), b.format(x=x), kind))
+    for t, ab in _ORDER_TEMPLATES:
+        for x, y in ab:
+            out.append((t.format(a=x, b=y), t.format(a=y, b=x), "order"))
+    for t, ab in _SWAP_TEMPLATES:
+        for x, y in ab:
+            out.append((t.format(a=x), t.format(a=y), "entity_swap"))
     for _ in range(20):
         y = rng.choice(_YEARS)
         c = rng.choice(_COUNTRIES)

@@ -6,6 +6,15 @@ signature (numbers, negations, polarity words, dates, named entities: see
 `llmroute.cache.critical`) and cosine similarity of the last user message >= `threshold`.
 Scope is whatever the caller passes (e.g. "<alias>|<key id>"), so tenants never share answers.
 Responses are stored whole (chat.completion JSON) and replayed as SSE chunks for streams.
+
+What the backend stores per entry: the exact key and the semantic bucket (SHA-256 hashes of the
+scope, the conversation context, the request parameters and the normalised last user message or
+its critical-token signature: no prompt text), the times, the response JSON (needed to answer a
+hit; it may quote the prompt) and, when `persist_vectors` (the gateway sets it from
+`trace.store_prompts`), the embedding of the last user message. A static-encoder embedding is
+close to a bag of words, so with `persist_vectors=False` embeddings stay in this process's memory
+only (`max_vectors`, oldest dropped first): exact hits survive a restart and reach every worker
+sharing the backend, semantic hits only entries this process stored.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +94,9 @@ class SemanticCache:
     encoder: `Encoder` for semantic matching (None: exact matching only). backend: a
     `CacheBackend` (default in-memory SQLite). ttl_s: entry lifetime. threshold: minimum cosine
     similarity of the last user messages for a semantic hit. max_candidates: entries scored per
-    lookup (newest first). min_chars: shorter prompts are matched exactly only.
+    lookup (newest first). min_chars: shorter prompts are matched exactly only. persist_vectors:
+    store embeddings in the backend (False: in this process's memory only, at most `max_vectors`;
+    see the module docstring).
     """
 
     def __init__(
@@ -96,6 +108,8 @@ class SemanticCache:
         threshold: float = 0.85,
         max_candidates: int = 64,
         min_chars: int = 8,
+        persist_vectors: bool = True,
+        max_vectors: int = 100_000,
     ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError("cache threshold must be in (0, 1]")
@@ -107,16 +121,27 @@ class SemanticCache:
         self.threshold = float(threshold)
         self.max_candidates = int(max_candidates)
         self.min_chars = int(min_chars)
+        self.persist_vectors = bool(persist_vectors)
+        self.max_vectors = int(max_vectors)
+        self._vectors: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # key -> (expires, emb)
+        self._vlock = threading.Lock()
         self.stats = CacheStats()
 
     @classmethod
     def from_config(
-        cls, cfg: Mapping[str, Any], encoder: Any = None, redis_client: Any = None
+        cls,
+        cfg: Mapping[str, Any],
+        encoder: Any = None,
+        redis_client: Any = None,
+        *,
+        store_prompts: bool = True,
     ) -> SemanticCache:
         """Build from a `cache:` config section.
 
         Keys: backend ("sqlite" | "redis"), path (SQLite file; default in-memory), url (Redis),
         prefix, ttl_s, threshold, max_candidates, semantic (bool; false = exact only).
+        store_prompts: the gateway's `trace.store_prompts`; False keeps embeddings out of the
+        backend (`persist_vectors`).
         """
         known = {"enabled", "backend", "path", "url", "prefix", "ttl_s", "threshold", "max_candidates",
                  "semantic", "min_chars", "scope"}  # fmt: skip
@@ -139,6 +164,7 @@ class SemanticCache:
             threshold=float(cfg.get("threshold", 0.85)),
             max_candidates=int(cfg.get("max_candidates", 64)),
             min_chars=int(cfg.get("min_chars", 8)),
+            persist_vectors=store_prompts,
         )
 
     # ---- keys ------------------------------------------------------------------------------
@@ -189,18 +215,38 @@ class SemanticCache:
         if e is not None:
             return self._hit("exact", 1.0, e, now)
         if self.encoder is not None and len(last) >= self.min_chars:
-            cands = self.backend.candidates(bucket, self.max_candidates)
+            cands = self._with_vectors(self.backend.candidates(bucket, self.max_candidates), now)
             if cands:
                 q = emb if emb is not None else self.encoder.encode([last])[0]
-                M = np.stack([np.frombuffer(c.emb, np.float32) for c in cands if c.emb])
+                M = np.stack([np.frombuffer(c.emb, np.float32) for c in cands])
                 if M.shape[1] == q.shape[0]:
                     sims = M @ q
                     i = int(sims.argmax())
                     if sims[i] >= self.threshold:
-                        return self._hit("semantic", float(sims[i]), [c for c in cands if c.emb][i], now)
+                        return self._hit("semantic", float(sims[i]), cands[i], now)
         with self.stats._lock:
             self.stats.misses += 1
         return None
+
+    def _with_vectors(self, cands: list[Entry], now: float) -> list[Entry]:
+        """`cands` that have an embedding: stored, or (not persisted) held in memory."""
+        out = []
+        for c in cands:
+            if not c.emb:
+                with self._vlock:
+                    held = self._vectors.get(c.key)
+                if held is None or held[0] <= now:
+                    continue
+                c.emb = held[1]
+            out.append(c)
+        return out
+
+    def _hold_vector(self, key: str, expires: float, vec: bytes) -> None:
+        with self._vlock:
+            self._vectors[key] = (expires, vec)
+            self._vectors.move_to_end(key)
+            while len(self._vectors) > self.max_vectors:
+                self._vectors.popitem(last=False)
 
     def _hit(self, kind: str, sim: float, e: Entry, now: float) -> CacheHit:
         with self.stats._lock:
@@ -232,7 +278,11 @@ class SemanticCache:
             v = emb if emb is not None else self.encoder.encode([last])[0]
             vec = np.asarray(v, np.float32).tobytes()
         now = time.time()
-        self.backend.put(Entry(exact, bucket, now, now + (ttl_s or self.ttl_s), vec, json.dumps(response)))
+        expires = now + (ttl_s or self.ttl_s)
+        if vec and not self.persist_vectors:
+            self._hold_vector(exact, expires, vec)
+            vec = b""
+        self.backend.put(Entry(exact, bucket, now, expires, vec, json.dumps(response)))
         with self.stats._lock:
             self.stats.stores += 1
         return exact

@@ -61,7 +61,13 @@ class GatewayGuard:
                 from llmroute.signals.hashenc import resolve_encoder
 
                 encoder = resolve_encoder(encoder)
-            self.cache = SemanticCache.from_config(cfg, encoder, redis_client=redis_client)
+            trace = getattr(config, "trace", None)
+            self.cache = SemanticCache.from_config(
+                cfg,
+                encoder,
+                redis_client=redis_client,
+                store_prompts=bool(getattr(trace, "store_prompts", False)),
+            )
 
     # ---- request path --------------------------------------------------------------------------
     def _scope(self, ctx: Any) -> str:
