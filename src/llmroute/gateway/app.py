@@ -62,10 +62,10 @@ from llmroute.gateway.auth import (
     Authenticator,
     BudgetManager,
     GatewayError,
-    estimate_input_tokens,
     max_request_cost,
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
+from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
@@ -78,6 +78,7 @@ from llmroute.gateway.routing import (
     load_router,
     parse_request_policy,
 )
+from llmroute.gateway.tokens import TokenCounter, estimate_input_tokens, response_text, stream_text
 
 __all__ = ["ApiFamily", "Gateway", "StreamEncoder", "openapi_document"]
 
@@ -232,6 +233,8 @@ class Gateway:
         self.http: HTTPClient | None = None
         self.feedback_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
+        # budget holds and estimated bills count tokens per model (llmroute.gateway.tokens)
+        self.counters = {m.name: TokenCounter.for_model(m.provider, m.upstream) for m in config.models}
         self.max_body = srv.max_body_bytes
         self.max_depth = srv.max_json_depth
         self.errors = ErrorLog(log)  # unexpected exceptions: first of each kind per minute, then a count
@@ -365,15 +368,42 @@ class Gateway:
                     return
 
     # ---- the shared pipeline -----------------------------------------------------------------
-    def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
-        tin = estimate_input_tokens(body.get("messages") or [])
+    def _max_output(self, model: str, body: dict[str, Any]) -> tuple[int, int]:
+        """(max output tokens per choice, number of choices `n`) of `body` on `model`."""
         mt = body.get("max_tokens") or body.get("max_completion_tokens")
+        n = body.get("n")
+        choices = int(n) if isinstance(n, int | float) and not isinstance(n, bool) and n > 1 else 1
+        return int(mt or self.engine.models[model].context_window or 4096), choices
+
+    def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
+        """The budget hold: the dearest of the candidates the request may run on, each with an upper
+        bound on its input tokens (its tokenizer's count, or UTF-8 bytes; tools and
+        response_format included) and `n` x its maximum output."""
+        tin: dict[bool, int] = {}  # by counter kind: tokenizer or byte bound
         worst = 0.0
         for name in decision.ranked[: 1 + self.config.server.max_fallbacks]:
             cfg = self.engine.models[name]
-            out = mt or cfg.context_window or 4096
-            worst = max(worst, max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin, out))
+            c = self.counters[name]
+            if c.tokenizer not in tin:
+                tin[c.tokenizer] = estimate_input_tokens(body, c)
+            out, n = self._max_output(name, body)
+            cost = max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin[c.tokenizer], out, n)
+            worst = max(worst, cost)
         return worst
+
+    def _estimated_cost(
+        self, model: str, body: dict[str, Any], text: str, input_tokens: int | None = None
+    ) -> tuple[int, int, float]:
+        """(input, output tokens, USD) when the upstream reported no usage (e.g. a stream the client
+        broke off): `input_tokens` (an Anthropic upstream reports them first) or the input's upper
+        bound, plus the tokens of `text`, the output delivered; never more than the request's
+        maximum cost on `model`."""
+        c = self.counters.get(model) or TokenCounter()
+        ti = input_tokens if input_tokens else estimate_input_tokens(body, c)
+        out, n = self._max_output(model, body)
+        to = min(c.count(text), out * n)
+        pin, pout = self.prices[model]
+        return ti, to, ti * pin + to * pout
 
     def _cost(self, model: str, usage: dict[str, Any] | None) -> tuple[int, int, float]:
         if not usage:
@@ -462,7 +492,9 @@ class Gateway:
             return
         trace = self.config.trace
         # `extra`: a request refused before a decision existed (e.g. blocked by a rule or guard)
-        rec_extra = decision.extra if decision is not None and decision.extra else extra or None
+        rec_extra = decision.extra if decision is not None and decision.extra else None
+        if extra:
+            rec_extra = {**rec_extra, **extra} if rec_extra else extra
         # one tuple in TRACE_FIELDS order (store.write_row): cheaper than a dict on both sides of the queue
         self.store.write_row(
             (
@@ -579,7 +611,12 @@ class Gateway:
             except BackendError as e:
                 await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, api, watch)
                 return
-            usage = self._cost(model, resp.get("usage"))
+            source = "usage" if resp.get("usage") else "estimate"
+            usage = (
+                self._cost(model, resp["usage"])
+                if source == "usage"
+                else self._estimated_cost(model, body, response_text(resp))
+            )
             if reservation is not None:
                 self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
             if self.guard is not None:
@@ -599,6 +636,7 @@ class Gateway:
                 attempts=attempts,
                 usage=usage,
                 response=resp.get("choices"),
+                extra={"cost_source": source},
             )
         except asyncio.CancelledError:
             # client went away: the upstream call was cancelled with us
@@ -683,6 +721,9 @@ class Gateway:
             headers = [SSE, (b"cache-control", b"no-cache"), *trace]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             usage_raw: dict[str, Any] | None = None
+            delivered: list[str] = []  # the streamed text, billed when no usage arrives
+            reported_in: int | None = None  # input tokens an Anthropic upstream reported first
+            cancelled = False
             enc = api.stream(model, rid, ctx)
             feed = enc.feed
             error: str | None = None
@@ -693,11 +734,15 @@ class Gateway:
             )
 
             def encode(chunk: dict[str, Any]) -> bytes:
-                nonlocal usage_raw
+                nonlocal usage_raw, reported_in
                 if collected is not None:
                     collected.append(chunk)
                 if chunk.get("usage"):
                     usage_raw = chunk["usage"]
+                if chunk.get("choices"):
+                    delivered.append(stream_text(chunk))
+                    if PROMPT_TOKENS in chunk:
+                        reported_in = int(chunk[PROMPT_TOKENS] or 0)
                 return feed(chunk)
 
             try:
@@ -716,15 +761,42 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await start.rest.aclose()  # type: ignore[attr-defined]
             except asyncio.CancelledError:
-                # client disconnected: close the upstream stream now, then let the caller record it
+                # client disconnected: close the upstream stream now; billed and recorded below
+                cancelled = True
+                error = "client disconnected"
                 with contextlib.suppress(Exception):
                     await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
-                raise
         finally:
             start.release()  # the model's concurrency slot, however the stream ended
-        usage = self._cost(model, usage_raw)
+        # bill what was streamed: the upstream's usage when it arrived, else the delivered text's
+        # tokens plus the input estimate (a broken-off or disconnected stream)
+        source = "usage" if usage_raw else "estimate"
+        usage = (
+            self._cost(model, usage_raw)
+            if usage_raw
+            else self._estimated_cost(model, body, "".join(delivered), reported_in)
+        )
         if reservation is not None:
             self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+        if cancelled:
+            self._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model=model,
+                status=499,
+                t0=t0,
+                attempts=[*start.attempts],
+                usage=usage,
+                stream=True,
+                ttft=ttft,
+                error=error,
+                extra={"cost_source": source},
+            )
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return
         if collected is not None and error is None:
             from llmroute.cache import assemble_stream
 
@@ -748,6 +820,7 @@ class Gateway:
             stream=True,
             ttft=ttft,
             error=error,
+            extra={"cost_source": source},
         )
 
     async def _cached(

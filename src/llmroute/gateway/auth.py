@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from llmroute.gateway.ledger import SharedLedger, shared_dir_from_env
+from llmroute.gateway.tokens import estimate_input_tokens  # re-exported (was defined here)
 
 __all__ = [
     "ApiKey",
@@ -332,35 +333,11 @@ class Authenticator:
 
 
 def max_request_cost(
-    input_per_mtok: float, output_per_mtok: float, input_tokens: float, max_tokens: float
+    input_per_mtok: float, output_per_mtok: float, input_tokens: float, max_tokens: float, n: int = 1
 ) -> float:
-    """The most a call can cost: input tokens x input price + max_tokens x output price (USD)."""
-    return (float(input_tokens) * input_per_mtok + float(max_tokens) * output_per_mtok) / 1e6
-
-
-def estimate_input_tokens(messages: str | Sequence[Any]) -> int:
-    """A cheap, deliberately generous token count for a prompt or chat `messages` list.
-
-    About one token per 3 characters of text plus a few per message, so that a reservation
-    rarely under-estimates the input.
-    """
-    if isinstance(messages, str):
-        return len(messages) // 3 + 1
-    n = 3
-    for m in messages:
-        content = m.get("content") if isinstance(m, Mapping) else m
-        if isinstance(content, str):
-            n += len(content) // 3 + 4
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, Mapping) else None
-                n += (len(text) // 3 if isinstance(text, str) else 85) + 1
-            n += 4
-        else:
-            n += 4
-        if isinstance(m, Mapping) and m.get("tool_calls"):
-            n += len(str(m["tool_calls"])) // 3
-    return n
+    """The most a call can cost (USD): input tokens x input price + `n` choices of max_tokens x
+    output price. `input_tokens` should be an upper bound (`llmroute.gateway.tokens`)."""
+    return (float(input_tokens) * input_per_mtok + float(max_tokens) * max(1, n) * output_per_mtok) / 1e6
 
 
 # ---- budgets ------------------------------------------------------------------------------------
