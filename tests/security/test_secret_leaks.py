@@ -89,6 +89,11 @@ def test_scrubber_replaces_the_upstream_address_with_the_model() -> None:
     out = _scrubber().text("cannot reach 10.1.2.3:8123 (host 10.1.2.3)")
     assert "10.1.2.3" not in out and "8123" not in out
     assert "[m1 upstream]" in out
+    # a host name is replaced as a word only: other words that contain it stay readable
+    s = ErrorScrubber("local", "http://vllm:8000/v1")
+    assert s.text("vllm:8000 refused; see vllm-docs on vllm") == (
+        "[local upstream] refused; see vllm-docs on [local upstream]"
+    )
 
 
 def test_scrubber_strips_urls_to_scheme_host_path() -> None:

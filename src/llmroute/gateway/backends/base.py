@@ -168,11 +168,14 @@ class ErrorScrubber:
         self.secrets: list[str] = []
         for x in secrets:
             self.add_secret(x)
-        self.addresses: list[str] = []
+        self._address: re.Pattern[str] | None = None  # the upstream's host:port and host, as words
         if base_url:
             u = urlsplit(base_url)
             netloc = u.netloc.rsplit("@", 1)[-1]
-            self.addresses = sorted({a for a in (netloc, u.hostname or "") if a}, key=len, reverse=True)
+            names = sorted({a for a in (netloc, u.hostname or "") if a}, key=len, reverse=True)
+            if names:
+                alts = "|".join(re.escape(a) for a in names)
+                self._address = re.compile(rf"(?i)(?<![\w.-])(?:{alts})(?![\w-])")
         self._pii = PIIDetector(types=("secret",))
 
     def add_secret(self, secret: str | None) -> None:
@@ -210,8 +213,8 @@ class ErrorScrubber:
             s = s.replace(secret, REDACTED)
         s = self._redact_keylike(s)
         s = _URL.sub(lambda m: public_url(m.group()) or "", s)
-        for a in self.addresses:
-            s = s.replace(a, f"[{self.model} upstream]")
+        if self._address is not None:
+            s = self._address.sub(f"[{self.model} upstream]", s)
         s = _SPACES.sub(" ", _CONTROL.sub(" ", s)).strip()
         s = s[: DETAIL_MAX_CHARS + 40]
         corpus = _request_text(payload)
