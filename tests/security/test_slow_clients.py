@@ -66,6 +66,13 @@ def test_a_header_over_the_byte_limit_gets_431_and_the_connection_closes(gw: Any
     assert b"connection: close" in raw.lower()
 
 
+def test_a_request_line_over_the_byte_limit_gets_431(gw: Any) -> None:
+    with _connect(gw) as s:
+        s.sendall(_head(b"\r\n", path=b"/healthz?q=" + b"a" * 8000))
+        raw = _read_until_closed(s)
+    assert _status(raw) == 431
+
+
 def test_a_header_that_never_ends_is_refused_before_it_is_read_whole(gw: Any) -> None:
     sent = 0
     with _connect(gw) as s:
