@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -197,16 +198,22 @@ def slow_gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield url
 
 
-def _held(gw: GatewayHandle, fake: Any, **kw: Any) -> float:
-    """The hold of one request to fake-strong while the upstream is slow (read while in flight)."""
+def _held(gw: GatewayHandle, fake: Any, messages_api: bool = False, **kw: Any) -> float:
+    """The hold of one request to fake-strong while the upstream is slow (read while in flight):
+    a chat completion, or with `messages_api` an Anthropic Messages request."""
     fake.set_fault("fake-strong", "slow", delay=0.3)  # under the model's 0.5 s timeout
     done = threading.Event()
-    client = openai.OpenAI(base_url=gw, api_key=KEY, max_retries=0, timeout=20)
 
     def call() -> None:
         try:  # only the hold matters here, not the answer
-            with contextlib.suppress(openai.APIError):
-                client.chat.completions.create(model="fake-strong", max_tokens=MAX_TOKENS, **kw)
+            if messages_api:
+                a = anthropic.Anthropic(base_url=gw.root, api_key=KEY, max_retries=0, timeout=20)
+                with contextlib.suppress(anthropic.APIError):
+                    a.messages.create(model="fake-strong", max_tokens=MAX_TOKENS, **kw)
+            else:
+                c = openai.OpenAI(base_url=gw, api_key=KEY, max_retries=0, timeout=20)
+                with contextlib.suppress(openai.APIError):
+                    c.chat.completions.create(model="fake-strong", max_tokens=MAX_TOKENS, **kw)
         finally:
             done.set()
 
@@ -247,6 +254,24 @@ def test_tools_and_response_format_are_held(slow_gw: GatewayHandle, fake_server:
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"description": "d" * 2000}}}
     with_rf = _held(slow_gw, fake_server, messages=msgs, response_format=rf)
     assert with_rf - plain >= 2000 * 10.0 / 1e6
+
+
+def test_messages_api_holds_the_same_bound(slow_gw: GatewayHandle, fake_server: Any) -> None:
+    text = PROMPTS["cjk"]
+    chat = _held(slow_gw, fake_server, messages=[{"role": "user", "content": text}])
+    msgs = _held(slow_gw, fake_server, messages_api=True, messages=[{"role": "user", "content": text}])
+    assert msgs == pytest.approx(chat, rel=1e-9)
+    assert msgs >= (len(text.encode()) * 10.0 + MAX_TOKENS * 30.0) / 1e6  # every byte a token
+    tools = [{"name": "lookup", "description": "Find an order. " * 200, "input_schema": {"type": "object"}}]
+    with_tools = _held(
+        slow_gw,
+        fake_server,
+        messages_api=True,
+        messages=[{"role": "user", "content": text}],
+        tools=tools,
+        tool_choice={"type": "none"},
+    )
+    assert with_tools - msgs >= len("Find an order. " * 200) * 10.0 / 1e6
 
 
 # ---- a client that disconnects mid-stream pays for what it received ----------------------------
