@@ -280,3 +280,10 @@ def test_error_log_first_of_each_kind_per_window_then_a_count(caplog: pytest.Log
         "boom 5 (3 more of this kind in the last 60 s not logged)",
     ]
     assert all(r.exc_info is not None for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="llmroute.test.errors"):
+        elog.flush()  # at shutdown: the one not logged yet is counted
+        elog.flush()  # and only once
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 more ValueError errors (raised at {__file__}:{fail.__code__.co_firstlineno + 2}) not logged"
+    ]

@@ -302,6 +302,7 @@ class Gateway:
         if not self._started:
             return
         self._started = False
+        self.errors.flush()  # the counts of errors not logged yet
         for b in self.backends.values():
             with contextlib.suppress(Exception):
                 await b.close()

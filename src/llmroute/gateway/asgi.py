@@ -98,17 +98,21 @@ def json_too_deep(raw: bytes, obj: Any, limit: int) -> bool:
     """Whether the parsed JSON `obj` (decoded from `raw`) nests arrays/objects more than `limit` deep.
 
     Cheap on the hot path: a body with at most `limit` brackets cannot be deeper (two C-speed byte
-    counts); only bodies with more brackets are walked, iteratively, one step per container."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    counts, ~0.5 us); only bodies with more brackets are walked, one level at a time, stopping at
+    the first level without containers (~20 us for an 80-message conversation)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit or not isinstance(obj, dict | list):
         return False
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
+    level: list[Any] = [obj]
+    for _ in range(limit):
+        deeper: list[Any] = []
+        for node in level:
+            for c in node.values() if type(node) is dict else node:
+                if type(c) is dict or type(c) is list:
+                    deeper.append(c)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 async def read_json(scope: Scope, receive: Receive, max_body: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -199,6 +203,15 @@ class ErrorLog:
             message += f" ({suppressed} more of this kind in the last {self.window_s:g} s not logged)"
         self.logger.error(message, *args, exc_info=exc)
         return True
+
+    def flush(self) -> None:
+        """Log the count of each kind's errors not logged yet (e.g. at shutdown), and forget them."""
+        for (name, path, line), row in self._kinds.items():
+            if row[1]:
+                self.logger.error(
+                    "%d more %s errors (raised at %s:%d) not logged", int(row[1]), name, path, line
+                )
+        self._kinds.clear()
 
 
 def trace_headers(rid: str, model: str, reason: str, decision: RouteDecision | None = None) -> Headers:
