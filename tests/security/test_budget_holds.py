@@ -332,3 +332,29 @@ def test_mid_stream_disconnect_is_billed(fake_server: Any, tmp_path: Path) -> No
         usage = gateway.budgets.usage("k")
         assert usage["day_spent"] - spent0 == pytest.approx(rec["cost_usd"], rel=1e-9)
         assert usage["day_reserved"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stream_the_upstream_breaks_off_is_billed(fake_server: Any, tmp_path: Path) -> None:
+    msgs = [{"role": "user", "content": "Describe the tides in three sentences, please."}]
+    cfg = _config(fake_server.base_url, tmp_path, budget=100.0)
+    cfg["server"]["retries"] = 0
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        client = openai.OpenAI(base_url=gw, api_key=KEY, max_retries=0, timeout=20)
+        fake_server.set_fault("fake-strong", "cut")  # two events, then the connection drops
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="fake-strong", messages=msgs, max_tokens=MAX_TOKENS, stream=True
+            )
+            got = ""
+            with contextlib.suppress(openai.APIError):
+                for chunk in raw.parse():
+                    got += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            rec = _trace(gw, raw.headers["x-llmroute-request-id"])
+        finally:
+            fake_server.clear()
+        assert got and rec["error"] and rec["extra"]["cost_source"] == "estimate"
+        # no usage arrived: the input bound plus what was streamed is billed
+        input_only = gw.app._estimated_cost("fake-strong", {"messages": msgs}, "")[2]
+        assert rec["cost_usd"] == pytest.approx(input_only + len(got.encode()) * 30.0 / 1e6, rel=1e-9)
+        assert rec["tokens_out"] == len(got.encode())
+        assert gw.app.budgets.usage("k")["day_spent"] == pytest.approx(rec["cost_usd"], rel=1e-9)
