@@ -4,7 +4,7 @@ The pre-request hold is an upper bound on what the request can cost: input token
 real tokenizer for OpenAI models (tiktoken cl100k + margin) and as UTF-8 bytes otherwise, `n`
 times the maximum output, tools and response_format included. 200 concurrent CJK / emoji / code /
 ASCII prompts against a small budget end within budget + one request's maximum cost (computed
-here independently, from the prompt's UTF-8 size). A client that disconnects mid-stream is billed
+here independently, from the prompt's UTF-8 size), in one process and across `--workers 2`. A client that disconnects mid-stream is billed
 for what was streamed (> 0, never more than the full response). Real gateway and fake upstream on
 127.0.0.1, official openai client.
 """
@@ -358,3 +358,29 @@ def test_stream_the_upstream_breaks_off_is_billed(fake_server: Any, tmp_path: Pa
         assert rec["cost_usd"] == pytest.approx(input_only + len(got.encode()) * 30.0 / 1e6, rel=1e-9)
         assert rec["tokens_out"] == len(got.encode())
         assert gw.app.budgets.usage("k")["day_spent"] == pytest.approx(rec["cost_usd"], rel=1e-9)
+
+
+def test_two_workers_end_within_budget_with_cjk_streams(fake_server: Any, tmp_path: Path) -> None:
+    from llmroute.gateway.store import open_store
+    from test_gateway_workers import _serve_workers
+
+    budget = 0.5
+    messages = [{"role": "user", "content": PROMPTS["cjk"]}]
+    bound = _one_request_max(messages, 10.0, 30.0)
+    cfg = _config(fake_server.base_url, tmp_path, budget)
+    cfg["models"][0]["router_model"] = "gpt-4-1106-preview"
+    cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+    cfg["aliases"]["llmroute/auto"]["tradeoff"] = 0  # every request on fake-strong
+    with _serve_workers(cfg, tmp_path) as root:
+        admitted = []
+        for _ in range(20):
+            results = _run_200(f"{root}/v1", messages, stream=True)
+            admitted.append(results.count("ok"))
+            if admitted[-1] == 0:
+                break
+    assert admitted[0] >= 3 and admitted[-1] == 0, admitted
+    with open_store(cfg["store"]["url"]) as st:
+        rows = [r for r in st.query(key_id="k", limit=None) if r["status"] == 200]
+    assert len(rows) == sum(admitted)
+    spent = sum(r["cost_usd"] for r in rows)
+    assert budget <= spent <= budget + bound, (spent, budget, bound)
