@@ -121,10 +121,19 @@ def test_demo_answers_chat_without_keys_and_banner_means_ready(tmp_path: Path) -
 def test_make_demo_runs_the_demo_command() -> None:
     if not shutil.which("make"):
         pytest.skip("make is not installed")
+    # under `make test` this is a sub-make: without --no-print-directory it adds "Entering/Leaving
+    # directory" lines, and the environment's MAKEFLAGS must not leak into the dry run
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     r = subprocess.run(
-        ["make", "-n", "demo", "PORT=8123"], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+        ["make", "--no-print-directory", "-n", "demo", "PORT=8123"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env=env,
     )
-    cmd = r.stdout.strip().splitlines()[-1]
+    (cmd,) = [line for line in r.stdout.splitlines() if "llmroute serve" in line]
     assert "llmroute serve --config examples/loopback.yaml --fake-upstream" in cmd and "--port 8123" in cmd
 
 
