@@ -277,3 +277,14 @@ def test_route_shows_no_base_url_credentials_and_query_base_urls_work(
         client = openai.OpenAI(base_url=gw, api_key="unused", max_retries=0, timeout=20)
         resp = client.chat.completions.create(model="fake-weak", messages=[{"role": "user", "content": "hi"}])
         assert resp.choices[0].message.content
+
+
+def test_config_error_never_prints_a_base_url_with_credentials() -> None:
+    from llmroute.gateway.config import ConfigError, parse_config
+
+    bad = {"models": [{"name": "m", "base_url": "ftp://admin:hunter2@internal.example:9000/v1?token=s3cr3t"}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad)
+    msg = str(e.value)
+    assert "base_url must start with http:// or https://" in msg and "'ftp'" in msg
+    assert "hunter2" not in msg and "s3cr3t" not in msg and "internal.example" not in msg

@@ -143,7 +143,9 @@ class ModelConfig(_Strict):
                     "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"
                 )
             if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+                # never echo the URL itself: it may carry user:password or a token
+                scheme = self.base_url.split("://", 1)[0] if "://" in self.base_url else "no scheme"
+                raise ValueError(f"base_url must start with http:// or https:// (got {scheme!r})")
         if self.provider == "replay" and not self.replay_table:
             raise ValueError("provider 'replay' needs replay_table (a routing table file or folder)")
         return self
