@@ -1,4 +1,4 @@
-"""The routing table: one row per (prompt, model) in the long format of DESIGN.md.
+"""The routing table: one row per (prompt, model) in the long format (see README: Library).
 
 `RoutingTable` wraps a validated pandas DataFrame and exposes dense prompt x model matrices
 (quality, cost, tokens) that estimators and evaluation work on. Missing cells stay NaN.
