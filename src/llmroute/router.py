@@ -619,8 +619,9 @@ class Router:
         return q, c, X
 
     def regimes(self, prompts: Sequence[PromptLike]) -> np.ndarray | None:
-        """(n, 3) probabilities that each prompt is everyday-easy, everyday-hard or like the
-        training prompts (`estimators.regime.REGIMES`), or None without a regime head."""
+        """(n, 2 + K) probabilities that each prompt is everyday-easy, everyday-hard or like the
+        training prompts of each of the K model sets (columns named by `regime_head.regimes`), or
+        None without a regime head."""
         if self.regime_head is None:
             return None
         return self.regime_head.predict(self.featurize(self._texts(prompts)))
