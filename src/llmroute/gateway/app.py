@@ -325,19 +325,17 @@ class Gateway:
                 path = scope["path"]
                 allow = self._allow.get(path)
                 if allow is not None:
-                    await send_error(
-                        send,
-                        GatewayError(
-                            405,
-                            f"Method {scope['method']} not allowed on {path}; use {allow}.",
-                            code="method_not_allowed",
-                            headers={"Allow": allow},
-                        ),
+                    err = GatewayError(
+                        405,
+                        f"Method {scope['method']} not allowed on {path}; use {allow}.",
+                        code="method_not_allowed",
+                        headers={"Allow": allow},
                     )
                 else:
-                    await send_error(
-                        send, GatewayError(404, f"No endpoint {path}. See /openapi.json.", code="not_found")
-                    )
+                    err = GatewayError(404, f"No endpoint {path}. See /openapi.json.", code="not_found")
+                # the Messages API's paths answer in its own error shape
+                family = ANTHROPIC_MESSAGES if path.startswith("/v1/messages") else None
+                await send_error(send, err, body=family.error_body(err) if family else None)
                 return
             try:
                 await handler(scope, receive, send)
