@@ -53,10 +53,13 @@ LONG = "Explain, step by step and with care, why the sky looks blue at noon but 
 # ---- the ledger across real processes ----------------------------------------------------------
 
 
-def _spend_worker(folder: str, budget: float, amount: float, actual: float, out: Any) -> None:
+def _spend_worker(
+    folder: str, budget: float, amount: float, actual: float, out: Any, start: Any, tries: int
+) -> None:
     bm = BudgetManager([{"id": "k", "budget_usd_day": budget}], shared_dir=folder)
     admitted = 0
-    for _ in range(400):
+    start.wait(60)  # every worker has opened the ledger: they spend at the same time
+    for _ in range(tries):
         try:
             res = bm.reserve("k", amount)
         except GatewayError:
@@ -67,11 +70,15 @@ def _spend_worker(folder: str, budget: float, amount: float, actual: float, out:
 
 
 def test_budget_ledger_holds_across_processes(tmp_path: Path) -> None:
-    budget, amount, actual = 0.05, 0.004, 0.003
+    # ~60,000 admissions raced for by 3 processes released together by a barrier: without the
+    # ledger's file lock, read-modify-writes overlap and reservations/spend are lost or doubled
+    budget, amount, actual = 60.0, 0.002, 0.001
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    start = ctx.Barrier(3)
     procs = [
-        ctx.Process(target=_spend_worker, args=(str(tmp_path), budget, amount, actual, out)) for _ in range(3)
+        ctx.Process(target=_spend_worker, args=(str(tmp_path), budget, amount, actual, out, start, 30000))
+        for _ in range(3)
     ]
     for p in procs:
         p.start()
