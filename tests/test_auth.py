@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,39 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def _run_threads(threads: list[threading.Thread]) -> None:
+    """Start and join `threads`, then re-raise the first exception any of them raised (an assertion
+    failing inside a thread would otherwise only be printed, and the test would pass)."""
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    for t in threads:
+        target = t.run
+
+        def run(target: Any = target) -> None:
+            try:
+                target()
+            except BaseException as e:
+                with lock:
+                    errors.append(e)
+
+        t.run = run  # type: ignore[method-assign]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_thread_failures_fail_the_test() -> None:
+    def boom() -> None:
+        raise AssertionError("inside a thread")
+
+    with pytest.raises(AssertionError, match="inside a thread"):
+        _run_threads([threading.Thread(target=boom)])
 
 
 def test_hash_and_extract() -> None:
@@ -144,11 +178,7 @@ def test_token_bucket_threads_grant_exactly_capacity() -> None:
             if bucket.take() == 0.0:
                 granted.append(1)
 
-    threads = [threading.Thread(target=take) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads([threading.Thread(target=take) for _ in range(10)])
     assert len(granted) == 50
 
 
@@ -231,11 +261,7 @@ def test_budget_200_concurrent_threads_overspend_at_most_one_request() -> None:
         with lock:
             outcomes.append("ok")
 
-    threads = [threading.Thread(target=request, args=(i,)) for i in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads([threading.Thread(target=request, args=(i,)) for i in range(200)])
     spent = b.usage("team-a")["day_spent"]
     assert outcomes.count("ok") >= 5 and outcomes.count("rejected") > 100
     _check_bound(spent, budget, max_costs)
