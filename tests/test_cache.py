@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmroute.cache import SemanticCache, SQLiteBackend, assemble_stream, critical_tokens, replay_sse
@@ -51,6 +52,50 @@ def test_exact_and_semantic_hits_with_info() -> None:
     assert c.lookup("What is the capital of Spain?") is None
     assert c.stats.as_dict() == {"lookups": 4, "exact_hits": 1, "semantic_hits": 1, "misses": 2, "stores": 1,
                                  "skipped": 0}  # fmt: skip
+
+
+class _FixedEncoder:
+    """Encoder with hand-set unit vectors: `sims[text]` is the text's cosine to [1, 0]."""
+
+    def __init__(self, sims: dict[str, float]) -> None:
+        self.sims = sims
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        s = np.array([self.sims[t] for t in texts], dtype=np.float64)
+        return np.stack([s, np.sqrt(1.0 - s**2)], axis=1)
+
+
+STORED = "tell me something nice please"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda enc: SemanticCache(enc),
+        lambda enc: SemanticCache.from_config({}, enc),
+    ],
+    ids=["constructor", "from_config"],
+)
+def test_default_threshold_0_85_separates_just_below_from_just_above(make) -> None:
+    below, at, above = "say something nice to me please", "something nice please", "please say something nice"
+    enc = _FixedEncoder({STORED: 1.0, below: 0.84, at: 0.85, above: 0.86})
+    c = make(enc)
+    c.store(STORED, resp())
+    assert c.lookup(below) is None
+    for text, sim in [(at, 0.85), (above, 0.86)]:  # at the threshold counts as a hit (>=)
+        hit = c.lookup(text)
+        assert hit is not None and hit.kind == "semantic", text
+        assert hit.similarity == pytest.approx(sim)
+
+
+def test_configured_threshold_separates_just_below_from_just_above() -> None:
+    below, above = "say something nice to me please", "please say something nice"
+    enc = _FixedEncoder({STORED: 1.0, below: 0.929, above: 0.931})
+    for c in (SemanticCache(enc, threshold=0.93), SemanticCache.from_config({"threshold": 0.93}, enc)):
+        c.store(STORED, resp())
+        assert c.lookup(below) is None
+        hit = c.lookup(above)
+        assert hit is not None and hit.kind == "semantic"
 
 
 def test_zero_false_hits_on_contrast_pairs_even_at_low_threshold() -> None:

@@ -98,6 +98,21 @@ def test_curves_on_a_known_matrix() -> None:
     assert np.allclose(rc, oc)
 
 
+def test_router_curve_plots_true_outcomes_of_picks_made_on_wrong_estimates() -> None:
+    # the estimates are deliberately wrong (quality and cost inverted); the picks follow them,
+    # but each point must be the mean TRUE cost and mean TRUE quality of those picks
+    Q = np.array([[0.2, 0.9], [0.8, 0.1]])
+    C = np.array([[1.0, 10.0], [2.0, 20.0]])
+    q_hat = np.array([[0.9, 0.1], [0.1, 0.9]])
+    c_hat = np.array([[5.0, 1.0], [5.0, 1.0]])
+    rc = router_curve(Q, C, q_hat, c_hat, lambdas=[0.0, math.inf])
+    # tradeoff 0: best estimated quality -> prompt 0 model 0, prompt 1 model 1
+    #   true cost (1 + 20) / 2 = 10.5, true quality (0.2 + 0.1) / 2 = 0.15
+    # tradeoff inf: cheapest estimated cost -> model 1 for both prompts
+    #   true cost (10 + 20) / 2 = 15, true quality (0.9 + 0.1) / 2 = 0.5
+    assert np.allclose(rc, [[10.5, 0.15], [15.0, 0.5]])
+
+
 def test_nan_quality_cells_are_excluded_from_means() -> None:
     Q = np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]])
     C = np.ones((3, 2))

@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from llmroute.data import make_synthetic_table
 from llmroute.data.prompts import load_prompts
 from llmroute.data.table import TableError
-from llmroute.policy import calibrate_threshold, score_quantiles, threshold_for_share, unmet_constraints
+from llmroute.policy import (
+    calibrate_threshold,
+    choose,
+    choose_row,
+    score_quantiles,
+    threshold_for_share,
+    unmet_constraints,
+)
 from llmroute.router import Router, default_router_path
 from test_router import ENC
 
@@ -31,6 +38,56 @@ def router(data):
 
 
 # ---- constraints ---------------------------------------------------------------------------------
+
+
+def _both(q: list[float], c: list[float], **kw) -> tuple[int, int]:
+    """The pick of `choose` (on the (1, m) arrays) and of `choose_row`, for one hand-made row."""
+    mask = kw.pop("mask", None)
+    arr = int(choose(np.array([q]), np.array([c]), mask=None if mask is None else np.array([mask]), **kw)[0])
+    return arr, choose_row(q, c, mask=mask, **kw)
+
+
+@pytest.mark.parametrize(
+    ("q", "c", "kw", "want"),
+    [
+        # equal quality at tradeoff 0: the cheaper model, wherever it stands in the row
+        ([0.8, 0.8], [2.0, 1.0], {}, 1),
+        ([0.8, 0.8], [1.0, 2.0], {}, 0),
+        ([0.8, 0.8, 0.8], [3.0, 1.0, 2.0], {}, 1),
+        # equal score q - tradeoff * c (0.75 - 0.25 * 2 == 0.5 - 0.25 * 1): the cheaper model
+        ([0.75, 0.5], [2.0, 1.0], {"tradeoff": 0.25}, 1),
+        # the same ties on the general path (a mask, a max_cost)
+        ([0.8, 0.8, 0.1], [2.0, 1.0, 0.5], {"mask": [True, True, False]}, 1),
+        ([0.8, 0.8, 0.9], [2.0, 1.0, 3.0], {"max_cost": 2.0}, 1),
+    ],
+)
+def test_ties_go_to_the_cheaper_model(q: list[float], c: list[float], kw: dict, want: int) -> None:
+    assert _both(q, c, **kw) == (want, want)
+
+
+def test_max_cost_is_inclusive() -> None:
+    # a model whose expected cost equals max_cost is admissible ...
+    assert _both([0.5, 0.9], [1.0, 2.0], max_cost=2.0) == (1, 1)
+    assert _both([0.5, 0.9], [1.0, 2.0], max_cost=2.0, tradeoff=0.1) == (1, 1)
+    # ... and one just above it is not
+    assert _both([0.5, 0.9], [1.0, 2.0], max_cost=1.999) == (0, 0)
+    # nothing within the limit: the cheapest model, not the best
+    assert _both([0.5, 0.9], [1.0, 2.0], max_cost=0.5) == (0, 0)
+
+
+def test_calibrate_threshold_hand_computed() -> None:
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
+    # share 0.3 of 10 scores: exactly 3 at or above the threshold, i.e. the 3rd highest score
+    thr = calibrate_threshold(scores, 0.3)
+    assert thr == 0.7
+    assert int((scores >= thr).sum()) == 3
+    for share, n_strong in [(0.0, 0), (0.1, 1), (0.5, 5), (0.9, 9), (1.0, 10)]:
+        assert int((scores >= calibrate_threshold(scores, share)).sum()) == n_strong, share
+    # a share between two counts gets the nearest count (0.31 * 10 -> 3, 0.38 * 10 -> 4)
+    for share, n_strong in [(0.31, 3), (0.38, 4)]:
+        assert int((scores >= calibrate_threshold(scores, share)).sum()) == n_strong, share
+
+
 def test_unmet_constraints() -> None:
     assert unmet_constraints(0.5, 0.01) == []
     assert unmet_constraints(0.5, 0.01, max_cost=0.01, min_quality=0.5) == []
