@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
 import textwrap
@@ -16,17 +14,6 @@ from llmroute import cli
 from llmroute.cli import app
 
 runner = CliRunner()
-
-
-def _has_router_stack() -> bool:
-    if importlib.util.find_spec("llmroute.router") is None:
-        return False
-    return hasattr(importlib.import_module("llmroute.embed"), "load_encoder")
-
-
-needs_router = pytest.mark.skipif(
-    not _has_router_stack(), reason="llmroute.router / load_encoder not available yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +120,6 @@ def test_plugin_commands_forward_arguments(tmp_path: Path, monkeypatch: pytest.M
     sys.modules.pop("fake_plugin_mod", None)
 
 
-@needs_router
 def test_eval_train_route_end_to_end(synthetic_parquet: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     res = runner.invoke(
@@ -189,12 +175,10 @@ def test_eval_train_route_end_to_end(synthetic_parquet: Path, tmp_path: Path) ->
     assert json.loads(res.output)["model"] == "tiny-1b"  # nothing fits the budget: the cheapest
 
 
-@needs_router
 def test_route_with_the_shipped_default_router() -> None:
     from llmroute.router import default_router_path
 
-    if not Path(default_router_path()).exists():
-        pytest.skip("no shipped default router in this checkout")
+    assert Path(default_router_path()).exists()  # shipped in src/llmroute/assets
     res = runner.invoke(app, ["route", "What is the capital of France?"])
     assert res.exit_code == 0, res.output
     dec = json.loads(res.output)
@@ -202,7 +186,6 @@ def test_route_with_the_shipped_default_router() -> None:
     assert dec["reason"]
 
 
-@needs_router
 def test_train_everyday_fits_a_regime_head(synthetic_parquet: Path, tmp_path: Path) -> None:
     from llmroute.router import Router
 

@@ -262,10 +262,6 @@ def test_write_report_files(tmp_path: Path) -> None:
 
 
 def test_evaluate_real_routers_when_available() -> None:
-    pytest.importorskip("llmroute.router", reason="llmroute.router not available yet")
-    embed = pytest.importorskip("llmroute.embed")
-    if not hasattr(embed, "load_encoder"):
-        pytest.skip("llmroute.embed.load_encoder not available yet")
     res = evaluate(
         synthetic_table(n=90), routers=("knn", "linear"), folds=3, progress=False, latency_prompts=5
     )

@@ -115,11 +115,10 @@ def test_examples_validate_without_any_api_key() -> None:
     assert loop.models[0].base_url == "http://127.0.0.1:9/v1" and "llmroute/auto" in loop.aliases
 
 
-def _default_router_or_skip() -> None:
+def _assert_default_router_shipped() -> None:
     from llmroute.router import default_router_path
 
-    if not default_router_path().exists():
-        pytest.skip("the shipped default router asset is not built yet")
+    assert default_router_path().exists()  # shipped in src/llmroute/assets
 
 
 def _serve(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -159,7 +158,7 @@ def test_serve_bad_config_exits_with_field_error(tmp_path: Path) -> None:
 
 
 def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
-    _default_router_or_skip()
+    _assert_default_router_shipped()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(
         LLMROUTE_STORE_URL=f"sqlite:///{tmp_path}/t.sqlite",
@@ -194,7 +193,7 @@ def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:
 
 def test_make_run_config_sends_easy_prompts_cheap_and_hard_ones_dear(tmp_path: Path) -> None:
     """What a new user sees first: ordinary prompts through `make run`'s config (issue 10)."""
-    _default_router_or_skip()
+    _assert_default_router_shipped()
     cfg = load_config(EXAMPLES / "llmroute.yaml", env={})
     auto = cfg.aliases["llmroute/auto"].candidates
     by_price = sorted(auto, key=lambda n: cfg.model(n).input_per_mtok + cfg.model(n).output_per_mtok)
@@ -227,7 +226,7 @@ def test_make_run_config_sends_easy_prompts_cheap_and_hard_ones_dear(tmp_path: P
 
 
 def test_loopback_with_default_router_end_to_end(fake_server: Any, tmp_path: Path) -> None:
-    _default_router_or_skip()
+    _assert_default_router_shipped()
     env = dict(
         os.environ,
         LLMROUTE_BACKEND_URL=fake_server.base_url,

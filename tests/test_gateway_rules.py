@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pandas as pd
@@ -180,7 +181,6 @@ def test_cache_hits_exact_semantic_and_stream(gw: Any, fake_server: Any) -> None
 
 
 def test_cache_hit_on_anthropic_messages(gw: Any, fake_server: Any) -> None:
-    anthropic = pytest.importorskip("anthropic")
     c = anthropic.Anthropic(base_url=gw.root, api_key="unused", max_retries=0, timeout=10)
     q = [{"role": "user", "content": "How do I read a JSON config in Rust?"}]
     first = c.messages.with_raw_response.create(model="llmroute/auto", max_tokens=64, messages=q)

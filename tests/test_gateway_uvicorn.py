@@ -15,12 +15,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import uvicorn
 
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("httptools")
-
-from conftest import free_port  # noqa: E402
-from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol, _CoalescingCycle  # noqa: E402
+from conftest import free_port
+from llmroute.gateway._uvicorn import CoalescingHttpToolsProtocol, _CoalescingCycle
 
 
 class _Transport:

@@ -10,10 +10,7 @@ import pytest
 
 from llmroute.router import Router, default_router_path
 
-PATH = default_router_path()
-pytestmark = pytest.mark.skipif(
-    not PATH.exists(), reason="default router not built (scripts/train_default_router.py)"
-)
+PATH = default_router_path()  # shipped in src/llmroute/assets
 
 
 @pytest.fixture(scope="module")
