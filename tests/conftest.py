@@ -152,7 +152,9 @@ def loopback_config(backend_url: str, tmp_path: Any, **server: Any) -> dict[str,
                 "base_url": backend_url,
                 "input_per_mtok": 0.2,
                 "output_per_mtok": 0.2,
-                "timeout_s": 0.5,
+                # fake-strong's short timeout is what the fault tests fall back from; fake-weak is the
+                # fallback target and must not time out on a loaded 2-core CI box
+                "timeout_s": 5.0,
                 "router_model": "weak",
             },
         ],

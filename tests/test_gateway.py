@@ -22,6 +22,10 @@ def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("gw")
     cfg = loopback_config(fake_server.base_url, tmp, max_body_bytes=64 * 1024)
     cfg["aliases"]["llmroute/cheap"] = {"router": "default", "tradeoff": 1e9}
+    # Generous upstream timeouts: on a loaded 2-core CI box 50 concurrent calls can take longer than the
+    # fixture's 0.5 s, and a timed-out fake-weak would trip the breaker and move later tests to fake-strong.
+    for m in cfg["models"]:
+        m["timeout_s"] = 10
     with run_gateway(cfg, routers={"default": StubRouter()}) as url:
         yield url
 
