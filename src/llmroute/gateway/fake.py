@@ -25,6 +25,19 @@ With tools, answers with a tool call of the first tool (arguments `{"x": 1}`); o
 forced `tool_choice` (`{"type": "tool", "name": N}`) calls tool N with an input built from its
 `input_schema` (streamed as `input_json_delta`s of 8 characters).
 
+Skill profiles and a judge (for `llmroute profile`): a model named in `FakeState.skills` (default
+`DEFAULT_SKILLS`: `skill-math` right on maths, `skill-code` on code, `skill-chat` cheap and fine on
+chit-chat) answers the prompts of `skill_prompts()` right with its probability for the prompt's
+category (a seeded coin per model and prompt, so a repeated call gives the same answer), in a form
+the graders read (the final number, the letter, a Python function, a friendly reply), and wrong
+otherwise. A model named in `FakeState.judges` (default `fake-judge`) grades the answer it is
+shown in the `llmroute.profile.judge` templates: `Rating: [[9]]` for a right answer, `[[2]]` for
+a wrong one; pairwise `[[A]]` / `[[B]]` for the right one, and `[[A]]` (position bias) when both
+are right or both wrong. `POST /_control/skills {"skills": {model: {category: p}}, "seed": 0}`
+replaces the profiles. The judge fault `unparseable` (`JUDGE_FAULTS`, set like the others) answers
+200 with text that holds no score; `timeout` works as for any model. `state.calls` counts calls
+per (model, last message text).
+
 Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1), or
 in a background thread of the current process with `serve_in_thread()` (what the tests and
 `llmroute serve --fake-upstream`, the keyless demo, use).
@@ -33,27 +46,79 @@ in a background thread of the current process with `serve_in_thread()` (what the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["FAULTS", "STATE", "FakeState", "RunningFake", "main", "make_app", "serve_in_thread"]
+__all__ = [
+    "DEFAULT_JUDGES",
+    "DEFAULT_SKILLS",
+    "FAULTS",
+    "JUDGE_FAULTS",
+    "SKILL_CATEGORIES",
+    "STATE",
+    "FakeState",
+    "RunningFake",
+    "main",
+    "make_app",
+    "serve_in_thread",
+    "skill_prompts",
+]
 
 FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip", "echo", "echo500")
+#: faults of a judge's answer (a 200 whose text holds no score), set like `FAULTS`
+JUDGE_FAULTS = ("unparseable",)
+SKILL_CATEGORIES = ("math", "code", "chat")
+#: model -> category -> probability of a right answer
+DEFAULT_SKILLS: dict[str, dict[str, float]] = {
+    "skill-math": {"math": 0.95, "code": 0.1, "chat": 0.9},
+    "skill-code": {"math": 0.1, "code": 0.95, "chat": 0.9},
+    "skill-chat": {"math": 0.1, "code": 0.1, "chat": 0.95},
+}
+DEFAULT_JUDGES: tuple[str, ...] = ("fake-judge",)
 
 
 class FakeState:
     """Fault registry and counters of one fake server."""
 
-    def __init__(self, latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        skills: dict[str, dict[str, float]] | None = None,
+        judges: tuple[str, ...] = DEFAULT_JUDGES,
+        seed: int = 0,
+    ) -> None:
         self.faults: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] = {}
         self.last: dict[str, Any] = {}
         self.latency_s = latency_s  # wait before every successful answer's first byte
+        self.skills: dict[str, dict[str, float]] = dict(DEFAULT_SKILLS if skills is None else skills)
+        self.judges: set[str] = set(judges)
+        self.seed = seed
+        #: calls per (model, text of the last message)
+        self.calls: Counter[tuple[str, str]] = Counter()
+
+    def reply(self, model: str, messages: Any, fault: str | None = None) -> str:
+        """The answer text of `model`: a judge's verdict, a skilled answer, or the echo."""
+        text = _text_of(messages)
+        if fault == "unparseable":
+            return "I think the answer is quite good overall, with some room for improvement."
+        if model in self.judges:
+            return _judge(text)
+        skill = self.skills.get(model)
+        if skill is not None:
+            task = _solve(text)
+            coin = _coin(self.seed, model, text)
+            return _skilled(task, text, coin < float(skill.get(task.category, 0.0)), coin)
+        return _answer(model, messages)
 
     def take_fault(
         self, model: str, header: str | None, delay: str | None
@@ -86,6 +151,154 @@ def _text_of(messages: Any) -> str:
 
 def _answer(model: str, messages: Any) -> str:
     return f"[{model}] {_text_of(messages)[:60]}"
+
+
+# ---- skill profiles and a judge -------------------------------------------------------------------
+_ARITH = re.compile(r"(?i)\bcompute (-?\d+) ([+*-]) (-?\d+)")
+_MC = re.compile(r"(?i)which number is (largest|smallest)\?((?:\s*[A-D]\) -?\d+)+)")
+_MC_OPT = re.compile(r"([A-D])\) (-?\d+)")
+_CODE = re.compile(r"Python function `(\w+)\((\w+)\)` that returns ([^`\n]+?)\.(?:\s|$)")
+_LAST_NUMBER = re.compile(r"-?\d+")
+_LETTER = re.compile(r"\(([A-D])\)")
+_REFUSAL = "Sorry, I cannot help with that."
+
+
+@dataclass(frozen=True)
+class _Task:
+    category: str  # math | code | chat
+    kind: str  # arith | mc | code | chat
+    right: str  # the right final number / letter / function body line
+    options: tuple[str, ...] = ()
+
+
+def _solve(text: str) -> _Task:
+    """What a prompt of `skill_prompts()` asks, and its right answer (chit-chat otherwise)."""
+    m = _ARITH.search(text)
+    if m:
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        v = a + b if op == "+" else a - b if op == "-" else a * b
+        return _Task("math", "arith", str(v))
+    m = _MC.search(text)
+    if m:
+        opts = _MC_OPT.findall(m.group(2))
+        pick = max if m.group(1).lower() == "largest" else min
+        letter = pick(opts, key=lambda o: int(o[1]))[0]
+        return _Task("math", "mc", letter, tuple(o[0] for o in opts))
+    m = _CODE.search(text)
+    if m:
+        return _Task("code", "code", f"def {m.group(1)}({m.group(2)}):\n    return {m.group(3)}\n")
+    return _Task("chat", "chat", "")
+
+
+def _coin(seed: int, model: str, text: str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, model, prompt)."""
+    h = hashlib.sha256(f"{seed}\x00{model}\x00{text}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def _skilled(task: _Task, text: str, right: bool, coin: float) -> str:
+    if task.kind == "arith":
+        v = int(task.right) if right else int(task.right) + 1 + int(coin * 1e6) % 9
+        return f"Let me work it out step by step. The answer is {v}."
+    if task.kind == "mc":
+        wrong = [o for o in task.options if o != task.right] or [task.right]
+        letter = task.right if right else wrong[int(coin * 1e6) % len(wrong)]
+        return f"Comparing the options, the answer is ({letter})."
+    if task.kind == "code":
+        body = task.right
+        if not right:  # off by one
+            head, ret = body.split("return ", 1)
+            body = f"{head}return ({ret.strip()}) + 1\n"
+        return f"Here it is:\n```python\n{body}```"
+    return f"Sure! Happy to help with that: {text[:80]}" if right else _REFUSAL
+
+
+def _is_right(question: str, answer: str) -> bool:
+    """Whether `answer` answers a `skill_prompts()` question right (the fake judge's view)."""
+    task = _solve(question)
+    if task.kind == "arith":
+        nums = _LAST_NUMBER.findall(answer)
+        return bool(nums) and nums[-1] == task.right
+    if task.kind == "mc":
+        letters = _LETTER.findall(answer)
+        return bool(letters) and letters[-1] == task.right
+    if task.kind == "code":
+        return task.right in answer
+    return bool(answer.strip()) and _REFUSAL not in answer
+
+
+_J_SINGLE = re.compile(
+    r"\[Question\]\n(.*?)\n\n(?:\[The Start of Reference Answer\].*?\[The End of Reference Answer\]\n\n)?"
+    r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]",
+    re.S,
+)
+_J_PAIR = re.compile(
+    r"\[Question\]\n(.*?)\n\n\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]"
+    r"\s*\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]",
+    re.S,
+)
+
+
+def _judge(text: str) -> str:
+    """The fake judge's verdict on a single-answer or pairwise judge prompt."""
+    m = _J_PAIR.search(text)
+    if m:
+        a, b = _is_right(m.group(1), m.group(2)), _is_right(m.group(1), m.group(3))
+        verdict = "B" if b and not a else "A"  # ties go to the first answer: a position bias
+        return f"Both answers were compared. [[{verdict}]]"
+    m = _J_SINGLE.search(text)
+    if m:
+        score = 9 if _is_right(m.group(1), m.group(2)) else 2
+        return f"The answer was checked against the question. Rating: [[{score}]]"
+    return "Rating: [[5]]"
+
+
+_NAMES = ("Alice", "Bob", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jules", "Kofi", "Lena")
+_CHAT = (
+    "Hi there! Could you greet my friend {name} warmly?",
+    "Say something nice to {name}, who just finished a marathon.",
+    "Tell {name} good morning in a cheerful way.",
+    "Write a short thank-you note to {name} for the birthday gift.",
+    "How are you doing today? My name is {name}.",
+    "Can you wish {name} a happy weekend?",
+    "Give {name} a friendly word of encouragement before the exam.",
+    "Please say hello to {name} and ask how the holiday was.",
+)
+
+
+def skill_prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` prompts the skilled fake models answer and the graders grade: a third maths (final
+    number or multiple-choice letter, with `reference` and `grader`), a third code (a Python
+    function with `tests`), a third chit-chat (graded by the judge). Each has `prompt_id`,
+    `prompt` and `task` (math / code / chat)."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        cat = SKILL_CATEGORIES[i % 3]
+        row: dict[str, Any] = {"prompt_id": f"s{seed}-{i}", "task": cat}
+        if cat == "math" and i % 2 == 0:
+            a, b, op = rng.randint(2, 999), rng.randint(2, 99), rng.choice("+-*")
+            row |= {"prompt": f"Compute {a} {op} {b}. Reply with the final number.", "grader": "number"}
+            row["reference"] = _solve(row["prompt"]).right
+        elif cat == "math":
+            vals = rng.sample(range(-50, 500), 4)
+            which = rng.choice(("largest", "smallest"))
+            opts = " ".join(f"{ch}) {v}" for ch, v in zip("ABCD", vals, strict=True))
+            row |= {"prompt": f"Which number is {which}? {opts}. Answer with the letter.", "grader": "choice"}
+            row["reference"] = _solve(row["prompt"]).right
+        elif cat == "code":
+            name = rng.choice(("scale", "shift", "area", "score", "total", "step")) + f"_{i}"
+            k, c = rng.randint(2, 9), rng.randint(0, 20)
+            row["prompt"] = f"Write a Python function `{name}(x)` that returns x * {k} + {c}. Only the code."
+            row["tests"] = "\n".join(f"assert {name}({x}) == {x * k + c}" for x in (0, 1, 7))
+            row["grader"] = "code"
+        else:
+            row["prompt"] = rng.choice(_CHAT).format(name=rng.choice(_NAMES)) + f" (#{i})"
+            row["grader"] = "judge"
+        out.append(row)
+    return out
 
 
 def _usage(messages: Any, answer: str) -> dict[str, int]:
@@ -148,7 +361,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
     messages = body.get("messages")
-    answer = _answer(model, messages)
+    state.calls[(model, _text_of(messages))] += 1
+    answer = state.reply(model, messages, fault)
     usage = _usage(messages, answer)
     tools = body.get("tools")
     tool_call = None
@@ -304,7 +518,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return early
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
-    answer = _answer(model, body.get("messages"))
+    state.calls[(model, _text_of(body.get("messages")))] += 1
+    answer = state.reply(model, body.get("messages"), fault)
     tools = body.get("tools")
     content: list[dict[str, Any]]
     choice = body.get("tool_choice") or {}
@@ -398,8 +613,8 @@ async def _models(request: web.Request) -> web.Response:
 async def _set_fault(request: web.Request) -> web.Response:
     state: FakeState = request.app[STATE]
     spec = orjson.loads(await request.read())
-    if spec.get("fault") not in FAULTS:
-        return _error(400, f"fault must be one of {FAULTS}", "invalid_request_error")
+    if spec.get("fault") not in FAULTS + JUDGE_FAULTS:
+        return _error(400, f"fault must be one of {FAULTS + JUDGE_FAULTS}", "invalid_request_error")
     state.faults[str(spec.get("model", "*"))] = {
         "fault": spec["fault"],
         "count": spec.get("count"),
@@ -431,6 +646,20 @@ async def _get_latency(request: web.Request) -> web.Response:
     )
 
 
+async def _set_skills(request: web.Request) -> web.Response:
+    state: FakeState = request.app[STATE]
+    try:
+        spec = orjson.loads(await request.read())
+        skills = {str(m): {str(c): float(p) for c, p in cats.items()} for m, cats in spec["skills"].items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return _error(
+            400, 'send {"skills": {model: {category: probability}}, "seed": 0}', "invalid_request_error"
+        )
+    state.skills = skills
+    state.seed = int(spec.get("seed") or 0)
+    return web.Response(body=orjson.dumps({"skills": skills}), content_type="application/json")
+
+
 async def _stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(request.app[STATE].counts), content_type="application/json")
 
@@ -456,6 +685,7 @@ def make_app(latency_ms: float = 0.0) -> web.Application:
     app.router.add_post("/_control/latency", _set_latency)
     app.router.add_get("/_control/latency", _get_latency)
     app.router.add_get("/_control/stats", _stats)
+    app.router.add_post("/_control/skills", _set_skills)
     app.router.add_get("/_control/last", _last)
     return app
 
