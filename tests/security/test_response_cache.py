@@ -4,6 +4,7 @@ am/pm, units, swapped order, antonym actions and swapped lower-case entities."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -14,8 +15,8 @@ import openai
 import pytest
 
 from conftest import FakeServer, StubRouter, loopback_config, run_gateway
-from llmroute.cache import RedisBackend, SemanticCache, SQLiteBackend, signature
-from llmroute.cache.evaldata import contrast_pairs, paraphrase_pairs
+from llmroute.cache import RedisBackend, SemanticCache, SQLiteBackend, critical, signature
+from llmroute.cache.evaldata import contrast_pairs, heldout_contrast_pairs, paraphrase_pairs
 from llmroute.signals.hashenc import HashingEncoder, resolve_encoder
 
 NEW_KINDS = ("prefix_negation", "ampm", "unit", "order", "antonym_action", "entity_swap")
@@ -51,6 +52,53 @@ def test_no_false_hit_on_the_new_families_even_at_a_low_threshold(kind: str, min
             assert c.lookup(b, scope=f"{i}") is None, (a, b)
             c.store(b, resp(), scope=f"r{i}")
             assert c.lookup(a, scope=f"r{i}") is None, (b, a)
+
+
+# the guard's open-class word lists: a held-out pair's distinguishing words must be in none
+_OPEN_LISTS: dict[str, Any] = {
+    "polarity": critical._POLARITY,
+    "lexicon": critical._LEXICON,
+    "kinds": critical._KINDS,
+    "units": critical._UNITS,
+    "negatable stems": critical._NEG_STEMS,
+    "conversion verbs": critical._CONVERT,
+}
+_CLOSED_CLASS_KINDS = {"negation", "number", "date", "ampm"}  # negators, numerals, dates: no other words
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip("'").replace("'", "") for w in re.findall(r"[a-z0-9][a-z0-9'\-]*", text.lower())]
+
+
+def _distinguishing(a: str, b: str) -> set[str]:
+    """Words in one text and not the other; for a swap of the same words, the words that moved."""
+    wa, wb = _words(a), _words(b)
+    diff = set(wa) ^ set(wb)
+    if not diff and len(wa) == len(wb):
+        diff = {x for x, y in zip(wa, wb, strict=True) if x != y}
+    return diff
+
+
+def _listed(word: str) -> list[str]:
+    parts = [word, *word.split("-")]
+    for prefix in ("un", "non", "in", "im", "il", "ir", "dis"):
+        if word.startswith(prefix):
+            parts.append(word[len(prefix) :].lstrip("-"))
+    return [name for name, lst in _OPEN_LISTS.items() for p in parts if p in lst]
+
+
+def test_held_out_pairs_are_told_apart_by_words_in_none_of_the_lists() -> None:
+    pairs = heldout_contrast_pairs()
+    kinds = Counter(k for _, _, k in pairs)
+    assert all(kinds[k] >= 8 for k in NEW_KINDS), kinds
+    dev = {frozenset((a, b)) for a, b, _ in contrast_pairs()}
+    for a, b, kind in pairs:
+        assert frozenset((a, b)) not in dev, (a, b)
+        diff = _distinguishing(a, b)
+        assert diff, (a, b)
+        if kind not in _CLOSED_CLASS_KINDS:
+            listed = {w: _listed(w) for w in diff if _listed(w)}
+            assert not listed, (a, b, listed)
 
 
 # words that are in none of the guard's lists: the rules (prefix, suffix, clock, order) must

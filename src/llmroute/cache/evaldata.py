@@ -5,7 +5,10 @@
 date, entity, polarity; and, from issue 11: negation by prefix or suffix (safe/unsafe,
 harmful/harmless), am/pm, units, swapped order (A faster than B / B faster than A, km to miles /
 miles to km), antonym actions (cancel/renew) and swapped lower-case entities (vegan/beef)) — a
-cache must NEVER hit. All text here was written for this project.
+cache must NEVER hit. The guard's word lists were built on these: they are its development set.
+`heldout_contrast_pairs()`: (a, b, kind) of the same families, written after the word lists in
+other wording and with words that are in none of them: the set the guard is evaluated on.
+All text here was written for this project.
 """
 
 from __future__ import annotations
@@ -173,3 +176,119 @@ def contrast_pairs(seed: int = 0) -> list[tuple[str, str, str]]:
         other = _LANGS[(i + 1) % len(_LANGS)]
         out.append((f"How do I reverse a list in {lang}?", f"How do I reverse a list in {other}?", "entity"))
     return out
+
+
+# ---- held-out contrast set (issue 11 item 13) -----------------------------------------------------
+# Written AFTER the guard's word lists (`llmroute.cache.critical`) were built on the pairs above, in
+# other wording and with other words of the same families. The words that tell a held-out pair
+# apart are in none of the guard's open-class lists (polarity, kinds, lexicon, units, negatable
+# stems, conversion verbs): tests/security/test_response_cache.py checks it, so the lists can never
+# learn them. Closed classes (negators, numerals, month and weekday names, am/pm) have no other
+# words, so the negation, number, date and ampm pairs use them in new sentences instead.
+_HELDOUT: list[tuple[str, str, str]] = [
+    # negation
+    ("negation", "Why did the nightly backup succeed?", "Why didn't the nightly backup succeed?"),
+    ("negation", "Explain why the unit test passes.", "Explain why the unit test doesn't pass."),
+    ("negation", "Recommend a hiking jacket that is waterproof.", "Recommend a hiking jacket that isn't waterproof."),
+    ("negation", "Which houseplants grow well in shade?", "Which houseplants never grow well in shade?"),
+    ("negation", "List some snacks with caffeine in them.", "List some snacks without caffeine in them."),
+    ("negation", "Suggest a caffeinated drink for the morning.", "Suggest a caffeine-free drink for the morning."),
+    ("negation", "Which toothpaste brands contain fluoride?", "Which toothpaste brands are fluoride-free?"),
+    ("negation", "Do hamsters need a wheel in the cage?", "Do hamsters not need a wheel in the cage?"),
+    # negation by prefix or suffix, on stems the guard has no list entry for
+    ("prefix_negation", "Is the tap water in Lisbon drinkable?", "Is the tap water in Lisbon undrinkable?"),
+    ("prefix_negation", "Which of these wild mushrooms are edible?", "Which of these wild mushrooms are inedible?"),
+    ("prefix_negation", "Is the damage to my phone screen repairable?",
+     "Is the damage to my phone screen irreparable?"),
+    ("prefix_negation", "Is dashcam footage admissible in court?", "Is dashcam footage inadmissible in court?"),
+    ("prefix_negation", "Why is this cough syrup effective for toddlers?",
+     "Why is this cough syrup ineffective for toddlers?"),
+    ("prefix_negation", "Why is my spaniel so obedient on walks?", "Why is my spaniel so disobedient on walks?"),
+    ("prefix_negation", "Is a root canal treatment painful?", "Is a root canal treatment painless?"),
+    ("prefix_negation", "Is this rental clause enforceable?", "Is this rental clause unenforceable?"),
+    ("prefix_negation", "Is table salt soluble in olive oil?", "Is table salt insoluble in olive oil?"),
+    ("prefix_negation", "Does the clinic offer invasive heart tests?", "Does the clinic offer noninvasive heart tests?"),
+    ("prefix_negation", "Is the gap between the two groups significant?",
+     "Is the gap between the two groups insignificant?"),
+    ("prefix_negation", "Is a loss from a failed startup recoverable?",
+     "Is a loss from a failed startup irrecoverable?"),
+    ("prefix_negation", "How do I deal with a tidy roommate?", "How do I deal with an untidy roommate?"),
+    # am / pm in other spellings and sentences
+    ("ampm", "Wake me up at 5.45am please.", "Wake me up at 5.45pm please."),
+    ("ampm", "Does the last ferry leave at 11 P.M.?", "Does the last ferry leave at 11 A.M.?"),
+    ("ampm", "Schedule the call for 10:15 am Pacific time.", "Schedule the call for 10:15 pm Pacific time."),
+    ("ampm", "My flight lands at 6am, can I check in early?", "My flight lands at 6pm, can I check in early?"),
+    ("ampm", "Is it rude to phone a colleague at 9 pm?", "Is it rude to phone a colleague at 9 am?"),
+    ("ampm", "The bakery closes at 8 p.m. on weekdays, right?", "The bakery closes at 8 a.m. on weekdays, right?"),
+    ("ampm", "Remind me to take the tablet at 7.30 a.m.", "Remind me to take the tablet at 7.30 p.m."),
+    ("ampm", "Which trains leave Leeds after 4pm?", "Which trains leave Leeds after 4am?"),
+    # units the guard has no list entry for
+    ("unit", "Is 2 pints of beer too much before driving?", "Is 2 quarts of beer too much before driving?"),
+    ("unit", "Is 800 lumens bright enough for a desk lamp?", "Is 800 lux bright enough for a desk lamp?"),
+    ("unit", "Is 100 joules a lot of energy?", "Is 100 calories a lot of energy?"),
+    ("unit", "Is 500 kcal a decent breakfast?", "Is 500 kJ a decent breakfast?"),
+    ("unit", "Is 10 cc of cough syrup too much for a child?", "Is 10 drops of cough syrup too much for a child?"),
+    ("unit", "Is drinking 2 quarts of water a day enough?", "Is drinking 2 pints of water a day enough?"),
+    ("unit", "Is 85 decibels too loud for headphones?", "Is 85 percent too loud for headphones?"),
+    ("unit", "Can I take a 20000 mAh power bank on a plane?", "Can I take a 20000 Wh power bank on a plane?"),
+    # swapped order: comparisons, conversions and from/to, on words the guard has no list entry for
+    ("order", "Is a tiger stronger than a gorilla?", "Is a gorilla stronger than a tiger?"),
+    ("order", "Does espresso have more caffeine than cola?", "Does cola have more caffeine than espresso?"),
+    ("order", "Is renting cheaper than owning in the long run?", "Is owning cheaper than renting in the long run?"),
+    ("order", "How do I turn a spreadsheet into a chart?", "How do I turn a chart into a spreadsheet?"),
+    ("order", "Translate good morning from Hindi to Korean.", "Translate good morning from Korean to Hindi."),
+    ("order", "What is the cheapest way to ship a parcel from Leeds to Dublin?",
+     "What is the cheapest way to ship a parcel from Dublin to Leeds?"),
+    ("order", "Is a mango sweeter than a peach?", "Is a peach sweeter than a mango?"),
+    ("order", "Rewrite this function from recursion to iteration.", "Rewrite this function from iteration to recursion."),
+    ("order", "Migrate my blog from wordpress to ghost.", "Migrate my blog from ghost to wordpress."),
+    ("order", "Are wolves more dangerous than bears?", "Are bears more dangerous than wolves?"),
+    ("order", "Can a lizard outrun a spider?", "Can a spider outrun a lizard?"),
+    # antonym actions the guard has no list entry for
+    ("antonym_action", "How do I mute a group chat on my phone?", "How do I unmute a group chat on my phone?"),
+    ("antonym_action", "How do I pause my gym membership?", "How do I resume my gym membership?"),
+    ("antonym_action", "How do I archive an email in Outlook?", "How do I unarchive an email in Outlook?"),
+    ("antonym_action", "Should I promote the new intern?", "Should I demote the new intern?"),
+    ("antonym_action", "How do I tighten the bolts on my bike?", "How do I loosen the bolts on my bike?"),
+    ("antonym_action", "How do I grant edit access to a shared folder?",
+     "How do I revoke edit access to a shared folder?"),
+    ("antonym_action", "How do I expand all folders in the sidebar?", "How do I collapse all folders in the sidebar?"),
+    ("antonym_action", "Can I inflate a bike tyre with a car pump?", "Can I deflate a bike tyre with a car pump?"),
+    ("antonym_action", "How do I charge a lithium battery safely?", "How do I discharge a lithium battery safely?"),
+    ("antonym_action", "Why do people upvote posts on forums?", "Why do people downvote posts on forums?"),
+    # swapped lower-case entities the guard has no list entry for
+    ("entity_swap", "Give me a lentil soup recipe.", "Give me a barley soup recipe."),
+    ("entity_swap", "Can guinea pigs eat carrots?", "Can guinea pigs eat celery?"),
+    ("entity_swap", "Which wine goes well with lobster?", "Which wine goes well with mushrooms?"),
+    ("entity_swap", "How often should I water a cactus?", "How often should I water a fern?"),
+    ("entity_swap", "Does a mahogany table need oiling?", "Does a teak table need oiling?"),
+    ("entity_swap", "What's a good name for a pet tortoise?", "What's a good name for a pet iguana?"),
+    ("entity_swap", "How do I get a coffee stain out of a linen shirt?",
+     "How do I get a coffee stain out of a denim shirt?"),
+    ("entity_swap", "Is oat milk good for baking?", "Is almond milk good for baking?"),
+    ("entity_swap", "How long should I boil quinoa?", "How long should I boil couscous?"),
+    ("entity_swap", "What should I feed a sick goat?", "What should I feed a sick sheep?"),
+    # numbers, dates and capitalised entities in new sentences
+    ("number", "Is 38.5 a fever for a toddler?", "Is 37.5 a fever for a toddler?"),
+    ("number", "Split a bill of 120 between 4 people.", "Split a bill of 120 between 6 people."),
+    ("number", "Is a credit score of 650 good enough for a mortgage?",
+     "Is a credit score of 560 good enough for a mortgage?"),
+    ("number", "Is 1/4 cup of oil too much for one cake?", "Is 3/4 cup of oil too much for one cake?"),
+    ("number", "Work out a 15% tip on a $80 bill.", "Work out a 20% tip on a $80 bill."),
+    ("number", "What happened in Europe in 1848?", "What happened in Europe in 1868?"),
+    ("date", "What's on TV on Saturday evening?", "What's on TV on Sunday evening?"),
+    ("date", "What's the forecast for Thursday in Oslo?", "What's the forecast for Tuesday in Oslo?"),
+    ("date", "Which flowers bloom in late autumn?", "Which flowers bloom in late spring?"),
+    ("date", "Are banks open on the 2nd of January?", "Are banks open on the 2nd of February?"),
+    ("entity", "Who painted the Mona Lisa?", "Who painted the Guernica mural?"),
+    ("entity", "What's the population of Peru?", "What's the population of Chile?"),
+    ("entity", "Who founded Nintendo?", "Who founded Microsoft?"),
+    ("entity", "How tall is Mount Kilimanjaro?", "How tall is Mount Elbrus?"),
+]  # fmt: skip
+
+
+def heldout_contrast_pairs() -> list[tuple[str, str, str]]:
+    """Near-identical pairs that must not share an answer, (a, b, kind), written after the guard's
+    word lists and kept out of them: the set the contrast guard is evaluated on (the pairs of
+    `contrast_pairs()` are its development set)."""
+    return [(a, b, kind) for kind, a, b in _HELDOUT]
