@@ -108,6 +108,49 @@ def test_batched_estimates_equal_single_ones() -> None:
     assert router.calls == [8, 8, 4]  # 20 concurrent requests, batches of at most 8, every prompt estimated
 
 
+class QualityOnlyRouter(CountingRouter):
+    """A router that can skip its cost model; `estimate` must not be needed when every candidate is priced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quality_calls: list[int] = []
+
+    def estimate_quality(self, prompts: Sequence[str]) -> np.ndarray:
+        self.quality_calls.append(len(prompts))
+        return StubRouter.estimate(self, prompts)[0]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_priced_candidates_skip_the_router_cost_model(batch: int) -> None:
+    """Every candidate of llmroute/auto has configured prices: the engine asks the router for quality
+    only, and the decisions equal those made from the full estimate."""
+    texts = [f"prompt {'x' * (i * 9)}" for i in range(10)]
+    want = [_engine(StubRouter(), 1).route(_ctx(t)) for t in texts]
+    router = QualityOnlyRouter()
+    eng = _engine(router, batch)
+
+    async def main() -> list[RouteDecision]:
+        return await asyncio.gather(*(eng.decide(_ctx(t)) for t in texts))
+
+    got = asyncio.run(main())
+    assert router.calls == []
+    assert sum(router.quality_calls) == len(texts)
+    assert [d.ranked for d in got] == [d.ranked for d in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.expected_quality == pytest.approx(b.expected_quality)
+        assert a.expected_cost == pytest.approx(b.expected_cost)
+
+
+def test_an_unpriced_candidate_uses_the_router_cost_model() -> None:
+    cfg = loopback_config("http://127.0.0.1:9/v1", "/tmp")
+    cfg["models"][1]["input_per_mtok"] = cfg["models"][1]["output_per_mtok"] = 0
+    router = QualityOnlyRouter()
+    eng = RoutingEngine(parse_config(cfg), {"default": router}, batch_size=1)
+    d = eng.route(_ctx("hello there"))
+    assert router.calls == [1] and router.quality_calls == []
+    assert d.expected_cost["fake-weak"] == pytest.approx(1e-5)  # the router's cost column
+
+
 def test_hooks_run_first_and_can_block_or_decide() -> None:
     eng = _engine(StubRouter(), 8)
     seen: list[str] = []

@@ -62,6 +62,21 @@ def test_estimate_shapes_and_best_model(router, data):
     assert acc >= 0.8
 
 
+def test_estimate_quality_is_the_quality_of_estimate(router, data):
+    _, test = data
+    q, _ = router.estimate(test.prompts[:12])
+    np.testing.assert_array_equal(router.estimate_quality(test.prompts[:12]), q)
+    np.testing.assert_array_equal(router.estimate_quality(test.prompts[:1]), q[:1])
+
+
+def test_estimate_quality_of_the_shipped_router_with_its_regime_head():
+    r = Router.load(default_router_path())
+    texts = ["hello", "Prove that sqrt(2) is irrational.", "Write a SQL query that joins two tables."]
+    np.testing.assert_array_equal(r.estimate_quality(texts), r.estimate(texts)[0])
+    r.blas_single_thread = True  # the gateway's setting: no per-call BLAS limit
+    np.testing.assert_array_equal(r.estimate_quality(texts[:1]), r.estimate(texts[:1])[0])
+
+
 def test_tradeoff_extremes_max_cost_and_min_quality(router, data):
     _, test = data
     prompts = test.prompts[:20]

@@ -631,6 +631,18 @@ class Router:
         q, c, _ = self._estimate_texts(self._texts(prompts))
         return q, c
 
+    def estimate_quality(self, prompts: Sequence[PromptLike]) -> np.ndarray:
+        """(n, m) expected quality in [0, 1], `models` order: `estimate(prompts)[0]` without the
+        cost model (for callers that price the models themselves, e.g. the gateway when every
+        candidate of an alias has configured prices)."""
+        texts = self._texts(prompts)
+        if len(texts) <= 16 and not self.blas_single_thread:
+            with self._one_thread():
+                return self._quality(self.featurize(texts))
+        if self._pipeline_threads(len(texts)) > 0:
+            return self._estimate_texts(texts)[0]
+        return self._quality(self.featurize(texts))
+
     def strong_weak_score(self, prompts: Sequence[PromptLike]) -> np.ndarray:
         """(n,) expected quality of the strong model minus the weak one (policy 'strong'/'weak')."""
         s, w = self._pair()

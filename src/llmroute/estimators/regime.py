@@ -250,15 +250,32 @@ class RegimeHead:
     def mix(self, q: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """The quality mixture for (n, m) estimator quality `q` and `probs` from `predict`."""
         out = probs[:, EASY : EASY + 1] + probs[:, HARD : HARD + 1] * self.ability_[None, :]
-        for k, seen in enumerate(self.supports_):
+        for k, seen, offset in self._mix_terms():
             pk = probs[:, 2 + k : 3 + k]
-            if seen.all():
+            if offset is None:  # the set saw every model
                 out += pk * q
                 continue
             ref = q[:, seen].mean(axis=1, keepdims=True)
-            rel = np.clip(ref + (self.ability_ - self.ability_[seen].mean())[None, :], 0.0, 1.0)
+            rel = np.clip(ref + offset, 0.0, 1.0)
             out += pk * np.where(seen[None, :], q, rel)
         return out
+
+    def _mix_terms(self) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Per model set k: (k, its support mask, the (1, m) ability offsets of the unseen models'
+        stand-in, or None when it saw every model); computed once per fitted state (the request
+        path calls `mix` for every batch)."""
+        key = (id(self.supports_), id(self.ability_))
+        cached = getattr(self, "_mix_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        terms: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        for k, seen in enumerate(self.supports_):
+            if seen.all():
+                terms.append((k, seen, None))
+            else:
+                terms.append((k, seen, (self.ability_ - self.ability_[seen].mean())[None, :]))
+        self._mix_cache = (key, terms)
+        return terms
 
     # ---- state -------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:

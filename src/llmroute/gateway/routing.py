@@ -346,6 +346,8 @@ class _AliasPlan:
         self.pout = np.array([by_name[n].output_per_mtok for n in self.models]) / 1e6
         self.priced = (self.pin + self.pout) > 0
         self.any_priced = bool(self.priced.any())
+        # every candidate priced by the config: the router's cost model is not needed
+        self.all_priced = bool(self.priced.all())
         self.windows_list = [float(by_name[n].context_window or math.inf) for n in self.models]
         # plain-Python copies for the per-request path (numpy calls cost more than they save on a few columns)
         self.idx_list = [int(j) for j in idx]
@@ -454,7 +456,7 @@ class RoutingEngine:
     ) -> None:
         self.config = config
         self.batch_size = config.server.route_batch if batch_size is None else batch_size
-        self._batchers: dict[int, _Batcher] = {}
+        self._batchers: dict[tuple[int, bool], _Batcher] = {}
         self.routers = routers
         self.models = {m.name: m for m in config.models}
         self.hooks: list[Hook] = []
@@ -510,12 +512,16 @@ class RoutingEngine:
 
     @staticmethod
     def _columns(
-        plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray, text: str
+        plan: _AliasPlan, qrow: np.ndarray, crow: np.ndarray | None, text: str
     ) -> tuple[list[float], list[float]]:
         """The alias's candidates' expected quality and cost (configured prices where set)."""
         qr = qrow.tolist() if isinstance(qrow, np.ndarray) else list(qrow)
-        cr = crow.tolist() if isinstance(crow, np.ndarray) else list(crow)
         qa = [float(qr[j]) for j in plan.idx_list]
+        if plan.all_priced or crow is None:  # crow is None only when every candidate is priced
+            tin = len(text) / 4.0
+            out = plan.out_tokens
+            return qa, [tin * pi + out * po for _, pi, po, _ in plan.cost_rows]
+        cr = crow.tolist() if isinstance(crow, np.ndarray) else list(crow)
         if plan.any_priced:
             tin = len(text) / 4.0
             out = plan.out_tokens
@@ -554,8 +560,12 @@ class RoutingEngine:
         plan = self._plan(ctx)
         if plan is None:
             return RouteDecision(model=ctx.requested, ranked=[ctx.requested], reason="direct")
-        q, c = plan.router.estimate([ctx.text])
-        return self._decision(ctx, plan, *self._columns(plan, q[0], c[0], ctx.text))
+        if plan.all_priced and hasattr(plan.router, "estimate_quality"):
+            qrow, crow = plan.router.estimate_quality([ctx.text])[0], None
+        else:
+            q, c = plan.router.estimate([ctx.text])
+            qrow, crow = q[0], c[0]
+        return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
 
     async def route_async(self, ctx: RequestContext) -> RouteDecision:
         """`route`, with the router estimate micro-batched across concurrent requests: requests
@@ -564,9 +574,11 @@ class RoutingEngine:
         plan = self._plan(ctx)
         if plan is None:
             return RouteDecision(model=ctx.requested, ranked=[ctx.requested], reason="direct")
-        batcher = self._batchers.get(id(plan.router))
+        quality_only = plan.all_priced and hasattr(plan.router, "estimate_quality")
+        bkey = (id(plan.router), quality_only)
+        batcher = self._batchers.get(bkey)
         if batcher is None:
-            batcher = self._batchers[id(plan.router)] = _Batcher(plan.router, self.batch_size)
+            batcher = self._batchers[bkey] = _Batcher(plan.router, self.batch_size, quality_only)
         qrow, crow = await batcher.estimate(ctx.text)
         return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
 
@@ -744,16 +756,21 @@ class RoutingEngine:
 
 
 class _Batcher:
-    """Collects the prompts of one event-loop turn and estimates them in one router call."""
+    """Collects the prompts of one event-loop turn and estimates them in one router call.
 
-    def __init__(self, router: RouterLike, max_batch: int) -> None:
+    With `quality_only` (every candidate of the aliases it serves is priced by the config) it
+    calls `router.estimate_quality` and gives `None` for the cost row: the router's cost model
+    is skipped."""
+
+    def __init__(self, router: RouterLike, max_batch: int, quality_only: bool = False) -> None:
         self.router = router
         self.max_batch = max_batch
-        self.pending: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
+        self.quality_only = quality_only
+        self.pending: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray | None]]]] = []
 
-    def estimate(self, text: str) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
+    def estimate(self, text: str) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
+        fut: asyncio.Future[tuple[np.ndarray, np.ndarray | None]] = loop.create_future()
         if not self.pending:
             loop.call_soon(self._flush)
         self.pending.append((text, fut))
@@ -766,7 +783,11 @@ class _Batcher:
             if not chunk:
                 continue
             try:
-                q, c = self.router.estimate([t for t, _ in chunk])
+                if self.quality_only:
+                    q = self.router.estimate_quality([t for t, _ in chunk])  # type: ignore[attr-defined]
+                    c = None
+                else:
+                    q, c = self.router.estimate([t for t, _ in chunk])
             except Exception as e:
                 for _, f in chunk:
                     if not f.done():
@@ -774,4 +795,4 @@ class _Batcher:
                 continue
             for i, (_, f) in enumerate(chunk):
                 if not f.done():
-                    f.set_result((q[i], c[i]))
+                    f.set_result((q[i], None if c is None else c[i]))
