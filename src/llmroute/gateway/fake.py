@@ -35,8 +35,8 @@ shown in the `llmroute.profile.judge` templates: `Rating: [[9]]` for a right ans
 a wrong one; pairwise `[[A]]` / `[[B]]` for the right one, and `[[A]]` (position bias) when both
 are right or both wrong. `POST /_control/skills {"skills": {model: {category: p}}, "seed": 0}`
 replaces the profiles. The judge fault `unparseable` (`JUDGE_FAULTS`, set like the others) answers
-200 with text that holds no score; `timeout` works as for any model. `state.calls` counts calls
-per (model, last message text).
+200 with text that holds no score; `timeout` works as for any model. `state.calls` counts requests
+per (model, last message text) as they arrive (faulted ones too).
 
 Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1), or
 in a background thread of the current process with `serve_in_thread()` (what the tests and
@@ -67,6 +67,7 @@ __all__ = [
     "STATE",
     "FakeState",
     "RunningFake",
+    "is_right",
     "main",
     "make_app",
     "serve_in_thread",
@@ -213,7 +214,7 @@ def _skilled(task: _Task, text: str, right: bool, coin: float) -> str:
     return f"Sure! Happy to help with that: {text[:80]}" if right else _REFUSAL
 
 
-def _is_right(question: str, answer: str) -> bool:
+def is_right(question: str, answer: str) -> bool:
     """Whether `answer` answers a `skill_prompts()` question right (the fake judge's view)."""
     task = _solve(question)
     if task.kind == "arith":
@@ -243,12 +244,12 @@ def _judge(text: str) -> str:
     """The fake judge's verdict on a single-answer or pairwise judge prompt."""
     m = _J_PAIR.search(text)
     if m:
-        a, b = _is_right(m.group(1), m.group(2)), _is_right(m.group(1), m.group(3))
+        a, b = is_right(m.group(1), m.group(2)), is_right(m.group(1), m.group(3))
         verdict = "B" if b and not a else "A"  # ties go to the first answer: a position bias
         return f"Both answers were compared. [[{verdict}]]"
     m = _J_SINGLE.search(text)
     if m:
-        score = 9 if _is_right(m.group(1), m.group(2)) else 2
+        score = 9 if is_right(m.group(1), m.group(2)) else 2
         return f"The answer was checked against the question. Rating: [[{score}]]"
     return "Rating: [[5]]"
 
@@ -351,6 +352,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return _error(400, "body must be a JSON object", "invalid_request_error")
     model = str(body.get("model", ""))
     state.counts[model] = state.counts.get(model, 0) + 1
+    state.calls[(model, _text_of(body.get("messages")))] += 1
     state.last[model] = body
     fault, delay = state.take_fault(
         model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
@@ -361,7 +363,6 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
     messages = body.get("messages")
-    state.calls[(model, _text_of(messages))] += 1
     answer = state.reply(model, messages, fault)
     usage = _usage(messages, answer)
     tools = body.get("tools")
@@ -509,6 +510,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return _error(400, "invalid JSON body", "invalid_request_error")
     model = str(body.get("model", ""))
     state.counts[model] = state.counts.get(model, 0) + 1
+    state.calls[(model, _text_of(body.get("messages")))] += 1
     state.last[model] = body
     fault, delay = state.take_fault(
         model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
@@ -518,7 +520,6 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return early
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
-    state.calls[(model, _text_of(body.get("messages")))] += 1
     answer = state.reply(model, body.get("messages"), fault)
     tools = body.get("tools")
     content: list[dict[str, Any]]

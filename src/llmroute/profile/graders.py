@@ -79,7 +79,7 @@ _CHOICE_STATED = re.compile(
     r"(?i)\b(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?([A-J])[\)\]]?(?![\w])"
 )
 _CHOICE_PAREN = re.compile(r"\(([A-J])\)")
-_CHOICE_ALONE = re.compile(r"^\s*[\(\[]?([A-J])[\)\]\.:]?\s*$")
+_CHOICE_ALONE = re.compile(r"(?i)^\s*[\(\[]?([A-J])[\)\]\.:]?\s*$")
 
 
 def extract_choice(answer: str) -> str | None:

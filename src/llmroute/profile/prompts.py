@@ -42,6 +42,8 @@ class PromptItem:
 def _cell(v: Any) -> str | None:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
+    if isinstance(v, float) and v.is_integer():  # CSV readers turn 42 into 42.0
+        v = int(v)
     s = str(v)
     return s if s.strip() else None
 
