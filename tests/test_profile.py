@@ -6,6 +6,7 @@ decisions follow the models' skills."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -330,3 +331,85 @@ def test_select_diverse_covers_every_cluster() -> None:
     assert len(picked) == 3
     assert {it.task for it in picked} == {"math", "code", "chat"}
     assert select_diverse(items[:2], 5) == items[:2]
+
+
+def test_cli_killed_mid_run_resumes_without_repeating_a_call(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = skill_prompts(60)
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "table.parquet"
+    with serve_in_thread(latency_ms=100) as fake:
+        config = tmp_path / "llmroute.yaml"
+        config.write_text(yaml.safe_dump(_config(fake.base_url)))
+        args = ["profile", "--config", str(config), "--prompts", str(prompts), "--judge", "fake-judge"]
+        args += ["--models", ",".join(MODELS), "--concurrency", "4", "--no-progress", "--out", str(out)]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from llmroute.cli import app; app()", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120  # a safety net only: the kill waits for journaled calls
+            while time.monotonic() < deadline and proc.poll() is None:
+                if journal_path(out).exists() and journal_path(out).read_bytes().count(b"\n") >= 20:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "the run ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(30)
+        before = [orjson.loads(x) for x in journal_path(out).read_bytes().split(b"\n")[:-1]]
+        assert 20 <= len(before) < 180
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        prompt_of = {r["prompt_id"]: r["prompt"] for r in rows}
+        for r in before:
+            if r["kind"] == "answer":
+                assert fake.state.calls[(r["model"], prompt_of[r["prompt_id"]])] == 1
+    assert len(load_table(out).df) == 180
+
+
+def test_changed_prompt_is_asked_again_and_a_cut_journal_line_is_redone(tmp_path: Path) -> None:
+    items = [it for it in _items(9) if it.task != "chat"][:3]
+    out = tmp_path / "t.jsonl"
+    with serve_in_thread() as fake:
+        cfg = parse_config(_config(fake.base_url))
+        s = ProfileSettings(models=["skill-math"], concurrency=1)  # one at a time: journaled in order
+        asyncio.run(run_profile(cfg, items, s, out))
+        lines = journal_path(out).read_bytes().splitlines(keepends=True)
+        assert [orjson.loads(x)["prompt_id"] for x in lines] == [it.prompt_id for it in items]
+        journal_path(out).write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # a crash mid-line
+        changed = dataclasses.replace(items[0], prompt=items[0].prompt + " Thanks!")
+        asyncio.run(run_profile(cfg, [changed, *items[1:]], s, out))
+        assert fake.state.calls[("skill-math", changed.prompt)] == 1  # new text: asked
+        assert fake.state.calls[("skill-math", items[0].prompt)] == 1
+        assert fake.state.calls[("skill-math", items[1].prompt)] == 1  # journaled: not asked again
+        assert fake.state.calls[("skill-math", items[2].prompt)] == 2  # its record was cut off
+    assert len(_journal(out)) == 4
+
+
+def test_rpm_spaces_the_calls_of_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmroute.profile import runner
+
+    waits: list[float] = []
+
+    async def no_sleep(s: float) -> None:
+        waits.append(s)
+
+    monkeypatch.setattr(runner.asyncio, "sleep", no_sleep)
+    cfg = parse_config(_config("http://127.0.0.1:9/v1")).model("skill-math")
+    settings = ProfileSettings(models=["skill-math"], rpm=1.0)  # one call a minute
+
+    async def three() -> None:
+        caller = runner._Caller(cfg, None, runner.CostCap(None), settings, None)  # type: ignore[arg-type]
+        for _ in range(3):
+            await caller._pace()
+
+    asyncio.run(three())
+    assert len(waits) == 2  # the first call starts at once
+    assert 59 < waits[0] <= 60 and 119 < waits[1] <= 120

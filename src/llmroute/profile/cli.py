@@ -2,7 +2,7 @@
 
     llmroute profile --config llmroute.yaml (--prompts FILE | --from-traces) [--models a,b] [--n 200]
                      [--judge MODEL [--pairwise-against MODEL]] [--max-usd X [--partial]]
-                     [--concurrency 16] --out TABLE
+                     [--concurrency 16] [--rpm R] --out TABLE
 
 Interrupted (Ctrl-C, a crash)? Rerun the same command: calls already in `TABLE.journal.jsonl` are
 not made again. See `llmroute.profile.runner` for the cap, graders and judge.
@@ -80,6 +80,9 @@ def profile_cmd(
         bool, typer.Option("--partial", help="Start even if the estimate exceeds --max-usd; stop at the cap.")
     ] = False,
     concurrency: Annotated[int, typer.Option(help="Calls in flight per model.")] = 16,
+    rpm: Annotated[
+        float | None, typer.Option(help="At most this many calls per minute per model (rate limits).")
+    ] = None,
     retries: Annotated[int, typer.Option(help="Retries of a failed call (timeouts, 429, 5xx).")] = 2,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of each answer (bounds its cost).")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subset.")] = 0,
@@ -93,8 +96,8 @@ def profile_cmd(
 
     if (prompts is None) == (not from_traces):
         _fail("give exactly one of --prompts FILE or --from-traces")
-    if concurrency < 1 or n < 1 or max_tokens < 1 or retries < 0:
-        _fail("--concurrency, --n and --max-tokens must be >= 1, --retries >= 0")
+    if concurrency < 1 or n < 1 or max_tokens < 1 or retries < 0 or (rpm is not None and rpm <= 0):
+        _fail("--concurrency, --n and --max-tokens must be >= 1, --retries >= 0, --rpm > 0")
     if not 0.0 <= judge_check <= 1.0:
         _fail("--judge-check must be in [0, 1]")
     try:
@@ -113,6 +116,7 @@ def profile_cmd(
             max_usd=max_usd,
             partial=partial,
             concurrency=concurrency,
+            rpm=rpm,
             retries=retries,
             max_tokens=max_tokens,
             progress=progress,

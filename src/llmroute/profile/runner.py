@@ -19,10 +19,11 @@
    refused it outright (429, 4xx, bad credentials).
 3. **Calls** go through the gateway's own backends (`llmroute.gateway.backends`, the models of the
    gateway config), at most `settings.concurrency` in flight per model (and never more than the
-   model's `max_concurrency`), with `settings.retries` retries of retryable errors.
+   model's `max_concurrency`), at most `settings.rpm` starts per minute per model when set, with
+   `settings.retries` retries of retryable errors (timeouts, 429, 5xx; exponential backoff).
 4. **Resume.** Every finished call (answer or judge verdict, with its tokens, cost and latency) is
    appended at once to the journal `<out>.journal.jsonl`; a rerun with the same output skips every
-   call the journal holds and counts what it spent against the cap. Failed calls are retried by a
+   call the journal holds (for an unchanged prompt text) and counts what it spent against the cap. Failed calls are retried by a
    rerun (their possible charge stays counted).
 5. **Judge.** Single-answer 1-10 ratings, or pairwise against `settings.pairwise_reference` in both
    orders (`llmroute.profile.judge`). Judge calls count in the cap. A judge failure (no verdict in
@@ -92,6 +93,7 @@ class ProfileSettings:
     max_usd: float | None = None
     partial: bool = False
     concurrency: int = 16
+    rpm: float | None = None
     retries: int = 2
     backoff_s: float = 0.5
     max_tokens: int = 512
@@ -160,6 +162,10 @@ def resolve_grader(item: PromptItem, task_graders: dict[str, str] | None = None)
     return "judge"
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def _check_share(pid: str, share: float) -> bool:
     """Whether a reference-graded prompt is also judged (seeded by its id)."""
     h = int.from_bytes(hashlib.sha256(pid.encode()).digest()[:8], "big") / 2.0**64
@@ -193,6 +199,7 @@ class _Caller:
         self.settings = settings
         self.counter = TokenCounter.for_model(cfg.provider, cfg.upstream)
         self.sem = asyncio.Semaphore(max(1, min(settings.concurrency, cfg.max_concurrency)))
+        self._next_start = 0.0
 
     def max_cost(self, body: dict[str, Any]) -> float:
         """The most `body` can cost on this model (input bound + max_tokens of output)."""
@@ -202,28 +209,44 @@ class _Caller:
         tin = estimate_input_tokens(body, self.counter)
         return max_request_cost(self.cfg.input_per_mtok, self.cfg.output_per_mtok, tin, body["max_tokens"])
 
-    def body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
-        return {
+    def body(self, prompt: str, max_tokens: int, temperature: float | None = None) -> dict[str, Any]:
+        """The chat request: one user message, `max_tokens` (it bounds the cost), and a temperature
+        only when given (the judge's 0; answers use the model's default, as it is served)."""
+        b: dict[str, Any] = {
             "model": self.cfg.name,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
-            "temperature": 0,
         }
+        if temperature is not None:
+            b["temperature"] = temperature
+        return b
+
+    async def _pace(self) -> None:
+        """Wait for this model's request-rate slot (`settings.rpm`: evenly spaced starts)."""
+        if not self.settings.rpm:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next_start)
+        self._next_start = start + 60.0 / self.settings.rpm
+        if start > now:
+            await asyncio.sleep(start - now)
 
     def _charge(self, hold: float) -> None:
         """Count a failed or abandoned call at its reservation (the provider may have billed it)."""
         self.cap.settle(hold, hold)
         self.journal.append({"kind": "charge", "model": self.cfg.name, "cost_usd": hold})
 
-    async def call(self, prompt: str, max_tokens: int) -> _Call:
+    async def call(self, prompt: str, max_tokens: int, temperature: float | None = None) -> _Call:
         """One completion, with retries of retryable errors. Failed attempts that may have been
         billed are journaled as charges; the result's cost is that of the successful call."""
         from llmroute.gateway.backends import BackendError
 
-        body = self.body(prompt, max_tokens)
+        body = self.body(prompt, max_tokens, temperature)
         hold = self.max_cost(body)
         async with self.sem:
             for attempt in range(self.settings.retries + 1):
+                await self._pace()
                 if not self.cap.reserve(hold):
                     return _Call(False, skipped=True, error="not called: the --max-usd cap is reached")
                 t0 = time.perf_counter()
@@ -262,14 +285,17 @@ class _Journal:
         self.judged: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.spent = 0.0
         if path.exists():
-            for i, line in enumerate(path.read_bytes().splitlines(), 1):
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a last line cut off by a crash: that call is redone
+                data = data[: data.rfind(b"\n") + 1]
+                with path.open("r+b") as f:
+                    f.truncate(len(data))
+            for i, line in enumerate(data.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     rec = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    if i == len(path.read_bytes().splitlines()):
-                        continue  # a last line cut off by a crash: that call is simply redone
                     raise ValueError(
                         f"{path}: line {i} is not JSON; delete the line or the journal"
                     ) from None
@@ -282,6 +308,14 @@ class _Journal:
             self.answers[(rec["prompt_id"], rec["model"])] = rec
         elif rec.get("kind") == "judge":
             self.judged[(rec["prompt_id"], rec["model"], rec["variant"])] = rec
+
+    def forget_changed(self, items: list[PromptItem]) -> None:
+        """Drop answers (and their verdicts) recorded for a prompt id whose text has changed since."""
+        sha = {it.prompt_id: _sha(it.prompt) for it in items}
+        for key in [k for k, r in self.answers.items() if k[0] in sha and r.get("prompt_sha") != sha[k[0]]]:
+            del self.answers[key]
+            for jk in [j for j in self.judged if j[:2] == key]:
+                del self.judged[jk]
 
     def append(self, rec: dict[str, Any]) -> None:
         """Record one call (durable once this returns: written and flushed)."""
@@ -337,6 +371,7 @@ async def run_profile(
     _check_settings(config, items, settings)
     graders = {it.prompt_id: resolve_grader(it, settings.task_graders) for it in items}
     journal = _Journal(journal_path(out))
+    journal.forget_changed(items)
     cap = CostCap(settings.max_usd, journal.spent)
     names = list(dict.fromkeys([*settings.models, *([settings.judge] if settings.judge else [])]))
     http = HTTPClient(limit_per_origin=1024)
@@ -391,6 +426,7 @@ async def run_profile(
                 {
                     "kind": "answer",
                     "prompt_id": it.prompt_id,
+                    "prompt_sha": _sha(it.prompt),
                     "model": model,
                     "response": res.text,
                     "input_tokens": res.input_tokens,
@@ -406,7 +442,7 @@ async def run_profile(
         async def judge(it: PromptItem, model: str, variant: str, prompt: str) -> None:
             nonlocal skipped
             assert settings.judge is not None
-            res = await callers[settings.judge].call(prompt, settings.judge_max_tokens)
+            res = await callers[settings.judge].call(prompt, settings.judge_max_tokens, temperature=0.0)
             key = (it.prompt_id, model, variant)
             if res.skipped or not res.ok:
                 skipped += res.skipped
@@ -518,7 +554,7 @@ def _estimate(
                 for v, p in variants.items():
                     if (it.prompt_id, m, v) not in journal.judged:
                         n_judge += 1
-                        total += jc.max_cost(jc.body(p, settings.judge_max_tokens))
+                        total += jc.max_cost(jc.body(p, settings.judge_max_tokens, 0.0))
     return total, n_judge
 
 
