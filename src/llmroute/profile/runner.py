@@ -438,6 +438,7 @@ async def run_profile(
             note()
 
         await asyncio.gather(*(answer(it, m) for it, m in pending))
+        t_answers = time.perf_counter()
 
         async def judge(it: PromptItem, model: str, variant: str, prompt: str) -> None:
             nonlocal skipped
@@ -477,7 +478,13 @@ async def run_profile(
                         if (it.prompt_id, m, variant) not in journal.judged:
                             todo.append(judge(it, m, variant, prompt))
             await asyncio.gather(*todo)
+        t_judge = time.perf_counter()
         rows = await _grade_rows(items, graders, journal, failed, judge_failed, settings)
+        timing = {
+            "answers_s": t_answers - t_start,
+            "judge_s": t_judge - t_answers,
+            "grading_s": time.perf_counter() - t_judge,
+        }
     finally:
         progress.stop()
         journal.close()
@@ -486,6 +493,7 @@ async def run_profile(
         await http.close()
     _write_table(rows, out)
     summary = _summary(rows, journal, cap, settings, made, skipped, estimate, time.perf_counter() - t_start)
+    summary["timing"] = timing
     return ProfileResult(out, rows, summary)
 
 
