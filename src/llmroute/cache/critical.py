@@ -14,12 +14,25 @@ Also (issue 11): negation by prefix or suffix as a rule ("un-"/"non-" before any
 lower-case words whose identity is the question (diets, proteins, animals, colours, materials),
 antonym actions (cancel/renew, hire/fire, join/leave, ...), and ORDER: `signature` appends the
 sequence of entities, units, numbers and dates in the order they appear, and the two sides of a
-comparison ("A faster than B") or conversion ("convert A to B"), so swapping them is a miss.
+comparison ("A faster than B"), conversion ("convert A to B") or move ("from A to B"), so swapping
+them is a miss.
+
+The lists above were built on the project's development contrast pairs
+(`llmroute.cache.evaldata.contrast_pairs`). What carries pairs they have never seen
+(`heldout_contrast_pairs`, whose distinguishing words are in none of the lists) are general rules:
+a word outside a general English vocabulary (the shipped encoder's 30k WordPiece words) is a
+name ("quinoa" vs "couscous"); the word after a number is its unit ("2 pints" vs "2 quarts");
+the verb after "I"/"we" is the user's action ("how do I pause" vs "how do I resume"); "in-",
+"im-", "il-", "ir-", "dis-" negate any vocabulary adjective ("edible"/"inedible"), "-free" too;
+negations are counted, not just noted; clock times accept "7.30pm".
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from importlib import resources
 
 _NUM_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
@@ -181,14 +194,49 @@ _NOT_UN = {"until", "uncle", "unless", "unanimous", "unto", "unit", "units", "un
            "unity", "unify", "uniform", "unicode", "unicorn", "unix", "unison", "universe", "universal",
            "university", "undo"}  # fmt: skip
 _NOT_LESS = {"unless", "nevertheless", "regardless", "nonetheless", "bless"}
-_CLOCK = re.compile(r"(?<![\w.])(\d{1,2}(?::\d{2})?)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
+_CLOCK = re.compile(r"(?<![\w.])(\d{1,2}(?:[:.]\d{2})?)\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
 _COMPARE = {"than"}
 _CONVERT = {"convert", "converting", "translate", "translating", "change", "changing", "cast", "casting",
             "switch", "switching", "migrate", "migrating", "port", "transform", "turn", "exchange", "swap"}  # fmt: skip
 _DIRECTION = {"to", "into"}
 _SKIP_COMPARE = {"more", "less", "much", "far", "way", "even", "a", "lot", "bit", "any"}
+# Negating prefixes follow English assimilation: "im-" before b/m/p, "il-" before l, "ir-" before r.
+_PREFIX_NEXT = {"in": "", "im": "bmp", "il": "l", "ir": "r", "dis": ""}
+# Adjective endings: a prefix negates an unlisted stem only when the stem is a whole word of the
+# general vocabulary (`_vocab`) with one of these endings (inedible, insignificant, impartial).
+_ADJ_END = re.compile(r"(?:able|ible|ble|ive|ent|ant|ous|al|ic|ful|ure|ite|ete|id)$")
+# The user's own action: the verb after "I"/"we" (skipping auxiliaries, negators and -ly adverbs).
+_SUBJECT = {"i", "we", "i'm", "i've", "i'd", "i'll", "we're", "we've", "we'd", "we'll"}
+_AUX = {"am", "is", "are", "was", "were", "be", "been", "do", "does", "did", "can", "could", "should",
+        "would", "will", "shall", "may", "might", "must", "have", "has", "had", "to", "need", "needs",
+        "want", "wants", "just", "also", "still", "ever", "even", "really", "actually", "first", "then",
+        "now", "please", "only", "always", "sometimes", "often", "usually"}  # fmt: skip
+# Function words that cannot be the action ("how do I do it?": "do" is skipped, "it" is no action).
+_NOT_ACTION = {"it", "this", "that", "these", "those", "them", "so", "the", "a", "an", "there", "here",
+               "my", "your", "our", "their", "his", "her", "its", "and", "or", "but", "if", "what", "how",
+               "why", "when", "where", "which", "who"}  # fmt: skip
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'’\-]*[A-Za-z0-9]|[A-Za-z]\+\+|[A-Za-z]#?|\d[\d,]*(?:\.\d+)?%?|[$€£¥]")
 _ALNUM_CODE = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9\-]+$")
+
+
+@functools.cache
+def _vocab() -> frozenset[str]:
+    """The whole words of the shipped encoder's WordPiece vocabulary (30,522 entries of general
+    English, lower case): a stand-in for "a common word". Loaded once, on first use."""
+    path = resources.files("llmroute") / "assets" / "static-minilm" / "tokenizer.json"
+    vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+    return frozenset(w for w in vocab if w.isalpha())
+
+
+def _rare(bare: str) -> bool:
+    """A word outside the general vocabulary (nor its singular): a name or a specific thing
+    (quinoa, iguana, dashcam) that a paraphrase keeps and a contrast swaps."""
+    if len(bare) < 4 or not bare.isalpha() or bare in _COMMON:
+        return False
+    vocab = _vocab()
+    if bare in vocab:
+        return False
+    return not any(bare.endswith(suf) and bare[: -len(suf)] in vocab for suf in ("s", "es"))
 
 
 def _norm_number(tok: str) -> str:
@@ -212,8 +260,13 @@ def _prefix_negated(bare: str) -> bool:
         and not bare.startswith(("under", "uni"))
     ):
         return True
-    for prefix in ("in", "im", "il", "ir", "dis"):
-        if bare.startswith(prefix) and bare[len(prefix) :].lstrip("-") in _NEG_STEMS:
+    for prefix, nxt in _PREFIX_NEXT.items():
+        if not bare.startswith(prefix):
+            continue
+        stem = bare[len(prefix) :].lstrip("-")
+        if stem in _NEG_STEMS:
+            return True
+        if len(stem) >= 4 and (not nxt or stem[0] in nxt) and _ADJ_END.search(stem) and stem in _vocab():
             return True
     return bare.endswith("less") and len(bare) >= 7 and bare not in _NOT_LESS
 
@@ -223,17 +276,21 @@ def _scan(text: str) -> tuple[set[str], list[str], list[str]]:
     out: set[str] = set()
     order: list[str] = []
     words: list[str] = []
-    for m in _CLOCK.finditer(text):  # "7 am", "7:30 p.m.", "7pm": the number and the half of the day
+    negations = 0  # counted: "not unsafe" is not "unsafe", and a false prefix match cannot hide a "not"
+    for m in _CLOCK.finditer(text):  # "7 am", "7:30 p.m.", "7.30pm": the number and the half of the day
         tag = "@" + m.group(2).lower() + "m"
         out.add(tag)
         order.append(tag)
     text = _CLOCK.sub(lambda m: f" {m.group(1)} ", text)
+    prev_number = False  # the previous token was a number ("3", "three"): this word is its unit
+    subject = False  # the previous words were "I"/"we" (+ auxiliaries): this word is the user's action
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok[0].isdigit():
             t = "#" + _norm_number(tok)
             out.add(t)
             order.append(t)
+            prev_number = True
             continue
         if tok in ("$", "€", "£", "¥"):
             out.add(tok)
@@ -243,26 +300,43 @@ def _scan(text: str) -> tuple[set[str], list[str], list[str]]:
         words.append(bare)
         before = text[: m.start()].rstrip()
         after_number = bool(before) and (before[-1].isdigit() or before[-1] == "°")
+        unit_slot, prev_number = prev_number, False
+        if subject and not (low in _AUX or low.endswith("n't") or bare in _NEGATIONS or low.endswith("ly")):
+            # "how do I pause ..." vs "how do I resume ...": the action is the question
+            if bare not in _NOT_ACTION:
+                out.add("A" + bare)
+            subject = False
+        subject = subject or low in _SUBJECT
         t = ""
         if low.endswith("n't") or bare in _NEGATIONS:
-            out.add("neg")
+            negations += 1
         elif bare in _NUM_WORDS:
             out.add("#" + _NUM_WORDS[bare])
+            prev_number = _NUM_WORDS[bare].isdigit()
         elif bare in _MONTHS and (bare not in ("may", "march") or tok[0].isupper()):
             t = "@" + _MONTHS[bare]
         elif bare in _UNITS and (len(bare) > 1 or after_number):
             t = "U" + _UNITS[bare]
         elif bare in _POLARITY:
             out.add(_POLARITY[bare])
+        elif bare.endswith("-free") and len(bare) > 5:  # "caffeine-free": without caffeine
+            negations += 1
+            t = "E" + bare[:-5]
         elif _prefix_negated(bare):
-            out.add("neg")
-        elif low in _LEXICON or low in _KINDS or _ALNUM_CODE.match(tok):
+            negations += 1
+        elif unit_slot and bare in ("degree", "degrees"):  # "30 degrees Celsius" == "30°C"
+            prev_number = True
+        elif unit_slot and low not in _COMMON:  # any unit or counted thing: "2 pints" vs "2 quarts"
+            t = "U" + (bare[:-1] if bare.endswith("s") and len(bare) > 3 else bare)
+        elif low in _LEXICON or low in _KINDS or _ALNUM_CODE.match(tok) or _rare(bare):
             t = "E" + low
         elif tok[0].isupper() and low not in _COMMON:
             t = "E" + low  # at a sentence start too: "Paris ..." vs "London ..." must differ
         if t:
             out.add(t)
             order.append(t)
+    if negations:
+        out.add("neg" if negations == 1 else f"neg{negations}")
     return out, order, words
 
 
@@ -283,7 +357,8 @@ def _content(words: list[str], start: int, step: int, skip: set[str]) -> str:
 
 
 def _relations(words: list[str]) -> list[str]:
-    """The two sides of each comparison ("A faster than B") and conversion ("convert A to B")."""
+    """The two sides of each comparison ("A faster than B"), conversion ("convert A to B") and
+    move ("from A to B")."""
     out: list[str] = []
     for i, w in enumerate(words):
         if w in _COMPARE:  # skip the comparative itself ("faster", "more expensive")
@@ -293,7 +368,7 @@ def _relations(words: list[str]) -> list[str]:
             left, right = _content(words, j, -1, _SKIP_COMPARE), _content(words, i + 1, 1, _SKIP_COMPARE)
             if left or right:
                 out.append(f"R{left}>{right}")
-        elif w in _CONVERT:
+        elif w in _CONVERT or w == "from":  # "convert A to B", "from A to B"
             k = next((k for k in range(i + 1, len(words)) if words[k] in _DIRECTION), None)
             if k is not None:
                 left, right = _content(words, i + 1, 1, _DIRECTION), _content(words, k + 1, 1, set())

@@ -292,3 +292,50 @@ def heldout_contrast_pairs() -> list[tuple[str, str, str]]:
     word lists and kept out of them: the set the contrast guard is evaluated on (the pairs of
     `contrast_pairs()` are its development set)."""
     return [(a, b, kind) for kind, a, b in _HELDOUT]
+
+
+# Paraphrases in the held-out set's topics, written with it: what the guard's rules must still
+# let through (a reworded question asks the same thing).
+_HELDOUT_PARAPHRASES: list[tuple[str, str]] = [
+    ("How do I pause my gym membership?", "How can I pause my gym membership?"),
+    ("Should I promote the new intern?", "Do you think I should promote the new intern?"),
+    ("Wake me up at 5.45am please.", "Please wake me up at 5:45 am."),
+    ("Is 2 pints of beer too much before driving?", "Are 2 pints of beer too much before driving?"),
+    ("Is 800 lumens bright enough for a desk lamp?", "Are 800 lumens enough light for a desk lamp?"),
+    ("Which of these wild mushrooms are edible?", "Which of these wild mushrooms can be eaten safely?"),
+    ("Give me a lentil soup recipe.", "Can you give me a recipe for lentil soup?"),
+    ("How long should I boil quinoa?", "How long do I need to boil quinoa for?"),
+    ("Is a tiger stronger than a gorilla?", "Is a tiger physically stronger than a gorilla?"),
+    ("Migrate my blog from wordpress to ghost.", "Help me move my blog from wordpress to ghost."),
+    ("Suggest a caffeine-free drink for the morning.", "What's a good caffeine-free drink for the morning?"),
+    ("Why didn't the nightly backup succeed?", "Why did the nightly backup not succeed?"),
+    ("Can guinea pigs eat carrots?", "Is it okay for guinea pigs to eat carrots?"),
+    ("What's the population of Peru?", "How many people live in Peru?"),
+    ("Is 100 joules a lot of energy?", "Is 100 joules a large amount of energy?"),
+    ("How do I unarchive an email in Outlook?", "How can I unarchive an email in Outlook?"),
+    ("Split a bill of 120 between 4 people.", "Divide a bill of 120 between 4 people."),
+    ("Is dashcam footage admissible in court?", "Can dashcam footage be used as evidence in court?"),
+    ("How often should I water a cactus?", "How frequently should a cactus be watered?"),
+    ("I need to cancel my gym membership, how do I do it?", "How do I cancel my gym membership?"),
+    (
+        "We want to visit Japan in spring, what should we see?",
+        "What should we see when we visit Japan in spring?",
+    ),
+    ("Is 85 decibels too loud for headphones?", "Are headphones at 85 decibels too loud?"),
+    ("Is a root canal treatment painful?", "Does a root canal treatment hurt?"),
+    ("Does espresso have more caffeine than cola?", "Is there more caffeine in espresso than in cola?"),
+    ("What's the forecast for Thursday in Oslo?", "What is the weather forecast for Oslo on Thursday?"),
+    ("Is table salt soluble in olive oil?", "Does table salt dissolve in olive oil?"),
+    (
+        "Translate good morning from Hindi to Korean.",
+        "How do you say good morning in Korean if I know it in Hindi?",
+    ),
+    ("Is oat milk good for baking?", "Is oat milk a good choice for baking?"),
+    ("What should I feed a sick goat?", "What is the best food for a sick goat?"),
+    ("Schedule the call for 10:15 am Pacific time.", "Please schedule the call at 10:15 a.m. Pacific time."),
+]
+
+
+def heldout_paraphrase_pairs() -> list[tuple[str, str]]:
+    """Paraphrases (expected cache hits) written with the held-out contrast set, in its topics."""
+    return list(_HELDOUT_PARAPHRASES)
