@@ -2,7 +2,7 @@
 
 Writes benchmarks/results/signals.json and the "signals" section of BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/signals.py [--quick]
+    .venv/bin/python benchmarks/signals.py [--quick] [--cache-only]
 
 Latency: one request at a time, warm, on typical chat requests (project-written prompts, with
 and without a system message), p50/p99 per signal and for a full rule evaluation of
@@ -14,7 +14,9 @@ a held-back attack set written in other words, and blocks at the example config'
 everyday prompts, on the everyday sets (through examples/llmroute.yaml) and on every
 ../shared/data prompt; out-of-domain AUROC over task-family splits of ../shared/data (fit on some
 families, score the held-out family against held-out in-domain prompts); cache hit rate on the
-paraphrase set and false hits on the contrast set, over a threshold sweep.
+paraphrase sets and false hits on the contrast sets, over a threshold sweep, on the development
+pairs (which the guard's word lists were built on) and on the held-out pairs (written afterwards,
+in words none of the lists has). `--cache-only` reruns just the cache part.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _md import md_table, update_section  # noqa: E402
 from llmroute.cache import SemanticCache  # noqa: E402
-from llmroute.cache.evaldata import contrast_pairs, paraphrase_pairs  # noqa: E402
+from llmroute.cache.evaldata import (  # noqa: E402
+    contrast_pairs,
+    heldout_contrast_pairs,
+    heldout_paraphrase_pairs,
+    paraphrase_pairs,
+)
 from llmroute.guards.evaldata import (  # noqa: E402
     clean_sentences,
     everyday_prompts,
@@ -407,39 +414,53 @@ def bench_ood(encoder: Any, per_family: int, repeats: int = 3) -> tuple[dict[str
     return out, keep
 
 
+CACHE_THRESHOLDS = [0.8, 0.85, 0.88, 0.9, 0.92, 0.95]
+
+
 def bench_cache(encoder: Any, thresholds: list[float]) -> dict[str, Any]:
-    para, contrast = paraphrase_pairs(), contrast_pairs()
+    """Paraphrase hit rates and contrast false hits per threshold, on the development sets (the
+    pairs the critical-word lists were built on) and on the held-out sets (written after them, in
+    words none of the lists has)."""
+    sets = {
+        "dev": (paraphrase_pairs(), contrast_pairs()),
+        "heldout": (heldout_paraphrase_pairs(), heldout_contrast_pairs()),
+    }
     resp = {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]
     }
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for th in thresholds:
-        c = SemanticCache(encoder, threshold=th)
-        hits = 0
-        for i, (a, b) in enumerate(para):
-            c.store(a, resp, scope=f"p{i}")
-            hits += c.lookup(b, scope=f"p{i}") is not None
-        false_hits: dict[str, int] = {}
-        for i, (a, b, kind) in enumerate(contrast):
-            c.store(a, resp, scope=f"c{i}")
-            if c.lookup(b, scope=f"c{i}") is not None:
-                false_hits[kind] = false_hits.get(kind, 0) + 1
-        # the same without critical-token signatures (embedding similarity only), for comparison
-        a_emb = encoder.encode([a for a, _, _ in contrast])
-        b_emb = encoder.encode([b for _, b, _ in contrast])
-        sim_only = int(((a_emb * b_emb).sum(1) >= th).sum())
-        rows[str(th)] = {"paraphrase_hit_rate": round(hits / len(para), 4), "contrast_false_hits": sum(false_hits.values()),
-                         "false_hits_by_kind": false_hits, "similarity_only_false_hits": sim_only}  # fmt: skip
+        row: dict[str, Any] = {}
+        for name, (para, contrast) in sets.items():
+            c = SemanticCache(encoder, threshold=th)
+            hits = 0
+            for i, (a, b) in enumerate(para):
+                c.store(a, resp, scope=f"p{i}")
+                hits += c.lookup(b, scope=f"p{i}") is not None
+            false_hits: dict[str, int] = {}
+            for i, (a, b, kind) in enumerate(contrast):
+                c.store(a, resp, scope=f"c{i}")
+                if c.lookup(b, scope=f"c{i}") is not None:
+                    false_hits[kind] = false_hits.get(kind, 0) + 1
+            # the same without critical-token signatures (embedding similarity only), for comparison
+            a_emb = encoder.encode([a for a, _, _ in contrast])
+            b_emb = encoder.encode([b for _, b, _ in contrast])
+            sim_only = int(((a_emb * b_emb).sum(1) >= th).sum())
+            row[name] = {"paraphrase_hit_rate": round(hits / len(para), 4),
+                         "contrast_false_hits": sum(false_hits.values()), "false_hits_by_kind": false_hits,
+                         "similarity_only_false_hits": sim_only}  # fmt: skip
+        rows[str(th)] = row
+    pairs = {name: {"paraphrase": len(p), "contrast": len(c)} for name, (p, c) in sets.items()}
     # lookup latency on a warm cache of 1,000 entries
     c = SemanticCache(encoder)
     for i in range(1000):
         c.store(f"question number {i} about topic {i % 37}", resp)
     times = []
-    for _a, b in para:
+    for _a, b in paraphrase_pairs():
         t0 = time.perf_counter()
         c.lookup(b)
         times.append((time.perf_counter() - t0) * 1e6)
-    return {"pairs": {"paraphrase": len(para), "contrast": len(contrast)}, "by_threshold": rows,
+    return {"pairs": pairs, "by_threshold": rows,
             "default_threshold": SemanticCache(encoder).threshold, "lookup_latency_sqlite_1k": pct(times)}  # fmt: skip
 
 
@@ -447,10 +468,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     ap.add_argument("--encoder", default="static-minilm")
+    ap.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="rerun only the cache evaluation; keep the other results of the existing signals.json",
+    )
     args = ap.parse_args()
     from llmroute.signals.hashenc import resolve_encoder
 
     encoder = resolve_encoder(args.encoder)
+    out = ROOT / "benchmarks" / "results" / "signals.json"
+    if args.cache_only:
+        results = json.loads(out.read_text())
+        results["cache"] = bench_cache(encoder, CACHE_THRESHOLDS)
+        results["cache"]["generated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        out.write_text(json.dumps(results, indent=2))
+        update_section("signals", render(results), title="Signals, rules, guards and cache")
+        print(json.dumps(results["cache"], indent=2))
+        return
     t_start = time.time()
     reqs = chat_requests()
     results: dict[str, Any] = {
@@ -466,11 +501,10 @@ def main() -> None:
     results["pii"] = bench_pii(50 if args.quick else 300)
     results["jailbreak"] = bench_jailbreak(example_block_threshold())
     results["ood"], ood = bench_ood(encoder, 300 if args.quick else 1500)
-    results["cache"] = bench_cache(encoder, [0.8, 0.85, 0.88, 0.9, 0.92, 0.95])
+    results["cache"] = bench_cache(encoder, CACHE_THRESHOLDS)
     results["latency"] = bench_latency(encoder, reqs, 2 if args.quick else 10, ood)
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.time() - t_start, 1)
-    out = ROOT / "benchmarks" / "results" / "signals.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     update_section("signals", render(results), title="Signals, rules, guards and cache")
@@ -543,11 +577,26 @@ def render(r: dict[str, Any]) -> str:
     parts.append(md_table(["set", "held-out family", "AUROC", "Mahalanobis only", "TPR @ score>3", "FPR @ score>3"],
                           rows))  # fmt: skip
     c = r["cache"]
-    parts.append(f"\n**Semantic cache** ({c['pairs']['paraphrase']} paraphrase pairs, {c['pairs']['contrast']} "
-                 f"contrast pairs; default threshold {c['default_threshold']}):\n")  # fmt: skip
-    parts.append(md_table(["threshold", "paraphrase hits", "contrast false hits", "false hits w/o critical tokens"],
-                          [[th, v["paraphrase_hit_rate"], v["contrast_false_hits"], v["similarity_only_false_hits"]]
-                           for th, v in c["by_threshold"].items()]))  # fmt: skip
+    pairs = c["pairs"]
+    parts.append(
+        f"\n**Semantic cache** (default threshold {c['default_threshold']}). Two sets of project-written pairs: "
+        f"**dev** ({pairs['dev']['paraphrase']} paraphrase, {pairs['dev']['contrast']} contrast pairs: "
+        "`contrast_pairs()` / `paraphrase_pairs()` in `src/llmroute/cache/evaldata.py`), the pairs the guard's "
+        "critical-word lists were built on, so its 0 false hits there say little; **held-out** "
+        f"({pairs['heldout']['paraphrase']} paraphrase, {pairs['heldout']['contrast']} contrast pairs: "
+        "`heldout_*_pairs()`), written afterwards in other words of the same families, with distinguishing "
+        "words that are in none of the lists (a test checks it). The held-out numbers are the guard's "
+        "measure; 'w/o critical tokens' = embedding similarity alone.\n"
+    )  # fmt: skip
+    rows = []
+    for th, v in c["by_threshold"].items():
+        d, h = v["dev"], v["heldout"]
+        rows.append([th, d["paraphrase_hit_rate"], h["paraphrase_hit_rate"], h["contrast_false_hits"],
+                     ", ".join(f"{k} {n}" for k, n in sorted(h["false_hits_by_kind"].items())) or "-",
+                     h["similarity_only_false_hits"], d["contrast_false_hits"], d["similarity_only_false_hits"]])  # fmt: skip
+    parts.append(md_table(["threshold", "paraphrase hits (dev)", "paraphrase hits (held-out)",
+                           "held-out contrast false hits", "by family", "held-out w/o critical tokens",
+                           "dev contrast false hits", "dev w/o critical tokens"], rows))  # fmt: skip
     parts.append(
         f"\nCache lookup (SQLite, 1,000 entries): p50 {c['lookup_latency_sqlite_1k']['p50_us']} µs, "
         f"p99 {c['lookup_latency_sqlite_1k']['p99_us']} µs."
