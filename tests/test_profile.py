@@ -262,7 +262,11 @@ def test_cli_profile_writes_table_summary_and_refuses_over_cap(tmp_path: Path) -
         assert res.exit_code == 2
         assert "exceeds the --max-usd cap" in res.output and "36 model calls" in res.output
         assert sum(fake.state.calls.values()) == 0
-        res = runner.invoke(app, [*base, "--n", "9", "--no-progress", "--out", str(out)])
+        from llmroute.router import default_router_path
+
+        # a subset of 9 of the 12 prompts, embedded with the shipped router's encoder
+        sub = ["--n", "9", "--router", str(default_router_path()), "--no-progress"]
+        res = runner.invoke(app, [*base, *sub, "--out", str(out)])
         assert res.exit_code == 0, res.output
     df = load_table(out).df
     assert len(df) == 27 and set(df["model"]) == set(MODELS)  # every model but the judge, 9 prompts

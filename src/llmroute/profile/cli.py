@@ -86,6 +86,12 @@ def profile_cmd(
     retries: Annotated[int, typer.Option(help="Retries of a failed call (timeouts, 429, 5xx).")] = 2,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of each answer (bounds its cost).")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subset.")] = 0,
+    router: Annotated[
+        Path | None,
+        typer.Option(
+            help="Embed prompts for the subset with this router's encoder (default: static MiniLM)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Call each model on your prompts, grade the answers and write a long-format routing table."""
@@ -103,7 +109,12 @@ def profile_cmd(
     try:
         cfg = load_config(config)
         items = load_items(prompts) if prompts is not None else items_from_traces(cfg)
-        chosen = select_diverse(items, n, seed=seed)
+        encoder = None
+        if router is not None and len(items) > n:
+            from llmroute.router import Router
+
+            encoder = Router.load(router).encoder
+        chosen = select_diverse(items, n, encoder=encoder, seed=seed)
         names = [m.strip() for m in models.split(",") if m.strip()] if models else None
         if names is None:
             names = [m.name for m in cfg.models if m.name != judge]

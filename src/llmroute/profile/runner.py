@@ -372,6 +372,12 @@ async def run_profile(
     graders = {it.prompt_id: resolve_grader(it, settings.task_graders) for it in items}
     journal = _Journal(journal_path(out))
     journal.forget_changed(items)
+    # verdicts of another judge or rubric are not reused (their cost stays counted)
+    journal.judged = {
+        k: r
+        for k, r in journal.judged.items()
+        if (r.get("judge"), r.get("rubric")) == (settings.judge, RUBRIC_VERSION)
+    }
     cap = CostCap(settings.max_usd, journal.spent)
     names = list(dict.fromkeys([*settings.models, *([settings.judge] if settings.judge else [])]))
     http = HTTPClient(limit_per_origin=1024)
@@ -458,6 +464,7 @@ async def run_profile(
                     "model": model,
                     "variant": variant,
                     "judge": settings.judge,
+                    "rubric": RUBRIC_VERSION,
                     "reply": res.text,
                     "input_tokens": res.input_tokens,
                     "output_tokens": res.output_tokens,
