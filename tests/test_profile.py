@@ -417,3 +417,31 @@ def test_rpm_spaces_the_calls_of_a_model(monkeypatch: pytest.MonkeyPatch) -> Non
     asyncio.run(three())
     assert len(waits) == 2  # the first call starts at once
     assert 59 < waits[0] <= 60 and 119 < waits[1] <= 120
+
+
+def test_fake_skills_are_configurable_and_seeded() -> None:
+    import httpx
+
+    math_prompt = next(r for r in skill_prompts(6) if r.get("grader") == "number")
+    with serve_in_thread() as fake, httpx.Client(base_url=fake.url) as c:
+        r = c.post("/_control/skills", json={"skills": {"skill-chat": {"math": 1.0}}, "seed": 3})
+        assert r.status_code == 200
+        assert c.post("/_control/skills", json={"skills": 1}).status_code == 400
+        body = {"model": "skill-chat", "messages": [{"role": "user", "content": math_prompt["prompt"]}]}
+        answers = {
+            c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+            for _ in range(2)
+        }
+        assert len(answers) == 1 and is_right(math_prompt["prompt"], answers.pop())
+        body["model"] = "skill-math"  # no longer a skilled model: the plain echo
+        assert (
+            c.post("/v1/chat/completions", json=body)
+            .json()["choices"][0]["message"]["content"]
+            .startswith("[skill-math]")
+        )
+        assert (
+            c.post("/_control/fault", json={"model": "fake-judge", "fault": "unparseable"}).status_code == 200
+        )
+        body = {"model": "fake-judge", "messages": [{"role": "user", "content": "Rate: [[9]]"}]}
+        text = c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        assert "[[" not in text
