@@ -108,6 +108,22 @@ def test_batched_estimates_equal_single_ones() -> None:
     assert router.calls == [8, 8, 4]  # 20 concurrent requests, batches of at most 8, every prompt estimated
 
 
+def test_default_batch_takes_a_turn_of_32_connections_in_one_call() -> None:
+    """server.route_batch defaults to 32: the requests of one event-loop turn (up to 32) share one
+    router call (a flush computes every pending chunk in the same callback anyway, so a larger batch
+    only saves the per-call cost)."""
+    cfg = parse_config(loopback_config("http://127.0.0.1:9/v1", "/tmp"))
+    assert cfg.server.route_batch == 32
+    router = CountingRouter()
+    eng = RoutingEngine(cfg, {"default": router})
+
+    async def main() -> list[RouteDecision]:
+        return await asyncio.gather(*(eng.decide(_ctx(f"prompt {i}")) for i in range(40)))
+
+    asyncio.run(main())
+    assert router.calls == [32, 8]
+
+
 class QualityOnlyRouter(CountingRouter):
     """A router that can skip its cost model; `estimate` must not be needed when every candidate is priced."""
 
