@@ -718,6 +718,26 @@ class Router:
         """Use these prices (model -> ModelPrice) for cost estimates from now on."""
         self.cost.set_prices(prices)
 
+    def add_model(
+        self,
+        name: str,
+        profile: RoutingTable | str | Path,
+        price: ModelPrice | None = None,
+        *,
+        profile_model: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a model from its profile (graded rows of a routing table), without retraining;
+        known models' estimates are unchanged. See `llmroute.onboard.add_model`."""
+        from llmroute.onboard import add_model
+
+        return add_model(self, name, profile, price, profile_model=profile_model)
+
+    def remove_model(self, name: str) -> None:
+        """Stop routing to `name` (a trained or profiled model). See `llmroute.onboard.remove_model`."""
+        from llmroute.onboard import remove_model
+
+        remove_model(self, name)
+
     # ---- deciding --------------------------------------------------------------------------
     def _decide(
         self,

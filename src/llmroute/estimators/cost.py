@@ -164,6 +164,7 @@ class CostEstimator:
                     coef_c = np.array([max(float(np.nanmean(cost[okc, j])), 0.0), 0.0])
                 self.cost_ab_[j] = coef_c
         self.has_cost_ = np.array([np.isfinite(cost[:, j]).any() for j in range(m)])
+        self.added_ratio_ = np.zeros(0)  # output-length ratios of models added from a profile
         self._set_prices(prices)
         self._fit_features(stats, X, row_in, in_mat, tout)
         return self
@@ -228,6 +229,88 @@ class CostEstimator:
         self._set_prices(merged)
 
     @property
+    def n_known(self) -> int:
+        """Models with their own token models (trained); the rest were added from a profile."""
+        return len(self.models_) - len(self.added_ratio_)
+
+    def add_model(
+        self,
+        name: str,
+        input_tokens: np.ndarray,
+        output_tokens: np.ndarray,
+        cost: np.ndarray,
+        price: ModelPrice | None = None,
+        expected_output: np.ndarray | None = None,
+    ) -> None:
+        """Append a model known only by a few calls (its profile): per-call input and output
+        tokens and cost (NaN where unknown), and its price if any.
+
+        Its expected output length on a prompt is the trained models' mean expected length
+        there times a ratio: sum of its observed output tokens / sum of that mean on the same
+        calls (`expected_output`, (k,), the mean for the profile prompts; ratio 1 without
+        counts). So it follows what the trained token models learned about the prompt, at
+        its own verbosity, instead of extrapolating a fit on a few calls. Its observed cost
+        (no price) is fitted as for a trained model. Other models' estimates are unchanged
+        (bit for bit)."""
+        if name in self.models_:
+            raise ValueError(f"the cost model already has {name!r}")
+        tin = np.asarray(input_tokens, dtype=np.float64)
+        tout = np.asarray(output_tokens, dtype=np.float64)
+        cost = np.asarray(cost, dtype=np.float64)
+        ratio = 1.0
+        if expected_output is not None:
+            ref = np.asarray(expected_output, dtype=np.float64)
+            ok = np.isfinite(tout) & (tout >= 0) & np.isfinite(ref)
+            if ok.any() and ref[ok].sum() > 0:
+                ratio = float(tout[ok].sum() / ref[ok].sum())
+        self.out_ab_ = np.vstack([self.out_ab_, self.out_pooled_])  # not used: the ratio is
+        self.added_ratio_ = np.append(self.added_ratio_, ratio)
+        coef_c = np.zeros(2)
+        okc = np.isfinite(cost) & np.isfinite(tin)
+        if okc.any():
+            A = np.column_stack([np.ones(okc.sum()), tin[okc]])
+            coef_c, _ = nnls(A, cost[okc])
+            if not np.isfinite(coef_c).all() or coef_c.sum() == 0:
+                coef_c = np.array([max(float(np.mean(cost[okc])), 0.0), 0.0])
+        self.cost_ab_ = np.vstack([self.cost_ab_, coef_c])
+        self.has_cost_ = np.append(self.has_cost_, bool(okc.any()))
+        prices = {
+            m: ModelPrice(float(self.price_[j, 0]), float(self.price_[j, 1]))
+            for j, m in enumerate(self.models_)
+            if np.isfinite(self.price_[j, 0])
+        }
+        if price is not None:
+            prices[name] = price
+        self.models_ = [*self.models_, name]
+        self._set_prices(prices)
+
+    def remove_model(self, name: str) -> None:
+        """Drop model `name` (its price, token and cost models)."""
+        if name not in self.models_:
+            raise ValueError(f"the cost model has no {name!r}; known: {self.models_}")
+        j = self.models_.index(name)
+        n_known = self.n_known
+        if j < n_known and n_known == 1 and len(self.added_ratio_):
+            raise ValueError(f"cannot remove {name!r}: models added from a profile are estimated from it")
+        prices = {
+            m: ModelPrice(float(self.price_[i, 0]), float(self.price_[i, 1]))
+            for i, m in enumerate(self.models_)
+            if np.isfinite(self.price_[i, 0]) and i != j
+        }
+        self.out_ab_ = np.delete(self.out_ab_, j, axis=0)
+        self.cost_ab_ = np.delete(self.cost_ab_, j, axis=0)
+        self.has_cost_ = np.delete(self.has_cost_, j)
+        if j >= n_known:
+            self.added_ratio_ = np.delete(self.added_ratio_, j - n_known)
+        elif 1 + j < self.feat_W_.shape[1]:
+            self.feat_W_ = np.delete(self.feat_W_, 1 + j, axis=1)
+            self.feat_b_ = np.delete(self.feat_b_, 1 + j)
+            self.feat_smear_ = np.delete(self.feat_smear_, 1 + j)
+            self.feat_ok_ = np.delete(self.feat_ok_, 1 + j)
+        self.models_ = [m for m in self.models_ if m != name]
+        self._set_prices(prices)
+
+    @property
     def modes(self) -> dict[str, str]:
         """How each model's cost is estimated: 'price', 'observed' or 'zero'."""
         return {name: _MODES[k] for name, k in zip(self.models_, self.mode_, strict=True)}
@@ -244,7 +327,15 @@ class CostEstimator:
         """(n, m) expected output tokens per model."""
         lx = np.log1p(np.asarray(input_tokens, dtype=np.float64).reshape(-1, 1))
         a, b, smear = self.out_ab_[:, 0], self.out_ab_[:, 1], self.out_ab_[:, 2]
-        return np.maximum(np.exp(np.minimum(a + b * lx, _MAX_LOG_TOKENS)) * smear - 1.0, 0.0)
+        out = np.maximum(np.exp(np.minimum(a + b * lx, _MAX_LOG_TOKENS)) * smear - 1.0, 0.0)
+        if len(self.added_ratio_):
+            out[:, self.n_known :] = self._added_output(out[:, : self.n_known])
+        return out
+
+    def _added_output(self, known: np.ndarray) -> np.ndarray:
+        """(n, added) expected output tokens of the models added from a profile, from the
+        trained models' (n, n_known) expected output tokens."""
+        return known.mean(axis=1, keepdims=True) * self.added_ratio_[None, :]
 
     def predict_tokens(self, input_tokens: np.ndarray) -> np.ndarray:
         """(n, m) expected cost in USD given input token counts."""
@@ -259,9 +350,16 @@ class CostEstimator:
 
         With `X` (the texts' features) and a feature model fitted, token counts come from it.
         """
+        tin, out = self.tokens(texts, X)
+        return self._cost(tin.reshape(-1, 1), out)
+
+    def tokens(self, texts: Sequence[str], X: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """((n,) expected input tokens, (n, m) expected output tokens per model) of each text,
+        from the feature models when `X` is given and they are fitted (as `predict`)."""
         stats = _text_stats(texts)
         if X is None or not self.feat_ok_.any() or self.feat_W_.shape[0] == 0:
-            return self.predict_tokens(self._tokens_from_stats(stats))
+            tin = self._tokens_from_stats(stats)
+            return tin, self.expected_output_tokens(tin)
         n_in = 2 + X.emb.shape[1] + X.extra.shape[1]
         if n_in != self.feat_W_.shape[0]:
             raise ValueError(
@@ -277,8 +375,14 @@ class CostEstimator:
         np.maximum(T, 0.0, out=T)
         ok = self.feat_ok_
         tin = T[:, 0] if ok[0] else self._tokens_from_stats(stats)
-        out = T[:, 1:] if ok[1:].all() else np.where(ok[1:] > 0, T[:, 1:], self.expected_output_tokens(tin))
-        return self._cost(tin.reshape(-1, 1), out)
+        nf = T.shape[1] - 1  # models after the first nf were added from a profile (no feature model)
+        if ok[1:].all():
+            out = T[:, 1:]
+        else:
+            out = np.where(ok[1:] > 0, T[:, 1:], self.expected_output_tokens(tin)[:, :nf])
+        if nf < len(self.models_):
+            out = np.hstack([out, self._added_output(out)])
+        return tin, out
 
     # ---- state -----------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -294,6 +398,7 @@ class CostEstimator:
             "feat_b": self.feat_b_,
             "feat_smear": self.feat_smear_,
             "feat_ok": self.feat_ok_,
+            "added_ratio": self.added_ratio_,
         }
         return arrays, {"models": self.models_}
 
@@ -311,6 +416,7 @@ class CostEstimator:
         est.feat_b_ = np.asarray(arrays["feat_b"], dtype=np.float64)
         est.feat_smear_ = np.asarray(arrays["feat_smear"], dtype=np.float64)
         est.feat_ok_ = np.asarray(arrays["feat_ok"]).astype(np.int8)
+        est.added_ratio_ = np.asarray(arrays.get("added_ratio", np.zeros(0)), dtype=np.float64)
         price = np.asarray(arrays["price"], dtype=np.float64)
         est._set_prices(
             {

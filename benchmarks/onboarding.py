@@ -1,0 +1,205 @@
+"""Onboarding benchmark: models added from a small profile, without retraining.
+
+Leave-one-model-out on routerbench_subset and routerdc_7model, 5 seeds. Per seed the prompts
+are split into train / test (70 / 30, by prompt). For each model h in turn:
+
+- *without*: a router trained on the train prompts without h, evaluated on the test prompts
+  over all models (it never picks h);
+- *profile k*: the same router plus h added by `Router.add_model` from a profile of k prompts
+  drawn at random from the train prompts (k = 25, 50, 100, 200);
+- *full*: the router trained on every model (full retraining).
+
+gain = gap_closed(with h) - gap_closed(without h); recovered share at k = (sum over models whose
+full gain >= 0.005 of the profile gain) / (sum of their full gains). The "must not hurt" check:
+no profile addition lowers gap_closed by more than 0.005 below the router without h.
+Metrics as in `llmroute.eval.metrics` (AIQ over the trade-off sweep, gap closed); tables
+without cost use the evaluation's fallback (`with_cost_fallback`: model size).
+
+    nice .venv/bin/python benchmarks/onboarding.py [--seeds 5] [--sets routerbench_subset,routerdc_7model]
+
+Writes benchmarks/results/onboarding.json and the "Onboarding" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "onboarding.json"
+KS = (25, 50, 100, 200)
+MIN_GAIN = 0.005
+TEST_SHARE = 0.3
+
+
+def _gap(Q: np.ndarray, C: np.ndarray, q: np.ndarray, c: np.ndarray, cols: list[int], ctx: dict) -> float:
+    """gap_closed of a router whose estimates (q, c) cover the table columns `cols`."""
+    from llmroute.eval.metrics import aiq, curve_from_picks, gap_closed, router_picks
+
+    picks = np.asarray(cols)[router_picks(q, c, ctx["lambdas"])]
+    curve = curve_from_picks(Q, C, picks)
+    return gap_closed(aiq(curve, ctx["c_min"], ctx["c_max"]), ctx["single_hull_aiq"], ctx["oracle_aiq"])
+
+
+def _without(table, model: str):
+    from llmroute.data.table import RoutingTable
+
+    df = table.df[table.df["model"] != model].reset_index(drop=True)
+    return RoutingTable(df, source=table.source, prices=table.prices)
+
+
+def run_set(name: str, seeds: list[int], log: bool = True) -> dict:
+    from llmroute.data.splits import split_table
+    from llmroute.embed import load_encoder
+    from llmroute.eval.runner import EvalEncoder, _context, load_dataset, with_cost_fallback
+    from llmroute.router import Router
+
+    table, cost_note = with_cost_fallback(load_dataset(DATA / name))
+    enc = EvalEncoder(load_encoder("static-minilm"))
+    enc.prime(table.prompts)  # every fold and router reuses these embeddings
+    models = table.models
+    per_seed = []
+    add_times: list[float] = []
+    for seed in seeds:
+        t0 = time.time()
+        train, test = split_table(table, TEST_SHARE, seed=seed, use_split_column=False)
+        Q, C = test.quality_matrix(), test.cost_matrix()
+        ctx = _context(Q, C)
+        full = Router.fit(train, encoder=enc, seed=seed)
+        qf, cf = full.estimate(test.prompts)
+        gap_full = _gap(Q, C, qf, cf, [models.index(m) for m in full.models], ctx)
+        rng = np.random.default_rng(1000 + seed)
+        rows = {}
+        for h in models:
+            r = Router.fit(_without(train, h), encoder=enc, seed=seed)
+            cols = [models.index(m) for m in r.models]
+            q0, c0 = r.estimate(test.prompts)
+            gap_wo = _gap(Q, C, q0, c0, cols, ctx)
+            hq = train.quality_matrix()[:, models.index(h)]
+            graded = [pid for pid, v in zip(train.prompt_ids, hq, strict=True) if np.isfinite(v)]
+            order = rng.permutation(len(graded))
+            gains = {}
+            for k in KS:
+                prof = train.subset([graded[i] for i in order[:k]])
+                ta = time.perf_counter()
+                r.add_model(h, _without_others(prof, h))
+                if len(r.models) == 11 and k == 100:
+                    add_times.append(time.perf_counter() - ta)
+                q1, c1 = r.estimate(test.prompts)
+                assert np.array_equal(q1[:, :-1], q0), "an add changed a known model's estimates"
+                gains[str(k)] = _gap(Q, C, q1, c1, [*cols, models.index(h)], ctx) - gap_wo
+                r.remove_model(h)
+            rows[h] = {"gap_without": gap_wo, "gain_full": gap_full - gap_wo, "gain_profile": gains}
+            if log:
+                print(
+                    f"{name} seed {seed} {h}: full gain {gap_full - gap_wo:+.4f} "
+                    + " ".join(f"k={k} {v:+.4f}" for k, v in gains.items()),
+                    flush=True,
+                )
+        per_seed.append({"seed": seed, "gap_full": gap_full, "models": rows, "seconds": time.time() - t0})
+    return {
+        "set": name,
+        "cost_source": cost_note,
+        "n_prompts": table.n_prompts,
+        "models": models,
+        "seeds": per_seed,
+        "add_seconds_11_models_k100": add_times,
+        "summary": summarise(per_seed),
+    }
+
+
+def _without_others(prof, h: str):
+    """The profile holds only the held-out model's rows (what `llmroute profile` would write)."""
+    from llmroute.data.table import RoutingTable
+
+    df = prof.df[prof.df["model"] == h].reset_index(drop=True)
+    return RoutingTable(df, source="profile", prices=prof.prices)
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    """Recovered share per k (per seed, mean, sd) and the worst profile gain (the hurt check)."""
+    out: dict = {}
+    for k in map(str, KS):
+        shares, worst = [], []
+        for s in per_seed:
+            rows = s["models"].values()
+            counted = [r for r in rows if r["gain_full"] >= MIN_GAIN]
+            den = sum(r["gain_full"] for r in counted)
+            shares.append(sum(r["gain_profile"][k] for r in counted) / den if den > 0 else float("nan"))
+            worst.append(min(r["gain_profile"][k] for r in rows))
+        out[k] = {
+            "recovered_share": shares,
+            "recovered_mean": float(np.nanmean(shares)),
+            "recovered_sd": float(np.nanstd(shares)),
+            "worst_gain": float(min(worst)),
+            "hurts": int(
+                sum(r["gain_profile"][k] < -MIN_GAIN for s in per_seed for r in s["models"].values())
+            ),
+        }
+    return out
+
+
+def write_markdown(results: list[dict]) -> None:
+    from _md import fmt, md_table, update_section
+
+    rows = []
+    for res in results:
+        s = res["summary"]
+        rows.append(
+            [res["set"]]
+            + [f"{fmt(s[str(k)]['recovered_mean'], 2)} ± {fmt(s[str(k)]['recovered_sd'], 2)}" for k in KS]
+            + [fmt(s["100"]["worst_gain"], 4), str(s["100"]["hurts"])]
+        )
+    times = [t for res in results for t in res["add_seconds_11_models_k100"]]
+    n_seeds = len(results[0]["seeds"]) if results else 0
+    md = (
+        "`benchmarks/onboarding.py`: leave-one-model-out, "
+        f"{n_seeds} seeds, 70/30 train/test split by prompt. Each model in turn is left out of "
+        "training, then added with `Router.add_model` from a profile of k random training prompts "
+        "(no retraining), and the router is evaluated on the test prompts over all models. "
+        "Recovered share = sum of the models' gap_closed gains when added from the profile / sum of "
+        f"their gains with full retraining, over models whose full gain is >= {MIN_GAIN} (mean ± sd "
+        "over seeds). Worst gain at k=100: the lowest gap_closed change of any addition (negative = "
+        f"the added model hurt); hurts: additions below -{MIN_GAIN}.\n\n"
+        + md_table(
+            ["set", *(f"recovered k={k}" for k in KS), "worst gain k=100", "hurts k=100"],
+            rows,
+        )
+        + (
+            f"\n\nAdding a model to an 11-model router (k=100 profile, routerbench_subset): median "
+            f"{np.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over {len(times)} adds "
+            "(embedding the profile, the known models' estimates on it, the fit)."
+            if times
+            else ""
+        )
+    )
+    update_section("onboarding", md, title="Onboarding: models added from a profile")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--sets", default="routerbench_subset,routerdc_7model")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave JSON and BENCHMARKS.md")
+    args = ap.parse_args()
+    results = []
+    for name in args.sets.split(","):
+        if not (DATA / name).is_dir():
+            sys.exit(f"{DATA / name} not found: the benchmark needs the shared routing data")
+        res = run_set(name, list(range(args.seeds)))
+        print(json.dumps({"set": name, "summary": res["summary"]}, indent=1), flush=True)
+        results.append(res)
+    if not args.no_write:
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results)
+
+
+if __name__ == "__main__":
+    main()

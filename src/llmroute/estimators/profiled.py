@@ -1,0 +1,297 @@
+"""Models known by their profile: add, replace or remove a model without retraining.
+
+A *profile* is a handful of graded prompts for one model (its rows of a long-format routing
+table, e.g. written by `llmroute profile`). `ProfiledEstimator` wraps any fitted quality
+estimator (the *base*, trained on the known models) and adds one column per profiled model:
+
+    q_new(x) = sum_j w_j * q_j(x) + b          (a combination of the known models' estimates)
+             + r(x)                            (a residual that varies with the prompt)
+             - s                               (a pessimistic shift for an uncertain profile)
+
+- ``w, b``: non-negative ridge regression of the profile's qualities on the base's estimates
+  q_j for the same prompts, shrunk toward the *closest known model* (the one whose estimates
+  follow the profile most closely, plus its mean offset); the penalty is chosen by 5-fold
+  cross-validation on the profile with the one-standard-error rule (the strongest shrinkage
+  within one standard error of the best), and a very strong one is always a candidate, so a
+  small or noisy profile yields "the closest known model, shifted by the measured mean
+  difference". Non-negative weights keep the estimate inside the range the known models span.
+- ``r(x)``: the leave-one-out residuals of that fit, smoothed over the prompt embeddings with
+  a cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual
+  (sum_i K_i e_i / (kappa + sum_i K_i)), so a region with few profile prompts falls back to 0.
+  beta and kappa come from leave-one-out on the profile; the residual is used only when it
+  beats "no residual" by more than one standard error.
+- ``s``: the standard error of the profile's mean (the residual spread / sqrt(k)). A model
+  profiled on few prompts is estimated a little below its measured level, so it is picked
+  only where it is clearly better; the shift vanishes as the profile grows.
+
+Known models' columns are the base estimator's predictions, untouched: adding a model leaves
+every existing estimate bit-identical, and removing the added model restores the router as it
+was. A removed *known* model is hidden (its column is still computed, since added models may
+combine it). State is arrays + JSON (no pickle); the base estimator's state is nested.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+import numpy as np
+
+from llmroute.estimators.base import Features, QualityEstimator
+
+__all__ = ["ProfileFit", "ProfiledEstimator", "fit_profile"]
+
+#: ridge penalties tried (times the number of profile rows); the last is "closest model only"
+_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e6)
+#: kernel sharpness and pseudo-rows tried for the residual ("off" is always a candidate)
+_BETAS = (5.0, 10.0, 20.0, 40.0)
+_KAPPAS = (0.1, 0.3, 1.0, 3.0)
+
+
+@dataclass
+class ProfileFit:
+    """One profiled model's learned state (see the module docstring).
+
+    w: (m_base,) weights on the base estimates; b: intercept; shift: pessimistic shift;
+    emb: (k, d) profile embeddings and resid: (k,) their residuals (empty when the residual is
+    off); beta, kappa: the residual kernel; closest: index of the closest base model;
+    n_rows: graded profile rows; loo_rmse: leave-one-out error of the final estimate.
+    """
+
+    w: np.ndarray
+    b: float
+    shift: float
+    emb: np.ndarray
+    resid: np.ndarray
+    beta: float
+    kappa: float
+    closest: int
+    n_rows: int
+    loo_rmse: float
+
+    def predict(self, base_q: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
+        q = base_q @ self.w + (self.b - self.shift)
+        if len(self.resid):
+            q = q + _kernel_residual(emb, self.emb, self.resid, self.beta, self.kappa)
+        return q
+
+
+def _kernel_residual(emb: np.ndarray, E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
+    K = np.exp(beta * (np.asarray(emb, dtype=np.float64) @ E.T.astype(np.float64) - 1.0))
+    return (K @ e) / (kappa + K.sum(axis=1))
+
+
+def _ridge_nn(P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Non-negative ridge of y on P with intercept, weights shrunk toward w0: (w, b)."""
+    from scipy.optimize import nnls
+
+    m = P.shape[1]
+    pm, ym = P.mean(axis=0), y.mean()
+    A = np.vstack([P - pm, np.sqrt(alpha) * np.eye(m)])
+    t = np.concatenate([y - ym, np.sqrt(alpha) * w0])
+    w, _ = nnls(A, t)
+    return w, float(ym - pm @ w)
+
+
+def _cv_residuals(
+    P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float, folds: np.ndarray
+) -> np.ndarray:
+    """Held-out residuals of `_ridge_nn` over the folds (fold label per row)."""
+    out = np.empty(len(y))
+    for f in np.unique(folds):
+        te = folds == f
+        w, b = _ridge_nn(P[~te], y[~te], w0, alpha)
+        out[te] = y[te] - (P[te] @ w + b)
+    return out
+
+
+def _kernel_loo(E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
+    """Leave-one-out kernel residual predictions on the profile itself."""
+    K = np.exp(beta * (E @ E.T - 1.0))
+    np.fill_diagonal(K, 0.0)
+    return (K @ e) / (kappa + K.sum(axis=1))
+
+
+def fit_profile(base_q: np.ndarray, emb: np.ndarray, y: np.ndarray, z: float = 1.0) -> ProfileFit:
+    """Fit one profiled model from its graded profile (see the module docstring).
+
+    base_q: (k, m_base) the base estimator's clipped estimates on the profile prompts;
+    emb: (k, d) their L2-normalised embeddings; y: (k,) the model's graded qualities in [0, 1];
+    z: how many standard errors of the profile mean the estimate is shifted down.
+    """
+    P = np.asarray(base_q, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    E = np.asarray(emb, dtype=np.float64)
+    k, m = P.shape
+    if k == 0 or len(y) != k or len(E) != k:
+        raise ValueError(
+            f"need matching profile rows, got {k} estimates, {len(y)} grades, {len(E)} embeddings"
+        )
+    if not np.all(np.isfinite(y)):
+        raise ValueError("profile qualities must be finite (drop ungraded rows first)")
+    # the closest known model: least spread of (profile - its estimate), i.e. after its offset
+    diff = y[:, None] - P
+    closest = int(np.argmin(diff.var(axis=0) + 1e-12 * np.arange(m)))
+    import os
+
+    w0 = np.zeros(m)
+    if os.environ.get("F2_PRIOR") == "mean":
+        w0[:] = 1.0 / m
+    else:
+        w0[closest] = 1.0
+    if k < 3:  # too few rows to cross-validate: the closest model plus its mean offset
+        b = float(y.mean() - P[:, closest].mean())
+        sd = max(float(np.sqrt(np.mean((diff[:, closest] - diff[:, closest].mean()) ** 2))), 0.5)
+        return ProfileFit(w0, b, z * sd / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
+    # penalty by 5-fold CV with the one-standard-error rule: the strongest shrinkage toward the
+    # closest model whose held-out error is within one standard error of the best
+    folds = np.random.default_rng(0).permutation(k) % min(5, k)
+    cv = [_cv_residuals(P, y, w0, a * k, folds) for a in _ALPHAS]
+    errs = np.array([np.mean(r**2) for r in cv])
+    i_min = int(np.argmin(errs))
+    se = float(np.std(cv[i_min] ** 2) / np.sqrt(k))
+    i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
+    w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
+    loo, err = cv[i], float(errs[i])
+    # residual kernel on the held-out residuals: used only when it beats "no residual" by more
+    # than one standard error (leave-one-out over the profile)
+    beta, kappa, final_err = 0.0, 0.0, err
+    se_r = float(np.std(loo**2) / np.sqrt(k))
+    for bt in _BETAS:
+        for kp in _KAPPAS:
+            e2 = float(np.mean((loo - _kernel_loo(E, loo, bt, kp)) ** 2))
+            if e2 < min(final_err, err - se_r):
+                beta, kappa, final_err = bt, kp, e2
+    if beta > 0:
+        # the kernel stores the in-sample residuals of the linear part
+        resid, emb_keep = y - (P @ w + b), E.astype(np.float32)
+    else:
+        resid, emb_keep = np.zeros(0), E[:0].astype(np.float32)
+    shift = z * float(np.sqrt(final_err)) / np.sqrt(k)
+    return ProfileFit(w, b, shift, emb_keep, resid, beta, kappa, closest, k, float(np.sqrt(final_err)))
+
+
+class ProfiledEstimator(QualityEstimator):
+    """A fitted base estimator plus profiled models; see the module docstring.
+
+    base: the fitted base estimator (its columns are `base_models`). `columns_` lists the
+    output columns: a base column index (>= 0) or ``-(p + 1)`` for profiled model p.
+    Use `add` / `remove` (or `llmroute.onboard.add_model`, `Router.add_model`); `fit` is not
+    supported: a profiled estimator is built on top of a fitted one.
+    """
+
+    name: ClassVar[str] = "profiled"
+
+    def __init__(self, base: QualityEstimator, n_base: int) -> None:
+        self.base = base
+        self.n_base = int(n_base)
+        self.columns_: list[int] = list(range(self.n_base))
+        self.profiles_: list[ProfileFit] = []
+
+    @property
+    def uses_extra(self) -> bool:
+        return bool(getattr(self.base, "uses_extra", True))
+
+    def fit(self, X: Features, Q: np.ndarray) -> Self:
+        raise TypeError(
+            "a ProfiledEstimator wraps a fitted estimator; fit the base and add models by profile"
+        )
+
+    # ---- columns -----------------------------------------------------------------------------
+    def base_estimates(self, X: Features) -> np.ndarray:
+        """(n, m_base) the base estimator's estimates, clipped to [0, 1] (as the router clips)."""
+        q = np.array(self.base.predict(X), dtype=np.float64)
+        np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
+        return q
+
+    def add(self, fit: ProfileFit) -> None:
+        """Append a profiled model as the last column."""
+        if fit.w.shape != (self.n_base,):
+            raise ValueError(f"profile weights have shape {fit.w.shape}, expected ({self.n_base},)")
+        self.profiles_.append(fit)
+        self.columns_.append(-len(self.profiles_))
+
+    def remove(self, column: int) -> None:
+        """Drop output column `column` (a profiled model's state is dropped with it)."""
+        ref = self.columns_.pop(column)
+        if ref < 0:
+            p = -ref - 1
+            del self.profiles_[p]
+            self.columns_ = [c if c >= 0 or -c - 1 < p else c + 1 for c in self.columns_]
+
+    # ---- prediction --------------------------------------------------------------------------
+    def predict(self, X: Features) -> np.ndarray:
+        raw = np.asarray(self.base.predict(X))
+        if not self.profiles_ and self.columns_ == list(range(self.n_base)):
+            return raw
+        out = np.empty((raw.shape[0], len(self.columns_)), dtype=np.float64)
+        base_q = None
+        for j, ref in enumerate(self.columns_):
+            if ref >= 0:
+                out[:, j] = raw[:, ref]
+            else:
+                if base_q is None:
+                    base_q = np.minimum(np.maximum(np.asarray(raw, dtype=np.float64), 0.0), 1.0)
+                out[:, j] = self.profiles_[-ref - 1].predict(base_q, X.emb)
+        return out
+
+    # ---- state -------------------------------------------------------------------------------
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays, params = self.base.get_state()
+        out = {f"base/{k}": v for k, v in arrays.items()}
+        profiles = []
+        for p, f in enumerate(self.profiles_):
+            out[f"p{p}/w"] = f.w
+            out[f"p{p}/emb"] = np.asarray(f.emb, dtype=np.float32)
+            out[f"p{p}/resid"] = f.resid
+            profiles.append(
+                {
+                    "b": f.b,
+                    "shift": f.shift,
+                    "beta": f.beta,
+                    "kappa": f.kappa,
+                    "closest": f.closest,
+                    "n_rows": f.n_rows,
+                    "loo_rmse": None if not np.isfinite(f.loo_rmse) else f.loo_rmse,
+                }
+            )
+        cls = type(self.base)
+        meta = {
+            "base_class": f"{cls.__module__}:{cls.__qualname__}",
+            "base_params": params,
+            "n_base": self.n_base,
+            "columns": self.columns_,
+            "profiles": profiles,
+        }
+        return out, meta
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], params: dict) -> Self:
+        module, _, name = str(params["base_class"]).partition(":")
+        if not module.startswith("llmroute.estimators."):
+            raise ValueError(f"refusing to load base estimator class {params['base_class']!r}")
+        base_cls = getattr(importlib.import_module(module), name)
+        base = base_cls.from_state(
+            {k[5:]: v for k, v in arrays.items() if k.startswith("base/")}, params["base_params"]
+        )
+        est = cls(base, params["n_base"])
+        est.columns_ = [int(c) for c in params["columns"]]
+        for p, meta in enumerate(params["profiles"]):
+            resid = np.asarray(arrays[f"p{p}/resid"], dtype=np.float64)
+            est.profiles_.append(
+                ProfileFit(
+                    w=np.asarray(arrays[f"p{p}/w"], dtype=np.float64),
+                    b=float(meta["b"]),
+                    shift=float(meta["shift"]),
+                    emb=np.asarray(arrays[f"p{p}/emb"], dtype=np.float32),
+                    resid=resid,
+                    beta=float(meta["beta"]),
+                    kappa=float(meta["kappa"]),
+                    closest=int(meta["closest"]),
+                    n_rows=int(meta["n_rows"]),
+                    loo_rmse=float("nan") if meta["loo_rmse"] is None else float(meta["loo_rmse"]),
+                )
+            )
+        return est

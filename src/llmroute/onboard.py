@@ -1,0 +1,217 @@
+"""Add, replace and remove a router's models from their profiles, without retraining.
+
+A profile is a long-format routing table (the training format; `llmroute profile` writes one)
+with a few graded prompts for the new model. `add_model(router, name, profile)` fits the new
+model's quality as a combination of the known models' estimates plus a prompt-dependent
+residual (`llmroute.estimators.profiled`), its cost from the profile's token counts and costs
+(or a given price), and, when the router has a regime head, its everyday ability. Every known
+model's estimates stay exactly as they were; `remove_model` undoes an add.
+
+    from llmroute import Router
+    r = Router.load("my-router.safetensors")
+    r.add_model("my-new-model", "profile.parquet", price=ModelPrice(0.5, 1.5))
+    r.remove_model("gpt-3.5-turbo-1106")
+    r.save("my-router-v2.safetensors")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from llmroute.data.table import ModelPrice, RoutingTable
+from llmroute.estimators.profiled import ProfiledEstimator, fit_profile
+
+if TYPE_CHECKING:
+    from llmroute.router import Router
+
+__all__ = ["ProfileData", "add_model", "list_models", "profile_data", "remove_model"]
+
+
+class ProfileData:
+    """One model's graded profile rows: prompts, qualities, token counts and costs (NaN = unknown)."""
+
+    def __init__(
+        self,
+        prompts: list[str],
+        quality: np.ndarray,
+        input_tokens: np.ndarray,
+        output_tokens: np.ndarray,
+        cost: np.ndarray,
+        price: ModelPrice | None,
+    ) -> None:
+        self.prompts = prompts
+        self.quality = quality
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cost = cost
+        self.price = price
+
+
+def _as_table(profile: RoutingTable | str | Path) -> RoutingTable:
+    if isinstance(profile, RoutingTable):
+        return profile
+    from llmroute.data import load_table
+
+    return load_table(profile)
+
+
+def profile_data(profile: RoutingTable | str | Path, model: str) -> ProfileData:
+    """The graded rows of `model` in a profile table (a path or a `RoutingTable`).
+
+    A table that holds exactly one model is that model's profile whatever its name. Raises
+    ValueError when the model is absent or none of its rows has a quality.
+    """
+    table = _as_table(profile)
+    source = model
+    if model not in table.models:
+        if len(table.models) != 1:
+            raise ValueError(
+                f"profile {table.source} has no rows for model {model!r}; it has {table.models}. "
+                "Name the profile's model (--profile-model / profile_model=)"
+            )
+        source = table.models[0]
+    j = table.models.index(source)
+    q = table.quality_matrix()[:, j]
+    graded = np.flatnonzero(np.isfinite(q))
+    if len(graded) == 0:
+        raise ValueError(
+            f"profile {table.source} has no graded rows for {source!r} (every quality is empty): "
+            "grade the answers first (llmroute profile grades them)"
+        )
+    prompts = table.prompts
+    price = (table.prices or {}).get(source)
+    return ProfileData(
+        prompts=[prompts[i] for i in graded],
+        quality=q[graded].astype(np.float64),
+        input_tokens=table.matrix("input_tokens")[graded, j],
+        output_tokens=table.matrix("output_tokens")[graded, j],
+        cost=table.cost_matrix()[graded, j],
+        price=price,
+    )
+
+
+def _profiled(router: Router) -> ProfiledEstimator:
+    """The router's estimator as a ProfiledEstimator (wrapping it the first time)."""
+    est = router.estimator
+    if not isinstance(est, ProfiledEstimator):
+        est = ProfiledEstimator(est, len(router.models))
+        router.estimator = est
+    return est
+
+
+def add_model(
+    router: Router,
+    name: str,
+    profile: RoutingTable | str | Path,
+    price: ModelPrice | None = None,
+    *,
+    profile_model: str | None = None,
+    z: float = 1.0,
+) -> dict[str, Any]:
+    """Add model `name` to `router` (in place) from its profile; returns a summary dict.
+
+    profile: a routing table (path or `RoutingTable`) with graded rows for the model (named
+    `profile_model`, default `name`; a one-model table needs no name); price: USD per 1M tokens
+    (default: the profile table's price, else the profile's observed costs); z: standard errors
+    of the profile mean by which an uncertain model is estimated below its measured level.
+    Existing models' estimates are unchanged. Raises ValueError for a name already routed or a
+    profile without graded rows.
+    """
+    if name in router.models:
+        raise ValueError(
+            f"model {name!r} is already in this router; remove it first (llmroute models remove) "
+            "to replace it, or pick another name"
+        )
+    data = profile_data(profile, profile_model or name)
+    X = router.featurize(data.prompts)
+    est = _profiled(router)
+    base_q = est.base_estimates(X)
+    fit = fit_profile(base_q, X.emb, data.quality, z=z)
+    tin = np.where(np.isfinite(data.input_tokens), data.input_tokens, router.cost.count_tokens(data.prompts))
+    known_q = router._quality(X)  # before the add: the estimates `route` makes for known models
+    known_out = router.cost.tokens(data.prompts, X)[1][:, : router.cost.n_known].mean(axis=1)
+    est.add(fit)
+    router.cost.add_model(name, tin, data.output_tokens, data.cost, price or data.price, known_out)
+    head = router.regime_head
+    if head is not None:
+        # everyday ability: the known models' abilities, shifted by how the new model did on the
+        # profile against their estimates there (mean over known models)
+        offsets = head.ability_ - known_q.mean(axis=0)
+        ability = float(np.clip(data.quality.mean() + offsets.mean(), 0.0, 1.0))
+        head.ability_ = np.append(head.ability_, ability)
+        # "observed" only in sets that observed every known model (the others keep their
+        # reference mean, so known models' mixtures stay the same)
+        head.supports_ = np.column_stack([head.supports_, head.supports_.all(axis=1)])
+    router.models.append(name)
+    router._index = {m: j for j, m in enumerate(router.models)}
+    router._cache.clear()
+    closest = router.models[est.columns_.index(fit.closest)] if fit.closest in est.columns_ else None
+    summary = {
+        "model": name,
+        "profile_rows": fit.n_rows,
+        "profile_mean_quality": float(data.quality.mean()),
+        "closest_known_model": closest,
+        "loo_rmse": None if not np.isfinite(fit.loo_rmse) else round(float(fit.loo_rmse), 4),
+        "shift": round(float(fit.shift), 4),
+        "residual": fit.beta > 0,
+        "cost_mode": router.cost.modes[name],
+    }
+    router.info.setdefault("mean_quality", {})[name] = float(data.quality.mean())
+    router.info.setdefault("profiled_models", {})[name] = summary
+    return summary
+
+
+def remove_model(router: Router, name: str) -> None:
+    """Remove model `name` from `router` (in place). Models added from a profile that combine
+    its estimates keep working (the column is still computed, just not routed to)."""
+    if name not in router.models:
+        raise ValueError(f"model {name!r} is not in this router; its models are {router.models}")
+    if len(router.models) == 1:
+        raise ValueError(f"cannot remove {name!r}: it is the router's only model")
+    j = router.models.index(name)
+    head = router.regime_head
+    if head is not None:
+        sup = np.delete(head.supports_, j, axis=1)
+        if not sup.any(axis=1).all():
+            raise ValueError(
+                f"cannot remove {name!r}: it is the only model observed on one of the router's "
+                "training sets (retrain without it instead)"
+            )
+    est = _profiled(router)
+    est.remove(j)
+    router.cost.remove_model(name)
+    if head is not None:
+        head.ability_ = np.delete(head.ability_, j)
+        head.supports_ = sup
+    router.models.pop(j)
+    router._index = {m: k for k, m in enumerate(router.models)}
+    router._cache.clear()
+    pol = router.policy
+    if name in (pol.get("strong"), pol.get("weak")) or name in (pol.get("score_pair") or ()):
+        # the strong/weak pair (and a threshold calibrated on it) no longer exists
+        for key in ("strong", "weak", "threshold", "strong_share", "score_quantiles", "score_pair"):
+            pol[key] = None
+    for key in ("mean_quality", "profiled_models"):
+        router.info.get(key, {}).pop(name, None)
+
+
+def list_models(router: Router) -> list[dict[str, Any]]:
+    """One dict per routed model: name, how it is known (trained / profile), its mean quality
+    in the training table or profile, and how its cost is estimated."""
+    prof: Mapping[str, Any] = router.info.get("profiled_models", {})
+    means: Mapping[str, Any] = router.info.get("mean_quality", {})
+    modes = router.cost.modes
+    return [
+        {
+            "model": m,
+            "source": "profile" if m in prof else "trained",
+            "mean_quality": means.get(m),
+            "profile_rows": prof.get(m, {}).get("profile_rows"),
+            "cost_mode": modes.get(m),
+        }
+        for m in router.models
+    ]

@@ -1,0 +1,211 @@
+"""Models added and removed from profiles, without retraining (llmroute.onboard, `llmroute models`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llmroute.cli import app
+from llmroute.data import ModelPrice, make_synthetic_table
+from llmroute.data.table import RoutingTable
+from llmroute.router import Router, default_router_path
+
+NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
+
+
+def _rows(table: RoutingTable, keep: set[str]) -> RoutingTable:
+    df = table.df[table.df["model"].isin(keep)].reset_index(drop=True)
+    return RoutingTable(df, source=table.source, prices=table.prices)
+
+
+def _profile(table: RoutingTable, model: str, k: int, seed: int = 0) -> RoutingTable:
+    ids = np.random.default_rng(seed).choice(table.prompt_ids, k, replace=False).tolist()
+    return _rows(table.subset(ids), {model})
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[RoutingTable, RoutingTable]:
+    return make_synthetic_table(240, seed=1), make_synthetic_table(120, seed=2)
+
+
+@pytest.fixture(scope="module")
+def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
+    train, _ = tables
+    known = {"tiny-1b", "code-13b", "big-70b"}
+    return Router.fit(_rows(train, known), estimator="linear", encoder="static-minilm", seed=0)
+
+
+@pytest.fixture
+def router(base: Router, tmp_path: Path) -> Router:
+    """A fresh copy of the 3-model router (tests change it in place)."""
+    return Router.load(base.save(tmp_path / "base.safetensors"))
+
+
+def test_add_leaves_known_estimates_bit_identical(router: Router, tables) -> None:
+    train, test = tables
+    q0, c0 = router.estimate(test.prompts)
+    summary = router.add_model(NEW, _profile(train, NEW, 60))
+    q1, c1 = router.estimate(test.prompts)
+    assert router.models[-1] == NEW and q1.shape == (test.n_prompts, 4)
+    assert np.array_equal(q1[:, :3], q0) and np.array_equal(c1[:, :3], c0)
+    assert summary["profile_rows"] == 60 and summary["cost_mode"] == "price"
+    # the profile says the specialist is strong on arithmetic only: its estimate follows it
+    topics = np.array(test.tasks)
+    assert q1[topics == "arithmetic", 3].mean() > q1[topics != "arithmetic", 3].mean() + 0.2
+
+
+def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Router, tables) -> None:
+    train, test = tables
+    topics = np.array(test.tasks)
+    before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
+    router.add_model(NEW, _profile(train, NEW, 80))
+    after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
+    elsewhere = topics != "arithmetic"
+    assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
+        b for b, e in zip(before, elsewhere, strict=True) if e
+    ]
+    # ... and where it is best by a margin, it is picked
+    picked = np.array([a == NEW for a in after])
+    assert picked[topics == "arithmetic"].mean() > 0.6
+
+
+def test_an_uncertain_copy_is_not_preferred_to_the_model_it_copies(router: Router, tables) -> None:
+    """A profile of 5 rows that measures exactly big-70b's outcomes: the new model is estimated
+    below big-70b everywhere (the shift for an uncertain profile), so at trade-off 0 it is never
+    picked over it, even though it is cheaper."""
+    train, test = tables
+    prof = _profile(train, "big-70b", 5, seed=3)
+    summary = router.add_model("big-clone", prof, price=ModelPrice(0.1, 0.1), profile_model="big-70b")
+    assert summary["closest_known_model"] == "big-70b" and summary["shift"] > 0
+    q, _ = router.estimate(test.prompts)
+    assert (q[:, 3] < q[:, 0]).all()  # column 0: big-70b
+    assert all(d.model != "big-clone" for d in router.route_batch(test.prompts, tradeoff=0.0))
+
+
+def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
+    train, test = tables
+    q0, c0 = router.estimate(test.prompts)
+    before = [(d.model, d.ranked) for d in router.route_batch(test.prompts, tradeoff=1e3)]
+    router.add_model(NEW, _profile(train, NEW, 40))
+    router.remove_model(NEW)
+    q1, c1 = router.estimate(test.prompts)
+    assert router.models == ["big-70b", "code-13b", "tiny-1b"]
+    assert np.array_equal(q0, q1) and np.array_equal(c0, c1)
+    assert [(d.model, d.ranked) for d in router.route_batch(test.prompts, tradeoff=1e3)] == before
+
+
+def test_remove_a_trained_model_keeps_the_others_and_added_ones(router: Router, tables) -> None:
+    train, test = tables
+    router.add_model(NEW, _profile(train, NEW, 60))
+    q0, c0 = router.estimate(test.prompts)
+    router.remove_model("code-13b")
+    q1, c1 = router.estimate(test.prompts)
+    assert router.models == ["big-70b", "tiny-1b", NEW]
+    assert np.array_equal(q1, q0[:, [0, 2, 3]]) and np.array_equal(c1[:, :2], c0[:, [0, 2]])
+    assert all(d.model != "code-13b" for d in router.route_batch(test.prompts, tradeoff=0.0))
+
+
+def test_save_load_round_trip_with_an_added_model(router: Router, tables, tmp_path: Path) -> None:
+    train, test = tables
+    router.add_model(NEW, _profile(train, NEW, 60), price=ModelPrice(0.3, 0.6))
+    q0, c0 = router.estimate(test.prompts)
+    again = Router.load(router.save(tmp_path / "added.safetensors"))
+    q1, c1 = again.estimate(test.prompts)
+    assert again.models == router.models
+    assert np.array_equal(q0, q1) and np.array_equal(c0, c1)
+    assert again.info["profiled_models"][NEW]["profile_rows"] == 60
+
+
+def test_price_and_profile_cost(router: Router, tables) -> None:
+    """The added model's cost follows its price; without one, its observed profile costs."""
+    train, test = tables
+    prof = _profile(train, NEW, 60)
+    router.add_model("a", prof, price=ModelPrice(1.0, 1.0), profile_model=NEW)
+    router.add_model("b", prof, price=ModelPrice(2.0, 2.0), profile_model=NEW)
+    unpriced = RoutingTable(prof.df, source="profile", prices=None)
+    router.add_model("c", unpriced, profile_model=NEW)
+    _, c = router.estimate(test.prompts)
+    assert np.allclose(c[:, 4], 2 * c[:, 3])
+    assert router.cost.modes["c"] == "observed"
+    true_mean = float(prof.df["cost_usd"].mean())
+    assert 0.5 * true_mean < c[:, 5].mean() < 2 * true_mean
+
+
+def test_bad_input_gives_clear_errors(router: Router, tables) -> None:
+    train, _ = tables
+    with pytest.raises(ValueError, match="already in this router"):
+        router.add_model("big-70b", _profile(train, "big-70b", 20))
+    with pytest.raises(ValueError, match="not in this router"):
+        router.remove_model("nope")
+    ungraded = _profile(train, NEW, 20)
+    ungraded = RoutingTable(ungraded.df.assign(quality=np.nan), source="p", prices=None)
+    with pytest.raises(ValueError, match="no graded rows"):
+        router.add_model(NEW, ungraded)
+    two = _rows(train.subset(train.prompt_ids[:10]), {NEW, "tiny-1b"})
+    with pytest.raises(ValueError, match="no rows for model 'other'"):
+        router.add_model("other", two)
+    assert router.models == ["big-70b", "code-13b", "tiny-1b"]  # nothing half-added
+    router.remove_model("big-70b")
+    router.remove_model("code-13b")
+    with pytest.raises(ValueError, match="only model"):
+        router.remove_model("tiny-1b")
+
+
+def test_shipped_router_with_regime_head(tables) -> None:
+    """The shipped router (regime head included): an add leaves known estimates identical and
+    gives the new model an everyday ability; remove undoes it."""
+    train, _ = tables
+    r = Router.load(default_router_path())
+    prompts = ["hello there", "Prove that sqrt(2) is irrational.", "What is 17 * 23?"]
+    q0, c0 = r.estimate(prompts)
+    r.add_model(NEW, _profile(train, NEW, 40))
+    q1, c1 = r.estimate(prompts)
+    assert np.array_equal(q1[:, :-1], q0) and np.array_equal(c1[:, :-1], c0)
+    assert r.regime_head is not None and len(r.regime_head.ability_) == len(r.models)
+    r.remove_model(NEW)
+    q2, _ = r.estimate(prompts)
+    assert np.array_equal(q2, q0)
+
+
+runner = CliRunner()
+
+
+def test_cli_models_add_list_remove_round_trip(base: Router, tables, tmp_path: Path) -> None:
+    train, test = tables
+    router_file = base.save(tmp_path / "r.safetensors")
+    prof = tmp_path / "profile.parquet"
+    _profile(train, NEW, 50).df.to_parquet(prof)
+    out = tmp_path / "r2.safetensors"
+    res = runner.invoke(
+        app,
+        ["models", "add", NEW, "--profile", str(prof), "--router", str(router_file), "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["added"]["profile_rows"] == 50
+    r2 = Router.load(out)
+    assert r2.models[-1] == NEW
+    assert np.array_equal(r2.estimate(test.prompts)[0][:, :3], base.estimate(test.prompts)[0])
+    res = runner.invoke(app, ["models", "list", "--router", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {row["model"]: row for row in json.loads(res.output)}
+    assert rows[NEW]["source"] == "profile" and rows["big-70b"]["source"] == "trained"
+    out3 = tmp_path / "r3.safetensors"
+    res = runner.invoke(app, ["models", "remove", NEW, "--router", str(out), "--out", str(out3)])
+    assert res.exit_code == 0, res.output
+    assert Router.load(out3).models == base.models
+    # errors: one line, exit code 2
+    res = runner.invoke(
+        app,
+        ["models", "add", "big-70b", "--profile", str(prof), "--router", str(out3), "--out", str(out3)],
+    )
+    assert res.exit_code == 2 and "already in this router" in res.output
+    res = runner.invoke(app, ["models", "remove", "nope", "--router", str(out3), "--out", str(out3)])
+    assert res.exit_code == 2 and "not in this router" in res.output
+    res = runner.invoke(
+        app, ["models", "add", "x", "--profile", str(tmp_path / "none.parquet"), "--out", str(out3)]
+    )
+    assert res.exit_code == 2 and "no such file" in res.output
