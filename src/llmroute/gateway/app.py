@@ -66,6 +66,7 @@ from llmroute.gateway.auth import (
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
 from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
+from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
@@ -290,7 +291,7 @@ class Gateway:
         )
         self.metrics.bind_store(self.store)
         self.budgets = BudgetManager(cfg.keys, store=self.store)
-        self.http = HTTPClient(limit_per_origin=1024)
+        self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
         for b in self.backends.values():
             await b.start(self.http)
         self._started = True

@@ -19,11 +19,46 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from llmroute.gateway.backends.http import HTTPError, error_reason, public_url
-from llmroute.gateway.config import ModelConfig
+from llmroute.gateway.backends.http import HTTPClient, HTTPError, error_reason, public_url, tls_context
+from llmroute.gateway.backends.proxies import ProxySettings
+from llmroute.gateway.config import ModelConfig, ServerConfig
 from llmroute.guards.pii import PIIDetector
 
-__all__ = ["Backend", "BackendError", "ErrorScrubber", "classify_status", "os_reason"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ErrorScrubber",
+    "classify_status",
+    "model_client",
+    "os_reason",
+    "upstream_client",
+]
+
+
+def _proxy_settings(option: str | None, where: str) -> ProxySettings:
+    try:
+        return ProxySettings.from_option(option)
+    except ValueError as e:
+        raise ValueError(f"{e}; fix the variable, or set {where}: none to ignore the environment") from None
+
+
+def upstream_client(server: ServerConfig, limit_per_origin: int = 1024) -> HTTPClient:
+    """The gateway's shared upstream client: `server.ca_bundle` trusted besides the system's CAs,
+    `server.proxy` ('env': the environment's proxies, 'none', or a proxy URL). ValueError names a
+    malformed proxy variable."""
+    ctx = tls_context(server.ca_bundle) if server.ca_bundle else None
+    return HTTPClient(limit_per_origin, ssl_context=ctx, proxy=_proxy_settings(server.proxy, "server.proxy"))
+
+
+def model_client(client: HTTPClient, cfg: ModelConfig) -> HTTPClient:
+    """`client`, or a view of it (same pools) with the model's own `ca_bundle` (trusted besides the
+    system's CAs, instead of `server.ca_bundle`) and/or `proxy`."""
+    if not cfg.ca_bundle and cfg.proxy is None:
+        return client
+    return client.with_options(
+        ssl_context=tls_context(cfg.ca_bundle) if cfg.ca_bundle else None,
+        proxy=_proxy_settings(cfg.proxy, f"models[{cfg.name}].proxy") if cfg.proxy is not None else None,
+    )
 
 
 class BackendError(Exception):

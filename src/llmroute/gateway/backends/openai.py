@@ -17,6 +17,7 @@ from llmroute.gateway.backends.base import (
     BackendError,
     ErrorScrubber,
     classify_status,
+    model_client,
     next_lines,
     open_stream,
     os_reason,
@@ -59,7 +60,7 @@ class OpenAIBackend:
         self.scrub = ErrorScrubber.for_model(cfg)
 
     async def start(self, client: HTTPClient) -> None:
-        self.client = client
+        self.client = model_client(client, self.cfg)
         key = self.cfg.api_key()
         self.scrub.add_secret(key)
         if key:
