@@ -66,7 +66,6 @@ from llmroute.gateway.auth import (
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
 from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
-from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
@@ -264,7 +263,7 @@ class Gateway:
         """Open the pooled HTTP session, the trace store and the budgets; start the backends."""
         if self._started:
             return
-        from llmroute.gateway.store import open_store
+        from llmroute.gateway.store import open_store, spend_ledger_path
 
         cfg = self.config
         if cfg.server.blas_threads:
@@ -287,11 +286,16 @@ class Gateway:
                 store_responses=cfg.trace.store_responses,
                 batch_size=cfg.store.batch_size,
                 flush_interval_s=cfg.store.flush_interval_s,
+                retention_days=cfg.store.retention_days,
+                max_rows=cfg.store.max_rows,
+                prune_interval_s=cfg.store.prune_interval_s,
             ),
         )
         self.metrics.bind_store(self.store)
-        self.budgets = BudgetManager(cfg.keys, store=self.store)
-        self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
+        # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
+        ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
+        self.budgets = BudgetManager(cfg.keys, store=self.store, ledger_path=ledger)
+        self.http = HTTPClient(limit_per_origin=1024)
         for b in self.backends.values():
             await b.start(self.http)
         self._started = True

@@ -27,13 +27,17 @@ Budgets (atomic): a request is admitted while the key's spend plus its in-flight
 below each of its budgets (day and month, UTC), and then reserves its maximum cost. Reserve/commit
 run under a lock without awaiting, so any number of concurrent requests (threads or tasks) can
 overspend a budget by at most one request's maximum cost; commits reconcile with the actual cost.
-Spend is persisted through the store, so restarts keep it.
 
-Several worker processes (`llmroute serve --workers N`): when a shared folder is given
-(`shared_dir=`, or the `LLMROUTE_SHARED_DIR` environment variable that `serve` sets for N > 1),
-budgets and rate limits live in a `llmroute.gateway.ledger.SharedLedger` there, updated under a
-file lock, so the same bound (one request's maximum cost) holds across all workers. Without one
-(a single worker) the counters stay in process memory: the fast path, no file lock.
+Durable spend: with `ledger_path=` (the gateway passes `store.ledger`, by default a file beside
+the SQLite trace store) the books live in a `llmroute.gateway.ledger.SharedLedger` file: `commit`
+writes the cost into it (a memory-mapped file, so the kernel has it the moment it returns) before
+the gateway answers, so a kill -9 loses no spend, and a restart reads it back; every worker
+process of `llmroute serve --workers N` maps the same file, under a file lock, so the same bound
+(one request's maximum cost) holds across all workers. Spend is also queued to the store
+(`add_spend`), which seeds a new ledger file. Without `ledger_path`, a shared folder
+(`shared_dir=`, or the `LLMROUTE_SHARED_DIR` environment variable that `serve` sets for N > 1)
+holds a ledger for that run only; without either the counters stay in process memory, seeded
+from the store at start (a kill -9 then loses the spend the store had not yet written).
 
 Rate limits: a token bucket per key refilled at `rpm / 60` per second holding `burst_s` seconds
 of requests (at least one).
@@ -413,8 +417,9 @@ class Reservation:
 class BudgetManager:
     """Per-key day/month USD budgets with atomic reserve/commit (see the module docstring).
 
-    `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) keeps
-    the books in a ledger shared by all worker processes; without it they are in this process.
+    `ledger_path` keeps the books in a persistent ledger file (kill -9 safe, shared by all worker
+    processes); else `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve
+    --workers N>1`) in a ledger for this run; without either they are in this process.
     """
 
     def __init__(
@@ -425,6 +430,7 @@ class BudgetManager:
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] | None = None,
         shared_dir: str | Path | None = None,
+        ledger_path: str | Path | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -448,7 +454,10 @@ class BudgetManager:
         self._acct: dict[tuple[str, str], list[float]] = {}
         self._ledger: SharedLedger | None = None
         folder = shared_dir if shared_dir is not None else shared_dir_from_env()
-        if folder and self.keys:
+        if ledger_path is not None and self.keys:
+            Path(ledger_path).parent.mkdir(parents=True, exist_ok=True)
+            self._ledger = SharedLedger(ledger_path, sorted(self.keys), initial=self._persisted)
+        elif folder and self.keys:
             self._ledger = SharedLedger(
                 Path(folder) / "budgets.ledger", sorted(self.keys), initial=self._persisted
             )

@@ -1,29 +1,36 @@
 """Budget and rate-limit counters shared by the gateway's worker processes on one host.
 
-`llmroute serve --workers N` (N > 1) creates a private temporary folder and names it in the
-`LLMROUTE_SHARED_DIR` environment variable before the workers start. `BudgetManager` and
-`Authenticator` (llmroute.gateway.auth) then keep their per-key counters in a `SharedLedger`: a
-small file in that folder, memory-mapped by every worker, where each read-modify-write runs under
-an exclusive `flock` on the file (plus a thread lock, since flock does not exclude threads that
-share a file descriptor). A budget check-and-reserve is therefore atomic across all workers, so a
-key overspends its budget by at most one request's maximum cost however many workers serve it.
-One locked update costs a few microseconds; a single worker does not use the ledger at all.
+`BudgetManager` (llmroute.gateway.auth) keeps per-key spend in a `SharedLedger`: a small file,
+memory-mapped by every worker process, where each read-modify-write runs under an exclusive
+`flock` on the file (plus a thread lock, since flock does not exclude threads that share a file
+descriptor). A budget check-and-reserve is therefore atomic across all workers, so a key
+overspends its budget by at most one request's maximum cost however many workers serve it. One
+locked update costs a few microseconds. The gateway's budget ledger is a persistent file beside
+the trace store (`store.ledger`, see `llmroute.gateway.store.spend_ledger_path`): a settled cost
+is in the file (the kernel's page cache, shared with every process mapping it) before the
+response goes out, so a kill -9 of any or all processes loses no spend, and the next start reads
+it back. (Power loss can lose what the kernel had not yet written to disk.)
+`llmroute serve --workers N` (N > 1) also creates a private temporary folder, named in the
+`LLMROUTE_SHARED_DIR` environment variable, for the rate-limit buckets (`Authenticator`) and, when
+no persistent ledger is configured, the budgets.
 
 Layout: a 64-byte header (magic, key slots, worker entries), one 80-byte slot per key (a 16-byte
 digest of the key id, then 8 doubles: day number, day spent, day reserved, month number, month
 spent, month reserved (USD), rate-limit tokens, rate-limit stamp), then one entry per worker
-process (its pid, then per key: day number, day reserved, month number, month reserved). Day
+process (its pid and start time, then per key: day number, day reserved, month number, month
+reserved). Day
 number = whole UTC days since the epoch, month number = year * 12 + month - 1; a slot rolls over
 to a new period on its first use in it.
 
 A worker that dies mid-request (uvicorn restarts killed or hung workers) leaves reservations
 behind; its entry says how much. They are given back when a process opens the ledger (the
-restarted worker does) and when a reservation is refused (at most once per `reclaim_interval_s`
-per process): entries whose pid no longer exists are subtracted from the key totals and freed.
+restarted worker, or the next `serve` after a kill, does) and when a reservation is refused (at
+most once per `reclaim_interval_s` per process): entries whose process no longer exists (its pid
+is gone, or now belongs to a process started at another time) are subtracted from the key totals
+and freed. Spend itself (settled costs) is never given back.
 
-Limits: the ledger lives only as long as the folder (one `serve` run): spend is persisted through
-the trace store as before and seeded into the ledger by the first worker that opens it. Workers on
-different hosts do not share it.
+Limits: workers on different hosts do not share a ledger. A new ledger (no file yet) is seeded
+from the spend persisted in the trace store (`initial`).
 """
 
 from __future__ import annotations
@@ -38,18 +45,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SHARED_DIR_ENV", "SharedLedger", "shared_dir_from_env"]
+__all__ = ["SHARED_DIR_ENV", "SharedLedger", "process_alive", "process_start", "shared_dir_from_env"]
 
 SHARED_DIR_ENV = "LLMROUTE_SHARED_DIR"
 
-_MAGIC = b"LLMRLED2"
+_MAGIC = b"LLMRLED3"
 _HEADER_BYTES = 64
 _SLOT_BYTES = 80  # 16-byte digest + 8 doubles
 _SLOT_DOUBLES = _SLOT_BYTES // 8
 _HEADER_DOUBLES = _HEADER_BYTES // 8
 # field offsets (in doubles) inside a slot, after the 2-double digest
 _DAY, _DAY_SPENT, _DAY_RES, _MONTH, _MONTH_SPENT, _MONTH_RES, _TOKENS, _STAMP = range(2, 10)
-# a worker entry: pid, then per key slot 4 doubles (day number, day reserved, month number, month reserved)
+# a worker entry: pid, start time, then per key slot 4 doubles (day number, day reserved, month
+# number, month reserved)
+_W_HEAD = 2
 _W_FIELDS = 4
 
 Initial = Callable[[Sequence[str]], Mapping[str, tuple[float, float, float, float]]]
@@ -64,13 +73,32 @@ def _digest(key_id: str) -> bytes:
     return hashlib.blake2b(key_id.encode("utf-8"), digest_size=16).digest()
 
 
-def _alive(pid: int) -> bool:
+def process_start(pid: int) -> float:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/PID/stat field 22);
+    0.0 where that cannot be read (another OS, or no such process). With the pid it names one
+    process for good: a pid the kernel reuses later comes with another start time."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        return float(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def process_alive(pid: int, start: float = 0.0) -> bool:
+    """Whether process `pid` exists and, when `start` (from `process_start`) is given and this
+    system reports start times, is the process that started then (not a later reuse of its pid)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
+    if start:
+        now = process_start(pid)
+        return not now or now == start
     return True
 
 
@@ -98,6 +126,7 @@ class SharedLedger:
         self.reclaim_interval_s = float(reclaim_interval_s)
         self._last_reclaim = -float("inf")
         self._pid = os.getpid()
+        self._start = process_start(self._pid)
         self._tlock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         # key id -> (slot base, this process's worker-entry base for that key), in doubles
@@ -108,14 +137,16 @@ class SharedLedger:
                 if os.fstat(self._fd).st_size == 0:
                     cap = int(capacity or max(64, 2 * len(key_ids)))
                     nw = int(max_workers)
-                    os.ftruncate(self._fd, _HEADER_BYTES + cap * _SLOT_BYTES + nw * 8 * (1 + cap * _W_FIELDS))
+                    os.ftruncate(
+                        self._fd, _HEADER_BYTES + cap * _SLOT_BYTES + nw * 8 * (_W_HEAD + cap * _W_FIELDS)
+                    )
                     os.pwrite(self._fd, _MAGIC + cap.to_bytes(8, "little") + nw.to_bytes(8, "little"), 0)
                 head = os.pread(self._fd, 24, 0)
                 if head[:8] != _MAGIC:
                     raise ValueError(f"{self.path} is not an llmroute ledger file (or an older layout)")
                 self._cap = cap = int.from_bytes(head[8:16], "little")
                 self._nw = int.from_bytes(head[16:24], "little")
-                self._wstride = 1 + cap * _W_FIELDS
+                self._wstride = _W_HEAD + cap * _W_FIELDS
                 self._w0 = _HEADER_DOUBLES + cap * _SLOT_DOUBLES
                 self._mm = mmap.mmap(self._fd, (self._w0 + self._nw * self._wstride) * 8)
                 self._v = memoryview(self._mm).cast("d")
@@ -142,16 +173,22 @@ class SharedLedger:
         for w in range(self._nw):
             base = self._w0 + w * self._wstride
             pid = int(v[base])
-            if pid == self._pid:
+            if pid == self._pid and v[base + 1] == self._start:
                 return base
             if pid == 0 and free is None:
                 free = base
         if free is None:
-            raise ValueError(f"the ledger {self.path} has no free worker entry ({self._nw} processes alive)")
-        v[free] = float(self._pid)
-        for f in range(1, self._wstride):
+            raise ValueError(
+                f"the ledger {self.path} has no free worker entry ({self._nw} processes alive); "
+                "run fewer worker processes"
+            )
+        for f in range(2, self._wstride):
             v[free + f] = 0.0
+        v[free], v[free + 1] = float(self._pid), self._start
         return free
+
+    def _mine(self, base: int) -> bool:
+        return int(self._v[base]) == self._pid and self._v[base + 1] == self._start
 
     def _reclaim(self) -> bool:
         """Give back the reservations of worker processes that no longer exist (lock held)."""
@@ -159,11 +196,11 @@ class SharedLedger:
         for w in range(self._nw):
             wb = self._w0 + w * self._wstride
             pid = int(v[wb])
-            if pid == 0 or pid == self._pid or _alive(pid):
+            if pid == 0 or self._mine(wb) or (pid != self._pid and process_alive(pid, v[wb + 1])):
                 continue
             found = True
             for i in range(self._cap):
-                e = wb + 1 + i * _W_FIELDS
+                e = wb + _W_HEAD + i * _W_FIELDS
                 kb = _HEADER_DOUBLES + i * _SLOT_DOUBLES
                 if v[e + 1] and v[kb + _DAY] == v[e]:
                     v[kb + _DAY_RES] = max(0.0, v[kb + _DAY_RES] - v[e + 1])
@@ -202,7 +239,7 @@ class SharedLedger:
                 self._v[base + _TOKENS] = -1.0  # bucket not started: full on first use
                 used[d] = i
                 new.append(kid)
-            self._slots[kid] = (_HEADER_DOUBLES + i * _SLOT_DOUBLES, me + 1 + i * _W_FIELDS)
+            self._slots[kid] = (_HEADER_DOUBLES + i * _SLOT_DOUBLES, me + _W_HEAD + i * _W_FIELDS)
         return new
 
     def __contains__(self, key_id: object) -> bool:

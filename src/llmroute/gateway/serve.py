@@ -11,8 +11,12 @@ under load).
 With `--workers N > 1` each worker process builds its own `Gateway` from the same file (the
 path travels in the `LLMROUTE_CONFIG` environment variable to `create_app_from_env`). `serve`
 also creates a private temporary folder, named to the workers in `LLMROUTE_SHARED_DIR` and removed
-at exit, where the workers share budgets and rate limits (`llmroute.gateway.ledger`) and publish
-their metrics so that any worker's /metrics shows the totals (`llmroute.gateway.metrics`).
+at exit, where the workers share rate limits (`llmroute.gateway.ledger`; budgets live in the
+persistent ledger beside the trace store) and publish their metrics so that any worker's /metrics
+shows the totals (`llmroute.gateway.metrics`). The folder's name carries the pid and start time of
+the `serve` process (`llmroute-workers-<pid>-<start>-*`); a `serve` killed with SIGKILL cannot
+remove it, so each start removes such folders of this user whose process is gone
+(`remove_stale_worker_dirs`).
 
 Start-up, in order: the config is validated (exit 2 on an error naming the field); the port is
 bound (a busy or forbidden port: one line naming it and what to do, exit 1); the app is built;
@@ -45,8 +49,10 @@ __all__ = [
     "create_app",
     "create_app_from_env",
     "freeze_startup_objects",
+    "remove_stale_worker_dirs",
     "serve",
     "startup_warnings",
+    "worker_dir_prefix",
 ]
 
 app = Typer(add_completion=False, help="Run the llmroute gateway.")
@@ -69,6 +75,54 @@ def create_app_from_env():  # type: ignore[no-untyped-def]
     gw = create_app(path)
     freeze_startup_objects()
     return gw
+
+
+_WORKER_DIR = "llmroute-workers-"
+
+
+def worker_dir_prefix() -> str:
+    """The prefix of this process's workers folder: `llmroute-workers-<pid>-<start ticks>-`."""
+    from llmroute.gateway.ledger import process_start
+
+    pid = os.getpid()
+    return f"{_WORKER_DIR}{pid}-{int(process_start(pid))}-"
+
+
+def remove_stale_worker_dirs(parent: str | Path | None = None) -> list[str]:
+    """Remove the workers folders (in `parent`, default the temporary directory) that a `serve`
+    killed with SIGKILL left behind: those of this user whose owner process (pid and start time
+    in the name) no longer exists. Returns the paths removed; never raises."""
+    import re
+    import shutil
+    import stat
+    import tempfile
+
+    from llmroute.gateway.ledger import process_alive
+
+    root = Path(parent if parent is not None else tempfile.gettempdir())
+    pattern = re.compile(re.escape(_WORKER_DIR) + r"(\d+)-(\d+)-")
+    removed: list[str] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for p in entries:
+        m = pattern.match(p.name)
+        if m is None:
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            continue
+        if process_alive(int(m.group(1)), float(m.group(2))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(str(p))
+    return removed
 
 
 def freeze_startup_objects() -> None:
@@ -275,7 +329,8 @@ def serve(
 
             from llmroute.gateway.ledger import SHARED_DIR_ENV
 
-            shared = tempfile.mkdtemp(prefix="llmroute-workers-")  # mode 0700
+            remove_stale_worker_dirs()  # left by a `serve` killed with SIGKILL
+            shared = tempfile.mkdtemp(prefix=worker_dir_prefix())  # mode 0700
             os.environ["LLMROUTE_CONFIG"] = str(Path(config).resolve())
             os.environ[SHARED_DIR_ENV] = shared
             try:

@@ -6,7 +6,8 @@ Interface for the gateway core (everything else in this module is detail)::
                        store_prompts=cfg.trace.store_prompts,
                        store_responses=cfg.trace.store_responses,
                        batch_size=cfg.store.batch_size,
-                       flush_interval_s=cfg.store.flush_interval_s)
+                       flush_interval_s=cfg.store.flush_interval_s,
+                       retention_days=cfg.store.retention_days, max_rows=cfg.store.max_rows)
     store.write(record)                 # hot path: appends to a queue, never blocks, never raises
     store.write_row(values)             # the same for a tuple in TRACE_FIELDS order (the gateway's form)
     await store.aattach_feedback(rid, {"quality": 1.0}, owner=key_id)  # -> False: unknown rid / not key_id's
@@ -39,8 +40,18 @@ Key spend for budgets (see `llmroute.gateway.auth.BudgetManager`) is persisted h
 `add_spend(key_id, period, usd)` (queued like a record) and `load_spend(periods)`.
 `prune(before)` deletes old traces (`llmroute traces prune --older-than 30d`).
 
-Durability: `close`/`flush` lose nothing; a hard kill (SIGKILL, power loss) loses at most the
-records queued in the last `flush_interval_s`. If the database is unreachable the queue grows up
+Retention: with `retention_days` and/or `max_rows` the writer thread deletes traces older than
+that many days and all but the newest `max_rows`, at start and then every `prune_interval_s`
+(in chunks of `_PRUNE_CHUNK` rows, between batches: never on the request path). Key spend is kept.
+
+Durability (group commit): the writer commits everything queued at least every
+`flush_interval_s` (default 10 ms, or sooner once `batch_size` records wait), one transaction for
+all of it. `close`/`flush` lose nothing; a kill -9 loses at most the traces queued in the last
+`flush_interval_s` plus those of the transaction in progress: the responses acknowledged in that
+window. (SQLite runs in WAL mode with synchronous=NORMAL: a committed transaction survives a
+process kill; power loss can also lose the last commits.) Budget spend does not depend on this
+window: it is in the budget ledger before the response goes out (`llmroute.gateway.ledger`).
+If the database is unreachable the queue grows up
 to `max_queue` records, then new records are dropped and counted (`stats()["dropped"]`, exported
 as `llmroute_traces_dropped_total`); the request path never waits for the database.
 """
@@ -70,6 +81,7 @@ __all__ = [
     "TraceStore",
     "open_store",
     "parse_time",
+    "spend_ledger_path",
 ]
 
 log = logging.getLogger("llmroute.gateway.store")
@@ -104,6 +116,7 @@ TRACE_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
 _INDEX = {name: i for i, name in enumerate(_COLUMNS)}
 _PROMPT, _RESPONSE, _EXTRA = _INDEX["prompt"], _INDEX["response"], _INDEX["extra"]
 _LATENCY_KEYS = ("overhead_ms", "upstream_ms", "total_ms", "ttft_ms")
+_PRUNE_CHUNK = 10_000  # rows per DELETE when enforcing retention (keeps each write transaction short)
 _MULTI = 64  # rows per multi-row INSERT of the SQLite backend (x 23 columns: well under SQLite's 32,766 parameters)
 
 
@@ -254,6 +267,7 @@ class _Backend(Protocol):
     def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]: ...
     def count(self) -> int: ...
     def prune(self, before: float) -> int: ...
+    def prune_chunk(self, before: float | None, keep: int | None, limit: int) -> int: ...
     def close(self) -> None: ...
 
 
@@ -385,6 +399,24 @@ class _SQLiteBackend:
     def prune(self, before: float) -> int:
         return int(self.db.execute("DELETE FROM traces WHERE ts < ?", (before,)).rowcount)
 
+    def prune_chunk(self, before: float | None, keep: int | None, limit: int) -> int:
+        """Delete at most `limit` traces (oldest first) older than `before` or beyond the newest `keep`."""
+        cutoff, op = before, "<"
+        if keep is not None:
+            row = self.db.execute(
+                "SELECT ts FROM traces ORDER BY ts DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            if row is not None and (cutoff is None or row[0] >= cutoff):
+                cutoff, op = row[0], "<="  # the newest trace beyond `keep`: it and all older ones go
+        if cutoff is None:
+            return 0
+        return int(
+            self.db.execute(
+                f"DELETE FROM traces WHERE rowid IN (SELECT rowid FROM traces WHERE ts {op} ? ORDER BY ts LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+        )
+
     def close(self) -> None:
         self.db.close()
 
@@ -492,6 +524,26 @@ class _PostgresBackend:
         status = self._run(self.conn.execute("DELETE FROM llmroute_traces WHERE ts < $1", before))
         return int(str(status).split()[-1])
 
+    def prune_chunk(self, before: float | None, keep: int | None, limit: int) -> int:
+        cutoff, op = before, "<"
+        if keep is not None:
+            ts = self._run(
+                self.conn.fetchval("SELECT ts FROM llmroute_traces ORDER BY ts DESC LIMIT 1 OFFSET $1", keep)
+            )
+            if ts is not None and (cutoff is None or ts >= cutoff):
+                cutoff, op = ts, "<="
+        if cutoff is None:
+            return 0
+        status = self._run(
+            self.conn.execute(
+                f"DELETE FROM llmroute_traces WHERE ctid IN (SELECT ctid FROM llmroute_traces "
+                f"WHERE ts {op} $1 ORDER BY ts LIMIT $2)",
+                cutoff,
+                limit,
+            )
+        )
+        return int(str(status).split()[-1])
+
     def close(self) -> None:
         try:
             self._run(self.conn.close())
@@ -560,10 +612,19 @@ class TraceStore:
         store_prompts: bool = False,
         store_responses: bool = False,
         batch_size: int = 256,
-        flush_interval_s: float = 0.5,
+        flush_interval_s: float = 0.01,
         max_queue: int = 1_000_000,
+        retention_days: float | None = None,
+        max_rows: int | None = None,
+        prune_interval_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
+        self.retention_days = retention_days
+        self.max_rows = max_rows
+        self.prune_interval_s = float(prune_interval_s)
+        self.pruned = 0
+        self._clock = clock
         self.store_prompts = store_prompts
         self.store_responses = store_responses
         self.batch_size = max(1, int(batch_size))
@@ -761,7 +822,11 @@ class TraceStore:
             self._ready.set()
             return
         self._ready.set()
+        retain = self.retention_days is not None or self.max_rows is not None
         try:
+            if retain:  # at start (before any queued operation), then every prune_interval_s
+                self._retain(backend)
+            next_prune = time.monotonic() + self.prune_interval_s
             while True:
                 self._wake.wait(self.flush_interval_s)
                 self._wake.clear()
@@ -769,6 +834,9 @@ class TraceStore:
                 if self._closing:
                     self._drain(backend)
                     break
+                if retain and time.monotonic() >= next_prune:
+                    self._retain(backend)
+                    next_prune = time.monotonic() + self.prune_interval_s
         finally:
             # fail whatever is left (only possible if a job was submitted during close)
             while self._q:
@@ -818,6 +886,21 @@ class TraceStore:
         self._insert(backend, rows)
         self._spend(backend, spend)
 
+    def _retain(self, backend: _Backend) -> None:
+        """Enforce `retention_days` / `max_rows`, a chunk at a time, committing queued traces between
+        chunks (so that a long first prune delays them by one chunk's delete at most)."""
+        before = None if self.retention_days is None else self._clock() - self.retention_days * 86400.0
+        try:
+            while True:
+                n = backend.prune_chunk(before, self.max_rows, _PRUNE_CHUNK)
+                self.pruned += n
+                if n < _PRUNE_CHUNK or self._closing:
+                    return
+                self._drain(backend)
+        except Exception as e:
+            self.errors += 1
+            log.error("trace retention failed: %s: %s", type(e).__name__, e)
+
     def _insert(self, backend: _Backend, rows: list[tuple]) -> None:
         if not rows:
             return
@@ -862,12 +945,16 @@ def open_store(
     store_prompts: bool = False,
     store_responses: bool = False,
     batch_size: int = 256,
-    flush_interval_s: float = 0.5,
+    flush_interval_s: float = 0.01,
     max_queue: int = 1_000_000,
+    retention_days: float | None = None,
+    max_rows: int | None = None,
+    prune_interval_s: float = 600.0,
 ) -> TraceStore:
     """Open (creating tables if needed) the trace store at `url` and start its writer thread.
 
-    Raises `StoreError` with the reason when the database cannot be opened.
+    `retention_days` / `max_rows` (None: keep all) are enforced by the writer thread at start and
+    every `prune_interval_s`. Raises `StoreError` with the reason when the database cannot be opened.
     """
     kind, target = _resolve_url(url, base_dir)
     factory: Callable[[], _Backend]
@@ -889,4 +976,30 @@ def open_store(
         batch_size=batch_size,
         flush_interval_s=flush_interval_s,
         max_queue=max_queue,
+        retention_days=retention_days,
+        max_rows=max_rows,
+        prune_interval_s=prune_interval_s,
     )
+
+
+def spend_ledger_path(url: str, ledger: str | None = None, base_dir: str | Path | None = None) -> str | None:
+    """The budget ledger file for a trace store at `url` (`store.ledger` in the config).
+
+    `ledger` given: that path ('off': None, spend stays in memory and the store); relative paths
+    resolve against `base_dir`. Default: beside a SQLite store's file (`<db file>.ledger`),
+    `llmroute-spend.ledger` in `base_dir` with Postgres, None with an in-memory store.
+    """
+    if ledger is not None:
+        text = ledger.strip()
+        if text.lower() in ("off", "none", "false", ""):
+            return None
+        p = Path(text).expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = Path(base_dir) / p
+        return str(p)
+    kind, target = _resolve_url(url, base_dir)
+    if kind == "postgres":
+        return str(Path(base_dir or ".") / "llmroute-spend.ledger")
+    if target == ":memory:":
+        return None
+    return target + ".ledger"
