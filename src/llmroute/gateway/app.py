@@ -66,6 +66,7 @@ from llmroute.gateway.auth import (
 )
 from llmroute.gateway.backends import Backend, BackendError, make_backends
 from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
+from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
@@ -295,7 +296,7 @@ class Gateway:
         # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
         ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
         self.budgets = BudgetManager(cfg.keys, store=self.store, ledger_path=ledger)
-        self.http = HTTPClient(limit_per_origin=1024)
+        self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
         for b in self.backends.values():
             await b.start(self.http)
         self._started = True

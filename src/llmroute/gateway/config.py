@@ -9,10 +9,10 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
 
     server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
-               body_timeout_s, keep_alive_s, max_connections}
+               body_timeout_s, keep_alive_s, max_connections, ca_bundle, proxy}
     models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
-                router_model, replay_table, replay_model, headers}]
+                router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
     aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
@@ -84,6 +84,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+def _check_proxy(v: str) -> str:
+    """A proxy option: 'env', 'none' or an http:// proxy URL (the URL is never echoed: it may hold
+    a password)."""
+    if v in ("env", "none"):
+        return v
+    from llmroute.gateway.backends.proxies import parse_proxy_url
+
+    parse_proxy_url(v, "proxy URL (or 'env' / 'none')")
+    return v
+
+
+def _check_ca_bundle(path: Path, where: str) -> None:
+    """A CA bundle must exist and hold PEM certificates that load."""
+    import ssl
+
+    if not path.is_file():
+        raise ValueError(
+            f"{where}: CA bundle file {str(path)!r} not found (give a PEM file of CA certificates)"
+        )
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ValueError(
+            f"{where}: CA bundle {str(path)!r} holds no usable PEM certificate ({type(e).__name__})"
+        ) from None
+
+
 class ServerConfig(_Strict):
     """Request-path limits and reliability knobs."""
 
@@ -116,6 +143,19 @@ class ServerConfig(_Strict):
     max_connections: int = Field(
         1024, ge=1, description="open connections per worker; more get a 503 and are closed"
     )
+    # upstream connections (`llmroute.gateway.backends.http`); a model's own value overrides these
+    ca_bundle: str | None = Field(
+        None, description="PEM file of CA certificates trusted for https upstreams, besides the system's"
+    )
+    proxy: str = Field(
+        "env",
+        description="upstream proxy: 'env' (HTTPS_PROXY / HTTP_PROXY / NO_PROXY), 'none', or http://[user:pass@]host:port",
+    )
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str) -> str:
+        return _check_proxy(v)
 
 
 class ModelConfig(_Strict):
@@ -135,6 +175,15 @@ class ModelConfig(_Strict):
     replay_table: str | None = None
     replay_model: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    ca_bundle: str | None = Field(
+        None, description="PEM CA file for this upstream (default: server.ca_bundle)"
+    )
+    proxy: str | None = Field(None, description="'env', 'none' or a proxy URL (default: server.proxy)")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        return None if v is None else _check_proxy(v)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -289,6 +338,20 @@ class GatewayConfig(_Strict):
         ids = [k.id for k in self.keys]
         if len(set(ids)) != len(ids):
             raise ValueError("keys: duplicate key id")
+        return self
+
+    @model_validator(mode="after")
+    def _ca_bundles(self) -> GatewayConfig:
+        """CA bundle paths resolved against the config's folder (stored absolute) and checked."""
+        if self.server.ca_bundle:
+            path = self.resolve_path(self.server.ca_bundle)
+            _check_ca_bundle(path, "server.ca_bundle")
+            self.server.ca_bundle = str(path)
+        for i, m in enumerate(self.models):
+            if m.ca_bundle:
+                path = self.resolve_path(m.ca_bundle)
+                _check_ca_bundle(path, f"models[{i}].ca_bundle")
+                m.ca_bundle = str(path)
         return self
 
     def model(self, name: str) -> ModelConfig | None:
