@@ -228,6 +228,11 @@ def _vocab() -> frozenset[str]:
     return frozenset(w for w in vocab if w.isalpha())
 
 
+def warm() -> None:
+    """Load the vocabulary now (once per process, tens of ms) so that the first request does not."""
+    _vocab()
+
+
 def _rare(bare: str) -> bool:
     """A word outside the general vocabulary (nor its singular): a name or a specific thing
     (quinoa, iguana, dashcam) that a paraphrase keeps and a contrast swaps."""

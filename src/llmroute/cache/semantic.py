@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from llmroute.cache.backends import CacheBackend, Entry, RedisBackend, SQLiteBackend
-from llmroute.cache.critical import signature
+from llmroute.cache.critical import signature, warm
 from llmroute.signals.request import content_text, normalise_messages
 
 _WS = re.compile(r"\s+")
@@ -126,6 +126,7 @@ class SemanticCache:
         self._vectors: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # key -> (expires, emb)
         self._vlock = threading.Lock()
         self.stats = CacheStats()
+        warm()  # the critical-token vocabulary, loaded here rather than by the first lookup
 
     @classmethod
     def from_config(
