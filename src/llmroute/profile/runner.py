@@ -28,7 +28,9 @@
 5. **Judge.** Single-answer 1-10 ratings, or pairwise against `settings.pairwise_reference` in both
    orders (`llmroute.profile.judge`). Judge calls count in the cap. A judge failure (no verdict in
    the reply, a timeout, an upstream error) leaves the row's quality empty with `grade_error` set:
-   the row is kept, never guessed.
+   the row is kept, never guessed. In pairwise mode the reference model's own rows get 0.5 (a tie
+   with itself). Code answers are graded (in worker threads, one process each) while the other
+   calls are still in flight.
 6. **Table.** One row per (prompt, model) answered or failed: `prompt_id, prompt, task, model,
    quality, cost_usd, input_tokens, output_tokens, response, latency_s` (tokens from the upstream's
    usage, cost at the config's prices, latency of the successful call) plus `grader`,
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +103,7 @@ class ProfileSettings:
     judge_max_tokens: int = 256
     judge_check: float = 0.1
     code_timeout_s: float = 10.0
-    code_workers: int = 2
+    code_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     task_graders: dict[str, str] = field(default_factory=dict)
     progress: bool = False
 
@@ -387,6 +390,7 @@ async def run_profile(
     made = 0
     skipped = 0
     progress = _Progress(settings.progress)
+    ref = _RefGrader(settings)
     try:
         for name in names:
             cfg = config.model(name)
@@ -441,6 +445,7 @@ async def run_profile(
                     "latency_s": res.latency_s,
                 }
             )
+            ref.start(it, model, graders[it.prompt_id], res.text)
             note()
 
         await asyncio.gather(*(answer(it, m) for it, m in pending))
@@ -486,13 +491,14 @@ async def run_profile(
                             todo.append(judge(it, m, variant, prompt))
             await asyncio.gather(*todo)
         t_judge = time.perf_counter()
-        rows = await _grade_rows(items, graders, journal, failed, judge_failed, settings)
+        rows = await _grade_rows(items, graders, journal, failed, judge_failed, settings, ref)
         timing = {
             "answers_s": t_answers - t_start,
             "judge_s": t_judge - t_answers,
             "grading_s": time.perf_counter() - t_judge,
         }
     finally:
+        ref.cancel()
         progress.stop()
         journal.close()
         for c in callers.values():
@@ -612,6 +618,36 @@ def _judge_outcome(
     return q, None, consistent, cost
 
 
+class _RefGrader:
+    """Reference grading; code runs in worker threads (at most `settings.code_workers` at once), started
+    as soon as an answer arrives so that it overlaps the calls still in flight."""
+
+    def __init__(self, settings: ProfileSettings) -> None:
+        self.settings = settings
+        self.sem = asyncio.Semaphore(max(1, settings.code_workers))
+        self.started: dict[tuple[str, str], asyncio.Task[Grade]] = {}
+
+    async def _grade(self, it: PromptItem, name: str, text: str) -> Grade:
+        t = self.settings.code_timeout_s
+        if name == "code":
+            async with self.sem:
+                return await asyncio.to_thread(grade, name, text, it.reference, it.tests, t)
+        return grade(name, text, it.reference, it.tests, t)
+
+    def start(self, it: PromptItem, model: str, name: str, text: str) -> None:
+        """Begin grading one answer now (code in a thread); `result` collects it."""
+        if name == "code":
+            self.started[(it.prompt_id, model)] = asyncio.ensure_future(self._grade(it, name, text))
+
+    async def result(self, it: PromptItem, model: str, name: str, text: str) -> Grade:
+        task = self.started.pop((it.prompt_id, model), None)
+        return await task if task is not None else await self._grade(it, name, text)
+
+    def cancel(self) -> None:
+        for task in self.started.values():
+            task.cancel()
+
+
 async def _grade_rows(
     items: list[PromptItem],
     graders: dict[str, str],
@@ -619,16 +655,8 @@ async def _grade_rows(
     failed: dict[tuple[str, str], str],
     judge_failed: dict[tuple[str, str, str], str],
     settings: ProfileSettings,
+    ref: _RefGrader,
 ) -> list[dict[str, Any]]:
-    sem = asyncio.Semaphore(max(1, settings.code_workers))
-
-    async def ref_grade(it: PromptItem, name: str, text: str) -> Grade:
-        if name == "code":
-            async with sem:
-                return await asyncio.to_thread(
-                    grade, name, text, it.reference, it.tests, settings.code_timeout_s
-                )
-        return grade(name, text, it.reference, it.tests, settings.code_timeout_s)
 
     async def one(it: PromptItem, model: str) -> dict[str, Any] | None:
         key = (it.prompt_id, model)
@@ -665,7 +693,7 @@ async def _grade_rows(
             "latency_s": rec["latency_s"],
         }
         if name != "judge":
-            g = await ref_grade(it, name, rec["response"])
+            g = await ref.result(it, model, name, rec["response"])
             row["quality"] = math.nan if g.quality is None else g.quality
             row["grade_error"] = g.error
             row["grade_detail"] = g.detail or None
