@@ -445,3 +445,33 @@ def test_fake_skills_are_configurable_and_seeded() -> None:
         body = {"model": "fake-judge", "messages": [{"role": "user", "content": "Rate: [[9]]"}]}
         text = c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
         assert "[[" not in text
+
+
+def test_anthropic_provider_model_is_profiled_through_its_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMROUTE_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    items = [it for it in _items(12) if it.task == "code"]
+    out = tmp_path / "anthropic.parquet"
+    with serve_in_thread() as fake:
+        cfg = _config(fake.base_url)
+        cfg["models"].append(
+            {
+                "name": "claude-code",
+                "provider": "anthropic",
+                "base_url": fake.url,
+                "api_key_env": "LLMROUTE_TEST_ANTHROPIC_KEY",
+                "upstream_model": "skill-code",  # the fake's skilled coder, over /v1/messages
+                "input_per_mtok": 3,
+                "output_per_mtok": 15,
+            }
+        )
+        r = asyncio.run(run_profile(parse_config(cfg), items, ProfileSettings(models=["claude-code"]), out))
+        assert fake.state.last["skill-code"]["max_tokens"] == 512  # sent through the Messages API
+    df = load_table(out).df
+    assert len(df) == len(items) == r.summary["rows"]
+    assert (df["quality"] == 1.0).mean() >= 0.5  # skill-code is right on ~95% of code prompts
+    assert (df["input_tokens"] > 0).all() and (df["output_tokens"] > 0).all()
+    assert df["cost_usd"].to_numpy() == pytest.approx(
+        ((df["input_tokens"] * 3 + df["output_tokens"] * 15) / 1e6).to_numpy().astype(float)
+    )
