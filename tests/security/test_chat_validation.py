@@ -18,9 +18,8 @@ import openai
 import pytest
 
 from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
-from llmroute.gateway.api_openai import check_number
-from llmroute.gateway.asgi import bad_request
 from llmroute.gateway.auth import GatewayError, hash_key
+from llmroute.gateway.schemas import ChatRequest, MessagesRequest, validate
 
 KEY = "sk-validation-0123456789ab"
 HI = [{"role": "user", "content": "hello"}]
@@ -233,23 +232,29 @@ def test_405_carries_allow(gw: GatewayHandle, method: str, path: str, allow: str
         assert r.json()["error"]["code"] == "method_not_allowed"
 
 
-# ---- the shared helper ---------------------------------------------------------------------------
+# ---- the shared validator (schemas.validate) ------------------------------------------------------
 
 
-def test_check_number_unit() -> None:
-    body: dict[str, Any] = {"a": 3.0, "b": None, "c": float("nan"), "d": 5}
-    check_number(body, "a", 1, None, integer=True)
-    assert body["a"] == 3 and isinstance(body["a"], int)
-    check_number(body, "b", 0, 1)  # null: absent
-    check_number(body, "missing", 0, 1)
+def test_validate_unit() -> None:
+    hi = [{"role": "user", "content": "hi"}]
+    body: dict[str, Any] = {"model": "m", "messages": hi, "n": 3.0, "temperature": None, "future": [1]}
+    assert validate(body, ChatRequest) is body  # the same dict: unknown fields stay
+    assert body["n"] == 3 and isinstance(body["n"], int)  # integral float -> int
+    assert body["temperature"] is None and body["future"] == [1]  # null: absent
+    for bad, param in [
+        ({"temperature": float("nan")}, "temperature"),  # NaN is out of every range
+        ({"n": 3.5}, "n"),
+        ({"n": 129}, "n"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"llmroute": {"tradeoff": 1, "x": 2}}, "llmroute.x"),
+    ]:
+        with pytest.raises(GatewayError) as e:
+            validate({"model": "m", "messages": hi, **bad}, ChatRequest)
+        assert e.value.status == 400 and e.value.param == param
+        assert e.value.message.startswith(f"'{param}'")
+    m: dict[str, Any] = {"model": "m", "max_tokens": 5.0, "top_k": 0.0, "messages": hi}
+    validate(m, MessagesRequest)
+    assert isinstance(m["max_tokens"], int) and isinstance(m["top_k"], int)
     with pytest.raises(GatewayError) as e:
-        check_number(body, "missing", 0, 1, required=True)
-    assert e.value.param == "missing"
-    with pytest.raises(GatewayError):
-        check_number(body, "c", 0, 2)  # NaN is out of every range
-    check_number(body, "d", 5, 5, integer=True)
-    with pytest.raises(GatewayError):
-        check_number(body, "d", 6, None, integer=True)
-    with pytest.raises(GatewayError):
-        check_number(body, "d", None, 4)
-    assert bad_request("x", "p").status == 400
+        validate([], ChatRequest)
+    assert e.value.param is None and "JSON object" in e.value.message

@@ -1,8 +1,8 @@
 """OpenAI chat completions (`POST /v1/chat/completions`): request validation, responses, SSE encoding.
 
 `OPENAI_CHAT` is the API family the shared request pipeline (`llmroute.gateway.app`) runs chat
-requests with. A chat body is already what backends take: it is validated (a 400, never a 500,
-before anything runs) and routed as it is, unknown fields passing through; responses and stream
+requests with. A chat body is already what backends take: it is validated against `schemas.ChatRequest`
+(a 400, never a 500, before anything runs) and routed as it is, unknown fields passing through; responses and stream
 chunks go back as the backends produced them.
 """
 
@@ -15,6 +15,7 @@ import orjson
 
 from llmroute.gateway.asgi import bad_request
 from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
+from llmroute.gateway.schemas import ChatRequest, validate
 
 if TYPE_CHECKING:
     from llmroute.gateway.auth import GatewayError
@@ -23,59 +24,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DONE",
     "OPENAI_CHAT",
-    "ROLES",
     "OpenAIChat",
     "OpenAIStream",
-    "check_number",
     "check_output_fits",
     "validate_chat",
 ]
 
-ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
-#: Upper bounds of `n` (OpenAI's) and of the token counts (a 32-bit int: upstream APIs take no more).
-MAX_N, MAX_TOKENS = 128, 2**31 - 1
-#: The chat request's numeric fields: (name, minimum, maximum, integer), as OpenAI documents them.
-_NUMBERS: tuple[tuple[str, float | None, float | None, bool], ...] = (
-    ("temperature", 0, 2, False),
-    ("top_p", 0, 1, False),
-    ("presence_penalty", -2, 2, False),
-    ("frequency_penalty", -2, 2, False),
-    ("n", 1, MAX_N, True),
-    ("max_tokens", 1, MAX_TOKENS, True),
-    ("max_completion_tokens", 1, MAX_TOKENS, True),
-)
 #: The last event of every OpenAI chat stream.
 DONE = b"data: [DONE]\n\n"
-
-
-def check_number(
-    body: dict[str, Any],
-    key: str,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    integer: bool = False,
-    required: bool = False,
-) -> None:
-    """400 naming `key` unless `body[key]` is absent/null (allowed unless `required`) or a number in
-    [`lo`, `hi`] (either bound None: open). With `integer`, an integral float such as 417.0 is
-    accepted and stored back as the int 417 (what upstream APIs expect); 417.5 is a 400."""
-    v = body.get(key)
-    if v is None and not required:
-        return
-    if isinstance(v, float) and integer and v.is_integer():
-        v = body[key] = int(v)
-    if not isinstance(v, int | float) or isinstance(v, bool) or (integer and not isinstance(v, int)):
-        what = "an integer" if integer else "a number"
-        raise bad_request(f"'{key}' {'is required and ' if required else ''}must be {what}.", key)
-    if (lo is not None and not v >= lo) or (hi is not None and not v <= hi):  # NaN fails both
-        if hi is None:
-            want = f">= {lo:g}" if not (integer and lo == 1) else "a positive integer"
-        elif lo is None:
-            want = f"<= {hi:g}"
-        else:
-            want = f"between {lo:g} and {hi:g}"
-        raise bad_request(f"'{key}' must be {want}, got {v}.", key)
 
 
 def check_output_fits(body: dict[str, Any], windows: Sequence[tuple[str, int | None]]) -> None:
@@ -96,51 +52,11 @@ def check_output_fits(body: dict[str, Any], windows: Sequence[tuple[str, int | N
     )
 
 
-def validate_chat(body: Any) -> None:
-    """OpenAI chat request checks that must give a 400 (never a 500) before anything runs."""
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request(
-            "'model' is required and must be a non-empty string (a model name or an alias "
-            "such as 'llmroute/auto').",
-            "model",
-        )
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise bad_request(
-            "'messages' is required and must be a non-empty array of {role, content} objects.", "messages"
-        )
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise bad_request(f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
-        role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise bad_request(f"messages[{i}].role must be one of {sorted(ROLES)}.", f"messages[{i}].role")
-        c = m.get("content")
-        if c is not None and not isinstance(c, str | list):
-            raise bad_request(
-                f"messages[{i}].content must be a string or an array of content parts.",
-                f"messages[{i}].content",
-            )
-    for k, lo, hi, integer in _NUMBERS:
-        if k in body:
-            check_number(body, k, lo, hi, integer=integer)
-    for k, types, what in (
-        ("stream", (bool,), "a boolean"),
-        ("tools", (list,), "an array"),
-        ("stream_options", (dict,), "an object"),
-        ("llmroute", (dict,), 'an object such as {"tradeoff": 0.0, "max_cost": 0.01}'),
-    ):
-        v = body.get(k)
-        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
-            raise bad_request(f"'{k}' must be {what}.", k)
-    for i, t in enumerate(body.get("tools") or ()):
-        if not isinstance(t, dict):
-            raise bad_request(
-                f"tools[{i}] must be an object such as {{'type': 'function', ...}}.", f"tools[{i}]"
-            )
+def validate_chat(body: Any) -> dict[str, Any]:
+    """The chat body checked against `schemas.ChatRequest` (a 400 naming the field, never a 500,
+    before anything runs; integral floats of integer fields become ints); unknown top-level fields
+    pass through, only the `llmroute` object is strict."""
+    return validate(body, ChatRequest)
 
 
 class OpenAIStream:
@@ -186,8 +102,7 @@ class OpenAIChat:
 
     def parse(self, body: Any) -> dict[str, Any]:
         """The validated chat body, routed as it is."""
-        validate_chat(body)
-        return body  # type: ignore[no-any-return]
+        return validate_chat(body)
 
     def error_body(self, e: GatewayError) -> bytes:
         """The OpenAI error body `{"error": {"message", "type", "param", "code"}}`."""

@@ -12,11 +12,12 @@ gateway's routing engine, auth, store and metrics, and the shared pipeline's `Ga
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from llmroute.gateway.api_openai import validate_chat
+from llmroute.gateway import schemas as S
 from llmroute.gateway.asgi import (
     JSON,
     Handler,
@@ -39,109 +40,163 @@ if TYPE_CHECKING:
     from llmroute.gateway.config import GatewayConfig
     from llmroute.gateway.routing import RoutingEngine
 
-__all__ = ["OpsEndpoints", "model_list", "openapi_document"]
+__all__ = ["OpsEndpoints", "model_list", "openapi_document", "validate_route"]
 
 
-def openapi_document() -> dict[str, Any]:
-    """The gateway's OpenAPI 3.1 document (served at /openapi.json)."""
-    msg = {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "content": {}}}
-    chat = {
-        "type": "object",
-        "required": ["model", "messages"],
-        "additionalProperties": True,
-        "properties": {
-            "model": {
-                "type": "string",
-                "description": "a model name (passes through) or an alias such as llmroute/auto; an "
-                "alias takes a per-request policy suffix: @0.3 or @share=0.3 (share of requests for "
-                "the strong model), @tradeoff=50",
-            },
-            "messages": {"type": "array", "items": msg},
-            "stream": {"type": "boolean"},
-            "tools": {"type": "array"},
-            "tool_choice": {},
-            "response_format": {"type": "object"},
-            "temperature": {"type": "number"},
-            "max_tokens": {"type": "integer"},
-            "n": {"type": "integer"},
-            "llmroute": {
-                "type": "object",
-                "description": "per-request policy (other fields: 400)",
-                "additionalProperties": False,
-                "properties": {
-                    "tradeoff": {"type": ["number", "null"], "minimum": 0},
-                    "max_cost": {"type": ["number", "null"], "minimum": 0},
-                    "min_quality": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                    "strong_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                    "on_unmet": {"enum": ["closest", "reject", None]},
-                },
-            },
-        },
-    }
-    err = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": {},
-                    "code": {},
-                },
-            }
-        },
-    }
-    trace_headers = {
-        h: {"schema": {"type": "string"}}
-        for h in ("x-llmroute-request-id", "x-llmroute-model", "x-llmroute-reason")
-    }
-    for h, what in (
-        ("x-llmroute-constraint", "with max_cost/min_quality: 'met' or which limit no candidate meets"),
-        ("x-llmroute-rule", "the rules that changed this request's policy"),
-        ("x-llmroute-tradeoff", "the trade-off a rule set"),
-    ):
-        trace_headers[h] = {"schema": {"type": "string"}, "description": what}
+#: (path, method, summary, request schema or None, 2xx schema, 2xx media types, error schema)
+_OPERATIONS: tuple[tuple[str, str, str, Any, Any, tuple[str, ...], Any], ...] = (
+    (
+        "/v1/chat/completions",
+        "post",
+        "Chat completion, routed when model is an alias (stream: text/event-stream)",
+        S.ChatRequest,
+        S.ChatCompletion,
+        ("application/json", "text/event-stream"),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/messages",
+        "post",
+        "Anthropic Messages API, routed to any backend (stream: text/event-stream)",
+        S.MessagesRequest,
+        S.AnthropicReply,
+        ("application/json", "text/event-stream"),
+        S.AnthropicError,
+    ),
+    (
+        "/v1/route",
+        "post",
+        "Routing decision only (no upstream call)",
+        S.RouteRequest,
+        S.Decision,
+        ("application/json",),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/feedback",
+        "post",
+        "Attach an outcome (quality in [0, 1], any other fields) to a request id",
+        S.FeedbackRequest,
+        S.FeedbackAck,
+        ("application/json",),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/models",
+        "get",
+        "Aliases and models the caller's API key may use",
+        None,
+        S.ModelList,
+        ("application/json",),
+        S.OpenAIError,
+    ),
+    ("/healthz", "get", "Liveness and breaker states", None, S.Health, ("application/json",), S.OpenAIError),
+    ("/metrics", "get", "Prometheus metrics", None, None, ("text/plain",), S.OpenAIError),
+    ("/openapi.json", "get", "This document", None, None, ("application/json",), S.OpenAIError),
+)
+#: a routed alias's per-request policy suffixes, as `RoutingEngine.split_model` accepts them
+_TRADEOFF_SUFFIX = r"@tradeoff=[0-9]{1,4}(?:\.[0-9]{1,4})?"
+_SHARE_SUFFIX = r"@(?:(?:share|strong_share)=)?(?:0(?:\.[0-9]{1,4})?|1(?:\.0{1,4})?)"
+_TRACE_HEADERS = (
+    ("x-llmroute-request-id", "this request's id (for /v1/feedback)"),
+    ("x-llmroute-model", "the model that answered"),
+    ("x-llmroute-reason", "why that model"),
+    ("x-llmroute-constraint", "with max_cost/min_quality: 'met' or which limit no candidate meets"),
+    ("x-llmroute-rule", "the rules that changed this request's policy"),
+    ("x-llmroute-tradeoff", "the trade-off a rule set"),
+)
 
-    def op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        o: dict[str, Any] = {
+
+def _maps_shares(engine: RoutingEngine | None, alias: str) -> bool:
+    """Whether `alias` takes a strong share (model suffix, `llmroute.strong_share`); unknown
+    without an engine (then assumed)."""
+    if engine is None:
+        return True
+    plan = engine.plans.get(alias)
+    return plan is not None and plan.no_threshold is None and plan.maps_shares()
+
+
+def _model_schema(config: GatewayConfig, engine: RoutingEngine | None) -> dict[str, Any]:
+    """The served `model` field: a configured model or alias, or an alias with a policy suffix
+    (a strong-share suffix only on aliases whose router maps shares)."""
+    names = [*config.aliases, *(m.name for m in config.models)]
+    out: dict[str, Any] = {"anyOf": [{"enum": names}]}
+    share = [a for a in config.aliases if _maps_shares(engine, a)]
+    for aliases, suffix in ((list(config.aliases), _TRADEOFF_SUFFIX), (share, _SHARE_SUFFIX)):
+        if aliases:
+            alt = "|".join(re.escape(a) for a in aliases)
+            out["anyOf"].append({"type": "string", "pattern": f"^(?:{alt})(?:{suffix})$"})
+    return out
+
+
+def openapi_document(
+    config: GatewayConfig | None = None, engine: RoutingEngine | None = None
+) -> dict[str, Any]:
+    """The gateway's OpenAPI 3.1 document (served at /openapi.json), generated from the request
+    and response schemas of `llmroute.gateway.schemas`: what it describes is what the server
+    validates. With `config` (and its `engine`), `model` lists the configured models and aliases
+    (an alias with the policy suffixes it takes too), `llmroute.strong_share` is left out where no
+    alias maps shares, and with API keys the endpoints that need one say so."""
+    structs = [s for op in _OPERATIONS for s in (op[3], op[4], op[6]) if s is not None]
+    refs, components = S.json_schemas(list(dict.fromkeys(structs)))
+    ref = dict(zip(dict.fromkeys(structs), refs, strict=True))
+    if config is not None:
+        model = _model_schema(config, engine)
+        if engine is not None and not any(_maps_shares(engine, a) for a in config.aliases):
+            del components["RequestPolicy"]["properties"]["strong_share"]
+        for s in (S.ChatRequest, S.MessagesRequest, S.RouteRequest):
+            prop = components[s.__name__]["properties"]["model"]
+            prop.pop("type", None)
+            prop.pop("minLength", None)
+            prop.update(model)
+    headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in _TRACE_HEADERS}
+    secured = config is not None and bool(config.keys)
+    paths: dict[str, Any] = {}
+    for path, method, summary, body, ok, media, err in _OPERATIONS:
+        ok_content = {
+            m: {"schema": ref[ok] if ok is not None and m == "application/json" else {}} for m in media
+        }
+        error = {"description": "error", "content": {"application/json": {"schema": ref[err]}}}
+        op: dict[str, Any] = {
             "summary": summary,
             "responses": {
-                "200": {"description": "OK", "headers": trace_headers},
-                "4XX": {"description": "client error", "content": {"application/json": {"schema": err}}},
+                "200": {"description": "OK", "headers": headers, "content": ok_content},
+                "4XX": {**error, "description": "client error (the field at fault in the message)"},
+                "5XX": {**error, "description": "upstream or gateway error"},
             },
         }
         if body is not None:
-            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        return o
-
-    return {
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[body]}}}
+        if secured and path not in ("/healthz", "/metrics", "/openapi.json"):
+            op["security"] = [{"bearer": []}]
+        paths[path] = {method: op}
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "llmroute gateway",
             "version": "0.1.0",
-            "description": "OpenAI-compatible routing gateway: aliases route each request to a model.",
+            "description": "OpenAI-compatible routing gateway: aliases route each request to a model. "
+            "Generated from the request schemas the server validates with.",
         },
-        "paths": {
-            "/v1/chat/completions": {"post": op("Chat completion, routed when model is an alias", chat)},
-            "/v1/messages": {"post": op("Anthropic Messages API, routed to any backend", {"type": "object"})},
-            "/v1/route": {"post": op("Routing decision only", chat)},
-            "/v1/feedback": {
-                "post": op(
-                    "Attach an outcome to a request id",
-                    {
-                        "type": "object",
-                        "required": ["request_id"],
-                        "properties": {"request_id": {"type": "string"}, "quality": {"type": "number"}},
-                    },
-                )
-            },
-            "/v1/models": {"get": op("Aliases and models the caller's API key may use")},
-            "/healthz": {"get": op("Liveness and breaker states")},
-            "/metrics": {"get": op("Prometheus metrics")},
-            "/openapi.json": {"get": op("This document")},
-        },
+        "paths": paths,
+        "components": {"schemas": components},
     }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
+
+
+def validate_route(body: Any) -> dict[str, Any]:
+    """A `/v1/route` body checked against `schemas.RouteRequest` (400 naming the field), with
+    `prompt` turned into one user message when `messages` is absent."""
+    body = S.validate(body, S.RouteRequest)
+    if body.get("messages") is None:
+        if body.get("prompt") is None:
+            raise bad_request(
+                "'messages' is required (or 'prompt', a string standing for one user message).", "messages"
+            )
+        body["messages"] = [{"role": "user", "content": body["prompt"]}]
+    return body
 
 
 def model_list(config: GatewayConfig, engine: RoutingEngine) -> list[dict[str, Any]]:
@@ -189,7 +244,7 @@ class OpsEndpoints:
         self.model_list = model_list(gateway.config, gateway.engine)
         self._models_body = self._models_for(None)
         self._models_by_key: dict[str, bytes] = {}
-        self._openapi = orjson.dumps(openapi_document())
+        self._openapi = orjson.dumps(openapi_document(gateway.config, gateway.engine))
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """(method, path) -> handler, for the gateway's dispatch table."""
@@ -210,10 +265,7 @@ class OpsEndpoints:
         gw = self.gw
         rid = gw.new_id()
         try:
-            body = await read_json(scope, receive, gw.max_body, gw.max_depth)
-            if isinstance(body, dict) and "messages" not in body and isinstance(body.get("prompt"), str):
-                body["messages"] = [{"role": "user", "content": body["prompt"]}]
-            validate_chat(body)
+            body = validate_route(await read_json(scope, receive, gw.max_body, gw.max_depth))
             _ctx, decision, _ = await gw.prepare(scope, body, rid, "route")
         except GatewayError as e:
             if e.status in (401, 403, 429):
@@ -252,19 +304,12 @@ class OpsEndpoints:
         request id is answered 404 like an unknown one: ids of other tenants are not confirmed)."""
         gw = self.gw
         try:
-            body = await read_json(scope, receive, gw.max_body, gw.max_depth)
-            if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
-                raise bad_request(
-                    "'request_id' is required (the x-llmroute-request-id of a response).", "request_id"
-                )
+            body = S.validate(await read_json(scope, receive, gw.max_body, gw.max_depth), S.FeedbackRequest)
             owner = None
             if gw.auth.enabled:
                 key = gw.auth.authenticate(request_headers(scope))
                 owner = key.id if key is not None else None
             outcome = {k: v for k, v in body.items() if k != "request_id"}
-            q = outcome.get("quality")
-            if q is not None and (not isinstance(q, int | float) or isinstance(q, bool) or not 0 <= q <= 1):
-                raise bad_request("'quality' must be a number in [0, 1].", "quality")
             if not outcome:
                 raise bad_request('Give an outcome, e.g. {"request_id": ..., "quality": 1.0}.')
             found = await gw.store.aattach_feedback(body["request_id"], outcome, owner) if gw.store else False
