@@ -367,7 +367,7 @@ async def run_profile(
     estimate passes the cap (without --partial) and `ValueError` for unknown models or prompts
     that nothing can grade."""
     from llmroute.gateway.backends import make_backend
-    from llmroute.gateway.backends.http import HTTPClient
+    from llmroute.gateway.backends.base import upstream_client
 
     out = Path(out)
     t_start = time.perf_counter()
@@ -383,7 +383,7 @@ async def run_profile(
     }
     cap = CostCap(settings.max_usd, journal.spent)
     names = list(dict.fromkeys([*settings.models, *([settings.judge] if settings.judge else [])]))
-    http = HTTPClient(limit_per_origin=1024)
+    http = upstream_client(config.server, limit_per_origin=1024)  # server.ca_bundle and server.proxy apply
     callers: dict[str, _Caller] = {}
     failed: dict[tuple[str, str], str] = {}
     judge_failed: dict[tuple[str, str, str], str] = {}
