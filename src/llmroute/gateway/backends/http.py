@@ -1,9 +1,10 @@
 """A lean pooled HTTP/1.1 client for upstream calls (asyncio protocol + the httptools parser).
 
 Why a hand-written client and not aiohttp or httpx: upstream calls are the gateway's hot path.
-Measured on the reference 2-core box (one process, 16 concurrent callers, a loopback server
-answering a 600-byte JSON body; CPU time of the client process per request): this client ~19 us,
-aiohttp's ClientSession ~90 us, httpx.AsyncClient ~1,300 us. At the gateway's 5,000 req/s bar
+Measured on the reference 2-core box with `benchmarks/upstream_client.py` (one process, 16
+concurrent callers, a loopback server answering a 600-byte JSON body; CPU time of the client
+process per request): this client ~19 us, aiohttp's ClientSession ~90 us, httpx.AsyncClient
+~1,300 us (under heavy load on the box all three grow, the ratios stay). At the gateway's 5,000 req/s bar
 (200 us of CPU per request for everything) aiohttp would spend a third of the budget, httpx
 several times all of it. What httpx would give for free is implemented here and tested
 (tests/security/test_upstream_http.py): environment proxies, a private CA bundle, decoded
