@@ -11,9 +11,12 @@ invalid data rejected), bounded by a fixed number of examples per operation and 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,34 @@ expected-statuses = ["2xx", "401", "403", "404", "422", "429"]
 """
 
 
+ANTHROPIC_KEY_ENV = "LLMROUTE_TEST_FUZZ_ANTHROPIC_KEY"
+
+
 @pytest.fixture(scope="module")
 def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHandle]:
+    """Two OpenAI-compatible models and an Anthropic one (`claude-fake`: chat requests routed to it
+    go through the OpenAI -> Anthropic translation), all on the fake upstream."""
     cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("openapi-fuzz"))
-    with run_gateway(cfg, routers={"default": StubRouter()}) as url:
-        yield url
+    cfg["models"].append(
+        {
+            "name": "claude-fake",
+            "provider": "anthropic",
+            "base_url": fake_server.url,
+            "api_key_env": ANTHROPIC_KEY_ENV,
+            "upstream_model": "claude-x",
+            "input_per_mtok": 3,
+            "output_per_mtok": 15,
+            "router_model": "strong",
+            "timeout_s": 5,
+        }
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setenv(ANTHROPIC_KEY_ENV, "sk-ant-test")
+    try:
+        with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+            yield url
+    finally:
+        mp.undo()
 
 
 def test_served_document_is_generated_from_the_schemas(gw: GatewayHandle) -> None:
@@ -48,7 +74,7 @@ def test_served_document_is_generated_from_the_schemas(gw: GatewayHandle) -> Non
     assert chat["properties"]["n"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 128}
     # the served model field lists what this gateway routes
     names = chat["properties"]["model"]["anyOf"][0]["enum"]
-    assert set(names) == {"llmroute/auto", "fake-strong", "fake-weak"}
+    assert set(names) == {"llmroute/auto", "fake-strong", "fake-weak", "claude-fake"}
     post = doc["paths"]["/v1/messages"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/MessagesRequest"
@@ -79,11 +105,11 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
-        "11",
+        os.environ.get("LLMROUTE_FUZZ_SEED", "11"),
         "--workers",
         "1",
         "--phases",
-        "examples,coverage,fuzzing",
+        "examples,coverage,fuzzing,stateful",
         "--request-timeout",
         "20",
         "--suppress-health-check",
@@ -101,3 +127,12 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     # generated valid chat / messages requests were accepted and reached the upstream
     # (before the schemas, every generated POST was a 400)
     assert sum(fake_server.state.counts.values()) - upstream_before >= 20, report
+    # the stateful phase followed the documented link: feedback on completions' request ids
+    url = gw.app.config.store.url
+    deadline = time.monotonic() + 10  # the trace writer commits every 50 ms here
+    rated = 0
+    while not rated and time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+            rated = db.execute("SELECT COUNT(*) FROM traces WHERE outcome IS NOT NULL").fetchone()[0]
+        time.sleep(0.1)
+    assert rated > 0, report

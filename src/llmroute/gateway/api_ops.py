@@ -152,12 +152,18 @@ def openapi_document(
     headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in _TRACE_HEADERS}
     secured = config is not None and bool(config.keys)
     paths: dict[str, Any] = {}
+    # a completion's request id is what /v1/feedback takes (schemathesis' stateful phase follows it)
+    feedback = {
+        "operationId": "feedback",
+        "requestBody": {"request_id": "$response.header.x-llmroute-request-id", "quality": 1},
+    }
     for path, method, summary, body, ok, media, err in _OPERATIONS:
         ok_content = {
             m: {"schema": ref[ok] if ok is not None and m == "application/json" else {}} for m in media
         }
         error = {"description": "error", "content": {"application/json": {"schema": ref[err]}}}
         op: dict[str, Any] = {
+            "operationId": path.rsplit("/", 1)[-1].split(".")[0],
             "summary": summary,
             "responses": {
                 "200": {"description": "OK", "headers": headers, "content": ok_content},
@@ -165,6 +171,8 @@ def openapi_document(
                 "5XX": {**error, "description": "upstream or gateway error"},
             },
         }
+        if path in ("/v1/chat/completions", "/v1/messages"):
+            op["responses"]["200"]["links"] = {"Feedback": feedback}
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[body]}}}
         if secured and path not in ("/healthz", "/metrics", "/openapi.json"):

@@ -9,9 +9,11 @@
 
 Validation only checks: the caller keeps its decoded JSON dict (what goes upstream), except that
 integral floats of integer fields (417.0) are rewritten as ints. msgspec was chosen over pydantic
-by measured cost: a typical chat body validates in ~1.4 us (pydantic v2 strict: ~5.8 us; the
-hand-written checks it replaces: ~3.4 us). A violation is a `GatewayError` 400 whose `param` and
-message name the field by its JSON path (`messages[0].content[2].source.data`).
+by measured cost (2-core box under load, best of 5): a typical chat body's Struct check takes
+~1.4 us in msgspec and ~5.8 us as a strict pydantic v2 model; through `validate`, a typical chat
+body takes 2.9 us, an 80-message one 20 us and a typical Messages body 3.5 us (the
+hand-written checks they replace: 4.6, 33 and 7.8 us). A violation is a `GatewayError` 400 whose
+`param` and message name the field by its JSON path (`messages[0].content[2].source.data`).
 """
 
 from __future__ import annotations
