@@ -10,10 +10,12 @@ trace store, same ledger file):
 - the restarted gateway enforces that spend: with the day budget set just below it, the key is
   refused at once (a gateway that had lost a single request's cost would admit it);
 - every acknowledged response older than the trace writer's window (`store.flush_interval_s`,
-  10 ms; the test waits 50 windows) has its trace row;
+  10 ms; the test waits 50 windows) has its trace row (from the database, or from the killed
+  process's journal, stored by the restart);
 - the workers' temporary folder of the killed `serve` is gone after the restart.
 
-Unit level: retention (rows older than `retention_days` deleted, the newest `max_rows` kept, at
+Unit level: the journal of a killed writer stored at the next open (not a live writer's),
+retention (rows older than `retention_days` deleted, the newest `max_rows` kept, at
 start and periodically by the writer), the ledger path a config resolves to, a ledger entry whose
 pid was reused by another process, and the removal of stale workers folders.
 """
@@ -265,6 +267,62 @@ def _rows(st: Any, stamps: list[float]) -> None:
     for i, ts in enumerate(stamps):
         st.write({"request_id": f"r{i:04d}", "ts": ts, "model": "m", "status": 200})
     st.flush_sync()
+
+
+_WRITER = """
+import os, sys, time
+from llmroute.gateway.store import open_store
+st = open_store(sys.argv[1], commit_interval_s=3600, batch_size=10_000)
+for i in range(int(sys.argv[2])):
+    st.write({"request_id": f"j{i:04d}", "model": "m", "status": 200, "cost_usd": 0.001 * i})
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+def _journal_lines(folder: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in folder.glob("*.jsonl"))
+
+
+def test_journal_of_a_killed_process_is_stored_at_the_next_open(tmp_path: Path) -> None:
+    # a writer that commits to the database only hourly: its records are only in its journal,
+    # appended within the flush window; SIGKILL it, and the next store of that database keeps them
+    url = f"sqlite:///{tmp_path}/t.sqlite"
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, url, "40"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "written"
+        journal = tmp_path / "t.sqlite.journal"
+        end = time.monotonic() + 30
+        while _journal_lines(journal) < 40 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert _journal_lines(journal) == 40
+        with open_store(url) as live:  # the writer is alive: its journal is not touched
+            assert live.count() == 0 and live.replayed == 0
+        assert _journal_lines(journal) == 40
+    finally:
+        child.kill()
+        child.wait(30)
+    with open_store(url) as st:
+        assert st.replayed == 40
+        rows = {r["request_id"]: r for r in st.query(limit=None)}
+    assert sorted(rows) == [f"j{i:04d}" for i in range(40)]
+    assert rows["j0007"]["cost_usd"] == pytest.approx(0.007)
+    assert not list(journal.glob("*.jsonl"))  # stored, then removed (and this store's own on close)
+
+
+def test_journal_group_commit_then_database_commit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.sqlite"
+    with open_store(url, commit_interval_s=3600, batch_size=10_000) as st:
+        for i in range(5):
+            st.write({"request_id": f"g{i}", "model": "m", "status": 200})
+        end = time.monotonic() + 30
+        while _journal_lines(tmp_path / "t.sqlite.journal") < 5 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert st.queued == 5  # journaled, not yet in the database
+        assert st.count() == 5  # a read commits what was queued before it
+        assert st.queued == 0 and _journal_lines(tmp_path / "t.sqlite.journal") == 0
+    with open_store(url, journal=False) as st:
+        assert st.journal_dir is None and st.count() == 5
 
 
 def test_retention_days_deletes_old_rows_at_start(tmp_path: Path) -> None:

@@ -290,6 +290,8 @@ class Gateway:
                 retention_days=cfg.store.retention_days,
                 max_rows=cfg.store.max_rows,
                 prune_interval_s=cfg.store.prune_interval_s,
+                journal=cfg.store.journal,
+                commit_interval_s=cfg.store.commit_interval_s,
             ),
         )
         self.metrics.bind_store(self.store)

@@ -17,7 +17,8 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
-               batch_size, flush_interval_s, ledger, retention_days, max_rows, prune_interval_s}
+               batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
+               max_rows, prune_interval_s}
     trace:    {store_prompts: false, store_responses: false}
 
 The key/budget fields are read by `llmroute.gateway.auth`; `store.url` by
@@ -266,7 +267,14 @@ class StoreConfig(_Strict):
         0.01,
         gt=0,
         le=60,
-        description="the trace writer commits at least this often (a kill -9 loses at most this much)",
+        description="traces reach the journal (or the database) at least this often: a kill -9 "
+        "loses at most this window",
+    )
+    journal: bool = Field(
+        True, description="SQLite: group-commit traces to a journal beside the database between commits"
+    )
+    commit_interval_s: float = Field(
+        0.5, gt=0, description="with a journal: traces are committed to the database this often"
     )
     ledger: str | None = Field(
         None,
