@@ -93,6 +93,29 @@ def test_mix_is_the_documented_mixture() -> None:
     np.testing.assert_allclose(mixed, 0.5 * 1 + 0.25 * head.ability_[None] + 0.25 * q)
 
 
+def test_mix_follows_new_abilities_and_supports() -> None:
+    """`mix` caches its per-set terms; a head given new arrays (a refit, an added or removed model)
+    mixes with the new ones, and the same arrays give the same result."""
+    head = RegimeHead()
+    head.ability_ = np.array([0.9, 0.6, 0.5])
+    head.supports_ = np.array([[True, True, False]])
+    q = np.array([[0.7, 0.4, 0.2]])
+    known = np.array([[0.0, 0.0, 1.0]])
+    first = head.mix(q.copy(), known)
+    np.testing.assert_allclose(first, [[0.7, 0.4, (0.7 + 0.4) / 2 + 0.5 - 0.75]])
+    np.testing.assert_array_equal(head.mix(q.copy(), known), first)
+    for _ in range(50):  # new arrays, whatever ids the allocator hands out
+        head.ability_ = np.array([0.9, 0.6, 0.3])
+        np.testing.assert_allclose(head.mix(q.copy(), known), [[0.7, 0.4, 0.55 + 0.3 - 0.75]])
+        head.ability_ = np.array([0.9, 0.6, 0.5])
+        np.testing.assert_allclose(head.mix(q.copy(), known), first)
+    head.supports_ = np.array([[True, True, True]])  # the set now saw every model: q itself
+    np.testing.assert_allclose(head.mix(q.copy(), known), q)
+    head.ability_ = np.array([0.9, 0.6])  # a model removed
+    head.supports_ = np.array([[True, False]])
+    np.testing.assert_allclose(head.mix(q[:, :2].copy(), known), [[0.7, 0.7 + 0.6 - 0.9]])
+
+
 def test_head_rejects_bad_input() -> None:
     X, P = _clusters(5)
     sup = np.array([[True, True]])
@@ -113,6 +136,7 @@ def test_training_corpus_is_labelled_and_distinct_from_the_dev_set() -> None:
     assert len(corpus) > 1000
     assert {x.tier for x in corpus} == set(TIERS)
     assert all(x.text.strip() for x in corpus)
+
     def norm(t: str) -> str:
         return re.sub(r"\W+", " ", t.lower()).strip()
 

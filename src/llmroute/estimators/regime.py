@@ -264,17 +264,18 @@ class RegimeHead:
         """Per model set k: (k, its support mask, the (1, m) ability offsets of the unseen models'
         stand-in, or None when it saw every model); computed once per fitted state (the request
         path calls `mix` for every batch)."""
-        key = (id(self.supports_), id(self.ability_))
         cached = getattr(self, "_mix_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        # the very arrays the terms were computed from (held, so a new array cannot take their id);
+        # fitting, loading or adding a model assigns new arrays
+        if cached is not None and cached[0] is self.supports_ and cached[1] is self.ability_:
+            return cached[2]
         terms: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         for k, seen in enumerate(self.supports_):
             if seen.all():
                 terms.append((k, seen, None))
             else:
                 terms.append((k, seen, (self.ability_ - self.ability_[seen].mean())[None, :]))
-        self._mix_cache = (key, terms)
+        self._mix_cache = (self.supports_, self.ability_, terms)
         return terms
 
     # ---- state -------------------------------------------------------------------------
