@@ -73,17 +73,19 @@ def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Route
     assert picked[topics == "arithmetic"].mean() > 0.6
 
 
-def test_an_uncertain_copy_is_not_preferred_to_the_model_it_copies(router: Router, tables) -> None:
-    """A profile of 5 rows that measures exactly big-70b's outcomes: the new model is estimated
-    below big-70b everywhere (the shift for an uncertain profile), so at trade-off 0 it is never
-    picked over it, even though it is cheaper."""
-    train, test = tables
+def test_a_small_profile_is_estimated_below_its_measured_level(router: Router, tables) -> None:
+    """5 rows of big-70b's outcomes: the estimate is shifted down by the profile's standard
+    error (an uncertain model is picked only where it is clearly better), and the closest known
+    model is reported; with 60 rows the shift is smaller."""
+    train, _ = tables
     prof = _profile(train, "big-70b", 5, seed=3)
-    summary = router.add_model("big-clone", prof, price=ModelPrice(0.1, 0.1), profile_model="big-70b")
-    assert summary["closest_known_model"] == "big-70b" and summary["shift"] > 0
-    q, _ = router.estimate(test.prompts)
-    assert (q[:, 3] < q[:, 0]).all()  # column 0: big-70b
-    assert all(d.model != "big-clone" for d in router.route_batch(test.prompts, tradeoff=0.0))
+    small = router.add_model("clone-5", prof, profile_model="big-70b")
+    assert small["closest_known_model"] == "big-70b" and small["shift"] > 0
+    q, _ = router.estimate(prof.prompts)
+    measured = float(prof.quality_matrix()[:, 0].mean())
+    assert q[:, -1].mean() < measured - small["shift"] / 2
+    large = router.add_model("clone-60", _profile(train, "big-70b", 60, seed=4), profile_model="big-70b")
+    assert 0 < large["shift"] < small["shift"]
 
 
 def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
@@ -209,3 +211,88 @@ def test_cli_models_add_list_remove_round_trip(base: Router, tables, tmp_path: P
         app, ["models", "add", "x", "--profile", str(tmp_path / "none.parquet"), "--out", str(out3)]
     )
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_report_is_written_and_names_the_models(base: Router, tables, tmp_path: Path) -> None:
+    """`llmroute models report`: an HTML page (chart embedded) naming every profiled model,
+    with the specialist's pick share and an expected saving; the router file is unchanged."""
+    train, _ = tables
+    router_file = base.save(tmp_path / "r.safetensors")
+    prof = tmp_path / "profile.parquet"
+    ids = train.prompt_ids[:80]
+    _rows(train.subset(ids), {NEW, "tiny-1b"}).df.to_parquet(prof)
+    out = tmp_path / "rep" / "report.html"
+    res = runner.invoke(
+        app, ["models", "report", "--profile", str(prof), "--router", str(router_file), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert NEW in page and "tiny-1b" in page and "data:image/png;base64," in page
+    assert "added from the profile" in page and "expected saving" in page
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert Router.load(router_file).models == base.models
+
+
+def test_report_numbers(base: Router, tables, tmp_path: Path) -> None:
+    from llmroute.onboard_report import profile_report
+
+    train, _ = tables
+    r = Router.load(base.save(tmp_path / "r.safetensors"))
+    rep = profile_report(r, _rows(train.subset(train.prompt_ids[:80]), {NEW, "tiny-1b"}))
+    assert rep["added_models"] == [NEW] and r.models == base.models
+    by = {m["model"]: m for m in rep["models"]}
+    assert by[NEW]["by_task"]["arithmetic"]["quality"] > 0.8 > by[NEW]["by_task"]["poetry"]["quality"]
+    # the arithmetic specialist is picked at trade-off 0 on about its topic's share of prompts
+    assert 0.1 < rep["pick_share_with"][NEW][0] < 0.45
+    # adding a model can only lower the least cost that reaches a quality (it is one more option)
+    assert rep["expected_saving"] is not None and rep["expected_saving"] >= 0
+
+
+def test_gateway_adds_a_model_with_a_profile_at_startup(base: Router, tables, tmp_path: Path) -> None:
+    """A config model with `profile:` is added to the loaded router; /v1/route then sends the
+    arithmetic prompts to the specialist at trade-off 0, and the rest where they went before."""
+    import httpx
+
+    from conftest import run_gateway
+
+    train, test = tables
+    router_file = base.save(tmp_path / "r.safetensors")
+    prof = tmp_path / "math.parquet"
+    _profile(train, NEW, 80).df.to_parquet(prof)
+    url = "http://127.0.0.1:9/v1"  # never called: /v1/route makes no upstream call
+    models = [{"name": m, "base_url": url} for m in ("big-70b", "code-13b", "tiny-1b")]
+    config = {
+        "models": [*models, {"name": NEW, "base_url": url, "profile": str(prof)}],
+        "routers": {"default": str(router_file)},
+        "aliases": {"llmroute/auto": {"router": "default", "tradeoff": 0}},
+    }
+    topics = np.array(test.tasks)
+    prompts = [p for p, t in zip(test.prompts, topics, strict=True) if t in ("arithmetic", "poetry")][:24]
+    want = [d.model for d in base.route_batch(prompts, tradeoff=0.0)]
+    with run_gateway(config) as gw:
+        got = [
+            httpx.post(gw.root + "/v1/route", json={"model": "llmroute/auto", "prompt": p}, timeout=30).json()
+            for p in prompts
+        ]
+    chosen = [g["model"] for g in got]
+    kinds = [t for t in topics if t in ("arithmetic", "poetry")][:24]
+    assert [c for c, k in zip(chosen, kinds, strict=True) if k == "poetry"] == [
+        w for w, k in zip(want, kinds, strict=True) if k == "poetry"
+    ]
+    arith = [c == NEW for c, k in zip(chosen, kinds, strict=True) if k == "arithmetic"]
+    assert sum(arith) > len(arith) / 2
+
+
+def test_gateway_profile_errors_name_the_model(base: Router, tmp_path: Path) -> None:
+    from llmroute.gateway.config import parse_config
+    from llmroute.gateway.routing import load_router
+
+    router_file = base.save(tmp_path / "r.safetensors")
+    cfg = parse_config(
+        {
+            "models": [{"name": "x", "base_url": "http://127.0.0.1:9/v1", "profile": "missing.parquet"}],
+            "routers": {"default": str(router_file)},
+        }
+    )
+    with pytest.raises(FileNotFoundError, match=r"models\.x\.profile"):
+        load_router(str(router_file), cfg)

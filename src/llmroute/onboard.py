@@ -28,7 +28,7 @@ from llmroute.estimators.profiled import ProfiledEstimator, fit_profile
 if TYPE_CHECKING:
     from llmroute.router import Router
 
-__all__ = ["ProfileData", "add_model", "list_models", "profile_data", "remove_model"]
+__all__ = ["ProfileData", "add_model", "list_models", "profile_data", "profile_table", "remove_model"]
 
 
 class ProfileData:
@@ -51,7 +51,8 @@ class ProfileData:
         self.price = price
 
 
-def _as_table(profile: RoutingTable | str | Path) -> RoutingTable:
+def profile_table(profile: RoutingTable | str | Path) -> RoutingTable:
+    """A profile given as a `RoutingTable` or a path (`llmroute.data.load_table`), as a table."""
     if isinstance(profile, RoutingTable):
         return profile
     from llmroute.data import load_table
@@ -65,7 +66,7 @@ def profile_data(profile: RoutingTable | str | Path, model: str) -> ProfileData:
     A table that holds exactly one model is that model's profile whatever its name. Raises
     ValueError when the model is absent or none of its rows has a quality.
     """
-    table = _as_table(profile)
+    table = profile_table(profile)
     source = model
     if model not in table.models:
         if len(table.models) != 1:

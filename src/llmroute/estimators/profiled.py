@@ -9,12 +9,15 @@ estimator (the *base*, trained on the known models) and adds one column per prof
              - s                               (a pessimistic shift for an uncertain profile)
 
 - ``w, b``: non-negative ridge regression of the profile's qualities on the base's estimates
-  q_j for the same prompts, shrunk toward the *closest known model* (the one whose estimates
-  follow the profile most closely, plus its mean offset); the penalty is chosen by 5-fold
+  q_j for the same prompts, shrunk toward equal weights (the prompt's difficulty as all known
+  models see it, plus the profile's mean offset); the penalty is chosen by 5-fold
   cross-validation on the profile with the one-standard-error rule (the strongest shrinkage
   within one standard error of the best), and a very strong one is always a candidate, so a
-  small or noisy profile yields "the closest known model, shifted by the measured mean
-  difference". Non-negative weights keep the estimate inside the range the known models span.
+  small or noisy profile yields "an average known model, shifted to the measured level".
+  Non-negative weights keep the estimate inside the range the known models span. (Shrinking
+  toward the single closest known model instead transplants that model's prompt-by-prompt
+  swings, which a small profile cannot confirm, and in leave-one-model-out runs it hurt the
+  router several times as often; the closest model is still reported.)
 - ``r(x)``: the leave-one-out residuals of that fit, smoothed over the prompt embeddings with
   a cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual
   (sum_i K_i e_i / (kappa + sum_i K_i)), so a region with few profile prompts falls back to 0.
@@ -55,7 +58,8 @@ class ProfileFit:
 
     w: (m_base,) weights on the base estimates; b: intercept; shift: pessimistic shift;
     emb: (k, d) profile embeddings and resid: (k,) their residuals (empty when the residual is
-    off); beta, kappa: the residual kernel; closest: index of the closest base model;
+    off); beta, kappa: the residual kernel; closest: index of the base model whose estimates
+    are closest to the profile (least mean squared difference; reported only);
     n_rows: graded profile rows; loo_rmse: leave-one-out error of the final estimate.
     """
 
@@ -131,22 +135,17 @@ def fit_profile(base_q: np.ndarray, emb: np.ndarray, y: np.ndarray, z: float = 1
         )
     if not np.all(np.isfinite(y)):
         raise ValueError("profile qualities must be finite (drop ungraded rows first)")
-    # the closest known model: least spread of (profile - its estimate), i.e. after its offset
+    # the closest known model (reported): the least mean squared difference from the profile
     diff = y[:, None] - P
-    closest = int(np.argmin(diff.var(axis=0) + 1e-12 * np.arange(m)))
-    import os
-
-    w0 = np.zeros(m)
-    if os.environ.get("F2_PRIOR") == "mean":
-        w0[:] = 1.0 / m
-    else:
-        w0[closest] = 1.0
-    if k < 3:  # too few rows to cross-validate: the closest model plus its mean offset
-        b = float(y.mean() - P[:, closest].mean())
-        sd = max(float(np.sqrt(np.mean((diff[:, closest] - diff[:, closest].mean()) ** 2))), 0.5)
-        return ProfileFit(w0, b, z * sd / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
+    closest = int(np.argmin((diff**2).mean(axis=0) + 1e-12 * np.arange(m)))
+    # the prior: every known model alike (the prompt's difficulty as the known models see it),
+    # plus the profile's mean offset; the data move the weights toward particular models
+    w0 = np.full(m, 1.0 / m)
+    if k < 3:  # too few rows to cross-validate: the prior plus the mean offset, shifted by 0.5 / sqrt(k)
+        b = float(y.mean() - P.mean(axis=0) @ w0)
+        return ProfileFit(w0, b, z * 0.5 / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
     # penalty by 5-fold CV with the one-standard-error rule: the strongest shrinkage toward the
-    # closest model whose held-out error is within one standard error of the best
+    # prior whose held-out error is within one standard error of the best
     folds = np.random.default_rng(0).permutation(k) % min(5, k)
     cv = [_cv_residuals(P, y, w0, a * k, folds) for a in _ALPHAS]
     errs = np.array([np.mean(r**2) for r in cv])

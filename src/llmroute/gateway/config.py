@@ -173,6 +173,11 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_concurrency: int = Field(256, gt=0)
     router_model: str | None = Field(None, description="router column that estimates this model")
+    profile: str | None = Field(
+        None,
+        description="profile table (graded rows of this model, e.g. from `llmroute profile`): routers "
+        "that lack its router column get it added from the profile at startup, without retraining",
+    )
     replay_table: str | None = None
     replay_model: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)

@@ -290,19 +290,50 @@ def choose_one(
 
 
 def load_router(ref: str, config: GatewayConfig) -> RouterLike:
-    """Load a router by config reference: a saved router path or 'builtin:default'."""
+    """Load a router by config reference (a saved router path or 'builtin:default'), with the
+    configured models that have a `profile:` added (`add_profiled_models`)."""
     from llmroute.router import Router
 
     if ref == "builtin:default":
         from llmroute.router import default_router_path
 
-        return Router.load(default_router_path())
-    path = config.resolve_path(ref)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"router file {path} not found (routers: give a saved router path or 'builtin:default')"
-        )
-    return Router.load(path)
+        router = Router.load(default_router_path())
+    else:
+        path = config.resolve_path(ref)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"router file {path} not found (routers: give a saved router path or 'builtin:default')"
+            )
+        router = Router.load(path)
+    add_profiled_models(router, config)
+    return router
+
+
+def add_profiled_models(router: Any, config: GatewayConfig) -> list[str]:
+    """Add to `router` every configured model with a `profile:` whose router column it lacks
+    (`llmroute.onboard.add_model`: the profile's rows named like the model, or like its
+    router_model, or a one-model table; its config price when set). Returns the added columns."""
+    from llmroute.data.table import ModelPrice
+    from llmroute.onboard import add_model, profile_table
+
+    added: list[str] = []
+    for m in config.models:
+        col = m.estimated_by
+        if not m.profile or col in router.models or col in added:
+            continue
+        path = config.resolve_path(m.profile)
+        if not path.exists():
+            raise FileNotFoundError(f"models.{m.name}.profile: {path} not found")
+        table = profile_table(path)
+        source = m.name if m.name in table.models else col
+        priced = m.input_per_mtok > 0 or m.output_per_mtok > 0
+        price = ModelPrice(m.input_per_mtok, m.output_per_mtok) if priced else None
+        try:
+            add_model(router, col, table, price, profile_model=source)
+        except ValueError as exc:
+            raise ValueError(f"models.{m.name}.profile: {exc}") from exc
+        added.append(col)
+    return added
 
 
 Hook = Callable[[RequestContext, "RoutingEngine"], Awaitable["RouteDecision | None"]]
