@@ -126,7 +126,7 @@ class ServerConfig(_Strict):
     breaker_cooldown_s: float = Field(10.0, gt=0, description="open time before a half-open probe")
     max_fallbacks: int = Field(3, ge=0, description="other candidates tried after the first")
     route_batch: int = Field(
-        8, ge=1, le=256, description="router estimates batched per event-loop turn (1 = off)"
+        32, ge=1, le=256, description="router estimates batched per event-loop turn (1 = off)"
     )
     blas_threads: int | None = Field(1, ge=1, description="BLAS threads per worker (None: leave as is)")
     # slow and oversized clients (enforced per connection by `llmroute.gateway._uvicorn`)
