@@ -4,13 +4,15 @@ Why a hand-written client and not aiohttp or httpx: upstream calls are the gatew
 Measured on the reference 2-core box with `benchmarks/upstream_client.py` (one process, 16
 concurrent callers, a loopback server answering a 600-byte JSON body; CPU time of the client
 process per request): this client ~19 us, aiohttp's ClientSession ~90 us, httpx.AsyncClient
-~1,300 us (under heavy load on the box all three grow, the ratios stay). At the gateway's 5,000 req/s bar
-(200 us of CPU per request for everything) aiohttp would spend a third of the budget, httpx
-several times all of it. What httpx would give for free is implemented here and tested
-(tests/security/test_upstream_http.py): environment proxies, a private CA bundle, decoded
-response bodies. It speaks only what upstream LLM APIs need: one request per connection at a
-time, request bodies sent with Content-Length, responses with Content-Length, chunked encoding
-or close-delimited.
+~1,300 us (under heavy load on the box all three grow, the ratios stay). At the gateway's
+5,000 req/s bar (200 us of CPU per request for everything) aiohttp would take almost half of
+it, httpx several times all of it. The price is this module: what httpx gives for free is
+implemented here and tested (tests/security/test_upstream_http.py): environment proxies, a
+private CA bundle, decoded response bodies. Not supported (none is needed by the upstream APIs
+the gateway speaks to): HTTP/2, SOCKS and https:// proxies, proxy auth other than Basic, zstd.
+It speaks only what upstream LLM APIs need: one request per connection at a time, request
+bodies sent with Content-Length, responses with Content-Length, chunked encoding or
+close-delimited.
 
     client = HTTPClient(limit_per_origin=1024)          # created at gateway startup, not global
     resp = await client.request("POST", url, headers, body)   # -> Response(status, headers, body)
