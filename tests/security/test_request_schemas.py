@@ -17,6 +17,8 @@ import openai
 import pytest
 
 from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
+from llmroute.gateway.auth import GatewayError
+from llmroute.gateway.schemas import ChatRequest, validate
 
 ANTHROPIC_KEY_ENV = "LLMROUTE_TEST_SCHEMAS_ANTHROPIC_KEY"
 HI = [{"role": "user", "content": "hello"}]
@@ -180,3 +182,20 @@ def test_feedback_bounds_are_inclusive(gw: GatewayHandle) -> None:
     for q in (0, 1, 0.5):
         r = httpx.post(f"{gw}/feedback", json={"request_id": "unknown", "quality": q}, timeout=10)
         assert r.status_code == 404, r.text  # valid: only the id is unknown
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"messages": [{"role": "u" * 100_000}]}, "messages[0].role"),
+        ({"tools": [{"type": "z" * 100_000}]}, "tools[0].type"),
+        ({"llmroute": {"k" * 100_000: 1}}, "llmroute." + "k" * 64),
+        ({"temperature": 3, "model": "m" * 100_000}, "temperature"),
+    ],
+)
+def test_errors_stay_short_whatever_the_client_sent(extra: dict[str, Any], param: str) -> None:
+    """A huge wrong value or key is shortened in the message and `param` (the client sent it)."""
+    with pytest.raises(GatewayError) as e:
+        validate({"model": "m", "messages": HI, **extra}, ChatRequest)
+    assert e.value.param == param and len(e.value.message) < 500
+    assert e.value.message.startswith(f"'{param}'")
