@@ -172,10 +172,23 @@ class Served:
         self._fh.close()
 
     def kill9(self) -> None:
+        """SIGKILL to the whole process group; returns once every process of it is gone (reaped),
+        as it would be long before an operator restarts the gateway."""
+        group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == self.proc.pid]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self._fh.close()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(os.path.exists(f"/proc/{p}") for p in group):
+            time.sleep(0.05)
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
 
 
 @contextlib.contextmanager
