@@ -229,7 +229,11 @@ class SharedLedger:
             i = used.get(d)
             if i is None:
                 if not free:
-                    raise ValueError(f"the ledger {self.path} has no free slot for key '{kid}' ({cap} slots)")
+                    raise ValueError(
+                        f"the ledger {self.path} has no free slot for key '{kid}' ({cap} slots): stop "
+                        "the gateway and move the file away; the next start makes a larger one, seeded "
+                        "with the spend persisted in the trace store"
+                    )
                 i = free.pop(0)
                 off = _HEADER_BYTES + i * _SLOT_BYTES
                 mm[off : off + 16] = d
