@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -41,7 +42,7 @@ import yaml
 from conftest import free_port, loopback_config, start_fake_server
 from llmroute.gateway.auth import BudgetManager, GatewayError, hash_key
 from llmroute.gateway.config import parse_config
-from llmroute.gateway.ledger import SharedLedger, process_start
+from llmroute.gateway.ledger import SharedLedger, process_start, read_spend
 from llmroute.gateway.serve import remove_stale_worker_dirs, worker_dir_prefix
 from llmroute.gateway.store import open_store, spend_ledger_path
 
@@ -232,6 +233,15 @@ def _kill9_run(fake_server: Any, tmp_path: Path, workers: int) -> None:
             model="llmroute/auto", messages=[{"role": "user", "content": "hi"}], max_tokens=5
         )
 
+        # what `llmroute keys spend` reports (read from the ledger, as the budgets count it)
+        shown = subprocess.run(
+            [sys.executable, "-c", "from llmroute.cli import app; app()", "keys", "spend", "--config",
+             str(tmp_path / "gateway.yaml"), "--json"],
+            capture_output=True, text=True, check=True, timeout=120,
+        )  # fmt: skip
+        team_a = json.loads(shown.stdout)["team-a"]
+        assert team_a["day_usd"] == pytest.approx(spent, rel=1e-12, abs=1e-15)
+        assert team_a["month_usd"] == pytest.approx(spent, rel=1e-12, abs=1e-15)
         books = BudgetManager(gw.keys, ledger_path=ledger)
         try:
             use = books.usage("team-a")
@@ -390,6 +400,33 @@ def test_budget_manager_with_a_ledger_keeps_spend_across_instances(tmp_path: Pat
     )
     a.close()
     b.close()
+
+
+def test_keys_spend_reads_the_ledger(tmp_path: Path) -> None:
+    # the store's copy of the spend lags (a kill -9 before its commit); the CLI shows the ledger's
+    from llmroute.gateway.auth import _day_span, period_ids
+
+    url = f"sqlite:///{tmp_path}/t.sqlite"
+    day, month = period_ids(time.time())
+    with open_store(url) as st:
+        st.add_spend("team-a", day, 0.1)
+        st.add_spend("team-a", month, 0.1)
+        st.add_spend("team-b", month, 0.5)  # no ledger slot: the store's figure stands
+    bm = BudgetManager([{"id": "team-a"}], ledger_path=spend_ledger_path(url))
+    for _ in range(5):
+        bm.commit(bm.reserve("team-a", 0.2), 0.05)
+    span = _day_span(time.time())
+    assert read_spend(spend_ledger_path(url) or "", ["team-a", "x"], span[4], span[5]) == {
+        "team-a": (pytest.approx(0.25), pytest.approx(0.25))
+    }
+    bm.close()
+    res = subprocess.run(
+        [sys.executable, "-c", "from llmroute.cli import app; app()", "keys", "spend", "--store", url, "--json"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    out = json.loads(res.stdout)
+    assert out["team-a"] == {"day_usd": pytest.approx(0.25), "month_usd": pytest.approx(0.25)}
+    assert out["team-b"] == {"day_usd": 0.0, "month_usd": 0.5}
 
 
 class _LaggingStore:

@@ -45,7 +45,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SHARED_DIR_ENV", "SharedLedger", "process_alive", "process_start", "shared_dir_from_env"]
+__all__ = [
+    "SHARED_DIR_ENV",
+    "SharedLedger",
+    "process_alive",
+    "process_start",
+    "read_spend",
+    "shared_dir_from_env",
+]
 
 SHARED_DIR_ENV = "LLMROUTE_SHARED_DIR"
 
@@ -100,6 +107,37 @@ def process_alive(pid: int, start: float = 0.0) -> bool:
         now = process_start(pid)
         return not now or now == start
     return True
+
+
+def read_spend(
+    path: str | Path, key_ids: Sequence[str], day: int, month: int
+) -> dict[str, tuple[float, float]]:
+    """{key_id: (day spent, month spent)} from the ledger file at `path` for day number `day` and
+    month number `month` (see the module docstring), for the ids that have a slot; read-only (a
+    shared lock, nothing claimed), so a CLI can read a running gateway's books. {} if no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return {}
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        head = os.pread(fd, 24, 0)
+        if head[:8] != _MAGIC:
+            raise ValueError(f"{path} is not an llmroute ledger file (or an older layout)")
+        cap = int.from_bytes(head[8:16], "little")
+        slots = os.pread(fd, cap * _SLOT_BYTES, _HEADER_BYTES)
+    finally:
+        os.close(fd)  # releases the lock
+    by_digest = {_digest(k): k for k in key_ids}
+    out: dict[str, tuple[float, float]] = {}
+    for i in range(cap):
+        rec = slots[i * _SLOT_BYTES : (i + 1) * _SLOT_BYTES]
+        kid = by_digest.get(bytes(rec[:16]))
+        if kid is None:
+            continue
+        v = memoryview(rec[16:]).cast("d")  # day no, day spent, day res, month no, month spent, ...
+        out[kid] = (v[1] if v[0] == day else 0.0, v[4] if v[3] == month else 0.0)
+    return out
 
 
 class SharedLedger:

@@ -274,12 +274,24 @@ def spend_cmd(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Spend per key in the current UTC day and month (as the budgets count it)."""
+    """Spend per key in the current UTC day and month, as the budgets count it: from the budget
+    ledger (`store.ledger`, exact, also while the gateway runs) where it has the key, else from the
+    spend persisted in the trace store."""
     import time
 
-    from llmroute.gateway.auth import period_ids
+    from llmroute.gateway.auth import _day_span
+    from llmroute.gateway.ledger import read_spend
+    from llmroute.gateway.store import spend_ledger_path
 
-    day, month = period_ids(time.time())
+    _, _, day, month, day_no, month_no = _day_span(time.time())
+    url, base_dir = resolve_store_url(store, config)
+    key_ids: list[str] = []
+    ledger_opt = None
+    if config is not None and not store:
+        from llmroute.gateway.config import load_config
+
+        cfg = load_config(config)
+        key_ids, ledger_opt = [k.id for k in cfg.keys], cfg.store.ledger
     st = _open(store, config)
     try:
         spend = st.load_spend([day, month])
@@ -290,6 +302,10 @@ def spend_cmd(
         out.setdefault(kid, {"day_usd": 0.0, "month_usd": 0.0})[
             "day_usd" if period == day else "month_usd"
         ] = usd
+    ledger = spend_ledger_path(url, ledger_opt, base_dir)
+    if ledger is not None:
+        for kid, (d, m) in read_spend(ledger, sorted({*key_ids, *out}), day_no, month_no).items():
+            out[kid] = {"day_usd": d, "month_usd": m}
     if as_json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
