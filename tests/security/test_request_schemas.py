@@ -18,6 +18,7 @@ import pytest
 
 from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
 from llmroute.gateway.auth import GatewayError
+from llmroute.gateway.routing import parse_request_policy
 from llmroute.gateway.schemas import ChatRequest, validate
 
 ANTHROPIC_KEY_ENV = "LLMROUTE_TEST_SCHEMAS_ANTHROPIC_KEY"
@@ -199,3 +200,21 @@ def test_errors_stay_short_whatever_the_client_sent(extra: dict[str, Any], param
         validate({"model": "m", "messages": HI, **extra}, ChatRequest)
     assert e.value.param == param and len(e.value.message) < 500
     assert e.value.message.startswith(f"'{param}'")
+
+
+def test_request_policy_is_checked_by_its_schema_too() -> None:
+    """`parse_request_policy` (the pipeline's own check of `llmroute`) derives from RequestPolicy."""
+    assert parse_request_policy(None) == {}
+    assert parse_request_policy({"tradeoff": 0, "max_cost": None}) == {"tradeoff": 0, "max_cost": None}
+    for obj, param in [
+        ([1], "llmroute"),
+        ({"tradeof": 1}, "llmroute.tradeof"),
+        ({"min_quality": 1.01}, "llmroute.min_quality"),
+        ({"strong_share": -0.1}, "llmroute.strong_share"),
+        ({"max_cost": True}, "llmroute.max_cost"),
+        ({"on_unmet": "maybe"}, "llmroute.on_unmet"),
+    ]:
+        with pytest.raises(GatewayError) as e:
+            parse_request_policy(obj)
+        assert e.value.status == 400 and e.value.param == param
+        assert e.value.message.startswith(f"'{param}'")

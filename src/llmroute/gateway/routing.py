@@ -58,6 +58,7 @@ import numpy as np
 
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.config import AliasConfig, GatewayConfig, ModelConfig
+from llmroute.gateway.schemas import RequestPolicy, validate
 from llmroute.policy import choose_row, unmet_constraints
 
 __all__ = [
@@ -105,8 +106,6 @@ def conversation_text(messages: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(t for t in (_text(m.get("content")) for m in messages) if t)
 
 
-_POLICY_FIELDS = ("tradeoff", "max_cost", "min_quality", "strong_share", "on_unmet")
-_ON_UNMET = ("closest", "reject")
 SUFFIX_HELP = (
     "@<share> or @share=<share> (share of requests for the strong model, 0..1; e.g. "
     "llmroute/auto@0.3) or @tradeoff=<lambda >= 0> (e.g. llmroute/auto@tradeoff=50)"
@@ -118,38 +117,13 @@ def _bad(message: str, param: str) -> GatewayError:
 
 
 def parse_request_policy(obj: Any) -> dict[str, Any]:
-    """Validate the body object `llmroute: {...}`: the per-request policy fields.
-
-    tradeoff, max_cost: numbers >= 0 (or null: no value); min_quality, strong_share: numbers in
-    [0, 1] (or null); on_unmet: "closest" or "reject". Any other field, or a bad value, is a 400
-    `GatewayError` naming `llmroute.<field>`.
-    """
+    """Validate the body object `llmroute: {...}`, the per-request policy, against
+    `schemas.RequestPolicy` (tradeoff, max_cost: numbers >= 0; min_quality, strong_share: numbers
+    in [0, 1]; on_unmet: "closest" or "reject"; each may be null: no value). Any other field, or
+    a bad value, is a 400 `GatewayError` naming `llmroute.<field>`."""
     if obj is None:
         return {}
-    if not isinstance(obj, dict):
-        raise _bad(f"'llmroute' must be an object with any of {list(_POLICY_FIELDS)}.", "llmroute")
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        if k not in _POLICY_FIELDS:
-            raise _bad(
-                f"Unknown field 'llmroute.{k}'; the per-request policy takes {', '.join(_POLICY_FIELDS)}.",
-                f"llmroute.{k}",
-            )
-        if k == "on_unmet":
-            if v is not None and v not in _ON_UNMET:
-                raise _bad(f"'llmroute.on_unmet' must be one of {list(_ON_UNMET)}.", "llmroute.on_unmet")
-        elif v is not None:
-            unit = k in ("min_quality", "strong_share")
-            if (
-                not isinstance(v, int | float)
-                or isinstance(v, bool)
-                or not v >= 0  # NaN too
-                or (unit and v > 1)
-            ):
-                want = "a number in [0, 1]" if unit else "a non-negative number"
-                raise _bad(f"'llmroute.{k}' must be {want} or null.", f"llmroute.{k}")
-        out[k] = v
-    return out
+    return validate(obj, RequestPolicy, prefix="llmroute")
 
 
 def parse_model_suffix(suffix: str) -> dict[str, float]:

@@ -505,9 +505,13 @@ def _value_at(body: Any, steps: list[str | int]) -> Any:
     return body
 
 
-def schema_error(e: msgspec.ValidationError, schema: type[Struct], body: Any = None) -> GatewayError:
-    """The 400 for a msgspec validation error of `schema`: `param` and the message's first words
-    name the field by its JSON path; the message says what the field takes."""
+def schema_error(
+    e: msgspec.ValidationError, schema: type[Struct], body: Any = None, prefix: str = ""
+) -> GatewayError:
+    """The 400 for a msgspec validation error of `schema` (checking `body`, found at `prefix` in the
+    request): `param` and the message's first words name the field by its JSON path; the message
+    says what the field takes."""
+    pre: list[str | int] = [prefix] if prefix else []
     text = str(e)
     m = _WHERE.search(text)
     if m is None and len(text) > 300:  # a long value in the message: keep its start
@@ -518,14 +522,14 @@ def schema_error(e: msgspec.ValidationError, schema: type[Struct], body: Any = N
     what = what if len(what) <= 200 else what[:200] + "..."  # the client's own value, shortened
     if f:
         steps.append(f.group(2)[:64])
-        path = _path(steps)
+        path = _path(pre + steps)
         if f.group(1) == "missing required":
             return bad_request(f"'{path}' is required.{_hint(schema, steps)}", path)
-        parent = _path(steps[:-1])
+        parent = _path(pre + steps[:-1])
         known = [x.encode_name for st in _structs(_type_at(schema, steps[:-1])) for x in st.fields]
         where = f"'{parent}'" if parent else "the body"
         return bad_request(f"'{path}': unknown field; {where} takes {', '.join(known)}.", path)
-    path = _path(steps)
+    path = _path(pre + steps)
     if not path:
         return bad_request("The request body must be a JSON object.")
     x = _EXPECTED.match(what)
@@ -554,10 +558,14 @@ def _type_at(schema: type[Struct], steps: list[str | int]) -> mi.Type | None:
     return t
 
 
-def validate(body: Any, schema: type[Struct]) -> dict[str, Any]:
+def validate(body: Any, schema: type[Struct], prefix: str = "") -> dict[str, Any]:
     """Check the decoded JSON `body` against `schema` and return it (the same dict, with integral
-    floats of integer fields rewritten as ints); a `GatewayError` 400 naming the field otherwise."""
+    floats of integer fields rewritten as ints); a `GatewayError` 400 naming the field otherwise.
+    `prefix`: the path of `body` inside the request (e.g. "llmroute"), for the field names."""
     if type(body) is not dict:
+        if prefix:
+            fields = ", ".join(f.encode_name for st in _structs(_info(schema)) for f in st.fields)
+            raise bad_request(f"'{prefix}' must be an object with any of: {fields}.", prefix)
         raise bad_request("The request body must be a JSON object.")
     for k in integer_fields(schema):
         v = body.get(k)
@@ -566,7 +574,7 @@ def validate(body: Any, schema: type[Struct]) -> dict[str, Any]:
     try:
         msgspec.convert(body, schema, strict=True)
     except msgspec.ValidationError as e:
-        raise schema_error(e, schema, body) from None
+        raise schema_error(e, schema, body, prefix) from None
     return body
 
 
