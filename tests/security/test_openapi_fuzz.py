@@ -1,9 +1,12 @@
 """#11 item 9: the served `/openapi.json` describes what the server accepts.
 
-A real gateway (StubRouter, two models on the fake upstream) on 127.0.0.1, fuzzed by the
-schemathesis CLI from its own `/openapi.json`: every operation, positive and negative modes, every
-check (no 5xx, status codes, content types, headers and bodies as documented, valid data accepted,
-invalid data rejected), bounded by a fixed number of examples per operation and a seed.
+A real gateway (StubRouter; two OpenAI-compatible models and an Anthropic one, on the fake
+upstream) on 127.0.0.1, fuzzed by the schemathesis CLI from its own `/openapi.json`: every
+operation, positive and negative modes, every check (no 5xx, status codes, content types, headers
+and bodies as documented, valid data accepted, invalid data rejected), the examples, coverage,
+fuzzing and stateful phases (a completion's request id -> /v1/feedback), bounded by a fixed number
+of examples per operation and a seed (~1 min on 2 cores; LLMROUTE_FUZZ_EXAMPLES and
+LLMROUTE_FUZZ_SEED run it longer or elsewhere: seed 3 with 150 examples, 3,271 cases, passes).
 
 `positive_data_acceptance` also takes 422: a valid request whose per-request policy
 (`llmroute.on_unmet: reject`) no candidate meets is refused as documented, not as malformed.
@@ -93,7 +96,9 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
     junit = tmp_path / "junit.xml"
     cmd = [
-        str(Path(sys.executable).with_name("schemathesis")),
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
         "--config-file",
         str(tmp_path / "schemathesis.toml"),
         "run",
