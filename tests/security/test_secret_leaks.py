@@ -150,6 +150,7 @@ def leaky(
     cfg = loopback_config(fake_server.base_url, tmp_path)
     for m in cfg["models"]:
         m["api_key_env"] = "LLMROUTE_TEST_LEAK_KEY"
+        m["timeout_s"] = 10  # an upstream timeout on a loaded box would replace the echoed error
     cfg["models"].append(
         {
             "name": "claude-fake",
@@ -160,7 +161,7 @@ def leaky(
             "input_per_mtok": 3,
             "output_per_mtok": 15,
             "router_model": "strong",
-            "timeout_s": 2,
+            "timeout_s": 10,
         }
     )
     try:
@@ -221,6 +222,7 @@ def test_traces_hold_only_scrubbed_errors(
     cfg = loopback_config(fake_server.base_url, tmp_path)
     for m in cfg["models"]:
         m["api_key_env"] = "LLMROUTE_TEST_LEAK_KEY"
+        m["timeout_s"] = 10  # an upstream timeout on a loaded box would replace the echoed error
     msgs = [{"role": "user", "content": PROMPT}]
     try:
         with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
