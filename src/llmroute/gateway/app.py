@@ -241,6 +241,12 @@ class Gateway:
         self.errors = ErrorLog(log)  # unexpected exceptions: first of each kind per minute, then a count
         self.timeout_s = srv.request_timeout_s
         self._ops = OpsEndpoints(self)  # route, feedback, models, health, metrics, openapi
+        # aliases with a `cascade:` block: cheap model first, escalate on the verifier (issue 14)
+        self.cascades: dict[str, Any] = {}
+        if any(a.cascade is not None for a in config.aliases.values()):
+            from llmroute.gateway.cascade import Cascade
+
+            self.cascades = {n: Cascade(self, n, a.cascade) for n, a in config.aliases.items() if a.cascade}
         self._started = False
         # request ids: 128 random bits each (unguessable: feedback and traces are keyed by them);
         # one getrandom call, ~0.6 us. Not a buffer of random bytes: forked workers would share it.
@@ -588,8 +594,14 @@ class Gateway:
             try:
                 body = api.parse(await read_json(scope, receive, self.max_body, self.max_depth))
                 ctx, decision, key = await self.prepare(scope, body, rid, api.endpoint)
+                cascade = self.cascades.get(decision.alias) if decision.alias else None
                 if key is not None and self.budgets is not None:
-                    reservation = self.budgets.reserve(key, self._max_cost(decision, body))
+                    hold = (
+                        cascade.worst_cost(ctx, decision, body)
+                        if cascade is not None
+                        else self._max_cost(decision, body)
+                    )
+                    reservation = self.budgets.reserve(key, hold)
             except GatewayError as e:
                 self._finish(
                     rid=rid,
@@ -609,6 +621,10 @@ class Gateway:
             watch = _Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
                 await self._cached(send, ctx, decision, rid, t0, reservation, api, bool(body.get("stream")))
+                return
+            if cascade is not None:  # the alias answers in steps (llmroute.gateway.cascade)
+                run = cascade.stream if body.get("stream") else cascade.complete
+                await run(send, body, ctx, decision, rid, t0, deadline, reservation, api, watch)
                 return
             if body.get("stream"):
                 await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, api, watch)

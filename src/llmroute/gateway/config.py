@@ -14,7 +14,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
-    aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates}}
+    aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates,
+                cascade: {models, max_steps, max_cost_usd, threshold, verifier, stall_s,
+                          stream_buffer_chars}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
                batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
@@ -37,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "AliasConfig",
+    "CascadeConfig",
     "ConfigError",
     "GatewayConfig",
     "KeyConfig",
@@ -223,6 +226,48 @@ class ModelConfig(_Strict):
         return os.environ.get(self.api_key_env) or None
 
 
+class CascadeConfig(_Strict):
+    """An alias's cascade: call a cheap model first, verify its answer, escalate while it fails
+    (see `llmroute.gateway.cascade` and the README's Cascades section)."""
+
+    models: list[str] | None = Field(
+        None, description="models in the order tried; unset = the router's ranking (its pick first)"
+    )
+    max_steps: int = Field(2, ge=1, le=10, description="most answers bought for one request")
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="per-request ceiling: a later step is taken only if the cost so far plus that "
+        "step's worst case (input + max_tokens of output at its prices) stays within it",
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="an answer scoring at least this is served")
+    verifier: list[str] = Field(
+        default_factory=lambda: ["empty", "refusal", "json", "code", "final_answer", "logprob"],
+        description="checks of llmroute.cascade.verifiers; the answer's score is their minimum",
+    )
+    stall_s: float | None = Field(
+        None, gt=0, description="a step with no answer (stream: no first token) by then escalates"
+    )
+    stream_buffer_chars: int = Field(
+        4096,
+        ge=0,
+        description="streams: a step's answer is held back (and verified) up to this many characters; "
+        "a longer one is streamed as it comes, without escalation",
+    )
+
+    @field_validator("verifier", mode="before")
+    @classmethod
+    def _verifier(cls, v: Any) -> Any:
+        from llmroute.cascade.verifiers import CHECKS
+
+        names = [v] if isinstance(v, str) else v
+        if isinstance(names, list):
+            bad = [n for n in names if n not in CHECKS]
+            if bad:
+                raise ValueError(f"unknown verifier check(s) {bad}; allowed: {sorted(CHECKS)}")
+        return names
+
+
 class AliasConfig(_Strict):
     """A routed model name exposed to clients, with its router and policy.
 
@@ -243,6 +288,9 @@ class AliasConfig(_Strict):
         "closest", description="no candidate meets max_cost/min_quality: serve the closest, or 422"
     )
     description: str = ""
+    cascade: CascadeConfig | None = Field(
+        None, description="cheap model first, escalate when a verifier rejects its answer"
+    )
 
 
 class KeyConfig(_Strict):
@@ -348,6 +396,12 @@ class GatewayConfig(_Strict):
             bad = [c for c in a.candidates if c not in known]
             if bad:
                 raise ValueError(f"aliases.{alias}.candidates: unknown model(s) {bad}; defined: {names}")
+            if a.cascade is not None and a.cascade.models is not None:
+                bad = [c for c in a.cascade.models if c not in known]
+                if bad or not a.cascade.models:
+                    raise ValueError(
+                        f"aliases.{alias}.cascade.models: unknown model(s) {bad} or empty; defined: {names}"
+                    )
         ids = [k.id for k in self.keys]
         if len(set(ids)) != len(ids):
             raise ValueError("keys: duplicate key id")

@@ -1,0 +1,560 @@
+"""Cascades in the gateway: a cheap model first, escalate while a verifier rejects its answer.
+
+An alias with a `cascade:` block (`llmroute.gateway.config.CascadeConfig`) answers each request
+in steps. Step 1 calls the first model: the first of `cascade.models`, or the router's pick when
+`models` is unset. Its answer is scored by the verifier checks (`llmroute.cascade.verifiers`);
+a score >= `threshold` is served. Otherwise the next model is called: the next of `models`, or
+the router's next-ranked candidate not tried yet. The cascade stops at the first passing answer,
+after `max_steps` answers, when no model is left, or when the next step could break
+`max_cost_usd` (the cost so far plus the step's worst case: its input tokens plus `max_tokens` of
+output at its prices). When no answer passes, the best-scoring one is served (ties: the later).
+
+Escalation without an answer (not counted as a step): a model whose context window cannot hold
+the request is skipped, and an upstream context-length error moves on to a model with a larger
+window; a model with no answer (streams: no first token) within `stall_s` is left for the next
+one; a failed call (after the executor's retries) falls back to the next model.
+
+Streams: each step's answer is held back and verified while it is at most
+`stream_buffer_chars` characters long; the answer served is then sent as a stream. A longer
+answer is streamed as it comes (headers first) and the cascade ends with it; the last possible
+step always streams at once.
+
+Every step is in the trace (`extra.cascade`: model, score, why, cost, error) and in the
+`x-llmroute-cascade` response header: one `model;score=S;cost_usd=C;why=W` item per step,
+comma-separated, then `stop=REASON`. The client's budget holds the worst case of the steps
+allowed (`worst_cost`) and is charged for every call made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from llmroute.cascade.verifiers import Verdict, verify
+from llmroute.gateway.asgi import JSON, SSE, header, send_response, trace_headers
+from llmroute.gateway.auth import max_request_cost
+from llmroute.gateway.backends import BackendError
+from llmroute.gateway.config import CascadeConfig
+from llmroute.gateway.reliability import Attempt
+from llmroute.gateway.tokens import estimate_input_tokens, response_text, stream_text
+
+if TYPE_CHECKING:
+    from llmroute.gateway.app import ApiFamily, Gateway
+    from llmroute.gateway.routing import RequestContext, RouteDecision
+
+__all__ = ["CASCADE_HEADER", "Cascade", "Step", "is_context_overflow"]
+
+CASCADE_HEADER = b"x-llmroute-cascade"
+
+_OVERFLOW = re.compile(
+    r"(?i)context[ _-]?(?:length|window)|maximum context|prompt is too long|too many (?:input )?tokens"
+)
+
+
+def is_context_overflow(e: BackendError) -> bool:
+    """Whether an upstream error says the request does not fit the model's context window."""
+    return e.code == "context_length_exceeded" or bool(_OVERFLOW.search(e.message or ""))
+
+
+@dataclass
+class Step:
+    """One model call of a cascade (an answer, or an error without one)."""
+
+    model: str
+    score: float | None = None
+    why: str = ""
+    cost_usd: float = 0.0
+    error: str | None = None
+    tokens: tuple[int, int] = (0, 0)
+
+    def item(self) -> str:
+        """This step in `x-llmroute-cascade`."""
+        score = "none" if self.score is None else f"{self.score:.3g}"
+        why = self.error or self.why or "pass"
+        why = re.sub(r"[^A-Za-z0-9_.=:+-]+", "_", why)[:60]
+        return f"{self.model};score={score};cost_usd={self.cost_usd:.6g};why={why}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form for the trace."""
+        d: dict[str, Any] = {"model": self.model, "score": self.score, "cost_usd": self.cost_usd}
+        if self.why:
+            d["why"] = self.why
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class _Answer:
+    model: str
+    resp: dict[str, Any]
+    verdict: Verdict
+    chunks: list[dict[str, Any]] | None = None  # a buffered stream's chunks
+
+
+@dataclass
+class _Run:
+    """The state of one request's cascade."""
+
+    steps: list[Step] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    spent: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    answers: int = 0
+    best: _Answer | None = None
+    stop: str = ""
+
+    def add_answer(self, ans: _Answer, step: Step) -> None:
+        self.steps.append(step)
+        self.spent += step.cost_usd
+        self.tokens_in += step.tokens[0]
+        self.tokens_out += step.tokens[1]
+        self.answers += 1
+        if self.best is None or ans.verdict.score >= self.best.verdict.score:
+            self.best = ans
+
+    def header(self) -> tuple[bytes, bytes]:
+        items = [s.item() for s in self.steps] + [f"stop={self.stop or 'pass'}"]
+        return header(CASCADE_HEADER, ", ".join(items))
+
+    def trace(self) -> dict[str, Any]:
+        return {"steps": [s.as_dict() for s in self.steps], "stop": self.stop, "cost_usd": self.spent}
+
+
+class Cascade:
+    """The cascade of one alias, run inside a `Gateway`'s request pipeline."""
+
+    def __init__(self, gw: Gateway, alias: str, cfg: CascadeConfig) -> None:
+        self.gw = gw
+        self.alias = alias
+        self.cfg = cfg
+
+    # ---- planning ------------------------------------------------------------------------------
+    def order(self, ctx: RequestContext, decision: RouteDecision) -> list[str]:
+        """The models in the order the cascade tries them."""
+        models = list(self.cfg.models) if self.cfg.models else list(decision.ranked)
+        if ctx.allowed is not None:
+            allowed = set(ctx.allowed)
+            models = [m for m in models if m in allowed]
+        return models
+
+    def step_max_cost(self, model: str, body: dict[str, Any]) -> float:
+        """The most one call of `model` can cost for `body` (input upper bound + `n` x max output)."""
+        gw = self.gw
+        cfg = gw.engine.models[model]
+        tin = estimate_input_tokens(body, gw.counters[model])
+        out, n = gw._max_output(model, body)
+        return max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin, out, n)
+
+    def worst_cost(self, ctx: RequestContext, decision: RouteDecision, body: dict[str, Any]) -> float:
+        """The budget hold: the `max_steps` dearest steps' worst cases, and never more than the
+        ceiling allows (a later step must fit `max_cost_usd`; the first is always made)."""
+        costs = sorted((self.step_max_cost(m, body) for m in self.order(ctx, decision)), reverse=True)
+        total = sum(costs[: self.cfg.max_steps])
+        if self.cfg.max_cost_usd is not None and costs:
+            total = min(total, max(costs[0], self.cfg.max_cost_usd))
+        return total
+
+    def _fits(self, model: str, ctx: RequestContext, body: dict[str, Any], above: int) -> bool:
+        """Whether `model`'s context window (when configured) holds the request, and is larger
+        than `above` (the window of a model that reported an overflow)."""
+        w = self.gw.engine.models[model].context_window
+        if w is None:
+            return True
+        mt = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        return w > above and len(ctx.text) / 4.0 + float(mt) <= w
+
+    def _next(
+        self,
+        order: list[str],
+        tried: set[str],
+        run: _Run,
+        ctx: RequestContext,
+        body: dict[str, Any],
+        above: int,
+    ) -> str | None:
+        """The next model to call, or None (sets `run.stop`)."""
+        why = "no model left"
+        for m in order:
+            if m in tried:
+                continue
+            if not self._fits(m, ctx, body, above):
+                tried.add(m)
+                run.steps.append(Step(m, error="context_window: request does not fit"))
+                continue
+            ceiling = self.cfg.max_cost_usd
+            if run.answers and ceiling is not None and run.spent + self.step_max_cost(m, body) > ceiling:
+                why = "max_cost"
+                continue
+            return m
+        run.stop = why
+        return None
+
+    def _deadline(self, deadline: float) -> float:
+        s = self.cfg.stall_s
+        return deadline if s is None else min(deadline, time.monotonic() + s)
+
+    def _usage(self, model: str, body: dict[str, Any], resp: dict[str, Any]) -> tuple[int, int, float]:
+        if resp.get("usage"):
+            return self.gw._cost(model, resp["usage"])
+        return self.gw._estimated_cost(model, body, response_text(resp))
+
+    def _failed_step(
+        self, run: _Run, model: str, e: BackendError, step_deadline: float, deadline: float, t0: float
+    ) -> str:
+        """Record a call that gave no answer; returns its kind: stalled / context_window / failed."""
+        atts = getattr(e, "attempts", None) or [
+            Attempt(model, False, time.monotonic() - t0, e.message, e.status)
+        ]
+        run.attempts.extend(atts)
+        if step_deadline < deadline and time.monotonic() >= step_deadline - 1e-3:
+            kind = "stalled"
+        elif is_context_overflow(e):
+            kind = "context_window"
+        else:
+            kind = "failed"
+        run.steps.append(Step(model, error=f"{kind}: {e.message[:120]}"))
+        return kind
+
+    # ---- non-streamed ------------------------------------------------------------------------
+    async def complete(
+        self,
+        send: Any,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        deadline: float,
+        reservation: Any,
+        api: ApiFamily,
+        watch: Any,
+    ) -> None:
+        """Answer a non-streamed request through the cascade."""
+        gw = self.gw
+        run = _Run()
+        try:
+            order = self.order(ctx, decision)
+            tried: set[str] = set()
+            above = 0
+            last_err: BackendError | None = None
+            while run.answers < self.cfg.max_steps:
+                if time.monotonic() >= deadline:
+                    run.stop = "deadline"
+                    break
+                m = self._next(order, tried, run, ctx, body, above)
+                if m is None:
+                    break
+                tried.add(m)
+                sd = self._deadline(deadline)
+                ts = time.monotonic()
+                try:
+                    model, resp, atts = await gw.executor.complete([m], body, sd)
+                except BackendError as e:
+                    last_err = e
+                    kind = self._failed_step(run, m, e, sd, deadline, ts)
+                    if kind == "context_window":
+                        w = gw.engine.models[m].context_window
+                        above = max(above, w or 0)
+                    elif not e.fallback and kind != "stalled":
+                        run.stop = "client_error"
+                        break  # the request itself is at fault: another model fails it too
+                    continue
+                run.attempts.extend(atts)
+                usage = self._usage(model, body, resp)
+                verdict = verify(body, resp, self.cfg.verifier)
+                step = Step(model, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
+                run.add_answer(_Answer(model, resp, verdict), step)
+                if verdict.passed(self.cfg.threshold):
+                    run.stop = "pass"
+                    break
+            else:
+                run.stop = "max_steps"
+            if run.best is None:
+                err = last_err or BackendError("no cascade model could take the request", status=502)
+                err.attempts = run.attempts  # type: ignore[attr-defined]
+                if run.steps:
+                    decision.extra["cascade"] = run.trace()
+                await gw._upstream_failed(send, err, rid, ctx, decision, t0, reservation, api, watch)
+                return
+            best = run.best
+            if reservation is not None:
+                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            if gw.guard is not None and best.verdict.passed(self.cfg.threshold):
+                gw.guard.store(ctx, best.resp)
+            reason = f"{decision.reason} cascade={len(run.steps)} stop={run.stop}"
+            out = api.response(best.resp, best.model)
+            watch.done = True
+            headers = [*trace_headers(rid, best.model, reason, decision), run.header()]
+            await send_response(send, 200, orjson.dumps(out), [JSON, *headers])
+            gw._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model=best.model,
+                status=200,
+                t0=t0,
+                attempts=run.attempts,
+                usage=(run.tokens_in, run.tokens_out, run.spent),
+                response=best.resp.get("choices"),
+                extra={"cost_source": "cascade", "cascade": run.trace()},
+            )
+        except asyncio.CancelledError:
+            if reservation is not None:
+                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            raise
+
+    # ---- streamed ----------------------------------------------------------------------------
+    async def stream(
+        self,
+        send: Any,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        deadline: float,
+        reservation: Any,
+        api: ApiFamily,
+        watch: Any,
+    ) -> None:
+        """Answer a streamed request through the cascade (see the module docstring)."""
+        gw = self.gw
+        run = _Run()
+        try:
+            order = self.order(ctx, decision)
+            tried: set[str] = set()
+            above = 0
+            last_err: BackendError | None = None
+            while run.answers < self.cfg.max_steps:
+                if time.monotonic() >= deadline:
+                    run.stop = "deadline"
+                    break
+                m = self._next(order, tried, run, ctx, body, above)
+                if m is None:
+                    break
+                tried.add(m)
+                sd = self._deadline(deadline)
+                ts = time.monotonic()
+                try:
+                    start = await gw.executor.stream([m], body, sd)
+                except BackendError as e:
+                    last_err = e
+                    kind = self._failed_step(run, m, e, sd, deadline, ts)
+                    if kind == "context_window":
+                        above = max(above, gw.engine.models[m].context_window or 0)
+                    elif not e.fallback and kind != "stalled":
+                        run.stop = "client_error"
+                        break
+                    continue
+                last_step = run.answers + 1 >= self.cfg.max_steps
+                limit = -1 if last_step else self.cfg.stream_buffer_chars
+                chunks = list(start.first)
+                size = sum(len(stream_text(c)) for c in chunks)
+                complete = False
+                try:
+                    if size <= limit:
+                        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                            async for batch in start.rest:
+                                chunks.extend(batch)
+                                size += sum(len(stream_text(c)) for c in batch)
+                                if size > limit:
+                                    break
+                            else:
+                                complete = True
+                except (BackendError, TimeoutError) as e:
+                    start.release()
+                    gw.executor.stream_done(m, False)
+                    with contextlib.suppress(Exception):
+                        await start.rest.aclose()  # type: ignore[attr-defined]
+                    be = (
+                        e
+                        if isinstance(e, BackendError)
+                        else BackendError("request deadline exceeded", status=504)
+                    )
+                    last_err = be
+                    run.attempts.extend(start.attempts)
+                    run.steps.append(Step(m, error=f"failed: {be.message[:120]}"))
+                    continue
+                except BaseException:
+                    start.release()
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
+                    raise
+                run.attempts.extend(start.attempts)
+                if not complete:  # too long to hold back, or the last step: stream it out
+                    await self._forward(
+                        send,
+                        body,
+                        ctx,
+                        decision,
+                        rid,
+                        t0,
+                        deadline,
+                        reservation,
+                        api,
+                        watch,
+                        run,
+                        start,
+                        chunks,
+                    )
+                    return
+                start.release()
+                gw.executor.stream_done(m, True)
+                from llmroute.cache import assemble_stream
+
+                resp = assemble_stream(chunks)
+                usage = self._usage(m, body, resp)
+                verdict = verify(body, resp, self.cfg.verifier)
+                step = Step(m, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
+                run.add_answer(_Answer(m, resp, verdict, chunks), step)
+                if verdict.passed(self.cfg.threshold):
+                    run.stop = "pass"
+                    break
+            else:
+                run.stop = "max_steps"
+            if run.best is None:
+                err = last_err or BackendError("no cascade model could take the request", status=502)
+                err.attempts = run.attempts  # type: ignore[attr-defined]
+                if run.steps:
+                    decision.extra["cascade"] = run.trace()
+                await gw._upstream_failed(
+                    send, err, rid, ctx, decision, t0, reservation, api, watch, stream=True
+                )
+                return
+            best = run.best
+            if reservation is not None:
+                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            reason = f"{decision.reason} cascade={len(run.steps)} stop={run.stop}"
+            headers = [
+                SSE,
+                (b"cache-control", b"no-cache"),
+                *trace_headers(rid, best.model, reason, decision),
+            ]
+            headers.append(run.header())
+            enc = api.stream(best.model, rid, ctx)
+            data = b"".join(enc.feed(c) for c in best.chunks or []) + enc.finish()
+            watch.done = True
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+            gw._finish(
+                rid=rid,
+                ctx=ctx,
+                decision=decision,
+                model=best.model,
+                status=200,
+                t0=t0,
+                attempts=run.attempts,
+                usage=(run.tokens_in, run.tokens_out, run.spent),
+                stream=True,
+                ttft=time.perf_counter() - t0,
+                response=best.resp.get("choices"),
+                extra={"cost_source": "cascade", "cascade": run.trace()},
+            )
+        except asyncio.CancelledError:
+            if reservation is not None:
+                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            raise
+
+    async def _forward(
+        self,
+        send: Any,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        deadline: float,
+        reservation: Any,
+        api: ApiFamily,
+        watch: Any,
+        run: _Run,
+        start: Any,
+        chunks: list[dict[str, Any]],
+    ) -> None:
+        """Stream step `start` out as it comes (held-back `chunks` first); the cascade ends here."""
+        gw = self.gw
+        model = start.model
+        run.steps.append(Step(model, why="streamed unverified"))
+        run.stop = "streamed"
+        error: str | None = None
+        usage_raw: dict[str, Any] | None = None
+        delivered: list[str] = []
+        enc = api.stream(model, rid, ctx)
+
+        def encode(chunk: dict[str, Any]) -> bytes:
+            nonlocal usage_raw
+            if chunk.get("usage"):
+                usage_raw = chunk["usage"]
+            if chunk.get("choices"):
+                delivered.append(stream_text(chunk))
+            return enc.feed(chunk)
+
+        reason = f"{decision.reason} cascade={len(run.steps)} stop=streamed"
+        headers = [SSE, (b"cache-control", b"no-cache"), *trace_headers(rid, model, reason, decision)]
+        headers.append(run.header())
+        ttft = time.perf_counter() - t0
+        cancelled = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            first = b"".join(encode(c) for c in chunks)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            try:
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    async for batch in start.rest:
+                        data = b"".join([encode(c) for c in batch])
+                        if data:
+                            await send({"type": "http.response.body", "body": data, "more_body": True})
+                gw.executor.stream_done(model, True)
+            except (BackendError, TimeoutError) as e:
+                error = e.message if isinstance(e, BackendError) else "request deadline exceeded mid-stream"
+                gw.executor.stream_done(model, False)
+                with contextlib.suppress(Exception):
+                    await start.rest.aclose()
+            except asyncio.CancelledError:
+                cancelled = True
+                error = "client disconnected"
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(start.rest.aclose())
+        finally:
+            start.release()
+        usage = (
+            gw._cost(model, usage_raw) if usage_raw else gw._estimated_cost(model, body, "".join(delivered))
+        )
+        step = run.steps[-1]
+        step.cost_usd = usage[2]
+        step.error = error
+        total = (run.tokens_in + usage[0], run.tokens_out + usage[1], run.spent + usage[2])
+        run.spent = total[2]
+        if reservation is not None:
+            gw.budgets.commit(reservation, total[2])  # type: ignore[union-attr]
+        if not cancelled:
+            tail = enc.finish() if error is None else enc.fail(error)
+            watch.done = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        gw._finish(
+            rid=rid,
+            ctx=ctx,
+            decision=decision,
+            model=model,
+            status=499 if cancelled else 200,
+            t0=t0,
+            attempts=run.attempts,
+            usage=total,
+            stream=True,
+            ttft=ttft,
+            error=error,
+            extra={"cost_source": "cascade", "cascade": run.trace()},
+        )
+        if cancelled:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
