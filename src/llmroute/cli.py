@@ -45,6 +45,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
     "keys": ("llmroute.gateway.traces_cli:keys_app", "Create and hash gateway API keys (see --help)."),
     "rules": ("llmroute.signals.cli:app", "Check and explain routing rules (see --help)."),
     "models": ("llmroute.onboard_cli:app", "Add, remove and list a router's models from profiles (see --help)."),
+    "simulate": (
+        "llmroute.online.cli:simulate_cmd",
+        "Replay a routing table as a bandit stream: an online learner's reward and regret (see --help).",
+    ),
     "profile": (
         "llmroute.profile.cli:profile_cmd",
         "Call your models on your prompts, grade the answers, write a routing table (see --help).",

@@ -1,0 +1,217 @@
+"""Online learning benchmark (issue 13, the acceptance items that need no gateway).
+
+On routerbench_subset and routellm (prompts with every model's outcome and cost), 5 seeds (one
+random stream order each), lambda at the middle of the single-model cost range
+(`llmroute.online.simulate.mid_tradeoff`), reward = quality - lambda * cost:
+
+- *cold start*: the learner starts from nothing (no router: base quality 0.5, unknown costs)
+  and makes one pass; mean reward over the last 20% of the stream against the offline 5-fold
+  cross-validated default router on the same prompts; cumulative regret and its growth exponent
+  (slope of log regret on log t over the second half; < 1 is sub-linear);
+- *warm start*: a default router trained on the first 10% of the stream (full information), then
+  the learner corrects it on the other 90%: the worst 500-request window against that router
+  (bar: >= -0.01) and the last 20% against the cv router;
+- *new model* (routerbench_subset): a 12th model, better and cheaper than all others (per prompt
+  the best quality of the 11, at half the cheapest cost), added with no profile after 1,000
+  warm-start requests: the first 100-request window in which it gets >= 50% of the picks;
+- update cost per outcome (p50 / p99 of `OnlineLearner.update`).
+
+    nice .venv/bin/python benchmarks/online.py [--seeds 5] [--sets routerbench_subset,routellm]
+
+Writes benchmarks/results/online.json and the "Online learning" section of BENCHMARKS.md. The
+cross-validated estimates are cached under $TMPDIR/llmroute-online-cache (keyed by set and size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "online.json"
+CACHE = Path(tempfile.gettempdir()) / "llmroute-online-cache"
+LEARNER = "thompson"
+ADD_AT = 1000
+NEW_WINDOW = 100
+
+
+def _cv(name: str, table, enc) -> tuple[np.ndarray, np.ndarray]:
+    from llmroute.online.simulate import cv_estimates
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"{name}-{table.n_prompts}-default-cv.npz"
+    if path.exists():
+        z = np.load(path)
+        return z["q"], z["c"]
+    t0 = time.time()
+    q, c = cv_estimates(table, enc, "default", 5, 0)
+    np.savez(path, q=q, c=c)
+    print(f"{name}: cv of the default router {time.time() - t0:.0f} s", flush=True)
+    return q, c
+
+
+def new_model_run(table, enc, lam: float, seed: int) -> dict:
+    """Warm start from 10%, then a 12th model (better and cheaper than all) joins at ADD_AT."""
+    from llmroute.online.learner import OnlineLearner
+    from llmroute.online.simulate import run_stream
+    from llmroute.router import Router
+
+    Q, C = table.quality_matrix(), table.cost_matrix()
+    Q12 = np.column_stack([Q, Q.max(axis=1)])
+    C12 = np.column_stack([C, 0.5 * C.min(axis=1)])
+    n = table.n_prompts
+    perm = np.random.default_rng(seed).permutation(n)
+    n_warm = round(0.1 * n)
+    stream = perm[n_warm:]
+    ids, prompts = table.prompt_ids, table.prompts
+    r = Router.fit(table.subset([ids[i] for i in perm[:n_warm]]), encoder=enc, seed=seed)
+    qw, cw = r.estimate([prompts[i] for i in stream])
+    cols = [r.models.index(m) for m in table.models]
+    qb = np.column_stack([qw[:, cols], np.full(len(stream), np.nan)])
+    cb = np.column_stack([cw[:, cols], np.full(len(stream), np.nan)])
+    E = np.asarray(enc.encode([prompts[i] for i in stream]), dtype=np.float64)
+    L = OnlineLearner(table.models, E.shape[1], method=LEARNER, tradeoff=lam, seed=seed)
+    out = run_stream(L, E, Q12[stream], C12[stream], qb, cb, tradeoff=lam, add_at=ADD_AT)
+    after = out["picks"][ADD_AT : ADD_AT + 500] == Q12.shape[1] - 1
+    shares = [float(after[a : a + NEW_WINDOW].mean()) for a in range(0, len(after), NEW_WINDOW)]
+    first = next((i for i, s in enumerate(shares) if s >= 0.5), None)
+    return {
+        "seed": seed,
+        "share_per_100": shares,
+        "share_first_500": float(after.mean()),
+        "reached_50pct_by": None if first is None else (first + 1) * NEW_WINDOW,
+    }
+
+
+def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
+    from llmroute.embed import load_encoder
+    from llmroute.eval.runner import EvalEncoder, load_dataset
+    from llmroute.online.simulate import complete_table, simulate
+
+    table = complete_table(load_dataset(DATA / name))
+    enc = EvalEncoder(load_encoder("static-minilm"))
+    enc.prime(table.prompts)
+    cv = _cv(name, table, enc)
+    out: dict = {"set": name, "n_prompts": table.n_prompts, "models": table.models, "learner": LEARNER}
+    for label, warm in (("cold", 0.0), ("warm10", 0.1)):
+        t0 = time.time()
+        res = simulate(table, learner=LEARNER, warm_start=warm, seeds=seeds, encoder=enc, cv=cv, log=print)
+        res["seconds"] = time.time() - t0
+        out[label] = res
+        out["tradeoff"] = res["tradeoff"]
+        print(f"{name} {label}: {json.dumps(res['summary'])}", flush=True)
+    if new_model:
+        out["new_model"] = [new_model_run(table, enc, out["tradeoff"], s) for s in seeds]
+        print(f"{name} new model: {out['new_model']}", flush=True)
+    return out
+
+
+def _f(x: float | None, d: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{d}f}"
+
+
+def _mr(a: dict, d: int = 4) -> str:
+    return f"{_f(a['mean'], d)} ({_f(a['min'], d)} to {_f(a['max'], d)})" if a["n"] else "n/a"
+
+
+def write_markdown(results: list[dict]) -> None:
+    from _md import md_table, update_section
+
+    rows = []
+    for res in results:
+        for label in ("cold", "warm10"):
+            s = res[label]["summary"]
+            rows.append(
+                [
+                    res["set"],
+                    "cold start" if label == "cold" else "warm start 10%",
+                    f"{res['tradeoff']:.3g}",
+                    _mr(s["last20_learner"]),
+                    _mr(s["last20_cv"]),
+                    _mr(s["last20_minus_cv"]),
+                    _mr(s["worst_window_vs_warm"]) if label == "warm10" else "",
+                    _mr(s["regret_exponent_cv"], 2),
+                    _mr(s["regret_exponent_oracle"], 2),
+                    _mr(s["explored_share"], 3),
+                ]
+            )
+    upd = [r["update_us_p50"] for res in results for k in ("cold", "warm10") for r in res[k]["runs"]]
+    upd99 = [r["update_us_p99"] for res in results for k in ("cold", "warm10") for r in res[k]["runs"]]
+    nm = [r for res in results for r in res.get("new_model", [])]
+    seeds = len(results[0]["cold"]["runs"]) if results else 0
+    md = (
+        f"`benchmarks/online.py`: learner `{LEARNER}` (`llmroute.online.OnlineLearner`, default settings: "
+        "max_explore 0.2, 32 projected embedding columns + bias), "
+        f"{seeds} seeds (stream orders), one pass over the prompts that have every model's outcome, "
+        "reward = quality - lambda * cost with lambda at the middle of the single-model cost range. "
+        "cv = the offline 5-fold cross-validated default router (full information) on the same prompts. "
+        "Mean (min to max) over seeds. Regret exponent: slope of log cumulative regret on log t over "
+        "the second half (< 1 sub-linear; n/a where the regret there is not positive, i.e. the learner is "
+        "ahead). Worst window: the lowest (learner - warm-start router) mean reward over 500-request "
+        "windows (bar >= -0.01).\n\n"
+        + md_table(
+            [
+                "set",
+                "start",
+                "lambda",
+                "last 20% learner",
+                "last 20% cv",
+                "learner - cv",
+                "worst window vs warm",
+                "regret exp. vs cv",
+                "regret exp. vs oracle",
+                "explored share",
+            ],
+            rows,
+        )
+        + f"\n\nUpdate cost per outcome (`OnlineLearner.update`, rank-1): p50 {np.median(upd):.1f} us, "
+        f"p99 (median over runs) {np.median(upd99):.1f} us (bar <= 50 us)."
+    )
+    if nm:
+        reached = [r["reached_50pct_by"] for r in nm]
+        md += (
+            f"\n\nNew model (routerbench_subset, warm start 10%): a 12th model better and cheaper than all "
+            f"others (per prompt the best quality of the 11, half the cheapest cost) added with no profile "
+            f"after {ADD_AT} requests reaches >= 50% of the picks of a {NEW_WINDOW}-request window after "
+            + ", ".join("never (in 500)" if r is None else f"{r}" for r in reached)
+            + " requests (per seed; bar <= 500); share of its first 500 requests: "
+            + ", ".join(f"{r['share_first_500']:.2f}" for r in nm)
+            + "."
+        )
+    update_section("online", md, title="Online learning (bandit feedback)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--sets", default="routerbench_subset,routellm")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave JSON and BENCHMARKS.md")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the JSON")
+    args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown(json.loads(RESULTS.read_text()))
+        return
+    results = []
+    for name in args.sets.split(","):
+        if not (DATA / name).is_dir():
+            sys.exit(f"{DATA / name} not found: the benchmark needs the shared routing data")
+        results.append(run_set(name, list(range(args.seeds)), new_model=name == "routerbench_subset"))
+    if not args.no_write:
+        for res in results:  # keep the JSON small: drop per-step series beyond the summaries
+            for k in ("cold", "warm10"):
+                for r in res[k]["runs"]:
+                    r.pop("window_pick_shares", None)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        write_markdown(results)
+
+
+if __name__ == "__main__":
+    main()

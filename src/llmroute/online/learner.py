@@ -1,0 +1,363 @@
+"""Online learner: a per-model posterior on an offline estimator's residuals (bandit feedback).
+
+For each request the offline router gives, per model, an expected quality `q_base` and cost
+`c_base`. The learner adds a per-model Bayesian linear correction of the quality,
+`q = q_base + x . theta_m`, over a small context vector `x` (the prompt embedding reduced by a
+fixed random projection to `dim` columns, unit norm, plus a bias column), with the prior
+`theta_m ~ N(0, prior_var I)` (mean 0 residual: warm-started from the offline router) and
+Gaussian outcome noise `noise_var` (0.25: the largest variance of an outcome in [0, 1]). Costs
+get a per-model running mean of (observed - estimated) cost. The reward of a choice is
+`q - tradeoff * c` at the caller's trade-off, so one learner serves callers with different
+trade-offs: it learns quality and cost, not a reward at one fixed trade-off.
+
+Choosing: the greedy choice maximises the posterior-mean reward. `thompson` samples each model's
+reward from its posterior (an exact univariate normal per model given `x`), estimates the
+probability `p_ts` that each model wins from `n_samples` draws and `linucb` takes the argmax of
+mean + `ucb_alpha` * sd. Exploration is bounded: the probability of deviating from the greedy
+choice is scaled down to at most `max_explore`, and the choice is drawn from the resulting
+distribution, so the returned propensity is the exact probability with which it was made.
+
+A model without a profile (a NaN `q_base`) starts from an optimistic but bounded prior: as good
+as the best profiled model on that prompt (capped at 1) and as cheap as the cheapest, with the
+wider prior `new_model_prior_var`, so the greedy choice tries it and a few outcomes correct it.
+With no profiled model at all (a cold start) the base quality is `prior_quality`.
+
+`update` is a rank-1 (Sherman-Morrison) update of one model's posterior: O(dim^2).
+State round-trips through `snapshot(path)` / `OnlineLearner.restore(path)` (one small
+safetensors file, no pickle).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["METHODS", "Choice", "OnlineLearner"]
+
+METHODS = ("thompson", "linucb", "greedy")
+_FORMAT = "llmroute-online-learner/1"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision of the learner.
+
+    model / index: the chosen model; propensity: the probability with which it was chosen;
+    propensities: that probability for every model (sums to 1); greedy: the posterior-mean
+    choice; explored: whether the choice deviates from it; decision_id: pass it to `update`;
+    q / c: the learner's expected quality and cost per model (posterior mean).
+    """
+
+    model: str
+    index: int
+    propensity: float
+    propensities: np.ndarray
+    greedy: str
+    explored: bool
+    decision_id: int
+    q: np.ndarray = field(repr=False)
+    c: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (for traces)."""
+        return {
+            "model": self.model,
+            "propensity": float(self.propensity),
+            "greedy": self.greedy,
+            "explored": self.explored,
+            "decision_id": self.decision_id,
+        }
+
+
+class OnlineLearner:
+    """Bandit correction of an offline router's estimates (see the module docstring).
+
+    models: the arms, in the column order of the `q_base` / `c_base` arrays given to `choose`;
+    embed_dim: length of the embeddings given to `choose`; method: thompson | linucb | greedy;
+    tradeoff: default lambda of reward = quality - lambda * cost; max_explore: the largest
+    probability of deviating from the greedy choice (per request, so also the largest expected
+    share of traffic); dim: context columns after the random projection (plus a bias column);
+    prior_var: prior variance of each residual weight of a profiled model (0.01: the score's
+    prior sd is ~0.14 on the unit-norm context plus bias, a few tenths of quality at most, so
+    the offline router's order is trusted until outcomes contradict it); new_model_prior_var:
+    the same for a model without a profile (0.25: sd ~0.7, quality anywhere in [0, 1]);
+    profiled: False when the initial models have no offline estimates either (a cold start).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        embed_dim: int,
+        *,
+        method: str = "thompson",
+        tradeoff: float = 0.0,
+        max_explore: float = 0.2,
+        dim: int = 32,
+        prior_var: float = 0.01,
+        new_model_prior_var: float = 0.25,
+        noise_var: float = 0.25,
+        prior_quality: float = 0.5,
+        ucb_alpha: float = 1.0,
+        n_samples: int = 256,
+        max_pending: int = 100_000,
+        seed: int = 0,
+        profiled: bool = True,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown learner method {method!r}; choose one of {', '.join(METHODS)}")
+        if not 0.0 <= max_explore <= 1.0:
+            raise ValueError(f"max_explore must be in [0, 1], got {max_explore}")
+        if prior_var <= 0 or new_model_prior_var <= 0 or noise_var <= 0:
+            raise ValueError("prior_var, new_model_prior_var and noise_var must be > 0")
+        if len(set(models)) != len(models) or not models:
+            raise ValueError("models must be a non-empty list of distinct names")
+        self.method = method
+        self.tradeoff = float(tradeoff)
+        self.max_explore = float(max_explore)
+        self.dim = int(dim)
+        self.embed_dim = int(embed_dim)
+        self.prior_var = float(prior_var)
+        self.new_model_prior_var = float(new_model_prior_var)
+        self.noise_var = float(noise_var)
+        self.prior_quality = float(prior_quality)
+        self.ucb_alpha = float(ucb_alpha)
+        self.n_samples = int(n_samples)
+        self.max_pending = int(max_pending)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(seed)
+        # fixed random projection of the embedding (Johnson-Lindenstrauss), stored in snapshots
+        self.proj_ = np.random.default_rng(seed + 7919).standard_normal((self.embed_dim, self.dim)) / math.sqrt(
+            self.dim
+        )
+        self.models: list[str] = []
+        D = self.dim + 1
+        self.A_inv_ = np.zeros((0, D, D))  # posterior covariance per model
+        self.b_ = np.zeros((0, D))  # precision-weighted mean per model (mean = A_inv @ b)
+        self.n_ = np.zeros(0)  # outcomes seen per model
+        self.cost_res_ = np.zeros(0)  # sum of (observed - estimated) cost per model
+        self.profiled_ = np.zeros(0, dtype=bool)  # False: added without a profile (optimistic prior)
+        self._pending: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._ids = itertools.count(1)
+        for m in models:
+            self.add_model(m, profiled=profiled)
+
+    # ---- arms --------------------------------------------------------------------------------
+    def add_model(self, name: str, *, profiled: bool = False) -> None:
+        """Add an arm. `profiled=False` (a model with no outcomes yet): its prior is the wider
+        `new_model_prior_var`; give NaN as its `q_base` / `c_base` to `choose` to use the
+        optimistic fill (as good as the best profiled model, as cheap as the cheapest)."""
+        if name in self.models:
+            raise ValueError(f"model {name!r} is already known to the learner")
+        D = self.dim + 1
+        var = self.prior_var if profiled else self.new_model_prior_var
+        self.models.append(name)
+        self.A_inv_ = np.concatenate([self.A_inv_, (np.eye(D) * var)[None]])
+        self.b_ = np.concatenate([self.b_, np.zeros((1, D))])
+        self.n_ = np.append(self.n_, 0.0)
+        self.cost_res_ = np.append(self.cost_res_, 0.0)
+        self.profiled_ = np.append(self.profiled_, profiled)
+
+    def remove_model(self, name: str) -> None:
+        """Drop an arm and its posterior (pending decisions are dropped too)."""
+        j = self.models.index(name)
+        keep = np.arange(len(self.models)) != j
+        self.models.pop(j)
+        self.A_inv_, self.b_ = self.A_inv_[keep], self.b_[keep]
+        self.n_, self.cost_res_, self.profiled_ = self.n_[keep], self.cost_res_[keep], self.profiled_[keep]
+        self._pending.clear()
+
+    # ---- deciding ----------------------------------------------------------------------------
+    def context(self, embedding: np.ndarray) -> np.ndarray:
+        """The context vector of one prompt: projected embedding (unit norm) plus a bias 1."""
+        z = np.asarray(embedding, dtype=np.float64).reshape(-1) @ self.proj_
+        nz = float(np.sqrt(z @ z))
+        return np.append(z / nz if nz > 0 else z, 1.0)
+
+    def _fill(self, q_base: np.ndarray | None, c_base: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        m = len(self.models)
+        q = np.full(m, np.nan) if q_base is None else np.array(q_base, dtype=np.float64).reshape(-1)
+        c = np.full(m, np.nan) if c_base is None else np.array(c_base, dtype=np.float64).reshape(-1)
+        if q.shape[0] != m or c.shape[0] != m:
+            raise ValueError(f"q_base and c_base need one value per model ({m}: {', '.join(self.models)})")
+        known = np.isfinite(q)
+        q[~known] = min(1.0, float(q[known].max())) if known.any() else self.prior_quality
+        cknown = np.isfinite(c)
+        c[~cknown] = float(c[cknown].min()) if cknown.any() else 0.0
+        return q, c
+
+    def estimate(
+        self, x: np.ndarray, q_fill: np.ndarray, c_fill: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(quality mean, quality sd, cost mean) per model for context `x` and filled bases."""
+        mean_res = self._mean_res(x)
+        Ax = self.A_inv_ @ x  # (m, D)
+        sd = np.sqrt(np.maximum(Ax @ x, 0.0))
+        cost = c_fill + self.cost_res_ / (self.n_ + 1.0)  # prior: one pseudo-outcome at 0 residual
+        return q_fill + mean_res, sd, cost
+
+    def _mean_res(self, x: np.ndarray) -> np.ndarray:
+        return np.einsum("mde,me,d->m", self.A_inv_, self.b_, x)
+
+    def choose(
+        self,
+        embedding: np.ndarray,
+        q_base: np.ndarray | None = None,
+        c_base: np.ndarray | None = None,
+        *,
+        tradeoff: float | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> Choice:
+        """Choose a model for one prompt (its embedding and the offline estimates per model;
+        NaN = no profile). `candidates`: a boolean mask of allowed models (default all)."""
+        lam = self.tradeoff if tradeoff is None else float(tradeoff)
+        x = self.context(embedding)
+        qf, cf = self._fill(q_base, c_base)
+        q, sd, c = self.estimate(x, qf, cf)
+        mean = q - lam * c
+        allowed = np.ones(len(self.models), bool) if candidates is None else np.asarray(candidates, bool)
+        if not allowed.any():
+            raise ValueError("no candidate model is allowed")
+        mean = np.where(allowed, mean, -np.inf)
+        g = int(np.argmax(mean))
+        m = len(self.models)
+        target = np.zeros(m)
+        if self.method == "thompson" and self.max_explore > 0:
+            draws = mean + sd * self.rng.standard_normal((self.n_samples, m))
+            draws[:, ~allowed] = -np.inf
+            target = np.bincount(draws.argmax(axis=1), minlength=m) / self.n_samples
+        elif self.method == "linucb" and self.max_explore > 0:
+            target[int(np.argmax(np.where(allowed, mean + self.ucb_alpha * sd, -np.inf)))] = 1.0
+        else:
+            target[g] = 1.0
+        dev = 1.0 - target[g]
+        scale = min(1.0, self.max_explore / dev) if dev > 0 else 0.0
+        probs = target * scale
+        probs[g] = 1.0 - scale * dev
+        k = int(self.rng.choice(m, p=probs / probs.sum())) if dev > 0 else g
+        did = next(self._ids)
+        self._pending[did] = (x, qf, cf)
+        if len(self._pending) > self.max_pending:
+            self._pending.popitem(last=False)
+        return Choice(
+            model=self.models[k],
+            index=k,
+            propensity=float(probs[k]),
+            propensities=probs,
+            greedy=self.models[g],
+            explored=k != g,
+            decision_id=did,
+            q=q,
+            c=c,
+        )
+
+    # ---- learning ----------------------------------------------------------------------------
+    def update(
+        self,
+        decision: int | Choice,
+        model: str | int,
+        quality: float,
+        cost: float | None = None,
+    ) -> None:
+        """Learn one outcome: `quality` in [0, 1] (and the observed `cost`, USD) of `model` on
+        the decision `decision` (a `Choice` or its decision_id). Rank-1 update: O(dim^2)."""
+        did = decision.decision_id if isinstance(decision, Choice) else int(decision)
+        ctx = self._pending.pop(did, None)
+        if ctx is None:
+            raise KeyError(
+                f"unknown decision id {did}: too old (only the last {self.max_pending} are kept) or already updated"
+            )
+        x, qf, cf = ctx
+        j = model if isinstance(model, int) else self.models.index(model)
+        self.observe(x, j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
+
+    def observe(self, x: np.ndarray, j: int, residual: float, cost_residual: float | None = None) -> None:
+        """Rank-1 posterior update of model `j` with a quality residual at context `x`."""
+        A = self.A_inv_[j]
+        Ax = A @ x
+        A -= np.outer(Ax, Ax) / (self.noise_var + x @ Ax)
+        self.b_[j] += x * (residual / self.noise_var)
+        self.n_[j] += 1.0
+        if cost_residual is not None:
+            self.cost_res_[j] += cost_residual
+
+    def posterior(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, covariance) of one model's residual weights (bias last)."""
+        j = self.models.index(model)
+        return self.A_inv_[j] @ self.b_[j], self.A_inv_[j].copy()
+
+    # ---- state -------------------------------------------------------------------------------
+    def snapshot(self, path: str | Path) -> Path:
+        """Write the learner's state (posteriors, projection, settings) to one safetensors file."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        meta = {
+            "format": _FORMAT,
+            "models": self.models,
+            "settings": self._settings(),
+        }
+        tensors = {
+            "A_inv": np.ascontiguousarray(self.A_inv_),
+            "b": np.ascontiguousarray(self.b_),
+            "n": self.n_,
+            "cost_res": self.cost_res_,
+            "profiled": self.profiled_.astype(np.uint8),
+            "proj": np.ascontiguousarray(self.proj_),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"llmroute": json.dumps(meta)})
+        tmp.replace(path)
+        return path
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "method",
+                "tradeoff",
+                "max_explore",
+                "dim",
+                "embed_dim",
+                "prior_var",
+                "new_model_prior_var",
+                "noise_var",
+                "prior_quality",
+                "ucb_alpha",
+                "n_samples",
+                "max_pending",
+                "seed",
+            )
+        }
+
+    @classmethod
+    def restore(cls, path: str | Path) -> OnlineLearner:
+        """Load a learner written by `snapshot` (pending decisions are not part of the state)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = json.loads((fh.metadata() or {}).get("llmroute", "{}"))
+                arrays = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path}: not a learner snapshot ({exc}); write one with OnlineLearner.snapshot") from exc
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})")
+        s = dict(meta["settings"])
+        embed_dim = s.pop("embed_dim")
+        learner = cls(meta["models"], embed_dim, **s)
+        learner.A_inv_ = arrays["A_inv"].astype(np.float64)
+        learner.b_ = arrays["b"].astype(np.float64)
+        learner.n_ = arrays["n"].astype(np.float64)
+        learner.cost_res_ = arrays["cost_res"].astype(np.float64)
+        learner.profiled_ = arrays["profiled"].astype(bool)
+        learner.proj_ = arrays["proj"].astype(np.float64)
+        return learner
