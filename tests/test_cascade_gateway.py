@@ -300,3 +300,21 @@ def test_no_failed_client_requests_under_faults(
             assert "17" in out
     assert fake_server.state.faults["cheap-m"]["count"] == 0  # every injected fault was hit
     assert fake_server.state.faults["mid-m"]["count"] == 0
+
+
+def test_anthropic_messages_cascade_too(gw: GatewayHandle) -> None:
+    import anthropic
+
+    c = anthropic.Anthropic(base_url=gw.root, api_key=KEY, max_retries=0, timeout=30)
+    raw = c.messages.with_raw_response.create(
+        model="c/three", max_tokens=100, messages=[{"role": "user", "content": CHAT}]
+    )
+    steps, stop = _steps(raw.headers["x-llmroute-cascade"])
+    assert [s["model"] for s in steps] == ["cheap-m", "mid-m", "strong-m"] and stop == "pass"
+    msg = raw.parse()
+    assert msg.model == "strong-m" and msg.content[0].text.startswith("Sure!")
+    with c.messages.stream(
+        model="c/three", max_tokens=100, messages=[{"role": "user", "content": CHAT}]
+    ) as s:
+        text = "".join(s.text_stream)
+    assert text.startswith("Sure!")
