@@ -19,6 +19,9 @@ Streams: each step's answer is held back and verified while it is at most
 answer is streamed as it comes (headers first) and the cascade ends with it; the last possible
 step always streams at once.
 
+`learned_verifier: path.json` adds a learned answer-quality estimator
+(`llmroute.cascade.learned.LearnedVerifier`) to the checks.
+
 Every step is in the trace (`extra.cascade`: model, score, why, cost, error) and in the
 `x-llmroute-cascade` response header: one `model;score=S;cost_usd=C;why=W` item per step,
 comma-separated, then `stop=REASON`. The client's budget holds the worst case of the steps
@@ -135,6 +138,11 @@ class Cascade:
         self.gw = gw
         self.alias = alias
         self.cfg = cfg
+        self.extra: list[Any] = []  # verifiers beyond the named checks
+        if cfg.learned_verifier:
+            from llmroute.cascade.learned import LearnedVerifier
+
+            self.extra.append(LearnedVerifier.load(gw.config.resolve_path(cfg.learned_verifier)))
 
     # ---- planning ------------------------------------------------------------------------------
     def order(self, ctx: RequestContext, decision: RouteDecision) -> list[str]:
@@ -269,7 +277,7 @@ class Cascade:
                     continue
                 run.attempts.extend(atts)
                 usage = self._usage(model, body, resp)
-                verdict = verify(body, resp, self.cfg.verifier)
+                verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
                 step = Step(model, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
                 run.add_answer(_Answer(model, resp, verdict), step)
                 if verdict.passed(self.cfg.threshold):
@@ -412,7 +420,7 @@ class Cascade:
 
                 resp = assemble_stream(chunks)
                 usage = self._usage(m, body, resp)
-                verdict = verify(body, resp, self.cfg.verifier)
+                verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
                 step = Step(m, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
                 run.add_answer(_Answer(m, resp, verdict, chunks), step)
                 if verdict.passed(self.cfg.threshold):

@@ -16,7 +16,7 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     routers:  {name: "path/to/router" | "builtin:default"}
     aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates,
                 cascade: {models, max_steps, max_cost_usd, threshold, verifier, stall_s,
-                          stream_buffer_chars}}}
+                          learned_verifier, stream_buffer_chars}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
                batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
@@ -247,6 +247,11 @@ class CascadeConfig(_Strict):
     )
     stall_s: float | None = Field(
         None, gt=0, description="a step with no answer (stream: no first token) by then escalates"
+    )
+    learned_verifier: str | None = Field(
+        None,
+        description="JSON weights of a learned answer-quality verifier (llmroute.cascade.learned), "
+        "scored with the checks; relative to the config's folder",
     )
     stream_buffer_chars: int = Field(
         4096,
