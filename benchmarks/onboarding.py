@@ -18,6 +18,12 @@ without cost use the evaluation's fallback (`with_cost_fallback`: model size).
     nice .venv/bin/python benchmarks/onboarding.py [--seeds 5] [--sets routerbench_subset,routerdc_7model]
 
 Writes benchmarks/results/onboarding.json and the "Onboarding" section of BENCHMARKS.md.
+
+Diagnostic mode (prints only): score other ways of fitting the added model's column on the same
+routers, profiles and test split, e.g. one seed, k=100, one set:
+
+    nice .venv/bin/python benchmarks/onboarding.py --seeds 1 --k 100 --sets routerdc_7model \
+        --variant current,ridge,lcb
 """
 
 from __future__ import annotations
@@ -55,7 +61,9 @@ def _without(table, model: str):
     return RoutingTable(df, source=table.source, prices=table.prices)
 
 
-def run_set(name: str, seeds: list[int], log: bool = True) -> dict:
+def run_set(
+    name: str, seeds: list[int], log: bool = True, ks: tuple[int, ...] = KS, variants: tuple[str, ...] = ()
+) -> dict:
     from llmroute.data.splits import split_table
     from llmroute.embed import load_encoder
     from llmroute.eval.runner import EvalEncoder, _context, load_dataset, with_cost_fallback
@@ -85,8 +93,12 @@ def run_set(name: str, seeds: list[int], log: bool = True) -> dict:
             hq = train.quality_matrix()[:, models.index(h)]
             graded = [pid for pid, v in zip(train.prompt_ids, hq, strict=True) if np.isfinite(v)]
             order = rng.permutation(len(graded))
-            gains = {}
-            for k in KS:
+            gains: dict = {}
+            var: dict = {v: {} for v in variants}
+            if variants:
+                Xt = r.featurize(test.prompts)
+                Pt = r.estimator.base_estimates(Xt) if hasattr(r.estimator, "base_estimates") else None
+            for k in ks:
                 prof = train.subset([graded[i] for i in order[:k]])
                 ta = time.perf_counter()
                 r.add_model(h, _without_others(prof, h))
@@ -95,12 +107,25 @@ def run_set(name: str, seeds: list[int], log: bool = True) -> dict:
                 q1, c1 = r.estimate(test.prompts)
                 assert np.array_equal(q1[:, :-1], q0), "an add changed a known model's estimates"
                 gains[str(k)] = _gap(Q, C, q1, c1, [*cols, models.index(h)], ctx) - gap_wo
+                if variants:
+                    pdat = _without_others(prof, h)
+                    Xp = r.featurize(pdat.prompts)
+                    est = r.estimator
+                    Pp, Pt = est.base_estimates(Xp), est.base_estimates(Xt)
+                    yp = pdat.quality_matrix()[:, 0]
+                    for v in variants:
+                        qv = q1.copy()
+                        qv[:, -1] = np.clip(_variant(v, Pp, Xp.emb, yp, Pt, Xt.emb), 0.0, 1.0)
+                        var[v][str(k)] = _gap(Q, C, qv, c1, [*cols, models.index(h)], ctx) - gap_wo
                 r.remove_model(h)
             rows[h] = {"gap_without": gap_wo, "gain_full": gap_full - gap_wo, "gain_profile": gains}
+            if variants:
+                rows[h]["gain_variant"] = var
             if log:
                 print(
                     f"{name} seed {seed} {h}: full gain {gap_full - gap_wo:+.4f} "
-                    + " ".join(f"k={k} {v:+.4f}" for k, v in gains.items()),
+                    + " ".join(f"k={k} {v:+.4f}" for k, v in gains.items())
+                    + "".join(f" | {v} " + " ".join(f"{g:+.4f}" for g in var[v].values()) for v in variants),
                     flush=True,
                 )
         per_seed.append({"seed": seed, "gap_full": gap_full, "models": rows, "seconds": time.time() - t0})
@@ -111,8 +136,91 @@ def run_set(name: str, seeds: list[int], log: bool = True) -> dict:
         "models": models,
         "seeds": per_seed,
         "add_seconds_11_models_k100": add_times,
-        "summary": summarise(per_seed),
+        "summary": summarise(per_seed, ks),
+        "variants": {v: summarise(per_seed, ks, v) for v in variants},
     }
+
+
+# ---- diagnostic variants (--variant): other ways to fit the added model's column -----------------
+def _ridge_loo(A: np.ndarray, y: np.ndarray, prior: np.ndarray, alphas: np.ndarray, full: bool = False):
+    """Ridge of y on A with an unpenalised intercept, weights shrunk toward `prior`, penalty by
+    exact leave-one-out (hat matrix): (w, b, loo residuals)."""
+    am, ym = A.mean(axis=0), y.mean()
+    Ac, yc = A - am, y - ym - (A - am) @ prior
+    best = None
+    for a in alphas:
+        G = Ac.T @ Ac + a * np.eye(A.shape[1])
+        Ginv = np.linalg.inv(G)
+        d = Ginv @ (Ac.T @ yc)
+        H = np.einsum("ij,jk,ik->i", Ac, Ginv, Ac) + 1.0 / len(y)
+        res = (yc - Ac @ d) / np.clip(1.0 - H, 1e-6, None)
+        e = float(np.mean(res**2))
+        if best is None or e < best[0]:
+            best = (e, d, res, Ginv)
+    _, d, res, Ginv = best
+    w = prior + d
+    if full:
+        return w, float(ym - am @ w), res, Ginv, am
+    return w, float(ym - am @ w), res
+
+
+_ALPHA_GRID = np.array([0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 1e4])
+
+
+def _variant(name: str, P, E, y, Pt, Et) -> np.ndarray:
+    """The added column on the test prompts under diagnostic variant `name`, from the base's
+    clipped estimates P (k, m) and embeddings E on the profile, its grades y, and Pt, Et on the
+    test prompts. current / noshift: `fit_profile` (z = 1 / 0); ridge / ridge_eq: unconstrained
+    ridge with intercept on P, shrunk toward 0 / equal weights, penalty by exact leave-one-out;
+    ridge_se: ridge minus its LOO rmse / sqrt(k); ridge_emb: ridge plus a ridge of its LOO
+    residuals on the embeddings; rk / rk_se: ridge_eq plus the cosine-kernel residual always on
+    (best by LOO), rk_se also minus rmse / sqrt(k); lcb[2][_eq]: ridge [toward equal weights]
+    minus 1 [2] standard errors of the fitted mean at each prompt (sigma * sqrt(1/k + d' G^-1 d));
+    mean: the profile's mean everywhere."""
+    from llmroute.estimators.profiled import fit_profile
+
+    k, m = P.shape
+    if name == "current":
+        return fit_profile(P, E, y).predict(Pt, Et)
+    if name == "noshift":
+        return fit_profile(P, E, y, z=0.0).predict(Pt, Et)
+    if name in ("ridge", "ridge_se", "ridge_emb", "ridge_eq"):
+        prior = np.full(m, 1.0 / m) if name == "ridge_eq" else np.zeros(m)
+        w, b, res = _ridge_loo(P, y, prior, _ALPHA_GRID * k / 100)
+        q = Pt @ w + b
+        if name == "ridge_se":
+            q = q - np.sqrt(np.mean(res**2)) / np.sqrt(k)
+        if name == "ridge_emb":
+            wr, br, _ = _ridge_loo(E, res, np.zeros(E.shape[1]), _ALPHA_GRID * 10)
+            q = q + Et @ wr + br
+        return q
+    if name.startswith("rk"):  # ridge (toward equal weights) + kernel residual chosen by LOO, no gate
+        from llmroute.estimators.profiled import _kernel_loo, _kernel_residual
+
+        w, b, res = _ridge_loo(P, y, np.full(m, 1.0 / m), _ALPHA_GRID * k / 100)
+        best = (float(np.mean(res**2)), 0.0, 0.0)
+        for bt in (5.0, 10.0, 20.0, 40.0):
+            for kp in (0.1, 0.3, 1.0, 3.0):
+                e2 = float(np.mean((res - _kernel_loo(E, res, bt, kp)) ** 2))
+                if e2 < best[0]:
+                    best = (e2, bt, kp)
+        q = Pt @ w + b
+        if best[1] > 0:
+            q = q + _kernel_residual(Et, E, y - (P @ w + b), best[1], best[2])
+        if name == "rk_se":
+            q = q - np.sqrt(best[0]) / np.sqrt(k)
+        return q
+    if name.startswith("lcb"):  # ridge + lower confidence bound of the fitted mean at each prompt
+        prior = np.full(m, 1.0 / m) if name.endswith("eq") else np.zeros(m)
+        z = 2.0 if "2" in name else 1.0
+        w, b, res, Ginv, am = _ridge_loo(P, y, prior, _ALPHA_GRID * k / 100, full=True)
+        sigma = np.sqrt(np.mean(res**2))
+        D = Pt - am
+        se = sigma * np.sqrt(1.0 / k + np.einsum("ij,jk,ik->i", D, Ginv, D))
+        return Pt @ w + b - z * se
+    if name == "mean":
+        return np.full(len(Pt), y.mean())
+    raise ValueError(f"unknown variant {name!r}")
 
 
 def _without_others(prof, h: str):
@@ -123,25 +231,28 @@ def _without_others(prof, h: str):
     return RoutingTable(df, source="profile", prices=prof.prices)
 
 
-def summarise(per_seed: list[dict]) -> dict:
-    """Recovered share per k (per seed, mean, sd) and the worst profile gain (the hurt check)."""
+def summarise(per_seed: list[dict], ks: tuple[int, ...] = KS, variant: str | None = None) -> dict:
+    """Recovered share per k (per seed, mean, sd) and the worst profile gain (the hurt check);
+    `variant`: of a diagnostic variant's gains instead of `Router.add_model`'s."""
+
+    def gain(r: dict, k: str) -> float:
+        return r["gain_profile"][k] if variant is None else r["gain_variant"][variant][k]
+
     out: dict = {}
-    for k in map(str, KS):
+    for k in map(str, ks):
         shares, worst = [], []
         for s in per_seed:
             rows = s["models"].values()
             counted = [r for r in rows if r["gain_full"] >= MIN_GAIN]
             den = sum(r["gain_full"] for r in counted)
-            shares.append(sum(r["gain_profile"][k] for r in counted) / den if den > 0 else float("nan"))
-            worst.append(min(r["gain_profile"][k] for r in rows))
+            shares.append(sum(gain(r, k) for r in counted) / den if den > 0 else float("nan"))
+            worst.append(min(gain(r, k) for r in rows))
         out[k] = {
             "recovered_share": shares,
             "recovered_mean": float(np.nanmean(shares)),
             "recovered_sd": float(np.nanstd(shares)),
             "worst_gain": float(min(worst)),
-            "hurts": int(
-                sum(r["gain_profile"][k] < -MIN_GAIN for s in per_seed for r in s["models"].values())
-            ),
+            "hurts": int(sum(gain(r, k) < -MIN_GAIN for s in per_seed for r in s["models"].values())),
         }
     return out
 
@@ -197,6 +308,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sets", default="routerbench_subset,routerdc_7model")
     ap.add_argument("--no-write", action="store_true", help="print only; leave JSON and BENCHMARKS.md")
+    ap.add_argument("--k", default=",".join(map(str, KS)), help="profile sizes, comma-separated")
+    ap.add_argument(
+        "--variant",
+        default="",
+        help="diagnostic: also score these ways of fitting the added column (comma-separated: "
+        "current, noshift, ridge, ridge_eq, ridge_se, ridge_emb, rk, rk_se, lcb, lcb_eq, lcb2, "
+        "lcb2_eq, mean; see `_variant`); implies --no-write",
+    )
     ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the JSON")
     args = ap.parse_args()
     if args.markdown_only:
@@ -206,10 +325,21 @@ def main() -> None:
     for name in args.sets.split(","):
         if not (DATA / name).is_dir():
             sys.exit(f"{DATA / name} not found: the benchmark needs the shared routing data")
-        res = run_set(name, list(range(args.seeds)))
+        ks = tuple(int(k) for k in args.k.split(","))
+        variants = tuple(v for v in args.variant.split(",") if v)
+        res = run_set(name, list(range(args.seeds)), ks=ks, variants=variants)
         print(json.dumps({"set": name, "summary": res["summary"]}, indent=1), flush=True)
+        for v, summ in res["variants"].items():
+            print(
+                f"{name} variant {v}: "
+                + " ".join(
+                    f"k={k} rec {x['recovered_mean']:.3f} worst {x['worst_gain']:+.4f} hurts {x['hurts']}"
+                    for k, x in summ.items()
+                ),
+                flush=True,
+            )
         results.append(res)
-    if not args.no_write:
+    if not args.no_write and not args.variant and args.k == ",".join(map(str, KS)):
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         write_markdown(results)
 
