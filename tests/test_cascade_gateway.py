@@ -318,3 +318,24 @@ def test_anthropic_messages_cascade_too(gw: GatewayHandle) -> None:
     ) as s:
         text = "".join(s.text_stream)
     assert text.startswith("Sure!")
+
+
+def test_context_overflow_errors_and_header_items() -> None:
+    from llmroute.gateway.backends import BackendError
+    from llmroute.gateway.cascade import Step, is_context_overflow
+
+    assert is_context_overflow(
+        BackendError("model 'a': upstream rejected the request (400) maximum context length is 8192")
+    )
+    assert is_context_overflow(BackendError("x", code="context_length_exceeded"))
+    assert is_context_overflow(BackendError("prompt is too long: 250000 tokens > 200000 maximum"))
+    assert not is_context_overflow(
+        BackendError("model 'a': upstream rejected the request (400) bad temperature")
+    )
+    # header items stay one token per field: separators in reasons are replaced
+    item = Step("m", 0.5, "refusal: 'Sorry, I; cannot'", 1.5e-5).item()
+    assert item.startswith("m;score=0.5;cost_usd=1.5e-05;why=refusal")
+    assert item.count(";") == 3 and "," not in item and " " not in item
+    assert (
+        Step("m", error="stalled: no answer").item().endswith("score=none;cost_usd=0;why=stalled:_no_answer")
+    )
