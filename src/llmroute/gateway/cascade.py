@@ -11,8 +11,8 @@ output at its prices). When no answer passes, the best-scoring one is served (ti
 
 Escalation without an answer (not counted as a step): a model whose context window cannot hold
 the request is skipped, and an upstream context-length error moves on to a model with a larger
-window; a model with no answer (streams: no first token) within `stall_s` is left for the next
-one; a failed call (after the executor's retries) falls back to the next model.
+window; a model with no answer (streams: no first token; then no chunk, the backend's read
+timeout) within `stall_s` is left for the next one; a failed call (after the executor's retries) falls back to the next model.
 
 Streams: each step's answer is held back and verified while it is at most
 `stream_buffer_chars` characters long; the answer served is then sent as a stream. A longer
