@@ -24,7 +24,7 @@ def _learner(models=("a", "b", "c"), **kw) -> OnlineLearner:
 
 
 def test_posterior_matches_hand_computed_case() -> None:
-    L = _learner(("a",), prior_var=1.0, noise_var=1.0)
+    L = _learner(("a",), prior_var=1.0, noise_var=1.0, dim=1)  # context: 1 column, base, bias
     # A = I + x1 x1' + x2 x2' = [[2,0,1],[0,2,1],[1,1,3]], b = x1 * 1 + x2 * 0 = [1,0,1]
     L.observe(np.array([1.0, 0.0, 1.0]), 0, 1.0)
     L.observe(np.array([0.0, 1.0, 1.0]), 0, 0.0)
@@ -37,9 +37,10 @@ def test_update_learns_quality_residual_against_the_base_estimate() -> None:
     L = _learner(("a",), prior_var=1.0, noise_var=1.0, max_explore=0.0)
     ch = L.choose(np.ones(EMB), np.array([0.4]), np.array([0.0]))
     x = L.context(np.ones(EMB))
+    x[-2] = 0.4 - 0.5  # the model's own base quality, centred
     L.update(ch.decision_id, "a", quality=1.0, cost=0.0)
-    # bias-and-features posterior after one outcome with residual 0.6: mean = A^-1 x 0.6
-    expected = np.linalg.inv(np.eye(3) + np.outer(x, x)) @ x * 0.6
+    # posterior after one outcome with residual 0.6: mean = (I + x x')^-1 x 0.6
+    expected = np.linalg.inv(np.eye(len(x)) + np.outer(x, x)) @ x * 0.6
     np.testing.assert_allclose(L.posterior("a")[0], expected, atol=1e-12)
     with pytest.raises(KeyError, match="unknown decision id"):
         L.update(ch.decision_id, "a", 1.0)  # one outcome per decision
@@ -140,6 +141,16 @@ def test_the_learner_corrects_a_wrong_offline_estimate() -> None:
     picks = _play(L, {"a": 0.3, "b": 0.8}, 400, {"a": 0.7, "b": 0.6})
     assert picks[:5].count("a") >= 4  # starts from the router's (wrong) order
     assert picks[-100:].count("b") >= 80
+
+
+@pytest.mark.parametrize(("confidence", "switches"), [(1.0, False), (0.0, True)])
+def test_one_noisy_outcome_does_not_undo_the_router(confidence: float, switches: bool) -> None:
+    L = _learner(("a", "b"), method="greedy", confidence=confidence)
+    e, qb, cb = np.ones(EMB), np.array([0.6, 0.58]), np.zeros(2)
+    ch = L.choose(e, qb, cb)
+    assert ch.model == "a"
+    L.update(ch, "a", 0.0, 0.0)  # one failure of the router's choice
+    assert (L.choose(e, qb, cb).model == "b") is switches
 
 
 def test_snapshot_restore_round_trip(tmp_path: Path) -> None:

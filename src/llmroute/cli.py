@@ -44,7 +44,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
     "traces": ("llmroute.gateway.traces_cli:traces_app", "Query the gateway's decision traces (see --help)."),
     "keys": ("llmroute.gateway.traces_cli:keys_app", "Create and hash gateway API keys (see --help)."),
     "rules": ("llmroute.signals.cli:app", "Check and explain routing rules (see --help)."),
-    "models": ("llmroute.onboard_cli:app", "Add, remove and list a router's models from profiles (see --help)."),
+    "models": (
+        "llmroute.onboard_cli:app",
+        "Add, remove and list a router's models from profiles (see --help).",
+    ),
     "simulate": (
         "llmroute.online.cli:simulate_cmd",
         "Replay a routing table as a bandit stream: an online learner's reward and regret (see --help).",

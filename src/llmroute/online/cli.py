@@ -16,17 +16,26 @@ def simulate_cmd(
     learner: Annotated[str, typer.Option("--learner", help="thompson | linucb | greedy.")] = "thompson",
     tradeoff: Annotated[
         float | None,
-        typer.Option("--tradeoff", help="lambda in reward = quality - lambda * cost (default: the middle of the single-model cost range)."),
+        typer.Option(
+            "--tradeoff",
+            help="lambda in reward = quality - lambda * cost (default: the middle of the single-model cost range).",
+        ),
     ] = None,
     warm_start: Annotated[
-        float, typer.Option("--warm-start", help="Share of prompts (full information) the starting router learns from.")
+        float,
+        typer.Option(
+            "--warm-start", help="Share of prompts (full information) the starting router learns from."
+        ),
     ] = 0.0,
     seeds: Annotated[int, typer.Option("--seeds", help="Number of random stream orders (seeds 0..N-1).")] = 5,
     baseline: Annotated[
         str, typer.Option("--baseline", help="Offline estimator for the cv and warm-start routers.")
     ] = "default",
     max_explore: Annotated[
-        float, typer.Option("--max-explore", help="Largest share of requests that may deviate from the greedy choice.")
+        float,
+        typer.Option(
+            "--max-explore", help="Largest share of requests that may deviate from the greedy choice."
+        ),
     ] = 0.2,
 ) -> None:
     """Replay TABLE as a random stream revealing only the chosen model's outcome; write reward

@@ -3,14 +3,17 @@
 For each request the offline router gives, per model, an expected quality `q_base` and cost
 `c_base`. The learner adds a per-model Bayesian linear correction of the quality,
 `q = q_base + x . theta_m`, over a small context vector `x` (the prompt embedding reduced by a
-fixed random projection to `dim` columns, unit norm, plus a bias column), with the prior
+fixed random projection to `dim` columns, unit norm, the model's own base quality, centred,
+and a bias column), with the prior
 `theta_m ~ N(0, prior_var I)` (mean 0 residual: warm-started from the offline router) and
 Gaussian outcome noise `noise_var` (0.25: the largest variance of an outcome in [0, 1]). Costs
 get a per-model running mean of (observed - estimated) cost. The reward of a choice is
 `q - tradeoff * c` at the caller's trade-off, so one learner serves callers with different
 trade-offs: it learns quality and cost, not a reward at one fixed trade-off.
 
-Choosing: the greedy choice maximises the posterior-mean reward. `thompson` samples each model's
+Choosing: the greedy choice is the offline router's choice unless the posterior says with
+confidence (`confidence` sd of the difference) that another model's reward is higher; without
+profiled models it maximises the posterior-mean reward. `thompson` samples each model's
 reward from its posterior (an exact univariate normal per model given `x`), estimates the
 probability `p_ts` that each model wins from `n_samples` draws and `linucb` takes the argmax of
 mean + `ucb_alpha` * sd. Exploration is bounded: the probability of deviating from the greedy
@@ -89,7 +92,10 @@ class OnlineLearner:
     prior sd is ~0.14 on the unit-norm context plus bias, a few tenths of quality at most, so
     the offline router's order is trusted until outcomes contradict it); new_model_prior_var:
     the same for a model without a profile (0.25: sd ~0.7, quality anywhere in [0, 1]);
-    profiled: False when the initial models have no offline estimates either (a cold start).
+    profiled: False when the initial models have no offline estimates either (a cold start);
+    confidence: the greedy choice leaves the offline router's choice only for a model whose
+    posterior-mean reward is ahead by more than `confidence` standard deviations (0: plain
+    posterior-mean argmax), so a few noisy outcomes do not undo a good router.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class OnlineLearner:
         noise_var: float = 0.25,
         prior_quality: float = 0.5,
         ucb_alpha: float = 1.0,
+        confidence: float = 1.0,
         n_samples: int = 256,
         max_pending: int = 100_000,
         seed: int = 0,
@@ -129,16 +136,17 @@ class OnlineLearner:
         self.noise_var = float(noise_var)
         self.prior_quality = float(prior_quality)
         self.ucb_alpha = float(ucb_alpha)
+        self.confidence = float(confidence)
         self.n_samples = int(n_samples)
         self.max_pending = int(max_pending)
         self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         # fixed random projection of the embedding (Johnson-Lindenstrauss), stored in snapshots
-        self.proj_ = np.random.default_rng(seed + 7919).standard_normal((self.embed_dim, self.dim)) / math.sqrt(
-            self.dim
-        )
+        self.proj_ = np.random.default_rng(seed + 7919).standard_normal(
+            (self.embed_dim, self.dim)
+        ) / math.sqrt(self.dim)
         self.models: list[str] = []
-        D = self.dim + 1
+        D = self.dim + 2
         self.A_inv_ = np.zeros((0, D, D))  # posterior covariance per model
         self.b_ = np.zeros((0, D))  # precision-weighted mean per model (mean = A_inv @ b)
         self.n_ = np.zeros(0)  # outcomes seen per model
@@ -156,7 +164,7 @@ class OnlineLearner:
         optimistic fill (as good as the best profiled model, as cheap as the cheapest)."""
         if name in self.models:
             raise ValueError(f"model {name!r} is already known to the learner")
-        D = self.dim + 1
+        D = self.dim + 2
         var = self.prior_var if profiled else self.new_model_prior_var
         self.models.append(name)
         self.A_inv_ = np.concatenate([self.A_inv_, (np.eye(D) * var)[None]])
@@ -176,10 +184,18 @@ class OnlineLearner:
 
     # ---- deciding ----------------------------------------------------------------------------
     def context(self, embedding: np.ndarray) -> np.ndarray:
-        """The context vector of one prompt: projected embedding (unit norm) plus a bias 1."""
+        """The shared part of a prompt's context: projected embedding (unit norm), a 0 where each
+        model's own base quality goes (see `contexts`), and a bias 1."""
         z = np.asarray(embedding, dtype=np.float64).reshape(-1) @ self.proj_
         nz = float(np.sqrt(z @ z))
-        return np.append(z / nz if nz > 0 else z, 1.0)
+        return np.concatenate([z / nz if nz > 0 else z, [0.0, 1.0]])
+
+    def contexts(self, x: np.ndarray, q_fill: np.ndarray) -> np.ndarray:
+        """(m, D) per-model contexts: `x` with each model's base quality (centred at 0.5), so the
+        residual model can also recalibrate the offline estimate (a slope per model)."""
+        X = np.repeat(x[None, :], len(q_fill), axis=0)
+        X[:, -2] = q_fill - 0.5
+        return X
 
     def _fill(self, q_base: np.ndarray | None, c_base: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         m = len(self.models)
@@ -194,17 +210,15 @@ class OnlineLearner:
         return q, c
 
     def estimate(
-        self, x: np.ndarray, q_fill: np.ndarray, c_fill: np.ndarray
+        self, X: np.ndarray, q_fill: np.ndarray, c_fill: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(quality mean, quality sd, cost mean) per model for context `x` and filled bases."""
-        mean_res = self._mean_res(x)
-        Ax = self.A_inv_ @ x  # (m, D)
-        sd = np.sqrt(np.maximum(Ax @ x, 0.0))
+        """(quality mean, quality sd, cost mean) per model for per-model contexts `X` and filled
+        bases."""
+        AX = np.einsum("mde,me->md", self.A_inv_, X)
+        mean_res = np.einsum("md,md->m", self.b_, AX)  # b' A^-1 x (A^-1 is symmetric)
+        sd = np.sqrt(np.maximum(np.einsum("md,md->m", AX, X), 0.0))
         cost = c_fill + self.cost_res_ / (self.n_ + 1.0)  # prior: one pseudo-outcome at 0 residual
         return q_fill + mean_res, sd, cost
-
-    def _mean_res(self, x: np.ndarray) -> np.ndarray:
-        return np.einsum("mde,me,d->m", self.A_inv_, self.b_, x)
 
     def choose(
         self,
@@ -218,15 +232,15 @@ class OnlineLearner:
         """Choose a model for one prompt (its embedding and the offline estimates per model;
         NaN = no profile). `candidates`: a boolean mask of allowed models (default all)."""
         lam = self.tradeoff if tradeoff is None else float(tradeoff)
-        x = self.context(embedding)
         qf, cf = self._fill(q_base, c_base)
+        x = self.contexts(self.context(embedding), qf)
         q, sd, c = self.estimate(x, qf, cf)
         mean = q - lam * c
         allowed = np.ones(len(self.models), bool) if candidates is None else np.asarray(candidates, bool)
         if not allowed.any():
             raise ValueError("no candidate model is allowed")
         mean = np.where(allowed, mean, -np.inf)
-        g = int(np.argmax(mean))
+        g = self._greedy(mean, sd, np.where(allowed, qf - lam * cf, -np.inf))
         m = len(self.models)
         target = np.zeros(m)
         if self.method == "thompson" and self.max_explore > 0:
@@ -258,6 +272,20 @@ class OnlineLearner:
             c=c,
         )
 
+    def _greedy(self, mean: np.ndarray, sd: np.ndarray, base: np.ndarray) -> int:
+        """The greedy choice: the offline router's choice (argmax of the base reward) unless a
+        model's posterior-mean reward beats it by more than `confidence` standard deviations of
+        the difference; then the best such model. Without profiled models (a cold start) there
+        is no router to trust: the posterior-mean argmax."""
+        if self.confidence <= 0 or not self.profiled_.any():
+            return int(np.argmax(mean))
+        b = int(np.argmax(base))
+        gain = mean - mean[b]
+        sure = gain > self.confidence * np.sqrt(sd**2 + sd[b] ** 2)
+        if not sure.any():
+            return b
+        return int(np.argmax(np.where(sure, mean, -np.inf)))
+
     # ---- learning ----------------------------------------------------------------------------
     def update(
         self,
@@ -276,7 +304,7 @@ class OnlineLearner:
             )
         x, qf, cf = ctx
         j = model if isinstance(model, int) else self.models.index(model)
-        self.observe(x, j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
+        self.observe(x[j], j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
 
     def observe(self, x: np.ndarray, j: int, residual: float, cost_residual: float | None = None) -> None:
         """Rank-1 posterior update of model `j` with a quality residual at context `x`."""
@@ -331,6 +359,7 @@ class OnlineLearner:
                 "noise_var",
                 "prior_quality",
                 "ucb_alpha",
+                "confidence",
                 "n_samples",
                 "max_pending",
                 "seed",
@@ -347,10 +376,14 @@ class OnlineLearner:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = json.loads((fh.metadata() or {}).get("llmroute", "{}"))
                 arrays = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"{path}: not a learner snapshot ({exc}); write one with OnlineLearner.snapshot") from exc
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(
+                f"{path}: not a learner snapshot ({exc}); write one with OnlineLearner.snapshot"
+            ) from exc
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})")
+            raise ValueError(
+                f"{path}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})"
+            )
         s = dict(meta["settings"])
         embed_dim = s.pop("embed_dim")
         learner = cls(meta["models"], embed_dim, **s)

@@ -198,7 +198,9 @@ def simulate(
         qb = cb = None
         r_warm = None
         if n_warm > 0:
-            r = Router.fit(table.subset([ids[i] for i in perm[:n_warm]]), estimator=baseline, encoder=enc, seed=seed)
+            r = Router.fit(
+                table.subset([ids[i] for i in perm[:n_warm]]), estimator=baseline, encoder=enc, seed=seed
+            )
             qw, cw = r.estimate([prompts[i] for i in stream])
             cols = [r.models.index(mm) for mm in models]
             qb, cb = qw[:, cols], cw[:, cols]
@@ -337,9 +339,15 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
         ax[0].plot(x, run["windows"]["learner"], color="C0", alpha=a, label="learner" if i == 0 else None)
         ax[0].plot(x, run["windows"]["cv"], color="C1", alpha=a, label="cv router" if i == 0 else None)
         if run["windows"]["warm"] is not None:
-            ax[0].plot(x, run["windows"]["warm"], color="C2", alpha=a, label="warm-start router" if i == 0 else None)
-        ax[1].plot(run["regret_t"], run["regret_cv"], color="C1", alpha=a, label="vs cv router" if i == 0 else None)
-        ax[1].plot(run["regret_t"], run["regret_oracle"], color="C3", alpha=a, label="vs oracle" if i == 0 else None)
+            ax[0].plot(
+                x, run["windows"]["warm"], color="C2", alpha=a, label="warm-start router" if i == 0 else None
+            )
+        ax[1].plot(
+            run["regret_t"], run["regret_cv"], color="C1", alpha=a, label="vs cv router" if i == 0 else None
+        )
+        ax[1].plot(
+            run["regret_t"], run["regret_oracle"], color="C3", alpha=a, label="vs oracle" if i == 0 else None
+        )
     first = result["runs"][0]
     shares = np.array(first["window_pick_shares"])
     if len(shares):
@@ -348,7 +356,9 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
         ax[2].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax[0].set(title=f"reward per window (lambda={result['tradeoff']:.3g})", xlabel="requests")
     ax[1].set(title="cumulative regret", xlabel="requests")
-    ax[2].set(title=f"pick shares ({result['learner']}, seed {first['seed']})", xlabel="requests", ylim=(0, 1))
+    ax[2].set(
+        title=f"pick shares ({result['learner']}, seed {first['seed']})", xlabel="requests", ylim=(0, 1)
+    )
     ax[0].legend(fontsize=8)
     ax[1].legend(fontsize=8)
     fig.tight_layout()
