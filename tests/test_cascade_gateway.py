@@ -339,3 +339,31 @@ def test_context_overflow_errors_and_header_items() -> None:
     assert (
         Step("m", error="stalled: no answer").item().endswith("score=none;cost_usd=0;why=stalled:_no_answer")
     )
+
+
+def _ctx(alias: str, text: str) -> Any:
+    from llmroute.gateway.routing import RequestContext
+
+    msgs = [{"role": "user", "content": text}]
+    return RequestContext("x", alias, msgs, {"model": alias, "messages": msgs})
+
+
+def test_escalations_are_not_counted_as_fallbacks(gw: GatewayHandle) -> None:
+    import httpx
+
+    _, _, _, headers = _ask(gw, "c/three", MATH)  # the router picks strong-m; the cascade serves cheap-m
+    assert headers["x-llmroute-model"] == "cheap-m"
+    assert gw.app.engine.route(_ctx("c/three", MATH)).model != "cheap-m"
+    text = httpx.get(gw.root + "/metrics").text
+    fb = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("llmroute_fallbacks_total{") and 'alias="c/three"' in ln
+    ]
+    assert fb == []
+    served = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("llmroute_requests_total{") and 'alias="c/three"' in ln
+    ]
+    assert served, "the cascade's requests are counted"

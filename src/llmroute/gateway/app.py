@@ -482,7 +482,8 @@ class Gateway:
         m = self.metrics
         for a in fails:
             m.observe_error(a.model, alias, kind=str(a.status or "error"))
-        if decision is not None and model and model != decision.model:
+        # a cascade's escalations are not fallbacks (its steps are in the trace's extra.cascade)
+        if decision is not None and model and model != decision.model and not (extra and "cascade" in extra):
             m.observe_fallback(
                 alias, decision.model, model, reason=str(fails[-1].status if fails else "error")
             )
