@@ -367,3 +367,15 @@ def test_escalations_are_not_counted_as_fallbacks(gw: GatewayHandle) -> None:
         if ln.startswith("llmroute_requests_total{") and 'alias="c/three"' in ln
     ]
     assert served, "the cascade's requests are counted"
+
+
+def test_upstream_context_overflow_escalates(gw: GatewayHandle, fake_server: FakeServer) -> None:
+    fake_server.set_fault("cheap-m", "context")
+    _, steps, stop, _ = _ask(gw, "c/three", MATH)
+    assert steps[0]["model"] == "cheap-m" and steps[0]["why"].startswith("context_window")
+    assert [s["model"] for s in steps[1:]] == ["mid-m"] and stop == "pass"
+    # a plain upstream 400 is the request's fault: no escalation, the client gets it
+    fake_server.set_fault("cheap-m", "400")
+    with pytest.raises(openai.BadRequestError):
+        _ask(gw, "c/three", MATH)
+    assert fake_server.state.counts.get("mid-m", 0) == 1

@@ -13,7 +13,7 @@ makes every successful chat / messages answer wait that long before its first by
 default 0; `DELETE /_control/fault` leaves it as is). Faults answer without it; `slow` adds its
 delay on top.
 
-Faults: `500`, `503`, `429`, `400`, `timeout` (never answers within `delay`, default 30 s), `reset`
+Faults: `500`, `503`, `429`, `400`, `context` (a 400 saying the context length is exceeded), `timeout` (never answers within `delay`, default 30 s), `reset`
 (connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
 midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
 `delay` s, default 0.2), `slow` (first byte after `delay`,
@@ -325,6 +325,8 @@ async def _maybe_fault_pre(
         return _error(429, "fake rate limit", "rate_limit_error")
     if fault == "400":
         return _error(400, "fake bad request", "invalid_request_error")
+    if fault == "context":
+        return _error(400, "This model's maximum context length is 8 tokens.", "invalid_request_error")
     if fault in ("echo", "echo500"):
         heads = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
         body = (await request.read()).decode("utf-8", "replace")
