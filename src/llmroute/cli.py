@@ -52,6 +52,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "llmroute.online.cli:simulate_cmd",
         "Replay a routing table as a bandit stream: an online learner's reward and regret (see --help).",
     ),
+    "whatif": (
+        "llmroute.online.whatif_cli:whatif_cmd",
+        "Off-policy estimate of another trade-off on a decision log (see --help).",
+    ),
     "profile": (
         "llmroute.profile.cli:profile_cmd",
         "Call your models on your prompts, grade the answers, write a routing table (see --help).",
