@@ -72,6 +72,12 @@ def test_missing_support_is_warned() -> None:
     msgs = [w for w in res.warnings if "missing support" in w]
     assert len(msgs) == 1 and "c on 2 of 4 rows" in msgs[0] and "propensity 0" in msgs[0]
     assert not [w for w in _four_rows().warnings if "missing support" in w]
+    # row-level: the full logging distribution says the target's pick on row 1 had probability 0
+    lp = np.array([[0.5, 0.5], [0.0, 1.0], [0.8, 0.2], [0.5, 0.5]])
+    got = [w for w in _four_rows(logging_probs=lp).warnings if "missing support" in w]
+    assert len(got) == 1 and "on 1 of 4 rows" in got[0]
+    lp[1] = [0.75, 0.25]
+    assert not [w for w in _four_rows(logging_probs=lp).warnings if "missing support" in w]
 
 
 def test_bad_propensity_says_what_to_do() -> None:

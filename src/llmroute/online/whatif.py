@@ -137,12 +137,15 @@ def offpolicy_estimate(
     *,
     tradeoff: float,
     models: Sequence[str] | None = None,
+    logging_probs: np.ndarray | None = None,
 ) -> WhatIfResult:
     """IPS, SNIPS and DR estimates of a deterministic target policy from logged bandit rows.
 
     `chosen`, `target`: model column per row (logged choice, target's choice; -1 = a model the
     target cannot pick); `propensity`: the logging probability of `chosen`; `quality`, `cost`:
-    the observed outcome; `q_hat`, `c_hat` (n, m): the reward model for DR (None: no DR).
+    the observed outcome; `q_hat`, `c_hat` (n, m): the reward model for DR (None: no DR);
+    `logging_probs` (n, m), optional: the logging policy's full distribution per row (the
+    learner's `Choice.propensities`), to count rows where the target's pick had probability 0.
     """
     chosen = np.asarray(chosen, dtype=np.intp)
     target = np.asarray(target, dtype=np.intp)
@@ -201,6 +204,15 @@ def offpolicy_estimate(
             f"(propensity 0): ips/snips cannot see those rows and dr relies on the router's estimates there; "
             f"log with exploration that can pick {who}"
         )
+    if logging_probs is not None:
+        lp = np.asarray(logging_probs, dtype=float)
+        tp = np.where(target >= 0, lp[np.arange(n), np.clip(target, 0, lp.shape[1] - 1)], 1.0)
+        zero = int((tp <= 0).sum())
+        if zero:
+            warnings.append(
+                f"missing support: on {zero} of {n} rows the target's pick had logging probability 0: "
+                "ips/snips cannot see those rows and dr relies on the router's estimates there"
+            )
     if matched == 0:
         warnings.append("no logged choice agrees with the target policy: the estimates carry no information")
     elif ess < 30:
