@@ -14,9 +14,12 @@ random stream order each), lambda at the middle of the single-model cost range
 - *new model* (routerbench_subset): a 12th model, better and cheaper than all others (per prompt
   the best quality of the 11, at half the cheapest cost), added with no profile after 1,000
   warm-start requests: the first 100-request window in which it gets >= 50% of the picks;
-- update cost per outcome (p50 / p99 of `OnlineLearner.update`).
+- update cost per outcome (p50 / p99 of `OnlineLearner.update`);
+- *what-if* (`--whatif 100`): coverage of `llmroute.online.whatif`'s 95% intervals for another
+  trade-off on the learner's logged stream (see `whatif_run`; results/online_whatif.json).
 
     nice .venv/bin/python benchmarks/online.py [--seeds 5] [--sets routerbench_subset,routellm]
+    nice .venv/bin/python benchmarks/online.py --whatif 100 [--whatif-scale 0.5]
 
 Writes benchmarks/results/online.json and the "Online learning" section of BENCHMARKS.md. The
 cross-validated estimates are cached under $TMPDIR/llmroute-online-cache (keyed by set and size).
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "online.json"
+WHATIF = ROOT / "benchmarks" / "results" / "online_whatif.json"
 CACHE = Path(tempfile.gettempdir()) / "llmroute-online-cache"
 LEARNER = "thompson"
 #: learner settings compared: the defaults, and a tighter exploration bound
@@ -90,6 +94,93 @@ def new_model_run(table, enc, lam: float, seed: int) -> dict:
         "share_per_100": shares,
         "share_first_500": float(after.mean()),
         "reached_50pct_by": None if first is None else (first + 1) * NEW_WINDOW,
+    }
+
+
+def whatif_run(name: str, trials: int, target_scale: float = 0.5, lam: float | None = None) -> dict:
+    """Off-policy check (issue 13 item 6): the learner (warm start from 10%, default settings)
+    logs one pass with exact propensities; `llmroute.online.whatif` estimates from that log what
+    the warm-start router at lambda * `target_scale` would have had; the truth comes from the
+    full table. One trial per seed (stream order and the learner's draws); the warm-start router
+    is the same in every trial (seed 0's first 10%)."""
+    from llmroute.embed import load_encoder
+    from llmroute.eval.runner import EvalEncoder, load_dataset
+    from llmroute.online.learner import OnlineLearner
+    from llmroute.online.simulate import complete_table, mid_tradeoff
+    from llmroute.online.whatif import offpolicy_estimate
+    from llmroute.policy import choose
+    from llmroute.router import Router
+
+    table = complete_table(load_dataset(DATA / name))
+    enc = EvalEncoder(load_encoder("static-minilm"))
+    enc.prime(table.prompts)
+    Q, C = table.quality_matrix(), table.cost_matrix()
+    if lam is None:
+        lam = mid_tradeoff(Q, C, *_cv(name, table, enc))
+    lam_t = lam * target_scale
+    n = table.n_prompts
+    perm = np.random.default_rng(0).permutation(n)
+    n_warm = round(0.1 * n)
+    stream = perm[n_warm:]
+    ids, prompts = table.prompt_ids, table.prompts
+    r = Router.fit(table.subset([ids[i] for i in perm[:n_warm]]), encoder=enc, seed=0)
+    qw, cw = r.estimate([prompts[i] for i in stream])
+    cols = [r.models.index(m) for m in table.models]
+    qb, cb = qw[:, cols], cw[:, cols]
+    E = np.asarray(enc.encode([prompts[i] for i in stream]), dtype=np.float64)
+    Qs, Cs = Q[stream], C[stream]
+    target = np.asarray(choose(qb, cb, tradeoff=lam_t))
+    rows = np.arange(len(stream))
+    true = {
+        "quality": float(Qs[rows, target].mean()),
+        "cost": float(Cs[rows, target].mean()),
+        "reward": float((Qs[rows, target] - lam_t * Cs[rows, target]).mean()),
+    }
+    logging_greedy = np.asarray(choose(qb, cb, tradeoff=lam))
+    cover = {e: {k: 0 for k in true} for e in ("ips", "snips", "dr")}
+    width, ess, zero_support, t0 = [], [], [], time.time()
+    for t in range(trials):
+        order = np.random.default_rng(1000 + t).permutation(len(stream))
+        L = OnlineLearner(table.models, E.shape[1], method=LEARNER, tradeoff=lam, seed=t, profiled=True)
+        chosen = np.empty(len(order), dtype=np.intp)
+        prop = np.empty(len(order))
+        lp = np.empty((len(order), len(table.models)))
+        for j, i in enumerate(order):
+            ch = L.choose(E[i], qb[i], cb[i], tradeoff=lam)
+            L.update(ch, ch.index, float(Qs[i, ch.index]), float(Cs[i, ch.index]))
+            chosen[j], prop[j], lp[j] = ch.index, ch.propensity, ch.propensities
+        res = offpolicy_estimate(
+            chosen,
+            prop,
+            Qs[order, chosen],
+            Cs[order, chosen],
+            target[order],
+            qb[order],
+            cb[order],
+            tradeoff=lam_t,
+            logging_probs=lp,
+        )
+        for e, d in res.estimates.items():
+            for k, iv in d.items():
+                cover[e][k] += int(iv.covers(true[k]))
+        width.append(res.estimates["dr"]["reward"].hi - res.estimates["dr"]["reward"].lo)
+        ess.append(res.ess)
+        zero_support.append(float((lp[rows, target[order]] <= 0).mean()))
+        if t % 10 == 9:
+            print(f"whatif {name}: {t + 1} trials, {time.time() - t0:.0f} s, coverage {cover}", flush=True)
+    return {
+        "set": name,
+        "trials": trials,
+        "n_logged": len(stream),
+        "logging_tradeoff": lam,
+        "target_tradeoff": lam_t,
+        "target_differs_from_logging_greedy": float((target != logging_greedy).mean()),
+        "true": true,
+        "coverage": cover,
+        "dr_reward_ci_width_median": float(np.median(width)),
+        "ess_median": float(np.median(ess)),
+        "zero_support_share_median": float(np.median(zero_support)),
+        "seconds": time.time() - t0,
     }
 
 
@@ -220,7 +311,29 @@ def write_markdown(results: list[dict]) -> None:
             + ", ".join(f"{r['share_first_500']:.2f}" for r in nm)
             + "."
         )
+    if WHATIF.exists():
+        md += "\n\n" + whatif_markdown(json.loads(WHATIF.read_text()))
     update_section("online", md, title="Online learning (bandit feedback)")
+
+
+def whatif_markdown(w: dict) -> str:
+    """The what-if line of the Online section."""
+    cov = w["coverage"]
+    return (
+        f"What-if (`llmroute.online.whatif`, {w['set']}, `benchmarks/online.py --whatif`): the learner "
+        f"(warm start 10%, default settings, lambda {w['logging_tradeoff']:.3g}) logs one pass of "
+        f"{w['n_logged']} requests with exact propensities; from each log the warm-start router at lambda "
+        f"{w['target_tradeoff']:.3g} (a different pick on {w['target_differs_from_logging_greedy']:.1%} "
+        f"of the requests) is estimated and compared with its true values from the full table "
+        f"(reward {w['true']['reward']:.4f}, quality {w['true']['quality']:.4f}, cost "
+        f"${w['true']['cost']:.5f}). True value inside the 95% interval in {w['trials']} trials (seeds): "
+        + "; ".join(f"{e} " + ", ".join(f"{k} {h}" for k, h in d.items()) for e, d in cov.items())
+        + ". Bar (true reward inside the interval in >= 90%): "
+        + ", ".join(f"{e} {'met' if d['reward'] >= 0.9 * w['trials'] else 'NOT met'}" for e, d in cov.items())
+        + f" (dr is `llmroute whatif`'s default). Median dr reward interval width "
+        f"{w['dr_reward_ci_width_median']:.4f}, effective sample size {w['ess_median']:.0f}, share of "
+        f"requests where the target's pick had logging probability 0: {w['zero_support_share_median']:.3f}."
+    )
 
 
 def _compact(x):
@@ -245,7 +358,25 @@ def main() -> None:
     ap.add_argument("--sets", default="routerbench_subset,routellm")
     ap.add_argument("--no-write", action="store_true", help="print only; leave JSON and BENCHMARKS.md")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the JSON")
+    ap.add_argument(
+        "--whatif",
+        type=int,
+        metavar="TRIALS",
+        help="only the off-policy check (TRIALS logs, routerbench_subset, lambda from online.json): "
+        "writes results/online_whatif.json and the Online section",
+    )
+    ap.add_argument("--whatif-scale", type=float, default=0.5, help="target lambda = this * logging lambda")
     args = ap.parse_args()
+    if args.whatif:
+        prev = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        lam = next((r["tradeoff"] for r in prev if r["set"] == "routerbench_subset"), None)
+        w = whatif_run("routerbench_subset", args.whatif, args.whatif_scale, lam)
+        print(json.dumps(w), flush=True)
+        if not args.no_write:
+            WHATIF.write_text(json.dumps(_compact(w)) + "\n")
+            if prev:
+                write_markdown(prev)
+        return
     if args.markdown_only:
         write_markdown(json.loads(RESULTS.read_text()))
         return
