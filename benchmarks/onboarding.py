@@ -113,9 +113,12 @@ def run_set(
                     est = r.estimator
                     Pp, Pt = est.base_estimates(Xp), est.base_estimates(Xt)
                     yp = pdat.quality_matrix()[:, 0]
+                    # the known models' true grades on the profile prompts (oc* variants)
+                    Yk = prof.quality_matrix()[:, [prof.models.index(mm) for mm in r.models[:-1]]]
                     for v in variants:
                         qv = q1.copy()
-                        qv[:, -1] = np.clip(_variant(v, Pp, Xp.emb, yp, Pt, Xt.emb), 0.0, 1.0)
+                        A = Yk if v.startswith("oc") else Pp
+                        qv[:, -1] = np.clip(_variant(v, A, Xp.emb, yp, Pt, Xt.emb), 0.0, 1.0)
                         var[v][str(k)] = _gap(Q, C, qv, c1, [*cols, models.index(h)], ctx) - gap_wo
                 r.remove_model(h)
             rows[h] = {"gap_without": gap_wo, "gain_full": gap_full - gap_wo, "gain_profile": gains}
@@ -176,7 +179,9 @@ def _variant(name: str, P, E, y, Pt, Et) -> np.ndarray:
     residuals on the embeddings; rk / rk_se: ridge_eq plus the cosine-kernel residual always on
     (best by LOO), rk_se also minus rmse / sqrt(k); lcb[2][_eq]: ridge [toward equal weights]
     minus 1 [2] standard errors of the fitted mean at each prompt (sigma * sqrt(1/k + d' G^-1 d));
-    mean: the profile's mean everywhere."""
+    mean: the profile's mean everywhere; oc / oc_se: ridge of y on the known models' TRUE grades on
+    the profile prompts (not their estimates; needs their rows in the profile), applied to their
+    estimates Pt [minus rmse / sqrt(k)]."""
     from llmroute.estimators.profiled import fit_profile
 
     k, m = P.shape
@@ -218,6 +223,14 @@ def _variant(name: str, P, E, y, Pt, Et) -> np.ndarray:
         D = Pt - am
         se = sigma * np.sqrt(1.0 / k + np.einsum("ij,jk,ik->i", D, Ginv, D))
         return Pt @ w + b - z * se
+    if name in ("oc", "oc_se"):  # P holds the known models' true grades on the profile prompts
+        ok = np.isfinite(P).all(axis=1)
+        Pf = np.where(np.isfinite(P), P, np.nanmean(P, axis=0))
+        w, b, res = _ridge_loo(Pf, y, np.zeros(m), _ALPHA_GRID * k / 100)
+        q = Pt @ w + b
+        if name == "oc_se":
+            q = q - np.sqrt(np.mean(res[ok] ** 2)) / np.sqrt(k)
+        return q
     if name == "mean":
         return np.full(len(Pt), y.mean())
     raise ValueError(f"unknown variant {name!r}")
@@ -305,7 +318,8 @@ def write_markdown(results: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="diagnostics: start at this seed")
     ap.add_argument("--sets", default="routerbench_subset,routerdc_7model")
     ap.add_argument("--no-write", action="store_true", help="print only; leave JSON and BENCHMARKS.md")
     ap.add_argument("--k", default=",".join(map(str, KS)), help="profile sizes, comma-separated")
@@ -327,7 +341,8 @@ def main() -> None:
             sys.exit(f"{DATA / name} not found: the benchmark needs the shared routing data")
         ks = tuple(int(k) for k in args.k.split(","))
         variants = tuple(v for v in args.variant.split(",") if v)
-        res = run_set(name, list(range(args.seeds)), ks=ks, variants=variants)
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        res = run_set(name, seeds, ks=ks, variants=variants)
         print(json.dumps({"set": name, "summary": res["summary"]}, indent=1), flush=True)
         for v, summ in res["variants"].items():
             print(
@@ -339,7 +354,8 @@ def main() -> None:
                 flush=True,
             )
         results.append(res)
-    if not args.no_write and not args.variant and args.k == ",".join(map(str, KS)):
+    full_run = not args.variant and args.k == ",".join(map(str, KS)) and args.first_seed == 0
+    if not args.no_write and full_run:
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         write_markdown(results)
 
