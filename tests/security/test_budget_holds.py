@@ -353,11 +353,32 @@ def test_stream_the_upstream_breaks_off_is_billed(fake_server: Any, tmp_path: Pa
         finally:
             fake_server.clear()
         assert got and rec["error"] and rec["extra"]["cost_source"] == "estimate"
-        # no usage arrived: the input bound plus what was streamed is billed
+        # no usage arrived: the input estimate plus what was streamed is billed
         input_only = gw.app._estimated_cost("fake-strong", {"messages": msgs}, "")[2]
-        assert rec["cost_usd"] == pytest.approx(input_only + len(got.encode()) * 30.0 / 1e6, rel=1e-9)
-        assert rec["tokens_out"] == len(got.encode())
+        out_tokens = TokenCounter.central().count(got)
+        assert rec["cost_usd"] == pytest.approx(input_only + out_tokens * 30.0 / 1e6, rel=1e-9)
+        assert rec["tokens_out"] == out_tokens
         assert gw.app.budgets.usage("k")["day_spent"] == pytest.approx(rec["cost_usd"], rel=1e-9)
+
+
+@pytest.mark.parametrize("script", ["cjk", "emoji"])
+def test_a_broken_off_stream_is_billed_an_estimate_not_the_byte_bound(
+    fake_server: Any, tmp_path: Path, script: str
+) -> None:
+    """The hold is the byte bound (safe for any tokenizer); the charge for a stream without usage is
+    the plain cl100k count, so a CJK or emoji client is not billed ~3x what it received."""
+    msgs = [{"role": "user", "content": PROMPTS[script]}]
+    cfg = _config(fake_server.base_url, tmp_path, budget=100.0)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        delivered = PROMPTS[script][:200]
+        ti, to, usd = gw.app._estimated_cost("fake-strong", {"messages": msgs}, delivered)
+        central = TokenCounter.central()
+        assert ti == estimate_input_tokens(msgs, central) and to == central.count(delivered)
+        byte_in = estimate_input_tokens(msgs)
+        # below the byte bound the hold used (CJK: under half; emoji: ~2.7 tokens per 4-byte emoji)
+        assert ti < byte_in * (0.5 if script == "cjk" else 0.75)
+        assert 0 < to < len(delivered.encode())
+        assert usd == pytest.approx(ti * 10.0 / 1e6 + to * 30.0 / 1e6, rel=1e-12)
 
 
 def test_two_workers_end_within_budget_with_cjk_streams(fake_server: Any, tmp_path: Path) -> None:

@@ -490,3 +490,27 @@ def test_stale_worker_dirs_are_removed(tmp_path: Path) -> None:
     removed = remove_stale_worker_dirs(tmp_path)
     assert sorted(removed) == sorted([str(stale), str(reused)])
     assert mine.exists() and other.exists() and not stale.exists() and not reused.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_killed_worker_not_yet_reaped_counts_as_gone() -> None:
+    """A restart right after kill -9 finds the workers as zombies (their parent has not reaped them
+    yet): their ledger holds must be given back then, not at some later refused request."""
+    from llmroute.gateway.ledger import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(child.pid, process_start(child.pid))
+        start = process_start(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(500):  # not reaped: wait until the kernel shows it exited
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if b") Z" in f.read():
+                    break
+            time.sleep(0.01)
+        assert not process_alive(child.pid, start)
+        assert not process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)

@@ -408,10 +408,11 @@ class Gateway:
         self, model: str, body: dict[str, Any], text: str, input_tokens: int | None = None
     ) -> tuple[int, int, float]:
         """(input, output tokens, USD) when the upstream reported no usage (e.g. a stream the client
-        broke off): `input_tokens` (an Anthropic upstream reports them first) or the input's upper
-        bound, plus the tokens of `text`, the output delivered; never more than the request's
-        maximum cost on `model`."""
-        c = self.counters.get(model) or TokenCounter()
+        broke off): `input_tokens` (an Anthropic upstream reports them first) or a central estimate
+        of the input, plus the estimated tokens of `text`, the output delivered (both
+        `TokenCounter.central()`: a charge, not a hold, so not the byte bound that overcharges
+        non-Latin text); never more than the request's hold on `model`."""
+        c = TokenCounter.central()  # never above a hold's counter: min(bytes, the plain cl100k count)
         ti = input_tokens if input_tokens else estimate_input_tokens(body, c)
         out, n = self._max_output(model, body)
         to = min(c.count(text), out * n)

@@ -246,7 +246,9 @@ class CascadeConfig(_Strict):
         description="checks of llmroute.cascade.verifiers; the answer's score is their minimum",
     )
     stall_s: float | None = Field(
-        None, gt=0, description="a step with no answer (stream: no first token; then: no chunk) by then escalates"
+        None,
+        gt=0,
+        description="a step with no answer (stream: no first token; then: no chunk) by then escalates",
     )
     learned_verifier: str | None = Field(
         None,

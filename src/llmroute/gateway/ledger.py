@@ -92,6 +92,16 @@ def process_start(pid: int) -> float:
         return 0.0
 
 
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits to be reaped (Linux /proc state Z or X); False elsewhere."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"Z", b"X")
+    except (OSError, ValueError):
+        return False
+
+
 def process_alive(pid: int, start: float = 0.0) -> bool:
     """Whether process `pid` exists and, when `start` (from `process_start`) is given and this
     system reports start times, is the process that started then (not a later reuse of its pid)."""
@@ -103,6 +113,8 @@ def process_alive(pid: int, start: float = 0.0) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
+    if _zombie(pid):  # killed but not yet reaped by its parent: its holds can be given back now
+        return False
     if start:
         now = process_start(pid)
         return not now or now == start

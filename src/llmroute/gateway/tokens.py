@@ -18,7 +18,10 @@ estimates are upper bounds wherever one is known:
   image costs), `tools` / `functions` (their JSON size plus `TOOLS_OVERHEAD` for the tool-use
   preamble providers add) and `response_format` (its JSON size).
 - `stream_text(chunk)`: the text one OpenAI stream chunk delivered, to bill a stream the client
-  abandoned: counted with the same counter, plus the input estimate, capped at the hold.
+  abandoned. Billing is not a hold: it uses `TokenCounter.central()`, the plain cl100k count (no
+  margin) for every model, since modern BPE vocabularies give counts close to it, where the byte
+  bound would charge a CJK or emoji client several times what it received. It is never above the
+  byte bound, so the charge stays within the hold. Without tiktoken it falls back to the bytes.
 """
 
 from __future__ import annotations
@@ -86,11 +89,19 @@ def _utf8_len(text: str) -> int:
 class TokenCounter:
     """Counts the tokens of a text for one model: an upper bound (see the module docstring)."""
 
-    __slots__ = ("tokenizer",)
+    __slots__ = ("margin", "tokenizer")
 
-    def __init__(self, tokenizer: bool = False) -> None:
+    def __init__(self, tokenizer: bool = False, *, margin: bool = True) -> None:
         #: True: count with tiktoken cl100k (+ margin); False: UTF-8 bytes
         self.tokenizer = tokenizer
+        #: add `CL100K_MARGIN` to tokenizer counts (a bound); False: the plain count (an estimate)
+        self.margin = margin
+
+    @classmethod
+    def central(cls) -> TokenCounter:
+        """A central estimate for any model, for billing when the upstream reported no usage: the
+        plain cl100k count (capped at the byte length), not an upper bound."""
+        return cls(True, margin=False)
 
     @classmethod
     def for_model(cls, provider: str, model: str) -> TokenCounter:
@@ -105,6 +116,8 @@ class TokenCounter:
         if self.tokenizer:
             enc = _cl100k()
             if enc is not None:
+                if not self.margin:
+                    return min(nbytes, len(enc(text)))
                 k, add = CL100K_MARGIN
                 return min(nbytes, math.ceil(len(enc(text)) * k) + add)
         return nbytes
