@@ -22,6 +22,8 @@ The code is split by API family over one shared request pipeline:
   request validation (and translation to the OpenAI chat body every backend takes), error bodies,
   response and stream shapes.
 - `api_ops`: route, feedback, models, health, metrics and the OpenAPI document.
+- `streaming`: the streamed-response relay (delivered-text billing) and client-disconnect handling.
+- `billing`: `Pricing`, the budget hold before a call and the bill after it.
 - `asgi`: the plumbing they share (responses, JSON bodies, errors, trace headers).
 
 Build with `Gateway(config)` (loads routers and backends; `routers=` injects router objects) and
@@ -58,16 +60,11 @@ from llmroute.gateway.asgi import (
     send_response,
     trace_headers,
 )
-from llmroute.gateway.auth import (
-    Authenticator,
-    BudgetManager,
-    GatewayError,
-    max_request_cost,
-)
+from llmroute.gateway.auth import Authenticator, BudgetManager, GatewayError
 from llmroute.gateway.backends import Backend, BackendError, make_backends
-from llmroute.gateway.backends.anthropic import PROMPT_TOKENS
 from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
+from llmroute.gateway.billing import Pricing
 from llmroute.gateway.config import GatewayConfig
 from llmroute.gateway.metrics import GatewayMetrics
 from llmroute.gateway.reliability import Attempt, Executor
@@ -79,14 +76,16 @@ from llmroute.gateway.routing import (
     load_router,
     parse_request_policy,
 )
-from llmroute.gateway.tokens import TokenCounter, estimate_input_tokens, response_text, stream_text
+from llmroute.gateway.streaming import DISCONNECT_EXT, Disconnect, relay_stream
+from llmroute.gateway.tokens import response_text
 
 __all__ = ["ApiFamily", "Gateway", "StreamEncoder", "openapi_document"]
 
 log = logging.getLogger("llmroute.gateway")
 
-# ASGI scope extension offered by `llmroute.gateway._uvicorn.CoalescingHttpToolsProtocol`
-_DISCONNECT_EXT = "llmroute.on_disconnect"
+# the former private names of `llmroute.gateway.streaming.Disconnect` and its scope extension
+_Disconnect = Disconnect
+_DISCONNECT_EXT = DISCONNECT_EXT
 
 
 class StreamEncoder(Protocol):
@@ -143,51 +142,6 @@ def _from_backend(e: BackendError) -> GatewayError:
     return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param, headers=headers)
 
 
-class _Disconnect:
-    """Cancels the request task when the client disconnects before the response is complete.
-
-    Under `llmroute serve` (uvicorn with `CoalescingHttpToolsProtocol`) the server calls back on
-    the disconnect (the `llmroute.on_disconnect` scope extension): no extra task per request.
-    Under any other ASGI server a watcher task waits in `receive()` for `http.disconnect`."""
-
-    __slots__ = ("done", "task", "watcher")
-
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.done = False
-        self.task = asyncio.current_task()
-        ext = (scope.get("extensions") or {}).get(_DISCONNECT_EXT)
-        if ext is not None:
-            self.watcher: asyncio.Future[None] | None = None
-            ext["register"](self._cancel)
-        else:
-            self.watcher = asyncio.ensure_future(self._watch(receive))
-
-    def _cancel(self) -> None:
-        if not self.done and self.task is not None:
-            self.task.cancel()
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                self._cancel()
-                return
-
-    def stop(self) -> None:
-        """The request is over. uvicorn answers the pending `receive` with `http.disconnect` once the
-        response is complete, so a watcher normally ends on its own in the next loop turn;
-        cancelling it at once would leave a CancelledError/traceback/frame cycle holding the whole
-        request cycle per request for the garbage collector. A watcher still waiting one turn later
-        (another server, or no complete response) is cancelled then."""
-        self.done = True
-        if self.watcher is not None and not self.watcher.done():
-            asyncio.get_running_loop().call_soon(self._reap)
-
-    def _reap(self) -> None:
-        if self.watcher is not None and not self.watcher.done():
-            self.watcher.cancel()
-
-
 class Gateway:
     """The ASGI app. See the module docstring."""
 
@@ -233,9 +187,10 @@ class Gateway:
         self.store: Any = None
         self.http: HTTPClient | None = None
         self.feedback_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
-        self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
-        # budget holds and estimated bills count tokens per model (llmroute.gateway.tokens)
-        self.counters = {m.name: TokenCounter.for_model(m.provider, m.upstream) for m in config.models}
+        # prices and token counters: budget holds and bills (llmroute.gateway.billing)
+        self.pricing = Pricing(config, self.engine)
+        # its former name on the gateway (tests call it to check a stream's bill)
+        self._estimated_cost = self.pricing.estimated_cost
         self.max_body = srv.max_body_bytes
         self.max_depth = srv.max_json_depth
         self.errors = ErrorLog(log)  # unexpected exceptions: first of each kind per minute, then a count
@@ -381,52 +336,6 @@ class Gateway:
                     return
 
     # ---- the shared pipeline -----------------------------------------------------------------
-    def _max_output(self, model: str, body: dict[str, Any]) -> tuple[int, int]:
-        """(max output tokens per choice, number of choices `n`) of `body` on `model`."""
-        mt = body.get("max_tokens") or body.get("max_completion_tokens")
-        n = body.get("n")
-        choices = int(n) if isinstance(n, int | float) and not isinstance(n, bool) and n > 1 else 1
-        return int(mt or self.engine.models[model].context_window or 4096), choices
-
-    def _max_cost(self, decision: RouteDecision, body: dict[str, Any]) -> float:
-        """The budget hold: the dearest of the candidates the request may run on, each with an upper
-        bound on its input tokens (its tokenizer's count, or UTF-8 bytes; tools and
-        response_format included) and `n` x its maximum output."""
-        tin: dict[bool, int] = {}  # by counter kind: tokenizer or byte bound
-        worst = 0.0
-        for name in decision.ranked[: 1 + self.config.server.max_fallbacks]:
-            cfg = self.engine.models[name]
-            c = self.counters[name]
-            if c.tokenizer not in tin:
-                tin[c.tokenizer] = estimate_input_tokens(body, c)
-            out, n = self._max_output(name, body)
-            cost = max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin[c.tokenizer], out, n)
-            worst = max(worst, cost)
-        return worst
-
-    def _estimated_cost(
-        self, model: str, body: dict[str, Any], text: str, input_tokens: int | None = None
-    ) -> tuple[int, int, float]:
-        """(input, output tokens, USD) when the upstream reported no usage (e.g. a stream the client
-        broke off): `input_tokens` (an Anthropic upstream reports them first) or a central estimate
-        of the input, plus the estimated tokens of `text`, the output delivered (both
-        `TokenCounter.central()`: a charge, not a hold, so not the byte bound that overcharges
-        non-Latin text); never more than the request's hold on `model`."""
-        c = TokenCounter.central()  # never above a hold's counter: min(bytes, the plain cl100k count)
-        ti = input_tokens if input_tokens else estimate_input_tokens(body, c)
-        out, n = self._max_output(model, body)
-        to = min(c.count(text), out * n)
-        pin, pout = self.prices[model]
-        return ti, to, ti * pin + to * pout
-
-    def _cost(self, model: str, usage: dict[str, Any] | None) -> tuple[int, int, float]:
-        if not usage:
-            return 0, 0, 0.0
-        ti = int(usage.get("prompt_tokens") or 0)
-        to = int(usage.get("completion_tokens") or 0)
-        pin, pout = self.prices[model]
-        return ti, to, ti * pin + to * pout
-
     async def prepare(
         self, scope: Scope, body: dict[str, Any], rid: str, endpoint: str
     ) -> tuple[RequestContext, RouteDecision, Any]:
@@ -552,7 +461,7 @@ class Gateway:
         t0: float,
         reservation: Any,
         api: ApiFamily,
-        watch: _Disconnect,
+        watch: Disconnect,
         *,
         stream: bool = False,
     ) -> None:
@@ -590,7 +499,7 @@ class Gateway:
         ctx: RequestContext | None = None
         decision: RouteDecision | None = None
         reservation = None
-        watch: _Disconnect | None = None
+        watch: Disconnect | None = None
         attempts: list[Attempt] = []
         try:
             try:
@@ -601,7 +510,7 @@ class Gateway:
                     hold = (
                         cascade.worst_cost(ctx, decision, body)
                         if cascade is not None
-                        else self._max_cost(decision, body)
+                        else self.pricing.max_cost(decision, body)
                     )
                     reservation = self.budgets.reserve(key, hold)
             except GatewayError as e:
@@ -620,7 +529,7 @@ class Gateway:
                     self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
                 await send_error(send, e, rejected_headers(rid, decision, e), api.error_body(e))
                 return
-            watch = _Disconnect(scope, receive)
+            watch = Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
                 await self._cached(send, ctx, decision, rid, t0, reservation, api, bool(body.get("stream")))
                 return
@@ -629,7 +538,9 @@ class Gateway:
                 await run(send, body, ctx, decision, rid, t0, deadline, reservation, api, watch)
                 return
             if body.get("stream"):
-                await self._stream(send, body, ctx, decision, rid, t0, deadline, reservation, api, watch)
+                await relay_stream(
+                    self, send, body, ctx, decision, rid, t0, deadline, reservation, api, watch
+                )
                 return
             try:
                 model, resp, attempts = await self.executor.complete(decision.ranked, body, deadline)
@@ -638,9 +549,9 @@ class Gateway:
                 return
             source = "usage" if resp.get("usage") else "estimate"
             usage = (
-                self._cost(model, resp["usage"])
+                self.pricing.cost(model, resp["usage"])
                 if source == "usage"
-                else self._estimated_cost(model, body, response_text(resp))
+                else self.pricing.estimated_cost(model, body, response_text(resp))
             )
             if reservation is not None:
                 self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
@@ -719,134 +630,6 @@ class Gateway:
             )
         with contextlib.suppress(Exception):  # fails if the response had started: nothing more to say
             await send_error(send, ge, rejected_headers(rid, decision, ge), api.error_body(ge))
-
-    async def _stream(
-        self,
-        send: Send,
-        body: dict[str, Any],
-        ctx: RequestContext,
-        decision: RouteDecision,
-        rid: str,
-        t0: float,
-        deadline: float,
-        reservation: Any,
-        api: ApiFamily,
-        watch: _Disconnect,
-    ) -> None:
-        try:
-            start = await self.executor.stream(decision.ranked, body, deadline)
-        except BackendError as e:
-            await self._upstream_failed(send, e, rid, ctx, decision, t0, reservation, api, watch, stream=True)
-            return
-        try:
-            model = start.model
-            ttft = time.perf_counter() - t0
-            reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"
-            trace = trace_headers(rid, model, reason, decision)
-            headers = [SSE, (b"cache-control", b"no-cache"), *trace]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            usage_raw: dict[str, Any] | None = None
-            delivered: list[str] = []  # the streamed text, billed when no usage arrives
-            reported_in: int | None = None  # input tokens an Anthropic upstream reported first
-            cancelled = False
-            enc = api.stream(model, rid, ctx)
-            feed = enc.feed
-            error: str | None = None
-            t_up = time.perf_counter()
-
-            collected: list[dict[str, Any]] | None = (
-                [] if self.guard is not None and self.guard.cache else None
-            )
-
-            def encode(chunk: dict[str, Any]) -> bytes:
-                nonlocal usage_raw, reported_in
-                if collected is not None:
-                    collected.append(chunk)
-                if chunk.get("usage"):
-                    usage_raw = chunk["usage"]
-                if chunk.get("choices"):
-                    delivered.append(stream_text(chunk))
-                    if PROMPT_TOKENS in chunk:
-                        reported_in = int(chunk[PROMPT_TOKENS] or 0)
-                return feed(chunk)
-
-            try:
-                first = b"".join(encode(c) for c in start.first)
-                if first:
-                    await send({"type": "http.response.body", "body": first, "more_body": True})
-                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                    async for batch in start.rest:
-                        data = b"".join([encode(chunk) for chunk in batch])
-                        if data:
-                            await send({"type": "http.response.body", "body": data, "more_body": True})
-                self.executor.stream_done(model, True)
-            except (BackendError, TimeoutError) as e:
-                error = e.message if isinstance(e, BackendError) else "request deadline exceeded mid-stream"
-                self.executor.stream_done(model, False)
-                with contextlib.suppress(Exception):
-                    await start.rest.aclose()  # type: ignore[attr-defined]
-            except asyncio.CancelledError:
-                # client disconnected: close the upstream stream now; billed and recorded below
-                cancelled = True
-                error = "client disconnected"
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
-        finally:
-            start.release()  # the model's concurrency slot, however the stream ended
-        # bill what was streamed: the upstream's usage when it arrived, else the delivered text's
-        # tokens plus the input estimate (a broken-off or disconnected stream)
-        source = "usage" if usage_raw else "estimate"
-        usage = (
-            self._cost(model, usage_raw)
-            if usage_raw
-            else self._estimated_cost(model, body, "".join(delivered), reported_in)
-        )
-        if reservation is not None:
-            self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
-        if cancelled:
-            self._finish(
-                rid=rid,
-                ctx=ctx,
-                decision=decision,
-                model=model,
-                status=499,
-                t0=t0,
-                attempts=[*start.attempts],
-                usage=usage,
-                stream=True,
-                ttft=ttft,
-                error=error,
-                extra={"cost_source": source},
-            )
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            return
-        if collected is not None and error is None:
-            from llmroute.cache import assemble_stream
-
-            self.guard.store(ctx, assemble_stream(collected))
-        tail = enc.finish() if error is None else enc.fail(error)
-        watch.done = True
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
-        attempts = [*start.attempts]
-        attempts[-1] = Attempt(
-            model, error is None, attempts[-1].latency_s + (time.perf_counter() - t_up), error
-        )
-        self._finish(
-            rid=rid,
-            ctx=ctx,
-            decision=decision,
-            model=model,
-            status=200,
-            t0=t0,
-            attempts=attempts,
-            usage=usage,
-            stream=True,
-            ttft=ttft,
-            error=error,
-            extra={"cost_source": source},
-        )
 
     async def _cached(
         self,

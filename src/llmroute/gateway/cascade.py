@@ -41,11 +41,10 @@ import orjson
 
 from llmroute.cascade.verifiers import Verdict, verify
 from llmroute.gateway.asgi import JSON, SSE, header, send_response, trace_headers
-from llmroute.gateway.auth import max_request_cost
 from llmroute.gateway.backends import BackendError
 from llmroute.gateway.config import CascadeConfig
 from llmroute.gateway.reliability import Attempt
-from llmroute.gateway.tokens import estimate_input_tokens, response_text, stream_text
+from llmroute.gateway.tokens import response_text, stream_text
 
 if TYPE_CHECKING:
     from llmroute.gateway.app import ApiFamily, Gateway
@@ -131,6 +130,61 @@ class _Run:
         return {"steps": [s.as_dict() for s in self.steps], "stop": self.stop, "cost_usd": self.spent}
 
 
+class _Steps:
+    """The walk over a cascade's models that `Cascade.complete` and `Cascade.stream` share: the
+    next model to call with its step deadline, and what a call without an answer means for the
+    rest of the walk (a larger window next, fall back, or stop)."""
+
+    __slots__ = ("above", "body", "casc", "ctx", "deadline", "last_err", "order", "run", "tried")
+
+    def __init__(
+        self,
+        casc: Cascade,
+        run: _Run,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        body: dict[str, Any],
+        deadline: float,
+    ) -> None:
+        self.casc = casc
+        self.run = run
+        self.ctx = ctx
+        self.body = body
+        self.deadline = deadline
+        self.order = casc.order(ctx, decision)
+        self.tried: set[str] = set()
+        self.above = 0  # the largest window of a model that reported a context overflow
+        self.last_err: BackendError | None = None  # the last call's error without an answer
+
+    def next(self) -> tuple[str, float] | None:
+        """The next model and its step deadline, or None when the cascade stops (`run.stop` set:
+        max_steps, deadline, max_cost or no model left)."""
+        run = self.run
+        if run.answers >= self.casc.cfg.max_steps:
+            run.stop = "max_steps"
+            return None
+        if time.monotonic() >= self.deadline:
+            run.stop = "deadline"
+            return None
+        m = self.casc._next(self.order, self.tried, run, self.ctx, self.body, self.above)
+        if m is None:
+            return None
+        self.tried.add(m)
+        return m, self.casc._deadline(self.deadline)
+
+    def failed(self, model: str, e: BackendError, step_deadline: float, t0: float) -> bool:
+        """Record `model`'s call that failed with `e` (started at monotonic `t0`); whether the
+        cascade goes on to the next model."""
+        self.last_err = e
+        kind = self.casc._failed_step(self.run, model, e, step_deadline, self.deadline, t0)
+        if kind == "context_window":
+            self.above = max(self.above, self.casc.gw.engine.models[model].context_window or 0)
+        elif not e.fallback and kind != "stalled":
+            self.run.stop = "client_error"
+            return False  # the request itself is at fault: another model fails it too
+        return True
+
+
 class Cascade:
     """The cascade of one alias, run inside a `Gateway`'s request pipeline."""
 
@@ -154,12 +208,8 @@ class Cascade:
         return models
 
     def step_max_cost(self, model: str, body: dict[str, Any]) -> float:
-        """The most one call of `model` can cost for `body` (input upper bound + `n` x max output)."""
-        gw = self.gw
-        cfg = gw.engine.models[model]
-        tin = estimate_input_tokens(body, gw.counters[model])
-        out, n = gw._max_output(model, body)
-        return max_request_cost(cfg.input_per_mtok, cfg.output_per_mtok, tin, out, n)
+        """The most one call of `model` can cost for `body` (`Pricing.step_max_cost`)."""
+        return self.gw.pricing.step_max_cost(model, body)
 
     def worst_cost(self, ctx: RequestContext, decision: RouteDecision, body: dict[str, Any]) -> float:
         """The budget hold: the `max_steps` dearest steps' worst cases, and never more than the
@@ -211,8 +261,8 @@ class Cascade:
 
     def _usage(self, model: str, body: dict[str, Any], resp: dict[str, Any]) -> tuple[int, int, float]:
         if resp.get("usage"):
-            return self.gw._cost(model, resp["usage"])
-        return self.gw._estimated_cost(model, body, response_text(resp))
+            return self.gw.pricing.cost(model, resp["usage"])
+        return self.gw.pricing.estimated_cost(model, body, response_text(resp))
 
     def _failed_step(
         self, run: _Run, model: str, e: BackendError, step_deadline: float, deadline: float, t0: float
@@ -230,6 +280,30 @@ class Cascade:
             kind = "failed"
         run.steps.append(Step(model, error=f"{kind}: {e.message[:120]}"))
         return kind
+
+    async def _no_answer(
+        self,
+        send: Any,
+        steps: _Steps,
+        ctx: RequestContext,
+        decision: RouteDecision,
+        rid: str,
+        t0: float,
+        reservation: Any,
+        api: ApiFamily,
+        watch: Any,
+        *,
+        stream: bool = False,
+    ) -> None:
+        """No step gave an answer: answer the last upstream error (or a 502), with the steps traced."""
+        run = steps.run
+        err = steps.last_err or BackendError("no cascade model could take the request", status=502)
+        err.attempts = run.attempts  # type: ignore[attr-defined]
+        if run.steps:
+            decision.extra["cascade"] = run.trace()
+        await self.gw._upstream_failed(
+            send, err, rid, ctx, decision, t0, reservation, api, watch, stream=stream
+        )
 
     # ---- non-streamed ------------------------------------------------------------------------
     async def complete(
@@ -249,32 +323,16 @@ class Cascade:
         gw = self.gw
         run = _Run()
         try:
-            order = self.order(ctx, decision)
-            tried: set[str] = set()
-            above = 0
-            last_err: BackendError | None = None
-            while run.answers < self.cfg.max_steps:
-                if time.monotonic() >= deadline:
-                    run.stop = "deadline"
-                    break
-                m = self._next(order, tried, run, ctx, body, above)
-                if m is None:
-                    break
-                tried.add(m)
-                sd = self._deadline(deadline)
+            steps = _Steps(self, run, ctx, decision, body, deadline)
+            while (nxt := steps.next()) is not None:
+                m, sd = nxt
                 ts = time.monotonic()
                 try:
                     model, resp, atts = await gw.executor.complete([m], body, sd)
                 except BackendError as e:
-                    last_err = e
-                    kind = self._failed_step(run, m, e, sd, deadline, ts)
-                    if kind == "context_window":
-                        w = gw.engine.models[m].context_window
-                        above = max(above, w or 0)
-                    elif not e.fallback and kind != "stalled":
-                        run.stop = "client_error"
-                        break  # the request itself is at fault: another model fails it too
-                    continue
+                    if steps.failed(m, e, sd, ts):
+                        continue
+                    break
                 run.attempts.extend(atts)
                 usage = self._usage(model, body, resp)
                 verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
@@ -283,14 +341,8 @@ class Cascade:
                 if verdict.passed(self.cfg.threshold):
                     run.stop = "pass"
                     break
-            else:
-                run.stop = "max_steps"
             if run.best is None:
-                err = last_err or BackendError("no cascade model could take the request", status=502)
-                err.attempts = run.attempts  # type: ignore[attr-defined]
-                if run.steps:
-                    decision.extra["cascade"] = run.trace()
-                await gw._upstream_failed(send, err, rid, ctx, decision, t0, reservation, api, watch)
+                await self._no_answer(send, steps, ctx, decision, rid, t0, reservation, api, watch)
                 return
             best = run.best
             if reservation is not None:
@@ -337,31 +389,16 @@ class Cascade:
         gw = self.gw
         run = _Run()
         try:
-            order = self.order(ctx, decision)
-            tried: set[str] = set()
-            above = 0
-            last_err: BackendError | None = None
-            while run.answers < self.cfg.max_steps:
-                if time.monotonic() >= deadline:
-                    run.stop = "deadline"
-                    break
-                m = self._next(order, tried, run, ctx, body, above)
-                if m is None:
-                    break
-                tried.add(m)
-                sd = self._deadline(deadline)
+            steps = _Steps(self, run, ctx, decision, body, deadline)
+            while (nxt := steps.next()) is not None:
+                m, sd = nxt
                 ts = time.monotonic()
                 try:
                     start = await gw.executor.stream([m], body, sd)
                 except BackendError as e:
-                    last_err = e
-                    kind = self._failed_step(run, m, e, sd, deadline, ts)
-                    if kind == "context_window":
-                        above = max(above, gw.engine.models[m].context_window or 0)
-                    elif not e.fallback and kind != "stalled":
-                        run.stop = "client_error"
-                        break
-                    continue
+                    if steps.failed(m, e, sd, ts):
+                        continue
+                    break
                 last_step = run.answers + 1 >= self.cfg.max_steps
                 limit = -1 if last_step else self.cfg.stream_buffer_chars
                 chunks = list(start.first)
@@ -387,7 +424,7 @@ class Cascade:
                         if isinstance(e, BackendError)
                         else BackendError("request deadline exceeded", status=504)
                     )
-                    last_err = be
+                    steps.last_err = be
                     run.attempts.extend(start.attempts)
                     run.steps.append(Step(m, error=f"failed: {be.message[:120]}"))
                     continue
@@ -426,15 +463,9 @@ class Cascade:
                 if verdict.passed(self.cfg.threshold):
                     run.stop = "pass"
                     break
-            else:
-                run.stop = "max_steps"
             if run.best is None:
-                err = last_err or BackendError("no cascade model could take the request", status=502)
-                err.attempts = run.attempts  # type: ignore[attr-defined]
-                if run.steps:
-                    decision.extra["cascade"] = run.trace()
-                await gw._upstream_failed(
-                    send, err, rid, ctx, decision, t0, reservation, api, watch, stream=True
+                await self._no_answer(
+                    send, steps, ctx, decision, rid, t0, reservation, api, watch, stream=True
                 )
                 return
             best = run.best
@@ -535,7 +566,9 @@ class Cascade:
         finally:
             start.release()
         usage = (
-            gw._cost(model, usage_raw) if usage_raw else gw._estimated_cost(model, body, "".join(delivered))
+            gw.pricing.cost(model, usage_raw)
+            if usage_raw
+            else gw.pricing.estimated_cost(model, body, "".join(delivered))
         )
         step = run.steps[-1]
         step.cost_usd = usage[2]
