@@ -266,8 +266,11 @@ def test_cli_profile_writes_table_summary_and_refuses_over_cap(tmp_path: Path) -
 
         # a subset of 9 of the 12 prompts, embedded with the shipped router's encoder
         sub = ["--n", "9", "--router", str(default_router_path()), "--no-progress"]
-        res = runner.invoke(app, [*base, *sub, "--out", str(out)])
+        report = tmp_path / "report.html"
+        res = runner.invoke(app, [*base, *sub, "--out", str(out), "--report", str(report)])
         assert res.exit_code == 0, res.output
+    html = report.read_text()  # --report: the "is it worth adding?" report of the profiled models
+    assert all(m in html for m in MODELS) and (tmp_path / "report.png").stat().st_size > 0
     df = load_table(out).df
     assert len(df) == 27 and set(df["model"]) == set(MODELS)  # every model but the judge, 9 prompts
     summary = json.loads((tmp_path / "table.csv.summary.json").read_text())

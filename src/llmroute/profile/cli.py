@@ -93,6 +93,13 @@ def profile_cmd(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the 'is it worth adding?' HTML report (PNG beside it) for the profiled "
+            "models against --router (default: the shipped router); same as `llmroute models report`."
+        ),
+    ] = None,
 ) -> None:
     """Call each model on your prompts, grade the answers and write a long-format routing table."""
     from llmroute.data.table import TableError
@@ -153,3 +160,9 @@ def profile_cmd(
             err=True,
         )
     typer.echo(f"wrote {out} ({s['rows']} rows, ${s['spent_usd']:.6f} spent) and {summary_path}", err=True)
+    if report is not None:
+        from llmroute.onboard_cli import _guard, _load
+        from llmroute.onboard_report import write_report
+
+        paths = _guard(write_report, _load(router), out, report)
+        typer.echo(f"wrote the report {paths['html']} and {paths['png']}", err=True)
