@@ -49,6 +49,42 @@ def test_messages_endpoint_routes_and_answers(gw: Any) -> None:
     assert msg.model == "fake-weak"  # the concrete model that answered, not the alias
 
 
+def test_messages_endpoint_carries_policy_user_and_text_documents(gw: Any, fake_server: Any) -> None:
+    """The `llmroute` object steers the route on /v1/messages as on chat completions;
+    metadata.user_id becomes the upstream's `user`; a text document reaches the model as text."""
+    c = _anthropic(gw)
+    raw = c.messages.with_raw_response.create(
+        model="llmroute/auto",
+        max_tokens=50,
+        messages=[{"role": "user", "content": LONG}],
+        metadata={"user_id": "u-42"},
+        extra_body={"llmroute": {"tradeoff": 1e9}},
+    )
+    assert raw.headers["x-llmroute-model"] == "fake-weak"  # without the policy: fake-strong (LONG)
+    assert "lambda=1e+09" in raw.headers["x-llmroute-reason"]
+    sent = fake_server.state.last["fake-weak"]
+    assert sent["user"] == "u-42" and "llmroute" not in sent
+    doc = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "The tide table: high at 6."},
+        "title": "Tides",
+    }
+    c.messages.create(
+        model="fake-weak",
+        max_tokens=50,
+        messages=[{"role": "user", "content": [doc, {"type": "text", "text": "When is high tide?"}]}],
+    )
+    text = fake_server.state.last["fake-weak"]["messages"][-1]["content"]
+    assert "Tides\n\nThe tide table: high at 6." in text and "When is high tide?" in text
+    with pytest.raises(anthropic.BadRequestError):  # the policy object is checked as on chat
+        c.messages.create(
+            model="llmroute/auto",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"llmroute": {"nope": 1}},
+        )
+
+
 def test_messages_endpoint_streaming(gw: Any) -> None:
     c = _anthropic(gw)
     with c.messages.stream(

@@ -460,6 +460,16 @@ class AnthropicToOpenAIStream:
 
 
 # ---- Anthropic -> OpenAI (request), for the inbound /v1/messages endpoint ---------------------
+def _document_text(block: dict[str, Any]) -> str:
+    """A text-source Anthropic document block as plain text: its title and context, then the text."""
+    src = block.get("source") or {}
+    body = src.get("data") if src.get("type") == "text" else src.get("content")
+    if not isinstance(body, str):
+        body = "".join(x.get("text", "") for x in (body or []) if x.get("type") == "text")
+    head = [str(block[k]) for k in ("title", "context") if block.get(k)]
+    return "\n\n".join([*head, body or ""])
+
+
 def _a2o_blocks(content: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
     """(openai content, tool_calls, tool messages) for one Anthropic message content."""
     if isinstance(content, str):
@@ -490,6 +500,10 @@ def _a2o_blocks(content: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str,
                     },
                 }
             )
+        elif t == "document" and (b.get("source") or {}).get("type") in ("text", "content"):
+            # a text document reaches any model as text (title and context first); base64/URL
+            # (PDF) documents have no OpenAI chat equivalent yet and are not forwarded
+            parts.append({"type": "text", "text": _document_text(b)})
         elif t == "tool_result":
             c = b.get("content")
             text = (
@@ -530,6 +544,11 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
             out_body[k] = body[k]
     if body.get("stop_sequences"):
         out_body["stop"] = body["stop_sequences"]
+    user = (body.get("metadata") or {}).get("user_id")
+    if isinstance(user, str) and user:
+        out_body["user"] = user
+    if body.get("llmroute") is not None:  # the per-request policy, read (and removed) by the pipeline
+        out_body["llmroute"] = body["llmroute"]
     if body.get("tools"):
         out_body["tools"] = [
             {
