@@ -379,3 +379,13 @@ def test_upstream_context_overflow_escalates(gw: GatewayHandle, fake_server: Fak
     with pytest.raises(openai.BadRequestError):
         _ask(gw, "c/three", MATH)
     assert fake_server.state.counts.get("mid-m", 0) == 1
+
+
+def test_models_list_shows_an_alias_cascade(gw: GatewayHandle) -> None:
+    """/v1/models tells a client that a cascade alias may buy several answers, and within which ceilings."""
+    models = {m.id: m for m in _client(gw).models.list().data}
+    ceiling = models["c/ceiling"].model_extra["llmroute"]["cascade"]  # type: ignore[index]
+    assert ceiling["models"] == ["cheap-m", "mid-m", "strong-m"]
+    assert ceiling["max_steps"] == 3 and ceiling["max_cost_usd"] == 0.001
+    assert ceiling["learned_verifier"] is False
+    assert "cascade" not in models["cheap-m"].model_extra.get("llmroute", {})  # type: ignore[union-attr]

@@ -446,6 +446,10 @@ class _AliasPlan:
         if self.no_threshold is None and self.maps_shares():
             suffixes.insert(0, f"{self.name}@<strong share 0..1>")
         out["model_suffixes"] = suffixes
+        if a.cascade is not None:  # what a client of the alias pays for: several answers per request
+            out["cascade"] = a.cascade.model_dump(exclude={"learned_verifier"}) | {
+                "learned_verifier": a.cascade.learned_verifier is not None
+            }
         return out
 
 
