@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -389,3 +390,31 @@ def test_models_list_shows_an_alias_cascade(gw: GatewayHandle) -> None:
     assert ceiling["max_steps"] == 3 and ceiling["max_cost_usd"] == 0.001
     assert ceiling["learned_verifier"] is False
     assert "cascade" not in models["cheap-m"].model_extra.get("llmroute", {})  # type: ignore[union-attr]
+
+
+def _cascade_counters(gw: GatewayHandle) -> dict[tuple[str, ...], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gw.root}/metrics", timeout=10).text
+    out: dict[tuple[str, ...], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name.startswith("llmroute_cascade_") and s.name.endswith("_total"):
+                out[(s.name, *sorted(s.labels.values()))] = s.value
+    return out
+
+
+def test_metrics_count_cascade_steps_and_stops(gw: GatewayHandle) -> None:
+    before = _cascade_counters(gw)
+    _ask(gw, "c/three", CHAT)  # cheap-m and mid-m refuse, strong-m passes
+    after = _cascade_counters(gw)
+
+    def delta(*key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    steps = "llmroute_cascade_steps_total"
+    assert delta(steps, *sorted(["c/three", "cheap-m", "below_threshold"])) == 1
+    assert delta(steps, *sorted(["c/three", "mid-m", "below_threshold"])) == 1
+    assert delta(steps, *sorted(["c/three", "strong-m", "passed"])) == 1
+    assert delta("llmroute_cascade_requests_total", *sorted(["c/three", "pass"])) == 1
+    assert sum(v - before.get(k, 0.0) for k, v in after.items()) == 4  # nothing else counted

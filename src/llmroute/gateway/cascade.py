@@ -82,6 +82,16 @@ class Step:
         why = re.sub(r"[^A-Za-z0-9_.=:+-]+", "_", why)[:60]
         return f"{self.model};score={score};cost_usd={self.cost_usd:.6g};why={why}"
 
+    def result(self, threshold: float) -> str:
+        """This step's outcome for the metrics: passed (score >= `threshold`), below_threshold,
+        unverified (streamed through without a verdict), or the failure's kind."""
+        if self.error:  # a bounded label set: the kinds `_failed_step` writes, else "error"
+            kind = self.error.split(":", 1)[0]
+            return kind if kind in ("stalled", "context_window", "failed") else "error"
+        if self.score is None:  # streamed straight through without a verdict
+            return "unverified"
+        return "passed" if self.score >= threshold else "below_threshold"
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form for the trace."""
         d: dict[str, Any] = {"model": self.model, "score": self.score, "cost_usd": self.cost_usd}
@@ -305,6 +315,13 @@ class Cascade:
             send, err, rid, ctx, decision, t0, reservation, api, watch, stream=stream
         )
 
+    def _finish(self, run: _Run, **kw: Any) -> None:
+        """The gateway's trace and metrics for a request the cascade answered, plus its steps and
+        stop reason (`llmroute_cascade_steps_total`, `llmroute_cascade_requests_total`)."""
+        steps = [(s.model, s.result(self.cfg.threshold)) for s in run.steps]
+        self.gw.metrics.observe_cascade(self.alias, steps, run.stop or "pass")
+        self.gw._finish(**kw)
+
     # ---- non-streamed ------------------------------------------------------------------------
     async def complete(
         self,
@@ -354,7 +371,8 @@ class Cascade:
             watch.done = True
             headers = [*trace_headers(rid, best.model, reason, decision), run.header()]
             await send_response(send, 200, orjson.dumps(out), [JSON, *headers])
-            gw._finish(
+            self._finish(
+                run,
                 rid=rid,
                 ctx=ctx,
                 decision=decision,
@@ -483,7 +501,8 @@ class Cascade:
             watch.done = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": data, "more_body": False})
-            gw._finish(
+            self._finish(
+                run,
                 rid=rid,
                 ctx=ctx,
                 decision=decision,
@@ -581,7 +600,8 @@ class Cascade:
             tail = enc.finish() if error is None else enc.fail(error)
             watch.done = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-        gw._finish(
+        self._finish(
+            run,
             rid=rid,
             ctx=ctx,
             decision=decision,

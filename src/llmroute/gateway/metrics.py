@@ -43,6 +43,7 @@ Series (all prefixed `llmroute_`)::
     breaker_transitions_total{model,state}          cache_total{kind,result=hit|miss}
     rejections_total{status,reason,key_id}          stream_requests_total{model,alias}
     route_decisions_total{model,alias}              (POST /v1/route: decisions without a call)
+    cascade_steps_total{alias,model,result}         cascade_requests_total{alias,stop}
     request_duration_seconds{model,alias}           gateway_overhead_seconds{model,alias}
     upstream_duration_seconds{model,alias}          time_to_first_token_seconds{model,alias}
     trace_queue_depth, traces_written_total, traces_dropped_total   (with bind_store)
@@ -109,7 +110,7 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (
 
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
-_REQ, _ERR, _FB, _CACHE, _REJ, _DEC = 0, 1, 2, 3, 4, 5
+_REQ, _ERR, _FB, _CACHE, _REJ, _DEC, _CAS, _CASR = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 class _Hist:
@@ -195,6 +196,8 @@ class GatewayMetrics:
         self._cache: dict[tuple[str, str], int] = {}
         self._rejections: dict[tuple[str, str, str], int] = {}
         self._decisions: dict[tuple[str, str], int] = {}
+        self._cascade_steps: dict[tuple[str, str, str], int] = {}
+        self._cascade_requests: dict[tuple[str, str], int] = {}
         self._breaker: dict[str, float] = {}
         self._breaker_transitions: dict[tuple[str, str], int] = {}
         self._store: Any = None
@@ -273,6 +276,14 @@ class GatewayMetrics:
         """Record one routing decision answered by `POST /v1/route` (no upstream call follows;
         chat and messages requests are counted by `observe_request`)."""
         self._pending.append((_DEC, model, alias or ""))
+
+    def observe_cascade(self, alias: str, steps: Sequence[tuple[str, str]], stop: str) -> None:
+        """Record one request a cascade answered: its steps as (model, result) pairs (result:
+        passed, below_threshold, unverified, or the kind of failure such as stalled) and why it
+        stopped."""
+        for model, result in steps:
+            self._pending.append((_CAS, alias, model, result))
+        self._pending.append((_CASR, alias, stop))
 
     def set_breaker(self, model: str, state: str) -> None:
         """Set a backend's circuit-breaker state: 'closed', 'half_open' or 'open'."""
@@ -353,6 +364,12 @@ class GatewayMetrics:
                 elif kind == _DEC:
                     k = ev[1:3]
                     self._decisions[k] = self._decisions.get(k, 0) + 1
+                elif kind == _CAS:
+                    k = ev[1:4]
+                    self._cascade_steps[k] = self._cascade_steps.get(k, 0) + 1
+                elif kind == _CASR:
+                    k = ev[1:3]
+                    self._cascade_requests[k] = self._cascade_requests.get(k, 0) + 1
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -390,6 +407,8 @@ class GatewayMetrics:
                 "cache": dict(self._cache),
                 "rejections": dict(self._rejections),
                 "decisions": dict(self._decisions),
+                "cascade_steps": dict(self._cascade_steps),
+                "cascade_requests": dict(self._cascade_requests),
                 "breaker": {(m,): v for m, v in self._breaker.items()},
                 "breaker_transitions": dict(self._breaker_transitions),
                 "hists": hists,
@@ -451,6 +470,18 @@ class GatewayMetrics:
             "Routing decisions answered by POST /v1/route (decision only, no upstream call).",
             ["model", "alias"],
             state["decisions"],
+        )
+        yield _counter(
+            f"{p}_cascade_steps",
+            "Model calls made by cascades, by result (passed, below_threshold, unverified, or the failure kind).",
+            ["alias", "model", "result"],
+            state["cascade_steps"],
+        )
+        yield _counter(
+            f"{p}_cascade_requests",
+            "Requests answered by a cascade, by why it stopped (pass, max_steps, max_cost, ...).",
+            ["alias", "stop"],
+            state["cascade_requests"],
         )
         g = GaugeMetricFamily(
             f"{p}_breaker_state",
@@ -594,6 +625,8 @@ _PLAIN = (
     "cache",
     "rejections",
     "decisions",
+    "cascade_steps",
+    "cascade_requests",
     "breaker",
     "breaker_transitions",
 )
