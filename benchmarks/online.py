@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -337,7 +338,10 @@ def whatif_markdown(w: dict) -> str:
 
 
 def _compact(x):
-    """Floats to 5 decimals and regret series thinned to <= 50 points (a small JSON)."""
+    """Floats to 5 decimals, regret series thinned to <= 50 points (a small JSON), and data paths
+    relative to the project root (no machine-specific paths in committed results)."""
+    if isinstance(x, str) and x.startswith(str(ROOT.parent) + "/"):
+        return os.path.relpath(x, ROOT)
     if isinstance(x, float):
         return round(x, 5)
     if isinstance(x, list):
