@@ -164,6 +164,24 @@ def loopback_config(backend_url: str, tmp_path: Any, **server: Any) -> dict[str,
     }
 
 
+def anthropic_model(
+    fake_url: str, key_env: str, *, timeout_s: float = 5, name: str = "claude-fake"
+) -> dict[str, Any]:
+    """A model entry for the fake server's Anthropic Messages API (`claude-x` upstream, priced like a
+    mid-size Claude, on the stub router's 'strong' column), its key read from `key_env`."""
+    return {
+        "name": name,
+        "provider": "anthropic",
+        "base_url": fake_url,
+        "api_key_env": key_env,
+        "upstream_model": "claude-x",
+        "input_per_mtok": 3,
+        "output_per_mtok": 15,
+        "router_model": "strong",
+        "timeout_s": timeout_s,
+    }
+
+
 @pytest.fixture(scope="module")
 def anthropic_gw(
     fake_server: FakeServer, tmp_path_factory: pytest.TempPathFactory
@@ -171,19 +189,7 @@ def anthropic_gw(
     """A gateway whose `llmroute/claude` alias routes between an Anthropic model (`claude-fake`, on the
     fake server's /v1/messages) and `fake-weak`, with the stub router."""
     cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("anthropic"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": "LLMROUTE_TEST_ANTHROPIC_KEY",
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 2,
-        }
-    )
+    cfg["models"].append(anthropic_model(fake_server.url, "LLMROUTE_TEST_ANTHROPIC_KEY", timeout_s=2))
     cfg["aliases"]["llmroute/claude"] = {"router": "default", "candidates": ["claude-fake", "fake-weak"]}
     mp = pytest.MonkeyPatch()
     mp.setenv("LLMROUTE_TEST_ANTHROPIC_KEY", "sk-ant-test")

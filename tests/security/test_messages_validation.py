@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
+from conftest import GatewayHandle, StubRouter, anthropic_model, loopback_config, run_gateway
 from llmroute.gateway.auth import hash_key
 
 KEY = "sk-messages-validation-0123456789"
@@ -236,19 +236,7 @@ def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     """A gateway with one budgeted key, an OpenAI-compatible model (`fake-weak`) and an Anthropic one
     (`claude-fake`), both on the fake server."""
     cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("messages-validation"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": ANTHROPIC_KEY_ENV,
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 2,
-        }
-    )
+    cfg["models"].append(anthropic_model(fake_server.url, ANTHROPIC_KEY_ENV, timeout_s=2))
     cfg["keys"] = [{"id": KEY_ID, "key_sha256": hash_key(KEY), "budget_usd_day": 5.0}]
     mp = pytest.MonkeyPatch()
     mp.setenv(ANTHROPIC_KEY_ENV, "sk-ant-test")

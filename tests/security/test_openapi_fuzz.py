@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
+from conftest import GatewayHandle, StubRouter, anthropic_model, loopback_config, run_gateway
 from llmroute.gateway.app import openapi_document
 
 #: examples per operation and mode; the whole run takes well under a minute on 2 cores
@@ -46,19 +46,7 @@ def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     """Two OpenAI-compatible models and an Anthropic one (`claude-fake`: chat requests routed to it
     go through the OpenAI -> Anthropic translation), all on the fake upstream."""
     cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("openapi-fuzz"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": ANTHROPIC_KEY_ENV,
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 5,
-        }
-    )
+    cfg["models"].append(anthropic_model(fake_server.url, ANTHROPIC_KEY_ENV, timeout_s=5))
     mp = pytest.MonkeyPatch()
     mp.setenv(ANTHROPIC_KEY_ENV, "sk-ant-test")
     try:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import GatewayHandle, StubRouter, loopback_config, run_gateway
+from conftest import GatewayHandle, StubRouter, anthropic_model, loopback_config, run_gateway
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.routing import parse_request_policy
 from llmroute.gateway.schemas import ChatRequest, validate
@@ -29,19 +29,7 @@ TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type"
 @pytest.fixture(scope="module")
 def gw(fake_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayHandle]:
     cfg = loopback_config(fake_server.base_url, tmp_path_factory.mktemp("schemas"))
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": ANTHROPIC_KEY_ENV,
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 5,
-        }
-    )
+    cfg["models"].append(anthropic_model(fake_server.url, ANTHROPIC_KEY_ENV, timeout_s=5))
     mp = pytest.MonkeyPatch()
     mp.setenv(ANTHROPIC_KEY_ENV, "sk-ant-test")
     try:

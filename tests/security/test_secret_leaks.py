@@ -17,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from conftest import FakeServer, StubRouter, free_port, loopback_config, run_gateway
+from conftest import FakeServer, StubRouter, anthropic_model, free_port, loopback_config, run_gateway
 from llmroute.gateway.backends.base import DETAIL_MAX_CHARS, ErrorScrubber
 from llmroute.gateway.backends.http import join_url, public_url
 from llmroute.gateway.store import open_store
@@ -151,19 +151,7 @@ def leaky(
     for m in cfg["models"]:
         m["api_key_env"] = "LLMROUTE_TEST_LEAK_KEY"
         m["timeout_s"] = 10  # an upstream timeout on a loaded box would replace the echoed error
-    cfg["models"].append(
-        {
-            "name": "claude-fake",
-            "provider": "anthropic",
-            "base_url": fake_server.url,
-            "api_key_env": "LLMROUTE_TEST_LEAK_ANTHROPIC_KEY",
-            "upstream_model": "claude-x",
-            "input_per_mtok": 3,
-            "output_per_mtok": 15,
-            "router_model": "strong",
-            "timeout_s": 10,
-        }
-    )
+    cfg["models"].append(anthropic_model(fake_server.url, "LLMROUTE_TEST_LEAK_ANTHROPIC_KEY", timeout_s=10))
     try:
         with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
             yield gw, cfg
