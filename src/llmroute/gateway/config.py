@@ -18,6 +18,7 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                 cascade: {models, max_steps, max_cost_usd, threshold, verifier, stall_s,
                           learned_verifier, stream_buffer_chars}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
+    admin:    {key_sha256 | key_env, demo}   (master key of /admin/v1 and /ui; llmroute.gateway.admin)
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
                batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
                max_rows, prune_interval_s}
@@ -38,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AdminConfig",
     "AliasConfig",
     "CascadeConfig",
     "ConfigError",
@@ -318,6 +320,20 @@ class KeyConfig(_Strict):
         return self
 
 
+class AdminConfig(_Strict):
+    """The master key of the admin API (`/admin/v1/...`) and the dashboard (`/ui`).
+
+    Stored like the API keys: `key_sha256` (sha256 hex of the master key, `llmroute keys hash`) or
+    `key_env` (an environment variable holding it). Without either, admin endpoints answer 403,
+    unless `demo: true` and the gateway is served on a loopback address (127.0.0.1, ::1): then
+    they need no key (a local demo). See `llmroute.gateway.admin`.
+    """
+
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    key_env: str | None = None
+    demo: bool = Field(False, description="keyless admin access, only when served on loopback")
+
+
 class StoreConfig(_Strict):
     """Where decision traces and key spend go, and how long traces are kept."""
 
@@ -368,6 +384,7 @@ class GatewayConfig(_Strict):
     routers: dict[str, str] = Field(default_factory=lambda: {"default": "builtin:default"})
     aliases: dict[str, AliasConfig] = Field(default_factory=dict)
     keys: list[KeyConfig] = Field(default_factory=list)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     trace: TraceConfig = Field(default_factory=TraceConfig)
     # issue 4, validated by llmroute.signals (RuleEngine) and llmroute.cache (SemanticCache.from_config)
