@@ -16,7 +16,10 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     routers:  {name: "path/to/router" | "builtin:default"}
     aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates,
                 cascade: {models, max_steps, max_cost_usd, threshold, verifier, stall_s,
-                          learned_verifier, stream_buffer_chars}}}
+                          learned_verifier, stream_buffer_chars},
+                sticky: {enabled, margin, ttl_s, max_sessions},
+                implicit: {reask, regenerate, length, refusal, tool_error, score, reask_similarity,
+                           reask_min_words}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     admin:    {key_sha256 | key_env, demo}   (master key of /admin/v1 and /ui; llmroute.gateway.admin)
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
@@ -44,9 +47,11 @@ __all__ = [
     "CascadeConfig",
     "ConfigError",
     "GatewayConfig",
+    "ImplicitConfig",
     "KeyConfig",
     "ModelConfig",
     "ServerConfig",
+    "StickyConfig",
     "StoreConfig",
     "TraceConfig",
     "load_config",
@@ -277,6 +282,44 @@ class CascadeConfig(_Strict):
         return names
 
 
+class StickyConfig(_Strict):
+    """An alias's sticky sessions (`llmroute.gateway.sticky`): a conversation stays on the model that
+    answered its earlier turn unless switching is expected to gain more than `margin`."""
+
+    enabled: bool = Field(True, description="keep a conversation on the model that answered it")
+    margin: float = Field(
+        0.02,
+        ge=0,
+        description="switch only when reward(router's pick) - reward(sticky model) at the request's "
+        "trade-off exceeds this (reward = quality - tradeoff * cost)",
+    )
+    ttl_s: float = Field(1800.0, gt=0, description="a session unused this long is forgotten")
+    max_sessions: int = Field(
+        100_000, gt=0, description="sessions remembered per alias and worker (least recently used go first)"
+    )
+
+
+class ImplicitConfig(_Strict):
+    """An alias's implicit outcomes (`llmroute.gateway.sticky`): signals in later traffic that grade an
+    earlier answer low, each switchable. Re-ask and regenerate need the alias's sessions (its
+    `sticky` block's ttl_s / max_sessions; sessions are tracked even with sticky.enabled false)."""
+
+    reask: bool = Field(True, description="the same user asks a near-identical question again")
+    regenerate: bool = Field(True, description="the same conversation is sent again")
+    length: bool = Field(True, description="the answer was cut at the output limit (finish_reason=length)")
+    refusal: bool = Field(True, description="the answer is a refusal (the cascade's refusal cues)")
+    tool_error: bool = Field(True, description="the client reports a failed tool call in the next turn")
+    score: float = Field(
+        0.0, ge=0, le=1, description="the quality an implicit signal gives the graded answer"
+    )
+    reask_similarity: float = Field(
+        0.8, gt=0, le=1, description="re-ask: Jaccard similarity of the normalised word sets at least this"
+    )
+    reask_min_words: int = Field(
+        3, ge=1, description="re-ask: shorter messages ('continue', 'yes') never count"
+    )
+
+
 class AliasConfig(_Strict):
     """A routed model name exposed to clients, with its router and policy.
 
@@ -299,6 +342,12 @@ class AliasConfig(_Strict):
     description: str = ""
     cascade: CascadeConfig | None = Field(
         None, description="cheap model first, escalate when a verifier rejects its answer"
+    )
+    sticky: StickyConfig | None = Field(
+        None, description="keep a conversation on its model unless switching gains more than a margin"
+    )
+    implicit: ImplicitConfig | None = Field(
+        None, description="grade earlier answers from later traffic (re-ask, regenerate, length, ...)"
     )
 
 
