@@ -302,6 +302,8 @@ def _merge_outcome(old: Any, new: dict[str, Any]) -> dict[str, Any]:
 
 
 class _SQLiteBackend:
+    kind = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.path = path
         if path != ":memory:":
@@ -446,6 +448,8 @@ class _SQLiteBackend:
 
 class _PostgresBackend:
     """asyncpg driven from the writer thread's private event loop (asyncpg is imported lazily)."""
+
+    kind = "postgres"
 
     def __init__(self, url: str) -> None:
         try:
@@ -727,6 +731,16 @@ class TraceStore:
         self._q.append(job)
         self._wake.set()
         return job.future
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(backend)` on the writer thread, after everything queued before, and return its
+        result (blocking). For modules that keep their own tables in the store (e.g.
+        `llmroute.gateway.keystore`); `backend.kind` is 'sqlite' or 'postgres'."""
+        return self._submit(fn).result()
+
+    async def arun(self, fn: Callable[[Any], Any]) -> Any:
+        """`run` for use inside an event loop."""
+        return await asyncio.wrap_future(self._submit(fn))
 
     def flush_sync(self, timeout: float | None = None) -> None:
         """Block until everything queued before this call is in the database."""
