@@ -5,6 +5,7 @@ at startup). Endpoints::
 
     POST /v1/chat/completions   OpenAI chat (stream and non-stream); unknown fields pass through
     POST /v1/messages           Anthropic Messages in, routed to any backend (stream too)
+    POST /v1/responses          OpenAI Responses in (translated to chat), routed like chat (stream too)
     POST /v1/route              decision only: chosen model, ranked candidates, reason
     POST /v1/feedback           attach an outcome to a request id
     GET  /v1/models             aliases and models (with keys: those the caller's key may use)
@@ -45,6 +46,7 @@ import orjson
 from llmroute.gateway.api_anthropic import ANTHROPIC_MESSAGES
 from llmroute.gateway.api_openai import OPENAI_CHAT, check_output_fits
 from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
+from llmroute.gateway.api_responses import OPENAI_RESPONSES
 from llmroute.gateway.asgi import (
     JSON,
     SSE,
@@ -210,6 +212,7 @@ class Gateway:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
             ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/responses"): self._responses,
             **self._ops.routes(),
         }
         # model or alias -> its candidates' (name, context window), where any window is configured
@@ -491,6 +494,9 @@ class Gateway:
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._completion(scope, receive, send, ANTHROPIC_MESSAGES)
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, OPENAI_RESPONSES)
 
     async def _completion(self, scope: Scope, receive: Receive, send: Send, api: ApiFamily) -> None:
         t0 = time.perf_counter()

@@ -5,6 +5,7 @@
     MessagesRequest   POST /v1/messages (Anthropic Messages; unknown fields are ignored)
     RouteRequest      POST /v1/route (a chat request; `prompt` may stand for one user message)
     FeedbackRequest   POST /v1/feedback
+    ResponsesRequest  POST /v1/responses (OpenAI Responses; translated to a chat request)
     RequestPolicy     the chat body's `llmroute` object (strict: unknown fields are a 400)
 
 Validation only checks: the caller keeps its decoded JSON dict (what goes upstream), except that
@@ -36,6 +37,7 @@ __all__ = [
     "FeedbackRequest",
     "MessagesRequest",
     "RequestPolicy",
+    "ResponsesRequest",
     "RouteRequest",
     "integer_fields",
     "json_schemas",
@@ -375,6 +377,155 @@ class MessagesRequest(Struct, kw_only=True):
     metadata: AnthropicMetadata | None = None
 
 
+# ---- OpenAI Responses -------------------------------------------------------------------------
+class InputText(Struct, tag_field="type", tag="input_text"):
+    text: str
+
+
+class OutputText(Struct, tag_field="type", tag="output_text", kw_only=True):
+    text: str
+    annotations: list[Any] | None = None
+
+
+class InputImage(Struct, tag_field="type", tag="input_image", kw_only=True):
+    image_url: Annotated[str, Meta(description="an image URL or data: URL (file ids are not supported)")]
+    detail: Literal["low", "high", "auto"] | None = None
+
+
+class InputFile(Struct, tag_field="type", tag="input_file", kw_only=True):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class RefusalContent(Struct, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+ResponsesPart = InputText | OutputText | InputImage | InputFile | RefusalContent
+
+
+class ResponsesMessage(Struct, kw_only=True):
+    """An input message (`type` may be left out)."""
+
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ResponsesPart]
+    type: Literal["message"] | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(Struct, tag_field="type", tag="function_call", kw_only=True):
+    """A function call the model made (sent back with its output)."""
+
+    call_id: NonEmptyStr
+    name: NonEmptyStr
+    arguments: Annotated[str, Meta(description="the call's arguments as a JSON string")]
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(Struct, tag_field="type", tag="function_call_output", kw_only=True):
+    """The output of a function call, for the model."""
+
+    call_id: NonEmptyStr
+    output: str | list[ResponsesPart]
+    id: str | None = None
+    status: str | None = None
+
+
+#: input item `type` -> its schema (no `type`: a message)
+RESPONSES_ITEMS: dict[str, type[Struct]] = {
+    "message": ResponsesMessage,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+}
+
+
+class ResponsesFunctionTool(Struct, tag_field="type", tag="function", kw_only=True):
+    name: NonEmptyStr
+    parameters: Annotated[JSONObject, Meta(description="a JSON Schema object")] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponsesToolChoice(Struct, tag_field="type", tag="function"):
+    name: NonEmptyStr
+
+
+class ResponsesFormatJSONSchema(Struct, tag_field="type", tag="json_schema", kw_only=True):
+    name: NonEmptyStr
+    schema: Annotated[JSONObject, Meta(description="a JSON Schema object")]
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponsesText(Struct, kw_only=True):
+    format: FormatText | FormatJSONObject | ResponsesFormatJSONSchema | None = None
+
+
+class ResponsesReasoning(Struct, kw_only=True):
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    summary: str | None = None
+
+
+Unsupported = Annotated[
+    None,
+    Meta(
+        description="not supported: the gateway keeps no conversation state; send the whole conversation in 'input'"
+    ),
+]
+
+
+class ResponsesRequest(Struct, kw_only=True):
+    """An OpenAI Responses API request (`POST /v1/responses`), translated to a chat request; a null
+    optional field counts as absent, other fields are ignored."""
+
+    model: ModelName
+    input: str | Annotated[list[JSONObject], Meta(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: Tokens | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Unit | None = None
+    stream: bool | None = None
+    tools: list[ResponsesFunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponsesToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesText | None = None
+    reasoning: ResponsesReasoning | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    previous_response_id: Unsupported = None
+    conversation: Unsupported = None
+    background: (
+        Annotated[Literal[False], Meta(description="background responses are not supported")] | None
+    ) = None
+    llmroute: (
+        Annotated[RequestPolicy, Meta(description="per-request routing policy (other fields: 400)")] | None
+    ) = None
+
+    #: the input items' schemas (a message's `type` is optional, so msgspec cannot tag them)
+    SCHEMA_STRUCTS: ClassVar[tuple[type[Struct], ...]] = tuple(RESPONSES_ITEMS.values())
+    SCHEMA_PROPERTIES: ClassVar[dict[str, Any]] = {
+        "input": {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            {"$ref": "{ResponsesMessage}"},
+                            {"$ref": "{FunctionCallItem}"},
+                            {"$ref": "{FunctionCallOutputItem}"},
+                        ]
+                    },
+                },
+            ]
+        }
+    }
+
+
 # ---- validation -------------------------------------------------------------------------------
 _INT_FIELDS: dict[type, tuple[str, ...]] = {}
 
@@ -583,12 +734,21 @@ def json_schemas(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The JSON Schemas (OpenAPI 3.1) of `schemas` (refs) and their components, with what each
     Struct's `SCHEMA_EXTRA` adds."""
-    refs, components = msgspec.json.schema_components(schemas, ref_template=ref_template)
+    more = [x for s in schemas for x in getattr(s, "SCHEMA_STRUCTS", ()) if x not in schemas]
+    refs, components = msgspec.json.schema_components([*schemas, *more], ref_template=ref_template)
     for s in schemas:
         extra = getattr(s, "SCHEMA_EXTRA", None)
         if extra:
             components[s.__name__].update(extra)
-    return list(refs), components
+        props = getattr(s, "SCHEMA_PROPERTIES", None)
+        if props:  # "{Name}" in a $ref: that component
+            text = orjson.dumps(props).decode()
+            for x in getattr(s, "SCHEMA_STRUCTS", ()):
+                text = text.replace(
+                    f'"{{{x.__name__}}}"', orjson.dumps(ref_template.format(name=x.__name__)).decode()
+                )
+            components[s.__name__]["properties"].update(orjson.loads(text))
+    return list(refs)[: len(schemas)], components
 
 
 # ---- response bodies (documented in the OpenAPI document; not validated at run time) ---------
