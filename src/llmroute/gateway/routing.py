@@ -8,8 +8,10 @@
    `ctx` (e.g. narrow `ctx.allowed`, change `ctx.policy`), or raise `GatewayError` (block);
 2. a concrete model name passes through unrouted;
 3. an alias is routed: the alias's router estimates quality and cost for the whole conversation
-   (`conversation_text`), the effective policy (below) picks the model, and the remaining
-   candidates are ranked for fallback.
+   (`conversation_text`), the effective policy (below) picks the model, on an alias with
+   `sticky:` a conversation stays on the model that answered its earlier turn unless switching
+   gains more than the margin (`llmroute.gateway.sticky`), and the remaining candidates are
+   ranked for fallback.
 
 Policy of an alias, per request (first that applies):
 
@@ -204,7 +206,8 @@ class RouteDecision:
         ]
 
     def headers(self) -> list[tuple[str, str]]:
-        """Response headers beyond model/reason: `x-llmroute-constraint` when max_cost or
+        """Response headers beyond model/reason: `x-llmroute-sticky` on a sticky alias (held,
+        broken and why, or new; `llmroute.gateway.sticky`), `x-llmroute-constraint` when max_cost or
         min_quality applied ("met", or which limit no candidate meets), and when a rule changed
         this request's policy `x-llmroute-rule` (the rules) with the effective values
         (`x-llmroute-tradeoff`, `x-llmroute-max-cost`, `x-llmroute-min-quality`)."""
@@ -212,6 +215,11 @@ class RouteDecision:
         if not pol:
             return []
         out: list[tuple[str, str]] = []
+        sticky = self.extra.get("sticky")
+        if sticky is not None:
+            from llmroute.gateway.sticky import sticky_header
+
+            out.append(("x-llmroute-sticky", sticky_header(sticky)))
         if pol.get("max_cost") is not None or pol.get("min_quality") is not None:
             out.append(("x-llmroute-constraint", constraint_header(self)))
         set_by = pol.get("set_by")
@@ -469,6 +477,10 @@ class RoutingEngine:
         self.routers = routers
         self.models = {m.name: m for m in config.models}
         self.hooks: list[Hook] = []
+        # sticky sessions and implicit outcomes (`llmroute.gateway.sticky.SessionTracker`), set by
+        # the gateway; `model_down(name)`: whether the model's circuit breaker is open now
+        self.sessions: Any = None
+        self.model_down: Callable[[str], bool] | None = None
         self.plans = {
             name: _AliasPlan(name, a, routers[a.router], config.models, expected_output_tokens)
             for name, a in config.aliases.items()
@@ -685,6 +697,9 @@ class RoutingEngine:
             else (qj if math.isfinite(qj) else -inf)
             for qj, cj in zip(q, c, strict=True)
         ]
+        sticky = None
+        if self.sessions is not None:  # sticky sessions (llmroute.gateway.sticky)
+            pick, sticky = self._sticky(ctx, plan, q, c, score_l, pick, max_cost, min_quality, eff)
         order = sorted((j for j in range(m) if ok[j] and j != pick), key=lambda j: (-score_l[j], c[j]))
         ranked = [names[pick]] + [names[j] for j in order]
         eq = dict(zip(names, q, strict=True))
@@ -717,6 +732,8 @@ class RoutingEngine:
             parts.append("set_by=" + ",".join(f"{k}:{r}" for k, r in set_by.items()))
         if unmet:
             parts.append("unmet=" + ",".join(unmet))
+        if sticky is not None:
+            parts.append(f"sticky={sticky['state']}" + (f":{sticky['reason']}" if "reason" in sticky else ""))
         reason = " ".join(parts)
         if notes:
             reason += " (" + "; ".join(notes) + ")"
@@ -734,9 +751,52 @@ class RoutingEngine:
         )
         if eff["rule"] == "threshold" or set_by or unmet or notes:
             d.extra["policy"] = d.summary()
+        if sticky is not None:
+            d.extra["sticky"] = sticky
         if unmet and on_unmet == "reject":
             raise self._reject(d, max_cost, min_quality)
         return d
+
+    def _sticky(
+        self,
+        ctx: RequestContext,
+        plan: _AliasPlan,
+        q: list[float],
+        c: list[float],
+        reward: list[float],
+        pick: int,
+        max_cost: float | None,
+        min_quality: float | None,
+        eff: dict[str, Any],
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The request's session (`SessionTracker.begin`, kept in `ctx.extra["session"]`) and, on a
+        sticky alias, the model to serve: the session's model unless excluded or the pick's reward
+        beats it by more than the margin (`llmroute.gateway.sticky`)."""
+        from llmroute.gateway.sticky import excluded_reason
+
+        sess = self.sessions.begin(ctx, plan.name)
+        if sess is None:
+            return pick, None
+        ctx.extra["session"] = sess
+        threshold = eff["rule"] == "threshold"  # max_cost / min_quality do not apply then
+        tin = len(ctx.text) / 4.0
+
+        def excluded(j: int) -> str | None:
+            return excluded_reason(
+                j,
+                pick,
+                plan.models,
+                q,
+                c,
+                allowed=ctx.allowed,
+                input_tokens=tin,
+                windows=plan.windows_list,
+                down=self.model_down,
+                max_cost=None if threshold else max_cost,
+                min_quality=None if threshold else min_quality,
+            )
+
+        return self.sessions.choose(sess, plan.models, reward, pick, excluded)
 
     @staticmethod
     def _reject(d: RouteDecision, max_cost: float | None, min_quality: float | None) -> GatewayError:

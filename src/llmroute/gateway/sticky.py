@@ -1,0 +1,491 @@
+"""Sticky sessions and implicit outcomes (issue 13 items 1 and 3).
+
+**Sessions.** An alias with a `sticky:` or `implicit:` block tracks conversations. A request's
+session is, per alias and scoped by the caller's API key id and the body's `user` (OpenAI's field;
+`/v1/messages` maps `metadata.user_id` onto it), so two keys or users never share one:
+
+1. the header `x-llmroute-session: <id>` when the client sends it (any string; e.g.
+   `OpenAI(default_headers={"x-llmroute-session": conversation_id})`): every request with the same
+   id continues the session, whatever its messages;
+2. else the conversation itself: a BLAKE2b digest of the role and text of each `system`,
+   `developer` and `user` message up to a point (text parts only, in order). Assistant and tool
+   messages, images, files, tool calls and message names are not hashed (clients re-serialise
+   answers; the answer is unknown when the turn is recorded). A request whose messages end with a
+   user message continues the turn recorded under the digest of the messages *before* that last
+   user message and is recorded under the digest *through* it; a request with assistant / tool
+   messages after its last user message (a tool loop, a prefill) continues the turn recorded under
+   the digest through its last user message. So the same conversation continued finds its earlier
+   turn, and a changed system prompt (or any edited earlier user message) starts a new session:
+   clients whose system prompt carries per-request data (a date, a request id) should send the
+   header. A first message (nothing before it) starts a session.
+
+Sessions live in memory, per alias, as an LRU of at most `sticky.max_sessions` entries, each
+forgotten `sticky.ttl_s` after its last answer. They are per worker: with `llmroute serve --workers
+N` a conversation whose next request reaches another worker (a new connection) starts afresh there
+(no stickiness, no re-ask / regenerate signal for that turn); a client keeping its connection
+open stays on one worker. Only digests, the answering model, the request id and hashed words of the
+last user message are kept; never text.
+
+**Stickiness** (`sticky.enabled`): the router decides as usual; when the session's earlier turn was
+answered by model S, the request stays on S unless the expected gain of switching,
+`reward(pick) - reward(S)` with reward = quality - tradeoff * cost at the request's effective
+trade-off, exceeds `sticky.margin`. S is never kept when it is not admissible now: not allowed for
+the request (a rule narrowed the candidates), its context window is too small, its circuit breaker
+is open, it misses max_cost / min_quality where the pick meets them, or it is no longer a candidate.
+A rule that routes to a concrete model, a guard or a cache hit decides without the router and
+without stickiness. The decision says what happened: `extra.sticky` in the trace
+(`{state: held | broken | new, model, reason, gain, margin, session: header | prefix}`), the reason
+(`sticky=held` ...) and the header `x-llmroute-sticky` (e.g. `held model=fake-weak gain=0.01
+margin=0.02`, `broken model=fake-weak reason=breaker_open`).
+
+**Implicit outcomes** (`implicit:`, each switchable): each grades an earlier answer with
+`implicit.score` (default 0) and names its source:
+
+- `reask`: within a session, the last user message is near-identical to the previous turn's
+  (Jaccard similarity of the normalised word sets >= `reask_similarity`, both >= `reask_min_words`
+  words): the previous answer is graded;
+- `regenerate`: the same conversation (through its last user message) is sent again: the earlier
+  answer to it is graded;
+- `length`: the answer ended with `finish_reason=length`: this answer is graded;
+- `refusal`: the answer matches the cascade's refusal cues (`llmroute.cascade.verifiers`): graded;
+- `tool_error`: a tool result after the last assistant message is marked as an error (Anthropic's
+  `is_error: true`, an `"error"` key in a JSON object, or text starting with "error", "exception"
+  or "traceback"): the answer that made the tool call is graded.
+
+`length` and `refusal` read non-streamed answers only. Outcomes go to `SessionTracker.sink`
+(the gateway stores them with their source beside explicit `/v1/feedback` scores).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import unicodedata
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any, NamedTuple
+
+import orjson
+
+from llmroute.cascade.verifiers import check_refusal
+from llmroute.gateway.config import AliasConfig, ImplicitConfig, StickyConfig
+
+__all__ = [
+    "SESSION_HEADER",
+    "Outcome",
+    "Session",
+    "SessionTable",
+    "SessionTracker",
+    "Turn",
+    "detect_length",
+    "detect_reask",
+    "detect_refusal",
+    "detect_regenerate",
+    "detect_tool_error",
+    "excluded_reason",
+    "similarity",
+    "split_turn",
+    "sticky_choice",
+    "word_set",
+]
+
+#: The request header that names a session explicitly.
+SESSION_HEADER = "x-llmroute-session"
+#: Roles whose text identifies a conversation (assistant and tool messages are not hashed).
+HASHED_ROLES = frozenset({"system", "developer", "user"})
+_MAX_WORDS = 256
+
+
+class Outcome(NamedTuple):
+    """An implicit grade of an earlier answer: its request id, a score in [0, 1], the signal."""
+
+    request_id: str
+    score: float
+    source: str
+
+
+@dataclass(slots=True)
+class Turn:
+    """What a session remembers of its last answered request."""
+
+    model: str
+    request_id: str
+    at: float
+    turn: bytes  # digest of the conversation through its last user message
+    words: frozenset[int]  # hashed normalised words of that last user message
+
+
+class SessionTable:
+    """LRU of `Turn`s with a time to live (per alias and worker); `clock` is monotonic seconds."""
+
+    def __init__(self, max_sessions: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._d: OrderedDict[bytes, Turn] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: bytes) -> Turn | None:
+        """The session's turn, None when unknown or older than `ttl_s` (then forgotten)."""
+        t = self._d.get(key)
+        if t is None:
+            return None
+        if self.clock() - t.at > self.ttl_s:
+            del self._d[key]
+            return None
+        self._d.move_to_end(key)
+        return t
+
+    def put(self, key: bytes, turn: Turn) -> None:
+        """Remember `turn` (the least recently used sessions go beyond `max_sessions`)."""
+        d = self._d
+        d[key] = turn
+        d.move_to_end(key)
+        while len(d) > self.max_sessions:
+            d.popitem(last=False)
+
+
+# ---- pure helpers ---------------------------------------------------------------------------------
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def split_turn(messages: Sequence[Any]) -> tuple[int, int]:
+    """(index of the last user message or -1, number of messages after it)."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if isinstance(m, dict) and m.get("role") == "user":
+            return i, len(messages) - 1 - i
+    return -1, len(messages)
+
+
+def _digest(scope: Sequence[str], messages: Sequence[Any]) -> bytes:
+    """BLAKE2b-128 of the scope and the role + text of each hashed-role message."""
+    h = blake2b(digest_size=16)
+    for s in scope:
+        h.update(s.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") in HASHED_ROLES:
+            h.update(m["role"].encode())
+            h.update(b"\x1f")
+            h.update(_text(m.get("content")).encode("utf-8", "surrogatepass"))
+            h.update(b"\x1e")
+    return h.digest()
+
+
+_WORD = re.compile(r"\w+")
+
+
+def word_set(text: str) -> frozenset[int]:
+    """The normalised words of `text` (NFKC, case-folded, punctuation dropped; at most 256),
+    each kept as a CRC-32 of its UTF-8 bytes, not as text."""
+    norm = unicodedata.normalize("NFKC", text).casefold()
+    out: set[int] = set()
+    for w in _WORD.findall(norm):
+        out.add(zlib.crc32(w.encode("utf-8", "surrogatepass")))
+        if len(out) >= _MAX_WORDS:
+            break
+    return frozenset(out)
+
+
+def similarity(a: frozenset[int], b: frozenset[int]) -> float:
+    """Jaccard similarity of two word sets (0 when either is empty)."""
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def detect_reask(prev: Turn | None, words: frozenset[int], cfg: ImplicitConfig) -> Outcome | None:
+    """`reask`: the previous turn's last user message is near-identical to this one."""
+    if prev is None or len(words) < cfg.reask_min_words or len(prev.words) < cfg.reask_min_words:
+        return None
+    if similarity(prev.words, words) >= cfg.reask_similarity:
+        return Outcome(prev.request_id, cfg.score, "reask")
+    return None
+
+
+def detect_regenerate(same: Turn | None, cfg: ImplicitConfig) -> Outcome | None:
+    """`regenerate`: this conversation (through its last user message) was answered before."""
+    return None if same is None else Outcome(same.request_id, cfg.score, "regenerate")
+
+
+_ERROR_TEXT = re.compile(r"(?i)^\s*(?:error|exception|traceback)\b")
+
+
+def _tool_failed(m: dict[str, Any]) -> bool:
+    if m.get("is_error") is True:
+        return True
+    content = m.get("content")
+    if isinstance(content, list):
+        if any(isinstance(p, dict) and p.get("is_error") is True for p in content):
+            return True
+        content = _text(content)
+    if not isinstance(content, str):
+        return False
+    s = content.lstrip()
+    if s.startswith("{"):
+        try:
+            obj = orjson.loads(s)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("error") not in (None, False, "", {}):
+            return True
+    return bool(_ERROR_TEXT.match(s))
+
+
+def detect_tool_error(messages: Sequence[Any], prev: Turn | None, cfg: ImplicitConfig) -> Outcome | None:
+    """`tool_error`: a tool result after the last assistant message is marked as an error; grades
+    `prev`, the answer that made the tool call."""
+    if prev is None:
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if not isinstance(m, dict) or m.get("role") != "tool":
+            break
+        if _tool_failed(m):
+            return Outcome(prev.request_id, cfg.score, "tool_error")
+    return None
+
+
+def _choices(response: Any) -> list[dict[str, Any]]:
+    if isinstance(response, dict):
+        response = response.get("choices")
+    return [c for c in response if isinstance(c, dict)] if isinstance(response, list) else []
+
+
+def detect_length(request_id: str, response: Any, cfg: ImplicitConfig) -> Outcome | None:
+    """`length`: the answer (a chat completion or its `choices`) ended with finish_reason=length."""
+    if any(c.get("finish_reason") == "length" for c in _choices(response)):
+        return Outcome(request_id, cfg.score, "length")
+    return None
+
+
+def detect_refusal(request_id: str, response: Any, cfg: ImplicitConfig) -> Outcome | None:
+    """`refusal`: the first choice's text matches the cascade's refusal cues."""
+    choices = _choices(response)
+    if choices and check_refusal({}, {"choices": choices[:1]}).score == 0.0:
+        return Outcome(request_id, cfg.score, "refusal")
+    return None
+
+
+def excluded_reason(
+    j: int,
+    pick: int,
+    names: Sequence[str],
+    q: Sequence[float],
+    c: Sequence[float],
+    *,
+    allowed: Sequence[str] | None,
+    input_tokens: float,
+    windows: Sequence[float],
+    down: Callable[[str], bool] | None,
+    max_cost: float | None,
+    min_quality: float | None,
+) -> str | None:
+    """Why candidate `j` may not keep the session now (None: it may): `not_allowed` (a rule or the
+    request narrowed the candidates), `context_window`, `breaker_open`, `constraint` (it misses
+    max_cost / min_quality where the pick `pick` meets them)."""
+    name = names[j]
+    if allowed is not None and name not in allowed:
+        return "not_allowed"
+    if input_tokens > windows[j]:
+        return "context_window"
+    if down is not None and down(name):
+        return "breaker_open"
+    if max_cost is not None or min_quality is not None:
+        from llmroute.policy import unmet_constraints
+
+        if unmet_constraints(q[j], c[j], max_cost=max_cost, min_quality=min_quality) and not (
+            unmet_constraints(q[pick], c[pick], max_cost=max_cost, min_quality=min_quality)
+        ):
+            return "constraint"
+    return None
+
+
+def sticky_choice(
+    sticky_model: str,
+    names: Sequence[str],
+    reward: Sequence[float],
+    pick: int,
+    margin: float,
+    excluded: Callable[[int], str | None],
+) -> tuple[int, dict[str, Any]]:
+    """(index to serve, verdict) for a session last answered by `sticky_model` when the router picks
+    `pick`; `reward[j]` = quality - tradeoff * cost. Held unless `reward[pick] - reward[sticky]`
+    exceeds `margin` or the sticky model is excluded (`excluded(j)` names why) or not a candidate."""
+    verdict: dict[str, Any] = {"model": sticky_model, "margin": margin}
+    try:
+        j = list(names).index(sticky_model)
+    except ValueError:
+        return pick, verdict | {"state": "broken", "reason": "not_candidate"}
+    why = excluded(j)
+    if why is not None:
+        return pick, verdict | {"state": "broken", "reason": why}
+    gain = 0.0 if j == pick else reward[pick] - reward[j]
+    if not math.isnan(gain):
+        verdict["gain"] = gain
+    if gain > margin:
+        return pick, verdict | {"state": "broken", "reason": "gain"}
+    return j, verdict | {"state": "held"}
+
+
+def sticky_header(verdict: dict[str, Any]) -> str:
+    """`x-llmroute-sticky`: e.g. "held model=m gain=0.01 margin=0.02", "broken model=m
+    reason=breaker_open", "new"."""
+    state = verdict["state"]
+    if state == "new":
+        return "new"
+    parts = [state, f"model={verdict['model']}"]
+    if state == "broken":
+        parts.append(f"reason={verdict['reason']}")
+    if "gain" in verdict:
+        parts.append(f"gain={verdict['gain']:.4g}")
+        parts.append(f"margin={verdict['margin']:g}")
+    return " ".join(parts)
+
+
+# ---- the gateway's tracker ------------------------------------------------------------------------
+@dataclass(slots=True)
+class Session:
+    """One request's view of its session (kept in `RequestContext.extra["session"]`)."""
+
+    alias: str
+    source: str  # "header" | "prefix" | "none" (no session kept: answer-level signals only)
+    key: bytes  # where this request's answer is recorded
+    turn: bytes
+    words: frozenset[int]
+    prev: Turn | None  # the turn this request continues: its model is the sticky one
+    key_id: str | None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+class SessionTracker:
+    """Sessions, stickiness and implicit outcomes of every alias configured with them.
+
+    The routing engine calls `begin` (session + re-ask / regenerate / tool-error signals) and
+    `choose` (stickiness) for each routed request; the gateway calls `finished` after the answer
+    (records the turn, length / refusal signals). `sink(outcome, alias, key_id)` receives every
+    implicit outcome; `on_sticky(alias, result)` counts decisions (metrics)."""
+
+    def __init__(
+        self, aliases: Mapping[str, AliasConfig], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.clock = clock
+        self.sticky: dict[str, StickyConfig] = {}
+        self.implicit: dict[str, ImplicitConfig] = {}
+        self.tables: dict[str, SessionTable] = {}
+        for name, a in aliases.items():
+            if a.sticky is None and a.implicit is None:
+                continue
+            st = a.sticky if a.sticky is not None else StickyConfig(enabled=False)
+            if st.enabled:
+                self.sticky[name] = st
+            if a.implicit is not None:
+                self.implicit[name] = a.implicit
+            im = a.implicit
+            if st.enabled or (im is not None and (im.reask or im.regenerate or im.tool_error)):
+                self.tables[name] = SessionTable(st.max_sessions, st.ttl_s, clock)
+        self.sink: Callable[[Outcome, str, str | None], None] | None = None
+        self.on_sticky: Callable[[str, str], None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.implicit)
+
+    def begin(self, ctx: Any, alias: str) -> Session | None:
+        """The request's session on `alias` (None when the alias tracks none); emits the re-ask,
+        regenerate and tool-error outcomes it reveals (not for `/v1/route`: no answer follows)."""
+        table = self.tables.get(alias)
+        if table is None and alias not in self.implicit:
+            return None
+        messages = ctx.messages
+        last, tail = split_turn(messages)
+        user = ctx.body.get("user")
+        scope = (alias, ctx.key_id or "", user if isinstance(user, str) else "")
+        turn = _digest(scope, messages[: last + 1])
+        sid = ctx.headers.get(SESSION_HEADER) if ctx.headers else None
+        if table is None:  # only answer-level signals (length, refusal): no session kept
+            source, key, prev, same = "none", turn, None, None
+        elif sid:
+            source = "header"
+            key = _digest((*scope, "session", sid), ())
+            prev = table.get(key)
+            same = prev if prev is not None and tail == 0 and prev.turn == turn else None
+        else:
+            source = "prefix"
+            key = turn
+            if tail:  # a tool loop / prefill: the same turn's earlier answer
+                prev, same = table.get(turn), None
+            else:
+                prev = table.get(_digest(scope, messages[:last])) if last > 0 else None
+                same = table.get(turn)
+        words = word_set(_text(messages[last].get("content"))) if last >= 0 else frozenset()
+        s = Session(alias, source, key, turn, words, prev, ctx.key_id)
+        im = self.implicit.get(alias)
+        if im is not None and ctx.endpoint != "route":
+            out: Outcome | None = None
+            if tail:
+                out = detect_tool_error(messages, prev, im) if im.tool_error else None
+            else:
+                out = detect_regenerate(same, im) if im.regenerate else None
+                if out is None and im.reask and prev is not None and prev.turn != turn:
+                    out = detect_reask(prev, words, im)
+            if out is not None:
+                self._emit(out, alias, ctx.key_id)
+        return s
+
+    def choose(
+        self,
+        s: Session,
+        names: Sequence[str],
+        reward: Sequence[float],
+        pick: int,
+        excluded: Callable[[int], str | None],
+    ) -> tuple[int, dict[str, Any] | None]:
+        """(index to serve, verdict for the decision or None when the alias is not sticky)."""
+        st = self.sticky.get(s.alias)
+        if st is None:
+            return pick, None
+        if s.prev is None:
+            verdict: dict[str, Any] = {"state": "new"}
+            j = pick
+        else:
+            j, verdict = sticky_choice(s.prev.model, names, reward, pick, st.margin, excluded)
+        verdict["session"] = s.source
+        if self.on_sticky is not None:
+            result = verdict["state"] if verdict["state"] != "broken" else f"broken_{verdict['reason']}"
+            self.on_sticky(s.alias, result)
+        return j, verdict
+
+    def finished(self, ctx: Any, model: str, status: int, response: Any) -> None:
+        """After a request ends: on a 200 answer record the turn (`model` answered it) and emit the
+        length / refusal outcomes of a non-streamed answer (`response`: its choices)."""
+        s: Session | None = ctx.extra.get("session") if ctx.extra else None
+        if s is None or status != 200 or not model or ctx.endpoint == "route":
+            return
+        table = self.tables.get(s.alias)
+        if table is not None:
+            table.put(s.key, Turn(model, ctx.request_id, self.clock(), s.turn, s.words))
+        im = self.implicit.get(s.alias)
+        if im is None or response is None:
+            return
+        out = detect_length(ctx.request_id, response, im) if im.length else None
+        if out is None and im.refusal:
+            out = detect_refusal(ctx.request_id, response, im)
+        if out is not None:
+            self._emit(out, s.alias, s.key_id)
+
+    def _emit(self, out: Outcome, alias: str, key_id: str | None) -> None:
+        if self.sink is not None:
+            self.sink(out, alias, key_id)
