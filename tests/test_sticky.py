@@ -292,3 +292,18 @@ def test_switches_per_alias() -> None:
     _answer(tr2, _ctx([q], "r1"), "m1", refusal)
     assert got2 == []
     assert not SessionTracker({"al": AliasConfig()})  # neither block: nothing tracked
+
+
+def test_metrics_counters() -> None:
+    from llmroute.gateway.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    m.observe_sticky("al", "held")
+    m.observe_sticky("al", "held")
+    m.observe_sticky("al", "broken_gain")
+    m.observe_implicit("al", "reask")
+    text = m.render()[0].decode()
+    assert 'llmroute_sticky_decisions_total{alias="al",result="held"} 2.0' in text
+    assert 'llmroute_sticky_decisions_total{alias="al",result="broken_gain"} 1.0' in text
+    assert 'llmroute_implicit_outcomes_total{alias="al",source="reask"} 1.0' in text
+    m.close()

@@ -14,6 +14,8 @@ Interface for the gateway core::
     metrics.observe_cache(hit=True, kind="exact")
     metrics.observe_rejection(status=429, reason="budget", key_id="team-a")  # 401/403/429/4xx
     metrics.observe_decision(model="fake-weak", alias="llmroute/auto")  # POST /v1/route answered
+    metrics.observe_sticky(alias, "held" | "new" | "broken_gain" | ...)  # sticky sessions
+    metrics.observe_implicit(alias, "reask" | "regenerate" | "length" | "refusal" | "tool_error")
     body, content_type = metrics.render()       # for GET /metrics
 
 Only names from the config should be used as `model`/`alias` labels (never unvalidated client
@@ -44,6 +46,7 @@ Series (all prefixed `llmroute_`)::
     rejections_total{status,reason,key_id}          stream_requests_total{model,alias}
     route_decisions_total{model,alias}              (POST /v1/route: decisions without a call)
     cascade_steps_total{alias,model,result}         cascade_requests_total{alias,stop}
+    sticky_decisions_total{alias,result}            implicit_outcomes_total{alias,source}
     request_duration_seconds{model,alias}           gateway_overhead_seconds{model,alias}
     upstream_duration_seconds{model,alias}          time_to_first_token_seconds{model,alias}
     trace_queue_depth, traces_written_total, traces_dropped_total   (with bind_store)
@@ -110,7 +113,7 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (
 
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
-_REQ, _ERR, _FB, _CACHE, _REJ, _DEC, _CAS, _CASR = 0, 1, 2, 3, 4, 5, 6, 7
+_REQ, _ERR, _FB, _CACHE, _REJ, _DEC, _CAS, _CASR, _STICKY, _IMPL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 class _Hist:
@@ -198,6 +201,8 @@ class GatewayMetrics:
         self._decisions: dict[tuple[str, str], int] = {}
         self._cascade_steps: dict[tuple[str, str, str], int] = {}
         self._cascade_requests: dict[tuple[str, str], int] = {}
+        self._sticky: dict[tuple[str, str], int] = {}
+        self._implicit: dict[tuple[str, str], int] = {}
         self._breaker: dict[str, float] = {}
         self._breaker_transitions: dict[tuple[str, str], int] = {}
         self._store: Any = None
@@ -285,6 +290,15 @@ class GatewayMetrics:
             self._pending.append((_CAS, alias, model, result))
         self._pending.append((_CASR, alias, stop))
 
+    def observe_sticky(self, alias: str, result: str) -> None:
+        """Record one routed request of a sticky alias: `held`, `new` (no earlier turn) or
+        `broken_<reason>` (gain, not_allowed, context_window, breaker_open, constraint, not_candidate)."""
+        self._pending.append((_STICKY, alias, result))
+
+    def observe_implicit(self, alias: str, source: str) -> None:
+        """Record one implicit outcome (reask, regenerate, length, refusal, tool_error)."""
+        self._pending.append((_IMPL, alias, source))
+
     def set_breaker(self, model: str, state: str) -> None:
         """Set a backend's circuit-breaker state: 'closed', 'half_open' or 'open'."""
         value = _BREAKER.get(state)
@@ -370,6 +384,12 @@ class GatewayMetrics:
                 elif kind == _CASR:
                     k = ev[1:3]
                     self._cascade_requests[k] = self._cascade_requests.get(k, 0) + 1
+                elif kind == _STICKY:
+                    k = ev[1:3]
+                    self._sticky[k] = self._sticky.get(k, 0) + 1
+                elif kind == _IMPL:
+                    k = ev[1:3]
+                    self._implicit[k] = self._implicit.get(k, 0) + 1
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -409,6 +429,8 @@ class GatewayMetrics:
                 "decisions": dict(self._decisions),
                 "cascade_steps": dict(self._cascade_steps),
                 "cascade_requests": dict(self._cascade_requests),
+                "sticky": dict(self._sticky),
+                "implicit": dict(self._implicit),
                 "breaker": {(m,): v for m, v in self._breaker.items()},
                 "breaker_transitions": dict(self._breaker_transitions),
                 "hists": hists,
@@ -482,6 +504,18 @@ class GatewayMetrics:
             "Requests answered by a cascade, by why it stopped (pass, max_steps, max_cost, ...).",
             ["alias", "stop"],
             state["cascade_requests"],
+        )
+        yield _counter(
+            f"{p}_sticky_decisions",
+            "Routed requests of sticky aliases: held (stayed on the session's model), new, or broken_<reason>.",
+            ["alias", "result"],
+            state["sticky"],
+        )
+        yield _counter(
+            f"{p}_implicit_outcomes",
+            "Implicit outcomes recorded, by signal (reask, regenerate, length, refusal, tool_error).",
+            ["alias", "source"],
+            state["implicit"],
         )
         g = GaugeMetricFamily(
             f"{p}_breaker_state",
@@ -627,6 +661,8 @@ _PLAIN = (
     "decisions",
     "cascade_steps",
     "cascade_requests",
+    "sticky",
+    "implicit",
     "breaker",
     "breaker_transitions",
 )
