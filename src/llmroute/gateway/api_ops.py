@@ -34,6 +34,7 @@ from llmroute.gateway.asgi import (
 )
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.backends.http import public_url
+from llmroute.gateway.outcomes import EXPLICIT, record_outcome, score_from_feedback
 
 if TYPE_CHECKING:
     from llmroute.gateway.app import Gateway
@@ -306,8 +307,10 @@ class OpsEndpoints:
         )
 
     async def feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /v1/feedback: merge an outcome (e.g. `quality` in [0, 1]) into a request's trace
-        record, then tell the feedback hooks; 404 for an unknown request id. With API keys
+        """POST /v1/feedback: merge an outcome (`quality` or `score` in [0, 1], `thumbs`, a `label`,
+        any other fields) into a request's trace record, learn from it where the request's alias
+        learns, then tell the feedback hooks (`outcomes.record_outcome`); 404 for an unknown
+        request id. With API keys
         configured, only the key that made the request may give its feedback (another key's
         request id is answered 404 like an unknown one: ids of other tenants are not confirmed)."""
         gw = self.gw
@@ -320,16 +323,18 @@ class OpsEndpoints:
             outcome = {k: v for k, v in body.items() if k != "request_id"}
             if not outcome:
                 raise bad_request('Give an outcome, e.g. {"request_id": ..., "quality": 1.0}.')
-            found = await gw.store.aattach_feedback(body["request_id"], outcome, owner) if gw.store else False
-            if not found:
+            try:
+                score = score_from_feedback(outcome)
+            except ValueError as e:
+                raise bad_request(f"{e}.") from None
+            fields = {k: v for k, v in outcome.items() if k != "quality"}
+            if not await record_outcome(gw, body["request_id"], score, EXPLICIT, owner=owner, fields=fields):
                 raise GatewayError(
                     404,
                     f"Unknown request id {body['request_id'][:64]!r}.",
                     code="not_found",
                     param="request_id",
                 )
-            for hook in gw.feedback_hooks:
-                await hook(body["request_id"], outcome)
         except GatewayError as e:
             await send_error(send, e)
             return

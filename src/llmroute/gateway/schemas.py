@@ -223,6 +223,16 @@ class FeedbackRequest(Struct):
 
     request_id: Annotated[str, Meta(description="the x-llmroute-request-id of a response")]
     quality: Unit | None = None
+    score: Annotated[Unit | None, Meta(description="the same as quality")] = None
+    thumbs: Annotated[
+        Literal["up", "down"] | bool | None, Meta(description='"up" = quality 1, "down" = quality 0')
+    ] = None
+    label: Annotated[
+        Literal["good", "correct", "helpful", "partial", "bad", "wrong", "incorrect", "unhelpful"] | None,
+        Meta(
+            description="good/correct/helpful = quality 1, partial = 0.5, bad/wrong/incorrect/unhelpful = 0"
+        ),
+    ] = None
 
     SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {"minProperties": 2}
 

@@ -1,0 +1,77 @@
+"""`llmroute.gateway.outcomes`: the scores a feedback body gives, and `record_outcome` storing
+explicit and implicit outcomes apart (e2e: the official openai client against the fake upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from conftest import StubRouter, loopback_config, run_gateway
+from llmroute.gateway.outcomes import record_outcome, score_from_feedback
+
+
+@pytest.mark.parametrize(
+    ("body", "score"),
+    [
+        ({"quality": 0.25}, 0.25),
+        ({"score": 1}, 1.0),
+        ({"thumbs": "up"}, 1.0),
+        ({"thumbs": "Down"}, 0.0),
+        ({"thumbs": True}, 1.0),
+        ({"thumbs": False}, 0.0),
+        ({"label": "partial"}, 0.5),
+        ({"label": "WRONG"}, 0.0),
+        ({"comment": "no score"}, None),
+    ],
+)
+def test_score_from_feedback(body: dict[str, Any], score: float | None) -> None:
+    assert score_from_feedback(body) == score
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [({"quality": 1.5}, "quality"), ({"thumbs": "sideways"}, "thumbs"), ({"label": "meh"}, "label")],
+)
+def test_score_from_feedback_rejects_bad_values(body: dict[str, Any], what: str) -> None:
+    with pytest.raises(ValueError, match=what):
+        score_from_feedback(body)
+
+
+def test_explicit_and_implicit_outcomes_are_stored_apart(fake_server: Any, tmp_path: Path) -> None:
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        client = openai.OpenAI(base_url=gw, api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        rid = raw.headers["x-llmroute-request-id"]
+        app = gw.app
+        seen: list[tuple[str, dict[str, Any]]] = []
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        async def hook(request_id: str, outcome: dict[str, Any]) -> None:
+            loops.append(asyncio.get_running_loop())
+            seen.append((request_id, outcome))
+
+        app.feedback_hooks.append(hook)
+        r = httpx.post(f"{gw}/feedback", json={"request_id": rid, "thumbs": "down", "note": "meh"})
+        assert r.status_code == 200, r.text
+        loop = loops[0]  # the gateway's event loop: record_outcome runs there
+        fut = asyncio.run_coroutine_threadsafe(record_outcome(app, rid, 1.0, "regenerate"), loop)
+        assert fut.result(10) is True
+        unknown = asyncio.run_coroutine_threadsafe(record_outcome(app, "0" * 32, 1.0, "length"), loop)
+        assert unknown.result(10) is False
+        assert seen == [
+            (rid, {"quality": 0.0, "thumbs": "down", "note": "meh"}),
+            (rid, {"regenerate": 1.0}),
+        ]
+        bad = httpx.post(f"{gw}/feedback", json={"request_id": rid, "thumbs": "sideways"})
+        assert bad.status_code == 400
+        app.store.flush_sync()
+        out = app.store.get(rid)["outcome"]
+        assert out == {"quality": 0.0, "thumbs": "down", "note": "meh", "regenerate": 1.0}
