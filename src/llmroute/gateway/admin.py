@@ -28,15 +28,40 @@ Use from an endpoint (raw ASGI)::
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import logging
 import os
-from collections.abc import Mapping
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
-from llmroute.gateway.auth import GatewayError, extract_key, hash_key
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["BIND_HOST_ENV", "AdminAuth", "check_admin", "is_loopback"]
+from llmroute.gateway.asgi import JSON, Handler, Receive, Scope, Send, read_json, send_error, send_response
+from llmroute.gateway.auth import ApiKey, Authenticator, GatewayError, extract_key, generate_key, hash_key
+from llmroute.gateway.config import ConfigError, load_config
+from llmroute.gateway.keystore import KeyGeneration, KeyStore
+from llmroute.gateway.ledger import shared_dir_from_env
+
+__all__ = [
+    "BIND_HOST_ENV",
+    "AdminAuth",
+    "KeyCreate",
+    "KeyLimits",
+    "KeyManager",
+    "check_admin",
+    "is_loopback",
+    "masked_config",
+    "merge_keys",
+]
+
+log = logging.getLogger("llmroute.gateway.admin")
 
 #: Set by `llmroute serve` to its `--host`: where the gateway is bound (for demo mode).
 BIND_HOST_ENV = "LLMROUTE_BIND_HOST"
@@ -158,3 +183,427 @@ def check_admin(gateway: Any, scope: Mapping[str, Any], presented: str | None = 
     if auth is None:
         auth = gateway.admin_auth = AdminAuth.from_config(gateway.config)
     return auth.check(scope, presented)
+
+
+# ---- the admin API ------------------------------------------------------------------------------
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_LIMITS = ("budget_usd_day", "budget_usd_month", "rpm", "aliases")
+_SECTIONS_HOT = ("keys", "admin")  # what a reload applies; other sections need a restart
+
+
+class KeyLimits(BaseModel):
+    """The limits of a key the admin API manages (a missing field: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_usd_day: float | None = Field(None, ge=0)
+    budget_usd_month: float | None = Field(None, ge=0)
+    rpm: int | None = Field(None, gt=0)
+    aliases: list[str] | None = Field(
+        None, description="allowed models/aliases (fnmatch patterns); null = all"
+    )
+
+
+class KeyCreate(KeyLimits):
+    """POST /admin/v1/keys: a new key (its id is its name in traces, metrics and budgets)."""
+
+    id: str | None = Field(None, description="the key's name; default: a random 'key-...' id")
+
+
+def _validated(model: type[BaseModel], body: Any) -> BaseModel:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "<body>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        raise GatewayError(
+            400, f"{loc}: {msg}. Allowed fields: {list(model.model_fields)}.", param=loc
+        ) from None
+
+
+def masked_config(config: Any) -> dict[str, Any]:
+    """The running config as JSON-able data with secrets masked: key hashes, model header values,
+    proxy URLs with credentials and the store URL's password (env-var names stay: they are not
+    secrets)."""
+    from llmroute.gateway.store import _redact
+
+    data = config.model_dump(mode="json")
+    for k in data.get("keys", []):
+        if k.get("key_sha256"):
+            k["key_sha256"] = "***"
+    if data.get("admin", {}).get("key_sha256"):
+        data["admin"]["key_sha256"] = "***"
+    for m in data.get("models", []):
+        m["headers"] = {h: "***" for h in m.get("headers") or {}}
+        if m.get("proxy") and "@" in m["proxy"]:
+            m["proxy"] = _redact(m["proxy"])
+    srv = data.get("server", {})
+    if srv.get("proxy") and "@" in srv["proxy"]:
+        srv["proxy"] = _redact(srv["proxy"])
+    if data.get("store", {}).get("url"):
+        data["store"]["url"] = _redact(data["store"]["url"])
+    return data
+
+
+def merge_keys(
+    config_keys: Sequence[ApiKey], stored: Sequence[dict[str, Any]]
+) -> tuple[list[ApiKey], list[str]]:
+    """The keys the gateway accepts: the config file's, then the store's live ones. On an id (or
+    key text) in both, the config file's wins and the stored one is skipped with a warning."""
+    out = list(config_keys)
+    ids = {k.id for k in out}
+    hashes = {k.sha256 for k in out}
+    warnings: list[str] = []
+    for r in stored:
+        if r.get("revoked_ts") is not None:
+            continue
+        if r["id"] in ids or r["sha256"] in hashes:
+            warnings.append(
+                f"key '{r['id']}' in the key store clashes with a key of the config file: the config's wins"
+            )
+            continue
+        ids.add(r["id"])
+        hashes.add(r["sha256"])
+        out.append(
+            ApiKey(
+                id=r["id"],
+                sha256=r["sha256"],
+                budget_usd_day=r["budget_usd_day"],
+                budget_usd_month=r["budget_usd_month"],
+                rpm=r["rpm"],
+                allowed=None if r["aliases"] is None else tuple(r["aliases"]),
+            )
+        )
+    return out, warnings
+
+
+class KeyManager:
+    """Keys managed without restarts, and the admin API over them (`/admin/v1/...`).
+
+    The gateway accepts the config file's keys and the live keys of the key store
+    (`llmroute.gateway.keystore`); the config file's win a name clash. Every change is written to
+    the store, audited, and then counted in the shared `KeyGeneration`; each request first
+    compares that counter with the one its worker loaded (`stale`, well under a microsecond) and
+    reloads the keys (`refresh`) when it moved. A config reload also bumps a second counter, so
+    that every worker re-reads the config file's keys and admin block.
+
+    Endpoints (all need the master key, see `AdminAuth`)::
+
+        POST   /admin/v1/keys           create: {id?, budget_usd_day?, budget_usd_month?, rpm?, aliases?}
+                                        -> 201 with the key text (`key`), shown this once
+        GET    /admin/v1/keys           list (config and store keys, revoked ones too; never a secret)
+        PATCH  /admin/v1/keys/{id}      re-budget: any of the limits (null removes one)
+        DELETE /admin/v1/keys/{id}      revoke
+        GET    /admin/v1/config         the running config, secrets masked
+        POST   /admin/v1/reload         re-read the config file: keys and admin apply at once
+        GET    /admin/v1/audit?limit=N  admin actions, newest first
+    """
+
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+        folder = shared_dir_from_env()
+        self.generation = KeyGeneration(folder)
+        self.seen = self.generation.value
+        self.config_seen = self.generation.config_value
+        self.keystore: KeyStore | None = None
+        self.config_keys: list[ApiKey] = []
+        self.stored: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+
+    # ---- keeping keys current ---------------------------------------------------------------
+
+    async def start(self, store: Any) -> list[ApiKey]:
+        """At gateway startup (store open): load the stored keys and apply them with the config
+        file's. Returns the keys the gateway accepts."""
+        self.keystore = KeyStore(store)
+        self.seen = self.generation.value
+        self.config_seen = self.generation.config_value
+        self.config_keys = [ApiKey.from_config(k) for k in self.gw.config.keys]
+        self.stored = await self.keystore.alist(revoked=True)
+        keys, self.warnings = merge_keys(self.config_keys, self.stored)
+        for w in self.warnings:
+            log.warning("%s", w)
+        self.gw.auth.set_keys(keys)
+        return keys
+
+    def stale(self) -> bool:
+        """Whether keys changed since this worker loaded them (hot path: one memory read)."""
+        return self.generation.value != self.seen
+
+    async def refresh(self) -> None:
+        """Reload the keys (and, after a config reload, the config file's keys and admin block).
+        On a failure (store unreachable) the current keys stay and the next try is 1 s later."""
+        if self.keystore is None or time.monotonic() < self._retry_at:
+            return
+        async with self._lock:
+            gen, cgen = self.generation.value, self.generation.config_value
+            if gen == self.seen:
+                return
+            try:
+                if cgen != self.config_seen:
+                    path = self.config_path()
+                    if path is not None:
+                        cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+                        self._apply_config(cfg, [ApiKey.from_config(k) for k in cfg.keys])
+                stored = await self.keystore.alist(revoked=True)
+                self._apply(self.config_keys, stored)
+            except Exception as e:  # keep serving with the keys we have
+                self._retry_at = time.monotonic() + 1.0
+                log.error("reloading API keys failed (%s: %s); the previous keys stay", type(e).__name__, e)
+                return
+            self.seen, self.config_seen = gen, cgen
+
+    def _apply(self, config_keys: list[ApiKey], stored: list[dict[str, Any]]) -> list[ApiKey]:
+        keys, warnings = merge_keys(config_keys, stored)
+        self.gw.auth.set_keys(keys)  # ValueError (same key twice): nothing changed
+        if self.gw.budgets is not None:
+            self.gw.budgets.set_keys(keys)
+        self.config_keys, self.stored, self.warnings = config_keys, stored, warnings
+        return keys
+
+    def _apply_config(self, cfg: Any, config_keys: list[ApiKey]) -> None:
+        admin = AdminAuth.from_config(cfg)
+        self.config_keys = config_keys
+        self.gw.admin_auth = admin
+        self.gw.config = self.gw.config.model_copy(update={"keys": cfg.keys, "admin": cfg.admin})
+
+    def config_path(self) -> str | None:
+        """The config file the gateway was built from (`Gateway.config_path`, else the
+        `LLMROUTE_CONFIG` environment variable of `llmroute serve --workers N`)."""
+        return getattr(self.gw, "config_path", None) or os.environ.get("LLMROUTE_CONFIG") or None
+
+    async def _changed(self, action: str, target: str | None, actor: str, detail: dict[str, Any]) -> None:
+        """After a change is in the store: audit it, apply it here, tell the other workers."""
+        assert self.keystore is not None
+        await self.keystore.aaudit(action, target, actor, detail)
+        log.info("admin: %s %s by %s %s", action, target or "", actor, orjson.dumps(detail).decode())
+        async with self._lock:
+            gen = self.generation.bump()
+            self._apply(self.config_keys, await self.keystore.alist(revoked=True))
+            self.seen = gen
+
+    def close(self) -> None:
+        """Release the shared counter."""
+        self.generation.close()
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """(method, path) -> handler for the fixed admin paths (`/admin/v1/keys/{id}`: `handle`)."""
+        return {
+            ("POST", "/admin/v1/keys"): self.handle,
+            ("GET", "/admin/v1/keys"): self.handle,
+            ("GET", "/admin/v1/config"): self.handle,
+            ("POST", "/admin/v1/reload"): self.handle,
+            ("GET", "/admin/v1/audit"): self.handle,
+        }
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any request under /admin/v1/: check the master key, then dispatch."""
+        try:
+            actor = check_admin(self.gw, scope)
+            if self.keystore is None:
+                raise GatewayError(503, "The gateway is still starting; retry.", code="not_ready")
+            status, out = await self._dispatch(scope, receive, actor)
+        except GatewayError as e:
+            await send_error(send, e)
+            return
+        await send_response(send, status, orjson.dumps(out), [JSON, (b"cache-control", b"no-store")])
+
+    async def _dispatch(self, scope: Scope, receive: Receive, actor: str) -> tuple[int, Any]:
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if path == "/admin/v1/keys":
+            if method == "POST":
+                return await self.create(await self._body(scope, receive), actor)
+            if method == "GET":
+                return 200, await self.list_keys()
+            raise self._method(method, path, "GET, POST")
+        if path.startswith("/admin/v1/keys/"):
+            kid = unquote(path[len("/admin/v1/keys/") :])
+            if method == "PATCH":
+                return await self.update(kid, await self._body(scope, receive), actor)
+            if method == "DELETE":
+                return await self.revoke(kid, actor)
+            if method == "GET":
+                return 200, self._one(kid)
+            raise self._method(method, path, "GET, PATCH, DELETE")
+        if path == "/admin/v1/config":
+            if method != "GET":
+                raise self._method(method, path, "GET")
+            return 200, {
+                "config": masked_config(self.gw.config),
+                "restart_required_for": "every section but keys and admin",
+            }
+        if path == "/admin/v1/reload":
+            if method != "POST":
+                raise self._method(method, path, "POST")
+            return await self.reload(actor)
+        if path == "/admin/v1/audit":
+            if method != "GET":
+                raise self._method(method, path, "GET")
+            qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            try:
+                limit = max(1, min(10_000, int(qs.get("limit", ["100"])[0])))
+            except ValueError:
+                raise GatewayError(400, "limit: give a whole number (1-10000).", param="limit") from None
+            assert self.keystore is not None
+            return 200, {"object": "list", "data": await self.keystore.aaudit_log(limit)}
+        raise GatewayError(
+            404, f"No admin endpoint {path}. See the README's Admin API section.", code="not_found"
+        )
+
+    @staticmethod
+    def _method(method: str, path: str, allow: str) -> GatewayError:
+        return GatewayError(
+            405,
+            f"Method {method} not allowed on {path}; use {allow}.",
+            code="method_not_allowed",
+            headers={"Allow": allow},
+        )
+
+    async def _body(self, scope: Scope, receive: Receive) -> Any:
+        return await read_json(scope, receive, self.gw.max_body, self.gw.max_depth)
+
+    def _describe(self, key: ApiKey | None, row: dict[str, Any] | None, source: str) -> dict[str, Any]:
+        """One key as the list shows it (never the key text or its hash)."""
+        if row is not None:
+            out = {k: row[k] for k in ("id", *_LIMITS, "created_ts", "updated_ts", "revoked_ts")}
+        else:
+            assert key is not None
+            out = {
+                "id": key.id,
+                "budget_usd_day": key.budget_usd_day,
+                "budget_usd_month": key.budget_usd_month,
+                "rpm": key.rpm,
+                "aliases": None if key.allowed is None else list(key.allowed),
+            }
+        kid = out["id"]
+        live = self.gw.auth.keys
+        out["source"] = source
+        out["active"] = any(k.id == kid for k in live.values()) and (row is None or row["revoked_ts"] is None)
+        budgets = self.gw.budgets
+        if budgets is not None and kid in budgets.keys:
+            out["usage"] = budgets.usage(kid)
+        return out
+
+    async def list_keys(self) -> dict[str, Any]:
+        """GET /admin/v1/keys."""
+        data = [self._describe(k, None, "config") for k in self.config_keys]
+        config_ids = {k.id for k in self.config_keys}
+        data += [self._describe(None, r, "store") for r in self.stored if r["id"] not in config_ids]
+        return {"object": "list", "data": data, "warnings": self.warnings}
+
+    def _one(self, kid: str) -> dict[str, Any]:
+        for k in self.config_keys:
+            if k.id == kid:
+                return self._describe(k, None, "config")
+        for r in self.stored:
+            if r["id"] == kid:
+                return self._describe(None, r, "store")
+        raise GatewayError(404, f"No key '{kid}'. GET /admin/v1/keys lists them.", code="key_not_found")
+
+    def _not_in_config(self, kid: str, what: str) -> None:
+        if any(k.id == kid for k in self.config_keys):
+            raise GatewayError(
+                409,
+                f"Key '{kid}' is defined in the config file: {what} it there and POST /admin/v1/reload.",
+                code="key_in_config",
+            )
+
+    async def create(self, body: Any, actor: str) -> tuple[int, dict[str, Any]]:
+        """POST /admin/v1/keys: 201 with the new key's text, shown this once."""
+        req = _validated(KeyCreate, body)
+        assert isinstance(req, KeyCreate) and self.keystore is not None
+        kid = req.id or f"key-{secrets.token_hex(4)}"
+        if not _ID_RE.match(kid):
+            raise GatewayError(
+                400,
+                "id: 1-64 characters: letters, digits and . _ : - (starting with a letter or digit).",
+                param="id",
+            )
+        self._not_in_config(kid, "change")
+        secret = generate_key()
+        limits = req.model_dump(include=set(_LIMITS))
+        row = await self.keystore.acreate(kid, hash_key(secret), **limits)
+        if row is None:
+            raise GatewayError(
+                409,
+                f"A key with id '{kid}' exists already (revoked ids are not reused); pick another id.",
+                code="key_exists",
+            )
+        await self._changed("key.create", kid, actor, limits)
+        return 201, {**self._one(kid), "key": secret}
+
+    async def update(self, kid: str, body: Any, actor: str) -> tuple[int, dict[str, Any]]:
+        """PATCH /admin/v1/keys/{id}: change the given limits (null removes one)."""
+        req = _validated(KeyLimits, body)
+        assert self.keystore is not None
+        fields = req.model_dump(include=req.model_fields_set)
+        if not fields:
+            raise GatewayError(400, f"Give at least one of {list(_LIMITS)} to change.")
+        self._not_in_config(kid, "change")
+        if await self.keystore.aupdate(kid, fields) is None:
+            raise GatewayError(404, f"No live key '{kid}' in the key store.", code="key_not_found")
+        await self._changed("key.update", kid, actor, fields)
+        return 200, self._one(kid)
+
+    async def revoke(self, kid: str, actor: str) -> tuple[int, dict[str, Any]]:
+        """DELETE /admin/v1/keys/{id}: revoke; refused on the next request on every worker."""
+        assert self.keystore is not None
+        self._not_in_config(kid, "remove")
+        if not await self.keystore.arevoke(kid):
+            raise GatewayError(404, f"No live key '{kid}' in the key store.", code="key_not_found")
+        await self._changed("key.revoke", kid, actor, {})
+        return 200, self._one(kid)
+
+    async def reload(self, actor: str) -> tuple[int, dict[str, Any]]:
+        """POST /admin/v1/reload: validate the config file, then apply its keys and admin block;
+        a bad file leaves the running config in place (400 saying why)."""
+        assert self.keystore is not None
+        path = self.config_path()
+        if path is None:
+            raise GatewayError(
+                409,
+                "This gateway was not started from a config file (llmroute serve --config): nothing to reload.",
+                code="no_config_file",
+            )
+        try:
+            cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+            config_keys = [ApiKey.from_config(k) for k in cfg.keys]
+            AdminAuth.from_config(cfg)
+            Authenticator(merge_keys(config_keys, self.stored)[0])  # same key text twice
+        except (ConfigError, ValueError) as e:
+            await self.keystore.aaudit("config.reload_failed", path, actor, {"error": str(e)})
+            raise GatewayError(
+                400, f"Config not reloaded; the running one stays. {e}", code="invalid_config"
+            ) from None
+        old = self.gw.config
+        restart = sorted(
+            s
+            for s in type(old).model_fields
+            if s not in (*_SECTIONS_HOT, "base_dir") and getattr(old, s) != getattr(cfg, s)
+        )
+        async with self._lock:
+            self._apply_config(cfg, config_keys)
+            gen = self.generation.bump(config=True)
+            self._apply(config_keys, await self.keystore.alist(revoked=True))
+            self.seen, self.config_seen = gen, self.generation.config_value
+        detail = {"keys": len(config_keys), "restart_required": restart}
+        await self.keystore.aaudit("config.reload", path, actor, detail)
+        log.info(
+            "admin: config reloaded from %s by %s (restart required for: %s)",
+            path,
+            actor,
+            restart or "nothing",
+        )
+        return 200, {
+            "reloaded": True,
+            "config_keys": len(config_keys),
+            "stored_keys": sum(r["revoked_ts"] is None for r in self.stored),
+            "restart_required": restart,
+            "warnings": self.warnings,
+        }

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from llmroute.gateway.admin import AdminAuth, KeyManager
 from llmroute.gateway.api_anthropic import ANTHROPIC_MESSAGES
 from llmroute.gateway.api_openai import OPENAI_CHAT, check_output_fits
 from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
@@ -185,6 +186,10 @@ class Gateway:
             on_breaker=self.metrics.set_breaker,
         )
         self.auth = Authenticator(config.keys)
+        # admin API and master key; keys of the config file + the key store, kept current per request
+        self.admin_auth = AdminAuth.from_config(config)
+        self.keyman = KeyManager(self)
+        self.config_path: str | None = None  # the YAML file (POST /admin/v1/reload re-reads it)
         self.budgets: BudgetManager | None = None
         self.store: Any = None
         self.http: HTTPClient | None = None
@@ -214,6 +219,7 @@ class Gateway:
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/responses"): self._responses,
             **self._ops.routes(),
+            **self.keyman.routes(),
         }
         # model or alias -> its candidates' (name, context window), where any window is configured
         cands = {m: [m] for m in self.engine.models} | {a: p.models for a, p in self.engine.plans.items()}
@@ -261,7 +267,8 @@ class Gateway:
         self.metrics.bind_store(self.store)
         # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
         ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
-        self.budgets = BudgetManager(cfg.keys, store=self.store, ledger_path=ledger)
+        keys = await self.keyman.start(self.store)  # the config file's and the key store's
+        self.budgets = BudgetManager(keys, store=self.store, ledger_path=ledger)
         self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
         for b in self.backends.values():
             await b.start(self.http)
@@ -287,12 +294,18 @@ class Gateway:
         if self.budgets is not None:
             self.budgets.close()
         self.auth.close()
+        self.keyman.close()
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            km = self.keyman
+            if km.generation.value != km.seen:  # keys changed (admin API, any worker): reload first
+                await km.refresh()
             handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is None and scope["path"].startswith("/admin/v1/"):
+                handler = km.handle  # /admin/v1/keys/{id}
             if handler is None:
                 path = scope["path"]
                 allow = self._allow.get(path)

@@ -239,20 +239,37 @@ class Authenticator:
         self._buckets: dict[str, TokenBucket] = {}
         self._rates: dict[str, tuple[float, float]] = {}
         self._clock = clock
-        for k in keys:
-            key = k if isinstance(k, ApiKey) else ApiKey.from_config(k, env)
-            if key.sha256 in self.keys:
+        self._burst_s = burst_s
+        self._ledger: SharedLedger | None = None
+        self._folder = shared_dir if shared_dir is not None else shared_dir_from_env()
+        self.set_keys([k if isinstance(k, ApiKey) else ApiKey.from_config(k, env) for k in keys])
+
+    def set_keys(self, keys: Sequence[ApiKey]) -> None:
+        """Replace the accepted keys (at start, and when keys change while running: the admin
+        API). A key whose rpm is unchanged keeps its rate-limit bucket. Raises ValueError when two
+        keys have the same key text, leaving the previous keys in place."""
+        by_hash: dict[str, ApiKey] = {}
+        for key in keys:
+            if key.sha256 in by_hash:
                 raise ValueError(f"keys[{key.id}]: the same key is configured twice")
-            self.keys[key.sha256] = key
+            by_hash[key.sha256] = key
+        rates: dict[str, tuple[float, float]] = {}
+        buckets: dict[str, TokenBucket] = {}
+        for key in by_hash.values():
             if key.rpm:
                 rate = key.rpm / 60.0
-                cap = max(1.0, math.floor(rate * burst_s))
-                self._rates[key.id] = (rate, cap)
-                self._buckets[key.id] = TokenBucket(rate, cap, clock)
-        self._ledger: SharedLedger | None = None
-        folder = shared_dir if shared_dir is not None else shared_dir_from_env()
-        if folder and self._rates:
-            self._ledger = SharedLedger(Path(folder) / "rates.ledger", sorted(self._rates))
+                cap = max(1.0, math.floor(rate * self._burst_s))
+                rates[key.id] = (rate, cap)
+                old = self._buckets.get(key.id)
+                same = old is not None and self._rates.get(key.id) == (rate, cap)
+                buckets[key.id] = old if same else TokenBucket(rate, cap, self._clock)  # type: ignore[assignment]
+        if self._folder and rates:
+            if self._ledger is None:
+                self._ledger = SharedLedger(Path(self._folder) / "rates.ledger", sorted(rates))
+            else:
+                self._ledger.add_keys(sorted(rates))
+        self._rates, self._buckets = rates, buckets
+        self.keys = by_hash
 
     def close(self) -> None:
         """Close the shared rate-limit ledger, if any (the other workers keep theirs)."""
@@ -435,36 +452,56 @@ class BudgetManager:
         self.store = store
         self.clock = clock
         self.keys: dict[str, ApiKey] = {}
-        for k in keys:
-            if isinstance(k, ApiKey):
-                key = k
-            else:
-                get = k.get if isinstance(k, Mapping) else (lambda n, d=None, k=k: getattr(k, n, d))
-                # budgets need no key material; avoid failing on an unset key_env here
-                key = ApiKey(
-                    id=str(get("id")),
-                    sha256="",
-                    budget_usd_day=get("budget_usd_day"),
-                    budget_usd_month=get("budget_usd_month"),
-                )
-            self.keys[key.id] = key
         self._lock = threading.Lock()
         self._span: tuple[float, float, str, str, int, int] = (0.0, 0.0, "", "", 0, 0)  # current UTC day
         # (key_id, period) -> [spent, reserved]
         self._acct: dict[tuple[str, str], list[float]] = {}
         self._ledger: SharedLedger | None = None
         folder = shared_dir if shared_dir is not None else shared_dir_from_env()
-        if ledger_path is not None and self.keys:
-            Path(ledger_path).parent.mkdir(parents=True, exist_ok=True)
-            self._ledger = SharedLedger(ledger_path, sorted(self.keys), initial=self._persisted)
-        elif folder and self.keys:
-            self._ledger = SharedLedger(
-                Path(folder) / "budgets.ledger", sorted(self.keys), initial=self._persisted
-            )
-        elif store is not None and self.keys:
-            day, month = period_ids(clock())
-            for (kid, period), usd in store.load_spend([day, month]).items():
-                self._acct[(kid, period)] = [usd, 0.0]
+        self._ledger_file: Path | None = (
+            Path(ledger_path)
+            if ledger_path is not None
+            else Path(folder) / "budgets.ledger"
+            if folder
+            else None
+        )
+        self._seeded = False
+        keyed: list[ApiKey] = []
+        for k in keys:
+            if isinstance(k, ApiKey):
+                keyed.append(k)
+            else:
+                get = k.get if isinstance(k, Mapping) else (lambda n, d=None, k=k: getattr(k, n, d))
+                # budgets need no key material; avoid failing on an unset key_env here
+                keyed.append(
+                    ApiKey(
+                        id=str(get("id")),
+                        sha256="",
+                        budget_usd_day=get("budget_usd_day"),
+                        budget_usd_month=get("budget_usd_month"),
+                    )
+                )
+        self.set_keys(keyed)
+
+    def set_keys(self, keys: Sequence[ApiKey]) -> None:
+        """Replace the keys and their budgets (at start, and when keys change while running: the
+        admin API). New key ids get a ledger slot (seeded with the spend persisted in the store);
+        removed ones keep theirs, so a key's spend survives a revoke and re-create."""
+        by_id = {k.id: k for k in keys}
+        if by_id:
+            if self._ledger_file is not None:
+                if self._ledger is None:
+                    self._ledger_file.parent.mkdir(parents=True, exist_ok=True)
+                    self._ledger = SharedLedger(self._ledger_file, sorted(by_id), initial=self._persisted)
+                else:
+                    self._ledger.add_keys(sorted(by_id), initial=self._persisted)
+            elif self.store is not None and not self._seeded:
+                self._seeded = True
+                day, month = period_ids(self.clock())
+                with self._lock:
+                    for (kid, period), usd in self.store.load_spend([day, month]).items():
+                        self._acct.setdefault((kid, period), [usd, 0.0])
+        self.keys = by_id
 
     def _persisted(self, key_ids: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
         """Seed for new ledger slots: {key_id: (day no, day spent, month no, month spent)}."""

@@ -201,21 +201,40 @@ class SharedLedger:
                 self._mm = mmap.mmap(self._fd, (self._w0 + self._nw * self._wstride) * 8)
                 self._v = memoryview(self._mm).cast("d")
                 self._reclaim()
-                me = self._claim_worker()
-                new = self._claim(key_ids, cap, me)
-                if new and initial is not None:
-                    for kid, (day, day_spent, month, month_spent) in initial(new).items():
-                        if kid not in self._slots:
-                            continue
-                        base = self._slots[kid][0]
-                        v = self._v
-                        v[base + _DAY], v[base + _DAY_SPENT] = float(day), float(day_spent)
-                        v[base + _MONTH], v[base + _MONTH_SPENT] = float(month), float(month_spent)
+                self._me = self._claim_worker()
+                self._seed(self._claim(key_ids, cap, self._me), initial)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         except BaseException:
             self.close()
             raise
+
+    def _seed(self, new: list[str], initial: Initial | None) -> None:
+        """Seed the slots claimed just now with `initial`'s persisted spend (lock held)."""
+        if new and initial is not None:
+            for kid, (day, day_spent, month, month_spent) in initial(new).items():
+                if kid not in self._slots:
+                    continue
+                base = self._slots[kid][0]
+                v = self._v
+                v[base + _DAY], v[base + _DAY_SPENT] = float(day), float(day_spent)
+                v[base + _MONTH], v[base + _MONTH_SPENT] = float(month), float(month_spent)
+
+    def add_keys(self, key_ids: Sequence[str], initial: Initial | None = None) -> list[str]:
+        """Give slots to key ids this process does not map yet (keys added while running: the
+        admin API); a slot another process claimed for the id is shared. `initial` seeds slots
+        claimed just now, as in the constructor. Returns the ids that got a slot in this call.
+        Raises ValueError when the file has no free slot left."""
+        todo = [k for k in dict.fromkeys(key_ids) if k not in self._slots]
+        if not todo:
+            return []
+        with self._tlock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                self._seed(self._claim(todo, self._cap, self._me), initial)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return todo
 
     def _claim_worker(self) -> int:
         """The base (in doubles) of this process's worker entry, claiming a free one if needed."""
