@@ -325,6 +325,8 @@ class _SQLiteBackend:
             CREATE INDEX IF NOT EXISTS traces_model_ts ON traces (model, ts);
             CREATE INDEX IF NOT EXISTS traces_alias_ts ON traces (alias, ts);
             CREATE INDEX IF NOT EXISTS traces_key_ts ON traces (key_id, ts);
+            -- requests with feedback (the dashboard's quality page)
+            CREATE INDEX IF NOT EXISTS traces_feedback_ts ON traces (ts) WHERE outcome IS NOT NULL;
             CREATE TABLE IF NOT EXISTS key_spend (
                 key_id TEXT NOT NULL, period TEXT NOT NULL, spent_usd REAL NOT NULL,
                 PRIMARY KEY (key_id, period));

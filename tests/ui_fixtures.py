@@ -1,0 +1,119 @@
+"""Shared setup of the dashboard tests (`test_ui.py`, `test_ui_browser.py`): a SQLite trace store
+seeded by `benchmarks/dashboard.py`'s `seed`, a gateway on it (stub router, the fake upstream,
+three API keys, admin demo mode on loopback), real chat requests and feedback through the
+official openai client, and an independent recomputation of the savings from the store's rows."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from conftest import StubRouter, loopback_config, run_gateway, start_fake_server
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SEEDED = 3000
+LONG_PROMPT = "Explain, step by step and with a proof, why the halting problem is undecidable. " * 3
+
+
+class SummaryStubRouter(StubRouter):
+    """The stub router with a training summary (`info`), as `Router.fit` writes one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.info = {
+            "source": "synthetic",
+            "n_prompts": 1200,
+            "mean_quality": {"strong": 0.86, "weak": 0.61},
+        }
+
+
+def bench() -> ModuleType:
+    """benchmarks/dashboard.py as a module (its `seed`, `key_hash`, `KEYS`)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("dashboard")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def ui_config(db: Path, upstream: str, tmp: Path, **admin: Any) -> dict[str, Any]:
+    """The loopback test config on the store `db`, with the seeded keys and `admin` (default demo)."""
+    d = bench()
+    cfg = loopback_config(upstream, tmp)
+    cfg["store"] = {"url": f"sqlite:///{db}", "flush_interval_s": 0.02, "commit_interval_s": 0.05}
+    cfg["aliases"]["llmroute/cheap"] = {
+        "router": "default",
+        "candidates": ["fake-strong", "fake-weak"],
+        "tradeoff": 1000,
+    }
+    cfg["keys"] = [
+        {"id": k, "key_sha256": d.key_hash(k), "budget_usd_day": 50.0, "budget_usd_month": 500.0}
+        for k in d.KEYS
+    ]
+    cfg["admin"] = admin or {"demo": True}
+    return cfg
+
+
+@contextlib.contextmanager
+def seeded_gateway(tmp: Path, n: int = SEEDED, **admin: Any) -> Iterator[tuple[Any, list[str], Path]]:
+    """(gateway handle, request ids of the seeded and real requests, database path)."""
+    import openai
+
+    d = bench()
+    db = tmp / "traces.sqlite"
+    ids = d.seed(db, n, seed_=1)
+    with (
+        start_fake_server() as fake,
+        run_gateway(
+            ui_config(db, fake.base_url, tmp, **admin), routers={"default": SummaryStubRouter()}
+        ) as gw,
+    ):
+        client = openai.OpenAI(base_url=str(gw), api_key="sk-team-a", max_retries=0, timeout=30)
+        for prompt, model in [
+            ("hi", "llmroute/auto"),
+            (LONG_PROMPT, "llmroute/auto"),
+            (LONG_PROMPT, "llmroute/cheap"),
+            ("hello there", "fake-strong"),
+        ]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": prompt}]
+            )
+            rid = raw.headers["x-llmroute-request-id"]
+            ids.append(rid)
+        client.post("/feedback", cast_to=object, body={"request_id": ids[-2], "quality": 0.25})
+        gw.app.store.flush_sync(30)
+        yield gw, ids, db
+
+
+def recompute(db: Path) -> dict[str, float]:
+    """Spend, baseline and savings recomputed from the store's rows with this file's own SQL and
+    arithmetic: per answered routed request, the candidate of highest expected quality (ties: the
+    dearer) priced at billed cost x its expected cost / the served model's expected cost."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT status, alias, model, candidates, cost_usd FROM traces").fetchall()
+    finally:
+        con.close()
+    import json
+
+    spend = base = 0.0
+    for status, alias, model, cands, cost in rows:
+        cost = cost or 0.0
+        spend += cost
+        b = cost
+        cs = json.loads(cands) if cands else []
+        if status == 200 and alias and cs:
+            top = sorted(cs, key=lambda c: (c["expected_quality"], c["expected_cost"]))[-1]
+            served = [c for c in cs if c["model"] == model]
+            if top["model"] != model and served and served[0]["expected_cost"] > 0:
+                b = cost * top["expected_cost"] / served[0]["expected_cost"]
+        base += b
+    assert math.isfinite(base)
+    return {"spend": spend, "baseline": base, "saved": base - spend}
