@@ -186,6 +186,11 @@ class Gateway:
             on_breaker=self.metrics.set_breaker,
         )
         self.auth = Authenticator(config.keys)
+        self.sessions: Any = None  # sticky sessions and implicit outcomes (llmroute.gateway.sticky)
+        if any(a.sticky is not None or a.implicit is not None for a in config.aliases.values()):
+            from llmroute.gateway.sticky import attach_sessions
+
+            self.sessions = attach_sessions(self)
         # admin API and master key; keys of the config file + the key store, kept current per request
         self.admin_auth = AdminAuth.from_config(config)
         self.keyman = KeyManager(self)
@@ -213,9 +218,6 @@ class Gateway:
         # request ids: 128 random bits each (unguessable: feedback and traces are keyed by them);
         # one getrandom call, ~0.6 us. Not a buffer of random bytes: forked workers would share it.
         self.new_id: Callable[[], str] = lambda: os.urandom(16).hex()
-        from llmroute.gateway.ui.dashboard import Dashboard
-
-        self.dashboard = Dashboard(self)  # the /ui pages (issue 15)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -223,7 +225,6 @@ class Gateway:
             ("POST", "/v1/responses"): self._responses,
             **self._ops.routes(),
             **self.keyman.routes(),
-            **self.dashboard.routes(),
         }
         # model or alias -> its candidates' (name, context window), where any window is configured
         cands = {m: [m] for m in self.engine.models} | {a: p.models for a, p in self.engine.plans.items()}
@@ -362,7 +363,7 @@ class Gateway:
         """auth -> decide, for the OpenAI chat request `body` (the model name's policy suffix and the
         `llmroute` field applied); shared by chat, messages and /v1/route. Returns the request
         context, the decision and the caller's API key (None without keys); raises `GatewayError`."""
-        headers = request_headers(scope) if (self.auth.enabled or self.engine.hooks) else {}
+        headers = request_headers(scope) if (self.auth.enabled or self.engine.hooks or self.sessions) else {}
         try:  # "alias@0.3", "alias@tradeoff=50": per-request policy in the model name
             model, policy = self.engine.split_model(body["model"])
         except GatewayError:
@@ -433,6 +434,8 @@ class Gateway:
             stream=stream,
         )
         if self.store is None:
+            if self.sessions is not None and ctx is not None:
+                self.sessions.finished(ctx, model, status, response)
             return
         trace = self.config.trace
         # `extra`: a request refused before a decision existed (e.g. blocked by a rule or guard)
@@ -470,6 +473,8 @@ class Gateway:
                 rec_extra,
             )
         )
+        if self.sessions is not None and ctx is not None:  # after the row: its outcomes land on it
+            self.sessions.finished(ctx, model, status, response)
 
     async def _upstream_failed(
         self,

@@ -15,7 +15,8 @@ delay on top.
 
 Faults: `500`, `503`, `429`, `400`, `context` (a 400 saying the context length is exceeded), `timeout` (never answers within `delay`, default 30 s), `reset`
 (connection closed without a response), `cut` (stream cut after two chunks; non-stream body cut
-midway), `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
+midway), `length` (a normal chat answer whose finish_reason is `length`, as if cut at max_tokens),
+`badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
 `delay` s, default 0.2), `slow` (first byte after `delay`,
 default 0.5 s, then a normal answer), `echo` / `echo500` (a careless upstream: 400 / 500 whose
 error message repeats the request line, every request header, credentials included, and the
@@ -74,7 +75,21 @@ __all__ = [
     "skill_prompts",
 ]
 
-FAULTS = ("500", "503", "429", "400", "timeout", "reset", "cut", "badjson", "slow", "drip", "echo", "echo500")
+FAULTS = (
+    "500",
+    "503",
+    "429",
+    "400",
+    "timeout",
+    "reset",
+    "cut",
+    "badjson",
+    "slow",
+    "drip",
+    "echo",
+    "echo500",
+    "length",
+)
 #: faults of a judge's answer (a 200 whose text holds no score), set like `FAULTS`
 JUDGE_FAULTS = ("unparseable",)
 SKILL_CATEGORIES = ("math", "code", "chat")
@@ -392,7 +407,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             {
                 "index": i,
                 "message": msg,
-                "finish_reason": "tool_calls" if tool_call else "stop",
+                "finish_reason": "tool_calls" if tool_call else ("length" if fault == "length" else "stop"),
                 "logprobs": None,
             }
             for i in range(n)
@@ -444,7 +459,7 @@ async def _chat_stream(
         out.append(chunk({"tool_calls": [dict(tool_call, index=0)]}))
     else:
         out.extend(chunk({"content": p}) for p in pieces)
-    out.append(chunk({}, "tool_calls" if tool_call else "stop"))
+    out.append(chunk({}, "tool_calls" if tool_call else ("length" if fault == "length" else "stop")))
     if (body.get("stream_options") or {}).get("include_usage"):
         out.append(b"data: " + orjson.dumps(dict(base, choices=[], usage=usage)) + b"\n\n")
     out.append(b"data: [DONE]\n\n")

@@ -20,7 +20,7 @@ session is, per alias and scoped by the caller's API key id and the body's `user
    header. A first message (nothing before it) starts a session.
 
 Sessions live in memory, per alias, as an LRU of at most `sticky.max_sessions` entries, each
-forgotten `sticky.ttl_s` after its last answer. They are per worker: with `llmroute serve --workers
+forgotten `sticky.ttl_s` after its last answered request arrived. They are per worker: with `llmroute serve --workers
 N` a conversation whose next request reaches another worker (a new connection) starts afresh there
 (no stickiness, no re-ask / regenerate signal for that turn); a client keeping its connection
 open stays on one worker. Only digests, the answering model, the request id and hashed words of the
@@ -58,6 +58,7 @@ margin=0.02`, `broken model=fake-weak reason=breaker_open`).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -81,6 +82,7 @@ __all__ = [
     "SessionTable",
     "SessionTracker",
     "Turn",
+    "attach_sessions",
     "detect_length",
     "detect_reask",
     "detect_refusal",
@@ -90,6 +92,7 @@ __all__ = [
     "similarity",
     "split_turn",
     "sticky_choice",
+    "sticky_header",
     "word_set",
 ]
 
@@ -368,6 +371,7 @@ class Session:
     words: frozenset[int]
     prev: Turn | None  # the turn this request continues: its model is the sticky one
     key_id: str | None
+    at: float  # when the request arrived (the recorded turn's time)
     outcomes: list[Outcome] = field(default_factory=list)
 
 
@@ -431,7 +435,7 @@ class SessionTracker:
                 prev = table.get(_digest(scope, messages[:last])) if last > 0 else None
                 same = table.get(turn)
         words = word_set(_text(messages[last].get("content"))) if last >= 0 else frozenset()
-        s = Session(alias, source, key, turn, words, prev, ctx.key_id)
+        s = Session(alias, source, key, turn, words, prev, ctx.key_id, self.clock())
         im = self.implicit.get(alias)
         if im is not None and ctx.endpoint != "route":
             out: Outcome | None = None
@@ -476,7 +480,7 @@ class SessionTracker:
             return
         table = self.tables.get(s.alias)
         if table is not None:
-            table.put(s.key, Turn(model, ctx.request_id, self.clock(), s.turn, s.words))
+            table.put(s.key, Turn(model, ctx.request_id, s.at, s.turn, s.words))
         im = self.implicit.get(s.alias)
         if im is None or response is None:
             return
@@ -489,3 +493,41 @@ class SessionTracker:
     def _emit(self, out: Outcome, alias: str, key_id: str | None) -> None:
         if self.sink is not None:
             self.sink(out, alias, key_id)
+
+
+def attach_sessions(gw: Any) -> SessionTracker:
+    """Build the tracker of a `Gateway`'s aliases and wire it: the routing engine consults it (and
+    the circuit breakers: an open one breaks stickiness), sticky decisions and implicit outcomes are
+    counted in the metrics, and each outcome is stored and learned through
+    `llmroute.gateway.outcomes.record_outcome` (with the graded request's key as owner), off the
+    request's path."""
+    tracker = SessionTracker(gw.config.aliases)
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def record(out: Outcome, key_id: str | None) -> None:
+        from llmroute.gateway.outcomes import record_outcome
+
+        try:
+            await record_outcome(gw, out.request_id, out.score, out.source, owner=key_id)
+        except Exception as e:  # a bug: logged (rate-limited), never the client's problem
+            gw.errors.exception(e, "recording the implicit outcome %s failed", out.source)
+
+    def sink(out: Outcome, alias: str, key_id: str | None) -> None:
+        gw.metrics.observe_implicit(alias, out.source)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - the gateway always runs in its event loop
+            return
+        task = loop.create_task(record(out, key_id))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def down(name: str) -> bool:
+        br = gw.executor.breakers.get(name)
+        return br is not None and br.state == "open" and br.clock() - br.opened_at < br.cooldown_s
+
+    tracker.sink = sink
+    tracker.on_sticky = gw.metrics.observe_sticky
+    gw.engine.sessions = tracker
+    gw.engine.model_down = down
+    return tracker
