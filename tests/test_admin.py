@@ -380,3 +380,17 @@ def test_demo_mode_on_loopback_and_first_key_closes_the_gateway(
     with run_gateway(cfg, routers={"default": StubRouter()}) as h:
         assert _chat(h, r.json()["key"]) == "ok"
         assert _chat(h, "anything") == "401 invalid_api_key"
+
+
+def test_serve_refuses_demo_mode_off_loopback(fake_server: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmroute.cli import app
+
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["admin"] = {"demo": True}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["serve", "--config", str(path), "--host", "0.0.0.0", "--port", "1"])
+    assert r.exit_code == 2
+    assert "admin.demo" in r.output and "loopback" in r.output

@@ -62,7 +62,9 @@ def create_app(config_path: str | Path):  # type: ignore[no-untyped-def]
     """A `Gateway` ASGI app built from a YAML config file."""
     from llmroute.gateway.app import Gateway
 
-    return Gateway(load_config(config_path))
+    gw = Gateway(load_config(config_path))
+    gw.config_path = str(Path(config_path).resolve())  # POST /admin/v1/reload re-reads it
+    return gw
 
 
 def create_app_from_env():  # type: ignore[no-untyped-def]
@@ -274,6 +276,16 @@ def serve(
     except (ConfigError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    from llmroute.gateway.admin import BIND_HOST_ENV, is_loopback
+
+    if cfg.admin.demo and not (cfg.admin.key_sha256 or cfg.admin.key_env) and not is_loopback(host):
+        typer.echo(
+            f"error: admin.demo (keyless admin API and dashboard) works only on a loopback address, "
+            f"not --host {host}: set admin.key_env to a master key, or serve on 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(2)
+    os.environ[BIND_HOST_ENV] = host  # where we are bound, for admin demo mode (workers inherit it)
     try:
         sock = bind_socket(host, port)
     except BindError as e:
@@ -285,6 +297,7 @@ def serve(
             from llmroute.gateway.app import Gateway
 
             gw = Gateway(cfg)
+            gw.config_path = str(Path(config).resolve())  # POST /admin/v1/reload re-reads it
     except (ConfigError, FileNotFoundError, ValueError) as e:
         sock.close()
         typer.echo(f"error: {e}", err=True)
