@@ -394,3 +394,59 @@ def test_serve_refuses_demo_mode_off_loopback(fake_server: Any, tmp_path: Path) 
     r = CliRunner().invoke(app, ["serve", "--config", str(path), "--host", "0.0.0.0", "--port", "1"])
     assert r.exit_code == 2
     assert "admin.demo" in r.output and "loopback" in r.output
+
+
+def test_cli_keys_create_list_budget_revoke_audit(gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmroute.cli import app
+
+    monkeypatch.setenv("T_CLI_ADMIN", MASTER)
+    run = CliRunner().invoke
+    common = ["--url", gw.root, "--admin-key-env", "T_CLI_ADMIN"]
+    r = run(
+        app,
+        [
+            "keys",
+            "create",
+            "--id",
+            "cli-team",
+            "--budget-day",
+            "3",
+            "--alias",
+            "llmroute/*",
+            *common,
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    secret = json.loads(r.output)["key"]
+    assert _chat(gw, secret) == "ok"
+
+    r = run(app, ["keys", "list", *common])
+    assert r.exit_code == 0 and "cli-team" in r.output and "yaml-team" in r.output
+    assert secret not in r.output
+
+    r = run(app, ["keys", "budget", "cli-team", "--day", "0", "--rpm", "none", *common])
+    assert r.exit_code == 0, r.output
+    assert "day 0 USD" in r.output
+    assert _chat(gw, secret) == "429 insufficient_quota"
+    r = run(app, ["keys", "budget", "cli-team", "--day", "lots", *common])
+    assert r.exit_code == 2 and "none" in r.output
+
+    r = run(app, ["keys", "revoke", "cli-team", *common])
+    assert r.exit_code == 0 and _chat(gw, secret) == "401 invalid_api_key"
+    r = run(app, ["keys", "revoke", "cli-team", *common])
+    assert r.exit_code == 1 and "404" in r.output and "No live key" in r.output
+
+    r = run(app, ["keys", "audit", "--limit", "3", *common])
+    assert r.exit_code == 0 and r.output.splitlines()[0].split()[2] == "key.revoke"
+
+    # a wrong master key / no gateway: one line saying so
+    monkeypatch.setenv("T_CLI_ADMIN", "wrong")
+    r = run(app, ["keys", "list", *common])
+    assert r.exit_code == 1 and "401" in r.output and "wrong" not in r.output
+    r = run(app, ["keys", "list", "--url", "http://127.0.0.1:9", "--admin-key-env", "T_CLI_ADMIN"])
+    assert r.exit_code == 1 and "cannot reach" in r.output

@@ -16,6 +16,8 @@ Examples::
     llmroute keys new                   (prints a new key and the sha256 to put in the config)
     llmroute keys spend --config FILE   (spend per key today and this month)
     llmroute keys hash sk-...           (or pipe the key on stdin)
+    llmroute keys create|list|revoke|budget|audit --url URL   (a running gateway's admin API:
+                                        llmroute.gateway.admin_cli)
 
 The store comes from `--store URL`, else `--config FILE` (its `store.url`, relative paths
 resolved against the config's folder), else `$LLMROUTE_STORE`, else the gateway default
@@ -327,3 +329,12 @@ def hash_cmd(
         typer.echo("error: empty key", err=True)
         raise typer.Exit(2)
     typer.echo(hash_key(key))
+
+
+def _admin_commands() -> None:
+    from llmroute.gateway.admin_cli import register
+
+    register(keys_app)
+
+
+_admin_commands()  # keys create|list|revoke|budget|audit (the admin API of a running gateway)
