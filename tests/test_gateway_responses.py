@@ -243,6 +243,8 @@ def test_untranslatable_requests_are_clear_400s(gw: GatewayHandle) -> None:
         ({"input": []}, "input", "length"),
         ({"max_output_tokens": 0}, "max_output_tokens", "positive"),
         ({"background": True}, "background", "not supported"),
+        ({"tool_choice": {"name": "f"}}, "tool_choice.type", "required"),
+        ({"tools": [{"name": "f"}]}, "tools[0].type", "required"),
     ]
     for extra, param, words in cases:
         body = {"model": "fake-weak", "input": "x", **extra}

@@ -65,6 +65,42 @@ _OPERATIONS: tuple[tuple[str, str, str, Any, Any, tuple[str, ...], Any], ...] = 
         S.AnthropicError,
     ),
     (
+        "/v1/responses",
+        "post",
+        "OpenAI Responses API, translated to chat and routed like it (stream: text/event-stream)",
+        S.ResponsesRequest,
+        S.ResponseObject,
+        ("application/json", "text/event-stream"),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/embeddings",
+        "post",
+        "Embeddings, passed through to the named model (not routed)",
+        S.EmbeddingsRequest,
+        S.Embeddings,
+        ("application/json",),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/completions",
+        "post",
+        "Text completions, passed through to the named model (stream: text/event-stream)",
+        S.CompletionsRequest,
+        S.TextCompletion,
+        ("application/json", "text/event-stream"),
+        S.OpenAIError,
+    ),
+    (
+        "/v1/messages/count_tokens",
+        "post",
+        "Anthropic token count of a Messages request, from the gateway's token counter",
+        S.CountTokensRequest,
+        S.TokenCount,
+        ("application/json",),
+        S.AnthropicError,
+    ),
+    (
         "/v1/route",
         "post",
         "Routing decision only (no upstream call)",
@@ -145,11 +181,17 @@ def openapi_document(
         model = _model_schema(config, engine)
         if engine is not None and not any(_maps_shares(engine, a) for a in config.aliases):
             del components["RequestPolicy"]["properties"]["strong_share"]
-        for s in (S.ChatRequest, S.MessagesRequest, S.RouteRequest):
+        for s in (S.ChatRequest, S.MessagesRequest, S.RouteRequest, S.ResponsesRequest, S.CountTokensRequest):
             prop = components[s.__name__]["properties"]["model"]
             prop.pop("type", None)
             prop.pop("minLength", None)
             prop.update(model)
+        # embeddings and completions: a named model on an OpenAI-compatible provider (no alias)
+        named = [m.name for m in config.models if m.provider == "openai"]
+        for s in (S.EmbeddingsRequest, S.CompletionsRequest):
+            prop = components[s.__name__]["properties"]["model"]
+            prop.pop("minLength", None)
+            prop["enum"] = named
     headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in _TRACE_HEADERS}
     secured = config is not None and bool(config.keys)
     paths: dict[str, Any] = {}
@@ -172,7 +214,7 @@ def openapi_document(
                 "5XX": {**error, "description": "upstream or gateway error"},
             },
         }
-        if path in ("/v1/chat/completions", "/v1/messages"):
+        if path in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
             op["responses"]["200"]["links"] = {"Feedback": feedback}
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[body]}}}

@@ -6,6 +6,8 @@ at startup). Endpoints::
     POST /v1/chat/completions   OpenAI chat (stream and non-stream); unknown fields pass through
     POST /v1/messages           Anthropic Messages in, routed to any backend (stream too)
     POST /v1/responses          OpenAI Responses in (translated to chat), routed like chat (stream too)
+    POST /v1/embeddings, /v1/completions   passed through to a named model (budgets, traces)
+    POST /v1/messages/count_tokens         Anthropic token count, from the gateway's counter
     POST /v1/route              decision only: chosen model, ranked candidates, reason
     POST /v1/feedback           attach an outcome to a request id
     GET  /v1/models             aliases and models (with keys: those the caller's key may use)
@@ -47,6 +49,7 @@ from llmroute.gateway.admin import AdminAuth, KeyManager
 from llmroute.gateway.api_anthropic import ANTHROPIC_MESSAGES
 from llmroute.gateway.api_openai import OPENAI_CHAT, check_output_fits
 from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
+from llmroute.gateway.api_passthrough import PassThrough
 from llmroute.gateway.api_responses import OPENAI_RESPONSES
 from llmroute.gateway.asgi import (
     JSON,
@@ -223,6 +226,7 @@ class Gateway:
             ("POST", "/chat/completions"): self._chat,
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/responses"): self._responses,
+            **PassThrough(self).routes(),  # embeddings, completions, count_tokens
             **self._ops.routes(),
             **self.keyman.routes(),
         }

@@ -22,6 +22,10 @@ default 0.5 s, then a normal answer), `echo` / `echo500` (a careless upstream: 4
 error message repeats the request line, every request header, credentials included, and the
 body, prompt included; for testing that the gateway never forwards such text).
 
+`POST /v1/embeddings` answers a deterministic unit vector per input (`dimensions`, default 8;
+float or base64 float32) and `POST /v1/completions` the echo answer per prompt (streamed too);
+the per-model faults apply to both.
+
 With tools, answers with a tool call of the first tool (arguments `{"x": 1}`); on `/v1/messages` a
 forced `tool_choice` (`{"type": "tool", "name": N}`) calls tool N with an input built from its
 `input_schema` (streamed as `input_json_delta`s of 8 characters).
@@ -479,6 +483,130 @@ async def _chat_stream(
     return r
 
 
+async def _request_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+    """The JSON object of a request, or the 400 to answer."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None, _error(400, "invalid JSON body", "invalid_request_error")
+    if not isinstance(body, dict):
+        return None, _error(400, "body must be a JSON object", "invalid_request_error")
+    return body, None
+
+
+def _texts(value: Any) -> list[str]:
+    """The inputs of an embeddings / completions request: a string, strings, or token arrays."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(x, int) for x in value):
+        return [" ".join(map(str, value))]
+    return [x if isinstance(x, str) else " ".join(map(str, x)) for x in value or []]
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit-length vector for `text`."""
+    raw = b"".join(hashlib.sha256(f"{i}:{text}".encode()).digest() for i in range(dims // 8 + 1))
+    v = [(b - 127.5) / 127.5 for b in raw[:dims]]
+    norm = sum(x * x for x in v) ** 0.5 or 1.0
+    return [x / norm for x in v]
+
+
+async def _embeddings(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/embeddings`: a deterministic vector per input (float or base64 float32)."""
+    import base64
+    import struct
+
+    state: FakeState = request.app[STATE]
+    body, bad = await _request_body(request)
+    if body is None:
+        return bad  # type: ignore[return-value]
+    model = str(body.get("model", ""))
+    state.counts[model] = state.counts.get(model, 0) + 1
+    state.last[model] = body
+    fault, delay = state.take_fault(
+        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
+    )
+    early = await _maybe_fault_pre(request, fault, delay)
+    if early is not None:
+        return early
+    texts = _texts(body.get("input"))
+    dims = int(body.get("dimensions") or 8)
+    data = []
+    for i, t in enumerate(texts):
+        vec: Any = _vector(t, dims)
+        if body.get("encoding_format") == "base64":
+            vec = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vec})
+    tokens = sum(max(1, len(t) // 4) for t in texts)
+    resp = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return web.Response(body=orjson.dumps(resp), content_type="application/json")
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/completions` (legacy text completions): the echo answer per prompt, streamed too."""
+    state: FakeState = request.app[STATE]
+    body, bad = await _request_body(request)
+    if body is None:
+        return bad  # type: ignore[return-value]
+    model = str(body.get("model", ""))
+    state.counts[model] = state.counts.get(model, 0) + 1
+    state.last[model] = body
+    fault, delay = state.take_fault(
+        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
+    )
+    early = await _maybe_fault_pre(request, fault, delay)
+    if early is not None:
+        return early
+    prompts = _texts(body.get("prompt")) or [""]
+    n = int(body.get("n") or 1)
+    answers = [_answer(model, [{"role": "user", "content": p}]) for p in prompts for _ in range(n)]
+    pt = sum(max(1, len(p) // 4) for p in prompts)
+    ct = sum(max(1, len(a) // 4) for a in answers)
+    usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model}
+    if not body.get("stream"):
+        choices = [
+            {"index": i, "text": a, "finish_reason": "stop", "logprobs": None} for i, a in enumerate(answers)
+        ]
+        return web.Response(
+            body=orjson.dumps({**base, "choices": choices, "usage": usage}), content_type="application/json"
+        )
+    r = web.StreamResponse(
+        status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+    )
+    await r.prepare(request)
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    out = [
+        event([{"index": i, "text": a[k : k + 8], "finish_reason": None, "logprobs": None}])
+        for i, a in enumerate(answers)
+        for k in range(0, len(a), 8)
+    ]
+    out += [
+        event([{"index": i, "text": "", "finish_reason": "stop", "logprobs": None}])
+        for i in range(len(answers))
+    ]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        out.append(event([], usage=usage))
+    out.append(b"data: [DONE]\n\n")
+    if fault == "cut":
+        for part in out[:2]:
+            await r.write(part)
+        await asyncio.sleep(0.01)
+        if request.transport is not None:
+            request.transport.abort()
+        return r
+    await r.write(b"".join(out))
+    return r
+
+
 def _sample(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
     """A deterministic value following a (simple) JSON Schema: objects with every property,
     strings (the echo answer), numbers, booleans, arrays of one item, enums' first value, local
@@ -697,6 +825,8 @@ def make_app(latency_ms: float = 0.0) -> web.Application:
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/chat/completions", _chat)
     app.router.add_post("/v1/messages", _messages)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/_control/fault", _set_fault)
     app.router.add_delete("/_control/fault", _clear_faults)

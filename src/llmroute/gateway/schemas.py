@@ -6,6 +6,7 @@
     RouteRequest      POST /v1/route (a chat request; `prompt` may stand for one user message)
     FeedbackRequest   POST /v1/feedback
     ResponsesRequest  POST /v1/responses (OpenAI Responses; translated to a chat request)
+    EmbeddingsRequest, CompletionsRequest, CountTokensRequest   the pass-through endpoints
     RequestPolicy     the chat body's `llmroute` object (strict: unknown fields are a 400)
 
 Validation only checks: the caller keeps its decoded JSON dict (what goes upstream), except that
@@ -34,6 +35,9 @@ from llmroute.gateway.auth import GatewayError
 __all__ = [
     "ChatMessage",
     "ChatRequest",
+    "CompletionsRequest",
+    "CountTokensRequest",
+    "EmbeddingsRequest",
     "FeedbackRequest",
     "MessagesRequest",
     "RequestPolicy",
@@ -41,6 +45,7 @@ __all__ = [
     "RouteRequest",
     "integer_fields",
     "json_schemas",
+    "passthrough_input",
     "validate",
 ]
 
@@ -452,14 +457,19 @@ RESPONSES_ITEMS: dict[str, type[Struct]] = {
 }
 
 
-class ResponsesFunctionTool(Struct, tag_field="type", tag="function", kw_only=True):
+class ResponsesFunctionTool(Struct, kw_only=True):
+    """A function tool (built-in tools are not translated; a lone tagged Struct would not require
+    its tag, hence the explicit `type`)."""
+
+    type: Literal["function"]
     name: NonEmptyStr
     parameters: Annotated[JSONObject, Meta(description="a JSON Schema object")] | None = None
     description: str | None = None
     strict: bool | None = None
 
 
-class ResponsesToolChoice(Struct, tag_field="type", tag="function"):
+class ResponsesToolChoice(Struct, kw_only=True):
+    type: Literal["function"]
     name: NonEmptyStr
 
 
@@ -523,6 +533,7 @@ class ResponsesRequest(Struct, kw_only=True):
                 {"type": "string"},
                 {
                     "type": "array",
+                    "minItems": 1,
                     "items": {
                         "anyOf": [
                             {"$ref": "{ResponsesMessage}"},
@@ -534,6 +545,117 @@ class ResponsesRequest(Struct, kw_only=True):
             ]
         }
     }
+
+
+# ---- pass-through endpoints: embeddings, completions, count_tokens ----------------------------
+NamedModel = Annotated[str, Meta(min_length=1, description="a configured model (aliases route chat only)")]
+#: a string, strings, a token array or token arrays (checked by `passthrough_input`)
+TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
+TextsOrTokens = str | Annotated[list[str | TokenId | list[TokenId]], Meta(min_length=1)]
+_TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
+TEXTS_OR_TOKENS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        {"type": "array", "minItems": 1, "items": _TOKEN_ID},
+        {"type": "array", "minItems": 1, "items": {"type": "array", "items": _TOKEN_ID}},
+    ]
+}
+
+
+class EmbeddingsRequest(Struct, kw_only=True):
+    """`POST /v1/embeddings`, passed through to the named model (other fields pass through too)."""
+
+    model: NamedModel
+    input: TextsOrTokens
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Meta(ge=1, le=16384)] | None = None
+    user: str | None = None
+
+    SCHEMA_PROPERTIES: ClassVar[dict[str, Any]] = {"input": TEXTS_OR_TOKENS_SCHEMA}
+
+
+class CompletionsRequest(Struct, kw_only=True):
+    """`POST /v1/completions` (legacy text completions), passed through to the named model."""
+
+    model: NamedModel
+    prompt: TextsOrTokens
+    max_tokens: Tokens | None = None
+    n: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
+    best_of: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
+    stream: bool | None = None
+    stream_options: JSONObject | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Unit | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    stop: str | list[str] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    suffix: str | None = None
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    user: str | None = None
+
+    SCHEMA_PROPERTIES: ClassVar[dict[str, Any]] = {"prompt": TEXTS_OR_TOKENS_SCHEMA}
+
+
+class CountTokensRequest(Struct, kw_only=True):
+    """`POST /v1/messages/count_tokens` (Anthropic): the input tokens of a Messages request."""
+
+    model: ModelName
+    messages: Annotated[list[AnthropicMessage], Meta(min_length=1)]
+    system: str | list[SystemText] | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: ToolChoiceAuto | ToolChoiceAny | ToolChoiceNone | ToolChoiceTool | None = None
+
+
+class ResponseObject(Struct, tag_field="object", tag="response"):
+    """A Responses API `response` (the chat answer translated back)."""
+
+    id: str
+    status: str
+    model: str
+    output: list[JSONObject]
+    created_at: int | None = None
+    usage: JSONObject | None = None
+
+
+class TokenCount(Struct):
+    """The answer of /v1/messages/count_tokens."""
+
+    input_tokens: int
+
+
+class Embeddings(Struct, tag_field="object", tag="list"):
+    """Embeddings as the upstream answered them."""
+
+    data: list[JSONObject]
+    model: str
+    usage: JSONObject | None = None
+
+
+class TextCompletion(Struct):
+    """A text completion as the upstream answered it."""
+
+    id: str
+    choices: list[JSONObject]
+    model: str
+    object: str | None = None
+    usage: JSONObject | None = None
+
+
+def passthrough_input(value: Any, field: str) -> None:
+    """400 unless `value` (a validated `TextsOrTokens`) is a string, strings, a token array or token
+    arrays: not a mix."""
+    if isinstance(value, str):
+        return
+    kinds = {type(x) for x in value}
+    if len(kinds) > 1:
+        raise bad_request(
+            f"'{field}' must be a string, an array of strings, an array of token ids or an array of "
+            "token id arrays, not a mix.",
+            field,
+        )
 
 
 # ---- validation -------------------------------------------------------------------------------

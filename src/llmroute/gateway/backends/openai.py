@@ -89,8 +89,28 @@ class OpenAIBackend:
             raise BackendError(f"model {self.cfg.name!r}: upstream returned no 'choices'")
         return data
 
-    async def chat_stream(
-        self, body: dict[str, Any], timeout_s: float
+    async def post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """A non-streamed call of another endpoint of the upstream (`path` below `base_url`, e.g.
+        "/embeddings"); the decoded JSON object it answers."""
+        payload = orjson.dumps(self._prep(body))
+        url = join_url(self.cfg.base_url or "", path)
+        data = await post_json(self.client, url, self.headers, payload, self.cfg.name, timeout_s, self.scrub)
+        if not isinstance(data, dict):
+            raise BackendError(f"model {self.cfg.name!r}: upstream answered no JSON object")
+        return data
+
+    def chat_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[list[dict[str, Any]]]:
+        return self._stream(self.url, body, timeout_s)
+
+    def stream(
+        self, path: str, body: dict[str, Any], timeout_s: float
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A streamed call of another endpoint of the upstream (e.g. "/completions"): its SSE
+        events' JSON objects, as `chat_stream` gives a chat stream's chunks."""
+        return self._stream(join_url(self.cfg.base_url or "", path), body, timeout_s)
+
+    async def _stream(
+        self, url: str, body: dict[str, Any], timeout_s: float
     ) -> AsyncIterator[list[dict[str, Any]]]:
         b = self._prep(body)
         b["stream"] = True
@@ -100,7 +120,7 @@ class OpenAIBackend:
         assert self.client is not None
         name = self.cfg.name
         payload = orjson.dumps(b)
-        resp = await open_stream(self.client, self.url, self.headers, payload, name, timeout_s)
+        resp = await open_stream(self.client, url, self.headers, payload, name, timeout_s)
         ok = False
         try:
             if resp.status != 200:
