@@ -256,6 +256,21 @@ def test_length_and_refusal_grade_the_answer(
     assert trace(gw, h["x-llmroute-request-id"], "refusal")["outcome"] == {"refusal": 0.0}
 
 
+def test_streamed_answers_are_graded_too(
+    gw: GatewayHandle, client: openai.OpenAI, fake_server: FakeServer
+) -> None:
+    def stream(text: str) -> tuple[str, list[Any]]:
+        raw = client.chat.completions.with_raw_response.create(model=AUTO, messages=[user(text)], stream=True)
+        return raw.headers["x-llmroute-request-id"], list(raw.parse())
+
+    fake_server.set_fault("fake-weak", "length", count=1)
+    rid, chunks = stream("[q=-0.1] Stream a very long story.")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert trace(gw, rid, "length")["outcome"] == {"length": 0.0}
+    rid, _ = stream("[q=-0.1] I cannot help with that, streamed the bot.")
+    assert trace(gw, rid, "refusal")["outcome"] == {"refusal": 0.0}
+
+
 def test_signals_switch_off_per_alias(gw: GatewayHandle, client: openai.OpenAI) -> None:
     refusal = [user("[q=-0.1] I cannot help with that, said the quiet bot.")]
     _, hq, _ = ask(client, refusal, model=QUIET)

@@ -64,6 +64,7 @@ import orjson
 from aiohttp import web
 
 __all__ = [
+    "ANSWER_FAULTS",
     "DEFAULT_JUDGES",
     "DEFAULT_SKILLS",
     "FAULTS",
@@ -92,8 +93,9 @@ FAULTS = (
     "drip",
     "echo",
     "echo500",
-    "length",
 )
+#: faults that still answer 200, only differently (set like `FAULTS`; not upstream failures)
+ANSWER_FAULTS = ("length",)
 #: faults of a judge's answer (a 200 whose text holds no score), set like `FAULTS`
 JUDGE_FAULTS = ("unparseable",)
 SKILL_CATEGORIES = ("math", "code", "chat")
@@ -759,8 +761,10 @@ async def _models(request: web.Request) -> web.Response:
 async def _set_fault(request: web.Request) -> web.Response:
     state: FakeState = request.app[STATE]
     spec = orjson.loads(await request.read())
-    if spec.get("fault") not in FAULTS + JUDGE_FAULTS:
-        return _error(400, f"fault must be one of {FAULTS + JUDGE_FAULTS}", "invalid_request_error")
+    if spec.get("fault") not in FAULTS + JUDGE_FAULTS + ANSWER_FAULTS:
+        return _error(
+            400, f"fault must be one of {FAULTS + JUDGE_FAULTS + ANSWER_FAULTS}", "invalid_request_error"
+        )
     state.faults[str(spec.get("model", "*"))] = {
         "fault": spec["fault"],
         "count": spec.get("count"),

@@ -52,7 +52,9 @@ margin=0.02`, `broken model=fake-weak reason=breaker_open`).
   `is_error: true`, an `"error"` key in a JSON object, or text starting with "error", "exception"
   or "traceback"): the answer that made the tool call is graded.
 
-`length` and `refusal` read non-streamed answers only. Outcomes go to `SessionTracker.sink`
+`length` and `refusal` read streamed answers too (the stream relay assembles them). On
+`/v1/messages` a tool_result's `is_error` is not carried through the translation to the OpenAI
+chat body yet, so only the content cues apply there. Outcomes go to `SessionTracker.sink`
 (the gateway stores them with their source beside explicit `/v1/feedback` scores).
 """
 
@@ -472,9 +474,16 @@ class SessionTracker:
             self.on_sticky(s.alias, result)
         return j, verdict
 
+    def wants_answer(self, alias: str | None) -> bool:
+        """Whether `alias` grades whole answers (length, refusal): a stream then collects its chunks
+        into `ctx.extra["answer"]` for `finished`."""
+        im = self.implicit.get(alias) if alias is not None else None
+        return im is not None and (im.length or im.refusal)
+
     def finished(self, ctx: Any, model: str, status: int, response: Any) -> None:
         """After a request ends: on a 200 answer record the turn (`model` answered it) and emit the
-        length / refusal outcomes of a non-streamed answer (`response`: its choices)."""
+        length / refusal outcomes of the answer (`response`: its choices; a stream's assembled
+        answer is in `ctx.extra["answer"]`)."""
         s: Session | None = ctx.extra.get("session") if ctx.extra else None
         if s is None or status != 200 or not model or ctx.endpoint == "route":
             return
@@ -482,6 +491,8 @@ class SessionTracker:
         if table is not None:
             table.put(s.key, Turn(model, ctx.request_id, s.at, s.turn, s.words))
         im = self.implicit.get(s.alias)
+        if response is None:
+            response = ctx.extra.get("answer")
         if im is None or response is None:
             return
         out = detect_length(ctx.request_id, response, im) if im.length else None

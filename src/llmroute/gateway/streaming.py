@@ -113,7 +113,10 @@ async def relay_stream(
         error: str | None = None
         t_up = time.perf_counter()
 
-        collected: list[dict[str, Any]] | None = [] if gw.guard is not None and gw.guard.cache else None
+        cache = gw.guard is not None and bool(gw.guard.cache)
+        # the whole answer, for the response cache and an alias's answer-level implicit outcomes
+        answer = gw.sessions is not None and gw.sessions.wants_answer(decision.alias)
+        collected: list[dict[str, Any]] | None = [] if cache or answer else None
 
         def encode(chunk: dict[str, Any]) -> bytes:
             nonlocal usage_raw, reported_in
@@ -182,7 +185,11 @@ async def relay_stream(
     if collected is not None and error is None:
         from llmroute.cache import assemble_stream
 
-        gw.guard.store(ctx, assemble_stream(collected))
+        whole = assemble_stream(collected)
+        if cache:
+            gw.guard.store(ctx, whole)
+        if answer:
+            ctx.extra["answer"] = whole  # read by SessionTracker.finished (length, refusal)
     tail = enc.finish() if error is None else enc.fail(error)
     watch.done = True
     await send({"type": "http.response.body", "body": tail, "more_body": False})
