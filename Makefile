@@ -8,7 +8,7 @@ CONFIG ?= examples/llmroute.yaml
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run demo test install lint bench clean
+.PHONY: run demo test install lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/llmroute serve --config examples/loopback.yaml --fake-upstream --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# headless Chromium from the OS packages for the dashboard's browser tests (skips apt when present)
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	LLMROUTE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

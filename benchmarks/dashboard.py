@@ -205,15 +205,14 @@ def server_time(url: str) -> float:
     return float(st.split("dur=")[1].split(",")[0])
 
 
-def first_paint(chromium: str, urls: dict[str, str], repeats: int, profile: str) -> dict[str, list[float]]:
+def first_paint(chromium: str, urls: dict[str, str], repeats: int) -> dict[str, list[float]]:
     """First contentful paint (ms) of each page, `repeats` fresh loads each."""
     from playwright.sync_api import sync_playwright
 
     out: dict[str, list[float]] = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium, args=[*CHROMIUM_ARGS, f"--user-data-dir={profile}"]
-        )
+        # launch() gives Chromium a fresh temporary --user-data-dir of its own
+        browser = p.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page()
             for name, url in urls.items():
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             server: dict[str, list[float]] = {
                 k: [server_time(u) for _ in range(args.repeats)] for k, u in urls.items()
             }
-            paint = first_paint(args.chromium, urls, args.repeats, os.path.join(tmp, "profile"))
+            paint = first_paint(args.chromium, urls, args.repeats)
     rows = []
     for k in urls:
         rows.append(

@@ -201,3 +201,25 @@ def test_master_key_login_cookie_and_no_demo_off_loopback(
     monkeypatch.delenv("LLMROUTE_BIND_HOST", raising=False)
     assert dash.authorized(local) is True
     assert dash.authorized(remote) is False
+
+
+def test_make_run_config_serves_the_dashboard_keyless_on_loopback(tmp_path: Path) -> None:
+    """examples/llmroute.yaml (`make run`) turns the dashboard on in demo mode: every page answers
+    without a key on 127.0.0.1; the router page plots the shipped router's training summary."""
+    import os
+
+    from conftest import run_gateway
+    from llmroute.gateway.config import load_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["LLMROUTE_STORE_URL"] = f"sqlite:///{tmp_path}/t.sqlite"
+    cfg = load_config(examples / "llmroute.yaml", env=env)
+    assert cfg.admin.demo is True and cfg.admin.key_env is None and cfg.admin.key_sha256 is None
+    with run_gateway(cfg) as g:
+        for path in ("/ui", "/ui/decisions", "/ui/quality", "/ui/playground", "/ui/router"):
+            r = httpx.get(g.root + path, timeout=60, follow_redirects=False)
+            assert r.status_code == 200, path
+        router = httpx.get(g.root + "/ui/router", timeout=60).text
+        assert "<svg" in router and "claude-sonnet" in router and "gpt-4-1106-preview" in router
+        assert "No requests in this window yet." in httpx.get(g.root + "/ui", timeout=60).text

@@ -57,11 +57,14 @@ _WINDOWS = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30, "all": None}
 
 
 def _usd(v: float | None) -> str:
-    """Dollars: cents above $10, four decimals below (small demo spends stay visible)."""
+    """Dollars: cents from $10, four decimals below, three significant digits below a cent (small
+    demo spends stay visible)."""
     if v is None or not math.isfinite(v):
         return "-"
     sign = "-" if v < 0 else ""
     a = abs(v)
+    if 0 < a < 0.01:
+        return f"{sign}${a:.3g}"  # one request's cost: three significant digits
     return f"{sign}${a:,.2f}" if a >= 10 else f"{sign}${a:,.4f}"
 
 
@@ -322,7 +325,7 @@ class Dashboard:
             "chart_model": charts.line_chart(labels, _top(per_model), title="requests per model"),
             "chart_spend": charts.line_chart(
                 c_labels,
-                {"strongest candidate (baseline)": c_base, "spend": c_cost},
+                {"always the strongest": c_base, "spend": c_cost},
                 y_format=_usd,
                 title="cumulative spend vs always the strongest candidate",
             ),
@@ -352,9 +355,11 @@ class Dashboard:
             "since": None if hours is None else time.time() - hours * 3600,
         }
         rows = data.decisions(**filters, limit=50, offset=offset)
-        rules = ["tradeoff", "threshold"] + [
+        # policy rules, the config's rules and any rule seen firing in the traces
+        configured = [
             str(r.get("name")) for r in self.gw.config.rules if isinstance(r, dict) and r.get("name")
         ]
+        rules = ["tradeoff", "threshold", *sorted(set(configured) | data.agg.rules)]
         ctx = {
             **self._common("decisions"),
             "title": "Decisions",

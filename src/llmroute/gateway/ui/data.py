@@ -20,6 +20,7 @@ negative (e.g. a fallback to a dearer model).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import threading
@@ -173,6 +174,7 @@ class Aggregates:
         self.cells: dict[tuple[int, str, str, str], Totals] = {}
         self.max_rowid = 0
         self.rows = 0
+        self.rules: set[str] = set()  # names of the rules that fired on any request
 
     def add_row(
         self,
@@ -227,7 +229,8 @@ class Aggregates:
 _AGG_SQL = (
     "SELECT rowid, ts, key_id, alias, model, status, "
     "CASE WHEN status = 200 AND alias IS NOT NULL THEN candidates END, "
-    "fallbacks IS NOT NULL AND fallbacks != '[]', total_ms, cost_usd "
+    "fallbacks IS NOT NULL AND fallbacks != '[]', total_ms, cost_usd, "
+    "CASE WHEN extra IS NOT NULL THEN json_extract(extra, '$.rules.applied') END "
     "FROM traces WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 
@@ -296,7 +299,10 @@ class DashboardData:
         loads = orjson.loads
         while True:
             rows = self.sql(_AGG_SQL, (agg.max_rowid, _FETCH))
-            for rowid, ts, key_id, alias, model, status, cands, fb, total_ms, cost in rows:
+            for rowid, ts, key_id, alias, model, status, cands, fb, total_ms, cost, rules in rows:
+                if rules and rules != "[]":
+                    with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                        agg.rules.update(str(r) for r in loads(rules))
                 candidates = None
                 if cands:
                     try:

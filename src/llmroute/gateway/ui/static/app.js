@@ -119,7 +119,14 @@ function initPlayground() {
     route();
   });
   show();
-  route();
+  const key = document.getElementById("apikey");
+  if (key) {
+    // the gateway has API keys: route once one is given
+    key.addEventListener("change", () => route());
+    form.dataset.state = "needs-key";
+  } else {
+    route();
+  }
 }
 
 onReady(() => {
