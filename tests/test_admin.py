@@ -450,3 +450,32 @@ def test_cli_keys_create_list_budget_revoke_audit(gw: Any, monkeypatch: pytest.M
     assert r.exit_code == 1 and "401" in r.output and "wrong" not in r.output
     r = run(app, ["keys", "list", "--url", "http://127.0.0.1:9", "--admin-key-env", "T_CLI_ADMIN"])
     assert r.exit_code == 1 and "cannot reach" in r.output
+
+
+def test_a_second_gateway_on_the_same_store_sees_key_changes(fake_server: Any, tmp_path: Path) -> None:
+    """Two gateways (think: two hosts) sharing one key store, no shared folder: the other one picks
+    a change up within admin.key_poll_s."""
+    import time
+
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["admin"]["key_poll_s"] = 0.2
+    with (
+        run_gateway(cfg, routers={"default": StubRouter()}) as a,
+        run_gateway(cfg, routers={"default": StubRouter()}) as b,
+    ):
+        secret = _admin(a, "POST", "/keys", json={"id": "shared"}).json()["key"]
+        assert _chat(a, secret) == "ok"
+
+        def wait_for(want: str) -> str:
+            got, end = "", time.monotonic() + 30
+            while time.monotonic() < end:
+                got = _chat(b, secret)
+                if got == want:
+                    break
+                time.sleep(0.1)
+            return got
+
+        assert wait_for("ok") == "ok"
+        assert _admin(a, "DELETE", "/keys/shared").status_code == 200
+        assert _chat(a, secret) == "401 invalid_api_key"
+        assert wait_for("401 invalid_api_key") == "401 invalid_api_key"

@@ -48,6 +48,7 @@ from llmroute.gateway.auth import ApiKey, Authenticator, GatewayError, extract_k
 from llmroute.gateway.config import ConfigError, load_config
 from llmroute.gateway.keystore import KeyGeneration, KeyStore
 from llmroute.gateway.ledger import shared_dir_from_env
+from llmroute.gateway.store import StoreError
 
 __all__ = [
     "BIND_HOST_ENV",
@@ -313,6 +314,7 @@ class KeyManager:
         self.warnings: list[str] = []
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
+        self._poller: asyncio.Task[None] | None = None
 
     # ---- keeping keys current ---------------------------------------------------------------
 
@@ -328,7 +330,28 @@ class KeyManager:
         for w in self.warnings:
             log.warning("%s", w)
         self.gw.auth.set_keys(keys)
+        poll_s = getattr(self.gw.config.admin, "key_poll_s", None)
+        if poll_s:
+            stamp = await self.keystore.astamp()
+            self._poller = asyncio.get_running_loop().create_task(self._poll(float(poll_s), stamp))
         return keys
+
+    async def _poll(self, every_s: float, stamp: tuple[int, float]) -> None:
+        """Every `every_s`: if the key store changed (another gateway sharing it, e.g. on another
+        host), bump the generation so that this gateway's workers reload on their next request."""
+        assert self.keystore is not None
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                now = await self.keystore.astamp()
+            except StoreError:  # the store is closed: the gateway is stopping
+                return
+            except Exception as e:  # the database is unreachable: try again next time
+                log.warning("checking the key store for changes failed: %s: %s", type(e).__name__, e)
+                continue
+            if now != stamp:
+                stamp = now
+                self.generation.bump()
 
     def stale(self) -> bool:
         """Whether keys changed since this worker loaded them (hot path: one memory read)."""
@@ -387,7 +410,10 @@ class KeyManager:
             self.seen = gen
 
     def close(self) -> None:
-        """Release the shared counter."""
+        """Stop polling the key store; release the shared counter."""
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         self.generation.close()
 
     # ---- HTTP ---------------------------------------------------------------------------------

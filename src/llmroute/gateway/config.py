@@ -21,7 +21,8 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                 implicit: {reask, regenerate, length, refusal, tool_error, score, reask_similarity,
                            reask_min_words}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
-    admin:    {key_sha256 | key_env, demo}   (master key of /admin/v1 and /ui; llmroute.gateway.admin)
+    admin:    {key_sha256 | key_env, demo, key_poll_s}   (master key of /admin/v1 and /ui;
+               llmroute.gateway.admin)
     store:    {url: "sqlite:///llmroute-traces.sqlite" | "postgresql://..." | "memory://",
                batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
                max_rows, prune_interval_s}
@@ -381,6 +382,13 @@ class AdminConfig(_Strict):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     key_env: str | None = None
     demo: bool = Field(False, description="keyless admin access, only when served on loopback")
+    key_poll_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="how often each worker checks the key store for changes made by another gateway "
+        "sharing it (other hosts; the workers of one gateway see a change on their next request); "
+        "null: never",
+    )
 
 
 class StoreConfig(_Strict):

@@ -210,6 +210,16 @@ class KeyStore:
 
         return await self.store.arun(go)
 
+    async def astamp(self) -> tuple[int, float]:
+        """(number of stored keys, latest change time): moves with every create, update and revoke."""
+        sql = "SELECT COUNT(*), MAX(updated_ts) FROM llmroute_api_keys"
+
+        def go(b: Any) -> tuple[int, float]:
+            n, ts = _Sql(b).fetch(sql)[0]
+            return int(n), float(ts or 0.0)
+
+        return await self.store.arun(go)
+
     # ---- audit --------------------------------------------------------------------------------
 
     async def aaudit(self, action: str, target: str | None, actor: str, detail: dict[str, Any]) -> None:
