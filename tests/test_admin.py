@@ -479,3 +479,15 @@ def test_a_second_gateway_on_the_same_store_sees_key_changes(fake_server: Any, t
         assert _admin(a, "DELETE", "/keys/shared").status_code == 200
         assert _chat(a, secret) == "401 invalid_api_key"
         assert wait_for("401 invalid_api_key") == "401 invalid_api_key"
+
+
+def test_admin_actions_logged_without_secrets(gw: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="llmroute.gateway.admin"):
+        secret = _admin(gw, "POST", "/keys", json={"id": "logged", "rpm": 60}).json()["key"]
+        _admin(gw, "DELETE", "/keys/logged")
+    lines = [r.getMessage() for r in caplog.records if r.name == "llmroute.gateway.admin"]
+    assert any("key.create logged" in m and '"rpm":60' in m for m in lines), lines
+    assert any("key.revoke logged" in m for m in lines), lines
+    assert all(secret not in m and hash_key(secret) not in m and MASTER not in m for m in lines)
