@@ -491,3 +491,44 @@ def test_admin_actions_logged_without_secrets(gw: Any, caplog: pytest.LogCapture
     assert any("key.create logged" in m and '"rpm":60' in m for m in lines), lines
     assert any("key.revoke logged" in m for m in lines), lines
     assert all(secret not in m and hash_key(secret) not in m and MASTER not in m for m in lines)
+
+
+# ---- the key store on Postgres (skips without a server, like test_store_postgres) -------------------
+
+from test_store_postgres import postgres_url  # noqa: E402,F401  (the module fixture)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_key_store_on_sqlite_and_postgres(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import asyncio
+
+    from llmroute.gateway.keystore import KeyStore
+    from llmroute.gateway.store import open_store
+
+    url = request.getfixturevalue("postgres_url") if kind == "postgres" else f"sqlite:///{tmp_path}/k.sqlite"
+    kid = f"k-{kind}-{tmp_path.name}"[:60]
+
+    async def go(ks: KeyStore) -> None:
+        before = await ks.astamp()
+        row = await ks.acreate(kid, hash_key("s1"), budget_usd_day=1.5, aliases=["a*"])
+        assert row is not None and row["aliases"] == ["a*"] and row["revoked_ts"] is None
+        assert await ks.acreate(kid, hash_key("s2")) is None  # the id is taken
+        assert (await ks.astamp())[0] == before[0] + 1
+        got = await ks.aupdate(kid, {"rpm": 30, "budget_usd_day": None, "aliases": None})
+        assert (
+            got is not None and got["rpm"] == 30 and got["budget_usd_day"] is None and got["aliases"] is None
+        )
+        assert await ks.arevoke(kid) and not await ks.arevoke(kid)
+        assert await ks.aupdate(kid, {"rpm": 1}) is None
+        rows = {r["id"]: r for r in await ks.alist()}
+        assert rows[kid]["revoked_ts"] is not None and rows[kid]["sha256"] == hash_key("s1")
+        assert kid not in {r["id"] for r in await ks.alist(revoked=False)}
+        await ks.aaudit("key.create", kid, "key", {"rpm": 30})
+        log = await ks.aaudit_log(limit=1)
+        assert log[0]["action"] == "key.create" and log[0]["detail"] == {"rpm": 30}
+
+    store = open_store(url)
+    try:
+        asyncio.run(go(KeyStore(store)))
+    finally:
+        store.close_sync()
