@@ -309,3 +309,23 @@ def test_metrics(gw: GatewayHandle, client: openai.OpenAI) -> None:
     assert re.search(
         r'llmroute_implicit_outcomes_total\{alias="llmroute/auto",source="refusal"\} [1-9]', text
     )
+
+
+def test_workers_share_sessions(
+    fake_server: FakeServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways on one LLMROUTE_SHARED_DIR (what `llmroute serve --workers 2` gives its workers):
+    turn 1 answered by one, turn 2 by the other, stays on its model."""
+    monkeypatch.setenv("LLMROUTE_SHARED_DIR", str(tmp_path))
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["aliases"][AUTO].update(tradeoff=0, sticky={"margin": 0.05})
+    with (
+        run_gateway(cfg, routers={"default": GainRouter()}) as one,
+        run_gateway(cfg, routers={"default": GainRouter()}) as two,
+    ):
+        c1 = openai.OpenAI(base_url=one, api_key="unused", max_retries=0, timeout=30)
+        c2 = openai.OpenAI(base_url=two, api_key="unused", max_retries=0, timeout=30)
+        turn1 = [user("[q=-0.1] Tell me about kestrels.")]
+        _, _, a1 = ask(c1, turn1)
+        model, h, _ = ask(c2, [*turn1, said(a1), user("[q=0.03] And merlins?")])
+        assert model == "fake-weak" and h["x-llmroute-sticky"].startswith("held model=fake-weak")

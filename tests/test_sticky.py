@@ -13,7 +13,9 @@ from llmroute.gateway.sticky import (
     Outcome,
     SessionTable,
     SessionTracker,
+    SharedSessionTable,
     Turn,
+    _SharedDB,
     detect_length,
     detect_reask,
     detect_refusal,
@@ -42,15 +44,26 @@ class Clock:
         return self.now
 
 
-def test_table_forgets_after_ttl() -> None:
+def _table(kind: str, tmp_path: Any, max_sessions: int, ttl_s: float, clock: Any) -> Any:
+    if kind == "memory":
+        return SessionTable(max_sessions, ttl_s, clock)
+    return SharedSessionTable(_SharedDB(str(tmp_path / "s.sqlite")), "al", max_sessions, ttl_s, clock)
+
+
+TABLES = ["memory", "shared"]
+
+
+@pytest.mark.parametrize("kind", TABLES)
+def test_table_forgets_after_ttl(kind: str, tmp_path: Any) -> None:
     clock = Clock()
-    t = SessionTable(10, ttl_s=60, clock=clock)
+    t = _table(kind, tmp_path, 10, 60, clock)
     t.put(b"a", _turn(at=clock.now))
     clock.now += 60
     assert t.get(b"a") is not None  # exactly ttl_s old: still there
     clock.now += 0.5
     assert t.get(b"a") is None
-    assert len(t) == 0
+    if kind == "memory":
+        assert len(t) == 0
 
 
 def test_table_evicts_least_recently_used() -> None:
@@ -62,6 +75,32 @@ def test_table_evicts_least_recently_used() -> None:
     assert t.get(b"b") is None
     assert t.get(b"a") is not None and t.get(b"c") is not None
     assert len(t) == 2
+
+
+def test_shared_table_evicts_the_oldest_and_keeps_turns_whole(tmp_path: Any) -> None:
+    clock = Clock()
+    t = _table("shared", tmp_path, 2, 1e9, clock)
+    for k in (b"a", b"b", b"c"):
+        clock.now += 1
+        t.put(k, Turn("m-" + k.decode(), "r-" + k.decode(), clock.now, b"turn", word_set("one two three")))
+    assert t.get(b"a") is None  # answered longest ago: gone beyond max_sessions
+    got = t.get(b"c")
+    assert got == Turn("m-c", "r-c", clock.now, b"turn", word_set("one two three"))
+    assert len(t) == 2
+
+
+def test_workers_share_sessions(tmp_path: Any) -> None:
+    """Two trackers on one shared folder (two workers of `serve --workers 2`): a conversation
+    answered by one continues on the other, re-ask included."""
+    a = SessionTracker({"al": AliasConfig(sticky={}, implicit={})}, shared_dir=str(tmp_path))
+    b = SessionTracker({"al": AliasConfig(sticky={}, implicit={})}, shared_dir=str(tmp_path))
+    got: list[Outcome] = []
+    b.sink = lambda o, al, k: got.append(o)
+    q = {"role": "user", "content": "How do I reverse a list in Python?"}
+    _answer(a, _ctx([q], "r1"), "m1")
+    s = b.begin(_ctx([q, {"role": "assistant", "content": "x"}, dict(q)], "r2"), "al")
+    assert s is not None and s.prev is not None and s.prev.model == "m1"
+    assert got == [Outcome("r1", 0.0, "reask")]
 
 
 def test_split_turn() -> None:

@@ -19,12 +19,13 @@ session is, per alias and scoped by the caller's API key id and the body's `user
    clients whose system prompt carries per-request data (a date, a request id) should send the
    header. A first message (nothing before it) starts a session.
 
-Sessions live in memory, per alias, as an LRU of at most `sticky.max_sessions` entries, each
-forgotten `sticky.ttl_s` after its last answered request arrived. They are per worker: with `llmroute serve --workers
-N` a conversation whose next request reaches another worker (a new connection) starts afresh there
-(no stickiness, no re-ask / regenerate signal for that turn); a client keeping its connection
-open stays on one worker. Only digests, the answering model, the request id and hashed words of the
-last user message are kept; never text.
+Sessions are kept per alias, at most `sticky.max_sessions`, each forgotten `sticky.ttl_s` after
+its last answered request arrived: in memory (an LRU) with one worker; with `llmroute serve
+--workers N` in a SQLite file in the workers' shared folder (`LLMROUTE_SHARED_DIR`; WAL, no fsync;
+the sessions answered longest ago go first), so a conversation keeps its session whichever worker
+serves its next request, for a few SQLite lookups and one write per request (best effort: a
+database error is a miss). Not shared: gateways on different hosts. Only digests, the answering
+model, the request id and hashed words of the last user message are kept; never text.
 
 **Stickiness** (`sticky.enabled`): the router decides as usual; when the session's earlier turn was
 answered by model S, the request stays on S unless the expected gain of switching,
@@ -62,7 +63,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
+import sqlite3
+import struct
+import threading
 import time
 import unicodedata
 import zlib
@@ -83,6 +88,7 @@ __all__ = [
     "Session",
     "SessionTable",
     "SessionTracker",
+    "SharedSessionTable",
     "Turn",
     "attach_sessions",
     "detect_length",
@@ -156,6 +162,110 @@ class SessionTable:
             d.popitem(last=False)
 
 
+class _SharedDB:
+    """One SQLite file (WAL, no fsync: sessions are a cache) shared by a host's workers; the
+    connection is opened lazily per process (a gateway built before a fork does not share it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=0.1, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS sessions (k BLOB PRIMARY KEY, alias TEXT NOT NULL, "
+                "model TEXT NOT NULL, rid TEXT NOT NULL, at REAL NOT NULL, turn BLOB NOT NULL, "
+                "words BLOB NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS sessions_at ON sessions(alias, at)")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+
+class SharedSessionTable:
+    """`SessionTable` in a SQLite file shared by the workers of `llmroute serve --workers N` (in
+    `LLMROUTE_SHARED_DIR`), so a conversation keeps its session whichever worker serves it.
+    Beyond `max_sessions` the sessions answered longest ago go first (checked every few puts, so
+    the table may hold a few more for a moment). Best effort: a database error (e.g. the file
+    locked for more than 0.1 s) is a miss, or a turn not recorded; routing goes on."""
+
+    def __init__(
+        self,
+        db: _SharedDB,
+        alias: str,
+        max_sessions: int,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.alias = alias
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.errors = 0
+        self._puts = 0
+        self._prune_every = max(1, min(256, max_sessions // 8))
+
+    def __len__(self) -> int:
+        try:
+            with self.db._lock:
+                row = self.db.conn().execute("SELECT COUNT(*) FROM sessions WHERE alias = ?", (self.alias,))
+                return int(row.fetchone()[0])
+        except sqlite3.Error:
+            self.errors += 1
+            return 0
+
+    def get(self, key: bytes) -> Turn | None:
+        """The session's turn, None when unknown, older than `ttl_s` or unreadable now."""
+        try:
+            with self.db._lock:
+                row = (
+                    self.db.conn()
+                    .execute("SELECT model, rid, at, turn, words FROM sessions WHERE k = ?", (key,))
+                    .fetchone()
+                )
+        except sqlite3.Error:
+            self.errors += 1
+            return None
+        if row is None or self.clock() - row[2] > self.ttl_s:
+            return None
+        words = row[4]
+        return Turn(row[0], row[1], row[2], row[3], frozenset(struct.unpack(f"<{len(words) // 4}I", words)))
+
+    def put(self, key: bytes, turn: Turn) -> None:
+        """Record `turn` (then, every few puts, forget expired sessions and the oldest beyond
+        `max_sessions`)."""
+        words = struct.pack(f"<{len(turn.words)}I", *turn.words)
+        try:
+            with self.db._lock:
+                conn = self.db.conn()
+                conn.execute(
+                    "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, self.alias, turn.model, turn.request_id, turn.at, turn.turn, words),
+                )
+                self._puts += 1
+                if self._puts % self._prune_every == 0:
+                    self._prune(conn)
+        except sqlite3.Error:
+            self.errors += 1
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM sessions WHERE alias = ? AND at < ?", (self.alias, self.clock() - self.ttl_s)
+        )
+        n = int(conn.execute("SELECT COUNT(*) FROM sessions WHERE alias = ?", (self.alias,)).fetchone()[0])
+        if n > self.max_sessions:
+            conn.execute(
+                "DELETE FROM sessions WHERE k IN (SELECT k FROM sessions WHERE alias = ? ORDER BY at LIMIT ?)",
+                (self.alias, n - self.max_sessions),
+            )
+
+
 # ---- pure helpers ---------------------------------------------------------------------------------
 def _text(content: Any) -> str:
     if isinstance(content, str):
@@ -174,19 +284,22 @@ def split_turn(messages: Sequence[Any]) -> tuple[int, int]:
     return -1, len(messages)
 
 
-def _digest(scope: Sequence[str], messages: Sequence[Any]) -> bytes:
-    """BLAKE2b-128 of the scope and the role + text of each hashed-role message."""
+def _digests(scope: Sequence[str], messages: Sequence[Any], last: int) -> tuple[bytes, bytes]:
+    """BLAKE2b-128 digests of the scope and the role + text of each hashed-role message: of the
+    messages before `last` and of those through `last`, in one pass."""
     h = blake2b(digest_size=16)
-    for s in scope:
-        h.update(s.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    for m in messages:
-        if isinstance(m, dict) and m.get("role") in HASHED_ROLES:
-            h.update(m["role"].encode())
-            h.update(b"\x1f")
-            h.update(_text(m.get("content")).encode("utf-8", "surrogatepass"))
-            h.update(b"\x1e")
-    return h.digest()
+    h.update("\x1f".join(scope).encode("utf-8", "surrogatepass"))
+    h.update(b"\x1d")
+    head = b""
+    for i in range(last + 1):
+        if i == last:
+            head = h.digest()
+        m = messages[i]
+        if isinstance(m, dict):
+            role = m.get("role")
+            if role in HASHED_ROLES:
+                h.update(f"{role}\x1f{_text(m.get('content'))}\x1e".encode("utf-8", "surrogatepass"))
+    return head, h.digest()
 
 
 _WORD = re.compile(r"\w+")
@@ -386,12 +499,16 @@ class SessionTracker:
     implicit outcome; `on_sticky(alias, result)` counts decisions (metrics)."""
 
     def __init__(
-        self, aliases: Mapping[str, AliasConfig], clock: Callable[[], float] = time.monotonic
+        self,
+        aliases: Mapping[str, AliasConfig],
+        clock: Callable[[], float] = time.monotonic,
+        shared_dir: str | None = None,
     ) -> None:
         self.clock = clock
+        db = _SharedDB(os.path.join(shared_dir, "sessions.sqlite")) if shared_dir else None
         self.sticky: dict[str, StickyConfig] = {}
         self.implicit: dict[str, ImplicitConfig] = {}
-        self.tables: dict[str, SessionTable] = {}
+        self.tables: dict[str, SessionTable | SharedSessionTable] = {}
         for name, a in aliases.items():
             if a.sticky is None and a.implicit is None:
                 continue
@@ -402,7 +519,11 @@ class SessionTracker:
                 self.implicit[name] = a.implicit
             im = a.implicit
             if st.enabled or (im is not None and (im.reask or im.regenerate or im.tool_error)):
-                self.tables[name] = SessionTable(st.max_sessions, st.ttl_s, clock)
+                self.tables[name] = (
+                    SharedSessionTable(db, name, st.max_sessions, st.ttl_s, clock)
+                    if db is not None
+                    else SessionTable(st.max_sessions, st.ttl_s, clock)
+                )
         self.sink: Callable[[Outcome, str, str | None], None] | None = None
         self.on_sticky: Callable[[str, str], None] | None = None
 
@@ -413,29 +534,33 @@ class SessionTracker:
         """The request's session on `alias` (None when the alias tracks none); emits the re-ask,
         regenerate and tool-error outcomes it reveals (not for `/v1/route`: no answer follows)."""
         table = self.tables.get(alias)
-        if table is None and alias not in self.implicit:
-            return None
+        if table is None:
+            if alias not in self.implicit:
+                return None
+            # only answer-level signals (length, refusal): no session kept
+            return Session(alias, "none", b"", b"", frozenset(), None, ctx.key_id, 0.0)
         messages = ctx.messages
         last, tail = split_turn(messages)
         user = ctx.body.get("user")
         scope = (alias, ctx.key_id or "", user if isinstance(user, str) else "")
-        turn = _digest(scope, messages[: last + 1])
+        head, turn = _digests(scope, messages, last)
         sid = ctx.headers.get(SESSION_HEADER) if ctx.headers else None
-        if table is None:  # only answer-level signals (length, refusal): no session kept
-            source, key, prev, same = "none", turn, None, None
-        elif sid:
+        if sid:
             source = "header"
-            key = _digest((*scope, "session", sid), ())
+            key = _digests((*scope, "session", sid), (), -1)[1]
             prev = table.get(key)
             same = prev if prev is not None and tail == 0 and prev.turn == turn else None
+        elif last < 0:  # no user message and no header: nothing identifies the conversation
+            source, key, prev, same = "none", b"", None, None
         else:
             source = "prefix"
             key = turn
             if tail:  # a tool loop / prefill: the same turn's earlier answer
                 prev, same = table.get(turn), None
             else:
-                prev = table.get(_digest(scope, messages[:last])) if last > 0 else None
-                same = table.get(turn)
+                prev = table.get(head) if last > 0 else None
+                im = self.implicit.get(alias)
+                same = table.get(turn) if im is not None and im.regenerate else None
         words = word_set(_text(messages[last].get("content"))) if last >= 0 else frozenset()
         s = Session(alias, source, key, turn, words, prev, ctx.key_id, self.clock())
         im = self.implicit.get(alias)
@@ -488,7 +613,7 @@ class SessionTracker:
         if s is None or status != 200 or not model or ctx.endpoint == "route":
             return
         table = self.tables.get(s.alias)
-        if table is not None:
+        if table is not None and s.source != "none":
             table.put(s.key, Turn(model, ctx.request_id, s.at, s.turn, s.words))
         im = self.implicit.get(s.alias)
         if response is None:
@@ -512,7 +637,9 @@ def attach_sessions(gw: Any) -> SessionTracker:
     counted in the metrics, and each outcome is stored and learned through
     `llmroute.gateway.outcomes.record_outcome` (with the graded request's key as owner), off the
     request's path."""
-    tracker = SessionTracker(gw.config.aliases)
+    from llmroute.gateway.ledger import shared_dir_from_env
+
+    tracker = SessionTracker(gw.config.aliases, shared_dir=shared_dir_from_env())
     tasks: set[asyncio.Task[Any]] = set()
 
     async def record(out: Outcome, key_id: str | None) -> None:
