@@ -56,6 +56,10 @@ PLUGINS: dict[str, tuple[str, str]] = {
         "llmroute.online.whatif_cli:whatif_cmd",
         "Off-policy estimate of another trade-off on a decision log (see --help).",
     ),
+    "learner": (
+        "llmroute.gateway.learner_cli:learner_app",
+        "The gateway's online learner state: snapshots, rollback (see --help).",
+    ),
     "profile": (
         "llmroute.profile.cli:profile_cmd",
         "Call your models on your prompts, grade the answers, write a routing table (see --help).",

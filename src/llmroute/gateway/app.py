@@ -72,6 +72,7 @@ from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.billing import Pricing
 from llmroute.gateway.config import GatewayConfig
+from llmroute.gateway.learning import Learning
 from llmroute.gateway.metrics import GatewayMetrics
 from llmroute.gateway.reliability import Attempt, Executor
 from llmroute.gateway.routing import (
@@ -139,6 +140,14 @@ class ApiFamily(Protocol):
         ...
 
 
+_NO_LEARNING = (None, None, None)
+
+
+def _learned(learning: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The trace's propensity, explored and learner columns of a learning decision."""
+    return learning["propensity"], learning["explored"], learning["features"]
+
+
 def _from_backend(e: BackendError) -> GatewayError:
     """The client's error for a failed upstream call. A 5xx that a retry cannot cure (a model
     without credentials: 501; upstream rejecting the gateway's own key) says
@@ -189,6 +198,8 @@ class Gateway:
             on_breaker=self.metrics.set_breaker,
         )
         self.auth = Authenticator(config.keys)
+        # online learners of the aliases with `learning: {enabled: true}` (llmroute.gateway.learning)
+        self.learning = Learning.create(config, self.engine)
         self.sessions: Any = None  # sticky sessions and implicit outcomes (llmroute.gateway.sticky)
         if any(a.sticky is not None or a.implicit is not None for a in config.aliases.values()):
             from llmroute.gateway.sticky import attach_sessions
@@ -274,6 +285,8 @@ class Gateway:
             ),
         )
         self.metrics.bind_store(self.store)
+        if self.learning is not None:  # after the store: outcomes read their decision's trace
+            await self.learning.start(self.store)
         # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
         ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
         keys = await self.keyman.start(self.store)  # the config file's and the key store's
@@ -296,6 +309,8 @@ class Gateway:
                 await b.close()
         if self.http is not None:
             await self.http.close()
+        if self.learning is not None:
+            await self.learning.stop()
         if self.store is not None:
             await self.store.close()
         # joins the publisher thread (up to seconds): off the event loop
@@ -390,6 +405,8 @@ class Gateway:
             policy=policy,
         )
         decision = await self.engine.decide(ctx)
+        if self.learning is not None:  # the alias's online learner may explore (propensity logged)
+            self.learning.decide(ctx, decision)
         return ctx, decision, key
 
     def _finish(
@@ -475,6 +492,11 @@ class Gateway:
                 response if trace.store_responses else None,
                 None,  # outcome: attached later by /v1/feedback
                 rec_extra,
+                *(
+                    _NO_LEARNING
+                    if decision is None or decision.learning is None
+                    else _learned(decision.learning)
+                ),
             )
         )
         if self.sessions is not None and ctx is not None:  # after the row: its outcomes land on it

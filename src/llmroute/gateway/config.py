@@ -10,7 +10,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
                body_timeout_s, keep_alive_s, max_connections, ca_bundle, proxy}
-    models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
+    models:   [{name, provider: openai|anthropic|replay|<preset> (llmroute.gateway.providers: azure,
+                gemini, mistral, groq, together, deepseek, openrouter, vllm, ollama, llamacpp),
+                base_url, api_key_env, api_version, deployment, upstream_model,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
@@ -19,7 +21,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                           learned_verifier, stream_buffer_chars},
                 sticky: {enabled, margin, ttl_s, max_sessions},
                 implicit: {reask, regenerate, length, refusal, tool_error, score, reask_similarity,
-                           reask_min_words}}}
+                           reask_min_words},
+                learning: {enabled, learner, max_explore, confidence, prior_var, dim, seed, state,
+                           sync_interval_s, snapshot_every}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     admin:    {key_sha256 | key_env, demo, key_poll_s}   (master key of /admin/v1 and /ui;
                llmroute.gateway.admin)
@@ -50,6 +54,7 @@ __all__ = [
     "GatewayConfig",
     "ImplicitConfig",
     "KeyConfig",
+    "LearningConfig",
     "ModelConfig",
     "ServerConfig",
     "StickyConfig",
@@ -174,8 +179,26 @@ class ModelConfig(_Strict):
     """One upstream model the gateway can call."""
 
     name: str = Field(min_length=1)
-    provider: Literal["openai", "anthropic", "replay"] = "openai"
+    provider: Literal[
+        "openai",
+        "anthropic",
+        "replay",
+        "azure",
+        "gemini",
+        "mistral",
+        "groq",
+        "together",
+        "deepseek",
+        "openrouter",
+        "vllm",
+        "ollama",
+        "llamacpp",
+    ] = Field("openai", description="openai, anthropic, replay, or an OpenAI-compatible preset")
     base_url: str | None = None
+    api_version: str | None = Field(None, description="azure: the api-version query (default 2024-10-21)")
+    deployment: str | None = Field(
+        None, description="azure: the deployment (default: upstream_model, else name)"
+    )
     api_key_env: str | None = None
     upstream_model: str | None = Field(None, description="model id sent upstream (default: name)")
     input_per_mtok: float = Field(0.0, ge=0)
@@ -204,7 +227,22 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.provider in ("openai", "anthropic"):
+        from llmroute.gateway.providers import AZURE_API_VERSION, PRESETS
+
+        if (self.api_version or self.deployment) and self.provider != "azure":
+            raise ValueError("api_version and deployment apply to provider 'azure' only")
+        preset = PRESETS.get(self.provider)
+        if preset is not None:
+            if not self.base_url:
+                if preset.base_url is None:
+                    raise ValueError(
+                        f"provider {self.provider!r} needs base_url (the resource's endpoint, e.g. "
+                        "https://<resource>.openai.azure.com)"
+                    )
+                self.base_url = preset.base_url
+            if self.api_key_env is None:
+                self.api_key_env = preset.api_key_env
+        if self.provider in ("openai", "anthropic", *PRESETS):
             if not self.base_url:
                 self.base_url = (
                     "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"
@@ -215,7 +253,38 @@ class ModelConfig(_Strict):
                 raise ValueError(f"base_url must start with http:// or https:// (got {scheme!r})")
         if self.provider == "replay" and not self.replay_table:
             raise ValueError("provider 'replay' needs replay_table (a routing table file or folder)")
+        if self.provider == "azure":
+            from llmroute.gateway.providers import azure_base_url
+
+            assert self.base_url is not None
+            self.base_url = azure_base_url(
+                self.base_url, self.deployment or self.upstream, self.api_version or AZURE_API_VERSION
+            )
         return self
+
+    @property
+    def api(self) -> str:
+        """The upstream API: "openai" (OpenAI and every OpenAI-compatible preset), "anthropic" or
+        "replay"."""
+        return self.provider if self.provider in ("anthropic", "replay") else "openai"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """The headers that carry the API key `key` to this model's upstream (`Authorization:
+        Bearer`; Azure: `api-key`)."""
+        from llmroute.gateway.providers import PRESETS
+
+        preset = PRESETS.get(self.provider)
+        if preset is not None and preset.auth == "api-key":
+            return {"api-key": key}
+        return {"Authorization": f"Bearer {key}"}
+
+    @property
+    def stream_usage(self) -> bool:
+        """Whether streams ask the upstream for usage (`stream_options.include_usage`)."""
+        from llmroute.gateway.providers import PRESETS
+
+        preset = PRESETS.get(self.provider)
+        return preset is None or preset.stream_usage
 
     @property
     def upstream(self) -> str:
@@ -321,6 +390,35 @@ class ImplicitConfig(_Strict):
     )
 
 
+class LearningConfig(_Strict):
+    """Online learning of an alias (`llmroute.gateway.learning`): a bandit learner corrects the
+    alias's router from outcomes (`/v1/feedback`, implicit signals), exploring on at most
+    `max_explore` of its routed requests. Off by default."""
+
+    enabled: bool = False
+    learner: Literal["thompson", "linucb", "greedy"] = Field(
+        "thompson", description="how the learner explores (greedy: never)"
+    )
+    max_explore: float = Field(
+        0.05, ge=0, le=1, description="largest share of the alias's routed requests that may explore"
+    )
+    confidence: float = Field(
+        1.0, ge=0, description="the learner leaves the router's pick only when this many sd ahead"
+    )
+    prior_var: float = Field(0.01, gt=0, description="prior variance of each residual weight")
+    dim: int = Field(32, ge=1, le=512, description="prompt-embedding columns after random projection")
+    seed: int = Field(0, description="learner seed (each worker adds its pid)")
+    state: str | None = Field(
+        None,
+        description="SQLite file shared by the workers (outcome deltas and snapshots); default: "
+        "beside a SQLite trace store (<db>.learner), in memory with memory://",
+    )
+    sync_interval_s: float = Field(
+        1.0, gt=0, description="how often a worker applies the outcomes other workers recorded"
+    )
+    snapshot_every: int = Field(1000, ge=1, description="outcomes between periodic snapshots")
+
+
 class AliasConfig(_Strict):
     """A routed model name exposed to clients, with its router and policy.
 
@@ -350,6 +448,18 @@ class AliasConfig(_Strict):
     implicit: ImplicitConfig | None = Field(
         None, description="grade earlier answers from later traffic (re-ask, regenerate, length, ...)"
     )
+    learning: LearningConfig = Field(
+        default_factory=LearningConfig, description="learn from outcomes online (off by default)"
+    )
+
+    @model_validator(mode="after")
+    def _learning_alone(self) -> AliasConfig:
+        if self.learning.enabled and self.cascade is not None:
+            raise ValueError(
+                "learning and cascade cannot both be on for one alias (a cascade picks its own "
+                "models); turn one of them off"
+            )
+        return self
 
 
 class KeyConfig(_Strict):

@@ -193,6 +193,8 @@ class RouteDecision:
     policy: dict[str, Any] = field(default_factory=dict)
     constraints_met: bool = True
     unmet_constraints: list[str] = field(default_factory=list)
+    # set by the alias's online learner (llmroute.gateway.learning): propensity, explored, features
+    learning: dict[str, Any] | None = None
 
     def candidates(self) -> list[dict[str, Any]]:
         """Ranked candidates with their estimates (for traces and `/v1/route`)."""

@@ -31,7 +31,11 @@ Record fields (a dict; all optional except that a missing `request_id` is genera
     request_id, ts (unix seconds), key_id, alias, model (chosen), requested_model, status (HTTP),
     error, reason, stream (bool), candidates (list of {model, quality, cost, ...}),
     fallbacks (list of {model, error, ...}), overhead_ms, upstream_ms, total_ms, ttft_ms,
-    tokens_in, tokens_out, cost_usd, prompt, response, outcome (dict), extra (dict: guards, cache)
+    tokens_in, tokens_out, cost_usd, prompt, response, outcome (dict), extra (dict: guards, cache),
+    propensity (the probability of the routed choice, where the alias learns online), explored
+    (bool), learner (dict: the features an outcome update needs; `llmroute.gateway.learning`)
+
+Stores created before a column existed get it (ALTER TABLE ... ADD COLUMN) when opened.
 
 `latency={"overhead_ms":..,"upstream_ms":..,"total_ms":..}` is accepted as well as the flat keys.
 `prompt`/`response` are dropped unless the store was opened with `store_prompts`/`store_responses`.
@@ -118,7 +122,13 @@ _COLUMNS: dict[str, str] = {
     "response": "text",
     "outcome": "json",
     "extra": "json",
+    # online learning (llmroute.gateway.learning); added to older stores when they are opened
+    "propensity": "real",
+    "explored": "int",
+    "learner": "json",
 }
+#: columns added after the first release, with the SQL that adds them to an existing table
+_ADDED = ("propensity", "explored", "learner")
 TRACE_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
 _INDEX = {name: i for i, name in enumerate(_COLUMNS)}
 _PROMPT, _RESPONSE, _EXTRA = _INDEX["prompt"], _INDEX["response"], _INDEX["extra"]
@@ -256,7 +266,7 @@ def _row_to_dict(row: Sequence[Any]) -> dict[str, Any]:
     for (name, kind), v in zip(_COLUMNS.items(), row, strict=True):
         if kind == "json":
             v = _loads(v)
-        elif name == "stream" and v is not None:
+        elif (name == "stream" or name == "explored") and v is not None:
             v = bool(v)
         d[name] = v
     return d
@@ -332,6 +342,15 @@ class _SQLiteBackend:
                 PRIMARY KEY (key_id, period));
             """
         )
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(traces)")}
+        sql_kind = {"text": "TEXT", "json": "TEXT", "real": "REAL", "int": "INTEGER"}
+        for n in _ADDED:  # migrate a store written by an older version
+            if n not in have:
+                try:
+                    self.db.execute(f"ALTER TABLE traces ADD COLUMN {n} {sql_kind[_COLUMNS[n]]}")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
         names = ", ".join(_COLUMNS)
         marks = ", ".join("?" for _ in _COLUMNS)
         updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
@@ -480,6 +499,12 @@ class _PostgresBackend:
                 """
             )
         )
+        for n in _ADDED:  # migrate a store written by an older version
+            self._run(
+                self.conn.execute(
+                    f"ALTER TABLE llmroute_traces ADD COLUMN IF NOT EXISTS {n} {pg[_COLUMNS[n]]}"
+                )
+            )
         names = ", ".join(_COLUMNS)
         marks = ", ".join(
             f"${i}::jsonb" if k == "json" else f"${i}" for i, k in enumerate(_COLUMNS.values(), start=1)

@@ -306,15 +306,24 @@ class OnlineLearner:
         j = model if isinstance(model, int) else self.models.index(model)
         self.observe(x[j], j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
 
-    def observe(self, x: np.ndarray, j: int, residual: float, cost_residual: float | None = None) -> None:
-        """Rank-1 posterior update of model `j` with a quality residual at context `x`."""
+    def observe(
+        self,
+        x: np.ndarray,
+        j: int,
+        residual: float,
+        cost_residual: float | None = None,
+        weight: float = 1.0,
+    ) -> None:
+        """Rank-1 posterior update of model `j` with a quality residual at context `x`.
+        `weight` -1 undoes an earlier `observe` of the same arguments (a downdate: the outcome
+        is replaced); the posterior is a sum over outcomes, so the order of updates is free."""
         A = self.A_inv_[j]
         Ax = A @ x
-        A -= np.outer(Ax, Ax) / (self.noise_var + x @ Ax)
-        self.b_[j] += x * (residual / self.noise_var)
-        self.n_[j] += 1.0
+        A -= np.outer(Ax, Ax) * (weight / (self.noise_var + weight * (x @ Ax)))
+        self.b_[j] += x * (weight * residual / self.noise_var)
+        self.n_[j] += weight
         if cost_residual is not None:
-            self.cost_res_[j] += cost_residual
+            self.cost_res_[j] += weight * cost_residual
 
     def posterior(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean, covariance) of one model's residual weights (bias last)."""
@@ -322,17 +331,29 @@ class OnlineLearner:
         return self.A_inv_[j] @ self.b_[j], self.A_inv_[j].copy()
 
     # ---- state -------------------------------------------------------------------------------
-    def snapshot(self, path: str | Path) -> Path:
-        """Write the learner's state (posteriors, projection, settings) to one safetensors file."""
-        from safetensors.numpy import save_file
+    def to_bytes(self) -> bytes:
+        """The learner's state (posteriors, projection, settings) as safetensors bytes."""
+        from safetensors.numpy import save
 
-        path = Path(path)
-        meta = {
-            "format": _FORMAT,
-            "models": self.models,
-            "settings": self._settings(),
-        }
-        tensors = {
+        meta = {"format": _FORMAT, "models": self.models, "settings": self._settings()}
+        return save(self._tensors(), metadata={"llmroute": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OnlineLearner:
+        """A learner from `to_bytes` output (ValueError when it is not one)."""
+        from safetensors.numpy import load
+
+        try:
+            arrays = load(data)
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + n])
+            meta = json.loads((header.get("__metadata__") or {}).get("llmroute", "{}"))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"not a learner snapshot ({exc})") from exc
+        return cls._from_parts(meta, arrays, "<bytes>")
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        return {
             "A_inv": np.ascontiguousarray(self.A_inv_),
             "b": np.ascontiguousarray(self.b_),
             "n": self.n_,
@@ -340,8 +361,15 @@ class OnlineLearner:
             "profiled": self.profiled_.astype(np.uint8),
             "proj": np.ascontiguousarray(self.proj_),
         }
+
+    def snapshot(self, path: str | Path) -> Path:
+        """Write the learner's state (posteriors, projection, settings) to one safetensors file."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        meta = {"format": _FORMAT, "models": self.models, "settings": self._settings()}
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"llmroute": json.dumps(meta)})
+        save_file(self._tensors(), str(tmp), metadata={"llmroute": json.dumps(meta)})
         tmp.replace(path)
         return path
 
@@ -380,9 +408,13 @@ class OnlineLearner:
             raise ValueError(
                 f"{path}: not a learner snapshot ({exc}); write one with OnlineLearner.snapshot"
             ) from exc
+        return cls._from_parts(meta, arrays, str(path))
+
+    @classmethod
+    def _from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> OnlineLearner:
         if meta.get("format") != _FORMAT:
             raise ValueError(
-                f"{path}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})"
+                f"{where}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})"
             )
         s = dict(meta["settings"])
         embed_dim = s.pop("embed_dim")

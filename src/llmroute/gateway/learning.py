@@ -1,0 +1,639 @@
+"""Online learning inside the gateway: each alias with `learning: {enabled: true}` routes through
+an `OnlineLearner` (`llmroute.online.learner`) on top of its router, and learns from outcomes.
+
+Decisions (`Learning.decide`, called by the request pipeline after the routing engine):
+
+- the learner sees the alias's admissible candidates (the decision's ranked list), the router's
+  expected quality and cost per candidate and the prompt's embedding (the router's encoder), and
+  picks at the request's trade-off (reward = quality - lambda * cost, the lambda the routing
+  policy used: request, rule, alias or router file);
+- it explores (Thompson sampling / LinUCB, at most `max_explore` of the requests) only on a plain
+  trade-off decision: never when a rule or guard routed the request or changed its policy
+  (`set_by`), with max_cost / min_quality or a strong share (a per-request policy that pins the
+  choice), when a sticky session held its model, or on `/v1/route` (a decision without a call);
+  those requests keep the router's pick with propensity 1 and still teach the learner;
+- the decision carries `learning`: the pick's propensity (the exact probability it was chosen
+  with), whether it explored, and the features an update needs (the projected prompt context
+  and the router's estimates per candidate); the trace stores them in its `propensity`,
+  `explored` and `learner` columns, and the reason says `learner=<method> p=<propensity>`.
+
+Outcomes (`Learning.outcome`, called by `llmroute.gateway.outcomes.record_outcome`): the
+request's trace row gives the model that answered, its cost and the stored features, so an
+outcome can arrive late and at any worker (as long as the trace is kept; no re-embedding and no
+in-memory map). The learner learns quality - the router's estimate (a residual) at that context.
+
+State shared by `llmroute serve --workers N` (one host): the posterior is a sum of rank-1 terms,
+one per outcome, so the shared state is the list of those terms. `SQLiteLearnerState` keeps them
+in a SQLite table (`learner_deltas`: alias, request id, model, context, residual, cost residual,
+weight) in WAL mode; a worker appends its outcomes and every `sync_interval_s` (and right after
+its own outcome) replays the rows it has not seen, in order. Every worker thus holds the same
+posterior, up to `sync_interval_s` behind. `learner_active` keeps the one outcome per request
+that counts (an explicit one replaces an implicit one: a -1 row undoes it), which makes feedback
+idempotent across workers. Snapshots (`learner_snapshots`: the learner's safetensors bytes and
+the delta sequence number they include) are taken every `snapshot_every` outcomes and on demand;
+a worker starts from the newest snapshot and replays the deltas after it. `rollback` adds a
+snapshot of kind "rollback" (a copy of an older one, at the current sequence number): every
+worker reloads it at its next sync, and the outcomes it drops are never replayed.
+A Redis (several hosts) backend implements the same `LearnerState` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from llmroute.online.learner import OnlineLearner
+
+if TYPE_CHECKING:
+    from llmroute.gateway.config import GatewayConfig, LearningConfig
+    from llmroute.gateway.routing import RequestContext, RouteDecision
+
+__all__ = [
+    "Delta",
+    "LearnerState",
+    "Learning",
+    "Outcome",
+    "SQLiteLearnerState",
+    "learner_state_path",
+    "open_learner_state",
+]
+
+log = logging.getLogger("llmroute.gateway.learning")
+
+#: kinds of snapshot a running worker reloads when a newer one appears (a new starting point)
+_BASES = ("initial", "reset", "rollback")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One graded decision, ready for the learner: `x` is the served model's context row."""
+
+    alias: str
+    request_id: str
+    model: str
+    x: np.ndarray
+    residual: float
+    cost_residual: float | None
+    source: str
+    explicit: bool
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One rank-1 term of an alias's posterior (weight +1: learn, -1: undo an earlier one)."""
+
+    seq: int
+    model: str
+    x: np.ndarray
+    residual: float
+    cost_residual: float | None
+    weight: float
+
+
+class LearnerState(Protocol):
+    """Where the learners' outcome terms and snapshots live (shared by a host's workers)."""
+
+    def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+        """Record outcomes; per outcome "applied", "replaced" (an earlier one undone) or
+        "ignored" (a repeat, or an implicit one after another outcome)."""
+        ...
+
+    def deltas(self, alias: str, after: int) -> list[Delta]:
+        """The alias's terms with a sequence number above `after`, in order."""
+        ...
+
+    def snapshot(self, alias: str, seq: int, data: bytes, kind: str) -> int | None:
+        """Store a learner snapshot that includes the terms up to `seq`; its id (None: one of
+        this kind at this seq exists)."""
+        ...
+
+    def load(self, alias: str, snapshot_id: int | None = None) -> tuple[int, int, bytes, str] | None:
+        """(id, seq, data, kind) of the newest snapshot (or `snapshot_id`), None when none."""
+        ...
+
+    def snapshots(self, alias: str | None = None) -> list[dict[str, Any]]:
+        """Every snapshot's id, alias, kind, seq, ts (and outcomes counted), newest first."""
+        ...
+
+    def latest_base(self, alias: str) -> int:
+        """The id of the newest snapshot a running learner must restart from (0: none)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteLearnerState:
+    """`LearnerState` in one SQLite file (WAL; ':memory:' for one process). Thread-safe."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self.lock = threading.Lock()
+        if path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS learner_deltas (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, alias TEXT NOT NULL, request_id TEXT NOT NULL,
+                model TEXT NOT NULL, x BLOB NOT NULL, residual REAL NOT NULL, cost_residual REAL,
+                weight REAL NOT NULL, source TEXT NOT NULL, ts REAL NOT NULL);
+            CREATE INDEX IF NOT EXISTS learner_deltas_alias ON learner_deltas (alias, seq);
+            CREATE TABLE IF NOT EXISTS learner_active (
+                alias TEXT NOT NULL, request_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                explicit INTEGER NOT NULL, PRIMARY KEY (alias, request_id));
+            CREATE TABLE IF NOT EXISTS learner_snapshots (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, alias TEXT NOT NULL, kind TEXT NOT NULL,
+                seq INTEGER NOT NULL, ts REAL NOT NULL, outcomes REAL NOT NULL, data BLOB NOT NULL,
+                UNIQUE (alias, kind, seq));
+            """
+        )
+
+    @contextlib.contextmanager
+    def _tx(self):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+        out: list[str] = []
+        now = time.time()
+        ins = (
+            "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
+            "source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        with self._tx():
+            for o in outcomes:
+                row = self.db.execute(
+                    "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
+                    "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
+                    (o.alias,),
+                ).fetchone()
+                base = 0 if row is None else int(row[0])
+                act = self.db.execute(
+                    "SELECT a.seq, a.explicit, d.model, d.x, d.residual, d.cost_residual, d.source "
+                    "FROM learner_active a JOIN learner_deltas d ON d.seq = a.seq "
+                    "WHERE a.alias = ? AND a.request_id = ?",
+                    (o.alias, o.request_id),
+                ).fetchone()
+                if act is not None and act[0] <= base:
+                    act = None  # learned before the state was rolled back: no longer in the posterior
+                result = "applied"
+                if act is not None:
+                    same = act[2] == o.model and act[4] == o.residual and act[6] == o.source
+                    if not o.explicit or same:
+                        out.append("ignored")
+                        continue
+                    self.db.execute(
+                        ins,
+                        (o.alias, o.request_id, act[2], act[3], act[4], act[5], -1.0, "undo", now),
+                    )
+                    result = "replaced"
+                cur = self.db.execute(
+                    ins,
+                    (
+                        o.alias,
+                        o.request_id,
+                        o.model,
+                        np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
+                        float(o.residual),
+                        o.cost_residual,
+                        1.0,
+                        o.source,
+                        now,
+                    ),
+                )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
+                    (o.alias, o.request_id, cur.lastrowid, int(o.explicit)),
+                )
+                out.append(result)
+        return out
+
+    def deltas(self, alias: str, after: int) -> list[Delta]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT seq, model, x, residual, cost_residual, weight FROM learner_deltas "
+                "WHERE alias = ? AND seq > ? ORDER BY seq",
+                (alias, after),
+            ).fetchall()
+        return [Delta(s, m, np.frombuffer(x, dtype=np.float64), r, c, w) for s, m, x, r, c, w in rows]
+
+    def head(self, alias: str) -> int:
+        """The alias's newest delta sequence number (0: none)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM learner_deltas WHERE alias = ?", (alias,)
+            ).fetchone()
+        return int(row[0])
+
+    def snapshot(self, alias: str, seq: int, data: bytes, kind: str, outcomes: float = 0.0) -> int | None:
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO learner_snapshots (alias, kind, seq, ts, outcomes, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (alias, kind, int(seq), time.time(), float(outcomes), data),
+            )
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    def load(self, alias: str, snapshot_id: int | None = None) -> tuple[int, int, bytes, str] | None:
+        with self.lock:
+            if snapshot_id is None:
+                row = self.db.execute(
+                    "SELECT id, seq, data, kind FROM learner_snapshots WHERE alias = ? ORDER BY id DESC LIMIT 1",
+                    (alias,),
+                ).fetchone()
+            else:
+                row = self.db.execute(
+                    "SELECT id, seq, data, kind FROM learner_snapshots WHERE alias = ? AND id = ?",
+                    (alias, int(snapshot_id)),
+                ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]), str(row[3]))
+
+    def snapshots(self, alias: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT id, alias, kind, seq, ts, outcomes FROM learner_snapshots"
+        args: tuple[Any, ...] = ()
+        if alias is not None:
+            q, args = q + " WHERE alias = ?", (alias,)
+        with self.lock:
+            rows = self.db.execute(q + " ORDER BY id DESC", args).fetchall()
+        return [
+            {"id": i, "alias": a, "kind": k, "seq": s, "ts": t, "outcomes": n} for i, a, k, s, t, n in rows
+        ]
+
+    def latest_base(self, alias: str) -> int:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM learner_snapshots WHERE alias = ? AND kind IN "
+                "('initial', 'reset', 'rollback')",
+                (alias,),
+            ).fetchone()
+        return int(row[0])
+
+    def rollback(self, alias: str, snapshot_id: int) -> int:
+        """Make snapshot `snapshot_id` the alias's state again: a "rollback" copy of it at the
+        current sequence number (outcomes recorded until now are dropped, later ones apply).
+        Returns the new snapshot's id; KeyError for an unknown id."""
+        with self._tx():
+            row = self.db.execute(
+                "SELECT data, outcomes FROM learner_snapshots WHERE alias = ? AND id = ?",
+                (alias, int(snapshot_id)),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no snapshot {snapshot_id} of alias {alias!r}")
+            head = self.db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM learner_deltas WHERE alias = ?", (alias,)
+            ).fetchone()[0]
+            cur = self.db.execute(
+                "INSERT INTO learner_snapshots (alias, kind, seq, ts, outcomes, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (alias, "rollback", int(head), time.time(), float(row[1]), row[0]),
+            )
+            return int(cur.lastrowid)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+def learner_state_path(config: GatewayConfig, learning: LearningConfig | None = None) -> str:
+    """Where the learner state lives: `learning.state` (relative to the config's folder), else
+    beside a SQLite trace store (`<db>.learner`), else ':memory:' (memory:// store: one process)
+    or `llmroute-learner.sqlite` in the config's folder (Postgres store)."""
+    if learning is not None and learning.state:
+        return str(config.resolve_path(learning.state))
+    url = config.store.url
+    if url.startswith("memory://"):
+        return ":memory:"
+    if url.startswith(("postgres://", "postgresql://")):
+        return str(Path(config.base_dir) / "llmroute-learner.sqlite")
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
+    return str(config.resolve_path(path)) + ".learner"
+
+
+def open_learner_state(path: str) -> SQLiteLearnerState:
+    """The learner state at `path` (see `learner_state_path`)."""
+    return SQLiteLearnerState(path)
+
+
+class _AliasLearner:
+    """One alias's learner in one worker process."""
+
+    def __init__(self, alias: str, cfg: LearningConfig, models: list[str], router: Any) -> None:
+        self.alias = alias
+        self.cfg = cfg
+        self.models = list(models)
+        self.index = {m: i for i, m in enumerate(self.models)}
+        self.router = router
+        # the router's prompt embedding (cached per text by the router: the estimate just made it)
+        self._embed = getattr(router, "_embed", None)
+        self.embed_dim = int(self._embed(["dimension probe"]).shape[1]) if self._embed is not None else 1
+        self.learner = self.fresh()
+        self.snapshot_id = 0  # the snapshot this learner started from
+        self.seq = 0  # the last delta applied
+        self.decisions = 0
+        self.explored = 0
+
+    def fresh(self) -> OnlineLearner:
+        """A learner warm-started from the router (zero residual prior)."""
+        c = self.cfg
+        return OnlineLearner(
+            self.models,
+            self.embed_dim,
+            method=c.learner,
+            max_explore=c.max_explore,
+            dim=c.dim,
+            prior_var=c.prior_var,
+            confidence=c.confidence,
+            max_pending=1,  # updates use the features stored in the trace, not the learner's own map
+            seed=c.seed,
+        )
+
+    def configure(self, learner: OnlineLearner) -> OnlineLearner:
+        """Apply the config's choice settings to a restored learner (its seed per process)."""
+        c = self.cfg
+        learner.method, learner.max_explore, learner.confidence = c.learner, c.max_explore, c.confidence
+        learner.max_pending = 1
+        learner.rng = np.random.default_rng([c.seed, os.getpid()])
+        return learner
+
+    def compatible(self, learner: OnlineLearner) -> bool:
+        return (
+            learner.models == self.models
+            and learner.embed_dim == self.embed_dim
+            and learner.dim == self.cfg.dim
+        )
+
+    def embedding(self, text: str) -> np.ndarray:
+        if self._embed is None:
+            return np.zeros(1)
+        return np.asarray(self._embed([text])[0], dtype=np.float64)
+
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        lr = self.learner
+        for d in deltas:
+            if d.seq <= self.seq:
+                continue
+            j = self.index.get(d.model)
+            if j is not None and d.x.shape[0] == lr.dim + 2:
+                lr.observe(d.x, j, d.residual, d.cost_residual, weight=d.weight)
+            self.seq = d.seq
+
+
+def _explore_ok(ctx: RequestContext, d: RouteDecision) -> bool:
+    """Whether a decision may explore: a plain trade-off choice (see the module docstring)."""
+    pol = d.policy
+    if ctx.endpoint == "route" or pol.get("rule") != "tradeoff" or pol.get("set_by"):
+        return False
+    if pol.get("max_cost") is not None or pol.get("min_quality") is not None or "strong_share" in pol:
+        return False
+    sticky = d.extra.get("sticky") if d.extra else None
+    if sticky is not None and sticky.get("state") == "held":
+        return False
+    lam = pol.get("tradeoff")
+    return isinstance(lam, int | float) and math.isfinite(lam)
+
+
+class Learning:
+    """The gateway's online learners, one per alias with learning on (see the module docstring).
+
+    `Learning.create(config, engine)` is None when no alias learns. Lifecycle: `await start(store)`
+    after the trace store opened, `await stop()` at shutdown. `decide(ctx, decision)` on the
+    request path (synchronous, ~tens of us); `await outcome(request_id, score, source)` from
+    `record_outcome`; `stats()` for metrics and health."""
+
+    def __init__(self, config: GatewayConfig, engine: Any) -> None:
+        self.config = config
+        self.aliases: dict[str, _AliasLearner] = {}
+        for name, a in config.aliases.items():
+            if a.learning.enabled and name in engine.plans:
+                plan = engine.plans[name]
+                self.aliases[name] = _AliasLearner(name, a.learning, plan.models, plan.router)
+        self.state: SQLiteLearnerState | None = None
+        self.store: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._sync_lock: asyncio.Lock | None = None
+        self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
+
+    @classmethod
+    def create(cls, config: GatewayConfig, engine: Any) -> Learning | None:
+        """The learners of `config`'s aliases with `learning.enabled`, or None when none learns."""
+        if not any(a.learning.enabled for a in config.aliases.values()):
+            return None
+        return cls(config, engine)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self, store: Any) -> None:
+        """Open the shared state, load each alias's newest snapshot (or write the first one) and
+        replay the outcomes recorded after it; start the periodic sync."""
+        self.store = store
+        first = next(iter(self.config.aliases[a].learning for a in self.aliases))
+        path = learner_state_path(self.config, first)
+        self.state = await asyncio.to_thread(open_learner_state, path)
+        self._sync_lock = asyncio.Lock()
+        for al in self.aliases.values():
+            await asyncio.to_thread(self._load, al)
+        interval = min(self.config.aliases[a].learning.sync_interval_s for a in self.aliases)
+        self._task = asyncio.create_task(self._sync_loop(interval))
+
+    def _load(self, al: _AliasLearner, snapshot: tuple[int, int, bytes, str] | None = None) -> None:
+        """(Re)start `al` from a snapshot (default: the newest) plus the deltas after it."""
+        st = self.state
+        assert st is not None
+        snap = snapshot if snapshot is not None else st.load(al.alias)
+        learner = None
+        if snap is not None:
+            try:
+                learner = OnlineLearner.from_bytes(snap[2])
+            except ValueError as e:
+                log.warning("learner snapshot %d of %s unreadable (%s): starting fresh", snap[0], al.alias, e)
+            if learner is not None and not al.compatible(learner):
+                log.warning(
+                    "learner state of alias %s is for other candidates or dimensions: starting fresh",
+                    al.alias,
+                )
+                learner = None
+        if learner is None:
+            learner = al.fresh()
+            kind = "initial" if snap is None else "reset"
+            head = st.head(al.alias)
+            sid = st.snapshot(al.alias, head, learner.to_bytes(), kind)
+            snap = st.load(al.alias, sid) if sid is not None else st.load(al.alias)
+            assert snap is not None
+            if sid is None:  # another worker wrote it first: start from theirs
+                learner = OnlineLearner.from_bytes(snap[2])
+        al.learner = al.configure(learner)
+        al.snapshot_id = st.latest_base(al.alias)
+        al.seq = snap[1]
+        al.apply(st.deltas(al.alias, al.seq))
+
+    async def stop(self) -> None:
+        """Stop syncing and close the state (outcomes are already stored)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.state is not None:
+            state, self.state = self.state, None
+            await asyncio.to_thread(state.close)
+
+    async def _sync_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except Exception as e:  # keep routing on the local state
+                log.warning("learner state sync failed (%s); routing on the local state", e)
+
+    async def sync(self) -> None:
+        """Apply the outcomes other workers recorded; reload after a rollback; take a periodic
+        snapshot every `snapshot_every` outcomes."""
+        if self.state is None or self._sync_lock is None:
+            return
+        async with self._sync_lock:
+            for al in self.aliases.values():
+                base, deltas = await asyncio.to_thread(self._pull, al)
+                if base > al.snapshot_id:
+                    await asyncio.to_thread(self._load, al)
+                    continue
+                al.apply(deltas)
+                await self._maybe_snapshot(al)
+
+    def _pull(self, al: _AliasLearner) -> tuple[int, list[Delta]]:
+        st = self.state
+        assert st is not None
+        return st.latest_base(al.alias), st.deltas(al.alias, al.seq)
+
+    async def _maybe_snapshot(self, al: _AliasLearner) -> None:
+        st = self.state
+        assert st is not None
+        last = st.snapshots(al.alias)
+        last_seq = last[0]["seq"] if last else 0
+        if al.seq - last_seq >= al.cfg.snapshot_every:
+            data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
+            await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+
+    async def snapshot_now(self, alias: str) -> int | None:
+        """Snapshot an alias's learner now (on demand); the new snapshot's id."""
+        al = self.aliases[alias]
+        await self.sync()
+        st = self.state
+        assert st is not None
+        data = al.learner.to_bytes()
+        return await asyncio.to_thread(st.snapshot, alias, al.seq, data, "manual", float(al.learner.n_.sum()))
+
+    # ---- deciding ----------------------------------------------------------------------------
+    def decide(self, ctx: RequestContext, d: RouteDecision) -> None:
+        """Let the alias's learner make (or only record) the decision `d` (edited in place)."""
+        al = self.aliases.get(d.alias or "")
+        if al is None or d.model not in al.index or not d.policy:
+            return
+        lr = al.learner
+        ranked = set(d.ranked)
+        q = np.array([d.expected_quality.get(m, math.nan) for m in al.models], dtype=np.float64)
+        c = np.array([d.expected_cost.get(m, math.nan) for m in al.models], dtype=np.float64)
+        emb = al.embedding(ctx.text)
+        lam = float(d.policy.get("tradeoff") or 0.0)
+        al.decisions += 1
+        if _explore_ok(ctx, d):
+            mask = np.array([m in ranked for m in al.models])
+            ch = lr.choose(emb, q, c, tradeoff=lam, candidates=mask)
+            model, prop, explored, greedy = ch.model, ch.propensity, ch.explored, ch.greedy
+            if model != d.model:
+                d.ranked = [model] + [m for m in d.ranked if m != model]
+                d.model = model
+        else:
+            model, prop, explored, greedy = d.model, 1.0, False, d.model
+        qf, cf = lr._fill(q, c)
+        x = lr.context(emb)
+        if explored:
+            al.explored += 1
+        d.reason += f" learner={lr.method} p={prop:.3g}" + (f" explored(greedy={greedy})" if explored else "")
+        d.learning = {
+            "propensity": prop,
+            "explored": explored,
+            "features": {
+                "method": lr.method,
+                "lambda": lam,
+                "chosen": model,
+                "greedy": greedy,
+                "x": [round(float(v), 6) for v in x],
+                "q0": {m: float(qf[i]) for i, m in enumerate(al.models)},
+                "c0": {m: float(cf[i]) for i, m in enumerate(al.models)},
+            },
+        }
+
+    # ---- outcomes ----------------------------------------------------------------------------
+    async def outcome(self, request_id: str, score: float, source: str) -> str | None:
+        """Learn one outcome of request `request_id` (see the module docstring): "applied",
+        "replaced", "ignored", or None when the request is not a learning decision."""
+        from llmroute.gateway.outcomes import EXPLICIT
+
+        if self.state is None or self.store is None:
+            return None
+        row = await self.store.aget(request_id)
+        if row is None or row.get("alias") not in self.aliases:
+            return None
+        al = self.aliases[row["alias"]]
+        feat = row.get("learner")
+        served = row.get("model")
+        if not isinstance(feat, dict) or served not in al.index or served not in feat.get("q0", {}):
+            return None
+        x = np.asarray(feat["x"], dtype=np.float64)
+        q0, c0 = float(feat["q0"][served]), float(feat["c0"][served])
+        if x.shape[0] != al.learner.dim + 2:
+            return None
+        x = x.copy()
+        x[-2] = q0 - 0.5  # the served model's own context column (OnlineLearner.contexts)
+        cost = row.get("cost_usd")
+        ok = row.get("status") == 200 and isinstance(cost, int | float) and math.isfinite(c0)
+        o = Outcome(
+            alias=al.alias,
+            request_id=request_id,
+            model=served,
+            x=x,
+            residual=float(score) - q0,
+            cost_residual=float(cost) - c0 if ok else None,
+            source=source,
+            explicit=source == EXPLICIT,
+        )
+        result = (await asyncio.to_thread(self.state.apply, [o]))[0]
+        key = (al.alias, source, result)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if result != "ignored":
+            await self.sync()
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        """Per alias: decisions, explored, explored share, outcomes learned, snapshot id."""
+        out: dict[str, Any] = {}
+        for name, al in self.aliases.items():
+            out[name] = {
+                "method": al.learner.method,
+                "decisions": al.decisions,
+                "explored": al.explored,
+                "explored_share": al.explored / al.decisions if al.decisions else 0.0,
+                "outcomes": float(al.learner.n_.sum()),
+                "seq": al.seq,
+                "snapshot": al.snapshot_id,
+            }
+        return out

@@ -1,0 +1,264 @@
+"""The online learner inside the gateway (`llmroute.gateway.learning`): exploration with logged
+propensities, only on plain trade-off decisions; outcomes from /v1/feedback update the learner
+(idempotent, delayed, at another worker); snapshots and rollback. e2e with the official openai
+client against the fake upstream, the stub router (quality: 'weak' wins short prompts at
+lambda 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from conftest import StubRouter, loopback_config, run_gateway
+from llmroute.gateway.learning import SQLiteLearnerState
+from llmroute.gateway.outcomes import record_outcome
+from llmroute.gateway.store import TRACE_FIELDS, open_store
+
+PROMPT = [{"role": "user", "content": "hi"}]
+
+
+def _config(fake: Any, tmp_path: Path, **learning: Any) -> dict[str, Any]:
+    cfg = loopback_config(fake.base_url, tmp_path)
+    cfg["aliases"]["llmroute/auto"]["learning"] = {"enabled": True, "sync_interval_s": 0.05, **learning}
+    return cfg
+
+
+def _ask(gw: str, n: int = 1, **extra: Any) -> list[tuple[str, str, str]]:
+    """n chat calls: (request id, served model, reason) each."""
+    client = openai.OpenAI(base_url=gw, api_key="x", max_retries=0)
+    out = []
+    for _ in range(n):
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=PROMPT, extra_body=extra or None
+        )
+        h = raw.headers
+        out.append((h["x-llmroute-request-id"], h["x-llmroute-model"], h["x-llmroute-reason"]))
+    return out
+
+
+def _rows(gw: Any, rids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The gateway's trace rows by request id, once those of `rids` are written (a trace is
+    queued right after its response goes out)."""
+    end = time.monotonic() + 30
+    while True:
+        gw.app.store.flush_sync()
+        rows = {r["request_id"]: r for r in gw.app.store.query(limit=None)}
+        if all(r in rows for r in rids or ()) or time.monotonic() > end:
+            return rows
+        time.sleep(0.02)
+
+
+def _feedback(gw: str, rid: str, **body: Any) -> httpx.Response:
+    """POST /v1/feedback, again while the request's trace is not written yet (404)."""
+    end = time.monotonic() + 30
+    while True:
+        r = httpx.post(f"{gw}/feedback", json={"request_id": rid, **body}, timeout=30)
+        if r.status_code != 404 or time.monotonic() > end:
+            return r
+        time.sleep(0.02)
+
+
+def test_learning_is_off_by_default(fake_server: Any, tmp_path: Path) -> None:
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        assert gw.app.learning is None
+        ((rid, model, reason),) = _ask(gw)
+        assert model == "fake-weak" and "learner=" not in reason
+        row = _rows(gw, [rid])[rid]
+        assert row["propensity"] is None and row["explored"] is None and row["learner"] is None
+    assert not (tmp_path / "traces.sqlite.learner").exists()
+
+
+def test_exploration_is_bounded_and_its_propensity_logged(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server, tmp_path, max_explore=0.5, confidence=0)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        calls = _ask(gw, 40)
+        rows = _rows(gw, [c[0] for c in calls])
+    explored = [rows[rid] for rid, _, _ in calls if rows[rid]["explored"]]
+    greedy = [rows[rid] for rid, _, _ in calls if not rows[rid]["explored"]]
+    assert explored and greedy  # thompson deviates on some requests, not on all
+    for r in explored:  # the deviation is the other model, chosen with its exact probability
+        assert r["model"] == "fake-strong" and r["learner"]["greedy"] == "fake-weak"
+        assert 0 < r["propensity"] <= 0.5  # max_explore bounds the deviation's probability
+    for r in greedy:  # 1 - the probability of exploring (Thompson's share, capped at max_explore)
+        assert 0.5 <= r["propensity"] < 1
+    for rid, model, reason in calls:
+        r = rows[rid]
+        assert r["model"] == model and r["learner"]["chosen"] == model
+        assert f"learner=thompson p={r['propensity']:.3g}" in reason
+        assert set(r["learner"]["q0"]) == {"fake-strong", "fake-weak"} and len(r["learner"]["x"]) == 34
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"max_cost": 1.0}, {"min_quality": 0.1}],
+)
+def test_no_exploration_with_a_pinning_policy(
+    fake_server: Any, tmp_path: Path, policy: dict[str, Any]
+) -> None:
+    cfg = _config(fake_server, tmp_path, max_explore=1.0, confidence=0)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        calls = _ask(gw, 15, llmroute=policy)
+        free = _ask(gw, 15, llmroute={"tradeoff": 0})  # a per-request trade-off may explore
+        rows = _rows(gw, [c[0] for c in calls + free])
+    for rid, model, _ in calls:
+        assert model == "fake-weak" and rows[rid]["propensity"] == 1.0 and rows[rid]["explored"] == 0
+    assert any(rows[rid]["explored"] for rid, _, _ in free)
+
+
+def test_feedback_teaches_the_learner_and_is_idempotent(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        learning = gw.app.learning
+        first = None
+        for _ in range(40):
+            ((rid, model, _),) = _ask(gw)
+            if model == "fake-strong":
+                break
+            first = first or rid
+            assert _feedback(gw, rid, thumbs="down").status_code == 200  # the router's pick is bad
+        else:
+            pytest.fail("40 bad outcomes of fake-weak did not move the greedy choice")
+        n = learning.stats()["llmroute/auto"]["outcomes"]
+        assert 5 <= n < 40
+        assert rows_model(gw, rid) == "fake-strong"
+        # the same feedback again: nothing more is learned; a different explicit score replaces it
+        assert _feedback(gw, first, thumbs="down").status_code == 200
+        assert learning.stats()["llmroute/auto"]["outcomes"] == n
+        assert _feedback(gw, first, quality=0.2).status_code == 200
+        assert learning.stats()["llmroute/auto"]["outcomes"] == n
+        assert learning.outcomes[("llmroute/auto", "feedback", "replaced")] == 1
+        assert learning.outcomes[("llmroute/auto", "feedback", "ignored")] == 1
+
+
+def rows_model(gw: Any, rid: str) -> str:
+    return _rows(gw, [rid])[rid]["model"]
+
+
+def test_implicit_then_explicit_outcome(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        ((rid, _, _),) = _ask(gw)
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        async def hook(request_id: str, outcome: dict[str, Any]) -> None:
+            loops.append(asyncio.get_running_loop())
+
+        gw.app.feedback_hooks.append(hook)
+        ((other, _, _),) = _ask(gw)
+        assert _feedback(gw, other, quality=1.0).status_code == 200
+        loop = loops[0]
+
+        def implicit(source: str, score: float) -> None:
+            asyncio.run_coroutine_threadsafe(record_outcome(gw.app, rid, score, source), loop).result(10)
+
+        implicit("regenerate", 0.0)
+        implicit("length", 0.0)  # a second implicit outcome of the same request is not learned
+        assert _feedback(gw, rid, quality=1.0).status_code == 200  # the explicit one replaces it
+        learning = gw.app.learning
+        assert learning.stats()["llmroute/auto"]["outcomes"] == 2
+        key = "llmroute/auto"
+        assert learning.outcomes[(key, "regenerate", "applied")] == 1
+        assert learning.outcomes[(key, "length", "ignored")] == 1
+        assert learning.outcomes[(key, "feedback", "replaced")] == 1
+
+
+def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path) -> None:
+    """Two gateways on one trace store and one learner state (as `serve --workers 2`): an outcome
+    given at one reaches the other's learner, also for a request the other one routed."""
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    with (
+        run_gateway(cfg, routers={"default": StubRouter()}) as a,
+        run_gateway(cfg, routers={"default": StubRouter()}) as b,
+    ):
+        ((rid, _, _),) = _ask(a)
+        a.app.store.flush_sync()
+        assert _feedback(b, rid, quality=0.0).status_code == 200  # delayed, at the other worker
+        assert b.app.learning.stats()["llmroute/auto"]["outcomes"] == 1
+        end = time.monotonic() + 30
+        while a.app.learning.stats()["llmroute/auto"]["outcomes"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert a.app.learning.stats()["llmroute/auto"]["outcomes"] == 1
+        la, lb = (
+            a.app.learning.aliases["llmroute/auto"].learner,
+            b.app.learning.aliases["llmroute/auto"].learner,
+        )
+        assert (la.b_ == lb.b_).all() and (la.A_inv_ == lb.A_inv_).all()
+
+
+def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
+    import yaml
+
+    from llmroute.cli import app as cli
+
+    cfg = _config(fake_server, tmp_path, learner="greedy", snapshot_every=3)
+    path = tmp_path / "llmroute.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        for rid, _, _ in _ask(gw, 4):
+            assert _feedback(gw, rid, quality=0.0).status_code == 200
+        learning = gw.app.learning
+        assert learning.stats()["llmroute/auto"]["outcomes"] == 4
+        res = runner.invoke(cli, ["learner", "snapshots", "--config", str(path), "--alias", "llmroute/auto"])
+        assert res.exit_code == 0, res.output
+        assert "initial" in res.output and "periodic" in res.output
+        initial = next(s for s in _snapshots(tmp_path) if s["kind"] == "initial")
+        res = runner.invoke(
+            cli,
+            [
+                "learner",
+                "rollback",
+                "--config",
+                str(path),
+                "--alias",
+                "llmroute/auto",
+                "--to",
+                str(initial["id"]),
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        end = time.monotonic() + 30
+        while learning.stats()["llmroute/auto"]["outcomes"] > 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert learning.stats()["llmroute/auto"]["outcomes"] == 0  # every worker reloaded it
+        ((rid, _, _),) = _ask(gw)
+        assert _feedback(gw, rid, quality=0.0).status_code == 200  # outcomes after it still apply
+        assert learning.stats()["llmroute/auto"]["outcomes"] == 1
+        bad = runner.invoke(
+            cli, ["learner", "rollback", "--config", str(path), "--alias", "llmroute/auto", "--to", "999"]
+        )
+        assert bad.exit_code != 0 and "999" in bad.output
+
+
+def _snapshots(tmp_path: Path) -> list[dict[str, Any]]:
+    st = SQLiteLearnerState(str(tmp_path / "traces.sqlite.learner"))
+    try:
+        return st.snapshots("llmroute/auto")
+    finally:
+        st.close()
+
+
+def test_an_older_trace_store_gets_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    old = [c for c in TRACE_FIELDS if c not in ("propensity", "explored", "learner")]
+    con.execute(f"CREATE TABLE traces ({', '.join(old)}, PRIMARY KEY (request_id))")
+    con.execute("INSERT INTO traces (request_id, ts, model) VALUES ('old', 1.0, 'm')")
+    con.commit()
+    con.close()
+    with open_store(f"sqlite:///{db}") as st:
+        st.write(
+            {"request_id": "new", "model": "m", "propensity": 0.25, "explored": True, "learner": {"x": [1]}}
+        )
+        st.flush_sync()
+        assert st.get("new")["propensity"] == 0.25 and st.get("new")["explored"] is True
+        assert st.get("old")["propensity"] is None
