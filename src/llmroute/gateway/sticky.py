@@ -73,7 +73,7 @@ import unicodedata
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, NamedTuple
 
@@ -487,7 +487,6 @@ class Session:
     prev: Turn | None  # the turn this request continues: its model is the sticky one
     key_id: str | None
     at: float  # when the request arrived (the recorded turn's time)
-    outcomes: list[Outcome] = field(default_factory=list)
 
 
 class SessionTracker:
