@@ -329,3 +329,17 @@ def test_workers_share_sessions(
         _, _, a1 = ask(c1, turn1)
         model, h, _ = ask(c2, [*turn1, said(a1), user("[q=0.03] And merlins?")])
         assert model == "fake-weak" and h["x-llmroute-sticky"].startswith("held model=fake-weak")
+
+
+def test_route_endpoint_shows_stickiness_without_recording(gw: GatewayHandle, client: openai.OpenAI) -> None:
+    turn1 = [user("[q=-0.1] Tell me about lynxes.")]
+    _, _, c1 = ask(client, turn1)
+    follow = [*turn1, said(c1), user("[q=0.03] And bobcats?")]
+    r = httpx.post(f"{gw}/route", json={"model": AUTO, "messages": follow})
+    assert r.status_code == 200 and r.json()["model"] == "fake-weak"
+    assert r.headers["x-llmroute-sticky"].startswith("held model=fake-weak")
+    # a decision alone is not a turn: sending the same conversation is no regenerate
+    _, h, _ = ask(client, follow)
+    _, h2, _ = ask(client, [user("[q=-0.1] I cannot help with that, route bot.")])
+    trace(gw, h2["x-llmroute-request-id"], "refusal")
+    assert trace(gw, h["x-llmroute-request-id"])["outcome"] is None

@@ -487,13 +487,14 @@ class Session:
     prev: Turn | None  # the turn this request continues: its model is the sticky one
     key_id: str | None
     at: float  # when the request arrived (the recorded turn's time)
+    decide_only: bool = False  # `/v1/route`: no answer follows (not counted, not recorded)
 
 
 class SessionTracker:
     """Sessions, stickiness and implicit outcomes of every alias configured with them.
 
     The routing engine calls `begin` (session + re-ask / regenerate / tool-error signals) and
-    `choose` (stickiness) for each routed request; the gateway calls `finished` after the answer
+    `choose` (stickiness; `/v1/route` decisions are not counted) for each routed request; the gateway calls `finished` after the answer
     (records the turn, length / refusal signals). `sink(outcome, alias, key_id)` receives every
     implicit outcome; `on_sticky(alias, result)` counts decisions (metrics)."""
 
@@ -537,7 +538,9 @@ class SessionTracker:
             if alias not in self.implicit:
                 return None
             # only answer-level signals (length, refusal): no session kept
-            return Session(alias, "none", b"", b"", frozenset(), None, ctx.key_id, 0.0)
+            return Session(
+                alias, "none", b"", b"", frozenset(), None, ctx.key_id, 0.0, ctx.endpoint == "route"
+            )
         messages = ctx.messages
         last, tail = split_turn(messages)
         user = ctx.body.get("user")
@@ -561,7 +564,7 @@ class SessionTracker:
                 im = self.implicit.get(alias)
                 same = table.get(turn) if im is not None and im.regenerate else None
         words = word_set(_text(messages[last].get("content"))) if last >= 0 else frozenset()
-        s = Session(alias, source, key, turn, words, prev, ctx.key_id, self.clock())
+        s = Session(alias, source, key, turn, words, prev, ctx.key_id, self.clock(), ctx.endpoint == "route")
         im = self.implicit.get(alias)
         if im is not None and ctx.endpoint != "route":
             out: Outcome | None = None
@@ -593,7 +596,7 @@ class SessionTracker:
         else:
             j, verdict = sticky_choice(s.prev.model, names, reward, pick, st.margin, excluded)
         verdict["session"] = s.source
-        if self.on_sticky is not None:
+        if self.on_sticky is not None and not s.decide_only:
             result = verdict["state"] if verdict["state"] != "broken" else f"broken_{verdict['reason']}"
             self.on_sticky(s.alias, result)
         return j, verdict
