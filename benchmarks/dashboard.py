@@ -247,6 +247,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         ids = seed(db, args.traces)
         seed_s = time.perf_counter() - t0
+        # the aggregates built from scratch (what the gateway's start-up warm-up does in the background)
+        from llmroute.gateway.ui.data import DashboardData
+
+        reader = DashboardData(None, f"sqlite:///{db}", None)
+        t1 = time.perf_counter()
+        reader.refresh()
+        warm_s = time.perf_counter() - t1
+        reader.close()
         with start_fake_server() as fake, run_gateway(config(db, fake.base_url)) as gw:
             root = gw.root
             urls = {p: root + p for p in PAGES}
@@ -254,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             urls["/ui/decisions?model=fake-weak&rule=code-prompts"] = (
                 f"{root}/ui/decisions?model=fake-weak&rule=code-prompts"
             )
-            cold = server_time(urls["/ui"])
+            t1 = time.perf_counter()
+            cold = server_time(urls["/ui"])  # waits for the start-up warm-up if it is still running
+            first_s = time.perf_counter() - t1
             server: dict[str, list[float]] = {
                 k: [server_time(u) for _ in range(args.repeats)] for k, u in urls.items()
             }
@@ -274,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "traces": args.traces,
         "repeats": args.repeats,
         "seed_s": round(seed_s, 1),
-        "overview_cold_ms": round(cold, 1),
+        "overview_first_ms": round(cold, 1),
+        "overview_first_wall_s": round(first_s, 2),
+        "warmup_s": round(warm_s, 2),
         "pages": rows,
         "targets": {"server_ms": 300, "fcp_ms": 1000},
         "all_met": all(r["server_ms_max"] < 300 and r["fcp_ms_max"] < 1000 for r in rows),
@@ -291,8 +303,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"`python benchmarks/dashboard.py` with {args.traces:,} seeded traces in SQLite "
             f"({os.cpu_count()} CPUs, load {result['machine']['load1']:.1f}); median and max of {args.repeats} "
             f"requests / fresh page loads. Targets: < 300 ms server time, < 1 s first contentful paint "
-            f"(headless Chromium). First overview after start (aggregates built from an empty cache): "
-            f"{cold:,.0f} ms; later requests only read the rows added since.\n\n"
+            f"(headless Chromium). The overview's aggregates are built once per process, in a "
+            f"background thread at gateway start ({warm_s:.2f} s for these traces); the first overview "
+            f"requested right after start waited for it ({cold:,.0f} ms); later requests read only the "
+            f"rows added since.\n\n"
             + md_table(
                 [
                     "page",

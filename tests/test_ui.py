@@ -96,6 +96,16 @@ def test_savings_rule_on_hand_made_rows(tmp_path: Path) -> None:
     store.flush_sync()
     t = data.refresh().select()[None]
     assert t.requests == 4 and t.saved_usd == pytest.approx(3.5)
+    # a row deleted in the middle (not the oldest) is found by the periodic recount
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM traces WHERE request_id = 'r3'")
+    con.commit()
+    con.close()
+    data.recount_s = 0.0
+    t = data.refresh().select()[None]
+    assert t.requests == 3 and t.saved_usd == pytest.approx(4.5)
     data.close()
     store.close_sync()
 

@@ -285,6 +285,7 @@ class Gateway:
             ),
         )
         self.metrics.bind_store(self.store)
+        self.dashboard.warm()  # /ui's aggregates, built in a background thread
         if self.learning is not None:  # after the store: outcomes read their decision's trace
             await self.learning.start(self.store)
         # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)

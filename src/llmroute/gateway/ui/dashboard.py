@@ -131,6 +131,12 @@ class Dashboard:
             self._data = DashboardData(self.gw.store, cfg.store.url, cfg.base_dir)
         return self._data
 
+    def warm(self) -> None:
+        """Start building the overview's aggregates in the background (the gateway calls this once
+        its trace store is open)."""
+        if self.gw.store is not None:
+            self.data.warm()
+
     def close(self) -> None:
         """Close the reader's database connection."""
         if self._data is not None:

@@ -24,6 +24,7 @@ import contextlib
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ ASSUMPTION = (
 
 _HOUR = 3600
 _LAT_BUCKETS = 64  # latency histogram: bucket i holds total_ms in [2^(i/4) - 1, 2^((i+1)/4) - 1)
-_FETCH = 20_000  # rows per fetch when bringing the aggregates up to date
+_FETCH = 5_000  # rows per fetch when bringing the aggregates up to date
 
 
 def strongest_candidate(candidates: Any) -> dict[str, Any] | None:
@@ -173,7 +174,9 @@ class Aggregates:
     def __init__(self) -> None:
         self.cells: dict[tuple[int, str, str, str], Totals] = {}
         self.max_rowid = 0
+        self.min_rowid = 0
         self.rows = 0
+        self.counted_at = time.monotonic()
         self.rules: set[str] = set()  # names of the rules that fired on any request
 
     def add_row(
@@ -262,6 +265,8 @@ class DashboardData:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one reader at a time on the connection and the aggregates
         self.agg = Aggregates()
+        self.recount_s = 30.0
+        self._refresh_lock = threading.Lock()
 
     # ---- SQL ---------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -288,31 +293,91 @@ class DashboardData:
                 self._db = None
 
     # ---- aggregates --------------------------------------------------------------------------
-    def refresh(self) -> Aggregates:
-        """Bring the aggregates up to date with the store (blocking) and return them."""
+    def warm(self) -> threading.Thread | None:
+        """Build the aggregates in a background thread (at gateway start, so that the first page
+        need not read every row); None when the store is not a SQLite file."""
+        if not self.supported or self.target == ":memory:":
+            return None
+        t = threading.Thread(target=self._warm, name="llmroute-ui-warm", daemon=True)
+        t.start()
+        return t
+
+    def _warm(self) -> None:
+        try:
+            self.refresh(pause_s=0.002)
+        except Exception as e:  # the first page will try again (and show the error)
+            import logging
+
+            logging.getLogger("llmroute.gateway.ui").warning("dashboard warm-up failed: %s", e)
+
+    def refresh(self, pause_s: float = 0.0) -> Aggregates:
+        """Bring the aggregates up to date with the store (blocking) and return them. One refresh at
+        a time; `pause_s`: sleep between fetches of rows (a background warm-up leaves the event
+        loop the GIL)."""
+        with self._refresh_lock:
+            return self._refresh(pause_s)
+
+    def _refresh(self, pause_s: float) -> Aggregates:
         agg = self.agg
-        # rows deleted (retention, prune): start again
+        # rows deleted (retention and `traces prune` delete the oldest): start again. The oldest
+        # rowid is one index probe; the full count of the rows already read is checked every
+        # `recount_s` (it scans them: ~10 ms per 100k rows)
         if agg.rows:
-            n = self.sql("SELECT COUNT(*) FROM traces WHERE rowid <= ?", (agg.max_rowid,))[0][0]
-            if n != agg.rows:
+            lo = self.sql("SELECT MIN(rowid) FROM traces")[0][0]
+            stale = lo != agg.min_rowid
+            now = time.monotonic()
+            if not stale and now - agg.counted_at >= self.recount_s:
+                n = self.sql("SELECT COUNT(*) FROM traces WHERE rowid <= ?", (agg.max_rowid,))[0][0]
+                stale = n != agg.rows
+                agg.counted_at = now
+            if stale:
                 agg = self.agg = Aggregates()
         loads = orjson.loads
+        cells = agg.cells
+        baseline = request_baseline
+        bucket = _lat_bucket
         while True:
             rows = self.sql(_AGG_SQL, (agg.max_rowid, _FETCH))
-            for rowid, ts, key_id, alias, model, status, cands, fb, total_ms, cost, rules in rows:
+            for _rowid, ts, key_id, alias, model, status, cands, fb, total_ms, cost, rules in rows:
+                # Aggregates.add_row, inlined: this loop runs over every row once (~100k at a cold start)
                 if rules and rules != "[]":
                     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
                         agg.rules.update(str(r) for r in loads(rules))
+                k = (int((ts or 0.0) // _HOUR), alias or "", model or "", key_id or "")
+                t = cells.get(k)
+                if t is None:
+                    t = cells[k] = Totals()
+                cost = float(cost or 0.0)
+                t.requests += 1
+                if status is not None and status >= 400:
+                    t.errors += 1
+                if fb:
+                    t.fallbacks += 1
+                t.cost_usd += cost
                 candidates = None
                 if cands:
                     try:
                         candidates = loads(cands)
                     except orjson.JSONDecodeError:
                         candidates = None
-                agg.add_row(ts, key_id, alias, model, status, candidates, bool(fb), total_ms, cost)
-                agg.max_rowid = rowid
+                if status == 200 and alias and candidates:
+                    t.routed += 1
+                    t.baseline_usd += baseline(candidates, model, status, cost)
+                else:
+                    t.baseline_usd += cost
+                if total_ms is not None:
+                    t.latency_ms_sum += total_ms
+                    t.latency_n += 1
+                    t.hist[bucket(total_ms)] += 1
+                agg.rows += 1
+            if rows:
+                if not agg.min_rowid:
+                    agg.min_rowid = rows[0][0]
+                agg.max_rowid = rows[-1][0]
             if len(rows) < _FETCH:
                 return agg
+            if pause_s:
+                time.sleep(pause_s)
 
     # ---- single requests ---------------------------------------------------------------------
     def decisions(
