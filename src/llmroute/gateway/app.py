@@ -232,6 +232,9 @@ class Gateway:
         # request ids: 128 random bits each (unguessable: feedback and traces are keyed by them);
         # one getrandom call, ~0.6 us. Not a buffer of random bytes: forked workers would share it.
         self.new_id: Callable[[], str] = lambda: os.urandom(16).hex()
+        from llmroute.gateway.ui.dashboard import Dashboard
+
+        self.dashboard = Dashboard(self)  # the /ui pages (issue 15)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -240,6 +243,7 @@ class Gateway:
             **PassThrough(self).routes(),  # embeddings, completions, count_tokens
             **self._ops.routes(),
             **self.keyman.routes(),
+            **self.dashboard.routes(),
         }
         # model or alias -> its candidates' (name, context window), where any window is configured
         cands = {m: [m] for m in self.engine.models} | {a: p.models for a, p in self.engine.plans.items()}
