@@ -262,3 +262,62 @@ def test_an_older_trace_store_gets_the_new_columns(tmp_path: Path) -> None:
         st.flush_sync()
         assert st.get("new")["propensity"] == 0.25 and st.get("new")["explored"] is True
         assert st.get("old")["propensity"] is None
+
+
+def test_whatif_reads_the_gateways_traces(fake_server: Any, tmp_path: Path) -> None:
+    """A real router file (knn on the synthetic table) behind a learning alias: the traces the
+    gateway writes (propensity, learner features, feedback) are a log `llmroute whatif --traces`
+    reads; model names map onto the router's columns through the config."""
+    import json
+
+    import yaml
+
+    from llmroute.cli import app as cli
+    from llmroute.data.synthetic import make_synthetic_table
+    from llmroute.online.whatif import read_traces
+
+    table = make_synthetic_table(120, seed=0, binary=True)
+    data = tmp_path / "syn.parquet"
+    table.df.to_parquet(data)
+    rpath = tmp_path / "r.safetensors"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "--data", str(data), "--router", "knn", "--out", str(rpath)])
+    assert res.exit_code == 0, res.output
+    models = [
+        {"name": f"gw-{m}", "base_url": fake_server.base_url, "router_model": m, "timeout_s": 10}
+        for m in table.models
+    ]
+    cfg = {
+        "models": models,
+        "routers": {"r": str(rpath)},
+        "aliases": {
+            "auto": {
+                "router": "r",
+                "tradeoff": 0,
+                "learning": {"enabled": True, "max_explore": 0.5, "confidence": 0},
+            }
+        },
+        "store": {"url": f"sqlite:///{tmp_path}/traces.sqlite", "flush_interval_s": 0.05},
+        "trace": {"store_prompts": True},
+    }
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    prompts = list(dict.fromkeys(table.df["prompt"]))[:30]
+    with run_gateway(cfg) as gw:
+        client = openai.OpenAI(base_url=gw, api_key="x", max_retries=0)
+        for p in prompts:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": p}]
+            )
+            rid = raw.headers["x-llmroute-request-id"]
+            assert _feedback(gw, rid, quality=1.0 if len(p) % 2 else 0.0).status_code == 200
+        assert gw.app.learning.stats()["auto"]["outcomes"] == len(prompts)
+    log = read_traces(str(tmp_path / "traces.sqlite"), columns={f"gw-{m}": m for m in table.models})
+    assert len(log) == len(prompts) and set(log["model"]) <= set(table.models)
+    assert log["propensity"].between(0, 1, inclusive="right").all() and (log["tradeoff"] == 0).all()
+    out = tmp_path / "whatif.json"
+    res = runner.invoke(
+        cli, ["whatif", "--config", str(path), "--router", str(rpath), "--tradeoff", "0", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["n"] == len(prompts)

@@ -13,8 +13,9 @@ A *log* is a table with one row per routed request (JSONL or Parquet):
 ``request_id`` optional: an identifier, passed through
 =============  ========================================================================
 
-A gateway trace holds these as ``prompt`` / ``model`` / ``outcome`` / ``cost_usd`` once the
-gateway logs propensities; `read_log` accepts those names too.
+A gateway trace holds these as ``prompt`` / ``model`` / ``propensity`` / ``outcome`` /
+``cost_usd`` on an alias that learns online (`llmroute.gateway.learning`); `read_traces` reads a
+trace store into this shape (`llmroute whatif --traces DB`), and `read_log` accepts those names.
 
 The target policy is deterministic: argmax of the router's estimates q - tradeoff * c. For each
 of mean quality, mean cost and mean reward (quality - tradeoff * cost) it estimates
@@ -49,6 +50,7 @@ __all__ = [
     "epsilon_greedy_log",
     "offpolicy_estimate",
     "read_log",
+    "read_traces",
     "result_json",
     "whatif",
     "write_log",
@@ -253,6 +255,56 @@ def read_log(path: str | Path) -> Any:
     if df.empty:
         raise ValueError(f"{p}: none of the {n0} rows has both an outcome (quality) and a propensity")
     return df
+
+
+def read_traces(url: str, *, columns: dict[str, str] | None = None, limit: int | None = None) -> Any:
+    """The gateway's decision traces (`llmroute.gateway.store` URL or SQLite path) as a log:
+    the rows of an alias that learns online (`propensity` logged) whose served model is the one
+    the learner chose (a fallback's outcome says nothing about the logged choice), with an
+    explicit outcome (`outcome.quality`) and the prompt (the gateway needs
+    `trace.store_prompts: true`). Columns: prompt, model, propensity, quality, cost, tradeoff,
+    request_id, alias. `columns`: gateway model name -> router column (the config's
+    `router_model`), so the target router's estimates line up with the logged models."""
+    import pandas as pd
+
+    from llmroute.gateway.store import open_store
+
+    if not url.startswith(("postgres://", "postgresql://", "memory://")):
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such trace store")
+    with open_store(url, journal=False) as st:
+        rows = st.query(limit=limit)
+    keep = []
+    prompts = 0
+    for r in rows:
+        out, feat = r.get("outcome"), r.get("learner")
+        if r.get("propensity") is None or not isinstance(feat, dict) or r.get("model") != feat.get("chosen"):
+            continue
+        prompts += r.get("prompt") is not None
+        q = out.get("quality") if isinstance(out, dict) else None
+        if q is None or r.get("prompt") is None:
+            continue
+        keep.append(
+            {
+                "prompt": r["prompt"],
+                "model": (columns or {}).get(r["model"], r["model"]),
+                "propensity": float(r["propensity"]),
+                "quality": float(q),
+                "cost": float(r.get("cost_usd") or 0.0),
+                "tradeoff": feat.get("lambda"),
+                "request_id": r["request_id"],
+                "alias": r.get("alias"),
+            }
+        )
+    if not keep:
+        why = (
+            "none of them stores its prompt: set trace.store_prompts: true in the gateway config"
+            if prompts == 0
+            else "none of them has an explicit outcome (POST /v1/feedback quality)"
+        )
+        raise ValueError(f"{url}: no usable logged decision (learning aliases' traces); {why}")
+    return pd.DataFrame(keep)
 
 
 def write_log(df: Any, path: str | Path) -> Path:

@@ -12,14 +12,30 @@ __all__ = ["whatif_cmd"]
 
 
 def whatif_cmd(
+    router: Annotated[Path, typer.Option("--router", help="Router file of the target policy.")],
+    tradeoff: Annotated[float, typer.Option("--tradeoff", help="The target policy's trade-off lambda.")],
     log: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--log", help="Decision log (JSONL or Parquet: prompt, model, propensity, quality, cost)."
         ),
-    ],
-    router: Annotated[Path, typer.Option("--router", help="Router file of the target policy.")],
-    tradeoff: Annotated[float, typer.Option("--tradeoff", help="The target policy's trade-off lambda.")],
+    ] = None,
+    traces: Annotated[
+        str | None,
+        typer.Option(
+            "--traces",
+            help="Or the gateway's trace store (SQLite path or store URL): the decisions of aliases "
+            "that learn online, with their feedback (needs trace.store_prompts).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The gateway's config: its trace store is the default --traces, and its models' "
+            "router_model maps logged model names onto the router's columns.",
+        ),
+    ] = None,
     estimator: Annotated[
         str, typer.Option("--estimator", help="Headline estimator: ips | snips | dr.")
     ] = "dr",
@@ -48,11 +64,30 @@ def whatif_cmd(
         ESTIMATORS,
         epsilon_greedy_log,
         read_log,
+        read_traces,
         result_json,
         whatif,
         write_log,
     )
     from llmroute.router import Router
+
+    columns: dict[str, str] | None = None
+    if config is not None:
+        from llmroute.gateway.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config)
+        except (ConfigError, OSError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from exc
+        columns = {m.name: m.estimated_by for m in cfg.models}
+        if traces is None and log is None:
+            url = cfg.store.url
+            if url.startswith("sqlite:///"):
+                traces = str(cfg.resolve_path(url[len("sqlite:///") :]))
+            else:
+                traces = url if "://" in url else str(cfg.resolve_path(url))
+    if (log is None) == (traces is None):
+        raise typer.BadParameter("give --log FILE or --traces DB (one of them)", param_hint="--log")
 
     if estimator not in ESTIMATORS:
         raise typer.BadParameter(
@@ -62,8 +97,10 @@ def whatif_cmd(
         raise typer.BadParameter(f"{router} does not exist", param_hint="--router")
     try:
         r = Router.load(router)
-        extra: dict[str, object] = {"log": str(log), "router": str(router)}
+        extra: dict[str, object] = {"log": str(log or traces), "router": str(router)}
         if from_table is not None:
+            if log is None:
+                raise ValueError("--from-table writes --log: give --log FILE")
             from llmroute.eval.runner import load_dataset, with_cost_fallback
 
             if log_tradeoff is None:
@@ -87,7 +124,9 @@ def whatif_cmd(
                 "reward": float((tq - tradeoff * tc).mean()),
             }
             typer.echo(f"wrote {len(df)} logged decisions to {log} (epsilon {epsilon})", err=True)
-        res = whatif(read_log(log), r, tradeoff)
+        res = whatif(
+            read_log(log) if log is not None else read_traces(str(traces), columns=columns), r, tradeoff
+        )
     except (TableError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
