@@ -58,8 +58,8 @@ def test_strings_without_placeholders_are_unchanged(s: str) -> None:
     ("mutate", "needle"),
     [
         (
-            lambda c: c["models"][0].update(provider="azure"),
-            "models.0.provider: Input should be 'openai', 'anthropic' or 'replay'",
+            lambda c: c["models"][0].update(provider="bedrock"),
+            "models.0.provider: Input should be 'openai', 'anthropic', 'replay', 'azure', 'gemini'",
         ),
         (lambda c: c["models"][0].update(colour="red"), "models.0.colour: unknown field"),
         (lambda c: c["models"][0].update(timeout_s=-1), "models.0.timeout_s: Input should be greater than 0"),
@@ -151,10 +151,10 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 
 def test_serve_bad_config_exits_with_field_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"models": [{"name": "a", "provider": "azure"}]}))
+    bad.write_text(yaml.safe_dump({"models": [{"name": "a", "provider": "bedrock"}]}))
     r = subprocess.run([LLMROUTE, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert "models.0.provider" in r.stderr and "'openai', 'anthropic' or 'replay'" in r.stderr
+    assert "models.0.provider" in r.stderr and "'openai', 'anthropic', 'replay', 'azure'" in r.stderr
 
 
 def test_make_run_config_serves_without_api_keys(tmp_path: Path) -> None:

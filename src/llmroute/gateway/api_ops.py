@@ -187,7 +187,7 @@ def openapi_document(
             prop.pop("minLength", None)
             prop.update(model)
         # embeddings and completions: a named model on an OpenAI-compatible provider (no alias)
-        named = [m.name for m in config.models if m.provider == "openai"]
+        named = [m.name for m in config.models if m.api == "openai"]
         for s in (S.EmbeddingsRequest, S.CompletionsRequest):
             prop = components[s.__name__]["properties"]["model"]
             prop.pop("minLength", None)

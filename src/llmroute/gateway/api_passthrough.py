@@ -125,7 +125,7 @@ class PassThrough:
         base = name.rpartition("@")[0] if "@" in name and name not in engine.models else name
         plan = engine.plans.get(base)
         if plan is not None:
-            usable = [m for m in plan.models if engine.models[m].provider == "openai"]
+            usable = [m for m in plan.models if engine.models[m].api == "openai"]
             raise bad_request(
                 f"{name!r} is a routed alias: /v1/{endpoint} goes to one named model, not routed "
                 f"(a router picks between chat answers). Name a model, e.g. one of {usable or plan.models}.",
@@ -140,7 +140,7 @@ class PassThrough:
                 code="model_not_found",
                 param="model",
             )
-        if cfg.provider != "openai":
+        if cfg.api != "openai":
             raise bad_request(
                 f"The model {name!r} is served by the {cfg.provider} provider, which has no "
                 f"/v1/{endpoint}; name a model on an OpenAI-compatible provider.",

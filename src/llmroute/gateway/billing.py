@@ -31,7 +31,7 @@ class Pricing:
         #: model -> (USD per input token, USD per output token)
         self.prices = {m.name: (m.input_per_mtok / 1e6, m.output_per_mtok / 1e6) for m in config.models}
         #: model -> the counter that budget holds and estimated bills use (llmroute.gateway.tokens)
-        self.counters = {m.name: TokenCounter.for_model(m.provider, m.upstream) for m in config.models}
+        self.counters = {m.name: TokenCounter.for_model(m.api, m.upstream) for m in config.models}
 
     def max_output(self, model: str, body: dict[str, Any]) -> tuple[int, int]:
         """(max output tokens per choice, number of choices `n`) of `body` on `model`."""

@@ -10,7 +10,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
                body_timeout_s, keep_alive_s, max_connections, ca_bundle, proxy}
-    models:   [{name, provider: openai|anthropic|replay, base_url, api_key_env, upstream_model,
+    models:   [{name, provider: openai|anthropic|replay|<preset> (llmroute.gateway.providers: azure,
+                gemini, mistral, groq, together, deepseek, openrouter, vllm, ollama, llamacpp),
+                base_url, api_key_env, api_version, deployment, upstream_model,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
@@ -43,6 +45,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmroute.gateway.providers import AZURE_API_VERSION, PRESETS, azure_base_url
 
 __all__ = [
     "AdminConfig",
@@ -177,8 +181,26 @@ class ModelConfig(_Strict):
     """One upstream model the gateway can call."""
 
     name: str = Field(min_length=1)
-    provider: Literal["openai", "anthropic", "replay"] = "openai"
+    provider: Literal[
+        "openai",
+        "anthropic",
+        "replay",
+        "azure",
+        "gemini",
+        "mistral",
+        "groq",
+        "together",
+        "deepseek",
+        "openrouter",
+        "vllm",
+        "ollama",
+        "llamacpp",
+    ] = Field("openai", description="openai, anthropic, replay, or an OpenAI-compatible preset")
     base_url: str | None = None
+    api_version: str | None = Field(None, description="azure: the api-version query (default 2024-10-21)")
+    deployment: str | None = Field(
+        None, description="azure: the deployment (default: upstream_model, else name)"
+    )
     api_key_env: str | None = None
     upstream_model: str | None = Field(None, description="model id sent upstream (default: name)")
     input_per_mtok: float = Field(0.0, ge=0)
@@ -207,7 +229,20 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.provider in ("openai", "anthropic"):
+        if (self.api_version or self.deployment) and self.provider != "azure":
+            raise ValueError("api_version and deployment apply to provider 'azure' only")
+        preset = PRESETS.get(self.provider)
+        if preset is not None:
+            if not self.base_url:
+                if preset.base_url is None:
+                    raise ValueError(
+                        f"provider {self.provider!r} needs base_url (the resource's endpoint, e.g. "
+                        "https://<resource>.openai.azure.com)"
+                    )
+                self.base_url = preset.base_url
+            if self.api_key_env is None:
+                self.api_key_env = preset.api_key_env
+        if self.provider in ("openai", "anthropic", *PRESETS):
             if not self.base_url:
                 self.base_url = (
                     "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"
@@ -218,7 +253,32 @@ class ModelConfig(_Strict):
                 raise ValueError(f"base_url must start with http:// or https:// (got {scheme!r})")
         if self.provider == "replay" and not self.replay_table:
             raise ValueError("provider 'replay' needs replay_table (a routing table file or folder)")
+        if self.provider == "azure":
+            assert self.base_url is not None
+            self.base_url = azure_base_url(
+                self.base_url, self.deployment or self.upstream, self.api_version or AZURE_API_VERSION
+            )
         return self
+
+    @property
+    def api(self) -> str:
+        """The upstream API: "openai" (OpenAI and every OpenAI-compatible preset), "anthropic" or
+        "replay"."""
+        return self.provider if self.provider in ("anthropic", "replay") else "openai"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """The headers that carry the API key `key` to this model's upstream (`Authorization:
+        Bearer`; Azure: `api-key`)."""
+        preset = PRESETS.get(self.provider)
+        if preset is not None and preset.auth == "api-key":
+            return {"api-key": key}
+        return {"Authorization": f"Bearer {key}"}
+
+    @property
+    def stream_usage(self) -> bool:
+        """Whether streams ask the upstream for usage (`stream_options.include_usage`)."""
+        preset = PRESETS.get(self.provider)
+        return preset is None or preset.stream_usage
 
     @property
     def upstream(self) -> str:

@@ -200,7 +200,7 @@ class _Caller:
         self.backend = backend
         self.cap = cap
         self.settings = settings
-        self.counter = TokenCounter.for_model(cfg.provider, cfg.upstream)
+        self.counter = TokenCounter.for_model(cfg.api, cfg.upstream)
         self.sem = asyncio.Semaphore(max(1, min(settings.concurrency, cfg.max_concurrency)))
         self._next_start = 0.0
 

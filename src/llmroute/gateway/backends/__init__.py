@@ -14,7 +14,7 @@ def make_backend(
     cfg: ModelConfig, replay_cache: dict[str, object] | None = None, base: GatewayConfig | None = None
 ) -> Backend:
     """The backend object for one configured model (not started yet)."""
-    if cfg.provider == "openai":
+    if cfg.api == "openai":  # OpenAI and every OpenAI-compatible preset
         from llmroute.gateway.backends.openai import OpenAIBackend
 
         return OpenAIBackend(cfg)

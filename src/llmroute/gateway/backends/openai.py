@@ -1,8 +1,11 @@
-"""OpenAI-compatible HTTP backend (OpenAI, vLLM, Ollama, OpenRouter, llama.cpp, the fake server).
+"""OpenAI-compatible HTTP backend (OpenAI, the provider presets of `llmroute.gateway.providers`:
+Azure, Gemini, Mistral, Groq, Together, DeepSeek, OpenRouter, vLLM, Ollama, llama.cpp; the fake server).
 
 Uses the gateway's pooled `HTTPClient` (see `backends.http`); the request body is forwarded as is except for
 `model` (set to the upstream id) and, for streams, `stream_options.include_usage` (turned on so
-the gateway can account tokens; the usage chunk is dropped again unless the client asked for it).
+the gateway can account tokens, unless the preset reports usage unasked; the usage chunk is
+dropped again unless the client asked for it). The key goes as `Authorization: Bearer` (Azure:
+`api-key`). `post` / `stream` call the upstream's other endpoints (`/embeddings`, `/completions`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class OpenAIBackend:
         key = self.cfg.api_key()
         self.scrub.add_secret(key)
         if key:
-            self.headers["Authorization"] = f"Bearer {key}"
+            self.headers.update(self.cfg.auth_headers(key))
         elif self.cfg.api_key_env:
             self.key_missing = True
 
@@ -115,7 +118,7 @@ class OpenAIBackend:
         b = self._prep(body)
         b["stream"] = True
         client_usage = bool((b.get("stream_options") or {}).get("include_usage"))
-        if not client_usage:
+        if not client_usage and self.cfg.stream_usage:
             b["stream_options"] = {**(b.get("stream_options") or {}), "include_usage": True}
         assert self.client is not None
         name = self.cfg.name
