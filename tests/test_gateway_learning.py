@@ -82,12 +82,19 @@ def test_exploration_is_bounded_and_its_propensity_logged(fake_server: Any, tmp_
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
         calls = _ask(gw, 40)
         rows = _rows(gw, [c[0] for c in calls])
+        text = httpx.get(f"{gw.root}/metrics").text
+        stats = gw.app.learning.stats()["llmroute/auto"]
     explored = [rows[rid] for rid, _, _ in calls if rows[rid]["explored"]]
     greedy = [rows[rid] for rid, _, _ in calls if not rows[rid]["explored"]]
     assert explored and greedy  # thompson deviates on some requests, not on all
     for r in explored:  # the deviation is the other model, chosen with its exact probability
         assert r["model"] == "fake-strong" and r["learner"]["greedy"] == "fake-weak"
         assert 0 < r["propensity"] <= 0.5  # max_explore bounds the deviation's probability
+    assert stats["explored"] == len(explored) and stats["explored_share"] == len(explored) / 40
+    assert (
+        f'llmroute_learning_decisions_total{{alias="llmroute/auto",explored="true"}} {float(len(explored))}'
+        in text
+    )
     for r in greedy:  # 1 - the probability of exploring (Thompson's share, capped at max_explore)
         assert 0.5 <= r["propensity"] < 1
     for rid, model, reason in calls:
@@ -137,6 +144,15 @@ def test_feedback_teaches_the_learner_and_is_idempotent(fake_server: Any, tmp_pa
         assert learning.stats()["llmroute/auto"]["outcomes"] == n
         assert learning.outcomes[("llmroute/auto", "feedback", "replaced")] == 1
         assert learning.outcomes[("llmroute/auto", "feedback", "ignored")] == 1
+        text = httpx.get(f"{gw.root}/metrics").text
+        for result, count in (("applied", n), ("replaced", 1), ("ignored", 1)):
+            lab = f'alias="llmroute/auto",result="{result}",source="feedback"'
+            assert f"llmroute_learning_outcomes_total{{{lab}}} {float(count)}" in text
+        decided = learning.stats()["llmroute/auto"]["decisions"]
+        assert (
+            f'llmroute_learning_decisions_total{{alias="llmroute/auto",explored="false"}} {float(decided)}'
+            in text
+        )
 
 
 def rows_model(gw: Any, rid: str) -> str:

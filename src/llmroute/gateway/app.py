@@ -200,6 +200,8 @@ class Gateway:
         self.auth = Authenticator(config.keys)
         # online learners of the aliases with `learning: {enabled: true}` (llmroute.gateway.learning)
         self.learning = Learning.create(config, self.engine)
+        if self.learning is not None:
+            self.learning.metrics = self.metrics
         self.sessions: Any = None  # sticky sessions and implicit outcomes (llmroute.gateway.sticky)
         if any(a.sticky is not None or a.implicit is not None for a in config.aliases.values()):
             from llmroute.gateway.sticky import attach_sessions

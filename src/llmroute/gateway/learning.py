@@ -432,6 +432,7 @@ class Learning:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
+        self.metrics: Any = getattr(engine, "metrics", None)  # set by the gateway (GatewayMetrics)
 
     @classmethod
     def create(cls, config: GatewayConfig, engine: Any) -> Learning | None:
@@ -567,6 +568,8 @@ class Learning:
         x = lr.context(emb)
         if explored:
             al.explored += 1
+        if self.metrics is not None:
+            self.metrics.observe_learning(al.alias, explored)
         d.reason += f" learner={lr.method} p={prop:.3g}" + (f" explored(greedy={greedy})" if explored else "")
         d.learning = {
             "propensity": prop,
@@ -619,6 +622,8 @@ class Learning:
         result = (await asyncio.to_thread(self.state.apply, [o]))[0]
         key = (al.alias, source, result)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe_learning_outcome(*key)
         if result != "ignored":
             await self.sync()
         return result

@@ -16,6 +16,8 @@ Interface for the gateway core::
     metrics.observe_decision(model="fake-weak", alias="llmroute/auto")  # POST /v1/route answered
     metrics.observe_sticky(alias, "held" | "new" | "broken_gain" | ...)  # sticky sessions
     metrics.observe_implicit(alias, "reask" | "regenerate" | "length" | "refusal" | "tool_error")
+    metrics.observe_learning(alias, explored=False)  # a decision of an alias that learns online
+    metrics.observe_learning_outcome(alias, "feedback", "applied" | "replaced" | "ignored")
     body, content_type = metrics.render()       # for GET /metrics
 
 Only names from the config should be used as `model`/`alias` labels (never unvalidated client
@@ -47,6 +49,7 @@ Series (all prefixed `llmroute_`)::
     route_decisions_total{model,alias}              (POST /v1/route: decisions without a call)
     cascade_steps_total{alias,model,result}         cascade_requests_total{alias,stop}
     sticky_decisions_total{alias,result}            implicit_outcomes_total{alias,source}
+    learning_decisions_total{alias,explored}        learning_outcomes_total{alias,source,result}
     request_duration_seconds{model,alias}           gateway_overhead_seconds{model,alias}
     upstream_duration_seconds{model,alias}          time_to_first_token_seconds{model,alias}
     trace_queue_depth, traces_written_total, traces_dropped_total   (with bind_store)
@@ -114,6 +117,7 @@ OVERHEAD_BUCKETS: tuple[float, ...] = (
 _BREAKER = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
 _REQ, _ERR, _FB, _CACHE, _REJ, _DEC, _CAS, _CASR, _STICKY, _IMPL = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+_LEARN, _LOUT = 10, 11
 
 
 class _Hist:
@@ -203,6 +207,8 @@ class GatewayMetrics:
         self._cascade_requests: dict[tuple[str, str], int] = {}
         self._sticky: dict[tuple[str, str], int] = {}
         self._implicit: dict[tuple[str, str], int] = {}
+        self._learning: dict[tuple[str, str], int] = {}
+        self._learning_outcomes: dict[tuple[str, str, str], int] = {}
         self._breaker: dict[str, float] = {}
         self._breaker_transitions: dict[tuple[str, str], int] = {}
         self._store: Any = None
@@ -299,6 +305,16 @@ class GatewayMetrics:
         """Record one implicit outcome (reask, regenerate, length, refusal, tool_error)."""
         self._pending.append((_IMPL, alias, source))
 
+    def observe_learning(self, alias: str, explored: bool) -> None:
+        """Record one decision of an alias that learns online (explored: the learner deviated
+        from its greedy choice); the explored share is explored="true" over all."""
+        self._pending.append((_LEARN, alias, "true" if explored else "false"))
+
+    def observe_learning_outcome(self, alias: str, source: str, result: str) -> None:
+        """Record one outcome given to an alias's learner: `source` (feedback or the implicit
+        signal) and `result` (applied, replaced: an earlier one undone, ignored: a repeat)."""
+        self._pending.append((_LOUT, alias, source, result))
+
     def set_breaker(self, model: str, state: str) -> None:
         """Set a backend's circuit-breaker state: 'closed', 'half_open' or 'open'."""
         value = _BREAKER.get(state)
@@ -390,6 +406,12 @@ class GatewayMetrics:
                 elif kind == _IMPL:
                     k = ev[1:3]
                     self._implicit[k] = self._implicit.get(k, 0) + 1
+                elif kind == _LEARN:
+                    k = ev[1:3]
+                    self._learning[k] = self._learning.get(k, 0) + 1
+                elif kind == _LOUT:
+                    k = ev[1:4]
+                    self._learning_outcomes[k] = self._learning_outcomes.get(k, 0) + 1
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -431,6 +453,8 @@ class GatewayMetrics:
                 "cascade_requests": dict(self._cascade_requests),
                 "sticky": dict(self._sticky),
                 "implicit": dict(self._implicit),
+                "learning": dict(self._learning),
+                "learning_outcomes": dict(self._learning_outcomes),
                 "breaker": {(m,): v for m, v in self._breaker.items()},
                 "breaker_transitions": dict(self._breaker_transitions),
                 "hists": hists,
@@ -516,6 +540,18 @@ class GatewayMetrics:
             "Implicit outcomes recorded, by signal (reask, regenerate, length, refusal, tool_error).",
             ["alias", "source"],
             state["implicit"],
+        )
+        yield _counter(
+            f"{p}_learning_decisions",
+            "Routed decisions of aliases that learn online, by whether the learner explored.",
+            ["alias", "explored"],
+            state["learning"],
+        )
+        yield _counter(
+            f"{p}_learning_outcomes",
+            "Outcomes given to the online learners, by source and result (applied, replaced, ignored).",
+            ["alias", "source", "result"],
+            state["learning_outcomes"],
         )
         g = GaugeMetricFamily(
             f"{p}_breaker_state",
@@ -663,6 +699,8 @@ _PLAIN = (
     "cascade_requests",
     "sticky",
     "implicit",
+    "learning",
+    "learning_outcomes",
     "breaker",
     "breaker_transitions",
 )
