@@ -233,3 +233,17 @@ def test_make_run_config_serves_the_dashboard_keyless_on_loopback(tmp_path: Path
         router = httpx.get(g.root + "/ui/router", timeout=60).text
         assert "<svg" in router and "claude-sonnet" in router and "gpt-4-1106-preview" in router
         assert "No requests in this window yet." in httpx.get(g.root + "/ui", timeout=60).text
+
+
+def test_a_memory_store_is_read_through_its_writer_thread() -> None:
+    from llmroute.gateway.store import open_store
+
+    store = open_store("memory://")
+    for i in range(3):
+        store.write({"request_id": f"m{i}", "ts": 7200.0 * i, "model": "w", "status": 200, "cost_usd": 0.5})
+    data = DashboardData(store, "memory://", None)
+    assert data.warm() is None  # nothing to warm in the background: it is read on the writer thread
+    t = data.refresh().select()[None]
+    assert t.requests == 3 and t.cost_usd == pytest.approx(1.5) and t.saved_usd == 0.0
+    assert [d["request_id"] for d in data.decisions(limit=2)] == ["m2", "m1"]
+    store.close_sync()

@@ -282,7 +282,7 @@ class DashboardData:
                 "the dashboard reads SQLite trace stores only; set store.url to a sqlite:/// path"
             )
         if self.target == ":memory:":
-            return list(self.store._submit(lambda b: b.db.execute(query, list(args)).fetchall()).result())
+            return list(self.store.run(lambda b: b.db.execute(query, list(args)).fetchall()))
         with self._lock:
             return self._connect().execute(query, list(args)).fetchall()
 
