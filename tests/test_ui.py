@@ -171,6 +171,12 @@ def test_budgets_and_breakers_on_the_overview(gw: Any) -> None:
     for k in ("team-a", "team-b", "team-c"):
         assert k in budgets
     assert "$50.00" in budgets  # the day budget
+    # a key created through the admin API (keyless: demo on loopback) is listed with its budget
+    r = httpx.post(g.root + "/admin/v1/keys", json={"id": "team-new", "budget_usd_day": 7}, timeout=30)
+    assert r.status_code == 201
+    html = httpx.get(g.root + "/ui", timeout=60).text
+    budgets = html[html.index('id="budgets"') :]
+    assert "team-new" in budgets and "$7.0000" in budgets
     breakers = html[html.index('id="breakers"') : html.index('id="budgets"')]
     assert "fake-strong" in breakers and "closed" in breakers
 

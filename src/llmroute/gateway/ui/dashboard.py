@@ -305,7 +305,9 @@ class Dashboard:
         gw = self.gw
         breakers = {n: b.state for n, b in gw.executor.breakers.items()}
         budgets = []
-        for k in gw.config.keys:
+        # every live key: the config file's and the admin API's (the budget manager holds both)
+        live = gw.budgets.keys.values() if gw.budgets is not None else gw.config.keys
+        for k in sorted(live, key=lambda k: k.id):
             use = gw.budgets.usage(k.id) if gw.budgets is not None else {}
             budgets.append(
                 {
