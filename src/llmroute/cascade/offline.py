@@ -1,0 +1,695 @@
+"""Offline evaluation of cascades on a routing table with responses (cascade routing).
+
+A cascade answers a prompt in steps: call a first model (the one-shot router's pick at the
+trade-off lambda, or the cheapest), score its answer, and escalate to another model while that
+pays. After every answer the evidence re-estimates the models (cascade routing, Dekoninck et
+al. 2025):
+
+- `Reestimator.called`: P(a called model's answer is right | its router prior, the answer's
+  verifier scores, how many other called answers agree or disagree with it) - a gradient-boosted
+  classifier fitted on the training prompts;
+- `Reestimator.gains`: the expected quality gain of calling model j next (served answer after
+  the call minus served answer now; the served answer is always the called one with the highest
+  P(right)) given j's prior and the evidence so far (best P(right), its shift from the prior,
+  agreement among the called answers) - a gradient-boosted regressor on the same prompts.
+
+The policy (`run_policy`) escalates to argmax_j gain_j - lambda * c_hat_j while that is > 0 and
+the best P(right) is below the threshold tau, within `max_steps` answers and `max_cost_usd`
+(spent + the next model's estimated cost). tau = 0 never escalates: the one-shot router. Cost
+counts every call made (true cost of each called model); quality is the served answer's.
+
+`evaluate_cascade(table)` runs it with K-fold CV over prompt ids (same folds as
+`llmroute.eval.runner.evaluate`): per outer fold, a router (default: `Router.fit`, estimator
+`default`) fitted on the training prompts gives the test prompts' prior, an inner K-fold gives the
+training prompts' out-of-fold prior, and the re-estimator is fitted on the training prompts only.
+Sweeping (first model, lambda, tau) gives cost-quality points; AIQ, gap closed and the cost ratio at
+the best single model's quality come from `llmroute.eval.metrics` exactly as for one-shot routers,
+with the one-shot router on the same priors scored beside it.
+
+Signals (`signals=`): `checks` (the built-in verifier checks of `llmroute.cascade.verifiers`),
+`learned` (a logistic answer-quality model on `llmroute.cascade.learned.answer_features`, fitted
+per fold), `agreement` (extracted answers - option letter or final number - agreeing across the
+called models, weighted by their priors). With no signal the re-estimator sees only priors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmroute.cascade.learned import FEATURES as TEXT_FEATURES
+from llmroute.cascade.learned import answer_features
+from llmroute.cascade.verifiers import DEFAULT_CHECKS, verify
+from llmroute.data.table import RoutingTable, TableError
+from llmroute.eval.cv import kfold_indices
+from llmroute.eval.metrics import aiq, cost_ratio_at_best_quality, gap_closed, upper_hull
+
+__all__ = [
+    "SIGNALS",
+    "Evidence",
+    "PolicyTrace",
+    "Reestimator",
+    "evaluate_cascade",
+    "extract_answer",
+    "oof_priors",
+    "response_matrix",
+    "run_policy",
+    "table_evidence",
+]
+
+SIGNALS: tuple[str, ...] = ("checks", "learned", "agreement")
+"""Answer evidence the re-estimator can use (see the module docstring)."""
+
+DEFAULT_TAUS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01)
+"""Thresholds swept: stop when the best answer's P(right) >= tau (0: one-shot, > 1: gain only)."""
+
+_EPS = 0.01
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+# ---- answers and evidence ------------------------------------------------------------------------
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-H])[).:]\s")
+_ASKS_NUMBER = re.compile(
+    r"(?i)\b(?:final (?:number|numeric answer)|reply with (?:the|a) number|\\boxed|####)"
+)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(prompt: str, response: str | None) -> str | None:
+    """The answer a response commits to, comparable across models, or None.
+
+    Multiple choice (the prompt's last question lists options like `A) ...`): the first option
+    letter standing alone in the response. Numeric (the prompt asks for a final number): the
+    response's last number, without thousands separators. Anything else (code, prose): None.
+    """
+    if not response:
+        return None
+    letters = set(_OPTION_LINE.findall(prompt[-2000:]))
+    if len(letters) >= 2:
+        for m in re.finditer(r"(?<![A-Za-z])([A-H])(?![A-Za-z])", response):
+            if m.group(1) in letters:
+                return m.group(1)
+        return None
+    if _ASKS_NUMBER.search(prompt):
+        nums = _NUMBER.findall(response)
+        if nums:
+            v = nums[-1].replace(",", "")
+            try:
+                return repr(float(v))
+            except ValueError:
+                return None
+    return None
+
+
+def response_matrix(table: RoutingTable) -> np.ndarray:
+    """(n_prompts, n_models) object array of responses (None where a cell has none)."""
+    if "response" not in table.df.columns:
+        raise TableError(
+            f"{table.source}: no 'response' column; a cascade is evaluated on the models' stored "
+            "answers (profile the models with `llmroute profile` to get them)"
+        )
+    piv = table.df.pivot(index="prompt_id", columns="model", values="response")
+    piv = piv.reindex(index=table.prompt_ids, columns=table.models)
+    out = piv.to_numpy(dtype=object)
+    out[~np.vectorize(lambda v: isinstance(v, str), otypes=[bool])(out)] = None
+    return out
+
+
+@dataclass
+class Evidence:
+    """Per (prompt, model) answer evidence, computed once per table (no fitting involved).
+
+    codes: extracted answer as an integer code per prompt (-1: none); checks: the built-in
+    verifier score (NaN: no response); text: `answer_features` (n, m, F); has: a response exists.
+    """
+
+    codes: np.ndarray
+    checks: np.ndarray
+    text: np.ndarray
+    has: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Evidence:
+        """The evidence of prompts `idx`."""
+        return Evidence(self.codes[idx], self.checks[idx], self.text[idx], self.has[idx])
+
+
+def table_evidence(table: RoutingTable, checks: Sequence[str] = DEFAULT_CHECKS) -> Evidence:
+    """Extracted answers, built-in check scores and learned-verifier features of every cell."""
+    resp = response_matrix(table)
+    prompts = table.prompts
+    n, m = resp.shape
+    codes = np.full((n, m), -1, dtype=np.int64)
+    chk = np.full((n, m), np.nan)
+    text = np.zeros((n, m, len(TEXT_FEATURES)))
+    for i in range(n):
+        p = prompts[i]
+        body = {"messages": [{"role": "user", "content": p}]}
+        seen: dict[str, int] = {}
+        for j in range(m):
+            r = resp[i, j]
+            if r is None:
+                continue
+            a = extract_answer(p, r)
+            if a is not None:
+                codes[i, j] = seen.setdefault(a, len(seen))
+            out = {"choices": [{"message": {"role": "assistant", "content": r}, "finish_reason": "stop"}]}
+            chk[i, j] = verify(body, out, checks).score
+            text[i, j] = answer_features(p, r)
+    return Evidence(codes, chk, text, resp != None)  # noqa: E711 (elementwise on objects)
+
+
+# ---- re-estimation -----------------------------------------------------------------------------
+def _agreement(S: np.ndarray, codes: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For every model i and the called set S: prior-weighted and plain counts of other called
+    answers agreeing / disagreeing with i's extracted answer (both extracted)."""
+    m = S.shape[1]
+    ext = codes >= 0
+    same = (codes[:, :, None] == codes[:, None, :]) & ext[:, :, None] & ext[:, None, :]
+    both = ext[:, :, None] & ext[:, None, :]
+    other = S[:, None, :] & ~np.eye(m, dtype=bool)[None]
+    agree = other & same
+    dis = other & both & ~same
+    return (
+        (agree * q[:, None, :]).sum(axis=2),
+        (dis * q[:, None, :]).sum(axis=2),
+        agree.sum(axis=2).astype(float),
+        dis.sum(axis=2).astype(float),
+    )
+
+
+class Reestimator:
+    """Re-estimates models after answers (see the module docstring); fitted per CV fold.
+
+    Hyper-parameters in `__init__`; `fit` learns `called_` (P(right) of a called answer) and
+    `gain_` (expected gain of calling a model next) and the per-fold learned verifier `lv_`.
+    """
+
+    def __init__(
+        self,
+        signals: Sequence[str] = SIGNALS,
+        max_steps: int = 3,
+        states_per_prompt: int = 2,
+        seed: int = 0,
+    ) -> None:
+        bad = [s for s in signals if s not in SIGNALS]
+        if bad:
+            raise ValueError(f"unknown cascade signals {bad}; choose from {list(SIGNALS)}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.signals = tuple(signals)
+        self.max_steps = max_steps
+        self.states_per_prompt = states_per_prompt
+        self.seed = seed
+
+    # ---- features ------------------------------------------------------------------------------
+    def _verifier(self, ev: Evidence) -> np.ndarray:
+        """(n, m) learned P(right) of each answer (0.5 where off or no response)."""
+        if "learned" not in self.signals or self.lv_ is None:
+            return np.full(ev.has.shape, 0.5)
+        mean, scale, coef, b = self.lv_
+        z = ((ev.text - mean) / scale) @ coef + b
+        return np.where(ev.has, 1.0 / (1.0 + np.exp(-z)), 0.5)
+
+    def _called_x(self, S: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
+        """(n, m, F) features of each model as if called, in the called set S."""
+        n, m = q.shape
+        cols = [_logit(q), q, np.broadcast_to(S.sum(axis=1, keepdims=True), (n, m)).astype(float)]
+        if "checks" in self.signals:
+            cols.append(np.where(np.isfinite(ev.checks), ev.checks, 0.0))
+        if "learned" in self.signals:
+            cols.append(_logit(v))
+        if "agreement" in self.signals:
+            aq, dq, na, nd = _agreement(S, ev.codes, q)
+            cols += [(ev.codes >= 0).astype(float), aq, dq, na, nd]
+        return np.stack(cols, axis=2)
+
+    def _post(self, S: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
+        """(n, m) P(right) of every called answer in S (NaN outside S)."""
+        x = self._called_x(S, q, ev, v)
+        out = np.full(q.shape, np.nan)
+        if S.any():
+            out[S] = self.called_.predict_proba(x[S])[:, 1]
+        return out
+
+    def _gain_x(self, S: np.ndarray, P: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
+        """(n, m, G) features of calling each model next, given the called set S and its P."""
+        n, m = q.shape
+        rows = np.arange(n)
+        Pf = np.where(S, P, -np.inf)
+        best = np.argmax(Pf, axis=1)
+        pbest = P[rows, best]
+        lq = _logit(q)
+        lbest = lq[rows, best]
+        ncalled = S.sum(axis=1).astype(float)
+        per_row = [
+            _logit(pbest),
+            pbest,
+            lbest,
+            _logit(pbest) - lbest,
+            ncalled,
+            np.where(S, lq, -10).max(axis=1),
+        ]
+        if "checks" in self.signals:
+            per_row.append(np.where(np.isfinite(ev.checks[rows, best]), ev.checks[rows, best], 0.0))
+        if "learned" in self.signals:
+            per_row.append(_logit(v[rows, best]))
+        if "agreement" in self.signals:
+            called_ext = S & (ev.codes >= 0)
+            _, _, na, _ = _agreement(S, ev.codes, q)
+            ext = called_ext.sum(axis=1).astype(float)
+            plural = np.where(called_ext, na + 1, 0).max(axis=1).astype(float)  # largest agreeing group
+            distinct = np.where(called_ext, 1.0 / (na + 1), 0.0).sum(axis=1)  # distinct answers
+            per_row += [ext, plural, distinct, (ev.codes[rows, best] >= 0).astype(float)]
+        pr = np.stack(per_row, axis=1)
+        x = np.concatenate(
+            [
+                np.stack([lq, q, lq - lbest[:, None]], axis=2),
+                np.broadcast_to(pr[:, None, :], (n, m, pr.shape[1])),
+            ],
+            axis=2,
+        )
+        return x
+
+    # ---- fitting -------------------------------------------------------------------------------
+    def _random_states(self, n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+        """(n * states_per_prompt, m) random called sets of 1 .. max_steps models."""
+        k = self.states_per_prompt
+        S = np.zeros((n * k, m), dtype=bool)
+        sizes = rng.integers(1, min(self.max_steps, m) + 1, size=n * k)
+        for r in range(n * k):
+            S[r, rng.choice(m, size=sizes[r], replace=False)] = True
+        return S
+
+    def fit(self, q: np.ndarray, ev: Evidence, Q: np.ndarray) -> Reestimator:
+        """Fit on training prompts: `q` their out-of-fold prior (n, m), `Q` true quality."""
+        with _one_thread():
+            return self._fit(q, ev, Q)
+
+    def _fit(self, q: np.ndarray, ev: Evidence, Q: np.ndarray) -> Reestimator:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+        from sklearn.linear_model import LogisticRegression
+
+        n, m = q.shape
+        rng = np.random.default_rng(self.seed)
+        known = np.isfinite(Q)
+        y_all = (np.where(known, Q, 0.0) >= 0.5).astype(int)
+        self.lv_ = None
+        if "learned" in self.signals:
+            ok = ev.has & known
+            x = ev.text[ok]
+            y = y_all[ok]
+            if 0 < y.sum() < len(y):
+                mean, scale = x.mean(axis=0), x.std(axis=0)
+                scale[scale == 0] = 1.0
+                lr = LogisticRegression(max_iter=1000).fit((x - mean) / scale, y)
+                self.lv_ = (mean, scale, lr.coef_[0], float(lr.intercept_[0]))
+        v = self._verifier(ev)
+        # P(right) of a called answer: every model of every prompt, with random other answers
+        S = self._random_states(n, m, rng)
+        rep = np.repeat(np.arange(n), self.states_per_prompt)
+        qq, evr, vv = q[rep], ev.take(rep), v[rep]
+        S_called = S.copy()
+        xs, ys = [], []
+        for j in range(m):
+            Sj = S_called.copy()
+            Sj[:, j] = True
+            x = self._called_x(Sj, qq, evr, vv)[:, j]
+            keep = known[rep, j]
+            xs.append(x[keep])
+            ys.append(y_all[rep, j][keep])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        params = {"max_iter": 150, "max_leaf_nodes": 15, "min_samples_leaf": 40, "early_stopping": False}
+        if 0 < y.sum() < len(y):
+            self.called_: Any = HistGradientBoostingClassifier(random_state=self.seed, **params).fit(x, y)
+        else:
+            self.called_ = _Constant(float(y.mean()) if len(y) else 0.5)
+        # gain of calling j next: served quality after minus before (served = best P(right))
+        Qz = np.where(known, Q, np.nan)[rep]
+        P = self._post(S, qq, evr, vv)
+        rows = np.arange(len(rep))
+        before = Qz[rows, np.argmax(np.where(S, P, -np.inf), axis=1)]
+        gx, gy = [], []
+        xall = self._gain_x(S, P, qq, evr, vv)
+        for j in range(m):
+            todo = ~S[:, j] & (S.sum(axis=1) < m)
+            if not todo.any():
+                continue
+            Sj = S[todo].copy()
+            Sj[:, j] = True
+            Pj = self._post(Sj, qq[todo], evr.take(np.nonzero(todo)[0]), vv[todo])
+            after = Qz[todo][np.arange(todo.sum()), np.argmax(np.where(Sj, Pj, -np.inf), axis=1)]
+            g = after - before[todo]
+            keep = np.isfinite(g)
+            gx.append(xall[todo, j][keep])
+            gy.append(g[keep])
+        self.gain_: Any = (
+            HistGradientBoostingRegressor(random_state=self.seed, **params).fit(
+                np.concatenate(gx), np.concatenate(gy)
+            )
+            if gx and sum(len(g) for g in gy) > 0
+            else _Constant(0.0)
+        )
+        return self
+
+    # ---- prediction ----------------------------------------------------------------------------
+    def called(self, S: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
+        """(n, m) P(right) of each called answer in S given all called answers (NaN elsewhere)."""
+        with _one_thread():
+            return self._post(S, q, ev, self._verifier(ev))
+
+    def gains(self, S: np.ndarray, P: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
+        """(n, m) expected quality gain of calling each model not in S next (NaN on S)."""
+        x = self._gain_x(S, P, q, ev, self._verifier(ev))
+        out = np.full(q.shape, np.nan)
+        todo = ~S
+        if todo.any():
+            with _one_thread():
+                out[todo] = self.gain_.predict(x[todo])
+        return out
+
+
+def _one_thread() -> Any:
+    """Limit OpenMP/BLAS to one thread: the small gradient-boosting fits and predictions here
+    are many and short, and thread start-up and contention would dominate them."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
+class _Constant:
+    """A fitted-model stand-in for degenerate training data (one class, no rows)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.tile([1 - self.value, self.value], (len(x), 1))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.value)
+
+
+# ---- the policy ----------------------------------------------------------------------------------
+@dataclass
+class PolicyTrace:
+    """One cascade run at trade-off lambda without a threshold, step by step (stopping earlier
+    for a threshold tau is a prefix of it): per step k, `served[k]` the served model, `pbest[k]`
+    its P(right), `spent[k]` the true cost of all calls so far, `calls[k]` their number; arrays
+    (steps, n). `at(tau)` gives the (served, spent, calls) when stopping at P(right) >= tau."""
+
+    served: np.ndarray
+    pbest: np.ndarray
+    spent: np.ndarray
+    calls: np.ndarray
+
+    def at(self, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(served model, total true cost, calls) per prompt when stopping at P(right) >= tau."""
+        k_max = self.served.shape[0] - 1
+        hit = self.pbest >= tau
+        stop = np.where(hit.any(axis=0), np.argmax(hit, axis=0), k_max)
+        cols = np.arange(self.served.shape[1])
+        return self.served[stop, cols], self.spent[stop, cols], self.calls[stop, cols]
+
+
+def run_policy(
+    re_est: Reestimator,
+    q: np.ndarray,
+    c: np.ndarray,
+    C: np.ndarray,
+    ev: Evidence,
+    tradeoff: float,
+    *,
+    first: str = "router",
+    max_steps: int = 3,
+    max_cost_usd: float | None = None,
+) -> PolicyTrace:
+    """Run the cascade on prompts with prior `q`, estimated cost `c` and true cost `C`.
+
+    Step 1 calls the one-shot pick at `tradeoff` (first='router') or the cheapest estimated model
+    (first='cheapest'). Then, while fewer than `max_steps` answers: call argmax_j gain_j -
+    tradeoff * c_j among models not called whose estimated cost fits `max_cost_usd` (true spend
+    so far + c_j), if that is > 0; else stop. Returns the full trace (see `PolicyTrace`).
+    """
+    from llmroute.policy import choose
+
+    n, m = q.shape
+    rows = np.arange(n)
+    lam = float(tradeoff)
+    if first == "router":
+        f = choose(q, c, tradeoff=lam)
+    elif first == "cheapest":
+        f = np.argmin(np.where(np.isfinite(c), c, np.inf), axis=1)
+    else:
+        raise ValueError(f"first must be 'router' or 'cheapest', got {first!r}")
+    S = np.zeros((n, m), dtype=bool)
+    S[rows, f] = True
+    spent = np.nan_to_num(C[rows, f])
+    active = np.ones(n, dtype=bool)
+    served_l, pbest_l, spent_l, calls_l = [], [], [], []
+    for step in range(max_steps):
+        P = re_est.called(S, q, ev)
+        best = np.argmax(np.where(S, P, -np.inf), axis=1)
+        served_l.append(best)
+        pbest_l.append(np.where(active, P[rows, best], np.inf))  # a stopped prompt "passes"
+        spent_l.append(spent.copy())
+        calls_l.append(S.sum(axis=1))
+        if step == max_steps - 1 or not active.any():
+            break
+        G = re_est.gains(S, P, q, ev)
+        pen = 0.0 if lam == 0 else (np.inf if math.isinf(lam) else lam)
+        score = G - pen * np.where(np.isfinite(c), c, np.inf) if pen != np.inf else np.full(G.shape, -np.inf)
+        score = np.where(S | ~np.isfinite(score), -np.inf, score)
+        if max_cost_usd is not None:
+            score = np.where(spent[:, None] + c > max_cost_usd, -np.inf, score)
+        j = np.argmax(score, axis=1)
+        go = active & (score[rows, j] > 0)
+        S[go, j[go]] = True
+        spent = spent + np.where(go, np.nan_to_num(C[rows, j]), 0.0)
+        active = go
+    # after the last step every prompt stops: pbest stays as is; pad to max_steps rows
+    while len(served_l) < max_steps:
+        served_l.append(served_l[-1])
+        pbest_l.append(np.full(n, np.inf))
+        spent_l.append(spent_l[-1])
+        calls_l.append(calls_l[-1])
+    return PolicyTrace(np.stack(served_l), np.stack(pbest_l), np.stack(spent_l), np.stack(calls_l))
+
+
+# ---- priors ----------------------------------------------------------------------------------------
+PriorFactory = Callable[[RoutingTable, Any, int], Any]
+"""(train_table, encoder, seed) -> a fitted router with `models` and `estimate(prompts)`."""
+
+
+def _default_factory(table: RoutingTable, encoder: Any, seed: int) -> Any:
+    from llmroute.eval.runner import fit_router
+
+    return fit_router("default", table, encoder, seed)
+
+
+def _estimate(
+    router: Any, table: RoutingTable, train: RoutingTable, prompts: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    from llmroute.eval.metrics import single_model_points
+    from llmroute.eval.runner import _align
+
+    q, c = router.estimate(prompts)
+    q, c = _align(router, list(table.models), q, c)
+    if not np.isfinite(c).all():
+        mc = single_model_points(train.quality_matrix(), train.cost_matrix())[:, 0]
+        c = np.where(np.isfinite(c), c, mc[None, :])
+    return np.clip(q, 0.0, 1.0), c
+
+
+def oof_priors(
+    table: RoutingTable,
+    factory: PriorFactory | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    inner_folds: int = 3,
+    encoder: Any = None,
+) -> dict[str, Any]:
+    """Out-of-fold router estimates for a cascade's CV.
+
+    Returns `fold_idx` (test indices per outer fold), `q`, `c` ((n, m) estimates of each prompt by
+    the router fitted without its fold: the one-shot router's estimates) and `inner` (per outer
+    fold, (q, c) of its training prompts from `inner_folds` folds inside them, so the
+    re-estimator learns from priors as uncertain as those it meets at test time).
+    """
+    from llmroute.eval.runner import EvalEncoder, _resolve_encoder
+
+    factory = factory or _default_factory
+    if encoder is None or isinstance(encoder, str | dict):
+        enc: Any = EvalEncoder(_resolve_encoder(encoder or "static-minilm"))
+        enc.prime(table.prompts)
+    else:
+        enc = encoder
+    n, m = table.n_prompts, table.n_models
+    pids, prompts = table.prompt_ids, table.prompts
+    fold_idx = kfold_indices(n, folds, seed)
+    q = np.full((n, m), np.nan)
+    c = np.full((n, m), np.nan)
+    inner = []
+    for test in fold_idx:
+        train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+        tr_table = table.subset([pids[i] for i in train])
+        router = factory(tr_table, enc, seed)
+        q[test], c[test] = _estimate(router, table, tr_table, [prompts[i] for i in test])
+        iq = np.full((len(train), m), np.nan)
+        ic = np.full((len(train), m), np.nan)
+        for itest in kfold_indices(len(train), inner_folds, seed):
+            itrain = np.setdiff1d(np.arange(len(train)), itest, assume_unique=True)
+            it_table = table.subset([pids[train[i]] for i in itrain])
+            r = factory(it_table, enc, seed)
+            iq[itest], ic[itest] = _estimate(r, table, it_table, [prompts[train[i]] for i in itest])
+        inner.append((iq, ic))
+    return {"fold_idx": fold_idx, "q": q, "c": c, "inner": inner, "folds": folds, "seed": seed}
+
+
+# ---- evaluation --------------------------------------------------------------------------------------
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def evaluate_cascade(
+    table: RoutingTable,
+    *,
+    priors: dict[str, Any] | None = None,
+    factory: PriorFactory | None = None,
+    signals: Sequence[str] = SIGNALS,
+    max_steps: int = 3,
+    max_cost_usd: float | None = None,
+    firsts: Sequence[str] = ("router", "cheapest"),
+    taus: Sequence[float] = DEFAULT_TAUS,
+    lambdas: np.ndarray | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    inner_folds: int = 3,
+    evidence: Evidence | None = None,
+    models: Sequence[str] | None = None,
+    name: str = "cascade",
+) -> dict[str, Any]:
+    """Cross-validated cascade evaluation on a table with responses; a JSON-able dict.
+
+    priors: `oof_priors(table, ...)` (computed here with `factory`, default the `default` router,
+        when None; pass one to share it between several evaluations).
+    models: evaluate on these models only (columns of the priors; e.g. a two-model subset).
+    Keys: `aiq`, `gap_closed`, `cost_ratio_at_best_quality`, `max_quality` of all swept points
+    (first model x lambda x tau), `one_shot` (the same metrics for tau = 0 only: the one-shot
+    router on the same priors), `by_first` (metrics per first-model rule), `points` (every point:
+    first, tradeoff, tau, cost, quality, mean calls), `curve` (the hull), `baselines`.
+    """
+    from llmroute.eval.runner import _context
+
+    t0 = time.perf_counter()
+    priors = priors or oof_priors(table, factory, folds=folds, seed=seed, inner_folds=inner_folds)
+    ev = evidence or table_evidence(table)
+    Q, C = table.quality_matrix(), table.cost_matrix()
+    cols = np.arange(table.n_models)
+    if models is not None:
+        names = list(table.models)
+        missing = [mm for mm in models if mm not in names]
+        if missing:
+            raise ValueError(f"models {missing} are not in the table (its models: {names})")
+        cols = np.array([names.index(mm) for mm in models])
+    Q, C = Q[:, cols], C[:, cols]
+    ev = Evidence(ev.codes[:, cols], ev.checks[:, cols], ev.text[:, cols], ev.has[:, cols])
+    q_all, c_all = priors["q"][:, cols], priors["c"][:, cols]
+    ctx = _context(Q, C)
+    lams = ctx["lambdas"] if lambdas is None else np.asarray(lambdas, dtype=float)
+    n = Q.shape[0]
+    steps = min(max_steps, len(cols))
+    # per (first, lambda): pooled out-of-fold traces
+    served = {(f, k): np.zeros((steps, n), dtype=np.intp) for f in firsts for k in range(len(lams))}
+    pbest = {key: np.zeros((steps, n)) for key in served}
+    spent = {key: np.zeros((steps, n)) for key in served}
+    calls = {key: np.zeros((steps, n)) for key in served}
+    for fold, test in enumerate(priors["fold_idx"]):
+        train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+        iq = priors["inner"][fold][0][:, cols]
+        re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
+        ev_t = ev.take(test)
+        for f in firsts:
+            for k, lam in enumerate(lams):
+                tr = run_policy(
+                    re_est,
+                    q_all[test],
+                    c_all[test],
+                    C[test],
+                    ev_t,
+                    float(lam),
+                    first=f,
+                    max_steps=steps,
+                    max_cost_usd=max_cost_usd,
+                )
+                served[(f, k)][:, test] = tr.served
+                pbest[(f, k)][:, test] = tr.pbest
+                spent[(f, k)][:, test] = tr.spent
+                calls[(f, k)][:, test] = tr.calls
+    rows = np.arange(n)
+    points: list[dict[str, Any]] = []
+    for (f, k), sv in served.items():
+        trace = PolicyTrace(sv, pbest[(f, k)], spent[(f, k)], calls[(f, k)])
+        for tau in taus:
+            s, sp, nc = trace.at(float(tau))
+            qv = Q[rows, s]
+            points.append(
+                {
+                    "first": f,
+                    "tradeoff": _num(lams[k]),
+                    "tau": float(tau),
+                    "cost": float(np.nanmean(sp)),
+                    "quality": float(np.nanmean(qv)),
+                    "calls": float(nc.mean()),
+                }
+            )
+
+    def metrics(pts: list[dict[str, Any]]) -> dict[str, Any]:
+        xy = np.array([[p["cost"], p["quality"]] for p in pts], dtype=float).reshape(-1, 2)
+        a = aiq(xy, ctx["c_min"], ctx["c_max"])
+        hull = upper_hull(xy)
+        return {
+            "aiq": _num(a),
+            "gap_closed": _num(gap_closed(a, ctx["single_hull_aiq"], ctx["oracle_aiq"])),
+            "cost_ratio_at_best_quality": _num(cost_ratio_at_best_quality(xy, ctx["singles"])),
+            "max_quality": _num(hull[:, 1].max()) if len(hull) else None,
+            "curve": [[float(x), float(y)] for x, y in hull],
+        }
+
+    one = [p for p in points if p["tau"] == 0.0 and p["first"] == "router"]
+    out: dict[str, Any] = {
+        "name": name,
+        "signals": list(signals),
+        "max_steps": steps,
+        "max_cost_usd": max_cost_usd,
+        "firsts": list(firsts),
+        "taus": [float(t) for t in taus],
+        "folds": priors["folds"],
+        "seed": priors["seed"],
+        "models": [list(table.models)[i] for i in cols],
+        **metrics(points),
+        "one_shot": metrics(one) if one else None,
+        "by_first": {f: metrics([p for p in points if p["first"] == f]) for f in firsts},
+        "baselines": {
+            "single_hull_aiq": _num(ctx["single_hull_aiq"]),
+            "oracle_aiq": _num(ctx["oracle_aiq"]),
+            "c_min": ctx["c_min"],
+            "c_max": ctx["c_max"],
+        },
+        "points": points,
+        "eval_s": round(time.perf_counter() - t0, 3),
+    }
+    hull = {(round(x, 15), round(y, 15)) for x, y in out["curve"]}
+    out["hull_points"] = [p for p in points if (round(p["cost"], 15), round(p["quality"], 15)) in hull]
+    return out

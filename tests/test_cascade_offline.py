@@ -1,0 +1,199 @@
+"""Offline cascade evaluation (llmroute.cascade.offline) on synthetic tables whose right answers
+are known by construction: a cheap model that hedges exactly when it is wrong, a strong model that
+is always right."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmroute.cascade.offline import (
+    PolicyTrace,
+    Reestimator,
+    evaluate_cascade,
+    extract_answer,
+    oof_priors,
+    run_policy,
+    table_evidence,
+)
+from llmroute.data.table import RoutingTable, TableError
+from llmroute.eval.metrics import aiq, router_curve
+
+C_CHEAP, C_STRONG = 1e-5, 1e-3
+
+
+class MeanRouter:
+    """Prior = each model's mean training quality and cost (the same for every prompt)."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.models = list(table.models)
+        self.q = np.nanmean(table.quality_matrix(), axis=0)
+        self.c = np.nanmean(table.cost_matrix(), axis=0)
+
+    def estimate(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(prompts)
+        return np.tile(self.q, (n, 1)), np.tile(self.c, (n, 1))
+
+
+def mean_factory(table: RoutingTable, encoder: object, seed: int) -> MeanRouter:
+    return MeanRouter(table)
+
+
+def synthetic(
+    n: int = 300, wrong_share: float = 0.3, hedge: bool = True, seed: int = 0
+) -> tuple[RoutingTable, np.ndarray]:
+    """Two-option questions; 'cheap' is wrong on a random `wrong_share` (and then hedges when
+    `hedge`), 'strong' is always right. Returns the table and the cheap-wrong mask."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < wrong_share
+    rows = []
+    for i in range(n):
+        right, other = ("A", "B") if i % 2 == 0 else ("B", "A")
+        prompt = f"Question {i}: which one?\nA) left {i}\nB) right {i}\nAnswer with the letter."
+        cheap = (f"{other}. I'm not sure, I might be wrong." if hedge else other) if wrong[i] else right
+        for model, resp, q, c in (
+            ("cheap", cheap, 0.0 if wrong[i] else 1.0, C_CHEAP),
+            ("strong", right, 1.0, C_STRONG),
+        ):
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": prompt,
+                    "task": "mc",
+                    "model": model,
+                    "quality": q,
+                    "cost_usd": c,
+                    "response": resp,
+                }
+            )
+    return RoutingTable.from_frame(pd.DataFrame(rows)), wrong
+
+
+def test_extract_answer() -> None:
+    mc = "Q?\nA) x\nB) y\nC) z\nPrint only a single choice."
+    assert extract_answer(mc, "B") == "B"
+    assert extract_answer(mc, "The answer is C.\n") == "C"
+    assert extract_answer(mc, "I do") is None  # 'I' is not an option here
+    assert extract_answer(mc, "") is None
+    assert extract_answer("What is 2+3? Give the final number.", "So 2+3 = 5") == repr(5.0)
+    assert extract_answer("What is 1000+234? Final number.", "It is 1,234") == repr(1234.0)
+    assert extract_answer("Write a function that adds.", "def add(a, b): return a + b") is None
+
+
+def test_policy_trace_stops_at_first_step_reaching_tau() -> None:
+    tr = PolicyTrace(
+        served=np.array([[0, 0], [1, 1], [1, 0]]),
+        pbest=np.array([[0.5, 0.9], [0.8, np.inf], [np.inf, np.inf]]),
+        spent=np.array([[1.0, 1.0], [3.0, 1.0], [3.0, 1.0]]),
+        calls=np.array([[1, 1], [2, 1], [2, 1]]),
+    )
+    served, spent, calls = tr.at(0.8)  # prompt 0 passes at step 1 (0.8 >= 0.8), prompt 1 at step 0
+    assert served.tolist() == [1, 0] and spent.tolist() == [3.0, 1.0] and calls.tolist() == [2, 1]
+    served, _, calls = tr.at(0.85)
+    assert served.tolist() == [1, 0] and calls.tolist() == [2, 1]  # step 2 (end) for prompt 0
+    served, _, calls = tr.at(0.0)
+    assert calls.tolist() == [1, 1]  # tau 0: the one-shot pick
+
+
+def _fitted(
+    table: RoutingTable, train: np.ndarray, **kw: object
+) -> tuple[Reestimator, np.ndarray, np.ndarray]:
+    ev = table_evidence(table)
+    Q = table.quality_matrix()
+    q = np.tile(np.nanmean(Q[train], axis=0), (len(Q), 1))
+    c = np.tile(np.nanmean(table.cost_matrix()[train], axis=0), (len(Q), 1))
+    re_est = Reestimator(**kw).fit(q[train], ev.take(train), Q[train])  # type: ignore[arg-type]
+    return re_est, q, c
+
+
+def test_cascade_escalates_exactly_when_the_cheap_answer_is_wrong_and_pays_every_call() -> None:
+    table, wrong = synthetic(400)
+    ev = table_evidence(table)
+    train, test = np.arange(300), np.arange(300, 400)
+    re_est, q, c = _fitted(table, train)
+    C = table.cost_matrix()
+    tr = run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1.0, first="cheapest", max_steps=3)
+    served, spent, calls = tr.at(1.01)  # no threshold: escalate while the expected gain pays
+    assert (calls == 2).tolist() == wrong[test].tolist()
+    assert (table.quality_matrix()[test, served] == 1.0).all()
+    expected = np.where(wrong[test], C_CHEAP + C_STRONG, C_CHEAP)
+    np.testing.assert_allclose(spent, expected)
+    # a trade-off that prices the strong model above any gain never escalates
+    tr = run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1e6, first="cheapest")
+    assert (tr.at(1.01)[2] == 1).all()
+
+
+def test_cascade_respects_cost_ceiling_and_step_limit() -> None:
+    table, _ = synthetic(400)
+    ev = table_evidence(table)
+    train, test = np.arange(300), np.arange(300, 400)
+    re_est, q, c = _fitted(table, train)
+    C = table.cost_matrix()
+    kw = {"first": "cheapest"}
+    tr = run_policy(
+        re_est, q[test], c[test], C[test], ev.take(test), 1.0, max_cost_usd=C_CHEAP + C_STRONG / 2, **kw
+    )
+    assert (tr.at(1.01)[2] == 1).all()  # the strong model's estimated cost breaks the ceiling
+    tr = run_policy(
+        re_est, q[test], c[test], C[test], ev.take(test), 1.0, max_cost_usd=C_CHEAP + C_STRONG * 1.01, **kw
+    )
+    assert (tr.at(1.01)[2] == 2).any()
+    tr = run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1.0, max_steps=1, **kw)
+    assert (tr.at(1.01)[2] == 1).all()
+
+
+def test_evaluate_cascade_counts_all_calls_and_beats_one_shot_with_evidence() -> None:
+    table, wrong = synthetic(300)
+    pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
+    res = evaluate_cascade(table, priors=pri, lambdas=np.array([0.0, 1.0, 10.0, np.inf]))
+    pts = [
+        (p["cost"], p["quality"], p["calls"])
+        for p in res["points"]
+        if p["first"] == "cheapest" and p["tau"] > 1
+    ]
+    # the cheap-first cascade at a modest trade-off: every prompt right, paying both calls where escalated
+    best = [p for p in pts if p[1] == 1.0]
+    assert best
+    cost = min(p[0] for p in best)
+    assert cost == pytest.approx(C_CHEAP + wrong.mean() * C_STRONG, rel=1e-9)
+    assert min(p[2] for p in best) == pytest.approx(1 + wrong.mean())
+    assert res["gap_closed"] > 0.9 > res["one_shot"]["gap_closed"]
+    assert res["cost_ratio_at_best_quality"] == pytest.approx(cost / C_STRONG, rel=1e-9)
+
+
+def test_tau_zero_is_the_one_shot_router_and_the_guard_holds_without_evidence() -> None:
+    table, _ = synthetic(300, hedge=False)  # the cheap answer says nothing about being wrong
+    pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
+    lams = np.array([0.0, 100.0, 1000.0, np.inf])
+    res = evaluate_cascade(table, priors=pri, lambdas=lams)
+    one = [(p["cost"], p["quality"]) for p in res["points"] if p["first"] == "router" and p["tau"] == 0.0]
+    ref = router_curve(table.quality_matrix(), table.cost_matrix(), pri["q"], pri["c"], lams)
+    np.testing.assert_allclose(np.array(one), ref)
+    assert res["aiq"] >= res["one_shot"]["aiq"] - 0.005
+    b = res["baselines"]
+    assert res["one_shot"]["aiq"] == pytest.approx(aiq(ref, b["c_min"], b["c_max"]))
+    one_step = evaluate_cascade(table, priors=pri, lambdas=lams, max_steps=1, firsts=("router",))
+    assert all(p["calls"] == 1 for p in one_step["points"])
+    assert one_step["aiq"] == pytest.approx(res["one_shot"]["aiq"])
+
+
+def test_a_table_without_responses_is_refused_with_a_hint() -> None:
+    df = pd.DataFrame(
+        {
+            "prompt_id": ["a", "a"],
+            "prompt": ["x", "x"],
+            "model": ["m1", "m2"],
+            "quality": [1.0, 0.0],
+            "cost_usd": [1.0, 2.0],
+        }
+    )
+    with pytest.raises(TableError, match="llmroute profile"):
+        table_evidence(RoutingTable.from_frame(df))
+
+
+def test_unknown_signal_is_refused() -> None:
+    with pytest.raises(ValueError, match="choose from"):
+        Reestimator(signals=["magic"])
