@@ -182,15 +182,19 @@ def test_serve_freezes_startup_objects_out_of_the_collector() -> None:
     would walk the router's objects every time)."""
     import gc
 
-    from llmroute.gateway.serve import freeze_startup_objects
+    from llmroute.gateway.serve import GC_GEN0_THRESHOLD, freeze_startup_objects
 
     loaded = [{"i": i} for i in range(1000)]  # stands in for a router's objects
+    threshold = gc.get_threshold()
     try:
         freeze_startup_objects()
         assert gc.get_freeze_count() >= len(loaded)
         assert not any(o is loaded for o in gc.get_objects())
+        # young collections walk the requests in flight: far less often than CPython's 700
+        assert gc.get_threshold() == (max(GC_GEN0_THRESHOLD, threshold[0]), *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 # ---- a socket bound up front; "ready" only once the app has started and the socket listens -------

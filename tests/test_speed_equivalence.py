@@ -418,3 +418,76 @@ def test_ascii_stand_in_replaces_like_one_translate(distinct: int) -> None:
     assert len(set(text) - set(string.printable)) == distinct
     want = text.translate({ord(c): "\x1c" if c.isspace() else "\x01" for c in chars})
     assert F._ascii_stand_in(text) == want
+
+
+# ---- estimator kernels: the code before the request-path streamlining (verbatim, for reference) --
+def _ref_mlp_predict(est, X) -> np.ndarray:
+    Z = np.concatenate((X.emb, X.extra), axis=1, dtype=np.float64)
+    np.subtract(Z, est.mu_, out=Z)
+    np.divide(Z, est.sd_, out=Z)
+    p = est.params_
+    A = Z.astype(np.float32) @ p["W1"]
+    A += p["b1"]
+    np.maximum(A, 0.0, out=A)
+    S = A @ p["W2"]
+    S += p["b2"]
+    S *= np.float32(0.5)
+    np.tanh(S, out=S)
+    S += np.float32(1.0)
+    S *= np.float32(0.5)
+    return S.astype(np.float64)
+
+
+def _ref_regime_predict(head, X) -> np.ndarray:
+    from llmroute.estimators.regime import _softmax
+
+    z = X.emb @ head.W_[: head.n_emb_].astype(X.emb.dtype)
+    if X.extra.shape[1]:
+        z = z + X.extra @ head.W_[head.n_emb_ :].astype(X.extra.dtype)
+    return _softmax(np.asarray(z, dtype=np.float64) + head.b_)
+
+
+def _ref_regime_mix(head, q: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    out = probs[:, 0:1] + probs[:, 1:2] * head.ability_[None, :]
+    for k, seen, offset in head._mix_terms():
+        pk = probs[:, 2 + k : 3 + k]
+        if offset is None:
+            out += pk * q
+            continue
+        ref = q[:, seen].mean(axis=1, keepdims=True)
+        rel = np.clip(ref + offset, 0.0, 1.0)
+        out += pk * np.where(seen[None, :], q, rel)
+    return out
+
+
+def test_shipped_router_kernels_equal_the_reference_bit_for_bit() -> None:
+    """The MLP, the regime head and its mixture give the very same bits as before their request-path
+    streamlining (cached weight casts, fused casts, np.mean / np.clip without their wrappers), on
+    the shipped router, for batch sizes the gateway's micro-batcher produces."""
+    from llmroute.router import Router, default_router_path
+
+    r = Router.load(default_router_path())
+    head, est = r.regime_head, r.estimator
+    assert head is not None and any(offset is not None for _, _, offset in head._mix_terms())
+    texts = [t for t in _varied_texts(5) if t] + [f"What is the capital of France? ({i})" for i in range(60)]
+    rng = random.Random(5)
+    rng.shuffle(texts)
+
+    def bits(a: np.ndarray) -> bytes:
+        assert a.dtype == np.float64
+        return a.tobytes()
+
+    k = 0
+    for size in itertools.cycle([1, 2, 3, 5, 12, 31]):
+        if k >= len(texts):
+            break
+        batch, k = texts[k : k + size], k + size
+        X = r.featurize(batch)
+        q = _ref_mlp_predict(est, X)
+        assert bits(est.predict(X)) == bits(q)
+        probs = _ref_regime_predict(head, X)
+        assert bits(head.predict(X)) == bits(probs)
+        np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
+        want = _ref_regime_mix(head, q, probs)
+        assert bits(head.mix(q.copy(), probs)) == bits(want)
+        assert bits(r.estimate_quality(batch)) == bits(want)

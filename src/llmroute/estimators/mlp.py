@@ -232,9 +232,10 @@ class MLPEstimator(QualityEstimator):
         if Z.shape[1] != self.n_features_:
             raise ValueError(f"expected {self.n_features_} feature columns, got {Z.shape[1]}")
         np.subtract(Z, self.mu_, out=Z)
-        np.divide(Z, self.sd_, out=Z)
+        # divided in float64 and rounded to float32 on the way out (= dividing, then astype)
+        Z32 = np.divide(Z, self.sd_, out=np.empty(Z.shape, np.float32), casting="same_kind")
         p = self.params_
-        A = Z.astype(np.float32) @ p["W1"]
+        A = Z32 @ p["W1"]
         A += p["b1"]
         np.maximum(A, 0.0, out=A)
         S = A @ p["W2"]

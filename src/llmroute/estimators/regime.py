@@ -242,10 +242,23 @@ class RegimeHead:
                 f"regime head expects {self.W_.shape[0]} feature columns, got {d} "
                 "(was it fitted with another encoder?)"
             )
-        z = X.emb @ self.W_[: self.n_emb_].astype(X.emb.dtype)
+        w_emb, w_extra = self._weights(X.emb.dtype, X.extra.dtype)
+        z = X.emb @ w_emb
         if X.extra.shape[1]:
-            z = z + X.extra @ self.W_[self.n_emb_ :].astype(X.extra.dtype)
-        return _softmax(np.asarray(z, dtype=np.float64) + self.b_)
+            z = z + X.extra @ w_extra
+        # z is cast to float64 before the bias is added (as np.asarray(z, float64) + b), in one call
+        return _softmax(np.add(z, self.b_, dtype=np.float64))
+
+    def _weights(self, emb_dtype: np.dtype, extra_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """W_'s embedding and hand-feature rows cast to the features' dtypes (float32), cast once
+        per fitted state rather than on every request (the same values as casting each time)."""
+        cached = getattr(self, "_w_cache", None)
+        # keyed on the very W_ array (held, so a new array cannot take its id) and the dtypes
+        if cached is not None and cached[0] is self.W_ and cached[1] == (emb_dtype, extra_dtype):
+            return cached[2]
+        pair = (self.W_[: self.n_emb_].astype(emb_dtype), self.W_[self.n_emb_ :].astype(extra_dtype))
+        self._w_cache = (self.W_, (emb_dtype, extra_dtype), pair)
+        return pair
 
     def mix(self, q: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """The quality mixture for (n, m) estimator quality `q` and `probs` from `predict`."""
@@ -255,8 +268,13 @@ class RegimeHead:
             if offset is None:  # the set saw every model
                 out += pk * q
                 continue
-            ref = q[:, seen].mean(axis=1, keepdims=True)
-            rel = np.clip(ref + offset, 0.0, 1.0)
+            # the mean of the seen columns as np.mean computes it (add.reduce, then divide by the
+            # count) without its Python wrapper; clipping to [0, 1] with maximum/minimum (the clip
+            # ufunc would only differ on -0.0, which adds the same to `out`): the request path
+            # calls this for every batch, where each wrapper costs more than the arithmetic
+            ref = np.add.reduce(q[:, seen], axis=1, keepdims=True)
+            ref /= float(np.count_nonzero(seen))
+            rel = np.minimum(np.maximum(ref + offset, 0.0), 1.0)
             out += pk * np.where(seen[None, :], q, rel)
         return out
 
