@@ -229,6 +229,14 @@ class SQLiteLearnerState:
                 out.append(result)
         return out
 
+    def apply_and_pull(
+        self, outcomes: Sequence[Outcome], after: dict[str, int]
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
+        """`apply(outcomes)`, then per alias of `after` (alias -> last applied seq) its newest
+        base snapshot id and the deltas after that seq: one thread hop for a batch of outcomes."""
+        results = self.apply(outcomes) if outcomes else []
+        return results, {a: (self.latest_base(a), self.deltas(a, seq)) for a, seq in after.items()}
+
     def deltas(self, alias: str, after: int) -> list[Delta]:
         with self.lock:
             rows = self.db.execute(
@@ -349,6 +357,7 @@ class _AliasLearner:
         self.learner = self.fresh()
         self.snapshot_id = 0  # the snapshot this learner started from
         self.seq = 0  # the last delta applied
+        self.snap_seq = 0  # the seq of the newest snapshot known to this worker
         self.decisions = 0
         self.explored = 0
 
@@ -431,6 +440,9 @@ class Learning:
         self.store: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
+        # outcomes waiting for the next batch (group commit): (outcome, future of its result)
+        self._queue: list[tuple[Outcome, asyncio.Future[str]]] = []
+        self._flushing: asyncio.Task[None] | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
         self.metrics: Any = getattr(engine, "metrics", None)  # set by the gateway (GatewayMetrics)
 
@@ -484,6 +496,8 @@ class Learning:
         al.learner = al.configure(learner)
         al.snapshot_id = st.latest_base(al.alias)
         al.seq = snap[1]
+        newest = st.snapshots(al.alias)
+        al.snap_seq = newest[0]["seq"] if newest else snap[1]
         al.apply(st.deltas(al.alias, al.seq))
 
     async def stop(self) -> None:
@@ -505,33 +519,50 @@ class Learning:
             except Exception as e:  # keep routing on the local state
                 log.warning("learner state sync failed (%s); routing on the local state", e)
 
-    async def sync(self) -> None:
-        """Apply the outcomes other workers recorded; reload after a rollback; take a periodic
-        snapshot every `snapshot_every` outcomes."""
-        if self.state is None or self._sync_lock is None:
-            return
+    async def sync(self, outcomes: Sequence[Outcome] = ()) -> list[str]:
+        """Record `outcomes` (see `LearnerState.apply`) and apply every outcome recorded since
+        the last sync, by any worker, in one thread hop; reload after a rollback; take a periodic
+        snapshot every `snapshot_every` outcomes. Returns the outcomes' results."""
+        st = self.state
+        if st is None or self._sync_lock is None:
+            return ["ignored"] * len(outcomes)
         async with self._sync_lock:
-            for al in self.aliases.values():
-                base, deltas = await asyncio.to_thread(self._pull, al)
+            after = {a: al.seq for a, al in self.aliases.items()}
+            results, pulled = await asyncio.to_thread(st.apply_and_pull, list(outcomes), after)
+            for name, (base, deltas) in pulled.items():
+                al = self.aliases[name]
                 if base > al.snapshot_id:
                     await asyncio.to_thread(self._load, al)
                     continue
                 al.apply(deltas)
-                await self._maybe_snapshot(al)
+                if al.seq - al.snap_seq >= al.cfg.snapshot_every:
+                    data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
+                    al.snap_seq = seq
+                    await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+            return results
 
-    def _pull(self, al: _AliasLearner) -> tuple[int, list[Delta]]:
-        st = self.state
-        assert st is not None
-        return st.latest_base(al.alias), st.deltas(al.alias, al.seq)
+    def _enqueue(self, o: Outcome) -> asyncio.Future[str]:
+        """Queue an outcome for the next batch (outcomes arriving together share one SQLite
+        transaction and one replay)."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append((o, fut))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return fut
 
-    async def _maybe_snapshot(self, al: _AliasLearner) -> None:
-        st = self.state
-        assert st is not None
-        last = st.snapshots(al.alias)
-        last_seq = last[0]["seq"] if last else 0
-        if al.seq - last_seq >= al.cfg.snapshot_every:
-            data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
-            await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await self.sync([o for o, _ in batch])
+            except Exception as e:
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for (_, f), r in zip(batch, results, strict=True):
+                if not f.done():
+                    f.set_result(r)
 
     async def snapshot_now(self, alias: str) -> int | None:
         """Snapshot an alias's learner now (on demand); the new snapshot's id."""
@@ -539,8 +570,9 @@ class Learning:
         await self.sync()
         st = self.state
         assert st is not None
-        data = al.learner.to_bytes()
-        return await asyncio.to_thread(st.snapshot, alias, al.seq, data, "manual", float(al.learner.n_.sum()))
+        data, seq = al.learner.to_bytes(), al.seq
+        al.snap_seq = seq
+        return await asyncio.to_thread(st.snapshot, alias, seq, data, "manual", float(al.learner.n_.sum()))
 
     # ---- deciding ----------------------------------------------------------------------------
     def decide(self, ctx: RequestContext, d: RouteDecision) -> None:
@@ -549,23 +581,29 @@ class Learning:
         if al is None or d.model not in al.index or not d.policy:
             return
         lr = al.learner
-        ranked = set(d.ranked)
-        q = np.array([d.expected_quality.get(m, math.nan) for m in al.models], dtype=np.float64)
-        c = np.array([d.expected_cost.get(m, math.nan) for m in al.models], dtype=np.float64)
-        emb = al.embedding(ctx.text)
+        eq, ec = d.expected_quality, d.expected_cost
+        ql = [eq.get(m, math.nan) for m in al.models]
+        cl = [ec.get(m, math.nan) for m in al.models]
+        # the learner's fill of models without estimates (OnlineLearner._fill), in plain Python
+        known_q = [v for v in ql if math.isfinite(v)]
+        known_c = [v for v in cl if math.isfinite(v)]
+        qfill = min(1.0, max(known_q)) if known_q else lr.prior_quality
+        cfill = min(known_c) if known_c else 0.0
+        qf = [v if math.isfinite(v) else qfill for v in ql]
+        cf = [v if math.isfinite(v) else cfill for v in cl]
+        x = lr.context(al.embedding(ctx.text))
         lam = float(d.policy.get("tradeoff") or 0.0)
         al.decisions += 1
         if _explore_ok(ctx, d):
+            ranked = set(d.ranked)
             mask = np.array([m in ranked for m in al.models])
-            ch = lr.choose(emb, q, c, tradeoff=lam, candidates=mask)
+            ch = lr.choose(x, np.array(qf), np.array(cf), tradeoff=lam, candidates=mask, context=x)
             model, prop, explored, greedy = ch.model, ch.propensity, ch.explored, ch.greedy
             if model != d.model:
                 d.ranked = [model] + [m for m in d.ranked if m != model]
                 d.model = model
         else:
             model, prop, explored, greedy = d.model, 1.0, False, d.model
-        qf, cf = lr._fill(q, c)
-        x = lr.context(emb)
         if explored:
             al.explored += 1
         if self.metrics is not None:
@@ -579,9 +617,9 @@ class Learning:
                 "lambda": lam,
                 "chosen": model,
                 "greedy": greedy,
-                "x": [round(float(v), 6) for v in x],
-                "q0": {m: float(qf[i]) for i, m in enumerate(al.models)},
-                "c0": {m: float(cf[i]) for i, m in enumerate(al.models)},
+                "x": x.round(6).tolist(),
+                "q0": dict(zip(al.models, qf, strict=True)),
+                "c0": dict(zip(al.models, cf, strict=True)),
             },
         }
 
@@ -619,13 +657,11 @@ class Learning:
             source=source,
             explicit=source == EXPLICIT,
         )
-        result = (await asyncio.to_thread(self.state.apply, [o]))[0]
+        result = await self._enqueue(o)
         key = (al.alias, source, result)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
         if self.metrics is not None:
             self.metrics.observe_learning_outcome(*key)
-        if result != "ignored":
-            await self.sync()
         return result
 
     def stats(self) -> dict[str, Any]:

@@ -228,12 +228,14 @@ class OnlineLearner:
         *,
         tradeoff: float | None = None,
         candidates: np.ndarray | None = None,
+        context: np.ndarray | None = None,
     ) -> Choice:
         """Choose a model for one prompt (its embedding and the offline estimates per model;
-        NaN = no profile). `candidates`: a boolean mask of allowed models (default all)."""
+        NaN = no profile). `candidates`: a boolean mask of allowed models (default all);
+        `context`: `self.context(embedding)` when the caller has it already."""
         lam = self.tradeoff if tradeoff is None else float(tradeoff)
         qf, cf = self._fill(q_base, c_base)
-        x = self.contexts(self.context(embedding), qf)
+        x = self.contexts(self.context(embedding) if context is None else context, qf)
         q, sd, c = self.estimate(x, qf, cf)
         mean = q - lam * c
         allowed = np.ones(len(self.models), bool) if candidates is None else np.asarray(candidates, bool)
