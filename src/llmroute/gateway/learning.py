@@ -114,6 +114,20 @@ class LearnerState(Protocol):
         """The alias's terms with a sequence number above `after`, in order."""
         ...
 
+    def apply_and_pull(
+        self, outcomes: Sequence[Outcome], after: dict[str, int]
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
+        """`apply`, then per alias (-> last applied seq) its newest base id and new deltas."""
+        ...
+
+    def head(self, alias: str) -> int:
+        """The alias's newest delta sequence number (0: none)."""
+        ...
+
+    def rollback(self, alias: str, snapshot_id: int) -> int:
+        """Make a snapshot the alias's state again (a new "rollback" snapshot); its id."""
+        ...
+
     def snapshot(self, alias: str, seq: int, data: bytes, kind: str) -> int | None:
         """Store a learner snapshot that includes the terms up to `seq`; its id (None: one of
         this kind at this seq exists)."""
@@ -407,6 +421,31 @@ class _AliasLearner:
             self.seq = d.seq
 
 
+def _trace_fields(backend: Any, request_id: str) -> dict[str, Any] | None:
+    """What an outcome update reads from a trace row (on the store's writer thread): fewer
+    columns and no JSON but the learner's than `TraceStore.get`."""
+    import orjson
+
+    names = ("alias", "model", "status", "cost_usd", "learner")
+    if backend.kind == "sqlite":
+        row = backend.db.execute(
+            "SELECT alias, model, status, cost_usd, learner FROM traces WHERE request_id = ?", (request_id,)
+        ).fetchone()
+    else:
+        row = backend._run(
+            backend.conn.fetchrow(
+                "SELECT alias, model, status, cost_usd, learner::text FROM llmroute_traces "
+                "WHERE request_id = $1",
+                request_id,
+            )
+        )
+    if row is None:
+        return None
+    out = dict(zip(names, tuple(row), strict=True))
+    out["learner"] = orjson.loads(out["learner"]) if out["learner"] else None
+    return out
+
+
 def _explore_ok(ctx: RequestContext, d: RouteDecision) -> bool:
     """Whether a decision may explore: a plain trade-off choice (see the module docstring)."""
     pol = d.policy
@@ -441,7 +480,7 @@ class Learning:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
         # outcomes waiting for the next batch (group commit): (outcome, future of its result)
-        self._queue: list[tuple[Outcome, asyncio.Future[str]]] = []
+        self._queue: list[tuple[tuple[str, float, str], asyncio.Future[tuple[str, str] | None]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
         self.metrics: Any = getattr(engine, "metrics", None)  # set by the gateway (GatewayMetrics)
@@ -519,16 +558,21 @@ class Learning:
             except Exception as e:  # keep routing on the local state
                 log.warning("learner state sync failed (%s); routing on the local state", e)
 
-    async def sync(self, outcomes: Sequence[Outcome] = ()) -> list[str]:
-        """Record `outcomes` (see `LearnerState.apply`) and apply every outcome recorded since
-        the last sync, by any worker, in one thread hop; reload after a rollback; take a periodic
-        snapshot every `snapshot_every` outcomes. Returns the outcomes' results."""
+    async def sync(self, graded: Sequence[tuple[str, float, str]] = ()) -> list[tuple[str, str] | None]:
+        """Learn `graded` outcomes ((request id, score, source) each: the trace row read, the
+        `Outcome` recorded, see `LearnerState.apply`) and apply every outcome recorded since the
+        last sync, by any worker; one hop to the trace store's writer thread for all of it. Then
+        reload after a rollback and take a periodic snapshot every `snapshot_every` outcomes.
+        Returns per graded outcome (alias, result), None when it is not a learning decision."""
         st = self.state
         if st is None or self._sync_lock is None:
-            return ["ignored"] * len(outcomes)
+            return [None] * len(graded)
         async with self._sync_lock:
             after = {a: al.seq for a, al in self.aliases.items()}
-            results, pulled = await asyncio.to_thread(st.apply_and_pull, list(outcomes), after)
+            if self.store is not None:
+                results, pulled = await self.store.arun(lambda backend: self._work(backend, graded, after))
+            else:
+                results, pulled = await asyncio.to_thread(self._work, None, graded, after)
             for name, (base, deltas) in pulled.items():
                 al = self.aliases[name]
                 if base > al.snapshot_id:
@@ -541,11 +585,59 @@ class Learning:
                     await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
             return results
 
-    def _enqueue(self, o: Outcome) -> asyncio.Future[str]:
-        """Queue an outcome for the next batch (outcomes arriving together share one SQLite
-        transaction and one replay)."""
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.append((o, fut))
+    def _work(
+        self, backend: Any, graded: Sequence[tuple[str, float, str]], after: dict[str, int]
+    ) -> tuple[list[tuple[str, str] | None], dict[str, tuple[int, list[Delta]]]]:
+        """On the store's writer thread: read the graded requests' trace rows, record their
+        outcomes and pull the deltas after `after`."""
+        st = self.state
+        assert st is not None
+        results: list[tuple[str, str] | None] = [None] * len(graded)
+        outs: list[tuple[int, Outcome]] = []
+        for k, (rid, score, source) in enumerate(graded):
+            row = _trace_fields(backend, rid) if backend is not None else None
+            o = self._outcome(row, rid, score, source)
+            if o is not None:
+                outs.append((k, o))
+        res, pulled = st.apply_and_pull([o for _, o in outs], after)
+        for (k, o), r in zip(outs, res, strict=True):
+            results[k] = (o.alias, r)
+        return results, pulled
+
+    def _outcome(self, row: dict[str, Any] | None, rid: str, score: float, source: str) -> Outcome | None:
+        """The learner's outcome for a request's trace row (None: not a learning decision)."""
+        from llmroute.gateway.outcomes import EXPLICIT
+
+        if row is None or row.get("alias") not in self.aliases:
+            return None
+        al = self.aliases[row["alias"]]
+        feat = row.get("learner")
+        served = row.get("model")
+        if not isinstance(feat, dict) or served not in al.index or served not in feat.get("q0", {}):
+            return None
+        x = np.asarray(feat["x"], dtype=np.float64)
+        q0, c0 = float(feat["q0"][served]), float(feat["c0"][served])
+        if x.shape[0] != al.learner.dim + 2:
+            return None
+        x[-2] = q0 - 0.5  # the served model's own context column (OnlineLearner.contexts)
+        cost = row.get("cost_usd")
+        ok = row.get("status") == 200 and isinstance(cost, int | float) and math.isfinite(c0)
+        return Outcome(
+            alias=al.alias,
+            request_id=rid,
+            model=served,
+            x=x,
+            residual=float(score) - q0,
+            cost_residual=float(cost) - c0 if ok else None,
+            source=source,
+            explicit=source == EXPLICIT,
+        )
+
+    def _enqueue(self, graded: tuple[str, float, str]) -> asyncio.Future[tuple[str, str] | None]:
+        """Queue a graded request for the next batch (outcomes arriving together share one hop
+        to the writer thread, one SQLite transaction and one replay)."""
+        fut: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((graded, fut))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         return fut
@@ -554,7 +646,7 @@ class Learning:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                results = await self.sync([o for o, _ in batch])
+                results = await self.sync([g for g, _ in batch])
             except Exception as e:
                 for _, f in batch:
                     if not f.done():
@@ -627,38 +719,13 @@ class Learning:
     async def outcome(self, request_id: str, score: float, source: str) -> str | None:
         """Learn one outcome of request `request_id` (see the module docstring): "applied",
         "replaced", "ignored", or None when the request is not a learning decision."""
-        from llmroute.gateway.outcomes import EXPLICIT
-
         if self.state is None or self.store is None:
             return None
-        row = await self.store.aget(request_id)
-        if row is None or row.get("alias") not in self.aliases:
+        done = await self._enqueue((request_id, float(score), source))
+        if done is None:
             return None
-        al = self.aliases[row["alias"]]
-        feat = row.get("learner")
-        served = row.get("model")
-        if not isinstance(feat, dict) or served not in al.index or served not in feat.get("q0", {}):
-            return None
-        x = np.asarray(feat["x"], dtype=np.float64)
-        q0, c0 = float(feat["q0"][served]), float(feat["c0"][served])
-        if x.shape[0] != al.learner.dim + 2:
-            return None
-        x = x.copy()
-        x[-2] = q0 - 0.5  # the served model's own context column (OnlineLearner.contexts)
-        cost = row.get("cost_usd")
-        ok = row.get("status") == 200 and isinstance(cost, int | float) and math.isfinite(c0)
-        o = Outcome(
-            alias=al.alias,
-            request_id=request_id,
-            model=served,
-            x=x,
-            residual=float(score) - q0,
-            cost_residual=float(cost) - c0 if ok else None,
-            source=source,
-            explicit=source == EXPLICIT,
-        )
-        result = await self._enqueue(o)
-        key = (al.alias, source, result)
+        alias, result = done
+        key = (alias, source, result)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
         if self.metrics is not None:
             self.metrics.observe_learning_outcome(*key)
