@@ -10,9 +10,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
                body_timeout_s, keep_alive_s, max_connections, ca_bundle, proxy}
-    models:   [{name, provider: openai|anthropic|replay|<preset> (llmroute.gateway.providers: azure,
+    models:   [{name, provider: openai|anthropic|bedrock|replay|<preset> (llmroute.gateway.providers: azure,
                 gemini, mistral, groq, together, deepseek, openrouter, vllm, ollama, llamacpp),
-                base_url, api_key_env, api_version, deployment, upstream_model,
+                base_url, api_key_env, api_version, deployment, region (bedrock), upstream_model,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
@@ -195,8 +195,10 @@ class ModelConfig(_Strict):
         "vllm",
         "ollama",
         "llamacpp",
-    ] = Field("openai", description="openai, anthropic, replay, or an OpenAI-compatible preset")
+        "bedrock",
+    ] = Field("openai", description="openai, anthropic, replay, bedrock, or an OpenAI-compatible preset")
     base_url: str | None = None
+    region: str | None = Field(None, description="bedrock: the AWS region, e.g. us-east-1")
     api_version: str | None = Field(None, description="azure: the api-version query (default 2024-10-21)")
     deployment: str | None = Field(
         None, description="azure: the deployment (default: upstream_model, else name)"
@@ -231,6 +233,10 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if (self.api_version or self.deployment) and self.provider != "azure":
             raise ValueError("api_version and deployment apply to provider 'azure' only")
+        if (self.region is not None) != (self.provider == "bedrock"):
+            raise ValueError("provider 'bedrock' needs region (e.g. us-east-1); other providers take none")
+        if self.provider == "bedrock" and not self.base_url:
+            self.base_url = f"https://bedrock-runtime.{self.region}.amazonaws.com"
         preset = PRESETS.get(self.provider)
         if preset is not None:
             if not self.base_url:
@@ -242,7 +248,7 @@ class ModelConfig(_Strict):
                 self.base_url = preset.base_url
             if self.api_key_env is None:
                 self.api_key_env = preset.api_key_env
-        if self.provider in ("openai", "anthropic", *PRESETS):
+        if self.provider in ("openai", "anthropic", "bedrock", *PRESETS):
             if not self.base_url:
                 self.base_url = (
                     "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"
@@ -262,9 +268,9 @@ class ModelConfig(_Strict):
 
     @property
     def api(self) -> str:
-        """The upstream API: "openai" (OpenAI and every OpenAI-compatible preset), "anthropic" or
-        "replay"."""
-        return self.provider if self.provider in ("anthropic", "replay") else "openai"
+        """The upstream API: "openai" (OpenAI and every OpenAI-compatible preset), "anthropic",
+        "bedrock" or "replay"."""
+        return self.provider if self.provider in ("anthropic", "bedrock", "replay") else "openai"
 
     def auth_headers(self, key: str) -> dict[str, str]:
         """The headers that carry the API key `key` to this model's upstream (`Authorization:

@@ -1,4 +1,5 @@
-"""Upstream backends: OpenAI-compatible HTTP, Anthropic Messages, and replay of recorded responses."""
+"""Upstream backends: OpenAI-compatible HTTP, Anthropic Messages, AWS Bedrock (Converse), and replay
+of recorded responses."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def make_backend(
         from llmroute.gateway.backends.openai import OpenAIBackend
 
         return OpenAIBackend(cfg)
+    if cfg.provider == "bedrock":  # optional: needs botocore
+        from llmroute.gateway.backends.bedrock import BedrockBackend
+
+        return BedrockBackend(cfg)
     if cfg.provider == "anthropic":
         from llmroute.gateway.backends.anthropic import AnthropicBackend
 
