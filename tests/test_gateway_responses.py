@@ -312,3 +312,37 @@ def test_translation_units() -> None:
     enc.feed({"choices": [{"index": 0, "delta": {"content": "ab"}, "finish_reason": "length"}]})
     tail = enc.finish().decode()
     assert "event: response.incomplete" in tail and '"reason":"max_output_tokens"' in tail
+
+
+def test_cache_replay_and_cascade_answer_as_responses(fake_server: Any, tmp_path: Any) -> None:
+    """A cached chat answer is replayed as a response and as response.* events; a cascade alias
+    answers through the same family."""
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["cache"] = {
+        "backend": "sqlite",
+        "path": str(tmp_path / "cache.sqlite"),
+        "ttl_s": 600,
+        "threshold": 0.9,
+    }
+    cfg["aliases"]["c/two"] = {
+        "candidates": ["fake-weak", "fake-strong"],
+        "cascade": {"models": ["fake-weak", "fake-strong"], "max_steps": 2},
+    }
+    with run_gateway(cfg, routers={"default": StubRouter()}) as url:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=30)
+        q = "How do I parse a CSV file in Go?"
+        first = c.responses.with_raw_response.create(model="llmroute/auto", input=q)
+        assert "cache: miss" in first.headers["x-llmroute-reason"]
+        text = first.parse().output_text
+        calls = sum(fake_server.state.counts.values())
+        again = c.responses.with_raw_response.create(model="llmroute/auto", input=q)
+        assert "cache: hit;kind=exact" in again.headers["x-llmroute-reason"]
+        assert again.parse().output_text == text and again.parse().object == "response"
+        events = list(c.responses.create(model="llmroute/auto", input=q, stream=True))
+        assert events[0].type == "response.created" and events[-1].type == "response.completed"
+        assert events[-1].response.output_text == text
+        assert sum(fake_server.state.counts.values()) == calls  # both answered from the cache
+        r = c.responses.with_raw_response.create(model="c/two", input="What is the capital of France?")
+        assert r.parse().output_text and r.headers["x-llmroute-model"] in ("fake-weak", "fake-strong")
+        events = list(c.responses.create(model="c/two", input="Name a prime number.", stream=True))
+        assert events[-1].type == "response.completed" and events[-1].response.output_text
