@@ -190,3 +190,17 @@ def test_a_console_error_is_caught(browser: Any, gw: Any) -> None:
         p.page.evaluate("() => console.error('bad')")
     p.ctx.close()
     assert any("boom" in e for e in p.errors) and any("bad" in e for e in p.errors)
+
+
+def test_dashboard_benchmark_runs_on_a_small_store(tmp_path: Path) -> None:
+    """benchmarks/dashboard.py end to end on 300 traces (server time and first paint per page)."""
+    from ui_fixtures import bench
+
+    out = tmp_path / "dashboard.json"
+    result = bench().main(
+        ["--traces", "300", "--repeats", "1", "--no-md", "--out", str(out), "--chromium", CHROMIUM]
+    )
+    assert out.exists() and result["traces"] == 300
+    pages = {r["page"] for r in result["pages"]}
+    assert {"/ui", "/ui/decisions", "/ui/decision", "/ui/quality", "/ui/playground", "/ui/router"} <= pages
+    assert all(r["server_ms_median"] >= 0 and r["fcp_ms_median"] > 0 for r in result["pages"])
