@@ -13,6 +13,8 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     models:   [{name, provider: openai|anthropic|bedrock|replay|<preset> (llmroute.gateway.providers: azure,
                 gemini, mistral, groq, together, deepseek, openrouter, vllm, ollama, llamacpp),
                 base_url, api_key_env, api_version, deployment, region (bedrock), upstream_model,
+                deployments: [{name, base_url, api_key_env, upstream_model, deployment, api_version,
+                region, headers, weight, max_concurrency}], balance: weighted|least_busy|latency,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
                 router_model, replay_table, replay_model, headers, ca_bundle, proxy}]
     routers:  {name: "path/to/router" | "builtin:default"}
@@ -41,7 +43,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -177,6 +179,25 @@ class ServerConfig(_Strict):
         return _check_proxy(v)
 
 
+class DeploymentConfig(_Strict):
+    """One deployment of a model (`models[].deployments`): where it runs, with the model's other
+    settings; the fields given here replace the model's."""
+
+    name: str | None = Field(None, description="a label for logs and traces (default: <model>#<i>)")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    deployment: str | None = Field(None, description="azure: the deployment name")
+    api_version: str | None = None
+    region: str | None = Field(None, description="bedrock: the AWS region")
+    headers: dict[str, str] | None = None
+    weight: float = Field(1.0, gt=0, description="share of requests (balance: weighted)")
+    max_concurrency: int | None = Field(None, gt=0, description="in-flight requests on this deployment")
+
+    #: the fields that are not the model's
+    OWN: ClassVar[frozenset[str]] = frozenset({"name", "weight"})
+
+
 class ModelConfig(_Strict):
     """One upstream model the gateway can call."""
 
@@ -223,6 +244,15 @@ class ModelConfig(_Strict):
         None, description="PEM CA file for this upstream (default: server.ca_bundle)"
     )
     proxy: str | None = Field(None, description="'env', 'none' or a proxy URL (default: server.proxy)")
+    deployments: list[DeploymentConfig] | None = Field(
+        None,
+        min_length=1,
+        description="several deployments behind this model's name (each with its own limit and breaker)",
+    )
+    balance: Literal["weighted", "least_busy", "latency"] = Field(
+        "weighted",
+        description="how a deployment is picked: weighted random, fewest in flight, lowest recent latency",
+    )
 
     @field_validator("proxy")
     @classmethod
@@ -259,12 +289,37 @@ class ModelConfig(_Strict):
                 raise ValueError(f"base_url must start with http:// or https:// (got {scheme!r})")
         if self.provider == "replay" and not self.replay_table:
             raise ValueError("provider 'replay' needs replay_table (a routing table file or folder)")
+        if self.deployments:
+            if self.api != "openai":
+                raise ValueError("deployments are supported on OpenAI-compatible providers only")
+            self.deployment_configs()  # each one valid
         if self.provider == "azure":
             assert self.base_url is not None
             self.base_url = azure_base_url(
                 self.base_url, self.deployment or self.upstream, self.api_version or AZURE_API_VERSION
             )
         return self
+
+    def deployment_configs(self) -> list[ModelConfig]:
+        """One model config per entry of `deployments` (this model's settings with the entry's
+        fields; the name `<model>#<i>` or the entry's); [] without deployments. ValueError names
+        the entry at fault."""
+        out: list[ModelConfig] = []
+        base = self.model_dump(exclude={"deployments", "balance"}, exclude_none=True)
+        base["upstream_model"] = self.upstream  # not the entry's label
+        raw_url = base.pop("base_url", None) if self.provider == "azure" else None  # rebuilt below
+        for i, d in enumerate(self.deployments or ()):
+            fields = d.model_dump(exclude=DeploymentConfig.OWN, exclude_none=True)
+            if self.provider == "azure" and "base_url" not in fields:
+                fields["base_url"] = (raw_url or "").split("/openai/deployments/")[0]
+            try:
+                out.append(
+                    ModelConfig.model_validate({**base, **fields, "name": d.name or f"{self.name}#{i}"})
+                )
+            except ValidationError as e:
+                why = "; ".join(str(x["msg"]) for x in e.errors())
+                raise ValueError(f"deployments[{i}]: {why}") from None
+        return out
 
     @property
     def api(self) -> str:

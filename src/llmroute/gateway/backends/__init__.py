@@ -14,7 +14,25 @@ __all__ = ["Backend", "BackendError", "classify_status", "make_backend", "make_b
 def make_backend(
     cfg: ModelConfig, replay_cache: dict[str, object] | None = None, base: GatewayConfig | None = None
 ) -> Backend:
-    """The backend object for one configured model (not started yet)."""
+    """The backend object for one configured model (not started yet); a model with `deployments`
+    gets a `BalancedBackend` over one backend per deployment."""
+    if cfg.deployments:
+        from llmroute.gateway.backends.balanced import BalancedBackend, Deployment
+        from llmroute.gateway.reliability import CircuitBreaker
+
+        srv = base.server if base is not None else None
+        members = [
+            Deployment(
+                make_backend(d, replay_cache, base),
+                weight=entry.weight,
+                limit=d.max_concurrency,
+                breaker=CircuitBreaker(
+                    srv.breaker_failures if srv else 5, srv.breaker_cooldown_s if srv else 10.0
+                ),
+            )
+            for d, entry in zip(cfg.deployment_configs(), cfg.deployments, strict=True)
+        ]
+        return BalancedBackend(cfg, members)  # type: ignore[return-value]
     if cfg.api == "openai":  # OpenAI and every OpenAI-compatible preset
         from llmroute.gateway.backends.openai import OpenAIBackend
 
