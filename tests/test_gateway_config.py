@@ -58,7 +58,7 @@ def test_strings_without_placeholders_are_unchanged(s: str) -> None:
     ("mutate", "needle"),
     [
         (
-            lambda c: c["models"][0].update(provider="bedrock"),
+            lambda c: c["models"][0].update(provider="watsonx"),
             "models.0.provider: Input should be 'openai', 'anthropic', 'replay', 'azure', 'gemini'",
         ),
         (lambda c: c["models"][0].update(colour="red"), "models.0.colour: unknown field"),
@@ -151,7 +151,7 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 
 def test_serve_bad_config_exits_with_field_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"models": [{"name": "a", "provider": "bedrock"}]}))
+    bad.write_text(yaml.safe_dump({"models": [{"name": "a", "provider": "watsonx"}]}))
     r = subprocess.run([LLMROUTE, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "models.0.provider" in r.stderr and "'openai', 'anthropic', 'replay', 'azure'" in r.stderr
