@@ -140,6 +140,7 @@ _TRACE_HEADERS = (
     ("x-llmroute-reason", "why that model"),
     ("x-llmroute-constraint", "with max_cost/min_quality: 'met' or which limit no candidate meets"),
     ("x-llmroute-rule", "the rules that changed this request's policy"),
+    ("x-llmroute-sticky", "on a sticky alias: new, held model=M gain=G margin=X, or broken model=M reason=R"),
     ("x-llmroute-tradeoff", "the trade-off a rule set"),
 )
 
