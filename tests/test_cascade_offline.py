@@ -5,6 +5,7 @@ is always right."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -197,3 +198,31 @@ def test_a_table_without_responses_is_refused_with_a_hint() -> None:
 def test_unknown_signal_is_refused() -> None:
     with pytest.raises(ValueError, match="choose from"):
         Reestimator(signals=["magic"])
+
+
+def test_cli_eval_cascade_writes_curves_beside_one_shot_routers(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmroute.cli import app
+
+    table, _ = synthetic(200)
+    data = tmp_path / "t.parquet"
+    table.df.to_parquet(data)
+    out = tmp_path / "run"
+    args = ["eval", "--data", str(data), "--routers", "knn", "--folds", "2", "--latency-prompts", "0"]
+    res = CliRunner().invoke(
+        app, [*args, "--no-progress", "--out", str(out), "--cascade", "--max-steps", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "results.json").read_text())
+    cas = doc["cascades"]["cascade"]
+    assert cas["max_steps"] == 2 and cas["prior_router"] == "knn" and cas["folds"] == 2
+    assert cas["signals"] == ["checks", "learned", "agreement"]
+    assert cas["gap_closed"] > doc["routers"]["knn"]["gap_closed"]
+    html = (out / "report.html").read_text()
+    assert "<h3>Cascades</h3>" in html and "every call made" in html
+    assert "gap closed" in res.output and "every call paid" in res.output
+    bad = CliRunner().invoke(app, [*args, "--cascade", "--verifier", "magic"])
+    assert bad.exit_code != 0 and "choose from" in bad.output

@@ -149,12 +149,40 @@ def eval_cmd(
         int, typer.Option(min=0, help="Held-out prompts timed with router.route.")
     ] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="Also cross-validate a cascade on the table's stored responses (first model from the "
+            "first of --routers or the cheapest, re-estimated after each answer; every call is paid).",
+        ),
+    ] = False,
+    verifier: Annotated[
+        str,
+        typer.Option(help="Cascade answer signals: comma-separated of checks, learned, agreement; or none."),
+    ] = "checks,learned,agreement",
+    max_steps: Annotated[int, typer.Option(min=1, help="Cascade: most answers per prompt.")] = 3,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Cascade: cost ceiling per prompt (USD, estimated before each call)."),
+    ] = None,
 ) -> None:
     """Cross-validated evaluation: curves, AIQ, gap closed, APGR/CPT, decision latency.
 
     With --router FILE: score that trained router on --data as it is (no CV): the same curve,
-    metrics and report, for a table the router never saw.
+    metrics and report, for a table the router never saw. With --cascade: cascade curves beside
+    the one-shot routers (tables with a response column).
     """
+    signals = [] if verifier.strip() == "none" else [v.strip() for v in verifier.split(",") if v.strip()]
+    from llmroute.cascade.offline import SIGNALS
+
+    bad = [v for v in signals if v not in SIGNALS]
+    if bad:
+        raise typer.BadParameter(
+            f"unknown signal(s) {bad}; choose from {', '.join(SIGNALS)} or none", param_hint="--verifier"
+        )
+    if cascade and router is not None:
+        _fail("--cascade cannot go with --router: a cascade is cross-validated (drop --router)")
     if router is not None:
         given = [
             o
@@ -201,12 +229,43 @@ def eval_cmd(
                 dataset=dataset_name(data, tasks),
                 latency_prompts=latency_prompts,
             )
+            if cascade:
+                res["cascades"] = {
+                    "cascade": _eval_cascade(
+                        table, names[0], folds or 5, seed, encoder, signals, max_steps, max_cost
+                    )
+                }
         return res, write_report(res, out)
 
     res, paths = _run(go)
     _print_summary(res)
     for kind in ("json", "png", "html"):
         typer.echo(f"wrote {paths[kind]}")
+
+
+def _eval_cascade(
+    table: Any,
+    prior: str,
+    folds: int,
+    seed: int,
+    encoder: str | None,
+    signals: list[str],
+    max_steps: int,
+    max_cost: float | None,
+) -> dict:
+    """`llmroute.cascade.offline.evaluate_cascade` with router `prior`'s out-of-fold estimates."""
+    from llmroute.cascade.offline import evaluate_cascade, oof_priors
+    from llmroute.eval.runner import fit_router, with_cost_fallback
+
+    table, _ = with_cost_fallback(table)
+
+    def factory(tr: Any, enc: Any, s: int) -> Any:
+        return fit_router(prior, tr, enc, s)
+
+    pri = oof_priors(table, factory, folds=folds, seed=seed, encoder=encoder or "static-minilm")
+    res = evaluate_cascade(table, priors=pri, signals=signals, max_steps=max_steps, max_cost_usd=max_cost)
+    res["prior_router"] = prior
+    return res
 
 
 def _cell(x: Any, digits: int = 3) -> str:
@@ -246,6 +305,14 @@ def _print_summary(res: dict) -> None:
         t.add_row(*cells)
     con = Console(width=None if sys.stdout.isatty() else 160)
     con.print(t)
+    for name, c in (res.get("cascades") or {}).items():
+        one = c.get("one_shot") or {}
+        con.print(
+            f"{name} ({', '.join(c['signals']) or 'priors only'}; max {c['max_steps']} steps; every call paid): "
+            f"AIQ {_cell(c['aiq'], 4)} · gap closed {_cell(c['gap_closed'])} · cost ratio "
+            f"{_cell(c['cost_ratio_at_best_quality'])} · one-shot {c.get('prior_router', '')} on the same "
+            f"estimates: AIQ {_cell(one.get('aiq'), 4)}"
+        )
     best = base["best_single"]
     con.print(
         f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"

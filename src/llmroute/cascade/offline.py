@@ -6,12 +6,12 @@ pays. After every answer the evidence re-estimates the models (cascade routing, 
 al. 2025):
 
 - `Reestimator.called`: P(a called model's answer is right | its router prior, the answer's
-  verifier scores, how many other called answers agree or disagree with it) - a gradient-boosted
-  classifier fitted on the training prompts;
+  verifier scores, how many other called answers agree or disagree with it) - a logistic
+  regression on these features and their pairwise products, fitted on the training prompts;
 - `Reestimator.gains`: the expected quality gain of calling model j next (served answer after
   the call minus served answer now; the served answer is always the called one with the highest
   P(right)) given j's prior and the evidence so far (best P(right), its shift from the prior,
-  agreement among the called answers) - a gradient-boosted regressor on the same prompts.
+  agreement among the called answers) - a ridge regression on the same kind of features.
 
 The policy (`run_policy`) escalates to argmax_j gain_j - lambda * c_hat_j while that is > 0 and
 the best P(right) is below the threshold tau, within `max_steps` answers and `max_cost_usd`
@@ -34,6 +34,7 @@ called models, weighted by their priors). With no signal the re-estimator sees o
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -190,7 +191,8 @@ def _agreement(S: np.ndarray, codes: np.ndarray, q: np.ndarray) -> tuple[np.ndar
 class Reestimator:
     """Re-estimates models after answers (see the module docstring); fitted per CV fold.
 
-    Hyper-parameters in `__init__`; `fit` learns `called_` (P(right) of a called answer) and
+    Hyper-parameters in `__init__` (`c`: inverse L2 strength of the P(right) model, `alpha`:
+    ridge strength of the gain model); `fit` learns `called_` (P(right) of a called answer) and
     `gain_` (expected gain of calling a model next) and the per-fold learned verifier `lv_`.
     """
 
@@ -200,6 +202,8 @@ class Reestimator:
         max_steps: int = 3,
         states_per_prompt: int = 2,
         seed: int = 0,
+        c: float = 1.0,
+        alpha: float = 1.0,
     ) -> None:
         bad = [s for s in signals if s not in SIGNALS]
         if bad:
@@ -210,6 +214,8 @@ class Reestimator:
         self.max_steps = max_steps
         self.states_per_prompt = states_per_prompt
         self.seed = seed
+        self.c = c
+        self.alpha = alpha
 
     # ---- features ------------------------------------------------------------------------------
     def _verifier(self, ev: Evidence) -> np.ndarray:
@@ -296,8 +302,9 @@ class Reestimator:
             return self._fit(q, ev, Q)
 
     def _fit(self, q: np.ndarray, ev: Evidence, Q: np.ndarray) -> Reestimator:
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
         n, m = q.shape
         rng = np.random.default_rng(self.seed)
@@ -328,9 +335,12 @@ class Reestimator:
             xs.append(x[keep])
             ys.append(y_all[rep, j][keep])
         x, y = np.concatenate(xs), np.concatenate(ys)
-        params = {"max_iter": 150, "max_leaf_nodes": 15, "min_samples_leaf": 40, "early_stopping": False}
         if 0 < y.sum() < len(y):
-            self.called_: Any = HistGradientBoostingClassifier(random_state=self.seed, **params).fit(x, y)
+            self.called_: Any = make_pipeline(
+                PolynomialFeatures(2, include_bias=False),
+                StandardScaler(),
+                LogisticRegression(C=self.c, max_iter=2000),
+            ).fit(x, y)
         else:
             self.called_ = _Constant(float(y.mean()) if len(y) else 0.5)
         # gain of calling j next: served quality after minus before (served = best P(right))
@@ -353,9 +363,9 @@ class Reestimator:
             gx.append(xall[todo, j][keep])
             gy.append(g[keep])
         self.gain_: Any = (
-            HistGradientBoostingRegressor(random_state=self.seed, **params).fit(
-                np.concatenate(gx), np.concatenate(gy)
-            )
+            make_pipeline(
+                PolynomialFeatures(2, include_bias=False), StandardScaler(), Ridge(alpha=self.alpha)
+            ).fit(np.concatenate(gx), np.concatenate(gy))
             if gx and sum(len(g) for g in gy) > 0
             else _Constant(0.0)
         )
@@ -378,12 +388,18 @@ class Reestimator:
         return out
 
 
-def _one_thread() -> Any:
-    """Limit OpenMP/BLAS to one thread: the small gradient-boosting fits and predictions here
-    are many and short, and thread start-up and contention would dominate them."""
-    from threadpoolctl import threadpool_limits
+@functools.cache
+def _controller() -> Any:
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(1)
+    return ThreadpoolController()
+
+
+def _one_thread() -> Any:
+    """Limit OpenMP/BLAS to one thread: the fits and predictions here are many and small, and
+    thread start-up and contention would dominate them (the controller is built once: it scans
+    the loaded libraries)."""
+    return _controller().limit(limits=1)
 
 
 class _Constant:

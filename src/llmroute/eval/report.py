@@ -159,6 +159,20 @@ def curves_figure(results: dict | Sequence[dict]) -> Any:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ms=5, lw=2.0, label=name)
                 ys += [p[1] for p in pts]
                 lines.append([(p[0], p[1]) for p in pts])
+        for name, cr in (res.get("cascades") or {}).items():
+            pts = sorted(cr["curve"])  # the hull of the cascade's swept points, every call paid
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    "-.",
+                    marker="^",
+                    ms=5,
+                    lw=2.0,
+                    label=f"{name} (cascade)",
+                )
+                ys += [p[1] for p in pts]
+                lines.append([(p[0], p[1]) for p in pts])
         orc = sorted(base.get("oracle", {}).get("curve", []))
         if orc:
             ax.plot([p[0] for p in orc], [p[1] for p in orc], "k--", lw=1.3, label="oracle")
@@ -272,6 +286,20 @@ def _view(res: dict) -> dict:
     ]
     orc = base.get("oracle", {})
     two = len(res["models"]) == 2
+    cascades = [
+        {
+            "name": name,
+            "signals": ", ".join(c["signals"]) or "none (priors only)",
+            "max_steps": c["max_steps"],
+            "max_cost": _fmt(c.get("max_cost_usd"), 6),
+            "aiq": _fmt(c["aiq"], 4),
+            "gap_closed": _fmt(c["gap_closed"], small=False),
+            "cost_ratio": _fmt(c["cost_ratio_at_best_quality"]),
+            "max_quality": _fmt(c["max_quality"], 4),
+            "one_shot_aiq": _fmt((c.get("one_shot") or {}).get("aiq"), 4),
+        }
+        for name, c in (res.get("cascades") or {}).items()
+    ]
     return {
         "dataset": res["dataset"],
         "n_prompts": res["n_prompts"],
@@ -292,6 +320,7 @@ def _view(res: dict) -> dict:
             "cost": _fmt(orc.get("cost"), 6),
             "aiq": _fmt(base["oracle_aiq"], 4),
         },
+        "cascades": cascades,
         "fold_rows": _fold_rows(res, two),
         "tasks": _task_view(res, two),
         "points": _points_view(res),
