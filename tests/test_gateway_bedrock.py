@@ -331,7 +331,7 @@ def test_no_credentials_is_a_501_and_region_is_required(
                 model="claude-bedrock", messages=[{"role": "user", "content": "hi"}]
             )
         assert e.value.status_code == 501 and "AWS_ACCESS_KEY_ID" in str(e.value)
-    with pytest.raises(ConfigError, match="needs region"):
+    with pytest.raises(ConfigError, match="need region"):
         parse_config({"models": [{"name": "b", "provider": "bedrock"}]})
     cfg_ok = parse_config({"models": [{"name": "b", "provider": "bedrock", "region": "eu-west-3"}]})
     assert cfg_ok.models[0].base_url == "https://bedrock-runtime.eu-west-3.amazonaws.com"

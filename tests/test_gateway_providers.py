@@ -68,6 +68,14 @@ KEY_VARS = {
 }
 
 
+try:  # the optional vertex extra
+    import google.auth  # noqa: F401
+
+    _HAS_GOOGLE_AUTH = True
+except ImportError:
+    _HAS_GOOGLE_AUTH = False
+
+
 class LoopThread:
     """An event loop in a daemon thread for the servers; `run(coro)` runs a coroutine on it."""
 
@@ -91,8 +99,28 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
         self.runners: list[web.AppRunner] = []
+        self.http_port = 0
+        #: `POST /token` (plain HTTP): Google's OAuth token endpoint for a service account; the
+        #: JWT assertions it verified (with `token_key`, the account's public key PEM)
+        self.token_key = ""
+        self.assertions: list[dict[str, Any]] = []
+
+    async def _token(self, request: web.Request) -> web.Response:
+        from google.auth import jwt
+
+        form = await request.post()
+        assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        # google-auth addresses its assertions to Google's token endpoint whatever token_uri says
+        aud = "https://oauth2.googleapis.com/token"
+        claims = jwt.decode(str(form["assertion"]), certs=self.token_key, audience=aud)
+        self.assertions.append(claims)
+        return web.json_response(
+            {"access_token": f"ya29.fake-{len(self.assertions)}", "expires_in": 3600, "token_type": "Bearer"}
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            return await self._token(request)
         body = orjson.loads(await request.read())
         scheme = "https" if request.secure else "http"
         url = f"{scheme}://{request.headers['host']}{request.rel_url}"
@@ -140,6 +168,7 @@ class Recorder:
             await site.start()
             self.runners.append(runner)
             ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.http_port = ports[1]
         return ports[0], ports[1]
 
     async def stop(self) -> None:
@@ -189,7 +218,7 @@ class RedirectingProxy:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, str, str]]:
     """(recorder, proxy URL, CA file): a TLS certificate for every preset host."""
     ca = trustme.CA()
-    hosts = ["myres.openai.azure.com", "localhost"]
+    hosts = ["myres.openai.azure.com", "localhost", "us-central1-aiplatform.googleapis.com"]
     hosts += [
         p.base_url.split("/")[2] for p in PRESETS.values() if p.base_url and p.base_url.startswith("https")
     ]
@@ -231,18 +260,57 @@ def _model(preset: str, proxy: str, ca_file: str) -> dict[str, Any]:
 def gw(upstream: tuple[Recorder, str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _, proxy, ca_file = upstream
     tmp = tmp_path_factory.mktemp("providers-gw")
+    vertex = {
+        **_model("vllm", proxy, ca_file),
+        "name": "m-vertex",
+        "provider": "vertex",
+        "region": "us-central1",
+        "project": "my-proj",
+        "upstream_model": "google/gemini-2.0-flash-001",
+    }
+    del vertex["api_key_env"]
     cfg = {
-        "models": [_model(p, proxy, ca_file) for p in PRESETS],
+        "models": [*(_model(p, proxy, ca_file) for p in PRESETS), *([vertex] if _HAS_GOOGLE_AUTH else [])],
         "store": {"url": f"sqlite:///{tmp}/traces.sqlite"},
         "server": {"retries": 0},
     }
     mp = pytest.MonkeyPatch()
     mp.setenv(KEY_ENV, KEY)
+    mp.setenv("GOOGLE_APPLICATION_CREDENTIALS", _service_account(upstream[0], tmp))
+    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
     try:
         with run_gateway(cfg, routers={"default": StubRouter()}) as url:
             yield url
     finally:
         mp.undo()
+
+
+def _service_account(rec: Recorder, tmp: Path) -> str:
+    """A service-account key file whose token endpoint is the recorder's `/token`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    rec.token_key = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    info = {
+        "type": "service_account",
+        "project_id": "my-proj",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "router@my-proj.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": f"http://127.0.0.1:{rec.http_port}/token",
+    }
+    path = tmp / "service-account.json"
+    path.write_bytes(orjson.dumps(info))
+    return str(path)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -338,3 +406,46 @@ def test_missing_preset_key_is_a_clear_501(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(openai.APIStatusError) as e:
             c.chat.completions.create(model="g", messages=[{"role": "user", "content": "hi"}])
         assert e.value.status_code == 501 and "GROQ_API_KEY" in str(e.value)
+
+
+def test_vertex_bearer_token_from_a_service_account(gw: str, upstream: tuple[Recorder, str, str]) -> None:
+    """Vertex AI: the documented OpenAI-compatible URL, and a Google access token obtained with a
+    signed JWT (verified by the fake token endpoint) as the bearer, fetched once and reused."""
+    pytest.importorskip("google.auth")
+    rec = upstream[0]
+    c = openai.OpenAI(base_url=gw, api_key="client-key", max_retries=0, timeout=30)
+    rec.seen.clear()
+    msgs = [{"role": "user", "content": "hi"}]
+    assert c.chat.completions.create(model="m-vertex", messages=msgs).choices[0].message.content == "hello"  # type: ignore[arg-type]
+    chunks = list(c.chat.completions.create(model="m-vertex", messages=msgs, stream=True))  # type: ignore[arg-type]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "hello"
+    url = "https://us-central1-aiplatform.googleapis.com/v1/projects/my-proj/locations/us-central1/endpoints/openapi/chat/completions"
+    assert [s["url"] for s in rec.seen] == [url, url]
+    assert all(s["headers"]["authorization"] == "Bearer ya29.fake-1" for s in rec.seen)
+    assert rec.seen[0]["body"] == {"model": "google/gemini-2.0-flash-001", "messages": msgs}
+    (claims,) = rec.assertions  # one token for both calls
+    assert claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    assert claims["iss"] == "router@my-proj.iam.gserviceaccount.com"
+    with pytest.raises(ConfigError, match="needs project"):
+        parse_config({"models": [{"name": "v", "provider": "vertex", "region": "us-central1"}]})
+    g = parse_config({"models": [{"name": "v", "provider": "vertex", "region": "global", "project": "p"}]})
+    assert (
+        g.models[0].base_url
+        == "https://aiplatform.googleapis.com/v1/projects/p/locations/global/endpoints/openapi"
+    )
+
+
+def test_vertex_without_google_credentials_is_a_clear_501(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("google.auth")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    m = {"name": "v", "provider": "vertex", "region": "us-central1", "project": "p"}
+    with run_gateway(
+        {"models": [m], "store": {"url": "memory://"}}, routers={"default": StubRouter()}
+    ) as url:
+        with pytest.raises(openai.APIStatusError) as e:
+            openai.OpenAI(base_url=url, api_key="x", max_retries=0).chat.completions.create(
+                model="v", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert e.value.status_code == 501 and "GOOGLE_APPLICATION_CREDENTIALS" in str(e.value)

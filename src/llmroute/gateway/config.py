@@ -10,9 +10,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     server:   {max_body_bytes, max_json_depth, request_timeout_s, retries, backoff_s, breaker_failures,
                breaker_cooldown_s, max_header_bytes, max_header_count, header_timeout_s,
                body_timeout_s, keep_alive_s, max_connections, ca_bundle, proxy}
-    models:   [{name, provider: openai|anthropic|bedrock|replay|<preset> (llmroute.gateway.providers: azure,
+    models:   [{name, provider: openai|anthropic|bedrock|vertex|replay|<preset> (llmroute.gateway.providers: azure,
                 gemini, mistral, groq, together, deepseek, openrouter, vllm, ollama, llamacpp),
-                base_url, api_key_env, api_version, deployment, region (bedrock), upstream_model,
+                base_url, api_key_env, api_version, deployment, region, project (vertex), upstream_model,
                 deployments: [{name, base_url, api_key_env, upstream_model, deployment, api_version,
                 region, headers, weight, max_concurrency}], balance: weighted|least_busy|latency,
                 input_per_mtok, output_per_mtok, context_window, timeout_s, max_concurrency,
@@ -217,9 +217,15 @@ class ModelConfig(_Strict):
         "ollama",
         "llamacpp",
         "bedrock",
-    ] = Field("openai", description="openai, anthropic, replay, bedrock, or an OpenAI-compatible preset")
+        "vertex",
+    ] = Field(
+        "openai", description="openai, anthropic, replay, bedrock, vertex, or an OpenAI-compatible preset"
+    )
     base_url: str | None = None
-    region: str | None = Field(None, description="bedrock: the AWS region, e.g. us-east-1")
+    region: str | None = Field(
+        None, description="bedrock: the AWS region (us-east-1); vertex: the location (us-central1, global)"
+    )
+    project: str | None = Field(None, description="vertex: the Google Cloud project id")
     api_version: str | None = Field(None, description="azure: the api-version query (default 2024-10-21)")
     deployment: str | None = Field(
         None, description="azure: the deployment (default: upstream_model, else name)"
@@ -263,10 +269,26 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if (self.api_version or self.deployment) and self.provider != "azure":
             raise ValueError("api_version and deployment apply to provider 'azure' only")
-        if (self.region is not None) != (self.provider == "bedrock"):
-            raise ValueError("provider 'bedrock' needs region (e.g. us-east-1); other providers take none")
+        if (self.region is not None) != (self.provider in ("bedrock", "vertex")):
+            raise ValueError(
+                "providers 'bedrock' and 'vertex' need region (e.g. us-east-1, us-central1); other "
+                "providers take none"
+            )
+        if (self.project is not None) != (self.provider == "vertex"):
+            raise ValueError(
+                "provider 'vertex' needs project (the Google Cloud project id); others take none"
+            )
         if self.provider == "bedrock" and not self.base_url:
             self.base_url = f"https://bedrock-runtime.{self.region}.amazonaws.com"
+        if self.provider == "vertex" and not self.base_url:
+            host = (
+                "aiplatform.googleapis.com"
+                if self.region == "global"
+                else f"{self.region}-aiplatform.googleapis.com"
+            )
+            self.base_url = (
+                f"https://{host}/v1/projects/{self.project}/locations/{self.region}/endpoints/openapi"
+            )
         preset = PRESETS.get(self.provider)
         if preset is not None:
             if not self.base_url:
@@ -278,7 +300,7 @@ class ModelConfig(_Strict):
                 self.base_url = preset.base_url
             if self.api_key_env is None:
                 self.api_key_env = preset.api_key_env
-        if self.provider in ("openai", "anthropic", "bedrock", *PRESETS):
+        if self.provider in ("openai", "anthropic", "bedrock", "vertex", *PRESETS):
             if not self.base_url:
                 self.base_url = (
                     "https://api.openai.com/v1" if self.provider == "openai" else "https://api.anthropic.com"

@@ -5,7 +5,7 @@ Uses the gateway's pooled `HTTPClient` (see `backends.http`); the request body i
 `model` (set to the upstream id) and, for streams, `stream_options.include_usage` (turned on so
 the gateway can account tokens, unless the preset reports usage unasked; the usage chunk is
 dropped again unless the client asked for it). The key goes as `Authorization: Bearer` (Azure:
-`api-key`). `post` / `stream` call the upstream's other endpoints (`/embeddings`, `/completions`).
+`api-key`; Vertex: a Google access token, `backends.google`). `post` / `stream` call the upstream's other endpoints (`/embeddings`, `/completions`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class OpenAIBackend:
         self.headers: dict[str, str] = {"Content-Type": "application/json", **cfg.headers}
         self.key_missing = False
         self.scrub = ErrorScrubber.for_model(cfg)
+        self.token: Any = None  # provider vertex: Google access tokens (backends.google)
+        if cfg.provider == "vertex":
+            from llmroute.gateway.backends.google import GoogleToken
+
+            self.token = GoogleToken(cfg.name)
 
     async def start(self, client: HTTPClient) -> None:
         self.client = model_client(client, self.cfg)
@@ -84,6 +89,8 @@ class OpenAIBackend:
         return out
 
     async def chat(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self.token is not None:
+            self.headers["Authorization"] = await self.token.header()
         payload = orjson.dumps(self._prep(body))
         data = await post_json(
             self.client, self.url, self.headers, payload, self.cfg.name, timeout_s, self.scrub
@@ -95,6 +102,8 @@ class OpenAIBackend:
     async def post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """A non-streamed call of another endpoint of the upstream (`path` below `base_url`, e.g.
         "/embeddings"); the decoded JSON object it answers."""
+        if self.token is not None:
+            self.headers["Authorization"] = await self.token.header()
         payload = orjson.dumps(self._prep(body))
         url = join_url(self.cfg.base_url or "", path)
         data = await post_json(self.client, url, self.headers, payload, self.cfg.name, timeout_s, self.scrub)
@@ -115,6 +124,8 @@ class OpenAIBackend:
     async def _stream(
         self, url: str, body: dict[str, Any], timeout_s: float
     ) -> AsyncIterator[list[dict[str, Any]]]:
+        if self.token is not None:
+            self.headers["Authorization"] = await self.token.header()
         b = self._prep(body)
         b["stream"] = True
         client_usage = bool((b.get("stream_options") or {}).get("include_usage"))
