@@ -227,6 +227,10 @@ def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
         res = runner.invoke(cli, ["learner", "snapshots", "--config", str(path), "--alias", "llmroute/auto"])
         assert res.exit_code == 0, res.output
         assert "initial" in res.output and "periodic" in res.output
+        res = runner.invoke(cli, ["learner", "snapshot", "--config", str(path), "--alias", "llmroute/auto"])
+        assert res.exit_code == 0 and "at seq 4" in res.output, res.output
+        manual = next(s for s in _snapshots(tmp_path) if s["kind"] == "manual")
+        assert manual["outcomes"] == 4 and manual["seq"] == 4
         initial = next(s for s in _snapshots(tmp_path) if s["kind"] == "initial")
         res = runner.invoke(
             cli,

@@ -526,7 +526,16 @@ class Router:
                         self._cache.pop(next(iter(self._cache)), None)
                 self._cache[t] = row
             return row
-        return np.asarray(self.encoder.encode(texts), dtype=np.float32)
+        emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
+        if len(texts) <= 256:
+            # a gateway micro-batch: keep each row, so a later single-text call (the online
+            # learner's context, llmroute.gateway.learning) does not encode the text again
+            for i, t in enumerate(texts):
+                if len(self._cache) >= _CACHE_MAX:
+                    with contextlib.suppress(StopIteration, RuntimeError):
+                        self._cache.pop(next(iter(self._cache)), None)
+                self._cache[t] = emb[i : i + 1].copy()
+        return emb
 
     def featurize(self, texts: Sequence[str]) -> Features:
         """Estimator inputs (embedding + hand-made columns when the estimator uses them)."""
