@@ -253,3 +253,20 @@ def test_a_memory_store_is_read_through_its_writer_thread() -> None:
     assert t.requests == 3 and t.cost_usd == pytest.approx(1.5) and t.saved_usd == 0.0
     assert [d["request_id"] for d in data.decisions(limit=2)] == ["m2", "m1"]
     store.close_sync()
+
+
+def test_a_decision_shows_its_cascade_steps_and_feedback(gw: Any) -> None:
+    import sqlite3
+
+    g, ids, db = gw
+    con = sqlite3.connect(db)
+    rid = con.execute(
+        "SELECT request_id FROM traces WHERE json_extract(extra, '$.cascade.stop') IS NOT NULL LIMIT 1"
+    ).fetchone()[0]
+    con.close()
+    page = httpx.get(g.root + f"/ui/decision?id={rid}", timeout=30).text
+    steps = page[page.index('id="cascade"') : page.index("</table>", page.index('id="cascade"'))]
+    assert steps.count("<tr><td>") == 2 and "below_threshold" in steps and "passed" in steps
+    # the real request that got feedback (0.25) shows it
+    page = httpx.get(g.root + f"/ui/decision?id={ids[-2]}", timeout=30).text
+    assert 'id="outcome"' in page and "0.25" in page
