@@ -226,3 +226,18 @@ def test_cli_eval_cascade_writes_curves_beside_one_shot_routers(tmp_path: Path) 
     assert "gap closed" in res.output and "every call paid" in res.output
     bad = CliRunner().invoke(app, [*args, "--cascade", "--verifier", "magic"])
     assert bad.exit_code != 0 and "choose from" in bad.output
+
+
+def test_cheapest_k_calls_k_models_first_and_serves_the_most_likely_right_answer() -> None:
+    table, _ = synthetic(400)
+    ev = table_evidence(table)
+    train, test = np.arange(300), np.arange(300, 400)
+    re_est, q, c = _fitted(table, train)
+    C = table.cost_matrix()
+    tr = run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1.0, first="cheapest:2", max_steps=2)
+    served, spent, calls = tr.at(0.0)  # no escalation possible: both answers in hand from the start
+    assert (calls == 2).all()
+    np.testing.assert_allclose(spent, C_CHEAP + C_STRONG)
+    assert (table.quality_matrix()[test, served] == 1.0).all()
+    with pytest.raises(ValueError, match="max_steps"):
+        run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1.0, first="cheapest:3", max_steps=2)

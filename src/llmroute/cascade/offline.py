@@ -451,8 +451,9 @@ def run_policy(
 ) -> PolicyTrace:
     """Run the cascade on prompts with prior `q`, estimated cost `c` and true cost `C`.
 
-    Step 1 calls the one-shot pick at `tradeoff` (first='router') or the cheapest estimated model
-    (first='cheapest'). Then, while fewer than `max_steps` answers: call argmax_j gain_j -
+    Step 1 calls the one-shot pick at `tradeoff` (first='router'), the cheapest estimated model
+    (first='cheapest') or the K cheapest at once (first='cheapest:K', K <= max_steps: their
+    answers' agreement is evidence from the start). Then, while fewer than `max_steps` answers: call argmax_j gain_j -
     tradeoff * c_j among models not called whose estimated cost fits `max_cost_usd` (true spend
     so far + c_j), if that is > 0; else stop. Returns the full trace (see `PolicyTrace`).
     """
@@ -461,25 +462,29 @@ def run_policy(
     n, m = q.shape
     rows = np.arange(n)
     lam = float(tradeoff)
-    if first == "router":
-        f = choose(q, c, tradeoff=lam)
-    elif first == "cheapest":
-        f = np.argmin(np.where(np.isfinite(c), c, np.inf), axis=1)
-    else:
-        raise ValueError(f"first must be 'router' or 'cheapest', got {first!r}")
     S = np.zeros((n, m), dtype=bool)
-    S[rows, f] = True
-    spent = np.nan_to_num(C[rows, f])
+    if first == "router":
+        S[rows, choose(q, c, tradeoff=lam)] = True
+    elif first == "cheapest" or first.startswith("cheapest:"):
+        k = int(first.split(":", 1)[1]) if ":" in first else 1
+        if not 1 <= k <= max_steps:
+            raise ValueError(f"first {first!r}: k must be in 1..max_steps ({max_steps})")
+        order = np.argsort(np.where(np.isfinite(c), c, np.inf), axis=1, kind="stable")[:, : min(k, m)]
+        S[rows[:, None], order] = True
+    else:
+        raise ValueError(f"first must be 'router', 'cheapest' or 'cheapest:K', got {first!r}")
+    spent = np.where(S, np.nan_to_num(C), 0.0).sum(axis=1)
     active = np.ones(n, dtype=bool)
     served_l, pbest_l, spent_l, calls_l = [], [], [], []
-    for step in range(max_steps):
+    for _ in range(max_steps):
         P = re_est.called(S, q, ev)
         best = np.argmax(np.where(S, P, -np.inf), axis=1)
         served_l.append(best)
         pbest_l.append(np.where(active, P[rows, best], np.inf))  # a stopped prompt "passes"
         spent_l.append(spent.copy())
         calls_l.append(S.sum(axis=1))
-        if step == max_steps - 1 or not active.any():
+        active &= S.sum(axis=1) < max_steps
+        if not active.any():
             break
         G = re_est.gains(S, P, q, ev)
         pen = 0.0 if lam == 0 else (np.inf if math.isinf(lam) else lam)
@@ -626,6 +631,7 @@ def evaluate_cascade(
     lams = ctx["lambdas"] if lambdas is None else np.asarray(lambdas, dtype=float)
     n = Q.shape[0]
     steps = min(max_steps, len(cols))
+    firsts = [f for f in firsts if ":" not in f or int(f.split(":", 1)[1]) <= steps]
     # per (first, lambda): pooled out-of-fold traces
     served = {(f, k): np.zeros((steps, n), dtype=np.intp) for f in firsts for k in range(len(lams))}
     pbest = {key: np.zeros((steps, n)) for key in served}
