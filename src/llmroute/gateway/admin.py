@@ -295,6 +295,7 @@ class KeyManager:
         POST   /admin/v1/keys           create: {id?, budget_usd_day?, budget_usd_month?, rpm?, aliases?}
                                         -> 201 with the key text (`key`), shown this once
         GET    /admin/v1/keys           list (config and store keys, revoked ones too; never a secret)
+        GET    /admin/v1/keys/{id}      one key, as the list shows it
         PATCH  /admin/v1/keys/{id}      re-budget: any of the limits (null removes one)
         DELETE /admin/v1/keys/{id}      revoke
         GET    /admin/v1/config         the running config, secrets masked
@@ -400,14 +401,14 @@ class KeyManager:
         return getattr(self.gw, "config_path", None) or os.environ.get("LLMROUTE_CONFIG") or None
 
     async def _changed(self, action: str, target: str | None, actor: str, detail: dict[str, Any]) -> None:
-        """After a change is in the store: audit it, apply it here, tell the other workers."""
+        """After a change is in the store: tell the other workers, apply it here, audit it."""
         assert self.keystore is not None
-        await self.keystore.aaudit(action, target, actor, detail)
-        log.info("admin: %s %s by %s %s", action, target or "", actor, orjson.dumps(detail).decode())
         async with self._lock:
             gen = self.generation.bump()
             self._apply(self.config_keys, await self.keystore.alist(revoked=True))
             self.seen = gen
+        log.info("admin: %s %s by %s %s", action, target or "", actor, orjson.dumps(detail).decode())
+        await self.keystore.aaudit(action, target, actor, detail)
 
     def close(self) -> None:
         """Stop polling the key store; release the shared counter."""
