@@ -532,3 +532,17 @@ def test_key_store_on_sqlite_and_postgres(kind: str, tmp_path: Path, request: py
         asyncio.run(go(KeyStore(store)))
     finally:
         store.close_sync()
+
+
+def test_create_refused_when_the_budget_ledger_is_full(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server.base_url, tmp_path)
+    # a ledger file with room for two key ids (the gateway's default is max(64, 2 x keys))
+    SharedLedger(tmp_path / "traces.sqlite.ledger", ["yaml-team"], capacity=2).close()
+    with run_gateway(cfg, routers={"default": StubRouter()}) as h:
+        first = _admin(h, "POST", "/keys", json={"id": "fits"})
+        assert first.status_code == 201 and _chat(h, first.json()["key"]) == "ok"
+        r = _admin(h, "POST", "/keys", json={"id": "no-room"})
+        assert r.status_code == 507 and r.json()["error"]["code"] == "ledger_full"
+        assert "move that file away" in r.json()["error"]["message"]
+        assert "no-room" not in {k["id"] for k in _admin(h, "GET", "/keys").json()["data"]}
+        assert _chat(h, first.json()["key"]) == "ok"

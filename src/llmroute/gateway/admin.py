@@ -541,6 +541,24 @@ class KeyManager:
                 code="key_in_config",
             )
 
+    def _room(self, kid: str, *, rate: bool) -> None:
+        """507 when the budget ledger (or, for a rate limit, the workers' rate ledger) has no slot
+        left for a new key id: refused before anything is stored."""
+        budgets = self.gw.budgets
+        ledgers = [getattr(budgets, "_ledger", None)]
+        if rate:
+            ledgers.append(getattr(self.gw.auth, "_ledger", None))
+        for ledger in ledgers:
+            if ledger is not None and kid not in ledger and ledger.free_slots() == 0:
+                raise GatewayError(
+                    507,
+                    f"No room for another key in the ledger {ledger.path} (one slot per key id ever "
+                    "used). Stop the gateway and move that file away: the next start makes a larger "
+                    "one, seeded with the spend persisted in the trace store.",
+                    type="server_error",
+                    code="ledger_full",
+                )
+
     async def create(self, body: Any, actor: str) -> tuple[int, dict[str, Any]]:
         """POST /admin/v1/keys: 201 with the new key's text, shown this once."""
         req = _validated(KeyCreate, body)
@@ -553,6 +571,7 @@ class KeyManager:
                 param="id",
             )
         self._not_in_config(kid, "change")
+        self._room(kid, rate=bool(req.rpm))
         secret = generate_key()
         limits = req.model_dump(include=set(_LIMITS))
         row = await self.keystore.acreate(kid, hash_key(secret), **limits)
@@ -573,6 +592,8 @@ class KeyManager:
         if not fields:
             raise GatewayError(400, f"Give at least one of {list(_LIMITS)} to change.")
         self._not_in_config(kid, "change")
+        if fields.get("rpm"):
+            self._room(kid, rate=True)
         if await self.keystore.aupdate(kid, fields) is None:
             raise GatewayError(404, f"No live key '{kid}' in the key store.", code="key_not_found")
         await self._changed("key.update", kid, actor, fields)

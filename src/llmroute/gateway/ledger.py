@@ -315,6 +315,17 @@ class SharedLedger:
             self._slots[kid] = (_HEADER_DOUBLES + i * _SLOT_DOUBLES, me + _W_HEAD + i * _W_FIELDS)
         return new
 
+    def free_slots(self) -> int:
+        """How many more key ids the file has room for (any process may take them)."""
+        empty = bytes(16)
+        with self._tlock:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                offs = (_HEADER_BYTES + i * _SLOT_BYTES for i in range(self._cap))
+                return sum(self._mm[o : o + 16] == empty for o in offs)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._slots
 
