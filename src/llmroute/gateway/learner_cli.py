@@ -10,9 +10,11 @@ from typing import Annotated, Any
 
 import typer
 
+from llmroute.cliapp import Typer
+
 __all__ = ["learner_app"]
 
-learner_app = typer.Typer(
+learner_app = Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
