@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from conftest import loopback_config
 from llmroute.gateway.auth import hash_key
@@ -105,3 +106,11 @@ def test_new_key_works_and_revoked_key_refused_on_every_worker(
         for _ in range(6):
             r = httpx.get(f"{root}/admin/v1/keys", headers={**admin, "connection": "close"}, timeout=30)
             assert {k["id"]: k["active"] for k in r.json()["data"]} == {"yaml-team": True, "live": False}
+
+        # a key added to the config file works on every worker after one reload
+        added = "sk-yaml-added-workers-0123456789"
+        cfg["keys"].append({"id": "yaml-added", "key_sha256": hash_key(added)})
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+        r = httpx.post(f"{root}/admin/v1/reload", headers=admin, timeout=30)
+        assert r.status_code == 200 and r.json()["config_keys"] == 2, r.text
+        assert _until_both_workers(root, added, shared, _ok, "ok") >= 2
