@@ -491,3 +491,20 @@ def test_shipped_router_kernels_equal_the_reference_bit_for_bit() -> None:
         want = _ref_regime_mix(head, q, probs)
         assert bits(head.mix(q.copy(), probs)) == bits(want)
         assert bits(r.estimate_quality(batch)) == bits(want)
+
+
+def test_static_small_batches_equal_one_text_at_a_time_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, static: StaticEncoder
+) -> None:
+    """Below the vectorised path (the gateway's micro-batches) a batch pools each text with the same
+    float32 operations as a batch of one (batched square roots and divisions): the same bits, so a
+    request's estimate does not depend on which requests shared its batch."""
+    import llmroute.embed.static as static_mod
+
+    monkeypatch.setattr(static_mod, "_VECTOR_MIN_TEXTS", 10**9)  # the per-text path at any size
+    texts = [*_varied_texts(6), "", " ", "[CLS]", "\x00"]
+    one = np.vstack([static.encode([t]) for t in texts])
+    assert not one[[texts.index("")]].any()
+    for size in (2, 3, 7, 12, 40):
+        got = np.vstack([static.encode(texts[i : i + size]) for i in range(0, len(texts), size)])
+        assert got.tobytes() == one.tobytes()

@@ -615,8 +615,10 @@ class Router:
     def _quality(self, X: Features) -> np.ndarray:
         """(n, m) expected quality: the estimator's, clipped to [0, 1], then mixed with the
         regime head's easy / hard / familiar estimates when the router has one (`RegimeHead.mix`)."""
-        q = np.array(self.estimator.predict(X), dtype=np.float64)
-        np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)  # clip to [0, 1] (NaN stays NaN, as np.clip)
+        q = self.estimator.predict(X)
+        if not (getattr(self.estimator, "fresh_unit_output", False) and q.dtype == np.float64):
+            q = np.array(q, dtype=np.float64)
+            np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)  # clip to [0, 1] (NaN stays NaN, as np.clip)
         if self.regime_head is not None:
             q = self.regime_head.mix(q, self.regime_head.predict(X))
         return q

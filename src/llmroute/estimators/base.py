@@ -46,6 +46,9 @@ class QualityEstimator:
     """Base class. Subclasses set `name` and implement `fit`, `predict` and the state pair."""
 
     name: ClassVar[str] = "base"
+    #: True when `predict` returns a new float64 array whose values already lie in [0, 1] (or are
+    #: NaN): the router then uses it as it is instead of copying and clipping it (a logistic output)
+    fresh_unit_output: ClassVar[bool] = False
 
     def fit(self, X: Features, Q: np.ndarray) -> Self:
         """Learn from features `X` and the (n, m) quality matrix `Q` (NaN = unknown cell)."""

