@@ -80,10 +80,10 @@ def test_embeddings_pass_through_billed_and_traced(gw: GatewayHandle, fake_serve
     r = httpx.post(
         gw + "/embeddings",
         headers={"authorization": f"Bearer {KEY}"},
-        json={"model": "fake-weak", "input": [[1.0, 2]], "dimensions": 3.0},
+        json={"model": "fake-weak", "input": [[1.0, 2]], "dimensions": 3.0, "stream": True},
         timeout=30,
     )
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.json()["object"] == "list", r.text  # embeddings never stream
     sent = fake_server.state.last["weak-upstream-id"]
     assert sent["input"] == [[1, 2]] and type(sent["input"][0][0]) is int and sent["dimensions"] == 3
 

@@ -234,7 +234,7 @@ class PassThrough:
                 await send_error(send, e, rejected_headers(rid, decision, e))
                 return
             watch = Disconnect(scope, receive)
-            if body.get("stream"):
+            if endpoint == "completions" and body.get("stream"):  # embeddings do not stream
                 await self._stream(send, body, ctx, decision, rid, t0, reservation, watch, path)
                 return
             backend: Any = gw.backends[model]
