@@ -84,6 +84,7 @@ from llmroute.gateway.routing import (
     parse_request_policy,
 )
 from llmroute.gateway.streaming import DISCONNECT_EXT, Disconnect, relay_stream
+from llmroute.gateway.telemetry import Telemetry
 from llmroute.gateway.tokens import response_text
 
 __all__ = ["ApiFamily", "Gateway", "StreamEncoder", "openapi_document"]
@@ -251,6 +252,11 @@ class Gateway:
         cands = {m: [m] for m in self.engine.models} | {a: p.models for a, p in self.engine.plans.items()}
         windows = {n: [(m, self.engine.models[m].context_window) for m in ms] for n, ms in cands.items()}
         self._windows = {n: w for n, w in windows.items() if any(x is not None for _, x in w)}
+        # OpenTelemetry spans and metrics over OTLP (config `telemetry:`); None: off, one check per request
+        self.telemetry = Telemetry.create(config)
+        if self.telemetry is not None:
+            tel = self.telemetry
+            self._routes = {(m, p): tel.wrap(m, p, h) for (m, p), h in self._routes.items()}
         self._allow: dict[str, str] = {}  # path -> its `Allow` header (405 answers)
         for method, path in sorted(self._routes):
             self._allow[path] = f"{self._allow[path]}, {method}" if path in self._allow else method
@@ -299,6 +305,8 @@ class Gateway:
         keys = await self.keyman.start(self.store)  # the config file's and the key store's
         self.budgets = BudgetManager(keys, store=self.store, ledger_path=ledger)
         self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
+        if self.telemetry is not None:  # in the serving process (after a worker's fork)
+            self.telemetry.start()
         for b in self.backends.values():
             await b.start(self.http)
         self._started = True
@@ -322,6 +330,8 @@ class Gateway:
             await self.store.close()
         # joins the publisher thread (up to seconds): off the event loop
         await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
+        if self.telemetry is not None:  # exports the spans and metrics still queued
+            await asyncio.get_running_loop().run_in_executor(None, self.telemetry.shutdown)
         if self.budgets is not None:
             self.budgets.close()
         self.auth.close()
@@ -433,7 +443,26 @@ class Gateway:
         response: Any = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Metrics + trace record (both queued, off the hot path)."""
+        """Metrics + trace record (both queued, off the hot path), and OpenTelemetry spans when on."""
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record(
+                    rid=rid,
+                    ctx=ctx,
+                    decision=decision,
+                    model=model,
+                    status=status,
+                    t0=t0,
+                    attempts=attempts,
+                    usage=usage,
+                    stream=stream,
+                    ttft=ttft,
+                    error=error,
+                    response=response,
+                    extra=extra,
+                )
+            except Exception as e:  # telemetry never fails a request
+                self.errors.exception(e, "OpenTelemetry export of request %s failed", rid)
         total = time.perf_counter() - t0
         upstream = sum(a.latency_s for a in attempts)
         alias = decision.alias if decision is not None else None

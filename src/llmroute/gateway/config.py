@@ -33,6 +33,8 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                batch_size, flush_interval_s, journal, commit_interval_s, ledger, retention_days,
                max_rows, prune_interval_s}
     trace:    {store_prompts: false, store_responses: false}
+    telemetry: {otlp_endpoint, protocol: http/protobuf | grpc, service_name, headers_env, sample_ratio,
+               metrics, capture_content, export_interval_s, export_timeout_s}  (OTLP; off by default)
 
 The key/budget fields are read by `llmroute.gateway.auth`; `store.url` by
 `llmroute.gateway.store`. Secrets never appear in error messages: only env-var names do.
@@ -63,6 +65,7 @@ __all__ = [
     "ServerConfig",
     "StickyConfig",
     "StoreConfig",
+    "TelemetryConfig",
     "TraceConfig",
     "load_config",
     "parse_config",
@@ -620,6 +623,38 @@ class TraceConfig(_Strict):
     store_responses: bool = False
 
 
+class TelemetryConfig(_Strict):
+    """OpenTelemetry traces and metrics over OTLP (`llmroute.gateway.telemetry`; the `otel` extra).
+    Off unless `otlp_endpoint` is set."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="collector URL, e.g. http://127.0.0.1:4318 (http/protobuf: /v1/traces and "
+        "/v1/metrics are appended) or http://127.0.0.1:4317 (grpc); null: telemetry off",
+    )
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: str = Field("llmroute", min_length=1)
+    headers_env: str | None = Field(
+        None, description="environment variable holding the exporter's headers as 'k1=v1,k2=v2'"
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces kept; a client's traceparent decides its own"
+    )
+    metrics: bool = Field(False, description="also export metrics over OTLP")
+    capture_content: bool = Field(
+        False, description="put prompts and answers on spans (gen_ai.input/output.messages); off: never"
+    )
+    export_interval_s: float = Field(5.0, gt=0, le=300, description="how often spans and metrics are sent")
+    export_timeout_s: float = Field(10.0, gt=0, le=120, description="timeout of one export call")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("telemetry.otlp_endpoint: give an http:// or https:// URL")
+        return v
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration."""
 
@@ -631,6 +666,7 @@ class GatewayConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     trace: TraceConfig = Field(default_factory=TraceConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # issue 4, validated by llmroute.signals (RuleEngine) and llmroute.cache (SemanticCache.from_config)
     signals: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named request signals")
     rules: list[dict[str, Any]] = Field(default_factory=list, description="routing / guard rules")

@@ -79,6 +79,8 @@ class Attempt:
     latency_s: float
     error: str | None = None
     status: int | None = None
+    started: float = 0.0
+    """`time.monotonic()` when the try began (0: unknown); OpenTelemetry attempt spans start here."""
 
 
 @dataclass
@@ -213,7 +215,7 @@ class Executor:
                     async with self.limits[name]:
                         resp = await backend.chat(body, min(backend.cfg.timeout_s, remaining))
                 except BackendError as e:
-                    attempts.append(Attempt(name, False, time.monotonic() - t0, e.message, e.status))
+                    attempts.append(Attempt(name, False, time.monotonic() - t0, e.message, e.status, t0))
                     last = _speaks_for(last, e)
                     if not e.fallback:
                         raise
@@ -227,7 +229,7 @@ class Executor:
                     ):
                         continue
                     break
-                attempts.append(Attempt(name, True, time.monotonic() - t0))
+                attempts.append(Attempt(name, True, time.monotonic() - t0, started=t0))
                 self._ok(name)
                 return name, resp, attempts
         raise _all_failed(last, attempts)
@@ -270,7 +272,7 @@ class Executor:
                             code="upstream_timeout",
                         )
                     )
-                    attempts.append(Attempt(name, False, time.monotonic() - t0, err.message, err.status))
+                    attempts.append(Attempt(name, False, time.monotonic() - t0, err.message, err.status, t0))
                     last = _speaks_for(last, err)
                     if not err.fallback:
                         err.attempts = attempts  # type: ignore[attr-defined]
@@ -289,7 +291,7 @@ class Executor:
                     if held:
                         slot.release()
                     raise
-                attempts.append(Attempt(name, True, time.monotonic() - t0))
+                attempts.append(Attempt(name, True, time.monotonic() - t0, started=t0))
                 return StreamStart(name, first, agen, attempts, t0, _once(slot.release))
         raise _all_failed(last, attempts)
 

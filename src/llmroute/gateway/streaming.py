@@ -194,7 +194,10 @@ async def relay_stream(
     watch.done = True
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     attempts = [*start.attempts]
-    attempts[-1] = Attempt(model, error is None, attempts[-1].latency_s + (time.perf_counter() - t_up), error)
+    up = attempts[-1]
+    attempts[-1] = Attempt(
+        model, error is None, up.latency_s + (time.perf_counter() - t_up), error, None, up.started
+    )
     gw._finish(
         rid=rid,
         ctx=ctx,
