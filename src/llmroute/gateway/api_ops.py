@@ -408,15 +408,21 @@ class OpsEndpoints:
         await send_response(send, 200, body, [JSON])
 
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """GET /healthz: liveness, the number of models, the aliases and each breaker's state."""
+        """GET /healthz: liveness, the number of models, the aliases and each breaker's state;
+        with `state: redis://...` also the shared state's health (status 'degraded' while Redis
+        does not answer: the gateway still routes)."""
         gw = self.gw
         br = {n: b.state for n, b in gw.executor.breakers.items()}
-        body = {
+        body: dict[str, Any] = {
             "status": "ok",
             "models": len(gw.backends),
             "aliases": sorted(gw.engine.plans),
             "breakers": br,
         }
+        if gw.state is not None:
+            body["state"] = gw.state.health()
+            if not body["state"]["ok"]:
+                body["status"] = "degraded"
         await send_response(send, 200, orjson.dumps(body), [JSON])
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -185,6 +185,13 @@ class Gateway:
             self.engine.add_hook(self.guard.hook)
         self.backends = backends if backends is not None else make_backends(config)
         self.metrics = metrics or GatewayMetrics()
+        # `state: redis://...`: budgets, rate limits and breakers shared by replicas (gateway.state)
+        self.state: Any = None
+        if config.state:
+            from llmroute.gateway.state import RedisState, register_metrics
+
+            self.state = RedisState(config.state, on_error=config.on_state_error)
+            register_metrics(self.state, self.metrics.registry)
         if self.guard is not None:
             from llmroute.signals.gateway import register_metrics
 
@@ -197,8 +204,9 @@ class Gateway:
             breaker_cooldown_s=srv.breaker_cooldown_s,
             max_fallbacks=srv.max_fallbacks,
             on_breaker=self.metrics.set_breaker,
+            state=self.state,
         )
-        self.auth = Authenticator(config.keys)
+        self.auth = Authenticator(config.keys, state=self.state)
         # online learners of the aliases with `learning: {enabled: true}` (llmroute.gateway.learning)
         self.learning = Learning.create(config, self.engine)
         if self.learning is not None:
@@ -303,7 +311,7 @@ class Gateway:
         # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
         ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
         keys = await self.keyman.start(self.store)  # the config file's and the key store's
-        self.budgets = BudgetManager(keys, store=self.store, ledger_path=ledger)
+        self.budgets = BudgetManager(keys, store=self.store, ledger_path=ledger, state=self.state)
         self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
         if self.telemetry is not None:  # in the serving process (after a worker's fork)
             self.telemetry.start()
@@ -336,6 +344,8 @@ class Gateway:
             self.budgets.close()
         self.auth.close()
         self.keyman.close()
+        if self.state is not None:
+            self.state.close()
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

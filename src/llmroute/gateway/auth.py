@@ -41,6 +41,12 @@ from the store at start (a kill -9 then loses the spend the store had not yet wr
 
 Rate limits: a token bucket per key refilled at `rpm / 60` per second holding `burst_s` seconds
 of requests (at least one).
+
+Several hosts: with `state=` (a `llmroute.gateway.state.RedisState`, config `state: redis://...`)
+budgets, reservations and rate limits live in Redis instead (a `RedisLedger`, same interface as
+the ledger file), so the bound holds across every replica on that Redis. While Redis is down,
+`on_state_error` decides: `fail_open` admits (the cost is added when Redis returns),
+`fail_closed` answers 503.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from llmroute.gateway.ledger import SharedLedger, shared_dir_from_env
+from llmroute.gateway.state import RedisState, StateUnavailable
 from llmroute.gateway.tokens import estimate_input_tokens  # re-exported (was defined here)
 
 __all__ = [
@@ -223,7 +230,8 @@ class Authenticator:
 
     With no keys configured every request is admitted anonymously (`admit` returns None).
     `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) makes
-    the rate limits hold across worker processes (see the module docstring).
+    the rate limits hold across worker processes, `state` (Redis) across replicas on several
+    hosts (see the module docstring).
     """
 
     def __init__(
@@ -234,13 +242,15 @@ class Authenticator:
         burst_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         shared_dir: str | Path | None = None,
+        state: RedisState | None = None,
     ) -> None:
         self.keys: dict[str, ApiKey] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._rates: dict[str, tuple[float, float]] = {}
         self._clock = clock
         self._burst_s = burst_s
-        self._ledger: SharedLedger | None = None
+        self._state = state
+        self._ledger: Any = None  # SharedLedger | RedisLedger
         self._folder = shared_dir if shared_dir is not None else shared_dir_from_env()
         self.set_keys([k if isinstance(k, ApiKey) else ApiKey.from_config(k, env) for k in keys])
 
@@ -263,7 +273,12 @@ class Authenticator:
                 old = self._buckets.get(key.id)
                 same = old is not None and self._rates.get(key.id) == (rate, cap)
                 buckets[key.id] = old if same else TokenBucket(rate, cap, self._clock)  # type: ignore[assignment]
-        if self._folder and rates:
+        if self._state is not None and rates:
+            if self._ledger is None:
+                self._ledger = self._state.ledger(sorted(rates))
+            else:
+                self._ledger.add_keys(sorted(rates))
+        elif self._folder and rates:
             if self._ledger is None:
                 self._ledger = SharedLedger(Path(self._folder) / "rates.ledger", sorted(rates))
             else:
@@ -436,7 +451,8 @@ class BudgetManager:
 
     `ledger_path` keeps the books in a persistent ledger file (kill -9 safe, shared by all worker
     processes); else `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve
-    --workers N>1`) in a ledger for this run; without either they are in this process.
+    --workers N>1`) in a ledger for this run; without either they are in this process. `state`
+    (a `RedisState`) puts them in Redis, shared by replicas on several hosts, before all of these.
     """
 
     def __init__(
@@ -448,6 +464,7 @@ class BudgetManager:
         env: Mapping[str, str] | None = None,
         shared_dir: str | Path | None = None,
         ledger_path: str | Path | None = None,
+        state: RedisState | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -456,7 +473,8 @@ class BudgetManager:
         self._span: tuple[float, float, str, str, int, int] = (0.0, 0.0, "", "", 0, 0)  # current UTC day
         # (key_id, period) -> [spent, reserved]
         self._acct: dict[tuple[str, str], list[float]] = {}
-        self._ledger: SharedLedger | None = None
+        self._state = state
+        self._ledger: Any = None  # SharedLedger | RedisLedger
         folder = shared_dir if shared_dir is not None else shared_dir_from_env()
         self._ledger_file: Path | None = (
             Path(ledger_path)
@@ -489,7 +507,12 @@ class BudgetManager:
         removed ones keep theirs, so a key's spend survives a revoke and re-create."""
         by_id = {k.id: k for k in keys}
         if by_id:
-            if self._ledger_file is not None:
+            if self._state is not None:
+                if self._ledger is None:
+                    self._ledger = self._state.ledger(sorted(by_id), initial=self._persisted)
+                else:
+                    self._ledger.add_keys(sorted(by_id), initial=self._persisted)
+            elif self._ledger_file is not None:
                 if self._ledger is None:
                     self._ledger_file.parent.mkdir(parents=True, exist_ok=True)
                     self._ledger = SharedLedger(self._ledger_file, sorted(by_id), initial=self._persisted)
@@ -553,7 +576,21 @@ class BudgetManager:
         if ledger is not None and kid in ledger:
             bd = cfg.budget_usd_day if cfg else None
             bm = cfg.budget_usd_month if cfg else None
-            refused = ledger.reserve(kid, span[4], span[5], bd, bm, amount)
+            try:
+                refused = ledger.reserve(kid, span[4], span[5], bd, bm, amount)
+            except StateUnavailable as e:
+                if self._state is None or self._state.on_error == "fail_closed":
+                    raise GatewayError(
+                        503,
+                        f"The budget state for API key '{kid}' is unavailable (the shared Redis does not "
+                        "answer) and this gateway is set to on_state_error: fail_closed. Retry shortly.",
+                        type="api_error",
+                        code="state_unavailable",
+                        headers={"Retry-After": "1"},
+                        key_id=kid,
+                    ) from e
+                # fail_open: admitted without a hold; the cost is added to the books on commit
+                return Reservation(kid, 0.0, day, month, day_no=span[4], month_no=span[5])
             if refused is not None:
                 name, spent, reserved = refused
                 raise self._exhausted(kid, name, bd if name == "day" else bm, spent, reserved, now)  # type: ignore[arg-type]

@@ -35,6 +35,9 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     trace:    {store_prompts: false, store_responses: false}
     telemetry: {otlp_endpoint, protocol: http/protobuf | grpc, service_name, headers_env, sample_ratio,
                metrics, capture_content, export_interval_s, export_timeout_s}  (OTLP; off by default)
+    state:    "redis://host:6379/0" (off by default: budgets, rate limits, breakers and the response
+               cache shared by replicas on several hosts; llmroute.gateway.state)
+    on_state_error: fail_open | fail_closed   (budgets while that Redis is unreachable)
 
 The key/budget fields are read by `llmroute.gateway.auth`; `store.url` by
 `llmroute.gateway.store`. Secrets never appear in error messages: only env-var names do.
@@ -671,6 +674,14 @@ class GatewayConfig(_Strict):
     signals: dict[str, dict[str, Any]] = Field(default_factory=dict, description="named request signals")
     rules: list[dict[str, Any]] = Field(default_factory=list, description="routing / guard rules")
     cache: dict[str, Any] | None = Field(None, description="response cache (exact + semantic)")
+    state: str | None = Field(
+        None,
+        description="redis://host:port/db shared by several gateway processes (budgets, rate limits, "
+        "breakers, response cache); off by default",
+    )
+    on_state_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="budgets while the shared state is unreachable: admit, or refuse with 503"
+    )
     base_dir: str = Field(".", description="directory relative paths resolve against (set by load_config)")
 
     @field_validator("routers")
@@ -709,6 +720,11 @@ class GatewayConfig(_Strict):
         ids = [k.id for k in self.keys]
         if len(set(ids)) != len(ids):
             raise ValueError("keys: duplicate key id")
+        if self.state is not None:
+            if not self.state.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("state: give a Redis URL (redis://host:6379/0, rediss://..., unix://...)")
+            if self.cache is not None and "backend" not in self.cache:  # the cache on the same Redis
+                self.cache = {**self.cache, "backend": "redis", "url": self.state}
         return self
 
     @model_validator(mode="after")

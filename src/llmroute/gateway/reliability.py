@@ -155,8 +155,11 @@ class Executor:
         breaker_cooldown_s: float = 10.0,
         max_fallbacks: int = 3,
         on_breaker: Callable[[str, str], None] | None = None,
+        state: Any = None,
     ) -> None:
         self.backends = backends
+        # a llmroute.gateway.state.RedisState: breakers opened by other replicas open here too
+        self.state = state
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_fallbacks = max_fallbacks
@@ -170,21 +173,40 @@ class Executor:
             return ranked
         nokey = [m for m in ranked if getattr(self.backends[m], "key_missing", False)]
         usable = [m for m in ranked if m not in nokey][: 1 + self.max_fallbacks]
+        if self.state is not None:
+            for m in usable:
+                self._shared_open(m)
         ok = [m for m in usable if self.breakers[m].allow()]
         return ok + [m for m in usable if m not in ok] + nokey
+
+    def _shared_open(self, name: str) -> None:
+        """Open a closed breaker that another replica opened (shared state), for its time left."""
+        br = self.breakers[name]
+        if br.state == "closed":
+            left = self.state.breaker_open_for(name)
+            if left > 0.0:
+                br.state = "open"
+                br.opened_at = br.clock() - max(0.0, br.cooldown_s - left)
+                if self.on_breaker is not None:
+                    self.on_breaker(name, "open")
 
     def _fail(self, name: str) -> None:
         br = self.breakers[name]
         before = br.state
         br.failure()
-        if br.state != before and self.on_breaker is not None:
-            self.on_breaker(name, br.state)
+        if br.state != before:
+            if br.state == "open" and self.state is not None:
+                self.state.open_breaker(name, br.cooldown_s)
+            if self.on_breaker is not None:
+                self.on_breaker(name, br.state)
 
     def _ok(self, name: str) -> None:
         br = self.breakers[name]
         if br.state != "closed" or br.consecutive:
             before = br.state
             br.success()
+            if before != "closed" and self.state is not None:
+                self.state.close_breaker(name)
             if before != "closed" and self.on_breaker is not None:
                 self.on_breaker(name, "closed")
 

@@ -964,3 +964,4 @@ class Health(Struct):
     models: int
     aliases: list[str]
     breakers: dict[str, str]
+    state: dict[str, Any] | None = None

@@ -1,0 +1,507 @@
+"""Gateway replicas on shared Redis state (`state: redis://...`, llmroute.gateway.state).
+
+A real `redis-server` (Debian package `redis-server`; `make test` installs it) runs on a free
+loopback port with an append-only file in a temporary folder; the module skips when the program
+is not installed. The unit tests drive `RedisState` / `BudgetManager` / `Executor` directly (one
+process stands in for several replicas with several `RedisState`s, or real processes where a
+kill matters); the end-to-end tests run three `llmroute serve` processes (one worker each,
+different ports, the same config) in front of the fake upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from conftest import free_port, loopback_config
+from llmroute.gateway.auth import (
+    BudgetManager,
+    GatewayError,
+    estimate_input_tokens,
+    hash_key,
+    max_request_cost,
+)
+from llmroute.gateway.config import ConfigError, parse_config
+from llmroute.gateway.state import RedisState, redis_server_binary, spawn_redis_server
+
+pytestmark = pytest.mark.skipif(
+    redis_server_binary() is None,
+    reason="redis-server is not installed (Debian: apt-get install redis-server; `make test` does it)",
+)
+
+KEY_A = "sk-state-team-a-0123456789"
+KEY_B = "sk-state-team-b-0123456789"
+KEY_C = "sk-state-team-c-0123456789"
+MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one short paragraph, please."}]
+
+
+class RedisProc:
+    """A throwaway redis-server that can be stopped and started again on the same port and data."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = spawn_redis_server(self.port, str(self.folder))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
+    rp = RedisProc(tmp_path_factory.mktemp("redis"))
+    rp.start()
+    try:
+        yield rp
+    finally:
+        rp.stop()
+
+
+def _state(rp: RedisProc, **kw: Any) -> RedisState:
+    return RedisState(rp.url, **kw)
+
+
+def _flush(rp: RedisProc) -> None:
+    st = _state(rp)
+    st.client.flushdb()
+    st.close()
+
+
+# ---- unit: budgets, reservations, rate limits, breakers -------------------------------------------
+
+
+def _spend(url: str, budget: float, amount: float, actual: float, out: Any, start: Any) -> None:
+    st = RedisState(url)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": budget}], state=st)
+    start.wait()
+    n = 0
+    for _ in range(100_000):
+        try:
+            res = bm.reserve("k", amount)
+        except GatewayError:
+            break
+        bm.commit(res, actual)
+        n += 1
+    out.put(n)
+    st.close()
+
+
+def test_budget_is_exact_across_processes(redis_proc: RedisProc) -> None:
+    """Three processes (three replicas' books) spend one key's budget: they stop at the budget,
+    over by less than one reservation, and the admitted count is the budget over the cost."""
+    _flush(redis_proc)
+    budget, amount, actual = 0.3, 0.002, 0.001
+    ctx = mp.get_context("spawn")
+    out, start = ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=_spend, args=(redis_proc.url, budget, amount, actual, out, start))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    admitted = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    st = _state(redis_proc)
+    use = BudgetManager([{"id": "k", "budget_usd_day": budget}], state=st).usage("k")
+    st.close()
+    assert use["day_reserved"] == pytest.approx(0.0, abs=1e-12)
+    assert budget <= use["day_spent"] <= budget + amount
+    assert sum(admitted) == pytest.approx(budget / actual, abs=1)
+
+
+def test_month_budget_and_refusal_message(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    st = _state(redis_proc)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 10.0, "budget_usd_month": 0.5}], state=st)
+    bm.commit(bm.reserve("k", 0.4), 0.3)
+    bm.commit(bm.reserve("k", 0.4), 0.15)  # 0.3 < 0.5: admitted
+    other = _state(redis_proc)  # another replica sees the same books
+    assert BudgetManager([{"id": "k"}], state=other).usage("k")["month_spent"] == pytest.approx(0.45)
+    bm.commit(bm.reserve("k", 0.4), 0.06)  # 0.45 < 0.5: admitted; 0.51 spent now
+    with pytest.raises(GatewayError, match="monthly budget") as e:
+        bm.reserve("k", 0.01)
+    assert e.value.status == 429
+    st.close()
+    other.close()
+
+
+def _hold_and_die(url: str, ready: Any) -> None:
+    st = RedisState(url, heartbeat_ttl_s=0.5)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], state=st)
+    bm.reserve("k", 0.9)
+    ready.set()
+    time.sleep(60)  # killed here, holding $0.90
+
+
+def test_holds_of_a_killed_replica_are_given_back(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_and_die, args=(redis_proc.url, ready))
+    p.start()
+    assert ready.wait(60)
+    st = _state(redis_proc, heartbeat_ttl_s=0.5, reclaim_interval_s=0.0)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], state=st)
+    assert bm.usage("k")["day_reserved"] == pytest.approx(0.9)
+    bm.commit(bm.reserve("k", 0.2), 0.2)  # 0.9 held + 0 spent < 1: admitted
+    with pytest.raises(GatewayError):  # alive: its hold counts (0.2 + 0.9 >= 1)
+        bm.reserve("k", 0.2)
+    assert p.pid is not None
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    deadline = time.monotonic() + 30
+    while True:  # its alive key expires within 0.5 s; the next refusal reclaims
+        try:
+            res = bm.reserve("k", 0.2)
+            break
+        except GatewayError:
+            assert time.monotonic() < deadline, "the dead replica's hold was never given back"
+            time.sleep(0.1)
+    bm.commit(res, 0.1)
+    use = bm.usage("k")
+    assert use["day_reserved"] == pytest.approx(0.0, abs=1e-12)
+    assert use["day_spent"] == pytest.approx(0.3)  # spend is never given back
+    st.close()
+
+
+def test_rate_limit_bucket_is_shared(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    states = [_state(redis_proc) for _ in range(3)]
+    ledgers = [s.ledger(["k"]) for s in states]
+    # 1 token per hour, 5 in the bucket: five takes over all replicas, then a wait of ~an hour
+    waits = [ledgers[i % 3].take("k", 1 / 3600, 5.0) for i in range(8)]
+    assert waits[:5] == [0.0] * 5
+    assert all(3000 < w <= 3600 for w in waits[5:]), waits
+    for s in states:
+        s.close()
+
+
+def test_breaker_opened_by_one_replica_opens_on_the_others(redis_proc: RedisProc) -> None:
+    from llmroute.gateway.reliability import Executor
+
+    _flush(redis_proc)
+
+    class B:
+        class cfg:
+            max_concurrency = 4
+
+    a, b = _state(redis_proc, breaker_refresh_s=0.0), _state(redis_proc, breaker_refresh_s=0.0)
+    ex_a = Executor({"m1": B(), "m2": B()}, breaker_failures=2, breaker_cooldown_s=30, state=a)  # type: ignore[dict-item]
+    seen: list[tuple[str, str]] = []
+    ex_b = Executor({"m1": B(), "m2": B()}, breaker_cooldown_s=30, state=b, on_breaker=lambda m, s: seen.append((m, s)))  # type: ignore[dict-item]  # fmt: skip
+    assert ex_b._order(["m1", "m2"]) == ["m1", "m2"]
+    ex_a._fail("m1")
+    assert ex_b._order(["m1", "m2"]) == ["m1", "m2"]  # one failure: still closed
+    ex_a._fail("m1")  # opens on a, and so on b
+    assert ex_a.breakers["m1"].state == "open"
+    assert ex_b._order(["m1", "m2"]) == ["m2", "m1"]
+    assert ex_b.breakers["m1"].state == "open" and seen == [("m1", "open")]
+    assert 0 < a.breaker_open_for("m1") <= 30
+    # a probe succeeds on a: closed there and the shared word is gone
+    ex_a.breakers["m1"].opened_at -= 31
+    assert ex_a._order(["m1", "m2"])[0] == "m1"
+    ex_a._ok("m1")
+    assert a.breaker_open_for("m1") == 0.0 and b.breaker_open_for("m1") == 0.0
+    a.close()
+    b.close()
+
+
+# ---- unit: Redis outage, fail-open / fail-closed, recovery ----------------------------------------
+
+
+def test_outage_fail_open_then_recovery_adds_the_queued_costs(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    st = _state(redis_proc, retry_s=0.2)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], state=st)
+    bm.commit(bm.reserve("k", 0.3), 0.25)
+    redis_proc.stop()
+    try:
+        res = bm.reserve("k", 0.3)  # admitted without a hold
+        assert res.amount == 0.0 and not res.settled
+        assert st.health()["ok"] is False and st.degraded
+        bm.commit(res, 0.5)  # queued for Redis's return
+        bm.commit(bm.reserve("k", 0.3), 0.125)
+    finally:
+        redis_proc.start()  # the append-only file brings the books back
+    time.sleep(0.25)
+    assert st.health()["ok"] is True
+    use = bm.usage("k")
+    assert use["day_spent"] == pytest.approx(0.25 + 0.5 + 0.125)
+    assert use["day_reserved"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(GatewayError, match="daily budget"):  # 0.875 + hold: the books are whole
+        bm.commit(bm.reserve("k", 0.3), 0.2), bm.reserve("k", 0.3)
+    st.close()
+
+
+def test_outage_fail_closed_refuses_with_503(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    st = _state(redis_proc, on_error="fail_closed", retry_s=0.2)
+    bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}], state=st)
+    redis_proc.stop()
+    try:
+        with pytest.raises(GatewayError) as e:
+            bm.reserve("k", 0.1)
+        assert e.value.status == 503 and e.value.code == "state_unavailable"
+        assert "fail_closed" in e.value.message and "127.0.0.1" not in e.value.message
+        assert bm.reserve(None, 0.1).settled  # no key: nothing to book, admitted
+    finally:
+        redis_proc.start()
+    time.sleep(0.25)
+    bm.commit(bm.reserve("k", 0.1), 0.1)  # recovered
+    assert bm.usage("k")["day_spent"] == pytest.approx(0.1)
+    st.close()
+
+
+def test_config_state() -> None:
+    base = {"models": [{"name": "m", "base_url": "http://127.0.0.1:1/v1"}]}
+    cfg = parse_config(base)
+    assert cfg.state is None and cfg.on_state_error == "fail_open"
+    cfg = parse_config({**base, "state": "redis://r:6379/1", "cache": {"semantic": False}})
+    assert cfg.cache == {"semantic": False, "backend": "redis", "url": "redis://r:6379/1"}
+    cfg = parse_config({**base, "state": "redis://r:6379/1", "cache": {"backend": "sqlite"}})
+    assert cfg.cache == {"backend": "sqlite"}  # an explicit cache backend stays
+    with pytest.raises(ConfigError, match="state"):
+        parse_config({**base, "state": "http://r:6379"})
+    with pytest.raises(ConfigError, match="on_state_error"):
+        parse_config({**base, "state": "redis://r:6379/1", "on_state_error": "maybe"})
+
+
+# ---- end to end: three `llmroute serve` replicas on one Redis --------------------------------------
+
+
+class Replica:
+    def __init__(self, path: Path, tmp: Path) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+        env.pop("LLMROUTE_SHARED_DIR", None)
+        cmd = [sys.executable, "-c", "from llmroute.cli import app; app()", "serve", "--config", str(path),
+               "--port", str(self.port), "--log-level", "info"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "Application startup complete" in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+BUDGET_A = 0.05
+PRICE_IN, PRICE_OUT = 10.0, 30.0  # fake-strong, USD per 1M tokens
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    fake_server: Any, redis_proc: RedisProc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Replica]]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    _flush(redis_proc)
+    cfg = loopback_config(fake_server.base_url, tmp)
+    cfg["models"][0]["router_model"] = "gpt-4-1106-preview"
+    cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+    cfg["models"][0]["timeout_s"] = 30.0
+    cfg["store"] = {"url": "memory://"}
+    cfg["state"] = redis_proc.url
+    cfg["keys"] = [
+        {"id": "team-a", "key_sha256": hash_key(KEY_A), "budget_usd_day": BUDGET_A},
+        {"id": "team-b", "key_sha256": hash_key(KEY_B), "budget_usd_day": 1000.0},
+        {"id": "team-c", "key_sha256": hash_key(KEY_C)},
+    ]
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    reps = [Replica(path, tmp) for _ in range(3)]
+    try:
+        for r in reps:
+            if not r.ready.wait(120):
+                raise RuntimeError("replica did not start:\n" + "".join(r.lines[-30:]))
+        yield reps
+    finally:
+        for r in reps:
+            r.stop()
+
+
+def _spent(rp: RedisProc, kid: str) -> tuple[float, float]:
+    """(day spent, day reserved) of key `kid` as Redis has it."""
+    st = _state(rp)
+    v = st.client.hmget(st.key("b", kid), "ds", "dr")
+    st.close()
+    return float(v[0] or 0), float(v[1] or 0)
+
+
+async def _burst(roots: list[str], key: str, n: int, on_ok: Any = None) -> list[tuple[str, float]]:
+    """`n` concurrent chat requests spread round-robin over `roots`: (outcome, cost from usage)."""
+    clients = [openai.AsyncOpenAI(base_url=f"{r}/v1", api_key=key, max_retries=0, timeout=120) for r in roots]
+
+    async def one(i: int) -> tuple[str, float]:
+        try:
+            resp = await clients[i % len(clients)].chat.completions.create(
+                model="fake-strong",
+                messages=MESSAGES,
+                max_tokens=50,  # type: ignore[arg-type]
+            )
+        except openai.APIStatusError as e:
+            return str((e.body or {}).get("code") or e.status_code), 0.0  # type: ignore[union-attr]
+        except openai.APIConnectionError:
+            return "connection", 0.0
+        u = resp.usage
+        assert u is not None
+        cost = (u.prompt_tokens * PRICE_IN + u.completion_tokens * PRICE_OUT) / 1e6
+        if on_ok is not None:
+            on_ok()
+        return "ok", cost
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def test_replicas_budget_exact_under_500_concurrent(replicas: list[Replica], redis_proc: RedisProc) -> None:
+    roots = [r.root for r in replicas]
+    one_max = max_request_cost(PRICE_IN, PRICE_OUT, estimate_input_tokens(MESSAGES), 50)
+    results = asyncio.run(_burst(roots, KEY_A, 500))
+    outcomes = [o for o, _ in results]
+    assert outcomes.count("ok") >= 3
+    assert outcomes.count("ok") + outcomes.count("insufficient_quota") == 500, set(outcomes)
+    acknowledged = sum(c for _, c in results)
+    # holds were for the worst case: spend the rest one request at a time on each replica in turn
+    refused, i = 0, 0
+    while refused < 6 and i < 300:
+        r = httpx.post(
+            f"{roots[i % 3]}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY_A}"},
+            json={"model": "fake-strong", "messages": MESSAGES, "max_tokens": 50},
+            timeout=60,
+        )
+        i += 1
+        if r.status_code == 200:
+            u = r.json()["usage"]
+            acknowledged += (u["prompt_tokens"] * PRICE_IN + u["completion_tokens"] * PRICE_OUT) / 1e6
+            refused = 0
+        else:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+            refused += 1
+    spent, reserved = _spent(redis_proc, "team-a")
+    assert reserved == pytest.approx(0.0, abs=1e-12)
+    assert spent == pytest.approx(acknowledged, rel=1e-9)  # every answered cost, once
+    # books kept per replica would let three replicas spend about three budgets
+    assert BUDGET_A <= spent <= BUDGET_A + one_max, (spent, BUDGET_A, one_max)
+
+
+def test_redis_outage_routing_goes_on_then_recovers(replicas: list[Replica], redis_proc: RedisProc) -> None:
+    roots = [r.root for r in replicas]
+    before, _ = _spent(redis_proc, "team-c")
+    redis_proc.stop()
+    try:
+        results = asyncio.run(_burst(roots, KEY_C, 30))
+        assert [o for o, _ in results] == ["ok"] * 30  # fail_open (the default): admitted
+        outage_cost = sum(c for _, c in results)
+        r = httpx.post(  # a routed alias routes on
+            f"{roots[0]}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY_C}"},
+            json={"model": "llmroute/auto", "messages": MESSAGES, "max_tokens": 20},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        u = r.json()["usage"]
+        prices = {"fake-strong": (PRICE_IN, PRICE_OUT), "fake-weak": (0.2, 0.2)}[
+            r.headers["x-llmroute-model"]
+        ]
+        outage_cost += (u["prompt_tokens"] * prices[0] + u["completion_tokens"] * prices[1]) / 1e6
+        for root in roots:
+            h = httpx.get(f"{root}/healthz", timeout=30).json()
+            assert h["status"] == "degraded" and h["state"]["ok"] is False, h
+        metrics = httpx.get(f"{roots[0]}/metrics", timeout=30).text
+        assert "llmroute_state_degraded 1.0" in metrics
+    finally:
+        redis_proc.start()
+    deadline = time.monotonic() + 30
+    for root in roots:  # each replica tries Redis again within a second and adds its queued costs
+        while True:
+            h = httpx.get(f"{root}/healthz", timeout=30).json()
+            if h["status"] == "ok":
+                break
+            assert time.monotonic() < deadline, h
+            time.sleep(0.2)
+        assert h["state"]["ok"] is True
+    assert "llmroute_state_degraded 0.0" in httpx.get(f"{roots[1]}/metrics", timeout=30).text
+    spent, reserved = _spent(redis_proc, "team-c")
+    assert spent - before == pytest.approx(outage_cost, rel=1e-9)
+    assert reserved == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kill_9_of_a_replica_mid_load_loses_no_acknowledged_spend(
+    replicas: list[Replica], redis_proc: RedisProc, fake_server: Any
+) -> None:
+    roots = [r.root for r in replicas]
+    before, _ = _spent(redis_proc, "team-b")
+    victim = replicas[2]
+    done = [0]
+
+    def on_ok() -> None:
+        done[0] += 1
+        if done[0] == 60:  # mid-load: answers are flowing and many requests are in flight
+            os.kill(victim.proc.pid, signal.SIGKILL)
+
+    fake_server.set_fault("fake-strong", "slow", delay=0.05)  # keep requests in flight at the kill
+    try:
+        results = asyncio.run(_burst(roots, KEY_B, 300, on_ok))
+    finally:
+        fake_server.clear()
+    victim.proc.wait(30)
+    outcomes = [o for o, _ in results]
+    acknowledged = sum(c for _, c in results)
+    lost = len(outcomes) - outcomes.count("ok")
+    assert outcomes.count("ok") >= 200 and lost >= 1, outcomes  # a third of the load hit the victim
+    one_max = max_request_cost(PRICE_IN, PRICE_OUT, estimate_input_tokens(MESSAGES), 50)
+    spent, _ = _spent(redis_proc, "team-b")
+    # every acknowledged cost is in Redis; at most the cut-off requests' costs besides
+    assert acknowledged - 1e-12 <= spent - before <= acknowledged + lost * one_max
+    # the survivors still serve the key
+    for root in roots[:2]:
+        r = httpx.post(
+            f"{root}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY_B}"},
+            json={"model": "fake-strong", "messages": MESSAGES, "max_tokens": 50},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
