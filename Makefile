@@ -8,7 +8,7 @@ CONFIG ?= examples/llmroute.yaml
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run demo test install lint bench clean chromium
+.PHONY: run demo test install lint bench clean chromium redis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ chromium:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-test: $(STAMP) chromium
+# redis-server from the OS packages for the shared-state (replicas) tests (skips apt when present)
+REDIS_SERVER ?= /usr/bin/redis-server
+redis:
+	@test -x $(REDIS_SERVER) || command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; } || \
+	  echo "redis-server could not be installed: tests/test_state_redis.py will skip"
+
+test: $(STAMP) chromium redis
 	$(BIN)/ruff check src tests benchmarks scripts
 	LLMROUTE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
