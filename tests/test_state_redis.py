@@ -505,3 +505,37 @@ def test_kill_9_of_a_replica_mid_load_loses_no_acknowledged_spend(
             timeout=60,
         )
         assert r.status_code == 200, r.text
+
+
+def test_response_cache_is_shared_through_the_state_redis(
+    fake_server: Any, redis_proc: RedisProc, tmp_path: Path
+) -> None:
+    """`cache:` without a backend lives on the state's Redis: an answer cached by one replica is
+    a hit on another."""
+    from conftest import StubRouter, run_gateway
+
+    _flush(redis_proc)
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["store"] = {"url": "memory://"}
+    cfg["state"] = redis_proc.url
+    cfg["cache"] = {"semantic": False}
+    body = {"model": "fake-weak", "messages": MESSAGES, "max_tokens": 20}
+    with run_gateway(cfg, {"default": StubRouter()}) as a, run_gateway(cfg, {"default": StubRouter()}) as b:
+        first = httpx.post(f"{a}/chat/completions", json=body, timeout=60)
+        assert first.status_code == 200 and "cache: hit" not in first.headers["x-llmroute-reason"]
+        second = httpx.post(f"{b}/chat/completions", json=body, timeout=60)
+        assert second.status_code == 200 and "cache: hit" in second.headers["x-llmroute-reason"], (
+            second.headers
+        )
+        assert second.json()["choices"] == first.json()["choices"]
+
+
+def test_example_deployment_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmroute.gateway.config import load_config
+
+    monkeypatch.setenv("TEAM_A_KEY", "sk-example")
+    root = Path(__file__).resolve().parents[1] / "examples" / "replicas"
+    cfg = load_config(root / "llmroute.yaml")
+    assert cfg.state and cfg.state.startswith("redis://") and cfg.cache and cfg.cache["backend"] == "redis"
+    compose = yaml.safe_load((root / "docker-compose.yaml").read_text())
+    assert {"redis", "postgres", "gateway-1", "gateway-2", "gateway-3"} <= set(compose["services"])
