@@ -211,6 +211,7 @@ class Telemetry:
             BatchSpanProcessor(
                 OTLPSpanExporter(endpoint=_endpoint(cfg.otlp_endpoint, cfg.protocol, "traces"), **kw),
                 schedule_delay_millis=int(cfg.export_interval_s * 1000),
+                max_queue_size=8192,  # spans waiting for export (beyond: dropped, not blocking)
             )
         )
         self.tracer = self._tp.get_tracer("llmroute.gateway", version)
@@ -318,7 +319,7 @@ class Telemetry:
         tracer = self.tracer
         if tracer is None:
             return
-        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+        from opentelemetry.trace import SpanKind
 
         now_ns = time.time_ns()
         now_perf = time.perf_counter()
@@ -327,6 +328,53 @@ class Telemetry:
         parent, name = _REQUEST.get() or (None, "llmroute request")
         endpoint = ctx.endpoint if ctx is not None else "chat"
         op = _OPERATIONS.get(endpoint, "chat")
+        # sampled first: a span the sampler drops costs no attribute building
+        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=start_ns)
+        if span.is_recording():
+            self._spans(
+                span,
+                op,
+                rid,
+                ctx,
+                decision,
+                model,
+                status,
+                attempts,
+                usage,
+                stream,
+                ttft,
+                error,
+                response,
+                extra,
+                now_ns,
+                now_mono,
+            )
+        span.end(end_time=now_ns)
+        if self.meter is not None:
+            self._metrics(op, decision, model, status, attempts, usage, ttft, t0, now_perf)
+
+    def _spans(
+        self,
+        span: Any,
+        op: str,
+        rid: str,
+        ctx: RequestContext | None,
+        decision: RouteDecision | None,
+        model: str,
+        status: int,
+        attempts: Sequence[Attempt],
+        usage: tuple[int, int, float],
+        stream: bool,
+        ttft: float | None,
+        error: str | None,
+        response: Any,
+        extra: dict[str, Any] | None,
+        now_ns: int,
+        now_mono: float,
+    ) -> None:
+        """The server span's attributes and the attempts' child spans of a sampled request."""
+        from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": op,
             "http.response.status_code": status,
@@ -369,9 +417,7 @@ class Telemetry:
                 attrs["gen_ai.input.messages"] = orjson.dumps(ctx.messages, default=str).decode()
             if response is not None:
                 attrs["gen_ai.output.messages"] = orjson.dumps(response, default=str).decode()
-        span = tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attrs, start_time=start_ns
-        )
+        span.set_attributes(attrs)
         if status >= 500 or status == 499 or error is not None:
             span.set_status(Status(StatusCode.ERROR, _error_type(status, error)))
         child_ctx = set_span_in_context(span)
@@ -387,10 +433,7 @@ class Telemetry:
                 a_end = end_ns
                 a_start = a_end - dur
             end_ns = a_start
-            self._attempt_span(tracer, child_ctx, op, a, a is answering, a_start, a_end, attrs, response)
-        span.end(end_time=now_ns)
-        if self.meter is not None:
-            self._metrics(op, decision, model, status, attempts, usage, ttft, t0, now_perf)
+            self._attempt_span(self.tracer, child_ctx, op, a, a is answering, a_start, a_end, attrs, response)
 
     def _attempt_span(
         self,
