@@ -1,6 +1,7 @@
 """Gateway throughput and added latency vs the fake OpenAI server directly, plus the fault acceptance.
 
     python benchmarks/gateway.py [--duration 10] [--faults 1000] [--connections 32,128] [--upstream-ms 15]
+    python benchmarks/gateway.py --quick   # routed + pass-through at 32 connections only (A/B), writes nothing
 
 Starts, as subprocesses on 127.0.0.1, the project's fake OpenAI-compatible server and the gateway
 (`llmroute serve --config examples/loopback.yaml`, ONE worker, the shipped default router, every
@@ -222,6 +223,12 @@ def main() -> None:
     )
     ap.add_argument("--no-write", action="store_true", help="do not write results / BENCHMARKS.md")
     ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="only routed and pass-through, non-streaming, at the first --connections value (A/B of "
+        "gateway CPU per request); prints the runs, writes nothing",
+    )
+    ap.add_argument(
         "--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results"
     )
     args = ap.parse_args()
@@ -285,6 +292,8 @@ def main() -> None:
         # realistic upstream: the fake answers after --upstream-ms, closed loop, direct vs gateway
         if args.upstream_ms > 0:
             plan += [(False, conns[0], t, False, args.upstream_ms) for t in targets[:2]]
+        if args.quick:  # routed and pass-through only
+            plan = [(False, conns[0], t, False, 0.0) for t in targets[1:]]
         fake_url = f"http://127.0.0.1:{fport}"
         latency = 0.0
         for stream, c, (target, model, port), paced, upstream_ms in plan:
@@ -309,7 +318,7 @@ def main() -> None:
         if latency:
             set_upstream_latency(fake_url, 0.0)
         faults = []
-        if args.faults:
+        if args.faults and not args.quick:
             fenv = dict(
                 env,
                 LLMROUTE_TRADEOFF="0",
@@ -353,6 +362,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     load = os.getloadavg()
+    if args.quick:
+        print(json.dumps({"loadavg_at_start": load_start, "loadavg_at_end": load, "runs": runs}, indent=2))
+        return
     result = {
         "machine": {
             "cpus": os.cpu_count(),
