@@ -540,7 +540,11 @@ class Learning:
         al.apply(st.deltas(al.alias, al.seq))
 
     async def stop(self) -> None:
-        """Stop syncing and close the state (outcomes are already stored)."""
+        """Finish the outcomes in flight, stop syncing and close the state."""
+        flushing = self._flushing
+        if flushing is not None and not flushing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(flushing), 10)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
