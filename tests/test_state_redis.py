@@ -199,6 +199,19 @@ def test_rate_limit_bucket_is_shared(redis_proc: RedisProc) -> None:
         s.close()
 
 
+def test_rate_limit_leases_never_exceed_the_shared_bucket(redis_proc: RedisProc) -> None:
+    """A large bucket is taken in leases (5% of it here): over all replicas no more than the
+    bucket is granted, and at most one lease per replica goes unused."""
+    _flush(redis_proc)
+    states = [_state(redis_proc) for _ in range(3)]
+    ledgers = [s.ledger(["k"]) for s in states]
+    granted = sum(ledgers[i % 3].take("k", 1 / 3600, 100.0) == 0.0 for i in range(300))
+    assert 100 - 3 * 5 <= granted <= 100
+    assert ledgers[0].take("k", 1 / 3600, 100.0) > 3000  # the bucket is empty for everyone
+    for s in states:
+        s.close()
+
+
 def test_breaker_opened_by_one_replica_opens_on_the_others(redis_proc: RedisProc) -> None:
     from llmroute.gateway.reliability import Executor
 

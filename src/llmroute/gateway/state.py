@@ -12,7 +12,8 @@ file (one host, `llmroute.gateway.ledger`) and its circuit breakers in each proc
   `appendonly yes`). Each replica's holds are also kept per replica; a replica that stops
   heart-beating (its `alive` key expires, `heartbeat_ttl_s`) has them given back by the next
   refused reservation (at most once per `reclaim_interval_s` per process) or the next start;
-- rate limits: a token bucket per key in a Lua script, timed by the Redis server's clock;
+- rate limits: a token bucket per key in a Lua script, timed by the Redis server's clock (a key
+  with a large bucket is served in small leases, see `RedisLedger.take`);
 - circuit breakers: a breaker that opens writes `breaker:<model>` with the cool-down as its TTL;
   the other replicas read it (at most every `breaker_refresh_s`) and open theirs until it
   expires; a breaker that closes deletes it;
@@ -37,7 +38,9 @@ until an operation succeeds again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -152,20 +155,22 @@ end
 return n
 """
 
-# KEYS: bucket hash; ARGV: rate per s, capacity, n. Returns '0' if taken, else seconds to wait.
+# KEYS: bucket hash; ARGV: rate per s, capacity, n (needed), want (a lease: n or more).
+# Returns {tokens granted (0, or n..want), seconds to wait for n when 0 were granted}.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local v = redis.call('HMGET', KEYS[1], 't', 's')
-local rate, cap, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, cap, n, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens = tonumber(v[1])
 if tokens == nil then tokens = cap
 else tokens = math.min(cap, tokens + math.max(0, now - tonumber(v[2])) * rate) end
-local wait = 0
-if tokens >= n then tokens = tokens - n else wait = (n - tokens) / rate end
+local got, wait = 0, 0
+if tokens >= n then got = math.max(n, math.min(want, math.floor(tokens))); tokens = tokens - got
+else wait = (n - tokens) / rate end
 redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 's', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 60000)
-return string.format('%.17g', wait)
+return {string.format('%.17g', got), string.format('%.17g', wait)}
 """
 
 # KEYS: budget hash; ARGV: day, day spent, month, month spent. Seeds a hash that does not exist.
@@ -189,7 +194,7 @@ class RedisState:
         *,
         on_error: OnError = "fail_open",
         prefix: str = "llmroute:",
-        timeout_s: float = 0.5,
+        timeout_s: float = 1.0,
         retry_s: float = 1.0,
         heartbeat_ttl_s: float = 15.0,
         reclaim_interval_s: float = 1.0,
@@ -233,11 +238,23 @@ class RedisState:
         """A Redis key under this state's prefix."""
         return self.prefix + ":".join(parts)
 
-    def _script(self, name: str, text: str) -> Any:
-        s = self._scripts.get(name)
-        if s is None:
-            s = self._scripts[name] = self.client.register_script(text)
-        return s
+    def eval(self, text: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run Lua script `text` by its SHA1 (loading it once per server: again after a restart);
+        raises StateUnavailable like `run`."""
+        sha = self._scripts.get(text)
+        if sha is None:
+            sha = self._scripts[text] = hashlib.sha1(text.encode()).hexdigest()
+
+        def call(c: Any) -> Any:
+            try:
+                return c.evalsha(sha, len(keys), *keys, *args)
+            except Exception as e:
+                if type(e).__name__ != "NoScriptError" and "NOSCRIPT" not in str(e):
+                    raise
+                c.script_load(text)
+                return c.evalsha(sha, len(keys), *keys, *args)
+
+        return self.run(call)
 
     def run(self, fn: Callable[[Any], Any]) -> Any:
         """`fn(client)`, or StateUnavailable when Redis fails (or failed less than `retry_s` ago).
@@ -281,9 +298,10 @@ class RedisState:
                 return
 
     def _settle(self, kid: str, day: int, month: int, amount: float, actual: float) -> None:
-        self._script("settle", _SETTLE)(
-            keys=[self.key("b", kid), self.key("holds", self.replica)],
-            args=[day, month, repr(float(amount)), repr(float(actual)), kid],
+        self.eval(
+            _SETTLE,
+            [self.key("b", kid), self.key("holds", self.replica)],
+            [day, month, repr(float(amount)), repr(float(actual)), kid],
         )
 
     def ping(self) -> bool:
@@ -322,13 +340,7 @@ class RedisState:
 
     def reclaim(self) -> int:
         """Give back the holds of replicas that stopped heart-beating; returns how many."""
-        return int(
-            self.run(
-                lambda c: self._script("reclaim", _RECLAIM)(
-                    keys=[self.key("replicas")], args=[self.prefix, self.replica]
-                )
-            )
-        )
+        return int(self.eval(_RECLAIM, [self.key("replicas")], [self.prefix, self.replica]))
 
     def ledger(self, key_ids: Sequence[str] = (), *, initial: Initial | None = None) -> RedisLedger:
         """A `RedisLedger` (the `SharedLedger` interface) on this state."""
@@ -388,6 +400,10 @@ class RedisLedger:
     ) -> None:
         self.state = state
         self._keys: set[str] = set()
+        self.lease_share = 0.05  # see `take`
+        self.max_lease = 20.0
+        self.lease_s = 1.0
+        self._leases: dict[str, tuple[float, float]] = {}  # key id -> (tokens left, lapses at)
         self._last_reclaim = -float("inf")
         state.start_heartbeat()
         with contextlib.suppress(StateUnavailable):
@@ -412,11 +428,10 @@ class RedisLedger:
                     if not n
                 ]
                 seeds = initial(missing) if missing else {}
-                seed = st._script("seed", _SEED)
                 for kid, (day, ds, month, ms) in seeds.items():
-                    st.run(lambda c, kid=kid, day=day, ds=ds, month=month, ms=ms: seed(
-                        keys=[st.key("b", kid)], args=[int(day), repr(float(ds)), int(month), repr(float(ms))]
-                    ))  # fmt: skip
+                    st.eval(
+                        _SEED, [st.key("b", kid)], [int(day), repr(float(ds)), int(month), repr(float(ms))]
+                    )
             except StateUnavailable:
                 log.warning("shared state unavailable: new keys' books are not seeded from the store")
         self._keys.update(todo)
@@ -437,7 +452,6 @@ class RedisLedger:
     ) -> tuple[str, float, float] | None:
         """As `SharedLedger.reserve`, atomic across every replica on this Redis."""
         st = self.state
-        script = st._script("reserve", _RESERVE)
         keys = [
             st.key("b", key_id),
             st.key("holds", st.replica),
@@ -454,14 +468,14 @@ class RedisLedger:
             int(st.heartbeat_ttl_s * 1000),
             st.replica,
         ]
-        out = st.run(lambda c: script(keys=keys, args=args, client=c))
+        out = st.eval(_RESERVE, keys, args)
         if out:
             now = time.monotonic()
             if now - self._last_reclaim >= st.reclaim_interval_s:
                 self._last_reclaim = now
                 with contextlib.suppress(StateUnavailable):
                     if st.reclaim():  # a dead replica's holds were given back: try once more
-                        out = st.run(lambda c: script(keys=keys, args=args, client=c))
+                        out = st.eval(_RESERVE, keys, args)
         if out:
             name, spent, reserved = out
             return _s(name), float(spent), float(reserved)
@@ -471,7 +485,7 @@ class RedisLedger:
         """As `SharedLedger.settle`; while Redis is down the cost is queued for its return."""
         st = self.state
         try:
-            st.run(lambda c: st._settle(key_id, day, month, amount, actual))
+            st._settle(key_id, day, month, amount, actual)
         except StateUnavailable:
             with st._lock:
                 st._pending.append((key_id, day, month, amount, actual))
@@ -494,16 +508,33 @@ class RedisLedger:
 
     def take(self, key_id: str, rate: float, capacity: float, now: float = 0.0, n: float = 1.0) -> float:
         """As `SharedLedger.take`, on the Redis server's clock (`now` is ignored); admits (0.0)
-        while Redis is down."""
+        while Redis is down.
+
+        A key with a large bucket is served in leases: one Redis call takes up to
+        `lease_share` of the bucket (at most `max_lease` tokens, at least `n`), spent here
+        until used up or `lease_s` old (the rest then lapses). The shared limit is never
+        exceeded; a replica leaves at most one lease unused per `lease_s`. Buckets under
+        1 / `lease_share` tokens take one token per call (exact)."""
         st = self.state
-        script = st._script("take", _TAKE)
+        now_m = time.monotonic()
+        lease = self._leases.get(key_id)
+        if lease is not None and lease[0] >= n and now_m < lease[1]:
+            self._leases[key_id] = (lease[0] - n, lease[1])
+            return 0.0
+        want = max(float(n), min(self.max_lease, math.floor(capacity * self.lease_share)))
         try:
-            out = st.run(
-                lambda c: script(keys=[st.key("r", key_id)], args=[repr(float(rate)), repr(float(capacity)), repr(float(n))], client=c)
-            )  # fmt: skip
+            got, wait = st.eval(
+                _TAKE,
+                [st.key("r", key_id)],
+                [repr(float(rate)), repr(float(capacity)), repr(float(n)), repr(want)],
+            )
         except StateUnavailable:
             return 0.0
-        return float(out)
+        if float(got) >= n:
+            self._leases[key_id] = (float(got) - n, now_m + self.lease_s)
+            return 0.0
+        self._leases.pop(key_id, None)
+        return float(wait)
 
     def close(self) -> None:
         """Nothing to release per ledger (the `RedisState` owns the connection)."""
@@ -558,6 +589,7 @@ def spawn_redis_server(port: int, folder: str, *, binary: str | None = None) -> 
     import subprocess
 
     exe = binary or redis_server_binary()
+    os.makedirs(folder, exist_ok=True)
     if exe is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
