@@ -375,3 +375,32 @@ def test_example_config_block_parses_when_uncommented() -> None:
     cfg = TelemetryConfig(**yaml.safe_load("\n".join(block))["telemetry"])
     assert cfg.otlp_endpoint == "http://127.0.0.1:4318" and cfg.protocol == "http/protobuf"
     assert not cfg.metrics and not cfg.capture_content
+
+
+def test_other_endpoints_get_their_span_and_operation(fake_server: Any, tmp_path: Any, secrets: None) -> None:
+    """Anthropic Messages (routed like chat) and an embeddings pass-through: a server span named after
+    the endpoint, the GenAI operation of each, and an attempt span on the named model."""
+    import anthropic
+
+    fake_server.clear()
+    with collector() as col:
+        cfg = _config(fake_server.base_url, tmp_path, col.url)
+        with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+            a = anthropic.Anthropic(base_url=gw.root, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+            msg = a.messages.create(
+                model="llmroute/auto", max_tokens=50, messages=[{"role": "user", "content": PROMPT}]
+            )
+            assert msg.content
+            c = openai.OpenAI(base_url=gw, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+            assert c.embeddings.create(model="fake-weak", input=[PROMPT]).data
+    spans = col.spans()
+    servers = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER}
+    assert set(servers) == {"POST /v1/messages", "POST /v1/embeddings"}
+    assert attrs(servers["POST /v1/messages"])["gen_ai.operation.name"] == "chat"
+    emb = servers["POST /v1/embeddings"]
+    assert attrs(emb)["gen_ai.operation.name"] == "embeddings"
+    (k,) = children(spans, emb)
+    assert k.name == "embeddings fake-weak" and attrs(k)["gen_ai.request.model"] == "fake-weak"
+    assert len(children(spans, servers["POST /v1/messages"])) == 1
+    blob = b"".join(col.raw)
+    assert PROMPT.encode() not in blob and CLIENT_KEY.encode() not in blob
