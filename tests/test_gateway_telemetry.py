@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from tests.conftest import StubRouter, loopback_config, run_gateway
 
-from llmroute.gateway.config import parse_config
+from llmroute.gateway.config import ConfigError, parse_config
 from llmroute.gateway.telemetry import Telemetry, parse_headers
 
 CLIENT_KEY = "sk-client-SECRET-7f3a91"
@@ -346,7 +346,7 @@ def test_off_by_default_and_startup_errors(monkeypatch: pytest.MonkeyPatch, tmp_
     )
     ok = parse_config({**base, "telemetry": {"otlp_endpoint": "http://127.0.0.1:4318"}})
     with pytest.raises(
-        RuntimeError, match=r"opentelemetry-exporter-otlp-proto-http is not installed.*llmroute\[otel\]"
+        ConfigError, match=r"opentelemetry-exporter-otlp-proto-http is not installed.*llmroute\[otel\]"
     ):
         Telemetry.create(ok)
 

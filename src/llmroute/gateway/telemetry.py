@@ -150,20 +150,26 @@ class Telemetry:
     @classmethod
     def create(cls, config: GatewayConfig) -> Telemetry | None:
         """The gateway's telemetry, or None when `telemetry.otlp_endpoint` is not set. Raises
-        RuntimeError saying what to install when the OpenTelemetry packages are missing, and
-        ValueError when `headers_env` names an unset variable or holds malformed headers."""
+        `ConfigError` (a ValueError: `llmroute serve` prints it on one line) saying what to install
+        when the OpenTelemetry packages are missing, or when `headers_env` names an unset variable
+        or holds malformed headers."""
+        from llmroute.gateway.config import ConfigError
+
         cfg = getattr(config, "telemetry", None)
         if cfg is None or not cfg.otlp_endpoint:
             return None
         missing = _missing_packages(cfg.protocol)
         if missing:
             extra = " (and opentelemetry-exporter-otlp-proto-grpc for grpc)" if cfg.protocol == "grpc" else ""
-            raise RuntimeError(
+            raise ConfigError(
                 f"telemetry.otlp_endpoint is set but {', '.join(missing)} is not installed: "
                 f"pip install 'llmroute[otel]'{extra}, or remove the telemetry block"
             )
         tel = cls(cfg, config)
-        tel.headers()  # fail at start-up, not at the first export
+        try:
+            tel.headers()  # fail at start-up, not at the first export
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         return tel
 
     def headers(self) -> dict[str, str]:
