@@ -404,3 +404,48 @@ def test_other_endpoints_get_their_span_and_operation(fake_server: Any, tmp_path
     assert len(children(spans, servers["POST /v1/messages"])) == 1
     blob = b"".join(col.raw)
     assert PROMPT.encode() not in blob and CLIENT_KEY.encode() not in blob
+
+
+def test_cascade_steps_are_attempt_spans(fake_server: Any, tmp_path: Any, secrets: None) -> None:
+    """A cascade that escalates: each step is its own attempt span under the request's span."""
+    skills = {
+        "tc-cheap": {"math": 1.0, "code": 1.0, "chat": 0.0},
+        "tc-strong": {"math": 1.0, "code": 1.0, "chat": 1.0},
+    }
+    before = dict(fake_server.state.skills)
+    fake_server.state.skills.update(skills)
+    fake_server.clear()
+    try:
+        with collector() as col:
+            cfg = _config(fake_server.base_url, tmp_path, col.url)
+            for name, col_name, price in (("tc-cheap", "weak", 0.1), ("tc-strong", "strong", 10.0)):
+                cfg["models"].append(
+                    {
+                        "name": name,
+                        "base_url": fake_server.base_url,
+                        "api_key_env": "LLMROUTE_TEST_OTEL_UPSTREAM",
+                        "input_per_mtok": price,
+                        "output_per_mtok": price,
+                        "timeout_s": 10.0,
+                        "router_model": col_name,
+                    }
+                )
+            order = ["tc-cheap", "tc-strong"]
+            cfg["aliases"]["c/two"] = {"candidates": order, "cascade": {"models": order, "max_steps": 2}}
+            with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+                c = openai.OpenAI(base_url=gw, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+                raw = c.chat.completions.with_raw_response.create(
+                    model="c/two",
+                    messages=[
+                        {"role": "user", "content": "Hi there! Could you greet my friend Alice warmly?"}
+                    ],
+                )
+                assert raw.headers["x-llmroute-model"] == "tc-strong"
+    finally:
+        fake_server.state.skills.clear()
+        fake_server.state.skills.update(before)
+    spans = col.spans()
+    (server,) = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    a = attrs(server)
+    assert a["llmroute.cascade_steps"] == 2 and a["llmroute.served_model"] == "tc-strong"
+    assert [attrs(k)["gen_ai.request.model"] for k in children(spans, server)] == order
