@@ -32,6 +32,7 @@ safetensors file, no pickle).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -154,6 +155,7 @@ class OnlineLearner:
         self.profiled_ = np.zeros(0, dtype=bool)  # False: added without a profile (optimistic prior)
         self._pending: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._ids = itertools.count(1)
+        self._theta: np.ndarray | None = None  # posterior means A_inv b per model (see `_means`)
         for m in models:
             self.add_model(m, profiled=profiled)
 
@@ -172,6 +174,7 @@ class OnlineLearner:
         self.n_ = np.append(self.n_, 0.0)
         self.cost_res_ = np.append(self.cost_res_, 0.0)
         self.profiled_ = np.append(self.profiled_, profiled)
+        self._theta = None
 
     def remove_model(self, name: str) -> None:
         """Drop an arm and its posterior (pending decisions are dropped too)."""
@@ -180,6 +183,7 @@ class OnlineLearner:
         self.models.pop(j)
         self.A_inv_, self.b_ = self.A_inv_[keep], self.b_[keep]
         self.n_, self.cost_res_, self.profiled_ = self.n_[keep], self.cost_res_[keep], self.profiled_[keep]
+        self._theta = None
         self._pending.clear()
 
     # ---- deciding ----------------------------------------------------------------------------
@@ -187,8 +191,15 @@ class OnlineLearner:
         """The shared part of a prompt's context: projected embedding (unit norm), a 0 where each
         model's own base quality goes (see `contexts`), and a bias 1."""
         z = np.asarray(embedding, dtype=np.float64).reshape(-1) @ self.proj_
-        nz = float(np.sqrt(z @ z))
-        return np.concatenate([z / nz if nz > 0 else z, [0.0, 1.0]])
+        nz = math.sqrt(float(z @ z))
+        out = np.empty(self.dim + 2)
+        if nz > 0:
+            np.divide(z, nz, out=out[: self.dim])
+        else:
+            out[: self.dim] = z
+        out[self.dim] = 0.0
+        out[self.dim + 1] = 1.0
+        return out
 
     def contexts(self, x: np.ndarray, q_fill: np.ndarray) -> np.ndarray:
         """(m, D) per-model contexts: `x` with each model's base quality (centred at 0.5), so the
@@ -232,47 +243,83 @@ class OnlineLearner:
     ) -> Choice:
         """Choose a model for one prompt (its embedding and the offline estimates per model;
         NaN = no profile). `candidates`: a boolean mask of allowed models (default all);
-        `context`: `self.context(embedding)` when the caller has it already."""
+        `context`: `self.context(embedding)` when the caller has it already.
+
+        Cost per call: one (m, D, D) @ (D,) product and a few length-m vector operations. The
+        posterior means are kept per model (updated with each outcome, not per request), and the
+        per-model context differs from the shared one only in its base-quality column k, so
+        x_m' A x_m and theta_m . x_m follow from A x, theta . x, the column k and A[k, k].
+        Thompson's win probabilities come from `n_samples` draws (one vectorised call) and the
+        choice is then drawn from the explore-bounded distribution: the propensity returned is
+        the exact probability of that draw given the estimated win probabilities."""
         lam = self.tradeoff if tradeoff is None else float(tradeoff)
         qf, cf = self._fill(q_base, c_base)
-        x = self.contexts(self.context(embedding) if context is None else context, qf)
-        q, sd, c = self.estimate(x, qf, cf)
-        mean = q - lam * c
-        allowed = np.ones(len(self.models), bool) if candidates is None else np.asarray(candidates, bool)
-        if not allowed.any():
-            raise ValueError("no candidate model is allowed")
-        mean = np.where(allowed, mean, -np.inf)
-        g = self._greedy(mean, sd, np.where(allowed, qf - lam * cf, -np.inf))
         m = len(self.models)
-        target = np.zeros(m)
-        if self.method == "thompson" and self.max_explore > 0:
-            draws = mean + sd * self.rng.standard_normal((self.n_samples, m))
-            draws[:, ~allowed] = -np.inf
-            target = np.bincount(draws.argmax(axis=1), minlength=m) / self.n_samples
-        elif self.method == "linucb" and self.max_explore > 0:
-            target[int(np.argmax(np.where(allowed, mean + self.ucb_alpha * sd, -np.inf)))] = 1.0
+        x = self.context(embedding) if context is None else np.asarray(context, dtype=np.float64)
+        k = self.dim
+        theta = self._means()
+        A = self.A_inv_
+        Ax = A @ x  # (m, D)
+        s = qf - 0.5 - x[k]  # each model's own column value minus the shared one
+        mean_res = theta @ x + s * theta[:, k]
+        var = Ax @ x + s * (2.0 * Ax[:, k] + s * A[:, k, k])
+        sd = np.sqrt(np.maximum(var, 0.0))
+        q = qf + mean_res
+        c = cf + self.cost_res_ / (self.n_ + 1.0)
+        mean = q - lam * c
+        if candidates is None:
+            allowed = None
         else:
-            target[g] = 1.0
-        dev = 1.0 - target[g]
+            allowed = np.asarray(candidates, bool)
+            if not allowed.any():
+                raise ValueError("no candidate model is allowed")
+            mean = np.where(allowed, mean, -np.inf)
+        base = qf - lam * cf
+        g = self._greedy(mean, sd, base if allowed is None else np.where(allowed, base, -np.inf))
+        if self.method == "thompson" and self.max_explore > 0:
+            draws = self.rng.standard_normal((self.n_samples, m))
+            draws *= sd
+            draws += mean  # a disallowed model's mean is -inf: it never wins a draw
+            target = np.bincount(draws.argmax(axis=1), minlength=m) / self.n_samples
+        else:
+            target = np.zeros(m)
+            if self.method == "linucb" and self.max_explore > 0:
+                target[int(np.argmax(mean + self.ucb_alpha * sd))] = 1.0
+            else:
+                target[g] = 1.0
+        dev = 1.0 - float(target[g])
         scale = min(1.0, self.max_explore / dev) if dev > 0 else 0.0
         probs = target * scale
         probs[g] = 1.0 - scale * dev
-        k = int(self.rng.choice(m, p=probs / probs.sum())) if dev > 0 else g
+        if dev > 0:
+            # Generator.choice(m, p=probs / probs.sum()) without its checks: one uniform, the cdf
+            cdf = list(itertools.accumulate((probs / probs.sum()).tolist()))
+            top = cdf[-1]
+            ch = min(bisect.bisect_right([v / top for v in cdf], self.rng.random()), m - 1)
+        else:
+            ch = g
         did = next(self._ids)
         self._pending[did] = (x, qf, cf)
         if len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
         return Choice(
-            model=self.models[k],
-            index=k,
-            propensity=float(probs[k]),
+            model=self.models[ch],
+            index=ch,
+            propensity=float(probs[ch]),
             propensities=probs,
             greedy=self.models[g],
-            explored=k != g,
+            explored=ch != g,
             decision_id=did,
             q=q,
             c=c,
         )
+
+    def _means(self) -> np.ndarray:
+        """(m, D) posterior mean of every model's residual weights, A^-1 b (kept up to date by
+        `observe`, recomputed after any other change of the state)."""
+        if self._theta is None or self._theta.shape != self.b_.shape:
+            self._theta = np.einsum("mde,me->md", self.A_inv_, self.b_)
+        return self._theta
 
     def _greedy(self, mean: np.ndarray, sd: np.ndarray, base: np.ndarray) -> int:
         """The greedy choice: the offline router's choice (argmax of the base reward) unless a
@@ -282,11 +329,12 @@ class OnlineLearner:
         if self.confidence <= 0 or not self.profiled_.any():
             return int(np.argmax(mean))
         b = int(np.argmax(base))
-        gain = mean - mean[b]
-        sure = gain > self.confidence * np.sqrt(sd**2 + sd[b] ** 2)
-        if not sure.any():
-            return b
-        return int(np.argmax(np.where(sure, mean, -np.inf)))
+        mb, sb2, conf = float(mean[b]), float(sd[b]) ** 2, self.confidence
+        best, bi = -math.inf, -1
+        for i, (mi, si) in enumerate(zip(mean.tolist(), sd.tolist(), strict=True)):
+            if mi - mb > conf * math.sqrt(si * si + sb2) and (bi < 0 or mi > best):
+                best, bi = mi, i
+        return b if bi < 0 else bi
 
     # ---- learning ----------------------------------------------------------------------------
     def update(
@@ -306,7 +354,9 @@ class OnlineLearner:
             )
         x, qf, cf = ctx
         j = model if isinstance(model, int) else self.models.index(model)
-        self.observe(x[j], j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
+        xj = x.copy()
+        xj[self.dim] = qf[j] - 0.5  # the model's own context row (see `contexts`)
+        self.observe(xj, j, float(quality) - qf[j], None if cost is None else float(cost) - cf[j])
 
     def observe(
         self,
@@ -323,6 +373,8 @@ class OnlineLearner:
         Ax = A @ x
         A -= np.outer(Ax, Ax) * (weight / (self.noise_var + weight * (x @ Ax)))
         self.b_[j] += x * (weight * residual / self.noise_var)
+        if self._theta is not None and self._theta.shape == self.b_.shape:
+            self._theta[j] = A @ self.b_[j]
         self.n_[j] += weight
         if cost_residual is not None:
             self.cost_res_[j] += weight * cost_residual
@@ -427,4 +479,5 @@ class OnlineLearner:
         learner.cost_res_ = arrays["cost_res"].astype(np.float64)
         learner.profiled_ = arrays["profiled"].astype(bool)
         learner.proj_ = arrays["proj"].astype(np.float64)
+        learner._theta = None
         return learner
