@@ -341,3 +341,74 @@ def test_whatif_reads_the_gateways_traces(fake_server: Any, tmp_path: Path) -> N
     )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["n"] == len(prompts)
+
+
+def _wait(pred: Any, what: str) -> None:
+    end = time.monotonic() + 30
+    while not pred():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_feedback_at_another_worker_before_its_trace_is_committed(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sharing a store (`serve --workers 2` sets LLMROUTE_SHARED_DIR): feedback sent to a
+    worker that has not seen the request's trace yet (the other worker's commit window, 3 s
+    here) is answered 202 pending, not 404, and recorded and learned once the trace lands; an id
+    that never lands expires (counted in /healthz)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("LLMROUTE_SHARED_DIR", str(shared))
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    cfg["store"]["commit_interval_s"] = 3.0  # the trace stays in a's journal, not in the database
+    with (
+        run_gateway(cfg, routers={"default": StubRouter()}) as a,
+        run_gateway(cfg, routers={"default": StubRouter()}) as b,
+    ):
+        ((rid, _, _),) = _ask(a)
+        r = httpx.post(f"{b}/feedback", json={"request_id": rid, "quality": 0.0}, timeout=30)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "pending" and "commit window" in r.json()["message"]
+        gone = httpx.post(f"{b}/feedback", json={"request_id": "0" * 32, "quality": 1.0}, timeout=30)
+        assert gone.status_code == 202
+        health = httpx.get(f"{b.root}/healthz").json()
+        assert health["pending_feedback"]["waiting"] == 2
+
+        def learned() -> bool:
+            return b.app.learning.stats()["llmroute/auto"]["outcomes"] == 1
+
+        _wait(learned, "the pending outcome to be learned at b")
+        assert a.app.store.get(rid)["outcome"] == {"quality": 0.0}  # stored with the trace
+        _wait(lambda: a.app.learning.stats()["llmroute/auto"]["outcomes"] == 1, "a to sync")
+
+        def expired() -> bool:
+            return httpx.get(f"{b.root}/healthz").json()["pending_feedback"]["expired"] == 1
+
+        _wait(expired, "the unknown id to expire")
+        stats = httpx.get(f"{b.root}/healthz").json()["pending_feedback"]
+        assert stats == {"waiting": 0, "resolved": 1, "expired": 1, "refused": 0}
+        assert b.app.learning.stats()["llmroute/auto"]["outcomes"] == 1  # the unknown one taught nothing
+
+
+def test_one_process_still_answers_404_for_an_unknown_id(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        r = httpx.post(f"{gw}/feedback", json={"request_id": "0" * 32, "quality": 1.0}, timeout=30)
+        assert r.status_code == 404 and "pending_feedback" not in httpx.get(f"{gw.root}/healthz").json()
+
+
+def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server, tmp_path, learner="greedy")
+    cfg["aliases"]["plain"] = {"router": "default", "candidates": ["fake-strong", "fake-weak"]}
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        h = httpx.get(f"{gw.root}/healthz").json()["learning"]
+        assert h["plain"] == {"enabled": False}
+        on = h["llmroute/auto"]
+        assert on["enabled"] is True and on["method"] == "greedy" and on["outcomes"] == 0
+        assert on["snapshot"] > 0 and on["sync_error"] is None
+        ((rid, _, _),) = _ask(gw)
+        assert _feedback(gw, rid, quality=1.0).status_code == 200
+        on = httpx.get(f"{gw.root}/healthz").json()["learning"]["llmroute/auto"]
+        assert on["outcomes"] == 1 and on["seq"] >= 1
+        assert on["last_sync"] is not None and on["sync_age_s"] >= 0

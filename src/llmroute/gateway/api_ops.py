@@ -34,7 +34,7 @@ from llmroute.gateway.asgi import (
 )
 from llmroute.gateway.auth import GatewayError
 from llmroute.gateway.backends.http import public_url
-from llmroute.gateway.outcomes import EXPLICIT, record_outcome, score_from_feedback
+from llmroute.gateway.outcomes import EXPLICIT, PENDING, UNKNOWN, record_or_defer, score_from_feedback
 
 if TYPE_CHECKING:
     from llmroute.gateway.app import Gateway
@@ -217,6 +217,11 @@ def openapi_document(
         }
         if path in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
             op["responses"]["200"]["links"] = {"Feedback": feedback}
+        if path == "/v1/feedback":  # another worker's trace inside its commit window: kept
+            op["responses"]["202"] = {
+                "description": "Accepted: pending until the trace lands",
+                "content": ok_content,
+            }
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[body]}}}
         if secured and path not in ("/healthz", "/metrics", "/openapi.json"):
@@ -353,7 +358,8 @@ class OpsEndpoints:
         """POST /v1/feedback: merge an outcome (`quality` or `score` in [0, 1], `thumbs`, a `label`,
         any other fields) into a request's trace record, learn from it where the request's alias
         learns, then tell the feedback hooks (`outcomes.record_outcome`); 404 for an unknown
-        request id. With API keys
+        request id, 202 {"status": "pending"} when other workers share the store and the id is not
+        there yet (`outcomes.record_or_defer`: kept until the trace lands). With API keys
         configured, only the key that made the request may give its feedback (another key's
         request id is answered 404 like an unknown one: ids of other tenants are not confirmed)."""
         gw = self.gw
@@ -371,7 +377,10 @@ class OpsEndpoints:
             except ValueError as e:
                 raise bad_request(f"{e}.") from None
             fields = {k: v for k, v in outcome.items() if k != "quality"}
-            if not await record_outcome(gw, body["request_id"], score, EXPLICIT, owner=owner, fields=fields):
+            status = await record_or_defer(
+                gw, body["request_id"], score, EXPLICIT, owner=owner, fields=fields
+            )
+            if status == UNKNOWN:
                 raise GatewayError(
                     404,
                     f"Unknown request id {body['request_id'][:64]!r}.",
@@ -380,6 +389,15 @@ class OpsEndpoints:
                 )
         except GatewayError as e:
             await send_error(send, e)
+            return
+        if status == PENDING:  # another worker's trace, not committed yet: kept until it lands
+            wait = gw.pending_outcomes.wait_s
+            msg = (
+                f"Request id not in the trace store yet (another worker's trace may still be in its commit "
+                f"window); the outcome is kept and recorded when the trace lands, within {wait:g} s."
+            )
+            body_out = orjson.dumps({"ok": True, "status": "pending", "message": msg})
+            await send_response(send, 202, body_out, [JSON])
             return
         await send_response(send, 200, b'{"ok":true}', [JSON])
 
@@ -410,7 +428,8 @@ class OpsEndpoints:
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /healthz: liveness, the number of models, the aliases and each breaker's state;
         with `state: redis://...` also the shared state's health (status 'degraded' while Redis
-        does not answer: the gateway still routes)."""
+        does not answer: the gateway still routes); with online learning, `learning` per alias
+        (`Learning.health`: on, last sync, outcomes applied, snapshot id, pending feedback)."""
         gw = self.gw
         br = {n: b.state for n, b in gw.executor.breakers.items()}
         body: dict[str, Any] = {
@@ -423,6 +442,11 @@ class OpsEndpoints:
             body["state"] = gw.state.health()
             if not body["state"]["ok"]:
                 body["status"] = "degraded"
+        if gw.learning is not None:  # per learning alias: on, last sync, outcomes applied, snapshot
+            body["learning"] = gw.learning.health()
+        pending = getattr(gw, "pending_outcomes", None)
+        if pending is not None:  # feedback waiting for another worker's trace (202 answers)
+            body["pending_feedback"] = pending.stats()
         await send_response(send, 200, orjson.dumps(body), [JSON])
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -483,6 +483,8 @@ class Learning:
         self._queue: list[tuple[tuple[str, float, str], asyncio.Future[tuple[str, str] | None]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
+        self.last_sync: float | None = None  # unix time of the last sync with the shared state
+        self.sync_error: str | None = None  # the last sync's error (None: it worked)
         self.metrics: Any = getattr(engine, "metrics", None)  # set by the gateway (GatewayMetrics)
 
     @classmethod
@@ -560,6 +562,7 @@ class Learning:
             try:
                 await self.sync()
             except Exception as e:  # keep routing on the local state
+                self.sync_error = f"{type(e).__name__}: {e}"
                 log.warning("learner state sync failed (%s); routing on the local state", e)
 
     async def sync(self, graded: Sequence[tuple[str, float, str]] = ()) -> list[tuple[str, str] | None]:
@@ -573,7 +576,7 @@ class Learning:
             return [None] * len(graded)
         async with self._sync_lock:
             after = {a: al.seq for a, al in self.aliases.items()}
-            if self.store is not None:
+            if self.store is not None and graded:  # the trace rows: on the store's writer thread
                 results, pulled = await self.store.arun(lambda backend: self._work(backend, graded, after))
             else:
                 results, pulled = await asyncio.to_thread(self._work, None, graded, after)
@@ -587,6 +590,7 @@ class Learning:
                     data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
                     al.snap_seq = seq
                     await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+            self.last_sync, self.sync_error = time.time(), None
             return results
 
     def _work(
@@ -734,6 +738,32 @@ class Learning:
         if self.metrics is not None:
             self.metrics.observe_learning_outcome(*key)
         return result
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz, per alias of the config: `enabled`, and for a learning alias its method,
+        `last_sync` (unix time of the last sync with the shared state; None before the first),
+        `sync_age_s`, `sync_error` (the last failed sync's error, None when it worked),
+        `outcomes` (applied to the posterior, all workers), `seq` (last outcome term applied)
+        and `snapshot` (the id of the snapshot the learner started from)."""
+        now = time.time()
+        out: dict[str, Any] = {}
+        for name in self.config.aliases:
+            al = self.aliases.get(name)
+            if al is None:
+                out[name] = {"enabled": False}
+                continue
+            last = self.last_sync
+            out[name] = {
+                "enabled": True,
+                "method": al.learner.method,
+                "last_sync": last,
+                "sync_age_s": None if last is None else round(now - last, 3),
+                "sync_error": self.sync_error,
+                "outcomes": float(al.learner.n_.sum()),
+                "seq": al.seq,
+                "snapshot": al.snapshot_id,
+            }
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Per alias: decisions, explored, explored share, outcomes learned, snapshot id."""

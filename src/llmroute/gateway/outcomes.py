@@ -25,13 +25,30 @@ no-op. So `/v1/feedback` is idempotent by request id.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmroute.gateway.app import Gateway
 
-__all__ = ["EXPLICIT", "LABELS", "record_outcome", "score_from_feedback"]
+__all__ = [
+    "EXPLICIT",
+    "LABELS",
+    "PENDING",
+    "RECORDED",
+    "UNKNOWN",
+    "PendingOutcomes",
+    "may_share_store",
+    "record_or_defer",
+    "record_outcome",
+    "score_from_feedback",
+]
+
+log = logging.getLogger("llmroute.gateway.outcomes")
 
 #: the source name of explicit feedback (`POST /v1/feedback`)
 EXPLICIT = "feedback"
@@ -118,3 +135,121 @@ async def record_outcome(
     for hook in gateway.feedback_hooks:
         await hook(request_id, outcome)
     return True
+
+
+#: statuses of `record_or_defer`
+RECORDED, PENDING, UNKNOWN = "recorded", "pending", "unknown"
+
+
+def may_share_store(gateway: Gateway) -> bool:
+    """Whether other processes may write traces to this gateway's store (then a request id it
+    does not find yet may be another worker's trace inside that worker's commit window):
+    `llmroute serve --workers N>1` (`LLMROUTE_SHARED_DIR`), a Postgres store, or replicas on a
+    shared Redis state."""
+    cfg = gateway.config
+    url = cfg.store.url
+    return bool(
+        os.environ.get("LLMROUTE_SHARED_DIR")
+        or url.startswith(("postgres://", "postgresql://"))
+        or getattr(cfg, "state", None)
+    )
+
+
+async def record_or_defer(
+    gateway: Gateway,
+    request_id: str,
+    score: float | None,
+    source: str,
+    *,
+    owner: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> str:
+    """`record_outcome`, keeping the outcome of a request id the store does not have yet when
+    other processes write to the same store (`may_share_store`): "recorded", "pending" (queued in
+    `gateway`'s `PendingOutcomes`, recorded and learned when the trace lands, within
+    `PendingOutcomes.wait_s`) or "unknown" (nothing stored: not found, not `owner`'s, or the
+    pending queue is full)."""
+    if await record_outcome(gateway, request_id, score, source, owner=owner, fields=fields):
+        return RECORDED
+    if not may_share_store(gateway):
+        return UNKNOWN
+    pending: PendingOutcomes | None = getattr(gateway, "pending_outcomes", None)
+    if pending is None:
+        pending = PendingOutcomes(gateway)
+        gateway.pending_outcomes = pending  # type: ignore[attr-defined]
+    return PENDING if pending.add(request_id, score, source, owner, fields) else UNKNOWN
+
+
+class PendingOutcomes:
+    """Outcomes waiting for their request's trace (written by another worker and still in its
+    commit window, `store.commit_interval_s`). Each is retried every `retry_s` until its trace
+    lands (then recorded and learned like any outcome) or `wait_s` passed (dropped and counted
+    as expired: the id was unknown). At most `max_items` wait (a full queue refuses more). The
+    retry task runs only while something waits (no task to stop at shutdown)."""
+
+    def __init__(
+        self, gateway: Gateway, wait_s: float | None = None, max_items: int = 10_000, retry_s: float = 0.1
+    ) -> None:
+        self.gateway = gateway
+        commit = float(getattr(gateway.config.store, "commit_interval_s", 0.5))
+        # the other worker's commit window, its flush and our retry, with room for a loaded host
+        self.wait_s = 2.0 * commit + 2.0 if wait_s is None else float(wait_s)
+        self.max_items = int(max_items)
+        self.retry_s = float(retry_s)
+        self._items: dict[tuple[str, str], tuple[float, float | None, str | None, dict[str, Any] | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.resolved = 0
+        self.expired = 0
+        self.refused = 0
+
+    def add(
+        self,
+        request_id: str,
+        score: float | None,
+        source: str,
+        owner: str | None,
+        fields: dict[str, Any] | None,
+    ) -> bool:
+        """Queue an outcome (a later one of the same request and source replaces it); False
+        when `max_items` already wait."""
+        key = (request_id, source)
+        if key not in self._items and len(self._items) >= self.max_items:
+            self.refused += 1
+            return False
+        self._items[key] = (
+            time.monotonic() + self.wait_s,
+            score,
+            owner,
+            None if fields is None else dict(fields),
+        )
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    async def _run(self) -> None:
+        while self._items:
+            await asyncio.sleep(self.retry_s)
+            for key, item in list(self._items.items()):
+                deadline, score, owner, fields = item
+                try:
+                    ok = await record_outcome(self.gateway, key[0], score, key[1], owner=owner, fields=fields)
+                except Exception as e:  # the store closed (shutdown) or failed: give up on it
+                    log.warning("pending outcome of %s dropped: %s", key[0][:64], e)
+                    ok, deadline = False, 0.0
+                if ok:
+                    self.resolved += 1
+                elif time.monotonic() < deadline:
+                    continue
+                else:
+                    self.expired += 1
+                if self._items.get(key) is item:  # not replaced by a newer one meanwhile
+                    del self._items[key]
+
+    def stats(self) -> dict[str, int]:
+        """Waiting now, resolved (recorded when the trace landed), expired, refused (queue full)."""
+        return {
+            "waiting": len(self._items),
+            "resolved": self.resolved,
+            "expired": self.expired,
+            "refused": self.refused,
+        }

@@ -953,6 +953,8 @@ class Decision(Struct, tag_field="object", tag="llmroute.decision"):
 
 class FeedbackAck(Struct):
     ok: bool
+    status: str | None = None  # "pending" (202): the trace is not in the store yet, kept until it lands
+    message: str | None = None
 
 
 class ModelList(Struct, tag_field="object", tag="list"):
@@ -965,3 +967,5 @@ class Health(Struct):
     aliases: list[str]
     breakers: dict[str, str]
     state: dict[str, Any] | None = None
+    learning: dict[str, Any] | None = None
+    pending_feedback: dict[str, Any] | None = None
