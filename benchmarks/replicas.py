@@ -20,8 +20,8 @@ process writes its traces to its own SQLite file.
    spread round-robin, then one request at a time until every replica refuses: the spend in
    Redis must end within [budget, budget + one request's maximum cost] and equal the costs the
    clients were answered with.
-3. kill -9: 3 processes, 300 concurrent requests of another key, one replica killed with SIGKILL
-   after 60 answers: the spend in Redis must cover every answered cost (and exceed it by at most
+3. kill -9: 3 processes, 300 concurrent requests of another key (the fake upstream answering
+   after 0.1 s, so that many are in flight), one replica killed with SIGKILL after 60 answers: the spend in Redis must cover every answered cost (and exceed it by at most
    the cut-off requests' maximum costs).
 
 Writes benchmarks/results/replicas.json and the `replicas` section of BENCHMARKS.md.
@@ -47,7 +47,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import md_table, update_section
-from gateway import cpu_seconds, ensure_wrk, free_port, parse_wrk, start, wait_ready
+from gateway import cpu_seconds, ensure_wrk, free_port, parse_wrk, set_upstream_latency, start, wait_ready
 from llmroute.gateway.auth import estimate_input_tokens, hash_key, max_request_cost
 from llmroute.gateway.state import RedisState, spawn_redis_server
 
@@ -247,11 +247,15 @@ def budget_check(fleet: Fleet, state: RedisState) -> dict[str, Any]:
     }
 
 
-def kill_check(fleet: Fleet, state: RedisState) -> dict[str, Any]:
+def kill_check(fleet: Fleet, state: RedisState, fake_url: str) -> dict[str, Any]:
     one_max = max_request_cost(PRICE_IN, PRICE_OUT, estimate_input_tokens(MESSAGES), 50)
     before, _ = spent(state, "kill")
     victim = fleet.procs[-1]
-    res = asyncio.run(burst(fleet.roots, KEY_KILL, 300, kill=(victim.pid, 60)))
+    set_upstream_latency(fake_url, 100.0)  # answers take 0.1 s: many requests are in flight at the kill
+    try:
+        res = asyncio.run(burst(fleet.roots, KEY_KILL, 300, kill=(victim.pid, 60)))
+    finally:
+        set_upstream_latency(fake_url, 0.0)
     victim.wait(30)
     answered = sum(c for _, c in res)
     ok = sum(o == "ok" for o, _ in res)
@@ -399,7 +403,7 @@ def main() -> None:
         try:
             budget = budget_check(fleet, state)
             print(json.dumps(budget), flush=True)
-            kill = kill_check(fleet, state)
+            kill = kill_check(fleet, state, f"http://127.0.0.1:{fport}")
             print(json.dumps(kill), flush=True)
         finally:
             fleet.stop()
