@@ -253,11 +253,12 @@ class RegimeHead:
         """W_'s embedding and hand-feature rows cast to the features' dtypes (float32), cast once
         per fitted state rather than on every request (the same values as casting each time)."""
         cached = getattr(self, "_w_cache", None)
-        # keyed on the very W_ array (held, so a new array cannot take its id) and the dtypes
-        if cached is not None and cached[0] is self.W_ and cached[1] == (emb_dtype, extra_dtype):
+        # keyed on the very W_ array (held, so a new array cannot take its id), the split and the dtypes
+        key = (self.n_emb_, emb_dtype, extra_dtype)
+        if cached is not None and cached[0] is self.W_ and cached[1] == key:
             return cached[2]
         pair = (self.W_[: self.n_emb_].astype(emb_dtype), self.W_[self.n_emb_ :].astype(extra_dtype))
-        self._w_cache = (self.W_, (emb_dtype, extra_dtype), pair)
+        self._w_cache = (self.W_, key, pair)
         return pair
 
     def mix(self, q: np.ndarray, probs: np.ndarray) -> np.ndarray:
