@@ -5,11 +5,13 @@
 1. Per outcome (in process, the shipped default router behind examples/loopback.yaml's
    `llmroute/auto` with `learning: {enabled: true}`, a SQLite trace store and learner state in a
    temporary folder): `--outcomes` requests are decided (engine + learner) and traced, then each
-   gets an explicit outcome through `Learning.outcome` (what `/v1/feedback` runs after storing the
-   feedback): the trace row read, the delta appended to the shared SQLite state, and the replay
-   into the posterior. Reported: process CPU per outcome (all threads: event loop, store writer,
-   the state's thread), wall time per outcome, and the learner's rank-1 update alone; the
-   learner's share of the decision (`Learning.decide`) per request.
+   gets an explicit outcome through `record_outcome` (what `/v1/feedback` runs: stored in the
+   trace, then queued for the learner's next batch: trace rows read, deltas appended to the shared
+   SQLite state, replay into the posterior), half one at a time and half 32 in flight, each until
+   the learner's queue is empty; then the same outcomes stored without the learner
+   (`aattach_feedback`). Reported: process CPU (all threads) per feedback, of storing alone, and
+   their difference (the learning's cost per outcome); wall time per feedback; the learner's
+   rank-1 update alone; the learner's share of the decision (`Learning.decide`) per request.
 2. Throughput, learning on vs off: `llmroute serve` (one worker) on examples/loopback.yaml in front
    of the fake server, wrk -t1 at 32 connections, unique prompts, `--rounds` alternating off/on
    runs of `--duration` s; requests per second and gateway CPU per request (from /proc).
@@ -109,19 +111,38 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         )
         rids.append(ctx.request_id)
     await gw.store.flush()
+    from llmroute.gateway.outcomes import record_outcome
+
     half = n // 2
-    wall: list[float] = []
-    cpu0 = time.process_time()
-    for i, rid in enumerate(rids[:half]):  # one at a time: no batching
-        t = time.perf_counter()
-        await learning.outcome(rid, float(i % 2), "feedback")
-        wall.append(time.perf_counter() - t)
-    cpu = time.process_time() - cpu0
-    cpu1 = time.process_time()
-    rest = rids[half:]
-    for k in range(0, len(rest), 32):  # 32 feedback calls in flight: they share a batch
-        await asyncio.gather(*(learning.outcome(r, 1.0, "feedback") for r in rest[k : k + 32]))
-    cpu_conc = time.process_time() - cpu1
+    first, rest = rids[:half], rids[half:]
+
+    async def one_at_a_time(fn: Any, ids: list[str]) -> tuple[float, list[float]]:
+        wall = []
+        cpu0 = time.process_time()
+        for i, rid in enumerate(ids):
+            t = time.perf_counter()
+            await fn(rid, i)
+            wall.append(time.perf_counter() - t)
+        await learning.drain()  # the learning the calls queued is part of their cost
+        return time.process_time() - cpu0, wall
+
+    async def in_flight(fn: Any, ids: list[str]) -> float:
+        cpu0 = time.process_time()
+        for k in range(0, len(ids), 32):  # 32 feedback calls in flight
+            await asyncio.gather(*(fn(r, k + i) for i, r in enumerate(ids[k : k + 32])))
+        await learning.drain()
+        return time.process_time() - cpu0
+
+    async def feedback(rid: str, i: int) -> None:  # what /v1/feedback runs: store, then learn
+        assert await record_outcome(gw, rid, float(i % 2), "feedback")
+
+    async def attach_only(rid: str, i: int) -> None:  # the same without the learner
+        assert await gw.store.aattach_feedback(rid, {"quality": float(i % 2)})
+
+    cpu, wall = await one_at_a_time(feedback, first)
+    cpu_attach, _ = await one_at_a_time(attach_only, first)
+    cpu_conc = await in_flight(feedback, rest)
+    cpu_conc_attach = await in_flight(attach_only, rest)
     learned = learning.stats()["llmroute/auto"]["outcomes"]
     al = learning.aliases["llmroute/auto"]
     # the learner's rank-1 update alone, on the same contexts
@@ -136,9 +157,13 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
     us = 1e6
     return {
         "outcomes": n,
-        "cpu_us_per_outcome": round(cpu / half * us, 1),
-        "cpu_us_per_outcome_32_in_flight": round(cpu_conc / max(1, len(rest)) * us, 1),
-        "wall_us_per_outcome_p50": round(statistics.median(wall) * us, 1),
+        "feedback_cpu_us": round(cpu / half * us, 1),
+        "attach_cpu_us": round(cpu_attach / half * us, 1),
+        "cpu_us_per_outcome": round((cpu - cpu_attach) / half * us, 1),
+        "feedback_cpu_us_32_in_flight": round(cpu_conc / max(1, len(rest)) * us, 1),
+        "attach_cpu_us_32_in_flight": round(cpu_conc_attach / max(1, len(rest)) * us, 1),
+        "cpu_us_per_outcome_32_in_flight": round((cpu_conc - cpu_conc_attach) / max(1, len(rest)) * us, 1),
+        "wall_us_per_feedback_p50": round(statistics.median(wall) * us, 1),
         "update_us_p50": round(statistics.median(upd) * us, 2),
         "decide_us_p50": round(statistics.median(decide_s) * us, 1),
         "decide_us_p99": round(float(np.percentile(decide_s, 99)) * us, 1),
@@ -198,6 +223,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _batch_window() -> float:
+    from llmroute.gateway.learning import Learning
+
+    return Learning.batch_window_s
+
+
 def markdown(res: dict[str, Any]) -> str:
     o, t = res["per_outcome"], res.get("throughput")
     lines = [
@@ -205,12 +236,16 @@ def markdown(res: dict[str, Any]) -> str:
         f"`llmroute/auto` with `learning: {json.dumps(LEARNING)}`, the shipped default router). "
         f"Load at start {res['load_start']:.1f} on {res['cpus']} CPUs.",
         "",
-        f"Per outcome ({o['outcomes']} explicit outcomes through `Learning.outcome`, what `/v1/feedback` runs "
-        "after storing the feedback: trace row read, delta appended to the shared SQLite state, replay into "
-        f"the posterior): one at a time {o['cpu_us_per_outcome']} us process CPU (all threads), wall p50 "
-        f"{o['wall_us_per_outcome_p50']} us; 32 in flight (one SQLite transaction and replay per batch) "
-        f"{o['cpu_us_per_outcome_32_in_flight']} us CPU; the posterior's rank-1 update alone p50 {o['update_us_p50']} us "
-        "(bar <= 50 us per outcome). The learner's part of a decision (`Learning.decide`: embedding from "
+        f"Per outcome ({o['outcomes']} explicit outcomes through `record_outcome`, what `/v1/feedback` runs: "
+        "the outcome stored in the trace, then queued for the learner, which takes the outcomes of each "
+        f"{_batch_window()} s window in one batch: one trace query, one SQLite transaction on the shared "
+        "state, one replay into the posterior; process CPU of all threads until the queue is learned): "
+        f"one at a time {o['feedback_cpu_us']} us per feedback, of which storing it in the trace "
+        f"{o['attach_cpu_us']} us and learning **{o['cpu_us_per_outcome']} us**; 32 in flight "
+        f"{o['feedback_cpu_us_32_in_flight']} us, storing {o['attach_cpu_us_32_in_flight']} us, learning "
+        f"**{o['cpu_us_per_outcome_32_in_flight']} us** (bar <= 50 us per outcome); wall p50 per feedback "
+        f"{o['wall_us_per_feedback_p50']} us; the posterior's rank-1 update alone p50 {o['update_us_p50']} us. "
+        "The learner's part of a decision (`Learning.decide`: embedding from "
         f"the router's cache, choice, features): p50 {o['decide_us_p50']} us, p99 {o['decide_us_p99']} us; "
         f"explored share {o['explored_share']} (max_explore {LEARNING['max_explore']}).",
     ]

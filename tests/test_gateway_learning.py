@@ -66,6 +66,18 @@ def _feedback(gw: str, rid: str, **body: Any) -> httpx.Response:
         time.sleep(0.02)
 
 
+def _learned(gw: Any) -> Any:
+    """The gateway's `Learning` once the outcomes queued so far are learned (/v1/feedback answers
+    once the outcome is in the trace; the learner takes it with the next batch, ~20 ms)."""
+    lr = gw.app.learning
+
+    def idle() -> bool:
+        return not lr._queue and (lr._flushing is None or lr._flushing.done())
+
+    _wait(idle, "the queued outcomes to be learned")
+    return lr
+
+
 def test_learning_is_off_by_default(fake_server: Any, tmp_path: Path) -> None:
     cfg = loopback_config(fake_server.base_url, tmp_path)
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
@@ -134,14 +146,14 @@ def test_feedback_teaches_the_learner_and_is_idempotent(fake_server: Any, tmp_pa
             assert _feedback(gw, rid, thumbs="down").status_code == 200  # the router's pick is bad
         else:
             pytest.fail("40 bad outcomes of fake-weak did not move the greedy choice")
-        n = learning.stats()["llmroute/auto"]["outcomes"]
+        n = _learned(gw).stats()["llmroute/auto"]["outcomes"]
         assert 5 <= n < 40
         assert rows_model(gw, rid) == "fake-strong"
         # the same feedback again: nothing more is learned; a different explicit score replaces it
         assert _feedback(gw, first, thumbs="down").status_code == 200
-        assert learning.stats()["llmroute/auto"]["outcomes"] == n
+        assert _learned(gw).stats()["llmroute/auto"]["outcomes"] == n
         assert _feedback(gw, first, quality=0.2).status_code == 200
-        assert learning.stats()["llmroute/auto"]["outcomes"] == n
+        assert _learned(gw).stats()["llmroute/auto"]["outcomes"] == n
         assert learning.outcomes[("llmroute/auto", "feedback", "replaced")] == 1
         assert learning.outcomes[("llmroute/auto", "feedback", "ignored")] == 1
         text = httpx.get(f"{gw.root}/metrics").text
@@ -179,7 +191,7 @@ def test_implicit_then_explicit_outcome(fake_server: Any, tmp_path: Path) -> Non
         implicit("regenerate", 0.0)
         implicit("length", 0.0)  # a second implicit outcome of the same request is not learned
         assert _feedback(gw, rid, quality=1.0).status_code == 200  # the explicit one replaces it
-        learning = gw.app.learning
+        learning = _learned(gw)
         assert learning.stats()["llmroute/auto"]["outcomes"] == 2
         key = "llmroute/auto"
         assert learning.outcomes[(key, "regenerate", "applied")] == 1
@@ -198,7 +210,7 @@ def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path) -> No
         ((rid, _, _),) = _ask(a)
         a.app.store.flush_sync()
         assert _feedback(b, rid, quality=0.0).status_code == 200  # delayed, at the other worker
-        assert b.app.learning.stats()["llmroute/auto"]["outcomes"] == 1
+        assert _learned(b).stats()["llmroute/auto"]["outcomes"] == 1
         end = time.monotonic() + 30
         while a.app.learning.stats()["llmroute/auto"]["outcomes"] < 1 and time.monotonic() < end:
             time.sleep(0.05)
@@ -222,7 +234,7 @@ def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
         for rid, _, _ in _ask(gw, 4):
             assert _feedback(gw, rid, quality=0.0).status_code == 200
-        learning = gw.app.learning
+        learning = _learned(gw)
         assert learning.stats()["llmroute/auto"]["outcomes"] == 4
         res = runner.invoke(cli, ["learner", "snapshots", "--config", str(path), "--alias", "llmroute/auto"])
         assert res.exit_code == 0, res.output
@@ -252,7 +264,7 @@ def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
         assert learning.stats()["llmroute/auto"]["outcomes"] == 0  # every worker reloaded it
         ((rid, _, _),) = _ask(gw)
         assert _feedback(gw, rid, quality=0.0).status_code == 200  # outcomes after it still apply
-        assert learning.stats()["llmroute/auto"]["outcomes"] == 1
+        assert _learned(gw).stats()["llmroute/auto"]["outcomes"] == 1
         bad = runner.invoke(
             cli, ["learner", "rollback", "--config", str(path), "--alias", "llmroute/auto", "--to", "999"]
         )
@@ -331,7 +343,7 @@ def test_whatif_reads_the_gateways_traces(fake_server: Any, tmp_path: Path) -> N
             )
             rid = raw.headers["x-llmroute-request-id"]
             assert _feedback(gw, rid, quality=1.0 if len(p) % 2 else 0.0).status_code == 200
-        assert gw.app.learning.stats()["auto"]["outcomes"] == len(prompts)
+        assert _learned(gw).stats()["auto"]["outcomes"] == len(prompts)
     log = read_traces(str(tmp_path / "traces.sqlite"), columns={f"gw-{m}": m for m in table.models})
     assert len(log) == len(prompts) and set(log["model"]) <= set(table.models)
     assert log["propensity"].between(0, 1, inclusive="right").all() and (log["tradeoff"] == 0).all()
@@ -409,6 +421,7 @@ def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path) ->
         assert on["snapshot"] > 0 and on["sync_error"] is None
         ((rid, _, _),) = _ask(gw)
         assert _feedback(gw, rid, quality=1.0).status_code == 200
+        _learned(gw)
         on = httpx.get(f"{gw.root}/healthz").json()["learning"]["llmroute/auto"]
         assert on["outcomes"] == 1 and on["seq"] >= 1
         assert on["last_sync"] is not None and on["sync_age_s"] >= 0

@@ -21,6 +21,10 @@ Outcomes (`Learning.outcome`, called by `llmroute.gateway.outcomes.record_outcom
 request's trace row gives the model that answered, its cost and the stored features, so an
 outcome can arrive late and at any worker (as long as the trace is kept; no re-embedding and no
 in-memory map). The learner learns quality - the router's estimate (a residual) at that context.
+Outcomes are learned in batches (group commit): `record_outcome` queues them (`Learning.submit`)
+and the outcomes of each `Learning.batch_window_s` (20 ms) window share one hop to the trace
+store's writer thread, one trace query, one SQLite transaction on the shared state and one
+replay (~40 us of CPU per outcome on a loaded 2-core box; a batch of one costs several times that).
 
 State shared by `llmroute serve --workers N` (one host): the posterior is a sum of rank-1 terms,
 one per outcome, so the shared state is the list of those terms. `SQLiteLearnerState` keeps them
@@ -195,14 +199,17 @@ class SQLiteLearnerState:
             "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
             "source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        bases: dict[str, int] = {}
         with self._tx():
             for o in outcomes:
-                row = self.db.execute(
-                    "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
-                    "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
-                    (o.alias,),
-                ).fetchone()
-                base = 0 if row is None else int(row[0])
+                base = bases.get(o.alias)
+                if base is None:  # once per alias and batch
+                    row = self.db.execute(
+                        "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
+                        "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
+                        (o.alias,),
+                    ).fetchone()
+                    base = bases[o.alias] = 0 if row is None else int(row[0])
                 act = self.db.execute(
                     "SELECT a.seq, a.explicit, d.model, d.x, d.residual, d.cost_residual, d.source "
                     "FROM learner_active a JOIN learner_deltas d ON d.seq = a.seq "
@@ -421,6 +428,32 @@ class _AliasLearner:
             self.seq = d.seq
 
 
+def _trace_rows(backend: Any, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`_trace_fields` of several requests (SQLite: one query per 500 ids), by request id."""
+    if backend.kind != "sqlite":
+        out = {rid: _trace_fields(backend, rid) for rid in dict.fromkeys(request_ids)}
+        return {k: v for k, v in out.items() if v is not None}
+    import orjson
+
+    ids = list(dict.fromkeys(request_ids))
+    found: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        for rid, alias, model, status, cost, learner in backend.db.execute(
+            f"SELECT request_id, alias, model, status, cost_usd, learner FROM traces WHERE request_id IN ({marks})",
+            chunk,
+        ):
+            found[rid] = {
+                "alias": alias,
+                "model": model,
+                "status": status,
+                "cost_usd": cost,
+                "learner": orjson.loads(learner) if learner else None,
+            }
+    return found
+
+
 def _trace_fields(backend: Any, request_id: str) -> dict[str, Any] | None:
     """What an outcome update reads from a trace row (on the store's writer thread): fewer
     columns and no JSON but the learner's than `TraceStore.get`."""
@@ -480,7 +513,7 @@ class Learning:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
         # outcomes waiting for the next batch (group commit): (outcome, future of its result)
-        self._queue: list[tuple[tuple[str, float, str], asyncio.Future[tuple[str, str] | None]]] = []
+        self._queue: list[tuple[tuple[str, float, str], asyncio.Future[tuple[str, str] | None] | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
         self.last_sync: float | None = None  # unix time of the last sync with the shared state
@@ -602,8 +635,9 @@ class Learning:
         assert st is not None
         results: list[tuple[str, str] | None] = [None] * len(graded)
         outs: list[tuple[int, Outcome]] = []
+        rows = _trace_rows(backend, [g[0] for g in graded]) if backend is not None else {}
         for k, (rid, score, source) in enumerate(graded):
-            row = _trace_fields(backend, rid) if backend is not None else None
+            row = rows.get(rid)
             o = self._outcome(row, rid, score, source)
             if o is not None:
                 outs.append((k, o))
@@ -641,10 +675,18 @@ class Learning:
             explicit=source == EXPLICIT,
         )
 
-    def _enqueue(self, graded: tuple[str, float, str]) -> asyncio.Future[tuple[str, str] | None]:
-        """Queue a graded request for the next batch (outcomes arriving together share one hop
-        to the writer thread, one SQLite transaction and one replay)."""
-        fut: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
+    #: how long the first outcome of a batch waits for others (group commit of outcomes)
+    batch_window_s = 0.02
+
+    def _enqueue(
+        self, graded: tuple[str, float, str], wait: bool = True
+    ) -> asyncio.Future[tuple[str, str] | None] | None:
+        """Queue a graded request for the next batch: the outcomes arriving within
+        `batch_window_s` share one hop to the writer thread, one trace query, one SQLite
+        transaction and one replay. `wait`: return a future of its (alias, result)."""
+        fut: asyncio.Future[tuple[str, str] | None] | None = None
+        if wait:
+            fut = asyncio.get_running_loop().create_future()
         self._queue.append((graded, fut))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
@@ -652,17 +694,29 @@ class Learning:
 
     async def _flush(self) -> None:
         while self._queue:
+            await asyncio.sleep(self.batch_window_s)  # let the outcomes of this window join
             batch, self._queue = self._queue, []
             try:
                 results = await self.sync([g for g, _ in batch])
             except Exception as e:
+                log.warning("%d outcomes not learned: %s", len(batch), e)
                 for _, f in batch:
-                    if not f.done():
+                    if f is not None and not f.done():
                         f.set_exception(e)
                 continue
-            for (_, f), r in zip(batch, results, strict=True):
-                if not f.done():
+            for ((_, _, source), f), r in zip(batch, results, strict=True):
+                if r is not None:
+                    key = (r[0], source, r[1])
+                    self.outcomes[key] = self.outcomes.get(key, 0) + 1
+                    if self.metrics is not None:
+                        self.metrics.observe_learning_outcome(*key)
+                if f is not None and not f.done():
                     f.set_result(r)
+
+    async def drain(self) -> None:
+        """Wait until every queued outcome is learned (or failed)."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
 
     async def snapshot_now(self, alias: str) -> int | None:
         """Snapshot an alias's learner now (on demand); the new snapshot's id."""
@@ -729,15 +783,16 @@ class Learning:
         "replaced", "ignored", or None when the request is not a learning decision."""
         if self.state is None or self.store is None:
             return None
-        done = await self._enqueue((request_id, float(score), source))
-        if done is None:
-            return None
-        alias, result = done
-        key = (alias, source, result)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        if self.metrics is not None:
-            self.metrics.observe_learning_outcome(*key)
-        return result
+        fut = self._enqueue((request_id, float(score), source))
+        assert fut is not None
+        done = await fut
+        return None if done is None else done[1]
+
+    def submit(self, request_id: str, score: float, source: str) -> None:
+        """`outcome` without waiting for it: queued for the next batch (learned within about
+        `batch_window_s`; `/v1/feedback` answers once the outcome is in the trace)."""
+        if self.state is not None and self.store is not None:
+            self._enqueue((request_id, float(score), source), wait=False)
 
     def health(self) -> dict[str, Any]:
         """For /healthz, per alias of the config: `enabled`, and for a learning alias its method,

@@ -5,7 +5,9 @@
 
 `record_outcome` ties an outcome to the decision it grades (the request's trace record), stores
 it there, and hands a scored outcome to the alias's online learner when learning is on
-(`llmroute.gateway.learning`). `POST /v1/feedback` calls it with source `"feedback"`; implicit
+(`llmroute.gateway.learning`; queued, learned with the next batch, ~20 ms later). With workers
+sharing the store, `record_or_defer` keeps the outcome of a request id whose trace is not there
+yet (another worker's commit window) in `PendingOutcomes` until it lands (`/v1/feedback`: 202). `POST /v1/feedback` calls it with source `"feedback"`; implicit
 detectors (re-ask, regenerate, finish_reason=length, refusal, failed tool call) call it with
 their own source name.
 
@@ -130,8 +132,8 @@ async def record_outcome(
     if store is None or not await store.aattach_feedback(request_id, outcome, owner):
         return False
     learning = getattr(gateway, "learning", None)
-    if learning is not None and score is not None:
-        await learning.outcome(request_id, float(score), source)
+    if learning is not None and score is not None:  # learned with the next batch (~20 ms)
+        learning.submit(request_id, float(score), source)
     for hook in gateway.feedback_hooks:
         await hook(request_id, outcome)
     return True
