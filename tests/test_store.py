@@ -333,3 +333,70 @@ def test_store_is_a_tracestore() -> None:
         assert isinstance(st, TraceStore)
     finally:
         st.close_sync()
+
+
+@pytest.fixture
+def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """Exceptions that end a thread (what `threading.excepthook` would print as a warning)."""
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    return seen
+
+
+def test_job_cancelled_while_running_keeps_the_writer_alive(
+    db: str, thread_errors: list[BaseException | None]
+) -> None:
+    """Regression: an awaiting task cancelled (client disconnect) while its job ran on the writer
+    thread made `_drain` set a result on a cancelled future -> InvalidStateError ended the thread."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(backend: object) -> str:
+        started.set()
+        assert release.wait(30)
+        return "done"
+
+    async def main() -> None:
+        st = open_store(db, flush_interval_s=60)
+        task = asyncio.ensure_future(st.arun(slow))
+        assert await asyncio.to_thread(started.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        assert await st.arun(lambda b: 7) == 7  # the writer thread is still serving jobs
+        st.write(_rec(1))
+        await st.flush()
+        assert st.count() == 1
+        await st.close()
+
+    asyncio.run(main())
+    assert thread_errors == []
+
+
+def test_job_cancelled_while_queued_still_runs_and_is_not_answered(
+    db: str, thread_errors: list[BaseException | None]
+) -> None:
+    """A job cancelled before the writer took it still runs (it may be a queued write); its future
+    stays cancelled, and the jobs after it are answered."""
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def blocker(backend: object) -> None:
+        started.set()
+        assert release.wait(30)
+
+    st = open_store(db, flush_interval_s=60)
+    try:
+        first = st._submit(blocker)
+        assert started.wait(30)
+        queued = st._submit(lambda b: ran.append("queued"))
+        assert queued.cancel()
+        after = st._submit(lambda b: "after")
+        release.set()
+        assert first.result(30) is None
+        assert after.result(30) == "after"
+        assert ran == ["queued"] and queued.cancelled()
+    finally:
+        release.set()
+        st.close_sync()
+    assert thread_errors == []

@@ -619,6 +619,25 @@ class _Job:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
+def _run_job(job: _Job, backend: _Backend) -> None:
+    """Run `job.fn(backend)` and hand its result (or exception) to `job.future`.
+
+    The job runs even when its caller cancelled the future meanwhile (an awaiting task cancelled,
+    e.g. by a client disconnect: `asyncio.wrap_future` cancels the future it wraps), since it may be
+    a write the caller queued; its result is then dropped. Marking the future running first means a
+    cancel can no longer land between the job and its result (setting a cancelled future raised
+    `InvalidStateError` on the writer thread, which ended it)."""
+    live = job.future.set_running_or_notify_cancel()
+    try:
+        result = job.fn(backend)
+    except BaseException as e:
+        if live:
+            job.future.set_exception(e)
+    else:
+        if live:
+            job.future.set_result(result)
+
+
 class _Spend:
     __slots__ = ("key_id", "period", "usd")
 
@@ -929,7 +948,7 @@ class TraceStore:
             # fail whatever is left (only possible if a job was submitted during close)
             while self._q:
                 item = self._q.popleft()
-                if isinstance(item, _Job):
+                if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(StoreError("the trace store is closed"))
             with contextlib.suppress(Exception):
                 backend.close()
@@ -964,10 +983,7 @@ class TraceStore:
             else:  # _Job: everything queued before it must be stored first
                 self._commit(backend)
                 rows, spend = self._pending, self._pending_spend
-                try:
-                    item.future.set_result(item.fn(backend))
-                except BaseException as e:
-                    item.future.set_exception(e)
+                _run_job(item, backend)
         if self._jfd < 0 or len(rows) >= self.batch_size:
             self._commit(backend)
         else:
