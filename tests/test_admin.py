@@ -79,6 +79,34 @@ def test_admin_off_and_demo_only_on_loopback(monkeypatch: pytest.MonkeyPatch) ->
         AdminAuth(None, demo=True, bind_host="0.0.0.0").check(_scope())
 
 
+def test_demo_mode_refuses_rebound_hosts_and_cross_site_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page in the admin's browser must not use keyless demo mode: a DNS-rebound name reaches the
+    loopback socket with its own Host, and a cross-site form posts with its Origin."""
+    monkeypatch.delenv(BIND_HOST_ENV, raising=False)
+    demo = AdminAuth(None, demo=True)
+    for headers in (
+        {"host": "127.0.0.1:8080"},
+        {"host": "localhost"},
+        {"host": "[::1]:8080", "origin": "http://[::1]:8080"},
+        {"host": "127.0.0.1:8080", "origin": "http://127.0.0.1:8080"},
+        {"host": "localhost:8080", "origin": "http://localhost:3000"},
+    ):
+        assert demo.check(_scope(headers)) == "demo", headers
+    for headers in (
+        {"host": "rebound.example.com:8080"},
+        {"host": "rebound.example.com"},
+        {"host": "127.0.0.1:8080", "origin": "https://evil.example.com"},
+        {"host": "127.0.0.1:8080", "origin": "null"},
+        {"host": "127.0.0.1:8080", "origin": "http://[bad"},
+    ):
+        with pytest.raises(GatewayError) as e:
+            demo.check(_scope(headers))
+        assert e.value.status == 403 and e.value.code == "admin_demo_not_loopback", headers
+    # the master key is not a cookie: a request carrying it is not refused for its Host or Origin
+    keyed = AdminAuth(hash_key(MASTER), demo=True)
+    assert keyed.check(_scope({"host": "gw.example.com", "origin": "https://x.example", "x-api-key": MASTER}))
+
+
 def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.8.9.1") and is_loopback("::1")
     assert is_loopback("localhost") and is_loopback("[::1]")
@@ -380,6 +408,28 @@ def test_demo_mode_on_loopback_and_first_key_closes_the_gateway(
     with run_gateway(cfg, routers={"default": StubRouter()}) as h:
         assert _chat(h, r.json()["key"]) == "ok"
         assert _chat(h, "anything") == "401 invalid_api_key"
+
+
+def test_demo_mode_end_to_end_refuses_rebinding_and_cross_site_posts(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(BIND_HOST_ENV, raising=False)
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["admin"] = {"demo": True}
+    with run_gateway(cfg, routers={"default": StubRouter()}) as h:
+        url = f"{h.root}/admin/v1/keys"
+        r = httpx.get(url, headers={"host": "rebound.example.com"}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_demo_not_loopback"
+        r = httpx.get(f"{h.root}/ui", headers={"host": "rebound.example.com"}, timeout=30)
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+        # a cross-site form: text/plain needs no preflight, so only the Origin tells it apart
+        evil = {"origin": "https://evil.example.com", "content-type": "text/plain"}
+        r = httpx.post(url, content=b'{"id": "csrf"}', headers=evil, timeout=30)
+        assert r.status_code == 403
+        assert httpx.get(url, timeout=30).json()["data"] == []  # nothing was created
+        assert _chat(h, "anything") == "ok"  # and the gateway is still open (no first key)
+        r = httpx.post(url, json={"id": "mine"}, headers={"origin": h.root}, timeout=30)
+        assert r.status_code == 201
 
 
 def test_serve_refuses_demo_mode_off_loopback(fake_server: Any, tmp_path: Path) -> None:

@@ -14,7 +14,10 @@ not an API key: it does not call models, and API keys do not open the admin side
 Keyless demo mode (`demo: true`, no key configured) admits a request only when the gateway is
 served on a loopback address and the request comes from one: the bind address is the one
 `llmroute serve --host` names (it travels to the workers in `LLMROUTE_BIND_HOST`), else the
-connection's local address. A configured key always wins over demo mode.
+connection's local address. A web page the admin's browser opens must not reach it either: its
+`Host` header must name a loopback address (a DNS-rebound name is refused) and an `Origin` header,
+when sent, a loopback origin (a cross-site form or fetch is refused). A configured key always wins
+over demo mode.
 
 Use from an endpoint (raw ASGI)::
 
@@ -38,7 +41,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -80,6 +83,35 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """The name part of a `Host` header value ('127.0.0.1:8000' -> '127.0.0.1', '[::1]:80' -> '::1')."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def from_loopback_page(scope: Mapping[str, Any]) -> bool:
+    """Whether a request's `Host` names a loopback address and its `Origin` (when sent) is a
+    loopback origin: what keyless demo mode requires, so that neither a DNS-rebound name nor a
+    cross-site page in the admin's browser can use it. A missing `Host` (HTTP/1.0) passes."""
+    host = origin = None
+    for k, v in scope.get("headers") or ():
+        if k == b"host":
+            host = v.decode("latin-1")
+        elif k == b"origin":
+            origin = v.decode("latin-1")
+    if host is not None and not is_loopback(_host_name(host)):
+        return False
+    if origin is not None:
+        try:
+            name = urlsplit(origin.strip()).hostname
+        except ValueError:
+            return False
+        return is_loopback(name)
+    return True
 
 
 class AdminAuth:
@@ -169,6 +201,15 @@ class AdminAuth:
                 403,
                 "Keyless admin access (admin.demo) works only when the gateway is served on a loopback "
                 "address (--host 127.0.0.1) and called from it; set admin.key_env for any other address.",
+                type="permission_error",
+                code="admin_demo_not_loopback",
+            )
+        if not from_loopback_page(scope):
+            raise GatewayError(
+                403,
+                "Keyless admin access (admin.demo) takes requests addressed to a loopback name (Host "
+                "127.0.0.1 or localhost) and, from a browser, only from a page of the gateway itself; "
+                "open the gateway at http://127.0.0.1:<port>, or set admin.key_env.",
                 type="permission_error",
                 code="admin_demo_not_loopback",
             )
