@@ -596,3 +596,21 @@ def test_create_refused_when_the_budget_ledger_is_full(fake_server: Any, tmp_pat
         assert "move that file away" in r.json()["error"]["message"]
         assert "no-room" not in {k["id"] for k in _admin(h, "GET", "/keys").json()["data"]}
         assert _chat(h, first.json()["key"]) == "ok"
+
+
+def test_masked_config_hides_the_passwords_of_state_cache_and_otlp_urls(tmp_path: Path) -> None:
+    from llmroute.gateway.admin import masked_config
+    from llmroute.gateway.config import GatewayConfig
+
+    raw = loopback_config("http://127.0.0.1:9/v1", tmp_path)
+    raw["state"] = "redis://:state-pass-123@redis.internal:6379/0"
+    raw["cache"] = {"ttl_s": 60}  # the cache goes on the state's Redis: its url copies the password
+    raw["telemetry"] = {"otlp_endpoint": "https://user:otlp-pass-456@collector.internal:4318"}
+    cfg = GatewayConfig.model_validate(raw)
+    assert cfg.cache is not None and "state-pass-123" in cfg.cache["url"]
+    data = masked_config(cfg)
+    text = str(data)
+    assert "state-pass-123" not in text and "otlp-pass-456" not in text
+    assert data["state"] == "redis://:***@redis.internal:6379/0"
+    assert data["cache"]["url"] == "redis://:***@redis.internal:6379/0"
+    assert data["telemetry"]["otlp_endpoint"] == "https://user:***@collector.internal:4318"

@@ -267,8 +267,8 @@ def _validated(model: type[BaseModel], body: Any) -> BaseModel:
 
 def masked_config(config: Any) -> dict[str, Any]:
     """The running config as JSON-able data with secrets masked: key hashes, model header values,
-    proxy URLs with credentials and the store URL's password (env-var names stay: they are not
-    secrets)."""
+    proxy URLs with credentials, the passwords of the store, shared state (Redis), cache and OTLP
+    URLs (env-var names stay: they are not secrets)."""
     from llmroute.gateway.store import _redact
 
     data = config.model_dump(mode="json")
@@ -286,6 +286,14 @@ def masked_config(config: Any) -> dict[str, Any]:
         srv["proxy"] = _redact(srv["proxy"])
     if data.get("store", {}).get("url"):
         data["store"]["url"] = _redact(data["store"]["url"])
+    if data.get("state"):  # redis://:password@host (the cache's url copies it)
+        data["state"] = _redact(data["state"])
+    cache = data.get("cache")
+    if isinstance(cache, dict) and isinstance(cache.get("url"), str):
+        data["cache"] = {**cache, "url": _redact(cache["url"])}
+    telemetry = data.get("telemetry") or {}
+    if telemetry.get("otlp_endpoint"):
+        telemetry["otlp_endpoint"] = _redact(telemetry["otlp_endpoint"])
     return data
 
 
