@@ -135,6 +135,11 @@ def test_explorer_filters_search_and_a_decision(gw: Any) -> None:
         assert "code-prompts" in page
     r = get({"status": "error"})
     assert "<td>502</td>" in r.text and "<td>200</td>" not in r.text
+    r = get({"status": "502"})
+    assert "<td>502</td>" in r.text and "<td>200</td>" not in r.text
+    # out-of-range numbers are not a 500 (SQLite integers are 64-bit; '²' is a digit to str.isdigit)
+    for q in ({"offset": str(2**70)}, {"status": str(2**70)}, {"status": "²"}, {"status": "٥٠٢"}):
+        assert get(q).status_code == 200, q
     # search by a request id prefix: exactly that request
     rid = ids[100]
     r = get({"q": rid[:10]})

@@ -348,7 +348,7 @@ class Dashboard:
         data = self.data
         data.refresh()
         try:
-            offset = max(0, int(params.get("offset", "0") or 0))
+            offset = min(max(0, int(params.get("offset", "0") or 0)), _MAX_OFFSET)
         except ValueError:
             offset = 0
         since = params.get("since", "")
@@ -514,6 +514,10 @@ def _top(series_: dict[str, list[int]], n: int = 8) -> dict[str, list[int]]:
     if rest:
         out["other"] = [sum(v) for v in zip(*(s for _, s in rest), strict=True)]
     return out
+
+
+#: The largest explorer offset taken (SQLite integers are 64-bit: a larger one was a 500).
+_MAX_OFFSET = 2**40
 
 
 def _safe_next(path: str) -> str:

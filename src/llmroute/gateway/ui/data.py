@@ -414,7 +414,7 @@ class DashboardData:
                 where.append("status = 200")
             elif status == "error":
                 where.append("status >= 400")
-            elif status.isdigit():
+            elif status.isascii() and status.isdigit() and len(status) <= 3:  # an HTTP status
                 where.append("status = ?")
                 args.append(int(status))
         if request_id:
