@@ -48,26 +48,30 @@ def _reference_choose(L: OnlineLearner, x0, q_base, c_base, lam, candidates):  #
 
 @pytest.mark.parametrize("method", ["thompson", "linucb", "greedy"])
 @pytest.mark.parametrize("confidence", [0.0, 1.0])
-def test_fast_choice_equals_the_reference(method: str, confidence: float) -> None:
-    models = [f"m{i}" for i in range(12)]
-    fast = OnlineLearner(models, 16, method=method, dim=32, max_explore=0.3, confidence=confidence, seed=3)
-    ref = OnlineLearner(models, 16, method=method, dim=32, max_explore=0.3, confidence=confidence, seed=3)
+@pytest.mark.parametrize(("m", "n_samples"), [(12, 256), (2, 256), (2, 100)])
+def test_fast_choice_equals_the_reference(method: str, confidence: float, m: int, n_samples: int) -> None:
+    models = [f"m{i}" for i in range(m)]
+    kw = {"method": method, "dim": 32, "max_explore": 0.3, "confidence": confidence, "n_samples": n_samples}
+    fast = OnlineLearner(models, 16, seed=3, **kw)  # type: ignore[arg-type]
+    ref = OnlineLearner(models, 16, seed=3, **kw)  # type: ignore[arg-type]
     data = np.random.default_rng(11)
     explored = 0
     for t in range(400):
         emb = data.standard_normal(16)
-        q = data.uniform(0.2, 0.9, 12)
-        c = data.uniform(0.0, 0.05, 12)
+        q = data.uniform(0.2, 0.9, m)
+        c = data.uniform(0.0, 0.05, m)
         if t % 7 == 0:
-            q[data.integers(12)] = np.nan  # a model without a profile
-        mask = data.random(12) < 0.8 if t % 3 == 0 else None
+            q[data.integers(m)] = np.nan  # a model without a profile
+        if t % 11 == 0:
+            c[data.integers(m)] = np.nan
+        mask = data.random(m) < 0.8 if t % 3 == 0 else None
         if mask is not None:
-            mask[data.integers(12)] = True
+            mask[data.integers(m)] = True
         lam = float(data.choice([0.0, 5.0, 20.0]))
         ch = fast.choose(emb, q, c, tradeoff=lam, candidates=mask)
         k, g, probs, qr, cr = _reference_choose(ref, ref.context(emb), q, c, lam, mask)
         assert (ch.index, models.index(ch.greedy)) == (k, g)
-        np.testing.assert_allclose(ch.propensities, probs, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(ch.propensities, probs)
         np.testing.assert_allclose(ch.q, qr, rtol=0, atol=1e-9)
         np.testing.assert_allclose(ch.c, cr, rtol=0, atol=1e-12)
         explored += ch.explored

@@ -750,7 +750,7 @@ class Learning:
         al.decisions += 1
         if _explore_ok(ctx, d):
             ranked = set(d.ranked)
-            mask = np.array([m in ranked for m in al.models])
+            mask = None if ranked.issuperset(al.models) else np.array([m in ranked for m in al.models])
             ch = lr.choose(x, np.array(qf), np.array(cf), tradeoff=lam, candidates=mask, context=x)
             model, prop, explored, greedy = ch.model, ch.propensity, ch.explored, ch.greedy
             if model != d.model:

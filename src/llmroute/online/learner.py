@@ -214,10 +214,12 @@ class OnlineLearner:
         c = np.full(m, np.nan) if c_base is None else np.array(c_base, dtype=np.float64).reshape(-1)
         if q.shape[0] != m or c.shape[0] != m:
             raise ValueError(f"q_base and c_base need one value per model ({m}: {', '.join(self.models)})")
-        known = np.isfinite(q)
-        q[~known] = min(1.0, float(q[known].max())) if known.any() else self.prior_quality
-        cknown = np.isfinite(c)
-        c[~cknown] = float(c[cknown].min()) if cknown.any() else 0.0
+        if not math.isfinite(float(q.sum())):  # the usual case (all finite) costs one sum
+            known = np.isfinite(q)
+            q[~known] = min(1.0, float(q[known].max())) if known.any() else self.prior_quality
+        if not math.isfinite(float(c.sum())):
+            cknown = np.isfinite(c)
+            c[~cknown] = float(c[cknown].min()) if cknown.any() else 0.0
         return q, c
 
     def estimate(
@@ -280,7 +282,11 @@ class OnlineLearner:
             draws = self.rng.standard_normal((self.n_samples, m))
             draws *= sd
             draws += mean  # a disallowed model's mean is -inf: it never wins a draw
-            target = np.bincount(draws.argmax(axis=1), minlength=m) / self.n_samples
+            if m == 2:  # argmax takes the first of equal draws: model 1 wins only when strictly ahead
+                n1 = int(np.count_nonzero(draws[:, 1] > draws[:, 0]))
+                target = np.array([(self.n_samples - n1) / self.n_samples, n1 / self.n_samples])
+            else:
+                target = np.bincount(draws.argmax(axis=1), minlength=m) / self.n_samples
         else:
             target = np.zeros(m)
             if self.method == "linucb" and self.max_explore > 0:
