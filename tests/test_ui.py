@@ -4,7 +4,10 @@ and access (master key, login cookie, demo mode only on loopback)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmroute.gateway.auth import hash_key
 from llmroute.gateway.ui.data import Aggregates, DashboardData, request_baseline, strongest_candidate
 from ui_fixtures import recompute, seeded_gateway
 
@@ -204,6 +208,18 @@ def test_master_key_login_cookie_and_no_demo_off_loopback(
         cookie = ok.headers["set-cookie"]
         assert "HttpOnly" in cookie and "admin-secret-123" not in cookie
         assert c.get("/ui/quality").status_code == 200  # the client keeps the cookie
+        assert "Max-Age=" in cookie
+        value = c.cookies["llmroute_ui"]
+        # the value is not derivable from the master key's hash (admin.key_sha256 in a config file)
+        digest = hash_key("admin-secret-123")
+        old_style = hmac.new(digest.encode(), b"llmroute-ui-session", hashlib.sha256).hexdigest()
+        dash = g.app.dashboard
+        expired = dash._session_value(digest, int(time.time()) - 1)
+        later = str(int(value.partition(".")[0]) + 10**6) + "." + value.partition(".")[2]
+        for forged in (old_style, expired, later, "", ".", "9" * 40 + "." + "0" * 64):
+            r = httpx.get(g.root + "/ui", cookies={"llmroute_ui": forged}, timeout=30)
+            assert r.status_code == 303, forged
+        assert httpx.get(g.root + "/ui", cookies={"llmroute_ui": value}, timeout=30).status_code == 200
         off = c.post("/ui/login", data={"key": "admin-secret-123", "next": "https://evil.example/"})
         assert off.headers["location"] == "/ui"  # no open redirect
         c.post("/ui/logout")
@@ -275,3 +291,19 @@ def test_a_decision_shows_its_cascade_steps_and_feedback(gw: Any) -> None:
     # the real request that got feedback (0.25) shows it
     page = httpx.get(g.root + f"/ui/decision?id={ids[-2]}", timeout=30).text
     assert 'id="outcome"' in page and "0.25" in page
+
+
+def test_session_secret_shared_by_the_workers_through_the_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers N`: a cookie one worker signed opens the pages at the others."""
+    from llmroute.gateway.ui.dashboard import Dashboard
+
+    monkeypatch.setenv("LLMROUTE_SHARED_DIR", str(tmp_path))
+    a, b = Dashboard(None), Dashboard(None)  # type: ignore[arg-type]  (no gateway needed)
+    value = a._session_value("d" * 64)
+    assert b._session_ok(value, "d" * 64) and not b._session_ok(value, "e" * 64)
+    assert (tmp_path / "ui-session.key").stat().st_mode & 0o077 == 0
+    monkeypatch.delenv("LLMROUTE_SHARED_DIR")
+    c = Dashboard(None)  # type: ignore[arg-type]
+    assert not c._session_ok(value, "d" * 64)  # another gateway (no shared folder): its own secret

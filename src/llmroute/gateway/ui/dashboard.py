@@ -24,6 +24,8 @@ import asyncio
 import hashlib
 import hmac
 import math
+import os
+import secrets
 import time
 import urllib.parse
 from datetime import UTC, datetime
@@ -53,6 +55,8 @@ _STATIC = {
 }
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 _COOKIE = "llmroute_ui"
+#: How long a login lasts (the cookie's Max-Age and the expiry signed into its value).
+SESSION_TTL_S = 12 * 3600
 _WINDOWS = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30, "all": None}
 
 
@@ -103,6 +107,7 @@ class Dashboard:
         self.env.filters.update(usd=_usd, pct=_pct, ms=_ms, time=_time)
         self._data: DashboardData | None = None
         self._static: dict[str, bytes] = {}
+        self._secret: bytes | None = None
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """(method, path) -> handler, for the gateway's dispatch table."""
@@ -156,9 +161,34 @@ class Dashboard:
                 return None
         return auth
 
-    def _session_value(self, digest: str) -> str:
-        """The session cookie's value for the master key with sha256 `digest` (not the key itself)."""
-        return hmac.new(digest.encode(), b"llmroute-ui-session", hashlib.sha256).hexdigest()
+    def _session_secret(self) -> bytes:
+        """The key the session cookies are signed with: random, made when the first cookie is; the
+        workers of `serve --workers N` share one through a file in `LLMROUTE_SHARED_DIR`. (Signing
+        with the master key's sha256 alone let anyone who had read `admin.key_sha256` in a config
+        file forge a cookie.) A restart makes a new one: logins end with the gateway."""
+        if self._secret is None:
+            from llmroute.gateway.ledger import shared_dir_from_env
+
+            folder = shared_dir_from_env()
+            self._secret = secrets.token_bytes(32) if folder is None else _shared_secret(Path(folder))
+        return self._secret
+
+    def _session_value(self, digest: str, expires: int | None = None) -> str:
+        """The session cookie's value for the master key with sha256 `digest`: its expiry time and
+        an HMAC of both under `_session_secret` (neither the key nor anything derived from it alone)."""
+        if expires is None:
+            expires = int(time.time()) + SESSION_TTL_S
+        mac = hmac.new(self._session_secret(), f"{digest}:{expires}".encode(), hashlib.sha256)
+        return f"{expires}.{mac.hexdigest()}"
+
+    def _session_ok(self, value: str, digest: str) -> bool:
+        """Whether a session cookie's value is one `_session_value` made and has not expired."""
+        expires, _, _mac = value.partition(".")
+        if not expires.isascii() or not expires.isdigit() or len(expires) > 12:
+            return False
+        if int(expires) < time.time():
+            return False
+        return hmac.compare_digest(value, self._session_value(digest, int(expires)))
 
     def authorized(self, scope: Scope) -> bool:
         """Whether the request may see the dashboard: the master key (`Authorization: Bearer` or
@@ -176,10 +206,9 @@ class Dashboard:
             pass
         if auth.sha256 is None:
             return False
-        want = self._session_value(auth.sha256)
         for part in request_headers(scope).get("cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == _COOKIE and hmac.compare_digest(value, want):
+            if name == _COOKIE and self._session_ok(value, auth.sha256):
                 return True
         return False
 
@@ -275,7 +304,10 @@ class Dashboard:
             await self._redirect(send, "/ui/login?error=1&next=" + urllib.parse.quote(nxt))
             return
         digest = auth.sha256
-        cookie = f"{_COOKIE}={self._session_value(digest)}; Path=/ui; HttpOnly; SameSite=Strict"
+        cookie = (
+            f"{_COOKIE}={self._session_value(digest)}; Path=/ui; Max-Age={SESSION_TTL_S}; HttpOnly; "
+            "SameSite=Strict"
+        )
         await self._redirect(send, nxt, cookie)
 
     async def logout(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -518,6 +550,31 @@ def _top(series_: dict[str, list[int]], n: int = 8) -> dict[str, list[int]]:
 
 #: The largest explorer offset taken (SQLite integers are 64-bit: a larger one was a 500).
 _MAX_OFFSET = 2**40
+
+
+def _shared_secret(folder: Path) -> bytes:
+    """The 32-byte secret in `folder/ui-session.key`, made (atomically, mode 0600) by the first
+    worker that asks; the others read the same one."""
+    path = folder / "ui-session.key"
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return data
+    except FileNotFoundError:
+        pass
+    tmp = folder / f"ui-session.key.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(32))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another worker made it first: theirs is the one
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes()
 
 
 def _safe_next(path: str) -> str:
