@@ -614,3 +614,16 @@ def test_masked_config_hides_the_passwords_of_state_cache_and_otlp_urls(tmp_path
     assert data["state"] == "redis://:***@redis.internal:6379/0"
     assert data["cache"]["url"] == "redis://:***@redis.internal:6379/0"
     assert data["telemetry"]["otlp_endpoint"] == "https://user:***@collector.internal:4318"
+
+
+def test_models_list_follows_an_allow_list_changed_through_the_admin_api(gw: Any) -> None:
+    """GET /v1/models is cached per key: a PATCH of the key's `aliases` must show at once."""
+    created = _admin(gw, "POST", "/keys", json={"id": "lister", "aliases": ["fake-weak"]}).json()
+    client = openai.OpenAI(base_url=gw, api_key=created["key"], max_retries=0, timeout=30)
+    try:
+        assert [m.id for m in client.models.list()] == ["fake-weak"]
+        r = _admin(gw, "PATCH", "/keys/lister", json={"aliases": ["fake-strong", "llmroute/*"]})
+        assert r.status_code == 200
+        assert sorted(m.id for m in client.models.list()) == ["fake-strong", "llmroute/auto"]
+    finally:
+        client.close()

@@ -300,7 +300,9 @@ class OpsEndpoints:
         self.gw = gateway
         self.model_list = model_list(gateway.config, gateway.engine)
         self._models_body = self._models_for(None)
-        self._models_by_key: dict[str, bytes] = {}
+        # key id -> (its allow-list when the body was built, the body): rebuilt when the list
+        # changes (an admin PATCH or a reload)
+        self._models_by_key: dict[str, tuple[tuple[str, ...], bytes]] = {}
         self._openapi = orjson.dumps(openapi_document(gateway.config, gateway.engine))
 
     def routes(self) -> dict[tuple[str, str], Handler]:
@@ -420,9 +422,9 @@ class OpsEndpoints:
                 return
             if key is not None and key.allowed is not None:
                 cached = self._models_by_key.get(key.id)
-                if cached is None:
-                    cached = self._models_by_key[key.id] = self._models_for(key)
-                body = cached
+                if cached is None or cached[0] != key.allowed:
+                    cached = self._models_by_key[key.id] = (key.allowed, self._models_for(key))
+                body = cached[1]
         await send_response(send, 200, body, [JSON])
 
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
