@@ -88,51 +88,6 @@ def test_a_small_profile_is_estimated_below_its_measured_level(router: Router, t
     assert 0 < large["shift"] < small["shift"]
 
 
-def _synthetic_profile(k: int, seed: int, like: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(P, emb, y): 4 known models' estimates on k prompts and a new model's 0/1 grades, drawn
-    with probability P[:, like] (a model like known model `like`) or 0.6 (unrelated to them)."""
-    rng = np.random.default_rng(seed)
-    P = np.clip(rng.uniform(0.2, 0.8, (k, 1)) + rng.normal(0, 0.12, (k, 4)), 0, 1)
-    emb = rng.normal(size=(k, 8))
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    p = P[:, like] if like is not None else np.full(k, 0.6)
-    return P, emb, (rng.random(k) < p).astype(float)
-
-
-def test_profile_estimate_is_the_lower_edge_of_a_per_prompt_interval() -> None:
-    """fit_profile: the estimate is the posterior mean minus z posterior sds; the sd narrows as
-    the profile grows and widens where a prompt's estimates are unlike the profile's."""
-    from llmroute.estimators.profiled import fit_profile
-
-    P, emb, y = _synthetic_profile(100, 0, like=1)
-    mean, low = fit_profile(P, emb, y, z=0.0), fit_profile(P, emb, y, z=1.0)
-    grid = np.array([[0.5, 0.5, 0.5, 0.5], [0.9, 0.1, 0.9, 0.1], [0.2, 0.9, 0.2, 0.2]])
-    sd = low.sd(grid)
-    assert np.allclose(mean.predict(grid, emb[:3]) - low.predict(grid, emb[:3]), sd)
-    # the level's uncertainty alone at the profile's centre; more away from it
-    assert sd.min() >= np.sqrt(low.level_var) - 1e-12
-    assert low.sd(P.mean(axis=0, keepdims=True))[0] == pytest.approx(np.sqrt(low.level_var))
-    assert sd[1] > sd[0] + 1e-3
-    P2, emb2, y2 = _synthetic_profile(800, 0, like=1)
-    big = fit_profile(P2, emb2, y2, z=1.0)
-    assert np.all(big.sd(grid) < sd)
-
-
-def test_profile_weights_follow_the_data_and_fall_back_to_the_prior() -> None:
-    """A profile that behaves like known model 1 moves the weights toward it (the marginal
-    likelihood lets the prior loosen); outcomes unrelated to the known models keep the prior
-    (equal weights) and the profile's level."""
-    from llmroute.estimators.profiled import fit_profile
-
-    P, emb, y = _synthetic_profile(800, 1, like=1)
-    fit = fit_profile(P, emb, y, z=0.0)
-    assert int(np.argmax(fit.w)) == 1 and fit.w[1] > 0.25 + 0.2
-    P, emb, y = _synthetic_profile(60, 2, like=None)
-    fit = fit_profile(P, emb, y, z=0.0)
-    assert np.allclose(fit.w, 0.25, atol=0.1)
-    assert fit.predict(P, emb).mean() == pytest.approx(y.mean(), abs=1e-9)
-
-
 def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)

@@ -2,10 +2,9 @@
 
 A profile is a long-format routing table (the training format; `llmroute profile` writes one)
 with a few graded prompts for the new model. `add_model(router, name, profile)` fits the new
-model's quality as a Bayesian combination of the known models' estimates (the lower edge of
-a per-prompt interval, so an uncertain model is picked only where it is clearly better) plus a
-prompt-dependent residual (`llmroute.estimators.profiled`), its cost from the profile's token
-counts and costs (or a given price), and, when the router has a regime head, its everyday ability. Every known
+model's quality as a combination of the known models' estimates plus a prompt-dependent
+residual (`llmroute.estimators.profiled`), its cost from the profile's token counts and costs
+(or a given price), and, when the router has a regime head, its everyday ability. Every known
 model's estimates stay exactly as they were; `remove_model` undoes an add.
 
     from llmroute import Router
@@ -118,8 +117,8 @@ def add_model(
 
     profile: a routing table (path or `RoutingTable`) with graded rows for the model (named
     `profile_model`, default `name`; a one-model table needs no name); price: USD per 1M tokens
-    (default: the profile table's price, else the profile's observed costs); z: the new model's
-    estimate is its posterior mean minus z posterior standard deviations at each prompt.
+    (default: the profile table's price, else the profile's observed costs); z: standard errors
+    of the profile mean by which an uncertain model is estimated below its measured level.
     Existing models' estimates are unchanged. Raises ValueError for a name already routed or a
     profile without graded rows.
     """
@@ -158,8 +157,7 @@ def add_model(
         "profile_mean_quality": float(data.quality.mean()),
         "closest_known_model": closest,
         "loo_rmse": None if not np.isfinite(fit.loo_rmse) else round(float(fit.loo_rmse), 4),
-        # the mean pessimistic shift over the profile prompts (narrows as the profile grows)
-        "shift": round(float(np.mean(fit.z * fit.sd(base_q)) + fit.shift), 4),
+        "shift": round(float(fit.shift), 4),
         "residual": fit.beta > 0,
         "cost_mode": router.cost.modes[name],
     }

@@ -4,38 +4,39 @@ A *profile* is a handful of graded prompts for one model (its rows of a long-for
 table, e.g. written by `llmroute profile`). `ProfiledEstimator` wraps any fitted quality
 estimator (the *base*, trained on the known models) and adds one column per profiled model:
 
-    q_new(x) = mu(x) + r(x) - z * sd(x)
+    q_new(x) = sum_j w_j * q_j(x) + b          (a combination of the known models' estimates)
+             + r(x)                            (a residual that varies with the prompt)
+             - s                               (a pessimistic shift for an uncertain profile)
 
-- ``mu(x) = sum_j w_j * q_j(x) + b``: a Bayesian linear regression of the profile's qualities
-  on the base's estimates q_j for the same prompts. Prior: w ~ N(1/m, tau2 * I) (every known
-  model alike: the prompt's difficulty as the known models see it) with tau2 <= 1/m (about
-  the spread of the known models' own unit weight vectors: "a model like one of these, or a
-  mix"); flat intercept; noise variance sigma2. sigma2 and tau2 maximise the profile's
-  marginal likelihood (no CV noise, no constant tuned to a benchmark). Shrinking toward the
-  single closest known model instead transplants that model's prompt-by-prompt swings, which
-  a small profile cannot confirm, and hurt the router more often; the closest is reported.
-- ``sd(x)``: the posterior standard deviation of mu(x) at that prompt (the level's
-  sigma2 / k plus the weights' uncertainty along the prompt's estimates), so the estimate is
-  the lower edge of a per-prompt interval: it narrows as the profile grows, and is widest
-  where the prompt's estimates are unlike the profile's. An uncertain model is picked only
-  where it is clearly better. ``z`` (default 1) sets the width.
-- ``r(x)``: the leave-one-out residuals of the linear fit, smoothed over the prompt
-  embeddings with a cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero
-  residual (sum_i K_i e_i / (kappa + sum_i K_i)), so a region with few profile prompts falls
-  back to 0. beta and kappa come from leave-one-out on the profile; the residual is used only
-  when it beats "no residual" by more than one standard error.
+- ``w, b``: non-negative ridge regression of the profile's qualities on the base's estimates
+  q_j for the same prompts, shrunk toward equal weights (the prompt's difficulty as all known
+  models see it, plus the profile's mean offset); the penalty is chosen by 5-fold
+  cross-validation on the profile with the one-standard-error rule (the strongest shrinkage
+  within one standard error of the best), and a very strong one is always a candidate, so a
+  small or noisy profile yields "an average known model, shifted to the measured level".
+  Non-negative weights keep the estimate inside the range the known models span. (Shrinking
+  toward the single closest known model instead transplants that model's prompt-by-prompt
+  swings, which a small profile cannot confirm, and in leave-one-model-out runs it hurt the
+  router several times as often; the closest model is still reported.)
+- ``r(x)``: the leave-one-out residuals of that fit, smoothed over the prompt embeddings with
+  a cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual
+  (sum_i K_i e_i / (kappa + sum_i K_i)), so a region with few profile prompts falls back to 0.
+  beta and kappa come from leave-one-out on the profile; the residual is used only when it
+  beats "no residual" by more than one standard error.
+- ``s``: the standard error of the profile's mean (the residual spread / sqrt(k)). A model
+  profiled on few prompts is estimated a little below its measured level, so it is picked
+  only where it is clearly better; the shift vanishes as the profile grows.
 
 Known models' columns are the base estimator's predictions, untouched: adding a model leaves
 every existing estimate bit-identical, and removing the added model restores the router as it
 was. A removed *known* model is hidden (its column is still computed, since added models may
-combine it). State is arrays + JSON (no pickle); the base estimator's state is nested. See
-docs/onboarding-notes.md for what was measured and tried.
+combine it). State is arrays + JSON (no pickle); the base estimator's state is nested.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
@@ -44,9 +45,8 @@ from llmroute.estimators.base import Features, QualityEstimator
 
 __all__ = ["ProfileFit", "ProfiledEstimator", "fit_profile"]
 
-#: noise variance candidates (times the profile's variance) and prior weight variances (up to 1/m)
-_SIGMA2 = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2)
-_N_TAU2 = 12
+#: ridge penalties tried (times the number of profile rows); the last is "closest model only"
+_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e6)
 #: kernel sharpness and pseudo-rows tried for the residual ("off" is always a candidate)
 _BETAS = (5.0, 10.0, 20.0, 40.0)
 _KAPPAS = (0.1, 0.3, 1.0, 3.0)
@@ -56,15 +56,11 @@ _KAPPAS = (0.1, 0.3, 1.0, 3.0)
 class ProfileFit:
     """One profiled model's learned state (see the module docstring).
 
-    w: (m_base,) posterior mean weights on the base estimates; b: intercept; shift: a constant
-    subtracted (0 for new fits; routers saved before the per-prompt interval used it);
-    center: (m_base,) the profile's mean base estimates and cov: (m_base, m_base) the weights'
-    posterior covariance, level_var: the level's variance (sigma2 / k), z: interval width in
-    standard deviations (the estimate is mu - z * sd); emb: (k, d) profile embeddings and
-    resid: (k,) their residuals (empty when the residual is off); beta, kappa: the residual
-    kernel; closest: index of the base model whose estimates are closest to the profile (least
-    mean squared difference; reported only); n_rows: graded profile rows; loo_rmse:
-    leave-one-out error of the linear fit.
+    w: (m_base,) weights on the base estimates; b: intercept; shift: pessimistic shift;
+    emb: (k, d) profile embeddings and resid: (k,) their residuals (empty when the residual is
+    off); beta, kappa: the residual kernel; closest: index of the base model whose estimates
+    are closest to the profile (least mean squared difference; reported only);
+    n_rows: graded profile rows; loo_rmse: leave-one-out error of the final estimate.
     """
 
     w: np.ndarray
@@ -77,23 +73,10 @@ class ProfileFit:
     closest: int
     n_rows: int
     loo_rmse: float
-    center: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    level_var: float = 0.0
-    z: float = 0.0
-
-    def sd(self, base_q: np.ndarray) -> np.ndarray:
-        """(n,) posterior standard deviation of the linear estimate at (n, m_base) estimates."""
-        if not len(self.center):
-            return np.full(len(base_q), np.sqrt(self.level_var))
-        D = np.asarray(base_q, dtype=np.float64) - self.center
-        return np.sqrt(self.level_var + np.einsum("ij,jk,ik->i", D, self.cov, D))
 
     def predict(self, base_q: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
         q = base_q @ self.w + (self.b - self.shift)
-        if self.z:
-            q = q - self.z * self.sd(base_q)
         if len(self.resid):
             q = q + _kernel_residual(emb, self.emb, self.resid, self.beta, self.kappa)
         return q
@@ -104,6 +87,30 @@ def _kernel_residual(emb: np.ndarray, E: np.ndarray, e: np.ndarray, beta: float,
     return (K @ e) / (kappa + K.sum(axis=1))
 
 
+def _ridge_nn(P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Non-negative ridge of y on P with intercept, weights shrunk toward w0: (w, b)."""
+    from scipy.optimize import nnls
+
+    m = P.shape[1]
+    pm, ym = P.mean(axis=0), y.mean()
+    A = np.vstack([P - pm, np.sqrt(alpha) * np.eye(m)])
+    t = np.concatenate([y - ym, np.sqrt(alpha) * w0])
+    w, _ = nnls(A, t)
+    return w, float(ym - pm @ w)
+
+
+def _cv_residuals(
+    P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float, folds: np.ndarray
+) -> np.ndarray:
+    """Held-out residuals of `_ridge_nn` over the folds (fold label per row)."""
+    out = np.empty(len(y))
+    for f in np.unique(folds):
+        te = folds == f
+        w, b = _ridge_nn(P[~te], y[~te], w0, alpha)
+        out[te] = y[te] - (P[te] @ w + b)
+    return out
+
+
 def _kernel_loo(E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
     """Leave-one-out kernel residual predictions on the profile itself."""
     K = np.exp(beta * (E @ E.T - 1.0))
@@ -111,49 +118,12 @@ def _kernel_loo(E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.n
     return (K @ e) / (kappa + K.sum(axis=1))
 
 
-def _bayes_linear(
-    P: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, float, np.ndarray]:
-    """Bayesian linear regression of y on P (prior w ~ N(1/m, tau2 I), tau2 <= 1/m, flat
-    intercept), sigma2 and tau2 by marginal likelihood on a grid.
-
-    Returns (w, b, center, cov, sigma2, loo residuals): posterior mean weights and intercept,
-    the profile's mean estimates, the weights' posterior covariance, the noise variance and
-    the exact leave-one-out residuals of the posterior mean (hat-matrix identity)."""
-    k, m = P.shape
-    w0 = np.full(m, 1.0 / m)
-    center, ym = P.mean(axis=0), float(y.mean())
-    Pc = P - center
-    r = y - ym - Pc @ w0
-    # marginal likelihood of r ~ N(0, sigma2 I + tau2 Pc Pc') through the SVD of Pc (O(m) per point)
-    U, s, _ = np.linalg.svd(Pc, full_matrices=False)
-    s2v, u2, rr = s**2, (U.T @ r) ** 2, float(r @ r)
-    v = max(float(np.var(y)), 1e-4)
-    best = (-np.inf, v, 1.0 / m)
-    for sigma2 in v * np.asarray(_SIGMA2):
-        for tau2 in np.logspace(-3, np.log10(1.0 / m), _N_TAU2):
-            g = tau2 * s2v / (sigma2 + tau2 * s2v)
-            quad = (rr - float(g @ u2)) / sigma2
-            logdet = k * np.log(sigma2) + float(np.log1p(tau2 * s2v / sigma2).sum())
-            ll = -0.5 * (quad + logdet)
-            if ll > best[0]:
-                best = (ll, sigma2, tau2)
-    _, sigma2, tau2 = best
-    cov = np.linalg.inv(Pc.T @ Pc / sigma2 + np.eye(m) / tau2)
-    delta = cov @ (Pc.T @ r) / sigma2
-    w = w0 + delta
-    b = ym - float(center @ w)
-    hat = np.einsum("ij,jk,ik->i", Pc, cov, Pc) / sigma2 + 1.0 / k
-    loo = (y - (P @ w + b)) / np.clip(1.0 - hat, 1e-6, None)
-    return w, b, center, cov, float(sigma2), loo
-
-
 def fit_profile(base_q: np.ndarray, emb: np.ndarray, y: np.ndarray, z: float = 1.0) -> ProfileFit:
     """Fit one profiled model from its graded profile (see the module docstring).
 
     base_q: (k, m_base) the base estimator's clipped estimates on the profile prompts;
     emb: (k, d) their L2-normalised embeddings; y: (k,) the model's graded qualities in [0, 1];
-    z: the estimate is the lower edge of a +-z standard deviation interval at each prompt.
+    z: how many standard errors of the profile mean the estimate is shifted down.
     """
     P = np.asarray(base_q, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -168,45 +138,38 @@ def fit_profile(base_q: np.ndarray, emb: np.ndarray, y: np.ndarray, z: float = 1
     # the closest known model (reported): the least mean squared difference from the profile
     diff = y[:, None] - P
     closest = int(np.argmin((diff**2).mean(axis=0) + 1e-12 * np.arange(m)))
-    if k < 3:  # too few rows to fit: the prior plus the mean offset, level sd 0.5 / sqrt(k)
-        w0 = np.full(m, 1.0 / m)
+    # the prior: every known model alike (the prompt's difficulty as the known models see it),
+    # plus the profile's mean offset; the data move the weights toward particular models
+    w0 = np.full(m, 1.0 / m)
+    if k < 3:  # too few rows to cross-validate: the prior plus the mean offset, shifted by 0.5 / sqrt(k)
         b = float(y.mean() - P.mean(axis=0) @ w0)
-        return ProfileFit(
-            w0, b, 0.0, E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"), level_var=0.25 / k, z=z
-        )
-    w, b, center, cov, sigma2, loo = _bayes_linear(P, y)
-    err = float(np.mean(loo**2))
-    # residual kernel on the leave-one-out residuals: used only when it beats "no residual" by
-    # more than one standard error (leave-one-out over the profile)
-    beta, kappa = 0.0, 0.0
-    best_err = err
+        return ProfileFit(w0, b, z * 0.5 / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
+    # penalty by 5-fold CV with the one-standard-error rule: the strongest shrinkage toward the
+    # prior whose held-out error is within one standard error of the best
+    folds = np.random.default_rng(0).permutation(k) % min(5, k)
+    cv = [_cv_residuals(P, y, w0, a * k, folds) for a in _ALPHAS]
+    errs = np.array([np.mean(r**2) for r in cv])
+    i_min = int(np.argmin(errs))
+    se = float(np.std(cv[i_min] ** 2) / np.sqrt(k))
+    i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
+    w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
+    loo, err = cv[i], float(errs[i])
+    # residual kernel on the held-out residuals: used only when it beats "no residual" by more
+    # than one standard error (leave-one-out over the profile)
+    beta, kappa, final_err = 0.0, 0.0, err
     se_r = float(np.std(loo**2) / np.sqrt(k))
     for bt in _BETAS:
         for kp in _KAPPAS:
             e2 = float(np.mean((loo - _kernel_loo(E, loo, bt, kp)) ** 2))
-            if e2 < min(best_err, err - se_r):
-                beta, kappa, best_err = bt, kp, e2
+            if e2 < min(final_err, err - se_r):
+                beta, kappa, final_err = bt, kp, e2
     if beta > 0:
         # the kernel stores the in-sample residuals of the linear part
         resid, emb_keep = y - (P @ w + b), E.astype(np.float32)
     else:
         resid, emb_keep = np.zeros(0), E[:0].astype(np.float32)
-    return ProfileFit(
-        w,
-        b,
-        0.0,
-        emb_keep,
-        resid,
-        beta,
-        kappa,
-        closest,
-        k,
-        float(np.sqrt(err)),
-        center=center,
-        cov=cov,
-        level_var=sigma2 / k,
-        z=float(z),
-    )
+    shift = z * float(np.sqrt(final_err)) / np.sqrt(k)
+    return ProfileFit(w, b, shift, emb_keep, resid, beta, kappa, closest, k, float(np.sqrt(final_err)))
 
 
 class ProfiledEstimator(QualityEstimator):
@@ -282,14 +245,10 @@ class ProfiledEstimator(QualityEstimator):
             out[f"p{p}/w"] = f.w
             out[f"p{p}/emb"] = np.asarray(f.emb, dtype=np.float32)
             out[f"p{p}/resid"] = f.resid
-            out[f"p{p}/center"] = f.center
-            out[f"p{p}/cov"] = f.cov
             profiles.append(
                 {
                     "b": f.b,
                     "shift": f.shift,
-                    "level_var": f.level_var,
-                    "z": f.z,
                     "beta": f.beta,
                     "kappa": f.kappa,
                     "closest": f.closest,
@@ -332,11 +291,6 @@ class ProfiledEstimator(QualityEstimator):
                     closest=int(meta["closest"]),
                     n_rows=int(meta["n_rows"]),
                     loo_rmse=float("nan") if meta["loo_rmse"] is None else float(meta["loo_rmse"]),
-                    # routers saved before the per-prompt interval: a constant shift only
-                    center=np.asarray(arrays.get(f"p{p}/center", np.zeros(0)), dtype=np.float64),
-                    cov=np.asarray(arrays.get(f"p{p}/cov", np.zeros((0, 0))), dtype=np.float64),
-                    level_var=float(meta.get("level_var", 0.0)),
-                    z=float(meta.get("z", 0.0)),
                 )
             )
         return est
