@@ -113,7 +113,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
         str(junit),
     ]
     env = {**os.environ, "NO_COLOR": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env, cwd=tmp_path)
+    # The timeout only guards against a hang: a loaded CI box can take several times the usual ~90 s.
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path)
     report = out.stdout[-8000:] + out.stderr[-2000:]
     assert out.returncode == 0, report
     assert "Test cases:" in out.stdout and " passed" in out.stdout, report
