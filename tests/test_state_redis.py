@@ -288,6 +288,41 @@ def test_outage_fail_closed_refuses_with_503(redis_proc: RedisProc) -> None:
     st.close()
 
 
+def test_keys_spend_reads_the_replicas_books_in_redis(redis_proc: RedisProc, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmroute.gateway.traces_cli import keys_app
+
+    _flush(redis_proc)
+    st = _state(redis_proc)
+    bm = BudgetManager([{"id": "team-a", "budget_usd_day": 1.0}], state=st)
+    bm.commit(bm.reserve("team-a", 0.3), 0.125)
+    st.close()
+    cfg = loopback_config("http://127.0.0.1:1/v1", tmp_path)
+    cfg["state"] = redis_proc.url
+    cfg["keys"] = [
+        {"id": "team-a", "key_sha256": hash_key(KEY_A)},
+        {"id": "team-z", "key_sha256": hash_key(KEY_B)},
+    ]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from llmroute.gateway.store import open_store
+
+    with open_store(cfg["store"]["url"]):  # an empty trace store: the books are in Redis
+        pass
+    res = CliRunner().invoke(keys_app, ["spend", "--config", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"team-a": {"day_usd": 0.125, "month_usd": 0.125}}
+    redis_proc.stop()
+    try:
+        res = CliRunner().invoke(keys_app, ["spend", "--config", str(path), "--json"])
+        assert res.exit_code == 1 and "start Redis" in res.output
+    finally:
+        redis_proc.start()
+
+
 def test_config_state() -> None:
     base = {"models": [{"name": "m", "base_url": "http://127.0.0.1:1/v1"}]}
     cfg = parse_config(base)

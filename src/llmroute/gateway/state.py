@@ -342,6 +342,28 @@ class RedisState:
         """Give back the holds of replicas that stopped heart-beating; returns how many."""
         return int(self.eval(_RECLAIM, [self.key("replicas")], [self.prefix, self.replica]))
 
+    def read_spend(self, key_ids: Sequence[str], day: int, month: int) -> dict[str, tuple[float, float]]:
+        """{key_id: (day spent, month spent)} for day number `day` and month number `month`
+        (`llmroute.gateway.ledger`'s numbering), for the ids Redis has books for; read-only (no
+        heartbeat, nothing claimed), so a CLI can read the replicas' books. Raises
+        StateUnavailable when Redis does not answer."""
+        ids = list(dict.fromkeys(key_ids))
+
+        def read(c: Any) -> list[Any]:
+            p = c.pipeline(transaction=False)
+            for k in ids:
+                p.hmget(self.key("b", k), "d", "ds", "m", "ms")
+            return list(p.execute())
+
+        out: dict[str, tuple[float, float]] = {}
+        for kid, v in zip(ids, self.run(read) if ids else [], strict=True):
+            if v[0] is None and v[2] is None:
+                continue
+            d = float(v[1] or 0) if v[0] is not None and int(float(v[0])) == day else 0.0
+            m = float(v[3] or 0) if v[2] is not None and int(float(v[2])) == month else 0.0
+            out[kid] = (d, m)
+        return out
+
     def ledger(self, key_ids: Sequence[str] = (), *, initial: Initial | None = None) -> RedisLedger:
         """A `RedisLedger` (the `SharedLedger` interface) on this state."""
         return RedisLedger(self, key_ids, initial=initial)

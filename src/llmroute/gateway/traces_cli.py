@@ -277,8 +277,9 @@ def spend_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Spend per key in the current UTC day and month, as the budgets count it: from the budget
-    ledger (`store.ledger`, exact, also while the gateway runs) where it has the key, else from the
-    spend persisted in the trace store."""
+    ledger (`store.ledger`, exact, also while the gateway runs; with the config's `state:`, the
+    replicas' books in Redis) where it has the key, else from the spend persisted in the trace
+    store."""
     import time
 
     from llmroute.gateway.auth import _day_span
@@ -289,11 +290,12 @@ def spend_cmd(
     url, base_dir = resolve_store_url(store, config)
     key_ids: list[str] = []
     ledger_opt = None
+    state_url = None
     if config is not None and not store:
         from llmroute.gateway.config import load_config
 
         cfg = load_config(config)
-        key_ids, ledger_opt = [k.id for k in cfg.keys], cfg.store.ledger
+        key_ids, ledger_opt, state_url = [k.id for k in cfg.keys], cfg.store.ledger, cfg.state
     st = _open(store, config)
     try:
         spend = st.load_spend([day, month])
@@ -305,7 +307,20 @@ def spend_cmd(
             "day_usd" if period == day else "month_usd"
         ] = usd
     ledger = spend_ledger_path(url, ledger_opt, base_dir)
-    if ledger is not None:
+    if state_url:  # replicas on Redis (llmroute.gateway.state): their books are there
+        from llmroute.gateway.state import RedisState, StateUnavailable
+
+        rs = RedisState(state_url)
+        try:
+            books = rs.read_spend(sorted({*key_ids, *out}), day_no, month_no)
+        except StateUnavailable as e:
+            typer.echo(f"error: {e} (state: in {config}); start Redis or check the URL", err=True)
+            raise typer.Exit(1) from e
+        finally:
+            rs.close()
+        for kid, (d, m) in books.items():
+            out[kid] = {"day_usd": d, "month_usd": m}
+    elif ledger is not None:
         for kid, (d, m) in read_spend(ledger, sorted({*key_ids, *out}), day_no, month_no).items():
             out[kid] = {"day_usd": d, "month_usd": m}
     if as_json:
