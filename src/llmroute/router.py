@@ -296,6 +296,8 @@ class Router:
         if self.use_extra and self._extra is None:
             raise RuntimeError("this router needs llmroute.estimators.features, which is not importable")
         self._cache: dict[str, np.ndarray] = {}
+        # set by the gateway's online learner (llmroute.gateway.learning), see _embed
+        self.keep_batch_embeddings = False
         self._blas: Any = None  # threadpoolctl controller, created on first route()
         # True when the whole process already runs BLAS on one thread (the gateway sets it after
         # limiting BLAS at startup): small batches then skip the per-call limit context (~90 us)
@@ -527,9 +529,10 @@ class Router:
                 self._cache[t] = row
             return row
         emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
-        if len(texts) <= 256:
+        if self.keep_batch_embeddings and len(texts) <= 256:
             # a gateway micro-batch: keep each row, so a later single-text call (the online
-            # learner's context, llmroute.gateway.learning) does not encode the text again
+            # learner's context, llmroute.gateway.learning) does not encode the text again;
+            # off unless a learner asks, as filling the cache costs every other caller
             for i, t in enumerate(texts):
                 if len(self._cache) >= _CACHE_MAX:
                     with contextlib.suppress(StopIteration, RuntimeError):

@@ -374,6 +374,8 @@ class _AliasLearner:
         self.router = router
         # the router's prompt embedding (cached per text by the router: the estimate just made it)
         self._embed = getattr(router, "_embed", None)
+        if hasattr(router, "keep_batch_embeddings"):
+            router.keep_batch_embeddings = True  # so the context below is a cache hit
         self.embed_dim = int(self._embed(["dimension probe"]).shape[1]) if self._embed is not None else 1
         self.learner = self.fresh()
         self.snapshot_id = 0  # the snapshot this learner started from
