@@ -287,6 +287,9 @@ class RedisState:
             self.degraded = False
             pending, self._pending = self._pending, []
         log.warning("shared state %s is back; %d queued costs added", self._where(), len(pending))
+        if self._beat is not None:  # our alive key may have expired meanwhile: renew it before others reclaim
+            with contextlib.suppress(Exception):
+                self._alive(self.client)
         for i, (kid, day, month, amount, actual) in enumerate(pending):
             try:
                 self._settle(kid, day, month, amount, actual)
