@@ -204,6 +204,18 @@ def write_md(doc: dict) -> None:
         f"cost ratio at the best single model's quality {_f(head['cost_ratio_at_best_quality'])} (bar <= 0.7): "
         f"{'met' if (head['cost_ratio_at_best_quality'] or 9) <= 0.7 else 'NOT met'}.",
     ]
+    esc = [p for p in head["hull_points"] if p["calls"] > 1.0005]
+    if esc:
+        best = max(esc, key=lambda p: p["quality"])
+        md += [
+            "",
+            f"Hull of the all-signals cascade: {len(head['hull_points'])} points, {len(esc)} of them make more than "
+            f"one call per prompt on average (e.g. first {best['first']}, tau {best['tau']:g}: cost "
+            f"{best['cost']:.6f}, quality {best['quality']:.4f}, {best['calls']:.2f} calls per prompt); the rest "
+            "are one-shot points.",
+        ]
+    else:
+        md += ["", "Hull of the all-signals cascade: only one-shot points (no escalating policy is on it)."]
     if doc["guard"]:
         diffs = [g["diff"] for g in doc["guard"]]
         worst = min(doc["guard"], key=lambda g: g["diff"])
@@ -224,7 +236,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="all", help="two-model guard: all, none, or the first N pairs")
     ap.add_argument("--quick", action="store_true", help="only the all-signals cascade")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from results")
     args = ap.parse_args()
+    if args.md_only:
+        write_md(json.loads(RESULTS.read_text()))
+        return
     if not DATA.exists():
         sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/routerbench_subset")
 
