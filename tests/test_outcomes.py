@@ -75,3 +75,36 @@ def test_explicit_and_implicit_outcomes_are_stored_apart(fake_server: Any, tmp_p
         app.store.flush_sync()
         out = app.store.get(rid)["outcome"]
         assert out == {"quality": 0.0, "thumbs": "down", "note": "meh", "regenerate": 1.0}
+
+
+def test_pending_outcomes_are_bounded_and_expire() -> None:
+    """`PendingOutcomes` keeps at most `max_items` outcomes (a full queue refuses: /v1/feedback
+    then answers 404) and drops one whose trace never lands after `wait_s`."""
+    from types import SimpleNamespace
+
+    from llmroute.gateway.outcomes import PendingOutcomes
+
+    class Store:
+        async def aattach_feedback(self, request_id: str, outcome: dict[str, Any], owner: Any) -> bool:
+            return False  # the trace never lands
+
+    gw = SimpleNamespace(
+        config=SimpleNamespace(store=SimpleNamespace(commit_interval_s=0.5)),
+        store=Store(),
+        learning=None,
+        feedback_hooks=[],
+    )
+
+    async def scenario() -> dict[str, int]:
+        p = PendingOutcomes(gw, wait_s=0.05, max_items=1, retry_s=0.01)  # type: ignore[arg-type]
+        assert p.add("a", 1.0, "feedback", None, None)
+        assert p.add("a", 0.0, "feedback", None, None)  # the same request and source: replaced
+        assert not p.add("b", 1.0, "feedback", None, None)  # full
+        assert PendingOutcomes(gw).wait_s == 3.0  # type: ignore[arg-type]  # 2 x commit + 2 s
+        for _ in range(500):
+            if not p.stats()["waiting"]:
+                break
+            await asyncio.sleep(0.01)
+        return p.stats()
+
+    assert asyncio.run(scenario()) == {"waiting": 0, "resolved": 0, "expired": 1, "refused": 1}
