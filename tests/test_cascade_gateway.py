@@ -8,6 +8,7 @@ maths prompt does not.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,8 +132,15 @@ def _ask(gw: str, alias: str, text: str, **kw: Any) -> tuple[Any, list[dict[str,
 
 
 def _record(gw: GatewayHandle, rid: str) -> dict[str, Any]:
-    gw.app.store.flush_sync(5)
-    rec = gw.app.store.get(rid)
+    # the trace is queued when the request finishes, which may be just after the client has
+    # its answer: wait for it (the bound only guards against a hang on a loaded box)
+    deadline = time.monotonic() + 30
+    while True:
+        gw.app.store.flush_sync(10)
+        rec = gw.app.store.get(rid)
+        if rec is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert rec is not None
     return rec
 
