@@ -108,3 +108,45 @@ def test_pending_outcomes_are_bounded_and_expire() -> None:
         return p.stats()
 
     assert asyncio.run(scenario()) == {"waiting": 0, "resolved": 0, "expired": 1, "refused": 1}
+
+
+def test_pending_outcomes_are_kept_per_owner() -> None:
+    """Feedback from a key that does not own the request cannot replace the owner's pending
+    outcome, and one key can hold at most `max_per_owner` places in the queue."""
+    from types import SimpleNamespace
+
+    from llmroute.gateway.outcomes import PendingOutcomes
+
+    landed: dict[str, Any] = {}
+
+    class Store:
+        async def aattach_feedback(self, request_id: str, outcome: dict[str, Any], owner: Any) -> bool:
+            if owner != "key-a":  # the trace belongs to key A
+                return False
+            landed[request_id] = outcome
+            return True
+
+    gw = SimpleNamespace(
+        config=SimpleNamespace(store=SimpleNamespace(commit_interval_s=0.5)),
+        store=Store(),
+        learning=None,
+        feedback_hooks=[],
+    )
+
+    async def scenario() -> dict[str, int]:
+        p = PendingOutcomes(gw, wait_s=0.2, max_items=100, retry_s=0.01, max_per_owner=2)  # type: ignore[arg-type]
+        assert p.add("r1", 1.0, "feedback", "key-a", None)
+        assert p.add("r1", 0.0, "feedback", "key-b", None)  # B's does not replace A's
+        assert p.add("r2", 0.0, "feedback", "key-b", None)
+        assert not p.add("r3", 0.0, "feedback", "key-b", None)  # B's share is full
+        assert p.add("r3", 1.0, "feedback", "key-a", None)  # A still gets a place
+        for _ in range(500):
+            if not p.stats()["waiting"]:
+                break
+            await asyncio.sleep(0.01)
+        assert p.add("r4", 0.0, "feedback", "key-b", None)  # places are given back
+        return p.stats()
+
+    stats = asyncio.run(scenario())
+    assert set(landed) == {"r1", "r3"}
+    assert stats["resolved"] == 2 and stats["expired"] == 2 and stats["refused"] == 1

@@ -597,7 +597,9 @@ class Learning:
             try:
                 await self.sync()
             except Exception as e:  # keep routing on the local state
-                self.sync_error = f"{type(e).__name__}: {e}"
+                # /healthz needs no key: it shows the error's type only (the text, which may hold
+                # paths or addresses, goes to the log)
+                self.sync_error = type(e).__name__
                 log.warning("learner state sync failed (%s); routing on the local state", e)
 
     async def sync(self, graded: Sequence[tuple[str, float, str]] = ()) -> list[tuple[str, str] | None]:
@@ -799,7 +801,7 @@ class Learning:
     def health(self) -> dict[str, Any]:
         """For /healthz, per alias of the config: `enabled`, and for a learning alias its method,
         `last_sync` (unix time of the last sync with the shared state; None before the first),
-        `sync_age_s`, `sync_error` (the last failed sync's error, None when it worked),
+        `sync_age_s`, `sync_error` (the type of the last failed sync's error, None when it worked),
         `outcomes` (applied to the posterior, all workers), `seq` (last outcome term applied)
         and `snapshot` (the id of the snapshot the learner started from)."""
         now = time.time()

@@ -186,19 +186,31 @@ class PendingOutcomes:
     """Outcomes waiting for their request's trace (written by another worker and still in its
     commit window, `store.commit_interval_s`). Each is retried every `retry_s` until its trace
     lands (then recorded and learned like any outcome) or `wait_s` passed (dropped and counted
-    as expired: the id was unknown). At most `max_items` wait (a full queue refuses more). The
+    as expired: the id was unknown). At most `max_items` wait, and at most `max_per_owner` of one
+    API key, so one key's made-up ids cannot crowd out everyone else's feedback (a full queue
+    refuses more). Items are kept per (request id, source, owner): feedback from a key that does
+    not own the request cannot replace the owner's pending outcome (it expires on its own). The
     retry task runs only while something waits (no task to stop at shutdown)."""
 
     def __init__(
-        self, gateway: Gateway, wait_s: float | None = None, max_items: int = 10_000, retry_s: float = 0.1
+        self,
+        gateway: Gateway,
+        wait_s: float | None = None,
+        max_items: int = 10_000,
+        retry_s: float = 0.1,
+        max_per_owner: int = 1_000,
     ) -> None:
         self.gateway = gateway
         commit = float(getattr(gateway.config.store, "commit_interval_s", 0.5))
         # the other worker's commit window, its flush and our retry, with room for a loaded host
         self.wait_s = 2.0 * commit + 2.0 if wait_s is None else float(wait_s)
         self.max_items = int(max_items)
+        self.max_per_owner = int(max_per_owner)
+        self._per_owner: dict[str | None, int] = {}
         self.retry_s = float(retry_s)
-        self._items: dict[tuple[str, str], tuple[float, float | None, str | None, dict[str, Any] | None]] = {}
+        self._items: dict[
+            tuple[str, str, str | None], tuple[float, float | None, str | None, dict[str, Any] | None]
+        ] = {}
         self._task: asyncio.Task[None] | None = None
         self.resolved = 0
         self.expired = 0
@@ -212,12 +224,14 @@ class PendingOutcomes:
         owner: str | None,
         fields: dict[str, Any] | None,
     ) -> bool:
-        """Queue an outcome (a later one of the same request and source replaces it); False
-        when `max_items` already wait."""
-        key = (request_id, source)
-        if key not in self._items and len(self._items) >= self.max_items:
-            self.refused += 1
-            return False
+        """Queue an outcome (a later one of the same request, source and owner replaces it);
+        False when `max_items` already wait, or `max_per_owner` of this owner."""
+        key = (request_id, source, owner)
+        if key not in self._items:
+            if len(self._items) >= self.max_items or self._per_owner.get(owner, 0) >= self.max_per_owner:
+                self.refused += 1
+                return False
+            self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         self._items[key] = (
             time.monotonic() + self.wait_s,
             score,
@@ -246,6 +260,11 @@ class PendingOutcomes:
                     self.expired += 1
                 if self._items.get(key) is item:  # not replaced by a newer one meanwhile
                     del self._items[key]
+                    left = self._per_owner.get(key[2], 1) - 1
+                    if left > 0:
+                        self._per_owner[key[2]] = left
+                    else:
+                        self._per_owner.pop(key[2], None)
 
     def stats(self) -> dict[str, int]:
         """Waiting now, resolved (recorded when the trace landed), expired, refused (queue full)."""
