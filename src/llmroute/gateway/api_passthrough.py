@@ -219,19 +219,7 @@ class PassThrough:
                 if key is not None and gw.budgets is not None:
                     reservation = gw.budgets.reserve(key, self._hold(model, body, endpoint))
             except GatewayError as e:
-                gw._finish(
-                    rid=rid,
-                    ctx=ctx,
-                    decision=decision,
-                    model="",
-                    status=e.status,
-                    t0=t0,
-                    attempts=[],
-                    error=e.message,
-                )
-                if e.status in (401, 403, 429):
-                    gw.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
-                await send_error(send, e, rejected_headers(rid, decision, e))
+                await gw.reject(send, e, rid, ctx, decision, t0)
                 return
             watch = Disconnect(scope, receive)
             if endpoint == "completions" and body.get("stream"):  # embeddings do not stream

@@ -548,6 +548,34 @@ class Gateway:
         if self.sessions is not None and ctx is not None:  # after the row: its outcomes land on it
             self.sessions.finished(ctx, model, status, response)
 
+    async def reject(
+        self,
+        send: Send,
+        e: GatewayError,
+        rid: str,
+        ctx: RequestContext | None,
+        decision: RouteDecision | None,
+        t0: float,
+        error_body: bytes | None = None,
+    ) -> None:
+        """Answer a request refused before any upstream call (bad body, auth, rate, budget, rule):
+        its trace row, the rejection metric for 401/403/429, and the error response
+        (`error_body`: the API family's own error shape; None: OpenAI's)."""
+        self._finish(
+            rid=rid,
+            ctx=ctx,
+            decision=decision,
+            model="",
+            status=e.status,
+            t0=t0,
+            attempts=[],
+            error=e.message,
+            extra=getattr(e, "trace_extra", None),
+        )
+        if e.status in (401, 403, 429):
+            self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
+        await send_error(send, e, rejected_headers(rid, decision, e), error_body)
+
     async def _upstream_failed(
         self,
         send: Send,
@@ -614,20 +642,7 @@ class Gateway:
                     )
                     reservation = self.budgets.reserve(key, hold)
             except GatewayError as e:
-                self._finish(
-                    rid=rid,
-                    ctx=ctx,
-                    decision=decision,
-                    model="",
-                    status=e.status,
-                    t0=t0,
-                    attempts=[],
-                    error=e.message,
-                    extra=getattr(e, "trace_extra", None),
-                )
-                if e.status in (401, 403, 429):
-                    self.metrics.observe_rejection(e.status, e.code or e.type, ctx.key_id if ctx else None)
-                await send_error(send, e, rejected_headers(rid, decision, e), api.error_body(e))
+                await self.reject(send, e, rid, ctx, decision, t0, api.error_body(e))
                 return
             watch = Disconnect(scope, receive)
             if ctx.extra.get("cache_hit") is not None:
