@@ -210,6 +210,23 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
     return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def wrk_one_worker(
+    config: Path, env: dict[str, str], store: Path, log: Path, wrk: str, lua: Path, conns: int, duration: int
+) -> dict[str, Any]:
+    """Start `llmroute serve --config config` with one worker (traces in the SQLite file `store`),
+    run wrk against it and stop it: the A/B runs of the benchmarks that compare configs."""
+    gport = free_port()
+    env_g = dict(env, LLMROUTE_STORE_URL=f"sqlite:///{store}")
+    cmd = [sys.executable, "-m", "llmroute.gateway.serve", "--config", str(config)]
+    gw = start([*cmd, "--port", str(gport), "--workers", "1"], env_g, log)
+    try:
+        wait_ready(f"http://127.0.0.1:{gport}/healthz", gw)
+        return run_wrk(wrk, f"http://127.0.0.1:{gport}", lua, conns, duration, {"gateway": gw.pid})
+    finally:
+        gw.terminate()
+        gw.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")

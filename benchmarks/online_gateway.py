@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import update_section
-from gateway import LUA, ensure_wrk, free_port, run_wrk, start, wait_ready
+from gateway import LUA, ensure_wrk, free_port, start, wait_ready, wrk_one_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "online_gateway.json"
@@ -200,18 +200,9 @@ def throughput(duration: int, rounds: int, tmp: Path) -> list[dict[str, Any]]:
         lua.write_text(LUA.replace("MODEL", "llmroute/auto").replace('"STREAM"', '"'))
         for r in range(rounds):
             for learning in (False, True):
-                gport = free_port()
-                env_g = dict(env, LLMROUTE_STORE_URL=f"sqlite:///{tmp}/traces-{r}-{int(learning)}.sqlite")
-                cmd = [py, "-m", "llmroute.gateway.serve", "--config", str(_config(tmp, learning))]
-                gw = start(
-                    [*cmd, "--port", str(gport), "--workers", "1"], env_g, tmp / f"gw-{r}-{learning}.log"
-                )
-                try:
-                    wait_ready(f"http://127.0.0.1:{gport}/healthz", gw)
-                    res = run_wrk(wrk, f"http://127.0.0.1:{gport}", lua, 32, duration, {"gateway": gw.pid})
-                finally:
-                    gw.terminate()
-                    gw.wait(30)
+                store = tmp / f"traces-{r}-{int(learning)}.sqlite"
+                log = tmp / f"gw-{r}-{learning}.log"
+                res = wrk_one_worker(_config(tmp, learning), env, store, log, wrk, lua, 32, duration)
                 res.update(learning=learning, round=r, load=os.getloadavg()[0])
                 print(json.dumps(res), file=sys.stderr)
                 runs.append(res)

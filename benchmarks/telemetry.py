@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import LUA, ensure_wrk, free_port, run_wrk, start, wait_ready
+from gateway import LUA, ensure_wrk, free_port, start, wait_ready, wrk_one_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "telemetry.json"
@@ -148,16 +148,9 @@ def throughput(duration: int, rounds: int, tmp: Path, otel_url: str) -> list[dic
         lua.write_text(LUA.replace("MODEL", "llmroute/auto").replace('"STREAM"', '"'))
         for r in range(rounds):
             for mode in ("off", "traces", "traces+metrics"):
-                gport = free_port()
-                env_g = dict(env, LLMROUTE_STORE_URL=f"sqlite:///{tmp}/traces-{r}-{mode}.sqlite")
-                cmd = [py, "-m", "llmroute.gateway.serve", "--config", str(_config(tmp, mode, otel_url))]
-                gw = start([*cmd, "--port", str(gport), "--workers", "1"], env_g, tmp / f"gw-{r}-{mode}.log")
-                try:
-                    wait_ready(f"http://127.0.0.1:{gport}/healthz", gw)
-                    res = run_wrk(wrk, f"http://127.0.0.1:{gport}", lua, 32, duration, {"gateway": gw.pid})
-                finally:
-                    gw.terminate()
-                    gw.wait(30)
+                config = _config(tmp, mode, otel_url)
+                store, log = tmp / f"traces-{r}-{mode}.sqlite", tmp / f"gw-{r}-{mode}.log"
+                res = wrk_one_worker(config, env, store, log, wrk, lua, 32, duration)
                 res.update(mode=mode, round=r, load=os.getloadavg()[0])
                 print(json.dumps(res), file=sys.stderr)
                 runs.append(res)
