@@ -3,7 +3,8 @@
 A cascade answers a prompt in steps: call a first model (the one-shot router's pick at the
 trade-off lambda, or the cheapest), score its answer, and escalate to another model while that
 pays. After every answer the evidence re-estimates the models (cascade routing, Dekoninck et
-al. 2025):
+al. 2025). The fitted re-estimator (`llmroute.cascade.reestimate.Reestimator`; that module, shared
+with the gateway, also has the rule and an estimator that needs no training data) has:
 
 - `Reestimator.called`: P(a called model's answer is right | its router prior, the answer's
   verifier scores, how many other called answers agree or disagree with it) - a logistic
@@ -13,7 +14,7 @@ al. 2025):
   P(right)) given j's prior and the evidence so far (best P(right), its shift from the prior,
   agreement among the called answers) - a ridge regression on the same kind of features.
 
-The policy (`run_policy`) escalates to argmax_j gain_j - lambda * c_hat_j while that is > 0 and
+The policy (`run_policy`) escalates to argmax_j gain_j - lambda * c_hat_j while that is > 0 (`choose_next`) and
 the best P(right) is below the threshold tau, within `max_steps` answers and `max_cost_usd`
 (spent + the next model's estimated cost). tau = 0 never escalates: the one-shot router. Cost
 counts every call made (true cost of each called model); quality is the served answer's.
@@ -34,9 +35,7 @@ called models, weighted by their priors). With no signal the re-estimator sees o
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,13 @@ import numpy as np
 
 from llmroute.cascade.learned import FEATURES as TEXT_FEATURES
 from llmroute.cascade.learned import answer_features
+from llmroute.cascade.reestimate import (
+    SIGNALS,
+    Evidence,
+    Reestimator,
+    choose_next,
+    extract_answer,
+)
 from llmroute.cascade.verifiers import DEFAULT_CHECKS, verify
 from llmroute.data.table import RoutingTable, TableError
 from llmroute.eval.cv import kfold_indices
@@ -64,52 +70,9 @@ __all__ = [
     "table_evidence",
 ]
 
-SIGNALS: tuple[str, ...] = ("checks", "learned", "agreement")
-"""Answer evidence the re-estimator can use (see the module docstring)."""
 
 DEFAULT_TAUS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01)
 """Thresholds swept: stop when the best answer's P(right) >= tau (0: one-shot, > 1: gain only)."""
-
-_EPS = 0.01
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
-
-
-# ---- answers and evidence ------------------------------------------------------------------------
-_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-H])[).:]\s")
-_ASKS_NUMBER = re.compile(
-    r"(?i)\b(?:final (?:number|numeric answer)|reply with (?:the|a) number|\\boxed|####)"
-)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_answer(prompt: str, response: str | None) -> str | None:
-    """The answer a response commits to, comparable across models, or None.
-
-    Multiple choice (the prompt's last question lists options like `A) ...`): the first option
-    letter standing alone in the response. Numeric (the prompt asks for a final number): the
-    response's last number, without thousands separators. Anything else (code, prose): None.
-    """
-    if not response:
-        return None
-    letters = set(_OPTION_LINE.findall(prompt[-2000:]))
-    if len(letters) >= 2:
-        for m in re.finditer(r"(?<![A-Za-z])([A-H])(?![A-Za-z])", response):
-            if m.group(1) in letters:
-                return m.group(1)
-        return None
-    if _ASKS_NUMBER.search(prompt):
-        nums = _NUMBER.findall(response)
-        if nums:
-            v = nums[-1].replace(",", "")
-            try:
-                return repr(float(v))
-            except ValueError:
-                return None
-    return None
 
 
 def response_matrix(table: RoutingTable) -> np.ndarray:
@@ -124,24 +87,6 @@ def response_matrix(table: RoutingTable) -> np.ndarray:
     out = piv.to_numpy(dtype=object)
     out[~np.vectorize(lambda v: isinstance(v, str), otypes=[bool])(out)] = None
     return out
-
-
-@dataclass
-class Evidence:
-    """Per (prompt, model) answer evidence, computed once per table (no fitting involved).
-
-    codes: extracted answer as an integer code per prompt (-1: none); checks: the built-in
-    verifier score (NaN: no response); text: `answer_features` (n, m, F); has: a response exists.
-    """
-
-    codes: np.ndarray
-    checks: np.ndarray
-    text: np.ndarray
-    has: np.ndarray
-
-    def take(self, idx: np.ndarray) -> Evidence:
-        """The evidence of prompts `idx`."""
-        return Evidence(self.codes[idx], self.checks[idx], self.text[idx], self.has[idx])
 
 
 def table_evidence(table: RoutingTable, checks: Sequence[str] = DEFAULT_CHECKS) -> Evidence:
@@ -167,252 +112,6 @@ def table_evidence(table: RoutingTable, checks: Sequence[str] = DEFAULT_CHECKS) 
             chk[i, j] = verify(body, out, checks).score
             text[i, j] = answer_features(p, r)
     return Evidence(codes, chk, text, resp != None)  # noqa: E711 (elementwise on objects)
-
-
-# ---- re-estimation -----------------------------------------------------------------------------
-def _agreement(S: np.ndarray, codes: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For every model i and the called set S: prior-weighted and plain counts of other called
-    answers agreeing / disagreeing with i's extracted answer (both extracted)."""
-    m = S.shape[1]
-    ext = codes >= 0
-    same = (codes[:, :, None] == codes[:, None, :]) & ext[:, :, None] & ext[:, None, :]
-    both = ext[:, :, None] & ext[:, None, :]
-    other = S[:, None, :] & ~np.eye(m, dtype=bool)[None]
-    agree = other & same
-    dis = other & both & ~same
-    return (
-        (agree * q[:, None, :]).sum(axis=2),
-        (dis * q[:, None, :]).sum(axis=2),
-        agree.sum(axis=2).astype(float),
-        dis.sum(axis=2).astype(float),
-    )
-
-
-class Reestimator:
-    """Re-estimates models after answers (see the module docstring); fitted per CV fold.
-
-    Hyper-parameters in `__init__` (`c`: inverse L2 strength of the P(right) model, `alpha`:
-    ridge strength of the gain model); `fit` learns `called_` (P(right) of a called answer) and
-    `gain_` (expected gain of calling a model next) and the per-fold learned verifier `lv_`.
-    """
-
-    def __init__(
-        self,
-        signals: Sequence[str] = SIGNALS,
-        max_steps: int = 3,
-        states_per_prompt: int = 2,
-        seed: int = 0,
-        c: float = 1.0,
-        alpha: float = 1.0,
-    ) -> None:
-        bad = [s for s in signals if s not in SIGNALS]
-        if bad:
-            raise ValueError(f"unknown cascade signals {bad}; choose from {list(SIGNALS)}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self.signals = tuple(signals)
-        self.max_steps = max_steps
-        self.states_per_prompt = states_per_prompt
-        self.seed = seed
-        self.c = c
-        self.alpha = alpha
-
-    # ---- features ------------------------------------------------------------------------------
-    def _verifier(self, ev: Evidence) -> np.ndarray:
-        """(n, m) learned P(right) of each answer (0.5 where off or no response)."""
-        if "learned" not in self.signals or self.lv_ is None:
-            return np.full(ev.has.shape, 0.5)
-        mean, scale, coef, b = self.lv_
-        z = ((ev.text - mean) / scale) @ coef + b
-        return np.where(ev.has, 1.0 / (1.0 + np.exp(-z)), 0.5)
-
-    def _called_x(self, S: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
-        """(n, m, F) features of each model as if called, in the called set S."""
-        n, m = q.shape
-        cols = [_logit(q), q, np.broadcast_to(S.sum(axis=1, keepdims=True), (n, m)).astype(float)]
-        if "checks" in self.signals:
-            cols.append(np.where(np.isfinite(ev.checks), ev.checks, 0.0))
-        if "learned" in self.signals:
-            cols.append(_logit(v))
-        if "agreement" in self.signals:
-            aq, dq, na, nd = _agreement(S, ev.codes, q)
-            cols += [(ev.codes >= 0).astype(float), aq, dq, na, nd]
-        return np.stack(cols, axis=2)
-
-    def _post(self, S: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
-        """(n, m) P(right) of every called answer in S (NaN outside S)."""
-        x = self._called_x(S, q, ev, v)
-        out = np.full(q.shape, np.nan)
-        if S.any():
-            out[S] = self.called_.predict_proba(x[S])[:, 1]
-        return out
-
-    def _gain_x(self, S: np.ndarray, P: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
-        """(n, m, G) features of calling each model next, given the called set S and its P."""
-        n, m = q.shape
-        rows = np.arange(n)
-        Pf = np.where(S, P, -np.inf)
-        best = np.argmax(Pf, axis=1)
-        pbest = P[rows, best]
-        lq = _logit(q)
-        lbest = lq[rows, best]
-        ncalled = S.sum(axis=1).astype(float)
-        per_row = [
-            _logit(pbest),
-            pbest,
-            lbest,
-            _logit(pbest) - lbest,
-            ncalled,
-            np.where(S, lq, -10).max(axis=1),
-        ]
-        if "checks" in self.signals:
-            per_row.append(np.where(np.isfinite(ev.checks[rows, best]), ev.checks[rows, best], 0.0))
-        if "learned" in self.signals:
-            per_row.append(_logit(v[rows, best]))
-        if "agreement" in self.signals:
-            called_ext = S & (ev.codes >= 0)
-            _, _, na, _ = _agreement(S, ev.codes, q)
-            ext = called_ext.sum(axis=1).astype(float)
-            plural = np.where(called_ext, na + 1, 0).max(axis=1).astype(float)  # largest agreeing group
-            distinct = np.where(called_ext, 1.0 / (na + 1), 0.0).sum(axis=1)  # distinct answers
-            per_row += [ext, plural, distinct, (ev.codes[rows, best] >= 0).astype(float)]
-        pr = np.stack(per_row, axis=1)
-        x = np.concatenate(
-            [
-                np.stack([lq, q, lq - lbest[:, None]], axis=2),
-                np.broadcast_to(pr[:, None, :], (n, m, pr.shape[1])),
-            ],
-            axis=2,
-        )
-        return x
-
-    # ---- fitting -------------------------------------------------------------------------------
-    def _random_states(self, n: int, m: int, rng: np.random.Generator) -> np.ndarray:
-        """(n * states_per_prompt, m) random called sets of 1 .. max_steps models."""
-        k = self.states_per_prompt
-        S = np.zeros((n * k, m), dtype=bool)
-        sizes = rng.integers(1, min(self.max_steps, m) + 1, size=n * k)
-        for r in range(n * k):
-            S[r, rng.choice(m, size=sizes[r], replace=False)] = True
-        return S
-
-    def fit(self, q: np.ndarray, ev: Evidence, Q: np.ndarray) -> Reestimator:
-        """Fit on training prompts: `q` their out-of-fold prior (n, m), `Q` true quality."""
-        with _one_thread():
-            return self._fit(q, ev, Q)
-
-    def _fit(self, q: np.ndarray, ev: Evidence, Q: np.ndarray) -> Reestimator:
-        from sklearn.linear_model import LogisticRegression, Ridge
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
-
-        n, m = q.shape
-        rng = np.random.default_rng(self.seed)
-        known = np.isfinite(Q)
-        y_all = (np.where(known, Q, 0.0) >= 0.5).astype(int)
-        self.lv_ = None
-        if "learned" in self.signals:
-            ok = ev.has & known
-            x = ev.text[ok]
-            y = y_all[ok]
-            if 0 < y.sum() < len(y):
-                mean, scale = x.mean(axis=0), x.std(axis=0)
-                scale[scale == 0] = 1.0
-                lr = LogisticRegression(max_iter=1000).fit((x - mean) / scale, y)
-                self.lv_ = (mean, scale, lr.coef_[0], float(lr.intercept_[0]))
-        v = self._verifier(ev)
-        # P(right) of a called answer: every model of every prompt, with random other answers
-        S = self._random_states(n, m, rng)
-        rep = np.repeat(np.arange(n), self.states_per_prompt)
-        qq, evr, vv = q[rep], ev.take(rep), v[rep]
-        S_called = S.copy()
-        xs, ys = [], []
-        for j in range(m):
-            Sj = S_called.copy()
-            Sj[:, j] = True
-            x = self._called_x(Sj, qq, evr, vv)[:, j]
-            keep = known[rep, j]
-            xs.append(x[keep])
-            ys.append(y_all[rep, j][keep])
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        if 0 < y.sum() < len(y):
-            self.called_: Any = make_pipeline(
-                PolynomialFeatures(2, include_bias=False),
-                StandardScaler(),
-                LogisticRegression(C=self.c, max_iter=2000),
-            ).fit(x, y)
-        else:
-            self.called_ = _Constant(float(y.mean()) if len(y) else 0.5)
-        # gain of calling j next: served quality after minus before (served = best P(right))
-        Qz = np.where(known, Q, np.nan)[rep]
-        P = self._post(S, qq, evr, vv)
-        rows = np.arange(len(rep))
-        before = Qz[rows, np.argmax(np.where(S, P, -np.inf), axis=1)]
-        gx, gy = [], []
-        xall = self._gain_x(S, P, qq, evr, vv)
-        for j in range(m):
-            todo = ~S[:, j] & (S.sum(axis=1) < m)
-            if not todo.any():
-                continue
-            Sj = S[todo].copy()
-            Sj[:, j] = True
-            Pj = self._post(Sj, qq[todo], evr.take(np.nonzero(todo)[0]), vv[todo])
-            after = Qz[todo][np.arange(todo.sum()), np.argmax(np.where(Sj, Pj, -np.inf), axis=1)]
-            g = after - before[todo]
-            keep = np.isfinite(g)
-            gx.append(xall[todo, j][keep])
-            gy.append(g[keep])
-        self.gain_: Any = (
-            make_pipeline(
-                PolynomialFeatures(2, include_bias=False), StandardScaler(), Ridge(alpha=self.alpha)
-            ).fit(np.concatenate(gx), np.concatenate(gy))
-            if gx and sum(len(g) for g in gy) > 0
-            else _Constant(0.0)
-        )
-        return self
-
-    # ---- prediction ----------------------------------------------------------------------------
-    def called(self, S: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
-        """(n, m) P(right) of each called answer in S given all called answers (NaN elsewhere)."""
-        with _one_thread():
-            return self._post(S, q, ev, self._verifier(ev))
-
-    def gains(self, S: np.ndarray, P: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
-        """(n, m) expected quality gain of calling each model not in S next (NaN on S)."""
-        x = self._gain_x(S, P, q, ev, self._verifier(ev))
-        out = np.full(q.shape, np.nan)
-        todo = ~S
-        if todo.any():
-            with _one_thread():
-                out[todo] = self.gain_.predict(x[todo])
-        return out
-
-
-@functools.cache
-def _controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_thread() -> Any:
-    """Limit OpenMP/BLAS to one thread: the fits and predictions here are many and small, and
-    thread start-up and contention would dominate them (the controller is built once: it scans
-    the loaded libraries)."""
-    return _controller().limit(limits=1)
-
-
-class _Constant:
-    """A fitted-model stand-in for degenerate training data (one class, no rows)."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return np.tile([1 - self.value, self.value], (len(x), 1))
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.full(len(x), self.value)
 
 
 # ---- the policy ----------------------------------------------------------------------------------
@@ -487,13 +186,9 @@ def run_policy(
         if not active.any():
             break
         G = re_est.gains(S, P, q, ev)
-        pen = 0.0 if lam == 0 else (np.inf if math.isinf(lam) else lam)
-        score = G - pen * np.where(np.isfinite(c), c, np.inf) if pen != np.inf else np.full(G.shape, -np.inf)
-        score = np.where(S | ~np.isfinite(score), -np.inf, score)
-        if max_cost_usd is not None:
-            score = np.where(spent[:, None] + c > max_cost_usd, -np.inf, score)
-        j = np.argmax(score, axis=1)
-        go = active & (score[rows, j] > 0)
+        blocked = None if max_cost_usd is None else spent[:, None] + c > max_cost_usd
+        j, go, _ = choose_next(G, c, S, lam, blocked)
+        go &= active
         S[go, j[go]] = True
         spent = spent + np.where(go, np.nan_to_num(C[rows, j]), 0.0)
         active = go
