@@ -20,7 +20,7 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
     routers:  {name: "path/to/router" | "builtin:default"}
     aliases:  {"llmroute/auto": {router, tradeoff, max_cost, min_quality, on_unmet, candidates,
                 cascade: {models, max_steps, max_cost_usd, threshold, verifier, stall_s,
-                          learned_verifier, stream_buffer_chars},
+                          learned_verifier, stream_buffer_chars, next},
                 sticky: {enabled, margin, ttl_s, max_sessions},
                 implicit: {reask, regenerate, length, refusal, tool_error, score, reask_similarity,
                            reask_min_words},
@@ -420,6 +420,13 @@ class CascadeConfig(_Strict):
         ge=0,
         description="streams: a step's answer is held back (and verified) up to this many characters; "
         "a longer one is streamed as it comes, without escalation",
+    )
+    next: Literal["reestimate", "ranked"] | None = Field(
+        None,
+        description="after a rejected answer: 'reestimate' re-estimates the models not tried with the "
+        "answers' evidence and calls the one with the largest expected gain - tradeoff x cost (stops "
+        "when none is > 0); 'ranked' the next of `models` or of the router's ranking. Unset: ranked "
+        "when `models` is set, else reestimate",
     )
 
     @field_validator("verifier", mode="before")
