@@ -62,10 +62,10 @@ def _config(url: str, tmp: Any) -> dict[str, Any]:
                 "candidates": ordered,
                 "cascade": {"models": ordered, "max_steps": 3, "max_cost_usd": 0.001},
             },
-            "c/router": {
+            "c/router": {  # the static ranking (re-estimation: tests/test_cascade_reestimate.py)
                 "candidates": ["cheap-m", "strong-m"],
                 "tradeoff": 1000,
-                "cascade": {"max_steps": 2},
+                "cascade": {"max_steps": 2, "next": "ranked"},
             },
             "c/router-q": {"candidates": ["cheap-m", "strong-m"], "tradeoff": 0, "cascade": {"max_steps": 2}},
             "c/stall": {

@@ -3,11 +3,23 @@
 An alias with a `cascade:` block (`llmroute.gateway.config.CascadeConfig`) answers each request
 in steps. Step 1 calls the first model: the first of `cascade.models`, or the router's pick when
 `models` is unset. Its answer is scored by the verifier checks (`llmroute.cascade.verifiers`);
-a score >= `threshold` is served. Otherwise the next model is called: the next of `models`, or
-the router's next-ranked candidate not tried yet. The cascade stops at the first passing answer,
-after `max_steps` answers, when no model is left, or when the next step could break
-`max_cost_usd` (the cost so far plus the step's worst case: its input tokens plus `max_tokens` of
-output at its prices). When no answer passes, the best-scoring one is served (ties: the later).
+a score >= `threshold` is served. Otherwise the next model is called, chosen by `cascade.next`:
+
+- `reestimate` (the default without `models`): the models not tried are re-estimated with the
+  evidence so far (`llmroute.cascade.reestimate.DifficultyReestimator`: the router's prior of
+  each model, the verifier score of each answer, agreement of the answers' extracted answers)
+  and the one with the largest expected gain - tradeoff x expected cost is called, while that is
+  > 0 (`choose_next`, the rule `llmroute.cascade.offline` evaluates; tradeoff and costs are the
+  request's routing decision's; no trade-off, e.g. a min_quality rule: quality alone). No model
+  worth its cost stops the cascade (`no_gain`). A model without a router estimate (outside the
+  alias's candidates) makes that step fall back to `ranked`;
+- `ranked` (the default with `models`): the next of `models`, or the router's next-ranked
+  candidate not tried yet.
+
+The cascade stops at the first passing answer, after `max_steps` answers, when no model is left
+or worth its cost, or when the next step could break `max_cost_usd` (the cost so far plus the
+step's worst case: its input tokens plus `max_tokens` of output at its prices). When no answer
+passes, the best-scoring one is served (ties: the later).
 
 Escalation without an answer (not counted as a step): a model whose context window cannot hold
 the request is skipped, and an upstream context-length error moves on to a model with a larger
@@ -24,7 +36,10 @@ step always streams at once.
 
 Every step is in the trace (`extra.cascade`: model, score, why, cost, error) and in the
 `x-llmroute-cascade` response header: one `model;score=S;cost_usd=C;why=W` item per step,
-comma-separated, then `stop=REASON`. The client's budget holds the worst case of the steps
+comma-separated, then `stop=REASON`. Each re-estimation is in the trace (`extra.cascade.next`:
+the answers' P(right), each candidate's gain, cost and net, the model chosen or none, and why)
+and, compactly, on the step it followed: `;next=M|none;est=M1:gG:cC|M2:...` (candidates by
+net, best first; gain G, expected cost C). The client's budget holds the worst case of the steps
 allowed (`worst_cost`) and is charged for every call made.
 """
 
@@ -37,8 +52,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 
+from llmroute.cascade.reestimate import DifficultyReestimator, Evidence, choose_next, extract_answer
 from llmroute.cascade.verifiers import Verdict, verify
 from llmroute.gateway.asgi import JSON, SSE, header, send_response, trace_headers
 from llmroute.gateway.backends import BackendError
@@ -74,13 +91,15 @@ class Step:
     cost_usd: float = 0.0
     error: str | None = None
     tokens: tuple[int, int] = (0, 0)
+    plan: str = ""  # the re-estimation after this step, compact (`next=...;est=...`)
 
     def item(self) -> str:
         """This step in `x-llmroute-cascade`."""
         score = "none" if self.score is None else f"{self.score:.3g}"
         why = self.error or self.why or "pass"
         why = re.sub(r"[^A-Za-z0-9_.=:+-]+", "_", why)[:60]
-        return f"{self.model};score={score};cost_usd={self.cost_usd:.6g};why={why}"
+        plan = f";{self.plan}" if self.plan else ""
+        return f"{self.model};score={score};cost_usd={self.cost_usd:.6g};why={why}{plan}"
 
     def result(self, threshold: float) -> str:
         """This step's outcome for the metrics: passed (score >= `threshold`), below_threshold,
@@ -122,9 +141,12 @@ class _Run:
     answers: int = 0
     best: _Answer | None = None
     stop: str = ""
+    answered: list[_Answer] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)  # the re-estimations
 
     def add_answer(self, ans: _Answer, step: Step) -> None:
         self.steps.append(step)
+        self.answered.append(ans)
         self.spent += step.cost_usd
         self.tokens_in += step.tokens[0]
         self.tokens_out += step.tokens[1]
@@ -137,7 +159,10 @@ class _Run:
         return header(CASCADE_HEADER, ", ".join(items))
 
     def trace(self) -> dict[str, Any]:
-        return {"steps": [s.as_dict() for s in self.steps], "stop": self.stop, "cost_usd": self.spent}
+        out = {"steps": [s.as_dict() for s in self.steps], "stop": self.stop, "cost_usd": self.spent}
+        if self.plans:
+            out["next"] = self.plans
+        return out
 
 
 class _Steps:
@@ -145,7 +170,7 @@ class _Steps:
     next model to call with its step deadline, and what a call without an answer means for the
     rest of the walk (a larger window next, fall back, or stop)."""
 
-    __slots__ = ("above", "body", "casc", "ctx", "deadline", "last_err", "order", "run", "tried")
+    __slots__ = ("above", "body", "casc", "ctx", "deadline", "decision", "last_err", "order", "run", "tried")
 
     def __init__(
         self,
@@ -159,6 +184,7 @@ class _Steps:
         self.casc = casc
         self.run = run
         self.ctx = ctx
+        self.decision = decision
         self.body = body
         self.deadline = deadline
         self.order = casc.order(ctx, decision)
@@ -176,7 +202,7 @@ class _Steps:
         if time.monotonic() >= self.deadline:
             run.stop = "deadline"
             return None
-        m = self.casc._next(self.order, self.tried, run, self.ctx, self.body, self.above)
+        m = self.casc._next(self.order, self.tried, run, self.ctx, self.decision, self.body, self.above)
         if m is None:
             return None
         self.tried.add(m)
@@ -203,6 +229,8 @@ class Cascade:
         self.alias = alias
         self.cfg = cfg
         self.extra: list[Any] = []  # verifiers beyond the named checks
+        self.next_mode = cfg.next or ("ranked" if cfg.models else "reestimate")
+        self.estimator = DifficultyReestimator()
         if cfg.learned_verifier:
             from llmroute.cascade.learned import LearnedVerifier
 
@@ -245,11 +273,15 @@ class Cascade:
         tried: set[str],
         run: _Run,
         ctx: RequestContext,
+        decision: RouteDecision,
         body: dict[str, Any],
         above: int,
     ) -> str | None:
-        """The next model to call, or None (sets `run.stop`)."""
+        """The next model to call, or None (sets `run.stop`): the first model of `order` that
+        fits (window, cost ceiling), or after an answer with `next: reestimate` the one
+        `_reestimate` chooses among those that fit."""
         why = "no model left"
+        eligible: list[str] = []
         for m in order:
             if m in tried:
                 continue
@@ -261,9 +293,71 @@ class Cascade:
             if run.answers and ceiling is not None and run.spent + self.step_max_cost(m, body) > ceiling:
                 why = "max_cost"
                 continue
-            return m
+            if self.next_mode == "ranked" or not run.answered:
+                return m
+            eligible.append(m)
+        if eligible:
+            pick = self._reestimate(eligible, run, ctx, decision)
+            if pick is not None:
+                return pick
+            why = "no_gain"
         run.stop = why
         return None
+
+    def _reestimate(
+        self, eligible: list[str], run: _Run, ctx: RequestContext, decision: RouteDecision
+    ) -> str | None:
+        """Re-estimate the `eligible` models with the answers so far and choose the next one by
+        `choose_next` (None: none is worth its cost); the decision goes into `run.plans` and,
+        compactly, onto the last step."""
+        names = [a.model for a in run.answered] + eligible
+        eq, ec = decision.expected_quality, decision.expected_cost
+        missing = [m for m in names if eq.get(m) is None or ec.get(m) is None]
+        lam = decision.policy.get("tradeoff")
+        lam = 0.0 if lam is None else float(lam)
+        plan: dict[str, Any] = {"after": run.answers, "tradeoff": lam}
+        if missing:
+            plan |= {"next": eligible[0], "why": f"ranked: no router estimate for {missing}"}
+            run.plans.append(plan)
+            run.steps[-1].plan = f"next={eligible[0]};est=ranked"
+            return eligible[0]
+        k = len(run.answered)
+        q = np.array([[eq[m] for m in names]], dtype=float)
+        c = np.array([[ec[m] for m in names]], dtype=float)
+        called = np.arange(len(names))[None, :] < k
+        codes = np.full((1, len(names)), -1, dtype=np.int64)
+        seen: dict[str, int] = {}
+        for i, a in enumerate(run.answered):
+            x = extract_answer(ctx.text, response_text(a.resp))
+            if x is not None:
+                codes[0, i] = seen.setdefault(x, len(seen))
+        scores = np.full((1, len(names)), np.nan)
+        scores[0, :k] = [a.verdict.score for a in run.answered]
+        ev = Evidence(codes, scores, np.zeros((1, len(names), 0)), called)
+        P = self.estimator.called(called, q, ev)
+        G = self.estimator.gains(called, P, q, ev)
+        j, go, net = choose_next(G, c, called, lam)
+        cands = sorted(range(k, len(names)), key=lambda i: -net[0, i])
+        pick = names[int(j[0])] if go[0] else None
+        plan |= {
+            "answers": [{"model": names[i], "p_right": round(float(P[0, i]), 4)} for i in range(k)],
+            "candidates": [
+                {
+                    "model": names[i],
+                    "prior": round(float(q[0, i]), 4),
+                    "gain": round(float(G[0, i]), 4),
+                    "cost": float(c[0, i]),
+                    "net": round(float(net[0, i]), 4) if np.isfinite(net[0, i]) else None,
+                }
+                for i in cands
+            ],
+            "next": pick,
+            "why": "largest gain - tradeoff x cost" if pick else "no model's gain is worth its cost",
+        }
+        run.plans.append(plan)
+        est = "|".join(f"{names[i]}:g{G[0, i]:.3g}:c{c[0, i]:.3g}" for i in cands)
+        run.steps[-1].plan = f"next={pick or 'none'};est={est}"
+        return pick
 
     def _deadline(self, deadline: float) -> float:
         s = self.cfg.stall_s
