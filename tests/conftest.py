@@ -8,6 +8,9 @@
   thread; yields the gateway's base URL (".../v1") and exposes the app as `.app`.
 - `StubRouter`: a tiny deterministic router (`.models`, `.estimate`) for gateway tests that do not
   need a trained one: the strong model's expected quality rises with prompt length.
+- `RedisProc` / `redis_proc` (module scope): a throwaway `redis-server` on a free port with its
+  append-only file in a temporary folder (`.url`, `.stop()`, `.start()` again on the same data);
+  the fixture skips when redis-server is not installed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,43 @@ class StubRouter:
         q[:, 1] = 0.62 - 0.3 * np.minimum(lengths / 200.0, 1.0)
         c = np.tile([1e-3, 1e-5], (n, 1))
         return q, c
+
+
+class RedisProc:
+    """A throwaway redis-server that can be stopped and started again on the same port and data."""
+
+    def __init__(self, folder: Any) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+
+    def start(self) -> None:
+        from llmroute.gateway.state import spawn_redis_server
+
+        self.proc = spawn_redis_server(self.port, str(self.folder))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
+    from llmroute.gateway.state import redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip(
+            "redis-server is not installed (Debian: apt-get install redis-server; `make test` does it)"
+        )
+    rp = RedisProc(tmp_path_factory.mktemp("redis"))
+    rp.start()
+    try:
+        yield rp
+    finally:
+        rp.stop()
 
 
 @dataclass

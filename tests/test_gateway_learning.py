@@ -2,7 +2,8 @@
 propensities, only on plain trade-off decisions; outcomes from /v1/feedback update the learner
 (idempotent, delayed, at another worker); snapshots and rollback. e2e with the official openai
 client against the fake upstream, the stub router (quality: 'weak' wins short prompts at
-lambda 0)."""
+lambda 0). The tests taking `shared` run on both learner-state backends: SQLite beside the trace
+store (one host's workers) and Redis (`state: redis://...`, replicas on several hosts)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,32 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from conftest import StubRouter, loopback_config, run_gateway
+from conftest import RedisProc, StubRouter, loopback_config, run_gateway
 from llmroute.gateway.learning import SQLiteLearnerState
+from llmroute.gateway.learning_redis import RedisLearnerState
 from llmroute.gateway.outcomes import record_outcome
 from llmroute.gateway.store import TRACE_FIELDS, open_store
 
 PROMPT = [{"role": "user", "content": "hi"}]
 
 
-def _config(fake: Any, tmp_path: Path, **learning: Any) -> dict[str, Any]:
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest) -> str | None:
+    """The learner state's backend: None (SQLite beside the trace store) or an emptied Redis's URL."""
+    if request.param == "sqlite":
+        return None
+    rp: RedisProc = request.getfixturevalue("redis_proc")
+    st = RedisLearnerState(rp.url)
+    st.st.client.flushdb()
+    st.close()
+    return rp.url
+
+
+def _config(fake: Any, tmp_path: Path, shared: str | None = None, **learning: Any) -> dict[str, Any]:
     cfg = loopback_config(fake.base_url, tmp_path)
     cfg["aliases"]["llmroute/auto"]["learning"] = {"enabled": True, "sync_interval_s": 0.05, **learning}
+    if shared is not None:
+        cfg["state"] = shared  # budgets, breakers and the learner state on Redis
     return cfg
 
 
@@ -133,8 +149,10 @@ def test_no_exploration_with_a_pinning_policy(
     assert any(rows[rid]["explored"] for rid, _, _ in free)
 
 
-def test_feedback_teaches_the_learner_and_is_idempotent(fake_server: Any, tmp_path: Path) -> None:
-    cfg = _config(fake_server, tmp_path, learner="greedy")
+def test_feedback_teaches_the_learner_and_is_idempotent(
+    fake_server: Any, tmp_path: Path, shared: str | None
+) -> None:
+    cfg = _config(fake_server, tmp_path, shared, learner="greedy")
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
         learning = gw.app.learning
         first = None
@@ -171,8 +189,8 @@ def rows_model(gw: Any, rid: str) -> str:
     return _rows(gw, [rid])[rid]["model"]
 
 
-def test_implicit_then_explicit_outcome(fake_server: Any, tmp_path: Path) -> None:
-    cfg = _config(fake_server, tmp_path, learner="greedy")
+def test_implicit_then_explicit_outcome(fake_server: Any, tmp_path: Path, shared: str | None) -> None:
+    cfg = _config(fake_server, tmp_path, shared, learner="greedy")
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
         ((rid, _, _),) = _ask(gw)
         loops: list[asyncio.AbstractEventLoop] = []
@@ -199,10 +217,10 @@ def test_implicit_then_explicit_outcome(fake_server: Any, tmp_path: Path) -> Non
         assert learning.outcomes[(key, "feedback", "replaced")] == 1
 
 
-def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path) -> None:
+def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path, shared: str | None) -> None:
     """Two gateways on one trace store and one learner state (as `serve --workers 2`): an outcome
     given at one reaches the other's learner, also for a request the other one routed."""
-    cfg = _config(fake_server, tmp_path, learner="greedy")
+    cfg = _config(fake_server, tmp_path, shared, learner="greedy")
     with (
         run_gateway(cfg, routers={"default": StubRouter()}) as a,
         run_gateway(cfg, routers={"default": StubRouter()}) as b,
@@ -222,12 +240,12 @@ def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path) -> No
         assert (la.b_ == lb.b_).all() and (la.A_inv_ == lb.A_inv_).all()
 
 
-def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
+def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path, shared: str | None) -> None:
     import yaml
 
     from llmroute.cli import app as cli
 
-    cfg = _config(fake_server, tmp_path, learner="greedy", snapshot_every=3)
+    cfg = _config(fake_server, tmp_path, shared, learner="greedy", snapshot_every=3)
     path = tmp_path / "llmroute.yaml"
     path.write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
@@ -241,9 +259,9 @@ def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
         assert "initial" in res.output and "periodic" in res.output
         res = runner.invoke(cli, ["learner", "snapshot", "--config", str(path), "--alias", "llmroute/auto"])
         assert res.exit_code == 0 and "at seq 4" in res.output, res.output
-        manual = next(s for s in _snapshots(tmp_path) if s["kind"] == "manual")
+        manual = next(s for s in _snapshots(tmp_path, shared) if s["kind"] == "manual")
         assert manual["outcomes"] == 4 and manual["seq"] == 4
-        initial = next(s for s in _snapshots(tmp_path) if s["kind"] == "initial")
+        initial = next(s for s in _snapshots(tmp_path, shared) if s["kind"] == "initial")
         res = runner.invoke(
             cli,
             [
@@ -271,8 +289,10 @@ def test_snapshots_and_rollback_cli(fake_server: Any, tmp_path: Path) -> None:
         assert bad.exit_code != 0 and "999" in bad.output
 
 
-def _snapshots(tmp_path: Path) -> list[dict[str, Any]]:
-    st = SQLiteLearnerState(str(tmp_path / "traces.sqlite.learner"))
+def _snapshots(tmp_path: Path, shared: str | None = None) -> list[dict[str, Any]]:
+    st: Any = (
+        RedisLearnerState(shared) if shared else SQLiteLearnerState(str(tmp_path / "traces.sqlite.learner"))
+    )
     try:
         return st.snapshots("llmroute/auto")
     finally:
@@ -410,8 +430,8 @@ def test_one_process_still_answers_404_for_an_unknown_id(fake_server: Any, tmp_p
         assert r.status_code == 404 and "pending_feedback" not in httpx.get(f"{gw.root}/healthz").json()
 
 
-def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path) -> None:
-    cfg = _config(fake_server, tmp_path, learner="greedy")
+def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path, shared: str | None) -> None:
+    cfg = _config(fake_server, tmp_path, shared, learner="greedy")
     cfg["aliases"]["plain"] = {"router": "default", "candidates": ["fake-strong", "fake-weak"]}
     with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
         h = httpx.get(f"{gw.root}/healthz").json()["learning"]
@@ -425,3 +445,7 @@ def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path) ->
         on = httpx.get(f"{gw.root}/healthz").json()["learning"]["llmroute/auto"]
         assert on["outcomes"] == 1 and on["seq"] >= 1
         assert on["last_sync"] is not None and on["sync_age_s"] >= 0
+        if shared:  # Redis: answering, nothing queued
+            assert on["state"] == {"backend": "redis", "ok": True, "queued": 0, "dropped": 0, "recovered": 0}
+        else:
+            assert "state" not in on

@@ -27,7 +27,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import free_port, loopback_config
+from conftest import RedisProc, free_port, loopback_config
 from llmroute.gateway.auth import (
     BudgetManager,
     GatewayError,
@@ -36,7 +36,7 @@ from llmroute.gateway.auth import (
     max_request_cost,
 )
 from llmroute.gateway.config import ConfigError, parse_config
-from llmroute.gateway.state import RedisState, redis_server_binary, spawn_redis_server
+from llmroute.gateway.state import RedisState, redis_server_binary
 
 pytestmark = pytest.mark.skipif(
     redis_server_binary() is None,
@@ -47,35 +47,6 @@ KEY_A = "sk-state-team-a-0123456789"
 KEY_B = "sk-state-team-b-0123456789"
 KEY_C = "sk-state-team-c-0123456789"
 MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one short paragraph, please."}]
-
-
-class RedisProc:
-    """A throwaway redis-server that can be stopped and started again on the same port and data."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = spawn_redis_server(self.port, str(self.folder))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(30)
-            self.proc = None
-
-
-@pytest.fixture(scope="module")
-def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
-    rp = RedisProc(tmp_path_factory.mktemp("redis"))
-    rp.start()
-    try:
-        yield rp
-    finally:
-        rp.stop()
 
 
 def _state(rp: RedisProc, **kw: Any) -> RedisState:

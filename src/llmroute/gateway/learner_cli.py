@@ -48,6 +48,17 @@ def _open(config: Path, alias: str) -> Any:
     if path == ":memory:":
         typer.echo("error: this config keeps the learner state in memory (memory:// store)", err=True)
         raise typer.Exit(2)
+    from llmroute.gateway.learning_redis import is_redis_url
+
+    if is_redis_url(path):  # `state: redis://...`: the replicas' shared learner state
+        st = open_learner_state(path)
+        if not st.ping():  # type: ignore[attr-defined]
+            st.close()
+            typer.echo(
+                "error: the learner state's Redis (the config's `state:`) does not answer: start it", err=True
+            )
+            raise typer.Exit(1)
+        return st
     if not Path(path).exists():
         typer.echo(f"error: no learner state at {path} yet (start the gateway first)", err=True)
         raise typer.Exit(2)

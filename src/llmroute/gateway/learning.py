@@ -38,7 +38,9 @@ the delta sequence number they include) are taken every `snapshot_every` outcome
 a worker starts from the newest snapshot and replays the deltas after it. `rollback` adds a
 snapshot of kind "rollback" (a copy of an older one, at the current sequence number): every
 worker reloads it at its next sync, and the outcomes it drops are never replayed.
-A Redis (several hosts) backend implements the same `LearnerState` protocol.
+Several hosts: with `state: redis://...` (and no `learning.state` file) the same protocol runs on
+Redis (`llmroute.gateway.learning_redis.RedisLearnerState`): every replica on that Redis learns
+from every outcome; while Redis is down a replica routes on its local learner and queues outcomes.
 """
 
 from __future__ import annotations
@@ -120,8 +122,9 @@ class LearnerState(Protocol):
 
     def apply_and_pull(
         self, outcomes: Sequence[Outcome], after: dict[str, int]
-    ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
-        """`apply`, then per alias (-> last applied seq) its newest base id and new deltas."""
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta] | None]]]:
+        """`apply`, then per alias (-> last applied seq) its newest base id and new deltas (None:
+        that seq's terms are no longer kept: reload from the newest snapshot)."""
         ...
 
     def head(self, alias: str) -> int:
@@ -345,10 +348,12 @@ class SQLiteLearnerState:
 
 def learner_state_path(config: GatewayConfig, learning: LearningConfig | None = None) -> str:
     """Where the learner state lives: `learning.state` (relative to the config's folder), else
-    beside a SQLite trace store (`<db>.learner`), else ':memory:' (memory:// store: one process)
+    the gateway's `state: redis://...` URL (replicas on several hosts), else beside a SQLite trace store (`<db>.learner`), else ':memory:' (memory:// store: one process)
     or `llmroute-learner.sqlite` in the config's folder (Postgres store)."""
     if learning is not None and learning.state:
         return str(config.resolve_path(learning.state))
+    if config.state:
+        return config.state
     url = config.store.url
     if url.startswith("memory://"):
         return ":memory:"
@@ -358,8 +363,12 @@ def learner_state_path(config: GatewayConfig, learning: LearningConfig | None = 
     return str(config.resolve_path(path)) + ".learner"
 
 
-def open_learner_state(path: str) -> SQLiteLearnerState:
-    """The learner state at `path` (see `learner_state_path`)."""
+def open_learner_state(path: str) -> LearnerState:
+    """The learner state at `path` (see `learner_state_path`): a Redis URL or a SQLite file."""
+    from llmroute.gateway.learning_redis import RedisLearnerState, is_redis_url
+
+    if is_redis_url(path):
+        return RedisLearnerState(path)
     return SQLiteLearnerState(path)
 
 
@@ -510,7 +519,7 @@ class Learning:
             if a.learning.enabled and name in engine.plans:
                 plan = engine.plans[name]
                 self.aliases[name] = _AliasLearner(name, a.learning, plan.models, plan.router)
-        self.state: SQLiteLearnerState | None = None
+        self.state: LearnerState | None = None
         self.store: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
@@ -537,9 +546,17 @@ class Learning:
         first = next(iter(self.config.aliases[a].learning for a in self.aliases))
         path = learner_state_path(self.config, first)
         self.state = await asyncio.to_thread(open_learner_state, path)
+        if self.metrics is not None and hasattr(self.state, "register_metrics"):
+            self.state.register_metrics(self.metrics.registry)
         self._sync_lock = asyncio.Lock()
         for al in self.aliases.values():
-            await asyncio.to_thread(self._load, al)
+            try:
+                await asyncio.to_thread(self._load, al)
+            except Exception as e:  # shared state down (Redis): start fresh, reload when it answers
+                self.sync_error = type(e).__name__
+                log.warning(
+                    "learner state of %s unavailable (%s): starting fresh", al.alias, type(e).__name__
+                )
         interval = min(self.config.aliases[a].learning.sync_interval_s for a in self.aliases)
         self._task = asyncio.create_task(self._sync_loop(interval))
 
@@ -619,7 +636,7 @@ class Learning:
                 results, pulled = await asyncio.to_thread(self._work, None, graded, after)
             for name, (base, deltas) in pulled.items():
                 al = self.aliases[name]
-                if base > al.snapshot_id:
+                if base > al.snapshot_id or deltas is None:  # None: behind the trimmed terms
                     await asyncio.to_thread(self._load, al)
                     continue
                 al.apply(deltas)
@@ -627,12 +644,15 @@ class Learning:
                     data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
                     al.snap_seq = seq
                     await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
-            self.last_sync, self.sync_error = time.time(), None
+            # a backend that queued outcomes while its server was down says so in `sync_error`
+            self.sync_error = getattr(st, "sync_error", None)
+            if self.sync_error is None:
+                self.last_sync = time.time()
             return results
 
     def _work(
         self, backend: Any, graded: Sequence[tuple[str, float, str]], after: dict[str, int]
-    ) -> tuple[list[tuple[str, str] | None], dict[str, tuple[int, list[Delta]]]]:
+    ) -> tuple[list[tuple[str, str] | None], dict[str, tuple[int, list[Delta] | None]]]:
         """On the store's writer thread: read the graded requests' trace rows, record their
         outcomes and pull the deltas after `after`."""
         st = self.state
@@ -822,6 +842,9 @@ class Learning:
                 "seq": al.seq,
                 "snapshot": al.snapshot_id,
             }
+            state_health = getattr(self.state, "health", None)
+            if state_health is not None:  # Redis: ok, outcomes queued for its return, dropped
+                out[name]["state"] = state_health()
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,167 @@
+"""The online learner's shared state (`LearnerState`): the same semantics on SQLite (one host's
+workers, `SQLiteLearnerState`) and Redis (replicas on several hosts, `RedisLearnerState`, a real
+redis-server): per-request idempotence (explicit replaces implicit), incremental deltas, snapshots
+and rollback; Redis only: bounded memory (terms folded into a snapshot are trimmed) and an outage
+(outcomes queued, bounded, recorded when Redis returns)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import RedisProc
+from llmroute.gateway.learning import Outcome, SQLiteLearnerState
+from llmroute.gateway.learning_redis import RedisLearnerState
+
+ALIAS = "llmroute/auto"
+X = np.array([0.6, -0.8, 0.0, 1.0])
+
+
+def _o(rid: str, residual: float, source: str = "feedback", model: str = "m1", alias: str = ALIAS) -> Outcome:
+    return Outcome(alias, rid, model, X.copy(), residual, 0.001, source, source == "feedback")
+
+
+def _flush(rp: RedisProc) -> None:
+    st = RedisLearnerState(rp.url)
+    st.st.client.flushdb()
+    st.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh learner state of each backend."""
+    if request.param == "sqlite":
+        st: Any = SQLiteLearnerState(str(tmp_path / "learner.sqlite"))
+    else:
+        rp = request.getfixturevalue("redis_proc")
+        _flush(rp)
+        st = RedisLearnerState(rp.url)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_explicit_replaces_implicit_and_repeats_are_ignored(state: Any) -> None:
+    res = state.apply(
+        [
+            _o("r1", 0.5, "regenerate"),
+            _o("r1", 0.1, "length"),  # a second implicit outcome: ignored
+            _o("r1", 0.9),  # explicit: undoes the implicit one
+            _o("r1", 0.9),  # the same explicit one again: ignored
+            _o("r1", 0.2),  # a different explicit score: replaces
+            _o("r2", 0.3),
+            _o("r2", 0.3, alias="other"),  # another alias: its own request ids and sequence
+        ]
+    )
+    assert res == ["applied", "ignored", "replaced", "ignored", "replaced", "applied", "applied"]
+    d = state.deltas(ALIAS, 0)
+    assert [(x.weight, x.residual) for x in d] == [
+        (1.0, 0.5),
+        (-1.0, 0.5),
+        (1.0, 0.9),
+        (-1.0, 0.9),
+        (1.0, 0.2),
+        (1.0, 0.3),
+    ]
+    assert [x.seq for x in d] == sorted(x.seq for x in d) and state.head(ALIAS) == d[-1].seq
+    assert all(np.array_equal(x.x, X) and x.model == "m1" and x.cost_residual == 0.001 for x in d)
+    assert len(state.deltas("other", 0)) == 1
+    # an explicit outcome for another model of the same request replaces too
+    assert state.apply([_o("r2", 0.3, model="m2")]) == ["replaced"]
+
+
+def test_deltas_are_pulled_incrementally(state: Any) -> None:
+    state.apply([_o("a", 0.1), _o("b", 0.2)])
+    head = state.head(ALIAS)
+    res, pulled = state.apply_and_pull([_o("c", 0.3)], {ALIAS: head})
+    assert res == ["applied"]
+    base, new = pulled[ALIAS]
+    assert base == 0 and [d.residual for d in new] == [0.3] and new[0].seq > head
+
+
+def test_snapshots_and_rollback(state: Any) -> None:
+    first = state.snapshot(ALIAS, 0, b"initial", "initial")
+    assert first is not None and state.snapshot(ALIAS, 0, b"again", "initial") is None  # one per kind and seq
+    assert state.latest_base(ALIAS) == first
+    state.apply([_o("a", 0.1), _o("b", 0.2, "regenerate")])
+    head = state.head(ALIAS)
+    periodic = state.snapshot(ALIAS, head, b"periodic", "periodic", 2.0)
+    assert periodic is not None and state.latest_base(ALIAS) == first  # a periodic one is no new base
+    assert state.load(ALIAS) == (periodic, head, b"periodic", "periodic")
+    assert state.load(ALIAS, first) == (first, 0, b"initial", "initial")
+    rb = state.rollback(ALIAS, first)
+    assert state.latest_base(ALIAS) == rb and state.load(ALIAS) == (rb, head, b"initial", "rollback")
+    kinds = [(s["kind"], s["seq"]) for s in state.snapshots(ALIAS)]
+    assert kinds == [("rollback", head), ("periodic", head), ("initial", 0)]
+    assert state.snapshots(ALIAS)[1]["outcomes"] == 2.0
+    # outcomes learned before the rollback no longer count: the same ones apply again
+    assert state.apply([_o("a", 0.1), _o("b", 0.9)]) == ["applied", "applied"]
+    with pytest.raises(KeyError):
+        state.rollback(ALIAS, 9999)
+
+
+# ---- Redis only ------------------------------------------------------------------------------------
+
+
+def test_redis_trims_terms_folded_into_a_snapshot(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    st = RedisLearnerState(redis_proc.url, max_snapshots=3)
+    try:
+        base = st.snapshot(ALIAS, 0, b"s0", "initial")
+        st.apply([_o(f"r{i}", 0.1) for i in range(4)])
+        st.snapshot(ALIAS, 4, b"s4", "periodic", 4.0)
+        assert len(st.deltas(ALIAS, 0)) == 4  # the snapshot before (seq 0) held nothing
+        st.apply([_o(f"r{i}", 0.1) for i in range(4, 8)])
+        st.snapshot(ALIAS, 8, b"s8", "periodic", 8.0)
+        # terms up to the previous snapshot's seq 4 are trimmed; a worker at seq 2 must reload
+        assert [d.seq for d in st.deltas(ALIAS, 0)] == [5, 6, 7, 8]
+        _, pulled = st.apply_and_pull([], {ALIAS: 2})
+        assert pulled[ALIAS][1] is None
+        _, pulled = st.apply_and_pull([], {ALIAS: 4})
+        assert [d.seq for d in pulled[ALIAS][1]] == [5, 6, 7, 8]
+        # a trimmed outcome can still be replaced (its term is kept with the request)
+        assert st.apply([_o("r1", 0.7)]) == ["replaced"]
+        assert [(d.weight, d.residual) for d in st.deltas(ALIAS, 8)] == [(-1.0, 0.1), (1.0, 0.7)]
+        # at most 3 snapshots: the oldest periodic one went, the base stays
+        st.snapshot(ALIAS, 9, b"s9", "manual", 9.0)
+        assert [s["kind"] for s in st.snapshots(ALIAS)] == ["manual", "periodic", "initial"]
+        assert st.latest_base(ALIAS) == base
+    finally:
+        st.close()
+
+
+def test_redis_outage_queues_outcomes_then_records_them(redis_proc: RedisProc) -> None:
+    _flush(redis_proc)
+    st = RedisLearnerState(redis_proc.url, retry_s=0.05, max_queued=2)
+    other = RedisLearnerState(redis_proc.url)
+    try:
+        st.apply([_o("a", 0.1)])
+        redis_proc.stop()
+        res, pulled = st.apply_and_pull([_o("b", 0.2), _o("c", 0.3), _o("d", 0.4)], {ALIAS: 1})
+        assert res == ["queued", "queued", "dropped"] and pulled == {}
+        assert st.sync_error == "StateUnavailable"
+        h = st.health()
+        assert h["ok"] is False and h["queued"] == 2 and h["dropped"] == 1
+    finally:
+        redis_proc.start()
+    try:
+        end = time.monotonic() + 30
+        while True:  # the next call after retry_s reaches Redis again
+            res, pulled = st.apply_and_pull([], {ALIAS: 1})
+            if st.sync_error is None or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        assert st.sync_error is None
+        # the queued outcomes were recorded first, then pulled like any other replica's
+        assert [d.residual for d in pulled[ALIAS][1]] == [0.2, 0.3]
+        assert [d.residual for d in other.deltas(ALIAS, 0)] == [0.1, 0.2, 0.3]
+        assert st.health() == {"backend": "redis", "ok": True, "queued": 0, "dropped": 1, "recovered": 2}
+    finally:
+        st.close()
+        other.close()
