@@ -8,6 +8,7 @@
   thread; yields the gateway's base URL (".../v1") and exposes the app as `.app`.
 - `StubRouter`: a tiny deterministic router (`.models`, `.estimate`) for gateway tests that do not
   need a trained one: the strong model's expected quality rises with prompt length.
+- `Replica(config path, tmp)`: an `llmroute serve` process (one worker) on a free port.
 - `RedisProc` / `redis_proc` (module scope): a throwaway `redis-server` on a free port with its
   append-only file in a temporary folder (`.url`, `.stop()`, `.start()` again on the same data);
   the fixture skips when redis-server is not installed.
@@ -16,11 +17,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +90,41 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
         yield rp
     finally:
         rp.stop()
+
+
+class Replica:
+    """`llmroute serve --config PATH` (one worker) on a free port in a subprocess, TMPDIR `tmp`;
+    `.ready` is set once it has started (`.lines`: its log), `.root` its URL, `.stop()`."""
+
+    def __init__(self, path: Path, tmp: Path) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+        env.pop("LLMROUTE_SHARED_DIR", None)
+        cmd = [sys.executable, "-c", "from llmroute.cli import app; app()", "serve", "--config", str(path),
+               "--port", str(self.port), "--log-level", "info"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "Application startup complete" in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 workers, `SQLiteLearnerState`) and Redis (replicas on several hosts, `RedisLearnerState`, a real
 redis-server): per-request idempotence (explicit replaces implicit), incremental deltas, snapshots
 and rollback; Redis only: bounded memory (terms folded into a snapshot are trimmed) and an outage
-(outcomes queued, bounded, recorded when Redis returns)."""
+(outcomes queued, bounded, recorded when Redis returns). End to end: three `llmroute serve`
+processes on one Redis learn each other's outcomes, take up a rollback, and ride out an outage."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import openai
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from conftest import RedisProc
+from conftest import RedisProc, Replica, loopback_config
 from llmroute.gateway.learning import Outcome, SQLiteLearnerState
 from llmroute.gateway.learning_redis import RedisLearnerState
 
@@ -165,3 +170,114 @@ def test_redis_outage_queues_outcomes_then_records_them(redis_proc: RedisProc) -
     finally:
         st.close()
         other.close()
+
+
+# ---- end to end: three `llmroute serve` processes on one Redis --------------------------------------
+
+
+def _learning(root: str) -> dict[str, Any]:
+    return httpx.get(f"{root}/healthz", timeout=30).json()["learning"][ALIAS]
+
+
+def _until(roots: list[str], ok: Any, what: str) -> list[dict[str, Any]]:
+    """Each replica's /healthz learning block once `ok(block)` holds for all (60 s at most)."""
+    end = time.monotonic() + 60
+    while True:
+        hs = [_learning(r) for r in roots]
+        if all(ok(h) for h in hs):
+            return hs
+        assert time.monotonic() < end, f"waited for {what}: {hs}"
+        time.sleep(0.1)
+
+
+def _served_and_graded(root: str, quality: float) -> str:
+    """One chat request through `root`'s learning alias, then its feedback there; the request id."""
+    client = openai.OpenAI(base_url=f"{root}/v1", api_key="x", max_retries=0, timeout=60)
+    raw = client.chat.completions.with_raw_response.create(model=ALIAS, messages=MESSAGES)
+    rid = raw.headers["x-llmroute-request-id"]
+    end = time.monotonic() + 30
+    while True:  # the trace is written just after the answer: 404 until then
+        r = httpx.post(f"{root}/v1/feedback", json={"request_id": rid, "quality": quality}, timeout=30)
+        if r.status_code != 404 or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    return rid
+
+
+MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one short paragraph."}]
+
+
+@pytest.fixture
+def learning_replicas(
+    fake_server: Any, redis_proc: RedisProc, tmp_path: Path
+) -> Iterator[tuple[list[Replica], Path]]:
+    """Three `llmroute serve` processes (one worker each, their own SQLite trace store: as on three
+    hosts) whose alias learns online, on one Redis."""
+    _flush(redis_proc)
+    paths = []
+    for i in range(3):
+        folder = tmp_path / f"host{i}"
+        folder.mkdir()
+        cfg = loopback_config(fake_server.base_url, folder)
+        cfg["models"][0]["router_model"] = "gpt-4-1106-preview"
+        cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+        cfg["models"][0]["timeout_s"] = 30.0
+        cfg["state"] = redis_proc.url
+        cfg["aliases"][ALIAS]["learning"] = {"enabled": True, "learner": "greedy", "sync_interval_s": 0.1}
+        path = folder / "gateway.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths.append(path)
+    reps = [Replica(p, p.parent) for p in paths]
+    try:
+        for r in reps:
+            if not r.ready.wait(120):
+                raise RuntimeError("replica did not start:\n" + "".join(r.lines[-30:]))
+        yield reps, paths[0]
+    finally:
+        for r in reps:
+            r.stop()
+
+
+def test_replicas_learn_from_each_others_outcomes_roll_back_and_ride_out_an_outage(
+    learning_replicas: tuple[list[Replica], Path], redis_proc: RedisProc
+) -> None:
+    from llmroute.cli import app as cli
+
+    reps, config = learning_replicas
+    roots = [r.root for r in reps]
+    start = _until(roots, lambda h: h["state"]["ok"], "the replicas to reach Redis")
+    initial = start[0]["snapshot"]
+    assert initial > 0 and all(h["snapshot"] == initial and h["outcomes"] == 0 for h in start)
+    # an outcome given at one replica reaches the others' learners at their next sync
+    _served_and_graded(roots[0], 0.0)
+    _until(roots, lambda h: h["outcomes"] == 1 and h["seq"] == 1, "the outcome at every replica")
+    # a rollback (here by the CLI on the shared state) is taken up by every replica
+    res = CliRunner().invoke(
+        cli, ["learner", "rollback", "--config", str(config), "--alias", ALIAS, "--to", str(initial)]
+    )
+    assert res.exit_code == 0, res.output
+    hs = _until(roots, lambda h: h["outcomes"] == 0 and h["snapshot"] > initial, "the rollback everywhere")
+    assert len({h["snapshot"] for h in hs}) == 1
+    # Redis down: the replicas route on (their local learners), the feedback is stored and its
+    # outcome queued; /healthz and /metrics say so
+    redis_proc.stop()
+    try:
+        _served_and_graded(roots[1], 1.0)
+        h = _until(roots[1:2], lambda h: h["state"]["queued"] == 1, "the outcome to be queued")[0]
+        assert h["state"]["ok"] is False and h["sync_error"] == "StateUnavailable" and h["outcomes"] == 0
+        metrics = httpx.get(f"{roots[1]}/metrics", timeout=30).text
+        assert "llmroute_learning_state_degraded 1.0" in metrics
+        assert "llmroute_learning_queued_outcomes 1.0" in metrics
+        bad = CliRunner().invoke(cli, ["learner", "snapshots", "--config", str(config), "--alias", ALIAS])
+        assert bad.exit_code == 1 and "does not answer" in bad.output
+    finally:
+        redis_proc.start()
+    # Redis back: the queued outcome is recorded and every replica learns it
+    hs = _until(
+        roots,
+        lambda h: h["outcomes"] == 1 and h["state"]["ok"] and h["sync_error"] is None,
+        "the queued outcome at every replica after the outage",
+    )
+    assert hs[1]["state"]["queued"] == 0 and hs[1]["state"]["recovered"] == 1
+    assert "llmroute_learning_state_degraded 0.0" in httpx.get(f"{roots[1]}/metrics", timeout=30).text

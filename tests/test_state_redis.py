@@ -14,9 +14,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +24,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import RedisProc, free_port, loopback_config
+from conftest import RedisProc, Replica, loopback_config
 from llmroute.gateway.auth import (
     BudgetManager,
     GatewayError,
@@ -309,38 +306,6 @@ def test_config_state() -> None:
 
 
 # ---- end to end: three `llmroute serve` replicas on one Redis --------------------------------------
-
-
-class Replica:
-    def __init__(self, path: Path, tmp: Path) -> None:
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
-        env.pop("LLMROUTE_SHARED_DIR", None)
-        cmd = [sys.executable, "-c", "from llmroute.cli import app; app()", "serve", "--config", str(path),
-               "--port", str(self.port), "--log-level", "info"]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "Application startup complete" in line:
-                self.ready.set()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 BUDGET_A = 0.05
