@@ -351,13 +351,17 @@ def test_reload_applies_keys_and_refuses_a_bad_config(gw: Any) -> None:
         {"id": "yaml-new", "key_sha256": hash_key(new_key)},
         {"id": "clash", "key_sha256": hash_key("sk-clash-from-yaml-0123")},  # the config's wins
     ]
-    cfg["server"] = {**cfg["server"], "retries": 2}  # not applied without a restart
+    # retries apply at once; the listener's keep-alive needs a restart (the running value stays)
+    cfg["server"] = {**cfg["server"], "retries": 2, "keep_alive_s": 7}
     gw.path.write_text(yaml.safe_dump(cfg))
     assert _chat(gw, new_key).startswith("401")  # nothing changes before the reload
     r = _admin(gw, "POST", "/reload")
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["reloaded"] and out["config_keys"] == 2 and out["restart_required"] == ["server"]
+    assert out["reloaded"] and out["config_keys"] == 2
+    assert out["restart_required"] == ["server.keep_alive_s"] and out["sections"] == ["keys", "server"]
+    live = gw.app.live
+    assert live is not gw.app and live.executor.retries == 2 and live.config.server.keep_alive_s == 30
     assert any("clash" in w for w in out["warnings"])
     assert _chat(gw, new_key) == "ok"
     assert _chat(gw, YAML_KEY) == "401 invalid_api_key"  # removed from the file

@@ -114,3 +114,66 @@ def test_new_key_works_and_revoked_key_refused_on_every_worker(
         r = httpx.post(f"{root}/admin/v1/reload", headers=admin, timeout=30)
         assert r.status_code == 200 and r.json()["config_keys"] == 2, r.text
         assert _until_both_workers(root, added, shared, _ok, "ok") >= 2
+
+
+def test_config_reload_applies_on_every_worker(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alias's candidates and a model's upstream URL changed in the file: after one reload the
+    next request on every worker of `--workers 2` uses them."""
+    from conftest import start_fake_server
+
+    monkeypatch.setenv("LLMROUTE_TEST_ADMIN_KEY", MASTER)
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["models"][0]["router_model"] = "gpt-4-1106-preview"  # the shipped router's columns
+    cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+    cfg["aliases"]["llmroute/auto"]["tradeoff"] = 0  # quality only: fake-strong
+    cfg["admin"] = {"key_env": "LLMROUTE_TEST_ADMIN_KEY"}
+    admin = {"authorization": f"Bearer {MASTER}"}
+
+    def served_by(model: str) -> Callable[[dict[str, Any]], float]:
+        return lambda st: sum(
+            n for (m, _a, status), n in st["requests"].items() if m == model and status == "200"
+        )
+
+    def until_both(root: str, shared: Path, model: str) -> int:
+        """Requests on new connections until both workers answered one more from `model`; every
+        answer must come from `model`."""
+        before = _per_worker(shared, served_by(model))
+        client = openai.OpenAI(
+            base_url=f"{root}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=60,
+            http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)),
+        )
+        n = 0
+        end = time.monotonic() + 120
+        try:
+            while time.monotonic() < end:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="llmroute/auto", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+                )
+                n += 1
+                assert raw.headers["x-llmroute-model"] == model, f"request {n}"
+                now = _per_worker(shared, served_by(model))
+                if len(now) == 2 and all(v > before.get(name, 0) for name, v in now.items()):
+                    return n
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise AssertionError(f"not both workers answered within the time: {now}")
+
+    with _serve_workers(cfg, tmp_path) as root, start_fake_server() as other:
+        (shared,) = tmp_path.glob("llmroute-workers-*")
+        assert until_both(root, shared, "fake-strong") >= 2
+        weak_before = fake_server.state.counts.get("fake-weak", 0)  # the fixture serves the module
+        cfg["aliases"]["llmroute/auto"]["candidates"] = ["fake-weak"]
+        cfg["models"][1]["base_url"] = other.base_url
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+        r = httpx.post(f"{root}/admin/v1/reload", headers=admin, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["models"]["changed"] == ["fake-weak"] and r.json()["runtime_rebuilt"]
+        n = until_both(root, shared, "fake-weak")
+        assert n >= 2 and other.state.counts.get("fake-weak", 0) == n
+        assert fake_server.state.counts.get("fake-weak", 0) == weak_before

@@ -231,7 +231,6 @@ def check_admin(gateway: Any, scope: Mapping[str, Any], presented: str | None = 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _LIMITS = ("budget_usd_day", "budget_usd_month", "rpm", "aliases")
-_SECTIONS_HOT = ("keys", "admin")  # what a reload applies; other sections need a restart
 
 
 class KeyLimits(BaseModel):
@@ -337,7 +336,7 @@ class KeyManager:
     the store, audited, and then counted in the shared `KeyGeneration`; each request first
     compares that counter with the one its worker loaded (`stale`, well under a microsecond) and
     reloads the keys (`refresh`) when it moved. A config reload also bumps a second counter, so
-    that every worker re-reads the config file's keys and admin block.
+    that every worker re-reads the config file and swaps in its new runtime the same way.
 
     Endpoints (all need the master key, see `AdminAuth`)::
 
@@ -348,7 +347,7 @@ class KeyManager:
         PATCH  /admin/v1/keys/{id}      re-budget: any of the limits (null removes one)
         DELETE /admin/v1/keys/{id}      revoke
         GET    /admin/v1/config         the running config, secrets masked
-        POST   /admin/v1/reload         re-read the config file: keys and admin apply at once
+        POST   /admin/v1/reload         re-read the config file and apply it whole (llmroute.gateway.reload)
         GET    /admin/v1/audit?limit=N  admin actions, newest first
     """
 
@@ -383,23 +382,30 @@ class KeyManager:
         poll_s = getattr(self.gw.config.admin, "key_poll_s", None)
         if poll_s:
             stamp = await self.keystore.astamp()
-            self._poller = asyncio.get_running_loop().create_task(self._poll(float(poll_s), stamp))
+            reloaded = await self.keystore.areload_stamp()
+            self._poller = asyncio.get_running_loop().create_task(self._poll(float(poll_s), stamp, reloaded))
         return keys
 
-    async def _poll(self, every_s: float, stamp: tuple[int, float]) -> None:
-        """Every `every_s`: if the key store changed (another gateway sharing it, e.g. on another
-        host), bump the generation so that this gateway's workers reload on their next request."""
+    async def _poll(self, every_s: float, stamp: tuple[int, float], reloaded: float) -> None:
+        """Every `every_s`: if the key store changed, or a config reload was audited (another
+        gateway sharing the store, e.g. on another host), bump the generation so that this
+        gateway's workers reload on their next request (the config too after a reload)."""
         assert self.keystore is not None
         while True:
             await asyncio.sleep(every_s)
             try:
                 now = await self.keystore.astamp()
+                now_reloaded = await self.keystore.areload_stamp()
             except StoreError:  # the store is closed: the gateway is stopping
                 return
             except Exception as e:  # the database is unreachable: try again next time
                 log.warning("checking the key store for changes failed: %s: %s", type(e).__name__, e)
                 continue
-            if now != stamp:
+            if now_reloaded != reloaded:
+                reloaded = now_reloaded
+                stamp = now
+                self.generation.bump(config=True)
+            elif now != stamp:
                 stamp = now
                 self.generation.bump()
 
@@ -408,7 +414,7 @@ class KeyManager:
         return self.generation.value != self.seen
 
     async def refresh(self) -> None:
-        """Reload the keys (and, after a config reload, the config file's keys and admin block).
+        """Reload the keys (and, after a config reload, the whole config: `_follow_reload`).
         On a failure (store unreachable) the current keys stay and the next try is 1 s later."""
         if self.keystore is None or time.monotonic() < self._retry_at:
             return
@@ -418,10 +424,8 @@ class KeyManager:
                 return
             try:
                 if cgen != self.config_seen:
-                    path = self.config_path()
-                    if path is not None:
-                        cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
-                        self._apply_config(cfg, [ApiKey.from_config(k) for k in cfg.keys])
+                    await self._follow_reload()
+                    self.config_seen = cgen  # a bad file is not retried until the next reload
                 stored = await self.keystore.alist(revoked=True)
                 self._apply(self.config_keys, stored)
             except Exception as e:  # keep serving with the keys we have
@@ -439,10 +443,51 @@ class KeyManager:
         return keys
 
     def _apply_config(self, cfg: Any, config_keys: list[ApiKey]) -> None:
+        """Apply the config's keys and admin block (`cfg`: what the runtime runs)."""
         admin = AdminAuth.from_config(cfg)
         self.config_keys = config_keys
-        self.gw.admin_auth = admin
-        self.gw.config = self.gw.config.model_copy(update={"keys": cfg.keys, "admin": cfg.admin})
+        live = getattr(self.gw, "live", self.gw)
+        self.gw.admin_auth = live.admin_auth = admin
+        live.config = live.config.model_copy(update={"keys": cfg.keys, "admin": cfg.admin})
+
+    async def _load_and_plan(self, path: str) -> tuple[Any, list[ApiKey], Any]:
+        """Read and validate the config file (keys, master key, the whole new runtime when
+        anything beyond keys and admin changed). Returns (the config, its keys, the reload plan
+        with its started runtime in `plan.runtime`, None when none is needed); raises
+        `ConfigError` / `ValueError` / whatever building the runtime raised."""
+        from llmroute.gateway.reload import plan_reload, start_runtime
+
+        cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+        config_keys = [ApiKey.from_config(k) for k in cfg.keys]
+        AdminAuth.from_config(cfg)
+        Authenticator(merge_keys(config_keys, self.stored)[0])  # same key text twice
+        plan = plan_reload(self.gw, cfg)
+        plan.runtime = await start_runtime(self.gw, plan) if plan.needed else None
+        return cfg, config_keys, plan
+
+    def _swap(self, plan: Any, config_keys: list[ApiKey]) -> None:
+        """Swap in the plan's runtime (if any) and apply its keys and admin block (no await)."""
+        from llmroute.gateway.reload import swap_runtime
+
+        if plan.runtime is not None:
+            swap_runtime(self.gw, plan.runtime)
+        self._apply_config(plan.config, config_keys)
+
+    async def _follow_reload(self) -> None:
+        """Another worker (or host) reloaded the config: re-read the file and do the same here. A
+        file that is bad now keeps this worker's runtime (logged)."""
+        path = self.config_path()
+        if path is None:
+            return
+        try:
+            _cfg, config_keys, plan = await self._load_and_plan(path)
+        except Exception as e:
+            log.error("config reload from %s failed here (%s: %s); this worker keeps its config", path,
+                      type(e).__name__, e)  # fmt: skip
+            return
+        self._swap(plan, config_keys)
+        if plan.needed:
+            log.info("config reloaded from %s: %s", path, orjson.dumps(plan.summary()).decode())
 
     def config_path(self) -> str | None:
         """The config file the gateway was built from (`Gateway.config_path`, else the
@@ -510,9 +555,11 @@ class KeyManager:
         if path == "/admin/v1/config":
             if method != "GET":
                 raise self._method(method, path, "GET")
+            from llmroute.gateway.reload import RESTART_ONLY
+
             return 200, {
-                "config": masked_config(self.gw.config),
-                "restart_required_for": "every section but keys and admin",
+                "config": masked_config(getattr(self.gw, "live", self.gw).config),
+                "restart_required_for": list(RESTART_ONLY),
             }
         if path == "/admin/v1/reload":
             if method != "POST":
@@ -658,8 +705,10 @@ class KeyManager:
         return 200, self._one(kid)
 
     async def reload(self, actor: str) -> tuple[int, dict[str, Any]]:
-        """POST /admin/v1/reload: validate the config file, then apply its keys and admin block;
-        a bad file leaves the running config in place (400 saying why)."""
+        """POST /admin/v1/reload: validate the config file and build the new runtime off to the
+        side (`llmroute.gateway.reload`), then swap it in with the file's keys and admin block; a
+        bad file, or a runtime that fails to build, leaves the running config in place (400 saying
+        why). The answer (and the audit entry) says what changed and what needs a restart."""
         assert self.keystore is not None
         path = self.config_path()
         if path is None:
@@ -668,39 +717,27 @@ class KeyManager:
                 "This gateway was not started from a config file (llmroute serve --config): nothing to reload.",
                 code="no_config_file",
             )
-        try:
-            cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
-            config_keys = [ApiKey.from_config(k) for k in cfg.keys]
-            AdminAuth.from_config(cfg)
-            Authenticator(merge_keys(config_keys, self.stored)[0])  # same key text twice
-        except (ConfigError, ValueError) as e:
-            await self.keystore.aaudit("config.reload_failed", path, actor, {"error": str(e)})
-            raise GatewayError(
-                400, f"Config not reloaded; the running one stays. {e}", code="invalid_config"
-            ) from None
-        old = self.gw.config
-        restart = sorted(
-            s
-            for s in type(old).model_fields
-            if s not in (*_SECTIONS_HOT, "base_dir") and getattr(old, s) != getattr(cfg, s)
-        )
         async with self._lock:
-            self._apply_config(cfg, config_keys)
+            try:
+                _cfg, config_keys, plan = await self._load_and_plan(path)
+            except Exception as e:  # ConfigError, ValueError, a router file that does not load, ...
+                why = str(e) if isinstance(e, ConfigError | ValueError) else f"{type(e).__name__}: {e}"
+                await self.keystore.aaudit("config.reload_failed", path, actor, {"error": why})
+                raise GatewayError(
+                    400, f"Config not reloaded; the running one stays. {why}", code="invalid_config"
+                ) from None
+            self._swap(plan, config_keys)
             gen = self.generation.bump(config=True)
             self._apply(config_keys, await self.keystore.alist(revoked=True))
             self.seen, self.config_seen = gen, self.generation.config_value
-        detail = {"keys": len(config_keys), "restart_required": restart}
+        summary = plan.summary()
+        detail = {"keys": len(config_keys), **summary}
         await self.keystore.aaudit("config.reload", path, actor, detail)
-        log.info(
-            "admin: config reloaded from %s by %s (restart required for: %s)",
-            path,
-            actor,
-            restart or "nothing",
-        )
+        log.info("admin: config reloaded from %s by %s: %s", path, actor, orjson.dumps(summary).decode())
         return 200, {
             "reloaded": True,
             "config_keys": len(config_keys),
             "stored_keys": sum(r["revoked_ts"] is None for r in self.stored),
-            "restart_required": restart,
+            **summary,
             "warnings": self.warnings,
         }

@@ -168,7 +168,11 @@ class Gateway:
         routers: dict[str, RouterLike] | None = None,
         backends: dict[str, Backend] | None = None,
         metrics: GatewayMetrics | None = None,
+        shared: Gateway | None = None,
     ) -> None:
+        """`shared`: the served gateway whose process-wide parts (shared state, keys and budgets,
+        admin, metrics, dashboard, telemetry) this one reuses: a runtime built by a config reload
+        (`llmroute.gateway.reload`)."""
         self.config = config
         srv = config.server
         if routers is None:
@@ -186,13 +190,13 @@ class Gateway:
         self.backends = backends if backends is not None else make_backends(config)
         self.metrics = metrics or GatewayMetrics()
         # `state: redis://...`: budgets, rate limits and breakers shared by replicas (gateway.state)
-        self.state: Any = None
-        if config.state:
+        self.state: Any = shared.state if shared is not None else None
+        if config.state and shared is None:
             from llmroute.gateway.state import RedisState, register_metrics
 
             self.state = RedisState(config.state, on_error=config.on_state_error)
             register_metrics(self.state, self.metrics.registry)
-        if self.guard is not None:
+        if self.guard is not None and shared is None:  # a reload's runtime: at the swap
             from llmroute.signals.gateway import register_metrics
 
             register_metrics(self.guard, self.metrics.registry)
@@ -206,7 +210,7 @@ class Gateway:
             on_breaker=self.metrics.set_breaker,
             state=self.state,
         )
-        self.auth = Authenticator(config.keys, state=self.state)
+        self.auth = shared.auth if shared is not None else Authenticator(config.keys, state=self.state)
         # online learners of the aliases with `learning: {enabled: true}` (llmroute.gateway.learning)
         self.learning = Learning.create(config, self.engine)
         if self.learning is not None:
@@ -218,8 +222,9 @@ class Gateway:
             self.sessions = attach_sessions(self)
         # admin API and master key; keys of the config file + the key store, kept current per request
         self.admin_auth = AdminAuth.from_config(config)
-        self.keyman = KeyManager(self)
-        self.config_path: str | None = None  # the YAML file (POST /admin/v1/reload re-reads it)
+        self.keyman = shared.keyman if shared is not None else KeyManager(self)
+        # the YAML file (POST /admin/v1/reload re-reads it)
+        self.config_path: str | None = shared.config_path if shared is not None else None
         self.budgets: BudgetManager | None = None
         self.store: Any = None
         self.http: HTTPClient | None = None
@@ -245,7 +250,7 @@ class Gateway:
         self.new_id: Callable[[], str] = lambda: os.urandom(16).hex()
         from llmroute.gateway.ui.dashboard import Dashboard
 
-        self.dashboard = Dashboard(self)  # the /ui pages (issue 15)
+        self.dashboard = shared.dashboard if shared is not None else Dashboard(self)  # the /ui pages
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -261,13 +266,27 @@ class Gateway:
         windows = {n: [(m, self.engine.models[m].context_window) for m in ms] for n, ms in cands.items()}
         self._windows = {n: w for n, w in windows.items() if any(x is not None for _, x in w)}
         # OpenTelemetry spans and metrics over OTLP (config `telemetry:`); None: off, one check per request
-        self.telemetry = Telemetry.create(config)
+        self.telemetry = shared.telemetry if shared is not None else Telemetry.create(config)
         if self.telemetry is not None:
             tel = self.telemetry
             self._routes = {(m, p): tel.wrap(m, p, h) for (m, p), h in self._routes.items()}
         self._allow: dict[str, str] = {}  # path -> its `Allow` header (405 answers)
         for method, path in sorted(self._routes):
             self._allow[path] = f"{self._allow[path]}, {method}" if path in self._allow else method
+        # hot reload (llmroute.gateway.reload): requests go to `_live` (this gateway until a reload
+        # swaps in a new runtime); `inflight` counts this runtime's requests so that a replaced one
+        # is closed once they are done
+        from llmroute.gateway.reload import router_signatures
+
+        self._live: Gateway = self
+        self.inflight = 0
+        self.retired = False
+        self.router_sigs = router_signatures(config)
+
+    @property
+    def live(self) -> Gateway:
+        """The runtime serving new requests: this gateway, or the one its last config reload built."""
+        return self._live
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -346,6 +365,9 @@ class Gateway:
         self.keyman.close()
         if self.state is not None:
             self.state.close()
+        from llmroute.gateway.reload import close_runtimes
+
+        await close_runtimes(self)  # a config reload's runtimes (and those still draining)
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -354,12 +376,13 @@ class Gateway:
             km = self.keyman
             if km.generation.value != km.seen:  # keys changed (admin API, any worker): reload first
                 await km.refresh()
-            handler = self._routes.get((scope["method"], scope["path"]))
+            rt = self._live  # the runtime this request starts and finishes on (config reloads)
+            handler = rt._routes.get((scope["method"], scope["path"]))
             if handler is None and scope["path"].startswith("/admin/v1/"):
                 handler = km.handle  # /admin/v1/keys/{id}
             if handler is None:
                 path = scope["path"]
-                allow = self._allow.get(path)
+                allow = rt._allow.get(path)
                 if allow is not None:
                     err = GatewayError(
                         405,
@@ -373,10 +396,11 @@ class Gateway:
                 family = ANTHROPIC_MESSAGES if path.startswith("/v1/messages") else None
                 await send_error(send, err, body=family.error_body(err) if family else None)
                 return
+            rt.inflight += 1
             try:
                 await handler(scope, receive, send)
             except Exception as e:  # a bug, not the client's fault: log it, answer JSON if still possible
-                self.errors.exception(e, "internal error on %s %s", scope["method"], scope["path"])
+                rt.errors.exception(e, "internal error on %s %s", scope["method"], scope["path"])
                 with contextlib.suppress(Exception):
                     await send_error(
                         send,
@@ -387,6 +411,8 @@ class Gateway:
                             code="internal_error",
                         ),
                     )
+            finally:
+                rt.inflight -= 1
         elif kind == "lifespan":
             while True:
                 msg = await receive()

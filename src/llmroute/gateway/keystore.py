@@ -220,6 +220,16 @@ class KeyStore:
 
         return await self.store.arun(go)
 
+    async def areload_stamp(self) -> float:
+        """The time of the newest successful config reload in the audit log (0: none): gateways
+        sharing the store poll it to pick up another host's reload."""
+        sql = "SELECT MAX(ts) FROM llmroute_admin_audit WHERE action = 'config.reload'"
+
+        def go(b: Any) -> float:
+            return float(_Sql(b).fetch(sql)[0][0] or 0.0)
+
+        return await self.store.arun(go)
+
     # ---- audit --------------------------------------------------------------------------------
 
     async def aaudit(self, action: str, target: str | None, actor: str, detail: dict[str, Any]) -> None:

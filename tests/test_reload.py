@@ -1,0 +1,217 @@
+"""Hot reload of the whole config (issue 15, `llmroute.gateway.reload`): a real gateway on
+127.0.0.1 started from a YAML file, the official openai client for requests, httpx for the admin
+calls. The `--workers 2` test is in test_admin_workers.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from conftest import StubRouter, loopback_config, run_gateway, start_fake_server
+from llmroute.gateway.auth import hash_key
+from llmroute.gateway.config import load_config, parse_config
+from llmroute.gateway.reload import RESTART_ONLY, config_changes, restart_required, running_config
+
+MASTER = "sk-reload-master-0123456789"
+TEAM_KEY = "sk-reload-team-0123456789"
+
+
+def _config(fake_url: str, tmp_path: Path) -> dict[str, Any]:
+    cfg = loopback_config(fake_url, tmp_path)
+    cfg["admin"] = {"key_sha256": hash_key(MASTER)}
+    cfg["keys"] = [{"id": "team", "key_sha256": hash_key(TEAM_KEY), "budget_usd_day": 100.0}]
+    cfg["models"][1]["timeout_s"] = 30.0  # fake-weak: the in-flight test holds a call for seconds
+    cfg["signals"] = {"zebra": {"type": "keywords", "keywords": ["zebra"]}}
+    return cfg
+
+
+@pytest.fixture
+def gw(fake_server: Any, tmp_path: Path) -> Iterator[Any]:
+    cfg = _config(fake_server.base_url, tmp_path)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with run_gateway(load_config(path), routers={"default": StubRouter()}) as h:
+        h.app.config_path = str(path)
+        h.cfg = cfg
+        h.path = path
+        yield h
+
+
+def _reload(gw: Any, cfg: dict[str, Any] | str) -> httpx.Response:
+    gw.path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    return httpx.post(
+        f"{gw.root}/admin/v1/reload", headers={"authorization": f"Bearer {MASTER}"}, timeout=120
+    )
+
+
+def _ask(gw: Any, model: str = "llmroute/auto", text: str = "hi") -> tuple[int, str]:
+    """(status, the model that answered) of one chat request with the team key."""
+    client = openai.OpenAI(base_url=gw, api_key=TEAM_KEY, max_retries=0, timeout=60)
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=20
+        )
+        return raw.status_code, raw.headers["x-llmroute-model"]
+    except openai.APIStatusError as e:
+        return e.status_code, ""
+    finally:
+        client.close()
+
+
+def test_alias_rule_and_upstream_url_apply_on_the_next_request(gw: Any, fake_server: Any) -> None:
+    app = gw.app
+    first = app.live
+    assert {_ask(gw)[1] for _ in range(3)} <= {"fake-strong", "fake-weak"}
+    assert _ask(gw, text="a zebra")[0] == 200
+    cfg = dict(gw.cfg)
+    with start_fake_server() as other:
+        cfg["aliases"] = {"llmroute/auto": {"router": "default", "candidates": ["fake-weak"]}}
+        cfg["rules"] = [
+            {"name": "no-zebras", "when": {"signal": "zebra"}, "action": {"type": "block", "status": 400}}
+        ]
+        cfg["models"] = [dict(cfg["models"][0]), {**cfg["models"][1], "base_url": other.base_url}]
+        before = dict(fake_server.state.counts)
+        r = _reload(gw, cfg)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["runtime_rebuilt"] and out["restart_required"] == []
+        assert out["models"] == {"added": [], "removed": [], "changed": ["fake-weak"]}
+        assert out["aliases"]["changed"] == ["llmroute/auto"]
+        assert out["rules"] == {"added": ["no-zebras"], "removed": [], "changed": []}
+        assert out["sections"] == []  # the signal was there already
+        assert app.live is not first and first.retired
+        # the next requests: only the new candidate, on the new upstream; the rule blocks
+        for _ in range(3):
+            assert _ask(gw) == (200, "fake-weak")
+        assert other.state.counts.get("fake-weak", 0) == 3
+        assert fake_server.state.counts.get("fake-weak", 0) == before.get("fake-weak", 0)
+        assert _ask(gw, text="a zebra")[0] == 400
+        # the unchanged model kept its backend and breaker; the changed one has new ones
+        live = app.live
+        assert live.backends["fake-strong"] is first.backends["fake-strong"]
+        assert live.executor.breakers["fake-strong"] is first.executor.breakers["fake-strong"]
+        assert live.backends["fake-weak"] is not first.backends["fake-weak"]
+        assert live.executor.breakers["fake-weak"] is not first.executor.breakers["fake-weak"]
+        audit = httpx.get(
+            f"{gw.root}/admin/v1/audit", headers={"authorization": f"Bearer {MASTER}"}, timeout=30
+        ).json()["data"][0]
+        assert audit["action"] == "config.reload" and audit["detail"]["models"]["changed"] == ["fake-weak"]
+        assert audit["detail"]["rules"]["added"] == ["no-zebras"]
+
+
+def test_bad_configs_leave_the_running_one(gw: Any, tmp_path: Path) -> None:
+    app = gw.app
+    first = app.live
+    good = dict(gw.cfg)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a router file")
+    bad_alias = {**good, "aliases": {"llmroute/auto": {"router": "default", "candidates": ["nope"]}}}
+    bad_router = {
+        **good,
+        "routers": {"default": "builtin:default", "other": str(garbage)},
+        "aliases": {**good["aliases"], "llmroute/other": {"router": "other", "candidates": ["fake-weak"]}},
+    }
+    missing_router = {
+        **bad_router,
+        "routers": {"default": "builtin:default", "other": str(tmp_path / "no.st")},
+    }
+    for bad, why in (
+        (bad_alias, "unknown model(s) ['nope']"),
+        (bad_router, "running one stays"),
+        (missing_router, "not found"),
+        ("models: [\n", "not valid YAML"),
+    ):
+        r = _reload(gw, bad)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "invalid_config" and why in err["message"], err
+        assert app.live is first and not first.retired
+        assert _ask(gw)[0] == 200
+    audit = httpx.get(
+        f"{gw.root}/admin/v1/audit", headers={"authorization": f"Bearer {MASTER}"}, timeout=30
+    ).json()["data"]
+    assert [a["action"] for a in audit[:4]] == ["config.reload_failed"] * 4
+
+
+def test_request_in_flight_finishes_on_its_runtime_and_keys_and_spend_survive(
+    gw: Any, fake_server: Any
+) -> None:
+    app = gw.app
+    first = app.live
+    assert _ask(gw, model="fake-weak") == (200, "fake-weak")
+    spent = app.budgets.usage("team")["day_spent"]
+    assert spent > 0
+    fake_server.set_fault("fake-weak", "slow", count=1, delay=6.0)
+    seen = fake_server.state.counts.get("fake-weak", 0)
+    result: list[tuple[int, str]] = []
+    t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
+    t.start()
+    try:
+        end = time.monotonic() + 60
+        while fake_server.state.counts.get("fake-weak", 0) == seen and time.monotonic() < end:
+            time.sleep(0.02)
+        assert first.inflight == 1
+        cfg = dict(gw.cfg)
+        cfg["models"] = [dict(cfg["models"][0]), {**cfg["models"][1], "timeout_s": 29.0}]
+        r = _reload(gw, cfg)
+        assert r.status_code == 200 and r.json()["models"]["changed"] == ["fake-weak"], r.text
+        assert app.live is not first
+    finally:
+        t.join(60)
+        fake_server.clear()
+    assert result == [(200, "fake-weak")]  # finished on the old runtime's backend
+    end = time.monotonic() + 60  # then the old runtime closes (its learners, changed backends)
+    while app.__dict__.get("_draining") and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not app.__dict__.get("_draining") and first.inflight == 0
+    # keys and spend survive; new spend adds to the old
+    assert app.live.budgets is app.budgets and app.budgets.usage("team")["day_spent"] >= spent
+    assert _ask(gw, model="fake-weak") == (200, "fake-weak")
+    assert app.budgets.usage("team")["day_spent"] > spent
+
+
+def test_restart_only_changes_apply_nothing(gw: Any) -> None:
+    app = gw.app
+    first = app.live
+    cfg = dict(gw.cfg)
+    cfg["store"] = {**cfg["store"], "flush_interval_s": 0.5}
+    cfg["server"] = {**cfg["server"], "max_connections": 77}
+    r = _reload(gw, cfg)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["restart_required"] == ["store", "server.max_connections"]
+    assert not out["runtime_rebuilt"] and out["sections"] == [] and app.live is first
+    assert first.config.store.flush_interval_s == 0.05 and first.config.server.max_connections != 77
+    # the same file again: nothing changes
+    r = _reload(gw, cfg)
+    assert not r.json()["runtime_rebuilt"] and app.live is first
+
+
+def test_plan_helpers(tmp_path: Path) -> None:
+    base = loopback_config("http://127.0.0.1:9/v1", tmp_path)
+    old = parse_config(base)
+    new = parse_config(
+        {
+            **base,
+            "telemetry": {"service_name": "x"},
+            "server": {**base["server"], "keep_alive_s": 3, "retries": 3},
+            "models": [base["models"][0], {**base["models"][1], "name": "fake-new"}],
+            "aliases": {"llmroute/auto": {"router": "default", "candidates": ["fake-strong"]}},
+        }
+    )
+    assert restart_required(old, new) == ["telemetry", "server.keep_alive_s"]
+    assert restart_required(old, old) == [] and set(restart_required(old, new)) <= set(RESTART_ONLY)
+    run = running_config(old, new)
+    assert run.telemetry == old.telemetry and run.server.keep_alive_s == old.server.keep_alive_s
+    assert run.server.retries == 3 and [m.name for m in run.models] == ["fake-strong", "fake-new"]
+    ch = config_changes(old, run)
+    assert ch["models"] == {"added": ["fake-new"], "removed": ["fake-weak"], "changed": []}
+    assert ch["aliases"]["changed"] == ["llmroute/auto"] and ch["sections"] == ["server"]
