@@ -215,3 +215,56 @@ def test_plan_helpers(tmp_path: Path) -> None:
     ch = config_changes(old, run)
     assert ch["models"] == {"added": ["fake-new"], "removed": ["fake-weak"], "changed": []}
     assert ch["aliases"]["changed"] == ["llmroute/auto"] and ch["sections"] == ["server"]
+
+
+def test_another_gateway_on_the_same_store_follows_a_reload(fake_server: Any, tmp_path: Path) -> None:
+    """Two gateways (as on two hosts) share one trace store: a reload sent to one is picked up by
+    the other within admin.key_poll_s (it polls the audit log's newest config.reload)."""
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["admin"]["key_poll_s"] = 0.2
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with (
+        run_gateway(load_config(path), routers={"default": StubRouter()}) as a,
+        run_gateway(load_config(path), routers={"default": StubRouter()}) as b,
+    ):
+        for h in (a, b):
+            h.app.config_path = str(path)
+        a.path = path
+        assert _ask(b, model="fake-weak")[0] == 200
+        cfg["aliases"] = {"llmroute/auto": {"router": "default", "candidates": ["fake-weak"]}}
+        r = _reload(a, cfg)
+        assert r.status_code == 200 and r.json()["runtime_rebuilt"], r.text
+        first_b = b.app.live
+        end = time.monotonic() + 60
+        while b.app.keyman.generation.config_value == 0 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert b.app.keyman.generation.config_value >= 1  # b's poller saw a's reload
+        for _ in range(3):
+            assert _ask(b) == (200, "fake-weak")
+        assert b.app.live is not first_b and b.app.live.config.aliases["llmroute/auto"].candidates == [
+            "fake-weak"
+        ]
+
+
+def test_cli_keys_reload(gw: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmroute.cli import app
+
+    monkeypatch.setenv("T_CLI_RELOAD_ADMIN", MASTER)
+    common = ["--url", gw.root, "--admin-key-env", "T_CLI_RELOAD_ADMIN"]
+    cfg = dict(gw.cfg)
+    cfg["aliases"] = {"llmroute/auto": {"router": "default", "candidates": ["fake-weak"]}}
+    cfg["store"] = {**cfg["store"], "batch_size": 7}
+    gw.path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["keys", "reload", *common])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("reloaded: new runtime") and "aliases: ~llmroute/auto" in lines
+    assert "restart required (the running value stays): store" in lines
+    assert _ask(gw) == (200, "fake-weak")
+    gw.path.write_text("models: [\n")
+    r = CliRunner().invoke(app, ["keys", "reload", *common])
+    assert r.exit_code == 1 and "400" in r.output and "not valid YAML" in r.output
+    assert _ask(gw) == (200, "fake-weak")

@@ -589,7 +589,8 @@ class KeyManager:
         )
 
     async def _body(self, scope: Scope, receive: Receive) -> Any:
-        return await read_json(scope, receive, self.gw.max_body, self.gw.max_depth)
+        live = getattr(self.gw, "live", self.gw)  # server.max_body_bytes as last reloaded
+        return await read_json(scope, receive, live.max_body, live.max_depth)
 
     def _describe(self, key: ApiKey | None, row: dict[str, Any] | None, source: str) -> dict[str, Any]:
         """One key as the list shows it (never the key text or its hash)."""

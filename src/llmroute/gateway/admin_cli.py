@@ -1,4 +1,4 @@
-"""`llmroute keys create|list|revoke|budget|audit`: the admin API (`llmroute.gateway.admin`) of a
+"""`llmroute keys create|list|revoke|budget|audit|reload`: the admin API (`llmroute.gateway.admin`) of a
 running gateway, from the command line.
 
 Examples::
@@ -9,6 +9,7 @@ Examples::
     llmroute keys budget team-b --day 10 --month none    ('none' removes a limit)
     llmroute keys revoke team-b
     llmroute keys audit --limit 20
+    llmroute keys reload                    (re-read the gateway's config file and apply it live)
 
 `--url` is the gateway's root (default `$LLMROUTE_URL`, else http://127.0.0.1:8080);
 `--admin-key-env` names the environment variable holding the master key (default
@@ -48,7 +49,14 @@ class AdminClient:
         key = os.environ.get(key_env)
         self.headers = {"authorization": f"Bearer {key}"} if key else {}
 
-    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float = 30,
+    ) -> Any:
         """The JSON answer of `method /admin/v1{path}`; prints the error and exits 1 on a failure."""
         import httpx
 
@@ -59,7 +67,7 @@ class AdminClient:
                 json=body,
                 params=params,
                 headers=self.headers,
-                timeout=30,
+                timeout=timeout,
             )
         except httpx.HTTPError as e:
             typer.echo(
@@ -198,6 +206,21 @@ def register(keys_app: typer.Typer) -> None:
             f"rpm {_num(out['rpm'])}"
         )
 
+    @keys_app.command("reload")
+    def reload_cmd(
+        url: UrlOpt = None, admin_key_env: KeyEnvOpt = "LLMROUTE_ADMIN_KEY", as_json: JsonOpt = False
+    ) -> None:
+        """Re-read the gateway's config file and apply it without a restart (validated first: a bad
+        file leaves the running config; every worker follows)."""
+        out = AdminClient(url, admin_key_env).call("POST", "/reload", timeout=300)
+        if as_json:
+            _print_json(out)
+            return
+        for line in reload_lines(out):
+            typer.echo(line)
+        for w in out.get("warnings", []):
+            typer.echo(f"warning: {w}", err=True)
+
     @keys_app.command("audit")
     def audit_cmd(
         limit: Annotated[int, typer.Option("--limit", help="Newest N actions.")] = 50,
@@ -215,6 +238,31 @@ def register(keys_app: typer.Typer) -> None:
             typer.echo(
                 f"{_when(a['ts'])}  {a['action']:<22} {a['target'] or '-':<24} {a['actor']:<5} {detail}"
             )
+
+
+def reload_lines(out: dict[str, Any]) -> list[str]:
+    """`POST /admin/v1/reload`'s answer as lines: what changed, what needs a restart."""
+    if out.get("runtime_rebuilt"):
+        lines = ["reloaded: new runtime swapped in (requests in flight finish on the old one)"]
+    elif "keys" in out.get("sections", []) or "admin" in out.get("sections", []):
+        lines = ["reloaded: keys / admin only"]
+    else:
+        lines = ["reloaded: nothing to change"]
+    for what in ("models", "aliases", "routers", "rules"):
+        d = out.get(what) or {}
+        parts = [
+            f"{sign}{n}"
+            for sign, k in (("+", "added"), ("-", "removed"), ("~", "changed"))
+            for n in d.get(k, [])
+        ]
+        if parts:
+            lines.append(f"{what}: {' '.join(parts)}")
+    other = [s for s in out.get("sections", []) if s not in ("keys", "admin")]
+    if other:
+        lines.append(f"sections: {', '.join(other)}")
+    if out.get("restart_required"):
+        lines.append(f"restart required (the running value stays): {', '.join(out['restart_required'])}")
+    return lines
 
 
 def _num(v: Any) -> str:
