@@ -1,0 +1,187 @@
+"""The trace store's SQLite backend (`_SQLiteBackend`): tables, indexes and migrations, batched
+upserts, feedback, queries, spend and retention. Used only from the writer thread
+(`llmroute.gateway.trace_writer`); opened by `llmroute.gateway.store.open_store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmroute.gateway.store_schema import (
+    _ADDED,
+    _COLUMNS,
+    _dumps,
+    _loads,
+    _merge_outcome,
+    _row_to_dict,
+    _where_sql,
+)
+
+log = logging.getLogger("llmroute.gateway.store")
+
+_MULTI = 64  # rows per multi-row INSERT of the SQLite backend (x 23 columns: well under SQLite's 32,766 parameters)
+
+
+class _SQLiteBackend:
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        if path != ":memory:":
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("SQLite trace store %s is not in WAL mode (%s)", path, mode)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        cols = ", ".join(
+            f"{n} {'TEXT PRIMARY KEY' if n == 'request_id' else {'text': 'TEXT', 'json': 'TEXT', 'real': 'REAL', 'int': 'INTEGER'}[k]}"
+            for n, k in _COLUMNS.items()
+        )
+        self.db.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS traces ({cols});
+            CREATE INDEX IF NOT EXISTS traces_ts ON traces (ts);
+            CREATE INDEX IF NOT EXISTS traces_model_ts ON traces (model, ts);
+            CREATE INDEX IF NOT EXISTS traces_alias_ts ON traces (alias, ts);
+            CREATE INDEX IF NOT EXISTS traces_key_ts ON traces (key_id, ts);
+            -- requests with feedback, covering what the dashboard's quality page reads (~4x faster
+            -- than looking up each row; only rows with an outcome are in it)
+            DROP INDEX IF EXISTS traces_feedback_ts;
+            CREATE INDEX IF NOT EXISTS traces_feedback ON traces (ts, model, outcome, candidates)
+                WHERE outcome IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS key_spend (
+                key_id TEXT NOT NULL, period TEXT NOT NULL, spent_usd REAL NOT NULL,
+                PRIMARY KEY (key_id, period));
+            """
+        )
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(traces)")}
+        sql_kind = {"text": "TEXT", "json": "TEXT", "real": "REAL", "int": "INTEGER"}
+        for n in _ADDED:  # migrate a store written by an older version
+            if n not in have:
+                try:
+                    self.db.execute(f"ALTER TABLE traces ADD COLUMN {n} {sql_kind[_COLUMNS[n]]}")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
+        self._insert = (
+            f"INSERT INTO traces ({names}) VALUES ({marks}) ON CONFLICT(request_id) DO UPDATE SET "
+            f"{updates}, outcome = COALESCE(excluded.outcome, traces.outcome)"
+        )
+
+        # the same upsert for _MULTI rows at once: one statement step per chunk instead of one per row
+        # (~25 % less CPU per record, and the writer thread gives up and retakes the GIL once per chunk,
+        # not once per row, so it interrupts the event loop less)
+        # (an older SQLite allows only 999 parameters: fewer rows per statement then)
+        self._multi = min(_MULTI, self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS))
+        one = f"({marks})"
+        self._insert_sized: dict[int, str] = {}
+        self._insert_multi = self._insert.replace(
+            f"VALUES ({marks})", "VALUES " + ", ".join([one] * self._multi), 1
+        )
+
+    def _insert_n(self, n: int) -> str:
+        """The upsert of `n` rows in one statement (n a power of two up to `_multi`), cached."""
+        sql = self._insert_sized.get(n)
+        if sql is None:
+            one = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+            sql = self._insert_sized[n] = self._insert.replace(
+                f"VALUES {one}", "VALUES " + ", ".join([one] * n), 1
+            )
+        return sql
+
+    def insert(self, rows: list[tuple]) -> None:
+        # one statement per power-of-two chunk (64, 32, ..., 1 rows): a 10 ms group commit of a few
+        # dozen rows takes a handful of statement steps, not one per row
+        n, k, step = len(rows), 0, self._multi
+        with self._tx():
+            while k < n:
+                size = min(step, 1 << ((n - k).bit_length() - 1))
+                if size == 1:
+                    self.db.execute(self._insert, rows[k])
+                else:
+                    sql = self._insert_multi if size == step else self._insert_n(size)
+                    self.db.execute(sql, list(itertools.chain.from_iterable(rows[k : k + size])))
+                k += size
+
+    @contextlib.contextmanager
+    def _tx(self):  # type: ignore[no-untyped-def]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def add_spend(self, deltas: dict[tuple[str, str], float]) -> None:
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO key_spend (key_id, period, spent_usd) VALUES (?, ?, ?) "
+                "ON CONFLICT(key_id, period) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd",
+                [(k, p, v) for (k, p), v in deltas.items()],
+            )
+
+    def load_spend(self, periods: Sequence[str]) -> dict[tuple[str, str], float]:
+        if not periods:
+            return {}
+        marks = ", ".join("?" for _ in periods)
+        rows = self.db.execute(
+            f"SELECT key_id, period, spent_usd FROM key_spend WHERE period IN ({marks})", list(periods)
+        ).fetchall()
+        return {(k, p): float(v) for k, p, v in rows}
+
+    def attach(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool:
+        row = self.db.execute(
+            "SELECT outcome, key_id FROM traces WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        if row is None or (owner is not None and row[1] != owner):
+            return False
+        merged = _merge_outcome(_loads(row[0]), outcome)
+        self.db.execute("UPDATE traces SET outcome = ? WHERE request_id = ?", (_dumps(merged), request_id))
+        return True
+
+    def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+        sql, args = _where_sql(where, lambda i: "?")
+        q = f"SELECT {', '.join(_COLUMNS)} FROM traces{sql} ORDER BY ts DESC"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(int(limit))
+        return [_row_to_dict(r) for r in self.db.execute(q, args).fetchall()]
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM traces").fetchone()[0])
+
+    def prune(self, before: float) -> int:
+        return int(self.db.execute("DELETE FROM traces WHERE ts < ?", (before,)).rowcount)
+
+    def prune_chunk(self, before: float | None, keep: int | None, limit: int) -> int:
+        """Delete at most `limit` traces (oldest first) older than `before` or beyond the newest `keep`."""
+        cutoff, op = before, "<"
+        if keep is not None:
+            row = self.db.execute(
+                "SELECT ts FROM traces ORDER BY ts DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            if row is not None and (cutoff is None or row[0] >= cutoff):
+                cutoff, op = row[0], "<="  # the newest trace beyond `keep`: it and all older ones go
+        if cutoff is None:
+            return 0
+        return int(
+            self.db.execute(
+                f"DELETE FROM traces WHERE rowid IN (SELECT rowid FROM traces WHERE ts {op} ? ORDER BY ts LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+        )
+
+    def close(self) -> None:
+        self.db.close()
