@@ -224,6 +224,21 @@ def test_cli_eval_cascade_writes_curves_beside_one_shot_routers(tmp_path: Path) 
     html = (out / "report.html").read_text()
     assert "<h3>Cascades</h3>" in html and "every call made" in html
     assert "gap closed" in res.output and "every call paid" in res.output
+    # calibrated: the held-out reliability of the learned verifier and of the re-estimator's
+    # P(right), numbers in results.json and diagrams in report.html
+    cal = cas["calibration"]
+    assert set(cal) == {"verifier", "first_answer"}
+    for rel in cal.values():
+        assert rel["n"] == 400 and 0 <= rel["ece"] <= 1 and rel["auroc"] > 0.5
+        assert sum(b["n"] for b in rel["bins"]) == rel["n"]
+        for b in rel["bins"]:
+            lo, hi = b["bin"] / 10, (b["bin"] + 1) / 10
+            assert lo <= b["mean_p"] <= hi and 0 <= b["right_share"] <= 1
+        gaps = sum(b["n"] * abs(b["mean_p"] - b["right_share"]) for b in rel["bins"]) / rel["n"]
+        assert rel["ece"] == pytest.approx(gaps)
+    assert html.count('<svg xmlns="http://www.w3.org/2000/svg"') == 2 and "Calibration of cascade" in html
+    assert html.count("<circle") == sum(len(r["bins"]) for r in cal.values())
+    assert "calibration of verifier: ECE" in res.output
     bad = CliRunner().invoke(app, [*args, "--cascade", "--verifier", "magic"])
     assert bad.exit_code != 0 and "choose from" in bad.output
 
@@ -241,3 +256,31 @@ def test_cheapest_k_calls_k_models_first_and_serves_the_most_likely_right_answer
     assert (table.quality_matrix()[test, served] == 1.0).all()
     with pytest.raises(ValueError, match="max_steps"):
         run_policy(re_est, q[test], c[test], C[test], ev.take(test), 1.0, first="cheapest:3", max_steps=2)
+
+
+def test_reliability_svg_places_each_bin_against_the_diagonal() -> None:
+    import re
+    import xml.etree.ElementTree as ET
+
+    from llmroute.eval.report import reliability_svg
+
+    rel = {
+        "ece": 0.1,
+        "bins": [
+            {"bin": 2, "mean_p": 0.25, "right_share": 0.25, "n": 10},  # calibrated: on the diagonal
+            {"bin": 8, "mean_p": 0.85, "right_share": 0.5, "n": 30},  # over-confident: below it
+        ],
+    }
+    svg = str(reliability_svg(rel, "verifier <x>", size=260))
+    root = ET.fromstring(svg)  # well-formed, the title escaped
+    assert root.find("{http://www.w3.org/2000/svg}title").text == "verifier <x>"  # type: ignore[union-attr]
+    line = root.find("{http://www.w3.org/2000/svg}line")
+    assert line is not None
+    x1, y1, x2, y2 = (float(line.get(k)) for k in ("x1", "y1", "x2", "y2"))  # type: ignore[arg-type]
+    (cx1, cy1), (cx2, cy2) = [
+        (float(a), float(b)) for a, b in re.findall(r'cx="([\d.]+)" cy="([\d.]+)"', svg)
+    ]
+    on_diag = y1 + (cx1 - x1) / (x2 - x1) * (y2 - y1)
+    assert cy1 == pytest.approx(on_diag, abs=0.2)
+    assert cy2 > y1 + (cx2 - x1) / (x2 - x1) * (y2 - y1) + 20  # lower share right: drawn below
+    assert cx2 > cx1 and "ECE 0.100" in svg

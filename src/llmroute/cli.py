@@ -313,6 +313,11 @@ def _print_summary(res: dict) -> None:
             f"{_cell(c['cost_ratio_at_best_quality'])} · one-shot {c.get('prior_router', '')} on the same "
             f"estimates: AIQ {_cell(one.get('aiq'), 4)}"
         )
+        for k, rel in (c.get("calibration") or {}).items():
+            con.print(
+                f"  calibration of {k}: ECE {_cell(rel.get('ece'))} · AUROC {_cell(rel.get('auroc'))} "
+                f"({rel.get('n')} held-out answers; reliability diagram in report.html)"
+            )
     best = base["best_single"]
     con.print(
         f"single-model hull AIQ {_cell(base['single_hull_aiq'], 4)} · oracle AIQ {_cell(base['oracle_aiq'], 4)}"

@@ -278,6 +278,38 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _calibration(
+    cal: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
+    re_est: Reestimator,
+    q: np.ndarray,
+    ev: Evidence,
+    Q: np.ndarray,
+) -> None:
+    """Add one fold's held-out predictions to `cal`: `verifier` the learned text verifier's
+    P(right) of every answer (when on), `first_answer` the re-estimator's P(right) of each model's
+    answer when it is the only one called (prior + that answer's evidence: what the cascade's
+    first step decides on)."""
+    ok = ev.has & np.isfinite(Q)
+    v = re_est.verifier(ev)
+    if v is not None:
+        cal["verifier"][0].append(v[ok])
+        cal["verifier"][1].append(Q[ok])
+    for j in range(q.shape[1]):
+        S = np.zeros(q.shape, dtype=bool)
+        S[:, j] = True
+        cal["first_answer"][0].append(re_est.called(S, q, ev)[ok[:, j], j])
+        cal["first_answer"][1].append(Q[ok[:, j], j])
+
+
+def _reliability(p: np.ndarray, quality: np.ndarray) -> dict[str, Any]:
+    """`LearnedVerifier.reliability` (ECE, AUROC, the diagram's bins) of held-out predictions,
+    JSON-safe (AUROC None when only one outcome occurs), with the number of predictions."""
+    from llmroute.cascade.learned import LearnedVerifier
+
+    rel = LearnedVerifier.reliability(p, quality)
+    return {**rel, "ece": _num(rel["ece"]), "auroc": _num(rel["auroc"]), "n": len(p)}
+
+
 def evaluate_cascade(
     table: RoutingTable,
     *,
@@ -304,7 +336,9 @@ def evaluate_cascade(
     Keys: `aiq`, `gap_closed`, `cost_ratio_at_best_quality`, `max_quality` of all swept points
     (first model x lambda x tau), `one_shot` (the same metrics for tau = 0 only: the one-shot
     router on the same priors), `by_first` (metrics per first-model rule), `points` (every point:
-    first, tradeoff, tau, cost, quality, mean calls), `curve` (the hull), `baselines`.
+    first, tradeoff, tau, cost, quality, mean calls), `curve` (the hull), `baselines`,
+    `calibration` (held-out reliability of the learned verifier, `verifier`, when on, and of the
+    re-estimator's P(right) of a lone first answer, `first_answer`: ECE, AUROC, diagram bins).
     """
     from llmroute.eval.runner import _context
 
@@ -332,11 +366,16 @@ def evaluate_cascade(
     pbest = {key: np.zeros((steps, n)) for key in served}
     spent = {key: np.zeros((steps, n)) for key in served}
     calls = {key: np.zeros((steps, n)) for key in served}
+    cal: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+        "verifier": ([], []),
+        "first_answer": ([], []),
+    }
     for fold, test in enumerate(priors["fold_idx"]):
         train = np.setdiff1d(np.arange(n), test, assume_unique=True)
         iq = priors["inner"][fold][0][:, cols]
         re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
         ev_t = ev.take(test)
+        _calibration(cal, re_est, q_all[test], ev_t, Q[test])
         for f in firsts:
             for k, lam in enumerate(lams):
                 tr = run_policy(
@@ -405,6 +444,9 @@ def evaluate_cascade(
             "c_max": ctx["c_max"],
         },
         "points": points,
+        "calibration": {
+            k: _reliability(np.concatenate(p), np.concatenate(y)) for k, (p, y) in cal.items() if p
+        },
         "eval_s": round(time.perf_counter() - t0, 3),
     }
     hull = {(round(x, 15), round(y, 15)) for x, y in out["curve"]}

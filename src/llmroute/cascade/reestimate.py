@@ -306,6 +306,13 @@ class Reestimator:
         return self
 
     # ---- prediction ----------------------------------------------------------------------------
+    def verifier(self, ev: Evidence) -> np.ndarray | None:
+        """(n, m) the learned text verifier's P(right) of each answer (0.5 where there is none),
+        or None when the `learned` signal is off or could not be fitted."""
+        if "learned" not in self.signals or self.lv_ is None:
+            return None
+        return self._verifier(ev)
+
     def called(self, S: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
         """(n, m) P(right) of each called answer in S given all called answers (NaN elsewhere)."""
         with _one_thread():

@@ -17,11 +17,14 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["curves_figure", "plot_curves", "render_html", "write_report"]
+if TYPE_CHECKING:
+    from markupsafe import Markup
+
+__all__ = ["curves_figure", "plot_curves", "reliability_svg", "render_html", "write_report"]
 
 
 def _as_list(results: dict | Sequence[dict]) -> list[dict]:
@@ -297,6 +300,16 @@ def _view(res: dict) -> dict:
             "cost_ratio": _fmt(c["cost_ratio_at_best_quality"]),
             "max_quality": _fmt(c["max_quality"], 4),
             "one_shot_aiq": _fmt((c.get("one_shot") or {}).get("aiq"), 4),
+            "calibration": [
+                {
+                    "label": _CALIBRATION_LABELS.get(k, k),
+                    "ece": _fmt(rel.get("ece"), 3, small=False),
+                    "auroc": _fmt(rel.get("auroc"), 3, small=False),
+                    "n": rel.get("n", "–"),
+                    "svg": reliability_svg(rel, _CALIBRATION_LABELS.get(k, k)),
+                }
+                for k, rel in (c.get("calibration") or {}).items()
+            ],
         }
         for name, c in (res.get("cascades") or {}).items()
     ]
@@ -325,6 +338,58 @@ def _view(res: dict) -> dict:
         "tasks": _task_view(res, two),
         "points": _points_view(res),
     }
+
+
+_CALIBRATION_LABELS = {
+    "verifier": "learned text verifier: P(right) of each answer",
+    "first_answer": "re-estimated P(right) of a lone first answer (prior + its evidence)",
+}
+
+
+def reliability_svg(rel: dict, title: str, size: int = 260) -> Markup:
+    """An inline SVG reliability diagram of `rel` (`LearnedVerifier.reliability`'s dict: bins of
+    mean predicted P(right) against the share right, dot area ~ predictions in the bin), with the
+    diagonal of perfect calibration and the ECE in the caption."""
+    from html import escape
+
+    from markupsafe import Markup
+
+    pad, w = 34, size - 44
+    bins = [b for b in rel.get("bins") or [] if b.get("n")]
+    total = max(sum(b["n"] for b in bins), 1)
+
+    def xy(p: float, a: float) -> tuple[float, float]:
+        return pad + p * w, 10 + (1 - a) * w
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
+        f'viewBox="0 0 {size} {size}" role="img" class="reliability"><title>{escape(title)}</title>',
+        f'<rect x="{pad}" y="10" width="{w}" height="{w}" fill="none" stroke="#999"/>',
+        '<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#999" stroke-dasharray="4 3"/>'.format(
+            *xy(0, 0), *xy(1, 1)
+        ),
+    ]
+    pts = [xy(b["mean_p"], b["right_share"]) for b in bins]
+    if len(pts) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+    for (x, y), b in zip(pts, bins, strict=True):
+        r = 2.5 + 9 * math.sqrt(b["n"] / total)
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="#1f77b4" fill-opacity="0.6">'
+            f"<title>mean p {b['mean_p']:.3f}, right {b['right_share']:.3f}, n {b['n']}</title></circle>"
+        )
+    for t in (0, 0.5, 1):
+        x, y = xy(t, t)
+        parts.append(f'<text x="{x:.1f}" y="{size - 20}" font-size="9" text-anchor="middle">{t:g}</text>')
+        parts.append(f'<text x="{pad - 4}" y="{y + 3:.1f}" font-size="9" text-anchor="end">{t:g}</text>')
+    ece = rel.get("ece")
+    caption = "predicted P(right) vs share right" + (f", ECE {ece:.3f}" if ece is not None else "")
+    parts.append(
+        f'<text x="{pad + w / 2:.1f}" y="{size - 6}" font-size="10" text-anchor="middle">{caption}</text>'
+    )
+    parts.append("</svg>")
+    return Markup("".join(parts))
 
 
 def _spread_cell(sp: dict | None, digits: int = 3) -> str:
