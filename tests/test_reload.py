@@ -268,3 +268,58 @@ def test_cli_keys_reload(gw: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     r = CliRunner().invoke(app, ["keys", "reload", *common])
     assert r.exit_code == 1 and "400" in r.output and "not valid YAML" in r.output
     assert _ask(gw) == (200, "fake-weak")
+
+
+def test_sighup_reloads_a_single_process_gateway(fake_server: Any, tmp_path: Path) -> None:
+    """`kill -HUP` of `llmroute serve` (one process) reloads its config like the admin API."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["models"][0]["router_model"] = "gpt-4-1106-preview"  # the shipped router's columns
+    cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
+    cfg["aliases"]["llmroute/auto"]["tradeoff"] = 0  # quality only: fake-strong
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    env.pop("LLMROUTE_SHARED_DIR", None)
+    cmd = [sys.executable, "-c", "from llmroute.cli import app; app()", "serve", "--config", str(path),
+           "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw: Any = f"http://127.0.0.1:{port}/v1"
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert _ask(gw) == (200, "fake-strong")
+        cfg["aliases"]["llmroute/auto"]["candidates"] = ["fake-weak"]
+        path.write_text(yaml.safe_dump(cfg))
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 120
+        got = _ask(gw)
+        while got == (200, "fake-strong") and time.monotonic() < end:
+            time.sleep(0.1)
+            got = _ask(gw)
+        assert got == (200, "fake-weak") and proc.poll() is None  # reloaded, still serving
+        audit = httpx.get(
+            f"http://127.0.0.1:{port}/admin/v1/audit",
+            headers={"authorization": f"Bearer {MASTER}"},
+            timeout=30,
+        ).json()["data"][0]
+        assert audit["action"] == "config.reload" and audit["actor"] == "sighup"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait(10)

@@ -32,6 +32,7 @@ Use from an endpoint (raw ASGI)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -364,6 +365,8 @@ class KeyManager:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
         self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # SIGHUP reloads in progress
+        self._sighup_loop: asyncio.AbstractEventLoop | None = None
 
     # ---- keeping keys current ---------------------------------------------------------------
 
@@ -380,6 +383,7 @@ class KeyManager:
             log.warning("%s", w)
         self.gw.auth.set_keys(keys)
         poll_s = getattr(self.gw.config.admin, "key_poll_s", None)
+        self._watch_sighup()
         if poll_s:
             stamp = await self.keystore.astamp()
             reloaded = await self.keystore.areload_stamp()
@@ -408,6 +412,31 @@ class KeyManager:
             elif now != stamp:
                 stamp = now
                 self.generation.bump()
+
+    def _watch_sighup(self) -> None:
+        """`kill -HUP <pid>` of a gateway process reloads its config like POST /admin/v1/reload
+        (audited with actor 'sighup'). Only where the event loop runs in the main thread."""
+        import signal
+
+        loop = asyncio.get_running_loop()
+
+        def hup() -> None:
+            task = loop.create_task(self._sighup())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, hup)
+            self._sighup_loop = loop
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError):  # not the main thread
+            self._sighup_loop = None
+
+    async def _sighup(self) -> None:
+        try:
+            _status, out = await self.reload("sighup")
+            log.info("SIGHUP: config reloaded (runtime rebuilt: %s)", out.get("runtime_rebuilt"))
+        except GatewayError as e:
+            log.error("SIGHUP: %s", e.message)
 
     def stale(self) -> bool:
         """Whether keys changed since this worker loaded them (hot path: one memory read)."""
@@ -509,6 +538,12 @@ class KeyManager:
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
+        if self._sighup_loop is not None:
+            import signal
+
+            with contextlib.suppress(Exception):
+                self._sighup_loop.remove_signal_handler(signal.SIGHUP)
+            self._sighup_loop = None
         self.generation.close()
 
     # ---- HTTP ---------------------------------------------------------------------------------
