@@ -323,3 +323,111 @@ def test_sighup_reloads_a_single_process_gateway(fake_server: Any, tmp_path: Pat
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait(10)
+
+
+def test_learner_state_of_an_unchanged_alias_survives(fake_server: Any, tmp_path: Path) -> None:
+    """An alias that learns keeps what it learned across a reload that changes something else;
+    an alias whose candidates changed starts afresh."""
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["keys"] = []
+    learn = {"enabled": True, "learner": "greedy", "sync_interval_s": 0.05}
+    cfg["aliases"]["llmroute/auto"]["learning"] = learn
+    cfg["aliases"]["llmroute/other"] = {"router": "default", "candidates": ["fake-strong", "fake-weak"],
+                                        "learning": learn}  # fmt: skip
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with run_gateway(load_config(path), routers={"default": StubRouter()}) as gw:
+        gw.app.config_path = str(path)
+        gw.path = path
+        client = openai.OpenAI(base_url=gw, api_key="x", max_retries=0, timeout=60)
+        taught = 0
+        for _ in range(40):  # thumbs down on fake-weak until the greedy learner prefers fake-strong
+            raw = client.chat.completions.with_raw_response.create(
+                model="llmroute/auto", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+            if raw.headers["x-llmroute-model"] == "fake-strong":
+                break
+            rid = raw.headers["x-llmroute-request-id"]
+            end = time.monotonic() + 30
+            while (r := httpx.post(f"{gw}/feedback", json={"request_id": rid, "thumbs": "down"}, timeout=30)
+                   ).status_code == 404 and time.monotonic() < end:  # fmt: skip
+                time.sleep(0.02)
+            assert r.status_code == 200, r.text
+            taught += 1
+        else:
+            pytest.fail("40 bad outcomes of fake-weak did not move the greedy choice")
+        lr = gw.app.learning
+        end = time.monotonic() + 30
+        while lr.aliases["llmroute/auto"].learner.n_.sum() < taught and time.monotonic() < end:
+            time.sleep(0.02)
+        learned = lr.aliases["llmroute/auto"].learner.n_.copy()
+        assert learned.sum() == taught > 0
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/other", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        rid = raw.headers["x-llmroute-request-id"]
+        end = time.monotonic() + 30
+        while (r := httpx.post(f"{gw}/feedback", json={"request_id": rid, "thumbs": "up"}, timeout=30)
+               ).status_code == 404 and time.monotonic() < end:  # fmt: skip
+            time.sleep(0.02)
+        while lr.aliases["llmroute/other"].learner.n_.sum() < 1 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert lr.aliases["llmroute/other"].learner.n_.sum() == 1
+        cfg["aliases"]["llmroute/other"]["candidates"] = ["fake-weak"]
+        cfg["models"][0] = {**cfg["models"][0], "timeout_s": 0.75}
+        r = _reload(gw, cfg)
+        assert r.status_code == 200 and r.json()["aliases"]["changed"] == ["llmroute/other"], r.text
+        new = gw.app.live.learning
+        assert new is not lr
+        assert (new.aliases["llmroute/auto"].learner.n_ == learned).all()
+        assert new.aliases["llmroute/other"].learner.n_.sum() == 0
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        assert raw.headers["x-llmroute-model"] == "fake-strong"  # still what it learned
+        client.close()
+
+
+def test_a_changed_router_file_is_loaded_an_unchanged_one_reused(
+    fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmroute.gateway.routing as routing
+
+    loaded: list[str] = []
+
+    class FileRouter(StubRouter):
+        pass
+
+    def load(ref: str, config: Any) -> Any:
+        loaded.append(ref)
+        if b"broken" in Path(ref).read_bytes():
+            raise ValueError(f"{ref}: not a router file")
+        return FileRouter()
+
+    monkeypatch.setattr(routing, "load_router", load)
+    rfile = tmp_path / "file-router.safetensors"
+    rfile.write_bytes(b"version 1")
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["routers"] = {"default": "builtin:default", "file": str(rfile)}
+    cfg["aliases"]["llmroute/file"] = {"router": "file", "candidates": ["fake-strong", "fake-weak"]}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first_file = StubRouter()
+    with run_gateway(load_config(path), routers={"default": StubRouter(), "file": first_file}) as gw:
+        gw.app.config_path = str(path)
+        gw.path = path
+        cfg["models"][0] = {**cfg["models"][0], "timeout_s": 0.75}  # a rebuild, the file unchanged
+        r = _reload(gw, cfg)
+        assert r.status_code == 200 and r.json()["routers"]["changed"] == [], r.text
+        assert loaded == [] and gw.app.live.engine.routers["file"] is first_file
+        rfile.write_bytes(b"version 2, longer")  # a new router in the same file
+        r = _reload(gw, cfg)
+        assert r.status_code == 200 and r.json()["routers"]["changed"] == ["file"], r.text
+        assert loaded == [str(rfile)] and isinstance(gw.app.live.engine.routers["file"], FileRouter)
+        assert gw.app.live.engine.routers["default"] is gw.app.engine.routers["default"]
+        assert _ask(gw, model="llmroute/file")[0] == 200
+        live = gw.app.live
+        rfile.write_bytes(b"broken")
+        r = _reload(gw, cfg)
+        assert r.status_code == 400 and "not a router file" in r.json()["error"]["message"], r.text
+        assert gw.app.live is live and _ask(gw, model="llmroute/file")[0] == 200
