@@ -12,7 +12,6 @@ re-estimated nets are strong ~0.37 > mid ~0.33, so the cascade goes to strong di
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 from conftest import FakeServer, GatewayHandle, run_gateway
 from llmroute.cascade.reestimate import DifficultyReestimator, Evidence, choose_next
 from llmroute.gateway.auth import hash_key
+from test_cascade_gateway import _record, _steps
 
 KEY = "sk-test-reestimate-0123456789"
 CHAT = "Hello! Could you say something nice to my colleague Bob? (#re)"
@@ -119,17 +119,6 @@ def _no_faults(fake_server: FakeServer) -> Iterator[None]:
     fake_server.clear()
 
 
-def _steps(header: str) -> tuple[list[dict[str, str]], str]:
-    """(steps, stop) from `x-llmroute-cascade`."""
-    items = [x.strip() for x in header.split(",")]
-    assert items[-1].startswith("stop=")
-    steps = []
-    for it in items[:-1]:
-        model, *fields = it.split(";")
-        steps.append({"model": model, **dict(f.split("=", 1) for f in fields)})
-    return steps, items[-1][5:]
-
-
 def _tradeoff(gw: GatewayHandle, alias: str, r_mid: float, text: str = CHAT) -> float:
     """The trade-off at which tradeoff x (re-mid's expected cost for `text`) = `r_mid`."""
     from llmroute.gateway.routing import RequestContext
@@ -154,18 +143,6 @@ def _ask(
     else:
         out = raw.parse().choices[0].message.content or ""
     return out, steps, stop, raw.headers
-
-
-def _record(gw: GatewayHandle, rid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30  # a hang guard only: the row is queued as the request ends
-    while True:
-        gw.app.store.flush_sync(10)
-        rec = gw.app.store.get(rid)
-        if rec is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert rec is not None
-    return rec
 
 
 def _est(step: dict[str, str]) -> dict[str, tuple[float, float]]:

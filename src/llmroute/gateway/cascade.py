@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["CASCADE_HEADER", "Cascade", "Step", "is_context_overflow"]
 
 CASCADE_HEADER = b"x-llmroute-cascade"
+_STREAMED = object()  # a step's answer was streamed out: the cascade ends with it
 
 _OVERFLOW = re.compile(
     r"(?i)context[ _-]?(?:length|window)|maximum context|prompt is too long|too many (?:input )?tokens"
@@ -410,11 +411,45 @@ class Cascade:
         )
 
     def _finish(self, run: _Run, **kw: Any) -> None:
-        """The gateway's trace and metrics for a request the cascade answered, plus its steps and
-        stop reason (`llmroute_cascade_steps_total`, `llmroute_cascade_requests_total`)."""
+        """The gateway's trace and metrics for a request the cascade answered (`Gateway._finish`
+        with `kw`; attempts, usage and the trace's cascade come from `run` unless given), plus its
+        steps and stop reason (`llmroute_cascade_steps_total`, `llmroute_cascade_requests_total`)."""
         steps = [(s.model, s.result(self.cfg.threshold)) for s in run.steps]
         self.gw.metrics.observe_cascade(self.alias, steps, run.stop or "pass")
-        self.gw._finish(**kw)
+        kw.setdefault("attempts", run.attempts)
+        kw.setdefault("usage", (run.tokens_in, run.tokens_out, run.spent))
+        self.gw._finish(extra={"cost_source": "cascade", "cascade": run.trace()}, **kw)
+
+    # ---- the step loop -----------------------------------------------------------------------
+    async def _walk(self, steps: _Steps, body: dict[str, Any], call: Any) -> bool:
+        """The loop `complete` and `stream` share: call the next model (`await call(model,
+        step_deadline)`: (model, response, buffered chunks or None); None when the call failed
+        after it started, its step recorded; `_STREAMED` when its answer was streamed out, which
+        ends the cascade), verify its answer, stop at the first that passes. A call that raises
+        `BackendError` goes to `_Steps.failed`. Returns whether the answer was streamed out."""
+        run = steps.run
+        while (nxt := steps.next()) is not None:
+            m, sd = nxt
+            ts = time.monotonic()
+            try:
+                got = await call(m, sd)
+            except BackendError as e:
+                if steps.failed(m, e, sd, ts):
+                    continue
+                break
+            if got is None:
+                continue
+            if got is _STREAMED:
+                return True
+            model, resp, chunks = got
+            usage = self._usage(model, body, resp)
+            verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
+            step = Step(model, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
+            run.add_answer(_Answer(model, resp, verdict, chunks), step)
+            if verdict.passed(self.cfg.threshold):
+                run.stop = "pass"
+                break
+        return False
 
     # ---- non-streamed ------------------------------------------------------------------------
     async def complete(
@@ -433,25 +468,15 @@ class Cascade:
         """Answer a non-streamed request through the cascade."""
         gw = self.gw
         run = _Run()
+
+        async def call(m: str, sd: float) -> tuple[str, dict[str, Any], None]:
+            model, resp, atts = await gw.executor.complete([m], body, sd)
+            run.attempts.extend(atts)
+            return model, resp, None
+
         try:
             steps = _Steps(self, run, ctx, decision, body, deadline)
-            while (nxt := steps.next()) is not None:
-                m, sd = nxt
-                ts = time.monotonic()
-                try:
-                    model, resp, atts = await gw.executor.complete([m], body, sd)
-                except BackendError as e:
-                    if steps.failed(m, e, sd, ts):
-                        continue
-                    break
-                run.attempts.extend(atts)
-                usage = self._usage(model, body, resp)
-                verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
-                step = Step(model, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
-                run.add_answer(_Answer(model, resp, verdict), step)
-                if verdict.passed(self.cfg.threshold):
-                    run.stop = "pass"
-                    break
+            await self._walk(steps, body, call)
             if run.best is None:
                 await self._no_answer(send, steps, ctx, decision, rid, t0, reservation, api, watch)
                 return
@@ -473,10 +498,7 @@ class Cascade:
                 model=best.model,
                 status=200,
                 t0=t0,
-                attempts=run.attempts,
-                usage=(run.tokens_in, run.tokens_out, run.spent),
                 response=best.resp.get("choices"),
-                extra={"cost_source": "cascade", "cascade": run.trace()},
             )
         except asyncio.CancelledError:
             if reservation is not None:
@@ -500,81 +522,73 @@ class Cascade:
         """Answer a streamed request through the cascade (see the module docstring)."""
         gw = self.gw
         run = _Run()
+
+        async def call(m: str, sd: float) -> Any:
+            """Start `m`'s stream and hold it back up to the buffer: its answer when complete
+            within it; else stream it out (`_STREAMED`). None: it failed midway (step recorded)."""
+            start = await gw.executor.stream([m], body, sd)
+            last_step = run.answers + 1 >= self.cfg.max_steps
+            limit = -1 if last_step else self.cfg.stream_buffer_chars
+            chunks = list(start.first)
+            size = sum(len(stream_text(c)) for c in chunks)
+            complete = False
+            try:
+                if size <= limit:
+                    async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                        async for batch in start.rest:
+                            chunks.extend(batch)
+                            size += sum(len(stream_text(c)) for c in batch)
+                            if size > limit:
+                                break
+                        else:
+                            complete = True
+            except (BackendError, TimeoutError) as e:
+                start.release()
+                gw.executor.stream_done(m, False)
+                with contextlib.suppress(Exception):
+                    await start.rest.aclose()  # type: ignore[attr-defined]
+                be = (
+                    e
+                    if isinstance(e, BackendError)
+                    else BackendError("request deadline exceeded", status=504)
+                )
+                steps.last_err = be
+                run.attempts.extend(start.attempts)
+                run.steps.append(Step(m, error=f"failed: {be.message[:120]}"))
+                return None
+            except BaseException:
+                start.release()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
+                raise
+            run.attempts.extend(start.attempts)
+            if not complete:  # too long to hold back, or the last step: stream it out
+                await self._forward(
+                    send,
+                    body,
+                    ctx,
+                    decision,
+                    rid,
+                    t0,
+                    deadline,
+                    reservation,
+                    api,
+                    watch,
+                    run,
+                    start,
+                    chunks,
+                )
+                return _STREAMED
+            start.release()
+            gw.executor.stream_done(m, True)
+            from llmroute.cache import assemble_stream
+
+            return m, assemble_stream(chunks), chunks
+
         try:
             steps = _Steps(self, run, ctx, decision, body, deadline)
-            while (nxt := steps.next()) is not None:
-                m, sd = nxt
-                ts = time.monotonic()
-                try:
-                    start = await gw.executor.stream([m], body, sd)
-                except BackendError as e:
-                    if steps.failed(m, e, sd, ts):
-                        continue
-                    break
-                last_step = run.answers + 1 >= self.cfg.max_steps
-                limit = -1 if last_step else self.cfg.stream_buffer_chars
-                chunks = list(start.first)
-                size = sum(len(stream_text(c)) for c in chunks)
-                complete = False
-                try:
-                    if size <= limit:
-                        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                            async for batch in start.rest:
-                                chunks.extend(batch)
-                                size += sum(len(stream_text(c)) for c in batch)
-                                if size > limit:
-                                    break
-                            else:
-                                complete = True
-                except (BackendError, TimeoutError) as e:
-                    start.release()
-                    gw.executor.stream_done(m, False)
-                    with contextlib.suppress(Exception):
-                        await start.rest.aclose()  # type: ignore[attr-defined]
-                    be = (
-                        e
-                        if isinstance(e, BackendError)
-                        else BackendError("request deadline exceeded", status=504)
-                    )
-                    steps.last_err = be
-                    run.attempts.extend(start.attempts)
-                    run.steps.append(Step(m, error=f"failed: {be.message[:120]}"))
-                    continue
-                except BaseException:
-                    start.release()
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(start.rest.aclose())  # type: ignore[attr-defined]
-                    raise
-                run.attempts.extend(start.attempts)
-                if not complete:  # too long to hold back, or the last step: stream it out
-                    await self._forward(
-                        send,
-                        body,
-                        ctx,
-                        decision,
-                        rid,
-                        t0,
-                        deadline,
-                        reservation,
-                        api,
-                        watch,
-                        run,
-                        start,
-                        chunks,
-                    )
-                    return
-                start.release()
-                gw.executor.stream_done(m, True)
-                from llmroute.cache import assemble_stream
-
-                resp = assemble_stream(chunks)
-                usage = self._usage(m, body, resp)
-                verdict = verify(body, resp, self.cfg.verifier, extra=self.extra)
-                step = Step(m, verdict.score, verdict.why, usage[2], tokens=(usage[0], usage[1]))
-                run.add_answer(_Answer(m, resp, verdict, chunks), step)
-                if verdict.passed(self.cfg.threshold):
-                    run.stop = "pass"
-                    break
+            if await self._walk(steps, body, call):
+                return
             if run.best is None:
                 await self._no_answer(
                     send, steps, ctx, decision, rid, t0, reservation, api, watch, stream=True
@@ -603,12 +617,9 @@ class Cascade:
                 model=best.model,
                 status=200,
                 t0=t0,
-                attempts=run.attempts,
-                usage=(run.tokens_in, run.tokens_out, run.spent),
                 stream=True,
                 ttft=time.perf_counter() - t0,
                 response=best.resp.get("choices"),
-                extra={"cost_source": "cascade", "cascade": run.trace()},
             )
         except asyncio.CancelledError:
             if reservation is not None:
@@ -702,12 +713,10 @@ class Cascade:
             model=model,
             status=499 if cancelled else 200,
             t0=t0,
-            attempts=run.attempts,
             usage=total,
             stream=True,
             ttft=ttft,
             error=error,
-            extra={"cost_source": "cascade", "cascade": run.trace()},
         )
         if cancelled:
             task = asyncio.current_task()
