@@ -16,10 +16,16 @@ random stream order each), lambda at the middle of the single-model cost range
   warm-start requests: the first 100-request window in which it gets >= 50% of the picks;
 - update cost per outcome (p50 / p99 of `OnlineLearner.update`);
 - *what-if* (`--whatif 100`): coverage of `llmroute.online.whatif`'s 95% intervals for another
-  trade-off on the learner's logged stream (see `whatif_run`; results/online_whatif.json).
+  trade-off on the learner's logged stream (see `whatif_run`; results/online_whatif.json);
+- *replicas on one Redis* (`--replicas`): the gateway's learner replicas (`OnlineLearner` per
+  replica, state through `llmroute.gateway.learning_redis.RedisLearnerState` on a throwaway
+  redis-server) with the stream spread round-robin over 3 of them, against 1, each recording its
+  outcomes and pulling every other replica's in batches (see `replicas_run`;
+  results/online_replicas.json).
 
     nice .venv/bin/python benchmarks/online.py [--seeds 5] [--sets routerbench_subset,routellm]
     nice .venv/bin/python benchmarks/online.py --whatif 100 [--whatif-scale 0.5]
+    nice .venv/bin/python benchmarks/online.py --replicas [--seeds 5]
 
 Writes benchmarks/results/online.json and the "Online learning" section of BENCHMARKS.md. The
 cross-validated estimates are cached under $TMPDIR/llmroute-online-cache (keyed by set and size).
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -42,6 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "online.json"
 WHATIF = ROOT / "benchmarks" / "results" / "online_whatif.json"
+REPLICAS = ROOT / "benchmarks" / "results" / "online_replicas.json"
+#: outcomes a replica records per batch, pulling the other replicas' outcomes with them (the
+#: gateway learns in batches and syncs every sync_interval_s: here the staleness in requests)
+REPLICA_BATCH = 32
 CACHE = Path(tempfile.gettempdir()) / "llmroute-online-cache"
 LEARNER = "thompson"
 #: learner settings compared: the defaults, and a tighter exploration bound
@@ -185,6 +196,140 @@ def whatif_run(name: str, trials: int, target_scale: float = 0.5, lam: float | N
     }
 
 
+def replica_stream(
+    base,
+    E: np.ndarray,
+    Q: np.ndarray,
+    C: np.ndarray,
+    qb: np.ndarray | None,
+    cb: np.ndarray | None,
+    lam: float,
+    seed: int,
+    replicas: int,
+    url: str,
+    shared: bool = True,
+) -> np.ndarray:
+    """One pass with the stream spread round-robin over `replicas` learners on the Redis at `url`
+    (emptied first): each starts from `base`'s bytes (as gateway replicas start from the shared
+    initial snapshot: the same projection), chooses its requests, and every `REPLICA_BATCH` of
+    its own requests records their outcomes (`Outcome`, as `Learning._outcome` builds them from a
+    trace row) and applies every term recorded since its last pull, its own and the others'
+    (`apply_and_pull`, as `Learning.sync`). `shared=False`: each replica under its own alias (the
+    control: every replica learns from its own third of the outcomes only). Returns the reward
+    per step."""
+    from llmroute.gateway.learning import Outcome
+    from llmroute.gateway.learning_redis import RedisLearnerState
+    from llmroute.online.learner import OnlineLearner
+
+    aliases = [f"bench{r}" if not shared else "bench" for r in range(replicas)]
+    data = base.to_bytes()
+    learners, states = [], []
+    for r in range(replicas):
+        L = OnlineLearner.from_bytes(data)
+        L.rng = np.random.default_rng([seed, r])  # each process its own draws (Learning: seed + pid)
+        learners.append(L)
+        st = RedisLearnerState(url)
+        states.append(st)
+    states[0].st.client.flushdb()
+    seqs = [0] * replicas
+    todo: list[list] = [[] for _ in range(replicas)]
+    index = {m: j for j, m in enumerate(base.models)}
+    reward = np.empty(len(E))
+
+    def sync(r: int) -> None:
+        _, pulled = states[r].apply_and_pull(todo[r], {aliases[r]: seqs[r]})
+        todo[r] = []
+        for d in pulled[aliases[r]][1]:
+            learners[r].observe(d.x, index[d.model], d.residual, d.cost_residual, weight=d.weight)
+            seqs[r] = d.seq
+
+    try:
+        for t in range(len(E)):
+            r = t % replicas
+            L = learners[r]
+            x = L.context(E[t])
+            q0 = None if qb is None else qb[t]
+            c0 = None if cb is None else cb[t]
+            ch = L.choose(E[t], q0, c0, tradeoff=lam, context=x)
+            k = ch.index
+            _, qf, cf = L._pending.pop(ch.decision_id)  # the filled estimates the trace would hold
+            xk = x.copy()
+            xk[-2] = qf[k] - 0.5
+            res, cres = float(Q[t, k] - qf[k]), float(C[t, k] - cf[k])
+            todo[r].append(Outcome(aliases[r], f"{seed}-{t}", ch.model, xk, res, cres, "feedback", True))
+            reward[t] = Q[t, k] - lam * C[t, k]
+            if len(todo[r]) >= REPLICA_BATCH:
+                sync(r)
+    finally:
+        for st in states:
+            st.close()
+    return reward
+
+
+def replicas_run(name: str, seeds: list[int], counts: tuple[int, ...] = (1, 3)) -> dict:
+    """Acceptance: three replicas on one Redis learn as fast as one process. Per seed (stream
+    order), cold start and warm start from 10% (as `simulate`), the last-20% mean reward with the
+    stream spread over each replica count (same stream, same starting learner)."""
+    from llmroute.embed import load_encoder
+    from llmroute.eval.runner import EvalEncoder, load_dataset
+    from llmroute.gateway.state import spawn_redis_server
+    from llmroute.online.learner import OnlineLearner
+    from llmroute.online.simulate import complete_table, mid_tradeoff
+    from llmroute.router import Router
+
+    table = complete_table(load_dataset(DATA / name))
+    enc = EvalEncoder(load_encoder("static-minilm"))
+    enc.prime(table.prompts)
+    Q, C = table.quality_matrix(), table.cost_matrix()
+    lam = mid_tradeoff(Q, C, *_cv(name, table, enc))
+    n = table.n_prompts
+    ids, prompts = table.prompt_ids, table.prompts
+    E_all = np.asarray(enc.encode(prompts), dtype=np.float64)
+    with socket.socket() as sock:  # a free port for the throwaway redis-server
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    folder = tempfile.mkdtemp(prefix="llmroute-bench-redis-")
+    proc = spawn_redis_server(port, folder)
+    url = f"redis://127.0.0.1:{port}/0"
+    out: dict = {"set": name, "n_prompts": n, "tradeoff": lam, "batch": REPLICA_BATCH, "counts": list(counts)}
+    t_all = time.time()
+    try:
+        for label, warm in (("cold", 0.0), ("warm10", 0.1)):
+            runs = []
+            for seed in seeds:
+                perm = np.random.default_rng(seed).permutation(n)
+                n_warm = round(warm * n)
+                stream = perm[n_warm:]
+                qb = cb = None
+                if n_warm:
+                    r = Router.fit(table.subset([ids[i] for i in perm[:n_warm]]), encoder=enc, seed=seed)
+                    qw, cw = r.estimate([prompts[i] for i in stream])
+                    cols = [r.models.index(m) for m in table.models]
+                    qb, cb = qw[:, cols], cw[:, cols]
+                base = OnlineLearner(
+                    table.models, E_all.shape[1], method=LEARNER, tradeoff=lam, seed=seed, profiled=n_warm > 0
+                )
+                last = len(stream) - len(stream) // 5
+                row: dict = {"seed": seed}
+                for cnt, shared in [(c, True) for c in counts] + [(max(counts), False)]:
+                    t0 = time.time()
+                    rew = replica_stream(
+                        base, E_all[stream], Q[stream], C[stream], qb, cb, lam, seed, cnt, url, shared
+                    )
+                    key = str(cnt) if shared else f"{cnt}_unshared"
+                    row[f"last20_{key}"] = float(rew[last:].mean())
+                    row[f"mean_{key}"] = float(rew.mean())
+                    row[f"seconds_{key}"] = time.time() - t0
+                runs.append(row)
+                print(f"replicas {name} {label} seed {seed}: {json.dumps(row)}", flush=True)
+            out[label] = runs
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    out["seconds"] = time.time() - t_all
+    return out
+
+
 def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
     from llmroute.embed import load_encoder
     from llmroute.eval.runner import EvalEncoder, load_dataset
@@ -314,7 +459,46 @@ def write_markdown(results: list[dict]) -> None:
         )
     if WHATIF.exists():
         md += "\n\n" + whatif_markdown(json.loads(WHATIF.read_text()))
+    if REPLICAS.exists():
+        md += "\n\n" + replicas_markdown(json.loads(REPLICAS.read_text()))
     update_section("online", md, title="Online learning (bandit feedback)")
+
+
+def replicas_markdown(r: dict) -> str:
+    """The replicas paragraph of the Online section (issue 13: three gateway processes on one Redis
+    learn as fast as one process: final reward within the seeds' spread)."""
+    parts, verdicts = [], []
+    for label, title in (("cold", "cold start"), ("warm10", "warm start 10%")):
+        runs = r.get(label) or []
+        if not runs:
+            continue
+        one = np.array([x["last20_1"] for x in runs])
+        three = np.array([x["last20_3"] for x in runs])
+        alone = np.array([x["last20_3_unshared"] for x in runs])
+        diff = three - one
+        spread = float(one.std(ddof=1)) if len(one) > 1 else float("nan")
+        ok = abs(float(diff.mean())) <= spread
+        verdicts.append(f"{title} {'met' if ok else 'NOT met'}")
+        parts.append(
+            f"{title}: 1 replica {one.mean():.4f} ({one.min():.4f} to {one.max():.4f}), 3 replicas "
+            f"{three.mean():.4f} ({three.min():.4f} to {three.max():.4f}); 3 - 1 per seed mean "
+            f"{diff.mean():+.4f} ({diff.min():+.4f} to {diff.max():+.4f}) against the seeds' sd {spread:.4f} "
+            f"(control, 3 replicas not sharing: {alone.mean():.4f}, {(alone - one).mean():+.4f})"
+        )
+    return (
+        f"Replicas on one Redis (`benchmarks/online.py --replicas`, {r['set']}, {len(r.get('cold', []))} seeds, "
+        f"lambda {r['tradeoff']:.3g}, learner `{LEARNER}` default settings): the stream spread round-robin "
+        f"over 3 learner replicas whose state is `RedisLearnerState` on one redis-server (each records its "
+        f"outcomes and pulls every replica's in batches of {r['batch']} of its own requests, so it sees the "
+        f"others' outcomes up to {3 * r['batch']} requests late), against the same loop with 1 replica; "
+        f"the replicas run in one Python process, one connection each (three `llmroute serve` processes on "
+        f"one Redis are tested in tests/test_learner_state.py). Last-20% mean reward, mean (min to max) over "
+        f"seeds: "
+        + "; ".join(parts)
+        + ". Acceptance (|mean 3 - 1| <= the seeds' sd): "
+        + ", ".join(verdicts)
+        + f". {r['seconds']:.0f} s in all."
+    )
 
 
 def whatif_markdown(w: dict) -> str:
@@ -370,7 +554,21 @@ def main() -> None:
         "writes results/online_whatif.json and the Online section",
     )
     ap.add_argument("--whatif-scale", type=float, default=0.5, help="target lambda = this * logging lambda")
+    ap.add_argument(
+        "--replicas",
+        action="store_true",
+        help="only the replicas check (3 learner replicas on one Redis vs 1, routerbench_subset, --seeds): "
+        "writes results/online_replicas.json and the Online section",
+    )
     args = ap.parse_args()
+    if args.replicas:
+        rep = replicas_run("routerbench_subset", list(range(args.seeds)))
+        print(json.dumps(replicas_markdown(rep)), flush=True)
+        if not args.no_write:
+            REPLICAS.write_text(json.dumps(_compact(rep)) + "\n")
+            if RESULTS.exists():
+                write_markdown(json.loads(RESULTS.read_text()))
+        return
     if args.whatif:
         prev = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
         lam = next((r["tradeoff"] for r in prev if r["set"] == "routerbench_subset"), None)
