@@ -501,7 +501,8 @@ class LearningConfig(_Strict):
     state: str | None = Field(
         None,
         description="SQLite file shared by the workers (outcome deltas and snapshots); default: "
-        "beside a SQLite trace store (<db>.learner), in memory with memory://",
+        "the gateway's `state: redis://...` (replicas on several hosts), else beside a SQLite trace "
+        "store (<db>.learner), in memory with memory://",
     )
     sync_interval_s: float = Field(
         1.0, gt=0, description="how often a worker applies the outcomes other workers recorded"
