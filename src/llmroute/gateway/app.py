@@ -346,6 +346,9 @@ class Gateway:
             return
         self._started = False
         self.errors.flush()  # the counts of errors not logged yet
+        from llmroute.gateway.reload import close_runtimes
+
+        await close_runtimes(self)  # a config reload's runtimes, while the store is open
         for b in self.backends.values():
             with contextlib.suppress(Exception):
                 await b.close()
@@ -365,9 +368,6 @@ class Gateway:
         self.keyman.close()
         if self.state is not None:
             self.state.close()
-        from llmroute.gateway.reload import close_runtimes
-
-        await close_runtimes(self)  # a config reload's runtimes (and those still draining)
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

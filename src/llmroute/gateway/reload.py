@@ -360,8 +360,9 @@ async def _close(rt: Gateway, keep: set[int], keep_http: bool, new_guard: Any) -
 
 
 async def close_runtimes(gateway: Gateway) -> None:
-    """At shutdown of the served `gateway` (which closed its own parts): close the runtime a reload
-    swapped in and those still draining."""
+    """At shutdown of the served `gateway`, before it closes its own parts (the store stays open
+    for the learners' last outcomes): close the runtime a reload swapped in and those still
+    draining; what they share with `gateway` is left to it."""
     for task in list(gateway.__dict__.get("_draining", ())):
         task.cancel()
         with contextlib.suppress(BaseException):
