@@ -208,6 +208,7 @@ class Gateway:
             breaker_cooldown_s=srv.breaker_cooldown_s,
             max_fallbacks=srv.max_fallbacks,
             on_breaker=self.metrics.set_breaker,
+            on_deployment_breaker=self.metrics.set_deployment_breaker,
             state=self.state,
         )
         self.auth = shared.auth if shared is not None else Authenticator(config.keys, state=self.state)
@@ -666,7 +667,7 @@ class Gateway:
                         if cascade is not None
                         else self.pricing.max_cost(decision, body)
                     )
-                    reservation = self.budgets.reserve(key, hold)
+                    reservation = await self.budgets.reserve_async(key, hold)
             except GatewayError as e:
                 await self.reject(send, e, rid, ctx, decision, t0, api.error_body(e))
                 return
@@ -695,7 +696,7 @@ class Gateway:
                 else self.pricing.estimated_cost(model, body, response_text(resp))
             )
             if reservation is not None:
-                self.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+                await self.budgets.commit_async(reservation, usage[2])  # type: ignore[union-attr]
             if self.guard is not None:
                 self.guard.store(ctx, resp)
             reason = decision.reason if model == decision.model else f"{decision.reason} fallback={model}"

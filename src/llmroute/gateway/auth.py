@@ -565,12 +565,7 @@ class BudgetManager:
         if key is None:
             return Reservation(None, 0.0, settled=True)
         kid = key if isinstance(key, str) else key.id
-        cfg = self.keys.get(kid)
-        amount = max(0.0, float(max_cost))
-        now = self.clock()
-        span = self._span
-        if not span[0] <= now < span[1]:
-            span = self._span = _day_span(now)
+        cfg, amount, now, span = self._request(kid, max_cost)
         day, month = span[2], span[3]
         ledger = self._ledger
         if ledger is not None and kid in ledger:
@@ -579,22 +574,8 @@ class BudgetManager:
             try:
                 refused = ledger.reserve(kid, span[4], span[5], bd, bm, amount)
             except StateUnavailable as e:
-                if self._state is None or self._state.on_error == "fail_closed":
-                    raise GatewayError(
-                        503,
-                        f"The budget state for API key '{kid}' is unavailable (the shared Redis does not "
-                        "answer) and this gateway is set to on_state_error: fail_closed. Retry shortly.",
-                        type="api_error",
-                        code="state_unavailable",
-                        headers={"Retry-After": "1"},
-                        key_id=kid,
-                    ) from e
-                # fail_open: admitted without a hold; the cost is added to the books on commit
-                return Reservation(kid, 0.0, day, month, day_no=span[4], month_no=span[5])
-            if refused is not None:
-                name, spent, reserved = refused
-                raise self._exhausted(kid, name, bd if name == "day" else bm, spent, reserved, now)  # type: ignore[arg-type]
-            return Reservation(kid, amount, day, month, day_no=span[4], month_no=span[5])
+                return self._unavailable(kid, span, e)
+            return self._held(kid, cfg, amount, now, span, refused)
         with self._lock:
             rd = self._row(kid, day)
             rm = self._row(kid, month)
@@ -607,6 +588,65 @@ class BudgetManager:
             rd[1] += amount
             rm[1] += amount
         return Reservation(kid, amount, day, month)
+
+    async def reserve_async(self, key: ApiKey | str | None, max_cost: float) -> Reservation:
+        """`reserve` for the event loop: with Redis state (`RedisLedger.reserve_async`) the hold
+        is one auto-pipelined call that does not block the loop; otherwise `reserve`."""
+        ledger = self._ledger
+        kid = key.id if isinstance(key, ApiKey) else key
+        if kid is None or ledger is None or kid not in ledger or not hasattr(ledger, "reserve_async"):
+            return self.reserve(key, max_cost)
+        cfg, amount, now, span = self._request(kid, max_cost)
+        bd = cfg.budget_usd_day if cfg else None
+        bm = cfg.budget_usd_month if cfg else None
+        try:
+            refused = await ledger.reserve_async(kid, span[4], span[5], bd, bm, amount)
+        except StateUnavailable as e:
+            return self._unavailable(kid, span, e)
+        return self._held(kid, cfg, amount, now, span, refused)
+
+    def _request(
+        self, kid: str, max_cost: float
+    ) -> tuple[ApiKey | None, float, float, tuple[float, float, str, str, int, int]]:
+        """(key config, amount to hold, now, the current UTC day's span) for a reservation."""
+        now = self.clock()
+        span = self._span
+        if not span[0] <= now < span[1]:
+            span = self._span = _day_span(now)
+        return self.keys.get(kid), max(0.0, float(max_cost)), now, span
+
+    def _unavailable(
+        self, kid: str, span: tuple[float, float, str, str, int, int], e: StateUnavailable
+    ) -> Reservation:
+        """The ledger (Redis) failed: 503 under fail_closed, else admitted without a hold."""
+        if self._state is None or self._state.on_error == "fail_closed":
+            raise GatewayError(
+                503,
+                f"The budget state for API key '{kid}' is unavailable (the shared Redis does not "
+                "answer) and this gateway is set to on_state_error: fail_closed. Retry shortly.",
+                type="api_error",
+                code="state_unavailable",
+                headers={"Retry-After": "1"},
+                key_id=kid,
+            ) from e
+        # fail_open: admitted without a hold; the cost is added to the books on commit
+        return Reservation(kid, 0.0, span[2], span[3], day_no=span[4], month_no=span[5])
+
+    def _held(
+        self,
+        kid: str,
+        cfg: ApiKey | None,
+        amount: float,
+        now: float,
+        span: tuple[float, float, str, str, int, int],
+        refused: tuple[str, float, float] | None,
+    ) -> Reservation:
+        """The ledger's answer: the reservation, or 429 when a budget is spent."""
+        if refused is not None:
+            name, spent, reserved = refused
+            budget = cfg.budget_usd_day if name == "day" else cfg.budget_usd_month  # type: ignore[union-attr]
+            raise self._exhausted(kid, name, budget, spent, reserved, now)  # type: ignore[arg-type]
+        return Reservation(kid, amount, span[2], span[3], day_no=span[4], month_no=span[5])
 
     def commit(self, res: Reservation, actual_cost: float) -> None:
         """Settle `res` with the actual cost (USD) of the request; later calls are no-ops."""
@@ -632,6 +672,27 @@ class BudgetManager:
                     row = self._row(res.key_id or "", period)
                     row[1] = max(0.0, row[1] - res.amount)
                     row[0] += actual
+        self._store_spend(res, actual)
+
+    async def commit_async(self, res: Reservation, actual_cost: float) -> None:
+        """`commit` for the event loop: with Redis state (`RedisLedger.settle_async`) it returns
+        once Redis has booked the cost (or queued it while Redis is down), without blocking
+        the loop meanwhile; otherwise `commit`. Answer the client after this returns."""
+        ledger = self._ledger
+        if res.settled or ledger is None or res.key_id not in ledger or not hasattr(ledger, "settle_async"):
+            self.commit(res, actual_cost)
+            return
+        actual = max(0.0, float(actual_cost))
+        with self._lock:
+            if res.settled:
+                return
+            res.settled = True
+        day_no, month_no = (res.day_no, res.month_no) if res.day_no else _period_numbers(res.day, res.month)
+        await ledger.settle_async(res.key_id, day_no, month_no, res.amount, actual)
+        self._store_spend(res, actual)
+
+    def _store_spend(self, res: Reservation, actual: float) -> None:
+        """Add a settled cost to the trace store's spend history (the ledgers' seed)."""
         if actual > 0 and self.store is not None and res.key_id is not None:
             self.store.add_spend(res.key_id, res.day, actual)
             self.store.add_spend(res.key_id, res.month, actual)

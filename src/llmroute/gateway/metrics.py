@@ -11,6 +11,7 @@ Interface for the gateway core::
     metrics.observe_error(model, alias, kind="timeout")        # each failed upstream attempt
     metrics.observe_fallback(alias, from_model, to_model, reason="5xx")
     metrics.set_breaker(model, "open" | "half_open" | "closed")
+    metrics.set_deployment_breaker(model, deployment, "open" | "half_open" | "closed")
     metrics.observe_cache(hit=True, kind="exact")
     metrics.observe_rejection(status=429, reason="budget", key_id="team-a")  # 401/403/429/4xx
     metrics.observe_decision(model="fake-weak", alias="llmroute/auto")  # POST /v1/route answered
@@ -45,6 +46,7 @@ Series (all prefixed `llmroute_`)::
     cost_usd_total{model,alias}                    errors_total{model,alias,kind}
     fallbacks_total{alias,from_model,to_model,reason}   breaker_state{model} (0 closed, 1 half-open, 2 open)
     breaker_transitions_total{model,state}          cache_total{kind,result=hit|miss}
+    deployment_breaker_state{model,deployment}     deployment_breaker_transitions_total{model,deployment,state}
     rejections_total{status,reason,key_id}          stream_requests_total{model,alias}
     route_decisions_total{model,alias}              (POST /v1/route: decisions without a call)
     cascade_steps_total{alias,model,result}         cascade_requests_total{alias,stop}
@@ -211,6 +213,8 @@ class GatewayMetrics:
         self._learning_outcomes: dict[tuple[str, str, str], int] = {}
         self._breaker: dict[str, float] = {}
         self._breaker_transitions: dict[tuple[str, str], int] = {}
+        self._dep_breaker: dict[tuple[str, str], float] = {}
+        self._dep_breaker_transitions: dict[tuple[str, str, str], int] = {}
         self._store: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
@@ -326,6 +330,18 @@ class GatewayMetrics:
                 self._breaker_transitions[k] = self._breaker_transitions.get(k, 0) + 1
                 self._dirty = True
             self._breaker[model] = value
+
+    def set_deployment_breaker(self, model: str, deployment: str, state: str) -> None:
+        """Set the circuit-breaker state of one deployment of `model` (`models[].deployments`)."""
+        value = _BREAKER.get(state)
+        if value is None:
+            raise ValueError(f"breaker state must be one of closed, half_open, open; got {state!r}")
+        with self._lock:
+            if self._dep_breaker.get((model, deployment), 0.0) != value:
+                k = (model, deployment, state)
+                self._dep_breaker_transitions[k] = self._dep_breaker_transitions.get(k, 0) + 1
+                self._dirty = True
+            self._dep_breaker[(model, deployment)] = value
 
     def bind_store(self, store: Any) -> None:
         """Export a trace store's queue depth and written/dropped counters (`store.stats()`)."""
@@ -457,6 +473,8 @@ class GatewayMetrics:
                 "learning_outcomes": dict(self._learning_outcomes),
                 "breaker": {(m,): v for m, v in self._breaker.items()},
                 "breaker_transitions": dict(self._breaker_transitions),
+                "deployment_breaker": dict(self._dep_breaker),
+                "deployment_breaker_transitions": dict(self._dep_breaker_transitions),
                 "hists": hists,
             }
         store = self._store
@@ -566,6 +584,20 @@ class GatewayMetrics:
             "Circuit breaker state changes.",
             ["model", "state"],
             state["breaker_transitions"],
+        )
+        g = GaugeMetricFamily(
+            f"{p}_deployment_breaker_state",
+            "Circuit breaker of one deployment of a model: 0 closed, 1 half-open, 2 open (the most open over workers).",
+            labels=["model", "deployment"],
+        )
+        for (model, dep), v in sorted(state["deployment_breaker"].items()):
+            g.add_metric([model, dep], v)
+        yield g
+        yield _counter(
+            f"{p}_deployment_breaker_transitions",
+            "Circuit breaker state changes of the deployments of a model.",
+            ["model", "deployment", "state"],
+            state["deployment_breaker_transitions"],
         )
         hists = state["hists"]
         yield _histogram(
@@ -703,6 +735,8 @@ _PLAIN = (
     "learning_outcomes",
     "breaker",
     "breaker_transitions",
+    "deployment_breaker",
+    "deployment_breaker_transitions",
 )
 
 
@@ -734,7 +768,7 @@ def _merge(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for st in states:
         for k in _PLAIN:
             acc = out[k]
-            if k == "breaker":
+            if k in ("breaker", "deployment_breaker"):
                 for key, v in st[k].items():
                     acc[key] = max(acc.get(key, 0.0), v)
             else:

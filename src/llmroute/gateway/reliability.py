@@ -12,6 +12,7 @@ reported by `StreamResult` so the app can end the stream with an error event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,9 +26,19 @@ __all__ = ["Attempt", "CircuitBreaker", "Executor", "StreamStart"]
 
 class CircuitBreaker:
     """Per-backend breaker: closed -> open after `failures` consecutive failures -> half-open after
-    `cooldown_s` (one probe at a time) -> closed on a probe success, open again on a failure."""
+    `cooldown_s` (one probe at a time) -> closed on a probe success, open again on a failure.
+    `on_change(state)`, if set, hears every change of state (a deployment's breaker: /metrics)."""
 
-    __slots__ = ("clock", "consecutive", "cooldown_s", "failures", "opened_at", "probing", "state")
+    __slots__ = (
+        "clock",
+        "consecutive",
+        "cooldown_s",
+        "failures",
+        "on_change",
+        "opened_at",
+        "probing",
+        "state",
+    )
 
     def __init__(
         self, failures: int = 5, cooldown_s: float = 10.0, clock: Callable[[], float] = time.monotonic
@@ -39,6 +50,7 @@ class CircuitBreaker:
         self.consecutive = 0
         self.opened_at = 0.0
         self.probing = False
+        self.on_change: Callable[[str], None] | None = None
 
     def allow(self) -> bool:
         """Whether a call may go to this backend now (claims the half-open probe slot if so)."""
@@ -49,6 +61,8 @@ class CircuitBreaker:
                 return False
             self.state = "half_open"
             self.probing = False
+            if self.on_change is not None:
+                self.on_change("half_open")
         if self.probing:
             return False
         self.probing = True
@@ -58,16 +72,20 @@ class CircuitBreaker:
         """Record a successful call."""
         self.consecutive = 0
         self.probing = False
-        self.state = "closed"
+        if self.state != "closed":
+            self.state = "closed"
+            if self.on_change is not None:
+                self.on_change("closed")
 
     def failure(self) -> None:
         """Record a failed call (only failures of the backend, not of the request)."""
         self.consecutive += 1
         self.probing = False
-        if self.state == "half_open" or self.consecutive >= self.failures:
-            if self.state != "open":
-                self.opened_at = self.clock()
+        if self.state != "open" and (self.state == "half_open" or self.consecutive >= self.failures):
+            self.opened_at = self.clock()
             self.state = "open"
+            if self.on_change is not None:
+                self.on_change("open")
 
 
 @dataclass
@@ -156,6 +174,7 @@ class Executor:
         max_fallbacks: int = 3,
         on_breaker: Callable[[str, str], None] | None = None,
         state: Any = None,
+        on_deployment_breaker: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.backends = backends
         # a llmroute.gateway.state.RedisState: breakers opened by other replicas open here too
@@ -166,6 +185,10 @@ class Executor:
         self.breakers = {n: CircuitBreaker(breaker_failures, breaker_cooldown_s) for n in backends}
         self.limits = {n: asyncio.Semaphore(b.cfg.max_concurrency) for n, b in backends.items()}
         self.on_breaker = on_breaker
+        if on_deployment_breaker is not None:  # (model, deployment, state) of each deployment's breaker
+            for name, b in backends.items():
+                for d in getattr(b, "deployments", ()):
+                    d.breaker.on_change = functools.partial(on_deployment_breaker, name, d.name)
 
     def _order(self, ranked: list[str]) -> list[str]:
         """Candidates to try: usable ones first, then open breakers, then backends without credentials."""

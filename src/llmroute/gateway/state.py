@@ -19,6 +19,14 @@ file (one host, `llmroute.gateway.ledger`) and its circuit breakers in each proc
   expires; a breaker that closes deletes it;
 - the response cache (`cache:` with no `backend`), under `llmroute:cache:`.
 
+The gateway's request path reserves and settles with `RedisLedger.reserve_async` /
+`settle_async`: every command issued in one event-loop pass goes out in one write on one asyncio
+connection per process (auto-pipelining, `_AutoPipe`), and the replies come back in order to the
+waiting requests, so the event loop never blocks on Redis and a busy gateway pays one round trip
+per batch, not per request. Each script is still atomic on the server (the bound above holds),
+and `settle_async` returns only once Redis has applied the settle, so the answer still goes out
+after its cost is booked.
+
 Keys are under `prefix` (default `llmroute:`): `b:<key id>` (hash d, ds, dr, m, ms, mr: day
 number, day spent, day reserved, month number, month spent, month reserved, in USD),
 `r:<key id>` (hash t, s: tokens, stamp), `holds:<replica>` (hash `<key id>:d|dr|m|mr`),
@@ -37,6 +45,7 @@ until an operation succeeds again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -44,6 +53,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -65,6 +75,269 @@ Initial = Callable[[Sequence[str]], Mapping[str, tuple[float, float, float, floa
 
 class StateUnavailable(RuntimeError):
     """The shared state (Redis) cannot be reached now."""
+
+
+class ReplyError(Exception):
+    """An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`)."""
+
+
+_NOTHING: Any = object()
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _encode(args: Sequence[Any]) -> bytes:
+    """One command in RESP (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _RespReader:
+    """Incremental RESP2 reply parser: `feed` bytes, then `gets` until it returns `_NOTHING`.
+    Bulk strings are bytes, status replies str, error replies `ReplyError` instances (returned,
+    not raised), nil None."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def gets(self) -> Any:
+        try:
+            value, pos = self._parse(self._pos)
+        except _Incomplete:
+            return _NOTHING
+        if pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = pos
+        return value
+
+    def _parse(self, pos: int) -> tuple[Any, int]:
+        buf = self._buf
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            raise _Incomplete
+        kind, line, pos = buf[pos], bytes(buf[pos + 1 : end]), end + 2
+        if kind == 36:  # $ bulk string
+            n = int(line)
+            if n < 0:
+                return None, pos
+            if len(buf) < pos + n + 2:
+                raise _Incomplete
+            return bytes(buf[pos : pos + n]), pos + n + 2
+        if kind == 42:  # * array
+            n = int(line)
+            if n < 0:
+                return None, pos
+            items = []
+            for _ in range(n):
+                item, pos = self._parse(pos)
+                items.append(item)
+            return items, pos
+        if kind == 58:  # : integer
+            return int(line), pos
+        if kind == 43:  # + status
+            return line.decode(), pos
+        if kind == 45:  # - error
+            return ReplyError(line.decode(errors="replace")), pos
+        raise ConnectionError(f"unexpected reply from Redis (type byte {kind!r})")
+
+
+class _AutoPipe:
+    """One asyncio connection to Redis that auto-pipelines: every command `call`ed in one
+    event-loop pass is written at the end of that pass as one write, and the replies (Redis
+    answers in order on a connection) resolve the callers' futures in order.
+
+    Connects on first use (with AUTH / SELECT from the URL); a broken connection, or no reply
+    for `timeout_s` while replies are awaited, fails every waiting future with `ConnectionError`
+    / `TimeoutError` and the next call connects again. A command once `call`ed is written even if
+    its caller was cancelled meanwhile: its reply (or failure) then goes to its `orphan` callback,
+    if any, else nowhere.
+    """
+
+    def __init__(self, url: str, timeout_s: float, loop: asyncio.AbstractEventLoop) -> None:
+        from redis.connection import parse_url
+
+        self.loop = loop
+        self.timeout_s = timeout_s
+        opts = parse_url(url)
+        self._path: str | None = opts.get("path")
+        self._host = str(opts.get("host") or "localhost")
+        self._port = int(opts.get("port") or 6379)
+        self._ssl = url.startswith("rediss://")
+        hello: list[Sequence[Any]] = []
+        if opts.get("password") is not None:
+            user = opts.get("username")
+            hello.append(("AUTH", user, opts["password"]) if user else ("AUTH", opts["password"]))
+        if int(opts.get("db") or 0):
+            hello.append(("SELECT", int(opts["db"])))
+        self._hello = [_encode(c) for c in hello]
+        self._conn: _PipeConnection | None = None  # the open connection
+        self._connecting = False
+        self._out: list[bytes] = []  # commands not yet written
+        self._out_futs: list[tuple[asyncio.Future[Any] | None, Orphan | None]] = []
+        self._waiting: deque[tuple[asyncio.Future[Any] | None, Orphan | None]] = deque()  # written
+        self._flush_soon = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._replies = 0  # replies received (the timeout's progress mark)
+        self.writes = 0  # batches written (each one write of all the commands of a loop pass)
+
+    def call(self, *args: Any, orphan: Orphan | None = None) -> asyncio.Future[Any]:
+        """Queue one command; the future gets its reply (a `ReplyError` for an error reply).
+        Should the future be cancelled first, `orphan(reply or exception)` gets it instead."""
+        fut = self.loop.create_future()
+        self._out.append(_encode(args))
+        self._out_futs.append((fut, orphan))
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def close(self) -> None:
+        """Close the connection (waiting calls fail)."""
+        self._abort(ConnectionError("the connection to Redis was closed"))
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if not self._out:
+            return
+        conn = self._conn
+        if conn is None:
+            if not self._connecting:
+                self._connecting = True
+                self.loop.create_task(self._connect())
+            return
+        data = b"".join(self._out)
+        self._waiting.extend(self._out_futs)
+        self._out.clear()
+        self._out_futs.clear()
+        conn.transport.write(data)
+        self.writes += 1
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.timeout_s, self._check, self._replies)
+
+    async def _connect(self) -> None:
+        try:
+            if self._path:
+                coro = self.loop.create_unix_connection(lambda: _PipeConnection(self), self._path)
+            else:
+                coro = self.loop.create_connection(
+                    lambda: _PipeConnection(self), self._host, self._port, ssl=True if self._ssl else None
+                )
+            _, conn = await asyncio.wait_for(coro, self.timeout_s)
+        except Exception as e:
+            self._connecting = False
+            self._fail(ConnectionError(f"cannot connect to Redis: {type(e).__name__}"))
+            return
+        self._connecting = False
+        self._conn = conn
+        if self._hello:  # AUTH / SELECT first: their replies are checked in _received
+            self._out[:0] = self._hello
+            self._out_futs[:0] = [(None, None)] * len(self._hello)
+        self._flush()
+
+    def _check(self, mark: int) -> None:
+        """The timeout: replies are awaited and none came for `timeout_s`: drop the connection."""
+        self._timer = None
+        if not self._waiting:
+            return
+        if self._replies == mark:
+            self._abort(TimeoutError(f"Redis did not answer within {self.timeout_s} s"))
+        else:
+            self._timer = self.loop.call_later(self.timeout_s, self._check, self._replies)
+
+    def _received(self, conn: _PipeConnection, data: bytes) -> None:
+        if conn is not self._conn:
+            return
+        reader = conn.reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except Exception as e:  # a garbled reply: nothing after it can be trusted
+                self._abort(ConnectionError(f"bad reply from Redis: {e}"))
+                return
+            if reply is _NOTHING:
+                return
+            self._replies += 1
+            if not self._waiting:
+                self._abort(ConnectionError("a reply from Redis that no command waited for"))
+                return
+            fut, orphan = self._waiting.popleft()
+            if fut is None:  # AUTH / SELECT
+                if isinstance(reply, ReplyError):
+                    self._abort(ConnectionError(f"Redis refused the connection setup: {reply}"))
+                    return
+            elif not fut.done():
+                fut.set_result(reply)
+            elif orphan is not None:
+                _orphaned(orphan, reply)
+
+    def _lost(self, conn: _PipeConnection) -> None:
+        if conn is self._conn:
+            self._conn = None
+            self._fail(ConnectionError("the connection to Redis was lost"))
+
+    def _abort(self, exc: Exception) -> None:
+        conn, self._conn = self._conn, None
+        self._fail(exc)
+        if conn is not None:
+            conn.transport.abort()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        futs = [*self._waiting, *self._out_futs]
+        self._waiting.clear()
+        self._out.clear()
+        self._out_futs.clear()
+        for fut, orphan in futs:
+            if fut is None:
+                continue
+            if not fut.done():
+                fut.set_exception(exc)
+            elif orphan is not None:
+                _orphaned(orphan, exc)
+
+
+Orphan = Callable[[Any], None]
+
+
+def _orphaned(orphan: Orphan, reply: Any) -> None:
+    """Hand a cancelled caller's reply (or failure) to its `orphan` callback."""
+    try:
+        orphan(reply)
+    except Exception:  # a bug: never let it break the connection's other replies
+        log.exception("handling the Redis reply of a cancelled request failed")
+
+
+class _PipeConnection(asyncio.Protocol):
+    """One connection of an `_AutoPipe` (a new one per reconnect, so a late event of an old
+    connection cannot touch the new one)."""
+
+    def __init__(self, pipe: _AutoPipe) -> None:
+        self.pipe = pipe
+        self.reader = _RespReader()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe._received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe._lost(self)
 
 
 # KEYS: budget hash, this replica's holds, its alive key, replicas set
@@ -185,7 +458,9 @@ class RedisState:
     """One gateway process's connection to the shared state (see the module docstring).
 
     `url` is a redis:// (or rediss://, unix://) URL; `client` (tests) replaces the connection
-    made from it. Nothing connects until the first operation.
+    made from it (and then the `*_async` operations run on it too, blocking). Nothing connects
+    until the first operation. Blocking operations use redis-py's client; the `*_async` ones an
+    auto-pipelined asyncio connection per event loop (`_AutoPipe`).
     """
 
     def __init__(
@@ -207,6 +482,8 @@ class RedisState:
         self.on_error: OnError = on_error
         self.prefix = prefix
         self.retry_s = float(retry_s)
+        self.timeout_s = float(timeout_s)
+        self._own_client = client is None
         self.heartbeat_ttl_s = float(heartbeat_ttl_s)
         self.reclaim_interval_s = float(reclaim_interval_s)
         self.breaker_refresh_s = float(breaker_refresh_s)
@@ -227,7 +504,8 @@ class RedisState:
         self._next_try = 0.0
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int, float, float]] = []  # settles queued while degraded
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, str] = {}  # script text -> SHA1
+        self._pipe: _AutoPipe | None = None
         self._breakers: dict[str, tuple[float, float]] = {}  # model -> (checked at, open until)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -238,12 +516,16 @@ class RedisState:
         """A Redis key under this state's prefix."""
         return self.prefix + ":".join(parts)
 
-    def eval(self, text: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run Lua script `text` by its SHA1 (loading it once per server: again after a restart);
-        raises StateUnavailable like `run`."""
+    def _sha(self, text: str) -> str:
         sha = self._scripts.get(text)
         if sha is None:
             sha = self._scripts[text] = hashlib.sha1(text.encode()).hexdigest()
+        return sha
+
+    def eval(self, text: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run Lua script `text` by its SHA1 (loading it once per server: again after a restart);
+        raises StateUnavailable like `run`."""
+        sha = self._sha(text)
 
         def call(c: Any) -> Any:
             try:
@@ -264,13 +546,47 @@ class RedisState:
         try:
             out = fn(self.client)
         except Exception as e:  # redis.RedisError, OSError: any failure of the state backend
-            with self._lock:
-                self.errors += 1
-                if not self.degraded:
-                    log.warning("shared state %s unavailable (%s); degraded", self._where(), type(e).__name__)
-                self.degraded = True
-                self._next_try = time.monotonic() + self.retry_s
-            raise StateUnavailable(f"the shared state (Redis) is unavailable: {type(e).__name__}") from e
+            raise self._failed(e) from e
+        if self.degraded:
+            self._recover()
+        return out
+
+    def _failed(self, e: Exception) -> StateUnavailable:
+        """Count a failed operation and mark the state degraded; the error to raise."""
+        with self._lock:
+            self.errors += 1
+            if not self.degraded:
+                log.warning("shared state %s unavailable (%s); degraded", self._where(), type(e).__name__)
+            self.degraded = True
+            self._next_try = time.monotonic() + self.retry_s
+        return StateUnavailable(f"the shared state (Redis) is unavailable: {type(e).__name__}")
+
+    async def eval_async(
+        self, text: str, keys: Sequence[str], args: Sequence[Any], *, orphan: Orphan | None = None
+    ) -> Any:
+        """`eval` without blocking the event loop: the EVALSHA joins this loop pass's pipeline
+        (`_AutoPipe`). Raises StateUnavailable like `run`. A caller cancelled while waiting:
+        the script still runs and `orphan` gets its reply (a `ReplyError`, e.g. NOSCRIPT: it did
+        not run) or the connection's exception (unknown whether it ran). With a `client` given
+        (tests) it is `eval`."""
+        if not self._own_client:
+            return self.eval(text, keys, args)
+        if self.degraded and time.monotonic() < self._next_try:
+            raise StateUnavailable("the shared state (Redis) is unavailable")
+        loop = asyncio.get_running_loop()
+        pipe = self._pipe
+        if pipe is None or pipe.loop is not loop:
+            pipe = self._pipe = _AutoPipe(self.url, self.timeout_s, loop)
+        sha = self._sha(text)
+        try:
+            out = await pipe.call("EVALSHA", sha, len(keys), *keys, *args, orphan=orphan)
+            if isinstance(out, ReplyError) and str(out).startswith("NOSCRIPT"):
+                pipe.call("SCRIPT", "LOAD", text).add_done_callback(_retrieve)  # answered first
+                out = await pipe.call("EVALSHA", sha, len(keys), *keys, *args, orphan=orphan)
+            if isinstance(out, ReplyError):
+                raise out
+        except Exception as e:  # ConnectionError, TimeoutError, ReplyError
+            raise self._failed(e) from e
         if self.degraded:
             self._recover()
         return out
@@ -410,6 +726,10 @@ class RedisState:
             self.client.delete(self.key("alive", self.replica))
         with contextlib.suppress(Exception):
             self.client.close()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            with contextlib.suppress(Exception):  # its loop may be closed already
+                pipe.close()
 
 
 class RedisLedger:
@@ -430,6 +750,8 @@ class RedisLedger:
         self.lease_s = 1.0
         self._leases: dict[str, tuple[float, float]] = {}  # key id -> (tokens left, lapses at)
         self._last_reclaim = -float("inf")
+        self._background: set[asyncio.Future[Any]] = set()  # give-backs and top-ups under way
+        self._topping: set[str] = set()  # key ids whose lease is being topped up
         state.start_heartbeat()
         with contextlib.suppress(StateUnavailable):
             state.reclaim()
@@ -477,6 +799,55 @@ class RedisLedger:
     ) -> tuple[str, float, float] | None:
         """As `SharedLedger.reserve`, atomic across every replica on this Redis."""
         st = self.state
+        keys, args = self._reserve_args(key_id, day, month, budget_day, budget_month, amount)
+        out = st.eval(_RESERVE, keys, args)
+        if out and self._reclaim_due():
+            with contextlib.suppress(StateUnavailable):
+                if st.reclaim():  # a dead replica's holds were given back: try once more
+                    out = st.eval(_RESERVE, keys, args)
+        return _refusal(out)
+
+    async def reserve_async(
+        self,
+        key_id: str,
+        day: int,
+        month: int,
+        budget_day: float | None,
+        budget_month: float | None,
+        amount: float,
+    ) -> tuple[str, float, float] | None:
+        """`reserve` without blocking the event loop (auto-pipelined with the other requests'
+        commands). A caller cancelled while waiting gets its hold given back once Redis answers."""
+        st = self.state
+        keys, args = self._reserve_args(key_id, day, month, budget_day, budget_month, amount)
+
+        def give_back(out: Any) -> None:  # the caller was cancelled: release a granted hold
+            if out is None:
+                self._spawn(self.settle_async(key_id, day, month, amount, 0.0))
+
+        out = await st.eval_async(_RESERVE, keys, args, orphan=give_back)
+        if out and self._reclaim_due():
+            with contextlib.suppress(StateUnavailable):
+                if await st.eval_async(_RECLAIM, [st.key("replicas")], [st.prefix, st.replica]):
+                    out = await st.eval_async(_RESERVE, keys, args, orphan=give_back)
+        return _refusal(out)
+
+    def _spawn(self, coro: Any) -> None:
+        """Run `coro` in the background on the running loop (kept referenced until done)."""
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    def _reserve_args(
+        self,
+        key_id: str,
+        day: int,
+        month: int,
+        budget_day: float | None,
+        budget_month: float | None,
+        amount: float,
+    ) -> tuple[list[str], list[Any]]:
+        st = self.state
         keys = [
             st.key("b", key_id),
             st.key("holds", st.replica),
@@ -493,24 +864,48 @@ class RedisLedger:
             int(st.heartbeat_ttl_s * 1000),
             st.replica,
         ]
-        out = st.eval(_RESERVE, keys, args)
-        if out:
-            now = time.monotonic()
-            if now - self._last_reclaim >= st.reclaim_interval_s:
-                self._last_reclaim = now
-                with contextlib.suppress(StateUnavailable):
-                    if st.reclaim():  # a dead replica's holds were given back: try once more
-                        out = st.eval(_RESERVE, keys, args)
-        if out:
-            name, spent, reserved = out
-            return _s(name), float(spent), float(reserved)
-        return None
+        return keys, args
+
+    def _reclaim_due(self) -> bool:
+        """Whether a refused reservation may look for dead replicas' holds now (at most once per
+        `reclaim_interval_s`)."""
+        now = time.monotonic()
+        if now - self._last_reclaim < self.state.reclaim_interval_s:
+            return False
+        self._last_reclaim = now
+        return True
 
     def settle(self, key_id: str, day: int, month: int, amount: float, actual: float) -> None:
         """As `SharedLedger.settle`; while Redis is down the cost is queued for its return."""
         st = self.state
         try:
             st._settle(key_id, day, month, amount, actual)
+        except StateUnavailable:
+            with st._lock:
+                st._pending.append((key_id, day, month, amount, actual))
+
+    async def settle_async(self, key_id: str, day: int, month: int, amount: float, actual: float) -> None:
+        """`settle` without blocking the event loop; returns once Redis has applied it (the cost
+        is then booked: a kill -9 of this process after that loses nothing), or once it is
+        queued for Redis's return when Redis fails. A caller cancelled meanwhile does not stop
+        it: the settle still lands (or is queued)."""
+        st = self.state
+
+        def orphan(out: Any) -> None:  # the caller was cancelled; the settle must still land
+            if isinstance(out, ReplyError):  # it did not run (NOSCRIPT): again, in the background
+                self._spawn(self.settle_async(key_id, day, month, amount, actual))
+            elif isinstance(out, BaseException):  # unknown: as a failed settle, queued
+                st._failed(out)
+                with st._lock:
+                    st._pending.append((key_id, day, month, amount, actual))
+
+        try:
+            await st.eval_async(
+                _SETTLE,
+                [st.key("b", key_id), st.key("holds", st.replica)],
+                [day, month, repr(float(amount)), repr(float(actual)), key_id],
+                orphan=orphan,
+            )
         except StateUnavailable:
             with st._lock:
                 st._pending.append((key_id, day, month, amount, actual))
@@ -537,16 +932,24 @@ class RedisLedger:
 
         A key with a large bucket is served in leases: one Redis call takes up to
         `lease_share` of the bucket (at most `max_lease` tokens, at least `n`), spent here
-        until used up or `lease_s` old (the rest then lapses). The shared limit is never
-        exceeded; a replica leaves at most one lease unused per `lease_s`. Buckets under
-        1 / `lease_share` tokens take one token per call (exact)."""
+        until used up or `lease_s` old (the rest then lapses). Called on an event loop, a lease
+        down to half is topped up in the background (`_top_up`, auto-pipelined), so the loop
+        rarely waits for Redis. Every token is taken from the shared bucket, so the shared
+        limit is never exceeded; a replica leaves at most one lease and one top-up unused per
+        `lease_s`. Buckets under 1 / `lease_share` tokens take one token per call (exact)."""
         st = self.state
         now_m = time.monotonic()
         lease = self._leases.get(key_id)
-        if lease is not None and lease[0] >= n and now_m < lease[1]:
-            self._leases[key_id] = (lease[0] - n, lease[1])
-            return 0.0
         want = max(float(n), min(self.max_lease, math.floor(capacity * self.lease_share)))
+        if lease is not None and lease[0] >= n and now_m < lease[1]:
+            left = lease[0] - n
+            self._leases[key_id] = (left, lease[1])
+            if left < want / 2 and want > n and key_id not in self._topping and st._own_client:
+                loop = asyncio._get_running_loop()
+                if loop is not None:
+                    self._topping.add(key_id)
+                    self._spawn(self._top_up(key_id, rate, capacity, want))
+            return 0.0
         try:
             got, wait = st.eval(
                 _TAKE,
@@ -561,8 +964,39 @@ class RedisLedger:
         self._leases.pop(key_id, None)
         return float(wait)
 
+    async def _top_up(self, key_id: str, rate: float, capacity: float, want: float) -> None:
+        """Add up to `want` tokens of the shared bucket to this process's lease of `key_id`."""
+        st = self.state
+        try:
+            got, _ = await st.eval_async(
+                _TAKE, [st.key("r", key_id)], [repr(float(rate)), repr(float(capacity)), "1", repr(want)]
+            )
+        except StateUnavailable:
+            return
+        finally:
+            self._topping.discard(key_id)
+        if float(got) > 0:
+            now_m = time.monotonic()
+            lease = self._leases.get(key_id)
+            left = lease[0] if lease is not None and now_m < lease[1] else 0.0
+            self._leases[key_id] = (left + float(got), now_m + self.lease_s)
+
     def close(self) -> None:
         """Nothing to release per ledger (the `RedisState` owns the connection)."""
+
+
+def _refusal(out: Any) -> tuple[str, float, float] | None:
+    """The reserve script's answer: None (held) or (period, spent, reserved)."""
+    if out:
+        name, spent, reserved = out
+        return _s(name), float(spent), float(reserved)
+    return None
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """A done-callback for a future nobody awaits: its exception is retrieved (no warning)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _s(x: Any) -> str:
