@@ -196,7 +196,7 @@ def test_pipelined_batches_equal_the_one_pass_estimates(
 ) -> None:
     """Large batches are estimated chunk by chunk on threads while the next chunk is featurised:
     same estimates (to float rounding), same decisions, same order as one pass."""
-    import llmroute.router as router_mod
+    import llmroute.router_batch as router_mod
     from llmroute.data import make_synthetic_table
     from llmroute.router import Router
 

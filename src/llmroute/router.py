@@ -12,18 +12,23 @@ Example::
     r = Router.load(default_router_path())
     d = r.route([{"role": "user", "content": "Prove that sqrt(2) is irrational."}], tradeoff=100)
     d.model, d.expected_quality, d.expected_cost, d.reason
+
+This module holds the router's API: `Router` (estimating, policy, deciding, `route`),
+`Decision` and `messages_text`. `Router` takes the rest from mixins, one module per concern
+(every name is still importable from here):
+
+- `llmroute.router_fit`: `Router.fit`, `fit_regime_head` and the policy defaults fitted;
+- `llmroute.router_io`: `save` / `load`, `FORMAT`, `RouterFileError`, `default_router_path`;
+- `llmroute.router_batch`: `route_batch` and the threads and processes behind estimates
+  (BLAS on one thread, pipelined chunks, forked workers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
-import itertools
-import json
 import math
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,24 @@ from llmroute.policy import (
     threshold_for_share,
     unmet_constraints,
 )
+from llmroute.router_batch import _init_worker as _init_worker
+from llmroute.router_batch import _OneBlasThread as _OneBlasThread
+from llmroute.router_batch import _RouterBatch
+from llmroute.router_batch import _worker_estimate as _worker_estimate
+from llmroute.router_fit import _estimator_cls as _estimator_cls
+from llmroute.router_fit import _make_estimator as _make_estimator
+from llmroute.router_fit import _resolve_encoder as _resolve_encoder
+from llmroute.router_fit import _RouterFit
+from llmroute.router_io import FORMAT as FORMAT
+from llmroute.router_io import FORMAT_VERSION as FORMAT_VERSION
+from llmroute.router_io import RouterFileError as RouterFileError
+from llmroute.router_io import _class_path as _class_path
+from llmroute.router_io import _import_class as _import_class
+from llmroute.router_io import _jsonable as _jsonable
+from llmroute.router_io import _RouterIO
+from llmroute.router_io import _storable as _storable
+from llmroute.router_io import _unjson_float as _unjson_float
+from llmroute.router_io import default_router_path as default_router_path
 
 __all__ = [
     "FORMAT",
@@ -54,64 +77,10 @@ __all__ = [
     "messages_text",
 ]
 
-FORMAT = "llmroute-router"
-FORMAT_VERSION = 1
 _CACHE_MAX = 4096
-_PARALLEL_MIN_CHUNK = 500
-# Large batches are estimated in chunks of this many prompts: the calling thread featurises the
-# next chunk (tokenising and hand features: mostly Python) while pool threads estimate the ones
-# before it (numpy, which releases the GIL). Below 2 chunks there is nothing to overlap.
-_PIPELINE_CHUNK = 2048
-_PIPELINE_MAX_THREADS = 4
-_WORKER_STATE: list[Any] = []  # (router, texts), set only inside forked batch workers (see route_batch)
-
-
-def _init_worker(router: Router, texts: list[str]) -> None:
-    _WORKER_STATE[:] = [router, texts]  # inherited through fork, nothing pickled
-
-
-def _worker_estimate(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    router, texts = _WORKER_STATE
-    with router._one_thread():  # one BLAS thread per worker: the workers already use the cores
-        q, c, _ = router._estimate_raw(texts[span[0] : span[1]])
-    return q, c
 
 
 PromptLike = str | Sequence[Mapping[str, Any]]
-
-
-class _OneBlasThread:
-    """BLAS on one thread inside the block, the previous setting restored after.
-
-    Calls the BLAS libraries threadpoolctl found directly (a few microseconds, where
-    `ThreadpoolController.limit` costs ~20-50 us per call: it re-reads every library's state).
-    """
-
-    __slots__ = ("libs", "prev")
-
-    def __init__(self, libs: list[Any]) -> None:
-        self.libs = libs
-        self.prev: list[int] = []
-
-    def __enter__(self) -> None:
-        self.prev = [lc.get_num_threads() or 1 for lc in self.libs]
-        for lc, n in zip(self.libs, self.prev, strict=True):
-            if n > 1:
-                lc.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        for lc, n in zip(self.libs, self.prev, strict=True):
-            if n > 1:
-                lc.set_num_threads(n)
-
-
-class RouterFileError(ValueError):
-    """A saved router file is missing, malformed or of an unsupported format version."""
-
-
-def default_router_path() -> Path:
-    """Path of the shipped default router (`llmroute/assets/default-router.safetensors`)."""
-    return Path(__file__).resolve().parent / "assets" / "default-router.safetensors"
 
 
 def messages_text(prompt_or_messages: PromptLike) -> str:
@@ -177,14 +146,6 @@ class Decision:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def _resolve_encoder(encoder: Any) -> Any:
-    if isinstance(encoder, str | dict):
-        from llmroute.embed import load_encoder  # type: ignore[attr-defined]
-
-        return load_encoder(encoder)
-    if not hasattr(encoder, "encode"):
-        raise TypeError(f"encoder must be a spec (str/dict) or an Encoder, got {type(encoder).__name__}")
-    return encoder
 
 
 def _extra_fn() -> Any:
@@ -196,61 +157,8 @@ def _extra_fn() -> Any:
     return getattr(mod, "prompt_features", None) or getattr(mod, "extra_features", None)
 
 
-def _class_path(est: QualityEstimator) -> str:
-    cls = type(est)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _import_class(path: str) -> type[QualityEstimator]:
-    module, _, name = path.partition(":")
-    if not module.startswith("llmroute.estimators."):
-        raise RouterFileError(f"refusing to load estimator class {path!r}: not an llmroute estimator")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise RouterFileError(f"estimator class {path!r} is not available in this llmroute: {exc}") from exc
-    return cls
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    return x
-
-
-def _unjson_float(x: Any) -> float | None:
-    if x is None:
-        return None
-    if x == "inf":
-        return math.inf
-    return float(x)
-
-
-def _make_estimator(name: str, seed: int, params: dict[str, Any]) -> QualityEstimator:
-    from llmroute.estimators import make_estimator
-
-    params = dict(params)
-    sig = inspect.signature(_estimator_cls(name).__init__).parameters
-    for key in ("seed", "random_state"):
-        if key in sig and key not in params:
-            params[key] = seed
-    return make_estimator(name, **params)
-
-
-def _estimator_cls(name: str) -> type[QualityEstimator]:
-    from llmroute.estimators import estimator_class
-
-    return estimator_class(name)
-
-
 # ---- the router ----------------------------------------------------------------------------------
-class Router:
+class Router(_RouterFit, _RouterBatch, _RouterIO):
     """A fitted router: encoder + quality estimator + cost estimator + policy defaults.
 
     Build with `Router.fit(table, ...)` or `Router.load(path)`. `models` is the column order of
@@ -302,209 +210,6 @@ class Router:
         # True when the whole process already runs BLAS on one thread (the gateway sets it after
         # limiting BLAS at startup): small batches then skip the per-call limit context (~90 us)
         self.blas_single_thread = False
-
-    def _one_thread(self) -> Any:
-        """Context that limits BLAS to one thread for small batches: their products are tiny,
-        and multi-threaded OpenBLAS is ~10x slower on them when cores are shared (a gateway)."""
-        if self.blas_single_thread:
-            return contextlib.nullcontext()
-        if self._blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
-        return _OneBlasThread(self._blas)
-
-    # ---- fitting ---------------------------------------------------------------------------
-    @classmethod
-    def fit(
-        cls,
-        table: RoutingTable,
-        estimator: str | QualityEstimator = "default",
-        encoder: Any = "static-minilm",
-        seed: int = 0,
-        *,
-        policy: Mapping[str, Any] | None = None,
-        cost_features: bool = True,
-        **est_params: Any,
-    ) -> Router:
-        """Fit a router on `table`.
-
-        estimator: a registry name (knn, linear, mlp, mf, default) or an unfitted estimator;
-        encoder: an encoder spec for `llmroute.embed.load_encoder` or an `Encoder`;
-        seed: passed to the estimator; policy: defaults overriding the fitted ones;
-        cost_features: learn token counts from prompt features (see `CostEstimator`);
-        est_params: hyper-parameters for the estimator (unset ones are chosen by CV).
-        """
-        if table.n_prompts == 0:
-            raise ValueError("cannot fit a router on an empty table")
-        enc = _resolve_encoder(encoder)
-        prompts = table.prompts
-        if getattr(enc, "fitted", True) is False and callable(getattr(enc, "fit", None)):
-            enc.fit(prompts)  # e.g. TF-IDF: learns its vocabulary from the training prompts only
-        if isinstance(estimator, str):
-            name = estimator
-            est = _make_estimator(name, seed, est_params)
-        else:
-            if est_params:
-                raise TypeError("est_params only apply when the estimator is given by name")
-            est, name = estimator, getattr(estimator, "name", type(estimator).__name__)
-        use_extra = bool(getattr(est, "uses_extra", True))
-        proto = cls(
-            models=table.models,
-            encoder=enc,
-            estimator=est,
-            cost=CostEstimator(),
-            estimator_name=name,
-            use_extra=use_extra,
-        )
-        X = proto.featurize(prompts)
-        Q = table.quality_matrix()
-        est.fit(X, Q)
-        proto.cost = CostEstimator().fit(table, X if cost_features else None)
-        fitted = proto._policy_from_table(table, seed, X)
-        fitted.update(policy or {})
-        proto.policy.update(fitted)
-        proto.info = proto._summary(table, est)
-        return proto
-
-    def _policy_from_table(self, table: RoutingTable, seed: int, X: Features | None = None) -> dict[str, Any]:
-        """`_fit_policy` on (a sample of) the training prompts, estimated as `route` would."""
-        prompts = table.prompts
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(len(prompts), min(len(prompts), 3000), replace=False))
-        texts = [prompts[i] for i in sample]
-        Xs = self.featurize(texts) if X is None else X.take(sample)
-        q = self._quality(Xs)
-        c = self.cost.predict(texts, Xs)
-        Q = table.quality_matrix()[:, [table.models.index(m) for m in self.models]]
-        return self._fit_policy(Q, q, c)
-
-    def fit_regime_head(
-        self,
-        table: RoutingTable,
-        everyday: Sequence[Any] | None = None,
-        *,
-        seed: int = 0,
-        max_known: int = 6000,
-        C: float | None = None,
-    ) -> RegimeHead:
-        """Fit and attach a regime head (`llmroute.estimators.regime`) for this router.
-
-        table: the router's training table (its prompts are the "known" regimes, one per set of
-        models observed together); everyday: labelled everyday prompts (objects with `text` and
-        `tier`, e.g. `llmroute.data.everyday.load_everyday`; default: the corpus shipped in the
-        package); max_known: training prompts sampled per fit (stratified by model set);
-        C: the head's L2 setting (None: chosen by cross-validation, which takes a while).
-        """
-        from llmroute.data.everyday import training_corpus
-        from llmroute.estimators.regime import RegimeHead, common_ability, support_sets
-
-        missing = sorted(set(self.models) - set(table.models))
-        if missing:
-            raise ValueError(f"the table has no outcomes for router model(s) {missing}")
-        items = training_corpus() if everyday is None else list(everyday)
-        Q = table.quality_matrix()[:, [table.models.index(m) for m in self.models]]
-        supports, row_set = support_sets(Q)
-        k = len(supports)
-        rng = np.random.default_rng(seed)
-        picks: list[np.ndarray] = []
-        for s in range(k):
-            rows = np.flatnonzero(row_set == s)
-            n_take = min(len(rows), max(max_known // k, 1))
-            picks.append(np.sort(rng.choice(rows, n_take, replace=False)))
-        tier_p = {"easy": (1.0, 0.0), "medium": (0.5, 0.5), "hard": (0.0, 1.0)}
-        P = np.zeros((len(items) + sum(map(len, picks)), 2 + k))
-        P[: len(items), :2] = [tier_p[x.tier] for x in items]
-        n_ev = sum(x.tier != "medium" for x in items)
-        weights = [1.0] * len(items)
-        # C is chosen by holding out one writer's prompts at a time (prompts in other words)
-        groups: list[str | None] = [str(getattr(x, "source", "")) for x in items]
-        texts = [x.text for x in items]
-        prompts = table.prompts
-        at = len(items)
-        for s, rows in enumerate(picks):
-            P[at : at + len(rows), 2 + s] = 1.0
-            at += len(rows)
-            # the known sets share half the weight of the everyday prompts, equally
-            weights += [n_ev / 2 / k / max(len(rows), 1)] * len(rows)
-            groups += [None] * len(rows)
-            texts += [prompts[i] for i in rows]
-        head = RegimeHead(C=C, seed=seed).fit(
-            self.featurize(texts), P, common_ability(Q), supports, np.asarray(weights), groups
-        )
-        self.set_regime_head(head)
-        # strong shares (`@0.3` in the gateway) now refer to everyday traffic like the corpus:
-        # the score quantiles are taken there, on the estimates `route` now makes. The default
-        # trade-off stays the estimator's (its "reach the best model's mean on the training
-        # prompts" criterion turns degenerate once one model leads on every prompt)
-        pair = self.policy.get("score_pair") or [self.policy.get("strong"), self.policy.get("weak")]
-        if pair[0] in self._index and pair[1] in self._index:
-            q_ev = self._quality(self.featurize([x.text for x in items]))
-            with contextlib.suppress(ValueError):  # no finite score: keep the old quantiles
-                scores = q_ev[:, self._index[pair[0]]] - q_ev[:, self._index[pair[1]]]
-                self.policy["score_quantiles"] = score_quantiles(scores)
-                self.policy["score_pair"] = list(pair)
-        self.info["regime_head"] = {
-            "everyday_prompts": len(items),
-            "known_prompts": int(sum(map(len, picks))),
-            "known_sets": [[m for m, seen in zip(self.models, sup, strict=True) if seen] for sup in supports],
-            "C": head.C_,
-            "cv_scores": head.cv_scores_,
-        }
-        return head
-
-    def _fit_policy(self, Q: np.ndarray, q: np.ndarray, c: np.ndarray) -> dict[str, Any]:
-        """Strong/weak pair and a default trade-off from training data.
-
-        The default trade-off is the largest lambda at which the routed mean *expected* quality
-        on training prompts still reaches the best single model's mean expected quality:
-        "best-model quality, for less". The strong-minus-weak score quantiles on those prompts
-        are kept too (`score_quantiles`, for the pair `score_pair`), so a strong share maps to a
-        threshold before any calibration (`threshold_for_share`).
-        """
-        ok = np.isfinite(Q)
-        mean_q = np.where(ok, Q, 0).sum(0) / np.maximum(ok.sum(0), 1)
-        mean_c = c.mean(axis=0)
-        strong = int(np.argmax(mean_q))
-        order = np.argsort(mean_c, kind="stable")
-        weak = int(order[0]) if order[0] != strong else (int(order[1]) if len(order) > 1 else strong)
-        target = q.mean(axis=0).max()
-        scale = float(np.median(c[c > 0])) if (c > 0).any() else 1.0
-        tradeoff = 0.0
-        rows = np.arange(len(q))
-        for lam in np.logspace(-3, 4, 36) / scale:
-            pick = choose(q, c, tradeoff=float(lam))
-            if q[rows, pick].mean() >= target - 1e-9:
-                tradeoff = float(lam)
-            else:
-                break
-        out: dict[str, Any] = {"tradeoff": tradeoff, "strong": self.models[strong], "weak": self.models[weak]}
-        with contextlib.suppress(ValueError):  # no finite score: no quantiles
-            out["score_quantiles"] = score_quantiles(q[:, strong] - q[:, weak])
-            out["score_pair"] = [self.models[strong], self.models[weak]]
-        return out
-
-    def _summary(self, table: RoutingTable, est: QualityEstimator) -> dict[str, Any]:
-        Q = table.quality_matrix()
-        ok = np.isfinite(Q)
-        mean_q = np.where(ok, Q, 0).sum(0) / np.maximum(ok.sum(0), 1)
-        tasks: dict[str, int] = {}
-        for t in table.tasks:
-            fam = t.split("/")[0] if t else ""
-            tasks[fam] = tasks.get(fam, 0) + 1
-        try:
-            from llmroute import __version__
-        except ImportError:  # pragma: no cover
-            __version__ = "unknown"
-        return {
-            "llmroute_version": __version__,
-            "source": str(table.source),
-            "n_prompts": int(table.n_prompts),
-            "task_families": tasks,
-            "mean_quality": {m: float(v) for m, v in zip(self.models, mean_q, strict=True)},
-            "cost_modes": self.cost.modes,
-            "cv_scores": _jsonable(getattr(est, "cv_scores_", {})),
-        }
 
     # ---- estimating ------------------------------------------------------------------------
     def _texts(self, prompts: PromptLike | Sequence[PromptLike]) -> list[str]:
@@ -567,53 +272,6 @@ class Router:
                 ),
             )
         return self._estimate_raw(texts)
-
-    def _pipeline_threads(self, n: int) -> int:
-        """Estimation threads for a batch of `n` prompts: 0 (one pass, no pipeline) when the
-        batch has fewer than two chunks, when the process keeps to one thread (the gateway) or
-        when only one core is usable."""
-        if n < 2 * _PIPELINE_CHUNK or self.blas_single_thread:
-            return 0
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            cores = os.cpu_count() or 1
-        return 0 if cores < 2 else min(cores, _PIPELINE_MAX_THREADS)
-
-    def _estimate_chunks(
-        self, texts: list[str]
-    ) -> Iterator[tuple[tuple[int, int], np.ndarray, np.ndarray, Features]]:
-        """(index range, q, c, features) per chunk of a large batch, in order (pipelined).
-
-        This thread embeds chunk k+1 while pool threads compute chunk k's hand-made features and
-        run the estimators on it (the two halves cost about the same: routerbench_subset's
-        default-estimator router, 10k benchmark prompts, ~260 ms embedding against ~340 ms
-        features + estimates, and this thread also decides); BLAS is held to one thread meanwhile
-        (the pool threads use the cores). Estimates equal the one-pass ones to float rounding
-        (rows are independent; only BLAS blocking differs).
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        n = len(texts)
-        threads = self._pipeline_threads(n)
-        if threads == 0:
-            q, c, X = self._estimate_texts(texts)
-            yield (0, n), q, c, X
-            return
-        bounds = [*range(0, n, _PIPELINE_CHUNK), n]
-        if bounds[-1] - bounds[-2] < _PIPELINE_CHUNK // 2:  # no small tail chunk
-            del bounds[-2]
-        spans = list(itertools.pairwise(bounds))
-
-        def estimate(a: int, b: int, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Features]:
-            X = self._features(texts[a:b], emb)
-            return self._quality(X), self.cost.predict(texts[a:b], X), X
-
-        with self._one_thread(), ThreadPoolExecutor(threads, thread_name_prefix="llmroute-estimate") as pool:
-            jobs = [pool.submit(estimate, a, b, self._embed(texts[a:b])) for a, b in spans]
-            for span, job in zip(spans, jobs, strict=True):
-                q, c, X = job.result()
-                yield span, q, c, X
 
     def _quality(self, X: Features) -> np.ndarray:
         """(n, m) expected quality: the estimator's, clipped to [0, 1], then mixed with the
@@ -990,166 +648,5 @@ class Router:
         q, c, X = self._estimate_texts(texts)
         return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)[0]
 
-    def route_batch(
-        self,
-        prompts: Sequence[PromptLike],
-        tradeoff: float | None = None,
-        max_cost: float | None = None,
-        min_quality: float | None = None,
-        allowed: Sequence[str] | None = None,
-        context_windows: Mapping[str, int] | None = None,
-        workers: int = 1,
-    ) -> list[Decision]:
-        """Decisions for many prompts at once (vectorised estimation and policy).
-
-        `workers` > 1 estimates chunks of a large batch in that many forked worker processes
-        (POSIX only; the router is inherited, not reloaded). Use it from scripts and batch jobs,
-        not from inside a multi-threaded server. Decisions are identical either way.
-        """
-        texts = self._texts(prompts)
-        if workers > 1 and len(texts) >= 2 * _PARALLEL_MIN_CHUNK:
-            out: list[Decision] = []
-            # decide each chunk as it arrives, while the workers estimate the next ones
-            for (a, b), q, c in self._estimate_parallel(texts, workers):
-                out += self._decide(
-                    q, c, None, texts[a:b], tradeoff, max_cost, min_quality, allowed, context_windows
-                )
-            return out
-        if self._pipeline_threads(len(texts)) > 0:
-            out = []
-            for (a, b), q, c, X in self._estimate_chunks(texts):  # decide each chunk as it comes
-                out += self._decide(
-                    q, c, X, texts[a:b], tradeoff, max_cost, min_quality, allowed, context_windows
-                )
-            return out
-        q, c, X = self._estimate_texts(texts)
-        return self._decide(q, c, X, texts, tradeoff, max_cost, min_quality, allowed, context_windows)
-
-    def _estimate_parallel(
-        self, texts: list[str], workers: int
-    ) -> Iterator[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
-        """(index range, q, c) per chunk of `texts`, in order, estimated in forked workers."""
-        import multiprocessing
-
-        if "fork" not in multiprocessing.get_all_start_methods():
-            q, c, _ = self._estimate_texts(texts)
-            yield (0, len(texts)), q, c
-            return
-        n_chunks = min(workers * 4, max(1, len(texts) // _PARALLEL_MIN_CHUNK))
-        bounds = np.linspace(0, len(texts), n_chunks + 1).astype(int).tolist()
-        spans = list(itertools.pairwise(bounds))  # workers get index ranges, not texts
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(self, texts)) as pool:
-            for span, (q, c) in zip(spans, pool.imap(_worker_estimate, spans), strict=True):
-                yield span, q, c
-
-    # ---- persistence -----------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the router to one safetensors file (no pickle). Returns the path."""
-        from safetensors.numpy import save_file
-
-        path = Path(path)
-        arrays: dict[str, np.ndarray] = {}
-        est_arrays, est_params = self.estimator.get_state()
-        for k, v in est_arrays.items():
-            arrays[f"est/{k}"] = v
-        cost_arrays, cost_params = self.cost.get_state()
-        for k, v in cost_arrays.items():
-            arrays[f"cost/{k}"] = v
-        if self.regime_head is not None:
-            head_arrays, head_params = self.regime_head.get_state()
-            for k, v in head_arrays.items():
-                arrays[f"regime/{k}"] = v
-        enc_state = getattr(self.encoder, "state", None)
-        enc_arrays = enc_state() if callable(enc_state) else {}
-        for k, v in (enc_arrays or {}).items():
-            arrays[f"enc/{k}"] = v
-        arrays = {k: _storable(v) for k, v in arrays.items()}
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "models": self.models,
-            "encoder": self.encoder.spec(),
-            "estimator": {
-                "name": self.estimator_name,
-                "class": _class_path(self.estimator),
-                "params": est_params,
-            },
-            "cost": cost_params,
-            "use_extra": self.use_extra,
-            "regime_head": head_params if self.regime_head is not None else None,
-            "policy": self.policy,
-            "info": self.info,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(arrays, str(path), metadata={"llmroute": json.dumps(_jsonable(meta))})
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, encoder: Any = None) -> Router:
-        """Load a router saved by `save`. `encoder` overrides the saved encoder spec."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise RouterFileError(f"router file {path} not found")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                raw = (f.metadata() or {}).get("llmroute")
-                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        except Exception as exc:
-            raise RouterFileError(f"{path}: not a safetensors router file ({exc})") from exc
-        if raw is None:
-            raise RouterFileError(f"{path}: safetensors file without llmroute metadata")
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT:
-            raise RouterFileError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-        if meta.get("version") != FORMAT_VERSION:
-            raise RouterFileError(
-                f"{path}: router format version {meta.get('version')} is not supported by this llmroute "
-                f"(supports {FORMAT_VERSION}); retrain it with `llmroute train`"
-            )
-
-        def part(prefix: str) -> dict[str, np.ndarray]:
-            n = len(prefix)
-            return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-        est_meta = meta["estimator"]
-        est = _import_class(est_meta["class"]).from_state(part("est/"), est_meta["params"])
-        cost = CostEstimator.from_state(part("cost/"), meta["cost"])
-        regime_head = None
-        if meta.get("regime_head") is not None:
-            regime_head = RegimeHead.from_state(part("regime/"), meta["regime_head"])
-        if encoder is None:
-            from llmroute.embed import encoder_from_state
-
-            encoder = encoder_from_state(meta["encoder"], part("enc/") or None)
-        policy = dict(meta.get("policy") or {})
-        for key in ("tradeoff", "max_cost", "min_quality", "threshold"):
-            if key in policy:
-                policy[key] = _unjson_float(policy[key])
-        if policy.get("tradeoff") is None:
-            policy["tradeoff"] = 0.0
-        return cls(
-            models=meta["models"],
-            encoder=encoder,
-            estimator=est,
-            cost=cost,
-            estimator_name=est_meta["name"],
-            use_extra=meta["use_extra"],
-            policy=policy,
-            info=meta.get("info"),
-            regime_head=regime_head,
-        )
-
     def __repr__(self) -> str:
         return f"Router(estimator={self.estimator_name!r}, models={self.models!r})"
-
-
-def _storable(v: np.ndarray) -> np.ndarray:
-    a = np.asarray(v)
-    if a.dtype == bool:
-        a = a.astype(np.int8)
-    if a.dtype.kind in "fiu":
-        return np.ascontiguousarray(a)
-    raise TypeError(f"cannot store array of dtype {a.dtype}")
