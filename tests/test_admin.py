@@ -631,3 +631,26 @@ def test_models_list_follows_an_allow_list_changed_through_the_admin_api(gw: Any
         assert sorted(m.id for m in client.models.list()) == ["fake-strong", "llmroute/auto"]
     finally:
         client.close()
+
+
+def test_openapi_documents_the_admin_api_when_it_is_on(gw: Any, tmp_path: Path) -> None:
+    from llmroute.gateway.app import openapi_document
+    from llmroute.gateway.config import parse_config
+
+    doc = httpx.get(f"{gw.root}/openapi.json", timeout=30).json()
+    admin = {p: ops for p, ops in doc["paths"].items() if p.startswith("/admin/v1/")}
+    assert set(admin) == {"/admin/v1/keys", "/admin/v1/keys/{id}", "/admin/v1/config", "/admin/v1/reload",
+                          "/admin/v1/audit"}  # fmt: skip
+    assert doc["components"]["securitySchemes"]["admin"]["scheme"] == "bearer"
+    create = doc["components"]["schemas"]["KeyCreate"]
+    assert create["additionalProperties"] is False and "budget_usd_day" in create["properties"]
+    for path, ops in admin.items():
+        for method, op in ops.items():
+            assert op["security"] == [{"admin": []}], (path, method)
+            url = f"{gw.root}{path.replace('{id}', 'yaml-team')}"
+            r = httpx.request(method.upper(), url, json={} if "requestBody" in op else None, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key", (path, method)
+    # the admin API off: not in the document
+    off = parse_config(loopback_config("http://127.0.0.1:9/v1", tmp_path))
+    assert not any(p.startswith("/admin/") for p in openapi_document(off)["paths"])
+    assert not any(p.startswith("/admin/") for p in openapi_document()["paths"])

@@ -60,6 +60,7 @@ __all__ = [
     "KeyCreate",
     "KeyLimits",
     "KeyManager",
+    "admin_openapi",
     "check_admin",
     "is_loopback",
     "masked_config",
@@ -263,6 +264,60 @@ def _validated(model: type[BaseModel], body: Any) -> BaseModel:
         raise GatewayError(
             400, f"{loc}: {msg}. Allowed fields: {list(model.model_fields)}.", param=loc
         ) from None
+
+
+def admin_openapi(error: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The admin API's OpenAPI paths and component schemas (for `/openapi.json` when the admin
+    API is on), every operation under the `admin` security scheme (the master key as a bearer
+    token); `error`: the schema of an error body."""
+    schemas = {
+        "KeyCreate": KeyCreate.model_json_schema(),
+        "KeyLimits": KeyLimits.model_json_schema(),
+    }
+    obj = {"type": "object"}
+    ok = {"description": "OK", "content": {"application/json": {"schema": obj}}}
+    errors = {
+        "4XX": {"description": "client error (401: no or wrong master key)", "content": {"application/json": {"schema": error}}},
+        "5XX": {"description": "gateway error", "content": {"application/json": {"schema": error}}},
+    }  # fmt: skip
+    kid = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    limit = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}]
+
+    def op(
+        op_id: str, summary: str, body: str | None = None, status: str = "200", **extra: Any
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"operationId": op_id, "summary": summary, "security": [{"admin": []}],
+                               "responses": {status: ok, **errors}, **extra}  # fmt: skip
+        if body is not None:
+            ref = {"$ref": f"#/components/schemas/{body}"}
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}
+        return out
+
+    paths = {
+        "/admin/v1/keys": {
+            "get": op("adminListKeys", "List keys (config file and key store; never a secret)"),
+            "post": op(
+                "adminCreateKey", "Create a key; its text is in the answer, shown once", "KeyCreate", "201"
+            ),
+        },
+        "/admin/v1/keys/{id}": {
+            "get": op("adminGetKey", "One key", parameters=kid),
+            "patch": op(
+                "adminUpdateKey", "Re-budget a stored key (null removes a limit)", "KeyLimits", parameters=kid
+            ),
+            "delete": op("adminRevokeKey", "Revoke a stored key", parameters=kid),
+        },
+        "/admin/v1/config": {"get": op("adminConfig", "The running config, secrets masked")},
+        "/admin/v1/reload": {
+            "post": op(
+                "adminReload",
+                "Re-read the config file, validate it and apply it live; the answer "
+                "lists what changed and what needs a restart",
+            )
+        },
+        "/admin/v1/audit": {"get": op("adminAudit", "Admin actions, newest first", parameters=limit)},
+    }
+    return paths, schemas
 
 
 def masked_config(config: Any) -> dict[str, Any]:

@@ -174,7 +174,8 @@ def openapi_document(
     and response schemas of `llmroute.gateway.schemas`: what it describes is what the server
     validates. With `config` (and its `engine`), `model` lists the configured models and aliases
     (an alias with the policy suffixes it takes too), `llmroute.strong_share` is left out where no
-    alias maps shares, and with API keys the endpoints that need one say so."""
+    alias maps shares, and with API keys the endpoints that need one say so. With the admin API on
+    (`admin:` has a master key or demo mode) its endpoints are in it too (`admin.admin_openapi`)."""
     structs = [s for op in _OPERATIONS for s in (op[3], op[4], op[6]) if s is not None]
     refs, components = S.json_schemas(list(dict.fromkeys(structs)))
     ref = dict(zip(dict.fromkeys(structs), refs, strict=True))
@@ -240,6 +241,18 @@ def openapi_document(
     }
     if secured:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    admin = getattr(config, "admin", None)
+    if admin is not None and (admin.key_env or admin.key_sha256 or admin.demo):  # the admin API is on
+        from llmroute.gateway.admin import admin_openapi
+
+        admin_paths, admin_schemas = admin_openapi(ref[S.OpenAIError])
+        paths.update(admin_paths)
+        doc["components"]["schemas"].update(admin_schemas)
+        doc["components"].setdefault("securitySchemes", {})["admin"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the gateway's master key (admin.key_env / admin.key_sha256)",
+        }
     return doc
 
 
