@@ -7,6 +7,7 @@ processes on one Redis learn each other's outcomes, take up a rollback, and ride
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,23 @@ def test_redis_trims_terms_folded_into_a_snapshot(redis_proc: RedisProc) -> None
         st.snapshot(ALIAS, 9, b"s9", "manual", 9.0)
         assert [s["kind"] for s in st.snapshots(ALIAS)] == ["manual", "periodic", "initial"]
         assert st.latest_base(ALIAS) == base
+    finally:
+        st.close()
+
+
+def test_a_redis_that_lost_its_data_makes_workers_reload(redis_proc: RedisProc) -> None:
+    """A worker ahead of the alias's head (Redis restarted without its data) reloads instead of
+    waiting for sequence numbers it has already seen."""
+    _flush(redis_proc)
+    st = RedisLearnerState(redis_proc.url)
+    try:
+        st.apply([_o("a", 0.1), _o("b", 0.2)])
+        _, pulled = st.apply_and_pull([], {ALIAS: 2})
+        assert pulled[ALIAS] == (0, [])
+        st.st.client.flushdb()
+        st.apply([_o("c", 0.3)])
+        _, pulled = st.apply_and_pull([], {ALIAS: 2})
+        assert pulled[ALIAS][1] is None
     finally:
         st.close()
 
@@ -281,3 +299,85 @@ def test_replicas_learn_from_each_others_outcomes_roll_back_and_ride_out_an_outa
     )
     assert hs[1]["state"]["queued"] == 0 and hs[1]["state"]["recovered"] == 1
     assert "llmroute_learning_state_degraded 0.0" in httpx.get(f"{roots[1]}/metrics", timeout=30).text
+
+
+# ---- one gateway on Redis: a worker that fell behind, a start while Redis is down -----------------------
+
+
+def _gateway_config(fake: Any, rp: RedisProc, tmp_path: Path, **learning: Any) -> dict[str, Any]:
+    cfg = loopback_config(fake.base_url, tmp_path)
+    cfg["state"] = rp.url
+    cfg["aliases"][ALIAS]["learning"] = {
+        "enabled": True,
+        "learner": "greedy",
+        "sync_interval_s": 0.05,
+        **learning,
+    }
+    return cfg
+
+
+def _wait(cond: Any, what: str) -> None:
+    end = time.monotonic() + 60
+    while not cond():
+        assert time.monotonic() < end, f"waited for {what}"
+        time.sleep(0.05)
+
+
+def test_a_worker_behind_the_trimmed_terms_reloads_from_the_snapshot(
+    fake_server: Any, redis_proc: RedisProc, tmp_path: Path
+) -> None:
+    from conftest import StubRouter, run_gateway
+
+    _flush(redis_proc)
+    cfg = _gateway_config(fake_server, redis_proc, tmp_path, snapshot_every=2)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        learning = gw.app.learning
+        for _ in range(8):
+            _served_and_graded(gw.root, 0.0)
+        _wait(lambda: learning.stats()[ALIAS]["outcomes"] == 8, "8 outcomes learned")
+        st = RedisLearnerState(redis_proc.url)
+        try:
+            assert int(st.st.client.get(st._k("floor", ALIAS)) or 0) > 0  # periodic snapshots trimmed
+        finally:
+            st.close()
+        al = learning.aliases[ALIAS]
+
+        async def fall_behind() -> None:  # on the gateway's loop, between two syncs
+            assert learning._sync_lock is not None
+            async with learning._sync_lock:
+                al.learner, al.seq = al.fresh(), 0
+
+        loop = learning._task.get_loop()
+        asyncio.run_coroutine_threadsafe(fall_behind(), loop).result(30)
+        # its terms up to the floor are gone: the next sync reloads the newest snapshot + the rest
+        _wait(lambda: learning.stats()[ALIAS]["outcomes"] == 8 and al.seq >= 8, "the reload")
+        assert learning.sync_error is None
+
+
+def test_a_gateway_started_while_redis_is_down_takes_up_the_shared_state(
+    fake_server: Any, redis_proc: RedisProc, tmp_path: Path
+) -> None:
+    from conftest import StubRouter, run_gateway
+
+    _flush(redis_proc)
+    cfg = _gateway_config(fake_server, redis_proc, tmp_path)
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        _served_and_graded(a.root, 0.0)
+        _wait(lambda: a.app.learning.stats()[ALIAS]["outcomes"] == 1, "the outcome learned")
+        shared_snapshot = a.app.learning.stats()[ALIAS]["snapshot"]
+        redis_proc.stop()
+        try:
+            with run_gateway(cfg, routers={"default": StubRouter()}) as b:  # starts anyway, fresh
+                h = _learning(b.root)
+                assert h["outcomes"] == 0 and h["snapshot"] == 0 and h["state"]["ok"] is False
+                assert h["sync_error"] == "StateUnavailable"
+                client = openai.OpenAI(base_url=b, api_key="x", max_retries=0, timeout=60)
+                assert client.chat.completions.create(model=ALIAS, messages=MESSAGES).choices  # routes
+                redis_proc.start()
+                _wait(
+                    lambda: (h := _learning(b.root))["outcomes"] == 1 and h["snapshot"] == shared_snapshot,
+                    "the shared learner state once Redis answers",
+                )
+        finally:
+            if redis_proc.proc is None:
+                redis_proc.start()
