@@ -284,3 +284,24 @@ def test_reliability_svg_places_each_bin_against_the_diagonal() -> None:
     assert cy1 == pytest.approx(on_diag, abs=0.2)
     assert cy2 > y1 + (cx2 - x1) / (x2 - x1) * (y2 - y1) + 20  # lower share right: drawn below
     assert cx2 > cx1 and "ECE 0.100" in svg
+
+
+def test_the_gateways_difficulty_estimator_evaluated_offline() -> None:
+    """estimator='difficulty' (the gateway's re-estimation, no fitting) under the same rule."""
+    table, wrong = synthetic(300)  # a wrong cheap answer hedges: the checks score it 0.5
+    pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
+    lams = np.array([0.0, 1.0, 10.0, np.inf])
+    res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator="difficulty", signals=["checks"])
+    assert res["estimator"] == "difficulty"
+    assert res["gap_closed"] > 0.9 > res["one_shot"]["gap_closed"]
+    # cheap first, escalating exactly on the hedged (wrong) answers, every call paid
+    best = [p for p in res["points"] if p["first"] == "cheapest" and p["quality"] == 1.0]
+    assert min(p["cost"] for p in best) == pytest.approx(C_CHEAP + wrong.mean() * C_STRONG, rel=1e-9)
+    assert "verifier" not in res["calibration"] and res["calibration"]["first_answer"]["n"] == 600
+    # without evidence in the answers it never falls below the one-shot router
+    table, _ = synthetic(300, hedge=False)
+    pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
+    res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator="difficulty")
+    assert res["aiq"] >= res["one_shot"]["aiq"] - 0.005
+    with pytest.raises(ValueError, match="'fitted' or 'difficulty'"):
+        evaluate_cascade(table, priors=pri, estimator="magic")

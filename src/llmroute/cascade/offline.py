@@ -47,10 +47,13 @@ from llmroute.cascade.learned import FEATURES as TEXT_FEATURES
 from llmroute.cascade.learned import answer_features
 from llmroute.cascade.reestimate import (
     SIGNALS,
+    DifficultyReestimator,
     Evidence,
     Reestimator,
     choose_next,
     extract_answer,
+    fit_text_verifier,
+    text_verifier_p,
 )
 from llmroute.cascade.verifiers import DEFAULT_CHECKS, verify
 from llmroute.data.table import RoutingTable, TableError
@@ -137,7 +140,7 @@ class PolicyTrace:
 
 
 def run_policy(
-    re_est: Reestimator,
+    re_est: Reestimator | DifficultyReestimator,
     q: np.ndarray,
     c: np.ndarray,
     C: np.ndarray,
@@ -278,9 +281,23 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _difficulty_evidence(
+    signals: Sequence[str], ev_train: Evidence, Q_train: np.ndarray, ev: Evidence
+) -> Evidence:
+    """The evidence `DifficultyReestimator` sees for the test prompts `ev` (see `evaluate_cascade`)."""
+    score = ev.checks if "checks" in signals else np.full(ev.checks.shape, np.nan)
+    if "learned" in signals:
+        lv = fit_text_verifier(ev_train, Q_train)
+        if lv is not None:
+            v = np.where(ev.has, text_verifier_p(lv, ev), np.nan)
+            score = np.where(np.isfinite(score), np.fmin(score, v), v)
+    codes = ev.codes if "agreement" in signals else np.full(ev.codes.shape, -1)
+    return Evidence(codes, score, ev.text, ev.has)
+
+
 def _calibration(
     cal: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
-    re_est: Reestimator,
+    re_est: Any,
     q: np.ndarray,
     ev: Evidence,
     Q: np.ndarray,
@@ -290,7 +307,7 @@ def _calibration(
     answer when it is the only one called (prior + that answer's evidence: what the cascade's
     first step decides on)."""
     ok = ev.has & np.isfinite(Q)
-    v = re_est.verifier(ev)
+    v = re_est.verifier(ev) if isinstance(re_est, Reestimator) else None
     if v is not None:
         cal["verifier"][0].append(v[ok])
         cal["verifier"][1].append(Q[ok])
@@ -327,12 +344,17 @@ def evaluate_cascade(
     evidence: Evidence | None = None,
     models: Sequence[str] | None = None,
     name: str = "cascade",
+    estimator: str = "fitted",
 ) -> dict[str, Any]:
     """Cross-validated cascade evaluation on a table with responses; a JSON-able dict.
 
     priors: `oof_priors(table, ...)` (computed here with `factory`, default the `default` router,
         when None; pass one to share it between several evaluations).
     models: evaluate on these models only (columns of the priors; e.g. a two-model subset).
+    estimator: "fitted" (`Reestimator`, fitted per fold on the signals) or "difficulty" (the
+        gateway's `DifficultyReestimator`, no fitting: an answer's score is its built-in checks'
+        score, and with `learned` the lower of that and a per-fold learned text verifier's P(right);
+        `agreement` adds the extracted answers).
     Keys: `aiq`, `gap_closed`, `cost_ratio_at_best_quality`, `max_quality` of all swept points
     (first model x lambda x tau), `one_shot` (the same metrics for tau = 0 only: the one-shot
     router on the same priors), `by_first` (metrics per first-model rule), `points` (every point:
@@ -342,6 +364,11 @@ def evaluate_cascade(
     """
     from llmroute.eval.runner import _context
 
+    if estimator not in ("fitted", "difficulty"):
+        raise ValueError(f"estimator must be 'fitted' or 'difficulty', got {estimator!r}")
+    bad = [s for s in signals if s not in SIGNALS]
+    if bad:
+        raise ValueError(f"unknown cascade signals {bad}; choose from {list(SIGNALS)}")
     t0 = time.perf_counter()
     priors = priors or oof_priors(table, factory, folds=folds, seed=seed, inner_folds=inner_folds)
     ev = evidence or table_evidence(table)
@@ -373,8 +400,12 @@ def evaluate_cascade(
     for fold, test in enumerate(priors["fold_idx"]):
         train = np.setdiff1d(np.arange(n), test, assume_unique=True)
         iq = priors["inner"][fold][0][:, cols]
-        re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
         ev_t = ev.take(test)
+        if estimator == "difficulty":
+            re_est: Any = DifficultyReestimator()
+            ev_t = _difficulty_evidence(signals, ev.take(train), Q[train], ev_t)
+        else:
+            re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
         _calibration(cal, re_est, q_all[test], ev_t, Q[test])
         for f in firsts:
             for k, lam in enumerate(lams):
@@ -427,6 +458,7 @@ def evaluate_cascade(
     out: dict[str, Any] = {
         "name": name,
         "signals": list(signals),
+        "estimator": estimator,
         "max_steps": steps,
         "max_cost_usd": max_cost_usd,
         "firsts": list(firsts),

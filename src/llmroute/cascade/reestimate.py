@@ -122,6 +122,31 @@ def _agreement(S: np.ndarray, codes: np.ndarray, q: np.ndarray) -> tuple[np.ndar
     )
 
 
+def fit_text_verifier(ev: Evidence, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """Fit the learned text verifier (a logistic regression on the standardised `ev.text`
+    features) on the answers with a known quality `Q` (right: >= 0.5): (mean, scale, coef,
+    intercept), or None when those answers are all right or all wrong."""
+    from sklearn.linear_model import LogisticRegression
+
+    known = np.isfinite(Q)
+    ok = ev.has & known
+    x = ev.text[ok]
+    y = (np.where(known, Q, 0.0) >= 0.5).astype(int)[ok]
+    if not 0 < y.sum() < len(y):
+        return None
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    lr = LogisticRegression(max_iter=1000).fit((x - mean) / scale, y)
+    return mean, scale, lr.coef_[0], float(lr.intercept_[0])
+
+
+def text_verifier_p(lv: tuple[np.ndarray, np.ndarray, np.ndarray, float], ev: Evidence) -> np.ndarray:
+    """(n, m) P(right) of each answer by a `fit_text_verifier` fit (0.5 where there is none)."""
+    mean, scale, coef, b = lv
+    z = ((ev.text - mean) / scale) @ coef + b
+    return np.where(ev.has, 1.0 / (1.0 + np.exp(-z)), 0.5)
+
+
 class Reestimator:
     """Re-estimates models after answers (see the module docstring); fitted per CV fold.
 
@@ -156,9 +181,7 @@ class Reestimator:
         """(n, m) learned P(right) of each answer (0.5 where off or no response)."""
         if "learned" not in self.signals or self.lv_ is None:
             return np.full(ev.has.shape, 0.5)
-        mean, scale, coef, b = self.lv_
-        z = ((ev.text - mean) / scale) @ coef + b
-        return np.where(ev.has, 1.0 / (1.0 + np.exp(-z)), 0.5)
+        return text_verifier_p(self.lv_, ev)
 
     def _called_x(self, S: np.ndarray, q: np.ndarray, ev: Evidence, v: np.ndarray) -> np.ndarray:
         """(n, m, F) features of each model as if called, in the called set S."""
@@ -244,16 +267,7 @@ class Reestimator:
         rng = np.random.default_rng(self.seed)
         known = np.isfinite(Q)
         y_all = (np.where(known, Q, 0.0) >= 0.5).astype(int)
-        self.lv_ = None
-        if "learned" in self.signals:
-            ok = ev.has & known
-            x = ev.text[ok]
-            y = y_all[ok]
-            if 0 < y.sum() < len(y):
-                mean, scale = x.mean(axis=0), x.std(axis=0)
-                scale[scale == 0] = 1.0
-                lr = LogisticRegression(max_iter=1000).fit((x - mean) / scale, y)
-                self.lv_ = (mean, scale, lr.coef_[0], float(lr.intercept_[0]))
+        self.lv_ = fit_text_verifier(ev, Q) if "learned" in self.signals else None
         v = self._verifier(ev)
         # P(right) of a called answer: every model of every prompt, with random other answers
         S = self._random_states(n, m, rng)
@@ -374,60 +388,60 @@ class DifficultyReestimator:
         self.d = np.linspace(-4 * sigma, 4 * sigma, grid)
         self.prior = np.exp(-0.5 * (self.d / sigma) ** 2)
 
-    def _posterior(
-        self, called: np.ndarray, a: np.ndarray, scores: np.ndarray, codes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(configs (2^k, k) of which called answers are right, posterior (2^k, grid))."""
-        k = len(called)
-        z = ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1).astype(bool)
-        p = 1.0 / (1.0 + np.exp(-(a[called][:, None] - self.d[None, :])))  # (k, grid)
-        pz = np.where(z[:, :, None], p[None], 1.0 - p[None]).prod(axis=1)  # (2^k, grid)
-        s = np.clip(np.where(np.isfinite(scores[called]), scores[called], 0.5), _EPS, 1 - _EPS)
-        lik = np.where(z, s[None, :], 1.0 - s[None, :]).prod(axis=1)  # (2^k,)
-        for x in range(k):
-            for y in range(x + 1, k):
-                cx, cy = codes[called[x]], codes[called[y]]
-                if cx < 0 or cy < 0:
-                    continue
-                same = cx == cy
-                both = z[:, x] & z[:, y]
-                one = z[:, x] ^ z[:, y]
-                lik = lik * np.where(
-                    both,
-                    1.0 if same else _EPS,
-                    np.where(one, _EPS if same else 1.0, self.kappa if same else 1.0 - self.kappa),
-                )
-        post = self.prior[None, :] * pz * lik[:, None]
-        return z, post / post.sum()
-
-    def _row(self, S: np.ndarray, q: np.ndarray, ev: Evidence, r: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row r's (P(right) of each called answer, gain of calling each other model) (NaN elsewhere)."""
-        a = _logit(q[r])
-        called = np.nonzero(S[r])[0]
-        z, post = self._posterior(called, a, ev.checks[r], ev.codes[r])
-        m = len(a)
-        P = np.full(m, np.nan)
-        P[called] = (post[:, None, :] * z[:, :, None]).sum(axis=(0, 2)) if len(called) else []
-        # the served answer: the called one most likely right; its being wrong, per (config, d)
-        wrong = (
-            1.0 - z[:, int(np.argmax(P[called]))][:, None].astype(float) if len(called) else np.ones((1, 1))
-        )
-        pw = (post * wrong).sum(axis=0)  # (grid,): P(served answer wrong, d)
-        G = np.full(m, np.nan)
-        todo = np.nonzero(~S[r])[0]
-        r_j = 1.0 / (1.0 + np.exp(-(a[todo][:, None] - self.d[None, :])))  # (todo, grid)
-        G[todo] = r_j @ pw
+    def estimate(self, S: np.ndarray, q: np.ndarray, ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        """(P, G), each (n, m): P(right) of each called answer and the gain of calling each other
+        model (NaN elsewhere). Rows are handled together by their number of called models k: the
+        posterior over (which of the k answers are right, difficulty) is (2^k, grid) per row."""
+        n, m = q.shape
+        a = _logit(q)
+        P = np.full((n, m), np.nan)
+        G = np.full((n, m), np.nan)
+        d = self.d
+        ncalled = S.sum(axis=1)
+        for k in np.unique(ncalled):
+            rows = np.nonzero(ncalled == k)[0]
+            r = len(rows)
+            called = np.argsort(~S[rows], axis=1, kind="stable")[:, :k]  # (r, k) the called models
+            z = ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1).astype(bool)  # (2^k, k)
+            p = 1.0 / (1.0 + np.exp(-(np.take_along_axis(a[rows], called, 1)[:, :, None] - d)))  # (r, k, g)
+            pz = np.where(z[None, :, :, None], p[:, None], 1.0 - p[:, None]).prod(axis=2)  # (r, 2^k, g)
+            s = np.take_along_axis(ev.checks[rows], called, 1)
+            s = np.clip(np.where(np.isfinite(s), s, 0.5), _EPS, 1 - _EPS)  # no verdict: no evidence
+            lik = np.where(z[None], s[:, None, :], 1.0 - s[:, None, :]).prod(axis=2)  # (r, 2^k)
+            codes = np.take_along_axis(ev.codes[rows], called, 1)
+            for x in range(k):
+                for y in range(x + 1, k):
+                    both, one = z[:, x] & z[:, y], z[:, x] ^ z[:, y]
+                    same = (codes[:, x] == codes[:, y])[:, None]
+                    f = np.where(
+                        both[None],
+                        np.where(same, 1.0, _EPS),
+                        np.where(
+                            one[None], np.where(same, _EPS, 1.0), np.where(same, self.kappa, 1 - self.kappa)
+                        ),
+                    )
+                    valid = ((codes[:, x] >= 0) & (codes[:, y] >= 0))[:, None]
+                    lik = lik * np.where(valid, f, 1.0)
+            post = self.prior[None, None, :] * pz * lik[:, :, None]
+            post /= post.sum(axis=(1, 2), keepdims=True)
+            pc = np.einsum("rcg,ck->rk", post, z.astype(float))  # (r, k)
+            P[rows[:, None], called] = pc
+            # the served answer (the called one most likely right) is wrong in these configurations
+            wrong = 1.0 - z[:, np.argmax(pc, axis=1)].T.astype(float) if k else np.ones((r, 1))
+            pw = (post * wrong[:, :, None]).sum(axis=1)  # (r, g): P(served wrong, difficulty)
+            rj = 1.0 / (1.0 + np.exp(-(a[rows][:, :, None] - d)))  # (r, m, g)
+            G[rows] = np.where(S[rows], np.nan, np.einsum("rmg,rg->rm", rj, pw))
         return P, G
 
     def called(self, S: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
         """(n, m) P(right) of each called answer in S given all the evidence (NaN elsewhere)."""
-        return np.stack([self._row(S, q, ev, r)[0] for r in range(len(q))]) if len(q) else np.zeros(q.shape)
+        return self.estimate(S, q, ev)[0]
 
     def gains(self, S: np.ndarray, P: np.ndarray, q: np.ndarray, ev: Evidence) -> np.ndarray:
         """(n, m) expected quality gain of calling each model not in S next: P(it is right and the
         answer served now is wrong | evidence), the gain when its answer is verified (served when
         right); NaN on S. `P` is unused (recomputed; kept for `Reestimator`'s interface)."""
-        return np.stack([self._row(S, q, ev, r)[1] for r in range(len(q))]) if len(q) else np.zeros(q.shape)
+        return self.estimate(S, q, ev)[1]
 
 
 # ---- the rule ------------------------------------------------------------------------------------

@@ -335,8 +335,7 @@ class Cascade:
         scores = np.full((1, len(names)), np.nan)
         scores[0, :k] = [a.verdict.score for a in run.answered]
         ev = Evidence(codes, scores, np.zeros((1, len(names), 0)), called)
-        P = self.estimator.called(called, q, ev)
-        G = self.estimator.gains(called, P, q, ev)
+        P, G = self.estimator.estimate(called, q, ev)
         j, go, net = choose_next(G, c, called, lam)
         cands = sorted(range(k, len(names)), key=lambda i: -net[0, i])
         pick = names[int(j[0])] if go[0] else None
