@@ -90,6 +90,14 @@ def _config(url: str, tmp: Any) -> dict[str, Any]:
                 "candidates": ALL,
                 "cascade": {"models": ALL, "max_steps": 3, "next": "reestimate", "max_cost_usd": 0.0015},
             },
+            "re/outside": {  # re-dud is no candidate: the router has no estimate for it
+                "candidates": ALL,
+                "cascade": {
+                    "models": ["re-cheap", "re-dud", "re-strong"],
+                    "max_steps": 3,
+                    "next": "reestimate",
+                },
+            },
             "re/open": {"candidates": ALL, "cascade": {"models": ALL, "max_steps": 3, "next": "reestimate"}},
         },
         "keys": [{"id": "team", "key_sha256": hash_key(KEY), "budget_usd_day": 100.0}],
@@ -294,3 +302,11 @@ def test_reestimation_in_a_stream(gw: GatewayHandle, fake_server: FakeServer) ->
     assert [s["model"] for s in steps] == ["re-cheap", "re-strong"] and stop == "pass"
     assert text.startswith("Sure!") and "Sorry" not in text
     assert steps[0]["next"] == "re-strong" and headers["x-llmroute-model"] == "re-strong"
+
+
+def test_a_model_without_a_router_estimate_falls_back_to_the_ranked_order(gw: GatewayHandle) -> None:
+    _, steps, stop, headers = _ask(gw, "re/outside", 0.0)
+    assert [s["model"] for s in steps] == ["re-cheap", "re-dud", "re-strong"] and stop == "pass"
+    assert steps[0]["next"] == "re-dud" and steps[0]["est"] == "ranked"
+    plan = _record(gw, headers["x-llmroute-request-id"])["extra"]["cascade"]["next"][0]
+    assert plan["why"].startswith("ranked: no router estimate") and "re-dud" in plan["why"]

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ _STREAMED = object()  # a step's answer was streamed out: the cascade ends with 
 _OVERFLOW = re.compile(
     r"(?i)context[ _-]?(?:length|window)|maximum context|prompt is too long|too many (?:input )?tokens"
 )
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
 
 
 def is_context_overflow(e: BackendError) -> bool:
@@ -313,7 +318,7 @@ class Cascade:
         compactly, onto the last step."""
         names = [a.model for a in run.answered] + eligible
         eq, ec = decision.expected_quality, decision.expected_cost
-        missing = [m for m in names if eq.get(m) is None or ec.get(m) is None]
+        missing = [m for m in names if not _finite(eq.get(m)) or not _finite(ec.get(m))]
         lam = decision.policy.get("tradeoff")
         lam = 0.0 if lam is None else float(lam)
         plan: dict[str, Any] = {"after": run.answers, "tradeoff": lam}
