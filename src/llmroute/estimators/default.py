@@ -34,362 +34,39 @@ How it works (all numpy; state = arrays + JSON, no pickle):
 Penalties, kernel widths and blend weights are chosen inside `fit` from the training data;
 the constructor sets structure and seed. The kernel memory (PCA-reduced embeddings and
 outcomes of the training prompts) is part of the saved state, as for the kNN estimator.
+
+This module holds the estimator (`DefaultEstimator`) and its base learners (`_Base`); the
+numerical building blocks (ridge GCV, k-means, selection loss, kernel widths, projection) are in
+`llmroute.estimators.default_math`, the kernel memory's layout and threading in
+`llmroute.estimators.default_kernel` (every name is still importable from here).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from typing import ClassVar, Self
 
 import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator, column_means
+from llmroute.estimators.default_kernel import _KERNEL_CUT as _KERNEL_CUT
+from llmroute.estimators.default_kernel import _KERNEL_SUB_MAX_COLS, _kernel_threads, _KernelMemory
+from llmroute.estimators.default_kernel import _KERNEL_THREAD_ROWS as _KERNEL_THREAD_ROWS
+from llmroute.estimators.default_math import (
+    _assign,
+    _betas_for,
+    _fill,
+    _kmeans,
+    _n_clusters,
+    _per_cluster_product,
+    _projection,
+    _ridge_gcv,
+    _select_candidate,
+)
+from llmroute.estimators.default_math import _centred_sq as _centred_sq
 from llmroute.estimators.linear import check_fit_input, single_threaded_blas
 
 __all__ = ["DefaultEstimator"]
-
-_ALPHAS = np.logspace(-3, 4, 15)
-
-
-def _ridge_gcv(
-    A: np.ndarray, Y: np.ndarray, alphas: np.ndarray = _ALPHAS, per_output: bool = False
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Multi-output ridge with intercept; penalty picked by GCV (shared over outputs, or one
-    per output column with `per_output`).
-
-    Returns (W (p, m), b (m,), alpha) - alpha is the median chosen penalty when per output.
-    """
-    a_mean = A.mean(axis=0)
-    y_mean = Y.mean(axis=0)
-    Ac = A - a_mean
-    Yc = Y - y_mean
-    # eigen-decomposition of the Gram matrix: A = U s V^T with s^2 = eigenvalues
-    ev, V = np.linalg.eigh(Ac.T @ Ac)
-    keep = ev > max(ev.max(), 1e-12) * 1e-10
-    ev, V = ev[keep], V[:, keep]
-    s = np.sqrt(ev)
-    UtY = (V.T @ (Ac.T @ Yc)) / s[:, None]
-    n = len(A)
-    resid0 = np.maximum((Yc**2).sum(axis=0) - (UtY**2).sum(axis=0), 0.0)  # outside span(A)
-    gcv = np.empty((len(alphas), Y.shape[1]))
-    for i, alpha in enumerate(alphas):
-        shrink = ev / (ev + alpha)
-        rss = resid0 + (((1.0 - shrink)[:, None] * UtY) ** 2).sum(axis=0)
-        gcv[i] = rss / max(n - shrink.sum(), 1.0) ** 2
-    if per_output:
-        chosen = np.asarray(alphas)[np.argmin(gcv, axis=0)]
-    else:
-        chosen = np.full(Y.shape[1], alphas[int(np.argmin(gcv.sum(axis=1)))])
-    W = V @ ((s[:, None] / (ev[:, None] + chosen[None, :])) * UtY)
-    b = y_mean - a_mean @ W
-    return W, b, float(np.median(chosen))
-
-
-def _centred_sq(Q: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """(n,) per-prompt squared error of P against Q after removing each row's mean residual.
-
-    A decision argmax_j (q_j - lambda * c_j) does not change when a constant is added to a
-    row of q, so only the within-row (between-model) part of the error matters. This loss is
-    the sum over model pairs of the squared error of the predicted difference q_i - q_j (up to
-    a factor m), which is the regret of "pick i over j when the predicted difference exceeds
-    t" integrated over all thresholds t. NaN cells of Q are left out.
-    """
-    ok = np.isfinite(Q)
-    R = np.where(ok, Q - P, 0.0)
-    rm = R.sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
-    return (np.where(ok, R - rm[:, None], 0.0) ** 2).sum(axis=1)
-
-
-def _select_candidate(
-    cands: dict[str, np.ndarray], Q: np.ndarray, order: list[str], z: float
-) -> tuple[str, dict[str, float]]:
-    """Pick a final predictor from out-of-fold candidate predictions (the one-standard-error rule).
-
-    Each candidate's loss is the mean `_centred_sq` of its (clipped) out-of-fold predictions.
-    Walking `order` from the simplest candidate to the most flexible, the first one whose
-    paired loss difference to the best candidate is within `z` standard errors is chosen;
-    z = 0 picks the best. Candidates not in `order` (the per-model mean) win only when every
-    ordered one is worse by more than that. Returns (name, mean loss per candidate).
-    """
-    L = {k: _centred_sq(Q, np.clip(v, 0.0, 1.0)) for k, v in cands.items()}
-    scores = {k: float(v.mean()) for k, v in L.items()}
-    best = min(scores, key=scores.__getitem__)
-    for k in order:
-        if k not in L:
-            continue
-        d = L[k] - L[best]
-        if d.mean() <= z * d.std() / np.sqrt(max(len(d), 1)):
-            return k, scores
-    return best, scores
-
-
-def _kmeans(E: np.ndarray, k: int, seed: int, iters: int = 15) -> np.ndarray:
-    """Spherical k-means centres (k, d) with k-means++ seeding; E rows are unit vectors."""
-    rng = np.random.default_rng(seed)
-    n = len(E)
-    k = max(1, min(k, n))
-    centres = [E[rng.integers(n)]]
-    d2 = np.full(n, np.inf)
-    for _ in range(1, k):
-        d2 = np.minimum(d2, np.maximum(2.0 - 2.0 * (E @ centres[-1]), 0.0))
-        tot = d2.sum()
-        centres.append(E[rng.choice(n, p=d2 / tot)] if tot > 0 else E[rng.integers(n)])
-    C = np.array(centres, dtype=np.float64)
-    for _ in range(iters):
-        lab = np.argmax(E @ C.T, axis=1)
-        sums = np.zeros_like(C)
-        np.add.at(sums, lab, E)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        C = np.where(norms > 1e-12, sums / np.maximum(norms, 1e-12), C)  # empty clusters keep their centre
-    return C
-
-
-def _fill(Q: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(Q), Q, mu[None, :])
-
-
-def _assign(E: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centre (label) and its cosine similarity for each row of E."""
-    S = np.asarray(E, dtype=np.float32) @ C.T
-    lab = np.argmax(S, axis=1)
-    return lab, S[np.arange(len(S)), lab]
-
-
-def _per_cluster_product(Z: np.ndarray, W: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    """(n, m) rows Z[i] @ W[lab[i]]: one product per cluster present (the same numbers as
-    einsum("np,npm->nm", Z, W[lab]) to float64 rounding, without the (n, p, m) gather)."""
-    if len(lab) == 1:
-        return Z @ W[lab[0]]
-    out = np.empty((len(Z), W.shape[2]))
-    if len(lab) == 0:
-        return out
-    order = np.argsort(lab, kind="stable")
-    labs = lab[order]
-    cuts = np.flatnonzero(np.diff(labs)) + 1
-    for rows in np.split(order, cuts):
-        out[rows] = Z[rows] @ W[lab[rows[0]]]
-    return out
-
-
-def _betas_for(E: np.ndarray, neighbours: tuple[int, ...], seed: int, sample: int = 300) -> tuple[float, ...]:
-    """Kernel sharpness per target neighbourhood size, chosen from the training embeddings.
-
-    For each target k, the beta whose kernel weights exp(beta * (sim - 1)) sum to about k (the
-    median over a sample of training prompts, excluding themselves) - the smooth analogue of
-    k nearest neighbours, adapted to how spread out this encoder's similarities are.
-    """
-    n = len(E)
-    if n < 3 or not neighbours:
-        return ()
-    rng = np.random.default_rng(seed + 7)
-    q = rng.choice(n, min(sample, n), replace=False)
-    S = (E[q] @ E.T).astype(np.float64) - 1.0
-    S[np.arange(len(q)), q] = -np.inf  # leave each sampled prompt out
-    out = []
-    for k in neighbours:
-        k = min(k, n - 1)
-        lo, hi = 0.0, 1.0
-        while hi < 1e4 and np.median(np.exp(hi * S).sum(axis=1)) > k:
-            hi *= 2.0
-        for _ in range(30):
-            mid = 0.5 * (lo + hi)
-            if np.median(np.exp(mid * S).sum(axis=1)) > k:
-                lo = mid
-            else:
-                hi = mid
-        out.append(round(0.5 * (lo + hi), 4))
-    return tuple(out)
-
-
-def _projection(E: np.ndarray, dim: int) -> np.ndarray:
-    """(d, r) float32 basis of the top-`dim` principal directions of E (uncentred; identity if
-    dim >= d). Kernel similarities are computed in this smaller space for speed."""
-    d = E.shape[1]
-    if dim <= 0 or dim >= d:
-        return np.eye(d, dtype=np.float32)
-    _, V = np.linalg.eigh(E.T @ E)
-    return np.ascontiguousarray(V[:, ::-1][:, :dim], dtype=np.float32)
-
-
-def _n_clusters(n: int, mean_size: int) -> int:
-    return int(np.clip(round(n / mean_size), 1, 1024))
-
-
-_KERNEL_SUB_MAX_COLS = 8  # outcome columns up to which the kernel sums run on cache-sized sub-blocks
-_KERNEL_THREAD_ROWS = 2048  # rows per extra kernel thread (smaller batches stay on one)
-
-
-def _kernel_threads(n: int) -> int:
-    """Threads for the kernel sums of an n-row batch: one below 2 x `_KERNEL_THREAD_ROWS` rows,
-    else up to the BLAS thread count in effect (1 inside the router's worker processes and in
-    the gateway, which limit BLAS to one thread: then no extra threads either)."""
-    if n < 2 * _KERNEL_THREAD_ROWS:
-        return 1
-    from threadpoolctl import threadpool_info
-
-    blas = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
-    cap = min(blas) if blas else 1
-    return max(1, min(cap, os.cpu_count() or 1, n // _KERNEL_THREAD_ROWS))
-
-
-# Kernel weights below exp(-_KERNEL_CUT) (~2e-22) are left out where a whole block of training
-# rows is that far from a query: every denominator holds the pseudo-weight 1 and the density
-# column the floor 1e-9, so this moves no output by more than (training rows) x 2e-22.
-_KERNEL_CUT = 50.0
-_KERNEL_BLOCK_ROWS = 64  # mean training rows per block of a blocked kernel memory
-_KERNEL_MIN_BLOCKED = 512  # smaller kernel memories are not blocked (one pass over all rows is cheap)
-_KERNEL_KMEANS_SAMPLE = 8192  # training rows the block centres are fitted on (at most)
-_BOUND_SLACK = 1e-4  # taken off the similarity cut: covers float32 rounding of the similarities
-_ITEM_COST = 8192  # a kernel work item's fixed cost (a few BLAS and exp calls), in weighted sums
-
-
-def _chain_order(C: np.ndarray) -> np.ndarray:
-    """An order of the unit rows of C in which each row is followed by the nearest one not yet
-    placed (greedy chain from row 0): similar blocks end up adjacent."""
-    k = len(C)
-    sim = C @ C.T
-    order = [0]
-    free = np.ones(k, dtype=bool)
-    free[0] = False
-    for _ in range(k - 1):
-        row = np.where(free, sim[order[-1]], -np.inf)
-        nxt = int(np.argmax(row))
-        order.append(nxt)
-        free[nxt] = False
-    return np.asarray(order, dtype=np.int64)
-
-
-class _KernelMemory:
-    """The training side of the kernel sums, arranged once per fitted base (on first use).
-
-    `MT` (columns, N) float32 holds [outcomes | one row per distinct pattern of observed outcomes
-    that is not "all observed" | 1]: models with the same missing rows share one observed-weight
-    sum, and fully observed models use the total weight (the same numbers, fewer sums; routerbench
-    has 11 models with two patterns: 14 rows instead of 23). `den[j]` is the row holding model j's
-    observed weight.
-
-    Blocks (when the widest kernel can leave rows out at all: N >= `_KERNEL_MIN_BLOCKED` and
-    beta_min * (1 - cos) can exceed `_KERNEL_CUT`): the training rows are grouped by spherical
-    k-means (about `_KERNEL_BLOCK_ROWS` rows per block), stored block by block, similar blocks
-    next to each other (`_chain_order`). Each block has a centre c and the angle a_in of its
-    widest member from it. For a unit query q the triangle inequality on the sphere bounds every
-    member's similarity: angle(q, x) >= angle(q, c) - a_in. So where angle(q, c) >= a_in +
-    arccos(1 - _KERNEL_CUT / beta_min), every weight of the block, for every width, is below
-    exp(-_KERNEL_CUT): the block is needed only where q . c > `thresh` = cos(a_in + that angle)
-    (a zero query row, whose similarities are all 0, obeys the same rule). A query's sums run over
-    the training rows from its first to its last needed block (one slice, no copy; the blocks in
-    between add weights of ~0). Templated prompts (routerbench_subset: betas ~1,100-3,300) skip
-    most blocks; spread-out memories (routellm: betas ~20-80) are not blocked.
-    """
-
-    __slots__ = ("ET", "MT", "bounds", "centres", "complete", "den", "thresh")
-
-    def __init__(self, E: np.ndarray, Qf: np.ndarray, ok: np.ndarray, betas: tuple[float, ...]) -> None:
-        N, m = Qf.shape
-        observed = np.asarray(ok).T > 0  # (m, N)
-        full = observed.all(axis=1)
-        rows = [np.asarray(Qf, dtype=np.float32).T]
-        den = np.zeros(m, dtype=np.int64)
-        if not full.all():
-            patterns, inverse = np.unique(observed[~full], axis=0, return_inverse=True)
-            rows.append(patterns.astype(np.float32))
-            den[~full] = m + inverse.ravel()
-        rows.append(np.ones((1, N), np.float32))
-        MT = np.concatenate(rows, axis=0)
-        den[full] = len(MT) - 1
-        self.den = den
-        self.complete = bool(full.all())
-        self.bounds: np.ndarray | None = None
-        E = np.asarray(E, dtype=np.float32)
-        beta = min(betas) if betas else 0.0
-        if N >= _KERNEL_MIN_BLOCKED and 2.0 * beta > _KERNEL_CUT + 2.0 * _BOUND_SLACK * beta:
-            E64 = E.astype(np.float64)
-            # centres from a sample (their quality only moves speed; every row is then assigned)
-            fit_on = E64
-            if N > _KERNEL_KMEANS_SAMPLE:
-                fit_on = E64[
-                    np.sort(np.random.default_rng(0).choice(N, _KERNEL_KMEANS_SAMPLE, replace=False))
-                ]
-            C = _kmeans(fit_on, int(np.clip(N // _KERNEL_BLOCK_ROWS, 2, 1024)), seed=0, iters=8)
-            C /= np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
-            lab = np.argmax(E64 @ C.T, axis=1)
-            counts = np.bincount(lab, minlength=len(C))
-            keep = np.flatnonzero(counts > 0)
-            keep = keep[_chain_order(C[keep])]
-            rank = np.empty(len(C), dtype=np.int64)
-            rank[keep] = np.arange(len(keep))
-            C, counts, lab = C[keep], counts[keep], rank[lab]
-            order = np.argsort(lab, kind="stable")
-            E, MT, lab = E[order], MT[:, order], lab[order]
-            self.bounds = np.concatenate(([0], np.cumsum(counts)))
-            member_cos = np.einsum("ij,ij->i", E.astype(np.float64), C[lab])
-            a_in = np.arccos(np.clip(np.minimum.reduceat(member_cos, self.bounds[:-1]), -1.0, 1.0))
-            a_cut = np.arccos(1.0 - _KERNEL_CUT / beta - _BOUND_SLACK)
-            self.thresh = np.cos(np.minimum(a_in + a_cut, np.pi)) - _BOUND_SLACK
-            self.thresh[a_in + a_cut >= np.pi] = -np.inf  # needed by every query
-            self.centres = np.ascontiguousarray(C.T, dtype=np.float32)  # (d, blocks)
-        self.ET = np.ascontiguousarray(E.T)
-        self.MT = np.ascontiguousarray(MT)
-
-    def needed(self, K: np.ndarray) -> np.ndarray:
-        """(n, blocks) bool: blocks in which some weight of query row i may reach exp(-_KERNEL_CUT).
-        Rows of K are unit vectors or zero; any other row needs every block."""
-        need = (K @ self.centres) > self.thresh
-        sq = np.einsum("ij,ij->i", K, K)
-        odd = (np.abs(sq - 1.0) > 1e-3) & (sq > 1e-6)
-        if odd.any():
-            need[odd] = True
-        return need
-
-    def plan(self, K: np.ndarray, step: int) -> list[tuple[slice | np.ndarray, slice]]:
-        """Work items (query rows, training columns) covering every weight >= exp(-_KERNEL_CUT).
-
-        Rows far from every block get no item (their sums are 0). The others are grouped by their
-        first needed block; an item spans its rows' needed blocks (a slice of the stored rows).
-        Neighbouring groups share an item (up to `step` rows) where that costs fewer sums than
-        two items would, counting `_ITEM_COST` sums for each item's fixed cost."""
-        n = len(K)
-        if self.bounds is None:
-            return [(slice(s0, min(s0 + step, n)), slice(None)) for s0 in range(0, n, step)]
-        bounds = self.bounds
-        if n == 1:  # one query: the same rule in fewer numpy calls
-            k = K[0]
-            sq = float(k @ k)
-            odd = abs(sq - 1.0) > 1e-3 and sq > 1e-6
-            blocks = np.arange(len(self.thresh)) if odd else np.flatnonzero(k @ self.centres > self.thresh)
-            if not len(blocks):
-                return []
-            return [(slice(0, 1), slice(int(bounds[blocks[0]]), int(bounds[blocks[-1] + 1])))]
-        need = self.needed(K)
-        rows = np.flatnonzero(need.any(axis=1))
-        if not len(rows):
-            return []
-        nr = need[rows]
-        first = nr.argmax(axis=1)
-        last = nr.shape[1] - 1 - nr[:, ::-1].argmax(axis=1)
-        order = np.argsort(first, kind="stable")
-        rows, first, last = rows[order], first[order], last[order]
-        starts = np.flatnonzero(np.diff(first, prepend=-1))  # one group per first block
-        ends = [*starts[1:].tolist(), len(rows)]
-        his = np.maximum.reduceat(last, starts).tolist()
-        items: list[tuple[slice | np.ndarray, slice]] = []
-        cur: list[int] = []  # [row start, row end, first block, last block]
-        for s0, e0, lo, hi in zip(starts.tolist(), ends, first[starts].tolist(), his, strict=True):
-            for a in range(s0, e0, step):
-                g = [a, min(a + step, e0), lo, hi]
-                if cur and g[1] - cur[0] <= step:
-                    width = int(bounds[max(cur[3], hi) + 1] - bounds[cur[2]])
-                    apart = (cur[1] - cur[0]) * int(bounds[cur[3] + 1] - bounds[cur[2]])
-                    apart += (g[1] - g[0]) * int(bounds[hi + 1] - bounds[lo]) + _ITEM_COST
-                    if (g[1] - cur[0]) * width <= apart:
-                        cur[1], cur[3] = g[1], max(cur[3], hi)
-                        continue
-                if cur:
-                    items.append((rows[cur[0] : cur[1]], slice(int(bounds[cur[2]]), int(bounds[cur[3] + 1]))))
-                cur = g
-        items.append((rows[cur[0] : cur[1]], slice(int(bounds[cur[2]]), int(bounds[cur[3] + 1]))))
-        return items
 
 
 class _Base:
