@@ -90,10 +90,17 @@ class _Incomplete(Exception):
 
 def _encode(args: Sequence[Any]) -> bytes:
     """One command in RESP (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + _bulks(args)
+
+
+def _bulks(args: Sequence[Any]) -> bytes:
+    """`args` as RESP bulk strings, one after the other (a command without its array header)."""
+    out = []
     for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        b = a if type(a) is bytes else str(a).encode()
+        out.append(b"$%d\r\n" % len(b))
+        out.append(b)
+        out.append(b"\r\n")
     return b"".join(out)
 
 
@@ -194,8 +201,12 @@ class _AutoPipe:
     def call(self, *args: Any, orphan: Orphan | None = None) -> asyncio.Future[Any]:
         """Queue one command; the future gets its reply (a `ReplyError` for an error reply).
         Should the future be cancelled first, `orphan(reply or exception)` gets it instead."""
+        return self.send(_encode(args), orphan)
+
+    def send(self, command: bytes, orphan: Orphan | None = None) -> asyncio.Future[Any]:
+        """`call` with the command already in RESP."""
         fut = self.loop.create_future()
-        self._out.append(_encode(args))
+        self._out.append(command)
         self._out_futs.append((fut, orphan))
         if not self._flush_soon:
             self._flush_soon = True
@@ -506,6 +517,7 @@ class RedisState:
         self._pending: list[tuple[str, int, int, float, float]] = []  # settles queued while degraded
         self._scripts: dict[str, str] = {}  # script text -> SHA1
         self._pipe: _AutoPipe | None = None
+        self._heads: dict[tuple[str, tuple[str, ...]], bytes] = {}  # see eval_async
         self._breakers: dict[str, tuple[float, float]] = {}  # model -> (checked at, open until)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -578,11 +590,20 @@ class RedisState:
         if pipe is None or pipe.loop is not loop:
             pipe = self._pipe = _AutoPipe(self.url, self.timeout_s, loop)
         sha = self._sha(text)
+        # "EVALSHA sha numkeys keys..." in RESP, kept per script and keys (the keys of a ledger
+        # are tuples it keeps per key id); the arguments are encoded per call
+        kt = keys if type(keys) is tuple else tuple(keys)
+        head = self._heads.get((sha, kt))
+        if head is None:
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            head = self._heads[(sha, kt)] = _bulks(("EVALSHA", sha, len(kt), *kt))
+        command = b"*%d\r\n" % (3 + len(keys) + len(args)) + head + _bulks(args)
         try:
-            out = await pipe.call("EVALSHA", sha, len(keys), *keys, *args, orphan=orphan)
+            out = await pipe.send(command, orphan)
             if isinstance(out, ReplyError) and str(out).startswith("NOSCRIPT"):
                 pipe.call("SCRIPT", "LOAD", text).add_done_callback(_retrieve)  # answered first
-                out = await pipe.call("EVALSHA", sha, len(keys), *keys, *args, orphan=orphan)
+                out = await pipe.send(command, orphan)
             if isinstance(out, ReplyError):
                 raise out
         except Exception as e:  # ConnectionError, TimeoutError, ReplyError
@@ -752,6 +773,7 @@ class RedisLedger:
         self._last_reclaim = -float("inf")
         self._background: set[asyncio.Future[Any]] = set()  # give-backs and top-ups under way
         self._topping: set[str] = set()  # key ids whose lease is being topped up
+        self._key_cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         state.start_heartbeat()
         with contextlib.suppress(StateUnavailable):
             state.reclaim()
@@ -846,14 +868,9 @@ class RedisLedger:
         budget_day: float | None,
         budget_month: float | None,
         amount: float,
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[tuple[str, ...], list[Any]]:
         st = self.state
-        keys = [
-            st.key("b", key_id),
-            st.key("holds", st.replica),
-            st.key("alive", st.replica),
-            st.key("replicas"),
-        ]
+        keys = self._key_tuples(key_id)[0]
         args = [
             day,
             month,
@@ -865,6 +882,18 @@ class RedisLedger:
             st.replica,
         ]
         return keys, args
+
+    def _key_tuples(self, key_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The Redis keys of `key_id`'s reserve and settle scripts (kept per key id)."""
+        kt = self._key_cache.get(key_id)
+        if kt is None:
+            st = self.state
+            b, holds = st.key("b", key_id), st.key("holds", st.replica)
+            kt = (b, holds, st.key("alive", st.replica), st.key("replicas")), (b, holds)
+            if len(self._key_cache) >= 4096:
+                self._key_cache.clear()
+            self._key_cache[key_id] = kt
+        return kt
 
     def _reclaim_due(self) -> bool:
         """Whether a refused reservation may look for dead replicas' holds now (at most once per
@@ -902,7 +931,7 @@ class RedisLedger:
         try:
             await st.eval_async(
                 _SETTLE,
-                [st.key("b", key_id), st.key("holds", st.replica)],
+                self._key_tuples(key_id)[1],
                 [day, month, repr(float(amount)), repr(float(actual)), key_id],
                 orphan=orphan,
             )
