@@ -136,8 +136,11 @@ class Fleet:
                 p.kill()
 
 
-def wrk_fleet(wrk: str, fleet: Fleet, conns: int, duration: int, tmp: Path, tag: str) -> dict[str, Any]:
-    """wrk against every process at once (connections split evenly); aggregate numbers."""
+def wrk_fleet(
+    wrk: str, fleet: Fleet, conns: int, duration: int, tmp: Path, tag: str, redis_pid: int | None = None
+) -> dict[str, Any]:
+    """wrk against every process at once (connections split evenly); aggregate numbers (and the
+    redis-server's CPU per request when `redis_pid` is given)."""
     n = len(fleet.ports)
     each = max(1, conns // n)
     scripts = []
@@ -151,6 +154,7 @@ def wrk_fleet(wrk: str, fleet: Fleet, conns: int, duration: int, tmp: Path, tag:
         w.wait()
     pids = [p.pid for p in fleet.procs]
     cpu0 = sum(cpu_seconds(p) for p in pids)
+    rcpu0 = cpu_seconds(redis_pid) if redis_pid else 0.0
     runs = [
         subprocess.Popen(
             [wrk, "-t1", f"-c{each}", f"-d{duration}s", "--latency", "-s", str(s), r],
@@ -162,6 +166,7 @@ def wrk_fleet(wrk: str, fleet: Fleet, conns: int, duration: int, tmp: Path, tag:
     outs = [parse_wrk(w.communicate()[0]) for w in runs]
     total = sum(o["requests"] for o in outs) or 1
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    rcpu = cpu_seconds(redis_pid) - rcpu0 if redis_pid else 0.0
     return {
         "processes": n,
         "connections": each * n,
@@ -171,6 +176,7 @@ def wrk_fleet(wrk: str, fleet: Fleet, conns: int, duration: int, tmp: Path, tag:
         "non_2xx": sum(o["non_2xx"] for o in outs),
         "socket_errors": sum(o["socket_errors"] for o in outs),
         "gateway_cpu_us_per_req": round(cpu / total * 1e6, 1),
+        "redis_cpu_us_per_req": round(rcpu / total * 1e6, 1),
     }
 
 
@@ -295,6 +301,7 @@ def markdown(r: dict[str, Any]) -> str:
                 t["p50_ms"],
                 t["p99_ms"],
                 t.get("gateway_cpu_us_per_req", ""),
+                t.get("redis_cpu_us_per_req", "") if t["state"] == "redis" else "",
                 t["non_2xx"] + t["socket_errors"],
             ]
         )
@@ -304,7 +311,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['load_end'][0]:.1f} at the end (the box was shared with other engineers' jobs; wrk, the fake server, "
         "Redis and every gateway process share the same cores, so more processes add no cores here). Each "
         "gateway process: one worker, every request routed by the shipped default router (`llmroute/auto`), "
-        "authenticated, with a budget hold + settle and a rate-limit token per request. Aggregate req/s = sum "
+        "authenticated, with a budget hold + settle and a rate-limit token per request (on Redis: two "
+        "scripts per request, auto-pipelined with the other requests' commands of the same event-loop pass; "
+        "rate-limit leases topped up in the background). Aggregate req/s = sum "
         "over one wrk per process (connections split evenly), p50 = request-weighted mean, p99 = the largest.",
         "",
         md_table(
@@ -317,6 +326,7 @@ def markdown(r: dict[str, Any]) -> str:
                 "p50 ms",
                 "p99 ms",
                 "gateway CPU us/req",
+                "redis-server CPU us/req",
                 "errors",
             ],
             rows,
@@ -398,7 +408,8 @@ def main() -> None:
             for c in conns:
                 for k in range(args.rounds):
                     for name, fleet in pair.items():
-                        res = wrk_fleet(wrk, fleet, c, args.duration, tmp, f"{name}-1-{c}-{k}")
+                        rpid = redis.pid if name == "redis" else None
+                        res = wrk_fleet(wrk, fleet, c, args.duration, tmp, f"{name}-1-{c}-{k}", rpid)
                         res["state"], res["round"] = name, k
                         throughput.append(res)
                         print(json.dumps(res), flush=True)
@@ -409,7 +420,7 @@ def main() -> None:
             fleet = Fleet(n, redis_cfg, tmp, f"redis-{n}")
             try:
                 for c in conns:
-                    res = wrk_fleet(wrk, fleet, c, args.duration, tmp, f"redis-{n}-{c}")
+                    res = wrk_fleet(wrk, fleet, c, args.duration, tmp, f"redis-{n}-{c}", redis.pid)
                     res["state"], res["round"] = "redis", 0
                     throughput.append(res)
                     print(json.dumps(res), flush=True)
