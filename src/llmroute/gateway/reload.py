@@ -153,7 +153,8 @@ def config_changes(
 ) -> dict[str, Any]:
     """What a reload from `old` to `new` changes: models, aliases, routers (a changed file
     counts) and rules, each {added, removed, changed} by name (a rule without a name: '#index'),
-    and the other sections that differ (`sections`)."""
+    and the other top-level sections that differ (`sections`; with `running_config`'s `new` the
+    restart-only ones never do)."""
     dump = {m.name: m.model_dump(mode="json") for m in old.models}
     models = _named(dump, {m.name: m.model_dump(mode="json") for m in new.models})
     aliases = _named(
@@ -163,9 +164,10 @@ def config_changes(
     routers = _named(old.routers, new.routers)
     routers["changed"] = sorted(set(routers["changed"]) | set(routers_changed or ()))
     rules = _named(_rules(old.rules), _rules(new.rules))
+    named = ("models", "aliases", "routers", "rules", "base_dir")
     sections = sorted(
-        s for s in ("server", "signals", "cache", "trace", "keys", "admin") if _get(old, s) != _get(new, s)
-    )
+        s for s in type(new).model_fields if s not in named and _get(old, s) != _get(new, s)
+    )  # every other top-level section, those a later version adds too
     return {"models": models, "aliases": aliases, "routers": routers, "rules": rules, "sections": sections}
 
 
