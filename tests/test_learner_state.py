@@ -159,6 +159,25 @@ def test_a_redis_that_lost_its_data_makes_workers_reload(redis_proc: RedisProc) 
         st.close()
 
 
+def test_one_metrics_collector_per_registry_taken_over_by_the_newest_state() -> None:
+    """A config reload starts new learners (a new state) while the old runtime drains: the
+    registry keeps one set of learner-state series, the newest state's."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry(auto_describe=False)
+    old, new = RedisLearnerState("redis://127.0.0.1:1/0"), RedisLearnerState("redis://127.0.0.1:1/0")
+    old.register_metrics(reg)
+    new.register_metrics(reg)
+    new._queue.append(_o("q", 0.1))
+    text = generate_latest(reg).decode()
+    assert text.count("llmroute_learning_queued_outcomes 1.0") == 1
+    assert text.count("# TYPE llmroute_learning_state_degraded gauge") == 1
+    old.close()  # the old runtime closes: the series stay (the new state's)
+    assert "llmroute_learning_queued_outcomes 1.0" in generate_latest(reg).decode()
+    new.close()
+    assert "llmroute_learning" not in generate_latest(reg).decode()
+
+
 def test_redis_outage_queues_outcomes_then_records_them(redis_proc: RedisProc) -> None:
     _flush(redis_proc)
     st = RedisLearnerState(redis_proc.url, retry_s=0.05, max_queued=2)

@@ -213,7 +213,7 @@ class RedisLearnerState:
         self.dropped = 0  # outcomes refused because the queue was full
         self.recovered = 0  # queued outcomes recorded once Redis answered again
         self.sync_error: str | None = None  # "StateUnavailable" while degraded (Learning reads it)
-        self._collector: Any = None
+        self._registry: Any = None  # where `register_metrics` exported this state
 
     # ---- keys ------------------------------------------------------------------------------------
     def _k(self, kind: str, alias: str = "") -> str:
@@ -407,20 +407,31 @@ class RedisLearnerState:
 
     def register_metrics(self, registry: Any) -> None:
         """Export llmroute_learning_state_degraded, llmroute_learning_queued_outcomes and
-        llmroute_learning_dropped_outcomes_total to a prometheus_client `registry`."""
-        if self._collector is None:
-            self._collector = _Collector(self)
-            registry.register(self._collector)
-            self._registry = registry
+        llmroute_learning_dropped_outcomes_total to a prometheus_client `registry`: one collector
+        per registry, pointed at the newest state (a config reload's new learners take it over
+        while the old runtime drains)."""
+        col = getattr(registry, _COLLECTOR_ATTR, None)
+        if col is None:
+            col = _Collector(self)
+            registry.register(col)
+            setattr(registry, _COLLECTOR_ATTR, col)
+        col.state = self
+        self._registry = registry
 
     def close(self) -> None:
-        """Drop the connection (and the metrics collector); queued outcomes are lost (the trace
-        store still has their feedback)."""
-        if self._collector is not None:
+        """Drop the connection (and the metrics collector unless a newer state took it over);
+        queued outcomes are lost (the trace store still has their feedback)."""
+        registry, self._registry = self._registry, None
+        col = getattr(registry, _COLLECTOR_ATTR, None) if registry is not None else None
+        if col is not None and col.state is self:
             with contextlib.suppress(KeyError):
-                self._registry.unregister(self._collector)
-            self._collector = None
+                registry.unregister(col)
+            delattr(registry, _COLLECTOR_ATTR)
         self.st.close()
+
+
+#: the attribute of a prometheus_client registry that holds its learner-state collector
+_COLLECTOR_ATTR = "_llmroute_learner_state_collector"
 
 
 class _Collector:
