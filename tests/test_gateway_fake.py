@@ -51,6 +51,36 @@ def test_control_endpoint_sets_and_reads_the_latency() -> None:
         assert fs.state.latency_s == pytest.approx(0.015)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "conversation"),
+    [
+        ("/v1/chat/completions", CHAT, True),
+        ("/v1/messages", {"model": "fake-weak", "max_tokens": 8, "messages": CHAT["messages"]}, True),
+        ("/v1/embeddings", {"model": "fake-weak", "input": "hello"}, False),
+        ("/v1/completions", {"model": "fake-weak", "prompt": "hello"}, False),
+    ],
+)
+def test_every_model_endpoint_reads_counts_and_faults_a_call_alike(
+    path: str, body: dict[str, Any], conversation: bool
+) -> None:
+    """A body that is not a JSON object gets a 400 and is not counted; a call is counted per
+    model (per model and last message too on the two conversation endpoints), its body kept as
+    the model's last, and a header fault answers instead (counted as well)."""
+    with start_fake_server() as fs:
+        for raw in (b"[1, 2]", b"{not json"):
+            r = httpx.post(fs.url + path, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        assert fs.state.counts == {}
+        assert httpx.post(fs.url + path, json=body).status_code == 200
+        assert httpx.get(fs.url + "/_control/stats").json() == {"fake-weak": 1}
+        assert httpx.get(fs.url + "/_control/last", params={"model": "fake-weak"}).json() == body
+        assert fs.state.calls == ({("fake-weak", "hello"): 1} if conversation else {})
+        r = httpx.post(fs.url + path, json=body, headers={"x-fake-fault": "503"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        assert fs.state.counts == {"fake-weak": 2}
+        assert fs.state.calls == ({("fake-weak", "hello"): 2} if conversation else {})
+
+
 def test_answers_wait_for_the_latency_faults_do_not() -> None:
     """With a 5 s latency nothing answers within 0.5 s; a fault still answers at once; the same
     request answers once the latency is back to 0."""

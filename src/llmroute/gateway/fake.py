@@ -42,6 +42,7 @@ are right or both wrong. `POST /_control/skills {"skills": {model: {category: p}
 replaces the profiles. The judge fault `unparseable` (`JUDGE_FAULTS`, set like the others) answers
 200 with text that holds no score; `timeout` works as for any model. `state.calls` counts requests
 per (model, last message text) as they arrive (faulted ones too).
+The prompts, the skilled answers and the judge are in `llmroute.gateway.fake_skills`.
 
 Run it: `python -m llmroute.gateway.fake --port 9000 [--latency-ms 15]` (binds 127.0.0.1), or
 in a background thread of the current process with `serve_in_thread()` (what the tests and
@@ -53,15 +54,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
+
+from llmroute.gateway.fake_skills import (
+    DEFAULT_JUDGES,
+    DEFAULT_SKILLS,
+    SKILL_CATEGORIES,
+    _coin,
+    _judge,
+    _skilled,
+    _solve,
+    is_right,
+    skill_prompts,
+)
 
 __all__ = [
     "ANSWER_FAULTS",
@@ -98,14 +109,6 @@ FAULTS = (
 ANSWER_FAULTS = ("length",)
 #: faults of a judge's answer (a 200 whose text holds no score), set like `FAULTS`
 JUDGE_FAULTS = ("unparseable",)
-SKILL_CATEGORIES = ("math", "code", "chat")
-#: model -> category -> probability of a right answer
-DEFAULT_SKILLS: dict[str, dict[str, float]] = {
-    "skill-math": {"math": 0.95, "code": 0.1, "chat": 0.9},
-    "skill-code": {"math": 0.1, "code": 0.95, "chat": 0.9},
-    "skill-chat": {"math": 0.1, "code": 0.1, "chat": 0.95},
-}
-DEFAULT_JUDGES: tuple[str, ...] = ("fake-judge",)
 
 
 class FakeState:
@@ -175,154 +178,6 @@ def _answer(model: str, messages: Any) -> str:
     return f"[{model}] {_text_of(messages)[:60]}"
 
 
-# ---- skill profiles and a judge -------------------------------------------------------------------
-_ARITH = re.compile(r"(?i)\bcompute (-?\d+) ([+*-]) (-?\d+)")
-_MC = re.compile(r"(?i)which number is (largest|smallest)\?((?:\s*[A-D]\) -?\d+)+)")
-_MC_OPT = re.compile(r"([A-D])\) (-?\d+)")
-_CODE = re.compile(r"Python function `(\w+)\((\w+)\)` that returns ([^`\n]+?)\.(?:\s|$)")
-_LAST_NUMBER = re.compile(r"-?\d+")
-_LETTER = re.compile(r"\(([A-D])\)")
-_REFUSAL = "Sorry, I cannot help with that."
-
-
-@dataclass(frozen=True)
-class _Task:
-    category: str  # math | code | chat
-    kind: str  # arith | mc | code | chat
-    right: str  # the right final number / letter / function body line
-    options: tuple[str, ...] = ()
-
-
-def _solve(text: str) -> _Task:
-    """What a prompt of `skill_prompts()` asks, and its right answer (chit-chat otherwise)."""
-    m = _ARITH.search(text)
-    if m:
-        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-        v = a + b if op == "+" else a - b if op == "-" else a * b
-        return _Task("math", "arith", str(v))
-    m = _MC.search(text)
-    if m:
-        opts = _MC_OPT.findall(m.group(2))
-        pick = max if m.group(1).lower() == "largest" else min
-        letter = pick(opts, key=lambda o: int(o[1]))[0]
-        return _Task("math", "mc", letter, tuple(o[0] for o in opts))
-    m = _CODE.search(text)
-    if m:
-        return _Task("code", "code", f"def {m.group(1)}({m.group(2)}):\n    return {m.group(3)}\n")
-    return _Task("chat", "chat", "")
-
-
-def _coin(seed: int, model: str, text: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, model, prompt)."""
-    h = hashlib.sha256(f"{seed}\x00{model}\x00{text}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2.0**64
-
-
-def _skilled(task: _Task, text: str, right: bool, coin: float) -> str:
-    if task.kind == "arith":
-        v = int(task.right) if right else int(task.right) + 1 + int(coin * 1e6) % 9
-        return f"Let me work it out step by step. The answer is {v}."
-    if task.kind == "mc":
-        wrong = [o for o in task.options if o != task.right] or [task.right]
-        letter = task.right if right else wrong[int(coin * 1e6) % len(wrong)]
-        return f"Comparing the options, the answer is ({letter})."
-    if task.kind == "code":
-        body = task.right
-        if not right:  # off by one
-            head, ret = body.split("return ", 1)
-            body = f"{head}return ({ret.strip()}) + 1\n"
-        return f"Here it is:\n```python\n{body}```"
-    return f"Sure! Happy to help with that: {text[:80]}" if right else _REFUSAL
-
-
-def is_right(question: str, answer: str) -> bool:
-    """Whether `answer` answers a `skill_prompts()` question right (the fake judge's view)."""
-    task = _solve(question)
-    if task.kind == "arith":
-        nums = _LAST_NUMBER.findall(answer)
-        return bool(nums) and nums[-1] == task.right
-    if task.kind == "mc":
-        letters = _LETTER.findall(answer)
-        return bool(letters) and letters[-1] == task.right
-    if task.kind == "code":
-        return task.right in answer
-    return bool(answer.strip()) and _REFUSAL not in answer
-
-
-_J_SINGLE = re.compile(
-    r"\[Question\]\n(.*?)\n\n(?:\[The Start of Reference Answer\].*?\[The End of Reference Answer\]\n\n)?"
-    r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]",
-    re.S,
-)
-_J_PAIR = re.compile(
-    r"\[Question\]\n(.*?)\n\n\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]"
-    r"\s*\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]",
-    re.S,
-)
-
-
-def _judge(text: str) -> str:
-    """The fake judge's verdict on a single-answer or pairwise judge prompt."""
-    m = _J_PAIR.search(text)
-    if m:
-        a, b = is_right(m.group(1), m.group(2)), is_right(m.group(1), m.group(3))
-        verdict = "B" if b and not a else "A"  # ties go to the first answer: a position bias
-        return f"Both answers were compared. [[{verdict}]]"
-    m = _J_SINGLE.search(text)
-    if m:
-        score = 9 if is_right(m.group(1), m.group(2)) else 2
-        return f"The answer was checked against the question. Rating: [[{score}]]"
-    return "Rating: [[5]]"
-
-
-_NAMES = ("Alice", "Bob", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jules", "Kofi", "Lena")
-_CHAT = (
-    "Hi there! Could you greet my friend {name} warmly?",
-    "Say something nice to {name}, who just finished a marathon.",
-    "Tell {name} good morning in a cheerful way.",
-    "Write a short thank-you note to {name} for the birthday gift.",
-    "How are you doing today? My name is {name}.",
-    "Can you wish {name} a happy weekend?",
-    "Give {name} a friendly word of encouragement before the exam.",
-    "Please say hello to {name} and ask how the holiday was.",
-)
-
-
-def skill_prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` prompts the skilled fake models answer and the graders grade: a third maths (final
-    number or multiple-choice letter, with `reference` and `grader`), a third code (a Python
-    function with `tests`), a third chit-chat (graded by the judge). Each has `prompt_id`,
-    `prompt` and `task` (math / code / chat)."""
-    import random
-
-    rng = random.Random(seed)
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        cat = SKILL_CATEGORIES[i % 3]
-        row: dict[str, Any] = {"prompt_id": f"s{seed}-{i}", "task": cat}
-        if cat == "math" and i % 2 == 0:
-            a, b, op = rng.randint(2, 999), rng.randint(2, 99), rng.choice("+-*")
-            row |= {"prompt": f"Compute {a} {op} {b}. Reply with the final number.", "grader": "number"}
-            row["reference"] = _solve(row["prompt"]).right
-        elif cat == "math":
-            vals = rng.sample(range(-50, 500), 4)
-            which = rng.choice(("largest", "smallest"))
-            opts = " ".join(f"{ch}) {v}" for ch, v in zip("ABCD", vals, strict=True))
-            row |= {"prompt": f"Which number is {which}? {opts}. Answer with the letter.", "grader": "choice"}
-            row["reference"] = _solve(row["prompt"]).right
-        elif cat == "code":
-            name = rng.choice(("scale", "shift", "area", "score", "total", "step")) + f"_{i}"
-            k, c = rng.randint(2, 9), rng.randint(0, 20)
-            row["prompt"] = f"Write a Python function `{name}(x)` that returns x * {k} + {c}. Only the code."
-            row["tests"] = "\n".join(f"assert {name}({x}) == {x * k + c}" for x in (0, 1, 7))
-            row["grader"] = "code"
-        else:
-            row["prompt"] = rng.choice(_CHAT).format(name=rng.choice(_NAMES)) + f" (#{i})"
-            row["grader"] = "judge"
-        out.append(row)
-    return out
-
-
 def _usage(messages: Any, answer: str) -> dict[str, int]:
     pt = max(1, len(orjson.dumps(messages)) // 4) if messages else 1
     ct = max(1, len(answer) // 4)
@@ -365,17 +220,41 @@ async def _maybe_fault_pre(
     return None
 
 
-async def _chat(request: web.Request) -> web.StreamResponse:
-    state: FakeState = request.app[STATE]
+async def _request_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+    """The JSON object of a request, or the 400 to answer."""
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        return _error(400, "invalid JSON body", "invalid_request_error")
+        return None, _error(400, "invalid JSON body", "invalid_request_error")
     if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object", "invalid_request_error")
+        return None, _error(400, "body must be a JSON object", "invalid_request_error")
+    return body, None
+
+
+class _Call(NamedTuple):
+    """A model call to answer: the server's state, the request's JSON object, its model, and the
+    fault it drew (with the fault's delay)."""
+
+    state: FakeState
+    body: dict[str, Any]
+    model: str
+    fault: str | None
+    delay: float | None
+
+
+async def _begin(request: web.Request, *, conversation: bool = False) -> _Call | web.StreamResponse:
+    """What every model endpoint does first: read the JSON object body (else answer 400), count
+    the call per model (and, with `conversation`, per (model, last message text) in `calls`),
+    keep the body as the model's last, and draw the fault (header, else the per-model registry).
+    Returns the call, or the response to send instead (a 400, or the fault's early answer)."""
+    state: FakeState = request.app[STATE]
+    body, bad = await _request_body(request)
+    if body is None:
+        return bad  # type: ignore[return-value]
     model = str(body.get("model", ""))
     state.counts[model] = state.counts.get(model, 0) + 1
-    state.calls[(model, _text_of(body.get("messages")))] += 1
+    if conversation:
+        state.calls[(model, _text_of(body.get("messages")))] += 1
     state.last[model] = body
     fault, delay = state.take_fault(
         model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
@@ -383,6 +262,14 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     early = await _maybe_fault_pre(request, fault, delay)
     if early is not None:
         return early
+    return _Call(state, body, model, fault, delay)
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    call = await _begin(request, conversation=True)
+    if not isinstance(call, _Call):
+        return call
+    state, body, model, fault, delay = call
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
     messages = body.get("messages")
@@ -485,17 +372,6 @@ async def _chat_stream(
     return r
 
 
-async def _request_body(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
-    """The JSON object of a request, or the 400 to answer."""
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return None, _error(400, "invalid JSON body", "invalid_request_error")
-    if not isinstance(body, dict):
-        return None, _error(400, "body must be a JSON object", "invalid_request_error")
-    return body, None
-
-
 def _texts(value: Any) -> list[str]:
     """The inputs of an embeddings / completions request: a string, strings, or token arrays."""
     if isinstance(value, str):
@@ -518,19 +394,10 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     import base64
     import struct
 
-    state: FakeState = request.app[STATE]
-    body, bad = await _request_body(request)
-    if body is None:
-        return bad  # type: ignore[return-value]
-    model = str(body.get("model", ""))
-    state.counts[model] = state.counts.get(model, 0) + 1
-    state.last[model] = body
-    fault, delay = state.take_fault(
-        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
-    )
-    early = await _maybe_fault_pre(request, fault, delay)
-    if early is not None:
-        return early
+    call = await _begin(request)
+    if not isinstance(call, _Call):
+        return call
+    body, model = call.body, call.model
     texts = _texts(body.get("input"))
     dims = int(body.get("dimensions") or 8)
     data = []
@@ -551,19 +418,10 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/completions` (legacy text completions): the echo answer per prompt, streamed too."""
-    state: FakeState = request.app[STATE]
-    body, bad = await _request_body(request)
-    if body is None:
-        return bad  # type: ignore[return-value]
-    model = str(body.get("model", ""))
-    state.counts[model] = state.counts.get(model, 0) + 1
-    state.last[model] = body
-    fault, delay = state.take_fault(
-        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
-    )
-    early = await _maybe_fault_pre(request, fault, delay)
-    if early is not None:
-        return early
+    call = await _begin(request)
+    if not isinstance(call, _Call):
+        return call
+    body, model, fault = call.body, call.model, call.fault
     prompts = _texts(body.get("prompt")) or [""]
     n = int(body.get("n") or 1)
     answers = [_answer(model, [{"role": "user", "content": p}]) for p in prompts for _ in range(n)]
@@ -650,21 +508,10 @@ def _sample(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
 
 async def _messages(request: web.Request) -> web.StreamResponse:
     """A fake Anthropic Messages API endpoint."""
-    state: FakeState = request.app[STATE]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _error(400, "invalid JSON body", "invalid_request_error")
-    model = str(body.get("model", ""))
-    state.counts[model] = state.counts.get(model, 0) + 1
-    state.calls[(model, _text_of(body.get("messages")))] += 1
-    state.last[model] = body
-    fault, delay = state.take_fault(
-        model, request.headers.get("x-fake-fault"), request.headers.get("x-fake-delay")
-    )
-    early = await _maybe_fault_pre(request, fault, delay)
-    if early is not None:
-        return early
+    call = await _begin(request, conversation=True)
+    if not isinstance(call, _Call):
+        return call
+    state, body, model, fault = call.state, call.body, call.model, call.fault
     if state.latency_s > 0:
         await asyncio.sleep(state.latency_s)
     answer = state.reply(model, body.get("messages"), fault)
