@@ -13,8 +13,8 @@ semantics of `SQLiteLearnerState`:
   explicit outcome replace an implicit one ("replaced": a -1 term undoes it). An outcome learned
   before the alias's last base snapshot (initial, reset, rollback) is no longer in the posterior.
   Those per-request keys expire after `active_ttl_s` (default 7 days: the idempotence window);
-- deltas are pulled incrementally (`ZRANGEBYSCORE (after +inf`) in one MULTI with the alias's
-  head and trim floor; a worker behind the floor, or ahead of the head (a Redis that lost its
+- deltas are pulled incrementally (`ZRANGEBYSCORE (after +inf`) with the alias's head and trim
+  floor, in the same script as the batch's outcomes (one round trip per sync); a worker behind the floor, or ahead of the head (a Redis that lost its
   data), is told to reload (`deltas` is None) from the newest snapshot;
 - snapshots (`learn:snap:<alias>` id -> safetensors bytes, `learn:meta:<alias>` id -> JSON;
   ids from one counter as in SQLite) and rollback (a copy of an older snapshot at the current
@@ -52,29 +52,30 @@ __all__ = ["RedisLearnerState", "is_redis_url"]
 #: results of `apply` while Redis does not answer
 QUEUED, DROPPED = "queued", "dropped"
 
-# Per outcome i (0-based), KEYS[4i+1..4i+4]: seq, deltas, base, active; ARGV[1]: active ttl ms;
-# ARGV[5i+2..5i+6]: explicit ('1'/'0'), same-key, payload, alias, aliases-set key.
-# Returns per outcome 'applied' | 'replaced' | 'ignored'.
+# One round trip per batch: record outcomes, then pull aliases' new terms.
+# n outcomes, m aliases. KEYS[4i+1..4i+4] (outcome i, 0-based): seq, deltas, base, active;
+# KEYS[4n+4j+1..4n+4j+4] (alias j): base, seq, floor, deltas. ARGV[1]: active ttl ms, ARGV[2]: n;
+# ARGV[5i+3..5i+7]: explicit ('1'/'0'), same-key, payload, alias, aliases-set key;
+# ARGV[5n+3+j]: alias j's last applied seq.
+# Returns {per outcome 'applied' | 'replaced' | 'ignored', per alias {base, head, floor, members}}.
 _APPLY = """
-local ttl = tonumber(ARGV[1])
+local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-local n = #KEYS / 4
 for i = 0, n - 1 do
   local kseq, kd, kbase, kact = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local explicit, same, payload = ARGV[5*i+2], ARGV[5*i+3], ARGV[5*i+4]
-  redis.call('SADD', ARGV[5*i+6], ARGV[5*i+5])
+  local explicit, same, payload = ARGV[5*i+3], ARGV[5*i+4], ARGV[5*i+5]
+  redis.call('SADD', ARGV[5*i+7], ARGV[5*i+6])
   local b = redis.call('GET', kbase)
   local base = 0
   if b then base = tonumber(string.match(b, ':(%d+)$')) end
   local act = redis.call('GET', kact)
   local result = 'applied'
-  local aseq, aexp, asame, apay
+  local aseq, asame, apay
   if act then
     local p1 = string.find(act, '\\n', 1, true)
     local p2 = string.find(act, '\\n', p1 + 1, true)
     local p3 = string.find(act, '\\n', p2 + 1, true)
     aseq = tonumber(string.sub(act, 1, p1 - 1))
-    aexp = string.sub(act, p1 + 1, p2 - 1)
     asame = string.sub(act, p2 + 1, p3 - 1)
     apay = string.sub(act, p3 + 1)
     if aseq <= base then act = nil end
@@ -93,7 +94,14 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = result
 end
-return out
+local pulled = {}
+for j = 0, (#KEYS - 4*n) / 4 - 1 do
+  local k = 4*n + 4*j
+  pulled[#pulled + 1] = {redis.call('GET', KEYS[k+1]) or '', redis.call('GET', KEYS[k+2]) or '0',
+                         redis.call('GET', KEYS[k+3]) or '0',
+                         redis.call('ZRANGEBYSCORE', KEYS[k+4], '(' .. ARGV[5*n+3+j], '+inf')}
+end
+return {out, pulled}
 """
 
 # KEYS: snapshot data, meta, unique (kind:seq -> id), base, last snapshot seq, deltas, floor,
@@ -223,9 +231,12 @@ class RedisLearnerState:
         return self.st.key("learn", "a", _tag(alias), request_id)
 
     # ---- outcomes --------------------------------------------------------------------------------
-    def _apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+    def _apply_pull(
+        self, outcomes: Sequence[Outcome], after: dict[str, int]
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta] | None]]]:
+        """Record `outcomes` and pull the aliases of `after`: one script, one round trip."""
         keys: list[str] = []
-        args: list[Any] = [self.active_ttl_ms]
+        args: list[Any] = [self.active_ttl_ms, len(outcomes)]
         aliases = self._k("aliases")
         for o in outcomes:
             keys += [
@@ -236,8 +247,19 @@ class RedisLearnerState:
             ]
             same = orjson.dumps([o.model, float(o.residual), o.source])
             args += ["1" if o.explicit else "0", same, _payload(o), o.alias, aliases]
-        out = self.st.eval(_APPLY, keys, args)
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in out]
+        names = list(after)
+        for a in names:
+            keys += [self._k("base", a), self._k("seq", a), self._k("floor", a), self._k("d", a)]
+        args += [int(after[a]) for a in names]
+        res, rows = self.st.eval(_APPLY, keys, args)
+        pulled: dict[str, tuple[int, list[Delta] | None]] = {}
+        for a, (base, head, floor, members) in zip(names, rows, strict=True):
+            bid = int(base.split(b":")[0]) if base else 0
+            if int(after[a]) < int(floor) or int(after[a]) > int(head):
+                pulled[a] = (bid, None)  # trimmed past this worker's position, or Redis lost them: reload
+            else:
+                pulled[a] = (bid, [_delta(m) for m in members])
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in res], pulled
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Record outcomes (see `SQLiteLearnerState.apply`); while Redis does not answer they are
@@ -250,7 +272,7 @@ class RedisLearnerState:
             queued, self._queue = self._queue, []
         for i in range(0, len(queued), 256):
             try:
-                self._apply(queued[i : i + 256])
+                self._apply_pull(queued[i : i + 256], {})
             except StateUnavailable:
                 with self._lock:
                     self._queue[:0] = queued[i:]
@@ -266,8 +288,7 @@ class RedisLearnerState:
         try:
             if self._queue:
                 self._flush_queue()
-            results = self._apply(outcomes) if outcomes else []
-            pulled = {a: self._pull(a, seq) for a, seq in after.items()}
+            results, pulled = self._apply_pull(outcomes, after) if outcomes or after else ([], {})
         except StateUnavailable:
             self.sync_error = StateUnavailable.__name__
             results = []
@@ -282,21 +303,6 @@ class RedisLearnerState:
             return results, {}
         self.sync_error = None
         return results, pulled
-
-    def _pull(self, alias: str, after: int) -> tuple[int, list[Delta] | None]:
-        def read(c: Any) -> list[Any]:
-            p = c.pipeline(transaction=True)
-            p.get(self._k("base", alias))
-            p.get(self._k("seq", alias))
-            p.get(self._k("floor", alias))
-            p.zrangebyscore(self._k("d", alias), f"({int(after)}", "+inf")
-            return list(p.execute())
-
-        base, head, floor, members = self.st.run(read)
-        bid = int(base.split(b":")[0]) if base else 0
-        if int(after) < int(floor or 0) or int(after) > int(head or 0):
-            return bid, None  # trimmed past this worker's position, or Redis lost the terms: reload
-        return bid, [_delta(m) for m in members]
 
     def deltas(self, alias: str, after: int) -> list[Delta]:
         """The alias's terms with a sequence number above `after`, in order (those still kept:
