@@ -760,22 +760,21 @@ class Learning:
             return
         lr = al.learner
         eq, ec = d.expected_quality, d.expected_cost
-        ql = [eq.get(m, math.nan) for m in al.models]
-        cl = [ec.get(m, math.nan) for m in al.models]
-        # the learner's fill of models without estimates (OnlineLearner._fill), in plain Python
-        known_q = [v for v in ql if math.isfinite(v)]
-        known_c = [v for v in cl if math.isfinite(v)]
-        qfill = min(1.0, max(known_q)) if known_q else lr.prior_quality
-        cfill = min(known_c) if known_c else 0.0
-        qf = [v if math.isfinite(v) else qfill for v in ql]
-        cf = [v if math.isfinite(v) else cfill for v in cl]
+        # the learner's fill of models without estimates (OnlineLearner._fill_list)
+        qf, cf = lr._fill_list(
+            [eq.get(m, math.nan) for m in al.models], [ec.get(m, math.nan) for m in al.models]
+        )
         x = lr.context(al.embedding(ctx.text))
         lam = float(d.policy.get("tradeoff") or 0.0)
         al.decisions += 1
         if _explore_ok(ctx, d):
-            ranked = set(d.ranked)
-            mask = None if ranked.issuperset(al.models) else np.array([m in ranked for m in al.models])
-            ch = lr.choose(x, np.array(qf), np.array(cf), tradeoff=lam, candidates=mask, context=x)
+            ranked = d.ranked
+            mask = (
+                None
+                if len(ranked) >= len(al.models) and set(ranked).issuperset(al.models)
+                else [m in ranked for m in al.models]
+            )
+            ch = lr.choose(x, qf, cf, tradeoff=lam, candidates=mask, context=x)
             model, prop, explored, greedy = ch.model, ch.propensity, ch.explored, ch.greedy
             if model != d.model:
                 d.ranked = [model] + [m for m in d.ranked if m != model]

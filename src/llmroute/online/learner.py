@@ -310,11 +310,11 @@ class OnlineLearner:
     def choose(
         self,
         embedding: np.ndarray,
-        q_base: np.ndarray | None = None,
-        c_base: np.ndarray | None = None,
+        q_base: np.ndarray | Sequence[float] | None = None,
+        c_base: np.ndarray | Sequence[float] | None = None,
         *,
         tradeoff: float | None = None,
-        candidates: np.ndarray | None = None,
+        candidates: np.ndarray | Sequence[bool] | None = None,
         context: np.ndarray | None = None,
     ) -> Choice:
         """Choose a model for one prompt (its embedding and the offline estimates per model;
@@ -399,8 +399,15 @@ class OnlineLearner:
     ) -> tuple[list[float], list[float]]:
         """`_fill` as lists of floats (the per-request path)."""
         m = len(self.models)
-        q = [math.nan] * m if q_base is None else np.asarray(q_base, dtype=np.float64).reshape(-1).tolist()
-        c = [math.nan] * m if c_base is None else np.asarray(c_base, dtype=np.float64).reshape(-1).tolist()
+
+        def floats(v: Sequence[float] | np.ndarray | None) -> list[float]:
+            if v is None:
+                return [math.nan] * m
+            if isinstance(v, list):
+                return [float(e) for e in v]
+            return np.asarray(v, dtype=np.float64).reshape(-1).tolist()
+
+        q, c = floats(q_base), floats(c_base)
         if len(q) != m or len(c) != m:
             raise ValueError(f"q_base and c_base need one value per model ({m}: {', '.join(self.models)})")
         if not math.isfinite(sum(q)):
