@@ -20,6 +20,7 @@ from llmroute.cascade.offline import (
     run_policy,
     table_evidence,
 )
+from llmroute.cascade.reestimate import DifficultyReestimator
 from llmroute.data.table import RoutingTable, TableError
 from llmroute.eval.metrics import aiq, router_curve
 
@@ -291,8 +292,13 @@ def test_the_gateways_difficulty_estimator_evaluated_offline() -> None:
     table, wrong = synthetic(300)  # a wrong cheap answer hedges: the checks score it 0.5
     pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
     lams = np.array([0.0, 1.0, 10.0, np.inf])
+    # its default counts a passed check as weak evidence (max_score 0.55): part of the gap
     res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator="difficulty", signals=["checks"])
     assert res["estimator"] == "difficulty"
+    assert res["gap_closed"] > 0.5 > res["one_shot"]["gap_closed"]
+    # trusting a passed check (here it is right by construction), all of it
+    trust = DifficultyReestimator(max_score=0.99)
+    res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator=trust, signals=["checks"])
     assert res["gap_closed"] > 0.9 > res["one_shot"]["gap_closed"]
     # cheap first, escalating exactly on the hedged (wrong) answers, every call paid
     best = [p for p in res["points"] if p["first"] == "cheapest" and p["quality"] == 1.0]
@@ -303,5 +309,5 @@ def test_the_gateways_difficulty_estimator_evaluated_offline() -> None:
     pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
     res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator="difficulty")
     assert res["aiq"] >= res["one_shot"]["aiq"] - 0.005
-    with pytest.raises(ValueError, match="'fitted' or 'difficulty'"):
+    with pytest.raises(ValueError, match="'fitted', 'difficulty' or a DifficultyReestimator"):
         evaluate_cascade(table, priors=pri, estimator="magic")

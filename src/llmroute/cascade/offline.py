@@ -344,7 +344,7 @@ def evaluate_cascade(
     evidence: Evidence | None = None,
     models: Sequence[str] | None = None,
     name: str = "cascade",
-    estimator: str = "fitted",
+    estimator: str | DifficultyReestimator = "fitted",
 ) -> dict[str, Any]:
     """Cross-validated cascade evaluation on a table with responses; a JSON-able dict.
 
@@ -352,7 +352,7 @@ def evaluate_cascade(
         when None; pass one to share it between several evaluations).
     models: evaluate on these models only (columns of the priors; e.g. a two-model subset).
     estimator: "fitted" (`Reestimator`, fitted per fold on the signals) or "difficulty" (the
-        gateway's `DifficultyReestimator`, no fitting: an answer's score is its built-in checks'
+        gateway's `DifficultyReestimator` with its defaults, or pass one; no fitting: an answer's score is its built-in checks'
         score, and with `learned` the lower of that and a per-fold learned text verifier's P(right);
         `agreement` adds the extracted answers).
     Keys: `aiq`, `gap_closed`, `cost_ratio_at_best_quality`, `max_quality` of all swept points
@@ -364,8 +364,13 @@ def evaluate_cascade(
     """
     from llmroute.eval.runner import _context
 
-    if estimator not in ("fitted", "difficulty"):
-        raise ValueError(f"estimator must be 'fitted' or 'difficulty', got {estimator!r}")
+    difficulty = estimator if isinstance(estimator, DifficultyReestimator) else None
+    if difficulty is None and estimator not in ("fitted", "difficulty"):
+        raise ValueError(
+            f"estimator must be 'fitted', 'difficulty' or a DifficultyReestimator, got {estimator!r}"
+        )
+    if estimator == "difficulty":
+        difficulty = DifficultyReestimator()
     bad = [s for s in signals if s not in SIGNALS]
     if bad:
         raise ValueError(f"unknown cascade signals {bad}; choose from {list(SIGNALS)}")
@@ -401,8 +406,8 @@ def evaluate_cascade(
         train = np.setdiff1d(np.arange(n), test, assume_unique=True)
         iq = priors["inner"][fold][0][:, cols]
         ev_t = ev.take(test)
-        if estimator == "difficulty":
-            re_est: Any = DifficultyReestimator()
+        if difficulty is not None:
+            re_est: Any = difficulty
             ev_t = _difficulty_evidence(signals, ev.take(train), Q[train], ev_t)
         else:
             re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
@@ -458,7 +463,7 @@ def evaluate_cascade(
     out: dict[str, Any] = {
         "name": name,
         "signals": list(signals),
-        "estimator": estimator,
+        "estimator": "fitted" if difficulty is None else "difficulty",
         "max_steps": steps,
         "max_cost_usd": max_cost_usd,
         "firsts": list(firsts),
