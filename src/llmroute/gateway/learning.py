@@ -196,6 +196,11 @@ class SQLiteLearnerState:
             self.db.execute("COMMIT")
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+        with self._tx():
+            return self._apply(outcomes)
+
+    def _apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+        """`apply` inside a write transaction (`_tx`)."""
         out: list[str] = []
         now = time.time()
         ins = (
@@ -203,63 +208,83 @@ class SQLiteLearnerState:
             "source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         bases: dict[str, int] = {}
-        with self._tx():
-            for o in outcomes:
-                base = bases.get(o.alias)
-                if base is None:  # once per alias and batch
-                    row = self.db.execute(
-                        "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
-                        "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
-                        (o.alias,),
-                    ).fetchone()
-                    base = bases[o.alias] = 0 if row is None else int(row[0])
-                act = self.db.execute(
-                    "SELECT a.seq, a.explicit, d.model, d.x, d.residual, d.cost_residual, d.source "
-                    "FROM learner_active a JOIN learner_deltas d ON d.seq = a.seq "
-                    "WHERE a.alias = ? AND a.request_id = ?",
-                    (o.alias, o.request_id),
+        for o in outcomes:
+            base = bases.get(o.alias)
+            if base is None:  # once per alias and batch
+                row = self.db.execute(
+                    "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
+                    "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
+                    (o.alias,),
                 ).fetchone()
-                if act is not None and act[0] <= base:
-                    act = None  # learned before the state was rolled back: no longer in the posterior
-                result = "applied"
-                if act is not None:
-                    same = act[2] == o.model and act[4] == o.residual and act[6] == o.source
-                    if not o.explicit or same:
-                        out.append("ignored")
-                        continue
-                    self.db.execute(
-                        ins,
-                        (o.alias, o.request_id, act[2], act[3], act[4], act[5], -1.0, "undo", now),
-                    )
-                    result = "replaced"
-                cur = self.db.execute(
-                    ins,
-                    (
-                        o.alias,
-                        o.request_id,
-                        o.model,
-                        np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
-                        float(o.residual),
-                        o.cost_residual,
-                        1.0,
-                        o.source,
-                        now,
-                    ),
-                )
+                base = bases[o.alias] = 0 if row is None else int(row[0])
+            act = self.db.execute(
+                "SELECT seq, explicit FROM learner_active WHERE alias = ? AND request_id = ?",
+                (o.alias, o.request_id),
+            ).fetchone()
+            if act is not None and act[0] <= base:
+                act = None  # learned before the state was rolled back: no longer in the posterior
+            result = "applied"
+            if act is not None:  # a request graded before (the delta read only then)
+                old = self.db.execute(
+                    "SELECT model, x, residual, cost_residual, source FROM learner_deltas WHERE seq = ?",
+                    (act[0],),
+                ).fetchone()
+                same = old[0] == o.model and old[2] == o.residual and old[4] == o.source
+                if not o.explicit or same:
+                    out.append("ignored")
+                    continue
                 self.db.execute(
-                    "INSERT OR REPLACE INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
-                    (o.alias, o.request_id, cur.lastrowid, int(o.explicit)),
+                    ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now)
                 )
-                out.append(result)
+                result = "replaced"
+            cur = self.db.execute(
+                ins,
+                (
+                    o.alias,
+                    o.request_id,
+                    o.model,
+                    np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
+                    float(o.residual),
+                    o.cost_residual,
+                    1.0,
+                    o.source,
+                    now,
+                ),
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
+                (o.alias, o.request_id, cur.lastrowid, int(o.explicit)),
+            )
+            out.append(result)
         return out
 
     def apply_and_pull(
         self, outcomes: Sequence[Outcome], after: dict[str, int]
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
         """`apply(outcomes)`, then per alias of `after` (alias -> last applied seq) its newest
-        base snapshot id and the deltas after that seq: one thread hop for a batch of outcomes."""
-        results = self.apply(outcomes) if outcomes else []
-        return results, {a: (self.latest_base(a), self.deltas(a, seq)) for a, seq in after.items()}
+        base snapshot id and the deltas after that seq: one thread hop and one transaction for
+        a batch of outcomes (none: the reads alone)."""
+        if not outcomes:
+            with self.lock:
+                return [], {a: self._pull(a, seq) for a, seq in after.items()}
+        with self._tx():
+            results = self._apply(outcomes)
+            return results, {a: self._pull(a, seq) for a, seq in after.items()}
+
+    def _pull(self, alias: str, after: int) -> tuple[int, list[Delta]]:
+        """(newest base snapshot id, deltas after `after`) of an alias (with the lock held)."""
+        base = self.db.execute(
+            "SELECT COALESCE(MAX(id), 0) FROM learner_snapshots WHERE alias = ? AND kind IN "
+            "('initial', 'reset', 'rollback')",
+            (alias,),
+        ).fetchone()[0]
+        rows = self.db.execute(
+            "SELECT seq, model, x, residual, cost_residual, weight FROM learner_deltas "
+            "WHERE alias = ? AND seq > ? ORDER BY seq",
+            (alias, after),
+        ).fetchall()
+        frombuffer = np.frombuffer
+        return int(base), [Delta(s, m, frombuffer(x, dtype=np.float64), r, c, w) for s, m, x, r, c, w in rows]
 
     def deltas(self, alias: str, after: int) -> list[Delta]:
         with self.lock:

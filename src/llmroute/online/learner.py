@@ -230,6 +230,7 @@ class OnlineLearner:
         self._ids = itertools.count(1)
         self._theta: np.ndarray | None = None  # posterior means A_inv b per model (see `_means`)
         self._fact: tuple[np.ndarray, list[float], list[float], list[float], bool] | None = None
+        self._dirty: set[int] = set()  # models updated since their mean / factors were computed
         for m in models:
             self.add_model(m, profiled=profiled)
 
@@ -426,8 +427,9 @@ class OnlineLearner:
         (m, D + 1, D) stack of each model's posterior mean and covariance (one product with the
         context gives theta . x and A x), theta[:, k], A[:, k, k], the cost correction and
         whether any model is profiled."""
+        self._refresh()
         f = self._fact
-        if f is None or f[0].shape[0] != len(self.models):
+        if f is None:
             theta = self._means()
             stack = np.concatenate([theta[:, None, :], self.A_inv_], axis=1)
             k = self.dim
@@ -441,11 +443,36 @@ class OnlineLearner:
         return f
 
     def _means(self) -> np.ndarray:
-        """(m, D) posterior mean of every model's residual weights, A^-1 b (kept up to date by
-        `observe`, recomputed after any other change of the state)."""
-        if self._theta is None or self._theta.shape != self.b_.shape:
-            self._theta = np.einsum("mde,me->md", self.A_inv_, self.b_)
+        """(m, D) posterior mean of every model's residual weights, A^-1 b (kept up to date per
+        model updated by `observe`, recomputed after any other change of the state)."""
+        self._refresh()
+        assert self._theta is not None
         return self._theta
+
+    def _refresh(self) -> None:
+        """Bring the posterior means and `choose`'s factors up to date: all of them after a
+        change of the models (or a restore), else only the models `observe` updated since."""
+        theta = self._theta
+        if theta is None or theta.shape != self.b_.shape:
+            self._theta = np.einsum("mde,me->md", self.A_inv_, self.b_)
+            self._fact = None
+            self._dirty.clear()
+            return
+        if not self._dirty:
+            return
+        f = self._fact
+        if f is not None and f[0].shape[0] != theta.shape[0]:
+            f = self._fact = None
+        k = self.dim
+        for j in self._dirty:
+            A = self.A_inv_[j]
+            t = theta[j] = A @ self.b_[j]
+            if f is not None:  # model j's part of the factors (the others are unchanged)
+                f[0][j, 0] = t
+                f[0][j, 1:] = A
+                f[1][j], f[2][j] = float(t[k]), float(A[k, k])
+                f[3][j] = float(self.cost_res_[j] / (self.n_[j] + 1.0))
+        self._dirty.clear()
 
     def _greedy_list(self, mean: list[float], sd: list[float], base: list[float], profiled: bool) -> int:
         """`_greedy` on lists of floats (the first of equal maxima, like np.argmax); `profiled`:
@@ -510,23 +537,12 @@ class OnlineLearner:
         is replaced); the posterior is a sum over outcomes, so the order of updates is free."""
         A = self.A_inv_[j]
         Ax = A @ x
-        A -= np.outer(Ax, Ax) * (weight / (self.noise_var + weight * (x @ Ax)))
+        A -= Ax[:, None] * (Ax * (weight / (self.noise_var + weight * float(x @ Ax))))
         self.b_[j] += x * (weight * residual / self.noise_var)
-        if self._theta is not None and self._theta.shape == self.b_.shape:
-            self._theta[j] = A @ self.b_[j]
         self.n_[j] += weight
         if cost_residual is not None:
             self.cost_res_[j] += weight * cost_residual
-        f = self._fact
-        if f is not None and self._theta is not None and f[0].shape[0] == self.b_.shape[0]:
-            # `choose`'s factors of model j follow the update (the others are unchanged)
-            k = self.dim
-            f[0][j, 0] = self._theta[j]
-            f[0][j, 1:] = A
-            f[1][j], f[2][j] = float(self._theta[j, k]), float(A[k, k])
-            f[3][j] = float(self.cost_res_[j] / (self.n_[j] + 1.0))
-        else:
-            self._fact = None
+        self._dirty.add(j)  # its mean and `choose`'s factors: refreshed once, when next needed
 
     def posterior(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean, covariance) of one model's residual weights (bias last)."""
