@@ -213,6 +213,40 @@ def test_multi_row_inserts_keep_every_record_and_upsert_order(tmp_path: Path, n:
     b.close()
 
 
+def test_none_values_written_as_null_store_what_binding_them_stores(tmp_path: Path) -> None:
+    """The SQLite backend writes a row's None values as NULL in the statement (binding None is slow
+    in Python's sqlite3): runs of rows with different None columns, chunks of 64 and the rest,
+    and upserts store exactly what binding every value one row at a time stores, in the same order."""
+    from llmroute.gateway.store import _SQLiteBackend
+
+    norm = lambda r: normalize_record(r, store_prompts=True, store_responses=True)  # noqa: E731
+    rows = []
+    for i in range(150):
+        kw: dict = {}
+        if i % 7 == 0:
+            kw.update(error="boom", ttft_ms=3.5, prompt="p", outcome={"quality": 1.0})
+        if 40 <= i < 110:  # a long run of one pattern: a 64-row chunk and smaller ones
+            kw.update(alias=None, key_id=None)
+        rows.append(norm(_rec(i, **kw)))
+    # rewrites of earlier ids: a None outcome keeps the stored one, other Nones overwrite
+    rows.append(norm(_rec(0, status=503, prompt=None, error=None)))
+    rows.append(norm(_rec(7, status=201, tokens_in=None)))
+    fast = _SQLiteBackend(str(tmp_path / "fast.db"))
+    fast.insert(rows[:100])
+    fast.insert(rows[100:])
+    ref = _SQLiteBackend(str(tmp_path / "ref.db"))
+    for r in rows:  # the plain statement, every value bound
+        ref.db.execute(ref._insert, r)
+    q = "SELECT rowid, * FROM traces ORDER BY rowid"
+    got, want = fast.db.execute(q).fetchall(), ref.db.execute(q).fetchall()
+    assert len(got) == 150 and got == want
+    assert any(None in r for r in got) and any(r[1 + 2] is not None for r in got)
+    with pytest.raises(ValueError, match="values for the"):
+        fast.insert([rows[0][:-1]])
+    fast.close()
+    ref.close()
+
+
 def test_feedback_is_ordered_after_the_write(db: str) -> None:
     with open_store(db, flush_interval_s=60) as st:
         st.write(_rec(7))

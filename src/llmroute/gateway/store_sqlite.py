@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import operator
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from llmroute.gateway.store_schema import (
 log = logging.getLogger("llmroute.gateway.store")
 
 _MULTI = 64  # rows per multi-row INSERT of the SQLite backend (x 23 columns: well under SQLite's 32,766 parameters)
+_MAX_STATEMENTS = 256  # cached upserts (NULL pattern x rows per statement)
+_NONES = (None,) * len(_COLUMNS)
 
 
 class _SQLiteBackend:
@@ -84,35 +87,47 @@ class _SQLiteBackend:
         # not once per row, so it interrupts the event loop less)
         # (an older SQLite allows only 999 parameters: fewer rows per statement then)
         self._multi = min(_MULTI, self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS))
-        one = f"({marks})"
-        self._insert_sized: dict[int, str] = {}
-        self._insert_multi = self._insert.replace(
-            f"VALUES ({marks})", "VALUES " + ", ".join([one] * self._multi), 1
-        )
+        self._marks = f"({marks})"
+        # (NULL pattern, rows) -> (SQL, which values to bind); see insert
+        self._statements: dict[tuple[tuple[bool, ...], int], tuple[str, tuple[bool, ...]]] = {}
 
-    def _insert_n(self, n: int) -> str:
-        """The upsert of `n` rows in one statement (n a power of two up to `_multi`), cached."""
-        sql = self._insert_sized.get(n)
-        if sql is None:
-            one = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
-            sql = self._insert_sized[n] = self._insert.replace(
-                f"VALUES {one}", "VALUES " + ", ".join([one] * n), 1
-            )
-        return sql
+    def _statement(self, nulls: tuple[bool, ...], n: int) -> tuple[str, tuple[bool, ...]]:
+        """The upsert of `n` rows whose None values sit where `nulls` is True (NULL written in the
+        SQL, not bound), and the selector of the values to bind (`itertools.compress`); cached."""
+        got = self._statements.get((nulls, n))
+        if got is None:
+            if len(self._statements) >= _MAX_STATEMENTS:  # odd NULL patterns must not grow it forever
+                self._statements.clear()
+            one = "(" + ", ".join("NULL" if null else "?" for null in nulls) + ")"
+            sql = self._insert.replace(f"VALUES {self._marks}", "VALUES " + ", ".join([one] * n), 1)
+            got = self._statements[(nulls, n)] = (sql, tuple(not null for null in nulls) * n)
+        return got
 
     def insert(self, rows: list[tuple]) -> None:
-        # one statement per power-of-two chunk (64, 32, ..., 1 rows): a 10 ms group commit of a few
-        # dozen rows takes a handful of statement steps, not one per row
+        # One statement per power-of-two chunk (64, 32, ..., 1 rows) of consecutive rows with the
+        # same None columns: a 10 ms group commit of a few dozen rows takes a handful of statement
+        # steps, not one per row. A None is written as NULL in the statement instead of bound:
+        # Python's sqlite3 binds None through its adapter lookup (two failed attribute lookups,
+        # ~0.45 us each, with the GIL held, against ~0.08 us for an int), and a gateway row holds ~10.
+        # Same rows, same order, same values stored.
         n, k, step = len(rows), 0, self._multi
+        nones = _NONES
+        for r in rows:  # (map() below would stop at the shorter of a row and _NONES)
+            if len(r) != len(nones):
+                raise ValueError(f"a trace row has {len(r)} values for the {len(nones)} columns")
+        nulls = [tuple(map(operator.is_, r, nones)) for r in rows]
         with self._tx():
             while k < n:
-                size = min(step, 1 << ((n - k).bit_length() - 1))
-                if size == 1:
-                    self.db.execute(self._insert, rows[k])
-                else:
-                    sql = self._insert_multi if size == step else self._insert_n(size)
-                    self.db.execute(sql, list(itertools.chain.from_iterable(rows[k : k + size])))
-                k += size
+                pattern = nulls[k]
+                end = k + 1
+                while end < n and nulls[end] == pattern:
+                    end += 1
+                while k < end:
+                    size = min(step, 1 << ((end - k).bit_length() - 1))
+                    sql, keep = self._statement(pattern, size)
+                    values = itertools.chain.from_iterable(rows[k : k + size])
+                    self.db.execute(sql, list(itertools.compress(values, keep)))
+                    k += size
 
     @contextlib.contextmanager
     def _tx(self):  # type: ignore[no-untyped-def]
