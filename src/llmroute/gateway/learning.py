@@ -451,7 +451,7 @@ class _AliasLearner:
     def embedding(self, text: str) -> np.ndarray:
         if self._embed is None:
             return np.zeros(1)
-        return np.asarray(self._embed([text])[0], dtype=np.float64)
+        return self._embed([text])[0]  # float32: the context's product with the projection is float64
 
     def apply(self, deltas: Sequence[Delta]) -> None:
         lr = self.learner
@@ -819,7 +819,7 @@ class Learning:
                 "lambda": lam,
                 "chosen": model,
                 "greedy": greedy,
-                "x": x.round(6).tolist(),
+                "x": x.astype(np.float32),  # the trace's JSON writer takes numpy arrays (7 digits)
                 "q0": dict(zip(al.models, qf, strict=True)),
                 "c0": dict(zip(al.models, cf, strict=True)),
             },
