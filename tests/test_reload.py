@@ -431,3 +431,41 @@ def test_a_changed_router_file_is_loaded_an_unchanged_one_reused(
         r = _reload(gw, cfg)
         assert r.status_code == 400 and "not a router file" in r.json()["error"]["message"], r.text
         assert gw.app.live is live and _ask(gw, model="llmroute/file")[0] == 200
+
+
+def test_response_cache_kept_when_its_section_is_unchanged(fake_server: Any, tmp_path: Path) -> None:
+    cfg = _config(fake_server.base_url, tmp_path)
+    cfg["cache"] = {"backend": "sqlite", "path": ":memory:", "ttl_s": 600, "semantic": False}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    def reason(gw: Any) -> str:
+        client = openai.OpenAI(base_url=gw, api_key=TEAM_KEY, max_retries=0, timeout=60)
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="fake-weak", messages=[{"role": "user", "content": "cache me please"}], max_tokens=5
+            )
+            return raw.headers["x-llmroute-reason"]
+        finally:
+            client.close()
+
+    def lookups(gw: Any) -> list[str]:
+        text = httpx.get(f"{gw.root}/metrics", timeout=30).text
+        return [line for line in text.splitlines() if line.startswith("llmroute_cache_lookups_total{")]
+
+    with run_gateway(load_config(path), routers={"default": StubRouter()}) as gw:
+        gw.app.config_path = str(path)
+        gw.path = path
+        first = gw.app.live
+        assert not reason(gw).startswith("cache") and reason(gw).startswith("cache")
+        cfg["models"][0] = {**cfg["models"][0], "timeout_s": 0.75}
+        assert _reload(gw, cfg).status_code == 200
+        assert gw.app.live.guard.cache is first.guard.cache and reason(gw).startswith("cache")
+        # the cache section changed: a new (empty) cache, and the metrics count the new one
+        cfg["cache"] = {**cfg["cache"], "ttl_s": 300}
+        r = _reload(gw, cfg)
+        assert r.status_code == 200 and r.json()["sections"] == ["cache"], r.text
+        assert gw.app.live.guard.cache is not first.guard.cache
+        assert not reason(gw).startswith("cache")
+        assert len(lookups(gw)) == 3  # exact_hit, semantic_hit, miss: one collector, not two
+        assert any(line.endswith(" 1.0") and 'result="miss"' in line for line in lookups(gw))
