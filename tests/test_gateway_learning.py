@@ -226,7 +226,7 @@ def test_workers_share_the_learner_state(fake_server: Any, tmp_path: Path, share
         run_gateway(cfg, routers={"default": StubRouter()}) as b,
     ):
         ((rid, _, _),) = _ask(a)
-        a.app.store.flush_sync()
+        _rows(a, [rid])  # a's trace is written (it is queued just after the answer goes out)
         assert _feedback(b, rid, quality=0.0).status_code == 200  # delayed, at the other worker
         assert _learned(b).stats()["llmroute/auto"]["outcomes"] == 1
         end = time.monotonic() + 30

@@ -14,8 +14,9 @@ semantics of `SQLiteLearnerState`:
   before the alias's last base snapshot (initial, reset, rollback) is no longer in the posterior.
   Those per-request keys expire after `active_ttl_s` (default 7 days: the idempotence window);
 - deltas are pulled incrementally (`ZRANGEBYSCORE (after +inf`) with the alias's head and trim
-  floor, in the same script as the batch's outcomes (one round trip per sync); a worker behind the floor, or ahead of the head (a Redis that lost its
-  data), is told to reload (`deltas` is None) from the newest snapshot;
+  floor, in the same script as the batch's outcomes (one round trip per sync); a worker behind
+  the floor, or ahead of the head (a Redis that lost its data), is told to reload (`deltas` is
+  None) from the newest snapshot;
 - snapshots (`learn:snap:<alias>` id -> safetensors bytes, `learn:meta:<alias>` id -> JSON;
   ids from one counter as in SQLite) and rollback (a copy of an older snapshot at the current
   head, the alias's new base: every worker reloads it at its next sync);
