@@ -119,8 +119,8 @@ def test_new_key_works_and_revoked_key_refused_on_every_worker(
 def test_config_reload_applies_on_every_worker(
     fake_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An alias's candidates and a model's upstream URL changed in the file: after one reload the
-    next request on every worker of `--workers 2` uses them."""
+    """An alias's candidates, a rule and a model's upstream URL changed in the file: after one
+    reload the next request on every worker of `--workers 2` uses them."""
     from conftest import start_fake_server
 
     monkeypatch.setenv("LLMROUTE_TEST_ADMIN_KEY", MASTER)
@@ -129,16 +129,19 @@ def test_config_reload_applies_on_every_worker(
     cfg["models"][1]["router_model"] = "mistralai/mistral-7b-chat"
     cfg["aliases"]["llmroute/auto"]["tradeoff"] = 0  # quality only: fake-strong
     cfg["admin"] = {"key_env": "LLMROUTE_TEST_ADMIN_KEY"}
+    cfg["signals"] = {"zebra": {"type": "keywords", "keywords": ["zebra"]}}
     admin = {"authorization": f"Bearer {MASTER}"}
 
     def served_by(model: str) -> Callable[[dict[str, Any]], float]:
+        """Answers from `model`, or with model '' the requests refused with a 400 (a rule's block)."""
+        want = "200" if model else "400"
         return lambda st: sum(
-            n for (m, _a, status), n in st["requests"].items() if m == model and status == "200"
+            n for (m, _a, status), n in st["requests"].items() if m == model and status == want
         )
 
-    def until_both(root: str, shared: Path, model: str) -> int:
+    def until_both(root: str, shared: Path, model: str, text: str = "hi") -> int:
         """Requests on new connections until both workers answered one more from `model`; every
-        answer must come from `model`."""
+        answer must come from `model` ('': every request refused with a 400)."""
         before = _per_worker(shared, served_by(model))
         client = openai.OpenAI(
             base_url=f"{root}/v1",
@@ -151,11 +154,15 @@ def test_config_reload_applies_on_every_worker(
         end = time.monotonic() + 120
         try:
             while time.monotonic() < end:
-                raw = client.chat.completions.with_raw_response.create(
-                    model="llmroute/auto", messages=[{"role": "user", "content": "hi"}], max_tokens=20
-                )
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="llmroute/auto", messages=[{"role": "user", "content": text}], max_tokens=20
+                    )
+                    got = raw.headers["x-llmroute-model"]
+                except openai.BadRequestError:
+                    got = ""
                 n += 1
-                assert raw.headers["x-llmroute-model"] == model, f"request {n}"
+                assert got == model, f"request {n}: {got!r}"
                 now = _per_worker(shared, served_by(model))
                 if len(now) == 2 and all(v > before.get(name, 0) for name, v in now.items()):
                     return n
@@ -167,13 +174,19 @@ def test_config_reload_applies_on_every_worker(
     with _serve_workers(cfg, tmp_path) as root, start_fake_server() as other:
         (shared,) = tmp_path.glob("llmroute-workers-*")
         assert until_both(root, shared, "fake-strong") >= 2
+        assert until_both(root, shared, "fake-strong", "a zebra") >= 2  # no rule yet
         weak_before = fake_server.state.counts.get("fake-weak", 0)  # the fixture serves the module
         cfg["aliases"]["llmroute/auto"]["candidates"] = ["fake-weak"]
         cfg["models"][1]["base_url"] = other.base_url
+        cfg["rules"] = [
+            {"name": "no-zebras", "when": {"signal": "zebra"}, "action": {"type": "block", "status": 400}}
+        ]
         (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(cfg))
         r = httpx.post(f"{root}/admin/v1/reload", headers=admin, timeout=120)
         assert r.status_code == 200, r.text
         assert r.json()["models"]["changed"] == ["fake-weak"] and r.json()["runtime_rebuilt"]
+        assert r.json()["rules"]["added"] == ["no-zebras"]
         n = until_both(root, shared, "fake-weak")
         assert n >= 2 and other.state.counts.get("fake-weak", 0) == n
         assert fake_server.state.counts.get("fake-weak", 0) == weak_before
+        assert until_both(root, shared, "", "a zebra") >= 2
