@@ -184,3 +184,31 @@ def test_logged_propensity_is_the_pick_frequency(max_explore: float, m: int) -> 
     if max_explore < 1.0:
         assert 1.0 - first.max() == pytest.approx(max_explore)  # the bound is what scaled them
     np.testing.assert_allclose(counts / n, first, atol=4 * np.sqrt(0.25 / n))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 32, 70])
+def test_observe_many_is_the_sequential_updates(k: int) -> None:
+    """A batch of outcomes of one model (a rank-k update, the gateway's batches) gives the same
+    posterior, cost correction and counts as learning them one by one, downdates included."""
+    rng = np.random.default_rng(k)
+    one = OnlineLearner(["a", "b"], 8, dim=4, seed=0)
+    many = OnlineLearner(["a", "b"], 8, dim=4, seed=0)
+    X = np.array([one.context(rng.standard_normal(8)) for _ in range(k)])
+    X[:, -2] = rng.uniform(-0.4, 0.4, k)
+    r = rng.uniform(-0.5, 0.5, k)
+    costs = [float(v) if i % 3 else None for i, v in enumerate(rng.uniform(-0.01, 0.01, k))]
+    w = np.ones(k)
+    for i in range(k):
+        one.observe(X[i], 1, float(r[i]), costs[i])
+    many.observe_many(X, 1, r, costs, w)
+    before = many._means().copy()  # the mean follows the batch update
+    if k >= 2:  # then undo the first two (weight -1), as a replaced outcome does
+        for i in range(2):
+            one.observe(X[i], 1, float(r[i]), costs[i], weight=-1.0)
+        many.observe_many(X[:2], 1, r[:2], costs[:2], -np.ones(2))
+        assert not np.allclose(before, many._means())
+    np.testing.assert_allclose(many.A_inv_, one.A_inv_, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(many.b_, one.b_, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(many.cost_res_, one.cost_res_, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(many.n_, one.n_)
+    np.testing.assert_allclose(many._means(), one._means(), rtol=0, atol=1e-10)

@@ -150,3 +150,47 @@ def test_pending_outcomes_are_kept_per_owner() -> None:
     stats = asyncio.run(scenario())
     assert set(landed) == {"r1", "r3"}
     assert stats["resolved"] == 2 and stats["expired"] == 2 and stats["refused"] == 1
+
+
+def test_a_batch_of_first_outcomes_is_recorded_like_one_by_one(tmp_path: Path) -> None:
+    """The learner state's usual batch (requests graded for the first time) is written in two
+    multi-row inserts: the same deltas, sequence numbers and per-request bookkeeping as one
+    outcome at a time, so later outcomes of those requests are ignored or replace as usual; a
+    batch with a request graded before, or twice, is recorded one by one."""
+    import numpy as np
+
+    from llmroute.gateway.learning import Outcome, SQLiteLearnerState
+
+    def o(rid: str, r: float, source: str = "feedback", model: str = "m1") -> Outcome:
+        x = np.array([r, 1.0 - r, 0.0, 1.0])
+        return Outcome("a", rid, model, x, r, None if r > 0.5 else 0.01, source, source == "feedback")
+
+    batch = [o(f"r{i}", i / 10) for i in range(8)] + [o("i1", 0.4, "regenerate")]
+    fast, slow = (
+        SQLiteLearnerState(str(tmp_path / "f.sqlite")),
+        SQLiteLearnerState(str(tmp_path / "s.sqlite")),
+    )
+    try:
+        assert fast.apply(batch) == ["applied"] * 9
+        assert [slow.apply([b])[0] for b in batch] == ["applied"] * 9
+        df, ds = fast.deltas("a", 0), slow.deltas("a", 0)
+        assert [d.seq for d in df] == [d.seq for d in ds] == list(range(1, 10))
+        for a, b in zip(df, ds, strict=True):
+            assert (a.model, a.residual, a.cost_residual, a.weight) == (
+                b.model,
+                b.residual,
+                b.cost_residual,
+                b.weight,
+            )
+            assert np.array_equal(a.x, b.x)
+        # the bookkeeping points at those deltas: repeats are ignored, explicit ones replace
+        later = [o("r1", 0.1), o("i1", 0.9), o("r2", 0.7, "length"), o("new", 0.3)]
+        for st in (fast, slow):
+            assert st.apply(later) == ["ignored", "replaced", "ignored", "applied"]
+            assert st.apply([o("n1", 0.2), o("n1", 0.6)]) == ["applied", "replaced"]  # twice in one batch
+        tail = [(d.seq, d.weight, d.residual) for d in fast.deltas("a", 9)]
+        assert tail == [(d.seq, d.weight, d.residual) for d in slow.deltas("a", 9)]
+        assert [w for _, w, _ in tail] == [-1.0, 1.0, 1.0, 1.0, -1.0, 1.0]
+    finally:
+        fast.close()
+        slow.close()

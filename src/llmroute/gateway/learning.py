@@ -200,7 +200,11 @@ class SQLiteLearnerState:
             return self._apply(outcomes)
 
     def _apply(self, outcomes: Sequence[Outcome]) -> list[str]:
-        """`apply` inside a write transaction (`_tx`)."""
+        """`apply` inside a write transaction (`_tx`): the usual batch (requests graded for the
+        first time, each once) in two multi-row inserts, else outcome by outcome."""
+        fast = self._apply_new(outcomes)
+        if fast is not None:
+            return fast
         out: list[str] = []
         now = time.time()
         ins = (
@@ -257,6 +261,55 @@ class SQLiteLearnerState:
             )
             out.append(result)
         return out
+
+    def _apply_new(self, outcomes: Sequence[Outcome]) -> list[str] | None:
+        """All "applied" in two `executemany` when no request of the batch has an outcome yet
+        (none active, none twice in the batch); None (nothing written) otherwise. Inside the
+        write transaction the new deltas get consecutive sequence numbers (AUTOINCREMENT, one
+        writer), checked after the insert."""
+        if len(outcomes) < 2:
+            return None
+        keys = {(o.alias, o.request_id) for o in outcomes}
+        if len(keys) != len(outcomes):
+            return None
+        for alias in {o.alias for o in outcomes}:
+            ids = [o.request_id for o in outcomes if o.alias == alias]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ", ".join("?" * len(chunk))
+                if self.db.execute(
+                    f"SELECT 1 FROM learner_active WHERE alias = ? AND request_id IN ({marks}) LIMIT 1",
+                    (alias, *chunk),
+                ).fetchone():
+                    return None  # one was graded before (perhaps before a rollback): one by one
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
+        start = 0 if row is None else int(row[0])
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
+            "source, ts) VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?)",
+            [
+                (
+                    o.alias,
+                    o.request_id,
+                    o.model,
+                    np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
+                    float(o.residual),
+                    o.cost_residual,
+                    o.source,
+                    now,
+                )
+                for o in outcomes
+            ],
+        )
+        end = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
+        if end is None or int(end[0]) != start + len(outcomes):
+            raise RuntimeError("learner_deltas sequence numbers were not consecutive; outcomes not recorded")
+        self.db.executemany(
+            "INSERT INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
+            [(o.alias, o.request_id, start + 1 + i, int(o.explicit)) for i, o in enumerate(outcomes)],
+        )
+        return ["applied"] * len(outcomes)
 
     def apply_and_pull(
         self, outcomes: Sequence[Outcome], after: dict[str, int]
@@ -454,14 +507,24 @@ class _AliasLearner:
         return self._embed([text])[0]  # float32: the context's product with the projection is float64
 
     def apply(self, deltas: Sequence[Delta]) -> None:
+        """Learn the deltas after `seq` (one rank-k update per model, `observe_many`)."""
         lr = self.learner
+        per_model: dict[int, list[Delta]] = {}
         for d in deltas:
             if d.seq <= self.seq:
                 continue
             j = self.index.get(d.model)
             if j is not None and d.x.shape[0] == lr.dim + 2:
-                lr.observe(d.x, j, d.residual, d.cost_residual, weight=d.weight)
+                per_model.setdefault(j, []).append(d)
             self.seq = d.seq
+        for j, ds in per_model.items():
+            lr.observe_many(
+                np.array([d.x for d in ds]),
+                j,
+                np.array([d.residual for d in ds]),
+                [d.cost_residual for d in ds],
+                np.array([d.weight for d in ds]),
+            )
 
 
 def _trace_rows(backend: Any, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
