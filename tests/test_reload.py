@@ -469,3 +469,24 @@ def test_response_cache_kept_when_its_section_is_unchanged(fake_server: Any, tmp
         assert not reason(gw).startswith("cache")
         assert len(lookups(gw)) == 3  # exact_hit, semantic_hit, miss: one collector, not two
         assert any(line.endswith(" 1.0") and 'result="miss"' in line for line in lookups(gw))
+
+
+def test_a_worker_rereads_the_file_only_when_it_changed(gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker's (or host's) reload bumps the shared counter; a worker whose running config
+    came from the file as it is now does not read and rebuild it again."""
+    import llmroute.gateway.admin as admin_mod
+
+    cfg = dict(gw.cfg)
+    cfg["models"] = [{**cfg["models"][0], "timeout_s": 0.75}, cfg["models"][1]]
+    assert _reload(gw, cfg).status_code == 200
+    reads: list[str] = []
+    real = admin_mod.load_config
+    monkeypatch.setattr(admin_mod, "load_config", lambda p: reads.append(str(p)) or real(p))
+    km = gw.app.keyman
+    live = gw.app.live
+    km.generation.bump(config=True)  # as a reload elsewhere does
+    assert _ask(gw)[0] == 200 and reads == [] and gw.app.live is live
+    cfg["aliases"] = {"llmroute/auto": {"router": "default", "candidates": ["fake-weak"]}}
+    gw.path.write_text(yaml.safe_dump(cfg))  # another worker reloads this file
+    km.generation.bump(config=True)
+    assert _ask(gw) == (200, "fake-weak") and reads == [str(gw.path)] and gw.app.live is not live

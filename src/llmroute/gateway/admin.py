@@ -320,6 +320,15 @@ def admin_openapi(error: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return paths, schemas
 
 
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    """A file's (modification time in ns, size, inode); None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def masked_config(config: Any) -> dict[str, Any]:
     """The running config as JSON-able data with secrets masked: key hashes, model header values,
     proxy URLs with credentials, the passwords of the store, shared state (Redis), cache and OTLP
@@ -421,6 +430,8 @@ class KeyManager:
         self._retry_at = 0.0
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # SIGHUP reloads in progress
+        # (config file, its (mtime, size, inode)) of the last config this worker applied
+        self._applied: tuple[str | None, tuple[int, int, int] | None] = (None, None)
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
 
     # ---- keeping keys current ---------------------------------------------------------------
@@ -541,11 +552,13 @@ class KeyManager:
         `ConfigError` / `ValueError` / whatever building the runtime raised."""
         from llmroute.gateway.reload import plan_reload, start_runtime
 
+        stamp = _file_stamp(path)  # before reading: a write after it is seen next time
         cfg = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
         config_keys = [ApiKey.from_config(k) for k in cfg.keys]
         AdminAuth.from_config(cfg)
         Authenticator(merge_keys(config_keys, self.stored)[0])  # same key text twice
         plan = plan_reload(self.gw, cfg)
+        plan.file_stamp = stamp
         plan.runtime = await start_runtime(self.gw, plan) if plan.needed else None
         return cfg, config_keys, plan
 
@@ -556,13 +569,19 @@ class KeyManager:
         if plan.runtime is not None:
             swap_runtime(self.gw, plan.runtime)
         self._apply_config(plan.config, config_keys)
+        self._applied = (self.config_path(), plan.file_stamp)
 
     async def _follow_reload(self) -> None:
         """Another worker (or host) reloaded the config: re-read the file and do the same here. A
         file that is bad now keeps this worker's runtime (logged)."""
+        from llmroute.gateway.reload import router_signatures
+
         path = self.config_path()
         if path is None:
             return
+        live = getattr(self.gw, "live", self.gw)
+        if self._applied == (path, _file_stamp(path)) and router_signatures(live.config) == live.router_sigs:
+            return  # this worker runs that file already (the reload was its own, or seen before)
         try:
             _cfg, config_keys, plan = await self._load_and_plan(path)
         except Exception as e:

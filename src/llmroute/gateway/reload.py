@@ -195,6 +195,7 @@ class Rebuild:
         self.changes = config_changes(live.config, self.config, self.routers_changed)
         self.needed = _changed(self.changes)
         self.runtime: Gateway | None = None  # the started runtime to swap in (`start_runtime`)
+        self.file_stamp: Any = None  # the config file's (mtime, size, inode) when it was read
 
     def summary(self) -> dict[str, Any]:
         """The reload answer's and audit entry's account of it."""
