@@ -279,3 +279,115 @@ def test_bind_socket_names_a_busy_port_and_what_to_do() -> None:
             socket.create_connection(("127.0.0.1", free.getsockname()[1]), timeout=5).close()
     finally:
         free.close()
+
+
+# ---- keep-alive: one timer per connection (re-armed), not one per response ---------------------------
+
+
+class _Clock:
+    """A loop stand-in: settable time, call_later recorded (fired by hand)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[list[Any]] = []  # [when, callback, cancelled]
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, cb: Any) -> Any:
+        t = [self.now + delay, cb, False]
+        self.timers.append(t)
+        return SimpleNamespace(cancel=lambda: t.__setitem__(2, True))
+
+    def fire(self, at: float) -> None:
+        self.now = at
+        due = [t for t in self.timers if not t[2] and t[0] <= at]
+        for t in due:
+            t[2] = True
+            t[1]()
+
+    def armed(self) -> list[float]:
+        return [t[0] for t in self.timers if not t[2]]
+
+
+def _protocol(clock: _Clock, keep_alive_s: float) -> tuple[CoalescingHttpToolsProtocol, _Transport]:
+    from llmroute.gateway.config import ServerConfig
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    config = uvicorn.Config(app, lifespan="off")
+    config.load()
+    config.__dict__["_llmroute_server"] = ServerConfig(keep_alive_s=keep_alive_s)
+    state = SimpleNamespace(total_requests=0, connections=set(), tasks=set(), default_headers=[])
+    p = CoalescingHttpToolsProtocol(config, state, {}, _loop=clock)  # type: ignore[arg-type]
+    t = _Transport()
+    p.transport = t  # type: ignore[assignment]
+    p.flow = SimpleNamespace(resume_reading=lambda: None, resume_writing=lambda: None)  # type: ignore[assignment]
+    return p, t
+
+
+def test_keep_alive_closes_after_the_timeout_of_idleness_with_one_timer() -> None:
+    clock = _Clock()
+    p, t = _protocol(clock, keep_alive_s=5.0)
+    p.on_response_complete()  # t=0: idle
+    assert clock.armed() == [5.0]
+    clock.now = 1.0
+    p._unset_keepalive_if_required()  # the next request's bytes: busy
+    clock.now = 2.0
+    p.on_response_complete()  # idle again: no second timer
+    assert clock.armed() == [5.0] and len(clock.timers) == 1
+    clock.fire(5.0)  # idle for 3 s only: re-armed for the 2 s left, still open
+    assert not t.closed and clock.armed() == [7.0]
+    clock.fire(7.0)  # 5 s idle: closed
+    assert t.closed and clock.armed() == []
+    assert p.server_state.total_requests == 2
+
+
+def test_keep_alive_timer_firing_on_a_busy_connection_leaves_it_open() -> None:
+    clock = _Clock()
+    p, t = _protocol(clock, keep_alive_s=5.0)
+    p.on_response_complete()
+    clock.now = 4.0
+    p._unset_keepalive_if_required()  # a request in progress when the timer fires
+    clock.fire(5.0)
+    assert not t.closed and clock.armed() == []
+    clock.now = 6.0
+    p.on_response_complete()  # its response arms the timer again
+    assert clock.armed() == [11.0]
+    p.connection_lost(None)  # a closed connection leaves no timer behind
+    assert clock.armed() == []
+
+
+def test_real_server_closes_an_idle_keep_alive_connection() -> None:
+    from llmroute.gateway.config import ServerConfig
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app.config = SimpleNamespace(server=ServerConfig(keep_alive_s=0.2))  # type: ignore[attr-defined]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off"
+        )
+    )
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    end = time.monotonic() + 20
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.02)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(30)  # a hang guard, not a speed bar
+            data = b""
+            for _ in range(2):  # two requests on one connection, then idle
+                s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                while not data.endswith(b"ok"):
+                    data += s.recv(4096)
+                data = b""
+            assert s.recv(4096) == b""  # the server closed the idle connection
+    finally:
+        server.should_exit = True
+        th.join(20)
