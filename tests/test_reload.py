@@ -490,3 +490,42 @@ def test_a_worker_rereads_the_file_only_when_it_changed(gw: Any, monkeypatch: py
     gw.path.write_text(yaml.safe_dump(cfg))  # another worker reloads this file
     km.generation.bump(config=True)
     assert _ask(gw) == (200, "fake-weak") and reads == [str(gw.path)] and gw.app.live is not live
+
+
+def test_two_reloads_during_one_request(gw: Any, fake_server: Any) -> None:
+    """A runtime replaced twice while its request is in flight: the second replacement (a new
+    upstream client) closes nothing the first, still draining runtime uses."""
+    app = gw.app
+    first = app.live
+    fake_server.set_fault("fake-weak", "slow", count=1, delay=6.0)
+    seen = fake_server.state.counts.get("fake-weak", 0)
+    result: list[tuple[int, str]] = []
+    t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
+    t.start()
+    try:
+        end = time.monotonic() + 60
+        while fake_server.state.counts.get("fake-weak", 0) == seen and time.monotonic() < end:
+            time.sleep(0.02)
+        assert first.inflight == 1
+        cfg = dict(gw.cfg)
+        cfg["models"] = [{**cfg["models"][0], "timeout_s": 0.75}, cfg["models"][1]]
+        assert _reload(gw, cfg).status_code == 200  # keeps fake-weak's backend and the client
+        second = app.live
+        assert second.http is first.http and second.backends["fake-weak"] is first.backends["fake-weak"]
+        cfg["server"] = {**cfg["server"], "proxy": "none"}  # a new upstream client, new backends
+        assert _reload(gw, cfg).status_code == 200
+        assert app.live.http is not first.http
+        end = time.monotonic() + 60  # the second runtime had no request: it is closed at once
+        while second in app.__dict__.get("_retiring", ()) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert second not in app.__dict__["_retiring"] and first in app.__dict__["_retiring"]
+        assert first.http._pools  # the client the request in flight uses is still open
+    finally:
+        t.join(60)
+        fake_server.clear()
+    assert result == [(200, "fake-weak")]
+    end = time.monotonic() + 60  # once that request is done, its runtime and client are closed
+    while first in app.__dict__["_retiring"] and time.monotonic() < end:
+        time.sleep(0.02)
+    assert first not in app.__dict__["_retiring"] and not first.http._pools
+    assert _ask(gw, model="fake-weak") == (200, "fake-weak")

@@ -281,6 +281,11 @@ async def start_runtime(gateway: Gateway, plan: Rebuild) -> Gateway:
         if not reuse_http and new.http is not None:
             with contextlib.suppress(Exception):
                 await new.http.close()
+        if new.learning is not None:
+            with contextlib.suppress(Exception):
+                await new.learning.stop()
+        if new.guard is not None and new.guard.cache is not getattr(live.guard, "cache", None):
+            _close_cache(new.guard)
         raise
     new._started = True
     return new
@@ -325,17 +330,29 @@ def swap_runtime(gateway: Gateway, new: Gateway) -> Gateway:
     if getattr(gateway.dashboard, "gw", None) is not None:
         gateway.dashboard.gw = new
     old.retired = True
-    keep = {id(b) for b in new.backends.values()}
-    task = asyncio.get_running_loop().create_task(_retire(old, keep, new.http is old.http, new.guard))
+    retiring: list[Gateway] = gateway.__dict__.setdefault("_retiring", [])
+    retiring.append(old)
+    task = asyncio.get_running_loop().create_task(_retire(gateway, old))
     draining: set[asyncio.Task[None]] = gateway.__dict__.setdefault("_draining", set())
     draining.add(task)
     task.add_done_callback(draining.discard)
     return old
 
 
-async def _retire(old: Gateway, keep: set[int], keep_http: bool, new_guard: Any) -> None:
-    """Wait until `old` has no request in flight (bounded), then close what the new runtime does
-    not reuse."""
+def _in_use(gateway: Gateway, but: Gateway) -> tuple[set[int], set[int], set[int]]:
+    """The ids of the backends, upstream HTTP clients and response caches of the live runtime
+    and of the replaced ones still draining, other than `but`."""
+    rts = [gateway.live, *(r for r in gateway.__dict__.get("_retiring", ()) if r is not but)]
+    return (
+        {id(b) for r in rts for b in r.backends.values()},
+        {id(r.http) for r in rts},
+        {id(getattr(r.guard, "cache", None)) for r in rts},
+    )
+
+
+async def _retire(gateway: Gateway, old: Gateway) -> None:
+    """Wait until `old` has no request in flight (bounded), then close what neither the live
+    runtime nor another one still draining uses."""
     end = time.monotonic() + old.timeout_s + DRAIN_GRACE_S
     try:
         while old.inflight > 0 and time.monotonic() < end:
@@ -343,22 +360,25 @@ async def _retire(old: Gateway, keep: set[int], keep_http: bool, new_guard: Any)
         if old.inflight > 0:
             log.warning("closing a replaced runtime with %d request(s) still in flight", old.inflight)
     finally:  # also when cancelled at shutdown
-        await _close(old, keep, keep_http, new_guard)
+        await _close(old, *_in_use(gateway, old))
+        with contextlib.suppress(ValueError):
+            gateway.__dict__.get("_retiring", []).remove(old)
 
 
-async def _close(rt: Gateway, keep: set[int], keep_http: bool, new_guard: Any) -> None:
+async def _close(rt: Gateway, backends: set[int], clients: set[int], caches: set[int]) -> None:
+    """Close `rt`'s backends, upstream client, learners and response cache, but for those whose
+    ids are given (still used elsewhere)."""
     for b in rt.backends.values():
-        if id(b) not in keep:
+        if id(b) not in backends:
             with contextlib.suppress(Exception):
                 await b.close()
-    if not keep_http and rt.http is not None:
+    if rt.http is not None and id(rt.http) not in clients:
         with contextlib.suppress(Exception):
             await rt.http.close()
     if rt.learning is not None:
         with contextlib.suppress(Exception):
             await rt.learning.stop()
-    cache = getattr(rt.guard, "cache", None)
-    if cache is not None and cache is not getattr(new_guard, "cache", None):
+    if getattr(rt.guard, "cache", None) is not None and id(rt.guard.cache) not in caches:
         _close_cache(rt.guard)
 
 
@@ -371,5 +391,6 @@ async def close_runtimes(gateway: Gateway) -> None:
         with contextlib.suppress(BaseException):
             await task
     live = gateway.live
-    if live is not gateway:
-        await _close(live, {id(b) for b in gateway.backends.values()}, live.http is gateway.http, None)
+    if live is not gateway:  # what it shares with `gateway` is closed by gateway.shutdown
+        cache = getattr(gateway.guard, "cache", None)
+        await _close(live, {id(b) for b in gateway.backends.values()}, {id(gateway.http)}, {id(cache)})
