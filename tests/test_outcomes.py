@@ -194,3 +194,72 @@ def test_a_batch_of_first_outcomes_is_recorded_like_one_by_one(tmp_path: Path) -
     finally:
         fast.close()
         slow.close()
+
+
+def test_the_loop_records_a_small_batch_only_when_nobody_else_writes(tmp_path: Path) -> None:
+    """`try_apply_and_pull` (a small batch recorded on the event loop) never waits: with the
+    state held by another process (or another thread of this one) it writes nothing and says
+    so (None), and the same batch then goes through `apply_and_pull` once the holder is done."""
+    import sqlite3
+
+    import numpy as np
+
+    from llmroute.gateway.learning import Outcome, SQLiteLearnerState
+
+    path = tmp_path / "state.sqlite"
+    st = SQLiteLearnerState(str(path))
+    o = Outcome("a", "r1", "m1", np.array([0.6, -0.8, 0.0, 1.0]), 0.2, None, "feedback", True)
+    try:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another worker's transaction
+        assert st.try_apply_and_pull([o], {"a": 0}) is None
+        other.execute("COMMIT")
+        other.close()
+        with st.lock:  # this process's thread is using the state
+            assert st.try_apply_and_pull([o], {"a": 0}) is None
+        assert st.head("a") == 0  # nothing was written by the refused tries
+        res, pulled = st.try_apply_and_pull([o], {"a": 0})  # type: ignore[misc]
+        assert res == ["applied"] and [d.residual for d in pulled["a"][1]] == [0.2]
+        assert st.apply_and_pull([o], {"a": 1}) == (["ignored"], {"a": (0, [])})
+        st.checkpoint()
+    finally:
+        st.close()
+
+
+def test_feedback_is_learned_while_another_worker_holds_the_learner_state(
+    fake_server: Any, tmp_path: Path
+) -> None:
+    """/v1/feedback answers at once while another process holds the learner state's write lock;
+    the outcome is learned when the lock is released (the loop's non-waiting write is refused,
+    the batch goes to a thread that waits)."""
+    import sqlite3
+    import time
+
+    from llmroute.gateway.learning import learner_state_path
+
+    cfg = loopback_config(fake_server.base_url, tmp_path)
+    cfg["aliases"]["llmroute/auto"]["learning"] = {"enabled": True, "sync_interval_s": 0.05}
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        client = openai.OpenAI(base_url=gw, api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto", messages=[{"role": "user", "content": "hi"}]
+        )
+        rid = raw.headers["x-llmroute-request-id"]
+        app = gw.app
+        app.store.flush_sync()
+        learning = app.learning
+        other = sqlite3.connect(learner_state_path(app.config), isolation_level=None, timeout=30)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            r = httpx.post(f"{gw}/feedback", json={"request_id": rid, "quality": 0.0}, timeout=30)
+            assert r.status_code == 200, r.text
+            time.sleep(0.3)  # hold it past the batch window: the batch meets the lock
+            assert learning.stats()["llmroute/auto"]["outcomes"] == 0  # not recorded while held
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        end = time.monotonic() + 30
+        while learning.stats()["llmroute/auto"]["outcomes"] < 1 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert learning.stats()["llmroute/auto"]["outcomes"] == 1
+        assert learning.outcomes[("llmroute/auto", "feedback", "applied")] == 1

@@ -17,14 +17,17 @@ Decisions (`Learning.decide`, called by the request pipeline after the routing e
   and the router's estimates per candidate); the trace stores them in its `propensity`,
   `explored` and `learner` columns, and the reason says `learner=<method> p=<propensity>`.
 
-Outcomes (`Learning.outcome`, called by `llmroute.gateway.outcomes.record_outcome`): the
+Outcomes (`Learning.learn`, called by `llmroute.gateway.outcomes.record_outcome`): the
 request's trace row gives the model that answered, its cost and the stored features, so an
 outcome can arrive late and at any worker (as long as the trace is kept; no re-embedding and no
 in-memory map). The learner learns quality - the router's estimate (a residual) at that context.
-Outcomes are learned in batches (group commit): `record_outcome` queues them (`Learning.submit`)
-and the outcomes of each `Learning.batch_window_s` (20 ms) window share one hop to the trace
-store's writer thread, one trace query, one SQLite transaction on the shared state and one
-replay (~40 us of CPU per outcome on a loaded 2-core box; a batch of one costs several times that).
+Outcomes are learned in batches (group commit): `record_outcome` stores the outcome in the
+trace and reads the learner's fields of that trace in the same hop to the store's writer thread
+(`attach_and_read`), then queues the `Outcome` (`learn`); the outcomes of each
+`Learning.batch_window_s` (20 ms) window share one SQLite transaction on the shared state (with
+the pull of the other workers' new deltas) and one rank-k update per model. A batch of up to 64
+is written from the event loop when nobody else is writing the state (no thread hop; otherwise,
+and for Redis, on a thread). Costs: see BENCHMARKS.md "Online learning in the gateway".
 
 State shared by `llmroute serve --workers N` (one host): the posterior is a sum of rank-1 terms,
 one per outcome, so the shared state is the list of those terms. `SQLiteLearnerState` keeps them
@@ -78,6 +81,8 @@ __all__ = [
 
 log = logging.getLogger("llmroute.gateway.learning")
 
+#: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
+_QUICK_MAX = 64
 #: kinds of snapshot a running worker reloads when a newer one appears (a new starting point)
 _BASES = ("initial", "reset", "rollback")
 
@@ -163,6 +168,7 @@ class SQLiteLearnerState:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self._quick: sqlite3.Connection | None = None  # see try_apply_and_pull
         self.lock = threading.Lock()
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -199,10 +205,11 @@ class SQLiteLearnerState:
         with self._tx():
             return self._apply(outcomes)
 
-    def _apply(self, outcomes: Sequence[Outcome]) -> list[str]:
+    def _apply(self, outcomes: Sequence[Outcome], db: sqlite3.Connection | None = None) -> list[str]:
         """`apply` inside a write transaction (`_tx`): the usual batch (requests graded for the
         first time, each once) in two multi-row inserts, else outcome by outcome."""
-        fast = self._apply_new(outcomes)
+        db = self.db if db is None else db
+        fast = self._apply_new(outcomes, db)
         if fast is not None:
             return fast
         out: list[str] = []
@@ -215,13 +222,13 @@ class SQLiteLearnerState:
         for o in outcomes:
             base = bases.get(o.alias)
             if base is None:  # once per alias and batch
-                row = self.db.execute(
+                row = db.execute(
                     "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
                     "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
                     (o.alias,),
                 ).fetchone()
                 base = bases[o.alias] = 0 if row is None else int(row[0])
-            act = self.db.execute(
+            act = db.execute(
                 "SELECT seq, explicit FROM learner_active WHERE alias = ? AND request_id = ?",
                 (o.alias, o.request_id),
             ).fetchone()
@@ -229,7 +236,7 @@ class SQLiteLearnerState:
                 act = None  # learned before the state was rolled back: no longer in the posterior
             result = "applied"
             if act is not None:  # a request graded before (the delta read only then)
-                old = self.db.execute(
+                old = db.execute(
                     "SELECT model, x, residual, cost_residual, source FROM learner_deltas WHERE seq = ?",
                     (act[0],),
                 ).fetchone()
@@ -237,11 +244,9 @@ class SQLiteLearnerState:
                 if not o.explicit or same:
                     out.append("ignored")
                     continue
-                self.db.execute(
-                    ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now)
-                )
+                db.execute(ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now))
                 result = "replaced"
-            cur = self.db.execute(
+            cur = db.execute(
                 ins,
                 (
                     o.alias,
@@ -255,14 +260,14 @@ class SQLiteLearnerState:
                     now,
                 ),
             )
-            self.db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
                 (o.alias, o.request_id, cur.lastrowid, int(o.explicit)),
             )
             out.append(result)
         return out
 
-    def _apply_new(self, outcomes: Sequence[Outcome]) -> list[str] | None:
+    def _apply_new(self, outcomes: Sequence[Outcome], db: sqlite3.Connection) -> list[str] | None:
         """All "applied" in two `executemany` when no request of the batch has an outcome yet
         (none active, none twice in the batch); None (nothing written) otherwise. Inside the
         write transaction the new deltas get consecutive sequence numbers (AUTOINCREMENT, one
@@ -277,15 +282,15 @@ class SQLiteLearnerState:
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 marks = ", ".join("?" * len(chunk))
-                if self.db.execute(
+                if db.execute(
                     f"SELECT 1 FROM learner_active WHERE alias = ? AND request_id IN ({marks}) LIMIT 1",
                     (alias, *chunk),
                 ).fetchone():
                     return None  # one was graded before (perhaps before a rollback): one by one
-        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
         start = 0 if row is None else int(row[0])
         now = time.time()
-        self.db.executemany(
+        db.executemany(
             "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
             "source, ts) VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?)",
             [
@@ -302,10 +307,10 @@ class SQLiteLearnerState:
                 for o in outcomes
             ],
         )
-        end = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
+        end = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
         if end is None or int(end[0]) != start + len(outcomes):
             raise RuntimeError("learner_deltas sequence numbers were not consecutive; outcomes not recorded")
-        self.db.executemany(
+        db.executemany(
             "INSERT INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
             [(o.alias, o.request_id, start + 1 + i, int(o.explicit)) for i, o in enumerate(outcomes)],
         )
@@ -324,14 +329,59 @@ class SQLiteLearnerState:
             results = self._apply(outcomes)
             return results, {a: self._pull(a, seq) for a, seq in after.items()}
 
-    def _pull(self, alias: str, after: int) -> tuple[int, list[Delta]]:
+    def try_apply_and_pull(
+        self, outcomes: Sequence[Outcome], after: dict[str, int]
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]] | None:
+        """`apply_and_pull` without waiting, for the event loop (no thread hop for a small
+        batch): None, with nothing written, when another thread of this process or another
+        process is writing the state (then run `apply_and_pull` on a thread). Runs on its own
+        connection (busy timeout 0, no automatic checkpoint: `checkpoint` does that off the
+        loop)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            db = self._quick_db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # locked by another process
+                return None
+            try:
+                results = self._apply(outcomes, db)
+                pulled = {a: self._pull(a, seq, db) for a, seq in after.items()}
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return results, pulled
+        finally:
+            self.lock.release()
+
+    def _quick_db(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            return self.db
+        if self._quick is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=0.0, check_same_thread=False)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._quick = db
+        return self._quick
+
+    def checkpoint(self) -> None:
+        """Move the WAL's committed pages into the database file (PASSIVE: never waits for a
+        reader); for a thread, as `try_apply_and_pull`'s connection does not."""
+        if self.path != ":memory:":
+            with self.lock:
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _pull(self, alias: str, after: int, db: sqlite3.Connection | None = None) -> tuple[int, list[Delta]]:
         """(newest base snapshot id, deltas after `after`) of an alias (with the lock held)."""
-        base = self.db.execute(
+        db = self.db if db is None else db
+        base = db.execute(
             "SELECT COALESCE(MAX(id), 0) FROM learner_snapshots WHERE alias = ? AND kind IN "
             "('initial', 'reset', 'rollback')",
             (alias,),
         ).fetchone()[0]
-        rows = self.db.execute(
+        rows = db.execute(
             "SELECT seq, model, x, residual, cost_residual, weight FROM learner_deltas "
             "WHERE alias = ? AND seq > ? ORDER BY seq",
             (alias, after),
@@ -421,6 +471,8 @@ class SQLiteLearnerState:
 
     def close(self) -> None:
         with self.lock:
+            if self._quick is not None:
+                self._quick.close()
             self.db.close()
 
 
@@ -612,7 +664,9 @@ class Learning:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock: asyncio.Lock | None = None
         # outcomes waiting for the next batch (group commit): (outcome, future of its result)
-        self._queue: list[tuple[tuple[str, float, str], asyncio.Future[tuple[str, str] | None] | None]] = []
+        self._queue: list[
+            tuple[tuple[str, float, str] | Outcome, asyncio.Future[tuple[str, str] | None] | None]
+        ] = []
         self._flushing: asyncio.Task[None] | None = None
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
         self.last_sync: float | None = None  # unix time of the last sync with the shared state
@@ -697,28 +751,46 @@ class Learning:
             await asyncio.to_thread(state.close)
 
     async def _sync_loop(self, interval: float) -> None:
+        checkpointed = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.sync()
+                checkpoint = getattr(self.state, "checkpoint", None)
+                if checkpoint is not None and time.monotonic() - checkpointed > 10.0:
+                    checkpointed = time.monotonic()  # the loop's own commits skip it (see try_apply_and_pull)
+                    await asyncio.to_thread(checkpoint)
             except Exception as e:  # keep routing on the local state
                 # /healthz needs no key: it shows the error's type only (the text, which may hold
                 # paths or addresses, goes to the log)
                 self.sync_error = type(e).__name__
                 log.warning("learner state sync failed (%s); routing on the local state", e)
 
-    async def sync(self, graded: Sequence[tuple[str, float, str]] = ()) -> list[tuple[str, str] | None]:
+    async def sync(
+        self, graded: Sequence[tuple[str, float, str] | Outcome] = ()
+    ) -> list[tuple[str, str] | None]:
         """Learn `graded` outcomes ((request id, score, source) each: the trace row read, the
-        `Outcome` recorded, see `LearnerState.apply`) and apply every outcome recorded since the
-        last sync, by any worker; one hop to the trace store's writer thread for all of it. Then
-        reload after a rollback and take a periodic snapshot every `snapshot_every` outcomes.
-        Returns per graded outcome (alias, result), None when it is not a learning decision."""
+        `Outcome` recorded, see `LearnerState.apply`; or an `Outcome` built already, see
+        `learn`) and apply every outcome recorded since the last sync, by any worker; one hop to
+        the trace store's writer thread for all of it, none for built outcomes alone on a SQLite
+        state nobody else is writing (`SQLiteLearnerState.try_apply_and_pull`, on the loop).
+        Then reload after a rollback and take a periodic snapshot every `snapshot_every`
+        outcomes. Returns per graded outcome (alias, result), None when it is not a learning
+        decision."""
         st = self.state
         if st is None or self._sync_lock is None:
             return [None] * len(graded)
         async with self._sync_lock:
             after = {a: al.seq for a, al in self.aliases.items()}
-            if self.store is not None and graded:  # the trace rows: on the store's writer thread
+            built = all(isinstance(g, Outcome) for g in graded)
+            quick = getattr(st, "try_apply_and_pull", None)
+            done = None
+            if graded and built and quick is not None and len(graded) <= _QUICK_MAX:
+                done = quick(graded, after)  # a small batch: a few SQLite statements, no hop
+            if done is not None:
+                results = [(o.alias, r) for o, r in zip(graded, done[0], strict=True)]  # type: ignore[union-attr]
+                pulled: dict[str, tuple[int, list[Delta] | None]] = dict(done[1])
+            elif self.store is not None and graded and not built:  # the trace rows: writer thread
                 results, pulled = await self.store.arun(lambda backend: self._work(backend, graded, after))
             else:
                 results, pulled = await asyncio.to_thread(self._work, None, graded, after)
@@ -739,18 +811,22 @@ class Learning:
             return results
 
     def _work(
-        self, backend: Any, graded: Sequence[tuple[str, float, str]], after: dict[str, int]
+        self, backend: Any, graded: Sequence[tuple[str, float, str] | Outcome], after: dict[str, int]
     ) -> tuple[list[tuple[str, str] | None], dict[str, tuple[int, list[Delta] | None]]]:
-        """On the store's writer thread: read the graded requests' trace rows, record their
-        outcomes and pull the deltas after `after`."""
+        """On the store's writer thread (or any thread for built outcomes alone): read the
+        graded requests' trace rows, record their outcomes and pull the deltas after `after`."""
         st = self.state
         assert st is not None
         results: list[tuple[str, str] | None] = [None] * len(graded)
         outs: list[tuple[int, Outcome]] = []
-        rows = _trace_rows(backend, [g[0] for g in graded]) if backend is not None else {}
-        for k, (rid, score, source) in enumerate(graded):
-            row = rows.get(rid)
-            o = self._outcome(row, rid, score, source)
+        ids = [g[0] for g in graded if not isinstance(g, Outcome)]
+        rows = _trace_rows(backend, ids) if backend is not None and ids else {}
+        for k, g in enumerate(graded):
+            if isinstance(g, Outcome):
+                outs.append((k, g))
+                continue
+            rid, score, source = g
+            o = self._outcome(rows.get(rid), rid, score, source)
             if o is not None:
                 outs.append((k, o))
         res, pulled = st.apply_and_pull([o for _, o in outs], after)
@@ -791,7 +867,7 @@ class Learning:
     batch_window_s = 0.02
 
     def _enqueue(
-        self, graded: tuple[str, float, str], wait: bool = True
+        self, graded: tuple[str, float, str] | Outcome, wait: bool = True
     ) -> asyncio.Future[tuple[str, str] | None] | None:
         """Queue a graded request for the next batch: the outcomes arriving within
         `batch_window_s` share one hop to the writer thread, one trace query, one SQLite
@@ -816,9 +892,9 @@ class Learning:
                     if f is not None and not f.done():
                         f.set_exception(e)
                 continue
-            for ((_, _, source), f), r in zip(batch, results, strict=True):
+            for (g, f), r in zip(batch, results, strict=True):
                 if r is not None:
-                    key = (r[0], source, r[1])
+                    key = (r[0], g.source if isinstance(g, Outcome) else g[2], r[1])
                     self.outcomes[key] = self.outcomes.get(key, 0) + 1
                     if self.metrics is not None:
                         self.metrics.observe_learning_outcome(*key)
@@ -898,6 +974,27 @@ class Learning:
         assert fut is not None
         done = await fut
         return None if done is None else done[1]
+
+    def learns(self) -> bool:
+        """Whether outcomes are learned now (started, with a trace store)."""
+        return self.state is not None and self.store is not None
+
+    def attach_and_read(
+        self, backend: Any, request_id: str, outcome: dict[str, Any], owner: str | None
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """On the trace store's writer thread: store an outcome in its request's trace
+        (`attach`) and read what the learner needs of that trace in the same hop; (stored, the
+        row's fields or None)."""
+        if not backend.attach(request_id, outcome, owner):
+            return False, None
+        return True, _trace_fields(backend, request_id)
+
+    def learn(self, request_id: str, row: dict[str, Any] | None, score: float, source: str) -> None:
+        """Queue the outcome of a request whose trace `row` was read already (`attach_and_read`)
+        for the next batch; nothing when the request is not a learning decision."""
+        o = self._outcome(row, request_id, float(score), source)
+        if o is not None and self.learns():
+            self._enqueue(o, wait=False)
 
     def submit(self, request_id: str, score: float, source: str) -> None:
         """`outcome` without waiting for it: queued for the next batch (learned within about

@@ -5,7 +5,8 @@
 
 `record_outcome` ties an outcome to the decision it grades (the request's trace record), stores
 it there, and hands a scored outcome to the alias's online learner when learning is on
-(`llmroute.gateway.learning`; queued, learned with the next batch, ~20 ms later). With workers
+(`llmroute.gateway.learning`; the trace fields the learner needs are read in the same hop to the
+store's writer thread; queued, learned with the next batch, ~20 ms later). With workers
 sharing the store, `record_or_defer` keeps the outcome of a request id whose trace is not there
 yet (another worker's commit window) in `PendingOutcomes` until it lands (`/v1/feedback`: 202). `POST /v1/feedback` calls it with source `"feedback"`; implicit
 detectors (re-ask, regenerate, finish_reason=length, refusal, failed tool call) call it with
@@ -129,11 +130,20 @@ async def record_outcome(
     else:
         outcome = {source: None if score is None else float(score)}
     store = gateway.store
-    if store is None or not await store.aattach_feedback(request_id, outcome, owner):
+    if store is None:
         return False
     learning = getattr(gateway, "learning", None)
-    if learning is not None and score is not None:  # learned with the next batch (~20 ms)
-        learning.submit(request_id, float(score), source)
+    if learning is not None and score is not None and learning.learns():
+        # one hop to the store's writer thread: the outcome stored, and the trace fields the
+        # learner needs read; then learned with the next batch (~20 ms)
+        stored, row = await store.arun(
+            lambda b: learning.attach_and_read(b, request_id, dict(outcome), owner)
+        )
+        if not stored:
+            return False
+        learning.learn(request_id, row, float(score), source)
+    elif not await store.aattach_feedback(request_id, outcome, owner):
+        return False
     for hook in gateway.feedback_hooks:
         await hook(request_id, outcome)
     return True
