@@ -1,17 +1,19 @@
 """Online learning inside the gateway: what it costs per outcome and per request (issue 13).
 
-    python benchmarks/online_gateway.py [--outcomes 2000] [--duration 10] [--rounds 2] [--no-write]
+    python benchmarks/online_gateway.py [--outcomes 2220] [--duration 10] [--rounds 2] [--no-write]
 
 1. Per outcome (in process, the shipped default router behind examples/loopback.yaml's
    `llmroute/auto` with `learning: {enabled: true}`, a SQLite trace store and learner state in a
    temporary folder): `--outcomes` requests are decided (engine + learner) and traced, then each
    gets an explicit outcome through `record_outcome` (what `/v1/feedback` runs: stored in the
-   trace, then queued for the learner's next batch: trace rows read, deltas appended to the shared
-   SQLite state, replay into the posterior), half one at a time and half 32 in flight, each until
-   the learner's queue is empty; then the same outcomes stored without the learner
-   (`aattach_feedback`). Reported: process CPU (all threads) per feedback, of storing alone, and
-   their difference (the learning's cost per outcome); wall time per feedback; the learner's
-   rank-1 update alone; the learner's share of the decision (`Learning.decide`) per request.
+   trace with the learner's fields read in the same hop, then queued for the learner's next batch:
+   one SQLite transaction on the shared state, one update per model), in three patterns: one at a
+   time back to back (each call awaited), 32 in flight, and isolated (each outcome learned before
+   the next is sent: a batch of one); each against the same calls storing the outcome alone
+   (`aattach_feedback`), in interleaved blocks, rounds of all three. Reported: process CPU (all
+   threads) per feedback, of storing alone, and the median difference over the rounds (the
+   learning's cost per outcome); the learner's rank-1 update alone; the learner's share of the
+   decision (`Learning.decide`) per request.
 2. Throughput, learning on vs off: `llmroute serve` (one worker) on examples/loopback.yaml in front
    of the fake server, wrk -t1 at 32 connections, unique prompts, `--rounds` alternating off/on
    runs of `--duration` s; requests per second and gateway CPU per request (from /proc).
@@ -113,19 +115,18 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
     await gw.store.flush()
     from llmroute.gateway.outcomes import record_outcome
 
-    qn = n // 4
-    first, rest, alone1, alone32 = rids[:qn], rids[qn : 2 * qn], rids[2 * qn : 3 * qn], rids[3 * qn :]
-    half = qn
+    async def feedback(rid: str, i: int) -> None:  # what /v1/feedback runs: store, then learn
+        assert await record_outcome(gw, rid, float(i % 2), "feedback")
 
-    async def one_at_a_time(fn: Any, ids: list[str]) -> tuple[float, list[float]]:
-        wall = []
+    async def attach_only(rid: str, i: int) -> None:  # the same without the learner
+        assert await gw.store.aattach_feedback(rid, {"quality": float(i % 2)})
+
+    async def sequential(fn: Any, ids: list[str]) -> float:  # back to back, each call awaited
         cpu0 = time.process_time()
         for i, rid in enumerate(ids):
-            t = time.perf_counter()
             await fn(rid, i)
-            wall.append(time.perf_counter() - t)
         await learning.drain()  # the learning the calls queued is part of their cost
-        return time.process_time() - cpu0, wall
+        return time.process_time() - cpu0
 
     async def in_flight(fn: Any, ids: list[str]) -> float:
         cpu0 = time.process_time()
@@ -134,33 +135,34 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         await learning.drain()
         return time.process_time() - cpu0
 
-    async def feedback(rid: str, i: int) -> None:  # what /v1/feedback runs: store, then learn
-        assert await record_outcome(gw, rid, float(i % 2), "feedback")
-
-    async def attach_only(rid: str, i: int) -> None:  # the same without the learner
-        assert await gw.store.aattach_feedback(rid, {"quality": float(i % 2)})
-
-    cpu, wall = await one_at_a_time(feedback, first)
-    cpu_attach, _ = await one_at_a_time(attach_only, first)
-    cpu_conc = await in_flight(feedback, rest)
-    cpu_conc_attach = await in_flight(attach_only, rest)
-
-    async def learn_only(ids: list[str], k: int) -> float:  # the learner alone, batches of k
+    async def isolated(fn: Any, ids: list[str]) -> float:  # each outcome learned before the next
         # no batch window: its idle wait would count the other threads' idle polling
         window, learning.batch_window_s = learning.batch_window_s, 0.0
         cpu0 = time.process_time()
-        for j in range(0, len(ids), k):
-            for rid in ids[j : j + k]:
-                learning.submit(rid, 1.0, "feedback")
+        for i, rid in enumerate(ids):
+            await fn(rid, i)
             await learning.drain()
         learning.batch_window_s = window
-        return (time.process_time() - cpu0) / len(ids)
+        return time.process_time() - cpu0
 
-    learn1, learn32 = await learn_only(alone1, 1), await learn_only(alone32, 32)
+    modes = {"sequential": (sequential, 150), "in_flight": (in_flight, 160), "isolated": (isolated, 60)}
+    per_round = (sum(b for _, b in modes.values())) * 2
+    rounds = max(1, n // per_round)
+    it = iter(rids)
+    cpu: dict[str, dict[str, list[float]]] = {m: {"feedback": [], "attach": []} for m in modes}
+    for _ in range(rounds):  # interleaved A/B blocks: the box's load hits both alike
+        for mode, (run, block) in modes.items():
+            for name, fn in (("feedback", feedback), ("attach", attach_only)):
+                ids = [next(it) for _ in range(block)]
+                cpu[mode][name].append(await run(fn, ids) / block)
+    diff = {
+        m: statistics.median(f - a for f, a in zip(v["feedback"], v["attach"], strict=True))
+        for m, v in cpu.items()
+    }
     learned = learning.stats()["llmroute/auto"]["outcomes"]
     al = learning.aliases["llmroute/auto"]
     # the learner's rank-1 update alone, on the same contexts
-    x = np.asarray(learning.stats() and al.learner.context(np.ones(al.embed_dim)))
+    x = np.asarray(al.learner.context(np.ones(al.embed_dim)))
     upd = []
     for _ in range(2000):
         t = time.perf_counter()
@@ -169,15 +171,21 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
     explored = learning.stats()["llmroute/auto"]["explored_share"]
     await gw.shutdown()
     us = 1e6
+    med = {m: {k: round(statistics.median(v) * us, 1) for k, v in c.items()} for m, c in cpu.items()}
     return {
-        "outcomes": n,
-        "feedback_cpu_us": round(cpu / half * us, 1),
-        "attach_cpu_us": round(cpu_attach / half * us, 1),
-        "cpu_us_per_outcome": round(learn1 * us, 1),
-        "feedback_cpu_us_32_in_flight": round(cpu_conc / max(1, len(rest)) * us, 1),
-        "attach_cpu_us_32_in_flight": round(cpu_conc_attach / max(1, len(rest)) * us, 1),
-        "cpu_us_per_outcome_32_in_flight": round(learn32 * us, 1),
-        "wall_us_per_feedback_p50": round(statistics.median(wall) * us, 1),
+        "outcomes": rounds * per_round,
+        "rounds": rounds,
+        "load": round(os.getloadavg()[0], 2),
+        # process CPU (all threads) per feedback, medians over the rounds, and the learning's part
+        "feedback_cpu_us": med["sequential"]["feedback"],
+        "attach_cpu_us": med["sequential"]["attach"],
+        "cpu_us_per_outcome": round(diff["sequential"] * us, 1),
+        "feedback_cpu_us_32_in_flight": med["in_flight"]["feedback"],
+        "attach_cpu_us_32_in_flight": med["in_flight"]["attach"],
+        "cpu_us_per_outcome_32_in_flight": round(diff["in_flight"] * us, 1),
+        "feedback_cpu_us_isolated": med["isolated"]["feedback"],
+        "attach_cpu_us_isolated": med["isolated"]["attach"],
+        "cpu_us_per_outcome_isolated": round(diff["isolated"] * us, 1),
         "update_us_p50": round(statistics.median(upd) * us, 2),
         "decide_us_p50": round(statistics.median(decide_s) * us, 1),
         "decide_us_p99": round(float(np.percentile(decide_s, 99)) * us, 1),
@@ -242,16 +250,19 @@ def markdown(res: dict[str, Any]) -> str:
         f"Load at start {res['load_start']:.1f} on {res['cpus']} CPUs.",
         "",
         f"Per outcome ({o['outcomes']} explicit outcomes through `record_outcome`, what `/v1/feedback` runs: "
-        "the outcome stored in the trace, then queued for the learner, which takes the outcomes of each "
-        f"{_batch_window()} s window in one batch: one trace query, one SQLite transaction on the shared "
-        "state, one replay into the posterior; process CPU of all threads until the queue is learned): "
-        f"back to back, one at a time {o['feedback_cpu_us']} us per feedback (storing it in the trace alone "
-        f"{o['attach_cpu_us']} us); 32 in flight {o['feedback_cpu_us_32_in_flight']} us (storing alone "
-        f"{o['attach_cpu_us_32_in_flight']} us). The learner alone (queued, then drained): a batch of one "
-        f"outcome (a lone feedback) **{o['cpu_us_per_outcome']} us**, batches of 32 "
-        f"**{o['cpu_us_per_outcome_32_in_flight']} us** per outcome (bar <= 50 us per outcome); wall p50 per feedback "
-        f"{o['wall_us_per_feedback_p50']} us; the posterior's rank-1 update alone p50 {o['update_us_p50']} us. "
-        "The learner's part of a decision (`Learning.decide`: embedding from "
+        "the outcome stored in the trace and the learner's fields read in the same hop, then queued for the "
+        f"learner, which takes the outcomes of each {_batch_window()} s window in one batch: one SQLite "
+        "transaction on the shared state (from the event loop for up to 64 when nobody else writes it), one "
+        "update per model; process CPU of all threads until the queue is learned, against the same calls "
+        f"storing the outcome alone, {o['rounds']} interleaved rounds, medians, load {o['load']:.1f}). "
+        "The learning's CPU per outcome (bar <= 50 us): one feedback at a time, back to back, "
+        f"**{o['cpu_us_per_outcome']} us** ({o['feedback_cpu_us']} us per feedback, storing alone "
+        f"{o['attach_cpu_us']} us); 32 in flight **{o['cpu_us_per_outcome_32_in_flight']} us** "
+        f"({o['feedback_cpu_us_32_in_flight']} vs {o['attach_cpu_us_32_in_flight']} us); an isolated outcome "
+        f"(learned before the next is sent: a batch of one) **{o['cpu_us_per_outcome_isolated']} us** "
+        f"({o['feedback_cpu_us_isolated']} vs {o['attach_cpu_us_isolated']} us: one SQLite transaction and the "
+        "asyncio hand-offs per outcome). The posterior's rank-1 update alone p50 "
+        f"{o['update_us_p50']} us. The learner's part of a decision (`Learning.decide`: embedding from "
         f"the router's cache, choice, features): p50 {o['decide_us_p50']} us, p99 {o['decide_us_p99']} us; "
         f"explored share {o['explored_share']} (max_explore {LEARNING['max_explore']}).",
     ]
@@ -270,7 +281,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--outcomes", type=int, default=2000)
+    ap.add_argument("--outcomes", type=int, default=2220, help="3 rounds of 740")
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (0: skip throughput)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
