@@ -397,6 +397,9 @@ def test_models_list_shows_an_alias_cascade(gw: GatewayHandle) -> None:
     assert ceiling["models"] == ["cheap-m", "mid-m", "strong-m"]
     assert ceiling["max_steps"] == 3 and ceiling["max_cost_usd"] == 0.001
     assert ceiling["learned_verifier"] is False
+    assert ceiling["next"] == "ranked"  # the default with `models`
+    router = models["c/router-q"].model_extra["llmroute"]["cascade"]  # type: ignore[index]
+    assert router["models"] is None and router["next"] == "reestimate"  # the default without
     assert "cascade" not in models["cheap-m"].model_extra.get("llmroute", {})  # type: ignore[union-attr]
 
 

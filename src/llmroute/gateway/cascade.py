@@ -235,7 +235,7 @@ class Cascade:
         self.alias = alias
         self.cfg = cfg
         self.extra: list[Any] = []  # verifiers beyond the named checks
-        self.next_mode = cfg.next or ("ranked" if cfg.models else "reestimate")
+        self.next_mode = cfg.next_mode
         self.estimator = DifficultyReestimator()
         if cfg.learned_verifier:
             from llmroute.cascade.learned import LearnedVerifier

@@ -429,6 +429,11 @@ class CascadeConfig(_Strict):
         "when `models` is set, else reestimate",
     )
 
+    @property
+    def next_mode(self) -> str:
+        """The effective `next`: as set, else ranked with `models` and reestimate without."""
+        return self.next or ("ranked" if self.models else "reestimate")
+
     @field_validator("verifier", mode="before")
     @classmethod
     def _verifier(cls, v: Any) -> Any:

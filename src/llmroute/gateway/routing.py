@@ -276,7 +276,8 @@ class _AliasPlan:
         out["model_suffixes"] = suffixes
         if a.cascade is not None:  # what a client of the alias pays for: several answers per request
             out["cascade"] = a.cascade.model_dump(exclude={"learned_verifier"}) | {
-                "learned_verifier": a.cascade.learned_verifier is not None
+                "next": a.cascade.next_mode,
+                "learned_verifier": a.cascade.learned_verifier is not None,
             }
         return out
 
