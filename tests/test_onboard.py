@@ -88,6 +88,101 @@ def test_a_small_profile_is_estimated_below_its_measured_level(router: Router, t
     assert 0 < large["shift"] < small["shift"]
 
 
+def _shared_luck(k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A profile whose new model succeeds and fails on the same prompts as the known ones:
+    (estimates P, known grades, the new model's grades, embeddings); its true level is
+    P.mean() + 0.05."""
+    rng = np.random.default_rng(seed)
+    P = np.clip(0.5 + 0.2 * rng.standard_normal((k, 4)), 0, 1)
+    luck = 0.3 * rng.standard_normal(k)  # what makes a prompt go well or badly for every model
+    known = P + luck[:, None] + 0.05 * rng.standard_normal((k, 4))
+    y = P.mean(axis=1) + 0.05 + luck + 0.05 * rng.standard_normal(k)
+    E = rng.standard_normal((k, 8))
+    return P, known, y, E / np.linalg.norm(E, axis=1, keepdims=True)
+
+
+def test_a_paired_profile_measures_the_level_closer_and_narrower() -> None:
+    """The known models' grades on the same prompts take the shared luck out of the profile:
+    over 20 draws of 40 prompts the level is closer to the truth and the margin smaller than
+    from the new model's grades alone (drop the pairing and both are the same)."""
+    from llmroute.estimators.profiled import fit_profile
+
+    err_paired, err_alone, narrower = [], [], 0
+    for seed in range(20):
+        P, known, y, E = _shared_luck(40, seed)
+        truth = float(P.mean()) + 0.05
+        paired = fit_profile(P, E, y, known=known, method="paired")
+        alone = fit_profile(P, E, y, method="paired")
+        err_paired.append(abs(float((P @ paired.w + paired.b).mean()) - truth))
+        err_alone.append(abs(float((P @ alone.w + alone.b).mean()) - truth))
+        narrower += paired.margin < alone.margin
+    assert np.mean(err_paired) < 0.5 * np.mean(err_alone)
+    assert narrower == 20
+    # a known model without grades (NaN) is left out of the pairing, not a failure
+    P, known, y, E = _shared_luck(40, 0)
+    known[:, 2] = np.nan
+    assert np.isfinite(fit_profile(P, E, y, known=known, method="paired").predict(P, E)).all()
+
+
+def test_the_lower_bound_is_wider_away_from_the_profile() -> None:
+    """The estimate is the posterior mean minus one posterior sd at each prompt: at the
+    profile's centre the sd is the level's; far from it the weights' uncertainty adds."""
+    from llmroute.estimators.profiled import fit_profile
+
+    P, known, y, E = _shared_luck(60, 1)
+    fit = fit_profile(P, E, y, known=known, method="paired")
+    mean = fit_profile(P, E, y, known=known, z=0.0, method="paired")
+    at = np.vstack([P.mean(axis=0), P.mean(axis=0) + np.array([0.4, -0.4, 0.4, -0.4])])
+    gap = mean.predict(at, E[:2]) - fit.predict(at, E[:2])
+    assert gap[0] == pytest.approx(fit.margin)
+    assert gap[1] > gap[0] > 0
+
+
+def test_add_pairs_with_the_known_models_rows_of_the_profile_or_a_reference(router: Router, tables) -> None:
+    """A profile that also holds the known models' rows (or a reference table with them, e.g.
+    the training table) is paired prompt by prompt; a profile of the new model alone is not.
+    Known estimates stay identical either way."""
+    train, test = tables
+    ids = np.random.default_rng(5).choice(train.prompt_ids, 50, replace=False).tolist()
+    everyone = _rows(train.subset(ids), {NEW, "tiny-1b", "code-13b", "big-70b"})
+    q0, _ = router.estimate(test.prompts)
+    paired = {"profile_model": NEW, "method": "paired"}
+    assert router.add_model("a", everyone, **paired)["paired_rows"] == 50
+    assert router.add_model("b", _rows(everyone, {NEW}), **paired)["paired_rows"] == 0
+    assert router.add_model("c", _rows(everyone, {NEW}), reference=train, **paired)["paired_rows"] == 50
+    assert router.add_model("d", everyone, profile_model=NEW)["paired_rows"] == 0  # ridge: unpaired
+    with pytest.raises(ValueError, match="unknown profile method"):
+        router.add_model("e", everyone, profile_model=NEW, method="nope")
+    assert "e" not in router.models
+    q1, _ = router.estimate(test.prompts)
+    assert np.array_equal(q1[:, :3], q0)
+
+
+def test_a_fit_saved_before_the_lower_bound_predicts_as_it_did(
+    router: Router, tables, tmp_path: Path
+) -> None:
+    """Routers saved with the constant shift (no center / wcov / z) load and predict
+    base @ w + b - shift."""
+    from llmroute.estimators.profiled import ProfiledEstimator
+
+    train, test = tables
+    router.add_model(NEW, _profile(train, NEW, 60), method="paired")
+    arrays, meta = router.estimator.get_state()
+    arrays = {k: v for k, v in arrays.items() if not k.endswith(("/center", "/wcov"))}
+    for prof in meta["profiles"]:
+        prof.pop("level_var"), prof.pop("z")
+        prof["shift"] = 0.02
+    old = ProfiledEstimator.from_state(arrays, meta)
+    X = router.featurize(test.prompts)
+    fit = old.profiles_[0]
+    expected = old.base_estimates(X) @ fit.w + fit.b - 0.02
+    if len(fit.resid):
+        from llmroute.estimators.profiled import _kernel_residual
+
+        expected += _kernel_residual(X.emb, fit.emb, fit.resid, fit.beta, fit.kappa)
+    assert np.allclose(old.predict(X)[:, -1], expected)
+
+
 def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)
@@ -188,6 +283,20 @@ def test_cli_models_add_list_remove_round_trip(base: Router, tables, tmp_path: P
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["added"]["profile_rows"] == 50
+    assert json.loads(res.output)["added"]["paired_rows"] == 0
+    # --reference: the known models' grades on the profile prompts (here the training table)
+    train_file = tmp_path / "train.parquet"
+    train.df.to_parquet(train_file)
+    paired_out = tmp_path / "r2p.safetensors"
+    res = runner.invoke(
+        app,
+        [
+            *("models", "add", NEW, "--profile", str(prof), "--router", str(router_file)),
+            *("--out", str(paired_out), "--method", "paired", "--reference", str(train_file)),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["added"]["paired_rows"] == 50
     r2 = Router.load(out)
     assert r2.models[-1] == NEW
     assert np.array_equal(r2.estimate(test.prompts)[0][:, :3], base.estimate(test.prompts)[0])

@@ -28,7 +28,15 @@ from llmroute.estimators.profiled import ProfiledEstimator, fit_profile
 if TYPE_CHECKING:
     from llmroute.router import Router
 
-__all__ = ["ProfileData", "add_model", "list_models", "profile_data", "profile_table", "remove_model"]
+__all__ = [
+    "ProfileData",
+    "add_model",
+    "known_grades",
+    "list_models",
+    "profile_data",
+    "profile_table",
+    "remove_model",
+]
 
 
 class ProfileData:
@@ -112,13 +120,20 @@ def add_model(
     *,
     profile_model: str | None = None,
     z: float = 1.0,
+    reference: RoutingTable | str | Path | None = None,
+    method: str = "ridge",
 ) -> dict[str, Any]:
     """Add model `name` to `router` (in place) from its profile; returns a summary dict.
 
     profile: a routing table (path or `RoutingTable`) with graded rows for the model (named
     `profile_model`, default `name`; a one-model table needs no name); price: USD per 1M tokens
     (default: the profile table's price, else the profile's observed costs); z: standard errors
-    of the profile mean by which an uncertain model is estimated below its measured level.
+    by which an uncertain model is estimated below its fitted quality at each prompt;
+    method: how the quality column is fitted (`llmroute.estimators.profiled.METHODS`; default
+    "ridge"); with "paired" the known models' own rows in the profile table (`llmroute profile
+    --models new,known...` writes them) or in `reference` (a table with their grades on the
+    profile prompts, e.g. the router's training table) are paired with the new model's grades
+    on the same prompts, which removes much of a small profile's noise.
     Existing models' estimates are unchanged. Raises ValueError for a name already routed or a
     profile without graded rows.
     """
@@ -131,7 +146,11 @@ def add_model(
     X = router.featurize(data.prompts)
     est = _profiled(router)
     base_q = est.base_estimates(X)
-    fit = fit_profile(base_q, X.emb, data.quality, z=z)
+    known = None
+    if method == "paired":
+        tables = [profile_table(profile), *([reference] if reference is not None else [])]
+        known = known_grades(router, data.prompts, tables)
+    fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
     tin = np.where(np.isfinite(data.input_tokens), data.input_tokens, router.cost.count_tokens(data.prompts))
     known_q = router._quality(X)  # before the add: the estimates `route` makes for known models
     known_out = router.cost.tokens(data.prompts, X)[1][:, : router.cost.n_known].mean(axis=1)
@@ -157,13 +176,44 @@ def add_model(
         "profile_mean_quality": float(data.quality.mean()),
         "closest_known_model": closest,
         "loo_rmse": None if not np.isfinite(fit.loo_rmse) else round(float(fit.loo_rmse), 4),
-        "shift": round(float(fit.shift), 4),
+        "shift": round(fit.margin, 4),
+        "method": method,
+        "paired_rows": 0 if known is None else int(np.isfinite(known).any(axis=1).sum()),
         "residual": fit.beta > 0,
         "cost_mode": router.cost.modes[name],
     }
     router.info.setdefault("mean_quality", {})[name] = float(data.quality.mean())
     router.info.setdefault("profiled_models", {})[name] = summary
     return summary
+
+
+def known_grades(
+    router: Router, prompts: list[str], tables: list[RoutingTable | str | Path]
+) -> np.ndarray | None:
+    """(k, n_base) the router's base models' grades on `prompts` (matched by prompt text) from
+    the first of `tables` that has one, NaN where none has; None when no table grades any of
+    them. A base model the router no longer routes (removed) stays NaN."""
+    est = _profiled(router)
+    names: list[str | None] = [None] * est.n_base
+    for j, ref in enumerate(est.columns_):
+        if ref >= 0:
+            names[ref] = router.models[j]
+    out = np.full((len(prompts), est.n_base), np.nan)
+    row = {p: i for i, p in enumerate(prompts)}
+    for t in tables:
+        table = profile_table(t)
+        Q = table.quality_matrix()
+        at = [(row[p], i) for i, p in enumerate(table.prompts) if p in row]
+        if not at:
+            continue
+        dst, src = np.array(at).T
+        for c, name in enumerate(names):
+            if name is not None and name in table.models:
+                col = out[dst, c]
+                fill = np.isnan(col)
+                col[fill] = Q[src[fill], table.models.index(name)]
+                out[dst, c] = col
+    return out if np.isfinite(out).any() else None
 
 
 def remove_model(router: Router, name: str) -> None:

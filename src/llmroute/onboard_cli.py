@@ -83,12 +83,38 @@ def add_cmd(
     profile_model: Annotated[
         str | None, typer.Option("--profile-model", help="The model's name in the profile (default: NAME).")
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="How the quality column is fitted: ridge (default) or paired (pairs the new model's "
+            "grades with the known models' on the same prompts; docs/onboarding-notes.md).",
+        ),
+    ] = "ridge",
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="With --method paired: a table with the known models' grades on the profile "
+            "prompts (e.g. the router's training table); the profile's own known-model rows are "
+            "used first.",
+        ),
+    ] = None,
 ) -> None:
     """Add a model from its profile; the known models' estimates stay exactly as they were."""
-    if not profile.exists():
-        _fail(f"--profile {profile}: no such file or directory")
+    for opt, path in (("--profile", profile), ("--reference", reference)):
+        if path is not None and not path.exists():
+            _fail(f"{opt} {path}: no such file or directory")
     r = _load(router)
-    summary = _guard(r.add_model, name, profile, _price(price), profile_model=profile_model)
+    summary = _guard(
+        r.add_model,
+        name,
+        profile,
+        _price(price),
+        profile_model=profile_model,
+        reference=reference,
+        method=method,
+    )
     r.save(out)
     typer.echo(json.dumps({"router": str(out), "models": r.models, "added": summary}, indent=1))
 

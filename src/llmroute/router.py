@@ -397,12 +397,16 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
         price: ModelPrice | None = None,
         *,
         profile_model: str | None = None,
+        reference: RoutingTable | str | Path | None = None,
+        method: str = "ridge",
     ) -> dict[str, Any]:
         """Add a model from its profile (graded rows of a routing table), without retraining;
         known models' estimates are unchanged. See `llmroute.onboard.add_model`."""
         from llmroute.onboard import add_model
 
-        return add_model(self, name, profile, price, profile_model=profile_model)
+        return add_model(
+            self, name, profile, price, profile_model=profile_model, reference=reference, method=method
+        )
 
     def remove_model(self, name: str) -> None:
         """Stop routing to `name` (a trained or profiled model). See `llmroute.onboard.remove_model`."""

@@ -6,26 +6,28 @@ estimator (the *base*, trained on the known models) and adds one column per prof
 
     q_new(x) = sum_j w_j * q_j(x) + b          (a combination of the known models' estimates)
              + r(x)                            (a residual that varies with the prompt)
-             - s                               (a pessimistic shift for an uncertain profile)
+             - margin(x)                       (pessimism for an uncertain profile)
 
-- ``w, b``: non-negative ridge regression of the profile's qualities on the base's estimates
-  q_j for the same prompts, shrunk toward equal weights (the prompt's difficulty as all known
-  models see it, plus the profile's mean offset); the penalty is chosen by 5-fold
-  cross-validation on the profile with the one-standard-error rule (the strongest shrinkage
-  within one standard error of the best), and a very strong one is always a candidate, so a
-  small or noisy profile yields "an average known model, shifted to the measured level".
-  Non-negative weights keep the estimate inside the range the known models span. (Shrinking
-  toward the single closest known model instead transplants that model's prompt-by-prompt
-  swings, which a small profile cannot confirm, and in leave-one-model-out runs it hurt the
-  router several times as often; the closest model is still reported.)
-- ``r(x)``: the leave-one-out residuals of that fit, smoothed over the prompt embeddings with
-  a cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual
-  (sum_i K_i e_i / (kappa + sum_i K_i)), so a region with few profile prompts falls back to 0.
-  beta and kappa come from leave-one-out on the profile; the residual is used only when it
-  beats "no residual" by more than one standard error.
-- ``s``: the standard error of the profile's mean (the residual spread / sqrt(k)). A model
-  profiled on few prompts is estimated a little below its measured level, so it is picked
-  only where it is clearly better; the shift vanishes as the profile grows.
+Two fits (`fit_profile(method=...)`):
+
+- ``"ridge"`` (the default): non-negative ridge of the profile's qualities on the base's
+  estimates, shrunk toward equal weights, penalty by 5-fold CV with the one-standard-error
+  rule (with 0/1 grades this nearly always picks "the average known model at the profile's
+  level"); margin = the held-out rmse / sqrt(k), the same at every prompt.
+- ``"paired"`` (opt-in, docs/onboarding-notes.md "Session 3"): when the known models' own
+  grades on the profile prompts are given (the profile table holds their rows, as `llmroute
+  profile --models new,known...` writes it, or a reference table such as the training table),
+  the new model's grades minus the known models' luck on the same prompts (their grades minus
+  their estimates, weighted by a cross-fitted ridge: `_paired`) keep each prompt's expected
+  value with much less noise. Weights: Bayesian, summing to 1, w = 1/m + d with d ~ N(0,
+  (I - 11'/m) / m), the spread of the known models' own unit weight vectors (`_bayes_weights`);
+  margin(x) = z posterior sds of the fitted mean at the prompt (the level's plus the
+  weights' along the prompt's estimates), so it is wider where the weights are unsure.
+
+Both share ``r(x)``: held-out (5-fold) residuals smoothed over the prompt embeddings with a
+cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual (sum_i K_i e_i /
+(kappa + sum_i K_i)), so a region with few profile prompts falls back to 0; beta and kappa by
+leave-one-out on the profile; used only when it beats "no residual" by one standard error.
 
 Known models' columns are the base estimator's predictions, untouched: adding a model leaves
 every existing estimate bit-identical, and removing the added model restores the router as it
@@ -43,8 +45,10 @@ import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator
 
-__all__ = ["ProfileFit", "ProfiledEstimator", "fit_profile"]
+__all__ = ["METHODS", "ProfileFit", "ProfiledEstimator", "fit_profile"]
 
+#: how a profiled model is fitted (`fit_profile`); the first is the default
+METHODS = ("ridge", "paired")
 #: ridge penalties tried (times the number of profile rows); the last is "closest model only"
 _ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e6)
 #: kernel sharpness and pseudo-rows tried for the residual ("off" is always a candidate)
@@ -56,11 +60,14 @@ _KAPPAS = (0.1, 0.3, 1.0, 3.0)
 class ProfileFit:
     """One profiled model's learned state (see the module docstring).
 
-    w: (m_base,) weights on the base estimates; b: intercept; shift: pessimistic shift;
-    emb: (k, d) profile embeddings and resid: (k,) their residuals (empty when the residual is
-    off); beta, kappa: the residual kernel; closest: index of the base model whose estimates
-    are closest to the profile (least mean squared difference; reported only);
-    n_rows: graded profile rows; loo_rmse: leave-one-out error of the final estimate.
+    w: (m_base,) weights on the base estimates; b: intercept; shift: a constant pessimistic
+    shift (fits with < 3 rows, and fits saved by earlier versions); emb: (k, d) profile
+    embeddings and resid: (k,) their residuals (empty when the residual is off); beta, kappa:
+    the residual kernel; closest: index of the base model whose estimates are closest to the
+    profile (least mean squared difference; reported only); n_rows: graded profile rows;
+    loo_rmse: held-out error of the fit; center (m_base,), wcov (m_base, m_base), level_var:
+    the posterior sd at a prompt is sqrt(level_var + d' wcov d), d = its estimates - center;
+    z: how many of those sds the estimate is lowered by.
     """
 
     w: np.ndarray
@@ -73,18 +80,163 @@ class ProfileFit:
     closest: int
     n_rows: int
     loo_rmse: float
+    center: np.ndarray | None = None
+    wcov: np.ndarray | None = None
+    level_var: float = 0.0
+    z: float = 0.0
+
+    @property
+    def margin(self) -> float:
+        """How far below the fitted quality the estimate is at the profile's centre."""
+        return float(self.shift + self.z * np.sqrt(self.level_var))
 
     def predict(self, base_q: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
         q = base_q @ self.w + (self.b - self.shift)
         if len(self.resid):
             q = q + _kernel_residual(emb, self.emb, self.resid, self.beta, self.kappa)
+        if self.z > 0 and self.wcov is not None and self.center is not None:
+            d = base_q - self.center
+            q = q - self.z * np.sqrt(self.level_var + np.einsum("ij,jk,ik->i", d, self.wcov, d))
         return q
 
 
 def _kernel_residual(emb: np.ndarray, E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
     K = np.exp(beta * (np.asarray(emb, dtype=np.float64) @ E.T.astype(np.float64) - 1.0))
     return (K @ e) / (kappa + K.sum(axis=1))
+
+
+def _kernel_loo(E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
+    """Leave-one-out kernel residual predictions on the profile itself."""
+    K = np.exp(beta * (E @ E.T - 1.0))
+    np.fill_diagonal(K, 0.0)
+    return (K @ e) / (kappa + K.sum(axis=1))
+
+
+def _loo_ridge(U: np.ndarray, e: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ridge of e on U with intercept, penalty by exact leave-one-out: (v, intercept)."""
+    um, em = U.mean(axis=0), e.mean()
+    Uc, ec = U - um, e - em
+    best: tuple[float, np.ndarray] | None = None
+    for a in alphas:
+        Ginv = np.linalg.inv(Uc.T @ Uc + a * np.eye(U.shape[1]))
+        v = Ginv @ (Uc.T @ ec)
+        H = np.einsum("ij,jk,ik->i", Uc, Ginv, Uc) + 1.0 / len(e)
+        err = float(np.mean(((ec - Uc @ v) / np.clip(1.0 - H, 1e-6, None)) ** 2))
+        if best is None or err < best[0]:
+            best = (err, v)
+    assert best is not None
+    return best[1], float(em - um @ best[1])
+
+
+def _paired(P: np.ndarray, y: np.ndarray, known: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """The profile with the known models' luck on the same prompts taken out (a control variate).
+
+    U = known grades - their estimates on the profile prompts (0 where a known model has no
+    grade) averages ~0 at every prompt, so y - U v has the same expected value as y for any v;
+    v (ridge of y's deviation from the equal-weight shape on U) makes it much less noisy when
+    the new model succeeds and fails on the same prompts as the known ones. v is cross-fitted
+    (each fold's rows use a v fitted on the other folds) so the later CV errors stay honest.
+    """
+    U = np.where(np.isfinite(known), known - P, 0.0)
+    e = y - P.mean(axis=1)
+    alphas = np.array([0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1e4]) * len(y) / 100
+    out = np.empty_like(y)
+    for f in np.unique(folds):
+        te = folds == f
+        v, _ = _loo_ridge(U[~te], e[~te], alphas)
+        out[te] = y[te] - U[te] @ v
+    return out
+
+
+def fit_profile(
+    base_q: np.ndarray,
+    emb: np.ndarray,
+    y: np.ndarray,
+    z: float = 1.0,
+    known: np.ndarray | None = None,
+    method: str = "ridge",
+) -> ProfileFit:
+    """Fit one profiled model from its graded profile (see the module docstring).
+
+    base_q: (k, m_base) the base estimator's clipped estimates on the profile prompts;
+    emb: (k, d) their L2-normalised embeddings; y: (k,) the model's graded qualities in [0, 1];
+    z: how many standard errors the estimate is lowered by; method: "ridge" (the default: the
+    non-negative ridge toward equal weights, minus z * rmse / sqrt(k)) or "paired" (the
+    Bayesian weights summing to 1 and a per-prompt lower bound, on the paired profile);
+    known: (k, m_base) the known models' own grades on the profile prompts (NaN = not graded),
+    used by "paired" (`_paired`); "ridge" ignores them.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown profile method {method!r}; use one of {METHODS}")
+    P = np.asarray(base_q, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    E = np.asarray(emb, dtype=np.float64)
+    k, m = P.shape
+    if k == 0 or len(y) != k or len(E) != k:
+        raise ValueError(
+            f"need matching profile rows, got {k} estimates, {len(y)} grades, {len(E)} embeddings"
+        )
+    if not np.all(np.isfinite(y)):
+        raise ValueError("profile qualities must be finite (drop ungraded rows first)")
+    # the closest known model (reported): the least mean squared difference from the profile
+    diff = y[:, None] - P
+    closest = int(np.argmin((diff**2).mean(axis=0) + 1e-12 * np.arange(m)))
+    # the prior: every known model alike (the prompt's difficulty as the known models see it),
+    # plus the profile's mean offset; the data move the weights toward particular models
+    w0 = np.full(m, 1.0 / m)
+    if k < 3:  # too few rows to fit anything: the average known model at the profile's level
+        b = float(y.mean() - P.mean(axis=0) @ w0)
+        return ProfileFit(w0, b, z * 0.5 / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
+    folds = np.random.default_rng(0).permutation(k) % min(5, k)
+    S, s2, pc = None, 0.0, P.mean(axis=0)
+    if method == "paired":
+        if known is not None and k >= 10 and np.isfinite(known).any():
+            if np.shape(known) != (k, m):
+                raise ValueError(f"known grades have shape {np.shape(known)}, expected ({k}, {m})")
+            y = _paired(P, y, np.asarray(known, dtype=np.float64), folds)
+        w, b, S, s2 = _bayes_weights(P, y, pc)
+        loo = np.empty(k)  # 5-fold held-out residuals
+        for f in np.unique(folds):
+            te = folds == f
+            wf, bf, _, _ = _bayes_weights(P[~te], y[~te], pc)
+            loo[te] = y[te] - (P[te] @ wf + bf)
+    else:
+        # penalty by 5-fold CV with the one-standard-error rule: the strongest shrinkage toward
+        # the prior whose held-out error is within one standard error of the best
+        cv = [_cv_residuals(P, y, w0, a * k, folds) for a in _ALPHAS]
+        errs = np.array([np.mean(r**2) for r in cv])
+        i_min = int(np.argmin(errs))
+        se = float(np.std(cv[i_min] ** 2) / np.sqrt(k))
+        i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
+        w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
+        loo = cv[i]
+    err = float(np.mean(loo**2))
+    # residual kernel on the held-out residuals: used only when it beats "no residual" by more
+    # than one standard error (leave-one-out over the profile)
+    beta, kappa, final_err = 0.0, 0.0, err
+    se_r = float(np.std(loo**2) / np.sqrt(k))
+    for bt in _BETAS:
+        for kp in _KAPPAS:
+            e2 = float(np.mean((loo - _kernel_loo(E, loo, bt, kp)) ** 2))
+            if e2 < min(final_err, err - se_r):
+                beta, kappa, final_err = bt, kp, e2
+    if beta > 0:
+        # the kernel stores the in-sample residuals of the linear part
+        resid, emb_keep = y - (P @ w + b), E.astype(np.float32)
+    else:
+        resid, emb_keep = np.zeros(0), E[:0].astype(np.float32)
+    rmse = float(np.sqrt(final_err))
+    if S is None:
+        shift = z * rmse / np.sqrt(k)
+        return ProfileFit(w, b, shift, emb_keep, resid, beta, kappa, closest, k, rmse)
+    if beta > 0:
+        # what the kernel explains is no longer noise for the interval (the weights' posterior
+        # scales with the noise variance)
+        S, s2 = S * (final_err / s2), final_err
+    return ProfileFit(
+        w, b, 0.0, emb_keep, resid, beta, kappa, closest, k, rmse, center=pc, wcov=S, level_var=s2 / k, z=z
+    )
 
 
 def _ridge_nn(P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
@@ -111,65 +263,35 @@ def _cv_residuals(
     return out
 
 
-def _kernel_loo(E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
-    """Leave-one-out kernel residual predictions on the profile itself."""
-    K = np.exp(beta * (E @ E.T - 1.0))
-    np.fill_diagonal(K, 0.0)
-    return (K @ e) / (kappa + K.sum(axis=1))
-
-
-def fit_profile(base_q: np.ndarray, emb: np.ndarray, y: np.ndarray, z: float = 1.0) -> ProfileFit:
-    """Fit one profiled model from its graded profile (see the module docstring).
-
-    base_q: (k, m_base) the base estimator's clipped estimates on the profile prompts;
-    emb: (k, d) their L2-normalised embeddings; y: (k,) the model's graded qualities in [0, 1];
-    z: how many standard errors of the profile mean the estimate is shifted down.
-    """
-    P = np.asarray(base_q, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    E = np.asarray(emb, dtype=np.float64)
+def _bayes_weights(
+    P: np.ndarray, y: np.ndarray, pc: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Posterior of y = b + (P - pc) w + noise with w = 1/m + d, d summing to 0 and
+    d ~ N(0, (I - 11'/m) / m), the spread of the known models' own weight vectors e_j around
+    the average model, and a flat b; the noise variance by a few fixed-point steps on the
+    posterior's residuals. Returns (w, b, posterior covariance of w (m, m), noise variance)."""
     k, m = P.shape
-    if k == 0 or len(y) != k or len(E) != k:
-        raise ValueError(
-            f"need matching profile rows, got {k} estimates, {len(y)} grades, {len(E)} embeddings"
-        )
-    if not np.all(np.isfinite(y)):
-        raise ValueError("profile qualities must be finite (drop ungraded rows first)")
-    # the closest known model (reported): the least mean squared difference from the profile
-    diff = y[:, None] - P
-    closest = int(np.argmin((diff**2).mean(axis=0) + 1e-12 * np.arange(m)))
-    # the prior: every known model alike (the prompt's difficulty as the known models see it),
-    # plus the profile's mean offset; the data move the weights toward particular models
     w0 = np.full(m, 1.0 / m)
-    if k < 3:  # too few rows to cross-validate: the prior plus the mean offset, shifted by 0.5 / sqrt(k)
-        b = float(y.mean() - P.mean(axis=0) @ w0)
-        return ProfileFit(w0, b, z * 0.5 / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
-    # penalty by 5-fold CV with the one-standard-error rule: the strongest shrinkage toward the
-    # prior whose held-out error is within one standard error of the best
-    folds = np.random.default_rng(0).permutation(k) % min(5, k)
-    cv = [_cv_residuals(P, y, w0, a * k, folds) for a in _ALPHAS]
-    errs = np.array([np.mean(r**2) for r in cv])
-    i_min = int(np.argmin(errs))
-    se = float(np.std(cv[i_min] ** 2) / np.sqrt(k))
-    i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
-    w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
-    loo, err = cv[i], float(errs[i])
-    # residual kernel on the held-out residuals: used only when it beats "no residual" by more
-    # than one standard error (leave-one-out over the profile)
-    beta, kappa, final_err = 0.0, 0.0, err
-    se_r = float(np.std(loo**2) / np.sqrt(k))
-    for bt in _BETAS:
-        for kp in _KAPPAS:
-            e2 = float(np.mean((loo - _kernel_loo(E, loo, bt, kp)) ** 2))
-            if e2 < min(final_err, err - se_r):
-                beta, kappa, final_err = bt, kp, e2
-    if beta > 0:
-        # the kernel stores the in-sample residuals of the linear part
-        resid, emb_keep = y - (P @ w + b), E.astype(np.float32)
-    else:
-        resid, emb_keep = np.zeros(0), E[:0].astype(np.float32)
-    shift = z * float(np.sqrt(final_err)) / np.sqrt(k)
-    return ProfileFit(w, b, shift, emb_keep, resid, beta, kappa, closest, k, float(np.sqrt(final_err)))
+    # an orthonormal basis of the weight changes that keep the sum at 1
+    B = np.linalg.svd(np.eye(m) - 1.0 / m)[0][:, : m - 1]
+    F = (P - pc) @ B
+    fbar = F.mean(axis=0)
+    F = F - fbar
+    e = y - (P - pc) @ w0
+    b0 = float(e.mean())
+    e = e - b0
+    s2 = max(float(np.mean(e**2)), 1e-4)
+    FtF, Fte = F.T @ F, F.T @ e
+    for _ in range(4):
+        S = np.linalg.inv(FtF / s2 + m * np.eye(m - 1))
+        th = S @ Fte / s2
+        s2 = max(float(np.sum((e - F @ th) ** 2)) / max(k - 1, 1), 1e-4)
+    S = np.linalg.inv(FtF / s2 + m * np.eye(m - 1))
+    th = S @ Fte / s2
+    w = w0 + B @ th
+    # q(x) = b0 + (P(x) - pc) @ w0 + ((P(x) - pc) @ B - fbar) @ th  =  P(x) @ w + b
+    b = b0 - float(fbar @ th) - float(pc @ w)
+    return w, b, B @ S @ B.T, s2
 
 
 class ProfiledEstimator(QualityEstimator):
@@ -245,6 +367,9 @@ class ProfiledEstimator(QualityEstimator):
             out[f"p{p}/w"] = f.w
             out[f"p{p}/emb"] = np.asarray(f.emb, dtype=np.float32)
             out[f"p{p}/resid"] = f.resid
+            if f.wcov is not None and f.center is not None:
+                out[f"p{p}/center"] = f.center
+                out[f"p{p}/wcov"] = f.wcov
             profiles.append(
                 {
                     "b": f.b,
@@ -254,6 +379,8 @@ class ProfiledEstimator(QualityEstimator):
                     "closest": f.closest,
                     "n_rows": f.n_rows,
                     "loo_rmse": None if not np.isfinite(f.loo_rmse) else f.loo_rmse,
+                    "level_var": f.level_var,
+                    "z": f.z,
                 }
             )
         cls = type(self.base)
@@ -291,6 +418,14 @@ class ProfiledEstimator(QualityEstimator):
                     closest=int(meta["closest"]),
                     n_rows=int(meta["n_rows"]),
                     loo_rmse=float("nan") if meta["loo_rmse"] is None else float(meta["loo_rmse"]),
+                    center=_opt(arrays.get(f"p{p}/center")),
+                    wcov=_opt(arrays.get(f"p{p}/wcov")),
+                    level_var=float(meta.get("level_var", 0.0)),
+                    z=float(meta.get("z", 0.0)),
                 )
             )
         return est
+
+
+def _opt(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, dtype=np.float64)
