@@ -505,6 +505,26 @@ def test_rate_limit_leases_are_topped_up_on_the_loop_and_never_exceed_the_bucket
         s.close()
 
 
+def test_breaker_word_is_read_in_the_background_on_the_loop(redis_proc: RedisProc) -> None:
+    """On an event loop `breaker_open_for` never waits for Redis: a stale entry is refreshed in
+    the background (auto-pipelined) and the next call sees another replica's open breaker."""
+    _flush(redis_proc)
+    a, b = _state(redis_proc), _state(redis_proc, breaker_refresh_s=0.0)
+    a.open_breaker("m1", 30)
+
+    async def go() -> float:
+        first = b.breaker_open_for("m1")  # nothing read yet: not open, a read is under way
+        await _until(lambda: not b._tasks, "the background read")
+        assert b._pipe is not None and b._pipe.writes >= 1
+        return first
+
+    assert asyncio.run(go()) == 0.0
+    assert 0 < b._breakers["m1"][1] - time.monotonic() <= 30  # what the background read found
+    a.close_breaker("m1")
+    a.close()
+    b.close()
+
+
 def test_keys_spend_reads_the_replicas_books_in_redis(redis_proc: RedisProc, tmp_path: Path) -> None:
     import json
 

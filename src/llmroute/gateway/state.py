@@ -518,6 +518,7 @@ class RedisState:
         self._scripts: dict[str, str] = {}  # script text -> SHA1
         self._pipe: _AutoPipe | None = None
         self._heads: dict[tuple[str, tuple[str, ...]], bytes] = {}  # see eval_async
+        self._tasks: set[asyncio.Future[Any]] = set()  # background reads (breakers)
         self._breakers: dict[str, tuple[float, float]] = {}  # model -> (checked at, open until)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -585,10 +586,7 @@ class RedisState:
             return self.eval(text, keys, args)
         if self.degraded and time.monotonic() < self._next_try:
             raise StateUnavailable("the shared state (Redis) is unavailable")
-        loop = asyncio.get_running_loop()
-        pipe = self._pipe
-        if pipe is None or pipe.loop is not loop:
-            pipe = self._pipe = _AutoPipe(self.url, self.timeout_s, loop)
+        pipe = self._loop_pipe()
         sha = self._sha(text)
         # "EVALSHA sha numkeys keys..." in RESP, kept per script and keys (the keys of a ledger
         # are tuples it keeps per key id); the arguments are encoded per call
@@ -604,6 +602,29 @@ class RedisState:
             if isinstance(out, ReplyError) and str(out).startswith("NOSCRIPT"):
                 pipe.call("SCRIPT", "LOAD", text).add_done_callback(_retrieve)  # answered first
                 out = await pipe.send(command, orphan)
+            if isinstance(out, ReplyError):
+                raise out
+        except Exception as e:  # ConnectionError, TimeoutError, ReplyError
+            raise self._failed(e) from e
+        if self.degraded:
+            self._recover()
+        return out
+
+    def _loop_pipe(self) -> _AutoPipe:
+        """The auto-pipelined connection of the running event loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        pipe = self._pipe
+        if pipe is None or pipe.loop is not loop:
+            pipe = self._pipe = _AutoPipe(self.url, self.timeout_s, loop)
+        return pipe
+
+    async def command_async(self, *args: Any) -> Any:
+        """One Redis command on the running loop's auto-pipelined connection; raises
+        StateUnavailable like `run`."""
+        if self.degraded and time.monotonic() < self._next_try:
+            raise StateUnavailable("the shared state (Redis) is unavailable")
+        try:
+            out = await self._loop_pipe().call(*args)
             if isinstance(out, ReplyError):
                 raise out
         except Exception as e:  # ConnectionError, TimeoutError, ReplyError
@@ -712,16 +733,32 @@ class RedisState:
 
     def breaker_open_for(self, model: str) -> float:
         """Seconds `model`'s breaker stays open by another replica's word (0.0: not open); read
-        from Redis at most every `breaker_refresh_s`, and 0.0 while Redis is unavailable."""
+        from Redis at most every `breaker_refresh_s`, and 0.0 while Redis is unavailable. Called
+        on an event loop, the read happens in the background (auto-pipelined) and the answer is
+        the last one read: it may be one Redis round trip late."""
         now = time.monotonic()
         seen = self._breakers.get(model)
         if seen is None or now - seen[0] >= self.breaker_refresh_s:
+            if self._own_client and asyncio._get_running_loop() is not None:
+                self._breakers[model] = (now, seen[1] if seen is not None else 0.0)
+                t = asyncio.ensure_future(self._refresh_breaker(model))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+                return max(0.0, self._breakers[model][1] - now)
             try:
                 ms = self.run(lambda c: c.pttl(self.key("breaker", model)))
             except StateUnavailable:
                 ms = -2
             seen = self._breakers[model] = (now, now + ms / 1000.0 if ms and ms > 0 else 0.0)
         return max(0.0, seen[1] - now)
+
+    async def _refresh_breaker(self, model: str) -> None:
+        try:
+            ms = await self.command_async("PTTL", self.key("breaker", model))
+        except StateUnavailable:
+            ms = -2
+        now = time.monotonic()
+        self._breakers[model] = (now, now + ms / 1000.0 if ms and ms > 0 else 0.0)
 
     def open_breaker(self, model: str, cooldown_s: float) -> None:
         """Tell the other replicas that `model`'s breaker opened for `cooldown_s` seconds."""
@@ -962,8 +999,8 @@ class RedisLedger:
         A key with a large bucket is served in leases: one Redis call takes up to
         `lease_share` of the bucket (at most `max_lease` tokens, at least `n`), spent here
         until used up or `lease_s` old (the rest then lapses). Called on an event loop, a lease
-        down to half is topped up in the background (`_top_up`, auto-pipelined), so the loop
-        rarely waits for Redis. Every token is taken from the shared bucket, so the shared
+        below a full one is topped up in the background (`_top_up`, auto-pipelined, one at a
+        time), so the loop rarely waits for Redis. Every token is taken from the shared bucket, so the shared
         limit is never exceeded; a replica leaves at most one lease and one top-up unused per
         `lease_s`. Buckets under 1 / `lease_share` tokens take one token per call (exact)."""
         st = self.state
@@ -973,7 +1010,7 @@ class RedisLedger:
         if lease is not None and lease[0] >= n and now_m < lease[1]:
             left = lease[0] - n
             self._leases[key_id] = (left, lease[1])
-            if left < want / 2 and want > n and key_id not in self._topping and st._own_client:
+            if left < want and want > n and key_id not in self._topping and st._own_client:
                 loop = asyncio._get_running_loop()
                 if loop is not None:
                     self._topping.add(key_id)
