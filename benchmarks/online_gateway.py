@@ -1,6 +1,6 @@
 """Online learning inside the gateway: what it costs per outcome and per request (issue 13).
 
-    python benchmarks/online_gateway.py [--outcomes 2220] [--duration 10] [--rounds 2] [--no-write]
+    python benchmarks/online_gateway.py [--outcomes 2220] [--duration 10] [--rounds 2] [--no-write | --md-only]
 
 1. Per outcome (in process, the shipped default router behind examples/loopback.yaml's
    `llmroute/auto` with `learning: {enabled: true}`, a SQLite trace store and learner state in a
@@ -274,7 +274,9 @@ def markdown(res: dict[str, Any]) -> str:
             f"{t['duration']} s, medians): learning off {s['off']['rps_median']} req/s, "
             f"{s['off']['cpu_us_per_req_median']} us gateway CPU per request; on {s['on']['rps_median']} req/s, "
             f"{s['on']['cpu_us_per_req_median']} us; on/off throughput {s['rps_ratio_on_off']} (bar >= 0.9), "
-            f"CPU per request x{s['cpu_ratio_on_off']}; non-2xx {s['off']['non_2xx'] + s['on']['non_2xx']}.",
+            f"CPU per request x{s['cpu_ratio_on_off']}; non-2xx {s['off']['non_2xx'] + s['on']['non_2xx']}; "
+            f"load {min(r['load'] for r in t['runs']):.1f}-{max(r['load'] for r in t['runs']):.1f} "
+            "(requests per second swing 2-4x between runs at that load; CPU per request is the steadier).",
         ]
     return "\n".join(lines)
 
@@ -285,7 +287,17 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (0: skip throughput)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results"
+    )
     args = ap.parse_args()
+    if args.md_only:
+        update_section(
+            "online_gateway",
+            markdown(json.loads(RESULTS.read_text())),
+            title="Online learning in the gateway",
+        )
+        return
     tmp = Path(tempfile.mkdtemp(prefix="llmroute-online-gw-"))
     res: dict[str, Any] = {"load_start": os.getloadavg()[0], "cpus": os.cpu_count()}
     res["per_outcome"] = asyncio.run(per_outcome(args.outcomes, tmp))
