@@ -804,7 +804,7 @@ class RedisLedger:
         self.state = state
         self._keys: set[str] = set()
         self.lease_share = 0.05  # see `take`
-        self.max_lease = 20.0
+        self.max_lease = 100.0  # a busy loop takes tens of tokens per Redis round trip
         self.lease_s = 1.0
         self._leases: dict[str, tuple[float, float]] = {}  # key id -> (tokens left, lapses at)
         self._last_reclaim = -float("inf")
