@@ -20,7 +20,7 @@ from llmroute.cascade.offline import (
     run_policy,
     table_evidence,
 )
-from llmroute.cascade.reestimate import DifficultyReestimator
+from llmroute.cascade.reestimate import DifficultyReestimator, Evidence
 from llmroute.data.table import RoutingTable, TableError
 from llmroute.eval.metrics import aiq, router_curve
 
@@ -292,13 +292,17 @@ def test_the_gateways_difficulty_estimator_evaluated_offline() -> None:
     table, wrong = synthetic(300)  # a wrong cheap answer hedges: the checks score it 0.5
     pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
     lams = np.array([0.0, 1.0, 10.0, np.inf])
-    # its default counts a passed check as weak evidence (max_score 0.55): part of the gap
+    # the gateway's default counts a pass as no evidence (max_score 0.5): a hedge (0.5) and a pass
+    # look alike to the checks alone, nothing to escalate on
+    res = evaluate_cascade(
+        table, priors=pri, lambdas=lams, estimator=DifficultyReestimator(), signals=["checks"]
+    )
+    assert res["estimator"] == "difficulty" and res["max_score"] == [0.5] * 5
+    assert res["gap_closed"] == pytest.approx(res["one_shot"]["gap_closed"])
+    # "difficulty" chooses max_score per fold on the training prompts: a pass is right by
+    # construction here, so it is trusted, and the checks close the gap
     res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator="difficulty", signals=["checks"])
-    assert res["estimator"] == "difficulty"
-    assert res["gap_closed"] > 0.5 > res["one_shot"]["gap_closed"]
-    # trusting a passed check (here it is right by construction), all of it
-    trust = DifficultyReestimator(max_score=0.99)
-    res = evaluate_cascade(table, priors=pri, lambdas=lams, estimator=trust, signals=["checks"])
+    assert res["estimator"] == "difficulty" and res["max_score"] == [0.99] * 5
     assert res["gap_closed"] > 0.9 > res["one_shot"]["gap_closed"]
     # cheap first, escalating exactly on the hedged (wrong) answers, every call paid
     best = [p for p in res["points"] if p["first"] == "cheapest" and p["quality"] == 1.0]
@@ -311,3 +315,30 @@ def test_the_gateways_difficulty_estimator_evaluated_offline() -> None:
     assert res["aiq"] >= res["one_shot"]["aiq"] - 0.005
     with pytest.raises(ValueError, match="'fitted', 'difficulty' or a DifficultyReestimator"):
         evaluate_cascade(table, priors=pri, estimator="magic")
+
+
+def test_difficulty_max_score_is_fitted_on_each_training_fold_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """estimator='difficulty' hands `fit_max_score` the training prompts of each fold (their inner
+    out-of-fold priors, quality and scores), never a test prompt, and uses what it returns."""
+    import llmroute.cascade.offline as offline
+
+    table, _ = synthetic(200)
+    pri = oof_priors(table, mean_factory, folds=5, seed=0, encoder=object())
+    Q = table.quality_matrix()
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def spy(q: np.ndarray, ev: Evidence, Qt: np.ndarray) -> float:
+        seen.append((q, ev.checks, Qt))
+        return 0.6 + 0.05 * len(seen)
+
+    monkeypatch.setattr(offline, "fit_max_score", spy)
+    res = evaluate_cascade(
+        table, priors=pri, lambdas=np.array([0.0, np.inf]), estimator="difficulty", signals=["checks"]
+    )
+    assert res["max_score"] == pytest.approx([0.65, 0.7, 0.75, 0.8, 0.85])
+    ev = table_evidence(table)
+    for fold, (q, checks, Qt) in enumerate(seen):
+        train = np.setdiff1d(np.arange(200), pri["fold_idx"][fold])
+        np.testing.assert_array_equal(q, pri["inner"][fold][0])
+        np.testing.assert_array_equal(Qt, Q[train])
+        np.testing.assert_array_equal(checks, ev.checks[train])

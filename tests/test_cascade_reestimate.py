@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from conftest import FakeServer, GatewayHandle, run_gateway
-from llmroute.cascade.reestimate import DifficultyReestimator, Evidence, choose_next
+from llmroute.cascade.reestimate import DifficultyReestimator, Evidence, choose_next, fit_max_score
 from llmroute.gateway.auth import hash_key
 from test_cascade_gateway import _record, _steps
 
@@ -181,7 +181,12 @@ def test_a_rejected_answer_favours_the_stronger_model_over_the_static_next() -> 
     unknown = est.gains(S, est.called(S, q, _ev([0.5, np.nan, np.nan])), q, _ev([0.5, np.nan, np.nan]))
     passed = est.gains(S, est.called(S, q, _ev([0.95, np.nan, np.nan])), q, _ev([0.95, np.nan, np.nan]))
     # the worse the answer looks, the more another model gains
-    assert (rejected[0, 1:] > unknown[0, 1:]).all() and (unknown[0, 1:] > passed[0, 1:]).all()
+    assert (rejected[0, 1:] > unknown[0, 1:]).all()
+    # by default a pass is no evidence (max_score 0.5); with a higher cap it lowers the gains
+    np.testing.assert_allclose(passed, unknown)
+    trusting = DifficultyReestimator(max_score=0.8)
+    ev_p = _ev([0.95, np.nan, np.nan])
+    assert (trusting.gains(S, trusting.called(S, q, ev_p), q, ev_p)[0, 1:] < unknown[0, 1:]).all()
     # a refusal says the prompt is hard: mid's chance falls more than strong's
     cost = np.array([[0.0025, 0.25, 0.45]])  # tradeoff x cost; the static rank: mid before strong
     assert (q - cost)[0, 1] > (q - cost)[0, 2]
@@ -310,3 +315,24 @@ def test_a_model_without_a_router_estimate_falls_back_to_the_ranked_order(gw: Ga
     assert steps[0]["next"] == "re-dud" and steps[0]["est"] == "ranked"
     plan = _record(gw, headers["x-llmroute-request-id"])["extra"]["cascade"]["next"][0]
     assert plan["why"].startswith("ranked: no router estimate") and "re-dud" in plan["why"]
+
+
+def test_fit_max_score_matches_the_share_of_passed_answers_that_are_right() -> None:
+    """A lone passed answer with an even prior gets P(right) = max_score: the log loss is lowest
+    at the grid value nearest the share right (0.7 here, 0.5 when a pass says nothing)."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    q = np.full((n, 2), 0.5)
+    ev = Evidence(np.full((n, 2), -1), np.ones((n, 2)), np.zeros((n, 2, 0)), np.ones((n, 2), dtype=bool))
+    right = rng.random((n, 2)) < 0.7
+    assert fit_max_score(q, ev, right.astype(float)) == 0.7
+    half = np.arange(2 * n).reshape(n, 2) % 2 == 0
+    assert fit_max_score(q, ev, half.astype(float)) == 0.5
+    # a failed check never counts as a pass: all failed and all wrong, any cap fits; the smallest
+    failed = Evidence(ev.codes, np.zeros((n, 2)), ev.text, ev.has)
+    assert fit_max_score(q, failed, np.zeros((n, 2))) == 0.5
+    # answers without a response or a known quality are left out
+    Q = np.where(right, 1.0, 0.0)
+    Q[:, 1] = np.nan
+    assert fit_max_score(q, ev, Q) == 0.7
+    assert fit_max_score(q, Evidence(ev.codes, ev.checks, ev.text, np.zeros((n, 2), dtype=bool)), Q) == 0.5

@@ -52,6 +52,7 @@ from llmroute.cascade.reestimate import (
     Reestimator,
     choose_next,
     extract_answer,
+    fit_max_score,
     fit_text_verifier,
     text_verifier_p,
 )
@@ -283,16 +284,37 @@ def _num(x: float) -> float | None:
 
 def _difficulty_evidence(
     signals: Sequence[str], ev_train: Evidence, Q_train: np.ndarray, ev: Evidence
-) -> Evidence:
-    """The evidence `DifficultyReestimator` sees for the test prompts `ev` (see `evaluate_cascade`)."""
+) -> tuple[Evidence, np.ndarray | None]:
+    """The evidence `DifficultyReestimator` sees for the prompts `ev` (see `evaluate_cascade`),
+    and the learned text verifier's P(right) of each answer (None: `learned` off or not fitted)."""
     score = ev.checks if "checks" in signals else np.full(ev.checks.shape, np.nan)
+    v = None
     if "learned" in signals:
         lv = fit_text_verifier(ev_train, Q_train)
         if lv is not None:
-            v = np.where(ev.has, text_verifier_p(lv, ev), np.nan)
-            score = np.where(np.isfinite(score), np.fmin(score, v), v)
+            v = text_verifier_p(lv, ev)
+            vs = np.where(ev.has, v, np.nan)
+            score = np.where(np.isfinite(score), np.fmin(score, vs), vs)
     codes = ev.codes if "agreement" in signals else np.full(ev.codes.shape, -1)
-    return Evidence(codes, score, ev.text, ev.has)
+    return Evidence(codes, score, ev.text, ev.has), v
+
+
+def _difficulty_train_evidence(
+    signals: Sequence[str], ev: Evidence, Q: np.ndarray, inner_folds: int, seed: int
+) -> Evidence:
+    """`_difficulty_evidence` of training prompts as the test prompts meet it: with `learned`,
+    each inner fold's scores come from a text verifier fitted on the other inner folds (an
+    in-sample verifier would look surer than it is at test time)."""
+    out, _ = _difficulty_evidence([s for s in signals if s != "learned"], ev, Q, ev)
+    if "learned" not in signals:
+        return out
+    checks = out.checks.copy()
+    n = Q.shape[0]
+    for itest in kfold_indices(n, inner_folds, seed):
+        itrain = np.setdiff1d(np.arange(n), itest, assume_unique=True)
+        part, _ = _difficulty_evidence(signals, ev.take(itrain), Q[itrain], ev.take(itest))
+        checks[itest] = part.checks
+    return Evidence(out.codes, checks, out.text, out.has)
 
 
 def _calibration(
@@ -301,13 +323,15 @@ def _calibration(
     q: np.ndarray,
     ev: Evidence,
     Q: np.ndarray,
+    v: np.ndarray | None = None,
 ) -> None:
     """Add one fold's held-out predictions to `cal`: `verifier` the learned text verifier's
-    P(right) of every answer (when on), `first_answer` the re-estimator's P(right) of each model's
-    answer when it is the only one called (prior + that answer's evidence: what the cascade's
-    first step decides on)."""
+    P(right) of every answer (when on: `re_est`'s, else `v`), `first_answer` the re-estimator's
+    P(right) of each model's answer when it is the only one called (prior + that answer's
+    evidence: what the cascade's first step decides on)."""
     ok = ev.has & np.isfinite(Q)
-    v = re_est.verifier(ev) if isinstance(re_est, Reestimator) else None
+    if isinstance(re_est, Reestimator):
+        v = re_est.verifier(ev)
     if v is not None:
         cal["verifier"][0].append(v[ok])
         cal["verifier"][1].append(Q[ok])
@@ -352,9 +376,12 @@ def evaluate_cascade(
         when None; pass one to share it between several evaluations).
     models: evaluate on these models only (columns of the priors; e.g. a two-model subset).
     estimator: "fitted" (`Reestimator`, fitted per fold on the signals) or "difficulty" (the
-        gateway's `DifficultyReestimator` with its defaults, or pass one; no fitting: an answer's score is its built-in checks'
-        score, and with `learned` the lower of that and a per-fold learned text verifier's P(right);
-        `agreement` adds the extracted answers).
+        gateway's `DifficultyReestimator`, its `max_score` chosen per fold by `fit_max_score` on
+        the training prompts (their inner out-of-fold priors; with `learned`, scores from
+        inner-fold verifiers), or pass one to use as is: an answer's score is its built-in
+        checks' score, and with `learned` the lower of that and a per-fold learned text
+        verifier's P(right); `agreement` adds the extracted answers). `max_score` in the result:
+        the value used in each fold (None for "fitted").
     Keys: `aiq`, `gap_closed`, `cost_ratio_at_best_quality`, `max_quality` of all swept points
     (first model x lambda x tau), `one_shot` (the same metrics for tau = 0 only: the one-shot
     router on the same priors), `by_first` (metrics per first-model rule), `points` (every point:
@@ -365,12 +392,11 @@ def evaluate_cascade(
     from llmroute.eval.runner import _context
 
     difficulty = estimator if isinstance(estimator, DifficultyReestimator) else None
-    if difficulty is None and estimator not in ("fitted", "difficulty"):
+    fit_cap = estimator == "difficulty"
+    if difficulty is None and not fit_cap and estimator != "fitted":
         raise ValueError(
             f"estimator must be 'fitted', 'difficulty' or a DifficultyReestimator, got {estimator!r}"
         )
-    if estimator == "difficulty":
-        difficulty = DifficultyReestimator()
     bad = [s for s in signals if s not in SIGNALS]
     if bad:
         raise ValueError(f"unknown cascade signals {bad}; choose from {list(SIGNALS)}")
@@ -402,16 +428,23 @@ def evaluate_cascade(
         "verifier": ([], []),
         "first_answer": ([], []),
     }
+    caps: list[float | None] = []
     for fold, test in enumerate(priors["fold_idx"]):
         train = np.setdiff1d(np.arange(n), test, assume_unique=True)
         iq = priors["inner"][fold][0][:, cols]
         ev_t = ev.take(test)
-        if difficulty is not None:
-            re_est: Any = difficulty
-            ev_t = _difficulty_evidence(signals, ev.take(train), Q[train], ev_t)
+        v_t = None
+        if fit_cap:
+            ev_tr = _difficulty_train_evidence(signals, ev.take(train), Q[train], inner_folds, seed)
+            re_est: Any = DifficultyReestimator(max_score=fit_max_score(iq, ev_tr, Q[train]))
+            ev_t, v_t = _difficulty_evidence(signals, ev.take(train), Q[train], ev_t)
+        elif difficulty is not None:
+            re_est = difficulty
+            ev_t, v_t = _difficulty_evidence(signals, ev.take(train), Q[train], ev_t)
         else:
             re_est = Reestimator(signals, max_steps=steps, seed=seed).fit(iq, ev.take(train), Q[train])
-        _calibration(cal, re_est, q_all[test], ev_t, Q[test])
+        caps.append(getattr(re_est, "max_score", None))
+        _calibration(cal, re_est, q_all[test], ev_t, Q[test], v_t)
         for f in firsts:
             for k, lam in enumerate(lams):
                 tr = run_policy(
@@ -463,7 +496,8 @@ def evaluate_cascade(
     out: dict[str, Any] = {
         "name": name,
         "signals": list(signals),
-        "estimator": "fitted" if difficulty is None else "difficulty",
+        "estimator": "fitted" if difficulty is None and not fit_cap else "difficulty",
+        "max_score": caps,
         "max_steps": steps,
         "max_cost_usd": max_cost_usd,
         "firsts": list(firsts),

@@ -32,12 +32,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_SCORE_GRID",
     "SIGNALS",
     "DifficultyReestimator",
     "Evidence",
     "Reestimator",
     "choose_next",
     "extract_answer",
+    "first_answer_p",
+    "fit_max_score",
 ]
 
 SIGNALS: tuple[str, ...] = ("checks", "learned", "agreement")
@@ -376,15 +379,20 @@ class DifficultyReestimator:
 
     sigma: standard deviation of the prompt's difficulty (logits) beyond the router's estimate;
     kappa: chance that two wrong answers agree; grid: points of the difficulty grid; max_score: a
-    score counts at most as this (a failed check is strong evidence of a wrong answer, a passed one
-    weak: on routerbench_subset the checks pass nearly every answer, and the held-out ECE of the
-    re-estimated P(right) of a first answer, checks only, was 0.30 at 0.99, 0.15 at 0.75, 0.048 at
-    0.6, 0.027 at 0.55, 0.054 at 0.5). The verifier score of an answer is `ev.checks` (NaN: no
-    verdict, no evidence) and its extracted answer `ev.codes` (-1: none); `ev.text` is not used.
+    score counts at most as this, i.e. a passed check as the likelihood ratio max_score / (1 -
+    max_score). The default, 0.5, counts a pass as no evidence (ratio 1) and a failure in full: the
+    built-in checks detect failures (no text, a refusal, invalid JSON, code that does not parse, no
+    final answer), and a wrong answer passes them about as easily as a right one, so
+    P(pass | right) / P(pass | wrong) is taken as 1 rather than guessed from an evaluation set. In
+    the gateway every answer it re-estimates after scored below the cascade's threshold, so the
+    cap only acts with a threshold above 0.5. Where answers with known quality exist (offline),
+    `fit_max_score` chooses it on training prompts instead. The verifier score of an answer is
+    `ev.checks` (NaN: no verdict, no evidence) and its extracted answer `ev.codes` (-1: none);
+    `ev.text` is not used.
     """
 
     def __init__(
-        self, sigma: float = 1.5, kappa: float = 0.25, grid: int = 61, max_score: float = 0.55
+        self, sigma: float = 1.5, kappa: float = 0.25, grid: int = 61, max_score: float = 0.5
     ) -> None:
         if sigma <= 0 or not 0 < kappa < 1 or grid < 3 or not 0.5 <= max_score < 1:
             raise ValueError(
@@ -393,6 +401,7 @@ class DifficultyReestimator:
             )
         self.sigma = sigma
         self.kappa = kappa
+        self.grid = grid
         self.max_score = max_score
         self.d = np.linspace(-4 * sigma, 4 * sigma, grid)
         self.prior = np.exp(-0.5 * (self.d / sigma) ** 2)
@@ -451,6 +460,50 @@ class DifficultyReestimator:
         answer served now is wrong | evidence), the gain when its answer is verified (served when
         right); NaN on S. `P` is unused (recomputed; kept for `Reestimator`'s interface)."""
         return self.estimate(S, q, ev)[1]
+
+
+MAX_SCORE_GRID: tuple[float, ...] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
+"""Values `fit_max_score` chooses from."""
+
+
+def first_answer_p(est: DifficultyReestimator, q: np.ndarray, ev: Evidence) -> np.ndarray:
+    """(n, m) P(right) of each model's answer when it is the only one called (prior + that
+    answer's evidence: what a cascade's first step decides on)."""
+    out = np.full(q.shape, np.nan)
+    for j in range(q.shape[1]):
+        S = np.zeros(q.shape, dtype=bool)
+        S[:, j] = True
+        out[:, j] = est.called(S, q, ev)[:, j]
+    return out
+
+
+def fit_max_score(
+    q: np.ndarray,
+    ev: Evidence,
+    Q: np.ndarray,
+    grid: Sequence[float] = MAX_SCORE_GRID,
+    *,
+    sigma: float = 1.5,
+    kappa: float = 0.25,
+) -> float:
+    """The `DifficultyReestimator.max_score` in `grid` whose P(right) of a lone answer has the
+    lowest log loss against the answers' known quality `Q` (right: >= 0.5) on these (training)
+    prompts: `q` their out-of-fold prior, `ev` their evidence (scores in `ev.checks`); answers
+    without a response or a known quality are left out; ties go to the smaller value (the weaker
+    claim). Returns the default 0.5 when no answer qualifies."""
+    ok = ev.has & np.isfinite(Q)
+    if not ok.any():
+        return 0.5
+    y = np.where(np.isfinite(Q), Q, 0.0)[ok] >= 0.5
+    best, best_loss = 0.5, math.inf
+    for ms in sorted(grid):
+        p = np.clip(
+            first_answer_p(DifficultyReestimator(sigma, kappa, max_score=ms), q, ev)[ok], 1e-6, 1 - 1e-6
+        )
+        loss = float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+        if loss < best_loss - 1e-12:
+            best, best_loss = float(ms), loss
+    return best
 
 
 # ---- the rule ------------------------------------------------------------------------------------
