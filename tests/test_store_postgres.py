@@ -5,12 +5,15 @@ extra) in a temporary folder, over a Unix socket, and deletes it afterwards (abo
 `LLMROUTE_TEST_POSTGRES_URL` points the tests at an existing server instead. The tests skip with
 the reason when neither works (no pgserver/asyncpg, or the server cannot start). As root,
 pgserver runs Postgres as a system user `pgserver` that it creates if missing (`useradd`), since
-initdb refuses to run as root.
+initdb refuses to run as root; that user cannot enter pytest's own temporary folders (mode 0700
+under /tmp/pytest-of-root), so the data folder lives in a folder of its own that others may enter.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from llmroute.gateway.store import open_store
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     pytest.importorskip(
         "asyncpg", reason="the Postgres store needs asyncpg (pip install 'llmroute[postgres]')"
     )
@@ -40,15 +43,19 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             import pgserver  # type: ignore[import-not-found]
     except ImportError:
         pytest.skip("no Postgres: install pgserver (dev extra) or set LLMROUTE_TEST_POSTGRES_URL")
-    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    parent = Path(tempfile.mkdtemp(prefix="llmroute-pg-"))
+    parent.chmod(0o755)  # as root, Postgres runs as the user `pgserver`, who must reach the data
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode="delete")
-    except Exception as e:  # initdb/pg_ctl failures, no useradd as root, a read-only /tmp, ...
-        pytest.skip(f"cannot start a throwaway Postgres with pgserver: {type(e).__name__}: {e}")
-    try:
-        yield server.get_uri()
+        try:
+            server = pgserver.get_server(parent / "data", cleanup_mode="delete")
+        except Exception as e:  # initdb/pg_ctl failures, no useradd as root, a read-only /tmp, ...
+            pytest.skip(f"cannot start a throwaway Postgres with pgserver: {type(e).__name__}: {e}")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _rec(tag: str, i: int, **kw: Any) -> dict[str, Any]:
