@@ -12,6 +12,9 @@
 - `RedisProc` / `redis_proc` (module scope): a throwaway `redis-server` on a free port with its
   append-only file in a temporary folder (`.url`, `.stop()`, `.start()` again on the same data);
   the fixture skips when redis-server is not installed.
+- `postgres_url` (session scope): a throwaway Postgres (`pgserver`) or `LLMROUTE_TEST_POSTGRES_URL`;
+  skips with the reason when neither works. `postgres_db` (function scope): the URL of a new, empty
+  database on that server (`new_postgres_database(url)`), for tests that count every row.
 """
 
 from __future__ import annotations
@@ -90,6 +93,74 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:
         yield rp
     finally:
         rp.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway Postgres for the test session, started with the `pgserver` package (Postgres
+    binaries in a wheel; dev extra) over a Unix socket and deleted afterwards, or the server that
+    `LLMROUTE_TEST_POSTGRES_URL` names. Skips with the reason when neither works (no
+    pgserver/asyncpg, or the server cannot start). As root, pgserver runs Postgres as a system user
+    `pgserver` (initdb refuses root), who cannot enter pytest's own temporary folders (mode 0700
+    under /tmp/pytest-of-root): the data folder lives in a folder of its own that others may enter."""
+    import shutil
+    import tempfile
+    import warnings
+
+    pytest.importorskip(
+        "asyncpg", reason="the Postgres store needs asyncpg (pip install 'llmroute[postgres]')"
+    )
+    url = os.environ.get("LLMROUTE_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    try:
+        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR unset, falls back to /tmp
+            warnings.simplefilter("ignore")
+            import pgserver  # type: ignore[import-not-found]
+    except ImportError:
+        pytest.skip("no Postgres: install pgserver (dev extra) or set LLMROUTE_TEST_POSTGRES_URL")
+    parent = Path(tempfile.mkdtemp(prefix="llmroute-pg-"))
+    parent.chmod(0o755)  # as root, Postgres runs as the user `pgserver`, who must reach the data
+    try:
+        try:
+            server = pgserver.get_server(parent / "data", cleanup_mode="delete")
+        except Exception as e:  # initdb/pg_ctl failures, no useradd as root, a read-only /tmp, ...
+            pytest.skip(f"cannot start a throwaway Postgres with pgserver: {type(e).__name__}: {e}")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def new_postgres_database(url: str) -> str:
+    """Create a new, empty database on the server at `url`; returns its URL (same server, user and
+    query string, another database name)."""
+    import asyncio
+    import urllib.parse
+
+    import asyncpg  # type: ignore[import-not-found]
+
+    name = "t_" + os.urandom(6).hex()
+
+    async def create() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    u = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> str:
+    """The URL of a new, empty database on the test session's Postgres."""
+    return new_postgres_database(postgres_url)
 
 
 class Replica:

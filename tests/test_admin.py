@@ -547,9 +547,7 @@ def test_admin_actions_logged_without_secrets(gw: Any, caplog: pytest.LogCapture
     assert all(secret not in m and hash_key(secret) not in m and MASTER not in m for m in lines)
 
 
-# ---- the key store on Postgres (skips without a server, like test_store_postgres) -------------------
-
-from test_store_postgres import postgres_url  # noqa: E402,F401  (the module fixture)
+# ---- the key store on Postgres (skips without a server: `postgres_url` in conftest.py) ---------------
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -1,22 +1,10 @@
-"""The Postgres trace store against a real server: a throwaway Postgres started by the tests.
-
-The module fixture starts one with the `pgserver` package (Postgres binaries in a wheel; dev
-extra) in a temporary folder, over a Unix socket, and deletes it afterwards (about a second).
-`LLMROUTE_TEST_POSTGRES_URL` points the tests at an existing server instead. The tests skip with
-the reason when neither works (no pgserver/asyncpg, or the server cannot start). As root,
-pgserver runs Postgres as a system user `pgserver` that it creates if missing (`useradd`), since
-initdb refuses to run as root; that user cannot enter pytest's own temporary folders (mode 0700
-under /tmp/pytest-of-root), so the data folder lives in a folder of its own that others may enter.
-"""
+"""The Postgres trace store against a real server: the test session's throwaway Postgres
+(`postgres_url` in conftest.py: `pgserver`, or `LLMROUTE_TEST_POSTGRES_URL`); the tests skip with
+the reason when neither works."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +14,6 @@ import pytest
 from conftest import StubRouter, loopback_config, run_gateway
 from llmroute.gateway.auth import hash_key, period_ids
 from llmroute.gateway.store import open_store
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    pytest.importorskip(
-        "asyncpg", reason="the Postgres store needs asyncpg (pip install 'llmroute[postgres]')"
-    )
-    url = os.environ.get("LLMROUTE_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    try:
-        with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR unset, falls back to /tmp
-            warnings.simplefilter("ignore")
-            import pgserver  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.skip("no Postgres: install pgserver (dev extra) or set LLMROUTE_TEST_POSTGRES_URL")
-    parent = Path(tempfile.mkdtemp(prefix="llmroute-pg-"))
-    parent.chmod(0o755)  # as root, Postgres runs as the user `pgserver`, who must reach the data
-    try:
-        try:
-            server = pgserver.get_server(parent / "data", cleanup_mode="delete")
-        except Exception as e:  # initdb/pg_ctl failures, no useradd as root, a read-only /tmp, ...
-            pytest.skip(f"cannot start a throwaway Postgres with pgserver: {type(e).__name__}: {e}")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _rec(tag: str, i: int, **kw: Any) -> dict[str, Any]:
