@@ -1,6 +1,7 @@
 """The dashboard (/ui) over HTTP: savings equal a recomputation from the trace store, the savings
 rule on hand-made rows, the explorer's filters and a decision's page, incremental aggregates,
-and access (master key, login cookie, demo mode only on loopback)."""
+and access (master key, login cookie, demo mode only on loopback). The data tests run on a SQLite
+and on a Postgres trace store (`postgres_url` in conftest.py; skipped without one)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,31 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import new_postgres_database
 from llmroute.gateway.auth import hash_key
 from llmroute.gateway.ui.data import Aggregates, DashboardData, request_baseline, strongest_candidate
-from ui_fixtures import recompute, seeded_gateway
+from ui_fixtures import delete_trace, recompute, seeded_gateway, store_url, trace_rows
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[str], Path]]:
-    with seeded_gateway(tmp_path_factory.mktemp("ui")) as g:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def gw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, list[str], Path | str]]:
+    """The seeded gateway on a SQLite store, then on a Postgres one (a new database)."""
+    pg = (
+        new_postgres_database(request.getfixturevalue("postgres_url"))
+        if request.param == "postgres"
+        else None
+    )
+    with seeded_gateway(tmp_path_factory.mktemp("ui"), postgres=pg) as g:
         yield g
+
+
+def _db(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """A new, empty trace store: a SQLite path or a Postgres database's URL."""
+    if kind == "postgres":
+        return new_postgres_database(request.getfixturevalue("postgres_url"))
+    return tmp_path / "t.sqlite"
 
 
 def _usd(text: str) -> float:
@@ -54,7 +71,8 @@ def test_overview_savings_equal_a_recomputation_from_the_store_to_the_cent(gw: A
     assert abs(_usd(_card(r.text, "saved-per-request")) - want["saved"] / n) < 0.00005
 
 
-def test_savings_rule_on_hand_made_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_savings_rule_on_hand_made_rows(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The strongest candidate is the one of highest expected quality (ties: the dearer); its
     cost is the billed cost scaled by the ratio of expected costs; failed and direct requests save
     nothing; a fallback to a dearer model is a negative saving."""
@@ -74,15 +92,15 @@ def test_savings_rule_on_hand_made_rows(tmp_path: Path) -> None:
     assert strongest_candidate([weak, twin, strong]) is strong
     assert request_baseline([weak, strong], "w", 200, 1.0) == pytest.approx(10.0)
     assert request_baseline([weak, strong], "w", 500, 1.0) == 1.0
-    db = tmp_path / "t.sqlite"
-    store = open_store(f"sqlite:///{db}", journal=False)
+    db = _db(kind, tmp_path, request)
+    store = open_store(store_url(db), journal=False)
     for i, (model, status, alias, cands, cost) in enumerate(rows):
         store.write(
             {"request_id": f"r{i}", "ts": 1000.0 + i, "model": model, "status": status, "alias": alias}
             | {"candidates": cands, "cost_usd": cost}
         )
     store.flush_sync()
-    data = DashboardData(store, f"sqlite:///{db}", None)
+    data = DashboardData(store, store_url(db), None)
     t = data.refresh().select()[None]
     assert t.requests == 5 and t.errors == 1
     assert t.cost_usd == pytest.approx(10.0)
@@ -101,12 +119,7 @@ def test_savings_rule_on_hand_made_rows(tmp_path: Path) -> None:
     t = data.refresh().select()[None]
     assert t.requests == 4 and t.saved_usd == pytest.approx(3.5)
     # a row deleted in the middle (not the oldest) is found by the periodic recount
-    import sqlite3
-
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM traces WHERE request_id = 'r3'")
-    con.commit()
-    con.close()
+    delete_trace(db, "r3")
     data.recount_s = 0.0
     t = data.refresh().select()[None]
     assert t.requests == 3 and t.saved_usd == pytest.approx(4.5)
@@ -277,14 +290,14 @@ def test_a_memory_store_is_read_through_its_writer_thread() -> None:
 
 
 def test_a_decision_shows_its_cascade_steps_and_feedback(gw: Any) -> None:
-    import sqlite3
+    import json
 
     g, ids, db = gw
-    con = sqlite3.connect(db)
-    rid = con.execute(
-        "SELECT request_id FROM traces WHERE json_extract(extra, '$.cascade.stop') IS NOT NULL LIMIT 1"
-    ).fetchone()[0]
-    con.close()
+    rid = next(
+        r
+        for r, extra in trace_rows(db, "request_id, extra", "WHERE extra IS NOT NULL")
+        if json.loads(extra).get("cascade", {}).get("stop") is not None
+    )
     page = httpx.get(g.root + f"/ui/decision?id={rid}", timeout=30).text
     steps = page[page.index('id="cascade"') : page.index("</table>", page.index('id="cascade"'))]
     assert steps.count("<tr><td>") == 2 and "below_threshold" in steps and "passed" in steps

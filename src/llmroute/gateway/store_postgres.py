@@ -1,7 +1,10 @@
 """The trace store's Postgres backend (`_PostgresBackend`, asyncpg imported only when one is
 opened): tables, indexes and migrations, upserts, feedback, queries, spend and retention. Used
 only from the writer thread (`llmroute.gateway.trace_writer`); opened by
-`llmroute.gateway.store.open_store`.
+`llmroute.gateway.store.open_store`. Trace rows carry a row number `seq` given in commit order
+across all the gateways writing one database (each batch takes a transaction-scoped advisory lock
+before its rows are numbered), so a reader that has read up to `seq` n (the dashboard,
+`llmroute.gateway.ui.data`) finds every later row above n.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from llmroute.gateway.store_schema import (
     _row_to_dict,
     _where_sql,
 )
+
+#: advisory lock keys (pg_advisory_lock): creating/migrating the tables, and numbering trace rows
+_SCHEMA_LOCK = 0x6C6C6D72_6F757465 >> 1  # "llmroute"
+_SEQ_LOCK = _SCHEMA_LOCK + 1
 
 
 class _PostgresBackend:
@@ -40,10 +47,29 @@ class _PostgresBackend:
         cols = ", ".join(
             f"{n} {'TEXT PRIMARY KEY' if n == 'request_id' else pg[k]}" for n, k in _COLUMNS.items()
         )
+        # replicas opening one database at once: one of them creates or migrates the tables
+        self._run(self.conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK))
+        try:
+            self._create(cols, pg)
+        finally:
+            self._run(self.conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK))
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join(
+            f"${i}::jsonb" if k == "json" else f"${i}" for i, k in enumerate(_COLUMNS.values(), start=1)
+        )
+        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
+        self._insert = (
+            f"INSERT INTO llmroute_traces ({names}) VALUES ({marks}) ON CONFLICT (request_id) DO UPDATE SET "
+            f"{updates}, outcome = COALESCE(excluded.outcome, llmroute_traces.outcome)"
+        )
+        self._select = ", ".join(f"{n}::text" if k == "json" else n for n, k in _COLUMNS.items())
+
+    def _create(self, cols: str, pg: dict[str, str]) -> None:
+        """Create or migrate the tables (under the schema lock)."""
         self._run(
             self.conn.execute(
                 f"""
-                CREATE TABLE IF NOT EXISTS llmroute_traces ({cols});
+                CREATE TABLE IF NOT EXISTS llmroute_traces ({cols}, seq BIGSERIAL);
                 CREATE INDEX IF NOT EXISTS llmroute_traces_ts ON llmroute_traces (ts);
                 CREATE INDEX IF NOT EXISTS llmroute_traces_model_ts ON llmroute_traces (model, ts);
                 CREATE INDEX IF NOT EXISTS llmroute_traces_alias_ts ON llmroute_traces (alias, ts);
@@ -60,16 +86,17 @@ class _PostgresBackend:
                     f"ALTER TABLE llmroute_traces ADD COLUMN IF NOT EXISTS {n} {pg[_COLUMNS[n]]}"
                 )
             )
-        names = ", ".join(_COLUMNS)
-        marks = ", ".join(
-            f"${i}::jsonb" if k == "json" else f"${i}" for i, k in enumerate(_COLUMNS.values(), start=1)
+        has_seq = self._run(
+            self.conn.fetchval(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'llmroute_traces' AND column_name = 'seq'"
+            )
         )
-        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in ("request_id", "outcome"))
-        self._insert = (
-            f"INSERT INTO llmroute_traces ({names}) VALUES ({marks}) ON CONFLICT (request_id) DO UPDATE SET "
-            f"{updates}, outcome = COALESCE(excluded.outcome, llmroute_traces.outcome)"
+        if not has_seq:  # a store written by an older version: number its rows once
+            self._run(self.conn.execute("ALTER TABLE llmroute_traces ADD COLUMN seq BIGSERIAL"))
+        self._run(
+            self.conn.execute("CREATE INDEX IF NOT EXISTS llmroute_traces_seq ON llmroute_traces (seq)")
         )
-        self._select = ", ".join(f"{n}::text" if k == "json" else n for n, k in _COLUMNS.items())
 
     def _run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -77,6 +104,9 @@ class _PostgresBackend:
     def insert(self, rows: list[tuple]) -> None:
         async def go() -> None:
             async with self.conn.transaction():
+                # rows are numbered (seq) in commit order across every writer of the database:
+                # a reader that has seen seq n never finds a smaller one committed later
+                await self.conn.execute("SELECT pg_advisory_xact_lock($1)", _SEQ_LOCK)
                 await self.conn.executemany(self._insert, rows)
 
         self._run(go())

@@ -240,13 +240,6 @@ class Dashboard:
     def _render(self, build: Any, params: dict[str, str]) -> tuple[int, bytes]:
         if self.gw.store is None:
             return 503, self._html("message.html", title="Not ready", message="The gateway is starting.")
-        if not self.data.supported:
-            return 501, self._html(
-                "message.html",
-                title="Dashboard",
-                message="The dashboard reads SQLite trace stores only for now; set store.url to a "
-                "sqlite:/// path.",
-            )
         status, template, ctx = build(params)
         return status, self._html(template, **ctx)
 

@@ -1,13 +1,16 @@
 """What the dashboard (`/ui`) shows, read from the trace store.
 
-`DashboardData(store, url, base_dir)` reads the trace store's SQLite database on a connection of its
-own (WAL mode: readers never block the writer thread); a `memory://` store is read through the
-store's writer thread. Postgres stores are not read yet (`DashboardData.supported` is False).
+`DashboardData(store, url, base_dir)` reads the trace store on a connection of its own: a SQLite
+file (WAL mode: readers never block the writer thread) or a Postgres database (asyncpg on a private
+event loop; every replica's traces). A `memory://` store is read through the store's writer
+thread. The queries are written once; what differs between the two (table and row-number names,
+JSON functions, placeholders) is in `Dialect` (`SQLITE`, `POSTGRES`).
 
 Aggregates (traffic, spend, savings, latency, error and fallback rates) are kept per hour, alias,
 model and key in memory and brought up to date incrementally on each read: only the rows added
-since the last read (by SQLite rowid) are parsed. When rows disappear (retention, `traces prune`)
-the aggregates are rebuilt from scratch.
+since the last read (by row number: SQLite's rowid, Postgres's `seq`, numbered in commit order by
+the store) are parsed. When rows disappear (retention, `traces prune`) the aggregates are rebuilt
+from scratch.
 
 Savings against always using the strongest candidate (`request_baseline`): for a request answered
 (status 200) after a routing decision, the strongest candidate is the one with the highest expected
@@ -20,8 +23,10 @@ negative (e.g. a fallback to a dearer model).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -34,8 +39,11 @@ import orjson
 
 __all__ = [
     "ASSUMPTION",
+    "POSTGRES",
+    "SQLITE",
     "Aggregates",
     "DashboardData",
+    "Dialect",
     "Totals",
     "request_baseline",
     "strongest_candidate",
@@ -229,13 +237,79 @@ class Aggregates:
         return out
 
 
-_AGG_SQL = (
-    "SELECT rowid, ts, key_id, alias, model, status, "
-    "CASE WHEN status = 200 AND alias IS NOT NULL THEN candidates END, "
-    "fallbacks IS NOT NULL AND fallbacks != '[]', total_ms, cost_usd, "
-    "CASE WHEN extra IS NOT NULL THEN json_extract(extra, '$.rules.applied') END "
-    "FROM traces WHERE rowid > ? ORDER BY rowid LIMIT ?"
-)
+@dataclass(frozen=True)
+class Dialect:
+    """What the dashboard's SQL spells differently on SQLite and Postgres. Queries are written with
+    `{t}` (the traces table), `{id}` (its row number) and `?` placeholders; `json(col)` is a JSON
+    column as text, `path(col, *keys)` a JSON value at a path as text, `path_num` as a number or
+    NULL when it is not a number, `array_has(col, *keys)` tests a JSON array for a string
+    (one `?` placeholder), `prefix(col)` a text prefix test (one placeholder) with its argument."""
+
+    name: str
+    table: str
+    row_id: str
+
+    @property
+    def pg(self) -> bool:
+        return self.name == "postgres"
+
+    def json(self, col: str) -> str:
+        return f"{col}::text" if self.pg else col
+
+    def path(self, col: str, *keys: str) -> str:
+        if self.pg:
+            return f"({col} #> '{{{','.join(keys)}}}')::text"
+        return f"json_extract({col}, '$.{'.'.join(keys)}')"
+
+    def path_text(self, col: str, *keys: str) -> str:
+        """A JSON string at a path, unquoted."""
+        if self.pg:
+            return f"({col} #>> '{{{','.join(keys)}}}')"
+        return f"json_extract({col}, '$.{'.'.join(keys)}')"
+
+    def path_num(self, col: str, *keys: str) -> str:
+        if self.pg:
+            p = f"{col} #> '{{{','.join(keys)}}}'"
+            return f"CASE WHEN jsonb_typeof({p}) = 'number' THEN ({p})::text::float8 END"
+        p = f"'$.{'.'.join(keys)}'"
+        return f"CASE WHEN json_type({col}, {p}) IN ('real', 'integer') THEN json_extract({col}, {p}) END"
+
+    def array_has(self, col: str, *keys: str) -> str:
+        if self.pg:
+            return f"COALESCE({col} #> '{{{','.join(keys)}}}' @> jsonb_build_array(?::text), false)"
+        return f"EXISTS (SELECT 1 FROM json_each({col}, '$.{'.'.join(keys)}') WHERE value = ?)"
+
+    def empty_array(self, col: str) -> str:
+        return f"{col} = '[]'::jsonb" if self.pg else f"{col} = '[]'"
+
+    def prefix(self, col: str, value: str) -> tuple[str, list[Any]]:
+        if self.pg:  # (text order follows the database's collation there, not code points)
+            return f"starts_with({col}, ?)", [value]
+        return f"{col} >= ? AND {col} < ?", [value, value + "\uffff"]
+
+    def render(self, query: str) -> str:
+        """`query` with the table and row-number names filled in and, on Postgres, `$n` placeholders."""
+        q = query.replace("{t}", self.table).replace("{id}", self.row_id)
+        if self.pg:
+            n = iter(range(1, 10_000))
+            q = re.sub(r"\?", lambda _m: f"${next(n)}", q)
+        return q
+
+
+SQLITE = Dialect("sqlite", "traces", "rowid")
+POSTGRES = Dialect("postgres", "llmroute_traces", "seq")
+
+
+def _agg_sql(d: Dialect) -> str:
+    """The rows added since a row number, in order, with what the aggregates need."""
+    return (
+        "SELECT {id}, ts, key_id, alias, model, status, "
+        f"CASE WHEN status = 200 AND alias IS NOT NULL THEN {d.json('candidates')} END, "
+        f"fallbacks IS NOT NULL AND NOT ({d.empty_array('fallbacks')}), total_ms, cost_usd, "
+        f"CASE WHEN extra IS NOT NULL THEN {d.path('extra', 'rules', 'applied')} END "
+        "FROM {t} WHERE {id} > ? ORDER BY {id} LIMIT ?"
+    )
+
 
 #: columns of a decision row (the explorer's list)
 DECISION_COLUMNS = (
@@ -253,6 +327,10 @@ DECISION_COLUMNS = (
 )
 
 
+#: the trace table's JSON columns (text on SQLite, JSONB on Postgres)
+_JSON_COLUMNS = frozenset({"candidates", "fallbacks", "outcome", "extra", "learner"})
+
+
 class DashboardData:
     """Read access to the trace store for the dashboard (see the module docstring)."""
 
@@ -261,8 +339,9 @@ class DashboardData:
 
         self.store = store
         self.kind, self.target = _resolve_url(url, base_dir)
-        self.supported = self.kind == "sqlite"
+        self.dialect = POSTGRES if self.kind == "postgres" else SQLITE
         self._db: sqlite3.Connection | None = None
+        self._pg: Any = None  # (event loop, asyncpg connection) on Postgres
         self._lock = threading.Lock()  # one reader at a time on the connection and the aggregates
         self.agg = Aggregates()
         self.recount_s = 30.0
@@ -275,28 +354,52 @@ class DashboardData:
             self._db.execute("PRAGMA query_only = 1")
         return self._db
 
+    def _pg_fetch(self, query: str, args: list[Any]) -> list[tuple]:
+        if self._pg is None:
+            import asyncpg  # type: ignore[import-not-found]  (the store opened: it is installed)
+
+            loop = asyncio.new_event_loop()
+            try:
+                conn = loop.run_until_complete(asyncpg.connect(self.target))
+                loop.run_until_complete(conn.execute("SET default_transaction_read_only = on"))
+            except BaseException:
+                loop.close()
+                raise
+            self._pg = (loop, conn)
+        loop, conn = self._pg
+        return [tuple(r) for r in loop.run_until_complete(conn.fetch(query, *args))]
+
     def sql(self, query: str, args: Sequence[Any] = ()) -> list[tuple]:
-        """Rows of a read-only query on the traces database (blocking: call it off the event loop)."""
-        if not self.supported:
-            raise RuntimeError(
-                "the dashboard reads SQLite trace stores only; set store.url to a sqlite:/// path"
-            )
+        """Rows of a read-only query on the traces database (blocking: call it off the event loop).
+        `query` is written for `Dialect.render`: `{t}`, `{id}` and `?` placeholders."""
+        q = self.dialect.render(query)
         if self.target == ":memory:":
-            return list(self.store.run(lambda b: b.db.execute(query, list(args)).fetchall()))
+            return list(self.store.run(lambda b: b.db.execute(q, list(args)).fetchall()))
         with self._lock:
-            return self._connect().execute(query, list(args)).fetchall()
+            if self.dialect.pg:
+                return self._pg_fetch(q, list(args))
+            return self._connect().execute(q, list(args)).fetchall()
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._pg is not None:
+                loop, conn = self._pg
+                self._pg = None
+                try:
+                    loop.run_until_complete(conn.close(timeout=5))
+                except Exception:  # closing: the server may be gone
+                    pass
+                finally:
+                    loop.close()
 
     # ---- aggregates --------------------------------------------------------------------------
     def warm(self) -> threading.Thread | None:
         """Build the aggregates in a background thread (at gateway start, so that the first page
-        need not read every row); None when the store is not a SQLite file."""
-        if not self.supported or self.target == ":memory:":
+        need not read every row); None for a `memory://` store."""
+        if self.target == ":memory:":
             return None
         t = threading.Thread(target=self._warm, name="llmroute-ui-warm", daemon=True)
         t.start()
@@ -320,14 +423,14 @@ class DashboardData:
     def _refresh(self, pause_s: float) -> Aggregates:
         agg = self.agg
         # rows deleted (retention and `traces prune` delete the oldest): start again. The oldest
-        # rowid is one index probe; the full count of the rows already read is checked every
+        # row number is one index probe; the full count of the rows already read is checked every
         # `recount_s` (it scans them: ~10 ms per 100k rows)
         if agg.rows:
-            lo = self.sql("SELECT MIN(rowid) FROM traces")[0][0]
+            lo = self.sql("SELECT MIN({id}) FROM {t}")[0][0]
             stale = lo != agg.min_rowid
             now = time.monotonic()
             if not stale and now - agg.counted_at >= self.recount_s:
-                n = self.sql("SELECT COUNT(*) FROM traces WHERE rowid <= ?", (agg.max_rowid,))[0][0]
+                n = self.sql("SELECT COUNT(*) FROM {t} WHERE {id} <= ?", (agg.max_rowid,))[0][0]
                 stale = n != agg.rows
                 agg.counted_at = now
             if stale:
@@ -336,8 +439,9 @@ class DashboardData:
         cells = agg.cells
         baseline = request_baseline
         bucket = _lat_bucket
+        agg_sql = _agg_sql(self.dialect)
         while True:
-            rows = self.sql(_AGG_SQL, (agg.max_rowid, _FETCH))
+            rows = self.sql(agg_sql, (agg.max_rowid, _FETCH))
             for _rowid, ts, key_id, alias, model, status, cands, fb, total_ms, cost, rules in rows:
                 # Aggregates.add_row, inlined: this loop runs over every row once (~100k at a cold start)
                 if rules and rules != "[]":
@@ -417,22 +521,25 @@ class DashboardData:
             elif status.isascii() and status.isdigit() and len(status) <= 3:  # an HTTP status
                 where.append("status = ?")
                 args.append(int(status))
+        d = self.dialect
         if request_id:
             rid = request_id.strip()
             if len(rid) >= 32:
                 where.append("request_id = ?")
                 args.append(rid)
             else:
-                where.append("request_id >= ? AND request_id < ?")
-                args += [rid, rid + "\uffff"]
+                clause, more = d.prefix("request_id", rid)
+                where.append(clause)
+                args += more
         if rule:
             where.append(
-                "(EXISTS (SELECT 1 FROM json_each(traces.extra, '$.rules.applied') WHERE value = ?) "
-                "OR json_extract(traces.extra, '$.policy.policy.rule') = ? "
-                "OR json_extract(traces.extra, '$.rules.rule') = ?)"
+                f"({d.array_has('extra', 'rules', 'applied')} "
+                f"OR {d.path_text('extra', 'policy', 'policy', 'rule')} = ? "
+                f"OR {d.path_text('extra', 'rules', 'rule')} = ?)"
             )
             args += [rule, rule, rule]
-        q = f"SELECT {', '.join(DECISION_COLUMNS)} FROM traces"
+        cols = ", ".join(d.json(c) if c in _JSON_COLUMNS else c for c in DECISION_COLUMNS)
+        q = f"SELECT {cols} FROM {{t}}"
         if where:
             q += " WHERE " + " AND ".join(where)
         q += " ORDER BY ts DESC LIMIT ? OFFSET ?"
@@ -451,9 +558,8 @@ class DashboardData:
         """One request's full trace record, with its baseline and saving; None if unknown."""
         from llmroute.gateway.store import TRACE_FIELDS
 
-        rows = self.sql(
-            f"SELECT {', '.join(TRACE_FIELDS)} FROM traces WHERE request_id = ?", (request_id.strip(),)
-        )
+        cols = ", ".join(self.dialect.json(c) if c in _JSON_COLUMNS else c for c in TRACE_FIELDS)
+        rows = self.sql(f"SELECT {cols} FROM {{t}} WHERE request_id = ?", (request_id.strip(),))
         if not rows:
             return None
         d = dict(zip(TRACE_FIELDS, rows[0], strict=True))
@@ -467,10 +573,11 @@ class DashboardData:
     def feedback(self, limit: int = 50_000) -> list[tuple[str, float, float]]:
         """(served model, its expected quality, the feedback quality) of the newest requests with a
         numeric `quality` in their outcome."""
+        d = self.dialect
+        q = d.path_num("outcome", "quality")
         rows = self.sql(
-            "SELECT model, candidates, json_extract(outcome, '$.quality') FROM traces "
-            "WHERE outcome IS NOT NULL AND json_type(outcome, '$.quality') IN ('real', 'integer') "
-            "ORDER BY ts DESC LIMIT ?",
+            f"SELECT model, {d.json('candidates')}, {q} FROM {{t}} "
+            f"WHERE outcome IS NOT NULL AND {q} IS NOT NULL ORDER BY ts DESC LIMIT ?",
             (limit,),
         )
         out = []
