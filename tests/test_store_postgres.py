@@ -109,3 +109,92 @@ def test_gateway_on_postgres_keeps_traces_and_budget_across_restart(
     assert spent >= 0.003
     assert all(r["candidates"] and r["reason"] for r in ok)
     assert sum(r["status"] == 429 for r in rows.values()) == 2
+
+
+# ---- row numbers (seq): what the dashboard reads incrementally -------------------------------------
+
+
+def _pg(url: str, fn: Any) -> Any:
+    """`fn(conn)` on a connection of its own (asyncpg), run to completion."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-not-found]
+
+    async def go() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_rows_are_numbered_in_commit_order_across_writers(postgres_db: str) -> None:
+    """A batch is numbered under the row-numbering lock: while another writer (here, this test's
+    open transaction) holds it, the store's batch waits, then gets numbers above that writer's.
+    Without the lock it would take numbers while the other transaction is uncommitted, and a
+    reader that saw the store's rows first would skip the other's for good."""
+    import asyncio
+    import threading
+
+    import asyncpg  # type: ignore[import-not-found]
+
+    from llmroute.gateway.store_postgres import _SEQ_LOCK
+
+    st = open_store(postgres_db)
+    st.write(_rec("seq", 0))
+    st.flush_sync(60)
+
+    async def other_writer() -> None:
+        conn = await asyncpg.connect(postgres_db)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEQ_LOCK)
+                done = threading.Event()
+                threading.Thread(
+                    target=lambda: (st.write(_rec("seq", 2)), st.flush_sync(120), done.set()), daemon=True
+                ).start()
+                waits = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                for _ in range(1200):  # until the store's batch waits for the lock
+                    if await conn.fetchval(waits):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the store's batch did not wait for the row-numbering lock")
+                assert not done.is_set()
+                await conn.execute(
+                    "INSERT INTO llmroute_traces (request_id, ts) VALUES ('seq-1', 1700000001.0)"
+                )
+        finally:
+            await conn.close()
+        for _ in range(1200):
+            if done.wait(0.1):
+                break
+
+    asyncio.run(other_writer())
+    rows = _pg(postgres_db, lambda c: c.fetch("SELECT request_id FROM llmroute_traces ORDER BY seq"))
+    assert [r[0] for r in rows] == ["seq-0", "seq-1", "seq-2"]
+    st.close_sync()
+
+
+def test_an_older_table_gets_row_numbers_and_the_dashboard_reads_it(postgres_db: str) -> None:
+    from llmroute.gateway.ui.data import DashboardData
+
+    with open_store(postgres_db) as st:
+        for i in range(5):
+            st.write(_rec("old", i))
+    _pg(postgres_db, lambda c: c.execute("ALTER TABLE llmroute_traces DROP COLUMN seq"))
+    st = open_store(postgres_db)  # migrates: the existing rows are numbered once
+    try:
+        n = _pg(postgres_db, lambda c: c.fetchval("SELECT count(DISTINCT seq) FROM llmroute_traces"))
+        assert n == 5
+        st.write(_rec("old", 5))
+        st.flush_sync(60)
+        data = DashboardData(st, postgres_db, None)
+        t = data.refresh().select()[None]
+        assert t.requests == 6 and t.cost_usd == pytest.approx(6 * 2.1e-5)
+        assert [d["request_id"] for d in data.decisions(limit=2)] == ["old-5", "old-4"]
+        data.close()
+    finally:
+        st.close_sync()
