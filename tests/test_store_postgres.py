@@ -195,6 +195,20 @@ def test_an_older_table_gets_row_numbers_and_the_dashboard_reads_it(postgres_db:
         t = data.refresh().select()[None]
         assert t.requests == 6 and t.cost_usd == pytest.approx(6 * 2.1e-5)
         assert [d["request_id"] for d in data.decisions(limit=2)] == ["old-5", "old-4"]
+        # the dashboard's connection cut by the server: that read fails, the next connects again
+        kill = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'llmroute-dashboard' AND datname = current_database()"
+        )
+        assert _pg(postgres_db, lambda c: c.fetchval(kill)) == 1
+        alive = kill.replace("count(pg_terminate_backend(pid))", "count(*)")
+        for _ in range(600):  # until the server process is gone (its socket closed)
+            if not _pg(postgres_db, lambda c: c.fetchval(alive)):
+                break
+            time.sleep(0.05)
+        with pytest.raises(Exception):  # noqa: B017  (asyncpg's error for a cut connection)
+            data.decisions(limit=1)
+        assert [d["request_id"] for d in data.decisions(limit=1)] == ["old-5"]
         data.close()
     finally:
         st.close_sync()

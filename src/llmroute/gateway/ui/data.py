@@ -360,14 +360,22 @@ class DashboardData:
 
             loop = asyncio.new_event_loop()
             try:
-                conn = loop.run_until_complete(asyncpg.connect(self.target))
+                conn = loop.run_until_complete(
+                    asyncpg.connect(self.target, server_settings={"application_name": "llmroute-dashboard"})
+                )
                 loop.run_until_complete(conn.execute("SET default_transaction_read_only = on"))
             except BaseException:
                 loop.close()
                 raise
             self._pg = (loop, conn)
         loop, conn = self._pg
-        return [tuple(r) for r in loop.run_until_complete(conn.fetch(query, *args))]
+        try:
+            return [tuple(r) for r in loop.run_until_complete(conn.fetch(query, *args))]
+        except Exception:
+            if conn.is_closed():  # the server went away: connect again on the next read
+                self._pg = None
+                loop.close()
+            raise
 
     def sql(self, query: str, args: Sequence[Any] = ()) -> list[tuple]:
         """Rows of a read-only query on the traces database (blocking: call it off the event loop).
