@@ -149,7 +149,7 @@ def test_request_in_flight_finishes_on_its_runtime_and_keys_and_spend_survive(
     assert _ask(gw, model="fake-weak") == (200, "fake-weak")
     spent = app.budgets.usage("team")["day_spent"]
     assert spent > 0
-    fake_server.set_fault("fake-weak", "slow", count=1, delay=6.0)
+    fake_server.set_fault("fake-weak", "hold", count=1)  # answers once released below
     seen = fake_server.state.counts.get("fake-weak", 0)
     result: list[tuple[int, str]] = []
     t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
@@ -165,6 +165,7 @@ def test_request_in_flight_finishes_on_its_runtime_and_keys_and_spend_survive(
         assert r.status_code == 200 and r.json()["models"]["changed"] == ["fake-weak"], r.text
         assert app.live is not first
     finally:
+        fake_server.state.release_holds()
         t.join(60)
         fake_server.clear()
     assert result == [(200, "fake-weak")]  # finished on the old runtime's backend
@@ -497,7 +498,7 @@ def test_two_reloads_during_one_request(gw: Any, fake_server: Any) -> None:
     upstream client) closes nothing the first, still draining runtime uses."""
     app = gw.app
     first = app.live
-    fake_server.set_fault("fake-weak", "slow", count=1, delay=6.0)
+    fake_server.set_fault("fake-weak", "hold", count=1)  # answers once released below
     seen = fake_server.state.counts.get("fake-weak", 0)
     result: list[tuple[int, str]] = []
     t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
@@ -521,6 +522,7 @@ def test_two_reloads_during_one_request(gw: Any, fake_server: Any) -> None:
         assert second not in app.__dict__["_retiring"] and first in app.__dict__["_retiring"]
         assert first.http._pools  # the client the request in flight uses is still open
     finally:
+        fake_server.state.release_holds()
         t.join(60)
         fake_server.clear()
     assert result == [(200, "fake-weak")]

@@ -18,7 +18,9 @@ Faults: `500`, `503`, `429`, `400`, `context` (a 400 saying the context length i
 midway), `length` (a normal chat answer whose finish_reason is `length`, as if cut at max_tokens),
 `badjson` (200 with an invalid JSON body / SSE line), `drip` (streams: one chunk every
 `delay` s, default 0.2), `slow` (first byte after `delay`,
-default 0.5 s, then a normal answer), `echo` / `echo500` (a careless upstream: 400 / 500 whose
+default 0.5 s, then a normal answer), `hold` (like `slow`, but the first byte waits until the
+test calls `FakeState.release_holds()`, at most `delay`, default 60 s: a request kept in flight
+for exactly as long as a test needs, however slow the machine), `echo` / `echo500` (a careless upstream: 400 / 500 whose
 error message repeats the request line, every request header, credentials included, and the
 body, prompt included; for testing that the gateway never forwards such text).
 
@@ -101,6 +103,7 @@ FAULTS = (
     "cut",
     "badjson",
     "slow",
+    "hold",
     "drip",
     "echo",
     "echo500",
@@ -130,6 +133,13 @@ class FakeState:
         self.seed = seed
         #: calls per (model, text of the last message)
         self.calls: Counter[tuple[str, str]] = Counter()
+        #: set by `release_holds` (from any thread): requests held by the `hold` fault answer
+        self.holds_released = threading.Event()
+
+    def release_holds(self) -> None:
+        """Let every request waiting in the `hold` fault answer (later ones are held again)."""
+        released, self.holds_released = self.holds_released, threading.Event()
+        released.set()
 
     def reply(self, model: str, messages: Any, fault: str | None = None) -> str:
         """The answer text of `model`: a judge's verdict, a skilled answer, or the echo."""
@@ -217,6 +227,11 @@ async def _maybe_fault_pre(
         raise asyncio.CancelledError
     if fault == "slow":
         await asyncio.sleep(delay if delay is not None else 0.5)
+    if fault == "hold":
+        released = request.app[STATE].holds_released
+        end = time.monotonic() + (delay if delay is not None else 60.0)
+        while not released.is_set() and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # polled: the event is set from the test's thread
     return None
 
 
