@@ -150,7 +150,11 @@ def test_ttl(gw: GatewayHandle, client: openai.OpenAI) -> None:
     tracker.clock = table.clock = lambda: now[0]
     try:
         turn1 = [user("[q=-0.1] Tell me about newts.")]
+        known = set(table._d)
         _, _, c1 = ask(client, turn1)
+        end = time.monotonic() + 30  # the turn is remembered just after the answer goes out:
+        while not set(table._d) - known and time.monotonic() < end:  # wait for it before moving the clock
+            time.sleep(0.01)
         follow = [*turn1, said(c1), user("[q=0.03] And toads?")]
         now[0] += table.ttl_s  # exactly ttl_s later: remembered
         assert ask(client, follow)[0] == "fake-weak"
