@@ -209,3 +209,49 @@ def test_simulate_cli_writes_json_and_png(tmp_path: Path) -> None:
     assert (out / "simulate.png").read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(app, [*args, "--learner", "magic"])
     assert bad.exit_code != 0 and "choose one of" in bad.output
+
+
+def _budget_case(explore_loss: float, profiled: bool = True):  # type: ignore[no-untyped-def]
+    """a: the offline router's choice; b: rated above it by one outcome (not confidently, so a
+    stays the greedy choice); c, d: rated below it, d far below."""
+    L = _learner(("a", "b", "c", "d"), seed=0, max_explore=0.2, explore_loss=explore_loss, profiled=profiled)
+    emb, q, c = np.linspace(-1.0, 1.0, EMB), np.array([0.6, 0.59, 0.45, 0.2]), np.zeros(4)
+    x = L.context(emb)
+    x[-2] = 0.59 - 0.5
+    L.observe(x, 1, 0.5)
+    return L.choose(emb, q, c)
+
+
+def _expected_loss(ch) -> float:  # type: ignore[no-untyped-def]
+    """Expected reward given up against the greedy choice under the learner's own means."""
+    g = int(np.argmax(ch.propensities))
+    return float(np.sum(ch.propensities * np.maximum(ch.q[g] - ch.q, 0.0)))
+
+
+def test_conservative_exploration_spends_at_most_its_budget_on_models_rated_below() -> None:
+    free, tight = _budget_case(0.0), _budget_case(0.002)
+    assert free.greedy == tight.greedy == "a"
+    assert free.q[1] > free.q[0]  # b is rated above the greedy choice
+    assert _expected_loss(free) > 0.002  # without the budget exploring c and d costs more
+    assert _expected_loss(tight) == pytest.approx(0.002)  # the budget binds exactly
+    # b (rated above) keeps its Thompson share; c and d are cut by the same factor
+    assert tight.propensities[1] == pytest.approx(free.propensities[1])
+    cut = tight.propensities[2:] / free.propensities[2:]
+    assert cut[0] == pytest.approx(cut[1]) and cut[0] < 0.5
+    assert tight.propensities.sum() == pytest.approx(1.0)
+    # a loose budget changes nothing
+    np.testing.assert_allclose(_budget_case(1.0).propensities, free.propensities, atol=1e-15)
+
+
+def test_conservative_exploration_needs_an_offline_router() -> None:
+    """A cold start has no router's reward to protect: the budget does not apply."""
+    a, b = _budget_case(0.0, profiled=False), _budget_case(0.002, profiled=False)
+    np.testing.assert_allclose(a.propensities, b.propensities, atol=1e-15)
+    assert 1.0 - a.propensities.max() == pytest.approx(0.2)
+
+
+def test_explore_loss_is_validated_and_kept_in_snapshots(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="explore_loss"):
+        _learner(explore_loss=-0.1)
+    L = _learner(explore_loss=0.004)
+    assert OnlineLearner.restore(L.snapshot(tmp_path / "s.safetensors")).explore_loss == 0.004

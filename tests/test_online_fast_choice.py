@@ -46,6 +46,12 @@ def _reference_choose(L: OnlineLearner, x0, q_base, c_base, lam, candidates):  #
     scale = min(1.0, L.max_explore / dev) if dev > 0 else 0.0
     probs = target * scale
     probs[g] = 1.0 - scale * dev
+    low = (np.arange(m) != g) & (probs > 0) & (mean < mean[g]) & L.profiled_
+    loss = float((probs[low] * (mean[g] - mean[low])).sum())
+    if dev > 0 and L.explore_loss > 0 and L.profiled_.any() and loss > L.explore_loss:
+        probs[low] *= L.explore_loss / loss  # conservative exploration: the budget binds
+        probs[g] = 0.0
+        probs[g] = 1.0 - probs.sum()
     k = int(L.rng.choice(m, p=probs / probs.sum())) if dev > 0 else g
     return k, g, probs, q, c
 
@@ -164,24 +170,38 @@ def test_win_probabilities_are_thompson_pick_shares() -> None:
         np.testing.assert_allclose(win_probabilities(mean, sd), share, atol=4 * np.sqrt(0.25 / n) + 4e-3)
 
 
-@pytest.mark.parametrize(("max_explore", "m"), [(1.0, 4), (0.1, 4), (1.0, 2), (0.1, 2)])
-def test_logged_propensity_is_the_pick_frequency(max_explore: float, m: int) -> None:
+@pytest.mark.parametrize(
+    ("max_explore", "m", "explore_loss"),
+    [(1.0, 4, 0.0), (0.1, 4, 0.0), (1.0, 2, 0.0), (0.1, 2, 0.0), (1.0, 4, 0.01), (0.1, 2, 0.002)],
+)
+def test_logged_propensity_is_the_pick_frequency(max_explore: float, m: int, explore_loss: float) -> None:
     """One fixed posterior, many decisions: each model is picked as often as its logged
-    propensity says (exploration bounded or not); every decision logs the same propensities."""
-    L = OnlineLearner([f"m{i}" for i in range(m)], 8, max_explore=max_explore, prior_var=0.05, seed=4)
+    propensity says (exploration bounded by max_explore, by the loss budget, or not); every
+    decision logs the same propensities."""
+    L = OnlineLearner(
+        [f"m{i}" for i in range(m)],
+        8,
+        max_explore=max_explore,
+        prior_var=0.05,
+        seed=4,
+        explore_loss=explore_loss,
+    )
     emb = np.linspace(-1.0, 1.0, 8)
     q = np.array([0.55, 0.5, 0.52, 0.4][:m])
     c = np.zeros(m)
     n = 5_000
     counts = np.zeros(m)
-    first = L.choose(emb, q, c).propensities
+    ch0 = L.choose(emb, q, c)
+    first, first_q = ch0.propensities, ch0.q
     for _ in range(n):
         ch = L.choose(emb, q, c)
         np.testing.assert_array_equal(ch.propensities, first)
         assert ch.propensity == first[ch.index]
         counts[ch.index] += 1
     assert (first > 0.02).sum() >= 2  # not trivial: at least two models are picked
-    if max_explore < 1.0:
+    if explore_loss > 0:  # the loss budget is what scaled them (the greedy choice is m0)
+        assert float(first @ np.maximum(first_q[0] - first_q, 0.0)) == pytest.approx(explore_loss)
+    elif max_explore < 1.0:
         assert 1.0 - first.max() == pytest.approx(max_explore)  # the bound is what scaled them
     np.testing.assert_allclose(counts / n, first, atol=4 * np.sqrt(0.25 / n))
 

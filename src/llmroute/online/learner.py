@@ -21,6 +21,12 @@ mean + `ucb_alpha` * sd. Exploration is bounded: the probability of deviating fr
 choice is scaled down to at most `max_explore`, and the choice is drawn from the resulting
 distribution with one uniform draw, so the returned propensity is the exact probability with
 which it was made (and equals Thompson's pick probability up to the integral's error, < 4e-3).
+Exploration is also conservative when there is an offline router to protect (Wu et al. 2016's
+conservative bandits, per request): the models the posterior rates below the greedy choice are
+explored less, by one common factor, so that the expected reward given up (their probabilities
+times their posterior-mean reward gap) is at most `explore_loss` per request; models rated at
+least as good and models without a profile keep their share. A cold start has nothing to protect:
+the budget does not apply there.
 
 A model without a profile (a NaN `q_base`) starts from an optimistic but bounded prior: as good
 as the best profiled model on that prompt (capped at 1) and as cheap as the cheapest, with the
@@ -170,6 +176,10 @@ class OnlineLearner:
     confidence: the greedy choice leaves the offline router's choice only for a model whose
     posterior-mean reward is ahead by more than `confidence` standard deviations (0: plain
     posterior-mean argmax), so a few noisy outcomes do not undo a good router.
+    explore_loss: the largest expected reward per request given up by exploring models the
+    posterior rates below the greedy choice (0: no such budget; with profiled models only; 0.002:
+    a fifth of the 0.01 per-window tolerance against the offline router, so exploration stays
+    within it on average).
     """
 
     def __init__(
@@ -187,6 +197,7 @@ class OnlineLearner:
         prior_quality: float = 0.5,
         ucb_alpha: float = 1.0,
         confidence: float = 1.0,
+        explore_loss: float = 0.002,
         n_samples: int = 256,
         max_pending: int = 100_000,
         seed: int = 0,
@@ -211,6 +222,9 @@ class OnlineLearner:
         self.prior_quality = float(prior_quality)
         self.ucb_alpha = float(ucb_alpha)
         self.confidence = float(confidence)
+        if explore_loss < 0:
+            raise ValueError(f"explore_loss must be >= 0, got {explore_loss}")
+        self.explore_loss = float(explore_loss)
         self.n_samples = int(n_samples)
         self.max_pending = int(max_pending)
         self.seed = int(seed)
@@ -371,6 +385,20 @@ class OnlineLearner:
         scale = min(1.0, self.max_explore / dev) if dev > 0 else 0.0
         probs = [t * scale for t in target]
         probs[g] = 1.0 - scale * dev
+        if dev > 0 and self.explore_loss > 0 and profiled:
+            # conservative exploration (with an offline router to protect): models the posterior
+            # rates below the greedy choice are explored less, so that their expected loss (the
+            # posterior-mean reward gap) is at most explore_loss per request; those rated at
+            # least as good, and models without a profile (no offline rating), keep their share
+            mg, prof = mean[g], self.profiled_
+            low = [i for i in range(m) if i != g and probs[i] > 0 and mean[i] < mg and prof[i]]
+            loss = math.fsum(probs[i] * (mg - mean[i]) for i in low)
+            if loss > self.explore_loss:
+                cut = self.explore_loss / loss
+                for i in low:
+                    probs[i] *= cut
+                probs[g] = 0.0
+                probs[g] = 1.0 - math.fsum(probs)
         if dev > 0:
             # Generator.choice(m, p=probs / probs.sum()) without its checks: one uniform, the cdf
             total = math.fsum(probs)
@@ -641,6 +669,7 @@ class OnlineLearner:
                 "prior_quality",
                 "ucb_alpha",
                 "confidence",
+                "explore_loss",
                 "n_samples",
                 "max_pending",
                 "seed",
