@@ -83,7 +83,7 @@ from llmroute.gateway.routing import (
     load_router,
     parse_request_policy,
 )
-from llmroute.gateway.streaming import DISCONNECT_EXT, Disconnect, relay_stream
+from llmroute.gateway.streaming import DISCONNECT_EXT, Disconnect, relay_stream, settle_anyway
 from llmroute.gateway.telemetry import Telemetry
 from llmroute.gateway.tokens import response_text
 
@@ -619,7 +619,7 @@ class Gateway:
     ) -> None:
         """Every candidate failed before a response started: release the budget, trace, answer."""
         if reservation is not None:
-            self.budgets.release(reservation)  # type: ignore[union-attr]
+            await self.budgets.release_async(reservation)  # type: ignore[union-attr]
         ge = _from_backend(e)
         self._finish(
             rid=rid,
@@ -719,7 +719,7 @@ class Gateway:
         except asyncio.CancelledError:
             # client went away: the upstream call was cancelled with us
             if reservation is not None and self.budgets is not None:
-                self.budgets.release(reservation)
+                await settle_anyway(self.budgets.release_async(reservation))
             self._finish(
                 rid=rid,
                 ctx=ctx,
@@ -789,7 +789,7 @@ class Gateway:
 
         resp = ctx.extra["cache_hit"].response
         if reservation is not None:
-            self.budgets.release(reservation)  # type: ignore[union-attr]
+            await self.budgets.release_async(reservation)  # type: ignore[union-attr]
         headers = trace_headers(rid, decision.model, decision.reason, decision)
         if stream:
             data = api.replay(list(replay_sse(resp)), decision.model, rid, ctx)

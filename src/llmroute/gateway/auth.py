@@ -688,8 +688,10 @@ class BudgetManager:
                 return
             res.settled = True
         day_no, month_no = (res.day_no, res.month_no) if res.day_no else _period_numbers(res.day, res.month)
-        await ledger.settle_async(res.key_id, day_no, month_no, res.amount, actual)
-        self._store_spend(res, actual)
+        try:
+            await ledger.settle_async(res.key_id, day_no, month_no, res.amount, actual)
+        finally:  # a caller cancelled meanwhile: the settle still lands (settle_async), so does this
+            self._store_spend(res, actual)
 
     def _store_spend(self, res: Reservation, actual: float) -> None:
         """Add a settled cost to the trace store's spend history (the ledgers' seed)."""
@@ -700,6 +702,10 @@ class BudgetManager:
     def release(self, res: Reservation) -> None:
         """Settle `res` with nothing spent (the upstream call failed or was never made)."""
         self.commit(res, 0.0)
+
+    async def release_async(self, res: Reservation) -> None:
+        """`release` for the event loop (`commit_async` with nothing spent)."""
+        await self.commit_async(res, 0.0)
 
     def usage(self, key_id: str) -> dict[str, float]:
         """Current spend and in-flight reservations of a key in this day and month (USD).

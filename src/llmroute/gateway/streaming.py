@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from llmroute.gateway.asgi import SSE, Receive, Scope, Send, trace_headers
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from llmroute.gateway.app import ApiFamily, Gateway
     from llmroute.gateway.routing import RequestContext, RouteDecision
 
-__all__ = ["DISCONNECT_EXT", "Disconnect", "relay_stream"]
+__all__ = ["DISCONNECT_EXT", "Disconnect", "relay_stream", "settle_anyway"]
 
 #: ASGI scope extension offered by `llmroute.gateway._uvicorn.CoalescingHttpToolsProtocol`
 DISCONNECT_EXT = "llmroute.on_disconnect"
@@ -74,6 +75,21 @@ class Disconnect:
     def _reap(self) -> None:
         if self.watcher is not None and not self.watcher.done():
             self.watcher.cancel()
+
+
+async def settle_anyway(settle: Awaitable[None]) -> bool:
+    """Await a budget settle (`BudgetManager.commit_async` / `release_async`) in a request that
+    may be cancelled (again) meanwhile: the settle still lands then (`RedisLedger.settle_async`
+    finishes it), that cancellation is absorbed (`Task.uncancel`) so the caller goes on to
+    record the request, and True says it happened."""
+    try:
+        await settle
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+    return False
 
 
 async def relay_stream(
@@ -161,8 +177,18 @@ async def relay_stream(
         if usage_raw
         else gw.pricing.estimated_cost(model, body, "".join(delivered), reported_in)
     )
+    interrupted = 0  # cancellations caught here (the disconnect above, and one during the settle)
+    if cancelled:
+        interrupted += 1
     if reservation is not None:
-        gw.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+        try:
+            await gw.budgets.commit_async(reservation, usage[2])  # type: ignore[union-attr]
+        except asyncio.CancelledError:
+            # the client went away while Redis booked the cost: the settle still lands
+            # (RedisLedger.settle_async); the request is recorded as disconnected below
+            interrupted += 1
+            cancelled = True
+            error = error or "client disconnected"
     if cancelled:
         gw._finish(
             rid=rid,
@@ -180,7 +206,8 @@ async def relay_stream(
         )
         task = asyncio.current_task()
         if task is not None:
-            task.uncancel()
+            for _ in range(interrupted):
+                task.uncancel()
         return
     if collected is not None and error is None:
         from llmroute.cache import assemble_stream
