@@ -87,7 +87,16 @@ class _Sql:
         self.kind = getattr(backend, "kind", "sqlite")
         if not getattr(backend, "_llmroute_keys_ready", False):
             if self.kind == "postgres":
-                backend._run(backend.conn.execute(_SCHEMA["postgres"]))
+                from llmroute.gateway.store_postgres import _SCHEMA_LOCK
+
+                # replicas opening one empty database at once: CREATE TABLE IF NOT EXISTS alone
+                # races (a duplicate pg_type row), so the trace store's schema lock serialises it
+                conn = backend.conn
+                backend._run(conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK))
+                try:
+                    backend._run(conn.execute(_SCHEMA["postgres"]))
+                finally:
+                    backend._run(conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK))
             else:
                 backend.db.executescript(_SCHEMA["sqlite"])
             backend._llmroute_keys_ready = True
