@@ -62,6 +62,7 @@ from llmroute.gateway.asgi import JSON, SSE, header, send_response, trace_header
 from llmroute.gateway.backends import BackendError
 from llmroute.gateway.config import CascadeConfig
 from llmroute.gateway.reliability import Attempt
+from llmroute.gateway.streaming import settle_anyway
 from llmroute.gateway.tokens import response_text, stream_text
 
 if TYPE_CHECKING:
@@ -486,7 +487,7 @@ class Cascade:
                 return
             best = run.best
             if reservation is not None:
-                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+                await gw.budgets.commit_async(reservation, run.spent)  # type: ignore[union-attr]
             if gw.guard is not None and best.verdict.passed(self.cfg.threshold):
                 gw.guard.store(ctx, best.resp)
             reason = f"{decision.reason} cascade={len(run.steps)} stop={run.stop}"
@@ -505,8 +506,8 @@ class Cascade:
                 response=best.resp.get("choices"),
             )
         except asyncio.CancelledError:
-            if reservation is not None:
-                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            if reservation is not None:  # what the steps cost; a no-op once settled above
+                await settle_anyway(gw.budgets.commit_async(reservation, run.spent))  # type: ignore[union-attr]
             raise
 
     # ---- streamed ----------------------------------------------------------------------------
@@ -600,7 +601,7 @@ class Cascade:
                 return
             best = run.best
             if reservation is not None:
-                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+                await gw.budgets.commit_async(reservation, run.spent)  # type: ignore[union-attr]
             reason = f"{decision.reason} cascade={len(run.steps)} stop={run.stop}"
             headers = [
                 SSE,
@@ -626,8 +627,8 @@ class Cascade:
                 response=best.resp.get("choices"),
             )
         except asyncio.CancelledError:
-            if reservation is not None:
-                gw.budgets.commit(reservation, run.spent)  # type: ignore[union-attr]
+            if reservation is not None:  # what the steps cost; a no-op once settled above
+                await settle_anyway(gw.budgets.commit_async(reservation, run.spent))  # type: ignore[union-attr]
             raise
 
     async def _forward(
@@ -703,8 +704,15 @@ class Cascade:
         step.error = error
         total = (run.tokens_in + usage[0], run.tokens_out + usage[1], run.spent + usage[2])
         run.spent = total[2]
+        interrupted = 1 if cancelled else 0  # cancellations caught here
         if reservation is not None:
-            gw.budgets.commit(reservation, total[2])  # type: ignore[union-attr]
+            try:
+                await gw.budgets.commit_async(reservation, total[2])  # type: ignore[union-attr]
+            except asyncio.CancelledError:  # the client went away meanwhile: the settle still lands
+                interrupted += 1
+                cancelled = True
+                error = error or "client disconnected"
+                step.error = error
         if not cancelled:
             tail = enc.finish() if error is None else enc.fail(error)
             watch.done = True
@@ -725,4 +733,5 @@ class Cascade:
         if cancelled:
             task = asyncio.current_task()
             if task is not None:
-                task.uncancel()
+                for _ in range(interrupted):
+                    task.uncancel()
