@@ -982,6 +982,70 @@ def test_a_stream_cancelled_during_its_settle_is_booked_and_traced(
     assert calls == []
 
 
+def test_passthrough_cascade_and_cache_paths_book_on_redis_without_blocking(
+    fake_server: Any, redis_proc: RedisProc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embeddings, completions (plain and streamed), a cascade (plain and streamed) and a cache hit
+    with Redis state: Redis books exactly the traced costs, no hold is left, and no request made
+    a blocking Redis call."""
+    from conftest import StubRouter, run_gateway
+
+    _flush(redis_proc)
+    cfg = _stream_config(fake_server.base_url, tmp_path, redis_proc.url, 100.0)
+    cfg["models"][1]["timeout_s"] = 30.0
+    both = ["fake-weak", "fake-strong"]
+    cfg["aliases"]["c/two"] = {"candidates": both, "cascade": {"models": both, "max_steps": 2}}
+    cfg["cache"] = {"semantic": False}
+    calls: list[str] = []
+    with run_gateway(cfg, {"default": StubRouter()}) as gw:
+        _no_blocking_ledger_calls(monkeypatch, gw.app, calls)
+        c = openai.OpenAI(base_url=gw, api_key=KEY_S, max_retries=0, timeout=60)
+        rids = []
+        for create in (
+            lambda: c.embeddings.with_raw_response.create(model="fake-weak", input=["a lighthouse"]),
+            lambda: c.completions.with_raw_response.create(
+                model="fake-strong", prompt="Say hi", max_tokens=20
+            ),
+            lambda: c.completions.with_raw_response.create(
+                model="fake-strong", prompt="Say hi again", max_tokens=20, stream=True
+            ),
+            lambda: c.chat.completions.with_raw_response.create(
+                model="c/two",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=20,
+            ),
+            lambda: c.chat.completions.with_raw_response.create(
+                model="c/two",
+                messages=[{"role": "user", "content": "And why is the sea blue?"}],
+                max_tokens=20,
+                stream=True,
+            ),
+            lambda: c.chat.completions.with_raw_response.create(
+                model="fake-weak",
+                messages=[{"role": "user", "content": "Cache me"}],
+                max_tokens=20,
+            ),
+            lambda: c.chat.completions.with_raw_response.create(  # the cache hit: released
+                model="fake-weak",
+                messages=[{"role": "user", "content": "Cache me"}],
+                max_tokens=20,
+            ),
+        ):
+            raw = create()
+            assert raw.http_response.status_code == 200
+            raw.http_response.read()
+            rids.append(raw.headers["x-llmroute-request-id"])
+        assert "cache: hit" in raw.headers["x-llmroute-reason"]
+        recs = [_poll(lambda r=rid: _flushed(gw.app, r), "a trace row") for rid in rids]
+    assert [r["status"] for r in recs] == [200] * len(recs)
+    assert recs[3]["extra"]["cost_source"] == recs[4]["extra"]["cost_source"] == "cascade"
+    assert all(r["cost_usd"] > 0 for r in recs[:6])
+    spent, reserved = _spent(redis_proc, "stream")
+    assert spent == pytest.approx(sum(r["cost_usd"] for r in recs), rel=1e-9)
+    assert reserved == pytest.approx(0.0, abs=1e-12)
+    assert calls == []
+
+
 def _flushed(app: Any, rid: str) -> Any:
     app.store.flush_sync(5)
     return app.store.get(rid)

@@ -52,7 +52,7 @@ from llmroute.gateway.schemas import (
     passthrough_input,
     validate,
 )
-from llmroute.gateway.streaming import Disconnect
+from llmroute.gateway.streaming import Disconnect, settle_anyway
 from llmroute.gateway.tokens import TokenCounter, estimate_input_tokens
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class PassThrough:
                 )
                 decision = RouteDecision(model=model, ranked=[model], reason="direct")
                 if key is not None and gw.budgets is not None:
-                    reservation = gw.budgets.reserve(key, self._hold(model, body, endpoint))
+                    reservation = await gw.budgets.reserve_async(key, self._hold(model, body, endpoint))
             except GatewayError as e:
                 await gw.reject(send, e, rid, ctx, decision, t0)
                 return
@@ -238,7 +238,7 @@ class PassThrough:
             text = _completion_text(resp) if endpoint == "completions" else ""
             usage, source = self._bill(model, body, endpoint, resp.get("usage"), text)
             if reservation is not None:
-                gw.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+                await gw.budgets.commit_async(reservation, usage[2])  # type: ignore[union-attr]
             watch.done = True
             await send_response(send, 200, orjson.dumps(resp), [JSON, *trace_headers(rid, model, "direct")])
             gw._finish(
@@ -255,7 +255,7 @@ class PassThrough:
             )
         except asyncio.CancelledError:  # the client went away: the upstream call was cancelled with us
             if reservation is not None and gw.budgets is not None:
-                gw.budgets.release(reservation)
+                await settle_anyway(gw.budgets.release_async(reservation))
             gw._finish(
                 rid=rid,
                 ctx=ctx,
@@ -349,8 +349,9 @@ class PassThrough:
         finally:
             slot.release()
         usage, source = self._bill(model, body, "completions", usage_raw, "".join(delivered))
-        if reservation is not None:
-            gw.budgets.commit(reservation, usage[2])  # type: ignore[union-attr]
+        cancelled = status == 499
+        if reservation is not None and await settle_anyway(gw.budgets.commit_async(reservation, usage[2])):  # type: ignore[union-attr]
+            error, status = error or "client disconnected", 499  # gone meanwhile; the settle still lands
         if status == 200:
             watch.done = True
             tail = DONE if error is None else OpenAIStream().fail(error)
@@ -369,7 +370,7 @@ class PassThrough:
             error=error,
             extra={"cost_source": source},
         )
-        if status == 499:
+        if cancelled:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
