@@ -449,3 +449,16 @@ def test_healthz_reports_learning_per_alias(fake_server: Any, tmp_path: Path, sh
             assert on["state"] == {"backend": "redis", "ok": True, "queued": 0, "dropped": 0, "recovered": 0}
         else:
             assert "state" not in on
+
+
+def test_explore_loss_reaches_the_learner(fake_server: Any, tmp_path: Path) -> None:
+    """The alias's conservative-exploration budget is its learner's, fresh or restored."""
+    with run_gateway(
+        _config(fake_server, tmp_path, explore_loss=0.0), routers={"default": StubRouter()}
+    ) as gw:
+        al = gw.app.learning.aliases["llmroute/auto"]
+        assert al.learner.explore_loss == 0.0
+        al.learner.explore_loss = 0.5
+        assert al.configure(al.learner).explore_loss == 0.0
+    with run_gateway(_config(fake_server, tmp_path / "b"), routers={"default": StubRouter()}) as gw:
+        assert gw.app.learning.aliases["llmroute/auto"].learner.explore_loss == 0.002

@@ -24,7 +24,7 @@ Shape (see examples/llmroute.yaml and examples/loopback.yaml)::
                 sticky: {enabled, margin, ttl_s, max_sessions},
                 implicit: {reask, regenerate, length, refusal, tool_error, score, reask_similarity,
                            reask_min_words},
-                learning: {enabled, learner, max_explore, confidence, prior_var, dim, seed, state,
+                learning: {enabled, learner, max_explore, confidence, explore_loss, prior_var, dim, seed, state,
                            sync_interval_s, snapshot_every}}}
     keys:     [{id, key_sha256 | key_env, budget_usd_day, budget_usd_month, rpm, aliases}]
     admin:    {key_sha256 | key_env, demo, key_poll_s}   (master key of /admin/v1 and /ui;
@@ -499,6 +499,12 @@ class LearningConfig(_Strict):
     )
     confidence: float = Field(
         1.0, ge=0, description="the learner leaves the router's pick only when this many sd ahead"
+    )
+    explore_loss: float = Field(
+        0.002,
+        ge=0,
+        description="conservative exploration: the largest expected reward per request given up by "
+        "exploring models the learner rates below its choice (0: no such budget)",
     )
     prior_var: float = Field(0.01, gt=0, description="prior variance of each residual weight")
     dim: int = Field(32, ge=1, le=512, description="prompt-embedding columns after random projection")

@@ -124,6 +124,7 @@ class _AliasLearner:
             dim=c.dim,
             prior_var=c.prior_var,
             confidence=c.confidence,
+            explore_loss=c.explore_loss,
             max_pending=1,  # updates use the features stored in the trace, not the learner's own map
             seed=c.seed,
         )
@@ -132,6 +133,7 @@ class _AliasLearner:
         """Apply the config's choice settings to a restored learner (its seed per process)."""
         c = self.cfg
         learner.method, learner.max_explore, learner.confidence = c.learner, c.max_explore, c.confidence
+        learner.explore_loss = c.explore_loss
         learner.max_pending = 1
         learner.rng = np.random.default_rng([c.seed, os.getpid()])
         return learner
