@@ -400,15 +400,17 @@ def write_markdown(results: list[dict]) -> None:
     seeds = len(results[0]["cold"]["default"]["runs"]) if results else 0
     md = (
         f"`benchmarks/online.py`: learner `{LEARNER}` (`llmroute.online.OnlineLearner`; default settings: "
-        "max_explore 0.2, confidence 1 sd, 32 projected embedding columns + bias; explore0.05: "
+        "max_explore 0.2, confidence 1 sd, conservative exploration explore_loss 0.002 (with a warm "
+        "start: at most 0.002 expected reward per request given up on models rated below the greedy "
+        "choice), 32 projected embedding columns + bias; explore0.05: "
         "max_explore 0.05), "
         f"{seeds} seeds (stream orders), one pass over the prompts that have every model's outcome, "
         "reward = quality - lambda * cost with lambda at the middle of the single-model cost range. "
         "cv = the offline 5-fold cross-validated default router (full information) on the same prompts. "
         "Mean (min to max) over seeds. Regret exponent: slope of log cumulative regret on log t over "
         "the second half (< 1 sub-linear; n/a where the regret there is not positive, i.e. the learner is "
-        "ahead). Worst window: the lowest (learner - warm-start router) mean reward over 500-request "
-        "windows (bar >= -0.01).\n\n"
+        "ahead). Worst window: the lowest (learner - warm-start router) mean reward over windows of 500 "
+        "requests (a tenth of the stream where that is shorter: 283 on routerbench_subset) (bar >= -0.01).\n\n"
         + md_table(
             [
                 "set",
@@ -431,20 +433,30 @@ def write_markdown(results: list[dict]) -> None:
     verdict = []
     for res in results:
         for cname in CONFIGS:
-            cold, warm = res["cold"][cname]["summary"], res["warm10"][cname]["summary"]
+            cold, warm = res["cold"][cname]["runs"], res["warm10"][cname]["runs"]
+
+            def ok(runs: list, passes) -> str:  # type: ignore[no-untyped-def]
+                k = sum(bool(passes(r)) for r in runs)
+                return f"{'met' if k == len(runs) else 'NOT met'} ({k} of {len(runs)} seeds)"
+
             verdict.append(
                 f"{res['set']} {cname}: cold last 20% >= cv "
-                f"{'met' if cold['last20_minus_cv']['min'] >= 0 else 'NOT met'}, warm last 20% >= cv "
-                f"{'met' if warm['last20_minus_cv']['min'] >= 0 else 'NOT met'}, warm windows >= -0.01 "
-                f"{'met' if warm['worst_window_vs_warm']['min'] >= -0.01 else 'NOT met'}"
+                + ok(cold, lambda r: r["last20"]["learner"] >= r["last20"]["cv"])
+                + ", warm last 20% >= cv "
+                + ok(warm, lambda r: r["last20"]["learner"] >= r["last20"]["cv"])
+                + ", warm windows >= -0.01 "
+                + ok(warm, lambda r: r["worst_window_vs_warm"] >= -0.01)
             )
     md += (
         "\n\nAcceptance (every seed): "
         + "; ".join(verdict)
         + ". The learner's greedy choice rarely leaves the warm-start router's within one pass (it "
-        "needs to be ahead by 1 sd), so on these sets its exploration is a cost it does not earn "
-        "back: the last 20% is below the warm-start router's by about the exploration share times "
-        "the reward gap of the explored models, and below the full-information cv router."
+        "needs to be ahead by 1 sd), so its last 20% stays near the warm-start router's and below "
+        "the full-information cv router; with the warm start the exploration budget keeps the loss "
+        "per window small, but a 283- or 500-request window with a few dozen explored requests "
+        "still swings by about 0.01 from the explored outcomes' noise alone. A cold start (no "
+        "router, no budget) learns a 33-column linear residual per model from bandit outcomes only "
+        "and stays below the cv router."
     )
     if nm:
         reached = [r["reached_50pct_by"] for r in nm]
