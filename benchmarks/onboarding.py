@@ -143,7 +143,7 @@ def run_set(
             var: dict = {v: {} for v in variants}
             if variants:
                 Xt = r.featurize(test.prompts)
-                Pt = r.estimator.base_estimates(Xt) if hasattr(r.estimator, "base_estimates") else None
+                Pt = None  # the base's estimates on the test prompts (after the first add)
             for k in ks:
                 if pick == "diverse":
                     prof = train.subset(_diverse(train, graded, k, enc, seed, picked))
@@ -163,7 +163,8 @@ def run_set(
                     pdat = _without_others(prof, h)
                     Xp = r.featurize(pdat.prompts)
                     est = r.estimator
-                    Pp, Pt = est.base_estimates(Xp), est.base_estimates(Xt)
+                    Pp = est.base_estimates(Xp)
+                    Pt = est.base_estimates(Xt) if Pt is None else Pt
                     yp = pdat.quality_matrix()[:, 0]
                     assert pdat.prompt_ids == prof.prompt_ids, "profile rows out of order"
                     # the known models' true grades on the profile prompts (oc* variants)
@@ -339,9 +340,10 @@ METHOD_TEXT = {
     "ridge": 'Method (`llmroute.estimators.profiled`, `add_model`\'s default "ridge"): non-negative '
     "ridge of the profile on the known models' estimates shrunk toward equal weights, minus rmse / "
     'sqrt(k). The opt-in "paired" method (the known models\' grades on the same prompts as a '
-    "control variate, Bayesian weights summing to 1, a per-prompt lower bound) did better on seed 0 "
-    "of both sets (k = 25 / 50 / 100 / 200: routerbench_subset 0.13 / 0.49 / 0.45 / 0.70, 0 hurts; "
-    "routerdc_7model -0.22 / -0.29 / 0.06 / 0.16, 1 / 1 / 0 / 0 hurts) but has no 5-seed run yet.",
+    "control variate, Bayesian weights summing to 1, a per-prompt lower bound) recovered more on the "
+    "same 5 seeds at every k (k = 25 / 50 / 100 / 200: routerbench_subset 0.39 / 0.40 / 0.52 / 0.65 "
+    "with 0 / 1 / 0 / 3 hurts; routerdc_7model -0.07 / -0.06 / 0.10 / 0.27 with 2 / 2 / 1 / 0) but "
+    "hurt routerdc_7model more often, so it is not the default.",
     "paired": 'Method (`llmroute.estimators.profiled`, `add_model(method="paired")`): the new '
     "model's grades paired with the known models' on the same prompts (their grades minus their "
     "estimates as a control variate), a Bayesian combination of the known models' estimates "
@@ -423,6 +425,7 @@ def main() -> None:
         help="folder of saved routers reused across runs (one per set, seed and left-out model; "
         "delete it after changing the estimators); 'none' refits every router",
     )
+    ap.add_argument("--dump", default="", help="also write this run's results (any mode) to this JSON file")
     ap.add_argument(
         "--method",
         default="ridge",
@@ -460,6 +463,8 @@ def main() -> None:
                 flush=True,
             )
         results.append(res)
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(results, indent=1) + "\n")
     full_run = not args.variant and args.k == ",".join(map(str, KS)) and args.first_seed == 0
     if not args.no_write and full_run:
         # the sets run replace their entries in the JSON; the other sets' stay (a set per call)
