@@ -292,11 +292,8 @@ def write_md(doc: dict) -> None:
     md = [
         f"`benchmarks/cascade.py` (`llmroute.cascade.offline`): routerbench_subset, {m['n_prompts']} prompts, "
         f"{m['folds']}-fold CV over prompt ids, seed {m['seed']}; max {STEPS} answers per prompt ({run_at}"
-        + (
-            f"; load average {load[0]} at the start, {m['load_avg_end'][0]} at the end"
-            if load and m.get("load_avg_end")
-            else ""
-        )
+        + (f"; load average {load[0]} at the start" if load else "")
+        + (f", {m['load_avg_end'][0]} at the end" if load and m.get("load_avg_end") else "")
         + "). Prior: the one-shot `default` router's "
         "out-of-fold estimates (its training prompts' priors from 3 inner folds). Two re-estimators under the "
         "same rule: **fitted** (`Reestimator`: P(answer right | prior, signals) and the expected gain of calling "
