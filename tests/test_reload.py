@@ -4,6 +4,7 @@ calls. The `--workers 2` test is in test_admin_workers.py."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +65,26 @@ def _ask(gw: Any, model: str = "llmroute/auto", text: str = "hi") -> tuple[int, 
         return e.status_code, ""
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def _held_request(gw: Any, fake_server: Any) -> Iterator[list[tuple[int, str]]]:
+    """A request to fake-weak kept in flight (the upstream holds its answer) while the body
+    runs; then released and finished: the list holds its (status, model)."""
+    fake_server.set_fault("fake-weak", "hold", count=1)
+    seen = fake_server.state.counts.get("fake-weak", 0)
+    result: list[tuple[int, str]] = []
+    t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
+    t.start()
+    try:
+        end = time.monotonic() + 60
+        while fake_server.state.counts.get("fake-weak", 0) == seen and time.monotonic() < end:
+            time.sleep(0.02)
+        yield result
+    finally:
+        fake_server.state.release_holds()
+        t.join(60)
+        fake_server.clear()
 
 
 def test_alias_rule_and_upstream_url_apply_on_the_next_request(gw: Any, fake_server: Any) -> None:
@@ -149,25 +170,13 @@ def test_request_in_flight_finishes_on_its_runtime_and_keys_and_spend_survive(
     assert _ask(gw, model="fake-weak") == (200, "fake-weak")
     spent = app.budgets.usage("team")["day_spent"]
     assert spent > 0
-    fake_server.set_fault("fake-weak", "hold", count=1)  # answers once released below
-    seen = fake_server.state.counts.get("fake-weak", 0)
-    result: list[tuple[int, str]] = []
-    t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
-    t.start()
-    try:
-        end = time.monotonic() + 60
-        while fake_server.state.counts.get("fake-weak", 0) == seen and time.monotonic() < end:
-            time.sleep(0.02)
+    with _held_request(gw, fake_server) as result:
         assert first.inflight == 1
         cfg = dict(gw.cfg)
         cfg["models"] = [dict(cfg["models"][0]), {**cfg["models"][1], "timeout_s": 29.0}]
         r = _reload(gw, cfg)
         assert r.status_code == 200 and r.json()["models"]["changed"] == ["fake-weak"], r.text
         assert app.live is not first
-    finally:
-        fake_server.state.release_holds()
-        t.join(60)
-        fake_server.clear()
     assert result == [(200, "fake-weak")]  # finished on the old runtime's backend
     end = time.monotonic() + 60  # then the old runtime closes (its learners, changed backends)
     while app.__dict__.get("_draining") and time.monotonic() < end:
@@ -498,15 +507,7 @@ def test_two_reloads_during_one_request(gw: Any, fake_server: Any) -> None:
     upstream client) closes nothing the first, still draining runtime uses."""
     app = gw.app
     first = app.live
-    fake_server.set_fault("fake-weak", "hold", count=1)  # answers once released below
-    seen = fake_server.state.counts.get("fake-weak", 0)
-    result: list[tuple[int, str]] = []
-    t = threading.Thread(target=lambda: result.append(_ask(gw, model="fake-weak")))
-    t.start()
-    try:
-        end = time.monotonic() + 60
-        while fake_server.state.counts.get("fake-weak", 0) == seen and time.monotonic() < end:
-            time.sleep(0.02)
+    with _held_request(gw, fake_server) as result:
         assert first.inflight == 1
         cfg = dict(gw.cfg)
         cfg["models"] = [{**cfg["models"][0], "timeout_s": 0.75}, cfg["models"][1]]
@@ -521,10 +522,6 @@ def test_two_reloads_during_one_request(gw: Any, fake_server: Any) -> None:
             time.sleep(0.02)
         assert second not in app.__dict__["_retiring"] and first in app.__dict__["_retiring"]
         assert first.http._pools  # the client the request in flight uses is still open
-    finally:
-        fake_server.state.release_holds()
-        t.join(60)
-        fake_server.clear()
     assert result == [(200, "fake-weak")]
     end = time.monotonic() + 60  # once that request is done, its runtime and client are closed
     while first in app.__dict__["_retiring"] and time.monotonic() < end:
