@@ -133,6 +133,13 @@ def run_set(
         picked: dict = {}  # (graded prompts, k) -> diverse profile
         for h in models:
             r = _fit(_without(train, h), enc, seed, cache, name, h)
+            if method == "margin":
+                # z per k from re-onboarding the known models on the training table (internal)
+                from llmroute.onboard import calibrate_margin
+
+                zs = calibrate_margin(r, _without(train, h), ks, seed=seed)
+                if log:
+                    print(f"{name} seed {seed} {h}: calibrated z {zs}", flush=True)
             cols = [models.index(m) for m in r.models]
             q0, c0 = r.estimate(test.prompts)
             gap_wo = _gap(Q, C, q0, c0, cols, ctx)
@@ -429,7 +436,8 @@ def main() -> None:
     ap.add_argument(
         "--method",
         default="ridge",
-        help="`Router.add_model`'s method (llmroute.estimators.profiled.METHODS: ridge, paired)",
+        help="`Router.add_model`'s method (llmroute.estimators.profiled.METHODS: ridge, paired, "
+        "margin; margin calibrates z per router on its training table first)",
     )
     ap.add_argument(
         "--pick",

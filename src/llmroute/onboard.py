@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmroute.data.table import ModelPrice, RoutingTable
-from llmroute.estimators.profiled import ProfiledEstimator, fit_profile
+from llmroute.estimators.profiled import ProfiledEstimator, calibrate_z, fit_profile
 
 if TYPE_CHECKING:
     from llmroute.router import Router
@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ProfileData",
     "add_model",
+    "calibrate_margin",
     "known_grades",
     "list_models",
+    "margin_z",
     "profile_data",
     "profile_table",
     "remove_model",
@@ -119,7 +121,7 @@ def add_model(
     price: ModelPrice | None = None,
     *,
     profile_model: str | None = None,
-    z: float = 1.0,
+    z: float | None = None,
     reference: RoutingTable | str | Path | None = None,
     method: str = "ridge",
 ) -> dict[str, Any]:
@@ -128,7 +130,9 @@ def add_model(
     profile: a routing table (path or `RoutingTable`) with graded rows for the model (named
     `profile_model`, default `name`; a one-model table needs no name); price: USD per 1M tokens
     (default: the profile table's price, else the profile's observed costs); z: standard errors
-    by which an uncertain model is estimated below its fitted quality at each prompt;
+    by which an uncertain model is estimated below its fitted quality at each prompt (None:
+    the router's calibrated z for the profile's size, `calibrate_margin`, with method "margin";
+    else 1);
     method: how the quality column is fitted (`llmroute.estimators.profiled.METHODS`; default
     "ridge"); with "paired" the known models' own rows in the profile table (`llmroute profile
     --models new,known...` writes them) or in `reference` (a table with their grades on the
@@ -147,9 +151,11 @@ def add_model(
     est = _profiled(router)
     base_q = est.base_estimates(X)
     known = None
-    if method == "paired":
+    if method in ("paired", "margin"):
         tables = [profile_table(profile), *([reference] if reference is not None else [])]
         known = known_grades(router, data.prompts, tables)
+    if z is None:
+        z = margin_z(router, len(data.quality)) if method == "margin" else 1.0
     fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
     tin = np.where(np.isfinite(data.input_tokens), data.input_tokens, router.cost.count_tokens(data.prompts))
     known_q = router._quality(X)  # before the add: the estimates `route` makes for known models
@@ -178,6 +184,7 @@ def add_model(
         "loo_rmse": None if not np.isfinite(fit.loo_rmse) else round(float(fit.loo_rmse), 4),
         "shift": round(fit.margin, 4),
         "method": method,
+        "z": z,
         "paired_rows": 0 if known is None else int(np.isfinite(known).any(axis=1).sum()),
         "residual": fit.beta > 0,
         "cost_mode": router.cost.modes[name],
@@ -185,6 +192,63 @@ def add_model(
     router.info.setdefault("mean_quality", {})[name] = float(data.quality.mean())
     router.info.setdefault("profiled_models", {})[name] = summary
     return summary
+
+
+def calibrate_margin(
+    router: Router,
+    table: RoutingTable | str | Path,
+    ks: tuple[int, ...] = (25, 50, 100, 200),
+    *,
+    max_prompts: int = 3000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Calibrate the "margin" method's z on the router's training table (in place; returns it).
+
+    For each profile size k: the smallest z under which re-onboarding each known model from k
+    of its training prompts (its grades paired with the others') hurts no simulated router on
+    the rest of the prompts by more than 0.005 of gap closed (`calibrate_z`). Stored in
+    `router.info["margin_z"]` ({k: z}); `add_model(method="margin")` uses the z of the nearest
+    k (on a log scale). table: the router's training table (at most `max_prompts` of its
+    prompts are used, drawn with `seed`); it must grade every routed model.
+    """
+    from llmroute.eval.runner import with_cost_fallback
+
+    est = _profiled(router)
+    base_models: list[str] = [""] * est.n_base
+    for j, ref in enumerate(est.columns_):
+        if ref >= 0:
+            base_models[ref] = router.models[j]
+    t, _ = with_cost_fallback(profile_table(table))
+    missing = [m for m in base_models if m and m not in t.models]
+    if missing or "" in base_models:
+        raise ValueError(
+            f"the calibration table must grade every trained model the router routes; missing "
+            f"{missing or 'a removed model'}: pass the router's training table"
+        )
+    ids = t.prompt_ids
+    if len(ids) > max_prompts:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_prompts, replace=False))
+        t = t.subset([ids[i] for i in keep])
+    cols = [t.models.index(m) for m in base_models]
+    Q, C = t.quality_matrix()[:, cols], t.cost_matrix()[:, cols]
+    X = router.featurize(t.prompts)
+    P = est.base_estimates(X)
+    q_all, c_all = router.estimate(t.prompts)
+    at = [est.columns_.index(b) for b in range(est.n_base)]
+    q_hat, c_hat = q_all[:, at], c_all[:, at]
+    out = {str(k): calibrate_z(P, Q, q_hat, c_hat, C, X.emb, k, seed=seed + i)[0] for i, k in enumerate(ks)}
+    router.info["margin_z"] = out
+    return out
+
+
+def margin_z(router: Router, k: int) -> float:
+    """The calibrated z (`calibrate_margin`) for a profile of k rows: that of the nearest
+    calibrated size on a log scale; 1.0 when the router was not calibrated."""
+    zs: Mapping[str, float] = router.info.get("margin_z") or {}
+    if not zs:
+        return 1.0
+    near = min(zs, key=lambda s: abs(np.log(int(s)) - np.log(max(k, 1))))
+    return float(zs[near])
 
 
 def known_grades(

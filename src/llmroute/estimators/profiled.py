@@ -23,6 +23,14 @@ Two fits (`fit_profile(method=...)`):
   (I - 11'/m) / m), the spread of the known models' own unit weight vectors (`_bayes_weights`);
   margin(x) = z posterior sds of the fitted mean at the prompt (the level's plus the
   weights' along the prompt's estimates), so it is wider where the weights are unsure.
+- ``"margin"`` (opt-in, docs/onboarding-notes.md "Session 4"): the "paired" fit with the margin
+  on the *decision*: at each prompt the new model is lowered by z sds of its estimated
+  difference from the best known model there (j = the highest base estimate): the level part
+  of that sd is the smaller of the fit's level noise and the paired difference's own (the new
+  model's grades minus model j's on the same profile prompts, around the fitted difference),
+  plus the weights' uncertainty along the prompt. So it wins a prompt only where it beats the
+  best known model by z sds of their difference. z is meant to be calibrated per router by
+  re-onboarding its known models from the training table (`calibrate_z`).
 
 Both share ``r(x)``: held-out (5-fold) residuals smoothed over the prompt embeddings with a
 cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual (sum_i K_i e_i /
@@ -45,10 +53,12 @@ import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator
 
-__all__ = ["METHODS", "ProfileFit", "ProfiledEstimator", "fit_profile"]
+__all__ = ["METHODS", "Z_GRID", "ProfileFit", "ProfiledEstimator", "calibrate_z", "fit_profile"]
 
 #: how a profiled model is fitted (`fit_profile`); the first is the default
-METHODS = ("ridge", "paired")
+METHODS = ("ridge", "paired", "margin")
+#: margins tried by `calibrate_z` (sds of the estimated difference), smallest first
+Z_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 #: ridge penalties tried (times the number of profile rows); the last is "closest model only"
 _ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e6)
 #: kernel sharpness and pseudo-rows tried for the residual ("off" is always a candidate)
@@ -67,7 +77,9 @@ class ProfileFit:
     profile (least mean squared difference; reported only); n_rows: graded profile rows;
     loo_rmse: held-out error of the fit; center (m_base,), wcov (m_base, m_base), level_var:
     the posterior sd at a prompt is sqrt(level_var + d' wcov d), d = its estimates - center;
-    z: how many of those sds the estimate is lowered by.
+    z: how many of those sds the estimate is lowered by; diff_var (m_base,): method "margin":
+    the level variance of the estimated difference from each known model (used for the best
+    known model at each prompt instead of level_var; None = the level sd).
     """
 
     w: np.ndarray
@@ -84,6 +96,7 @@ class ProfileFit:
     wcov: np.ndarray | None = None
     level_var: float = 0.0
     z: float = 0.0
+    diff_var: np.ndarray | None = None
 
     @property
     def margin(self) -> float:
@@ -92,13 +105,23 @@ class ProfileFit:
 
     def predict(self, base_q: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
+        q, sd = self.predict_parts(base_q, emb)
+        return q if self.z <= 0 else q - self.z * sd
+
+    def predict_parts(self, base_q: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fitted mean (n,), posterior sd (n,)) at each prompt: `predict` is mean - z * sd. The
+        constant `shift` is in the mean; the sd is 0 for fits without a posterior."""
         q = base_q @ self.w + (self.b - self.shift)
         if len(self.resid):
             q = q + _kernel_residual(emb, self.emb, self.resid, self.beta, self.kappa)
-        if self.z > 0 and self.wcov is not None and self.center is not None:
-            d = base_q - self.center
-            q = q - self.z * np.sqrt(self.level_var + np.einsum("ij,jk,ik->i", d, self.wcov, d))
-        return q
+        if self.wcov is None or self.center is None:
+            return q, np.zeros(len(q))
+        d = base_q - self.center
+        level = np.full(len(q), self.level_var)
+        if self.diff_var is not None:
+            # the sd of the difference from the best known model at the prompt
+            level = self.diff_var[np.argmax(base_q, axis=1)]
+        return q, np.sqrt(level + np.einsum("ij,jk,ik->i", d, self.wcov, d))
 
 
 def _kernel_residual(emb: np.ndarray, E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
@@ -165,7 +188,8 @@ def fit_profile(
     non-negative ridge toward equal weights, minus z * rmse / sqrt(k)) or "paired" (the
     Bayesian weights summing to 1 and a per-prompt lower bound, on the paired profile);
     known: (k, m_base) the known models' own grades on the profile prompts (NaN = not graded),
-    used by "paired" (`_paired`); "ridge" ignores them.
+    used by "paired" and "margin" (`_paired`); "ridge" ignores them. "margin": as "paired",
+    with the per-prompt sd taken of the difference from the best known model (`ProfileFit`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown profile method {method!r}; use one of {METHODS}")
@@ -190,11 +214,12 @@ def fit_profile(
         return ProfileFit(w0, b, z * 0.5 / np.sqrt(k), E[:0], np.zeros(0), 0.0, 0.0, closest, k, float("nan"))
     folds = np.random.default_rng(0).permutation(k) % min(5, k)
     S, s2, pc = None, 0.0, P.mean(axis=0)
-    if method == "paired":
+    y_raw, paired = y, False
+    if method in ("paired", "margin"):
         if known is not None and k >= 10 and np.isfinite(known).any():
             if np.shape(known) != (k, m):
                 raise ValueError(f"known grades have shape {np.shape(known)}, expected ({k}, {m})")
-            y = _paired(P, y, np.asarray(known, dtype=np.float64), folds)
+            y, paired = _paired(P, y, np.asarray(known, dtype=np.float64), folds), True
         w, b, S, s2 = _bayes_weights(P, y, pc)
         loo = np.empty(k)  # 5-fold held-out residuals
         for f in np.unique(folds):
@@ -234,9 +259,106 @@ def fit_profile(
         # what the kernel explains is no longer noise for the interval (the weights' posterior
         # scales with the noise variance)
         S, s2 = S * (final_err / s2), final_err
+    diff_var = None
+    if method == "margin":
+        diff_var = np.full(m, s2 / k)
+        if paired:
+            # the paired difference from each known model j around the fitted difference (held
+            # out): (y - G_j) - (f - P_j); where it is less noisy than the level, it sets the sd
+            f = y - loo
+            r = (y_raw[:, None] - np.asarray(known, dtype=np.float64)) - (f[:, None] - P)
+            for j in range(m):
+                rj = r[np.isfinite(r[:, j]), j]
+                if len(rj) >= 10:
+                    diff_var[j] = min(diff_var[j], float(np.mean((rj - rj.mean()) ** 2)) / k)
     return ProfileFit(
-        w, b, 0.0, emb_keep, resid, beta, kappa, closest, k, rmse, center=pc, wcov=S, level_var=s2 / k, z=z
+        w,
+        b,
+        0.0,
+        emb_keep,
+        resid,
+        beta,
+        kappa,
+        closest,
+        k,
+        rmse,
+        center=pc,
+        wcov=S,
+        level_var=s2 / k,
+        z=z,
+        diff_var=diff_var,
     )
+
+
+def calibrate_z(
+    P: np.ndarray,
+    Q: np.ndarray,
+    q_hat: np.ndarray,
+    c_hat: np.ndarray,
+    C: np.ndarray,
+    emb: np.ndarray,
+    k: int,
+    *,
+    method: str = "margin",
+    zs: tuple[float, ...] = Z_GRID,
+    bar: float = 0.005,
+    draws: int = 3,
+    seed: int = 0,
+) -> tuple[float, dict[tuple[int, int], list[float]]]:
+    """The smallest margin z under which re-onboarding each known model from a k-prompt profile
+    hurts no simulated router by more than `bar` (gap closed), on a router's training prompts.
+
+    For each known model j in turn, `draws` times: a profile of k of its graded prompts (with the other
+    models' grades on them, a paired profile), fitted by `fit_profile(method=method)` on the
+    other models' estimates; the rest of the prompts are routed by the other models alone and
+    with j added at each z (j's cost estimate as is); gain = gap closed with j - without, on the
+    true grades Q and costs C. An internal criterion: only the router's training table is used.
+
+    P: (n, m) base estimates (clipped) the profile combines; q_hat, c_hat: (n, m) the router's
+    quality and cost estimates (its decisions); Q, C: (n, m) true grades (NaN = not graded) and
+    costs; emb: (n, d) embeddings. Returns (z, {(j, draw): gains per z}); the largest z when
+    every z hurts some simulated addition.
+    """
+    from llmroute.eval.metrics import aiq, curve_from_picks, gap_closed, router_picks
+    from llmroute.eval.runner import _context
+
+    n, m = P.shape
+    rng = np.random.default_rng(seed)
+    gains: dict[tuple[int, int], list[float]] = {}
+    for j, d in ((j, d) for j in range(m) for d in range(draws)):
+        graded = np.flatnonzero(np.isfinite(Q[:, j]))
+        if m < 2 or len(graded) < k + 50:
+            continue
+        prof = rng.choice(graded, k, replace=False)
+        ev = np.setdiff1d(np.arange(n), prof)
+        others = [i for i in range(m) if i != j]
+        fit = fit_profile(
+            P[np.ix_(prof, others)],
+            emb[prof],
+            Q[prof, j],
+            z=0.0,
+            known=Q[np.ix_(prof, others)],
+            method=method,
+        )
+        mean, sd = fit.predict_parts(P[np.ix_(ev, others)], emb[ev])
+        Qe, Ce = Q[ev], C[ev]
+        ctx = _context(Qe, Ce)
+
+        def gap(q: np.ndarray, c: np.ndarray, cols: list[int], Qe=Qe, Ce=Ce, ctx=ctx) -> float:
+            picks = np.asarray(cols)[router_picks(q, c, ctx["lambdas"])]
+            a = aiq(curve_from_picks(Qe, Ce, picks), ctx["c_min"], ctx["c_max"])
+            return gap_closed(a, ctx["single_hull_aiq"], ctx["oracle_aiq"])
+
+        qo, co = q_hat[np.ix_(ev, others)], c_hat[np.ix_(ev, others)]
+        g0 = gap(qo, co, others)
+        c1 = np.column_stack([co, c_hat[ev, j]])
+        gains[j, d] = [
+            gap(np.column_stack([qo, np.clip(mean - z * sd, 0.0, 1.0)]), c1, [*others, j]) - g0 for z in zs
+        ]
+    for i, z in enumerate(zs):
+        if all(g[i] >= -bar for g in gains.values()):
+            return float(z), gains
+    return float(zs[-1]), gains
 
 
 def _ridge_nn(P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
@@ -370,6 +492,8 @@ class ProfiledEstimator(QualityEstimator):
             if f.wcov is not None and f.center is not None:
                 out[f"p{p}/center"] = f.center
                 out[f"p{p}/wcov"] = f.wcov
+            if f.diff_var is not None:
+                out[f"p{p}/diff_var"] = f.diff_var
             profiles.append(
                 {
                     "b": f.b,
@@ -422,6 +546,7 @@ class ProfiledEstimator(QualityEstimator):
                     wcov=_opt(arrays.get(f"p{p}/wcov")),
                     level_var=float(meta.get("level_var", 0.0)),
                     z=float(meta.get("z", 0.0)),
+                    diff_var=_opt(arrays.get(f"p{p}/diff_var")),
                 )
             )
         return est
