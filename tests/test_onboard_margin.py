@@ -141,3 +141,29 @@ def test_calibrated_router_adds_with_its_z_and_keeps_other_decisions(base: Route
     assert isinstance(loaded.estimator, ProfiledEstimator)
     assert np.array_equal(loaded.estimate(test.prompts)[0], router.estimate(test.prompts)[0])
     assert loaded.estimator.profiles_[0].diff_var is not None
+
+
+def test_cli_margin_calibrates_on_the_reference_once(base: Router, tables, tmp_path) -> None:
+    """`llmroute models add --method margin --reference TRAIN`: an uncalibrated router is
+    calibrated on the training table, adds with the calibrated z, and keeps it when saved."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmroute.cli import app
+    from llmroute.onboard import margin_z
+
+    train, _ = tables
+    router_file = base.save(tmp_path / "r.safetensors")
+    ids = np.random.default_rng(1).choice(train.prompt_ids, 50, replace=False).tolist()
+    prof, ref, out = tmp_path / "p.parquet", tmp_path / "train.parquet", tmp_path / "r2.safetensors"
+    _rows(train.subset(ids), {NEW}).df.to_parquet(prof)
+    train.df.to_parquet(ref)
+    args = ["models", "add", NEW, "--profile", str(prof), "--router", str(router_file), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--method", "margin", "--reference", str(ref)])
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.output)["added"]
+    saved = Router.load(out)
+    assert set(saved.info["margin_z"]) == {"25", "50", "100", "200"}
+    assert added["method"] == "margin" and added["paired_rows"] == 50
+    assert added["z"] == margin_z(saved, 50)

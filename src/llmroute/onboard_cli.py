@@ -87,17 +87,20 @@ def add_cmd(
         str,
         typer.Option(
             "--method",
-            help="How the quality column is fitted: ridge (default) or paired (pairs the new model's "
-            "grades with the known models' on the same prompts; docs/onboarding-notes.md).",
+            help="How the quality column is fitted: ridge (default), paired (pairs the new model's "
+            "grades with the known models' on the same prompts) or margin (paired, and the new "
+            "model must beat the best known model by a margin calibrated on --reference, the "
+            "router's training table; docs/onboarding-notes.md).",
         ),
     ] = "ridge",
     reference: Annotated[
         Path | None,
         typer.Option(
             "--reference",
-            help="With --method paired: a table with the known models' grades on the profile "
-            "prompts (e.g. the router's training table); the profile's own known-model rows are "
-            "used first.",
+            help="With --method paired / margin: a table with the known models' grades on the "
+            "profile prompts (e.g. the router's training table); the profile's own known-model rows "
+            "are used first. With margin, a router not yet calibrated is calibrated on it first "
+            "(kept in the saved router).",
         ),
     ] = None,
 ) -> None:
@@ -106,6 +109,10 @@ def add_cmd(
         if path is not None and not path.exists():
             _fail(f"{opt} {path}: no such file or directory")
     r = _load(router)
+    if method == "margin" and reference is not None and not r.info.get("margin_z"):
+        from llmroute.onboard import calibrate_margin
+
+        _guard(calibrate_margin, r, reference)
     summary = _guard(
         r.add_model,
         name,

@@ -317,7 +317,8 @@ def calibrate_z(
     P: (n, m) base estimates (clipped) the profile combines; q_hat, c_hat: (n, m) the router's
     quality and cost estimates (its decisions); Q, C: (n, m) true grades (NaN = not graded) and
     costs; emb: (n, d) embeddings. Returns (z, {(j, draw): gains per z}); the largest z when
-    every z hurts some simulated addition.
+    every z hurts some simulated addition; 1.0 (the uncalibrated default) when no known model
+    has k + 50 graded prompts to simulate with.
     """
     from llmroute.eval.metrics import aiq, curve_from_picks, gap_closed, router_picks
     from llmroute.eval.runner import _context
@@ -355,6 +356,8 @@ def calibrate_z(
         gains[j, d] = [
             gap(np.column_stack([qo, np.clip(mean - z * sd, 0.0, 1.0)]), c1, [*others, j]) - g0 for z in zs
         ]
+    if not gains:
+        return 1.0, gains
     for i, z in enumerate(zs):
         if all(g[i] >= -bar for g in gains.values()):
             return float(z), gains
