@@ -160,7 +160,10 @@ def run_set(
                 # the profile: the k prompts' rows of the training table, h's and the known
                 # models' (what `llmroute profile --models h,<known...>` writes); add_model pairs
                 # h's grades with the known models' on the same prompts
-                r.add_model(h, prof, method=method)
+                # method "factor" fits the router's factor model on its training table at the
+                # first add (the reference; h's own rows there are not used) and reuses it
+                ref = {"reference": train} if method == "factor" else {}
+                r.add_model(h, prof, method=method, **ref)
                 if len(r.models) == 11 and k == 100:
                     add_times.append(time.perf_counter() - ta)
                 q1, c1 = r.estimate(test.prompts)

@@ -137,7 +137,10 @@ def add_model(
     "ridge"); with "paired" the known models' own rows in the profile table (`llmroute profile
     --models new,known...` writes them) or in `reference` (a table with their grades on the
     profile prompts, e.g. the router's training table) are paired with the new model's grades
-    on the same prompts, which removes much of a small profile's noise.
+    on the same prompts, which removes much of a small profile's noise. With "factor"
+    (`llmroute.estimators.profiled_factor`) the new model is a vector in a low-rank model of
+    the known models' grades, fitted once on the router's training table: the first factor
+    add needs it as `reference`; the router keeps the factor model for later adds.
     Existing models' estimates are unchanged. Raises ValueError for a name already routed or a
     profile without graded rows.
     """
@@ -156,7 +159,11 @@ def add_model(
         known = known_grades(router, data.prompts, tables)
     if z is None:
         z = margin_z(router, len(data.quality)) if method == "margin" else 1.0
-    fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
+    if method == "factor":
+        fit: Any
+        fit, known = _factor_fit(router, est, data, X, base_q, profile, reference, 1.0 if z is None else z)
+    else:
+        fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
     tin = np.where(np.isfinite(data.input_tokens), data.input_tokens, router.cost.count_tokens(data.prompts))
     known_q = router._quality(X)  # before the add: the estimates `route` makes for known models
     known_out = router.cost.tokens(data.prompts, X)[1][:, : router.cost.n_known].mean(axis=1)
@@ -249,6 +256,41 @@ def margin_z(router: Router, k: int) -> float:
         return 1.0
     near = min(zs, key=lambda s: abs(np.log(int(s)) - np.log(max(k, 1))))
     return float(zs[near])
+
+
+def _factor_fit(
+    router: Router,
+    est: ProfiledEstimator,
+    data: ProfileData,
+    X: Any,
+    base_q: np.ndarray,
+    profile: RoutingTable | str | Path,
+    reference: RoutingTable | str | Path | None,
+    z: float,
+) -> tuple[Any, np.ndarray | None]:
+    """Method "factor": the router's factor model (fitted on `reference`, the training table,
+    the first time) and the new model's vector from its profile, paired with the known models'
+    grades on the same prompts where the profile or the reference holds them: (fit, those grades)."""
+    from llmroute.estimators.profiled_factor import fit_factor_model, fit_factor_profile
+
+    ref = profile_table(reference) if reference is not None else None
+    if est.factor_ is None:
+        if ref is None:
+            raise ValueError(
+                "method 'factor' fits a factor model of the known models on the router's training "
+                "table once: pass it as reference (--reference TRAIN_TABLE); later adds reuse it"
+            )
+        grades = known_grades(router, ref.prompts, [ref])
+        if grades is None:
+            raise ValueError(
+                f"reference {ref.source} grades none of the router's models {router.models}: "
+                "pass the router's training table"
+            )
+        keep = np.isfinite(grades).any(axis=1)
+        Xr = router.featurize([p for p, k in zip(ref.prompts, keep, strict=True) if k])
+        est.factor_ = fit_factor_model(grades[keep], est.base_estimates(Xr), Xr.emb)
+    known = known_grades(router, data.prompts, [profile_table(profile), *([ref] if ref is not None else [])])
+    return fit_factor_profile(est.factor_, base_q, X.emb, data.quality, known=known, z=z), known
 
 
 def known_grades(

@@ -52,6 +52,7 @@ from typing import ClassVar, Self
 import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator
+from llmroute.estimators.profiled_factor import FactorFit, FactorModel
 
 __all__ = ["METHODS", "Z_GRID", "ProfileFit", "ProfiledEstimator", "calibrate_z", "fit_profile"]
 
@@ -434,7 +435,10 @@ class ProfiledEstimator(QualityEstimator):
         self.base = base
         self.n_base = int(n_base)
         self.columns_: list[int] = list(range(self.n_base))
-        self.profiles_: list[ProfileFit] = []
+        self.profiles_: list[ProfileFit | FactorFit] = []
+        #: the known models' factor model (method "factor", `llmroute.estimators.profiled_factor`),
+        #: fitted on the training table at the first factor add and kept for later adds
+        self.factor_: FactorModel | None = None
 
     @property
     def uses_extra(self) -> bool:
@@ -452,9 +456,12 @@ class ProfiledEstimator(QualityEstimator):
         np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
         return q
 
-    def add(self, fit: ProfileFit) -> None:
+    def add(self, fit: ProfileFit | FactorFit) -> None:
         """Append a profiled model as the last column."""
-        if fit.w.shape != (self.n_base,):
+        if isinstance(fit, FactorFit):
+            if fit.model.A.shape[0] != self.n_base:
+                raise ValueError(f"factor model covers {fit.model.A.shape[0]} models, expected {self.n_base}")
+        elif fit.w.shape != (self.n_base,):
             raise ValueError(f"profile weights have shape {fit.w.shape}, expected ({self.n_base},)")
         self.profiles_.append(fit)
         self.columns_.append(-len(self.profiles_))
@@ -489,6 +496,11 @@ class ProfiledEstimator(QualityEstimator):
         out = {f"base/{k}": v for k, v in arrays.items()}
         profiles = []
         for p, f in enumerate(self.profiles_):
+            if isinstance(f, FactorFit):  # its own state; the factor model is saved once
+                fa, fmeta = f.state(f"p{p}/")
+                out.update(fa)
+                profiles.append(fmeta)
+                continue
             out[f"p{p}/w"] = f.w
             out[f"p{p}/emb"] = np.asarray(f.emb, dtype=np.float32)
             out[f"p{p}/resid"] = f.resid
@@ -510,6 +522,10 @@ class ProfiledEstimator(QualityEstimator):
                     "z": f.z,
                 }
             )
+        factor = None
+        if self.factor_ is not None:
+            fa, factor = self.factor_.state("factor/")
+            out.update(fa)
         cls = type(self.base)
         meta = {
             "base_class": f"{cls.__module__}:{cls.__qualname__}",
@@ -517,6 +533,7 @@ class ProfiledEstimator(QualityEstimator):
             "n_base": self.n_base,
             "columns": self.columns_,
             "profiles": profiles,
+            "factor": factor,
         }
         return out, meta
 
@@ -531,7 +548,14 @@ class ProfiledEstimator(QualityEstimator):
         )
         est = cls(base, params["n_base"])
         est.columns_ = [int(c) for c in params["columns"]]
+        if params.get("factor") is not None:
+            est.factor_ = FactorModel.from_state(arrays, "factor/", params["factor"])
         for p, meta in enumerate(params["profiles"]):
+            if meta.get("kind") == "factor":
+                if est.factor_ is None:
+                    raise ValueError("router file has a factor-added model but no factor model")
+                est.profiles_.append(FactorFit.from_state(est.factor_, arrays, f"p{p}/", meta))
+                continue
             resid = np.asarray(arrays[f"p{p}/resid"], dtype=np.float64)
             est.profiles_.append(
                 ProfileFit(
