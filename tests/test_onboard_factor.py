@@ -54,7 +54,7 @@ def test_a_new_models_vector_is_recovered_within_its_posterior_sd(planted) -> No
     rng = np.random.default_rng(1)
     prof = rng.choice(3000, 150, replace=False)
     fit = fit_factor_profile(
-        fm, np.zeros((150, 8)), p["E"][prof], p["Y"][prof, 8], known=p["Y"][prof, :8], z=0.0
+        fm, np.zeros((150, 8)), p["E"][prof], p["Y"][prof, 8], known=p["Y"][prof, :8], z=0.0, anchor=False
     )
     # the true vector in the fitted basis: least squares of the new model's expected column
     # (from the prompts' predicted factors) on [g(x), 1] over all prompts
@@ -183,3 +183,38 @@ def test_cli_models_add_factor(base: Router, tables, tmp_path: Path) -> None:
     r2 = Router.load(out)
     assert r2.models[-1] == NEW
     assert np.array_equal(r2.estimate(test.prompts)[0][:, :3], base.estimate(test.prompts)[0])
+
+
+def test_posterior_factors_per_pattern_of_graded_known_models(planted) -> None:
+    """Rows with some known grades missing get the posterior of the graded ones only (the
+    batched gain per pattern equals the row-by-row one); rows with none keep g."""
+    p, fm = planted
+    g = fm.factors(np.zeros((6, 8)), p["E"][:6])
+    known = p["Y"][:6, :8].copy()
+    known[1, :3] = np.nan
+    known[2, :] = np.nan
+    F, C = fm.posterior_factors(g, known)
+    assert np.array_equal(F[2], g[2]) and np.allclose(C[2], fm.Su)
+    for i in (0, 1):
+        o = np.isfinite(known[i])
+        Fi, _ = fm.posterior_factors(g[i : i + 1], np.where(o, known[i], np.nan)[None, :])
+        Ao = fm.A[o]
+        M = Ao @ fm.Su @ Ao.T + np.diag(fm.s2[o])
+        expected = g[i] + fm.Su @ Ao.T @ np.linalg.solve(M, known[i, o] - fm.b[o] - Ao @ g[i])
+        assert np.allclose(F[i], expected) and np.allclose(Fi[0], expected)
+    # fewer graded known models: a wider posterior
+    assert np.trace(C[1]) > np.trace(C[0])
+
+
+def test_an_anchored_column_is_the_known_average_plus_the_difference(planted) -> None:
+    """anchor=True: a new model whose vector is the known models' mean vector gets exactly the
+    known models' average estimate; a level 0.1 higher, that plus 0.1."""
+    p, fm = planted
+    prof = np.arange(100)
+    fit = fit_factor_profile(fm, np.zeros((100, 8)), p["E"][prof], p["Y"][prof, 8], z=0.0, anchor=True)
+    fit.resid = np.zeros(0)
+    fit.theta = np.append(fm.A.mean(axis=0), fm.b.mean())
+    P = np.random.default_rng(3).uniform(0, 1, (50, 8))
+    assert np.allclose(fit.predict(P, p["E"][:50]), P.mean(axis=1))
+    fit.theta[-1] += 0.1
+    assert np.allclose(fit.predict(P, p["E"][:50]), P.mean(axis=1) + 0.1)

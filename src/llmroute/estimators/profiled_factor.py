@@ -45,6 +45,8 @@ _LAMBDAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 #: "estimates" (the router's estimates of the known models, projected on the loadings)
 INPUTS = ("emb", "estimates")
 DEFAULT_INPUTS = "emb"
+#: a new model's column on the router's scale (`fit_factor_profile`'s anchor)
+DEFAULT_ANCHOR = True
 #: profile size and draws of the simulated onboarding that picks the rank
 _SIM_K, _SIM_DRAWS = 100, 3
 
@@ -95,15 +97,18 @@ class FactorModel:
         if known is None:
             return F, C
         R = np.asarray(known, dtype=np.float64) - self.b
-        for i in range(n):
-            o = np.isfinite(R[i])
+        masks = np.isfinite(R)
+        # one gain per pattern of graded known models (usually a single pattern: all of them)
+        patterns, which = np.unique(masks, axis=0, return_inverse=True)
+        for t, o in enumerate(patterns):
             if not o.any():
                 continue
+            rows = np.flatnonzero(which.ravel() == t)
             Ao = self.A[o]
             M = Ao @ self.Su @ Ao.T + np.diag(self.s2[o])
             K = np.linalg.solve(M, Ao @ self.Su).T  # Su Ao' M^-1
-            F[i] = g[i] + K @ (R[i, o] - Ao @ g[i])
-            C[i] = self.Su - K @ Ao @ self.Su
+            F[rows] = g[rows] + (R[np.ix_(rows, np.flatnonzero(o))] - g[rows] @ Ao.T) @ K.T
+            C[rows] = self.Su - K @ Ao @ self.Su
         return F, C
 
     def state(self, prefix: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -144,6 +149,7 @@ class FactorFit:
     resid: np.ndarray = field(default_factory=lambda: np.zeros(0))
     beta: float = 0.0
     kappa: float = 0.0
+    anchor: bool = False
     kind: str = "factor"
 
     @property
@@ -155,7 +161,7 @@ class FactorFit:
         """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
         g = self.model.factors(base_q, emb)
         Z = np.hstack([g, np.ones((len(g), 1))])
-        q = Z @ self.theta
+        q = self.column(self.theta, g, base_q)
         if len(self.resid):
             from llmroute.estimators.profiled import _kernel_residual
 
@@ -163,6 +169,18 @@ class FactorFit:
         if self.z > 0:
             q = q - self.z * np.sqrt(np.einsum("ij,jk,ik->i", Z, self.cov, Z))
         return q
+
+    def column(self, theta: np.ndarray, g: np.ndarray, base_q: np.ndarray) -> np.ndarray:
+        """(n,) the column of vector theta at prompts with factors g (n, r) and base estimates
+        base_q (n, m), before the residual and the lower bound: [g, 1] theta, or anchored: the
+        known models' average estimate plus theta's difference from the average known model's
+        vector along [g, 1] (the router's own scale)."""
+        Z = np.hstack([g, np.ones((len(g), 1))])
+        if not self.anchor:
+            return Z @ theta
+        fm = self.model
+        d = theta - np.append(fm.A.mean(axis=0), fm.b.mean())
+        return np.asarray(base_q, dtype=np.float64).mean(axis=1) + Z @ d
 
     def state(self, prefix: str) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, params) of the new model's own state (the factor model is saved once)."""
@@ -181,6 +199,7 @@ class FactorFit:
             "noise": self.noise,
             "beta": self.beta,
             "kappa": self.kappa,
+            "anchor": self.anchor,
         }
         return arrays, params
 
@@ -202,6 +221,7 @@ class FactorFit:
             resid=np.asarray(arrays[f"{prefix}resid"], dtype=np.float64),
             beta=float(params.get("beta", 0.0)),
             kappa=float(params.get("kappa", 0.0)),
+            anchor=bool(params.get("anchor", False)),
         )
 
 
@@ -359,13 +379,16 @@ def fit_factor_profile(
     y: np.ndarray,
     known: np.ndarray | None = None,
     z: float = 1.0,
+    anchor: bool | None = None,
 ) -> FactorFit:
     """Fit a new model's vector from its profile (see the module docstring).
 
     base_q: (k, m) the router's clipped estimates on the profile prompts; emb: (k, d) their
     embeddings; y: (k,) the new model's grades; known: (k, m) the known models' grades on the
     same prompts (NaN = not graded; None = none), which sharpen the prompts' factors; z: how
-    many posterior sds the column is lowered by.
+    many posterior sds the column is lowered by; anchor (default `DEFAULT_ANCHOR`): the column
+    is the known models' average estimate plus the new model's difference from the average
+    known model (the router's scale), instead of its own factor prediction.
     """
     P = np.asarray(base_q, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -390,14 +413,15 @@ def fit_factor_profile(
         loo_rmse=float(np.sqrt(s2)),
         closest=closest,
         noise=s2,
+        anchor=DEFAULT_ANCHOR if anchor is None else bool(anchor),
     )
     if k >= 10:
-        _residual_kernel(fit, g, known, y, np.asarray(emb, dtype=np.float64))
+        _residual_kernel(fit, P, g, known, y, np.asarray(emb, dtype=np.float64))
     return fit
 
 
 def _residual_kernel(
-    fit: FactorFit, g: np.ndarray, known: np.ndarray | None, y: np.ndarray, E: np.ndarray
+    fit: FactorFit, P: np.ndarray, g: np.ndarray, known: np.ndarray | None, y: np.ndarray, E: np.ndarray
 ) -> None:
     """The shape the factors do not reach: the profile's residuals from the fitted vector (the
     prompts' posterior factors, so the known models' shared luck is out) smoothed over the
@@ -407,14 +431,15 @@ def _residual_kernel(
     from llmroute.estimators.profiled import _BETAS, _KAPPAS, _kernel_loo
 
     fm, k = fit.model, len(y)
-    F, _ = fm.posterior_factors(g, known)
-    Z = np.hstack([F, np.ones((k, 1))])
+    # the residual of a prompt: its grade minus the column there, with the known models' shared
+    # luck (its factors' deviation F - g, weighted by the vector's loadings) taken out
+    dF = fm.posterior_factors(g, known)[0] - g
     folds = np.random.default_rng(0).permutation(k) % 5
     loo = np.empty(k)
     for f in range(5):
         te = folds == f
         th = _fit_theta(fm, g[~te], None if known is None else known[~te], y[~te])[0]
-        loo[te] = y[te] - Z[te] @ th
+        loo[te] = y[te] - dF[te] @ th[:-1] - fit.column(th, g[te], P[te])
     err = float(np.mean(loo**2))
     se = float(np.std(loo**2) / np.sqrt(k))
     best = (err, 0.0, 0.0)
@@ -424,5 +449,6 @@ def _residual_kernel(
             if e2 < min(best[0], err - se):
                 best = (e2, bt, kp)
     if best[1] > 0:
-        fit.emb, fit.resid = E.astype(np.float32), y - Z @ fit.theta
+        fit.emb = E.astype(np.float32)
+        fit.resid = y - dF @ fit.theta[:-1] - fit.column(fit.theta, g, P)
         fit.beta, fit.kappa = best[1], best[2]
