@@ -239,7 +239,8 @@ _ALPHA_GRID = np.array([0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 1e4])
 def _variant(name: str, P, E, y, Pt, Et, Yk=None) -> np.ndarray:
     """The added column on the test prompts under diagnostic variant `name`, from the base's
     clipped estimates P (k, m) and embeddings E on the profile, its grades y, and Pt, Et on the
-    test prompts, Yk the known models' grades on the profile prompts. current / noshift:
+    test prompts, Yk the known models' grades on the profile prompts. margin@Z: method "margin"
+    at z = Z (no calibration). current / noshift:
     `fit_profile`'s default method (z = 1 / 0); paired / paired_alone: method "paired" with /
     without Yk; ridge / ridge_eq: unconstrained
     ridge with intercept on P, shrunk toward 0 / equal weights, penalty by exact leave-one-out;
@@ -259,6 +260,8 @@ def _variant(name: str, P, E, y, Pt, Et, Yk=None) -> np.ndarray:
         return fit_profile(P, E, y, z=0.0).predict(Pt, Et)
     if name == "paired":
         return fit_profile(P, E, y, known=Yk, method="paired").predict(Pt, Et)
+    if name.startswith("margin@"):  # method "margin" at a fixed z (no calibration)
+        return fit_profile(P, E, y, z=float(name[7:]), known=Yk, method="margin").predict(Pt, Et)
     if name == "paired_alone":
         return fit_profile(P, E, y, method="paired").predict(Pt, Et)
     if name in ("ridge", "ridge_se", "ridge_emb", "ridge_eq"):

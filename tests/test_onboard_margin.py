@@ -8,7 +8,14 @@ import pytest
 
 from llmroute.data import make_synthetic_table
 from llmroute.data.table import RoutingTable
-from llmroute.estimators.profiled import Z_GRID, ProfiledEstimator, ProfileFit, calibrate_z, fit_profile
+from llmroute.estimators.profiled import (
+    Z_GRID,
+    ProfiledEstimator,
+    ProfileFit,
+    calibrate_z,
+    fit_profile,
+    smallest_safe_z,
+)
 from llmroute.router import Router
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
@@ -111,8 +118,19 @@ def test_calibration_picks_the_smallest_z_that_hurts_no_simulated_addition() -> 
     assert len(gains) == m * 3  # every known model, three draws
     i = Z_GRID.index(z)
     assert i > 0, "z = 0 should hurt on this table"
-    assert all(g[i] >= -0.005 for g in gains.values())
-    assert any(g[i - 1] < -0.005 for g in gains.values())
+    fixable = [g for g in gains.values() if g[-1] >= -0.005]
+    assert all(g[i] >= -0.005 for g in fixable)
+    assert any(g[i - 1] < -0.005 for g in fixable)
+
+
+def test_a_hurt_that_no_margin_removes_does_not_set_z() -> None:
+    """The first z at which every simulated addition is within the bar, ignoring additions that
+    still hurt at the largest z; every fixable addition must be safe at the same z; none fixable hurts: z = 0."""
+    zs = (0.0, 1.0, 2.0)
+    fixable = [-0.02, -0.001, 0.0]
+    assert smallest_safe_z([fixable, [-0.03, -0.02, -0.01]], zs, 0.005) == 1.0
+    assert smallest_safe_z([[-0.006, 0.0, 0.0], [-0.004, -0.006, -0.001]], zs, 0.005) == 2.0
+    assert smallest_safe_z([[0.01, 0.0, 0.0], [-0.03, -0.02, -0.01]], zs, 0.005) == 0.0
 
 
 def test_calibrated_router_adds_with_its_z_and_keeps_other_decisions(base: Router, tables, tmp_path) -> None:

@@ -54,7 +54,15 @@ import numpy as np
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.profiled_factor import FactorFit, FactorModel
 
-__all__ = ["METHODS", "Z_GRID", "ProfileFit", "ProfiledEstimator", "calibrate_z", "fit_profile"]
+__all__ = [
+    "METHODS",
+    "Z_GRID",
+    "ProfileFit",
+    "ProfiledEstimator",
+    "calibrate_z",
+    "fit_profile",
+    "smallest_safe_z",
+]
 
 #: how a profiled model is fitted (`fit_profile`); the first is the default
 METHODS = ("ridge", "paired", "margin")
@@ -307,7 +315,9 @@ def calibrate_z(
     seed: int = 0,
 ) -> tuple[float, dict[tuple[int, int], list[float]]]:
     """The smallest margin z under which re-onboarding each known model from a k-prompt profile
-    hurts no simulated router by more than `bar` (gap closed), on a router's training prompts.
+    hurts no simulated router by more than `bar` (gap closed), on a router's training prompts,
+    among the simulated additions that the largest z keeps from hurting (a hurt that no margin
+    on the quality removes, e.g. a cheaper model picked on cost, does not set z).
 
     For each known model j in turn, `draws` times: a profile of k of its graded prompts (with the other
     models' grades on them, a paired profile), fitted by `fit_profile(method=method)` on the
@@ -317,9 +327,8 @@ def calibrate_z(
 
     P: (n, m) base estimates (clipped) the profile combines; q_hat, c_hat: (n, m) the router's
     quality and cost estimates (its decisions); Q, C: (n, m) true grades (NaN = not graded) and
-    costs; emb: (n, d) embeddings. Returns (z, {(j, draw): gains per z}); the largest z when
-    every z hurts some simulated addition; 1.0 (the uncalibrated default) when no known model
-    has k + 50 graded prompts to simulate with.
+    costs; emb: (n, d) embeddings. Returns (z, {(j, draw): gains per z}); 1.0 (the
+    uncalibrated default) when no known model has k + 50 graded prompts to simulate with.
     """
     from llmroute.eval.metrics import aiq, curve_from_picks, gap_closed, router_picks
     from llmroute.eval.runner import _context
@@ -357,12 +366,18 @@ def calibrate_z(
         gains[j, d] = [
             gap(np.column_stack([qo, np.clip(mean - z * sd, 0.0, 1.0)]), c1, [*others, j]) - g0 for z in zs
         ]
-    if not gains:
-        return 1.0, gains
-    for i, z in enumerate(zs):
-        if all(g[i] >= -bar for g in gains.values()):
-            return float(z), gains
-    return float(zs[-1]), gains
+    return (smallest_safe_z(list(gains.values()), zs, bar) if gains else 1.0), gains
+
+
+def smallest_safe_z(gains: list[list[float]], zs: tuple[float, ...] = Z_GRID, bar: float = 0.005) -> float:
+    """The first of `zs` at which no simulated addition's gain (gains[i][t]: addition i at zs[t])
+    is below -bar, counting only the additions that the last z keeps above -bar (a hurt that
+    no margin removes does not set z)."""
+    fixable = [g for g in gains if g[-1] >= -bar]
+    for t, z in enumerate(zs):
+        if all(g[t] >= -bar for g in fixable):
+            return float(z)
+    return float(zs[-1])  # unreachable: the last z keeps every fixable addition safe
 
 
 def _ridge_nn(P: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
