@@ -90,7 +90,8 @@ def add_cmd(
             help="How the quality column is fitted: ridge (default), paired (pairs the new model's "
             "grades with the known models' on the same prompts) or margin (paired, and the new "
             "model must beat the best known model by a margin calibrated on --reference, the "
-            "router's training table; docs/onboarding-notes.md).",
+            "router's training table) or factor (a vector in a low-rank model of the training "
+            "table, fitted once on --reference); docs/onboarding-notes.md.",
         ),
     ] = "ridge",
     reference: Annotated[
@@ -100,7 +101,8 @@ def add_cmd(
             help="With --method paired / margin: a table with the known models' grades on the "
             "profile prompts (e.g. the router's training table); the profile's own known-model rows "
             "are used first. With margin, a router not yet calibrated is calibrated on it first "
-            "(kept in the saved router).",
+            "(kept in the saved router). With factor: the router's training table, needed by the "
+            "first factor add (the factor model fitted on it is kept in the saved router).",
         ),
     ] = None,
 ) -> None:
