@@ -57,6 +57,9 @@ CACHE = Path(tempfile.gettempdir()) / "llmroute-online-cache"
 LEARNER = "thompson"
 #: learner settings compared: the defaults, and a tighter exploration bound
 CONFIGS = {"default": {}, "explore0.05": {"max_explore": 0.05}}
+#: the refit of the default estimator on the logged outcomes (`llmroute.online.refit.Refitter`
+#: settings; its defaults) in every run of the simulation and of the new-model check
+REFIT: dict = {}
 ADD_AT = 1000
 NEW_WINDOW = 100
 
@@ -79,6 +82,7 @@ def _cv(name: str, table, enc) -> tuple[np.ndarray, np.ndarray]:
 def new_model_run(table, enc, lam: float, seed: int) -> dict:
     """Warm start from 10%, then a 12th model (better and cheaper than all) joins at ADD_AT."""
     from llmroute.online.learner import OnlineLearner
+    from llmroute.online.refit import Refitter
     from llmroute.online.simulate import run_stream
     from llmroute.router import Router
 
@@ -97,7 +101,8 @@ def new_model_run(table, enc, lam: float, seed: int) -> dict:
     cb = np.column_stack([cw[:, cols], np.full(len(stream), np.nan)])
     E = np.asarray(enc.encode([prompts[i] for i in stream]), dtype=np.float64)
     L = OnlineLearner(table.models, E.shape[1], method=LEARNER, tradeoff=lam, seed=seed)
-    out = run_stream(L, E, Q12[stream], C12[stream], qb, cb, tradeoff=lam, add_at=ADD_AT)
+    rf = Refitter(len(table.models), **{"seed": seed, "tradeoff": lam, **REFIT})
+    out = run_stream(L, E, Q12[stream], C12[stream], qb, cb, tradeoff=lam, add_at=ADD_AT, refitter=rf)
     after = out["picks"][ADD_AT : ADD_AT + 500] == Q12.shape[1] - 1
     shares = [float(after[a : a + NEW_WINDOW].mean()) for a in range(0, len(after), NEW_WINDOW)]
     first = next((i for i, s in enumerate(shares) if s >= 0.5), None)
@@ -352,6 +357,7 @@ def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
                 encoder=enc,
                 cv=cv,
                 learner_params=params,
+                refit=REFIT,
             )
             res["seconds"] = time.time() - t0
             out[label][cname] = res

@@ -37,6 +37,14 @@ def simulate_cmd(
             "--max-explore", help="Largest share of requests that may deviate from the greedy choice."
         ),
     ] = 0.2,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Refit the baseline estimator on the logged outcomes during the stream "
+            "(llmroute.online.refit; it replaces a warm-start router only when shown better).",
+        ),
+    ] = True,
 ) -> None:
     """Replay TABLE as a random stream revealing only the chosen model's outcome; write reward
     over time, cumulative regret against the cross-validated router and the oracle, and pick
@@ -62,6 +70,7 @@ def simulate_cmd(
             seeds=list(range(seeds)),
             baseline=baseline,
             learner_params={"max_explore": max_explore},
+            refit={} if refit else None,
             log=lambda s: typer.echo(s, err=True),
         )
     except (TableError, ValueError) as exc:

@@ -265,6 +265,23 @@ class OnlineLearner:
         self.profiled_ = np.append(self.profiled_, profiled)
         self._theta = self._fact = None
 
+    def rebase(self, profiled: bool = True) -> None:
+        """The base estimates given to `choose` changed (a refit on the logged outcomes, see
+        `llmroute.online.refit`): every model's quality residual restarts from its prior, since
+        the outcomes it learned from are now in the base. `profiled`: the new base is a router
+        to trust and protect (the profiled prior `prior_var`, the greedy choice follows the
+        base, conservative exploration applies), also after a cold start. Cost corrections and
+        pending decisions are kept (their residuals were taken against the base they were made
+        with)."""
+        D = self.dim + 2
+        m = len(self.models)
+        var = np.where(np.full(m, profiled) | self.profiled_, self.prior_var, self.new_model_prior_var)
+        self.A_inv_ = np.eye(D)[None] * var[:, None, None]
+        self.b_ = np.zeros((m, D))
+        self.profiled_ = self.profiled_ | bool(profiled)
+        self._theta = self._fact = None
+        self._dirty.clear()
+
     def remove_model(self, name: str) -> None:
         """Drop an arm and its posterior (pending decisions are dropped too)."""
         j = self.models.index(name)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from llmroute.online.learner import OnlineLearner
+from llmroute.online.refit import Refitter
 
 __all__ = ["complete_table", "mid_tradeoff", "regret_exponent", "run_stream", "simulate", "write_outputs"]
 
@@ -94,12 +95,17 @@ def run_stream(
     tradeoff: float,
     add_at: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    refitter: Refitter | None = None,
 ) -> dict[str, np.ndarray]:
     """Feed the rows of (E, Q, C) to `learner` in order, revealing only the chosen model's outcome.
 
     Columns of Q, C, q_base, c_base follow `learner.models` plus, when `add_at` is given, one last
     column: a model the learner does not know until step `add_at` (then added with no profile).
-    Returns per step: reward, chosen column, propensity, explored (bool), update seconds.
+    `refitter`: every outcome is also logged there and, when it is due, refitted inline between
+    two requests; from then on its predictions are the base qualities given to the learner (whose
+    residuals restart: `OnlineLearner.rebase`). Returns per step: reward, chosen column,
+    propensity, explored (bool), update seconds (the refits are not part of them: `refit_s` is
+    their total).
     """
     n = len(E)
     m_all = Q.shape[1]
@@ -109,24 +115,56 @@ def run_stream(
     prop = np.empty(n)
     explored = np.zeros(n, dtype=bool)
     upd = np.empty(n)
+    refit_s = 0.0
+    ref_q, ref_at = np.zeros((0, 0)), 0  # the current refit's predictions for rows ref_at...
     for t in range(n):
         if add_at is not None and t == add_at:
             learner.add_model(new_name or "new", profiled=False)
+            if refitter is not None:
+                refitter.add_model()
         m = len(learner.models)
         qb = None if q_base is None else q_base[t, :m].copy()
         cb = None if c_base is None else c_base[t, :m].copy()
         if add_at is not None and t >= add_at and qb is not None and cb is not None:
             qb[-1], cb[-1] = np.nan, np.nan  # no profile: the learner's optimistic fill
+        outside = qb  # the offline router's estimates (None: a cold start)
+        if refitter is not None and refitter.current is not None:
+            if t - ref_at >= len(ref_q):  # the fit is fixed until the next: predict rows in blocks
+                ref_q, ref_at = refitter.current.predict(E[t : t + 256]), t
+            qb = ref_q[t - ref_at].copy()
         ch = learner.choose(E[t], qb, cb, tradeoff=tradeoff)
         k = ch.index
         t0 = time.perf_counter()
         learner.update(ch, k, float(Q[t, k]), float(C[t, k]))
         upd[t] = time.perf_counter() - t0
+        if refitter is not None:
+            refitter.log(
+                E[t],
+                k,
+                float(Q[t, k]),
+                cost=float(C[t, k]),
+                propensity=ch.propensity,
+                base=outside,
+                cost_estimates=ch.c,
+            )
+            if refitter.due():
+                t1 = time.perf_counter()
+                if refitter.refit() is not None:  # a better fit: the learner's new base
+                    learner.rebase(profiled=True)
+                    ref_q = np.zeros((0, 0))
+                refit_s += time.perf_counter() - t1
         picks[t], prop[t], explored[t] = k, ch.propensity, ch.explored
         reward[t] = Q[t, k] - tradeoff * C[t, k]
         if on_step is not None:
             on_step(t)
-    return {"reward": reward, "picks": picks, "propensity": prop, "explored": explored, "update_s": upd}
+    return {
+        "reward": reward,
+        "picks": picks,
+        "propensity": prop,
+        "explored": explored,
+        "update_s": upd,
+        "refit_s": np.array(refit_s),
+    }
 
 
 def regret_exponent(cum_regret: np.ndarray) -> float | None:
@@ -160,8 +198,12 @@ def simulate(
     learner_params: dict[str, Any] | None = None,
     cv: tuple[np.ndarray, np.ndarray] | None = None,
     log: Callable[[str], None] | None = None,
+    refit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the replay for each seed; returns a JSON-friendly result (see the module docstring).
+
+    `refit`: settings of a `llmroute.online.refit.Refitter` (`{}`: its defaults) that refits the
+    baseline estimator on the logged outcomes during the stream (None: no refit).
 
     `cv`: precomputed out-of-fold (q, c) of the baseline router for `table`'s prompts (saves
     the cross-validation when several learners replay the same table).
@@ -212,7 +254,12 @@ def simulate(
         else:
             params["method"] = learner
         L = OnlineLearner(models, E.shape[1], tradeoff=lam, seed=seed, profiled=n_warm > 0, **params)
-        out = run_stream(L, E[stream], Q[stream], C[stream], qb, cb, tradeoff=lam)
+        rf = (
+            None
+            if refit is None
+            else Refitter(len(models), **{"seed": seed, "estimator": baseline, "tradeoff": lam, **refit})
+        )
+        out = run_stream(L, E[stream], Q[stream], C[stream], qb, cb, tradeoff=lam, refitter=rf)
         runs.append(
             _summarise_run(
                 seed, out, r_cv_all[stream], r_or_all[stream], r_warm, len(models), window, time.time() - t0
@@ -228,6 +275,7 @@ def simulate(
         "n_prompts": n,
         "learner": learner,
         "learner_params": learner_params or {},
+        "refit": refit,
         "tradeoff": lam,
         "tradeoff_rule": "given" if tradeoff is not None else "middle of the single-model cost range",
         "warm_start": warm_start,
@@ -289,6 +337,7 @@ def _summarise_run(
         "explored_share": float(out["explored"].mean()),
         "update_us_p50": float(np.median(out["update_s"]) * 1e6),
         "update_us_p99": float(np.quantile(out["update_s"], 0.99) * 1e6),
+        "refit_seconds": float(out["refit_s"]),
     }
     return res
 
