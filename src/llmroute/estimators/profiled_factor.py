@@ -1,6 +1,6 @@
 """Onboarding by a low-rank item-response (factor) model of the router's training table.
 
-``add_model(..., method="factor")`` (docs/onboarding-notes.md, "Session 4"). Once per router,
+``add_model(..., method="factor")`` (docs/onboarding-notes.md, "The factor method"). Once per router,
 on its training table (the known models' grades, `fit_factor_model`):
 
     grade(model j, prompt x) = b_j + a_j . f(x) + noise_j,      f(x) = u(x) + g(x)
@@ -23,12 +23,17 @@ the prompts' factors on the profile are their posterior means given g(x) and the
 models' grades there (when the profile or a reference table holds them: that removes the
 prompt's shared luck, as the "paired" method does), and theta's prior is the known models'
 vectors (their mean and covariance, an empirical-Bayes prior), so the posterior is in closed
-form. Its column at any prompt is the posterior mean minus z posterior sds along [g(x), 1]
-(the uncertainty of the new model along the prompt's factors).
+form. Its column at a prompt (`FactorFit.column`) is, by default (anchor), on the router's
+own scale: the known models' average estimate there plus the new model's difference from the
+average known vector along [g(x), 1] (its own prediction [g(x), 1] theta is steeper than the
+known models' shrunk estimates and wins regions wrongly: routerdc_7model seed 0, 5 hurts at
+every k), plus the shared residual-kernel stage of `llmroute.estimators.profiled` (fitted on
+the profile's residuals from that column, the shared luck out), minus z posterior sds along
+[g(x), 1] (the uncertainty of the new model along the prompt's factors).
 
 What the saved router keeps: the factor model (phi's standardisation, W (d, r), A, b, Su
-and the noise: a few KB) once, and (theta, its covariance, z) per added model; the training
-table is needed only for the first add.
+and the noise: a few KB) once, and (theta, its covariance, z, the residual kernel's rows) per
+added model; the training table is needed only for the first add.
 """
 
 from __future__ import annotations
