@@ -95,7 +95,8 @@ def _diverse(train, graded: list[str], k: int, enc, seed: int, memo: dict) -> li
     key = (hash(tuple(graded)), k)
     if key not in memo:
         text = dict(zip(train.prompt_ids, train.prompts, strict=True))
-        items = [PromptItem(prompt_id=pid, prompt=text[pid]) for pid in graded]
+        task = dict(zip(train.prompt_ids, train.tasks, strict=True))  # stratified when tasks exist
+        items = [PromptItem(prompt_id=pid, prompt=text[pid], task=task[pid] or "") for pid in graded]
         memo[key] = [it.prompt_id for it in select_diverse(items, k, encoder=enc, seed=1000 + seed)]
     return memo[key]
 

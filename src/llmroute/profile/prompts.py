@@ -10,7 +10,9 @@ secrets first with the project's detector (`llmroute.guards.pii.PIIDetector`: em
 IBANs, national ids, IPs, API keys), so no such text reaches another model or the output table.
 
 `select_diverse(items, n, encoder)` picks `n` prompts that cover the set: k-means (k = n) over the
-encoder's embeddings, and the prompt nearest each centre.
+encoder's embeddings, and the prompt nearest each centre; when every item has a task, per task,
+with the `n` shared in proportion to the tasks' sizes (k-means alone puts most centres where the
+prompts are spread out: on routerbench_subset 93 of 100 picks fell in its 13% of code prompts).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from llmroute.data.table import TableError
 
-__all__ = ["PromptItem", "items_from_traces", "load_items", "select_diverse"]
+__all__ = ["PromptItem", "items_from_traces", "load_items", "select_diverse", "task_quotas"]
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,52 @@ def items_from_traces(config: Any, limit: int | None = None) -> list[PromptItem]
 def select_diverse(items: list[PromptItem], n: int, encoder: Any = None, seed: int = 0) -> list[PromptItem]:
     """`n` items covering `items`: k-means with k = n over the normalised embeddings (`encoder`:
     an `llmroute.embed` encoder; default the static MiniLM the shipped router uses), then for each
-    cluster the item nearest its centre. All items (in order) when there are at most `n`."""
+    cluster the item nearest its centre. When every item has a task (and there are several), the
+    picks are shared among the tasks in proportion to their sizes (`task_quotas`) and k-means runs
+    within each task. All items (in order) when there are at most `n`."""
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     if len(items) <= n:
         return list(items)
-    from sklearn.cluster import KMeans
-
     if encoder is None:
         from llmroute.embed import load_encoder
 
         encoder = load_encoder("static-minilm")
+    tasks = [it.task for it in items]
+    if all(tasks) and len(set(tasks)) > 1:
+        quotas = task_quotas(tasks, n)
+        picked: list[int] = []
+        for task, q in quotas.items():
+            members = [i for i, t in enumerate(tasks) if t == task]
+            chosen = _kmeans_pick([items[i] for i in members], q, encoder, seed) if q else []
+            picked += [members[j] for j in chosen]
+        return [items[i] for i in sorted(picked)]
+    return [items[i] for i in _kmeans_pick(items, n, encoder, seed)]
+
+
+def task_quotas(tasks: list[str], n: int) -> dict[str, int]:
+    """How many of `n` picks each task gets: in proportion to its count (largest remainder), at
+    least one per task while n allows (the largest tasks keep theirs first)."""
+    names, counts = np.unique(np.asarray(tasks), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    names, counts = names[order], counts[order]
+    exact = n * counts / counts.sum()
+    q = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - q), kind="stable")[: n - int(q.sum())]:
+        q[i] += 1
+    for i in range(len(q)):  # a task left at 0 takes one from the largest quota above 1
+        if q[i] == 0 and q.max() > 1:
+            q[int(np.argmax(q))] -= 1
+            q[i] = 1
+    return {str(t): int(c) for t, c in zip(names, q, strict=True)}
+
+
+def _kmeans_pick(items: list[PromptItem], n: int, encoder: Any, seed: int) -> list[int]:
+    """Indices (sorted) of the items nearest the centres of a k-means (k = n) of their embeddings."""
+    if len(items) <= n:
+        return list(range(len(items)))
+    from sklearn.cluster import KMeans
+
     x = np.asarray(encoder.encode([it.prompt for it in items]), dtype=np.float64)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     km = KMeans(n_clusters=n, n_init=3, random_state=seed).fit(x)
@@ -144,4 +181,4 @@ def select_diverse(items: list[PromptItem], n: int, encoder: Any = None, seed: i
         members = np.flatnonzero(km.labels_ == k)
         if members.size:
             picked.append(int(members[np.argmin(d[members])]))
-    return [items[i] for i in sorted(set(picked))]
+    return sorted(set(picked))
