@@ -90,6 +90,10 @@ log = logging.getLogger("llmroute.gateway.learning")
 
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
+#: from this many requests of one alias in a micro-batch on, their picks are vectorised
+#: (`OnlineLearner.pick_many`, ~10 numpy calls of fixed cost); below, one at a time in plain
+#: floats (`OnlineLearner.pick`, ~10 us each): the same choices and probabilities either way
+_VECTOR_MIN = 16
 
 
 class _AliasLearner:
@@ -149,6 +153,12 @@ class _AliasLearner:
         if self._embed is None:
             return np.zeros(1)
         return self._embed([text])[0]  # float32: the context's product with the projection is float64
+
+    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """(B, embed_dim) prompt embeddings from the router's cache (the estimate just made them)."""
+        if self._embed is None:
+            return np.zeros((len(texts), 1))
+        return np.concatenate([self._embed([t]) for t in texts])
 
     def apply(self, deltas: Sequence[Delta]) -> None:
         """Learn the deltas after `seq` (one rank-k update per model, `observe_many`)."""
@@ -264,6 +274,9 @@ class Learning:
         self.last_sync: float | None = None  # unix time of the last sync with the shared state
         self.sync_error: str | None = None  # the last sync's error (None: it worked)
         self.metrics: Any = getattr(engine, "metrics", None)  # set by the gateway (GatewayMetrics)
+        listeners = getattr(engine, "batch_listeners", None)
+        if listeners is not None and self.aliases:
+            listeners.append(self.decide_batch)  # the micro-batches' decisions (`decide_batch`)
 
     @classmethod
     def create(cls, config: GatewayConfig, engine: Any) -> Learning | None:
@@ -510,51 +523,105 @@ class Learning:
 
     # ---- deciding ----------------------------------------------------------------------------
     def decide(self, ctx: RequestContext, d: RouteDecision) -> None:
-        """Let the alias's learner make (or only record) the decision `d` (edited in place)."""
-        al = self.aliases.get(d.alias or "")
-        if al is None or d.model not in al.index or not d.policy:
-            return
-        lr = al.learner
-        eq, ec = d.expected_quality, d.expected_cost
-        # the learner's fill of models without estimates (OnlineLearner._fill_list)
-        qf, cf = lr._fill_list(
-            [eq.get(m, math.nan) for m in al.models], [ec.get(m, math.nan) for m in al.models]
-        )
-        x = lr.context(al.embedding(ctx.text))
-        lam = float(d.policy.get("tradeoff") or 0.0)
-        al.decisions += 1
-        if _explore_ok(ctx, d):
-            ranked = d.ranked
-            mask = (
-                None
-                if len(ranked) >= len(al.models) and set(ranked).issuperset(al.models)
-                else [m in ranked for m in al.models]
+        """Let the alias's learner make (or only record) the decision `d` (edited in place); a
+        decision already made with its micro-batch (`decide_batch`) is left as it is."""
+        if d.learning is None:
+            self.decide_batch([(ctx, d)])
+
+    def decide_batch(self, pairs: Sequence[tuple[RequestContext, RouteDecision]]) -> None:
+        """`decide` for the requests of one micro-batch (the routing engine's batch listener),
+        per alias in one vectorised step: the contexts by one product with the projection, the
+        posterior's part by one product with the factors kept per update
+        (`OnlineLearner.prepare`), the pick probabilities and the draws over the whole batch
+        (`OnlineLearner.pick_many`: one uniform per request whose choice is random)."""
+        by_alias: dict[str, list[tuple[RequestContext, RouteDecision]]] = {}
+        for ctx, d in pairs:
+            al = self.aliases.get(d.alias or "")
+            if al is not None and d.learning is None and d.model in al.index and d.policy:
+                by_alias.setdefault(al.alias, []).append((ctx, d))
+        for name, items in by_alias.items():
+            self._decide_alias(self.aliases[name], items)
+
+    def _decide_alias(self, al: _AliasLearner, items: list[tuple[RequestContext, RouteDecision]]) -> None:
+        lr, models, nan = al.learner, al.models, math.nan
+        X = lr.context_batch(al.embeddings([ctx.text for ctx, _ in items]))
+        fills = [  # the learner's fill of models without estimates (OnlineLearner._fill_list)
+            lr._fill_list(
+                [d.expected_quality.get(m, nan) for m in models],
+                [d.expected_cost.get(m, nan) for m in models],
             )
-            ch = lr.choose(x, qf, cf, tradeoff=lam, candidates=mask, context=x)
-            model, prop, explored, greedy = ch.model, ch.propensity, ch.explored, ch.greedy
-            if model != d.model:
-                d.ranked = [model] + [m for m in d.ranked if m != model]
-                d.model = model
-        else:
-            model, prop, explored, greedy = d.model, 1.0, False, d.model
-        if explored:
-            al.explored += 1
-        if self.metrics is not None:
-            self.metrics.observe_learning(al.alias, explored)
-        d.reason += f" learner={lr.method} p={prop:.3g}" + (f" explored(greedy={greedy})" if explored else "")
-        d.learning = {
-            "propensity": prop,
-            "explored": explored,
-            "features": {
-                "method": lr.method,
-                "lambda": lam,
-                "chosen": model,
-                "greedy": greedy,
-                "x": x.astype(np.float32),  # the trace's JSON writer takes numpy arrays (7 digits)
-                "q0": dict(zip(al.models, qf, strict=True)),
-                "c0": dict(zip(al.models, cf, strict=True)),
-            },
-        }
+            for _, d in items
+        ]
+        lams = [float(d.policy.get("tradeoff") or 0.0) for _, d in items]
+        rows = [i for i, (ctx, d) in enumerate(items) if _explore_ok(ctx, d)]
+        picked: dict[int, tuple[int, int, float]] = {}
+        if rows:
+            masks = []
+            for i in rows:
+                ranked = items[i][1].ranked
+                full = len(ranked) >= len(models) and set(ranked).issuperset(models)
+                masks.append(None if full else [m in ranked for m in models])
+            allowed = (
+                None
+                if all(mk is None for mk in masks)
+                else np.array([[True] * len(models) if mk is None else mk for mk in masks])
+            )
+            tx, xax, axk = lr.prepare(X if len(rows) == len(items) else X[rows])
+            if len(rows) >= _VECTOR_MIN:  # numpy's fixed cost per call pays off
+                chs, gs, probs = lr.pick_many(
+                    np.array([fills[i][0] for i in rows]),
+                    np.array([fills[i][1] for i in rows]),
+                    np.array([lams[i] for i in rows]),
+                    allowed,
+                    tx,
+                    xax,
+                    axk,
+                )
+                ch, g = chs.tolist(), gs.tolist()
+                props = probs[np.arange(len(rows)), chs].tolist()
+            else:  # a few requests: the same pick in plain floats, one at a time
+                ch, g, props = [], [], []
+                for r, (i, t, v, a) in enumerate(
+                    zip(rows, tx.tolist(), xax.tolist(), axk.tolist(), strict=True)
+                ):
+                    c_, g_, p_, _, _ = lr.pick(0.0, fills[i][0], fills[i][1], lams[i], masks[r], t, v, a)
+                    ch.append(c_)
+                    g.append(g_)
+                    props.append(p_[c_])
+            picked = dict(zip(rows, zip(ch, g, props, strict=True), strict=True))
+        X32 = X.astype(np.float32)  # what the trace stores: the JSON writer takes numpy arrays
+        metrics, method = self.metrics, lr.method
+        for i, (_, d) in enumerate(items):
+            al.decisions += 1
+            p = picked.get(i)
+            if p is None:
+                model, prop, explored, greedy = d.model, 1.0, False, d.model
+            else:
+                model, prop, explored, greedy = models[p[0]], p[2], p[0] != p[1], models[p[1]]
+                if model != d.model:
+                    d.ranked = [model] + [m for m in d.ranked if m != model]
+                    d.model = model
+            if explored:
+                al.explored += 1
+            if metrics is not None:
+                metrics.observe_learning(al.alias, explored)
+            d.reason += f" learner={method} p={prop:.3g}" + (
+                f" explored(greedy={greedy})" if explored else ""
+            )
+            qf, cf = fills[i]
+            d.learning = {
+                "propensity": prop,
+                "explored": explored,
+                "features": {
+                    "method": method,
+                    "lambda": lams[i],
+                    "chosen": model,
+                    "greedy": greedy,
+                    "x": X32[i],  # 7 digits in the trace's JSON
+                    "q0": dict(zip(models, qf, strict=True)),
+                    "c0": dict(zip(models, cf, strict=True)),
+                },
+            }
 
     # ---- outcomes ----------------------------------------------------------------------------
     async def outcome(self, request_id: str, score: float, source: str) -> str | None:

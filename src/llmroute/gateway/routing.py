@@ -54,6 +54,7 @@ The request and decision types, and the parsing of a request's own policy, are i
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -75,6 +76,8 @@ from llmroute.gateway.routing_types import (
     parse_request_policy,
 )
 from llmroute.policy import unmet_constraints
+
+log = logging.getLogger("llmroute.gateway.routing")
 
 __all__ = [
     "SUFFIX_HELP",
@@ -298,6 +301,9 @@ class RoutingEngine:
         self.routers = routers
         self.models = {m.name: m for m in config.models}
         self.hooks: list[Hook] = []
+        # called with each micro-batch's (request, decision) pairs before its requests resume: the
+        # online learner decides them there in one vectorised step (llmroute.gateway.learning)
+        self.batch_listeners: list[Callable[[list[tuple[RequestContext, RouteDecision]]], None]] = []
         # sticky sessions and implicit outcomes (`llmroute.gateway.sticky.SessionTracker`), set by
         # the gateway; `model_down(name)`: whether the model's circuit breaker is open now
         self.sessions: Any = None
@@ -420,9 +426,12 @@ class RoutingEngine:
         bkey = (id(plan.router), quality_only)
         batcher = self._batchers.get(bkey)
         if batcher is None:
-            batcher = self._batchers[bkey] = _Batcher(plan.router, self.batch_size, quality_only)
-        qrow, crow = await batcher.estimate(ctx.text)
-        return self._decision(ctx, plan, *self._columns(plan, qrow, crow, ctx.text))
+            batcher = self._batchers[bkey] = _Batcher(
+                plan.router, self.batch_size, quality_only, self.batch_listeners
+            )
+        return await batcher.decide(
+            ctx, lambda q, c: self._decision(ctx, plan, *self._columns(plan, q, c, ctx.text))
+        )
 
     def _decision(
         self, ctx: RequestContext, plan: _AliasPlan, q: list[float], c: list[float]
@@ -646,43 +655,76 @@ class RoutingEngine:
 
 
 class _Batcher:
-    """Collects the prompts of one event-loop turn and estimates them in one router call.
+    """Collects the requests of one event-loop turn, estimates their prompts in one router call
+    and makes their decisions (`RoutingEngine._decision`, given per request).
 
     With `quality_only` (every candidate of the aliases it serves is priced by the config) it
     calls `router.estimate_quality` and gives `None` for the cost row: the router's cost model
-    is skipped."""
+    is skipped. `listeners` are called with the chunk's (request, decision) pairs before the
+    requests resume (the online learner decides them together; a listener's error is logged,
+    never raised to the requests)."""
 
-    def __init__(self, router: RouterLike, max_batch: int, quality_only: bool = False) -> None:
+    def __init__(
+        self,
+        router: RouterLike,
+        max_batch: int,
+        quality_only: bool = False,
+        listeners: list[Callable[[list[tuple[RequestContext, RouteDecision]]], None]] | None = None,
+    ) -> None:
         self.router = router
         self.max_batch = max_batch
         self.quality_only = quality_only
-        self.pending: list[tuple[str, asyncio.Future[tuple[np.ndarray, np.ndarray | None]]]] = []
+        self.listeners = listeners if listeners is not None else []
+        self.pending: list[
+            tuple[
+                RequestContext,
+                Callable[[np.ndarray, np.ndarray | None], RouteDecision],
+                asyncio.Future[RouteDecision],
+            ]
+        ] = []
 
-    def estimate(self, text: str) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
+    def decide(
+        self, ctx: RequestContext, make: Callable[[np.ndarray, np.ndarray | None], RouteDecision]
+    ) -> asyncio.Future[RouteDecision]:
+        """The decision `make(quality row, cost row)` of `ctx`, once its batch is estimated."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[np.ndarray, np.ndarray | None]] = loop.create_future()
+        fut: asyncio.Future[RouteDecision] = loop.create_future()
         if not self.pending:
             loop.call_soon(self._flush)
-        self.pending.append((text, fut))
+        self.pending.append((ctx, make, fut))
         return fut
 
     def _flush(self) -> None:
         pending, self.pending = self.pending, []
         for k in range(0, len(pending), self.max_batch):
-            chunk = [(t, f) for t, f in pending[k : k + self.max_batch] if not f.done()]
+            chunk = [p for p in pending[k : k + self.max_batch] if not p[2].done()]
             if not chunk:
                 continue
+            texts = [ctx.text for ctx, _, _ in chunk]
             try:
                 if self.quality_only:
-                    q = self.router.estimate_quality([t for t, _ in chunk])  # type: ignore[attr-defined]
+                    q = self.router.estimate_quality(texts)  # type: ignore[attr-defined]
                     c = None
                 else:
-                    q, c = self.router.estimate([t for t, _ in chunk])
+                    q, c = self.router.estimate(texts)
             except Exception as e:
-                for _, f in chunk:
+                for _, _, f in chunk:
                     if not f.done():
                         f.set_exception(e)
                 continue
-            for i, (_, f) in enumerate(chunk):
+            made: list[tuple[RequestContext, RouteDecision, asyncio.Future[RouteDecision]]] = []
+            for i, (ctx, make, f) in enumerate(chunk):
+                try:
+                    made.append((ctx, make(q[i], None if c is None else c[i]), f))
+                except Exception as e:  # e.g. 403 no candidate allowed: that request's error
+                    f.set_exception(e)
+            if self.listeners and made:
+                pairs = [(ctx, d) for ctx, d, _ in made]
+                for listener in self.listeners:
+                    try:
+                        listener(pairs)
+                    except Exception:  # a listener's failure must not fail the requests
+                        log.exception("batch listener %r failed", listener)
+            for _, d, f in made:
                 if not f.done():
-                    f.set_result((q[i], None if c is None else c[i]))
+                    f.set_result(d)

@@ -63,6 +63,7 @@ _TAIL = 6.0
 #: the integration grid's largest number of steps (see `win_probabilities`)
 _MAX_STEPS = 256
 _STEPS = np.arange(_MAX_STEPS + 1, dtype=np.float64)
+_SQRT2 = math.sqrt(2.0)
 
 
 def win_probabilities(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -362,22 +363,79 @@ class OnlineLearner:
         propensity returned is the exact probability of that draw."""
         lam = self.tradeoff if tradeoff is None else float(tradeoff)
         qf, cf = self._fill_list(q_base, c_base)
-        m = len(self.models)
         x = self.context(embedding) if context is None else np.asarray(context, dtype=np.float64)
-        k = self.dim
-        stack, theta_k, a_kk, cost_res, profiled = self._factors()
-        y = stack @ x  # (m, D + 1): theta . x, then A x
+        y = self._factors()[0] @ x  # (m, D + 1): theta . x, then A x
         ax = y[:, 1:]
-        xax = (ax @ x).tolist()
-        axk = ax[:, k].tolist()
-        tx = y[:, 0].tolist()
-        xk = float(x[k])
-        if candidates is None:
-            allowed = None
-        else:
-            allowed = np.asarray(candidates, bool).tolist()
-            if not any(allowed):
-                raise ValueError("no candidate model is allowed")
+        allowed = None if candidates is None else np.asarray(candidates, bool).tolist()
+        ch, g, probs, q, c = self.pick(
+            float(x[self.dim]),
+            qf,
+            cf,
+            lam,
+            allowed,
+            y[:, 0].tolist(),
+            (ax @ x).tolist(),
+            ax[:, self.dim].tolist(),
+        )
+        did = next(self._ids)
+        self._pending[did] = (x, qf, cf)
+        if len(self._pending) > self.max_pending:
+            self._pending.popitem(last=False)
+        return Choice(
+            model=self.models[ch],
+            index=ch,
+            propensity=probs[ch],
+            propensities=np.array(probs),
+            greedy=self.models[g],
+            explored=ch != g,
+            decision_id=did,
+            q=np.array(q),
+            c=np.array(c),
+        )
+
+    def prepare(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The posterior's part of `choose` for a batch of shared contexts (the rows of
+        `contexts`, see `context_batch`) in one product: per row and model theta . x, x' A x and
+        (A x)[k] (k: the base-quality column), (B, m) each, for `pick_many`. With the posterior
+        factors kept per update (`_factors`), a batch of B requests costs one (B, D) @ (D,
+        m (D + 1)) product instead of B (m, D, D) @ (D,) ones."""
+        X = np.asarray(contexts, dtype=np.float64)
+        stack = self._factors()[0]  # (m, D + 1, D)
+        m, D = stack.shape[0], X.shape[1]
+        Y = (X @ stack.reshape(m * (D + 1), D).T).reshape(len(X), m, D + 1)
+        AX = Y[:, :, 1:]
+        xax = (AX * X[:, None, :]).sum(axis=2)  # per row: the same sum whatever the batch size
+        return Y[:, :, 0], xax, AX[:, :, self.dim]
+
+    def context_batch(self, embeddings: np.ndarray) -> np.ndarray:
+        """`context` of each row of `embeddings` ((B, embed_dim)), in one product: (B, D)."""
+        Z = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.embed_dim) @ self.proj_
+        nz = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+        out = np.empty((len(Z), self.dim + 2))
+        np.divide(Z, np.where(nz > 0, nz, 1.0)[:, None], out=out[:, : self.dim])  # a zero row stays 0
+        out[:, self.dim :] = (0.0, 1.0)
+        return out
+
+    def pick(
+        self,
+        xk: float,
+        qf: list[float],
+        cf: list[float],
+        lam: float,
+        allowed: list[bool] | None,
+        tx: list[float],
+        xax: list[float],
+        axk: list[float],
+    ) -> tuple[int, int, list[float], list[float], list[float]]:
+        """The choice of `choose` given one context's posterior part (theta . x, x' A x and
+        (A x)[k] per model) and its base-quality column `xk`: filled estimates `qf` / `cf`,
+        the trade-off, the allowed mask (None: all). Returns (chosen index, greedy index, the
+        probability of every model, posterior-mean quality and cost per model); draws one
+        uniform from `rng` when the choice is random. Plain floats: m is small."""
+        m = len(self.models)
+        _, theta_k, a_kk, cost_res, profiled = self._factors()
+        if allowed is not None and not any(allowed):
+            raise ValueError("no candidate model is allowed")
         q, c, mean, sd, base = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
         for i in range(m):  # plain floats: m is small, numpy's per-call cost is not
             si = qf[i] - 0.5 - xk  # the model's own column value minus the shared one
@@ -424,21 +482,102 @@ class OnlineLearner:
             ch = min(bisect.bisect_right([v / top for v in cdf], self.rng.random()), m - 1)
         else:
             ch = g
-        did = next(self._ids)
-        self._pending[did] = (x, qf, cf)
-        if len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-        return Choice(
-            model=self.models[ch],
-            index=ch,
-            propensity=probs[ch],
-            propensities=np.array(probs),
-            greedy=self.models[g],
-            explored=ch != g,
-            decision_id=did,
-            q=np.array(q),
-            c=np.array(c),
-        )
+        return ch, g, probs, q, c
+
+    def pick_many(
+        self,
+        qf: np.ndarray,
+        cf: np.ndarray,
+        lam: np.ndarray,
+        allowed: np.ndarray | None,
+        tx: np.ndarray,
+        xax: np.ndarray,
+        axk: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`pick` for a batch of B requests at once, vectorised over the batch: (B, m) filled
+        estimates, (B,) trade-offs, (B, m) allowed mask (None: all), `prepare`'s (B, m) parts of
+        contexts whose base-quality column is 0 (`context`). Returns (chosen, greedy) indices
+        (B,) and (B, m) probabilities: the same choices as `pick` one request at a time, in
+        order, with the same uniforms (one per request whose choice is random, drawn in batch
+        order), and the same probabilities up to rounding."""
+        qf, cf = np.asarray(qf, np.float64), np.asarray(cf, np.float64)
+        B, m = qf.shape
+        _, theta_k, a_kk, cost_res, profiled = self._factors()
+        tk, akk = np.asarray(theta_k), np.asarray(a_kk)
+        si = qf - 0.5
+        q = qf + np.asarray(tx) + si * tk
+        c = cf + np.asarray(cost_res)
+        sd = np.sqrt(np.maximum(np.asarray(xax) + si * (2.0 * np.asarray(axk) + si * akk), 0.0))
+        lam_c = np.asarray(lam, np.float64)[:, None]
+        mean, base = q - lam_c * c, qf - lam_c * cf
+        if allowed is not None:
+            ok = np.asarray(allowed, bool)
+            if not ok.any(axis=1).all():
+                raise ValueError("no candidate model is allowed")
+            mean, base = np.where(ok, mean, -np.inf), np.where(ok, base, -np.inf)
+        rows = np.arange(B)
+        if self.confidence <= 0 or not profiled:
+            g = np.argmax(mean, axis=1)
+        else:  # `_greedy_list`: the router's choice unless another is `confidence` sd ahead
+            b = np.argmax(base, axis=1)
+            mb, sb = mean[rows, b][:, None], sd[rows, b][:, None]
+            ahead = mean - mb > self.confidence * np.sqrt(sd * sd + sb * sb)
+            g = np.where(ahead.any(axis=1), np.argmax(np.where(ahead, mean, -np.inf), axis=1), b)
+        if self.method == "thompson" and self.max_explore > 0:
+            target = self._win_probs_many(mean, sd)
+        else:
+            target = np.zeros((B, m))
+            if self.method == "linucb" and self.max_explore > 0:
+                target[rows, np.argmax(mean + self.ucb_alpha * sd, axis=1)] = 1.0
+            else:
+                target[rows, g] = 1.0
+        dev = 1.0 - target[rows, g]
+        live = dev > 0
+        scale = np.where(live, np.minimum(1.0, self.max_explore / np.where(live, dev, 1.0)), 0.0)
+        probs = target * scale[:, None]
+        probs[rows, g] = 1.0 - scale * dev
+        if self.explore_loss > 0 and profiled and live.any():
+            # conservative exploration (see `pick`): the models rated below the greedy choice
+            mg = mean[rows, g][:, None]
+            low = (probs > 0) & (mean < mg) & self.profiled_[None, :]
+            low[rows, g] = False
+            gap = np.where(low, mg - np.where(low, mean, 0.0), 0.0)
+            loss = (probs * gap).sum(axis=1)
+            cut_rows = live & (loss > self.explore_loss)
+            if cut_rows.any():
+                cut = np.where(cut_rows, self.explore_loss / np.where(cut_rows, loss, 1.0), 1.0)
+                probs = np.where(low & cut_rows[:, None], probs * cut[:, None], probs)
+                others = probs.copy()
+                others[rows, g] = 0.0
+                probs[rows, g] = np.where(cut_rows, 1.0 - others.sum(axis=1), probs[rows, g])
+        ch = g.copy()
+        if live.any():  # one uniform per random choice, in batch order (as `pick` draws them)
+            r = np.flatnonzero(live)
+            cdf = np.cumsum(probs[r] / probs[r].sum(axis=1, keepdims=True), axis=1)
+            cdf /= cdf[:, -1:]
+            u = self.rng.random(len(r))
+            ch[r] = np.minimum((cdf <= u[:, None]).sum(axis=1), m - 1)
+        return ch, g, probs
+
+    @staticmethod
+    def _win_probs_many(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """`_win_probs` of each row: two models in closed form over the whole batch (with the
+        same 6-sd cut-off), more models one row at a time."""
+        if mean.shape[1] != 2:
+            return np.array([_win_probs(mu, s) for mu, s in zip(mean.tolist(), sd.tolist(), strict=True)])
+        sd = np.maximum(sd, 1e-12)
+        fin = np.isfinite(mean)
+        floor = np.where(fin, mean - _TAIL * sd, -np.inf)
+        lo = floor.max(axis=1, keepdims=True)
+        live = fin & (mean + _TAIL * sd > lo)
+        both = live.all(axis=1)
+        out = np.where(live, 1.0, 0.0)  # one contender: it wins
+        if both.any():
+            z = (mean[both, 1] - mean[both, 0]) / np.sqrt(sd[both, 0] ** 2 + sd[both, 1] ** 2)
+            # Phi(z) as `_win_probs` computes it (math.erfc: no scipy import on the request path)
+            p1 = np.array([0.5 * math.erfc(-v / _SQRT2) for v in z.tolist()])
+            out[both, 0], out[both, 1] = 1.0 - p1, p1
+        return out
 
     def _fill_list(
         self, q_base: Sequence[float] | np.ndarray | None, c_base: Sequence[float] | np.ndarray | None
