@@ -218,3 +218,27 @@ def test_an_anchored_column_is_the_known_average_plus_the_difference(planted) ->
     assert np.allclose(fit.predict(P, p["E"][:50]), P.mean(axis=1))
     fit.theta[-1] += 0.1
     assert np.allclose(fit.predict(P, p["E"][:50]), P.mean(axis=1) + 0.1)
+
+
+def test_a_combined_column_is_the_factor_prediction_when_the_estimates_are(planted) -> None:
+    """combine=True: when the known models' estimates are exactly their factor predictions
+    b_j + a_j . g(x), the weighted estimates give the new model's own factor prediction
+    [g(x), 1] theta, for any theta (the weights' vectors make theta); and the lower bound is
+    its posterior sd along the weights."""
+    p, fm = planted
+    prof = np.arange(100)
+    E = p["E"][:50]
+    g = fm.factors(np.zeros((50, 8)), E)
+    Z = np.hstack([g, np.ones((50, 1))])
+    P = Z @ np.hstack([fm.A, fm.b[:, None]]).T  # (50, 8): the known models' factor predictions
+    fit = fit_factor_profile(
+        fm, np.zeros((100, 8)), p["E"][prof], p["Y"][prof, 8], z=0.0, anchor=False, combine=True
+    )
+    fit.resid = np.zeros(0)
+    for theta in (fit.theta, fit.theta + np.array([0.3, -0.2, 0.05])):
+        fit.theta = theta
+        assert np.allclose(fit.predict(P, E), Z @ theta)
+    D = fit.design(g, P)[1]
+    fit.z = 1.0
+    sd = np.sqrt(np.einsum("ij,jk,ik->i", D, fit.cov, D))
+    assert np.allclose(fit.predict(P, E), Z @ fit.theta - sd) and np.allclose(D, Z)

@@ -155,6 +155,7 @@ class FactorFit:
     beta: float = 0.0
     kappa: float = 0.0
     anchor: bool = False
+    combine: bool = False
     kind: str = "factor"
 
     @property
@@ -165,8 +166,8 @@ class FactorFit:
     def predict(self, base_q: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """(n,) estimates from (n, m_base) clipped base estimates and (n, d) embeddings."""
         g = self.model.factors(base_q, emb)
-        Z = np.hstack([g, np.ones((len(g), 1))])
-        q = self.column(self.theta, g, base_q)
+        offset, Z = self.design(g, base_q)
+        q = offset + Z @ self.theta
         if len(self.resid):
             from llmroute.estimators.profiled import _kernel_residual
 
@@ -175,17 +176,31 @@ class FactorFit:
             q = q - self.z * np.sqrt(np.einsum("ij,jk,ik->i", Z, self.cov, Z))
         return q
 
-    def column(self, theta: np.ndarray, g: np.ndarray, base_q: np.ndarray) -> np.ndarray:
-        """(n,) the column of vector theta at prompts with factors g (n, r) and base estimates
-        base_q (n, m), before the residual and the lower bound: [g, 1] theta, or anchored: the
-        known models' average estimate plus theta's difference from the average known model's
-        vector along [g, 1] (the router's own scale)."""
-        Z = np.hstack([g, np.ones((len(g), 1))])
-        if not self.anchor:
-            return Z @ theta
+    def design(self, g: np.ndarray, base_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offset (n,), Z (n, r + 1)): the column of a vector theta at prompts with factors g
+        (n, r) and base estimates base_q (n, m) is offset + Z theta (before the residual and the
+        lower bound; its sd is that of Z theta). Own scale: Z = [g, 1]. Anchored: the known
+        models' average estimate plus theta's difference from the average known vector along
+        [g, 1]. Combined: the known models' estimates weighted by w(theta) = 1/m + M (theta -
+        mean), the smallest change from equal weights whose weighted known vectors equal theta
+        (M = Tc (Tc' Tc)^-1, Tc the known vectors centred): the new model through the router's
+        own estimates."""
         fm = self.model
-        d = theta - np.append(fm.A.mean(axis=0), fm.b.mean())
-        return np.asarray(base_q, dtype=np.float64).mean(axis=1) + Z @ d
+        Z = np.hstack([g, np.ones((len(g), 1))])
+        if not self.anchor and not self.combine:
+            return np.zeros(len(g)), Z
+        P = np.asarray(base_q, dtype=np.float64)
+        T = np.hstack([fm.A, fm.b[:, None]])
+        tbar = T.mean(axis=0)
+        if self.combine:
+            Tc = T - tbar
+            Z = P @ (Tc @ np.linalg.pinv(Tc.T @ Tc))
+        return P.mean(axis=1) - Z @ tbar, Z
+
+    def column(self, theta: np.ndarray, g: np.ndarray, base_q: np.ndarray) -> np.ndarray:
+        """(n,) the column of vector theta (`design`), before the residual and the lower bound."""
+        offset, Z = self.design(g, base_q)
+        return offset + Z @ theta
 
     def state(self, prefix: str) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, params) of the new model's own state (the factor model is saved once)."""
@@ -205,6 +220,7 @@ class FactorFit:
             "beta": self.beta,
             "kappa": self.kappa,
             "anchor": self.anchor,
+            "combine": self.combine,
         }
         return arrays, params
 
@@ -227,6 +243,7 @@ class FactorFit:
             beta=float(params.get("beta", 0.0)),
             kappa=float(params.get("kappa", 0.0)),
             anchor=bool(params.get("anchor", False)),
+            combine=bool(params.get("combine", False)),
         )
 
 
@@ -385,6 +402,7 @@ def fit_factor_profile(
     known: np.ndarray | None = None,
     z: float = 1.0,
     anchor: bool | None = None,
+    combine: bool = False,
 ) -> FactorFit:
     """Fit a new model's vector from its profile (see the module docstring).
 
@@ -393,7 +411,9 @@ def fit_factor_profile(
     same prompts (NaN = not graded; None = none), which sharpen the prompts' factors; z: how
     many posterior sds the column is lowered by; anchor (default `DEFAULT_ANCHOR`): the column
     is the known models' average estimate plus the new model's difference from the average
-    known model (the router's scale), instead of its own factor prediction.
+    known model (the router's scale), instead of its own factor prediction; combine: the column
+    is the known models' estimates weighted so that their vectors make the new one
+    (`FactorFit.design`).
     """
     P = np.asarray(base_q, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -419,6 +439,7 @@ def fit_factor_profile(
         closest=closest,
         noise=s2,
         anchor=DEFAULT_ANCHOR if anchor is None else bool(anchor),
+        combine=combine,
     )
     if k >= 10:
         _residual_kernel(fit, P, g, known, y, np.asarray(emb, dtype=np.float64))
