@@ -187,3 +187,29 @@ def test_gateway_logged_propensity_is_the_pick_frequency(tmp_path: Path) -> None
     assert props["fake-strong"] + props["fake-weak"] == pytest.approx(1.0)
     for m, p in props.items():
         assert counts[m] / n == pytest.approx(p, abs=4 * np.sqrt(0.25 / n))
+
+
+def test_a_failing_batch_listener_does_not_fail_the_requests(tmp_path: Path) -> None:
+    """A listener that raises is logged; the batch's requests still get their decisions (and a
+    request whose own decision fails gets its own error only)."""
+    gw = _gateway(tmp_path)
+    calls: list[int] = []
+
+    def broken(pairs: list[Any]) -> None:
+        calls.append(len(pairs))
+        raise RuntimeError("listener bug")
+
+    gw.engine.batch_listeners.insert(0, broken)
+    ctxs = _contexts(5)
+    ctxs[2].allowed = ["no-such-model"]  # its own decision fails: 403, no candidate allowed
+
+    async def run() -> list[Any]:
+        coros = (gw.engine.decide(c) for c in ctxs)
+        return await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), 60)
+
+    out = asyncio.run(run())
+    assert calls == [4]  # one batch, without the failed request
+    assert getattr(out[2], "status", None) == 403
+    for i in (0, 1, 3, 4):
+        assert out[i].model in ("fake-strong", "fake-weak")
+        assert out[i].learning is not None  # the learner's listener still ran
