@@ -10,6 +10,10 @@ Baselines on the same stream, from the full table (full information):
 - *warm*: with `warm_start` = f > 0, the router trained on the first f of the (shuffled) prompts
   with every model's outcome; the learner corrects it on the remaining stream.
 
+With `refit` (`llmroute simulate` by default) a `llmroute.online.refit.Refitter` refits the
+baseline estimator on the logged outcomes during the stream, and its fits become the learner's
+base estimates (a warm-start router is replaced only by a fit shown better).
+
 Reward = quality - lambda * cost. Without `tradeoff` lambda is the middle of the single-model
 cost range: the trade-off at which the cv router's mean cost is nearest to the midpoint between
 the cheapest and dearest model's mean cost.
