@@ -206,6 +206,7 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
         self._cache: dict[str, np.ndarray] = {}
         # set by the gateway's online learner (llmroute.gateway.learning), see _embed
         self.keep_batch_embeddings = False
+        self.last_batch: tuple[list[str], np.ndarray] | None = None  # see batch_embeddings
         self._blas: Any = None  # threadpoolctl controller, created on first route()
         # True when the whole process already runs BLAS on one thread (the gateway sets it after
         # limiting BLAS at startup): small batches then skip the per-call limit context (~90 us)
@@ -234,16 +235,28 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
                 self._cache[t] = row
             return row
         emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
-        if self.keep_batch_embeddings and len(texts) <= 256:
-            # a gateway micro-batch: keep each row, so a later single-text call (the online
-            # learner's context, llmroute.gateway.learning) does not encode the text again;
-            # off unless a learner asks, as filling the cache costs every other caller
-            for i, t in enumerate(texts):
-                if len(self._cache) >= _CACHE_MAX:
-                    with contextlib.suppress(StopIteration, RuntimeError):
-                        self._cache.pop(next(iter(self._cache)), None)
-                self._cache[t] = emb[i : i + 1].copy()
+        if self.keep_batch_embeddings:
+            # a gateway micro-batch: kept whole (one assignment), so the online learner's
+            # contexts (llmroute.gateway.learning, `batch_embeddings`) need no encoding again
+            self.last_batch = (texts, emb)
         return emb
+
+    def batch_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), embed_dim) float32 embeddings of `texts`: rows of the last multi-text
+        batch `_embed` encoded (kept while `keep_batch_embeddings` is on: the gateway's routing
+        micro-batch the learner decides right after), else the single-text cache, else encoded."""
+        last = self.last_batch
+        if last is not None:
+            lt, le = last
+            if len(lt) == len(texts) and all(a is b or a == b for a, b in zip(lt, texts, strict=True)):
+                return le
+            pos = {t: i for i, t in enumerate(lt)}
+            rows = [pos.get(t) for t in texts]
+            if None not in rows:
+                return le[rows]
+        if len(texts) == 1:
+            return self._embed([texts[0]])
+        return np.concatenate([self._embed([t]) for t in texts])
 
     def featurize(self, texts: Sequence[str]) -> Features:
         """Estimator inputs (embedding + hand-made columns when the estimator uses them)."""

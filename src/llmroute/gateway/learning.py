@@ -107,6 +107,7 @@ class _AliasLearner:
         self.router = router
         # the router's prompt embedding (cached per text by the router: the estimate just made it)
         self._embed = getattr(router, "_embed", None)
+        self._batch_embeddings = getattr(router, "batch_embeddings", None)
         if hasattr(router, "keep_batch_embeddings"):
             router.keep_batch_embeddings = True  # so the context below is a cache hit
         self.embed_dim = int(self._embed(["dimension probe"]).shape[1]) if self._embed is not None else 1
@@ -158,7 +159,31 @@ class _AliasLearner:
         """(B, embed_dim) prompt embeddings from the router's cache (the estimate just made them)."""
         if self._embed is None:
             return np.zeros((len(texts), 1))
+        if self._batch_embeddings is not None:  # the router's last micro-batch, kept whole
+            return self._batch_embeddings(texts)
         return np.concatenate([self._embed([t]) for t in texts])
+
+    def fills(self, d: RouteDecision) -> tuple[list[float], list[float]]:
+        """The decision's expected quality and cost per model as the learner fills them
+        (`OnlineLearner._fill_list`: NaN or missing = no estimate); the usual case (every model
+        estimated, finite) without the fill's checks."""
+        eq, ec = d.expected_quality, d.expected_cost
+        try:
+            q = [float(eq[m]) for m in self.models]
+            c = [float(ec[m]) for m in self.models]
+        except KeyError:
+            q = [float(eq.get(m, math.nan)) for m in self.models]
+            c = [float(ec.get(m, math.nan)) for m in self.models]
+        if math.isfinite(sum(q)) and math.isfinite(sum(c)):
+            return q, c
+        return self.learner._fill_list(q, c)
+
+    def mask(self, ranked: Sequence[str]) -> list[bool] | None:
+        """The models of `ranked` (the decision's admissible candidates) as the learner's
+        allowed mask; None when every model is admissible."""
+        if len(ranked) >= len(self.models) and all(m in ranked for m in self.models):
+            return None
+        return [m in ranked for m in self.models]
 
     def apply(self, deltas: Sequence[Delta]) -> None:
         """Learn the deltas after `seq` (one rank-k update per model, `observe_many`)."""
@@ -543,31 +568,21 @@ class Learning:
             self._decide_alias(self.aliases[name], items)
 
     def _decide_alias(self, al: _AliasLearner, items: list[tuple[RequestContext, RouteDecision]]) -> None:
-        lr, models, nan = al.learner, al.models, math.nan
+        lr, models = al.learner, al.models
         X = lr.context_batch(al.embeddings([ctx.text for ctx, _ in items]))
-        fills = [  # the learner's fill of models without estimates (OnlineLearner._fill_list)
-            lr._fill_list(
-                [d.expected_quality.get(m, nan) for m in models],
-                [d.expected_cost.get(m, nan) for m in models],
-            )
-            for _, d in items
-        ]
+        fills = [al.fills(d) for _, d in items]
         lams = [float(d.policy.get("tradeoff") or 0.0) for _, d in items]
         rows = [i for i, (ctx, d) in enumerate(items) if _explore_ok(ctx, d)]
         picked: dict[int, tuple[int, int, float]] = {}
         if rows:
-            masks = []
-            for i in rows:
-                ranked = items[i][1].ranked
-                full = len(ranked) >= len(models) and set(ranked).issuperset(models)
-                masks.append(None if full else [m in ranked for m in models])
-            allowed = (
-                None
-                if all(mk is None for mk in masks)
-                else np.array([[True] * len(models) if mk is None else mk for mk in masks])
-            )
+            masks = [al.mask(items[i][1].ranked) for i in rows]
             tx, xax, axk = lr.prepare(X if len(rows) == len(items) else X[rows])
             if len(rows) >= _VECTOR_MIN:  # numpy's fixed cost per call pays off
+                allowed = (
+                    None
+                    if all(mk is None for mk in masks)
+                    else np.array([[True] * len(models) if mk is None else mk for mk in masks])
+                )
                 chs, gs, probs = lr.pick_many(
                     np.array([fills[i][0] for i in rows]),
                     np.array([fills[i][1] for i in rows]),

@@ -88,6 +88,8 @@ def win_probabilities(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 def _win_probs(mean: list[float], sd: list[float]) -> list[float]:
     """`win_probabilities` on lists of floats (the per-request path: no numpy below three
     contenders)."""
+    if len(mean) == 2:  # the usual gateway alias (a strong and a weak model): no lists, no loops
+        return _win_probs_two(mean[0], mean[1], max(sd[0], 1e-12), max(sd[1], 1e-12))
     sd = [max(v, 1e-12) for v in sd]
     lo = -math.inf  # the maximum is above the highest floor (mean - 6 sd)
     for mu, s in zip(mean, sd, strict=True):
@@ -126,6 +128,21 @@ def _win_probs(mean: list[float], sd: list[float]) -> list[float]:
     for i, v in zip(live, p.tolist(), strict=True):
         out[i] = v
     return out
+
+
+def _win_probs_two(m0: float, m1: float, s0: float, s1: float) -> list[float]:
+    """`_win_probs` of two models (sds already floored at 1e-12), the same arithmetic: the
+    6-sd cut-off, then Phi((m1 - m0) / sqrt(s0^2 + s1^2)) by math.erfc."""
+    f0, f1 = math.isfinite(m0), math.isfinite(m1)
+    if not (f0 or f1):
+        raise ValueError("win_probabilities needs at least one finite mean")
+    lo = max(m0 - _TAIL * s0 if f0 else -math.inf, m1 - _TAIL * s1 if f1 else -math.inf)
+    live0, live1 = f0 and m0 + _TAIL * s0 > lo, f1 and m1 + _TAIL * s1 > lo
+    if live0 and live1:
+        z = (m1 - m0) / math.sqrt(s0 * s0 + s1 * s1)
+        p1 = 0.5 * math.erfc(-z / math.sqrt(2.0))
+        return [1.0 - p1, p1]
+    return [1.0 if live0 else 0.0, 1.0 if live1 else 0.0]
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,7 @@ class OnlineLearner:
         self._theta: np.ndarray | None = None  # posterior means A_inv b per model (see `_means`)
         self._fact: tuple[np.ndarray, list[float], list[float], list[float], bool] | None = None
         self._dirty: set[int] = set()  # models updated since their mean / factors were computed
+        self._flat: tuple[np.ndarray, np.ndarray] | None = None  # `prepare`'s 2-d view of the stack
         for m in models:
             self.add_model(m, profiled=profiled)
 
@@ -401,19 +419,32 @@ class OnlineLearner:
         m (D + 1)) product instead of B (m, D, D) @ (D,) ones."""
         X = np.asarray(contexts, dtype=np.float64)
         stack = self._factors()[0]  # (m, D + 1, D)
+        flat = self._flat
+        if flat is None or flat[0] is not stack:  # a view: `_refresh`'s in-place updates show
+            m, D = stack.shape[0], stack.shape[2]
+            view = stack.reshape(m * (D + 1), D).T
+            flat = (stack, view)
+            if np.shares_memory(view, stack):  # always (the stack is contiguous): else not kept
+                self._flat = flat
         m, D = stack.shape[0], X.shape[1]
-        Y = (X @ stack.reshape(m * (D + 1), D).T).reshape(len(X), m, D + 1)
+        Y = (X @ flat[1]).reshape(len(X), m, D + 1)
         AX = Y[:, :, 1:]
         xax = (AX * X[:, None, :]).sum(axis=2)  # per row: the same sum whatever the batch size
         return Y[:, :, 0], xax, AX[:, :, self.dim]
 
     def context_batch(self, embeddings: np.ndarray) -> np.ndarray:
         """`context` of each row of `embeddings` ((B, embed_dim)), in one product: (B, D)."""
-        Z = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.embed_dim) @ self.proj_
-        nz = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+        E = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings, np.float64)
+        if E.ndim != 2:
+            E = E.reshape(-1, self.embed_dim)
+        Z = E @ self.proj_  # float32 rows are promoted to float64 (the same as converting first)
+        # the norms in plain floats (math.sqrt and np.sqrt are both correctly rounded); a zero
+        # row is divided by 1 and stays 0. Few numpy calls: this runs per routing micro-batch.
+        nz = [math.sqrt(v) or 1.0 for v in np.einsum("ij,ij->i", Z, Z).tolist()]
         out = np.empty((len(Z), self.dim + 2))
-        np.divide(Z, np.where(nz > 0, nz, 1.0)[:, None], out=out[:, : self.dim])  # a zero row stays 0
-        out[:, self.dim :] = (0.0, 1.0)
+        np.divide(Z, np.array(nz)[:, None], out=out[:, : self.dim])
+        out[:, self.dim] = 0.0
+        out[:, self.dim + 1] = 1.0
         return out
 
     def pick(
