@@ -91,8 +91,9 @@ log = logging.getLogger("llmroute.gateway.learning")
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
 #: from this many requests of one alias in a micro-batch on, their picks are vectorised
-#: (`OnlineLearner.pick_many`, ~10 numpy calls of fixed cost); below, one at a time in plain
-#: floats (`OnlineLearner.pick`, ~10 us each): the same choices and probabilities either way
+#: (`OnlineLearner.pick_many`, ~10 numpy calls of fixed cost); below, the contexts and the
+#: posterior's part by three products (`OnlineLearner.prepare_embeddings`) and the picks one at
+#: a time in plain floats (`OnlineLearner.pick`): the same choices and probabilities either way
 _VECTOR_MIN = 16
 
 
@@ -569,15 +570,20 @@ class Learning:
 
     def _decide_alias(self, al: _AliasLearner, items: list[tuple[RequestContext, RouteDecision]]) -> None:
         lr, models = al.learner, al.models
-        X = lr.context_batch(al.embeddings([ctx.text for ctx, _ in items]))
+        E = al.embeddings([ctx.text for ctx, _ in items])
         fills = [al.fills(d) for _, d in items]
         lams = [float(d.policy.get("tradeoff") or 0.0) for _, d in items]
         rows = [i for i, (ctx, d) in enumerate(items) if _explore_ok(ctx, d)]
         picked: dict[int, tuple[int, int, float]] = {}
+        if len(rows) < _VECTOR_MIN:  # a few requests: three products, then plain floats
+            X32, TX, XAX, AXK = lr.prepare_embeddings(E)
+        else:
+            X = lr.context_batch(E)
+            X32 = X.astype(np.float32)  # what the trace stores: the JSON writer takes numpy arrays
         if rows:
             masks = [al.mask(items[i][1].ranked) for i in rows]
-            tx, xax, axk = lr.prepare(X if len(rows) == len(items) else X[rows])
             if len(rows) >= _VECTOR_MIN:  # numpy's fixed cost per call pays off
+                tx, xax, axk = lr.prepare(X if len(rows) == len(items) else X[rows])
                 allowed = (
                     None
                     if all(mk is None for mk in masks)
@@ -596,15 +602,13 @@ class Learning:
                 props = probs[np.arange(len(rows)), chs].tolist()
             else:  # a few requests: the same pick in plain floats, one at a time
                 ch, g, props = [], [], []
-                for r, (i, t, v, a) in enumerate(
-                    zip(rows, tx.tolist(), xax.tolist(), axk.tolist(), strict=True)
-                ):
-                    c_, g_, p_, _, _ = lr.pick(0.0, fills[i][0], fills[i][1], lams[i], masks[r], t, v, a)
+                for r, i in enumerate(rows):
+                    qf, cf = fills[i]
+                    c_, g_, p_, _, _ = lr.pick(0.0, qf, cf, lams[i], masks[r], TX[i], XAX[i], AXK[i])
                     ch.append(c_)
                     g.append(g_)
                     props.append(p_[c_])
             picked = dict(zip(rows, zip(ch, g, props, strict=True), strict=True))
-        X32 = X.astype(np.float32)  # what the trace stores: the JSON writer takes numpy arrays
         metrics, method = self.metrics, lr.method
         for i, (_, d) in enumerate(items):
             al.decisions += 1

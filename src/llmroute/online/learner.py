@@ -145,6 +145,14 @@ def _win_probs_two(m0: float, m1: float, s0: float, s1: float) -> list[float]:
     return [1.0 if live0 else 0.0, 1.0 if live1 else 0.0]
 
 
+def _einsum_vecdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("...d,...d->...", *np.broadcast_arrays(a, b))
+
+
+#: the dot product over the last axis, broadcast (numpy >= 2: one ufunc call)
+_vecdot = getattr(np, "vecdot", _einsum_vecdot)
+
+
 @dataclass(frozen=True)
 class Choice:
     """One decision of the learner.
@@ -264,6 +272,8 @@ class OnlineLearner:
         self._fact: tuple[np.ndarray, list[float], list[float], list[float], bool] | None = None
         self._dirty: set[int] = set()  # models updated since their mean / factors were computed
         self._flat: tuple[np.ndarray, np.ndarray] | None = None  # `prepare`'s 2-d view of the stack
+        # `prepare_embeddings`'s factors (the stack they were built from first)
+        self._fused: tuple[np.ndarray, np.ndarray, list[float], list[float], list[float]] | None = None
         for m in models:
             self.add_model(m, profiled=profiled)
 
@@ -431,6 +441,53 @@ class OnlineLearner:
         AX = Y[:, :, 1:]
         xax = (AX * X[:, None, :]).sum(axis=2)  # per row: the same sum whatever the batch size
         return Y[:, :, 0], xax, AX[:, :, self.dim]
+
+    def prepare_embeddings(
+        self, embeddings: np.ndarray
+    ) -> tuple[np.ndarray, list[list[float]], list[list[float]], list[list[float]]]:
+        """`context_batch` and `prepare` of a few prompts in plain floats after three products
+        (the per-request path: numpy's cost per call, not the arithmetic, is what a small batch
+        pays): the (B, D) float32 contexts (what the trace stores) and, per row, lists of
+        theta . x, x' A x and (A x)[k] per model, for `pick`.
+
+        With z = e P (the projected embedding), u = z / |z| and x = [u, 0, 1] (k, the base-quality
+        column, is 0; b = D - 1 the bias): theta . x = (theta_u . z) / |z| + theta_b,
+        (A x)[k] = (A_k,u . z) / |z| + A_kb and x' A x = z' A_uu z / |z|^2 + 2 (A_b,u . z) / |z|
+        + A_bb (A symmetric): one product of z with the stacked u-columns of every model's theta
+        and A (kept per update, `_fused`), one more for z' A_uu z. Equal to `prepare` of
+        `context_batch` up to rounding (the order of the sums), ~1e-16 relative."""
+        E = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings, np.float64)
+        if E.ndim != 2:
+            E = E.reshape(-1, self.embed_dim)
+        stack = self._factors()[0]  # (m, D + 1, D)
+        fz = self._fused
+        m, d = stack.shape[0], self.dim
+        if fz is None or fz[0] is not stack:
+            b = d + 1
+            Su = np.ascontiguousarray(stack[:, :, :d].reshape(m * (d + 3), d).T)  # (dim, m (D + 1))
+            fz = self._fused = (
+                stack,
+                Su,
+                stack[:, 0, b].tolist(),  # theta_b
+                stack[:, 1 + d, b].tolist(),  # A_kb
+                stack[:, 1 + b, b].tolist(),  # A_bb
+            )
+        _, Su, th_b, a_kb, a_bb = fz
+        Z = E @ self.proj_  # (B, dim), float64
+        W = Z @ Su  # (B, m (D + 1)): per model theta_u . z, then A_r,u . z for every row r
+        Q = _vecdot(W.reshape(len(Z), m, d + 3)[:, :, 1 : 1 + d], Z[:, None, :]).tolist()  # z' A_uu z
+        nz = [math.sqrt(v) or 1.0 for v in _vecdot(Z, Z).tolist()]
+        X = np.empty((len(Z), d + 2), dtype=np.float32)
+        np.divide(Z, np.array(nz)[:, None], out=X[:, :d])  # float64 quotients, stored as float32
+        X[:, d] = 0.0
+        X[:, d + 1] = 1.0
+        tx, xax, axk = [], [], []
+        s, js = d + 3, range(m)
+        for w, q, n in zip(W.tolist(), Q, nz, strict=True):
+            tx.append([w[j * s] / n + th_b[j] for j in js])
+            axk.append([w[j * s + 1 + d] / n + a_kb[j] for j in js])
+            xax.append([q[j] / (n * n) + 2.0 * w[j * s + 2 + d] / n + a_bb[j] for j in js])
+        return X, tx, xax, axk
 
     def context_batch(self, embeddings: np.ndarray) -> np.ndarray:
         """`context` of each row of `embeddings` ((B, embed_dim)), in one product: (B, D)."""
@@ -688,6 +745,7 @@ class OnlineLearner:
                 f[1][j], f[2][j] = float(t[k]), float(A[k, k])
                 f[3][j] = float(self.cost_res_[j] / (self.n_[j] + 1.0))
         self._dirty.clear()
+        self._fused = None  # `prepare_embeddings`'s copy of the factors: rebuilt when next needed
 
     def _greedy_list(self, mean: list[float], sd: list[float], base: list[float], profiled: bool) -> int:
         """`_greedy` on lists of floats (the first of equal maxima, like np.argmax); `profiled`:
