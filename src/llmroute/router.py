@@ -233,6 +233,8 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
                     with contextlib.suppress(StopIteration, RuntimeError):
                         self._cache.pop(next(iter(self._cache)), None)
                 self._cache[t] = row
+            if self.keep_batch_embeddings:
+                self.last_batch = (texts, row)  # a micro-batch of one (see below)
             return row
         emb = np.asarray(self.encoder.encode(texts), dtype=np.float32)
         if self.keep_batch_embeddings:
@@ -242,8 +244,8 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
         return emb
 
     def batch_embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), embed_dim) float32 embeddings of `texts`: rows of the last multi-text
-        batch `_embed` encoded (kept while `keep_batch_embeddings` is on: the gateway's routing
+        """(len(texts), embed_dim) float32 embeddings of `texts`: rows of the last batch `_embed`
+        was asked for (kept while `keep_batch_embeddings` is on: the gateway's routing
         micro-batch the learner decides right after), else the single-text cache, else encoded."""
         last = self.last_batch
         if last is not None:
