@@ -331,6 +331,12 @@ def test_workers_share_sessions(
         c2 = openai.OpenAI(base_url=two, api_key="unused", max_retries=0, timeout=30)
         turn1 = [user("[q=-0.1] Tell me about kestrels.")]
         _, _, a1 = ask(c1, turn1)
+        # the turn is recorded right after the answer goes out, in `one`'s thread: a client as fast
+        # as this test could reach `two` first, so wait until the shared table holds it
+        table = one.app.sessions.tables[AUTO]
+        end = time.monotonic() + 30
+        while len(table) < 1 and time.monotonic() < end:
+            time.sleep(0.01)
         model, h, _ = ask(c2, [*turn1, said(a1), user("[q=0.03] And merlins?")])
         assert model == "fake-weak" and h["x-llmroute-sticky"].startswith("held model=fake-weak")
 
