@@ -10,33 +10,22 @@ import pytest
 from typer.testing import CliRunner
 
 from llmroute.cli import app
-from llmroute.data import ModelPrice, make_synthetic_table
+from llmroute.data import ModelPrice
 from llmroute.data.table import RoutingTable
 from llmroute.router import Router, default_router_path
+from onboard_fixtures import draw_profile, fit_known, keep_models, synthetic_tables
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
 
-def _rows(table: RoutingTable, keep: set[str]) -> RoutingTable:
-    df = table.df[table.df["model"].isin(keep)].reset_index(drop=True)
-    return RoutingTable(df, source=table.source, prices=table.prices)
-
-
-def _profile(table: RoutingTable, model: str, k: int, seed: int = 0) -> RoutingTable:
-    ids = np.random.default_rng(seed).choice(table.prompt_ids, k, replace=False).tolist()
-    return _rows(table.subset(ids), {model})
-
-
 @pytest.fixture(scope="module")
 def tables() -> tuple[RoutingTable, RoutingTable]:
-    return make_synthetic_table(240, seed=1), make_synthetic_table(120, seed=2)
+    return synthetic_tables()
 
 
 @pytest.fixture(scope="module")
 def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    train, _ = tables
-    known = {"tiny-1b", "code-13b", "big-70b"}
-    return Router.fit(_rows(train, known), estimator="linear", encoder="static-minilm", seed=0)
+    return fit_known(tables[0])
 
 
 @pytest.fixture
@@ -48,7 +37,7 @@ def router(base: Router, tmp_path: Path) -> Router:
 def test_add_leaves_known_estimates_bit_identical(router: Router, tables) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)
-    summary = router.add_model(NEW, _profile(train, NEW, 60))
+    summary = router.add_model(NEW, draw_profile(train, NEW, 60))
     q1, c1 = router.estimate(test.prompts)
     assert router.models[-1] == NEW and q1.shape == (test.n_prompts, 4)
     assert np.array_equal(q1[:, :3], q0) and np.array_equal(c1[:, :3], c0)
@@ -62,7 +51,7 @@ def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Route
     train, test = tables
     topics = np.array(test.tasks)
     before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    router.add_model(NEW, _profile(train, NEW, 80))
+    router.add_model(NEW, draw_profile(train, NEW, 80))
     after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
     elsewhere = topics != "arithmetic"
     assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
@@ -78,13 +67,13 @@ def test_a_small_profile_is_estimated_below_its_measured_level(router: Router, t
     error (an uncertain model is picked only where it is clearly better), and the closest known
     model is reported; with 60 rows the shift is smaller."""
     train, _ = tables
-    prof = _profile(train, "big-70b", 5, seed=3)
+    prof = draw_profile(train, "big-70b", 5, seed=3)
     small = router.add_model("clone-5", prof, profile_model="big-70b")
     assert small["closest_known_model"] == "big-70b" and small["shift"] > 0
     q, _ = router.estimate(prof.prompts)
     measured = float(prof.quality_matrix()[:, 0].mean())
     assert q[:, -1].mean() < measured - small["shift"] / 2
-    large = router.add_model("clone-60", _profile(train, "big-70b", 60, seed=4), profile_model="big-70b")
+    large = router.add_model("clone-60", draw_profile(train, "big-70b", 60, seed=4), profile_model="big-70b")
     assert 0 < large["shift"] < small["shift"]
 
 
@@ -144,12 +133,12 @@ def test_add_pairs_with_the_known_models_rows_of_the_profile_or_a_reference(rout
     Known estimates stay identical either way."""
     train, test = tables
     ids = np.random.default_rng(5).choice(train.prompt_ids, 50, replace=False).tolist()
-    everyone = _rows(train.subset(ids), {NEW, "tiny-1b", "code-13b", "big-70b"})
+    everyone = keep_models(train.subset(ids), {NEW, "tiny-1b", "code-13b", "big-70b"})
     q0, _ = router.estimate(test.prompts)
     paired = {"profile_model": NEW, "method": "paired"}
     assert router.add_model("a", everyone, **paired)["paired_rows"] == 50
-    assert router.add_model("b", _rows(everyone, {NEW}), **paired)["paired_rows"] == 0
-    assert router.add_model("c", _rows(everyone, {NEW}), reference=train, **paired)["paired_rows"] == 50
+    assert router.add_model("b", keep_models(everyone, {NEW}), **paired)["paired_rows"] == 0
+    assert router.add_model("c", keep_models(everyone, {NEW}), reference=train, **paired)["paired_rows"] == 50
     assert router.add_model("d", everyone, profile_model=NEW)["paired_rows"] == 0  # ridge: unpaired
     with pytest.raises(ValueError, match="unknown profile method"):
         router.add_model("e", everyone, profile_model=NEW, method="nope")
@@ -166,7 +155,7 @@ def test_a_fit_saved_before_the_lower_bound_predicts_as_it_did(
     from llmroute.estimators.profiled import ProfiledEstimator
 
     train, test = tables
-    router.add_model(NEW, _profile(train, NEW, 60), method="paired")
+    router.add_model(NEW, draw_profile(train, NEW, 60), method="paired")
     arrays, meta = router.estimator.get_state()
     arrays = {k: v for k, v in arrays.items() if not k.endswith(("/center", "/wcov"))}
     for prof in meta["profiles"]:
@@ -187,7 +176,7 @@ def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)
     before = [(d.model, d.ranked) for d in router.route_batch(test.prompts, tradeoff=1e3)]
-    router.add_model(NEW, _profile(train, NEW, 40))
+    router.add_model(NEW, draw_profile(train, NEW, 40))
     router.remove_model(NEW)
     q1, c1 = router.estimate(test.prompts)
     assert router.models == ["big-70b", "code-13b", "tiny-1b"]
@@ -197,7 +186,7 @@ def test_remove_restores_the_previous_decisions(router: Router, tables) -> None:
 
 def test_remove_a_trained_model_keeps_the_others_and_added_ones(router: Router, tables) -> None:
     train, test = tables
-    router.add_model(NEW, _profile(train, NEW, 60))
+    router.add_model(NEW, draw_profile(train, NEW, 60))
     q0, c0 = router.estimate(test.prompts)
     router.remove_model("code-13b")
     q1, c1 = router.estimate(test.prompts)
@@ -208,7 +197,7 @@ def test_remove_a_trained_model_keeps_the_others_and_added_ones(router: Router, 
 
 def test_save_load_round_trip_with_an_added_model(router: Router, tables, tmp_path: Path) -> None:
     train, test = tables
-    router.add_model(NEW, _profile(train, NEW, 60), price=ModelPrice(0.3, 0.6))
+    router.add_model(NEW, draw_profile(train, NEW, 60), price=ModelPrice(0.3, 0.6))
     q0, c0 = router.estimate(test.prompts)
     again = Router.load(router.save(tmp_path / "added.safetensors"))
     q1, c1 = again.estimate(test.prompts)
@@ -220,7 +209,7 @@ def test_save_load_round_trip_with_an_added_model(router: Router, tables, tmp_pa
 def test_price_and_profile_cost(router: Router, tables) -> None:
     """The added model's cost follows its price; without one, its observed profile costs."""
     train, test = tables
-    prof = _profile(train, NEW, 60)
+    prof = draw_profile(train, NEW, 60)
     router.add_model("a", prof, price=ModelPrice(1.0, 1.0), profile_model=NEW)
     router.add_model("b", prof, price=ModelPrice(2.0, 2.0), profile_model=NEW)
     unpriced = RoutingTable(prof.df, source="profile", prices=None)
@@ -235,14 +224,14 @@ def test_price_and_profile_cost(router: Router, tables) -> None:
 def test_bad_input_gives_clear_errors(router: Router, tables) -> None:
     train, _ = tables
     with pytest.raises(ValueError, match="already in this router"):
-        router.add_model("big-70b", _profile(train, "big-70b", 20))
+        router.add_model("big-70b", draw_profile(train, "big-70b", 20))
     with pytest.raises(ValueError, match="not in this router"):
         router.remove_model("nope")
-    ungraded = _profile(train, NEW, 20)
+    ungraded = draw_profile(train, NEW, 20)
     ungraded = RoutingTable(ungraded.df.assign(quality=np.nan), source="p", prices=None)
     with pytest.raises(ValueError, match="no graded rows"):
         router.add_model(NEW, ungraded)
-    two = _rows(train.subset(train.prompt_ids[:10]), {NEW, "tiny-1b"})
+    two = keep_models(train.subset(train.prompt_ids[:10]), {NEW, "tiny-1b"})
     with pytest.raises(ValueError, match="no rows for model 'other'"):
         router.add_model("other", two)
     assert router.models == ["big-70b", "code-13b", "tiny-1b"]  # nothing half-added
@@ -259,7 +248,7 @@ def test_shipped_router_with_regime_head(tables) -> None:
     r = Router.load(default_router_path())
     prompts = ["hello there", "Prove that sqrt(2) is irrational.", "What is 17 * 23?"]
     q0, c0 = r.estimate(prompts)
-    r.add_model(NEW, _profile(train, NEW, 40))
+    r.add_model(NEW, draw_profile(train, NEW, 40))
     q1, c1 = r.estimate(prompts)
     assert np.array_equal(q1[:, :-1], q0) and np.array_equal(c1[:, :-1], c0)
     assert r.regime_head is not None and len(r.regime_head.ability_) == len(r.models)
@@ -275,7 +264,7 @@ def test_cli_models_add_list_remove_round_trip(base: Router, tables, tmp_path: P
     train, test = tables
     router_file = base.save(tmp_path / "r.safetensors")
     prof = tmp_path / "profile.parquet"
-    _profile(train, NEW, 50).df.to_parquet(prof)
+    draw_profile(train, NEW, 50).df.to_parquet(prof)
     out = tmp_path / "r2.safetensors"
     res = runner.invoke(
         app,
@@ -329,7 +318,7 @@ def test_report_is_written_and_names_the_models(base: Router, tables, tmp_path: 
     router_file = base.save(tmp_path / "r.safetensors")
     prof = tmp_path / "profile.parquet"
     ids = train.prompt_ids[:80]
-    _rows(train.subset(ids), {NEW, "tiny-1b"}).df.to_parquet(prof)
+    keep_models(train.subset(ids), {NEW, "tiny-1b"}).df.to_parquet(prof)
     out = tmp_path / "rep" / "report.html"
     res = runner.invoke(
         app, ["models", "report", "--profile", str(prof), "--router", str(router_file), "--out", str(out)]
@@ -347,7 +336,7 @@ def test_report_numbers(base: Router, tables, tmp_path: Path) -> None:
 
     train, _ = tables
     r = Router.load(base.save(tmp_path / "r.safetensors"))
-    rep = profile_report(r, _rows(train.subset(train.prompt_ids[:80]), {NEW, "tiny-1b"}))
+    rep = profile_report(r, keep_models(train.subset(train.prompt_ids[:80]), {NEW, "tiny-1b"}))
     assert rep["added_models"] == [NEW] and r.models == base.models
     by = {m["model"]: m for m in rep["models"]}
     assert by[NEW]["by_task"]["arithmetic"]["quality"] > 0.8 > by[NEW]["by_task"]["poetry"]["quality"]
@@ -367,7 +356,7 @@ def test_gateway_adds_a_model_with_a_profile_at_startup(base: Router, tables, tm
     train, test = tables
     router_file = base.save(tmp_path / "r.safetensors")
     prof = tmp_path / "math.parquet"
-    _profile(train, NEW, 80).df.to_parquet(prof)
+    draw_profile(train, NEW, 80).df.to_parquet(prof)
     url = "http://127.0.0.1:9/v1"  # never called: /v1/route makes no upstream call
     models = [{"name": m, "base_url": url} for m in ("big-70b", "code-13b", "tiny-1b")]
     config = {

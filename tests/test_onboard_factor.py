@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llmroute.cli import app
-from llmroute.data import make_synthetic_table
 from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled_factor import FactorModel, fit_factor_model, fit_factor_profile
 from llmroute.router import Router
+from onboard_fixtures import draw_profile, fit_known, synthetic_tables
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
@@ -98,26 +98,14 @@ def test_bad_inputs_say_what_to_do(planted) -> None:
 
 
 # ---- through the router ------------------------------------------------------------------------------
-def _rows(table: RoutingTable, keep: set[str]) -> RoutingTable:
-    df = table.df[table.df["model"].isin(keep)].reset_index(drop=True)
-    return RoutingTable(df, source=table.source, prices=table.prices)
-
-
-def _profile(table: RoutingTable, model: str, k: int, seed: int = 0) -> RoutingTable:
-    ids = np.random.default_rng(seed).choice(table.prompt_ids, k, replace=False).tolist()
-    return _rows(table.subset(ids), {model})
-
-
 @pytest.fixture(scope="module")
 def tables() -> tuple[RoutingTable, RoutingTable]:
-    return make_synthetic_table(240, seed=1), make_synthetic_table(120, seed=2)
+    return synthetic_tables()
 
 
 @pytest.fixture(scope="module")
 def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    train, _ = tables
-    known = {"tiny-1b", "code-13b", "big-70b"}
-    return Router.fit(_rows(train, known), estimator="linear", encoder="static-minilm", seed=0)
+    return fit_known(tables[0])
 
 
 @pytest.fixture
@@ -128,7 +116,7 @@ def router(base: Router, tmp_path: Path) -> Router:
 def test_add_leaves_known_estimates_unchanged_and_round_trips(router: Router, tables, tmp_path: Path) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)
-    summary = router.add_model(NEW, _profile(train, NEW, 80), method="factor", reference=train)
+    summary = router.add_model(NEW, draw_profile(train, NEW, 80), method="factor", reference=train)
     assert summary["method"] == "factor" and summary["profile_rows"] == 80
     q1, c1 = router.estimate(test.prompts)
     assert np.array_equal(q1[:, :3], q0) and np.array_equal(c1[:, :3], c0)
@@ -138,7 +126,7 @@ def test_add_leaves_known_estimates_unchanged_and_round_trips(router: Router, ta
     # saved and loaded: the same estimates; a second add reuses the factor model (no reference)
     loaded = Router.load(router.save(tmp_path / "r.safetensors"))
     assert np.array_equal(loaded.estimate(test.prompts)[0], q1)
-    loaded.add_model("clone", _profile(train, "big-70b", 60), profile_model="big-70b", method="factor")
+    loaded.add_model("clone", draw_profile(train, "big-70b", 60), profile_model="big-70b", method="factor")
     assert np.array_equal(loaded.estimate(test.prompts)[0][:, :4], q1)
     loaded.remove_model(NEW)
     loaded.remove_model("clone")
@@ -149,7 +137,7 @@ def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Route
     train, test = tables
     topics = np.array(test.tasks)
     before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    router.add_model(NEW, _profile(train, NEW, 80), method="factor", reference=train)
+    router.add_model(NEW, draw_profile(train, NEW, 80), method="factor", reference=train)
     after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
     elsewhere = topics != "arithmetic"
     assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
@@ -162,7 +150,7 @@ def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Route
 def test_the_first_factor_add_needs_the_training_table(router: Router, tables) -> None:
     train, _ = tables
     with pytest.raises(ValueError, match="--reference"):
-        router.add_model(NEW, _profile(train, NEW, 50), method="factor")
+        router.add_model(NEW, draw_profile(train, NEW, 50), method="factor")
     assert NEW not in router.models
 
 
@@ -170,7 +158,7 @@ def test_cli_models_add_factor(base: Router, tables, tmp_path: Path) -> None:
     train, test = tables
     router_file = base.save(tmp_path / "r.safetensors")
     prof, train_file = tmp_path / "profile.parquet", tmp_path / "train.parquet"
-    _profile(train, NEW, 60).df.to_parquet(prof)
+    draw_profile(train, NEW, 60).df.to_parquet(prof)
     train.df.to_parquet(train_file)
     out = tmp_path / "r2.safetensors"
     cmd = ["models", "add", NEW, "--profile", str(prof), "--router", str(router_file), "--out", str(out)]

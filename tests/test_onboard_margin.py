@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmroute.data import make_synthetic_table
 from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled import (
     Z_GRID,
@@ -17,24 +16,19 @@ from llmroute.estimators.profiled import (
     smallest_safe_z,
 )
 from llmroute.router import Router
+from onboard_fixtures import KNOWN, fit_known, keep_models, synthetic_tables
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
-KNOWN = {"tiny-1b", "code-13b", "big-70b"}
-
-
-def _rows(table: RoutingTable, keep: set[str]) -> RoutingTable:
-    df = table.df[table.df["model"].isin(keep)].reset_index(drop=True)
-    return RoutingTable(df, source=table.source, prices=table.prices)
 
 
 @pytest.fixture(scope="module")
 def tables() -> tuple[RoutingTable, RoutingTable]:
-    return make_synthetic_table(240, seed=1), make_synthetic_table(120, seed=2)
+    return synthetic_tables()
 
 
 @pytest.fixture(scope="module")
 def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    return Router.fit(_rows(tables[0], KNOWN), estimator="linear", encoder="static-minilm", seed=0)
+    return fit_known(tables[0])
 
 
 def _fit(diff_var: list[float], z: float) -> ProfileFit:
@@ -140,7 +134,7 @@ def test_calibrated_router_adds_with_its_z_and_keeps_other_decisions(base: Route
 
     train, test = tables
     router = Router.load(base.save(tmp_path / "r.safetensors"))
-    zs = calibrate_margin(router, _rows(train, KNOWN), ks=(25, 50))
+    zs = calibrate_margin(router, keep_models(train, KNOWN), ks=(25, 50))
     assert set(zs) == {"25", "50"} and all(z in Z_GRID for z in zs.values())
     assert margin_z(router, 30) == zs["25"] and margin_z(router, 80) == zs["50"]
     before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
@@ -175,7 +169,7 @@ def test_cli_margin_calibrates_on_the_reference_once(base: Router, tables, tmp_p
     router_file = base.save(tmp_path / "r.safetensors")
     ids = np.random.default_rng(1).choice(train.prompt_ids, 50, replace=False).tolist()
     prof, ref, out = tmp_path / "p.parquet", tmp_path / "train.parquet", tmp_path / "r2.safetensors"
-    _rows(train.subset(ids), {NEW}).df.to_parquet(prof)
+    keep_models(train.subset(ids), {NEW}).df.to_parquet(prof)
     train.df.to_parquet(ref)
     args = ["models", "add", NEW, "--profile", str(prof), "--router", str(router_file), "--out", str(out)]
     res = CliRunner().invoke(app, [*args, "--method", "margin", "--reference", str(ref)])

@@ -1,0 +1,35 @@
+"""Shared setup of the onboarding tests (`test_onboard.py`, `test_onboard_factor.py`,
+`test_onboard_margin.py`): the synthetic train/test tables, a table restricted to some models, a
+random profile of one model, and the 3-model linear router the new model is added to."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmroute.data import make_synthetic_table
+from llmroute.data.table import RoutingTable
+from llmroute.router import Router
+
+KNOWN = {"tiny-1b", "code-13b", "big-70b"}  # the models the base router is trained on
+
+
+def keep_models(table: RoutingTable, keep: set[str]) -> RoutingTable:
+    """`table`'s rows of the models in `keep`."""
+    df = table.df[table.df["model"].isin(keep)].reset_index(drop=True)
+    return RoutingTable(df, source=table.source, prices=table.prices)
+
+
+def draw_profile(table: RoutingTable, model: str, k: int, seed: int = 0) -> RoutingTable:
+    """`model`'s rows on `k` prompts of `table` drawn at random (its profile)."""
+    ids = np.random.default_rng(seed).choice(table.prompt_ids, k, replace=False).tolist()
+    return keep_models(table.subset(ids), {model})
+
+
+def synthetic_tables() -> tuple[RoutingTable, RoutingTable]:
+    """(train, test): 240 and 120 synthetic prompts."""
+    return make_synthetic_table(240, seed=1), make_synthetic_table(120, seed=2)
+
+
+def fit_known(train: RoutingTable) -> Router:
+    """The linear router of the `KNOWN` models on `train`."""
+    return Router.fit(keep_models(train, KNOWN), estimator="linear", encoder="static-minilm", seed=0)
