@@ -81,7 +81,11 @@ def _fit(table, enc, seed: int, cache: Path | None, set_name: str, label: str):
     safe = label.replace("/", "__")
     path = cache / set_name / f"seed{seed}" / f"{safe}-{h.hexdigest()[:12]}.safetensors"
     if path.is_file():
-        return Router.load(path, encoder=enc)
+        r = Router.load(path, encoder=enc)
+        if getattr(r.estimator, "supports_exclude_self", False) and r.estimator.base_.lev is None:
+            # saved before the estimator kept its training rows' leverages (leave-self-out)
+            r.estimator.fit_leverage(r.featurize(table.prompts), table.quality_matrix())
+        return r
     r = Router.fit(table, encoder=enc, seed=seed)
     r.save(path)
     return r
@@ -110,6 +114,7 @@ def run_set(
     cache: Path | None = None,
     pick: str = "random",
     method: str = "ridge",
+    self_out: bool = True,
 ) -> dict:
     from llmroute.data.splits import split_table
     from llmroute.embed import load_encoder
@@ -134,6 +139,8 @@ def run_set(
         picked: dict = {}  # (graded prompts, k) -> diverse profile
         for h in models:
             r = _fit(_without(train, h), enc, seed, cache, name, h)
+            if not self_out:  # --in-sample: the known models' in-sample estimates on profile prompts
+                r.estimator.supports_exclude_self = False
             if method == "margin":
                 # z per k from re-onboarding the known models on the training table (internal)
                 from llmroute.onboard import calibrate_margin
@@ -174,7 +181,7 @@ def run_set(
                     pdat = _without_others(prof, h)
                     Xp = r.featurize(pdat.prompts)
                     est = r.estimator
-                    Pp = est.base_estimates(Xp)
+                    Pp = est.base_estimates(Xp, exclude_self=self_out)
                     Pt = est.base_estimates(Xt) if Pt is None else Pt
                     yp = pdat.quality_matrix()[:, 0]
                     assert pdat.prompt_ids == prof.prompt_ids, "profile rows out of order"
@@ -205,6 +212,7 @@ def run_set(
         "seeds": per_seed,
         "method": method,
         "pick": pick,
+        "self_out": self_out,
         "add_seconds_11_models_k100": add_times,
         "summary": summarise(per_seed, ks),
         "variants": {v: summarise(per_seed, ks, v) for v in variants},
@@ -453,6 +461,12 @@ def main() -> None:
         help="how the profile's prompts are drawn from the training prompts: at random, or as "
         "`llmroute profile` picks them (k-means, the prompt nearest each centre)",
     )
+    ap.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="onboard from the known models' ordinary (in-sample) estimates on the profile's "
+        "training prompts instead of their leave-self-out estimates (the behaviour before)",
+    )
     ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the JSON")
     args = ap.parse_args()
     if args.markdown_only:
@@ -466,7 +480,16 @@ def main() -> None:
         variants = tuple(v for v in args.variant.split(",") if v)
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         cache = None if args.cache == "none" else Path(args.cache)
-        res = run_set(name, seeds, ks=ks, variants=variants, cache=cache, pick=args.pick, method=args.method)
+        res = run_set(
+            name,
+            seeds,
+            ks=ks,
+            variants=variants,
+            cache=cache,
+            pick=args.pick,
+            method=args.method,
+            self_out=not args.in_sample,
+        )
         print(json.dumps({"set": name, "summary": res["summary"]}, indent=1), flush=True)
         for v, summ in res["variants"].items():
             print(

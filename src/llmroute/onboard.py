@@ -152,7 +152,9 @@ def add_model(
     data = profile_data(profile, profile_model or name)
     X = router.featurize(data.prompts)
     est = _profiled(router)
-    base_q = est.base_estimates(X)
+    # profile prompts from the router's own training table: leave-self-out estimates (as a new
+    # prompt would get at routing time); prompts the router never saw: unchanged
+    base_q = est.base_estimates(X, exclude_self=True)
     known = None
     if method in ("paired", "margin"):
         tables = [profile_table(profile), *([reference] if reference is not None else [])]
@@ -239,10 +241,12 @@ def calibrate_margin(
     cols = [t.models.index(m) for m in base_models]
     Q, C = t.quality_matrix()[:, cols], t.cost_matrix()[:, cols]
     X = router.featurize(t.prompts)
-    P = est.base_estimates(X)
+    # the training prompts' leave-self-out estimates, for the simulated adds and the simulated
+    # routers alike: in-sample estimates are sharper than routing meets (a safer-looking z)
+    P = est.base_estimates(X, exclude_self=True)
     q_all, c_all = router.estimate(t.prompts)
     at = [est.columns_.index(b) for b in range(est.n_base)]
-    q_hat, c_hat = q_all[:, at], c_all[:, at]
+    q_hat, c_hat = (P if router.regime_head is None else q_all[:, at]), c_all[:, at]
     out = {str(k): calibrate_z(P, Q, q_hat, c_hat, C, X.emb, k, seed=seed + i)[0] for i, k in enumerate(ks)}
     router.info["margin_z"] = out
     return out
@@ -288,7 +292,7 @@ def _factor_fit(
             )
         keep = np.isfinite(grades).any(axis=1)
         Xr = router.featurize([p for p, k in zip(ref.prompts, keep, strict=True) if k])
-        est.factor_ = fit_factor_model(grades[keep], est.base_estimates(Xr), Xr.emb)
+        est.factor_ = fit_factor_model(grades[keep], est.base_estimates(Xr, exclude_self=True), Xr.emb)
     known = known_grades(router, data.prompts, [profile_table(profile), *([ref] if ref is not None else [])])
     return fit_factor_profile(est.factor_, base_q, X.emb, data.quality, known=known, z=z), known
 

@@ -50,12 +50,18 @@ import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator, column_means
 from llmroute.estimators.default_kernel import _KERNEL_CUT as _KERNEL_CUT
-from llmroute.estimators.default_kernel import _KERNEL_SUB_MAX_COLS, _kernel_threads, _KernelMemory
+from llmroute.estimators.default_kernel import (
+    _KERNEL_SUB_MAX_COLS,
+    _kernel_threads,
+    _KernelMemory,
+    self_matches,
+)
 from llmroute.estimators.default_kernel import _KERNEL_THREAD_ROWS as _KERNEL_THREAD_ROWS
 from llmroute.estimators.default_math import (
     _assign,
     _betas_for,
     _fill,
+    _hat_diag,
     _kmeans,
     _n_clusters,
     _per_cluster_product,
@@ -93,6 +99,9 @@ class _Base:
         self.logistic_lam = logistic_lam
         self.logit: QualityEstimator | None = None
         self._memory: _KernelMemory | None = None  # built on the first kernel call
+        #: (memory rows, 1 + expert levels) hat-matrix diagonals of the global ridge and of each
+        #: row's cluster expert (`fit_leverage`; None in states saved before it was kept)
+        self.lev: np.ndarray | None = None
 
     def fit(self, X: Features, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray], K: np.ndarray) -> Self:
         """`labs`: nearest-centre labels of the rows, one array per proto then expert level;
@@ -138,8 +147,38 @@ class _Base:
             self.logit = LinearEstimator(lam=self.logistic_lam).fit(X, Q)
         return self
 
-    def _kernel(self, K: np.ndarray) -> list[np.ndarray]:
+    def fit_leverage(self, Z: np.ndarray, Q: np.ndarray, labs: list[np.ndarray]) -> None:
+        """Keep each training row's leverage (hat-matrix diagonal) in the global ridge and in its
+        cluster expert of every level (`lev`), for leave-self-out estimates (`transform`).
+
+        Z, Q, labs: exactly the rows `fit` was given (memory order). The experts' penalties are
+        re-picked by the same GCV on the same residuals (they are not kept), so the result
+        is the fitted ridges' own leverages. Clusters below 20 rows have no expert: 0."""
+        Qf = _fill(Q, self.mu)
+        lev = np.zeros((len(Z), 1 + len(self.experts)), np.float32)
+        lev[:, 0] = _hat_diag(Z, self.alpha)
+        resid = Qf - (Z @ self.W + self.b)
+        for e, lab in enumerate(labs[len(self.protos) :]):
+            for j in range(len(self.experts[e])):
+                rows = lab == j
+                if rows.sum() >= 20:
+                    _, _, alpha = _ridge_gcv(Z[rows], resid[rows])
+                    lev[rows, 1 + e] = _hat_diag(Z[rows], alpha)
+        self.lev = lev
+
+    def _memory_built(self) -> _KernelMemory:
+        mem = self._memory
+        if mem is None:  # one assignment: threads that race here each build an equal memory
+            mem = self._memory = _KernelMemory(self.E, self.Qf, self.ok, self.betas)
+        return mem
+
+    def _kernel(
+        self, K: np.ndarray, drop: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         """Nadaraya-Watson smoothing over all training prompts, one column block per beta.
+
+        drop: memory rows to leave out per query (`self_matches`: the query itself and its
+        duplicates), as if the memory lacked them (`_drop_self`); other queries are unchanged.
 
         Weight of training prompt i: exp(beta * (cos_sim - 1)) (1 for an identical prompt), plus
         a pseudo-weight 1 on the model's mean, so far-away prompts fall back to it. Matrix
@@ -160,9 +199,7 @@ class _Base:
         """
         E = np.asarray(K, dtype=np.float32)
         nb, m = len(self.betas), len(self.mu)
-        mem = self._memory
-        if mem is None:  # one assignment: threads that race here each build an equal memory
-            mem = self._memory = _KernelMemory(self.E, self.Qf, self.ok, self.betas)
+        mem = self._memory_built()
         n = len(E)
         R = np.zeros((nb, n, len(mem.MT)), np.float32)
         items = mem.plan(E, self._kernel_step())
@@ -181,14 +218,60 @@ class _Base:
                 ]
                 for job in jobs:
                     job.result()
-        num = R[:, :, :m].astype(np.float64)
-        tot = R[:, :, -1].astype(np.float64)
-        den = tot[:, :, None] if mem.complete else R[:, :, mem.den].astype(np.float64)
+        R64 = R.astype(np.float64)
+        rows_per_query: float | np.ndarray = float(len(self.E))
+        if drop is not None and len(drop[0]):
+            R64, rows_per_query = self._drop_self(mem, drop, R64)
+        num = R64[:, :, :m]
+        tot = R64[:, :, -1]
+        den = tot[:, :, None] if mem.complete else R64[:, :, mem.den]
         preds = (num + self.mu) / (den + 1.0)
         # log(mean kernel weight per training row): the same scale for any n; states saved before
         # that feature use log(1 + total weight)
-        dens = np.log(tot / len(self.E) + 1e-9) if self.density_mean else np.log1p(tot)
+        dens = np.log(tot / rows_per_query + 1e-9) if self.density_mean else np.log1p(tot)
         return [preds[g] for g in range(nb)] + [dens[g][:, None] for g in range(nb)]
+
+    def _drop_self(
+        self, mem: _KernelMemory, drop: tuple[np.ndarray, np.ndarray, np.ndarray], R: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel sums R ((betas, n, outcome rows) float64) without the memory rows `drop` (query
+        rows, memory columns, similarities: `self_matches`), and each query's count of remaining
+        memory rows (the density's divisor). Their terms exp(beta (s - 1)) x outcome row are
+        computed as the sums compute them (float32) and subtracted, so the result is the sums of
+        a memory without those rows to float32 rounding; sums are floored at 0 (every term is >=
+        0)."""
+        qi, mj, s = drop
+        rows = np.full(R.shape[1], float(len(self.E)))
+        terms = mem.MT[:, mj].T.astype(np.float64)  # (matches, outcome rows)
+        for g, beta in enumerate(self.betas):
+            w = np.exp((s - np.float32(1.0)) * np.float32(beta)).astype(np.float64)
+            np.subtract.at(R[g], qi, w[:, None] * terms)
+        np.maximum(R, 0.0, out=R)
+        rows -= np.bincount(qi, minlength=R.shape[1])
+        return R, np.maximum(rows, 1.0)
+
+    def _ridge_self_out(
+        self, drop: tuple[np.ndarray, np.ndarray, np.ndarray], glob: np.ndarray, local: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The global ridge's and the experts' leave-one-out predictions for the query rows in
+        `drop` (each query's first matched training row: its outcome y, filled with the model mean
+        where missing as in `fit`, and its leverages `lev`): glob - h/(1-h) (y - glob), and per
+        expert level loc - h_e/(1-h_e) (y - glob - loc) (its target: the global fit's residual)."""
+        mem = self._memory_built()
+        qi, first = np.unique(drop[0], return_index=True)
+        t = mem.rows[drop[1][first]]  # training rows
+        y = np.where(self.ok[t] > 0, self.Qf[t], self.mu).astype(np.float64)
+        lev = self.lev.astype(np.float64)[t]  # type: ignore[union-attr]
+        glob = glob.copy()
+        g0 = glob[qi]
+        shrink = lev / np.maximum(1.0 - lev, 1e-6)
+        glob[qi] = g0 - shrink[:, :1] * (y - g0)
+        out = []
+        for e, loc in enumerate(local):
+            loc = loc.copy()
+            loc[qi] = loc[qi] - shrink[:, 1 + e : 2 + e] * (y - g0 - loc[qi])
+            out.append(loc)
+        return glob, out
 
     def _kernel_step(self) -> int:
         """Rows per kernel chunk: a (chunk, N) float32 block of about 4 MB, 32 to 256 rows."""
@@ -262,17 +345,35 @@ class _Base:
         labs: list[np.ndarray],
         sims: list[np.ndarray],
         K: np.ndarray,
+        exclude_self: bool = False,
     ) -> np.ndarray:
+        """Stacker inputs of the rows.
+
+        exclude_self: rows that are in the kernel memory (a training prompt or a duplicate of
+        one: `self_matches`) get leave-self-out inputs: the kernel blocks without those memory
+        rows (`_kernel`), and the global ridge and cluster experts by the exact leave-one-out
+        identity f - h / (1 - h) (y - f) with the row's kept leverage h (`fit_leverage`; each
+        expert on the residuals it was fitted to; skipped for states without leverages). Rows
+        not in the memory are unchanged.
+        """
+        drop = None
+        if exclude_self and self.betas:
+            drop = self_matches(self._memory_built(), K)
         cols: list[np.ndarray] = []
         for g in range(len(self.protos)):
             cols += [self.proto_means[g][labs[g]], self.proto_logn[g][labs[g], None], sims[g][:, None]]
         glob = Z @ self.W + self.b
+        local = [
+            _per_cluster_product(Z, self.local_W[e], labs[len(self.protos) + e])
+            + self.local_b[e][labs[len(self.protos) + e]]
+            for e in range(len(self.experts))
+        ]
+        if drop is not None and len(drop[0]) and self.lev is not None:
+            glob, local = self._ridge_self_out(drop, glob, local)
         cols.append(glob)
-        for e in range(len(self.experts)):
-            lab = labs[len(self.protos) + e]
-            cols.append(glob + _per_cluster_product(Z, self.local_W[e], lab) + self.local_b[e][lab])
+        cols += [glob + loc for loc in local]
         if self.betas:
-            cols += self._kernel(K)
+            cols += self._kernel(K) if drop is None else self._kernel(K, drop)
         if self.logit is not None:
             cols.append(self.logit.predict(X))
         return np.concatenate(cols, axis=1)
@@ -304,6 +405,8 @@ class DefaultEstimator(QualityEstimator):
     """
 
     name: ClassVar[str] = "default"
+    #: `predict(X, exclude_self=True)` gives leave-self-out estimates of training prompts
+    supports_exclude_self: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -430,7 +533,24 @@ class DefaultEstimator(QualityEstimator):
                     LW[j], Lb[j], _ = _ridge_gcv(B[rows], resid[rows])
             self.stack_centres_, self.stack_LW_, self.stack_Lb_ = Cs, LW, Lb
         self.base_ = _Base(self.protos_, self.experts_, self.prior, self.betas_, lam).fit(X, Z, Q, labs, K)
+        if self.betas_:  # leave-self-out estimates of training prompts (predict(exclude_self=True))
+            self.base_.fit_leverage(Z, Q, labs)
         return self
+
+    def fit_leverage(self, X: Features, Q: np.ndarray) -> None:
+        """Recompute the training rows' leverages kept for leave-self-out estimates, for a state
+        saved before they were kept. X, Q: exactly the training data `fit` was given (same rows,
+        same order); raises ValueError when the row count differs from the kernel memory's."""
+        if not self.betas_:
+            return
+        Q = check_fit_input(X, Q)
+        if len(Q) != len(self.base_.E):
+            raise ValueError(
+                f"{len(Q)} rows given, the kernel memory holds {len(self.base_.E)}: pass the "
+                "router's training table (the rows fit was given, in the same order)"
+            )
+        labs, _ = self._labels(X)
+        self.base_.fit_leverage(self._z(X), Q, labs)
 
     def _choose_final(
         self,
@@ -488,10 +608,20 @@ class DefaultEstimator(QualityEstimator):
             W[s0 : s0 + m] = np.eye(m)
             self.stack_W_, self.stack_b_ = W, np.zeros(m)
 
-    def predict(self, X: Features) -> np.ndarray:
-        """(n, m) expected quality in [0, 1]."""
+    def predict(self, X: Features, exclude_self: bool = False) -> np.ndarray:
+        """(n, m) expected quality in [0, 1].
+
+        exclude_self: a leave-self-out estimate for prompts that are in the kernel memory (the
+        training prompts): the kernel smoothers leave out the memory rows that are the prompt
+        itself or a duplicate of it, as an estimator whose memory lacked them would (to float32
+        rounding); prompts not in the memory get exactly the ordinary estimate. The stacker was
+        fitted on out-of-fold base predictions, so these are the inputs it was trained on. The
+        global ridge and cluster experts give their exact leave-one-out predictions there (from
+        the training rows' leverages kept at fit, or `fit_leverage` for older states; without them
+        only the kernel part is left out). docs/onboarding-notes.md "Leave-self-out" has numbers.
+        """
         labs, sims = self._labels(X)
-        B = self.base_.transform(X, self._z(X), labs, sims, self._kernel_emb(X))
+        B = self.base_.transform(X, self._z(X), labs, sims, self._kernel_emb(X), exclude_self)
         out = B @ self.stack_W_ + self.stack_b_
         if len(self.stack_centres_):
             lab, _ = _assign(X.emb, self.stack_centres_)
@@ -545,6 +675,8 @@ class DefaultEstimator(QualityEstimator):
             arrays[f"expert.{e}.b"] = b.local_b[e]
         if self.betas_:
             arrays |= {"kernel.emb": b.E, "kernel.q": b.Qf, "kernel.ok": b.ok}
+            if b.lev is not None:
+                arrays["kernel.lev"] = b.lev
         params = self._params() | {
             "ridge_alpha": b.alpha,
             "stack_alpha": self.stack_alpha_,
@@ -604,6 +736,7 @@ class DefaultEstimator(QualityEstimator):
         base.local_b = [f64(f"expert.{e}.b") for e in range(params["n_experts"])]
         if est.betas_:
             base.E, base.Qf, base.ok = f32("kernel.emb"), f32("kernel.q"), f32("kernel.ok")
+            base.lev = f32("kernel.lev") if "kernel.lev" in arrays else None
         if "logit" in params:
             from llmroute.estimators.linear import LinearEstimator
 

@@ -79,7 +79,7 @@ class _KernelMemory:
     most blocks; spread-out memories (routellm: betas ~20-80) are not blocked.
     """
 
-    __slots__ = ("ET", "MT", "bounds", "centres", "complete", "den", "thresh")
+    __slots__ = ("ET", "MT", "bounds", "centres", "complete", "den", "rows", "thresh")
 
     def __init__(self, E: np.ndarray, Qf: np.ndarray, ok: np.ndarray, betas: tuple[float, ...]) -> None:
         N, m = Qf.shape
@@ -97,6 +97,7 @@ class _KernelMemory:
         self.den = den
         self.complete = bool(full.all())
         self.bounds: np.ndarray | None = None
+        self.rows = np.arange(N)  # the training row stored at each memory column
         E = np.asarray(E, dtype=np.float32)
         beta = min(betas) if betas else 0.0
         if N >= _KERNEL_MIN_BLOCKED and 2.0 * beta > _KERNEL_CUT + 2.0 * _BOUND_SLACK * beta:
@@ -117,7 +118,7 @@ class _KernelMemory:
             rank[keep] = np.arange(len(keep))
             C, counts, lab = C[keep], counts[keep], rank[lab]
             order = np.argsort(lab, kind="stable")
-            E, MT, lab = E[order], MT[:, order], lab[order]
+            E, MT, lab, self.rows = E[order], MT[:, order], lab[order], order
             self.bounds = np.concatenate(([0], np.cumsum(counts)))
             member_cos = np.einsum("ij,ij->i", E.astype(np.float64), C[lab])
             a_in = np.arccos(np.clip(np.minimum.reduceat(member_cos, self.bounds[:-1]), -1.0, 1.0))
@@ -186,3 +187,31 @@ class _KernelMemory:
                 cur = g
         items.append((rows[cur[0] : cur[1]], slice(int(bounds[cur[2]]), int(bounds[cur[3] + 1]))))
         return items
+
+
+#: a memory row "is" the query when their kernel similarity is at least 1 - this (float32
+#: rounding of a unit row with itself is ~1e-7; distinct prompts are far below)
+SELF_TOL = 1e-6
+
+
+def self_matches(
+    mem: _KernelMemory, K: np.ndarray, tol: float = SELF_TOL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The memory rows that are the query itself (or a duplicate of it): (query rows, memory
+    columns in `mem`'s stored order (`mem.rows` maps them to training rows), their float32
+    similarities), where the kernel similarity is >= 1 - `tol`. One (chunk, N) float32 product
+    per 256 query rows."""
+    E = np.asarray(K, dtype=np.float32)
+    qi: list[np.ndarray] = []
+    mj: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
+    cut = np.float32(1.0 - tol)
+    for a in range(0, len(E), 256):
+        S = E[a : a + 256] @ mem.ET
+        i, j = np.nonzero(cut <= S)
+        qi.append(i + a)
+        mj.append(j)
+        ss.append(S[i, j])
+    if not qi:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(qi), np.concatenate(mj), np.concatenate(ss)

@@ -45,6 +45,16 @@ def _ridge_gcv(
     return W, b, float(np.median(chosen))
 
 
+def _hat_diag(A: np.ndarray, alpha: float) -> np.ndarray:
+    """(n,) diagonal of the hat matrix of `_ridge_gcv`'s fit with penalty `alpha` (intercept
+    unpenalised): h_i = 1/n + a_i' (Ac'Ac + alpha I)^-1 a_i on the centred rows. The exact
+    leave-one-out prediction of row i is then f_i - h_i / (1 - h_i) * (y_i - f_i)."""
+    Ac = A - A.mean(axis=0)
+    G = Ac.T @ Ac
+    G[np.diag_indices_from(G)] += alpha
+    return 1.0 / len(A) + np.einsum("ij,ij->i", np.linalg.solve(G, Ac.T).T, Ac)
+
+
 def _centred_sq(Q: np.ndarray, P: np.ndarray) -> np.ndarray:
     """(n,) per-prompt squared error of P against Q after removing each row's mean residual.
 

@@ -465,8 +465,17 @@ class ProfiledEstimator(QualityEstimator):
         )
 
     # ---- columns -----------------------------------------------------------------------------
-    def base_estimates(self, X: Features) -> np.ndarray:
-        """(n, m_base) the base estimator's estimates, clipped to [0, 1] (as the router clips)."""
+    def base_estimates(self, X: Features, exclude_self: bool = False) -> np.ndarray:
+        """(n, m_base) the base estimator's estimates, clipped to [0, 1] (as the router clips).
+
+        exclude_self: leave-self-out estimates for prompts in the base's training memory (a
+        base with `supports_exclude_self`, e.g. the default estimator: its training prompts
+        then get estimates as honest as a new prompt's; other prompts are unchanged). What an
+        onboarding fit reads on profile prompts drawn from the training table."""
+        if exclude_self and getattr(self.base, "supports_exclude_self", False):
+            q = np.array(self.base.predict(X, exclude_self=True), dtype=np.float64)  # type: ignore[call-arg]
+            np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
+            return q
         q = np.array(self.base.predict(X), dtype=np.float64)
         np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
         return q
