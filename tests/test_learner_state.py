@@ -91,6 +91,70 @@ def test_deltas_are_pulled_incrementally(state: Any) -> None:
     assert base == 0 and [d.residual for d in new] == [0.3] and new[0].seq > head
 
 
+def _twin(state: Any, url: str | None) -> Any:
+    """A second writer (another worker or replica) on the same shared state."""
+    return SQLiteLearnerState(state.path) if url is None else RedisLearnerState(url)
+
+
+def _terms(ds: Any) -> list[tuple[Any, ...]]:
+    return [(d.seq, d.model, d.residual, d.cost_residual, d.weight, d.x.dtype, d.x.tolist()) for d in ds]
+
+
+def test_a_writers_own_deltas_are_pulled_once_as_stored(state: Any, request: pytest.FixtureRequest) -> None:
+    """`apply_and_pull` hands back the batch's own terms without reading them back: they come
+    exactly once, after the other writers' new terms, in sequence order, with the values a read
+    of the shared state returns (an undo term of a replaced outcome included; a batch of one
+    and of several)."""
+    url = None if isinstance(state, SQLiteLearnerState) else request.getfixturevalue("redis_proc").url
+    other = _twin(state, url)
+    try:
+        other.apply([_o("a", 0.1, "regenerate")])
+        res, pulled = state.apply_and_pull([_o("b", 0.2), _o("c", 0.3)], {ALIAS: 0})
+        assert res == ["applied", "applied"]
+        assert _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, 0)) and len(pulled[ALIAS][1]) == 3
+        head = state.head(ALIAS)
+        other.apply([_o("d", 0.4)])
+        # "a" replaced (an undo term, then the new one), "e" new; "b" again: ignored, no term
+        res, pulled = state.apply_and_pull([_o("a", 0.5), _o("e", 0.6), _o("b", 0.2)], {ALIAS: head})
+        assert res == ["replaced", "applied", "ignored"]
+        new = pulled[ALIAS][1]
+        assert _terms(new) == _terms(state.deltas(ALIAS, head))
+        assert [(d.residual, d.weight) for d in new] == [(0.4, 1.0), (0.1, -1.0), (0.5, 1.0), (0.6, 1.0)]
+        head = state.head(ALIAS)
+        res, pulled = state.apply_and_pull([_o("f", 0.7)], {ALIAS: head})  # a batch of one
+        assert res == ["applied"] and _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, head))
+        # a worker behind sees every term once, its own included
+        _, pulled = other.apply_and_pull([], {ALIAS: 0})
+        assert _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, 0))
+        assert [d.seq for d in pulled[ALIAS][1]] == sorted({d.seq for d in pulled[ALIAS][1]})
+    finally:
+        other.close()
+
+
+def test_a_rollback_by_another_writer_is_seen_at_the_next_pull(
+    state: Any, request: pytest.FixtureRequest
+) -> None:
+    """The base snapshot id each pull reports follows a rollback written by another worker,
+    with and without outcomes in the pull (no stale base kept between pulls)."""
+    url = None if isinstance(state, SQLiteLearnerState) else request.getfixturevalue("redis_proc").url
+    other = _twin(state, url)
+    try:
+        first = state.snapshot(ALIAS, 0, b"initial", "initial")
+        _, pulled = state.apply_and_pull([_o("a", 0.1)], {ALIAS: 0})
+        assert pulled[ALIAS][0] == first
+        _, pulled = state.apply_and_pull([], {ALIAS: 0})
+        assert pulled[ALIAS][0] == first
+        rb = other.rollback(ALIAS, first)
+        assert rb != first
+        _, pulled = state.apply_and_pull([_o("b", 0.2)], {ALIAS: state.head(ALIAS)})
+        assert pulled[ALIAS][0] == rb
+        rb2 = other.rollback(ALIAS, first)
+        _, pulled = state.apply_and_pull([], {ALIAS: state.head(ALIAS)})
+        assert pulled[ALIAS][0] == rb2
+    finally:
+        other.close()
+
+
 def test_snapshots_and_rollback(state: Any) -> None:
     first = state.snapshot(ALIAS, 0, b"initial", "initial")
     assert first is not None and state.snapshot(ALIAS, 0, b"again", "initial") is None  # one per kind and seq

@@ -263,3 +263,30 @@ def test_feedback_is_learned_while_another_worker_holds_the_learner_state(
             time.sleep(0.02)
         assert learning.stats()["llmroute/auto"]["outcomes"] == 1
         assert learning.outcomes[("llmroute/auto", "feedback", "applied")] == 1
+
+
+def test_attach_and_read_stores_the_outcome_and_reads_the_learner_fields(tmp_path: Path) -> None:
+    """SQLite: the outcome is attached and the learner's trace fields read in one query
+    (`attach_read`): the same fields `_trace_fields` reads, the outcome merged as `attach` merges
+    it, nothing attached (None) for another key's or an unknown request."""
+    from llmroute.gateway.learning import _EXPLICIT, _FIELDS, _fields, _trace_fields
+    from llmroute.gateway.outcomes import EXPLICIT
+    from llmroute.gateway.store import open_store
+
+    assert _EXPLICIT == EXPLICIT  # the learner's copy of the explicit source's name
+    feat = {"x": [0.5, 1.0], "q0": {"m1": 0.7}, "c0": {"m1": 0.001}}
+    row = {"alias": "a", "model": "m1", "status": 200, "cost_usd": 0.002}
+    with open_store(f"sqlite:///{tmp_path}/t.sqlite") as st:
+        st.write({"request_id": "r1", **row, "key_id": "k1", "learner": feat, "outcome": {"regenerate": 0.0}})
+        st.flush_sync()
+
+        def attach(b: Any) -> tuple[Any, ...]:
+            before = _trace_fields(b, "r1")
+            got = b.attach_read("r1", {"quality": 1.0}, "k1", _FIELDS)
+            return before, got, b.attach_read("r1", {"quality": 0.0}, "k2", _FIELDS), b.attach_read("no", {})
+
+        before, got, other, missing = st.run(attach)
+        assert got is not None and _fields(got) == before == {**row, "learner": feat}
+        assert other is None and missing is None
+        rec = st.get("r1")
+        assert rec is not None and rec["outcome"] == {"regenerate": 0.0, "quality": 1.0}

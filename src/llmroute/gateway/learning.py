@@ -88,6 +88,9 @@ __all__ = [
 
 log = logging.getLogger("llmroute.gateway.learning")
 
+#: the source of explicit feedback (`llmroute.gateway.outcomes.EXPLICIT`; not imported from
+#: there at each outcome: a function-level import costs ~3 us)
+_EXPLICIT = "feedback"
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
 #: from this many requests of one alias in a micro-batch on, their picks are vectorised
@@ -233,12 +236,22 @@ def _trace_rows(backend: Any, request_ids: Sequence[str]) -> dict[str, dict[str,
     return found
 
 
+#: the trace columns an outcome update reads (`_trace_fields`)
+_FIELDS = ("alias", "model", "status", "cost_usd", "learner")
+
+
+def _fields(row: Sequence[Any]) -> dict[str, Any]:
+    """A trace row's `_FIELDS` values as the dict `Learning._outcome` reads (the learner's JSON parsed)."""
+    import orjson
+
+    out = dict(zip(_FIELDS, row, strict=True))
+    out["learner"] = orjson.loads(out["learner"]) if out["learner"] else None
+    return out
+
+
 def _trace_fields(backend: Any, request_id: str) -> dict[str, Any] | None:
     """What an outcome update reads from a trace row (on the store's writer thread): fewer
     columns and no JSON but the learner's than `TraceStore.get`."""
-    import orjson
-
-    names = ("alias", "model", "status", "cost_usd", "learner")
     if backend.kind == "sqlite":
         row = backend.db.execute(
             "SELECT alias, model, status, cost_usd, learner FROM traces WHERE request_id = ?", (request_id,)
@@ -251,11 +264,7 @@ def _trace_fields(backend: Any, request_id: str) -> dict[str, Any] | None:
                 request_id,
             )
         )
-    if row is None:
-        return None
-    out = dict(zip(names, tuple(row), strict=True))
-    out["learner"] = orjson.loads(out["learner"]) if out["learner"] else None
-    return out
+    return None if row is None else _fields(tuple(row))
 
 
 def _explore_ok(ctx: RequestContext, d: RouteDecision) -> bool:
@@ -467,19 +476,20 @@ class Learning:
 
     def _outcome(self, row: dict[str, Any] | None, rid: str, score: float, source: str) -> Outcome | None:
         """The learner's outcome for a request's trace row (None: not a learning decision)."""
-        from llmroute.gateway.outcomes import EXPLICIT
-
-        if row is None or row.get("alias") not in self.aliases:
+        if row is None:
             return None
-        al = self.aliases[row["alias"]]
+        al = self.aliases.get(row.get("alias"))  # type: ignore[arg-type]
         feat = row.get("learner")
         served = row.get("model")
-        if not isinstance(feat, dict) or served not in al.index or served not in feat.get("q0", {}):
+        if al is None or not isinstance(feat, dict) or served not in al.index:
             return None
-        x = np.asarray(feat["x"], dtype=np.float64)
-        q0, c0 = float(feat["q0"][served]), float(feat["c0"][served])
-        if x.shape[0] != al.learner.dim + 2:
+        q0s, xs = feat.get("q0"), feat.get("x")
+        if not isinstance(q0s, dict) or served not in q0s or not isinstance(xs, list):
             return None
+        if len(xs) != al.learner.dim + 2:
+            return None
+        x = np.array(xs, dtype=np.float64)
+        q0, c0 = float(q0s[served]), float(feat["c0"][served])
         x[-2] = q0 - 0.5  # the served model's own context column (OnlineLearner.contexts)
         cost = row.get("cost_usd")
         ok = row.get("status") == 200 and isinstance(cost, int | float) and math.isfinite(c0)
@@ -491,7 +501,7 @@ class Learning:
             residual=float(score) - q0,
             cost_residual=float(cost) - c0 if ok else None,
             source=source,
-            explicit=source == EXPLICIT,
+            explicit=source == _EXPLICIT,
         )
 
     #: how long the first outcome of a batch waits for others (group commit of outcomes)
@@ -661,8 +671,12 @@ class Learning:
         self, backend: Any, request_id: str, outcome: dict[str, Any], owner: str | None
     ) -> tuple[bool, dict[str, Any] | None]:
         """On the trace store's writer thread: store an outcome in its request's trace
-        (`attach`) and read what the learner needs of that trace in the same hop; (stored, the
-        row's fields or None)."""
+        (`attach`) and read what the learner needs of that trace in the same hop (SQLite: in
+        the same query, `attach_read`); (stored, the row's fields or None)."""
+        attach_read = getattr(backend, "attach_read", None)
+        if attach_read is not None:
+            row = attach_read(request_id, outcome, owner, _FIELDS)
+            return (False, None) if row is None else (True, _fields(row))
         if not backend.attach(request_id, outcome, owner):
             return False, None
         return True, _trace_fields(backend, request_id)

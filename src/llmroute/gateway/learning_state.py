@@ -107,6 +107,9 @@ class SQLiteLearnerState:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         self._quick: sqlite3.Connection | None = None  # see try_apply_and_pull
+        # base snapshot id per alias, valid while the snapshots' AUTOINCREMENT counter is `_bases_at`
+        self._bases: dict[str, int] = {}
+        self._bases_at = -1
         self.lock = threading.Lock()
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -143,11 +146,18 @@ class SQLiteLearnerState:
         with self._tx():
             return self._apply(outcomes)
 
-    def _apply(self, outcomes: Sequence[Outcome], db: sqlite3.Connection | None = None) -> list[str]:
+    def _apply(
+        self,
+        outcomes: Sequence[Outcome],
+        db: sqlite3.Connection | None = None,
+        own: list[tuple[str, Delta]] | None = None,
+    ) -> list[str]:
         """`apply` inside a write transaction (`_tx`): the usual batch (requests graded for the
-        first time, each once) in two multi-row inserts, else outcome by outcome."""
+        first time, each once) in two multi-row inserts, else outcome by outcome. `own` gets
+        (alias, delta) of every row written, built from the outcomes' own arrays (what a read
+        back would return), so the caller need not read its own rows back."""
         db = self.db if db is None else db
-        fast = self._apply_new(outcomes, db)
+        fast = self._apply_new(outcomes, db, own)
         if fast is not None:
             return fast
         out: list[str] = []
@@ -158,20 +168,21 @@ class SQLiteLearnerState:
         )
         bases: dict[str, int] = {}
         for o in outcomes:
-            base = bases.get(o.alias)
-            if base is None:  # once per alias and batch
-                row = db.execute(
-                    "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
-                    "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
-                    (o.alias,),
-                ).fetchone()
-                base = bases[o.alias] = 0 if row is None else int(row[0])
             act = db.execute(
                 "SELECT seq, explicit FROM learner_active WHERE alias = ? AND request_id = ?",
                 (o.alias, o.request_id),
             ).fetchone()
-            if act is not None and act[0] <= base:
-                act = None  # learned before the state was rolled back: no longer in the posterior
+            if act is not None:
+                base = bases.get(o.alias)
+                if base is None:  # once per alias and batch, only for a request graded before
+                    row = db.execute(
+                        "SELECT seq FROM learner_snapshots WHERE alias = ? AND kind IN "
+                        "('initial', 'reset', 'rollback') ORDER BY id DESC LIMIT 1",
+                        (o.alias,),
+                    ).fetchone()
+                    base = bases[o.alias] = 0 if row is None else int(row[0])
+                if act[0] <= base:
+                    act = None  # learned before the state was rolled back: no longer in the posterior
             result = "applied"
             if act is not None:  # a request graded before (the delta read only then)
                 old = db.execute(
@@ -182,22 +193,20 @@ class SQLiteLearnerState:
                 if not o.explicit or same:
                     out.append("ignored")
                     continue
-                db.execute(ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now))
+                cur = db.execute(
+                    ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now)
+                )
+                if own is not None:
+                    x_old = np.frombuffer(old[1], dtype=np.float64)
+                    own.append((o.alias, Delta(int(cur.lastrowid), old[0], x_old, old[2], old[3], -1.0)))
                 result = "replaced"
+            x = np.ascontiguousarray(o.x, dtype=np.float64)
+            residual, cost = float(o.residual), _real(o.cost_residual)
             cur = db.execute(
-                ins,
-                (
-                    o.alias,
-                    o.request_id,
-                    o.model,
-                    np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
-                    float(o.residual),
-                    o.cost_residual,
-                    1.0,
-                    o.source,
-                    now,
-                ),
+                ins, (o.alias, o.request_id, o.model, x.tobytes(), residual, cost, 1.0, o.source, now)
             )
+            if own is not None:
+                own.append((o.alias, Delta(int(cur.lastrowid), o.model, x, residual, cost, 1.0)))
             db.execute(
                 "INSERT OR REPLACE INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
                 (o.alias, o.request_id, cur.lastrowid, int(o.explicit)),
@@ -205,7 +214,9 @@ class SQLiteLearnerState:
             out.append(result)
         return out
 
-    def _apply_new(self, outcomes: Sequence[Outcome], db: sqlite3.Connection) -> list[str] | None:
+    def _apply_new(
+        self, outcomes: Sequence[Outcome], db: sqlite3.Connection, own: list[tuple[str, Delta]] | None = None
+    ) -> list[str] | None:
         """All "applied" in two `executemany` when no request of the batch has an outcome yet
         (none active, none twice in the batch); None (nothing written) otherwise. Inside the
         write transaction the new deltas get consecutive sequence numbers (AUTOINCREMENT, one
@@ -228,26 +239,25 @@ class SQLiteLearnerState:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
         start = 0 if row is None else int(row[0])
         now = time.time()
+        xs = [np.ascontiguousarray(o.x, dtype=np.float64) for o in outcomes]
+        res = [float(o.residual) for o in outcomes]
+        costs = [_real(o.cost_residual) for o in outcomes]
         db.executemany(
             "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
             "source, ts) VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?)",
             [
-                (
-                    o.alias,
-                    o.request_id,
-                    o.model,
-                    np.ascontiguousarray(o.x, dtype=np.float64).tobytes(),
-                    float(o.residual),
-                    o.cost_residual,
-                    o.source,
-                    now,
-                )
-                for o in outcomes
+                (o.alias, o.request_id, o.model, x.tobytes(), r, c, o.source, now)
+                for o, x, r, c in zip(outcomes, xs, res, costs, strict=True)
             ],
         )
         end = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'learner_deltas'").fetchone()
         if end is None or int(end[0]) != start + len(outcomes):
             raise RuntimeError("learner_deltas sequence numbers were not consecutive; outcomes not recorded")
+        if own is not None:
+            own.extend(
+                (o.alias, Delta(start + 1 + i, o.model, x, r, c, 1.0))
+                for i, (o, x, r, c) in enumerate(zip(outcomes, xs, res, costs, strict=True))
+            )
         db.executemany(
             "INSERT INTO learner_active (alias, request_id, seq, explicit) VALUES (?, ?, ?, ?)",
             [(o.alias, o.request_id, start + 1 + i, int(o.explicit)) for i, o in enumerate(outcomes)],
@@ -259,13 +269,13 @@ class SQLiteLearnerState:
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
         """`apply(outcomes)`, then per alias of `after` (alias -> last applied seq) its newest
         base snapshot id and the deltas after that seq: one thread hop and one transaction for
-        a batch of outcomes (none: the reads alone)."""
+        a batch of outcomes (none: the reads alone). The batch's own deltas are not read back:
+        they come from the outcomes' arrays, after the other writers' (`_record_and_pull`)."""
         if not outcomes:
             with self.lock:
-                return [], {a: self._pull(a, seq) for a, seq in after.items()}
+                return [], self._pull_all(after, self.db)
         with self._tx():
-            results = self._apply(outcomes)
-            return results, {a: self._pull(a, seq) for a, seq in after.items()}
+            return self._record_and_pull(outcomes, after, self.db)
 
     def try_apply_and_pull(
         self, outcomes: Sequence[Outcome], after: dict[str, int]
@@ -284,15 +294,31 @@ class SQLiteLearnerState:
             except sqlite3.OperationalError:  # locked by another process
                 return None
             try:
-                results = self._apply(outcomes, db)
-                pulled = {a: self._pull(a, seq, db) for a, seq in after.items()}
+                done = self._record_and_pull(outcomes, after, db)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return results, pulled
+            return done
         finally:
             self.lock.release()
+
+    def _record_and_pull(
+        self, outcomes: Sequence[Outcome], after: dict[str, int], db: sqlite3.Connection
+    ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
+        """Inside a write transaction: record `outcomes`, then per alias of `after` its base
+        and new deltas: the other writers' rows (read: sequence numbers up to the head before
+        this transaction wrote, none to read when that head is not past `after`), then this
+        batch's own rows, built from the outcomes (the same values a read would return)."""
+        heads = self._heads(db)
+        own: list[tuple[str, Delta]] = []
+        results = self._apply(outcomes, db, own)
+        pulled: dict[str, tuple[int, list[Delta]]] = {}
+        for alias, seq in after.items():
+            base, deltas = self._pull(alias, seq, db, heads)
+            deltas.extend(d for a, d in own if a == alias and d.seq > seq)
+            pulled[alias] = (base, deltas)
+        return results, pulled
 
     def _quick_db(self) -> sqlite3.Connection:
         if self.path == ":memory:":
@@ -311,21 +337,50 @@ class SQLiteLearnerState:
             with self.lock:
                 self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _pull(self, alias: str, after: int, db: sqlite3.Connection | None = None) -> tuple[int, list[Delta]]:
-        """(newest base snapshot id, deltas after `after`) of an alias (with the lock held)."""
-        db = self.db if db is None else db
-        base = db.execute(
-            "SELECT COALESCE(MAX(id), 0) FROM learner_snapshots WHERE alias = ? AND kind IN "
-            "('initial', 'reset', 'rollback')",
-            (alias,),
-        ).fetchone()[0]
+    @staticmethod
+    def _heads(db: sqlite3.Connection) -> tuple[int, int]:
+        """(newest delta seq, newest snapshot id) of every alias: the AUTOINCREMENT counters,
+        which only grow (with the lock held)."""
+        heads = dict(
+            db.execute(
+                "SELECT name, seq FROM sqlite_sequence WHERE name IN ('learner_deltas', 'learner_snapshots')"
+            ).fetchall()
+        )
+        return int(heads.get("learner_deltas", 0)), int(heads.get("learner_snapshots", 0))
+
+    def _pull_all(self, after: dict[str, int], db: sqlite3.Connection) -> dict[str, tuple[int, list[Delta]]]:
+        """`_pull` of every alias of `after` (with the lock held), one head check for all."""
+        if not after:
+            return {}
+        heads = self._heads(db)
+        return {a: self._pull(a, seq, db, heads) for a, seq in after.items()}
+
+    def _pull(
+        self, alias: str, after: int, db: sqlite3.Connection, heads: tuple[int, int]
+    ) -> tuple[int, list[Delta]]:
+        """(newest base snapshot id, deltas with a seq in (`after`, head]) of an alias (with the
+        lock held); `heads` (`_heads`): no query for deltas when the head is not past `after`,
+        and the base ids known while no snapshot was added."""
+        if heads[1] != self._bases_at:  # a snapshot was added (by anyone): read the bases again
+            self._bases, self._bases_at = {}, heads[1]
+        base = self._bases.get(alias)
+        if base is None:
+            base = self._bases[alias] = int(
+                db.execute(
+                    "SELECT COALESCE(MAX(id), 0) FROM learner_snapshots WHERE alias = ? AND kind IN "
+                    "('initial', 'reset', 'rollback')",
+                    (alias,),
+                ).fetchone()[0]
+            )
+        if heads[0] <= after:
+            return base, []
         rows = db.execute(
             "SELECT seq, model, x, residual, cost_residual, weight FROM learner_deltas "
-            "WHERE alias = ? AND seq > ? ORDER BY seq",
-            (alias, after),
+            "WHERE alias = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (alias, after, heads[0]),
         ).fetchall()
         frombuffer = np.frombuffer
-        return int(base), [Delta(s, m, frombuffer(x, dtype=np.float64), r, c, w) for s, m, x, r, c, w in rows]
+        return base, [Delta(s, m, frombuffer(x, dtype=np.float64), r, c, w) for s, m, x, r, c, w in rows]
 
     def deltas(self, alias: str, after: int) -> list[Delta]:
         with self.lock:
@@ -412,6 +467,11 @@ class SQLiteLearnerState:
             if self._quick is not None:
                 self._quick.close()
             self.db.close()
+
+
+def _real(v: float | None) -> float | None:
+    """A REAL column's value as SQLite returns it (None stays None)."""
+    return None if v is None else float(v)
 
 
 def learner_state_path(config: GatewayConfig, learning: LearningConfig | None = None) -> str:

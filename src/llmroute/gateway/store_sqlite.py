@@ -157,14 +157,22 @@ class _SQLiteBackend:
         return {(k, p): float(v) for k, p, v in rows}
 
     def attach(self, request_id: str, outcome: dict[str, Any], owner: str | None = None) -> bool:
+        return self.attach_read(request_id, outcome, owner) is not None
+
+    def attach_read(
+        self, request_id: str, outcome: dict[str, Any], owner: str | None = None, columns: Sequence[str] = ()
+    ) -> tuple[Any, ...] | None:
+        """`attach`, reading the row's `columns` (trusted column names, raw as stored) in the
+        same query: their values, or None when nothing was attached (unknown id, other owner)."""
         row = self.db.execute(
-            "SELECT outcome, key_id FROM traces WHERE request_id = ?", (request_id,)
+            f"SELECT rowid, outcome, key_id{''.join(', ' + c for c in columns)} FROM traces WHERE request_id = ?",
+            (request_id,),
         ).fetchone()
-        if row is None or (owner is not None and row[1] != owner):
-            return False
-        merged = _merge_outcome(_loads(row[0]), outcome)
-        self.db.execute("UPDATE traces SET outcome = ? WHERE request_id = ?", (_dumps(merged), request_id))
-        return True
+        if row is None or (owner is not None and row[2] != owner):
+            return None
+        merged = _merge_outcome(_loads(row[1]), outcome)
+        self.db.execute("UPDATE traces SET outcome = ? WHERE rowid = ?", (_dumps(merged), row[0]))
+        return tuple(row[3:])
 
     def query(self, where: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
         sql, args = _where_sql(where, lambda i: "?")
