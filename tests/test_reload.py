@@ -19,7 +19,13 @@ import yaml
 from conftest import StubRouter, loopback_config, run_gateway, start_fake_server
 from llmroute.gateway.auth import hash_key
 from llmroute.gateway.config import load_config, parse_config
-from llmroute.gateway.reload import RESTART_ONLY, config_changes, restart_required, running_config
+from llmroute.gateway.reload import (
+    RESTART_ONLY,
+    config_changes,
+    restart_required,
+    router_signatures,
+    running_config,
+)
 
 MASTER = "sk-reload-master-0123456789"
 TEAM_KEY = "sk-reload-team-0123456789"
@@ -225,6 +231,20 @@ def test_plan_helpers(tmp_path: Path) -> None:
     ch = config_changes(old, run)
     assert ch["models"] == {"added": ["fake-new"], "removed": ["fake-weak"], "changed": []}
     assert ch["aliases"]["changed"] == ["llmroute/auto"] and ch["sections"] == ["server"]
+
+
+def test_a_profile_rewritten_in_place_changes_the_router_signature(tmp_path: Path) -> None:
+    """A reload reuses a router only while its signature holds: rewriting a profiled model's
+    profile file (same path, new rows) must change it, or the old added column would stay."""
+    base = loopback_config("http://127.0.0.1:9/v1", tmp_path)
+    prof = tmp_path / "new-model.csv"
+    prof.write_text("prompt,model,quality\nhi,fake-new,1\n")
+    cfg = parse_config({**base, "models": [*base["models"], {**base["models"][1], "name": "fake-new",
+                                                              "profile": str(prof)}]})  # fmt: skip
+    first = router_signatures(cfg)
+    assert router_signatures(cfg) == first  # nothing changed: reused
+    prof.write_text("prompt,model,quality\nhi,fake-new,0\nbye,fake-new,1\n")
+    assert router_signatures(cfg)["default"] != first["default"]
 
 
 def test_another_gateway_on_the_same_store_follows_a_reload(fake_server: Any, tmp_path: Path) -> None:

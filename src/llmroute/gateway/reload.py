@@ -118,22 +118,30 @@ def running_config(old: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
 
 def router_signatures(config: GatewayConfig) -> dict[str, tuple[Any, ...]]:
     """Per router name: its reference, its file's (path, size, modification time) and the profiled
-    models added to it. A router is reused by a reload only when this is unchanged."""
+    models added to it, with their profile files' too (a profile rewritten in place, e.g. by a new
+    `llmroute profile` run, changes the added column). A router is reused by a reload only when
+    this is unchanged."""
     profiled = tuple(
-        (m.estimated_by, m.profile, m.input_per_mtok, m.output_per_mtok) for m in config.models if m.profile
+        (m.estimated_by, _file_signature(config, m.profile), m.input_per_mtok, m.output_per_mtok)
+        for m in config.models
+        if m.profile
     )
     out: dict[str, tuple[Any, ...]] = {}
     for name, ref in config.routers.items():
-        file: tuple[Any, ...] = ()
-        if not ref.startswith("builtin:"):
-            path = config.resolve_path(ref)
-            try:
-                st = path.stat()
-                file = (str(path), st.st_size, st.st_mtime_ns)
-            except OSError:
-                file = (str(path), None, None)
+        file = () if ref.startswith("builtin:") else _file_signature(config, ref)
         out[name] = (ref, file, profiled)
     return out
+
+
+def _file_signature(config: GatewayConfig, ref: str) -> tuple[Any, ...]:
+    """(resolved path, size, modification time in ns) of a file the config names; None for the
+    last two when it cannot be read (the load then reports why)."""
+    path = config.resolve_path(ref)
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), None, None)
+    return (str(path), st.st_size, st.st_mtime_ns)
 
 
 def _named(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[str]]:
