@@ -33,7 +33,8 @@ State shared by `llmroute serve --workers N` (one host): the posterior is a sum 
 one per outcome, so the shared state is the list of those terms. `SQLiteLearnerState` keeps them
 in a SQLite table (`learner_deltas`: alias, request id, model, context, residual, cost residual,
 weight) in WAL mode; a worker appends its outcomes and every `sync_interval_s` (and right after
-its own outcome) replays the rows it has not seen, in order. Every worker thus holds the same
+its own outcome) replays the rows it has not seen, in order (its own rows are not read back: the
+state hands back their terms built from the outcomes). Every worker thus holds the same
 posterior, up to `sync_interval_s` behind. `learner_active` keeps the one outcome per request
 that counts (an explicit one replaces an implicit one: a -1 row undoes it), which makes feedback
 idempotent across workers. Snapshots (`learner_snapshots`: the learner's safetensors bytes and
@@ -201,6 +202,10 @@ class _AliasLearner:
                 per_model.setdefault(j, []).append(d)
             self.seq = d.seq
         for j, ds in per_model.items():
+            if len(ds) < 3:  # what observe_many runs below 3 rows, without stacking them first
+                for d in ds:
+                    lr.observe(d.x, j, float(d.residual), d.cost_residual, float(d.weight))
+                continue
             lr.observe_many(
                 np.array([d.x for d in ds]),
                 j,

@@ -13,8 +13,9 @@ semantics of `SQLiteLearnerState`:
   explicit outcome replace an implicit one ("replaced": a -1 term undoes it). An outcome learned
   before the alias's last base snapshot (initial, reset, rollback) is no longer in the posterior.
   Those per-request keys expire after `active_ttl_s` (default 7 days: the idempotence window);
-- deltas are pulled incrementally (`ZRANGEBYSCORE (after +inf`) with the alias's head and trim
-  floor, in the same script as the batch's outcomes (one round trip per sync); a worker behind
+- deltas are pulled incrementally (`ZRANGEBYSCORE (after head-before-the-batch`) with the
+  alias's head and trim floor, in the same script as the batch's outcomes (one round trip per
+  sync; the batch's own terms are not sent back: the caller builds them); a worker behind
   the floor, or ahead of the head (a Redis that lost its data), is told to reload (`deltas` is
   None) from the newest snapshot;
 - snapshots (`learn:snap:<alias>` id -> safetensors bytes, `learn:meta:<alias>` id -> JSON;
@@ -58,10 +59,18 @@ QUEUED, DROPPED = "queued", "dropped"
 # KEYS[4n+4j+1..4n+4j+4] (alias j): base, seq, floor, deltas. ARGV[1]: active ttl ms, ARGV[2]: n;
 # ARGV[5i+3..5i+7]: explicit ('1'/'0'), same-key, payload, alias, aliases-set key;
 # ARGV[5n+3+j]: alias j's last applied seq.
-# Returns {per outcome 'applied' | 'replaced' | 'ignored', per alias {base, head, floor, members}}.
+# Returns {per outcome 'applied' | 'replaced' | 'ignored', per alias {base, head, floor, members},
+# per outcome {undo seq or 0, its term's seq or 0, the undone payload or ''}}: the members pulled
+# are the other writers' (seq up to the alias's head before this batch); the batch's own terms
+# are known to the caller (their seqs and payloads), so they are not sent back.
 _APPLY = """
 local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local before = {}
+for j = 0, (#KEYS - 4*n) / 4 - 1 do
+  before[j] = redis.call('GET', KEYS[4*n + 4*j + 2]) or '0'
+end
 local out = {}
+local own = {}
 for i = 0, n - 1 do
   local kseq, kd, kbase, kact = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
   local explicit, same, payload = ARGV[5*i+3], ARGV[5*i+4], ARGV[5*i+5]
@@ -81,28 +90,31 @@ for i = 0, n - 1 do
     apay = string.sub(act, p3 + 1)
     if aseq <= base then act = nil end
   end
+  local u, s, undone = 0, 0, ''
   if act and (explicit ~= '1' or asame == same) then
     result = 'ignored'
   else
     if act then
-      local u = redis.call('INCR', kseq)
+      u = redis.call('INCR', kseq)
       redis.call('ZADD', kd, u, u .. '-' .. apay)
+      undone = apay
       result = 'replaced'
     end
-    local s = redis.call('INCR', kseq)
+    s = redis.call('INCR', kseq)
     redis.call('ZADD', kd, s, s .. '+' .. payload)
     redis.call('SET', kact, s .. '\\n' .. explicit .. '\\n' .. same .. '\\n' .. payload, 'PX', ttl)
   end
   out[#out + 1] = result
+  own[#own + 1] = {u, s, undone}
 end
 local pulled = {}
 for j = 0, (#KEYS - 4*n) / 4 - 1 do
   local k = 4*n + 4*j
   pulled[#pulled + 1] = {redis.call('GET', KEYS[k+1]) or '', redis.call('GET', KEYS[k+2]) or '0',
                          redis.call('GET', KEYS[k+3]) or '0',
-                         redis.call('ZRANGEBYSCORE', KEYS[k+4], '(' .. ARGV[5*n+3+j], '+inf')}
+                         redis.call('ZRANGEBYSCORE', KEYS[k+4], '(' .. ARGV[5*n+3+j], before[j])}
 end
-return {out, pulled}
+return {out, pulled, own}
 """
 
 # KEYS: snapshot data, meta, unique (kind:seq -> id), base, last snapshot seq, deltas, floor,
@@ -235,7 +247,9 @@ class RedisLearnerState:
     def _apply_pull(
         self, outcomes: Sequence[Outcome], after: dict[str, int]
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta] | None]]]:
-        """Record `outcomes` and pull the aliases of `after`: one script, one round trip."""
+        """Record `outcomes` and pull the aliases of `after`: one script, one round trip. The
+        batch's own terms are not sent back: built here from the outcomes (and the undone
+        payload of a replaced one), after the other writers' terms, as a read would return them."""
         keys: list[str] = []
         args: list[Any] = [self.active_ttl_ms, len(outcomes)]
         aliases = self._k("aliases")
@@ -252,14 +266,25 @@ class RedisLearnerState:
         for a in names:
             keys += [self._k("base", a), self._k("seq", a), self._k("floor", a), self._k("d", a)]
         args += [int(after[a]) for a in names]
-        res, rows = self.st.eval(_APPLY, keys, args)
+        res, rows, written = self.st.eval(_APPLY, keys, args)
+        own: dict[str, list[Delta]] = {}
+        for o, (u, s, undone) in zip(outcomes, written, strict=True):
+            if o.alias not in after or not s:
+                continue
+            terms = own.setdefault(o.alias, [])
+            if u:
+                terms.append(_delta(str(u).encode() + b"-" + undone))
+            x = np.ascontiguousarray(o.x, dtype=np.float64)
+            cost = None if o.cost_residual is None else float(o.cost_residual)
+            terms.append(Delta(int(s), o.model, x, float(o.residual), cost, 1.0))
         pulled: dict[str, tuple[int, list[Delta] | None]] = {}
         for a, (base, head, floor, members) in zip(names, rows, strict=True):
             bid = int(base.split(b":")[0]) if base else 0
             if int(after[a]) < int(floor) or int(after[a]) > int(head):
                 pulled[a] = (bid, None)  # trimmed past this worker's position, or Redis lost them: reload
             else:
-                pulled[a] = (bid, [_delta(m) for m in members])
+                mine = [d for d in own.get(a, ()) if d.seq > int(after[a])]
+                pulled[a] = (bid, [_delta(m) for m in members] + mine)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in res], pulled
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
