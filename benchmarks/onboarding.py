@@ -170,7 +170,7 @@ def run_set(
                 # h's grades with the known models' on the same prompts
                 # method "factor" fits the router's factor model on its training table at the
                 # first add (the reference; h's own rows there are not used) and reuses it
-                ref = {"reference": train} if method == "factor" else {}
+                ref = {"reference": train} if method in ("factor", "task") else {}
                 r.add_model(h, prof, method=method, **ref)
                 if len(r.models) == 11 and k == 100:
                     add_times.append(time.perf_counter() - ta)

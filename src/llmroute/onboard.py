@@ -52,8 +52,11 @@ class ProfileData:
         output_tokens: np.ndarray,
         cost: np.ndarray,
         price: ModelPrice | None,
+        tasks: list[str] | None = None,
     ) -> None:
         self.prompts = prompts
+        #: each prompt's task label ('' = none), from the profile table's `task` column
+        self.tasks = tasks if tasks is not None else [""] * len(prompts)
         self.quality = quality
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -93,10 +96,11 @@ def profile_data(profile: RoutingTable | str | Path, model: str) -> ProfileData:
             f"profile {table.source} has no graded rows for {source!r} (every quality is empty): "
             "grade the answers first (llmroute profile grades them)"
         )
-    prompts = table.prompts
+    prompts, tasks = table.prompts, table.tasks
     price = (table.prices or {}).get(source)
     return ProfileData(
         prompts=[prompts[i] for i in graded],
+        tasks=[tasks[i] for i in graded],
         quality=q[graded].astype(np.float64),
         input_tokens=table.matrix("input_tokens")[graded, j],
         output_tokens=table.matrix("output_tokens")[graded, j],
@@ -137,7 +141,9 @@ def add_model(
     "ridge"); with "paired" the known models' own rows in the profile table (`llmroute profile
     --models new,known...` writes them) or in `reference` (a table with their grades on the
     profile prompts, e.g. the router's training table) are paired with the new model's grades
-    on the same prompts, which removes much of a small profile's noise. With "factor"
+    on the same prompts, which removes much of a small profile's noise; "task" is "paired" plus
+    a per-task offset (`llmroute.estimators.profiled_task`: the task labels of the profile and
+    of `reference`, the training table, train a task classifier kept in the router). With "factor"
     (`llmroute.estimators.profiled_factor`) the new model is a vector in a low-rank model of
     the known models' grades, fitted once on the router's training table: the first factor
     add needs it as `reference`; the router keeps the factor model for later adds.
@@ -156,7 +162,7 @@ def add_model(
     # prompt would get at routing time); prompts the router never saw: unchanged
     base_q = est.base_estimates(X, exclude_self=True)
     known = None
-    if method in ("paired", "margin"):
+    if method in ("paired", "margin", "task"):
         tables = [profile_table(profile), *([reference] if reference is not None else [])]
         known = known_grades(router, data.prompts, tables)
     if z is None:
@@ -164,6 +170,19 @@ def add_model(
     if method == "factor":
         fit: Any
         fit, known = _factor_fit(router, est, data, X, base_q, profile, reference, 1.0 if z is None else z)
+    elif method == "task":
+        task_model = _task_model(router, est, data, profile, reference)
+        member = None if task_model is None else task_model.membership(X.emb, data.tasks)
+        fit = fit_profile(
+            base_q,
+            X.emb,
+            data.quality,
+            z=z,
+            known=known,
+            method=method,
+            task_model=task_model,
+            task_member=member,
+        )
     else:
         fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
     tin = np.where(np.isfinite(data.input_tokens), data.input_tokens, router.cost.count_tokens(data.prompts))
@@ -295,6 +314,40 @@ def _factor_fit(
         est.factor_ = fit_factor_model(grades[keep], est.base_estimates(Xr, exclude_self=True), Xr.emb)
     known = known_grades(router, data.prompts, [profile_table(profile), *([ref] if ref is not None else [])])
     return fit_factor_profile(est.factor_, base_q, X.emb, data.quality, known=known, z=z), known
+
+
+def _task_model(
+    router: Router,
+    est: ProfiledEstimator,
+    data: ProfileData,
+    profile: RoutingTable | str | Path,
+    reference: RoutingTable | str | Path | None,
+) -> Any:
+    """Method "task": the router's task classifier p(t | x) (`TaskModel`), fitted the first time
+    on the labelled prompts of `reference` (the router's training table) and of the profile
+    (at most `MAX_TASK_ROWS`, drawn with seed 0), then kept in the router; None when they hold
+    fewer than two tasks (the method is then "paired" exactly)."""
+    from llmroute.estimators.profiled_task import MAX_TASK_ROWS, fit_task_model
+
+    if est.tasks_ is not None:
+        return est.tasks_
+    label: dict[str, str] = {}
+    for t in [*([reference] if reference is not None else []), profile]:
+        table = profile_table(t)
+        for p, task in zip(table.prompts, table.tasks, strict=True):
+            if task:
+                label.setdefault(p, task)
+    for p, task in zip(data.prompts, data.tasks, strict=True):
+        if task:
+            label.setdefault(p, task)
+    if len(set(label.values())) < 2:
+        return None
+    texts = list(label)
+    if len(texts) > MAX_TASK_ROWS:
+        keep = np.sort(np.random.default_rng(0).choice(len(texts), MAX_TASK_ROWS, replace=False))
+        texts = [texts[i] for i in keep]
+    est.tasks_ = fit_task_model(router.featurize(texts).emb, [label[p] for p in texts])
+    return est.tasks_
 
 
 def known_grades(

@@ -91,7 +91,9 @@ def add_cmd(
             "grades with the known models' on the same prompts) or margin (paired, and the new "
             "model must beat the best known model by a margin calibrated on --reference, the "
             "router's training table) or factor (a vector in a low-rank model of the training "
-            "table, fitted once on --reference); docs/onboarding-notes.md.",
+            "table, fitted once on --reference) or task (paired plus a per-task offset; the task "
+            "labels of --reference and of the profile train a task classifier kept in the router); "
+            "docs/onboarding-notes.md.",
         ),
     ] = "ridge",
     reference: Annotated[
@@ -102,7 +104,8 @@ def add_cmd(
             "profile prompts (e.g. the router's training table); the profile's own known-model rows "
             "are used first. With margin, a router not yet calibrated is calibrated on it first "
             "(kept in the saved router). With factor: the router's training table, needed by the "
-            "first factor add (the factor model fitted on it is kept in the saved router).",
+            "first factor add (the factor model fitted on it is kept in the saved router). With task: "
+            "its prompts' task labels (and the profile's) train the task classifier at the first add.",
         ),
     ] = None,
 ) -> None:

@@ -31,6 +31,10 @@ Two fits (`fit_profile(method=...)`):
   plus the weights' uncertainty along the prompt. So it wins a prompt only where it beats the
   best known model by z sds of their difference. z is meant to be calibrated per router by
   re-onboarding its known models from the training table (`calibrate_z`).
+- ``"task"`` (opt-in, docs/onboarding-notes.md "Session 5"): the "paired" fit plus a per-task
+  offset, shrunk by a hierarchical prior across tasks, weighted by the prompt's task membership
+  p(t | x) from a task classifier kept in the router (`llmroute.estimators.profiled_task`);
+  "paired" exactly when no task labels are known.
 
 Both share ``r(x)``: held-out (5-fold) residuals smoothed over the prompt embeddings with a
 cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual (sum_i K_i e_i /
@@ -53,6 +57,7 @@ import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.profiled_factor import FactorFit, FactorModel
+from llmroute.estimators.profiled_task import TaskModel, task_offsets
 
 __all__ = [
     "METHODS",
@@ -65,7 +70,7 @@ __all__ = [
 ]
 
 #: how a profiled model is fitted (`fit_profile`); the first is the default
-METHODS = ("ridge", "paired", "margin")
+METHODS = ("ridge", "paired", "margin", "task")
 #: margins tried by `calibrate_z` (sds of the estimated difference), smallest first
 Z_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 #: ridge penalties tried (times the number of profile rows); the last is "closest model only"
@@ -88,7 +93,10 @@ class ProfileFit:
     the posterior sd at a prompt is sqrt(level_var + d' wcov d), d = its estimates - center;
     z: how many of those sds the estimate is lowered by; diff_var (m_base,): method "margin":
     the level variance of the estimated difference from each known model (used for the best
-    known model at each prompt instead of level_var; None = the level sd).
+    known model at each prompt instead of level_var; None = the level sd). Method "task"
+    (`llmroute.estimators.profiled_task`): task_model gives p(t | x), task_delta (T,) and
+    task_var (T,) the per-task offsets' posterior means and variances, added to the mean and
+    the variance (None: no offsets, "paired" exactly).
     """
 
     w: np.ndarray
@@ -106,6 +114,9 @@ class ProfileFit:
     level_var: float = 0.0
     z: float = 0.0
     diff_var: np.ndarray | None = None
+    task_model: TaskModel | None = None
+    task_delta: np.ndarray | None = None
+    task_var: np.ndarray | None = None
 
     @property
     def margin(self) -> float:
@@ -130,7 +141,14 @@ class ProfileFit:
         if self.diff_var is not None:
             # the sd of the difference from the best known model at the prompt
             level = self.diff_var[np.argmax(base_q, axis=1)]
-        return q, np.sqrt(level + np.einsum("ij,jk,ik->i", d, self.wcov, d))
+        var = level + np.einsum("ij,jk,ik->i", d, self.wcov, d)
+        if self.task_model is not None and self.task_delta is not None and self.task_var is not None:
+            # the offset of the prompt's task, unknown: its mixture mean and variance
+            p = self.task_model.proba(emb)
+            off = p @ self.task_delta
+            q = q + off
+            var = var + np.maximum(p @ (self.task_var + self.task_delta**2) - off**2, 0.0)
+        return q, np.sqrt(var)
 
 
 def _kernel_residual(emb: np.ndarray, E: np.ndarray, e: np.ndarray, beta: float, kappa: float) -> np.ndarray:
@@ -188,6 +206,8 @@ def fit_profile(
     z: float = 1.0,
     known: np.ndarray | None = None,
     method: str = "ridge",
+    task_model: TaskModel | None = None,
+    task_member: np.ndarray | None = None,
 ) -> ProfileFit:
     """Fit one profiled model from its graded profile (see the module docstring).
 
@@ -199,6 +219,9 @@ def fit_profile(
     known: (k, m_base) the known models' own grades on the profile prompts (NaN = not graded),
     used by "paired" and "margin" (`_paired`); "ridge" ignores them. "margin": as "paired",
     with the per-prompt sd taken of the difference from the best known model (`ProfileFit`).
+    "task": as "paired", plus a per-task offset (`llmroute.estimators.profiled_task`) when
+    task_model (p(t | x)) and task_member ((k, T) the profile prompts' task membership, one-hot
+    where labelled) are given; without them it is "paired" exactly.
     """
     if method not in METHODS:
         raise ValueError(f"unknown profile method {method!r}; use one of {METHODS}")
@@ -224,7 +247,7 @@ def fit_profile(
     folds = np.random.default_rng(0).permutation(k) % min(5, k)
     S, s2, pc = None, 0.0, P.mean(axis=0)
     y_raw, paired = y, False
-    if method in ("paired", "margin"):
+    if method in ("paired", "margin", "task"):
         if known is not None and k >= 10 and np.isfinite(known).any():
             if np.shape(known) != (k, m):
                 raise ValueError(f"known grades have shape {np.shape(known)}, expected ({k}, {m})")
@@ -245,6 +268,18 @@ def fit_profile(
         i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
         w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
         loo = cv[i]
+    task: dict = {}
+    off = np.zeros(k)
+    if method == "task" and task_model is not None and task_member is not None:
+        if np.shape(task_member) != (k, len(task_model.tasks)):
+            raise ValueError(
+                f"task membership has shape {np.shape(task_member)}, expected ({k}, {len(task_model.tasks)})"
+            )
+        # per-task offsets of the held-out residuals, before the kernel (which sees what is left)
+        delta, dvar, _ = task_offsets(loo, task_member)
+        task = {"task_model": task_model, "task_delta": delta, "task_var": dvar}
+        off = np.asarray(task_member, dtype=np.float64) @ delta
+        loo = loo - off
     err = float(np.mean(loo**2))
     # residual kernel on the held-out residuals: used only when it beats "no residual" by more
     # than one standard error (leave-one-out over the profile)
@@ -257,7 +292,7 @@ def fit_profile(
                 beta, kappa, final_err = bt, kp, e2
     if beta > 0:
         # the kernel stores the in-sample residuals of the linear part
-        resid, emb_keep = y - (P @ w + b), E.astype(np.float32)
+        resid, emb_keep = y - (P @ w + b) - off, E.astype(np.float32)
     else:
         resid, emb_keep = np.zeros(0), E[:0].astype(np.float32)
     rmse = float(np.sqrt(final_err))
@@ -267,6 +302,9 @@ def fit_profile(
     if beta > 0:
         # what the kernel explains is no longer noise for the interval (the weights' posterior
         # scales with the noise variance)
+        S, s2 = S * (final_err / s2), final_err
+    elif task and final_err < s2:
+        # what the task offsets explain is no longer noise for the level and the weights
         S, s2 = S * (final_err / s2), final_err
     diff_var = None
     if method == "margin":
@@ -296,6 +334,7 @@ def fit_profile(
         level_var=s2 / k,
         z=z,
         diff_var=diff_var,
+        **task,
     )
 
 
@@ -454,6 +493,9 @@ class ProfiledEstimator(QualityEstimator):
         #: the known models' factor model (method "factor", `llmroute.estimators.profiled_factor`),
         #: fitted on the training table at the first factor add and kept for later adds
         self.factor_: FactorModel | None = None
+        #: the task classifier p(t | x) of method "task" (`llmroute.estimators.profiled_task`),
+        #: fitted on labelled prompts at the first task add and kept for later adds
+        self.tasks_: TaskModel | None = None
 
     @property
     def uses_extra(self) -> bool:
@@ -533,6 +575,9 @@ class ProfiledEstimator(QualityEstimator):
                 out[f"p{p}/wcov"] = f.wcov
             if f.diff_var is not None:
                 out[f"p{p}/diff_var"] = f.diff_var
+            if f.task_delta is not None and f.task_var is not None:
+                out[f"p{p}/task_delta"] = f.task_delta
+                out[f"p{p}/task_var"] = f.task_var
             profiles.append(
                 {
                     "b": f.b,
@@ -550,6 +595,10 @@ class ProfiledEstimator(QualityEstimator):
         if self.factor_ is not None:
             fa, factor = self.factor_.state("factor/")
             out.update(fa)
+        tasks = None
+        if self.tasks_ is not None:
+            ta, tasks = self.tasks_.state("tasks/")
+            out.update(ta)
         cls = type(self.base)
         meta = {
             "base_class": f"{cls.__module__}:{cls.__qualname__}",
@@ -558,6 +607,7 @@ class ProfiledEstimator(QualityEstimator):
             "columns": self.columns_,
             "profiles": profiles,
             "factor": factor,
+            "tasks": tasks,
         }
         return out, meta
 
@@ -574,6 +624,8 @@ class ProfiledEstimator(QualityEstimator):
         est.columns_ = [int(c) for c in params["columns"]]
         if params.get("factor") is not None:
             est.factor_ = FactorModel.from_state(arrays, "factor/", params["factor"])
+        if params.get("tasks") is not None:
+            est.tasks_ = TaskModel.from_state(arrays, "tasks/", params["tasks"])
         for p, meta in enumerate(params["profiles"]):
             if meta.get("kind") == "factor":
                 if est.factor_ is None:
@@ -598,6 +650,9 @@ class ProfiledEstimator(QualityEstimator):
                     level_var=float(meta.get("level_var", 0.0)),
                     z=float(meta.get("z", 0.0)),
                     diff_var=_opt(arrays.get(f"p{p}/diff_var")),
+                    task_model=est.tasks_ if f"p{p}/task_delta" in arrays else None,
+                    task_delta=_opt(arrays.get(f"p{p}/task_delta")),
+                    task_var=_opt(arrays.get(f"p{p}/task_var")),
                 )
             )
         return est
