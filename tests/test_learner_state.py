@@ -155,6 +155,26 @@ def test_a_rollback_by_another_writer_is_seen_at_the_next_pull(
         other.close()
 
 
+def test_the_periodic_pull_reads_on_the_loop_unless_the_state_is_busy(tmp_path: Path) -> None:
+    """SQLite: `try_apply_and_pull` with no outcomes is the periodic sync's pull, run on the
+    event loop: the other workers' new terms, nothing when none came; None (then a thread
+    pulls) while this process's other thread holds the state."""
+    path = str(tmp_path / "learner.sqlite")
+    st, other = SQLiteLearnerState(path), SQLiteLearnerState(path)
+    try:
+        other.apply([_o("a", 0.1), _o("b", 0.2)])
+        got = st.try_apply_and_pull([], {ALIAS: 1})
+        assert (
+            got is not None and got[0] == [] and [(d.seq, d.residual) for d in got[1][ALIAS][1]] == [(2, 0.2)]
+        )
+        assert st.try_apply_and_pull([], {ALIAS: 2}) == ([], {ALIAS: (0, [])})
+        with st.lock:
+            assert st.try_apply_and_pull([], {ALIAS: 0}) is None
+    finally:
+        st.close()
+        other.close()
+
+
 def test_snapshots_and_rollback(state: Any) -> None:
     first = state.snapshot(ALIAS, 0, b"initial", "initial")
     assert first is not None and state.snapshot(ALIAS, 0, b"again", "initial") is None  # one per kind and seq

@@ -420,8 +420,9 @@ class Learning:
         the trace store's writer thread for all of it, none for built outcomes alone on a SQLite
         state nobody else is writing (`SQLiteLearnerState.try_apply_and_pull`, on the loop).
         Then reload after a rollback and take a periodic snapshot every `snapshot_every`
-        outcomes. Returns per graded outcome (alias, result), None when it is not a learning
-        decision."""
+        outcomes. The periodic sync (nothing graded) reads on the loop too when nobody is
+        writing, one query when no worker wrote since (`try_apply_and_pull`). Returns per graded
+        outcome (alias, result), None when it is not a learning decision."""
         st = self.state
         if st is None or self._sync_lock is None:
             return [None] * len(graded)
@@ -430,8 +431,9 @@ class Learning:
             built = all(isinstance(g, Outcome) for g in graded)
             quick = getattr(st, "try_apply_and_pull", None)
             done = None
-            if graded and built and quick is not None and len(graded) <= _QUICK_MAX:
-                done = quick(graded, after)  # a small batch: a few SQLite statements, no hop
+            if built and quick is not None and len(graded) <= _QUICK_MAX:
+                # a small batch (or none: the periodic pull, a read): a few SQLite statements, no hop
+                done = quick(graded, after)
             if done is not None:
                 results = [(o.alias, r) for o, r in zip(graded, done[0], strict=True)]  # type: ignore[union-attr]
                 pulled: dict[str, tuple[int, list[Delta] | None]] = dict(done[1])

@@ -284,11 +284,17 @@ class SQLiteLearnerState:
         batch): None, with nothing written, when another thread of this process or another
         process is writing the state (then run `apply_and_pull` on a thread). Runs on its own
         connection (busy timeout 0, no automatic checkpoint: `checkpoint` does that off the
-        loop)."""
+        loop). No outcomes: the pull alone, a read (one query when no writer added terms or
+        snapshots since; None if SQLite answers busy)."""
         if not self.lock.acquire(blocking=False):
             return None
         try:
             db = self._quick_db()
+            if not outcomes:
+                try:
+                    return [], self._pull_all(after, db)
+                except sqlite3.OperationalError:  # busy (e.g. another process recovering the WAL)
+                    return None
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:  # locked by another process
