@@ -617,14 +617,16 @@ class Learning:
                 )
                 ch, g = chs.tolist(), gs.tolist()
                 props = probs[np.arange(len(rows)), chs].tolist()
-            else:  # a few requests: the same pick in plain floats, one at a time
-                ch, g, props = [], [], []
-                for r, i in enumerate(rows):
-                    qf, cf = fills[i]
-                    c_, g_, p_, _, _ = lr.pick(0.0, qf, cf, lams[i], masks[r], TX[i], XAX[i], AXK[i])
-                    ch.append(c_)
-                    g.append(g_)
-                    props.append(p_[c_])
+            else:  # a few requests: the same pick in plain floats, request by request
+                ch, g, props = lr.pick_rows(
+                    [fills[i][0] for i in rows],
+                    [fills[i][1] for i in rows],
+                    [lams[i] for i in rows],
+                    masks,
+                    [TX[i] for i in rows],
+                    [XAX[i] for i in rows],
+                    [AXK[i] for i in rows],
+                )
             picked = dict(zip(rows, zip(ch, g, props, strict=True), strict=True))
         metrics, method = self.metrics, lr.method
         for i, (_, d) in enumerate(items):

@@ -41,6 +41,7 @@ safetensors file, no pickle).
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import math
@@ -143,6 +144,14 @@ def _win_probs_two(m0: float, m1: float, s0: float, s1: float) -> list[float]:
         p1 = 0.5 * math.erfc(-z / math.sqrt(2.0))
         return [1.0 - p1, p1]
     return [1.0 if live0 else 0.0, 1.0 if live1 else 0.0]
+
+
+@functools.lru_cache(maxsize=64)
+def _fused_cols(m: int, d: int) -> np.ndarray:
+    """The columns of `prepare_embeddings`' product W = z Su read per model j: theta_u . z
+    (j (d + 3)), A_k,u . z (+ 1 + d) and A_b,u . z (+ 2 + d), in that order, model by model."""
+    s = d + 3
+    return np.array([j * s + o for j in range(m) for o in (0, 1 + d, 2 + d)], dtype=np.intp)
 
 
 def _einsum_vecdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -482,11 +491,13 @@ class OnlineLearner:
         X[:, d] = 0.0
         X[:, d + 1] = 1.0
         tx, xax, axk = [], [], []
-        s, js = d + 3, range(m)
-        for w, q, n in zip(W.tolist(), Q, nz, strict=True):
-            tx.append([w[j * s] / n + th_b[j] for j in js])
-            axk.append([w[j * s + 1 + d] / n + a_kb[j] for j in js])
-            xax.append([q[j] / (n * n) + 2.0 * w[j * s + 2 + d] / n + a_bb[j] for j in js])
+        js = range(m)
+        # of W's row only theta_u . z, A_k,u . z and A_b,u . z per model are read: those 3 m
+        # columns (`_fused_cols`), not all m (D + 1), become Python floats
+        for w, q, n in zip(W[:, _fused_cols(m, d)].tolist(), Q, nz, strict=True):
+            tx.append([w[3 * j] / n + th_b[j] for j in js])
+            axk.append([w[3 * j + 1] / n + a_kb[j] for j in js])
+            xax.append([q[j] / (n * n) + 2.0 * w[3 * j + 2] / n + a_bb[j] for j in js])
         return X, tx, xax, axk
 
     def context_batch(self, embeddings: np.ndarray) -> np.ndarray:
@@ -520,10 +531,79 @@ class OnlineLearner:
         the trade-off, the allowed mask (None: all). Returns (chosen index, greedy index, the
         probability of every model, posterior-mean quality and cost per model); draws one
         uniform from `rng` when the choice is random. Plain floats: m is small."""
-        m = len(self.models)
-        _, theta_k, a_kk, cost_res, profiled = self._factors()
+        fac = self._factors()
         if allowed is not None and not any(allowed):
             raise ValueError("no candidate model is allowed")
+        probs_of = self._probs_two if len(self.models) == 2 else self._probs
+        g, probs, q, c, dev = probs_of(fac, xk, qf, cf, lam, allowed, tx, xax, axk)
+        ch = self._draw(probs, self.rng.random()) if dev > 0 else g
+        return ch, g, probs, q, c
+
+    def pick_rows(
+        self,
+        qf: Sequence[list[float]],
+        cf: Sequence[list[float]],
+        lam: Sequence[float],
+        allowed: Sequence[list[bool] | None],
+        tx: Sequence[list[float]],
+        xax: Sequence[list[float]],
+        axk: Sequence[list[float]],
+    ) -> tuple[list[int], list[int], list[float]]:
+        """`pick` of several requests in order (contexts whose base-quality column is 0, as
+        `prepare_embeddings` gives them; one list per request in each argument): (chosen,
+        greedy, the chosen model's probability) per request. The same choices and probabilities
+        as `pick` one request at a time: the uniforms are drawn together after the
+        probabilities, one per request whose choice is random, in request order (the same
+        stream as one draw each). The per-request path of a routing micro-batch."""
+        fac = self._factors()
+        probs_of = self._probs_two if len(self.models) == 2 else self._probs
+        greedy: list[int] = []
+        rows: list[list[float]] = []
+        live: list[int] = []
+        for r, ok in enumerate(allowed):
+            if ok is not None and not any(ok):
+                raise ValueError("no candidate model is allowed")
+            g, probs, _, _, dev = probs_of(fac, 0.0, qf[r], cf[r], lam[r], ok, tx[r], xax[r], axk[r])
+            greedy.append(g)
+            rows.append(probs)
+            if dev > 0:
+                live.append(r)
+        chosen = list(greedy)
+        if live:
+            draw = self._draw
+            for r, u in zip(live, self.rng.random(len(live)).tolist(), strict=True):
+                chosen[r] = draw(rows[r], u)
+        return chosen, greedy, [p[c] for p, c in zip(rows, chosen, strict=True)]
+
+    def _draw(self, probs: list[float], u: float) -> int:
+        """The model the uniform `u` picks from `probs` (Generator.choice(m, p=probs /
+        probs.sum()) without its checks: the cdf, normalised)."""
+        if len(probs) == 2:  # the same arithmetic without the lists (fsum of two = their sum;
+            total = probs[0] + probs[1]  # the normalised cdf's last value is 1 > u)
+            c0 = probs[0] / total
+            return 0 if u < c0 / (c0 + probs[1] / total) else 1
+        total = math.fsum(probs)
+        cdf = list(itertools.accumulate(v / total for v in probs))
+        top = cdf[-1]
+        return min(bisect.bisect_right([v / top for v in cdf], u), len(probs) - 1)
+
+    def _probs(
+        self,
+        fac: tuple[np.ndarray, list[float], list[float], list[float], bool],
+        xk: float,
+        qf: list[float],
+        cf: list[float],
+        lam: float,
+        allowed: list[bool] | None,
+        tx: list[float],
+        xax: list[float],
+        axk: list[float],
+    ) -> tuple[int, list[float], list[float], list[float], float]:
+        """`pick` up to the draw (`fac`: `_factors()`): (greedy index, the probability of every
+        model, posterior-mean quality and cost per model, the probability of deviating from the
+        greedy choice before the exploration bound: the choice is random when it is > 0)."""
+        m = len(self.models)
+        _, theta_k, a_kk, cost_res, profiled = fac
         q, c, mean, sd, base = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
         for i in range(m):  # plain floats: m is small, numpy's per-call cost is not
             si = qf[i] - 0.5 - xk  # the model's own column value minus the shared one
@@ -562,15 +642,68 @@ class OnlineLearner:
                     probs[i] *= cut
                 probs[g] = 0.0
                 probs[g] = 1.0 - math.fsum(probs)
-        if dev > 0:
-            # Generator.choice(m, p=probs / probs.sum()) without its checks: one uniform, the cdf
-            total = math.fsum(probs)
-            cdf = list(itertools.accumulate(v / total for v in probs))
-            top = cdf[-1]
-            ch = min(bisect.bisect_right([v / top for v in cdf], self.rng.random()), m - 1)
+        return g, probs, q, c, dev
+
+    def _probs_two(
+        self,
+        fac: tuple[np.ndarray, list[float], list[float], list[float], bool],
+        xk: float,
+        qf: list[float],
+        cf: list[float],
+        lam: float,
+        allowed: list[bool] | None,
+        tx: list[float],
+        xax: list[float],
+        axk: list[float],
+    ) -> tuple[int, list[float], list[float], list[float], float]:
+        """`_probs` of two models (the usual gateway alias: a strong and a weak model): the same
+        arithmetic in the same order, unrolled (no per-model lists or loops); equal to `_probs`
+        bit for bit (tests/test_online_batch_choice.py)."""
+        _, theta_k, a_kk, cost_res, profiled = fac
+        qf0, qf1 = qf
+        cf0, cf1 = cf
+        s0, s1 = qf0 - 0.5 - xk, qf1 - 0.5 - xk
+        q0, q1 = qf0 + tx[0] + s0 * theta_k[0], qf1 + tx[1] + s1 * theta_k[1]
+        c0, c1 = cf0 + cost_res[0], cf1 + cost_res[1]
+        sd0 = math.sqrt(max(xax[0] + s0 * (2.0 * axk[0] + s0 * a_kk[0]), 0.0))
+        sd1 = math.sqrt(max(xax[1] + s1 * (2.0 * axk[1] + s1 * a_kk[1]), 0.0))
+        if allowed is None or allowed[0]:
+            m0, b0 = q0 - lam * c0, qf0 - lam * cf0
         else:
-            ch = g
-        return ch, g, probs, q, c
+            m0 = b0 = -math.inf
+        if allowed is None or allowed[1]:
+            m1, b1 = q1 - lam * c1, qf1 - lam * cf1
+        else:
+            m1 = b1 = -math.inf
+        conf = self.confidence
+        if conf <= 0 or not profiled:  # `_greedy_list`: the first of equal maxima
+            g = 1 if m1 > m0 else 0
+        else:  # the router's choice b unless the other is `conf` sd of the difference ahead
+            b = 1 if b1 > b0 else 0
+            mb, sb, mo, so = (m1, sd1, m0, sd0) if b else (m0, sd0, m1, sd1)
+            g = 1 - b if mo - mb > conf * math.sqrt(so * so + sb**2) else b
+        method, max_explore = self.method, self.max_explore
+        if method == "thompson" and max_explore > 0:
+            t0, t1 = _win_probs_two(m0, m1, max(sd0, 1e-12), max(sd1, 1e-12))
+        elif method == "linucb" and max_explore > 0:
+            alpha = self.ucb_alpha
+            t1 = 1.0 if m1 + alpha * sd1 > m0 + alpha * sd0 else 0.0
+            t0 = 1.0 - t1
+        else:
+            t0, t1 = (0.0, 1.0) if g else (1.0, 0.0)
+        dev = 1.0 - (t1 if g else t0)
+        scale = min(1.0, max_explore / dev) if dev > 0 else 0.0
+        probs = [t0 * scale, t1 * scale]
+        probs[g] = 1.0 - scale * dev
+        if dev > 0 and self.explore_loss > 0 and profiled:  # conservative exploration (`_probs`)
+            o = 1 - g
+            mg, mo = (m1, m0) if g else (m0, m1)
+            if probs[o] > 0 and mo < mg and self.profiled_[o]:
+                loss = probs[o] * (mg - mo)
+                if loss > self.explore_loss:
+                    probs[o] *= self.explore_loss / loss
+                    probs[g] = 1.0 - probs[o]
+        return g, probs, [q0, q1], [c0, c1], dev
 
     def pick_many(
         self,
