@@ -95,10 +95,12 @@ _EXPLICIT = "feedback"
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
 #: from this many requests of one alias in a micro-batch on, their picks are vectorised
-#: (`OnlineLearner.pick_many`, ~10 numpy calls of fixed cost); below, the contexts and the
-#: posterior's part by three products (`OnlineLearner.prepare_embeddings`) and the picks one at
-#: a time in plain floats (`OnlineLearner.pick`): the same choices and probabilities either way
-_VECTOR_MIN = 16
+#: (`OnlineLearner.pick_many`, ~40 numpy calls of fixed cost); below, the contexts and the
+#: posterior's part by three products (`OnlineLearner.prepare_embeddings`) and the picks request
+#: by request in plain floats (`OnlineLearner.pick_rows`): the same choices and probabilities
+#: either way. In process the per-request path was the cheaper up to ~24-28 requests (16 before
+#: pick_rows; thread CPU per request at 24: 11-12 vs 13-14 us, load ~8.5)
+_VECTOR_MIN = 28
 
 
 class _AliasLearner:
@@ -628,9 +630,9 @@ class Learning:
                     [AXK[i] for i in rows],
                 )
             picked = dict(zip(rows, zip(ch, g, props, strict=True), strict=True))
-        metrics, method = self.metrics, lr.method
+        method = lr.method
+        n_explored = 0
         for i, (_, d) in enumerate(items):
-            al.decisions += 1
             p = picked.get(i)
             if p is None:
                 model, prop, explored, greedy = d.model, 1.0, False, d.model
@@ -640,12 +642,10 @@ class Learning:
                     d.ranked = [model] + [m for m in d.ranked if m != model]
                     d.model = model
             if explored:
-                al.explored += 1
-            if metrics is not None:
-                metrics.observe_learning(al.alias, explored)
-            d.reason += f" learner={method} p={prop:.3g}" + (
-                f" explored(greedy={greedy})" if explored else ""
-            )
+                n_explored += 1
+                d.reason += f" learner={method} p={prop:.3g} explored(greedy={greedy})"
+            else:
+                d.reason += f" learner={method} p={prop:.3g}"
             qf, cf = fills[i]
             d.learning = {
                 "propensity": prop,
@@ -660,6 +660,13 @@ class Learning:
                     "c0": dict(zip(models, cf, strict=True)),
                 },
             }
+        al.decisions += len(items)
+        al.explored += n_explored
+        if self.metrics is not None:  # one event per value of `explored`, not one per request
+            if n_explored:
+                self.metrics.observe_learning(al.alias, True, n_explored)
+            if n_explored < len(items):
+                self.metrics.observe_learning(al.alias, False, len(items) - n_explored)
 
     # ---- outcomes ----------------------------------------------------------------------------
     async def outcome(self, request_id: str, score: float, source: str) -> str | None:

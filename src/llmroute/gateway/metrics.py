@@ -309,10 +309,11 @@ class GatewayMetrics:
         """Record one implicit outcome (reask, regenerate, length, refusal, tool_error)."""
         self._pending.append((_IMPL, alias, source))
 
-    def observe_learning(self, alias: str, explored: bool) -> None:
-        """Record one decision of an alias that learns online (explored: the learner deviated
-        from its greedy choice); the explored share is explored="true" over all."""
-        self._pending.append((_LEARN, alias, "true" if explored else "false"))
+    def observe_learning(self, alias: str, explored: bool, n: int = 1) -> None:
+        """Record `n` decisions of an alias that learns online (explored: the learner deviated
+        from its greedy choice); the explored share is explored="true" over all. A routing
+        micro-batch records its decisions with one call per value of `explored`."""
+        self._pending.append((_LEARN, alias, "true" if explored else "false", n))
 
     def observe_learning_outcome(self, alias: str, source: str, result: str) -> None:
         """Record one outcome given to an alias's learner: `source` (feedback or the implicit
@@ -424,7 +425,7 @@ class GatewayMetrics:
                     self._implicit[k] = self._implicit.get(k, 0) + 1
                 elif kind == _LEARN:
                     k = ev[1:3]
-                    self._learning[k] = self._learning.get(k, 0) + 1
+                    self._learning[k] = self._learning.get(k, 0) + ev[3]
                 elif kind == _LOUT:
                     k = ev[1:4]
                     self._learning_outcomes[k] = self._learning_outcomes.get(k, 0) + 1
