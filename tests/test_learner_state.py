@@ -123,6 +123,11 @@ def test_a_writers_own_deltas_are_pulled_once_as_stored(state: Any, request: pyt
         head = state.head(ALIAS)
         res, pulled = state.apply_and_pull([_o("f", 0.7)], {ALIAS: head})  # a batch of one
         assert res == ["applied"] and _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, head))
+        head = state.head(ALIAS)
+        res, pulled = state.apply_and_pull([_o("f", 0.8)], {ALIAS: head})  # one, graded before
+        assert res == ["replaced"] and _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, head))
+        assert [(d.residual, d.weight) for d in pulled[ALIAS][1]] == [(0.7, -1.0), (0.8, 1.0)]
+        assert state.apply_and_pull([_o("f", 0.8)], {ALIAS: head + 2}) == (["ignored"], {ALIAS: (0, [])})
         # a worker behind sees every term once, its own included
         _, pulled = other.apply_and_pull([], {ALIAS: 0})
         assert _terms(pulled[ALIAS][1]) == _terms(state.deltas(ALIAS, 0))
@@ -148,6 +153,9 @@ def test_a_rollback_by_another_writer_is_seen_at_the_next_pull(
         assert rb != first
         _, pulled = state.apply_and_pull([_o("b", 0.2)], {ALIAS: state.head(ALIAS)})
         assert pulled[ALIAS][0] == rb
+        # "a" was learned before the rollback: no longer in the posterior, so it applies again
+        res, pulled = state.apply_and_pull([_o("a", 0.1)], {ALIAS: state.head(ALIAS)})
+        assert res == ["applied"] and [(d.residual, d.weight) for d in pulled[ALIAS][1]] == [(0.1, 1.0)]
         rb2 = other.rollback(ALIAS, first)
         _, pulled = state.apply_and_pull([], {ALIAS: state.head(ALIAS)})
         assert pulled[ALIAS][0] == rb2
