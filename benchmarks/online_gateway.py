@@ -267,6 +267,12 @@ def _batch_window() -> float:
     return Learning.batch_window_s
 
 
+def _vector_min() -> int:
+    from llmroute.gateway.learning import _VECTOR_MIN
+
+    return _VECTOR_MIN
+
+
 def _one(o: dict[str, Any]) -> str:
     """The batch-of-one figure (absent from results written before it was measured)."""
     return f", one request at a time p50 {o['decide_one_us_p50']} us" if "decide_one_us_p50" in o else ""
@@ -294,7 +300,8 @@ def markdown(res: dict[str, Any]) -> str:
         "asyncio hand-offs per outcome). The posterior's rank-1 update alone p50 "
         f"{o['update_us_p50']} us. The learner's part of a decision (`Learning.decide_batch`, the routing "
         "engine's listener of each micro-batch: embeddings from the router's cache, contexts and posterior "
-        "products for the whole batch, pick probabilities and draws vectorised from 16 requests on, "
+        "products for the whole batch, pick probabilities and draws vectorised from "
+        f"{_vector_min()} requests on, "
         f"features) per request: micro-batches of 32 p50 {o['decide_us_p50']} us, p99 {o['decide_us_p99']} us"
         f"{_one(o)}; "
         f"explored share {o['explored_share']} (max_explore {LEARNING['max_explore']}).",
