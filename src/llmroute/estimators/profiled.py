@@ -31,10 +31,10 @@ Two fits (`fit_profile(method=...)`):
   plus the weights' uncertainty along the prompt. So it wins a prompt only where it beats the
   best known model by z sds of their difference. z is meant to be calibrated per router by
   re-onboarding its known models from the training table (`calibrate_z`).
-- ``"task"`` (opt-in, docs/onboarding-notes.md "Session 5"): the "paired" fit plus a per-task
-  offset, shrunk by a hierarchical prior across tasks, weighted by the prompt's task membership
-  p(t | x) from a task classifier kept in the router (`llmroute.estimators.profiled_task`);
-  "paired" exactly when no task labels are known.
+- ``"task"`` (opt-in, docs/onboarding-notes.md "A per-task offset"): the "paired" fit plus a
+  per-task offset, shrunk by a hierarchical prior across tasks, weighted by the prompt's task
+  membership p(t | x) from a task classifier kept in the router
+  (`llmroute.estimators.profiled_task`); "paired" exactly when no task labels are known.
 
 Both share ``r(x)``: held-out (5-fold) residuals smoothed over the prompt embeddings with a
 cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual (sum_i K_i e_i /

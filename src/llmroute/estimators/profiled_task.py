@@ -1,9 +1,9 @@
 """A per-task offset for a model added from its profile (``add_model(..., method="task")``).
 
-docs/onboarding-notes.md, "Session 5". A model whose advantage is shaped by *task* (better on
-multiple choice, far worse on code) is not in the span of the known models' estimates, so the
-"paired" column (a combination of them, `llmroute.estimators.profiled`) cannot follow it. This
-module adds, on top of the paired column, an offset per task:
+docs/onboarding-notes.md, "A per-task offset on the paired column". A model whose advantage is
+shaped by *task* (better on multiple choice, far worse on code) is not in the span of the known
+models' estimates, so the "paired" column (a combination of them, `llmroute.estimators.profiled`)
+cannot follow it. This module adds, on top of the paired column, an offset per task:
 
     q_new(x) = paired(x) + sum_t p(t | x) delta_t  -  z * sd(x)
 
@@ -11,9 +11,9 @@ module adds, on top of the paired column, an offset per task:
   models' luck on the same prompt, minus the fitted combination: the prompt's shared difficulty
   cancels) averaged within task t, shrunk toward 0 by a normal hierarchical prior across tasks
   (`task_offsets`: normal-normal given the between-task sd tau, which is integrated out under a
-  uniform prior on [0, 1], weighted by the marginal likelihood; each
-  task's sampling variance from its own residuals with one pseudo-row of the pooled variance);
-  a task with no profile prompt gets delta = 0 with variance tau2.
+  uniform prior on [0, 1], weighted by the marginal likelihood; each task's sampling variance
+  from its own residuals with one pseudo-row of the pooled variance); a task with no profile
+  prompt gets delta = 0 with variance E[tau2].
 - p(t | x): a task classifier in the router's embedding space (`TaskModel`: linear discriminant
   analysis with Ledoit-Wolf shrinkage, its scores tempered by a factor chosen by held-out
   log-likelihood), fitted once per router on labelled prompts (the training table passed as
@@ -24,7 +24,10 @@ module adds, on top of the paired column, an offset per task:
   belongs means unsure of its offset.
 
 Without labelled prompts of at least two tasks there is no task model and the method is
-"paired" exactly.
+"paired" exactly. Measured (seeds 0-1): it removes most bad small-profile draws of a
+task-shaped model (routerdc_7model's MetaMath) but does not detect zephyr's small
+multiple-choice edge at k = 100 (within-task paired residual sd ~0.3), and recovers a little
+less than "paired" on routerbench_subset: opt-in, not the default.
 """
 
 from __future__ import annotations
