@@ -221,6 +221,51 @@ def test_ledger_file_checks(tmp_path: Path) -> None:
     led.close()  # idempotent
 
 
+def test_a_full_ledger_gives_quiet_keys_slots_to_new_ones(tmp_path: Path) -> None:
+    """A ledger file outlives keys (rotated, revoked): when it is full, a new key takes the slot
+    of a key not in use that had no activity in the latest month any key spent in; the others'
+    books are untouched. Nothing is taken while another process maps the file."""
+    from llmroute.gateway.ledger import read_spend
+
+    path = tmp_path / "small.ledger"
+    led = SharedLedger(path, ["active", "quiet"], capacity=2)
+    for kid, month in (("active", 5), ("quiet", 4)):  # month numbers: 'quiet' spent a month earlier
+        assert led.reserve(kid, 10 * month, month, None, None, 1.0) is None
+        led.settle(kid, 10 * month, month, 1.0, 1.0)
+    led.close()
+    new = SharedLedger(path, ["new"])  # was "no free slot"
+    assert "new" in new and new.free_slots() == 0
+    assert read_spend(path, ["active", "quiet", "new"], 50, 5) == {"active": (1.0, 1.0), "new": (0.0, 0.0)}
+    assert new.reserve("new", 50, 5, None, None, 0.5) is None
+    new.settle("new", 50, 5, 0.5, 0.5)
+    new.close()
+    # both keys spent in the latest month: none is given up
+    with pytest.raises(ValueError, match="no free slot"):
+        SharedLedger(path, ["third"])
+    assert read_spend(path, ["active", "new"], 50, 5) == {"active": (1.0, 1.0), "new": (0.5, 0.5)}
+    # a quiet slot is not taken while another live process maps the file (it may hold its index)
+    other = tmp_path / "other.ledger"
+    SharedLedger(other, ["a", "b"], capacity=2).close()  # never active: both quiet
+    code = (
+        "import sys; from llmroute.gateway.ledger import SharedLedger; "
+        f"led = SharedLedger({str(other)!r}, ['a']); print('ready', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(ValueError, match="no free slot"):
+            SharedLedger(other, ["c"])
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(60)
+    later = SharedLedger(other, ["c"])  # that process is gone: 'b' (not 'c''s) is quiet
+    assert "c" in later
+    later.close()
+
+
 def test_single_process_path_needs_no_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMROUTE_SHARED_DIR", raising=False)
     bm = BudgetManager([{"id": "k", "budget_usd_day": 1.0}])

@@ -79,7 +79,8 @@ def test_gateway_on_postgres_keeps_traces_and_budget_across_restart(
     key = f"sk-pg-{time.time_ns()}"
     kid = f"pg-key-{time.time_ns()}"  # unique: the database may outlive this test run
     cfg = loopback_config(fake_server.base_url, tmp_path)
-    cfg["store"] = {"url": postgres_url, "flush_interval_s": 0.05}
+    # the budget ledger in this test's folder (a dict config has no folder: it would go to the cwd)
+    cfg["store"] = {"url": postgres_url, "flush_interval_s": 0.05, "ledger": str(tmp_path / "spend.ledger")}
     cfg["keys"] = [{"id": kid, "key_sha256": hash_key(key), "budget_usd_day": 0.003}]
     long = "Explain with care why the sky looks blue at noon but red at sunset. " * 4
     ids: list[str] = []

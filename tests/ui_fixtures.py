@@ -51,6 +51,10 @@ def ui_config(db: Path | str, upstream: str, tmp: Path, **admin: Any) -> dict[st
     d = bench()
     cfg = loopback_config(upstream, tmp)
     cfg["store"] = {"url": store_url(db), "flush_interval_s": 0.02, "commit_interval_s": 0.05}
+    if store_url(db).startswith(
+        "postgresql"
+    ):  # its ledger in `tmp`, not the cwd (a dict config has no folder)
+        cfg["store"]["ledger"] = str(tmp / "spend.ledger")
     cfg["aliases"]["llmroute/cheap"] = {
         "router": "default",
         "candidates": ["fake-strong", "fake-weak"],

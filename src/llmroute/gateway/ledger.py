@@ -298,10 +298,13 @@ class SharedLedger:
             i = used.get(d)
             if i is None:
                 if not free:
+                    free = self._recycle({_digest(k) for k in key_ids}, used)
+                if not free:
                     raise ValueError(
-                        f"the ledger {self.path} has no free slot for key '{kid}' ({cap} slots): stop "
-                        "the gateway and move the file away; the next start makes a larger one, seeded "
-                        "with the spend persisted in the trace store"
+                        f"the ledger {self.path} has no free slot for key '{kid}' ({cap} slots, each "
+                        "held by a key that spent in the latest month or mapped by another running "
+                        "process): stop the gateway and move the file away; the next start makes a "
+                        "larger one, seeded with the spend persisted in the trace store"
                     )
                 i = free.pop(0)
                 off = _HEADER_BYTES + i * _SLOT_BYTES
@@ -314,6 +317,37 @@ class SharedLedger:
                 new.append(kid)
             self._slots[kid] = (_HEADER_DOUBLES + i * _SLOT_DOUBLES, me + _W_HEAD + i * _W_FIELDS)
         return new
+
+    def _recycle(self, keep: set[bytes], used: dict[bytes, int]) -> list[int]:
+        """Free the slots of key ids that went quiet, when no slot is free (lock held): a file that
+        outlives many keys (rotated, revoked) must not stop the gateway from starting. A slot is
+        taken back only while no other live process maps the file (so no one else still holds
+        its index) and only from a key this process does not use whose books show no activity in
+        the latest month any key was active (its spend is persisted in the trace store: should it
+        come back, its new slot is seeded from there, as in a new file). Returns the freed slot
+        indices (removed from `used`)."""
+        self._reclaim()  # entries of dead processes first
+        v = self._v
+        for w in range(self._nw):
+            wb = self._w0 + w * self._wstride
+            if int(v[wb]) != 0 and not self._mine(wb):
+                return []
+        mine = {base for base, _ in self._slots.values()}
+        bases = [_HEADER_DOUBLES + i * _SLOT_DOUBLES for i in range(self._cap)]
+        latest = max(v[b + _MONTH] for b in bases)
+        freed: list[int] = []
+        for d, i in list(used.items()):
+            b = bases[i]
+            if d in keep or b in mine or (v[b + _MONTH] == latest and latest > 0):
+                continue
+            off = _HEADER_BYTES + i * _SLOT_BYTES
+            self._mm[off : off + 16] = bytes(16)
+            e = self._me + _W_HEAD + i * _W_FIELDS
+            for f in range(_W_FIELDS):
+                v[e + f] = 0.0
+            del used[d]
+            freed.append(i)
+        return sorted(freed)
 
     def free_slots(self) -> int:
         """How many more key ids the file has room for (any process may take them)."""
