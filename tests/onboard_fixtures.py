@@ -1,10 +1,14 @@
 """Shared setup of the onboarding tests (`test_onboard.py`, `test_onboard_factor.py`,
 `test_onboard_margin.py`): the synthetic train/test tables, a table restricted to some models, a
-random profile of one model, and the 3-model linear router the new model is added to."""
+random profile of one model, and the 3-model linear router the new model is added to. The pytest
+fixtures `tables`, `base` and `router` are imported by the test modules that use them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from llmroute.data import make_synthetic_table
 from llmroute.data.table import RoutingTable
@@ -33,3 +37,21 @@ def synthetic_tables() -> tuple[RoutingTable, RoutingTable]:
 def fit_known(train: RoutingTable) -> Router:
     """The linear router of the `KNOWN` models on `train`."""
     return Router.fit(keep_models(train, KNOWN), estimator="linear", encoder="static-minilm", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[RoutingTable, RoutingTable]:
+    """`synthetic_tables()`, once per test module."""
+    return synthetic_tables()
+
+
+@pytest.fixture(scope="module")
+def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
+    """The `KNOWN` models' router on the training table, once per test module."""
+    return fit_known(tables[0])
+
+
+@pytest.fixture
+def router(base: Router, tmp_path: Path) -> Router:
+    """A fresh copy of the 3-model router (tests change it in place)."""
+    return Router.load(base.save(tmp_path / "base.safetensors"))

@@ -13,25 +13,9 @@ from llmroute.cli import app
 from llmroute.data import ModelPrice
 from llmroute.data.table import RoutingTable
 from llmroute.router import Router, default_router_path
-from onboard_fixtures import draw_profile, fit_known, keep_models, synthetic_tables
+from onboard_fixtures import base, draw_profile, keep_models, router, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
-
-
-@pytest.fixture(scope="module")
-def tables() -> tuple[RoutingTable, RoutingTable]:
-    return synthetic_tables()
-
-
-@pytest.fixture(scope="module")
-def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    return fit_known(tables[0])
-
-
-@pytest.fixture
-def router(base: Router, tmp_path: Path) -> Router:
-    """A fresh copy of the 3-model router (tests change it in place)."""
-    return Router.load(base.save(tmp_path / "base.safetensors"))
 
 
 def test_add_leaves_known_estimates_bit_identical(router: Router, tables) -> None:

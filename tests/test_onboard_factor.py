@@ -11,10 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llmroute.cli import app
-from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled_factor import FactorModel, fit_factor_model, fit_factor_profile
 from llmroute.router import Router
-from onboard_fixtures import draw_profile, fit_known, synthetic_tables
+from onboard_fixtures import base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
@@ -98,21 +97,6 @@ def test_bad_inputs_say_what_to_do(planted) -> None:
 
 
 # ---- through the router ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tables() -> tuple[RoutingTable, RoutingTable]:
-    return synthetic_tables()
-
-
-@pytest.fixture(scope="module")
-def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    return fit_known(tables[0])
-
-
-@pytest.fixture
-def router(base: Router, tmp_path: Path) -> Router:
-    return Router.load(base.save(tmp_path / "base.safetensors"))
-
-
 def test_add_leaves_known_estimates_unchanged_and_round_trips(router: Router, tables, tmp_path: Path) -> None:
     train, test = tables
     q0, c0 = router.estimate(test.prompts)

@@ -4,9 +4,7 @@ z calibrated by re-onboarding the router's own known models (llmroute.estimators
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled import (
     Z_GRID,
     ProfiledEstimator,
@@ -16,19 +14,9 @@ from llmroute.estimators.profiled import (
     smallest_safe_z,
 )
 from llmroute.router import Router
-from onboard_fixtures import KNOWN, fit_known, keep_models, synthetic_tables
+from onboard_fixtures import KNOWN, base, keep_models, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
-
-
-@pytest.fixture(scope="module")
-def tables() -> tuple[RoutingTable, RoutingTable]:
-    return synthetic_tables()
-
-
-@pytest.fixture(scope="module")
-def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    return fit_known(tables[0])
 
 
 def _fit(diff_var: list[float], z: float) -> ProfileFit:

@@ -14,7 +14,7 @@ from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled import fit_profile
 from llmroute.estimators.profiled_task import TaskModel, fit_task_model, task_offsets
 from llmroute.router import Router
-from onboard_fixtures import draw_profile, fit_known, synthetic_tables
+from onboard_fixtures import base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
@@ -136,21 +136,6 @@ def test_without_two_labelled_tasks_there_is_no_task_model() -> None:
 
 
 # ---- through the router ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tables() -> tuple[RoutingTable, RoutingTable]:
-    return synthetic_tables()
-
-
-@pytest.fixture(scope="module")
-def base(tables: tuple[RoutingTable, RoutingTable]) -> Router:
-    return fit_known(tables[0])
-
-
-@pytest.fixture
-def router(base: Router, tmp_path: Path) -> Router:
-    return Router.load(base.save(tmp_path / "base.safetensors"))
-
-
 def _profile_with_known(train: RoutingTable, k: int, seed: int = 0) -> RoutingTable:
     """k prompts of `train`, every model's rows (as `llmroute profile --models new,known` writes)."""
     ids = np.random.default_rng(seed).choice(train.prompt_ids, k, replace=False).tolist()
