@@ -361,19 +361,34 @@ def _met(s: dict) -> bool:
 METHOD_TEXT = {
     "ridge": 'Method (`llmroute.estimators.profiled`, `add_model`\'s default "ridge"): non-negative '
     "ridge of the profile on the known models' estimates shrunk toward equal weights, minus rmse / "
-    'sqrt(k). The opt-in "paired" method (the known models\' grades on the same prompts as a '
-    "control variate, Bayesian weights summing to 1, a per-prompt lower bound) recovered more on the "
-    "same 5 seeds at every k (k = 25 / 50 / 100 / 200: routerbench_subset 0.39 / 0.40 / 0.52 / 0.65 "
-    "with 0 / 1 / 0 / 3 hurts; routerdc_7model -0.07 / -0.06 / 0.10 / 0.27 with 2 / 2 / 1 / 0) but "
-    "hurt routerdc_7model more often, so it is not the default.",
+    "sqrt(k). The known models' estimates on the profile's prompts are leave-self-out ones (the "
+    "profile's prompts are training prompts of the router: their own grades are left out, as for a "
+    "prompt the router never saw).",
     "paired": 'Method (`llmroute.estimators.profiled`, `add_model(method="paired")`): the new '
     "model's grades paired with the known models' on the same prompts (their grades minus their "
     "estimates as a control variate), a Bayesian combination of the known models' estimates "
     "(weights summing to 1, prior spread = the known models' own), estimated at the posterior mean "
-    "minus one posterior sd per prompt. The ridge method on the same 5 seeds recovered 0.37 / 0.33 / "
-    "0.46 / 0.49 on routerbench_subset and -0.23 / -0.25 / 0.003 / -0.04 on routerdc_7model at k = "
-    "25 / 50 / 100 / 200, with 3 / 2 / 1 / 1 and 2 / 1 / 0 / 1 hurts.",
+    "minus one posterior sd per prompt.",
 }
+
+
+def _paired_text(results: list[dict]) -> str:
+    """The opt-in "paired" method's numbers when the run scored it too (`--variant paired`)."""
+    from _md import fmt
+
+    parts = []
+    for res in results:
+        summ = res.get("variants", {}).get("paired")
+        if not summ:
+            return ""
+        rec = " / ".join(fmt(summ[str(k)]["recovered_mean"], 2) for k in KS)
+        hurts = " / ".join(str(summ[str(k)]["hurts"]) for k in KS)
+        parts.append(f"{res['set']} {rec} with {hurts} hurts")
+    return (
+        ' The opt-in "paired" method (the known models\' grades on the same prompts as a control '
+        "variate, Bayesian weights summing to 1, a per-prompt lower bound) on the same seeds and "
+        "profiles (k = " + " / ".join(map(str, KS)) + "): " + "; ".join(parts) + "."
+    )
 
 
 def write_markdown(results: list[dict]) -> None:
@@ -421,6 +436,7 @@ def write_markdown(results: list[dict]) -> None:
         + ". Tables without cost use the evaluation's fallback (routerdc_7model: cost = model size, "
         "7-8B, nearly flat, so its curve is mostly about quality).\n\n"
         + METHOD_TEXT.get(results[0].get("method", "ridge"), "")
+        + (_paired_text(results) if results[0].get("method", "ridge") == "ridge" else "")
         + " Why the target is not met, and every variant tried with its numbers: "
         "docs/onboarding-notes.md."
     )
