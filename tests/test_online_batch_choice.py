@@ -20,16 +20,7 @@ import pytest
 from conftest import StubRouter, loopback_config
 from llmroute.gateway.learning import _VECTOR_MIN
 from llmroute.online import OnlineLearner
-
-
-def _learner(models: list[str], **kw: Any) -> OnlineLearner:
-    """A learner with a posterior moved off its prior by 60 outcomes (same for the same args)."""
-    L = OnlineLearner(models, 16, seed=3, **kw)
-    data = np.random.default_rng(5)
-    for _ in range(60):
-        x = L.context(data.standard_normal(16))
-        L.observe(x, int(data.integers(len(models))), float(data.normal(0.0, 0.3)), 0.001)
-    return L
+from online_fixtures import moved_learner
 
 
 @pytest.mark.parametrize("method", ["thompson", "linucb", "greedy"])
@@ -40,7 +31,7 @@ def test_pick_many_is_choose_one_at_a_time(
 ) -> None:
     models = [f"m{i}" for i in range(m)]
     kw = {"method": method, "max_explore": 0.4, "confidence": confidence, "explore_loss": explore_loss}
-    one, batch = _learner(models, **kw), _learner(models, **kw)
+    one, batch = moved_learner(models, **kw), moved_learner(models, **kw)
     data = np.random.default_rng(11)
     B = 200
     E = data.standard_normal((B, 16)).astype(np.float32)

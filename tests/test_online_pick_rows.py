@@ -17,16 +17,7 @@ import pytest
 
 from llmroute.online import OnlineLearner
 from llmroute.online.learner import _fused_cols
-
-
-def _learner(models: list[str], **kw: Any) -> OnlineLearner:
-    """A learner whose posterior moved off its prior (60 outcomes; the same for the same args)."""
-    L = OnlineLearner(models, 16, seed=3, **kw)
-    data = np.random.default_rng(5)
-    for _ in range(60):
-        x = L.context(data.standard_normal(16))
-        L.observe(x, int(data.integers(len(models))), float(data.normal(0.0, 0.3)), 0.001)
-    return L
+from online_fixtures import moved_learner
 
 
 def _rows(L: OnlineLearner, B: int, seed: int) -> dict[str, Any]:
@@ -61,7 +52,7 @@ def test_two_models_unrolled_is_the_general_pick(
         "confidence": confidence,
         "explore_loss": explore_loss,
     }
-    L = _learner(["a", "b"], **kw)
+    L = moved_learner(["a", "b"], **kw)
     data = np.random.default_rng(7)
     E = data.standard_normal((120, 16)).astype(np.float32)
     _, TX, XAX, AXK = L.prepare_embeddings(E)
@@ -86,7 +77,7 @@ def test_two_models_unrolled_is_the_general_pick(
 def test_unprofiled_model_and_disallowed_two_models() -> None:
     """A model added without a profile (no offline rating: the loss budget leaves its share) and a
     mask allowing one model: still `_probs` exactly."""
-    L = _learner(["a", "b"], max_explore=0.3, explore_loss=0.001, confidence=1.0)
+    L = moved_learner(["a", "b"], max_explore=0.3, explore_loss=0.001, confidence=1.0)
     L.profiled_[1] = False
     fac = L._factors()
     E = np.random.default_rng(2).standard_normal((40, 16))
@@ -111,7 +102,7 @@ def test_pick_rows_is_pick_one_at_a_time(m: int, method: str) -> None:
     order, with the same uniforms (drawn together), and the same stream afterwards."""
     models = [f"m{i}" for i in range(m)]
     kw = {"method": method, "max_explore": 0.4, "confidence": 1.0, "explore_loss": 0.002}
-    one, rows = _learner(models, **kw), _learner(models, **kw)
+    one, rows = moved_learner(models, **kw), moved_learner(models, **kw)
     data = np.random.default_rng(9)
     B = 60
     E = data.standard_normal((B, 16)).astype(np.float32)
@@ -160,7 +151,7 @@ def test_prepare_embeddings_reads_the_fused_columns() -> None:
     each model, and its parts equal `prepare` of `context_batch` (2 and 3 models)."""
     assert _fused_cols(2, 4).tolist() == [0, 5, 6, 7, 12, 13]
     for m in (2, 3):
-        L = _learner([f"m{i}" for i in range(m)], max_explore=0.2)
+        L = moved_learner([f"m{i}" for i in range(m)], max_explore=0.2)
         E = np.random.default_rng(4).standard_normal((9, 16)).astype(np.float32)
         _, TX, XAX, AXK = L.prepare_embeddings(E)
         tx, xax, axk = L.prepare(L.context_batch(E))
