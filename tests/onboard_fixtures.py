@@ -5,7 +5,9 @@ fixtures `tables`, `base` and `router` are imported by the test modules that use
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +39,25 @@ def synthetic_tables() -> tuple[RoutingTable, RoutingTable]:
 def fit_known(train: RoutingTable) -> Router:
     """The linear router of the `KNOWN` models on `train`."""
     return Router.fit(keep_models(train, KNOWN), estimator="linear", encoder="static-minilm", seed=0)
+
+
+def assert_specialist_add(
+    router: Router, test: RoutingTable, new: str, add: Callable[[], Any], min_share: float
+) -> Any:
+    """Route `test`'s prompts at trade-off 0, run `add()` (which adds `new`, the arithmetic
+    specialist), route again: no decision changes off the arithmetic prompts, and `new` takes more
+    than `min_share` of them. Returns what `add()` returned."""
+    before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
+    out = add()
+    after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
+    topics = np.array(test.tasks)
+    elsewhere = topics != "arithmetic"
+    assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
+        b for b, e in zip(before, elsewhere, strict=True) if e
+    ]
+    picked = np.array([a == new for a in after])
+    assert picked[topics == "arithmetic"].mean() > min_share
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from llmroute.cli import app
 from llmroute.estimators.profiled_factor import FactorModel, fit_factor_model, fit_factor_profile
 from llmroute.router import Router
-from onboard_fixtures import base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
+from onboard_fixtures import assert_specialist_add, base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
@@ -119,16 +119,10 @@ def test_add_leaves_known_estimates_unchanged_and_round_trips(router: Router, ta
 
 def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Router, tables) -> None:
     train, test = tables
-    topics = np.array(test.tasks)
-    before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    router.add_model(NEW, draw_profile(train, NEW, 80), method="factor", reference=train)
-    after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    elsewhere = topics != "arithmetic"
-    assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
-        b for b, e in zip(before, elsewhere, strict=True) if e
-    ]
-    picked = np.array([a == NEW for a in after])
-    assert picked[topics == "arithmetic"].mean() > 0.5
+    prof = draw_profile(train, NEW, 80)
+    assert_specialist_add(
+        router, test, NEW, lambda: router.add_model(NEW, prof, method="factor", reference=train), 0.5
+    )
 
 
 def test_the_first_factor_add_needs_the_training_table(router: Router, tables) -> None:

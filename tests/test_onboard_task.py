@@ -14,7 +14,7 @@ from llmroute.data.table import RoutingTable
 from llmroute.estimators.profiled import fit_profile
 from llmroute.estimators.profiled_task import TaskModel, fit_task_model, task_offsets
 from llmroute.router import Router
-from onboard_fixtures import base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
+from onboard_fixtures import assert_specialist_add, base, draw_profile, router, tables  # noqa: F401 (pytest fixtures)
 
 NEW = "math-7b"  # the synthetic specialist: best on arithmetic by >= 0.1, far worse elsewhere
 
@@ -185,16 +185,10 @@ def test_add_leaves_known_estimates_unchanged_and_follows_the_task(
 
 def test_add_changes_no_decision_where_the_new_model_is_never_best(router: Router, tables) -> None:
     train, test = tables
-    topics = np.array(test.tasks)
-    before = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    router.add_model(NEW, _profile_with_known(train, 80), method="task", reference=train)
-    after = [d.model for d in router.route_batch(test.prompts, tradeoff=0.0)]
-    elsewhere = topics != "arithmetic"
-    assert [a for a, e in zip(after, elsewhere, strict=True) if e] == [
-        b for b, e in zip(before, elsewhere, strict=True) if e
-    ]
-    picked = np.array([a == NEW for a in after])
-    assert picked[topics == "arithmetic"].mean() > 0.5
+    prof = _profile_with_known(train, 80)
+    assert_specialist_add(
+        router, test, NEW, lambda: router.add_model(NEW, prof, method="task", reference=train), 0.5
+    )
 
 
 def test_cli_models_add_task(base: Router, tables, tmp_path: Path) -> None:
