@@ -71,6 +71,7 @@ from llmroute.gateway.learning_state import (
     learner_state_path,
     open_learner_state,
 )
+from llmroute.gateway.outcomes import EXPLICIT  # at module level: per outcome, an import costs ~3 us
 from llmroute.online.learner import OnlineLearner
 
 if TYPE_CHECKING:
@@ -89,9 +90,6 @@ __all__ = [
 
 log = logging.getLogger("llmroute.gateway.learning")
 
-#: the source of explicit feedback (`llmroute.gateway.outcomes.EXPLICIT`; not imported from
-#: there at each outcome: a function-level import costs ~3 us)
-_EXPLICIT = "feedback"
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
 #: from this many requests of one alias in a micro-batch on, their picks are vectorised
@@ -510,7 +508,7 @@ class Learning:
             residual=float(score) - q0,
             cost_residual=float(cost) - c0 if ok else None,
             source=source,
-            explicit=source == _EXPLICIT,
+            explicit=source == EXPLICIT,
         )
 
     #: how long the first outcome of a batch waits for others (group commit of outcomes)

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 #: kinds of snapshot a running worker reloads when a newer one appears (a new starting point)
 _BASES = ("initial", "reset", "rollback")
+#: one delta row (weight +1 learns, -1 undoes an earlier row); every insert path uses it
+_INSERT_DELTA = (
+    "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, source, ts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(slots=True)
@@ -166,10 +171,7 @@ class SQLiteLearnerState:
             return fast
         out: list[str] = []
         now = time.time()
-        ins = (
-            "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
-            "source, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+
         bases: dict[str, int] = {}
         for o in outcomes:
             act = db.execute(
@@ -198,7 +200,7 @@ class SQLiteLearnerState:
                     out.append("ignored")
                     continue
                 cur = db.execute(
-                    ins, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now)
+                    _INSERT_DELTA, (o.alias, o.request_id, old[0], old[1], old[2], old[3], -1.0, "undo", now)
                 )
                 if own is not None:
                     x_old = np.frombuffer(old[1], dtype=np.float64)
@@ -207,7 +209,8 @@ class SQLiteLearnerState:
             x = np.ascontiguousarray(o.x, dtype=np.float64)
             residual, cost = float(o.residual), _real(o.cost_residual)
             cur = db.execute(
-                ins, (o.alias, o.request_id, o.model, x.tobytes(), residual, cost, 1.0, o.source, now)
+                _INSERT_DELTA,
+                (o.alias, o.request_id, o.model, x.tobytes(), residual, cost, 1.0, o.source, now),
             )
             if own is not None:
                 own.append((o.alias, Delta(int(cur.lastrowid), o.model, x, residual, cost, 1.0)))
@@ -256,10 +259,9 @@ class SQLiteLearnerState:
         res = [float(o.residual) for o in outcomes]
         costs = [_real(o.cost_residual) for o in outcomes]
         db.executemany(
-            "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
-            "source, ts) VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?)",
+            _INSERT_DELTA,
             [
-                (o.alias, o.request_id, o.model, x.tobytes(), r, c, o.source, now)
+                (o.alias, o.request_id, o.model, x.tobytes(), r, c, 1.0, o.source, now)
                 for o, x, r, c in zip(outcomes, xs, res, costs, strict=True)
             ],
         )
@@ -292,9 +294,8 @@ class SQLiteLearnerState:
         x = np.ascontiguousarray(o.x, dtype=np.float64)
         residual, cost = float(o.residual), _real(o.cost_residual)
         cur = db.execute(
-            "INSERT INTO learner_deltas (alias, request_id, model, x, residual, cost_residual, weight, "
-            "source, ts) VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?)",
-            (o.alias, o.request_id, o.model, x.tobytes(), residual, cost, o.source, time.time()),
+            _INSERT_DELTA,
+            (o.alias, o.request_id, o.model, x.tobytes(), residual, cost, 1.0, o.source, time.time()),
         )
         if cur.lastrowid != head + 1:
             raise RuntimeError("learner_deltas sequence number was not the next one; outcome not recorded")
