@@ -171,7 +171,7 @@ def add_model(
         fit: Any
         fit, known = _factor_fit(router, est, data, X, base_q, profile, reference, 1.0 if z is None else z)
     elif method == "task":
-        task_model = _task_model(router, est, data, profile, reference)
+        task_model = _task_model(router, est, profile, reference)
         member = None if task_model is None else task_model.membership(X.emb, data.tasks)
         fit = fit_profile(
             base_q,
@@ -319,7 +319,6 @@ def _factor_fit(
 def _task_model(
     router: Router,
     est: ProfiledEstimator,
-    data: ProfileData,
     profile: RoutingTable | str | Path,
     reference: RoutingTable | str | Path | None,
 ) -> Any:
@@ -337,9 +336,6 @@ def _task_model(
         for p, task in zip(table.prompts, table.tasks, strict=True):
             if task:
                 label.setdefault(p, task)
-    for p, task in zip(data.prompts, data.tasks, strict=True):
-        if task:
-            label.setdefault(p, task)
     if len(set(label.values())) < 2:
         return None
     texts = list(label)

@@ -516,9 +516,8 @@ class ProfiledEstimator(QualityEstimator):
         onboarding fit reads on profile prompts drawn from the training table."""
         if exclude_self and getattr(self.base, "supports_exclude_self", False):
             q = np.array(self.base.predict(X, exclude_self=True), dtype=np.float64)  # type: ignore[call-arg]
-            np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
-            return q
-        q = np.array(self.base.predict(X), dtype=np.float64)
+        else:
+            q = np.array(self.base.predict(X), dtype=np.float64)
         np.minimum(np.maximum(q, 0.0, out=q), 1.0, out=q)
         return q
 
