@@ -269,11 +269,9 @@ def test_attach_and_read_stores_the_outcome_and_reads_the_learner_fields(tmp_pat
     """SQLite: the outcome is attached and the learner's trace fields read in one query
     (`attach_read`): the same fields `_trace_fields` reads, the outcome merged as `attach` merges
     it, nothing attached (None) for another key's or an unknown request."""
-    from llmroute.gateway.learning import _EXPLICIT, _FIELDS, _fields, _trace_fields
-    from llmroute.gateway.outcomes import EXPLICIT
+    from llmroute.gateway.learning import _FIELDS, _fields, _trace_fields
     from llmroute.gateway.store import open_store
 
-    assert _EXPLICIT == EXPLICIT  # the learner's copy of the explicit source's name
     feat = {"x": [0.5, 1.0], "q0": {"m1": 0.7}, "c0": {"m1": 0.001}}
     row = {"alias": "a", "model": "m1", "status": 200, "cost_usd": 0.002}
     with open_store(f"sqlite:///{tmp_path}/t.sqlite") as st:
