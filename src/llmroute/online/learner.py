@@ -11,23 +11,6 @@ get a per-model running mean of (observed - estimated) cost. The reward of a cho
 `q - tradeoff * c` at the caller's trade-off, so one learner serves callers with different
 trade-offs: it learns quality and cost, not a reward at one fixed trade-off.
 
-Choosing: the greedy choice is the offline router's choice unless the posterior says with
-confidence (`confidence` sd of the difference) that another model's reward is higher; without
-profiled models it maximises the posterior-mean reward. `thompson` picks each model with the
-probability `p_ts` that its reward, drawn from its posterior (an exact univariate normal per
-model given `x`), is the highest: `win_probabilities` computes it (closed form for two models,
-a one-dimensional integral for more) instead of sampling; `linucb` takes the argmax of
-mean + `ucb_alpha` * sd. Exploration is bounded: the probability of deviating from the greedy
-choice is scaled down to at most `max_explore`, and the choice is drawn from the resulting
-distribution with one uniform draw, so the returned propensity is the exact probability with
-which it was made (and equals Thompson's pick probability up to the integral's error, < 4e-3).
-Exploration is also conservative when there is an offline router to protect (Wu et al. 2016's
-conservative bandits, per request): the models the posterior rates below the greedy choice are
-explored less, by one common factor, so that the expected reward given up (their probabilities
-times their posterior-mean reward gap) is at most `explore_loss` per request; models rated at
-least as good and models without a profile keep their share. A cold start has nothing to protect:
-the budget does not apply there.
-
 A model without a profile (a NaN `q_base`) starts from an optimistic but bounded prior: as good
 as the best profiled model on that prompt (capped at 1) and as cheap as the cheapest, with the
 wider prior `new_model_prior_var`, so the greedy choice tries it and a few outcomes correct it.
@@ -36,114 +19,36 @@ With no profiled model at all (a cold start) the base quality is `prior_quality`
 `update` is a rank-1 (Sherman-Morrison) update of one model's posterior: O(dim^2).
 State round-trips through `snapshot(path)` / `OnlineLearner.restore(path)` (one small
 safetensors file, no pickle).
+
+The learner is split by concern (each part a module of this package): this module holds the
+posterior (the arms, the contexts and their products with the posterior, the factors kept per
+update, the rank-1 / rank-k updates); `llmroute.online.picking` the pick arithmetic on the
+posterior's numbers (greedy choice, exploration bound, conservative exploration, the draw;
+the exploration rules are described there); `llmroute.online.win_probs` Thompson's win
+probabilities; `llmroute.online.snapshots` the safetensors state. `OnlineLearner` inherits the
+picking and snapshot methods, so they are its own methods and the imports from this module
+(`OnlineLearner`, `Choice`, `METHODS`, `win_probabilities`) are unchanged.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmroute.online.picking import Factors, PickMixin
+from llmroute.online.snapshots import SnapshotMixin
+from llmroute.online.win_probs import win_probabilities
+
 __all__ = ["METHODS", "Choice", "OnlineLearner", "win_probabilities"]
 
 METHODS = ("thompson", "linucb", "greedy")
-_FORMAT = "llmroute-online-learner/1"
-
-#: a model whose mean + _TAIL sd is below another's mean - _TAIL sd wins with probability
-#: < 2 Phi(-_TAIL) ~ 2e-9: it is left out of the integral (and given 0)
-_TAIL = 6.0
-#: the integration grid's largest number of steps (see `win_probabilities`)
-_MAX_STEPS = 256
-_STEPS = np.arange(_MAX_STEPS + 1, dtype=np.float64)
-_SQRT2 = math.sqrt(2.0)
-
-
-def win_probabilities(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """P(model i's draw is the highest) for independent draws N(mean_i, sd_i^2): Thompson
-    sampling's pick probabilities, computed instead of sampled. A -inf mean never wins.
-
-    Two contenders (after leaving out those more than 2 x 6 sd behind): the closed form
-    Phi((mean_j - mean_i) / sqrt(sd_i^2 + sd_j^2)). More: one-dimensional integration over the
-    value t of the maximum. With L_j = log Phi((t - mean_j) / sd_j) and G = exp(sum_j L_j) the
-    distribution function of the maximum, P_i = integral of G dL_i; on a uniform grid of t over
-    the range where the maximum lies (half the smallest contender's sd apart, 16 to 256 steps)
-    each step's increase of G is split among the models in proportion to their increase of L.
-    That split is exact where the L_j increase in fixed ratios across a step, so the
-    probabilities sum to 1 and the error shrinks with the step: over 300 random cases of 3-11
-    models (means in [0.2, 0.9], sd 0.02-0.8 log-uniform) the largest absolute error against a
-    40,001-point quadrature of the definition was 3.2e-3 (99th percentile 1.9e-3, median 5e-4;
-    the 256-step cap binds only where the sds differ ~20-fold; tests/test_online_fast_choice.py).
-    Cost: (contenders) x (steps + 1) evaluations of log Phi."""
-    return np.array(_win_probs(np.asarray(mean, np.float64).tolist(), np.asarray(sd, np.float64).tolist()))
-
-
-def _win_probs(mean: list[float], sd: list[float]) -> list[float]:
-    """`win_probabilities` on lists of floats (the per-request path: no numpy below three
-    contenders)."""
-    if len(mean) == 2:  # the usual gateway alias (a strong and a weak model): no lists, no loops
-        return _win_probs_two(mean[0], mean[1], max(sd[0], 1e-12), max(sd[1], 1e-12))
-    sd = [max(v, 1e-12) for v in sd]
-    lo = -math.inf  # the maximum is above the highest floor (mean - 6 sd)
-    for mu, s in zip(mean, sd, strict=True):
-        if math.isfinite(mu) and mu - _TAIL * s > lo:
-            lo = mu - _TAIL * s
-    if lo == -math.inf:
-        raise ValueError("win_probabilities needs at least one finite mean")
-    live = [
-        i for i, (mu, s) in enumerate(zip(mean, sd, strict=True)) if math.isfinite(mu) and mu + _TAIL * s > lo
-    ]
-    out = [0.0] * len(mean)
-    if len(live) == 1:
-        out[live[0]] = 1.0
-        return out
-    if len(live) == 2:
-        i, j = live
-        z = (mean[j] - mean[i]) / math.sqrt(sd[i] * sd[i] + sd[j] * sd[j])
-        pj = 0.5 * math.erfc(-z / math.sqrt(2.0))
-        out[i], out[j] = 1.0 - pj, pj
-        return out
-    from scipy.special import log_ndtr
-
-    mu_a, s_a = np.array([mean[i] for i in live]), np.array([sd[i] for i in live])
-    hi = float(np.max(mu_a + _TAIL * s_a))  # and below the highest ceiling
-    # a uniform grid over [lo, hi], half the smallest sd apart (at least 16, at most 256 steps)
-    # (rounded first, so that inputs a few ulps apart get the same grid)
-    n = min(_MAX_STEPS, max(16, math.ceil(round((hi - lo) / (0.5 * float(s_a.min())), 6))))
-    t = _STEPS[: n + 1] * ((hi - lo) / n) + lo
-    L = log_ndtr((t[None, :] - mu_a[:, None]) / s_a[:, None])  # (contenders, nodes)
-    S = L.sum(axis=0)
-    G = np.exp(S)
-    tot = S[1:] - S[:-1]  # the increase of log G = sum of the contenders' increases
-    dG = G[1:] - G[:-1]
-    p = (L[:, 1:] - L[:, :-1]) @ np.divide(dG, tot, out=np.zeros_like(dG), where=tot > 0)
-    p /= p.sum()
-    for i, v in zip(live, p.tolist(), strict=True):
-        out[i] = v
-    return out
-
-
-def _win_probs_two(m0: float, m1: float, s0: float, s1: float) -> list[float]:
-    """`_win_probs` of two models (sds already floored at 1e-12), the same arithmetic: the
-    6-sd cut-off, then Phi((m1 - m0) / sqrt(s0^2 + s1^2)) by math.erfc."""
-    f0, f1 = math.isfinite(m0), math.isfinite(m1)
-    if not (f0 or f1):
-        raise ValueError("win_probabilities needs at least one finite mean")
-    lo = max(m0 - _TAIL * s0 if f0 else -math.inf, m1 - _TAIL * s1 if f1 else -math.inf)
-    live0, live1 = f0 and m0 + _TAIL * s0 > lo, f1 and m1 + _TAIL * s1 > lo
-    if live0 and live1:
-        z = (m1 - m0) / math.sqrt(s0 * s0 + s1 * s1)
-        p1 = 0.5 * math.erfc(-z / math.sqrt(2.0))
-        return [1.0 - p1, p1]
-    return [1.0 if live0 else 0.0, 1.0 if live1 else 0.0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,7 +98,7 @@ class Choice:
         }
 
 
-class OnlineLearner:
+class OnlineLearner(PickMixin, SnapshotMixin):
     """Bandit correction of an offline router's estimates (see the module docstring).
 
     models: the arms, in the column order of the `q_base` / `c_base` arrays given to `choose`;
@@ -278,7 +183,7 @@ class OnlineLearner:
         self._pending: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._ids = itertools.count(1)
         self._theta: np.ndarray | None = None  # posterior means A_inv b per model (see `_means`)
-        self._fact: tuple[np.ndarray, list[float], list[float], list[float], bool] | None = None
+        self._fact: Factors | None = None
         self._dirty: set[int] = set()  # models updated since their mean / factors were computed
         self._flat: tuple[np.ndarray, np.ndarray] | None = None  # `prepare`'s 2-d view of the stack
         # `prepare_embeddings`'s factors (the stack they were built from first)
@@ -515,291 +420,6 @@ class OnlineLearner:
         out[:, self.dim + 1] = 1.0
         return out
 
-    def pick(
-        self,
-        xk: float,
-        qf: list[float],
-        cf: list[float],
-        lam: float,
-        allowed: list[bool] | None,
-        tx: list[float],
-        xax: list[float],
-        axk: list[float],
-    ) -> tuple[int, int, list[float], list[float], list[float]]:
-        """The choice of `choose` given one context's posterior part (theta . x, x' A x and
-        (A x)[k] per model) and its base-quality column `xk`: filled estimates `qf` / `cf`,
-        the trade-off, the allowed mask (None: all). Returns (chosen index, greedy index, the
-        probability of every model, posterior-mean quality and cost per model); draws one
-        uniform from `rng` when the choice is random. Plain floats: m is small."""
-        fac = self._factors()
-        if allowed is not None and not any(allowed):
-            raise ValueError("no candidate model is allowed")
-        probs_of = self._probs_two if len(self.models) == 2 else self._probs
-        g, probs, q, c, dev = probs_of(fac, xk, qf, cf, lam, allowed, tx, xax, axk)
-        ch = self._draw(probs, self.rng.random()) if dev > 0 else g
-        return ch, g, probs, q, c
-
-    def pick_rows(
-        self,
-        qf: Sequence[list[float]],
-        cf: Sequence[list[float]],
-        lam: Sequence[float],
-        allowed: Sequence[list[bool] | None],
-        tx: Sequence[list[float]],
-        xax: Sequence[list[float]],
-        axk: Sequence[list[float]],
-    ) -> tuple[list[int], list[int], list[float]]:
-        """`pick` of several requests in order (contexts whose base-quality column is 0, as
-        `prepare_embeddings` gives them; one list per request in each argument): (chosen,
-        greedy, the chosen model's probability) per request. The same choices and probabilities
-        as `pick` one request at a time: the uniforms are drawn together after the
-        probabilities, one per request whose choice is random, in request order (the same
-        stream as one draw each). The per-request path of a routing micro-batch."""
-        fac = self._factors()
-        probs_of = self._probs_two if len(self.models) == 2 else self._probs
-        greedy: list[int] = []
-        rows: list[list[float]] = []
-        live: list[int] = []
-        for r, ok in enumerate(allowed):
-            if ok is not None and not any(ok):
-                raise ValueError("no candidate model is allowed")
-            g, probs, _, _, dev = probs_of(fac, 0.0, qf[r], cf[r], lam[r], ok, tx[r], xax[r], axk[r])
-            greedy.append(g)
-            rows.append(probs)
-            if dev > 0:
-                live.append(r)
-        chosen = list(greedy)
-        if live:
-            draw = self._draw
-            for r, u in zip(live, self.rng.random(len(live)).tolist(), strict=True):
-                chosen[r] = draw(rows[r], u)
-        return chosen, greedy, [p[c] for p, c in zip(rows, chosen, strict=True)]
-
-    def _draw(self, probs: list[float], u: float) -> int:
-        """The model the uniform `u` picks from `probs` (Generator.choice(m, p=probs /
-        probs.sum()) without its checks: the cdf, normalised)."""
-        if len(probs) == 2:  # the same arithmetic without the lists (fsum of two = their sum;
-            total = probs[0] + probs[1]  # the normalised cdf's last value is 1 > u)
-            c0 = probs[0] / total
-            return 0 if u < c0 / (c0 + probs[1] / total) else 1
-        total = math.fsum(probs)
-        cdf = list(itertools.accumulate(v / total for v in probs))
-        top = cdf[-1]
-        return min(bisect.bisect_right([v / top for v in cdf], u), len(probs) - 1)
-
-    def _probs(
-        self,
-        fac: tuple[np.ndarray, list[float], list[float], list[float], bool],
-        xk: float,
-        qf: list[float],
-        cf: list[float],
-        lam: float,
-        allowed: list[bool] | None,
-        tx: list[float],
-        xax: list[float],
-        axk: list[float],
-    ) -> tuple[int, list[float], list[float], list[float], float]:
-        """`pick` up to the draw (`fac`: `_factors()`): (greedy index, the probability of every
-        model, posterior-mean quality and cost per model, the probability of deviating from the
-        greedy choice before the exploration bound: the choice is random when it is > 0)."""
-        m = len(self.models)
-        _, theta_k, a_kk, cost_res, profiled = fac
-        q, c, mean, sd, base = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
-        for i in range(m):  # plain floats: m is small, numpy's per-call cost is not
-            si = qf[i] - 0.5 - xk  # the model's own column value minus the shared one
-            q[i] = qi = qf[i] + tx[i] + si * theta_k[i]
-            c[i] = ci = cf[i] + cost_res[i]
-            sd[i] = math.sqrt(max(xax[i] + si * (2.0 * axk[i] + si * a_kk[i]), 0.0))
-            if allowed is None or allowed[i]:
-                mean[i], base[i] = qi - lam * ci, qf[i] - lam * cf[i]
-            else:
-                mean[i] = base[i] = -math.inf
-        g = self._greedy_list(mean, sd, base, profiled)
-        if self.method == "thompson" and self.max_explore > 0:
-            target = _win_probs(mean, sd)  # a disallowed model's mean is -inf: never wins
-        else:
-            target = [0.0] * m
-            if self.method == "linucb" and self.max_explore > 0:
-                ucb = [mi + self.ucb_alpha * si for mi, si in zip(mean, sd, strict=True)]
-                target[ucb.index(max(ucb))] = 1.0
-            else:
-                target[g] = 1.0
-        dev = 1.0 - target[g]
-        scale = min(1.0, self.max_explore / dev) if dev > 0 else 0.0
-        probs = [t * scale for t in target]
-        probs[g] = 1.0 - scale * dev
-        if dev > 0 and self.explore_loss > 0 and profiled:
-            # conservative exploration (with an offline router to protect): models the posterior
-            # rates below the greedy choice are explored less, so that their expected loss (the
-            # posterior-mean reward gap) is at most explore_loss per request; those rated at
-            # least as good, and models without a profile (no offline rating), keep their share
-            mg, prof = mean[g], self.profiled_
-            low = [i for i in range(m) if i != g and probs[i] > 0 and mean[i] < mg and prof[i]]
-            loss = math.fsum(probs[i] * (mg - mean[i]) for i in low)
-            if loss > self.explore_loss:
-                cut = self.explore_loss / loss
-                for i in low:
-                    probs[i] *= cut
-                probs[g] = 0.0
-                probs[g] = 1.0 - math.fsum(probs)
-        return g, probs, q, c, dev
-
-    def _probs_two(
-        self,
-        fac: tuple[np.ndarray, list[float], list[float], list[float], bool],
-        xk: float,
-        qf: list[float],
-        cf: list[float],
-        lam: float,
-        allowed: list[bool] | None,
-        tx: list[float],
-        xax: list[float],
-        axk: list[float],
-    ) -> tuple[int, list[float], list[float], list[float], float]:
-        """`_probs` of two models (the usual gateway alias: a strong and a weak model): the same
-        arithmetic in the same order, unrolled (no per-model lists or loops); equal to `_probs`
-        bit for bit (tests/test_online_batch_choice.py)."""
-        _, theta_k, a_kk, cost_res, profiled = fac
-        qf0, qf1 = qf
-        cf0, cf1 = cf
-        s0, s1 = qf0 - 0.5 - xk, qf1 - 0.5 - xk
-        q0, q1 = qf0 + tx[0] + s0 * theta_k[0], qf1 + tx[1] + s1 * theta_k[1]
-        c0, c1 = cf0 + cost_res[0], cf1 + cost_res[1]
-        sd0 = math.sqrt(max(xax[0] + s0 * (2.0 * axk[0] + s0 * a_kk[0]), 0.0))
-        sd1 = math.sqrt(max(xax[1] + s1 * (2.0 * axk[1] + s1 * a_kk[1]), 0.0))
-        if allowed is None or allowed[0]:
-            m0, b0 = q0 - lam * c0, qf0 - lam * cf0
-        else:
-            m0 = b0 = -math.inf
-        if allowed is None or allowed[1]:
-            m1, b1 = q1 - lam * c1, qf1 - lam * cf1
-        else:
-            m1 = b1 = -math.inf
-        conf = self.confidence
-        if conf <= 0 or not profiled:  # `_greedy_list`: the first of equal maxima
-            g = 1 if m1 > m0 else 0
-        else:  # the router's choice b unless the other is `conf` sd of the difference ahead
-            b = 1 if b1 > b0 else 0
-            mb, sb, mo, so = (m1, sd1, m0, sd0) if b else (m0, sd0, m1, sd1)
-            g = 1 - b if mo - mb > conf * math.sqrt(so * so + sb**2) else b
-        method, max_explore = self.method, self.max_explore
-        if method == "thompson" and max_explore > 0:
-            t0, t1 = _win_probs_two(m0, m1, max(sd0, 1e-12), max(sd1, 1e-12))
-        elif method == "linucb" and max_explore > 0:
-            alpha = self.ucb_alpha
-            t1 = 1.0 if m1 + alpha * sd1 > m0 + alpha * sd0 else 0.0
-            t0 = 1.0 - t1
-        else:
-            t0, t1 = (0.0, 1.0) if g else (1.0, 0.0)
-        dev = 1.0 - (t1 if g else t0)
-        scale = min(1.0, max_explore / dev) if dev > 0 else 0.0
-        probs = [t0 * scale, t1 * scale]
-        probs[g] = 1.0 - scale * dev
-        if dev > 0 and self.explore_loss > 0 and profiled:  # conservative exploration (`_probs`)
-            o = 1 - g
-            mg, mo = (m1, m0) if g else (m0, m1)
-            if probs[o] > 0 and mo < mg and self.profiled_[o]:
-                loss = probs[o] * (mg - mo)
-                if loss > self.explore_loss:
-                    probs[o] *= self.explore_loss / loss
-                    probs[g] = 1.0 - probs[o]
-        return g, probs, [q0, q1], [c0, c1], dev
-
-    def pick_many(
-        self,
-        qf: np.ndarray,
-        cf: np.ndarray,
-        lam: np.ndarray,
-        allowed: np.ndarray | None,
-        tx: np.ndarray,
-        xax: np.ndarray,
-        axk: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`pick` for a batch of B requests at once, vectorised over the batch: (B, m) filled
-        estimates, (B,) trade-offs, (B, m) allowed mask (None: all), `prepare`'s (B, m) parts of
-        contexts whose base-quality column is 0 (`context`). Returns (chosen, greedy) indices
-        (B,) and (B, m) probabilities: the same choices as `pick` one request at a time, in
-        order, with the same uniforms (one per request whose choice is random, drawn in batch
-        order), and the same probabilities up to rounding."""
-        qf, cf = np.asarray(qf, np.float64), np.asarray(cf, np.float64)
-        B, m = qf.shape
-        _, theta_k, a_kk, cost_res, profiled = self._factors()
-        tk, akk = np.asarray(theta_k), np.asarray(a_kk)
-        si = qf - 0.5
-        q = qf + np.asarray(tx) + si * tk
-        c = cf + np.asarray(cost_res)
-        sd = np.sqrt(np.maximum(np.asarray(xax) + si * (2.0 * np.asarray(axk) + si * akk), 0.0))
-        lam_c = np.asarray(lam, np.float64)[:, None]
-        mean, base = q - lam_c * c, qf - lam_c * cf
-        if allowed is not None:
-            ok = np.asarray(allowed, bool)
-            if not ok.any(axis=1).all():
-                raise ValueError("no candidate model is allowed")
-            mean, base = np.where(ok, mean, -np.inf), np.where(ok, base, -np.inf)
-        rows = np.arange(B)
-        if self.confidence <= 0 or not profiled:
-            g = np.argmax(mean, axis=1)
-        else:  # `_greedy_list`: the router's choice unless another is `confidence` sd ahead
-            b = np.argmax(base, axis=1)
-            mb, sb = mean[rows, b][:, None], sd[rows, b][:, None]
-            ahead = mean - mb > self.confidence * np.sqrt(sd * sd + sb * sb)
-            g = np.where(ahead.any(axis=1), np.argmax(np.where(ahead, mean, -np.inf), axis=1), b)
-        if self.method == "thompson" and self.max_explore > 0:
-            target = self._win_probs_many(mean, sd)
-        else:
-            target = np.zeros((B, m))
-            if self.method == "linucb" and self.max_explore > 0:
-                target[rows, np.argmax(mean + self.ucb_alpha * sd, axis=1)] = 1.0
-            else:
-                target[rows, g] = 1.0
-        dev = 1.0 - target[rows, g]
-        live = dev > 0
-        scale = np.where(live, np.minimum(1.0, self.max_explore / np.where(live, dev, 1.0)), 0.0)
-        probs = target * scale[:, None]
-        probs[rows, g] = 1.0 - scale * dev
-        if self.explore_loss > 0 and profiled and live.any():
-            # conservative exploration (see `pick`): the models rated below the greedy choice
-            mg = mean[rows, g][:, None]
-            low = (probs > 0) & (mean < mg) & self.profiled_[None, :]
-            low[rows, g] = False
-            gap = np.where(low, mg - np.where(low, mean, 0.0), 0.0)
-            loss = (probs * gap).sum(axis=1)
-            cut_rows = live & (loss > self.explore_loss)
-            if cut_rows.any():
-                cut = np.where(cut_rows, self.explore_loss / np.where(cut_rows, loss, 1.0), 1.0)
-                probs = np.where(low & cut_rows[:, None], probs * cut[:, None], probs)
-                others = probs.copy()
-                others[rows, g] = 0.0
-                probs[rows, g] = np.where(cut_rows, 1.0 - others.sum(axis=1), probs[rows, g])
-        ch = g.copy()
-        if live.any():  # one uniform per random choice, in batch order (as `pick` draws them)
-            r = np.flatnonzero(live)
-            cdf = np.cumsum(probs[r] / probs[r].sum(axis=1, keepdims=True), axis=1)
-            cdf /= cdf[:, -1:]
-            u = self.rng.random(len(r))
-            ch[r] = np.minimum((cdf <= u[:, None]).sum(axis=1), m - 1)
-        return ch, g, probs
-
-    @staticmethod
-    def _win_probs_many(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        """`_win_probs` of each row: two models in closed form over the whole batch (with the
-        same 6-sd cut-off), more models one row at a time."""
-        if mean.shape[1] != 2:
-            return np.array([_win_probs(mu, s) for mu, s in zip(mean.tolist(), sd.tolist(), strict=True)])
-        sd = np.maximum(sd, 1e-12)
-        fin = np.isfinite(mean)
-        floor = np.where(fin, mean - _TAIL * sd, -np.inf)
-        lo = floor.max(axis=1, keepdims=True)
-        live = fin & (mean + _TAIL * sd > lo)
-        both = live.all(axis=1)
-        out = np.where(live, 1.0, 0.0)  # one contender: it wins
-        if both.any():
-            z = (mean[both, 1] - mean[both, 0]) / np.sqrt(sd[both, 0] ** 2 + sd[both, 1] ** 2)
-            # Phi(z) as `_win_probs` computes it (math.erfc: no scipy import on the request path)
-            p1 = np.array([0.5 * math.erfc(-v / _SQRT2) for v in z.tolist()])
-            out[both, 0], out[both, 1] = 1.0 - p1, p1
-        return out
-
     def _fill_list(
         self, q_base: Sequence[float] | np.ndarray | None, c_base: Sequence[float] | np.ndarray | None
     ) -> tuple[list[float], list[float]]:
@@ -826,7 +446,7 @@ class OnlineLearner:
             c = [v if math.isfinite(v) else fill for v in c]
         return q, c
 
-    def _factors(self) -> tuple[np.ndarray, list[float], list[float], list[float], bool]:
+    def _factors(self) -> Factors:
         """What `choose` needs of the posteriors, computed once per change of the state (an
         outcome updates its model's part in place, see `observe`), never per request: the
         (m, D + 1, D) stack of each model's posterior mean and covariance (one product with the
@@ -879,34 +499,6 @@ class OnlineLearner:
                 f[3][j] = float(self.cost_res_[j] / (self.n_[j] + 1.0))
         self._dirty.clear()
         self._fused = None  # `prepare_embeddings`'s copy of the factors: rebuilt when next needed
-
-    def _greedy_list(self, mean: list[float], sd: list[float], base: list[float], profiled: bool) -> int:
-        """`_greedy` on lists of floats (the first of equal maxima, like np.argmax); `profiled`:
-        whether any model is."""
-        if self.confidence <= 0 or not profiled:
-            return mean.index(max(mean))
-        b = base.index(max(base))
-        mb, sb2, conf = mean[b], sd[b] ** 2, self.confidence
-        best, bi = -math.inf, -1
-        for i, (mi, si) in enumerate(zip(mean, sd, strict=True)):
-            if mi - mb > conf * math.sqrt(si * si + sb2) and (bi < 0 or mi > best):
-                best, bi = mi, i
-        return b if bi < 0 else bi
-
-    def _greedy(self, mean: np.ndarray, sd: np.ndarray, base: np.ndarray) -> int:
-        """The greedy choice: the offline router's choice (argmax of the base reward) unless a
-        model's posterior-mean reward beats it by more than `confidence` standard deviations of
-        the difference; then the best such model. Without profiled models (a cold start) there
-        is no router to trust: the posterior-mean argmax."""
-        if self.confidence <= 0 or not self.profiled_.any():
-            return int(np.argmax(mean))
-        b = int(np.argmax(base))
-        mb, sb2, conf = float(mean[b]), float(sd[b]) ** 2, self.confidence
-        best, bi = -math.inf, -1
-        for i, (mi, si) in enumerate(zip(mean.tolist(), sd.tolist(), strict=True)):
-            if mi - mb > conf * math.sqrt(si * si + sb2) and (bi < 0 or mi > best):
-                best, bi = mi, i
-        return b if bi < 0 else bi
 
     # ---- learning ----------------------------------------------------------------------------
     def update(
@@ -990,100 +582,3 @@ class OnlineLearner:
         return self.A_inv_[j] @ self.b_[j], self.A_inv_[j].copy()
 
     # ---- state -------------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """The learner's state (posteriors, projection, settings) as safetensors bytes."""
-        from safetensors.numpy import save
-
-        meta = {"format": _FORMAT, "models": self.models, "settings": self._settings()}
-        return save(self._tensors(), metadata={"llmroute": json.dumps(meta)})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> OnlineLearner:
-        """A learner from `to_bytes` output (ValueError when it is not one)."""
-        from safetensors.numpy import load
-
-        try:
-            arrays = load(data)
-            n = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + n])
-            meta = json.loads((header.get("__metadata__") or {}).get("llmroute", "{}"))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"not a learner snapshot ({exc})") from exc
-        return cls._from_parts(meta, arrays, "<bytes>")
-
-    def _tensors(self) -> dict[str, np.ndarray]:
-        return {
-            "A_inv": np.ascontiguousarray(self.A_inv_),
-            "b": np.ascontiguousarray(self.b_),
-            "n": self.n_,
-            "cost_res": self.cost_res_,
-            "profiled": self.profiled_.astype(np.uint8),
-            "proj": np.ascontiguousarray(self.proj_),
-        }
-
-    def snapshot(self, path: str | Path) -> Path:
-        """Write the learner's state (posteriors, projection, settings) to one safetensors file."""
-        from safetensors.numpy import save_file
-
-        path = Path(path)
-        meta = {"format": _FORMAT, "models": self.models, "settings": self._settings()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self._tensors(), str(tmp), metadata={"llmroute": json.dumps(meta)})
-        tmp.replace(path)
-        return path
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "method",
-                "tradeoff",
-                "max_explore",
-                "dim",
-                "embed_dim",
-                "prior_var",
-                "new_model_prior_var",
-                "noise_var",
-                "prior_quality",
-                "ucb_alpha",
-                "confidence",
-                "explore_loss",
-                "n_samples",
-                "max_pending",
-                "seed",
-            )
-        }
-
-    @classmethod
-    def restore(cls, path: str | Path) -> OnlineLearner:
-        """Load a learner written by `snapshot` (pending decisions are not part of the state)."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = json.loads((fh.metadata() or {}).get("llmroute", "{}"))
-                arrays = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(
-                f"{path}: not a learner snapshot ({exc}); write one with OnlineLearner.snapshot"
-            ) from exc
-        return cls._from_parts(meta, arrays, str(path))
-
-    @classmethod
-    def _from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> OnlineLearner:
-        if meta.get("format") != _FORMAT:
-            raise ValueError(
-                f"{where}: not a learner snapshot (format {meta.get('format')!r}, expected {_FORMAT})"
-            )
-        s = dict(meta["settings"])
-        embed_dim = s.pop("embed_dim")
-        learner = cls(meta["models"], embed_dim, **s)
-        learner.A_inv_ = arrays["A_inv"].astype(np.float64)
-        learner.b_ = arrays["b"].astype(np.float64)
-        learner.n_ = arrays["n"].astype(np.float64)
-        learner.cost_res_ = arrays["cost_res"].astype(np.float64)
-        learner.profiled_ = arrays["profiled"].astype(bool)
-        learner.proj_ = arrays["proj"].astype(np.float64)
-        learner._theta = learner._fact = None
-        return learner
