@@ -113,7 +113,7 @@ def run_set(
     variants: tuple[str, ...] = (),
     cache: Path | None = None,
     pick: str = "random",
-    method: str = "ridge",
+    method: str = "auto",
     self_out: bool = True,
 ) -> dict:
     from llmroute.data.splits import split_table
@@ -359,7 +359,15 @@ def _met(s: dict) -> bool:
 
 
 METHOD_TEXT = {
-    "ridge": 'Method (`llmroute.estimators.profiled`, `add_model`\'s default "ridge"): non-negative '
+    "auto": 'Method (`llmroute.estimators.profiled`, `add_model`\'s default "auto", which runs "paired" '
+    "here since the profile holds the known models' rows): the new model's grades paired with the "
+    "known models' on the same prompts (their grades minus their estimates as a control variate), "
+    "a Bayesian combination of the known models' estimates (weights summing to 1, prior spread = "
+    "the known models' own), estimated at the posterior mean minus one posterior sd per prompt. The "
+    "known models' estimates on the profile's prompts are leave-self-out ones (the profile's prompts "
+    "are training prompts of the router: their own grades are left out, as for a prompt the router "
+    "never saw).",
+    "ridge": 'Method (`llmroute.estimators.profiled`, `add_model(method="ridge")`): non-negative '
     "ridge of the profile on the known models' estimates shrunk toward equal weights, minus rmse / "
     "sqrt(k). The known models' estimates on the profile's prompts are leave-self-out ones (the "
     "profile's prompts are training prompts of the router: their own grades are left out, as for a "
@@ -372,22 +380,45 @@ METHOD_TEXT = {
 }
 
 
-def _paired_text(results: list[dict]) -> str:
-    """The opt-in "paired" method's numbers when the run scored it too (`--variant paired`)."""
+#: the other method scored beside the run's (`--variant`), and how the text names it
+ALT_TEXT = {
+    "ridge": (
+        "paired",
+        ' The "paired" method (the known models\' grades on the same prompts as a control '
+        "variate, Bayesian weights summing to 1, a per-prompt lower bound)",
+    ),
+    "auto": (
+        "current",
+        ' The "ridge" method (what "auto" runs on a profile without the known models\' grades: '
+        "a non-negative ridge on the known models' estimates shrunk toward equal weights, minus "
+        "rmse / sqrt(k); `--variant current`)",
+    ),
+}
+
+
+def _alt_text(results: list[dict]) -> str:
+    """The other method's numbers (`ALT_TEXT`) when the run scored it too (`--variant`)."""
     from _md import fmt
 
+    alt = ALT_TEXT.get(results[0].get("method", "ridge")) if results else None
+    if alt is None:
+        return ""
     parts = []
     for res in results:
-        summ = res.get("variants", {}).get("paired")
+        summ = res.get("variants", {}).get(alt[0])
         if not summ:
             return ""
         rec = " / ".join(fmt(summ[str(k)]["recovered_mean"], 2) for k in KS)
         hurts = " / ".join(str(summ[str(k)]["hurts"]) for k in KS)
-        parts.append(f"{res['set']} {rec} with {hurts} hurts")
+        worst = fmt(summ["100"]["worst_gain"], 4)
+        parts.append(f"{res['set']} {rec} with {hurts} hurts (worst at k=100 {worst})")
     return (
-        ' The opt-in "paired" method (the known models\' grades on the same prompts as a control '
-        "variate, Bayesian weights summing to 1, a per-prompt lower bound) on the same seeds and "
-        "profiles (k = " + " / ".join(map(str, KS)) + "): " + "; ".join(parts) + "."
+        alt[1]
+        + " on the same seeds and profiles (k = "
+        + " / ".join(map(str, KS))
+        + "): "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -436,7 +467,7 @@ def write_markdown(results: list[dict]) -> None:
         + ". Tables without cost use the evaluation's fallback (routerdc_7model: cost = model size, "
         "7-8B, nearly flat, so its curve is mostly about quality).\n\n"
         + METHOD_TEXT.get(results[0].get("method", "ridge"), "")
-        + (_paired_text(results) if results[0].get("method", "ridge") == "ridge" else "")
+        + _alt_text(results)
         + " Why the target is not met, and every variant tried with its numbers: "
         "docs/onboarding-notes.md."
     )
@@ -466,9 +497,9 @@ def main() -> None:
     ap.add_argument("--dump", default="", help="also write this run's results (any mode) to this JSON file")
     ap.add_argument(
         "--method",
-        default="ridge",
-        help="`Router.add_model`'s method (llmroute.estimators.profiled.METHODS: ridge, paired, "
-        "margin; margin calibrates z per router on its training table first)",
+        default="auto",
+        help="`Router.add_model`'s method (llmroute.onboard.ADD_METHODS: auto, ridge, paired, "
+        "margin, factor, task; margin calibrates z per router on its training table first)",
     )
     ap.add_argument(
         "--pick",

@@ -114,12 +114,53 @@ def test_add_pairs_with_the_known_models_rows_of_the_profile_or_a_reference(rout
     assert router.add_model("a", everyone, **paired)["paired_rows"] == 50
     assert router.add_model("b", keep_models(everyone, {NEW}), **paired)["paired_rows"] == 0
     assert router.add_model("c", keep_models(everyone, {NEW}), reference=train, **paired)["paired_rows"] == 50
-    assert router.add_model("d", everyone, profile_model=NEW)["paired_rows"] == 0  # ridge: unpaired
-    with pytest.raises(ValueError, match="unknown profile method"):
+    assert router.add_model("d", everyone, profile_model=NEW, method="ridge")["paired_rows"] == 0
+    with pytest.raises(ValueError, match="unknown add method 'nope'; use one of auto, ridge"):
         router.add_model("e", everyone, profile_model=NEW, method="nope")
     assert "e" not in router.models
     q1, _ = router.estimate(test.prompts)
     assert np.array_equal(q1[:, :3], q0)
+
+
+def test_auto_pairs_a_profile_that_holds_the_known_models_grades_else_fits_ridge(
+    router: Router, tables
+) -> None:
+    """The default method "auto": a profile with the known models' rows (or a reference with
+    them) is fitted exactly as "paired"; a profile of the new model alone exactly as "ridge"."""
+    train, test = tables
+    ids = np.random.default_rng(5).choice(train.prompt_ids, 50, replace=False).tolist()
+    everyone = keep_models(train.subset(ids), {NEW, "tiny-1b", "code-13b", "big-70b"})
+    alone = keep_models(everyone, {NEW})
+    cases = {
+        "auto-everyone": (everyone, {}, "paired"),
+        "auto-alone": (alone, {}, "ridge"),
+        "auto-reference": (alone, {"reference": train}, "paired"),
+    }
+    for name, (profile, ref, expect) in cases.items():
+        summary = router.add_model(name, profile, profile_model=NEW, **ref)
+        assert (summary["method"], summary["requested_method"]) == (expect, "auto")
+        router.add_model(f"forced-{name}", profile, profile_model=NEW, method=expect, **ref)
+    q, _ = router.estimate(test.prompts)
+    col = {m: q[:, j] for j, m in enumerate(router.models)}
+    for name in cases:
+        assert np.array_equal(col[name], col[f"forced-{name}"])
+    assert not np.array_equal(col["auto-everyone"], col["auto-alone"])
+
+
+def test_auto_pairs_only_when_most_profile_prompts_have_known_grades() -> None:
+    """ "auto" pairs from MIN_PAIRED_ROWS prompts with a known grade and at least half of them."""
+    from llmroute.onboard import MIN_PAIRED_ROWS, auto_method
+
+    def known(rows: int, graded: int) -> np.ndarray:
+        g = np.full((rows, 3), np.nan)
+        g[:graded, 1] = 1.0  # one known model graded on the first `graded` prompts
+        return g
+
+    assert auto_method(None) == "ridge"
+    assert auto_method(known(40, 20)) == "paired"
+    assert auto_method(known(40, 19)) == "ridge"
+    assert auto_method(known(MIN_PAIRED_ROWS, MIN_PAIRED_ROWS)) == "paired"
+    assert auto_method(known(MIN_PAIRED_ROWS, MIN_PAIRED_ROWS - 1)) == "ridge"
 
 
 def test_a_fit_saved_before_the_lower_bound_predicts_as_it_did(

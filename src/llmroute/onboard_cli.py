@@ -87,20 +87,21 @@ def add_cmd(
         str,
         typer.Option(
             "--method",
-            help="How the quality column is fitted: ridge (default), paired (pairs the new model's "
-            "grades with the known models' on the same prompts) or margin (paired, and the new "
+            help="How the quality column is fitted: auto (default: paired when the profile or "
+            "--reference has the known models' grades on most of its prompts, else ridge), ridge, "
+            "paired (pairs the new model's grades with the known models' on the same prompts) or margin (paired, and the new "
             "model must beat the best known model by a margin calibrated on --reference, the "
             "router's training table) or factor (a vector in a low-rank model of the training "
             "table, fitted once on --reference) or task (paired plus a per-task offset; the task "
             "labels of --reference and of the profile train a task classifier kept in the router); "
             "docs/onboarding-notes.md.",
         ),
-    ] = "ridge",
+    ] = "auto",
     reference: Annotated[
         Path | None,
         typer.Option(
             "--reference",
-            help="With --method paired / margin: a table with the known models' grades on the "
+            help="With --method auto / paired / margin: a table with the known models' grades on the "
             "profile prompts (e.g. the router's training table); the profile's own known-model rows "
             "are used first. With margin, a router not yet calibrated is calibrated on it first "
             "(kept in the saved router). With factor: the router's training table, needed by the "

@@ -413,7 +413,7 @@ class Router(_RouterFit, _RouterBatch, _RouterIO):
         *,
         profile_model: str | None = None,
         reference: RoutingTable | str | Path | None = None,
-        method: str = "ridge",
+        method: str = "auto",
     ) -> dict[str, Any]:
         """Add a model from its profile (graded rows of a routing table), without retraining;
         known models' estimates are unchanged. See `llmroute.onboard.add_model`."""
