@@ -504,7 +504,7 @@ def test_response_cache_kept_when_its_section_is_unchanged(fake_server: Any, tmp
 def test_a_worker_rereads_the_file_only_when_it_changed(gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another worker's (or host's) reload bumps the shared counter; a worker whose running config
     came from the file as it is now does not read and rebuild it again."""
-    import llmroute.gateway.admin as admin_mod
+    import llmroute.gateway.admin_keys as admin_mod  # KeyManager reads the config file there
 
     cfg = dict(gw.cfg)
     cfg["models"] = [{**cfg["models"][0], "timeout_s": 0.75}, cfg["models"][1]]
