@@ -36,12 +36,16 @@
    usage, cost at the config's prices, latency of the successful call) plus `grader`,
    `grade_error`, `grade_detail`, `judge_quality` (the judge's view where it was asked besides a
    reference) and `judge_cost_usd`. Written as Parquet, CSV or JSONL by the suffix of `out`.
+
+The run is split by concern: this module holds the settings, the run's order of work, the cost
+estimate and the table and summary; `llmroute.profile.calls` the calls within the cap and the
+resume journal (steps 2-4); `llmroute.profile.grading` the graders, the judge's prompts and
+verdicts and the table's rows (steps 1, 5, 6). The names importable from here are unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import time
@@ -50,18 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from llmroute.profile.graders import GRADERS, Grade, grade
-from llmroute.profile.judge import (
-    RUBRIC_VERSION,
-    combine_orders,
-    pairwise_prompt,
-    parse_pairwise,
-    parse_rating,
-    rating_to_quality,
-    single_prompt,
-)
+from llmroute.profile.calls import CostCap, _Caller, _Journal, _sha, journal_path
+from llmroute.profile.graders import GRADERS
+from llmroute.profile.grading import _grade_rows, _judge_needed, _judge_prompts, _RefGrader, resolve_grader
+from llmroute.profile.judge import RUBRIC_VERSION, pairwise_prompt, single_prompt
 from llmroute.profile.prompts import PromptItem
 
 __all__ = [
@@ -75,10 +71,6 @@ __all__ = [
     "run_profile",
 ]
 
-#: upstream refusals that are never billed (everything else that fails counts at its reservation)
-_UNBILLED = frozenset(
-    {"upstream_rate_limited", "upstream_bad_request", "upstream_auth_failed", "missing_credentials"}
-)
 _JUDGE_ANSWER_BYTES_PER_TOKEN = 4
 
 
@@ -115,244 +107,6 @@ class ProfileResult:
     out: Path
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-class CostCap:
-    """Reservations against a USD cap: `reserve` before a call, `settle` after it."""
-
-    def __init__(self, cap: float | None, spent: float = 0.0) -> None:
-        self.cap = cap
-        self.spent = spent
-        self.reserved = 0.0
-        self.refused = 0
-
-    def reserve(self, usd: float) -> bool:
-        """Hold `usd`; False (and nothing held) when spent + reserved + usd would pass the cap."""
-        if self.cap is not None and self.spent + self.reserved + usd > self.cap:
-            self.refused += 1
-            return False
-        self.reserved += usd
-        return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        """Release a reservation and count what the call cost."""
-        self.reserved = max(0.0, self.reserved - reserved)
-        self.spent += actual
-
-
-def journal_path(out: Path) -> Path:
-    """The resume journal beside the output table: `<out>.journal.jsonl`."""
-    return out.with_name(out.name + ".journal.jsonl")
-
-
-def resolve_grader(item: PromptItem, task_graders: dict[str, str] | None = None) -> str:
-    """The grader of one prompt (see the module docstring, step 1)."""
-    if item.grader:
-        return item.grader
-    if task_graders and item.task in task_graders:
-        return task_graders[item.task]
-    if item.tests:
-        return "code"
-    if item.reference is not None:
-        from llmroute.profile.graders import extract_choice, final_number
-
-        ref = item.reference.strip()
-        if final_number(ref) is not None and len(ref) <= 40:
-            return "number"
-        if len(ref) <= 3 and extract_choice(ref) is not None:
-            return "choice"
-        return "normalized"
-    return "judge"
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def _check_share(pid: str, share: float) -> bool:
-    """Whether a reference-graded prompt is also judged (seeded by its id)."""
-    h = int.from_bytes(hashlib.sha256(pid.encode()).digest()[:8], "big") / 2.0**64
-    return h < share
-
-
-@dataclass
-class _Call:
-    ok: bool
-    text: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
-    latency_s: float = 0.0
-    error: str | None = None
-    skipped: bool = False  # not made: the cap
-
-
-class _Caller:
-    """Calls one configured model through its gateway backend, within the cap."""
-
-    def __init__(
-        self, cfg: Any, backend: Any, cap: CostCap, settings: ProfileSettings, journal: _Journal
-    ) -> None:
-        from llmroute.gateway.tokens import TokenCounter
-
-        self.journal = journal
-        self.cfg = cfg
-        self.backend = backend
-        self.cap = cap
-        self.settings = settings
-        self.counter = TokenCounter.for_model(cfg.api, cfg.upstream)
-        self.sem = asyncio.Semaphore(max(1, min(settings.concurrency, cfg.max_concurrency)))
-        self._next_start = 0.0
-
-    def max_cost(self, body: dict[str, Any]) -> float:
-        """The most `body` can cost on this model (input bound + max_tokens of output)."""
-        from llmroute.gateway.auth import max_request_cost
-        from llmroute.gateway.tokens import estimate_input_tokens
-
-        tin = estimate_input_tokens(body, self.counter)
-        return max_request_cost(self.cfg.input_per_mtok, self.cfg.output_per_mtok, tin, body["max_tokens"])
-
-    def body(self, prompt: str, max_tokens: int, temperature: float | None = None) -> dict[str, Any]:
-        """The chat request: one user message, `max_tokens` (it bounds the cost), and a temperature
-        only when given (the judge's 0; answers use the model's default, as it is served)."""
-        b: dict[str, Any] = {
-            "model": self.cfg.name,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-        }
-        if temperature is not None:
-            b["temperature"] = temperature
-        return b
-
-    async def _pace(self) -> None:
-        """Wait for this model's request-rate slot (`settings.rpm`: evenly spaced starts)."""
-        if not self.settings.rpm:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next_start)
-        self._next_start = start + 60.0 / self.settings.rpm
-        if start > now:
-            await asyncio.sleep(start - now)
-
-    def _charge(self, hold: float) -> None:
-        """Count a failed or abandoned call at its reservation (the provider may have billed it)."""
-        self.cap.settle(hold, hold)
-        self.journal.append({"kind": "charge", "model": self.cfg.name, "cost_usd": hold})
-
-    async def call(self, prompt: str, max_tokens: int, temperature: float | None = None) -> _Call:
-        """One completion, with retries of retryable errors. Failed attempts that may have been
-        billed are journaled as charges; the result's cost is that of the successful call."""
-        from llmroute.gateway.backends import BackendError
-
-        body = self.body(prompt, max_tokens, temperature)
-        hold = self.max_cost(body)
-        async with self.sem:
-            for attempt in range(self.settings.retries + 1):
-                await self._pace()
-                if not self.cap.reserve(hold):
-                    return _Call(False, skipped=True, error="not called: the --max-usd cap is reached")
-                t0 = time.perf_counter()
-                try:
-                    resp = await self.backend.chat(body, self.cfg.timeout_s)
-                except BackendError as e:
-                    if e.code in _UNBILLED:
-                        self.cap.settle(hold, 0.0)
-                    else:
-                        self._charge(hold)
-                    if e.retryable and attempt < self.settings.retries:
-                        await asyncio.sleep(self.settings.backoff_s * 2**attempt)
-                        continue
-                    return _Call(False, error=e.message)
-                except BaseException:
-                    self._charge(hold)  # cancelled in flight
-                    raise
-                latency = time.perf_counter() - t0
-                from llmroute.gateway.tokens import response_text
-
-                usage = resp.get("usage") or {}
-                ti = int(usage.get("prompt_tokens") or 0)
-                to = int(usage.get("completion_tokens") or 0)
-                cost = (ti * self.cfg.input_per_mtok + to * self.cfg.output_per_mtok) / 1e6
-                self.cap.settle(hold, cost)
-                return _Call(True, response_text(resp), ti, to, cost, latency)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _Journal:
-    """Append-only JSONL of finished calls (see the module docstring, step 4)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.answers: dict[tuple[str, str], dict[str, Any]] = {}
-        self.judged: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.spent = 0.0
-        if path.exists():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):  # a last line cut off by a crash: that call is redone
-                data = data[: data.rfind(b"\n") + 1]
-                with path.open("r+b") as f:
-                    f.truncate(len(data))
-            for i, line in enumerate(data.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise ValueError(
-                        f"{path}: line {i} is not JSON; delete the line or the journal"
-                    ) from None
-                self._add(rec)
-        self._f = path.open("ab")
-
-    def _add(self, rec: dict[str, Any]) -> None:
-        self.spent += float(rec.get("cost_usd") or 0.0)
-        if rec.get("kind") == "answer":
-            self.answers[(rec["prompt_id"], rec["model"])] = rec
-        elif rec.get("kind") == "judge":
-            self.judged[(rec["prompt_id"], rec["model"], rec["variant"])] = rec
-
-    def forget_changed(self, items: list[PromptItem]) -> None:
-        """Drop answers (and their verdicts) recorded for a prompt id whose text has changed since."""
-        sha = {it.prompt_id: _sha(it.prompt) for it in items}
-        for key in [k for k, r in self.answers.items() if k[0] in sha and r.get("prompt_sha") != sha[k[0]]]:
-            del self.answers[key]
-            for jk in [j for j in self.judged if j[:2] == key]:
-                del self.judged[jk]
-
-    def append(self, rec: dict[str, Any]) -> None:
-        """Record one call (durable once this returns: written and flushed)."""
-        self._f.write(orjson.dumps(rec) + b"\n")
-        self._f.flush()
-        self._add(rec)
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _judge_needed(item: PromptItem, grader: str, settings: ProfileSettings) -> bool:
-    return settings.judge is not None and (
-        grader == "judge" or _check_share(item.prompt_id, settings.judge_check)
-    )
-
-
-def _judge_prompts(
-    item: PromptItem, model: str, answers: dict[tuple[str, str], dict[str, Any]], settings: ProfileSettings
-) -> dict[str, str]:
-    """variant -> judge prompt for one answer (empty when the pairwise reference answer is missing)."""
-    ans = answers[(item.prompt_id, model)]["response"]
-    ref_model = settings.pairwise_reference
-    if ref_model is None:
-        return {"single": single_prompt(item.prompt, ans, item.reference)}
-    if model == ref_model:
-        return {}
-    ref = answers.get((item.prompt_id, ref_model))
-    if ref is None:
-        return {}
-    return {
-        "ab": pairwise_prompt(item.prompt, ans, ref["response"]),
-        "ba": pairwise_prompt(item.prompt, ref["response"], ans),
-    }
 
 
 async def run_profile(
@@ -577,140 +331,6 @@ def _estimate(
                         n_judge += 1
                         total += jc.max_cost(jc.body(p, settings.judge_max_tokens, 0.0))
     return total, n_judge
-
-
-def _judge_outcome(
-    it: PromptItem,
-    model: str,
-    journal: _Journal,
-    judge_failed: dict[tuple[str, str, str], str],
-    settings: ProfileSettings,
-) -> tuple[float | None, str | None, bool | None, float]:
-    """(quality, error, order-consistent (pairwise) or None, judge cost) of the judge's verdicts."""
-    pid = it.prompt_id
-    if settings.pairwise_reference is None:
-        variants = ("single",)
-    elif model == settings.pairwise_reference:
-        return 0.5, None, None, 0.0
-    else:
-        variants = ("ab", "ba")
-    recs = [journal.judged.get((pid, model, v)) for v in variants]
-    cost = sum(float(r.get("cost_usd") or 0.0) for r in recs if r)
-    for v, r in zip(variants, recs, strict=True):
-        if r is None:
-            why = judge_failed.get((pid, model, v))
-            if (
-                why is None
-                and settings.pairwise_reference
-                and (pid, settings.pairwise_reference) not in journal.answers
-            ):
-                why = f"judge: no answer from the pairwise reference {settings.pairwise_reference!r}"
-            return None, why or "judge: not called (the --max-usd cap)", None, cost
-    if settings.pairwise_reference is None:
-        rating = parse_rating(recs[0]["reply"])  # type: ignore[index]
-        if rating is None:
-            return None, "judge: unparseable score", None, cost
-        return rating_to_quality(rating), None, None, cost
-    v1, v2 = parse_pairwise(recs[0]["reply"]), parse_pairwise(recs[1]["reply"])  # type: ignore[index]
-    if v1 is None or v2 is None:
-        return None, "judge: unparseable verdict", None, cost
-    q, consistent = combine_orders(v1, v2)
-    return q, None, consistent, cost
-
-
-class _RefGrader:
-    """Reference grading; code runs in worker threads (at most `settings.code_workers` at once), started
-    as soon as an answer arrives so that it overlaps the calls still in flight."""
-
-    def __init__(self, settings: ProfileSettings) -> None:
-        self.settings = settings
-        self.sem = asyncio.Semaphore(max(1, settings.code_workers))
-        self.started: dict[tuple[str, str], asyncio.Task[Grade]] = {}
-
-    async def _grade(self, it: PromptItem, name: str, text: str) -> Grade:
-        t = self.settings.code_timeout_s
-        if name == "code":
-            async with self.sem:
-                return await asyncio.to_thread(grade, name, text, it.reference, it.tests, t)
-        return grade(name, text, it.reference, it.tests, t)
-
-    def start(self, it: PromptItem, model: str, name: str, text: str) -> None:
-        """Begin grading one answer now (code in a thread); `result` collects it."""
-        if name == "code":
-            self.started[(it.prompt_id, model)] = asyncio.ensure_future(self._grade(it, name, text))
-
-    async def result(self, it: PromptItem, model: str, name: str, text: str) -> Grade:
-        task = self.started.pop((it.prompt_id, model), None)
-        return await task if task is not None else await self._grade(it, name, text)
-
-    def cancel(self) -> None:
-        for task in self.started.values():
-            task.cancel()
-
-
-async def _grade_rows(
-    items: list[PromptItem],
-    graders: dict[str, str],
-    journal: _Journal,
-    failed: dict[tuple[str, str], str],
-    judge_failed: dict[tuple[str, str, str], str],
-    settings: ProfileSettings,
-    ref: _RefGrader,
-) -> list[dict[str, Any]]:
-
-    async def one(it: PromptItem, model: str) -> dict[str, Any] | None:
-        key = (it.prompt_id, model)
-        rec = journal.answers.get(key)
-        name = graders[it.prompt_id]
-        row: dict[str, Any] = {
-            "prompt_id": it.prompt_id,
-            "prompt": it.prompt,
-            "task": it.task,
-            "model": model,
-            "quality": math.nan,
-            "cost_usd": math.nan,
-            "input_tokens": None,
-            "output_tokens": None,
-            "response": None,
-            "latency_s": math.nan,
-            "grader": name,
-            "grade_error": None,
-            "grade_detail": None,
-            "judge_quality": math.nan,
-            "judge_consistent": None,
-            "judge_cost_usd": 0.0,
-        }
-        if rec is None:
-            if key not in failed:
-                return None  # not called (cap): left for a resumed run
-            row["grade_error"] = f"call failed: {failed[key]}"[:300]
-            return row
-        row |= {
-            "cost_usd": rec["cost_usd"],
-            "input_tokens": rec["input_tokens"],
-            "output_tokens": rec["output_tokens"],
-            "response": rec["response"],
-            "latency_s": rec["latency_s"],
-        }
-        if name != "judge":
-            g = await ref.result(it, model, name, rec["response"])
-            row["quality"] = math.nan if g.quality is None else g.quality
-            row["grade_error"] = g.error
-            row["grade_detail"] = g.detail or None
-        if _judge_needed(it, name, settings):
-            q, err, consistent, cost = _judge_outcome(it, model, journal, judge_failed, settings)
-            row["judge_cost_usd"] = cost
-            row["judge_consistent"] = consistent
-            if q is not None:
-                row["judge_quality"] = q
-            if name == "judge":
-                row["quality"] = math.nan if q is None else q
-                row["grade_error"] = err
-                row["grade_detail"] = f"judge {settings.judge} ({RUBRIC_VERSION})"
-        return row
-
-    done = await asyncio.gather(*(one(it, m) for it in items for m in settings.models))
-    return [r for r in done if r is not None]
 
 
 def _write_table(rows: list[dict[str, Any]], out: Path) -> None:
