@@ -2,7 +2,9 @@
 (`_encode`, `_bulks`), an incremental reply parser (`_RespReader`) and one auto-pipelined
 asyncio connection (`_AutoPipe`: every command of one event-loop pass goes out in one write,
 replies resolve the callers' futures in order; a cancelled caller's reply goes to its `orphan`
-callback). The Lua scripts, `RedisState` and `RedisLedger` are in `llmroute.gateway.state`.
+callback), and the errors of the shared state (`ReplyError`, `StateUnavailable`). `RedisState`
+is in `llmroute.gateway.state`, `RedisLedger` and the Lua scripts in
+`llmroute.gateway.state_ledger`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ log = logging.getLogger("llmroute.gateway.state")
 
 class ReplyError(Exception):
     """An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`)."""
+
+
+class StateUnavailable(RuntimeError):
+    """The shared state (Redis) cannot be reached now."""
 
 
 _NOTHING: Any = object()
