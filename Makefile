@@ -36,7 +36,7 @@ REDIS_SERVER ?= /usr/bin/redis-server
 redis:
 	@test -x $(REDIS_SERVER) || command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; } || \
-	  echo "redis-server could not be installed: tests/test_state_redis.py will skip"
+	  echo "redis-server could not be installed: tests/test_state_redis*.py will skip"
 
 test: $(STAMP) chromium redis
 	$(BIN)/ruff check src tests benchmarks scripts

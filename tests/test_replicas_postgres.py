@@ -24,7 +24,7 @@ import yaml
 from conftest import RedisProc, Replica, loopback_config, new_postgres_database
 from llmroute.gateway.auth import estimate_input_tokens, hash_key, max_request_cost, period_ids
 from llmroute.gateway.state import redis_server_binary
-from test_state_redis import KEY_A, KEY_B, MESSAGES, PRICE_IN, PRICE_OUT, _flush, _spent
+from state_redis_fixtures import KEY_A, KEY_B, MESSAGES, PRICE_IN, PRICE_OUT, _flush, _spent
 from ui_fixtures import trace_rows
 
 pytestmark = pytest.mark.skipif(
