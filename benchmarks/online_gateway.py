@@ -1,18 +1,24 @@
 """Online learning inside the gateway: what it costs per outcome and per request (issue 13).
 
-    python benchmarks/online_gateway.py [--outcomes 6660] [--duration 10] [--rounds 4] [--no-write | --md-only]
+    python benchmarks/online_gateway.py [--outcomes 7740] [--duration 10] [--rounds 4] [--no-write | --md-only]
 
 1. Per outcome (in process, the shipped default router behind examples/loopback.yaml's
    `llmroute/auto` with `learning: {enabled: true}`, a SQLite trace store and learner state in a
    temporary folder): `--outcomes` requests are decided (engine + learner) and traced, then each
    gets an explicit outcome through `record_outcome` (what `/v1/feedback` runs: stored in the
-   trace with the learner's fields read in the same hop, then queued for the learner's next batch:
-   one SQLite transaction on the shared state, one update per model), in three patterns: one at a
-   time back to back (each call awaited), 32 in flight, and isolated (each outcome learned before
-   the next is sent: a batch of one); each against the same calls storing the outcome alone
-   (`aattach_feedback`), in interleaved blocks, rounds of all three. Reported: process CPU (all
-   threads) per feedback, of storing alone, and the median difference over the rounds (the
-   learning's cost per outcome); the learner's rank-1 update alone; the learner's share of the
+   trace with the learner's fields read in the same hop, then learned by this worker at once
+   (local-first: its update made at the learner's next read, e.g. the next decision) and
+   published to the shared state lazily: `_PUBLISH_AT` pending outcomes, or the periodic sync,
+   write them in one SQLite transaction), in four patterns: one at a time back to back (each
+   call awaited), 32 in flight, isolated (each outcome's update made before the next is sent,
+   the block's outcomes published together at its end, as one sync would), and isolated,
+   published alone (each outcome learned and published before the next: a sync interval with
+   one outcome); each against the same calls storing the outcome alone (`aattach_feedback`), in
+   interleaved blocks, rounds of all four. Every block's CPU runs until its outcomes are
+   learned and published (`Learning.drain`: the publication's transaction is counted).
+   Reported: process CPU (all threads) per feedback, of storing alone, and the median
+   difference over the rounds (the learning's cost per outcome); the learner's rank-1 update
+   alone; the learner's share of the
    decision per request (`Learning.decide_batch`, the routing engine's micro-batch listener:
    256 requests one at a time, the rest 32 in flight, micro-batches of 32).
 2. Throughput, learning on vs off: `llmroute serve` (one worker) on examples/loopback.yaml in front
@@ -159,8 +165,18 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         await learning.drain()
         return time.process_time() - cpu0
 
-    async def isolated(fn: Any, ids: list[str]) -> float:  # each outcome learned before the next
-        # no batch window: its idle wait would count the other threads' idle polling
+    al = learning.aliases["llmroute/auto"]
+
+    async def isolated(fn: Any, ids: list[str]) -> float:  # each outcome's update made before the next
+        cpu0 = time.process_time()
+        for i, rid in enumerate(ids):
+            await fn(rid, i)
+            al.catch_up()  # what the next decision's read of the learner does
+        await learning.drain()  # published together, as the periodic sync does
+        return time.process_time() - cpu0
+
+    async def alone(fn: Any, ids: list[str]) -> float:  # each outcome learned and published alone
+        # no batch window (Redis's batches): its idle wait would count the other threads' idle polling
         window, learning.batch_window_s = learning.batch_window_s, 0.0
         cpu0 = time.process_time()
         for i, rid in enumerate(ids):
@@ -169,7 +185,12 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         learning.batch_window_s = window
         return time.process_time() - cpu0
 
-    modes = {"sequential": (sequential, 150), "in_flight": (in_flight, 160), "isolated": (isolated, 60)}
+    modes = {
+        "sequential": (sequential, 150),
+        "in_flight": (in_flight, 160),
+        "isolated": (isolated, 60),
+        "alone": (alone, 60),
+    }
     per_round = (sum(b for _, b in modes.values())) * 2
     rounds = max(1, n // per_round)
     it = iter(rids)
@@ -184,7 +205,6 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         for m, v in cpu.items()
     }
     learned = learning.stats()["llmroute/auto"]["outcomes"]
-    al = learning.aliases["llmroute/auto"]
     # the learner's rank-1 update alone, on the same contexts
     x = np.asarray(al.learner.context(np.ones(al.embed_dim)))
     upd = []
@@ -210,6 +230,10 @@ async def per_outcome(n: int, tmp: Path) -> dict[str, Any]:
         "feedback_cpu_us_isolated": med["isolated"]["feedback"],
         "attach_cpu_us_isolated": med["isolated"]["attach"],
         "cpu_us_per_outcome_isolated": round(diff["isolated"] * us, 1),
+        "feedback_cpu_us_alone": med["alone"]["feedback"],
+        "attach_cpu_us_alone": med["alone"]["attach"],
+        "cpu_us_per_outcome_alone": round(diff["alone"] * us, 1),
+        "publish_at": _publish_at(),
         "update_us_p50": round(statistics.median(upd) * us, 2),
         "decide_us_p50": round(statistics.median(decide_s[32]) * us, 1),
         "decide_us_p99": round(float(np.percentile(decide_s[32], 99)) * us, 1),
@@ -261,16 +285,54 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _batch_window() -> float:
-    from llmroute.gateway.learning import Learning
+def _publish_at() -> int:
+    from llmroute.gateway.learning import _PUBLISH_AT
 
-    return Learning.batch_window_s
+    return _PUBLISH_AT
+
+
+def _sync_interval() -> float:
+    from llmroute.gateway.config import LearningConfig
+
+    return float(LearningConfig().sync_interval_s)
 
 
 def _vector_min() -> int:
     from llmroute.gateway.learning import _VECTOR_MIN
 
     return _VECTOR_MIN
+
+
+def _learned_how(o: dict[str, Any]) -> str:
+    """How the outcomes were learned (results written before local-first: batched)."""
+    if "publish_at" not in o:
+        return (
+            "queued for the learner, which took the outcomes of each 0.02 s window in one batch: one SQLite "
+            "transaction on the shared state, one update per model"
+        )
+    return (
+        "learned by this worker at once (local-first: the update made at the learner's next read, one "
+        "rank-k update per model for the outcomes given since) and published lazily to the shared state: "
+        f"{o['publish_at']} pending outcomes, the periodic sync (every {_sync_interval()} s by default) or "
+        "stop write them in one SQLite transaction (from the event loop when nobody else writes it)"
+    )
+
+
+def _isolated(o: dict[str, Any]) -> str:
+    """The isolated-outcome figures (results written before local-first: a batch of one)."""
+    if "cpu_us_per_outcome_alone" not in o:
+        return (
+            f"an isolated outcome (learned before the next is sent: a batch of one) "
+            f"**{o['cpu_us_per_outcome_isolated']} us** ({o['feedback_cpu_us_isolated']} vs "
+            f"{o['attach_cpu_us_isolated']} us)"
+        )
+    return (
+        "an isolated outcome (its update made before the next is sent, the 60 of a block published "
+        f"together as one sync would) **{o['cpu_us_per_outcome_isolated']} us** "
+        f"({o['feedback_cpu_us_isolated']} vs {o['attach_cpu_us_isolated']} us); published alone (learned and "
+        "published before the next is sent: a sync interval with one outcome, one SQLite transaction each) "
+        f"**{o['cpu_us_per_outcome_alone']} us** ({o['feedback_cpu_us_alone']} vs {o['attach_cpu_us_alone']} us)"
+    )
 
 
 def _one(o: dict[str, Any]) -> str:
@@ -286,18 +348,15 @@ def markdown(res: dict[str, Any]) -> str:
         f"Load at start {res['load_start']:.1f} on {res['cpus']} CPUs.",
         "",
         f"Per outcome ({o['outcomes']} explicit outcomes through `record_outcome`, what `/v1/feedback` runs: "
-        "the outcome stored in the trace and the learner's fields read in the same hop, then queued for the "
-        f"learner, which takes the outcomes of each {_batch_window()} s window in one batch: one SQLite "
-        "transaction on the shared state (from the event loop for up to 64 when nobody else writes it), one "
-        "update per model; process CPU of all threads until the queue is learned, against the same calls "
+        "the outcome stored in the trace and the learner's fields read in the same hop, then "
+        f"{_learned_how(o)}; "
+        "process CPU of all threads until the outcomes are learned and published, against the same calls "
         f"storing the outcome alone, {o['rounds']} interleaved rounds, medians, load {o['load']:.1f}). "
         "The learning's CPU per outcome (bar <= 50 us): one feedback at a time, back to back, "
         f"**{o['cpu_us_per_outcome']} us** ({o['feedback_cpu_us']} us per feedback, storing alone "
         f"{o['attach_cpu_us']} us); 32 in flight **{o['cpu_us_per_outcome_32_in_flight']} us** "
-        f"({o['feedback_cpu_us_32_in_flight']} vs {o['attach_cpu_us_32_in_flight']} us); an isolated outcome "
-        f"(learned before the next is sent: a batch of one) **{o['cpu_us_per_outcome_isolated']} us** "
-        f"({o['feedback_cpu_us_isolated']} vs {o['attach_cpu_us_isolated']} us: one SQLite transaction and the "
-        "asyncio hand-offs per outcome). The posterior's rank-1 update alone p50 "
+        f"({o['feedback_cpu_us_32_in_flight']} vs {o['attach_cpu_us_32_in_flight']} us); {_isolated(o)}. "
+        "The posterior's rank-1 update alone p50 "
         f"{o['update_us_p50']} us. The learner's part of a decision (`Learning.decide_batch`, the routing "
         "engine's listener of each micro-batch: embeddings from the router's cache, contexts and posterior "
         "products for the whole batch, pick probabilities and draws vectorised from "
@@ -326,8 +385,8 @@ def main() -> None:
     ap.add_argument(
         "--outcomes",
         type=int,
-        default=6660,
-        help="9 rounds of 740 (3 rounds read 30-110 us for the same code: the blocks slow each other)",
+        default=7740,
+        help="9 rounds of 860 (3 rounds read 30-110 us for the same code: the blocks slow each other)",
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (0: skip throughput)")
     ap.add_argument("--rounds", type=int, default=4)

@@ -83,14 +83,11 @@ def _feedback(gw: str, rid: str, **body: Any) -> httpx.Response:
 
 
 def _learned(gw: Any) -> Any:
-    """The gateway's `Learning` once the outcomes queued so far are learned (/v1/feedback answers
-    once the outcome is in the trace; the learner takes it with the next batch, ~20 ms)."""
+    """The gateway's `Learning` once the outcomes given so far are learned and published (/v1/feedback
+    answers once the outcome is in the trace; SQLite: learned at once, published with the next sync,
+    which settles a repeat; Redis: learned with the next batch, ~20 ms)."""
     lr = gw.app.learning
-
-    def idle() -> bool:
-        return not lr._queue and (lr._flushing is None or lr._flushing.done())
-
-    _wait(idle, "the queued outcomes to be learned")
+    _wait(lr.idle, "the outcomes to be learned and published")
     return lr
 
 

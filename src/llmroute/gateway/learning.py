@@ -21,21 +21,35 @@ Outcomes (`Learning.learn`, called by `llmroute.gateway.outcomes.record_outcome`
 request's trace row gives the model that answered, its cost and the stored features, so an
 outcome can arrive late and at any worker (as long as the trace is kept; no re-embedding and no
 in-memory map). The learner learns quality - the router's estimate (a residual) at that context.
-Outcomes are learned in batches (group commit): `record_outcome` stores the outcome in the
+Outcomes are learned local-first (SQLite state): `record_outcome` stores the outcome in the
 trace and reads the learner's fields of that trace in the same hop to the store's writer thread
-(`attach_and_read`), then queues the `Outcome` (`learn`); the outcomes of each
-`Learning.batch_window_s` (20 ms) window share one SQLite transaction on the shared state (with
-the pull of the other workers' new deltas) and one rank-k update per model. A batch of up to 64
-is written from the event loop when nobody else is writing the state (no thread hop; otherwise,
-and for Redis, on a thread). Costs: see BENCHMARKS.md "Online learning in the gateway".
+(`attach_and_read`), then `learn` builds the `Outcome` and gives it to this worker's learner at
+once, on the loop (no task, future or thread hop): every later read of the learner (a decision,
+`stats`, a snapshot) has it; the updates given since the last read are made then, one rank-k
+update per model (`_AliasLearner.learn` / `catch_up`). The outcome is kept pending and published
+lazily for the other workers: `_PUBLISH_AT` (256) pending outcomes, the periodic sync
+(`sync_interval_s`) or `stop` / `drain` write them in one SQLite transaction with the pull of the
+other workers' new deltas (up to 64 on the event loop when nobody else writes the state, else on a thread;
+`_publish`); their rows come back marked learned (`Delta.learned`: passed, not learned again).
+Idempotency by request id stays exact: a second outcome of a request still pending here is
+resolved at once (a repeat or later implicit one ignored, a different explicit one replaces it);
+otherwise the publication's transaction resolves each outcome against `learner_active` (any
+worker's): "ignored" is undone in this worker's learner, "replaced" writes the -1 row of the old
+term, which this worker learns with the pull. Other workers see an outcome up to
+`sync_interval_s` late, as before. A crash between learning and publishing loses the sharing of
+the pending outcomes (at most one sync interval's, or 256): the outcomes themselves are in the
+trace store; they are not published again at the next start. On Redis (`state: redis://...`)
+outcomes are learned in batches as before (group commit): queued (`_enqueue`), the outcomes of
+each `Learning.batch_window_s` (20 ms) window share one Lua script and one update per model
+(a write on a thread). Costs: see BENCHMARKS.md "Online learning in the gateway".
 
 State shared by `llmroute serve --workers N` (one host): the posterior is a sum of rank-1 terms,
 one per outcome, so the shared state is the list of those terms. `SQLiteLearnerState` keeps them
 in a SQLite table (`learner_deltas`: alias, request id, model, context, residual, cost residual,
-weight) in WAL mode; a worker appends its outcomes and every `sync_interval_s` (and right after
-its own outcome) replays the rows it has not seen, in order (its own rows are not read back: the
-state hands back their terms built from the outcomes). Every worker thus holds the same
-posterior, up to `sync_interval_s` behind. `learner_active` keeps the one outcome per request
+weight) in WAL mode; a worker appends its outcomes (learned already, see above) and every
+`sync_interval_s` replays the rows it has not seen (its own rows are not read back). Every
+worker thus holds the same posterior (the sum does not depend on the order), up to
+`sync_interval_s` behind. `learner_active` keeps the one outcome per request
 that counts (an explicit one replaces an implicit one: a -1 row undoes it), which makes feedback
 idempotent across workers. Snapshots (`learner_snapshots`: the learner's safetensors bytes and
 the delta sequence number they include) are taken every `snapshot_every` outcomes and on demand;
@@ -92,6 +106,12 @@ log = logging.getLogger("llmroute.gateway.learning")
 
 #: the largest batch of outcomes recorded on the event loop (`SQLiteLearnerState.try_apply_and_pull`)
 _QUICK_MAX = 64
+#: local-first: this many pending outcomes are published at once (on a thread: more than
+#: `_QUICK_MAX`), without waiting for the sync. Back to back in process (benchmarks/online_gateway.py's
+#: pattern alone, blocks of 150, 20 rounds, load ~6.8), learning's CPU per outcome: 47-49 us at 64
+#: (on the loop), 39-42 at 128, 37-41 at 256: the fixed cost per publication (transaction, pull,
+#: one rank-k update per model) dominates
+_PUBLISH_AT = 256
 #: from this many requests of one alias in a micro-batch on, their picks are vectorised
 #: (`OnlineLearner.pick_many`, ~40 numpy calls of fixed cost); below, the contexts and the
 #: posterior's part by three products (`OnlineLearner.prepare_embeddings`) and the picks request
@@ -190,6 +210,63 @@ class _AliasLearner:
             return None
         return [m in ranked for m in self.models]
 
+    @property
+    def learner(self) -> OnlineLearner:
+        """The alias's learner, with every outcome given to `learn` in it."""
+        if self._unlearned:
+            self.catch_up()
+        return self._learner
+
+    @learner.setter
+    def learner(self, learner: OnlineLearner) -> None:
+        self._learner = learner
+        self._unlearned: list[tuple[Outcome, float]] = []
+
+    def learn(self, o: Outcome, weight: float = 1.0) -> None:
+        """Learn this worker's own outcome now (weight -1: undo it), before it has a seq: the
+        update a pulled `Delta` of it would make. Every read of `learner` (a decision, stats, a
+        snapshot) sees it; the updates given since the last read are made then, one rank-k
+        update per model (one cold rank-1 update per outcome cost ~30 us in the gateway, ~7 us
+        in a loop)."""
+        if weight < 0:  # the undo of an outcome not made yet: drop it
+            for i in range(len(self._unlearned) - 1, -1, -1):
+                if self._unlearned[i][0] is o and self._unlearned[i][1] > 0:
+                    del self._unlearned[i]
+                    return
+        self._unlearned.append((o, weight))
+
+    def catch_up(self) -> None:
+        """Make the updates `learn` was given (in order per model)."""
+        todo, self._unlearned = self._unlearned, []
+        per_model: dict[int, list[tuple[Outcome, float]]] = {}
+        for o, w in todo:
+            per_model.setdefault(self.index[o.model], []).append((o, w))
+        for j, rows in per_model.items():
+            self._observe(
+                j,
+                [o.x for o, _ in rows],
+                [o.residual for o, _ in rows],
+                [o.cost_residual for o, _ in rows],
+                [w for _, w in rows],
+            )
+
+    def _observe(
+        self,
+        j: int,
+        xs: Sequence[np.ndarray],
+        residuals: Sequence[float],
+        costs: Sequence[float | None],
+        weights: Sequence[float],
+    ) -> None:
+        """Model `j`'s terms: `observe` each below 3 (what `observe_many` runs, without
+        stacking them first), else one rank-k update (`observe_many`)."""
+        lr = self._learner
+        if len(xs) < 3:
+            for x, r, c, w in zip(xs, residuals, costs, weights, strict=True):
+                lr.observe(x, j, float(r), c, float(w))
+            return
+        lr.observe_many(np.array(xs), j, np.array(residuals), list(costs), np.array(weights))
+
     def apply(self, deltas: Sequence[Delta]) -> None:
         """Learn the deltas after `seq` (one rank-k update per model, `observe_many`)."""
         lr = self.learner
@@ -198,20 +275,16 @@ class _AliasLearner:
             if d.seq <= self.seq:
                 continue
             j = self.index.get(d.model)
-            if j is not None and d.x.shape[0] == lr.dim + 2:
+            if j is not None and not d.learned and d.x.shape[0] == lr.dim + 2:
                 per_model.setdefault(j, []).append(d)
-            self.seq = d.seq
+            self.seq = d.seq  # a `learned` term (this worker's own, learned when it came): passed
         for j, ds in per_model.items():
-            if len(ds) < 3:  # what observe_many runs below 3 rows, without stacking them first
-                for d in ds:
-                    lr.observe(d.x, j, float(d.residual), d.cost_residual, float(d.weight))
-                continue
-            lr.observe_many(
-                np.array([d.x for d in ds]),
+            self._observe(
                 j,
-                np.array([d.residual for d in ds]),
+                [d.x for d in ds],
+                [d.residual for d in ds],
                 [d.cost_residual for d in ds],
-                np.array([d.weight for d in ds]),
+                [d.weight for d in ds],
             )
 
 
@@ -310,6 +383,11 @@ class Learning:
             tuple[tuple[str, float, str] | Outcome, asyncio.Future[tuple[str, str] | None] | None]
         ] = []
         self._flushing: asyncio.Task[None] | None = None
+        # local-first (SQLite state): this worker's own outcomes, learned already, not yet
+        # published: (alias, request id) -> (outcome, whether it replaced a pending one)
+        self._pending: dict[tuple[str, str], tuple[Outcome, bool]] = {}
+        self._publishing: asyncio.Task[None] | None = None
+        self._local = False  # whether outcomes are learned locally first (`start`: a SQLite state)
         self.outcomes: dict[tuple[str, str, str], int] = {}  # (alias, source, result) -> count
         self.last_sync: float | None = None  # unix time of the last sync with the shared state
         self.sync_error: str | None = None  # the last sync's error (None: it worked)
@@ -333,12 +411,13 @@ class Learning:
         first = next(iter(self.config.aliases[a].learning for a in self.aliases))
         path = learner_state_path(self.config, first)
         self.state = await asyncio.to_thread(open_learner_state, path)
+        self._local = isinstance(self.state, SQLiteLearnerState)
         if self.metrics is not None and hasattr(self.state, "register_metrics"):
             self.state.register_metrics(self.metrics.registry)
         self._sync_lock = asyncio.Lock()
         for al in self.aliases.values():
             try:
-                await asyncio.to_thread(self._load, al)
+                self._install(al, await asyncio.to_thread(self._fetch, al))
             except Exception as e:  # shared state down (Redis): start fresh, reload when it answers
                 self.sync_error = type(e).__name__
                 log.warning(
@@ -347,8 +426,11 @@ class Learning:
         interval = min(self.config.aliases[a].learning.sync_interval_s for a in self.aliases)
         self._task = asyncio.create_task(self._sync_loop(interval))
 
-    def _load(self, al: _AliasLearner, snapshot: tuple[int, int, bytes, str] | None = None) -> None:
-        """(Re)start `al` from a snapshot (default: the newest) plus the deltas after it."""
+    def _fetch(
+        self, al: _AliasLearner, snapshot: tuple[int, int, bytes, str] | None = None
+    ) -> tuple[OnlineLearner, int, int, int, list[Delta]]:
+        """On a thread: what (re)starts `al` (`_install`): the learner of a snapshot (default:
+        the newest), its base id, seq and the newest snapshot's seq, and the deltas after it."""
         st = self.state
         assert st is not None
         snap = snapshot if snapshot is not None else st.load(al.alias)
@@ -373,19 +455,32 @@ class Learning:
             assert snap is not None
             if sid is None:  # another worker wrote it first: start from theirs
                 learner = OnlineLearner.from_bytes(snap[2])
-        al.learner = al.configure(learner)
-        al.snapshot_id = st.latest_base(al.alias)
-        al.seq = snap[1]
         newest = st.snapshots(al.alias)
-        al.snap_seq = newest[0]["seq"] if newest else snap[1]
-        al.apply(st.deltas(al.alias, al.seq))
+        snap_seq = newest[0]["seq"] if newest else snap[1]
+        return learner, st.latest_base(al.alias), snap[1], snap_seq, st.deltas(al.alias, snap[1])
+
+    def _install(self, al: _AliasLearner, fetched: tuple[OnlineLearner, int, int, int, list[Delta]]) -> None:
+        """On the loop: (re)start `al` from `_fetch`'s snapshot and deltas, then learn again
+        this worker's outcomes not yet published (they are in no snapshot nor delta row)."""
+        learner, al.snapshot_id, al.seq, al.snap_seq, deltas = fetched
+        al.learner = al.configure(learner)
+        al.apply(deltas)
+        for o, _ in self._pending.values():
+            if o.alias == al.alias:
+                al.learn(o)
 
     async def stop(self) -> None:
-        """Finish the outcomes in flight, stop syncing and close the state."""
-        flushing = self._flushing
-        if flushing is not None and not flushing.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(flushing), 10)
+        """Finish the outcomes in flight, publish this worker's pending ones (local-first), stop
+        syncing and close the state."""
+        for task in (self._flushing, self._publishing):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+        if self._pending:
+            try:
+                await asyncio.wait_for(self.sync(), 30)
+            except Exception as e:  # their sharing is lost; the outcomes are in the trace store
+                log.warning("%d learned outcomes not published at stop: %s", len(self._pending), e)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -414,48 +509,117 @@ class Learning:
     async def sync(
         self, graded: Sequence[tuple[str, float, str] | Outcome] = ()
     ) -> list[tuple[str, str] | None]:
-        """Learn `graded` outcomes ((request id, score, source) each: the trace row read, the
-        `Outcome` recorded, see `LearnerState.apply`; or an `Outcome` built already, see
-        `learn`) and apply every outcome recorded since the last sync, by any worker; one hop to
-        the trace store's writer thread for all of it, none for built outcomes alone on a SQLite
-        state nobody else is writing (`SQLiteLearnerState.try_apply_and_pull`, on the loop).
-        Then reload after a rollback and take a periodic snapshot every `snapshot_every`
-        outcomes. The periodic sync (nothing graded) reads on the loop too when nobody is
-        writing, one query when no worker wrote since (`try_apply_and_pull`). Returns per graded
-        outcome (alias, result), None when it is not a learning decision."""
+        """Publish this worker's pending outcomes (local-first, a SQLite state: learned already,
+        `_publish`), learn `graded` outcomes ((request id, score, source) each: the trace row
+        read, the `Outcome` recorded, see `LearnerState.apply`; or an `Outcome` built already)
+        and apply every outcome recorded since the last sync, by any worker; one hop to the trace
+        store's writer thread for all of it, none for built outcomes alone on a SQLite state
+        nobody else is writing (`SQLiteLearnerState.try_apply_and_pull`, on the loop). Then
+        reload after a rollback and take a periodic snapshot every `snapshot_every` outcomes.
+        The periodic sync (nothing graded) reads on the loop too when nobody is writing, one
+        query when no worker wrote since (`try_apply_and_pull`). Returns per graded outcome
+        (alias, result), None when it is not a learning decision."""
         st = self.state
         if st is None or self._sync_lock is None:
             return [None] * len(graded)
         async with self._sync_lock:
-            after = {a: al.seq for a, al in self.aliases.items()}
-            built = all(isinstance(g, Outcome) for g in graded)
-            quick = getattr(st, "try_apply_and_pull", None)
-            done = None
-            if built and quick is not None and len(graded) <= _QUICK_MAX:
-                # a small batch (or none: the periodic pull, a read): a few SQLite statements, no hop
-                done = quick(graded, after)
-            if done is not None:
-                results = [(o.alias, r) for o, r in zip(graded, done[0], strict=True)]  # type: ignore[union-attr]
-                pulled: dict[str, tuple[int, list[Delta] | None]] = dict(done[1])
-            elif self.store is not None and graded and not built:  # the trace rows: writer thread
-                results, pulled = await self.store.arun(lambda backend: self._work(backend, graded, after))
-            else:
-                results, pulled = await asyncio.to_thread(self._work, None, graded, after)
-            for name, (base, deltas) in pulled.items():
-                al = self.aliases[name]
-                if base > al.snapshot_id or deltas is None:  # None: behind the trimmed terms
-                    await asyncio.to_thread(self._load, al)
-                    continue
-                al.apply(deltas)
-                if al.seq - al.snap_seq >= al.cfg.snapshot_every:
-                    data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
-                    al.snap_seq = seq
-                    await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+            results: list[tuple[str, str] | None] = []
+            if self._local and (self._pending or not graded):
+                await self._publish(st)  # with the pull
+            if graded or not self._local:
+                results = await self._record(st, graded)
             # a backend that queued outcomes while its server was down says so in `sync_error`
             self.sync_error = getattr(st, "sync_error", None)
             if self.sync_error is None:
                 self.last_sync = time.time()
             return results
+
+    async def _record(
+        self, st: LearnerState, graded: Sequence[tuple[str, float, str] | Outcome]
+    ) -> list[tuple[str, str] | None]:
+        """`sync`'s part for `graded` outcomes learned when recorded (not local-first: Redis,
+        or `outcome`): record them and pull, learn what the pull returns."""
+        after = {a: al.seq for a, al in self.aliases.items()}
+        built = all(isinstance(g, Outcome) for g in graded)
+        quick = getattr(st, "try_apply_and_pull", None)
+        done = None
+        if built and quick is not None and len(graded) <= _QUICK_MAX:
+            # a small batch (or none: the periodic pull, a read): a few SQLite statements, no hop
+            done = quick(graded, after)
+        if done is not None:
+            results = [(o.alias, r) for o, r in zip(graded, done[0], strict=True)]  # type: ignore[union-attr]
+            pulled: dict[str, tuple[int, list[Delta] | None]] = dict(done[1])
+        elif self.store is not None and graded and not built:  # the trace rows: writer thread
+            results, pulled = await self.store.arun(lambda backend: self._work(backend, graded, after))
+        else:
+            results, pulled = await asyncio.to_thread(self._work, None, graded, after)
+        await self._absorb(st, pulled)
+        return results
+
+    async def _publish(self, st: LearnerState) -> None:
+        """Local-first: write this worker's pending outcomes (learned already) in one
+        transaction with the pull (on the loop for up to `_QUICK_MAX` when nobody else writes,
+        else on a thread). The transaction resolves each against the request's outcome that
+        counts (any worker's): "ignored" (a repeat, an implicit one after another outcome) is
+        undone here; "replaced" wrote a -1 row of the old term, learned with the pull."""
+        batch = list(self._pending.values())
+        self._pending = {}
+        outs = [o for o, _ in batch]
+        after = {a: al.seq for a, al in self.aliases.items()}
+        assert isinstance(st, SQLiteLearnerState)  # `_local`
+        try:
+            done = st.try_apply_and_pull(outs, after, learned=True) if len(outs) <= _QUICK_MAX else None
+            if done is None:
+                done = await asyncio.to_thread(st.apply_and_pull, outs, after, learned=True)
+        except BaseException:
+            self._unpublished(batch)
+            raise
+        for (o, replaced), r in zip(batch, done[0], strict=True):
+            if r == "ignored":  # another outcome of its request counts (perhaps another worker's)
+                self.aliases[o.alias].learn(o, -1.0)
+            elif r == "applied" and replaced:  # it replaced a pending outcome of its request
+                r = "replaced"
+            self._count(o.alias, o.source, r)
+        await self._absorb(st, dict(done[1]))
+
+    def _unpublished(self, batch: list[tuple[Outcome, bool]]) -> None:
+        """A failed publication: its outcomes wait for the next one (still learned). One whose
+        request got a newer pending outcome meanwhile is undone (the newer one counts)."""
+        pending = self._pending
+        self._pending = {}
+        for o, replaced in batch:
+            if (o.alias, o.request_id) in pending:
+                self.aliases[o.alias].learn(o, -1.0)
+            else:
+                self._pending[(o.alias, o.request_id)] = (o, replaced)
+        self._pending.update(pending)
+
+    async def _absorb(self, st: LearnerState, pulled: dict[str, tuple[int, list[Delta] | None]]) -> None:
+        """Learn the pulled deltas per alias (reload from the newest snapshot after a rollback
+        or when behind the kept terms); a periodic snapshot every `snapshot_every` outcomes,
+        taken only while none of the alias's outcomes waits to be published (a snapshot holds
+        the terms up to its seq, no more)."""
+        for name, (base, deltas) in pulled.items():
+            al = self.aliases[name]
+            if base > al.snapshot_id or deltas is None:  # None: behind the trimmed terms
+                self._install(al, await asyncio.to_thread(self._fetch, al))
+                continue
+            al.apply(deltas)
+            if al.seq - al.snap_seq >= al.cfg.snapshot_every and not self._pending_of(name):
+                data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
+                al.snap_seq = seq
+                await asyncio.to_thread(st.snapshot, al.alias, seq, data, "periodic", n)
+
+    def _pending_of(self, alias: str) -> bool:
+        """Whether an outcome of `alias` is learned but not yet published."""
+        return any(a == alias for a, _ in self._pending)
+
+    def _count(self, alias: str, source: str, result: str) -> None:
+        """Count an outcome's result (`outcomes`, the metrics' counter)."""
+        key = (alias, source, result)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe_learning_outcome(*key)
 
     def _work(
         self, backend: Any, graded: Sequence[tuple[str, float, str] | Outcome], after: dict[str, int]
@@ -493,7 +657,7 @@ class Learning:
         q0s, xs = feat.get("q0"), feat.get("x")
         if not isinstance(q0s, dict) or served not in q0s or not isinstance(xs, list):
             return None
-        if len(xs) != al.learner.dim + 2:
+        if len(xs) != al.cfg.dim + 2:  # the learner's dim (`_AliasLearner.compatible`)
             return None
         x = np.array(xs, dtype=np.float64)
         q0, c0 = float(q0s[served]), float(feat["c0"][served])
@@ -542,22 +706,48 @@ class Learning:
                 continue
             for (g, f), r in zip(batch, results, strict=True):
                 if r is not None:
-                    key = (r[0], g.source if isinstance(g, Outcome) else g[2], r[1])
-                    self.outcomes[key] = self.outcomes.get(key, 0) + 1
-                    if self.metrics is not None:
-                        self.metrics.observe_learning_outcome(*key)
+                    self._count(r[0], g.source if isinstance(g, Outcome) else g[2], r[1])
                 if f is not None and not f.done():
                     f.set_result(r)
 
     async def drain(self) -> None:
-        """Wait until every queued outcome is learned (or failed)."""
-        while self._flushing is not None and not self._flushing.done():
-            await asyncio.shield(self._flushing)
+        """Wait until every queued outcome is learned (or failed) and every pending one
+        (local-first) is published; the learners' updates made (`_AliasLearner.catch_up`)."""
+        while True:
+            busy = [t for t in (self._flushing, self._publishing) if t is not None and not t.done()]
+            if busy:
+                await asyncio.gather(*(asyncio.shield(t) for t in busy))
+            elif self._pending:
+                await self.sync()
+            else:
+                break
+        for al in self.aliases.values():
+            al.catch_up()
+
+    def idle(self) -> bool:
+        """Whether no outcome is queued, waiting to be published or being synced."""
+        busy = any(t is not None and not t.done() for t in (self._flushing, self._publishing))
+        syncing = self._sync_lock is not None and self._sync_lock.locked()
+        return not (self._queue or self._pending or busy or syncing)
+
+    async def _publish_soon(self) -> None:
+        """The publication `_PUBLISH_AT` pending outcomes start (errors: logged, retried by the
+        periodic sync)."""
+        try:
+            await self.sync()
+        except Exception as e:
+            log.warning("learned outcomes not published yet (retried at the next sync): %s", e)
 
     async def snapshot_now(self, alias: str) -> int | None:
         """Snapshot an alias's learner now (on demand); the new snapshot's id."""
         al = self.aliases[alias]
         await self.sync()
+        for _ in range(10):  # outcomes learned while a publication waited on a thread: publish them
+            if not self._pending_of(alias):
+                break
+            await self.sync()
+        else:
+            raise RuntimeError(f"outcomes of {alias!r} keep arriving: no snapshot now, retry")
         st = self.state
         assert st is not None
         data, seq = al.learner.to_bytes(), al.seq
@@ -696,11 +886,40 @@ class Learning:
         return True, _trace_fields(backend, request_id)
 
     def learn(self, request_id: str, row: dict[str, Any] | None, score: float, source: str) -> None:
-        """Queue the outcome of a request whose trace `row` was read already (`attach_and_read`)
-        for the next batch; nothing when the request is not a learning decision."""
+        """Learn the outcome of a request whose trace `row` was read already (`attach_and_read`):
+        local-first (SQLite state) into this worker's learner at once, published with the next
+        sync; else (Redis) queued for the next batch. Nothing when the request is not a
+        learning decision."""
         o = self._outcome(row, request_id, float(score), source)
-        if o is not None and self.learns():
+        if o is None or not self.learns():
+            return
+        if self._local:
+            self._learn_now(o)
+        else:
             self._enqueue(o, wait=False)
+
+    def _learn_now(self, o: Outcome) -> None:
+        """Local-first: learn this worker's own outcome into its learner at once (one rank-1
+        update) and keep it for the next publication (`_publish`). A pending outcome of the same
+        request is resolved here as the state would: a repeat or a later implicit one is
+        ignored, a different explicit one replaces it (undone locally, never published)."""
+        key = (o.alias, o.request_id)
+        al = self.aliases[o.alias]
+        prev = self._pending.get(key)
+        replaced = False
+        if prev is not None:
+            p, p_replaced = prev
+            if not o.explicit or (p.model == o.model and p.residual == o.residual and p.source == o.source):
+                self._count(o.alias, o.source, "ignored")
+                return
+            al.learn(p, -1.0)
+            del self._pending[key]
+            self._count(p.alias, p.source, "replaced" if p_replaced else "applied")
+            replaced = True
+        al.learn(o)
+        self._pending[key] = (o, replaced)
+        if len(self._pending) >= _PUBLISH_AT and (self._publishing is None or self._publishing.done()):
+            self._publishing = asyncio.create_task(self._publish_soon())
 
     def submit(self, request_id: str, score: float, source: str) -> None:
         """`outcome` without waiting for it: queued for the next batch (learned within about

@@ -48,7 +48,8 @@ class Outcome:
 @dataclass(slots=True)
 class Delta:
     """One rank-1 term of an alias's posterior (weight +1: learn, -1: undo an earlier one).
-    Treated as immutable (not frozen, as `Outcome`)."""
+    Treated as immutable (not frozen, as `Outcome`). `learned`: the term of an outcome the
+    caller learned already (published with `learned=True`): its seq is passed, not learned again."""
 
     seq: int
     model: str
@@ -56,6 +57,7 @@ class Delta:
     residual: float
     cost_residual: float | None
     weight: float
+    learned: bool = False
 
 
 class LearnerState(Protocol):
@@ -304,27 +306,31 @@ class SQLiteLearnerState:
         return ["applied"]
 
     def apply_and_pull(
-        self, outcomes: Sequence[Outcome], after: dict[str, int]
+        self, outcomes: Sequence[Outcome], after: dict[str, int], *, learned: bool = False
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
         """`apply(outcomes)`, then per alias of `after` (alias -> last applied seq) its newest
         base snapshot id and the deltas after that seq: one thread hop and one transaction for
         a batch of outcomes (none: the reads alone). The batch's own deltas are not read back:
-        they come from the outcomes' arrays, after the other writers' (`_record_and_pull`)."""
+        they come from the outcomes' arrays, after the other writers' (`_record_and_pull`).
+        `learned`: the caller's learner has the outcomes' terms already (local-first: published
+        after being learned): their rows come back marked `Delta.learned` (the seq to pass); the
+        undo rows of replaced outcomes are not marked (the caller learns them), and an outcome
+        "ignored" here is for the caller to undo."""
         if not outcomes:
             with self.lock:
                 return [], self._pull_all(after, self.db)
         with self._tx():
-            return self._record_and_pull(outcomes, after, self.db)
+            return self._record_and_pull(outcomes, after, self.db, learned)
 
     def try_apply_and_pull(
-        self, outcomes: Sequence[Outcome], after: dict[str, int]
+        self, outcomes: Sequence[Outcome], after: dict[str, int], *, learned: bool = False
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]] | None:
         """`apply_and_pull` without waiting, for the event loop (no thread hop for a small
         batch): None, with nothing written, when another thread of this process or another
         process is writing the state (then run `apply_and_pull` on a thread). Runs on its own
         connection (busy timeout 0, no automatic checkpoint: `checkpoint` does that off the
         loop). No outcomes: the pull alone, a read (one query when no writer added terms or
-        snapshots since; None if SQLite answers busy)."""
+        snapshots since; None if SQLite answers busy). `learned`: as in `apply_and_pull`."""
         if not self.lock.acquire(blocking=False):
             return None
         try:
@@ -339,7 +345,7 @@ class SQLiteLearnerState:
             except sqlite3.OperationalError:  # locked by another process
                 return None
             try:
-                done = self._record_and_pull(outcomes, after, db)
+                done = self._record_and_pull(outcomes, after, db, learned)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -349,15 +355,23 @@ class SQLiteLearnerState:
             self.lock.release()
 
     def _record_and_pull(
-        self, outcomes: Sequence[Outcome], after: dict[str, int], db: sqlite3.Connection
+        self,
+        outcomes: Sequence[Outcome],
+        after: dict[str, int],
+        db: sqlite3.Connection,
+        learned: bool = False,
     ) -> tuple[list[str], dict[str, tuple[int, list[Delta]]]]:
         """Inside a write transaction: record `outcomes`, then per alias of `after` its base
         and new deltas: the other writers' rows (read: sequence numbers up to the head before
         this transaction wrote, none to read when that head is not past `after`), then this
-        batch's own rows, built from the outcomes (the same values a read would return)."""
+        batch's own rows, built from the outcomes (the same values a read would return; with
+        `learned`, the outcomes' +1 rows marked `Delta.learned`)."""
         heads = self._heads(db)
         own: list[tuple[str, Delta]] = []
         results = self._apply(outcomes, db, own, heads[0])
+        if learned:  # the outcomes' own terms (weight +1); an undo row (-1) is new to the caller
+            for _, d in own:
+                d.learned = d.weight > 0
         pulled: dict[str, tuple[int, list[Delta]]] = {}
         for alias, seq in after.items():
             base, deltas = self._pull(alias, seq, db, heads)

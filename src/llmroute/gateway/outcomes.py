@@ -6,7 +6,8 @@
 `record_outcome` ties an outcome to the decision it grades (the request's trace record), stores
 it there, and hands a scored outcome to the alias's online learner when learning is on
 (`llmroute.gateway.learning`; the trace fields the learner needs are read in the same hop to the
-store's writer thread; queued, learned with the next batch, ~20 ms later). With workers
+store's writer thread; then learned by this worker at once, published to the other workers with
+its next sync; on Redis learned with the next batch, ~20 ms later). With workers
 sharing the store, `record_or_defer` keeps the outcome of a request id whose trace is not there
 yet (another worker's commit window) in `PendingOutcomes` until it lands (`/v1/feedback`: 202). `POST /v1/feedback` calls it with source `"feedback"`; implicit
 detectors (re-ask, regenerate, finish_reason=length, refusal, failed tool call) call it with
@@ -135,7 +136,7 @@ async def record_outcome(
     learning = getattr(gateway, "learning", None)
     if learning is not None and score is not None and learning.learns():
         # one hop to the store's writer thread: the outcome stored, and the trace fields the
-        # learner needs read; then learned with the next batch (~20 ms)
+        # learner needs read; then learned at once (Redis: with the next batch, ~20 ms)
         stored, row = await store.arun(
             lambda b: learning.attach_and_read(b, request_id, dict(outcome), owner)
         )
