@@ -325,29 +325,17 @@ class PickMixin:
         return ch, g, probs
 
     def _greedy_list(self, mean: list[float], sd: list[float], base: list[float], profiled: bool) -> int:
-        """`_greedy` on lists of floats (the first of equal maxima, like np.argmax); `profiled`:
-        whether any model is."""
+        """The greedy choice: the offline router's choice (argmax of the base reward) unless a
+        model's posterior-mean reward beats it by more than `confidence` standard deviations of
+        the difference; then the best such model. Without profiled models (`profiled`: whether any
+        model is; a cold start) there is no router to trust: the posterior-mean argmax. Lists of
+        floats (the first of equal maxima, like np.argmax)."""
         if self.confidence <= 0 or not profiled:
             return mean.index(max(mean))
         b = base.index(max(base))
         mb, sb2, conf = mean[b], sd[b] ** 2, self.confidence
         best, bi = -math.inf, -1
         for i, (mi, si) in enumerate(zip(mean, sd, strict=True)):
-            if mi - mb > conf * math.sqrt(si * si + sb2) and (bi < 0 or mi > best):
-                best, bi = mi, i
-        return b if bi < 0 else bi
-
-    def _greedy(self, mean: np.ndarray, sd: np.ndarray, base: np.ndarray) -> int:
-        """The greedy choice: the offline router's choice (argmax of the base reward) unless a
-        model's posterior-mean reward beats it by more than `confidence` standard deviations of
-        the difference; then the best such model. Without profiled models (a cold start) there
-        is no router to trust: the posterior-mean argmax."""
-        if self.confidence <= 0 or not self.profiled_.any():
-            return int(np.argmax(mean))
-        b = int(np.argmax(base))
-        mb, sb2, conf = float(mean[b]), float(sd[b]) ** 2, self.confidence
-        best, bi = -math.inf, -1
-        for i, (mi, si) in enumerate(zip(mean.tolist(), sd.tolist(), strict=True)):
             if mi - mb > conf * math.sqrt(si * si + sb2) and (bi < 0 or mi > best):
                 best, bi = mi, i
         return b if bi < 0 else bi
