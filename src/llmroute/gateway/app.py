@@ -15,8 +15,8 @@ at startup). Endpoints::
 
 The code is split by API family over one shared request pipeline:
 
-- this module: `Gateway` (construction, startup/shutdown, dispatch) and the pipeline every
-  completion runs, whatever its API: parse + validate -> auth (key, permission, rate) ->
+- this module: `Gateway` (construction, dispatch) and the pipeline every completion runs,
+  whatever its API: parse + validate -> auth (key, permission, rate) ->
   `RoutingEngine.decide` (hooks, then the router) -> budget reservation -> response cache or
   `Executor` (retries, fallback, breakers, deadline) -> response with `x-llmroute-request-id`,
   `x-llmroute-model`, `x-llmroute-reason` -> metrics and a trace record queued to the store (off
@@ -24,6 +24,7 @@ The code is split by API family over one shared request pipeline:
 - `api_openai` / `api_anthropic`: the `ApiFamily` of chat completions / Anthropic Messages:
   request validation (and translation to the OpenAI chat body every backend takes), error bodies,
   response and stream shapes.
+- `app_lifecycle`: `Gateway.startup` / `shutdown` (store, budgets, upstream client, backends).
 - `api_ops`: route, feedback, models, health, metrics and the OpenAPI document.
 - `streaming`: the streamed-response relay (delivered-text billing) and client-disconnect handling.
 - `billing`: `Pricing`, the budget hold before a call and the bill after it.
@@ -51,6 +52,7 @@ from llmroute.gateway.api_openai import OPENAI_CHAT, check_output_fits
 from llmroute.gateway.api_ops import OpsEndpoints, openapi_document
 from llmroute.gateway.api_passthrough import PassThrough
 from llmroute.gateway.api_responses import OPENAI_RESPONSES
+from llmroute.gateway.app_lifecycle import LifecycleMixin
 from llmroute.gateway.asgi import (
     JSON,
     SSE,
@@ -68,7 +70,6 @@ from llmroute.gateway.asgi import (
 )
 from llmroute.gateway.auth import Authenticator, BudgetManager, GatewayError
 from llmroute.gateway.backends import Backend, BackendError, make_backends
-from llmroute.gateway.backends.base import upstream_client
 from llmroute.gateway.backends.http import HTTPClient
 from llmroute.gateway.billing import Pricing
 from llmroute.gateway.config import GatewayConfig
@@ -158,8 +159,9 @@ def _from_backend(e: BackendError) -> GatewayError:
     return GatewayError(e.status, e.message, type=e.etype, code=e.code, param=e.param, headers=headers)
 
 
-class Gateway:
-    """The ASGI app. See the module docstring."""
+class Gateway(LifecycleMixin):
+    """The ASGI app. See the module docstring; `startup` and `shutdown` are in
+    `llmroute.gateway.app_lifecycle`."""
 
     def __init__(
         self,
@@ -289,86 +291,7 @@ class Gateway:
         """The runtime serving new requests: this gateway, or the one its last config reload built."""
         return self._live
 
-    # ---- lifecycle ---------------------------------------------------------------------------
-    async def startup(self) -> None:
-        """Open the pooled HTTP session, the trace store and the budgets; start the backends."""
-        if self._started:
-            return
-        from llmroute.gateway.store import open_store, spend_ledger_path
-
-        cfg = self.config
-        if cfg.server.blas_threads:
-            # per-request matrix products are tiny: extra BLAS threads only fight for the cores
-            from threadpoolctl import threadpool_limits
-
-            self._blas_limit = threadpool_limits(limits=cfg.server.blas_threads)
-            if cfg.server.blas_threads == 1:
-                # BLAS is single-threaded process-wide now: routers can skip their per-call limit
-                for r in self.engine.routers.values():
-                    if hasattr(r, "blas_single_thread"):
-                        r.blas_single_thread = True
-        loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(
-            None,
-            lambda: open_store(
-                cfg.store.url,
-                base_dir=cfg.base_dir,
-                store_prompts=cfg.trace.store_prompts,
-                store_responses=cfg.trace.store_responses,
-                batch_size=cfg.store.batch_size,
-                flush_interval_s=cfg.store.flush_interval_s,
-                retention_days=cfg.store.retention_days,
-                max_rows=cfg.store.max_rows,
-                prune_interval_s=cfg.store.prune_interval_s,
-                journal=cfg.store.journal,
-                commit_interval_s=cfg.store.commit_interval_s,
-            ),
-        )
-        self.metrics.bind_store(self.store)
-        self.dashboard.warm()  # /ui's aggregates, built in a background thread
-        if self.learning is not None:  # after the store: outcomes read their decision's trace
-            await self.learning.start(self.store)
-        # spend goes to a persistent ledger file before each answer (kill -9 safe; llmroute.gateway.ledger)
-        ledger = spend_ledger_path(cfg.store.url, cfg.store.ledger, cfg.base_dir)
-        keys = await self.keyman.start(self.store)  # the config file's and the key store's
-        self.budgets = BudgetManager(keys, store=self.store, ledger_path=ledger, state=self.state)
-        self.http = upstream_client(cfg.server, limit_per_origin=1024)  # server.ca_bundle, server.proxy
-        if self.telemetry is not None:  # in the serving process (after a worker's fork)
-            self.telemetry.start()
-        for b in self.backends.values():
-            await b.start(self.http)
-        self._started = True
-
-    async def shutdown(self) -> None:
-        """Close backends, the session and the store (draining queued traces), then the metrics
-        (a worker of `llmroute serve --workers N` publishes its last counts, store totals included)
-        and the budgets and rate limits (releasing the shared ledgers)."""
-        if not self._started:
-            return
-        self._started = False
-        self.errors.flush()  # the counts of errors not logged yet
-        from llmroute.gateway.reload import close_runtimes
-
-        await close_runtimes(self)  # a config reload's runtimes, while the store is open
-        for b in self.backends.values():
-            with contextlib.suppress(Exception):
-                await b.close()
-        if self.http is not None:
-            await self.http.close()
-        if self.learning is not None:
-            await self.learning.stop()
-        if self.store is not None:
-            await self.store.close()
-        # joins the publisher thread (up to seconds): off the event loop
-        await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
-        if self.telemetry is not None:  # exports the spans and metrics still queued
-            await asyncio.get_running_loop().run_in_executor(None, self.telemetry.shutdown)
-        if self.budgets is not None:
-            self.budgets.close()
-        self.auth.close()
-        self.keyman.close()
-        if self.state is not None:
-            self.state.close()
+    # ---- lifecycle: startup() and shutdown() are LifecycleMixin's (llmroute.gateway.app_lifecycle)
 
     # ---- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
