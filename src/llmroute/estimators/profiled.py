@@ -22,7 +22,10 @@ Two fits (`fit_profile(method=...)`):
   value with much less noise. Weights: Bayesian, summing to 1, w = 1/m + d with d ~ N(0,
   (I - 11'/m) / m), the spread of the known models' own unit weight vectors (`_bayes_weights`);
   margin(x) = z posterior sds of the fitted mean at the prompt (the level's plus the
-  weights' along the prompt's estimates), so it is wider where the weights are unsure.
+  weights' along the prompt's estimates), so it is wider where the weights are unsure; plus,
+  where each known model re-onboarded from the same profile prompts (`_reonboard`) misses its
+  own estimates more than it does on the profile, that excess (docs/onboarding-notes.md
+  "Session 8": prompts the profile barely covers, e.g. a task with 3 lucky rows).
 - ``"margin"`` (opt-in, docs/onboarding-notes.md "Session 4"): the "paired" fit with the margin
   on the *decision*: at each prompt the new model is lowered by z sds of its estimated
   difference from the best known model there (j = the highest base estimate): the level part
@@ -96,7 +99,12 @@ class ProfileFit:
     known model at each prompt instead of level_var; None = the level sd). Method "task"
     (`llmroute.estimators.profiled_task`): task_model gives p(t | x), task_delta (T,) and
     task_var (T,) the per-task offsets' posterior means and variances, added to the mean and
-    the variance (None: no offsets, "paired" exactly).
+    the variance (None: no offsets, "paired" exactly). Methods "paired" and "task" with the
+    known models' grades (`_reonboard`, docs/onboarding-notes.md "Session 8"): reon_w (m_base, m_base) and
+    reon_b (m_base,) re-onboard each known model j from the same profile prompts (column j: its
+    weights on the others, 0 at j; NaN in reon_b: not re-onboarded); at a prompt, the mean squared
+    miss of those re-onboarded columns against the known models' own estimates, beyond reon_ref
+    (its mean over the profile prompts), is added to the variance (None: no such term).
     """
 
     w: np.ndarray
@@ -117,6 +125,9 @@ class ProfileFit:
     task_model: TaskModel | None = None
     task_delta: np.ndarray | None = None
     task_var: np.ndarray | None = None
+    reon_w: np.ndarray | None = None
+    reon_b: np.ndarray | None = None
+    reon_ref: float = 0.0
 
     @property
     def margin(self) -> float:
@@ -148,6 +159,10 @@ class ProfileFit:
             off = p @ self.task_delta
             q = q + off
             var = var + np.maximum(p @ (self.task_var + self.task_delta**2) - off**2, 0.0)
+        if self.reon_w is not None and self.reon_b is not None:
+            # where the known models, re-onboarded from the same prompts, miss more than on the
+            # profile itself, the new model's column is as unsure
+            var = var + np.maximum(_reonboard_miss(base_q, self.reon_w, self.reon_b) - self.reon_ref, 0.0)
         return q, np.sqrt(var)
 
 
@@ -177,6 +192,34 @@ def _loo_ridge(U: np.ndarray, e: np.ndarray, alphas: np.ndarray) -> tuple[np.nda
             best = (err, v)
     assert best is not None
     return best[1], float(em - um @ best[1])
+
+
+def _reonboard(P: np.ndarray, known: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each known model j onboarded as if new, from the same profile prompts: its grades there
+    (rows graded for it, at least 10), paired with the other known models' (`_paired`), fitted by
+    `_bayes_weights` on the others' estimates. Returns W (m, m) (column j: the weights on the
+    others, 0 at j) and B (m,) (intercepts; NaN where j was not re-onboarded)."""
+    m = P.shape[1]
+    W, B = np.zeros((m, m)), np.full(m, np.nan)
+    for j in range(m):
+        ok = np.flatnonzero(np.isfinite(known[:, j]))
+        if len(ok) < 10 or m < 2:
+            continue
+        others = np.array([i for i in range(m) if i != j])
+        Po = P[np.ix_(ok, others)]
+        yj = _paired(Po, known[ok, j], known[np.ix_(ok, others)], folds[ok])
+        w, b, _, _ = _bayes_weights(Po, yj, Po.mean(axis=0))
+        W[others, j], B[j] = w, b
+    return W, B
+
+
+def _reonboard_miss(base_q: np.ndarray, W: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(n,) mean over the re-onboarded known models of (own estimate - re-onboarded column)^2."""
+    ok = np.isfinite(B)
+    if not ok.any():
+        return np.zeros(len(base_q))
+    miss = base_q[:, ok] - (base_q @ W[:, ok] + B[ok])
+    return np.mean(miss**2, axis=1)
 
 
 def _paired(P: np.ndarray, y: np.ndarray, known: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -318,6 +361,13 @@ def fit_profile(
                 rj = r[np.isfinite(r[:, j]), j]
                 if len(rj) >= 10:
                     diff_var[j] = min(diff_var[j], float(np.mean((rj - rj.mean()) ** 2)) / k)
+    reon: dict = {}
+    if method in ("paired", "task") and paired:
+        # the known models re-onboarded from the same prompts: where their columns miss their own
+        # estimates more than on the profile, the new model's column is as unsure (Session 8)
+        W, B = _reonboard(P, np.asarray(known, dtype=np.float64), folds)
+        if np.isfinite(B).any():
+            reon = {"reon_w": W, "reon_b": B, "reon_ref": float(np.mean(_reonboard_miss(P, W, B)))}
     return ProfileFit(
         w,
         b,
@@ -335,6 +385,7 @@ def fit_profile(
         z=z,
         diff_var=diff_var,
         **task,
+        **reon,
     )
 
 
@@ -577,6 +628,9 @@ class ProfiledEstimator(QualityEstimator):
             if f.task_delta is not None and f.task_var is not None:
                 out[f"p{p}/task_delta"] = f.task_delta
                 out[f"p{p}/task_var"] = f.task_var
+            if f.reon_w is not None and f.reon_b is not None:
+                out[f"p{p}/reon_w"] = f.reon_w
+                out[f"p{p}/reon_b"] = f.reon_b
             profiles.append(
                 {
                     "b": f.b,
@@ -588,6 +642,7 @@ class ProfiledEstimator(QualityEstimator):
                     "loo_rmse": None if not np.isfinite(f.loo_rmse) else f.loo_rmse,
                     "level_var": f.level_var,
                     "z": f.z,
+                    "reon_ref": f.reon_ref,
                 }
             )
         factor = None
@@ -652,6 +707,9 @@ class ProfiledEstimator(QualityEstimator):
                     task_model=est.tasks_ if f"p{p}/task_delta" in arrays else None,
                     task_delta=_opt(arrays.get(f"p{p}/task_delta")),
                     task_var=_opt(arrays.get(f"p{p}/task_var")),
+                    reon_w=_opt(arrays.get(f"p{p}/reon_w")),
+                    reon_b=_opt(arrays.get(f"p{p}/reon_b")),
+                    reon_ref=float(meta.get("reon_ref", 0.0)),
                 )
             )
         return est
