@@ -253,3 +253,18 @@ def test_a_reload_keeps_the_outcomes_not_yet_published(cfg: dict[str, Any]) -> N
         assert _outcomes(a) == 1  # the pending outcome, learned again; the rolled-back one gone
         _on(a, learning.sync())  # published after the rollback: it stays
         assert _outcomes(a) == 1 and _state_rows(a)[-1] == (1.0, calls[1][0])
+
+
+def test_the_awaited_outcome_api_records_at_once_beside_pending_ones(cfg: dict[str, Any]) -> None:
+    """`Learning.outcome` (awaited: its result) records through the state at once; an outcome of
+    the same request pending here is published first, so the awaited one is settled against it."""
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        calls = _ask(a, 2)
+        _rows(a, [c[0] for c in calls])
+        learning = a.app.learning
+        _on(a, record_outcome(a.app, calls[0][0], 0.0, "regenerate"))  # pending
+        assert _on(a, learning.outcome(calls[0][0], 1.0, "feedback")) == "replaced"
+        assert _on(a, learning.outcome(calls[1][0], 1.0, "feedback")) == "applied"
+        assert _on(a, learning.outcome(calls[1][0], 1.0, "feedback")) == "ignored"
+        assert [w for w, _ in _state_rows(a)] == [1.0, -1.0, 1.0, 1.0]
+        assert _outcomes(a) == 2
