@@ -364,8 +364,10 @@ class Learning:
 
     `Learning.create(config, engine)` is None when no alias learns. Lifecycle: `await start(store)`
     after the trace store opened, `await stop()` at shutdown. `decide(ctx, decision)` on the
-    request path (synchronous, ~tens of us); `await outcome(request_id, score, source)` from
-    `record_outcome`; `stats()` for metrics and health."""
+    request path (synchronous, ~tens of us); `learn(request_id, row, score, source)` from
+    `record_outcome` (synchronous: learned at once, published lazily), `await outcome(...)` for
+    an outcome's result; `drain()` / `idle()` for the outcomes in flight; `stats()` for metrics
+    and health."""
 
     def __init__(self, config: GatewayConfig, engine: Any) -> None:
         self.config = config
