@@ -106,9 +106,9 @@ def test_pending_outcomes_are_published_at_drain_and_at_stop(cfg: dict[str, Any]
 def test_many_pending_outcomes_are_published_without_waiting_for_the_sync(
     cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmroute.gateway import learning
+    from llmroute.gateway import learning_outcomes
 
-    monkeypatch.setattr(learning, "_PUBLISH_AT", 8)  # 256 by default
+    monkeypatch.setattr(learning_outcomes, "_PUBLISH_AT", 8)  # 256 by default
     _PUBLISH_AT = 8
     with run_gateway(cfg, routers={"default": StubRouter()}) as a:
         calls = _ask(a, _PUBLISH_AT)
