@@ -40,6 +40,13 @@ metric objects (not custom collectors like this one) and would put about a dozen
 writes on every request's path instead of one deque append. Collectors other code registers on
 `registry` (e.g. the response cache's) still report the answering worker only.
 
+The parts: this module keeps `GatewayMetrics`'s construction, the hot path (`observe_*`,
+`set_*breaker`) and the folding of its events (`_fold`); the export at scrape time (`_state`,
+`collect`, `render`, `snapshot`) is in `llmroute.gateway.metrics_export`, the several worker
+processes' files (`publish`, `close`, the merge) in `llmroute.gateway.metrics_shared`. Both are
+base classes of `GatewayMetrics` (their methods are its own; nothing on a request's path moved);
+the names moved are re-exported here.
+
 Series (all prefixed `llmroute_`)::
 
     requests_total{model,alias,status}             tokens_total{model,alias,direction=in|out}
@@ -64,21 +71,22 @@ import collections
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import CollectorRegistry
 
 from llmroute.gateway.ledger import shared_dir_from_env
+from llmroute.gateway.metrics_export import ExportMixin, _fmt
+from llmroute.gateway.metrics_export import _counter as _counter
+from llmroute.gateway.metrics_export import _histogram as _histogram
+from llmroute.gateway.metrics_shared import _HISTS as _HISTS
+from llmroute.gateway.metrics_shared import _PLAIN as _PLAIN
+from llmroute.gateway.metrics_shared import SharedMixin
+from llmroute.gateway.metrics_shared import _decode as _decode
+from llmroute.gateway.metrics_shared import _encode as _encode
+from llmroute.gateway.metrics_shared import _merge as _merge
 
 __all__ = ["DEFAULT_BUCKETS", "OVERHEAD_BUCKETS", "GatewayMetrics"]
 
@@ -172,11 +180,7 @@ class _Series:
         self.ttft = _Hist(bounds)
 
 
-def _fmt(b: float) -> str:
-    return repr(float(b))
-
-
-class GatewayMetrics:
+class GatewayMetrics(ExportMixin, SharedMixin):
     """Gateway counters and histograms exported through a private `CollectorRegistry`.
 
     `shared_dir` (default: `LLMROUTE_SHARED_DIR`, set by `llmroute serve --workers N>1`) turns on
@@ -429,384 +433,3 @@ class GatewayMetrics:
                 elif kind == _LOUT:
                     k = ev[1:4]
                     self._learning_outcomes[k] = self._learning_outcomes.get(k, 0) + 1
-
-    # ---- export -------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any]:
-        """This process's counters as plain dicts keyed by label tuples (pending events folded)."""
-        self._fold()
-        with self._lock:
-            requests: dict[tuple, float] = {}
-            streams: dict[tuple, float] = {}
-            tokens: dict[tuple, float] = {}
-            cost: dict[tuple, float] = {}
-            hists: dict[str, dict[tuple, tuple[list[int], float, int]]] = {n: {} for n in _HISTS}
-            for (model, alias), ser in self._series.items():
-                for status, n in ser.requests.items():
-                    requests[(model, alias, str(status))] = n
-                if ser.streams:
-                    streams[(model, alias)] = ser.streams
-                if ser.tokens_in:
-                    tokens[(model, alias, "in")] = ser.tokens_in
-                if ser.tokens_out:
-                    tokens[(model, alias, "out")] = ser.tokens_out
-                if ser.cost:
-                    cost[(model, alias)] = ser.cost
-                for name, per in hists.items():
-                    h = getattr(ser, name)
-                    if h.count:
-                        per[(model, alias)] = (list(h.counts), h.sum, h.count)
-            state: dict[str, Any] = {
-                "requests": requests,
-                "streams": streams,
-                "tokens": tokens,
-                "cost": cost,
-                "errors": dict(self._errors),
-                "fallbacks": dict(self._fallbacks),
-                "cache": dict(self._cache),
-                "rejections": dict(self._rejections),
-                "decisions": dict(self._decisions),
-                "cascade_steps": dict(self._cascade_steps),
-                "cascade_requests": dict(self._cascade_requests),
-                "sticky": dict(self._sticky),
-                "implicit": dict(self._implicit),
-                "learning": dict(self._learning),
-                "learning_outcomes": dict(self._learning_outcomes),
-                "breaker": {(m,): v for m, v in self._breaker.items()},
-                "breaker_transitions": dict(self._breaker_transitions),
-                "deployment_breaker": dict(self._dep_breaker),
-                "deployment_breaker_transitions": dict(self._dep_breaker_transitions),
-                "hists": hists,
-            }
-        store = self._store
-        stats = None
-        if store is not None:
-            try:
-                stats = dict(store.stats())
-            except Exception:
-                stats = None
-        state["store"] = stats
-        return state
-
-    def collect(self) -> Iterable[Metric]:
-        """prometheus_client collector protocol: fold pending events, yield every family.
-
-        With a shared folder the numbers are the sums over every worker process (see `publish`).
-        """
-        state = self._state()
-        if self.shared_dir is not None:
-            self._write_snapshot(state)
-            state = _merge([state, *self._read_others()])
-        p = self.prefix
-        yield _counter(
-            f"{p}_requests",
-            "Client requests by chosen model, alias and HTTP status.",
-            ["model", "alias", "status"],
-            state["requests"],
-        )
-        yield _counter(
-            f"{p}_stream_requests", "Streaming client requests.", ["model", "alias"], state["streams"]
-        )
-        yield _counter(
-            f"{p}_tokens",
-            "Tokens by direction (in = prompt, out = completion).",
-            ["model", "alias", "direction"],
-            state["tokens"],
-        )
-        yield _counter(f"{p}_cost_usd", "Actual cost in USD.", ["model", "alias"], state["cost"])
-        yield _counter(
-            f"{p}_errors", "Failed upstream attempts by kind.", ["model", "alias", "kind"], state["errors"]
-        )
-        yield _counter(
-            f"{p}_fallbacks",
-            "Fallbacks from one candidate to the next.",
-            ["alias", "from_model", "to_model", "reason"],
-            state["fallbacks"],
-        )
-        yield _counter(f"{p}_cache", "Response cache lookups.", ["kind", "result"], state["cache"])
-        yield _counter(
-            f"{p}_rejections",
-            "Requests refused before any upstream call.",
-            ["status", "reason", "key_id"],
-            state["rejections"],
-        )
-        yield _counter(
-            f"{p}_route_decisions",
-            "Routing decisions answered by POST /v1/route (decision only, no upstream call).",
-            ["model", "alias"],
-            state["decisions"],
-        )
-        yield _counter(
-            f"{p}_cascade_steps",
-            "Model calls made by cascades, by result (passed, below_threshold, unverified, or the failure kind).",
-            ["alias", "model", "result"],
-            state["cascade_steps"],
-        )
-        yield _counter(
-            f"{p}_cascade_requests",
-            "Requests answered by a cascade, by why it stopped (pass, max_steps, max_cost, ...).",
-            ["alias", "stop"],
-            state["cascade_requests"],
-        )
-        yield _counter(
-            f"{p}_sticky_decisions",
-            "Routed requests of sticky aliases: held (stayed on the session's model), new, or broken_<reason>.",
-            ["alias", "result"],
-            state["sticky"],
-        )
-        yield _counter(
-            f"{p}_implicit_outcomes",
-            "Implicit outcomes recorded, by signal (reask, regenerate, length, refusal, tool_error).",
-            ["alias", "source"],
-            state["implicit"],
-        )
-        yield _counter(
-            f"{p}_learning_decisions",
-            "Routed decisions of aliases that learn online, by whether the learner explored.",
-            ["alias", "explored"],
-            state["learning"],
-        )
-        yield _counter(
-            f"{p}_learning_outcomes",
-            "Outcomes given to the online learners, by source and result (applied, replaced, ignored).",
-            ["alias", "source", "result"],
-            state["learning_outcomes"],
-        )
-        g = GaugeMetricFamily(
-            f"{p}_breaker_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open (the most open over workers).",
-            labels=["model"],
-        )
-        for (model,), v in sorted(state["breaker"].items()):
-            g.add_metric([model], v)
-        yield g
-        yield _counter(
-            f"{p}_breaker_transitions",
-            "Circuit breaker state changes.",
-            ["model", "state"],
-            state["breaker_transitions"],
-        )
-        g = GaugeMetricFamily(
-            f"{p}_deployment_breaker_state",
-            "Circuit breaker of one deployment of a model: 0 closed, 1 half-open, 2 open (the most open over workers).",
-            labels=["model", "deployment"],
-        )
-        for (model, dep), v in sorted(state["deployment_breaker"].items()):
-            g.add_metric([model, dep], v)
-        yield g
-        yield _counter(
-            f"{p}_deployment_breaker_transitions",
-            "Circuit breaker state changes of the deployments of a model.",
-            ["model", "deployment", "state"],
-            state["deployment_breaker_transitions"],
-        )
-        hists = state["hists"]
-        yield _histogram(
-            f"{p}_request_duration_seconds",
-            "Total request time seen by the gateway.",
-            hists["total"],
-            self.buckets,
-        )
-        yield _histogram(
-            f"{p}_gateway_overhead_seconds",
-            "Time spent in the gateway itself (routing, auth, bookkeeping), upstream excluded.",
-            hists["overhead"],
-            self.overhead_buckets,
-        )
-        yield _histogram(
-            f"{p}_upstream_duration_seconds",
-            "Time spent waiting for upstream models.",
-            hists["upstream"],
-            self.buckets,
-        )
-        yield _histogram(
-            f"{p}_time_to_first_token_seconds",
-            "Streaming: time to the first token.",
-            hists["ttft"],
-            self.buckets,
-        )
-        s = state["store"]
-        if s:
-            yield GaugeMetricFamily(
-                f"{p}_trace_queue_depth", "Trace records waiting to be written.", value=s.get("queued", 0)
-            )
-            yield CounterMetricFamily(
-                f"{p}_traces_written", "Trace records written.", value=s.get("written", 0)
-            )
-            yield CounterMetricFamily(
-                f"{p}_traces_dropped",
-                "Trace records dropped (queue full or closed).",
-                value=s.get("dropped", 0) + s.get("errors", 0),
-            )
-
-    def render(self) -> tuple[bytes, str]:
-        """(body, content type) of the Prometheus text exposition for GET /metrics."""
-        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
-
-    def snapshot(self) -> dict[str, Any]:
-        """Plain-dict view of this process's counters (for tests and the dashboard)."""
-        self._fold()
-        with self._lock:
-            items = list(self._series.items())
-            return {
-                "requests": {(m, a, str(st)): n for (m, a), ser in items for st, n in ser.requests.items()},
-                "tokens": {(m, a): (ser.tokens_in, ser.tokens_out) for (m, a), ser in items},
-                "cost_usd": {(m, a): ser.cost for (m, a), ser in items},
-                "errors": dict(self._errors),
-                "fallbacks": dict(self._fallbacks),
-                "cache": dict(self._cache),
-                "rejections": dict(self._rejections),
-                "decisions": dict(self._decisions),
-                "breaker": dict(self._breaker),
-            }
-
-    # ---- several worker processes ---------------------------------------------------------------
-
-    def publish(self) -> None:
-        """Write this process's counters to its snapshot file in the shared folder (no-op without one).
-
-        A background thread calls this every `publish_interval_s` while events arrive; a scrape
-        calls it too. Other workers' numbers are read from their files at scrape time.
-        """
-        if self.shared_dir is not None:
-            self._write_snapshot(self._state())
-
-    def _write_snapshot(self, state: dict[str, Any]) -> None:
-        assert self.shared_dir is not None
-        data = orjson.dumps(_encode(state))
-        path = self.shared_dir / f"metrics-{self._pid}.json"
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError as e:  # pragma: no cover - a full or removed folder; the scrape still answers
-            log.warning("cannot publish metrics to %s: %s", path, e)
-
-    def _read_others(self) -> list[dict[str, Any]]:
-        assert self.shared_dir is not None
-        own = f"metrics-{self._pid}.json"
-        out: list[dict[str, Any]] = []
-        try:
-            paths = sorted(self.shared_dir.glob("metrics-*.json"))
-        except OSError:  # pragma: no cover
-            return out
-        for path in paths:
-            if path.name == own:
-                continue
-            try:
-                out.append(_decode(orjson.loads(path.read_bytes())))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("skipping unreadable metrics snapshot %s: %s", path.name, e)
-        return out
-
-    def _publisher(self) -> None:
-        while not self._stop.wait(self.publish_interval_s):
-            if self._pending or self._dirty:
-                self._dirty = False
-                try:
-                    self.publish()
-                except Exception as e:  # pragma: no cover - keep publishing
-                    log.warning("metrics publisher: %s: %s", type(e).__name__, e)
-
-    def close(self) -> None:
-        """Stop the publisher thread after a last publish (multi-worker mode; otherwise a no-op)."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(5)
-            self._thread = None
-            self.publish()
-
-
-_HISTS = ("total", "overhead", "upstream", "ttft")
-_PLAIN = (
-    "requests",
-    "streams",
-    "tokens",
-    "cost",
-    "errors",
-    "fallbacks",
-    "cache",
-    "rejections",
-    "decisions",
-    "cascade_steps",
-    "cascade_requests",
-    "sticky",
-    "implicit",
-    "learning",
-    "learning_outcomes",
-    "breaker",
-    "breaker_transitions",
-    "deployment_breaker",
-    "deployment_breaker_transitions",
-)
-
-
-def _encode(state: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-able form of `GatewayMetrics._state()` (label tuples become lists)."""
-    out: dict[str, Any] = {k: [[*key, v] for key, v in state[k].items()] for k in _PLAIN}
-    out["hists"] = {
-        n: [[list(key), c, s, cnt] for key, (c, s, cnt) in per.items()] for n, per in state["hists"].items()
-    }
-    out["store"] = state["store"]
-    return out
-
-
-def _decode(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: {tuple(row[:-1]): row[-1] for row in data.get(k, ())} for k in _PLAIN}
-    out["hists"] = {
-        n: {tuple(key): (list(c), float(s), int(cnt)) for key, c, s, cnt in data["hists"].get(n, [])}
-        for n in _HISTS
-    }
-    out["store"] = data.get("store")
-    return out
-
-
-def _merge(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the counters and histograms of several processes; breaker state: the most open."""
-    out: dict[str, Any] = {k: {} for k in _PLAIN}
-    out["hists"] = {n: {} for n in _HISTS}
-    store: dict[str, float] | None = None
-    for st in states:
-        for k in _PLAIN:
-            acc = out[k]
-            if k in ("breaker", "deployment_breaker"):
-                for key, v in st[k].items():
-                    acc[key] = max(acc.get(key, 0.0), v)
-            else:
-                for key, v in st[k].items():
-                    acc[key] = acc.get(key, 0) + v
-        for n in _HISTS:
-            acc = out["hists"][n]
-            for key, (c, s, cnt) in st["hists"][n].items():
-                old = acc.get(key)
-                if old is None:
-                    acc[key] = (list(c), s, cnt)
-                else:
-                    acc[key] = ([a + b for a, b in zip(old[0], c, strict=True)], old[1] + s, old[2] + cnt)
-        if st.get("store"):
-            store = store or {}
-            for k2, v2 in st["store"].items():
-                store[k2] = store.get(k2, 0) + v2
-    out["store"] = store
-    return out
-
-
-def _counter(name: str, doc: str, labels: list[str], data: dict[Any, float]) -> CounterMetricFamily:
-    c = CounterMetricFamily(name, doc, labels=labels)
-    for k, v in sorted(data.items()):
-        c.add_metric(list(k), v)
-    return c
-
-
-def _histogram(
-    name: str, doc: str, data: dict[tuple, tuple[list[int], float, int]], bounds: Sequence[float]
-) -> HistogramMetricFamily:
-    h = HistogramMetricFamily(name, doc, labels=["model", "alias"])
-    for k, (counts, total, count) in sorted(data.items()):
-        buckets, acc = [], 0
-        for b, c in zip(bounds, counts, strict=False):
-            acc += c
-            buckets.append((_fmt(b), float(acc)))
-        buckets.append(("+Inf", float(count)))
-        h.add_metric(list(k), buckets, total)
-    return h
