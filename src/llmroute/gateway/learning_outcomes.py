@@ -45,6 +45,12 @@ _QUICK_MAX = 64
 _PUBLISH_AT = 256
 
 
+def _replaces(p: Outcome, o: Outcome) -> bool:
+    """Whether outcome `o`, of the same request as `p` and after it, counts instead of `p` (the
+    state's rule, `SQLiteLearnerState._apply`): an explicit one that is not a repeat of `p`."""
+    return o.explicit and not (p.model == o.model and p.residual == o.residual and p.source == o.source)
+
+
 class OutcomeMixin:
     """`Learning`'s outcome side (see the module docstring); the attributes below are the
     `Learning`'s (`Learning.__init__`), and so are `_fetch` and `_install` (its lifecycle), which
@@ -117,7 +123,7 @@ class OutcomeMixin:
         replaced = False
         if prev is not None:
             p, p_replaced = prev
-            if not o.explicit or (p.model == o.model and p.residual == o.residual and p.source == o.source):
+            if not _replaces(p, o):
                 self._count(o.alias, o.source, "ignored")
                 return
             al.learn(p, -1.0)
@@ -212,16 +218,25 @@ class OutcomeMixin:
         await self._absorb(st, dict(done[1]))
 
     def _unpublished(self, batch: list[tuple[Outcome, bool]]) -> None:
-        """A failed publication: its outcomes wait for the next one (still learned). One whose
-        request got a newer pending outcome meanwhile is undone (the newer one counts)."""
-        pending = self._pending
-        self._pending = {}
+        """A failed publication: its outcomes wait for the next one (still learned). An outcome
+        of the same request learned meanwhile (pending now, learned after it) is settled against
+        it as `_learn_now` does: ignored (undone) unless it replaces it (then the failed
+        batch's one is undone), so a later implicit outcome never displaces an explicit one."""
+        newer, self._pending = self._pending, {}
         for o, replaced in batch:
-            if (o.alias, o.request_id) in pending:
-                self.aliases[o.alias].learn(o, -1.0)
+            self._pending[(o.alias, o.request_id)] = (o, replaced)
+        for key, (n, n_replaced) in newer.items():
+            prev = self._pending.get(key)
+            if prev is None:
+                self._pending[key] = (n, n_replaced)
+            elif _replaces(prev[0], n):
+                p, p_replaced = prev
+                self.aliases[p.alias].learn(p, -1.0)
+                self._count(p.alias, p.source, "replaced" if p_replaced else "applied")
+                self._pending[key] = (n, True)
             else:
-                self._pending[(o.alias, o.request_id)] = (o, replaced)
-        self._pending.update(pending)
+                self.aliases[n.alias].learn(n, -1.0)
+                self._count(n.alias, n.source, "ignored")
 
     async def _absorb(self, st: LearnerState, pulled: dict[str, tuple[int, list[Delta] | None]]) -> None:
         """Learn the pulled deltas per alias (reload from the newest snapshot after a rollback
