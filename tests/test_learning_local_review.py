@@ -125,3 +125,59 @@ def test_a_failed_publication_keeps_the_outcome_that_counts(cfg: dict[str, Any],
             assert np.allclose(x, y, rtol=1e-9, atol=1e-12)
         assert learning.outcomes == {(ALIAS, s, r): 1 for s, r in counts.items()}
         assert learning.idle()
+
+
+def test_drain_waits_for_a_publication_in_flight(cfg: dict[str, Any]) -> None:
+    """`drain` while another sync (the periodic one) publishes on a thread: nothing is pending
+    here any more, but `drain` returns only once that publication is done (its row in the
+    state, counted)."""
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        ((rid, _, _),) = _ask(a)
+        _rows(a, [rid])
+        learning = a.app.learning
+        held = _HeldPublication(learning.state, None)
+
+        async def scenario() -> bool:
+            assert await record_outcome(a.app, rid, 1.0, "feedback")
+            sync = asyncio.ensure_future(learning.sync())  # as the periodic sync does
+            await asyncio.to_thread(held.entered.wait, 60)
+            drain = asyncio.ensure_future(learning.drain())
+            for _ in range(10):
+                await asyncio.sleep(0)
+            early = drain.done()
+            held.go.set()
+            await drain
+            published = learning.outcomes == {(ALIAS, "feedback", "applied"): 1}
+            await sync
+            return not early and published
+
+        assert _on(a, scenario())
+        assert _state_rows(a) == [(1.0, rid)]
+
+
+def test_stop_waits_for_the_periodic_publication_in_flight(cfg: dict[str, Any]) -> None:
+    """`stop` while the periodic sync publishes on a thread: the publication finishes (not
+    cancelled half-way, which put its outcomes back as pending though the thread committed
+    them): its row is in the state once, counted, nothing left pending."""
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        ((rid, _, _),) = _ask(a)
+        _rows(a, [rid])
+        learning = a.app.learning
+        held = _HeldPublication(learning.state, None)
+
+        async def scenario() -> None:
+            assert await record_outcome(a.app, rid, 1.0, "feedback")
+            periodic = learning._task
+            periodic.cancel()  # its place is taken by a sync held in its publication
+            learning._task = asyncio.ensure_future(learning.sync())
+            await asyncio.to_thread(held.entered.wait, 60)
+            stop = asyncio.ensure_future(learning.stop())
+            for _ in range(10):
+                await asyncio.sleep(0)
+            held.go.set()
+            await stop
+
+        _on(a, scenario())
+        assert _state_rows(a) == [(1.0, rid)]
+        assert learning._pending == {}
+        assert learning.outcomes == {(ALIAS, "feedback", "applied"): 1}

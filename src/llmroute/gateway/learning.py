@@ -230,12 +230,13 @@ class Learning(DecideMixin, OutcomeMixin):
 
     async def stop(self) -> None:
         """Finish the outcomes in flight, publish this worker's pending ones (local-first), stop
-        syncing and close the state."""
+        syncing and close the state. A sync in progress (the periodic one, perhaps publishing on
+        a thread) is waited for, not cancelled half-way."""
         for task in (self._flushing, self._publishing):
             if task is not None and not task.done():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), 10)
-        if self._pending:
+        if self._pending or self.syncing():
             try:
                 await asyncio.wait_for(self.sync(), 30)
             except Exception as e:  # their sharing is lost; the outcomes are in the trace store

@@ -356,23 +356,27 @@ class OutcomeMixin:
 
     async def drain(self) -> None:
         """Wait until every queued outcome is learned (or failed) and every pending one
-        (local-first) is published; the learners' updates made (`_AliasLearner.catch_up`)."""
+        (local-first) is published, also one a sync in progress is publishing (`syncing`); the
+        learners' updates made (`_AliasLearner.catch_up`)."""
         while True:
             busy = [t for t in (self._flushing, self._publishing) if t is not None and not t.done()]
             if busy:
                 await asyncio.gather(*(asyncio.shield(t) for t in busy))
-            elif self._pending:
-                await self.sync()
+            elif self._pending or self.syncing():
+                await self.sync()  # after the sync in progress (the lock)
             else:
                 break
         for al in self.aliases.values():
             al.catch_up()
 
+    def syncing(self) -> bool:
+        """Whether a sync is in progress (it may be publishing outcomes no longer pending)."""
+        return self._sync_lock is not None and self._sync_lock.locked()
+
     def idle(self) -> bool:
         """Whether no outcome is queued, waiting to be published or being synced."""
         busy = any(t is not None and not t.done() for t in (self._flushing, self._publishing))
-        syncing = self._sync_lock is not None and self._sync_lock.locked()
-        return not (self._queue or self._pending or busy or syncing)
+        return not (self._queue or self._pending or busy or self.syncing())
 
     async def _publish_soon(self) -> None:
         """The publication `_PUBLISH_AT` pending outcomes start (errors: logged, retried by the
