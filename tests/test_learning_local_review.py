@@ -181,3 +181,49 @@ def test_stop_waits_for_the_periodic_publication_in_flight(cfg: dict[str, Any]) 
         assert _state_rows(a) == [(1.0, rid)]
         assert learning._pending == {}
         assert learning.outcomes == {(ALIAS, "feedback", "applied"): 1}
+
+
+def test_a_failed_snapshot_of_one_alias_does_not_make_another_learn_its_outcome_twice(
+    cfg: dict[str, Any],
+) -> None:
+    """Two learning aliases publish in one sync; the periodic snapshot of the first fails (the
+    state busy). The second alias's pulled terms (its own outcome, marked learned) are applied
+    all the same: the next sync does not learn that outcome a second time."""
+    import openai
+
+    other = "llmroute/other"
+    cfg["aliases"][ALIAS]["learning"]["snapshot_every"] = 1
+    cfg["aliases"][other] = {**cfg["aliases"][ALIAS], "learning": dict(cfg["aliases"][ALIAS]["learning"])}
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        client = openai.OpenAI(base_url=a, api_key="x", max_retries=0)
+        rids = []
+        for alias in (ALIAS, other):
+            raw = client.chat.completions.with_raw_response.create(
+                model=alias, messages=[{"role": "user", "content": "hi"}]
+            )
+            rids.append(raw.headers["x-llmroute-request-id"])
+        _rows(a, rids)
+        learning = a.app.learning
+        st = learning.state
+        snapshot = st.snapshot
+
+        def busy(*args: Any, **kw: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        async def scenario() -> None:
+            for rid in rids:
+                assert await record_outcome(a.app, rid, 1.0, "feedback")
+            st.snapshot = busy  # type: ignore[method-assign]
+            with pytest.raises(sqlite3.OperationalError):
+                await learning.sync()  # published; the first alias's snapshot fails
+            st.snapshot = snapshot  # type: ignore[method-assign]
+            await learning.sync()
+
+        _on(a, scenario())
+        assert [r for _, r in _state_rows(a)] == rids
+        counts = _on(a, _all_outcomes(a))
+        assert counts == {ALIAS: 1.0, other: 1.0}
+
+
+async def _all_outcomes(gw: Any) -> dict[str, float]:
+    return {name: s["outcomes"] for name, s in gw.app.learning.stats().items()}

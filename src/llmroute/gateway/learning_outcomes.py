@@ -242,13 +242,22 @@ class OutcomeMixin:
         """Learn the pulled deltas per alias (reload from the newest snapshot after a rollback
         or when behind the kept terms); a periodic snapshot every `snapshot_every` outcomes,
         taken only while none of the alias's outcomes waits to be published (a snapshot holds
-        the terms up to its seq, no more)."""
+        the terms up to its seq, no more). Every alias's deltas are learned before any step
+        that may fail (a reload, a snapshot): else an alias after a failing one would pull its
+        terms again at the next sync, its own published ones unmarked (learned twice)."""
+        reload: list[_AliasLearner] = []
+        applied: list[_AliasLearner] = []
         for name, (base, deltas) in pulled.items():
             al = self.aliases[name]
             if base > al.snapshot_id or deltas is None:  # None: behind the trimmed terms
-                self._install(al, await asyncio.to_thread(self._fetch, al))
-                continue
-            al.apply(deltas)
+                reload.append(al)
+            else:
+                al.apply(deltas)
+                applied.append(al)
+        for al in reload:
+            self._install(al, await asyncio.to_thread(self._fetch, al))
+        for al in applied:
+            name = al.alias
             if al.seq - al.snap_seq >= al.cfg.snapshot_every and not self._pending_of(name):
                 data, seq, n = al.learner.to_bytes(), al.seq, float(al.learner.n_.sum())
                 al.snap_seq = seq
