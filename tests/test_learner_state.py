@@ -8,6 +8,7 @@ processes on one Redis learn each other's outcomes, take up a rollback, and ride
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -492,3 +493,48 @@ def test_a_gateway_started_while_redis_is_down_takes_up_the_shared_state(
         finally:
             if redis_proc.proc is None:
                 redis_proc.start()
+
+
+class _FailingCommit:
+    """A SQLite connection whose next COMMIT fails as a full disk would, after SQLite ran it
+    (it stays in the transaction, holding the write lock)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.armed = db, True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("path", ["thread", "loop"])
+def test_a_failed_commit_releases_the_write_lock(tmp_path: Path, path: str) -> None:
+    """SQLite: when COMMIT itself fails, the transaction is rolled back (the error still
+    raises), so the state's write lock is free and the next writer, here another worker,
+    records its outcome instead of waiting out the busy timeout."""
+    file = str(tmp_path / "learner.sqlite")
+    st, other = SQLiteLearnerState(file), SQLiteLearnerState(file)
+    try:
+        if path == "thread":
+            real = st.db
+            st.db = _FailingCommit(real)
+            with pytest.raises(Exception, match="disk is full"):
+                st.apply([_o("a", 0.1)])
+            assert not real.in_transaction
+        else:
+            real = st._quick_db()
+            st._quick = _FailingCommit(real)
+            with pytest.raises(Exception, match="disk is full"):
+                st.try_apply_and_pull([_o("a", 0.1)], {ALIAS: 0})
+            assert not real.in_transaction
+        other.db.execute("PRAGMA busy_timeout=0")  # waiting for a held lock would fail at once
+        other.apply([_o("b", 0.2)])
+        assert [d.residual for d in other.deltas(ALIAS, 0)] == [0.2]
+    finally:
+        st.close()
+        other.close()

@@ -149,7 +149,7 @@ class SQLiteLearnerState:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            _commit(self.db)
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
         with self._tx():
@@ -349,7 +349,7 @@ class SQLiteLearnerState:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            _commit(db)
             return done
         finally:
             self.lock.release()
@@ -526,6 +526,18 @@ class SQLiteLearnerState:
             if self._quick is not None:
                 self._quick.close()
             self.db.close()
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    """COMMIT, and where the COMMIT itself fails (disk full, I/O error) roll back whatever SQLite
+    left open: an open transaction would keep the write lock, and every later publication, of
+    every worker, would wait out the busy timeout and fail."""
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _real(v: float | None) -> float | None:
