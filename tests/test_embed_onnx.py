@@ -41,3 +41,19 @@ def test_onnx_spec_round_trip_and_truncation(onnx_enc) -> None:  # type: ignore[
     short = load_encoder({"name": "onnx-minilm", "max_tokens": 8})
     x = short.encode(["word " * 3000])
     assert x.shape == (1, 384) and np.isfinite(x).all()
+
+
+def test_building_the_encoder_turns_onnxruntime_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder disables onnxruntime's telemetry events before it creates its session, so a
+    process that loads it sends nothing to Microsoft's collector (a gateway must reach only its
+    configured upstreams, also through an HTTPS proxy)."""
+    import onnxruntime as ort
+
+    order: list[str] = []
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "disable_telemetry_events", lambda: order.append("telemetry off"))
+    monkeypatch.setattr(
+        ort, "InferenceSession", lambda *a, **k: order.append("session") or real_session(*a, **k)
+    )
+    load_encoder({"name": "onnx-minilm", "threads": 1})
+    assert order == ["telemetry off", "session"]

@@ -71,6 +71,10 @@ class OnnxMiniLMEncoder:
             Path(tokenizer_path) if tokenizer_path is not None else default_asset_dir() / "tokenizer.json"
         )
 
+        # onnxruntime's own telemetry off before any session: a gateway talks only to the upstreams
+        # it is configured with (a full-suite run saw this process CONNECT to *.data.microsoft.com
+        # through a test's HTTPS proxy after the encoder had been loaded)
+        ort.disable_telemetry_events()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
