@@ -227,3 +227,31 @@ def test_a_failed_snapshot_of_one_alias_does_not_make_another_learn_its_outcome_
 
 async def _all_outcomes(gw: Any) -> dict[str, float]:
     return {name: s["outcomes"] for name, s in gw.app.learning.stats().items()}
+
+
+def test_an_outcome_learned_while_stop_ends_the_periodic_sync_is_published(cfg: dict[str, Any]) -> None:
+    """An outcome that reaches the learner while `stop` waits for the periodic sync task to end
+    (e.g. queued feedback retried at shutdown) is still published before the state closes: the
+    other workers get it."""
+    with run_gateway(cfg, routers={"default": StubRouter()}) as a:
+        ((rid, _, _),) = _ask(a)
+        _rows(a, [rid])
+        learning = a.app.learning
+
+        async def periodic_then_late_outcome() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                assert await record_outcome(a.app, rid, 1.0, "feedback")  # arrives during stop
+                raise
+
+        async def scenario() -> None:
+            learning._task.cancel()
+            learning._task = asyncio.ensure_future(periodic_then_late_outcome())
+            await asyncio.sleep(0)
+            assert learning._pending == {}  # nothing pending when stop starts
+            await learning.stop()
+
+        _on(a, scenario())
+        assert _state_rows(a) == [(1.0, rid)]
+        assert learning._pending == {}

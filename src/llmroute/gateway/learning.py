@@ -236,19 +236,26 @@ class Learning(DecideMixin, OutcomeMixin):
             if task is not None and not task.done():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), 10)
-        if self._pending or self.syncing():
-            try:
-                await asyncio.wait_for(self.sync(), 30)
-            except Exception as e:  # their sharing is lost; the outcomes are in the trace store
-                log.warning("%d learned outcomes not published at stop: %s", len(self._pending), e)
+        await self._publish_at_stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+            # outcomes learned while the periodic task ended (e.g. queued feedback retried at
+            # shutdown) are published too
+            await self._publish_at_stop()
         if self.state is not None:
             state, self.state = self.state, None
             await asyncio.to_thread(state.close)
+
+    async def _publish_at_stop(self) -> None:
+        """Publish this worker's pending outcomes (waiting for a sync in progress) before stop."""
+        if self._pending or self.syncing():
+            try:
+                await asyncio.wait_for(self.sync(), 30)
+            except Exception as e:  # their sharing is lost; the outcomes are in the trace store
+                log.warning("%d learned outcomes not published at stop: %s", len(self._pending), e)
 
     async def _sync_loop(self, interval: float) -> None:
         checkpointed = time.monotonic()
