@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import RedisProc
@@ -43,3 +44,29 @@ def _spent(rp: RedisProc, kid: str) -> tuple[float, float]:
     v = st.client.hmget(st.key("b", kid), "ds", "dr")
     st.close()
     return float(v[0] or 0), float(v[1] or 0)
+
+
+def spend_rest(roots: list[str], key: str = KEY_A) -> tuple[float, list[str], int]:
+    """After a burst (whose holds were for the worst case): spend the rest of `key`'s budget one
+    request at a time on each replica in turn, until 6 in a row are refused for quota (every
+    refusal must be that). Returns (the answered requests' cost from their usage, every request's
+    id, the refusals in a row it ended with)."""
+    acknowledged, ids = 0.0, []
+    refused, i = 0, 0
+    while refused < 6 and i < 300:
+        r = httpx.post(
+            f"{roots[i % len(roots)]}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "fake-strong", "messages": MESSAGES, "max_tokens": 50},
+            timeout=60,
+        )
+        i += 1
+        ids.append(r.headers["x-llmroute-request-id"])
+        if r.status_code == 200:
+            u = r.json()["usage"]
+            acknowledged += (u["prompt_tokens"] * PRICE_IN + u["completion_tokens"] * PRICE_OUT) / 1e6
+            refused = 0
+        else:
+            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+            refused += 1
+    return acknowledged, ids, refused

@@ -24,7 +24,7 @@ import yaml
 from conftest import RedisProc, Replica, loopback_config, new_postgres_database
 from llmroute.gateway.auth import estimate_input_tokens, hash_key, max_request_cost, period_ids
 from llmroute.gateway.state import redis_server_binary
-from state_redis_fixtures import KEY_A, KEY_B, MESSAGES, PRICE_IN, PRICE_OUT, _flush, _spent
+from state_redis_fixtures import KEY_A, KEY_B, MESSAGES, PRICE_IN, PRICE_OUT, _flush, _spent, spend_rest
 from ui_fixtures import trace_rows
 
 pytestmark = pytest.mark.skipif(
@@ -138,23 +138,9 @@ def test_budget_traces_and_spend_history_across_replicas_on_postgres(
     acknowledged = sum(c for _, c, _ in results)
     ids = [rid for _, _, rid in results]
     # holds were for the worst case: spend the rest one request at a time on each replica in turn
-    refused, i = 0, 0
-    while refused < 6 and i < 300:
-        r = httpx.post(
-            f"{roots[i % 3]}/v1/chat/completions",
-            headers={"authorization": f"Bearer {KEY_A}"},
-            json={"model": "fake-strong", "messages": MESSAGES, "max_tokens": 50},
-            timeout=60,
-        )
-        i += 1
-        ids.append(r.headers["x-llmroute-request-id"])
-        if r.status_code == 200:
-            u = r.json()["usage"]
-            acknowledged += (u["prompt_tokens"] * PRICE_IN + u["completion_tokens"] * PRICE_OUT) / 1e6
-            refused = 0
-        else:
-            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
-            refused += 1
+    rest, rest_ids, refused = spend_rest(roots)
+    acknowledged += rest
+    ids += rest_ids
     spent, reserved = _spent(redis_proc, "team-a")
     assert reserved == pytest.approx(0.0, abs=1e-12)
     assert spent == pytest.approx(acknowledged, rel=1e-9)  # every answered cost, once

@@ -33,6 +33,7 @@ from state_redis_fixtures import (
     _flush,
     _spent,
     needs_redis,
+    spend_rest,
 )
 
 pytestmark = needs_redis
@@ -109,22 +110,7 @@ def test_replicas_budget_exact_under_500_concurrent(replicas: list[Replica], red
     assert outcomes.count("ok") + outcomes.count("insufficient_quota") == 500, set(outcomes)
     acknowledged = sum(c for _, c in results)
     # holds were for the worst case: spend the rest one request at a time on each replica in turn
-    refused, i = 0, 0
-    while refused < 6 and i < 300:
-        r = httpx.post(
-            f"{roots[i % 3]}/v1/chat/completions",
-            headers={"authorization": f"Bearer {KEY_A}"},
-            json={"model": "fake-strong", "messages": MESSAGES, "max_tokens": 50},
-            timeout=60,
-        )
-        i += 1
-        if r.status_code == 200:
-            u = r.json()["usage"]
-            acknowledged += (u["prompt_tokens"] * PRICE_IN + u["completion_tokens"] * PRICE_OUT) / 1e6
-            refused = 0
-        else:
-            assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
-            refused += 1
+    acknowledged += spend_rest(roots)[0]
     spent, reserved = _spent(redis_proc, "team-a")
     assert reserved == pytest.approx(0.0, abs=1e-12)
     assert spent == pytest.approx(acknowledged, rel=1e-9)  # every answered cost, once

@@ -25,6 +25,16 @@ def _usage(messages: Any, answer: str) -> dict[str, int]:
     return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
 
+async def _cut(request: web.Request, r: web.StreamResponse, out: list[bytes]) -> web.StreamResponse:
+    """The "cut" fault of a stream: its first two events, then the connection dropped."""
+    for part in out[:2]:
+        await r.write(part)
+    await asyncio.sleep(0.01)
+    if request.transport is not None:
+        request.transport.abort()
+    return r
+
+
 async def _chat(request: web.Request) -> web.StreamResponse:
     call = await _begin(request, conversation=True)
     if not isinstance(call, _Call):
@@ -117,12 +127,7 @@ async def _chat_stream(
         out.append(b"data: " + orjson.dumps(dict(base, choices=[], usage=usage)) + b"\n\n")
     out.append(b"data: [DONE]\n\n")
     if fault == "cut":
-        for part in out[:2]:
-            await r.write(part)
-        await asyncio.sleep(0.01)
-        if request.transport is not None:
-            request.transport.abort()
-        return r
+        return await _cut(request, r, out)
     if fault == "drip":
         for part in out:
             await r.write(part)
@@ -217,12 +222,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         out.append(event([], usage=usage))
     out.append(b"data: [DONE]\n\n")
     if fault == "cut":
-        for part in out[:2]:
-            await r.write(part)
-        await asyncio.sleep(0.01)
-        if request.transport is not None:
-            request.transport.abort()
-        return r
+        return await _cut(request, r, out)
     await r.write(b"".join(out))
     return r
 
