@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from conftest import RedisProc, StubRouter, loopback_config, run_gateway
 from llmroute.gateway.learning import SQLiteLearnerState
 from llmroute.gateway.learning_redis import RedisLearnerState
+from llmroute.gateway.learning_traces import decode_context
 from llmroute.gateway.outcomes import record_outcome
 from llmroute.gateway.store import TRACE_FIELDS, open_store
 
@@ -126,7 +127,9 @@ def test_exploration_is_bounded_and_its_propensity_logged(fake_server: Any, tmp_
         r = rows[rid]
         assert r["model"] == model and r["learner"]["chosen"] == model
         assert f"learner=thompson p={r['propensity']:.3g}" in reason
-        assert set(r["learner"]["q0"]) == {"fake-strong", "fake-weak"} and len(r["learner"]["x"]) == 34
+        assert set(r["learner"]["q0"]) == {"fake-strong", "fake-weak"}
+        x = decode_context(r["learner"]["x"])  # the context, then the base column and the bias
+        assert x is not None and x.shape == (34,) and list(x[32:]) == [0.0, 1.0]
 
 
 @pytest.mark.parametrize(

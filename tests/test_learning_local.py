@@ -268,3 +268,38 @@ def test_the_awaited_outcome_api_records_at_once_beside_pending_ones(cfg: dict[s
         assert _on(a, learning.outcome(calls[1][0], 1.0, "feedback")) == "ignored"
         assert [w for w, _ in _state_rows(a)] == [1.0, -1.0, 1.0, 1.0]
         assert _outcomes(a) == 2
+
+
+def test_contexts_are_stored_exactly_and_older_list_traces_still_learn(cfg: dict[str, Any]) -> None:
+    """The trace keeps each decision's context as base64 float32 (`encode_contexts`): decoded
+    bit for bit; traces written before it (a JSON list of floats) give the same outcome; a
+    malformed context is no outcome (never a guess)."""
+    from llmroute.gateway.learning_traces import _trace_fields, decode_context, encode_contexts
+
+    X = np.random.default_rng(0).standard_normal((3, 34)).astype(np.float32)
+    enc = encode_contexts(X)
+    assert len(enc) == 3 and all(isinstance(v, str) for v in enc)
+    for row, v in zip(X, enc, strict=True):
+        got = decode_context(v)
+        assert got is not None and got.dtype == np.float64
+        np.testing.assert_array_equal(got, row.astype(np.float64))
+        np.testing.assert_array_equal(decode_context(row.tolist()), got)  # the older list form
+    assert decode_context("not base64!") is None and decode_context("AAA=") is None  # 2 bytes
+    assert decode_context(None) is None and decode_context(["a", "b"]) is None
+
+    with run_gateway(cfg, routers={"default": StubRouter()}) as gw:
+        ((rid, _, _),) = _ask(gw)
+        _rows(gw, [rid])
+        row = gw.app.store.run(lambda b: _trace_fields(b, rid))
+        learning = gw.app.learning
+        new = learning._outcome(row, rid, 1.0, "feedback")
+        x_list = decode_context(row["learner"]["x"]).tolist()
+        old = learning._outcome({**row, "learner": {**row["learner"], "x": x_list}}, rid, 1.0, "feedback")
+        assert new is not None and old is not None
+        np.testing.assert_array_equal(new.x, old.x)
+        assert (new.residual, new.cost_residual, new.model) == (old.residual, old.cost_residual, old.model)
+        for bad in ("%%%", x_list[:-1], None):  # not a context of the learner's dim: no outcome
+            assert (
+                learning._outcome({**row, "learner": {**row["learner"], "x": bad}}, rid, 1.0, "feedback")
+                is None
+            )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmroute.gateway.learning_state import Delta, Outcome
+from llmroute.gateway.learning_traces import encode_contexts
 from llmroute.online.learner import OnlineLearner
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ class DecideMixin:
             X32, TX, XAX, AXK = lr.prepare_embeddings(E)
         else:
             X = lr.context_batch(E)
-            X32 = X.astype(np.float32)  # what the trace stores: the JSON writer takes numpy arrays
+            X32 = X.astype(np.float32)  # what the trace stores
         if rows:
             masks = [al.mask(items[i][1].ranked) for i in rows]
             if len(rows) >= _VECTOR_MIN:  # numpy's fixed cost per call pays off
@@ -289,6 +290,7 @@ class DecideMixin:
                     [AXK[i] for i in rows],
                 )
             picked = dict(zip(rows, zip(ch, g, props, strict=True), strict=True))
+        xs = encode_contexts(X32)
         method = lr.method
         n_explored = 0
         for i, (_, d) in enumerate(items):
@@ -314,7 +316,7 @@ class DecideMixin:
                     "lambda": lams[i],
                     "chosen": model,
                     "greedy": greedy,
-                    "x": X32[i],  # 7 digits in the trace's JSON
+                    "x": xs[i],
                     "q0": dict(zip(models, qf, strict=True)),
                     "c0": dict(zip(models, cf, strict=True)),
                 },

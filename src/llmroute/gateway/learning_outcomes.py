@@ -21,10 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from llmroute.gateway.learning_state import Delta, LearnerState, Outcome, SQLiteLearnerState
-from llmroute.gateway.learning_traces import _FIELDS, _fields, _trace_fields, _trace_rows
+from llmroute.gateway.learning_traces import _FIELDS, _fields, _trace_fields, _trace_rows, decode_context
 from llmroute.gateway.outcomes import EXPLICIT  # at module level: per outcome, an import costs ~3 us
 
 if TYPE_CHECKING:
@@ -307,12 +305,12 @@ class OutcomeMixin:
         served = row.get("model")
         if al is None or not isinstance(feat, dict) or served not in al.index:
             return None
-        q0s, xs = feat.get("q0"), feat.get("x")
-        if not isinstance(q0s, dict) or served not in q0s or not isinstance(xs, list):
+        q0s = feat.get("q0")
+        if not isinstance(q0s, dict) or served not in q0s:
             return None
-        if len(xs) != al.cfg.dim + 2:  # the learner's dim (`_AliasLearner.compatible`)
+        x = decode_context(feat.get("x"))
+        if x is None or x.shape != (al.cfg.dim + 2,):  # the learner's dim (`_AliasLearner.compatible`)
             return None
-        x = np.array(xs, dtype=np.float64)
         q0, c0 = float(q0s[served]), float(feat["c0"][served])
         x[-2] = q0 - 0.5  # the served model's own context column (OnlineLearner.contexts)
         cost = row.get("cost_usd")

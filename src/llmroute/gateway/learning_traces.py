@@ -9,8 +9,11 @@ The seam: these functions run on the trace store's writer thread and know the st
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 
 def _trace_rows(backend: Any, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -37,6 +40,36 @@ def _trace_rows(backend: Any, request_ids: Sequence[str]) -> dict[str, dict[str,
                 "learner": orjson.loads(learner) if learner else None,
             }
     return found
+
+
+def encode_contexts(X: np.ndarray) -> list[str]:
+    """The trace's form of each row of a decision batch's (B, D) contexts: the base64 of the
+    row's little-endian float32 bytes. Exact for the float32 contexts the learner stores, and
+    per request cheaper than the JSON list of D floats it replaces (no float formatting on the
+    writer, no float parsing per outcome, ~half the bytes; benchmarks/online_gateway.py)."""
+    X = np.ascontiguousarray(X, dtype="<f4")
+    raw, step = X.tobytes(), 4 * X.shape[1]
+    b64 = binascii.b2a_base64
+    return [b64(raw[i : i + step], newline=False).decode("ascii") for i in range(0, len(raw), step)]
+
+
+def decode_context(value: Any) -> np.ndarray | None:
+    """A trace's context as a new float64 array: `encode_contexts`' string, or the JSON list of
+    floats that traces written before it hold; None when `value` is neither."""
+    if isinstance(value, str):
+        try:
+            raw = binascii.a2b_base64(value)
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) % 4:
+            return None
+        return np.frombuffer(raw, dtype="<f4").astype(np.float64)
+    if isinstance(value, list):
+        try:
+            return np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 #: the trace columns an outcome update reads (`_trace_fields`)

@@ -59,6 +59,10 @@ def _fused_cols(m: int, d: int) -> np.ndarray:
     return np.array([j * s + o for j in range(m) for o in (0, 1 + d, 2 + d)], dtype=np.intp)
 
 
+#: the last two context columns of `prepare_embeddings`' rows: the base-quality column k (0) and the bias
+_TAIL = (0.0, 1.0)
+
+
 def _einsum_vecdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("...d,...d->...", *np.broadcast_arrays(a, b))
 
@@ -187,7 +191,9 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         self._dirty: set[int] = set()  # models updated since their mean / factors were computed
         self._flat: tuple[np.ndarray, np.ndarray] | None = None  # `prepare`'s 2-d view of the stack
         # `prepare_embeddings`'s factors (the stack they were built from first)
-        self._fused: tuple[np.ndarray, np.ndarray, list[float], list[float], list[float]] | None = None
+        self._fused: (
+            tuple[np.ndarray, np.ndarray, list[float], list[float], list[float], np.ndarray] | None
+        ) = None
         for m in models:
             self.add_model(m, profiled=profiled)
 
@@ -385,21 +391,21 @@ class OnlineLearner(PickMixin, SnapshotMixin):
                 stack[:, 0, b].tolist(),  # theta_b
                 stack[:, 1 + d, b].tolist(),  # A_kb
                 stack[:, 1 + b, b].tolist(),  # A_bb
+                _fused_cols(m, d),
             )
-        _, Su, th_b, a_kb, a_bb = fz
+        _, Su, th_b, a_kb, a_bb, cols = fz
         Z = E @ self.proj_  # (B, dim), float64
         W = Z @ Su  # (B, m (D + 1)): per model theta_u . z, then A_r,u . z for every row r
         Q = _vecdot(W.reshape(len(Z), m, d + 3)[:, :, 1 : 1 + d], Z[:, None, :]).tolist()  # z' A_uu z
         nz = [math.sqrt(v) or 1.0 for v in _vecdot(Z, Z).tolist()]
         X = np.empty((len(Z), d + 2), dtype=np.float32)
         np.divide(Z, np.array(nz)[:, None], out=X[:, :d])  # float64 quotients, stored as float32
-        X[:, d] = 0.0
-        X[:, d + 1] = 1.0
+        X[:, d:] = _TAIL  # k = 0, the bias 1: one call (numpy's fixed cost per call is the cost here)
         tx, xax, axk = [], [], []
         js = range(m)
         # of W's row only theta_u . z, A_k,u . z and A_b,u . z per model are read: those 3 m
         # columns (`_fused_cols`), not all m (D + 1), become Python floats
-        for w, q, n in zip(W[:, _fused_cols(m, d)].tolist(), Q, nz, strict=True):
+        for w, q, n in zip(W[:, cols].tolist(), Q, nz, strict=True):
             tx.append([w[3 * j] / n + th_b[j] for j in js])
             axk.append([w[3 * j + 1] / n + a_kb[j] for j in js])
             xax.append([q[j] / (n * n) + 2.0 * w[3 * j + 2] / n + a_bb[j] for j in js])
