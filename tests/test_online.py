@@ -33,6 +33,26 @@ def test_posterior_matches_hand_computed_case() -> None:
     np.testing.assert_allclose(cov, np.linalg.inv([[2.0, 0, 1], [0, 2, 1], [1, 1, 3]]), atol=1e-12)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_rank_one_update_and_its_undo_in_either_memory_order(order: str) -> None:
+    """`observe` updates the covariance in place (BLAS) when the state is C-ordered and writes
+    a copy's result back otherwise (e.g. a restored state in another order): the same exact
+    posterior either way; weight -1 undoes it."""
+    L = _learner(("a", "b"), prior_var=1.0, noise_var=1.0, dim=1)
+    L.A_inv_ = np.array(L.A_inv_, order=order)
+    x = np.array([1.0, 0.0, 1.0])
+    L.observe(x, 1, 1.0)
+    L.observe(np.array([0.0, 1.0, 1.0]), 1, 0.0)
+    np.testing.assert_allclose(
+        L.posterior("b")[1], np.linalg.inv([[2.0, 0, 1], [0, 2, 1], [1, 1, 3]]), atol=1e-12
+    )
+    np.testing.assert_array_equal(L.posterior("a")[1], np.eye(3))  # the other model untouched
+    L.observe(x, 1, 1.0, weight=-1.0)
+    np.testing.assert_allclose(
+        L.posterior("b")[1], np.linalg.inv([[1.0, 0, 0], [0, 2, 1], [0, 1, 2]]), atol=1e-12
+    )
+
+
 def test_update_learns_quality_residual_against_the_base_estimate() -> None:
     L = _learner(("a",), prior_var=1.0, noise_var=1.0, max_explore=0.0)
     ch = L.choose(np.ones(EMB), np.array([0.4]), np.array([0.0]))
