@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,6 +105,34 @@ class _RespReader:
         raise ConnectionError(f"unexpected reply from Redis (type byte {kind!r})")
 
 
+def tls_context(opts: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a rediss:// URL, from its options as `redis.connection.parse_url`
+    gives them, built as redis-py's own TLS connections build it (so the gateway's async
+    connection and the redis-py clients beside it accept the same URL): `ssl_cert_reqs` none /
+    optional / required (the default), `ssl_check_hostname` (default on; off when certificates
+    are not required), `ssl_ca_certs` / `ssl_ca_path` (a private CA), `ssl_certfile` /
+    `ssl_keyfile` / `ssl_password` (a client certificate), `ssl_min_version`. Raises ValueError
+    for an unknown `ssl_cert_reqs`."""
+    reqs = opts.get("ssl_cert_reqs", "required")
+    modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    if reqs is None:
+        reqs = ssl.CERT_NONE
+    elif isinstance(reqs, str):
+        if reqs not in modes:
+            raise ValueError(f"rediss:// URL: ssl_cert_reqs must be none, optional or required, got {reqs!r}")
+        reqs = modes[reqs]
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = bool(opts.get("ssl_check_hostname", True)) and reqs != ssl.CERT_NONE
+    ctx.verify_mode = reqs
+    if opts.get("ssl_certfile") or opts.get("ssl_keyfile"):
+        ctx.load_cert_chain(opts.get("ssl_certfile"), opts.get("ssl_keyfile"), opts.get("ssl_password"))
+    if opts.get("ssl_ca_certs") is not None or opts.get("ssl_ca_path") is not None:
+        ctx.load_verify_locations(cafile=opts.get("ssl_ca_certs"), capath=opts.get("ssl_ca_path"))
+    if opts.get("ssl_min_version") is not None:
+        ctx.minimum_version = opts["ssl_min_version"]
+    return ctx
+
+
 class _AutoPipe:
     """One asyncio connection to Redis that auto-pipelines: every command `call`ed in one
     event-loop pass is written at the end of that pass as one write, and the replies (Redis
@@ -125,7 +154,9 @@ class _AutoPipe:
         self._path: str | None = opts.get("path")
         self._host = str(opts.get("host") or "localhost")
         self._port = int(opts.get("port") or 6379)
-        self._ssl = url.startswith("rediss://")
+        # rediss://: the URL's TLS options (a private CA, a client certificate, ...) apply here
+        # as in the redis-py clients; built once, at the first connection's cost
+        self._ssl: ssl.SSLContext | None = tls_context(opts) if url.startswith("rediss://") else None
         hello: list[Sequence[Any]] = []
         if opts.get("password") is not None:
             user = opts.get("username")
@@ -187,7 +218,7 @@ class _AutoPipe:
                 coro = self.loop.create_unix_connection(lambda: _PipeConnection(self), self._path)
             else:
                 coro = self.loop.create_connection(
-                    lambda: _PipeConnection(self), self._host, self._port, ssl=True if self._ssl else None
+                    lambda: _PipeConnection(self), self._host, self._port, ssl=self._ssl
                 )
             _, conn = await asyncio.wait_for(coro, self.timeout_s)
         except Exception as e:
