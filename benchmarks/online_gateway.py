@@ -1,6 +1,7 @@
 """Online learning inside the gateway: what it costs per outcome and per request (issue 13).
 
-    python benchmarks/online_gateway.py [--outcomes 7740] [--duration 10] [--rounds 4] [--no-write | --md-only]
+    python benchmarks/online_gateway.py [--outcomes 7740] [--duration 10] [--rounds 4] [--paired-rounds 60]
+        [--no-write | --md-only]
 
 1. Per outcome (in process, the shipped default router behind examples/loopback.yaml's
    `llmroute/auto` with `learning: {enabled: true}`, a SQLite trace store and learner state in a
@@ -24,6 +25,11 @@
 2. Throughput, learning on vs off: `llmroute serve` (one worker) on examples/loopback.yaml in front
    of the fake server, wrk -t1 at 32 connections, unique prompts, `--rounds` alternating off/on
    runs of `--duration` s; requests per second and gateway CPU per request (from /proc).
+3. CPU per request, learning off vs on, in one process (`--paired-rounds` rounds of
+   `--paired-burst` requests): two `Gateway`s on examples/loopback.yaml (learning off / on, each its
+   own trace store) behind one fake upstream, 32 clients calling the ASGI app directly, bursts
+   alternating between them; the paired per-round differences give the learning's CPU per request
+   with a standard error (single wrk runs of the same code swing by tens of percent on this box).
 
 Writes benchmarks/results/online_gateway.json and the `online_gateway` section of BENCHMARKS.md
 (below the online learning section).
@@ -275,6 +281,111 @@ def throughput(duration: int, rounds: int, tmp: Path) -> list[dict[str, Any]]:
     return runs
 
 
+async def paired_cpu(rounds: int, burst: int, tmp: Path) -> dict[str, Any]:
+    """CPU per request with learning off and on, in one process (see the docstring, item 3)."""
+    from llmroute.gateway.app import Gateway
+    from llmroute.gateway.config import load_config
+    from llmroute.gateway.serve import freeze_startup_objects
+
+    fport = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    fake = start(
+        [sys.executable, "-m", "llmroute.gateway.fake", "--port", str(fport)], env, tmp / "fake-p.log"
+    )
+    gws: dict[str, Any] = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{fport}/v1/models", fake)
+        os.environ["LLMROUTE_BACKEND_URL"] = f"http://127.0.0.1:{fport}/v1"
+        for name in ("off", "on"):
+            os.environ["LLMROUTE_STORE_URL"] = f"sqlite:///{tmp}/paired-{name}.sqlite"
+            gws[name] = Gateway(load_config(_config(tmp, name == "on")))
+            await gws[name].startup()
+        freeze_startup_objects()  # as `llmroute serve` does once the app is built
+        sent = [0]
+
+        async def one(app: Any) -> int:  # one chat completion through the ASGI app; its status
+            sent[0] += 1
+            body = json.dumps(
+                {
+                    "model": "llmroute/auto",
+                    "messages": [{"role": "user", "content": f"question {sent[0]}: why?"}],
+                }
+            ).encode()
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/chat/completions",
+                "raw_path": b"/v1/chat/completions",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 40000),
+                "server": ("127.0.0.1", 8000),
+            }
+            first, status = [True], [0]
+
+            async def receive() -> dict[str, Any]:
+                if first[0]:
+                    first[0] = False
+                    return {"type": "http.request", "body": body, "more_body": False}
+                await asyncio.Event().wait()  # never a disconnect
+                return {}
+
+            async def send(msg: dict[str, Any]) -> None:
+                if msg["type"] == "http.response.start":
+                    status[0] = msg["status"]
+
+            await app(scope, receive, send)
+            return status[0]
+
+        async def run(app: Any, n: int) -> int:  # 32 clients until n requests; the non-200 count
+            left, bad = [n], [0]
+
+            async def client() -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    bad[0] += await one(app) != 200
+
+            await asyncio.gather(*(client() for _ in range(32)))
+            return bad[0]
+
+        for g in gws.values():
+            await run(g, 500)  # warm: caches, the learner's factors, the stores' first pages
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        bad = 0
+        for r in range(rounds):
+            for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                c0 = time.process_time()
+                bad += await run(gws[name], burst)
+                gws[name].store.flush_sync()  # the trace writer's share is counted
+                cpu[name].append((time.process_time() - c0) / burst * 1e6)
+    finally:
+        for g in gws.values():
+            await g.shutdown()
+        fake.terminate()
+        fake.wait(30)
+    diff = [a - b for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+    off_med, on_med = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    return {
+        "rounds": rounds,
+        "burst": burst,
+        "cpu_us_off_median": round(off_med, 1),
+        "cpu_us_on_median": round(on_med, 1),
+        "diff_us_median": round(statistics.median(diff), 1),
+        "diff_us_mean": round(statistics.mean(diff), 1),
+        "diff_us_se": round(statistics.stdev(diff) / len(diff) ** 0.5, 1) if len(diff) > 1 else None,
+        "cpu_ratio_on_off": round(on_med / off_med, 3),
+        "throughput_ratio_at_full_cpu": round(off_med / on_med, 3),
+        "non_200": bad,
+        "load": os.getloadavg()[0],
+        "cpu_us_off": [round(v, 1) for v in cpu["off"]],
+        "cpu_us_on": [round(v, 1) for v in cpu["on"]],
+    }
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for on in (False, True):
@@ -373,6 +484,20 @@ def markdown(res: dict[str, Any]) -> str:
         f"{_one(o)}; "
         f"explored share {o['explored_share']} (max_explore {LEARNING['max_explore']}).",
     ]
+    p = res.get("paired_cpu")
+    if p:
+        lines += [
+            "",
+            f"CPU per request in one process (two gateways, learning off and on, behind one fake upstream; 32 "
+            f"clients calling the ASGI app directly; {p['rounds']} rounds of {p['burst']} requests per gateway, "
+            "the order alternating; process CPU of all threads, trace writers included): off "
+            f"{p['cpu_us_off_median']} us, on {p['cpu_us_on_median']} us (medians); on - off per round: "
+            f"median {p['diff_us_median']} us, mean {p['diff_us_mean']} +- {p['diff_us_se']} us (standard error); "
+            f"on/off throughput at full CPU {p['throughput_ratio_at_full_cpu']} (bar >= 0.9); non-200 "
+            f"{p['non_200']}; load {p['load']:.1f}. Short paired rounds cancel the box's drift that makes "
+            "single wrk runs swing; no HTTP server or client is counted, so the learning's share is larger "
+            "here than in the served ratio below.",
+        ]
     if t:
         s = t["summary"]
         lines += [
@@ -398,6 +523,10 @@ def main() -> None:
     )
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (0: skip throughput)")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument(
+        "--paired-rounds", type=int, default=60, help="rounds of the in-process off/on CPU pairs (0: skip)"
+    )
+    ap.add_argument("--paired-burst", type=int, default=600, help="requests per gateway and round")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument(
         "--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from the last results"
@@ -414,6 +543,12 @@ def main() -> None:
     res: dict[str, Any] = {"load_start": os.getloadavg()[0], "cpus": os.cpu_count()}
     res["per_outcome"] = asyncio.run(per_outcome(args.outcomes, tmp))
     print(json.dumps(res["per_outcome"]), file=sys.stderr)
+    if args.paired_rounds > 0:
+        res["paired_cpu"] = asyncio.run(paired_cpu(args.paired_rounds, args.paired_burst, tmp))
+        print(
+            json.dumps({k: v for k, v in res["paired_cpu"].items() if not k.startswith("cpu_us_o")}),
+            file=sys.stderr,
+        )
     if args.duration > 0:
         runs = throughput(args.duration, args.rounds, tmp)
         res["throughput"] = {
