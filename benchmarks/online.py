@@ -60,6 +60,8 @@ CONFIGS = {"default": {}, "explore0.05": {"max_explore": 0.05}}
 #: the refit of the default estimator on the logged outcomes (`llmroute.online.refit.Refitter`
 #: settings; its defaults) in every run of the simulation and of the new-model check
 REFIT: dict = {}
+#: with a warm start, the refits also train on the warm-start router's table (`Refitter.set_table`)
+REFIT_TABLE = False
 ADD_AT = 1000
 NEW_WINDOW = 100
 
@@ -102,6 +104,9 @@ def new_model_run(table, enc, lam: float, seed: int) -> dict:
     E = np.asarray(enc.encode([prompts[i] for i in stream]), dtype=np.float64)
     L = OnlineLearner(table.models, E.shape[1], method=LEARNER, tradeoff=lam, seed=seed)
     rf = Refitter(len(table.models), **{"seed": seed, "tradeoff": lam, **REFIT})
+    if REFIT_TABLE:
+        E_warm = np.asarray(enc.encode([prompts[i] for i in perm[:n_warm]]), dtype=np.float64)
+        rf.set_table(E_warm, Q[perm[:n_warm]])
     out = run_stream(L, E, Q12[stream], C12[stream], qb, cb, tradeoff=lam, add_at=ADD_AT, refitter=rf)
     after = out["picks"][ADD_AT : ADD_AT + 500] == Q12.shape[1] - 1
     shares = [float(after[a : a + NEW_WINDOW].mean()) for a in range(0, len(after), NEW_WINDOW)]
@@ -335,7 +340,13 @@ def replicas_run(name: str, seeds: list[int], counts: tuple[int, ...] = (1, 3)) 
     return out
 
 
-def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
+def run_set(
+    name: str,
+    seeds: list[int],
+    new_model: bool,
+    starts: tuple[str, ...] = ("cold", "warm10"),
+    configs: tuple[str, ...] = tuple(CONFIGS),
+) -> dict:
     from llmroute.embed import load_encoder
     from llmroute.eval.runner import EvalEncoder, load_dataset
     from llmroute.online.simulate import complete_table, simulate
@@ -346,8 +357,12 @@ def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
     cv = _cv(name, table, enc)
     out: dict = {"set": name, "n_prompts": table.n_prompts, "models": table.models, "learner": LEARNER}
     for label, warm in (("cold", 0.0), ("warm10", 0.1)):
+        if label not in starts:
+            continue
         out[label] = {}
         for cname, params in CONFIGS.items():
+            if cname not in configs:
+                continue
             t0 = time.time()
             res = simulate(
                 table,
@@ -358,6 +373,7 @@ def run_set(name: str, seeds: list[int], new_model: bool) -> dict:
                 cv=cv,
                 learner_params=params,
                 refit=REFIT,
+                refit_table=REFIT_TABLE,
             )
             res["seconds"] = time.time() - t0
             out[label][cname] = res
@@ -568,6 +584,7 @@ def _compact(x):
 
 
 def main() -> None:
+    global REFIT_TABLE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sets", default="routerbench_subset,routellm")
@@ -587,7 +604,22 @@ def main() -> None:
         help="only the replicas check (3 learner replicas on one Redis vs 1, routerbench_subset, --seeds): "
         "writes results/online_replicas.json and the Online section",
     )
+    ap.add_argument("--starts", default="cold,warm10", help="which starts to run (cold, warm10)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which learner configs to run")
+    ap.add_argument("--no-new-model", action="store_true", help="skip the new-model check")
+    ap.add_argument(
+        "--refit-table",
+        choices=("on", "off"),
+        help="whether warm-start refits also train on the warm-start router's table (default: "
+        + ("on" if REFIT_TABLE else "off")
+        + ")",
+    )
     args = ap.parse_args()
+    if args.refit_table is not None:
+        REFIT_TABLE = args.refit_table == "on"
+    partial = args.starts != "cold,warm10" or args.configs != ",".join(CONFIGS) or args.no_new_model
+    if partial and not args.no_write:
+        sys.exit("--starts / --configs / --no-new-model run a part of the benchmark: add --no-write")
     if args.replicas:
         rep = replicas_run("routerbench_subset", list(range(args.seeds)))
         print(json.dumps(replicas_markdown(rep)), flush=True)
@@ -613,7 +645,15 @@ def main() -> None:
     for name in args.sets.split(","):
         if not (DATA / name).is_dir():
             sys.exit(f"{DATA / name} not found: the benchmark needs the shared routing data")
-        results.append(run_set(name, list(range(args.seeds)), new_model=name == "routerbench_subset"))
+        results.append(
+            run_set(
+                name,
+                list(range(args.seeds)),
+                new_model=name == "routerbench_subset" and not args.no_new_model,
+                starts=tuple(args.starts.split(",")),
+                configs=tuple(args.configs.split(",")),
+            )
+        )
     if not args.no_write:
         for res in results:  # keep the JSON small: drop per-step series beyond the summaries
             for k in ("cold", "warm10"):

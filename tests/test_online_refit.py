@@ -166,3 +166,46 @@ def test_replay_with_a_refitter_learns_the_split_from_a_cold_start() -> None:
     assert len(rf) == n and float(out["refit_s"]) > 0
     tail = slice(n - n // 4, n)
     assert (out["picks"][tail] == cl[tail]).mean() > 0.85  # the right model per cluster at the end
+
+
+def test_refit_with_the_routers_table_knows_what_the_router_knew() -> None:
+    # the router was trained on a table with both clusters' full outcomes; the stream so far only
+    # brought cluster A, where it picked model 0 (its estimates imputing the other cell)
+    E_tab, cl_tab = _prompts(400, 21)
+    Q_tab = _outcomes(cl_tab, 21)
+    E, cl = _prompts(1200, 22)
+    a = np.flatnonzero(cl == 0)[:300]
+    Q = _outcomes(cl, 22)
+    E_test, cl_test = _prompts(400, 23)
+    b_test = cl_test == 1
+
+    def refitter(table: bool) -> Refitter:
+        r = Refitter(2, tradeoff=1.0, seed=0, validate=0.0)
+        if table:
+            r.set_table(E_tab, Q_tab)
+        for i in a:
+            r.log(E[i], 0, Q[i, 0], propensity=0.9, base=TRUTH[0], cost_estimates=[0.0, 0.0])
+        return r
+
+    with_table = refitter(True).fit()
+    picks = np.argmax(with_table.predict(E_test), axis=1)
+    assert (picks == cl_test).mean() > 0.9  # model 1 on B, known from the table only
+    assert with_table.rows == len(a)  # the logged rows it was fitted on
+    # without the table the refit never saw B: it extends A's rows there (model 0)
+    alone = np.argmax(refitter(False).fit().predict(E_test), axis=1)
+    assert (alone[b_test] == 1).mean() < 0.5
+
+
+def test_table_rows_are_never_held_out_and_gain_a_column_with_a_new_model() -> None:
+    E_tab, cl_tab = _prompts(50, 31)
+    r = _logged(np.array([[0.8, 0.3], [0.8, 0.3]]), n=200)
+    r.set_table(E_tab, _outcomes(cl_tab, 31))
+    fit = r.fit()
+    assert fit.gain is not None and fit.rows == 200 - int(0.2 * 200)  # held out: logged rows only
+    r.add_model()
+    assert r._table is not None and r._table[1].shape == (50, 3)
+    assert np.isnan(r._table[1][:, 2]).all()  # the router's table never saw the new model
+    with pytest.raises(ValueError, match="model columns"):
+        r.set_table(E_tab, np.zeros((50, 2)))
+    with pytest.raises(ValueError, match="embeddings"):
+        r.set_table(E_tab, np.zeros((49, 3)))

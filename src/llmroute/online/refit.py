@@ -21,6 +21,12 @@ the chosen model's level, or one fitted on a few rows, does not replace a better
 on noise). Later fits (of the same estimator on more rows) replace the previous fit; with no
 estimates at all (a cold start) the first fit is taken as it is.
 
+When the offline router was trained on a table (every model's outcome per prompt), `set_table`
+gives the refitter those rows: every fit then includes them with their full outcomes (never held
+out, never dropped), so that a refit is the router's estimator retrained with more data (the
+table plus the logged rows) rather than a distillation of the router from bandit rows only; it
+never knows less than the router it may replace.
+
 The caller then gives the refit's predictions to `OnlineLearner.choose` as the base estimates
 and calls `OnlineLearner.rebase` so that the residual posterior restarts on top of the new base
 (the outcomes it learned from are in the refit). `Refitter.fit` builds a new `RefitModel`
@@ -128,6 +134,24 @@ class Refitter:
         self._logged = 0  # rows logged in all (also those dropped by max_rows)
         self._next = self.first
         self.current: RefitModel | None = None
+        self._table: tuple[np.ndarray, np.ndarray] | None = None  # see set_table
+
+    def set_table(self, embeddings: np.ndarray, quality: np.ndarray) -> None:
+        """The offline router's training rows: (k, d) prompt embeddings and their (k, n_models)
+        observed qualities in [0, 1] (NaN: a cell not observed), in the learner's column order.
+        Every later fit is trained on them plus the logged rows (they are never held out by the
+        check, which compares decisions on logged rows only, nor dropped by `max_rows`)."""
+        E = np.asarray(embeddings, dtype=np.float32)
+        Q = np.asarray(quality, dtype=np.float64)
+        if E.ndim != 2 or Q.ndim != 2 or len(E) != len(Q):
+            raise ValueError(f"need (k, d) embeddings and (k, m) qualities, got {E.shape} and {Q.shape}")
+        if Q.shape[1] != self.n_models:
+            raise ValueError(f"the table has {Q.shape[1]} model columns, the refitter {self.n_models}")
+        if self._emb and E.shape[1] != self._emb[0].shape[0]:
+            raise ValueError(
+                f"table embeddings have {E.shape[1]} columns, the logged rows {self._emb[0].shape[0]}"
+            )
+        self._table = (E, Q)
 
     def __len__(self) -> int:
         return len(self._model)
@@ -137,6 +161,9 @@ class Refitter:
         self.n_models += 1
         self._base = [None if b is None else np.append(b, np.nan) for b in self._base]
         self._cost = [np.append(c, np.inf) for c in self._cost]  # never a held-out row's pick
+        if self._table is not None:  # the router's table never saw the new model
+            E, Q = self._table
+            self._table = (E, np.column_stack([Q, np.full(len(Q), np.nan)]))
         self.current = None  # its predictions lack the new column: the next fit starts afresh
         self._next = min(self._next, self._logged + 1)
 
@@ -223,7 +250,11 @@ class Refitter:
             rng = np.random.default_rng([self.seed, self._fits])
             held[rng.choice(n, n_val, replace=False)] = True
         self._fits += 1
-        est = make_estimator(self.estimator, seed=self.seed).fit(Features(E[~held], None), Y[~held])
+        E_fit, Y_fit = E[~held], Y[~held]
+        if self._table is not None:  # the router's own training rows, with every outcome
+            E_fit = np.concatenate([self._table[0], E_fit.astype(np.float32, copy=False)])
+            Y_fit = np.concatenate([self._table[1], Y_fit])
+        est = make_estimator(self.estimator, seed=self.seed).fit(Features(E_fit, None), Y_fit)
         rows = np.flatnonzero(held & known)
         if not len(rows):
             return RefitModel(est, n - int(held.sum()), confidence=self.confidence)

@@ -12,7 +12,10 @@ Baselines on the same stream, from the full table (full information):
 
 With `refit` (`llmroute simulate` by default) a `llmroute.online.refit.Refitter` refits the
 baseline estimator on the logged outcomes during the stream, and its fits become the learner's
-base estimates (a warm-start router is replaced only by a fit shown better).
+base estimates (a warm-start router is replaced only by a fit shown better). With
+`refit_table` and a warm start, the refitter also gets the warm-start router's training rows
+(`Refitter.set_table`: the first f of the prompts with every model's outcome), so that each
+refit is that router's estimator retrained on its table plus the logged outcomes.
 
 Reward = quality - lambda * cost. Without `tradeoff` lambda is the middle of the single-model
 cost range: the trade-off at which the cv router's mean cost is nearest to the midpoint between
@@ -203,11 +206,13 @@ def simulate(
     cv: tuple[np.ndarray, np.ndarray] | None = None,
     log: Callable[[str], None] | None = None,
     refit: dict[str, Any] | None = None,
+    refit_table: bool = False,
 ) -> dict[str, Any]:
     """Run the replay for each seed; returns a JSON-friendly result (see the module docstring).
 
     `refit`: settings of a `llmroute.online.refit.Refitter` (`{}`: its defaults) that refits the
     baseline estimator on the logged outcomes during the stream (None: no refit).
+    `refit_table`: with a warm start, the refits also train on the warm-start router's table.
 
     `cv`: precomputed out-of-fold (q, c) of the baseline router for `table`'s prompts (saves
     the cross-validation when several learners replay the same table).
@@ -263,6 +268,8 @@ def simulate(
             if refit is None
             else Refitter(len(models), **{"seed": seed, "estimator": baseline, "tradeoff": lam, **refit})
         )
+        if rf is not None and refit_table and n_warm > 0:
+            rf.set_table(E[perm[:n_warm]], Q[perm[:n_warm]])
         out = run_stream(L, E[stream], Q[stream], C[stream], qb, cb, tradeoff=lam, refitter=rf)
         runs.append(
             _summarise_run(
@@ -280,6 +287,7 @@ def simulate(
         "learner": learner,
         "learner_params": learner_params or {},
         "refit": refit,
+        "refit_table": bool(refit_table),
         "tradeoff": lam,
         "tradeoff_rule": "given" if tradeoff is not None else "middle of the single-model cost range",
         "warm_start": warm_start,
