@@ -45,7 +45,7 @@ __all__ = [
 #: how `add_model` fits the new model's quality column: "auto" (the default) picks "paired" or
 #: "ridge" from what the profile holds (`auto_method`); "factor" is
 #: `llmroute.estimators.profiled_factor`, the rest `llmroute.estimators.profiled.METHODS`
-ADD_METHODS = ("auto", "ridge", "paired", "margin", "factor", "task")
+ADD_METHODS = ("auto", "ridge", "paired", "margin", "factor", "task", "region")
 #: "auto" pairs a profile when at least this many of its prompts (and at least half) have the
 #: known models' grades: the pairing's cross-fitted control variate needs that many rows
 MIN_PAIRED_ROWS = 10
@@ -157,7 +157,10 @@ def add_model(
     profile prompts, e.g. the router's training table) are paired with the new model's grades
     on the same prompts, which removes much of a small profile's noise; "task" is "paired" plus
     a per-task offset (`llmroute.estimators.profiled_task`: the task labels of the profile and
-    of `reference`, the training table, train a task classifier kept in the router). With "factor"
+    of `reference`, the training table, train a task classifier kept in the router); "region" is
+    "task" with each region's offset (tasks, else clusters of the embedding) shrunk by a prior
+    measured on the known models re-onboarded from the same prompts, their regional offsets on
+    `reference`'s rows (`llmroute.estimators.profiled_region`). With "factor"
     (`llmroute.estimators.profiled_factor`) the new model is a vector in a low-rank model of
     the known models' grades, fitted once on the router's training table: the first factor
     add needs it as `reference`; the router keeps the factor model for later adds.
@@ -179,7 +182,7 @@ def add_model(
     base_q = est.base_estimates(X, exclude_self=True)
     known = None
     requested = method
-    if method in ("auto", "paired", "margin", "task"):
+    if method in ("auto", "paired", "margin", "task", "region"):
         tables = [profile_table(profile), *([reference] if reference is not None else [])]
         known = known_grades(router, data.prompts, tables)
         if method == "auto":
@@ -190,8 +193,11 @@ def add_model(
     if method == "factor":
         fit: Any
         fit, known = _factor_fit(router, est, data, X, base_q, profile, reference, 1.0 if z is None else z)
-    elif method == "task":
-        task_model = _task_model(router, est, profile, reference)
+    elif method in ("task", "region"):
+        if method == "task":
+            task_model = _task_model(router, est, profile, reference)
+        else:
+            task_model = _region_model(router, est, data, X, profile, reference)
         member = None if task_model is None else task_model.membership(X.emb, data.tasks)
         fit = fit_profile(
             base_q,
@@ -202,6 +208,7 @@ def add_model(
             method=method,
             task_model=task_model,
             task_member=member,
+            region_prior=est.region_stats_ if method == "region" else None,
         )
     else:
         fit = fit_profile(base_q, X.emb, data.quality, z=z, known=known, method=method)
@@ -365,6 +372,55 @@ def _task_model(
         texts = [texts[i] for i in keep]
     est.tasks_ = fit_task_model(router.featurize(texts).emb, [label[p] for p in texts])
     return est.tasks_
+
+
+def _region_model(
+    router: Router,
+    est: ProfiledEstimator,
+    data: ProfileData,
+    X: Any,
+    profile: RoutingTable | str | Path,
+    reference: RoutingTable | str | Path | None,
+) -> Any:
+    """Method "region": the router's regions p(t | x) (a `TaskModel`) and, from `reference` (the
+    training table: at most `MAX_ROWS` of its prompts, drawn with seed 0), the statistics of the
+    known models' grades and leave-self-out estimates per region (`region_stats`), both fitted
+    the first time and kept in the router. Regions are the task labels of `reference` and the
+    profile when they hold two tasks, else k-means clusters of the reference's (or, without one,
+    the profile's) embeddings. None when no regions can be formed (the method is then "paired")."""
+    from llmroute.estimators.profiled_region import MAX_ROWS, cluster_labels, region_stats
+    from llmroute.estimators.profiled_task import fit_task_model
+
+    if est.regions_ is not None:
+        return est.regions_
+    ref = profile_table(reference) if reference is not None else None
+    label: dict[str, str] = {}
+    for t in [*([ref] if ref is not None else []), profile_table(profile)]:
+        for p, task in zip(t.prompts, t.tasks, strict=True):
+            if task:
+                label.setdefault(p, task)
+    texts = list(dict.fromkeys(ref.prompts)) if ref is not None else list(dict.fromkeys(data.prompts))
+    if len(texts) > MAX_ROWS:
+        keep = np.sort(np.random.default_rng(0).choice(len(texts), MAX_ROWS, replace=False))
+        texts = [texts[i] for i in keep]
+    Xr = X if ref is None and texts == data.prompts else router.featurize(texts)
+    if len(set(label.values())) >= 2:
+        labels = [label.get(p, "") for p in texts]
+        # the classifier: the labelled truth prompts and the profile's (its own labels)
+        emb = Xr.emb if ref is None else np.vstack([Xr.emb, X.emb])
+        model = fit_task_model(emb, labels if ref is None else [*labels, *data.tasks])
+    else:
+        labels = cluster_labels(Xr.emb)
+        model = fit_task_model(Xr.emb, labels)
+    if model is None:
+        return None
+    est.regions_ = model
+    if ref is not None:
+        grades = known_grades(router, texts, [ref])
+        if grades is not None:
+            P = est.base_estimates(Xr, exclude_self=True)
+            est.region_stats_ = region_stats(grades, P, model.membership(Xr.emb, labels))
+    return model
 
 
 def auto_method(known: np.ndarray | None) -> str:

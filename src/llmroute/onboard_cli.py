@@ -93,7 +93,9 @@ def add_cmd(
             "model must beat the best known model by a margin calibrated on --reference, the "
             "router's training table) or factor (a vector in a low-rank model of the training "
             "table, fitted once on --reference) or task (paired plus a per-task offset; the task "
-            "labels of --reference and of the profile train a task classifier kept in the router); "
+            "labels of --reference and of the profile train a task classifier kept in the router) "
+            "or region (task, else embedding clusters, with each region's offset shrunk by how far the "
+            "known models' own regional offsets move, measured on --reference); "
             "docs/onboarding-notes.md.",
         ),
     ] = "auto",
@@ -106,7 +108,8 @@ def add_cmd(
             "are used first. With margin, a router not yet calibrated is calibrated on it first "
             "(kept in the saved router). With factor: the router's training table, needed by the "
             "first factor add (the factor model fitted on it is kept in the saved router). With task: "
-            "its prompts' task labels (and the profile's) train the task classifier at the first add.",
+            "its prompts' task labels (and the profile's) train the task classifier at the first add. "
+            "With region: also the known models' grades per region (the prior; kept in the router).",
         ),
     ] = None,
 ) -> None:

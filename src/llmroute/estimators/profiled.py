@@ -38,6 +38,10 @@ Two fits (`fit_profile(method=...)`):
   per-task offset, shrunk by a hierarchical prior across tasks, weighted by the prompt's task
   membership p(t | x) from a task classifier kept in the router
   (`llmroute.estimators.profiled_task`); "paired" exactly when no task labels are known.
+- ``"region"`` (opt-in, docs/onboarding-notes.md "A per-region offset with the known models'
+  prior"): as "task" (regions: tasks, else embedding clusters), but each region's offset is
+  shrunk by a prior whose variance is how far the known models' own regional offsets move when
+  they are re-onboarded from the same profile prompts (`llmroute.estimators.profiled_region`).
 
 Both share ``r(x)``: held-out (5-fold) residuals smoothed over the prompt embeddings with a
 cosine kernel exp(beta * (cos - 1)) and `kappa` pseudo-rows of zero residual (sum_i K_i e_i /
@@ -60,6 +64,7 @@ import numpy as np
 
 from llmroute.estimators.base import Features, QualityEstimator
 from llmroute.estimators.profiled_factor import FactorFit, FactorModel
+from llmroute.estimators.profiled_region import RegionStats, region_stats, region_tau2
 from llmroute.estimators.profiled_task import TaskModel, task_offsets
 
 __all__ = [
@@ -73,7 +78,7 @@ __all__ = [
 ]
 
 #: how a profiled model is fitted (`fit_profile`); the first is the default
-METHODS = ("ridge", "paired", "margin", "task")
+METHODS = ("ridge", "paired", "margin", "task", "region")
 #: margins tried by `calibrate_z` (sds of the estimated difference), smallest first
 Z_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 #: ridge penalties tried (times the number of profile rows); the last is "closest model only"
@@ -105,6 +110,8 @@ class ProfileFit:
     weights on the others, 0 at j; NaN in reon_b: not re-onboarded); at a prompt, the mean squared
     miss of those re-onboarded columns against the known models' own estimates, beyond reon_ref
     (its mean over the profile prompts), is added to the variance (None: no such term).
+    region: method "region" (`llmroute.estimators.profiled_region`): task_model is the router's
+    region model and task_delta / task_var its offsets, shrunk by the known models' prior.
     """
 
     w: np.ndarray
@@ -128,6 +135,7 @@ class ProfileFit:
     reon_w: np.ndarray | None = None
     reon_b: np.ndarray | None = None
     reon_ref: float = 0.0
+    region: bool = False
 
     @property
     def margin(self) -> float:
@@ -251,6 +259,7 @@ def fit_profile(
     method: str = "ridge",
     task_model: TaskModel | None = None,
     task_member: np.ndarray | None = None,
+    region_prior: RegionStats | None = None,
 ) -> ProfileFit:
     """Fit one profiled model from its graded profile (see the module docstring).
 
@@ -264,7 +273,11 @@ def fit_profile(
     with the per-prompt sd taken of the difference from the best known model (`ProfileFit`).
     "task": as "paired", plus a per-task offset (`llmroute.estimators.profiled_task`) when
     task_model (p(t | x)) and task_member ((k, T) the profile prompts' task membership, one-hot
-    where labelled) are given; without them it is "paired" exactly.
+    where labelled) are given; without them it is "paired" exactly. "region": as "task" with
+    task_model / task_member the regions (tasks or clusters), each offset's prior variance
+    measured on the known models re-onboarded from the same prompts (`region_tau2`) on
+    region_prior (truth rows' statistics, e.g. the training table's; None: the profile rows'
+    own known grades); "paired" exactly without the known grades or regions.
     """
     if method not in METHODS:
         raise ValueError(f"unknown profile method {method!r}; use one of {METHODS}")
@@ -290,7 +303,7 @@ def fit_profile(
     folds = np.random.default_rng(0).permutation(k) % min(5, k)
     S, s2, pc = None, 0.0, P.mean(axis=0)
     y_raw, paired = y, False
-    if method in ("paired", "margin", "task"):
+    if method in ("paired", "margin", "task", "region"):
         if known is not None and k >= 10 and np.isfinite(known).any():
             if np.shape(known) != (k, m):
                 raise ValueError(f"known grades have shape {np.shape(known)}, expected ({k}, {m})")
@@ -311,18 +324,36 @@ def fit_profile(
         i = max(j for j in range(len(_ALPHAS)) if errs[j] <= errs[i_min] + se)
         w, b = _ridge_nn(P, y, w0, _ALPHAS[i] * k)
         loo = cv[i]
+    reon_wb = None
+    if method in ("paired", "task", "region") and paired:
+        # the known models re-onboarded from the same prompts (the interval's term below; the
+        # region prior's known models)
+        reon_wb = _reonboard(P, np.asarray(known, dtype=np.float64), folds)
     task: dict = {}
     off = np.zeros(k)
-    if method == "task" and task_model is not None and task_member is not None:
+    if method in ("task", "region") and task_model is not None and task_member is not None:
         if np.shape(task_member) != (k, len(task_model.tasks)):
             raise ValueError(
                 f"task membership has shape {np.shape(task_member)}, expected ({k}, {len(task_model.tasks)})"
             )
-        # per-task offsets of the held-out residuals, before the kernel (which sees what is left)
-        delta, dvar, _ = task_offsets(loo, task_member)
-        task = {"task_model": task_model, "task_delta": delta, "task_var": dvar}
-        off = np.asarray(task_member, dtype=np.float64) @ delta
-        loo = loo - off
+        tau2 = None
+        if method == "region":
+            stats = region_prior
+            if stats is None and paired:
+                stats = region_stats(np.asarray(known, dtype=np.float64), P, task_member)
+            if reon_wb is not None and stats is not None and len(stats.n) == len(task_model.tasks):
+                tau2 = region_tau2(stats, *reon_wb)
+        if method == "task" or tau2 is not None:
+            # per-task offsets of the held-out residuals, before the kernel (which sees what is left)
+            delta, dvar, _ = task_offsets(loo, task_member, tau2=tau2)
+            task = {
+                "task_model": task_model,
+                "task_delta": delta,
+                "task_var": dvar,
+                "region": tau2 is not None,
+            }
+            off = np.asarray(task_member, dtype=np.float64) @ delta
+            loo = loo - off
     err = float(np.mean(loo**2))
     # residual kernel on the held-out residuals: used only when it beats "no residual" by more
     # than one standard error (leave-one-out over the profile)
@@ -362,10 +393,10 @@ def fit_profile(
                 if len(rj) >= 10:
                     diff_var[j] = min(diff_var[j], float(np.mean((rj - rj.mean()) ** 2)) / k)
     reon: dict = {}
-    if method in ("paired", "task") and paired:
+    if reon_wb is not None:
         # the known models re-onboarded from the same prompts: where their columns miss their own
         # estimates more than on the profile, the new model's column is as unsure (Session 8)
-        W, B = _reonboard(P, np.asarray(known, dtype=np.float64), folds)
+        W, B = reon_wb
         if np.isfinite(B).any():
             reon = {"reon_w": W, "reon_b": B, "reon_ref": float(np.mean(_reonboard_miss(P, W, B)))}
     return ProfileFit(
@@ -547,6 +578,11 @@ class ProfiledEstimator(QualityEstimator):
         #: the task classifier p(t | x) of method "task" (`llmroute.estimators.profiled_task`),
         #: fitted on labelled prompts at the first task add and kept for later adds
         self.tasks_: TaskModel | None = None
+        #: the regions of method "region" (`llmroute.estimators.profiled_region`): p(region | x)
+        #: (tasks, else embedding clusters) and the truth rows' statistics of the known models'
+        #: regional offsets (from the reference, the training table), fitted at the first region add
+        self.regions_: TaskModel | None = None
+        self.region_stats_: RegionStats | None = None
 
     @property
     def uses_extra(self) -> bool:
@@ -643,6 +679,7 @@ class ProfiledEstimator(QualityEstimator):
                     "level_var": f.level_var,
                     "z": f.z,
                     "reon_ref": f.reon_ref,
+                    "region": f.region,
                 }
             )
         factor = None
@@ -653,6 +690,12 @@ class ProfiledEstimator(QualityEstimator):
         if self.tasks_ is not None:
             ta, tasks = self.tasks_.state("tasks/")
             out.update(ta)
+        regions = None
+        if self.regions_ is not None:
+            ra, regions = self.regions_.state("regions/")
+            out.update(ra)
+            if self.region_stats_ is not None:
+                out.update(self.region_stats_.state("region_stats/"))
         cls = type(self.base)
         meta = {
             "base_class": f"{cls.__module__}:{cls.__qualname__}",
@@ -662,6 +705,7 @@ class ProfiledEstimator(QualityEstimator):
             "profiles": profiles,
             "factor": factor,
             "tasks": tasks,
+            "regions": regions,
         }
         return out, meta
 
@@ -680,6 +724,10 @@ class ProfiledEstimator(QualityEstimator):
             est.factor_ = FactorModel.from_state(arrays, "factor/", params["factor"])
         if params.get("tasks") is not None:
             est.tasks_ = TaskModel.from_state(arrays, "tasks/", params["tasks"])
+        if params.get("regions") is not None:
+            est.regions_ = TaskModel.from_state(arrays, "regions/", params["regions"])
+            if "region_stats/n" in arrays:
+                est.region_stats_ = RegionStats.from_state(arrays, "region_stats/")
         for p, meta in enumerate(params["profiles"]):
             if meta.get("kind") == "factor":
                 if est.factor_ is None:
@@ -687,6 +735,8 @@ class ProfiledEstimator(QualityEstimator):
                 est.profiles_.append(FactorFit.from_state(est.factor_, arrays, f"p{p}/", meta))
                 continue
             resid = np.asarray(arrays[f"p{p}/resid"], dtype=np.float64)
+            region = bool(meta.get("region", False))
+            tmodel = (est.regions_ if region else est.tasks_) if f"p{p}/task_delta" in arrays else None
             est.profiles_.append(
                 ProfileFit(
                     w=np.asarray(arrays[f"p{p}/w"], dtype=np.float64),
@@ -704,12 +754,13 @@ class ProfiledEstimator(QualityEstimator):
                     level_var=float(meta.get("level_var", 0.0)),
                     z=float(meta.get("z", 0.0)),
                     diff_var=_opt(arrays.get(f"p{p}/diff_var")),
-                    task_model=est.tasks_ if f"p{p}/task_delta" in arrays else None,
+                    task_model=tmodel,
                     task_delta=_opt(arrays.get(f"p{p}/task_delta")),
                     task_var=_opt(arrays.get(f"p{p}/task_var")),
                     reon_w=_opt(arrays.get(f"p{p}/reon_w")),
                     reon_b=_opt(arrays.get(f"p{p}/reon_b")),
                     reon_ref=float(meta.get("reon_ref", 0.0)),
+                    region=region,
                 )
             )
         return est

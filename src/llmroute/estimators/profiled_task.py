@@ -147,7 +147,9 @@ def fit_task_model(
     return TaskModel(tasks=tasks, coef=coef * tau, intercept=icpt * tau)
 
 
-def task_offsets(resid: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def task_offsets(
+    resid: np.ndarray, member: np.ndarray, tau2: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Hierarchical-Bayes per-task offsets of residuals: (delta (T,), posterior variance (T,), tau2).
 
     resid: (k,) held-out residuals of the profile; member: (k, T) each row's task membership
@@ -160,6 +162,10 @@ def task_offsets(resid: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.
     (delta_t = B rbar_t, variance B v_t, B = tau2 / (tau2 + v_t)); the result is the mixture's
     mean and variance. A task without rows keeps the prior: mean 0, variance E[tau2 | data]
     (returned as tau2).
+
+    tau2: (T,) a known prior variance per task instead (method "region",
+    `llmroute.estimators.profiled_region`: measured on the known models): the normal-normal
+    posterior under N(0, tau2_t), nothing integrated; the returned tau2 is their mean.
     """
     r = np.asarray(resid, dtype=np.float64)
     M = np.asarray(member, dtype=np.float64)
@@ -171,6 +177,10 @@ def task_offsets(resid: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.
     pooled = max(pooled, 1e-6)
     s2 = (ss + pooled) / np.maximum(n, 1e-12)
     v = np.where(seen, s2 / np.maximum(n, 1e-12), 1.0)
+    if tau2 is not None:
+        t2k = np.maximum(np.asarray(tau2, dtype=np.float64), 0.0)
+        Bk = np.where(seen, t2k / np.maximum(t2k + v, 1e-300), 0.0)
+        return Bk * rbar, np.where(seen, Bk * v, t2k), float(t2k.mean())
     t2 = _TAU_GRID[:, None] ** 2  # (G, 1)
     tot = t2 + v[seen][None, :]
     ll = -0.5 * np.sum(np.log(tot) + rbar[seen][None, :] ** 2 / tot, axis=1)
