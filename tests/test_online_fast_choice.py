@@ -18,7 +18,7 @@ from llmroute.online.learner import win_probabilities
 
 def _reference_choose(L: OnlineLearner, x0, q_base, c_base, lam, candidates):  # type: ignore[no-untyped-def]
     """The former `choose`: per-model contexts, einsum estimates, masked means, Generator.choice."""
-    qf, cf = L._fill(q_base, c_base)
+    qf, cf = (np.array(v) for v in L._fill_list(q_base, c_base))
     X = np.repeat(x0[None, :], len(qf), axis=0)
     X[:, -2] = qf - 0.5
     AX = np.einsum("mde,me->md", L.A_inv_, X)
@@ -89,7 +89,7 @@ def test_fast_choice_equals_the_reference(method: str, confidence: float, m: int
         fast.update(ch, ch.index, score, 0.01)
         # the reference learns the same outcome at the same context row
         x = ref.context(emb)
-        qf, cf = ref._fill(q, c)
+        qf, cf = (np.array(v) for v in ref._fill_list(q, c))
         x[-2] = qf[k] - 0.5
         ref.observe(x, k, score - qf[k], 0.01 - cf[k])
     assert fast.rng.random() == ref.rng.random()  # same random stream consumed

@@ -78,7 +78,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from llmroute.gateway.ledger import shared_dir_from_env
-from llmroute.gateway.metrics_export import ExportMixin, _fmt
+from llmroute.gateway.metrics_export import ExportMixin
 from llmroute.gateway.metrics_export import _counter as _counter
 from llmroute.gateway.metrics_export import _histogram as _histogram
 from llmroute.gateway.metrics_shared import _HISTS as _HISTS
@@ -138,19 +138,6 @@ class _Hist:
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.count = 0
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.sum += v
-        self.count += 1
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out, acc = [], 0
-        for b, c in zip(self.bounds, self.counts, strict=False):
-            acc += c
-            out.append((_fmt(b), float(acc)))
-        out.append(("+Inf", float(self.count)))
-        return out
 
 
 class _Series:

@@ -280,20 +280,6 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         X[:, -2] = q_fill - 0.5
         return X
 
-    def _fill(self, q_base: np.ndarray | None, c_base: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        m = len(self.models)
-        q = np.full(m, np.nan) if q_base is None else np.array(q_base, dtype=np.float64).reshape(-1)
-        c = np.full(m, np.nan) if c_base is None else np.array(c_base, dtype=np.float64).reshape(-1)
-        if q.shape[0] != m or c.shape[0] != m:
-            raise ValueError(f"q_base and c_base need one value per model ({m}: {', '.join(self.models)})")
-        if not math.isfinite(float(q.sum())):  # the usual case (all finite) costs one sum
-            known = np.isfinite(q)
-            q[~known] = min(1.0, float(q[known].max())) if known.any() else self.prior_quality
-        if not math.isfinite(float(c.sum())):
-            cknown = np.isfinite(c)
-            c[~cknown] = float(c[cknown].min()) if cknown.any() else 0.0
-        return q, c
-
     def estimate(
         self, X: np.ndarray, q_fill: np.ndarray, c_fill: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -446,7 +432,9 @@ class OnlineLearner(PickMixin, SnapshotMixin):
     def _fill_list(
         self, q_base: Sequence[float] | np.ndarray | None, c_base: Sequence[float] | np.ndarray | None
     ) -> tuple[list[float], list[float]]:
-        """`_fill` as lists of floats (the per-request path)."""
+        """The base estimates per model as lists of floats (the per-request path), their gaps
+        (NaN) filled: a quality by the best known one (at most 1) or, with none known, the prior
+        quality; a cost by the cheapest known one or 0. Raises ValueError unless one value per model."""
         m = len(self.models)
 
         def floats(v: Sequence[float] | np.ndarray | None) -> list[float]:
