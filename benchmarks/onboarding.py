@@ -169,8 +169,10 @@ def run_set(
                 # models' (what `llmroute profile --models h,<known...>` writes); add_model pairs
                 # h's grades with the known models' on the same prompts
                 # method "factor" fits the router's factor model on its training table at the
-                # first add (the reference; h's own rows there are not used) and reuses it
-                ref = {"reference": train} if method in ("factor", "task") else {}
+                # first add (the reference; h's own rows there are not used) and reuses it; "task"
+                # and "region" fit their task classifier (and "region" the known models' regional
+                # statistics) on it the same way
+                ref = {"reference": train} if method in ("factor", "task", "region") else {}
                 r.add_model(h, prof, method=method, **ref)
                 if len(r.models) == 11 and k == 100:
                     add_times.append(time.perf_counter() - ta)
@@ -536,7 +538,8 @@ def main() -> None:
         "--method",
         default="auto",
         help="`Router.add_model`'s method (llmroute.onboard.ADD_METHODS: auto, ridge, paired, "
-        "margin, factor, task; margin calibrates z per router on its training table first)",
+        "margin, factor, task, region; margin calibrates z per router on its training table first; "
+        "factor, task and region get the training table as the reference)",
     )
     ap.add_argument(
         "--pick",
