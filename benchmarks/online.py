@@ -62,6 +62,8 @@ CONFIGS = {"default": {}, "explore0.05": {"max_explore": 0.05}}
 REFIT: dict = {}
 #: with a warm start, the refits also train on the warm-start router's table (`Refitter.set_table`)
 REFIT_TABLE = False
+#: with a warm start, exploration decaying as evidence accumulates (`run_stream`'s explore_decay; 0: off)
+EXPLORE_DECAY = 0.0
 ADD_AT = 1000
 NEW_WINDOW = 100
 
@@ -374,6 +376,7 @@ def run_set(
                 learner_params=params,
                 refit=REFIT,
                 refit_table=REFIT_TABLE,
+                explore_decay=EXPLORE_DECAY if label == "warm10" else 0.0,
             )
             res["seconds"] = time.time() - t0
             out[label][cname] = res
@@ -584,7 +587,7 @@ def _compact(x):
 
 
 def main() -> None:
-    global REFIT_TABLE
+    global REFIT_TABLE, EXPLORE_DECAY
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sets", default="routerbench_subset,routellm")
@@ -614,7 +617,15 @@ def main() -> None:
         + ("on" if REFIT_TABLE else "off")
         + ")",
     )
+    ap.add_argument(
+        "--explore-decay",
+        type=float,
+        help="warm starts: exploration times min(1, sqrt(N0 / outcomes learned)) (default: "
+        f"{EXPLORE_DECAY:g}, 0 = off)",
+    )
     args = ap.parse_args()
+    if args.explore_decay is not None:
+        EXPLORE_DECAY = args.explore_decay
     if args.refit_table is not None:
         REFIT_TABLE = args.refit_table == "on"
     partial = args.starts != "cold,warm10" or args.configs != ",".join(CONFIGS) or args.no_new_model

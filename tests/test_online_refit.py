@@ -209,3 +209,27 @@ def test_table_rows_are_never_held_out_and_gain_a_column_with_a_new_model() -> N
         r.set_table(E_tab, np.zeros((50, 2)))
     with pytest.raises(ValueError, match="embeddings"):
         r.set_table(E_tab, np.zeros((49, 3)))
+
+
+def test_replay_exploration_decays_as_outcomes_accumulate() -> None:
+    n = 2000
+    E, cl = _prompts(n, 41)
+    Q = _outcomes(cl, 41)
+    C = np.zeros_like(Q)
+    qb = np.tile([0.55, 0.5], (n, 1))  # a close call everywhere: Thompson keeps exploring
+    cb = np.zeros_like(qb)
+
+    def explored(decay: float) -> np.ndarray:
+        L = OnlineLearner(["a", "b"], D, seed=0, profiled=True, explore_loss=0.0, confidence=100.0)
+        out = run_stream(L, E, Q, C, qb, cb, tradeoff=0.0, explore_decay=decay)
+        assert L.max_explore == 0.2 and L.explore_loss == 0.0  # the learner's own settings again
+        return out["explored"]
+
+    plain, decayed = explored(0.0), explored(50.0)
+    assert decayed[:50].mean() > 0.05  # full exploration while there is little evidence
+    late = slice(n // 2, n)  # factor sqrt(50 / 1000) ~ 0.22 at most there
+    assert decayed[late].mean() < 0.5 * plain[late].mean()
+    with pytest.raises(ValueError, match="explore_decay"):
+        run_stream(
+            OnlineLearner(["a", "b"], D), E[:2], Q[:2], C[:2], None, None, tradeoff=0.0, explore_decay=-1
+        )

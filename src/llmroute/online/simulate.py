@@ -103,6 +103,7 @@ def run_stream(
     add_at: int | None = None,
     on_step: Callable[[int], None] | None = None,
     refitter: Refitter | None = None,
+    explore_decay: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Feed the rows of (E, Q, C) to `learner` in order, revealing only the chosen model's outcome.
 
@@ -113,7 +114,14 @@ def run_stream(
     residuals restart: `OnlineLearner.rebase`). Returns per step: reward, chosen column,
     propensity, explored (bool), update seconds (the refits are not part of them: `refit_s` is
     their total).
+
+    `explore_decay` = n0 > 0: exploration decays as evidence accumulates: before each choice the
+    learner's `max_explore` and `explore_loss` are its own settings times min(1, sqrt(n0 / N)),
+    N the outcomes it has learned (`learner.n_.sum()`); they are restored after the stream.
     """
+    if explore_decay < 0:
+        raise ValueError(f"explore_decay must be >= 0, got {explore_decay}")
+    me0, el0 = learner.max_explore, learner.explore_loss
     n = len(E)
     m_all = Q.shape[1]
     new_name = f"model-{m_all - 1}" if add_at is not None else None
@@ -139,6 +147,9 @@ def run_stream(
             if t - ref_at >= len(ref_q):  # the fit is fixed until the next: predict rows in blocks
                 ref_q, ref_at = refitter.current.predict(E[t : t + 256]), t
             qb = ref_q[t - ref_at].copy()
+        if explore_decay > 0:
+            f = min(1.0, math.sqrt(explore_decay / max(1.0, float(learner.n_.sum()))))
+            learner.max_explore, learner.explore_loss = me0 * f, el0 * f
         ch = learner.choose(E[t], qb, cb, tradeoff=tradeoff)
         k = ch.index
         t0 = time.perf_counter()
@@ -164,6 +175,7 @@ def run_stream(
         reward[t] = Q[t, k] - tradeoff * C[t, k]
         if on_step is not None:
             on_step(t)
+    learner.max_explore, learner.explore_loss = me0, el0
     return {
         "reward": reward,
         "picks": picks,
@@ -207,12 +219,14 @@ def simulate(
     log: Callable[[str], None] | None = None,
     refit: dict[str, Any] | None = None,
     refit_table: bool = False,
+    explore_decay: float = 0.0,
 ) -> dict[str, Any]:
     """Run the replay for each seed; returns a JSON-friendly result (see the module docstring).
 
     `refit`: settings of a `llmroute.online.refit.Refitter` (`{}`: its defaults) that refits the
     baseline estimator on the logged outcomes during the stream (None: no refit).
     `refit_table`: with a warm start, the refits also train on the warm-start router's table.
+    `explore_decay`: see `run_stream` (0: off).
 
     `cv`: precomputed out-of-fold (q, c) of the baseline router for `table`'s prompts (saves
     the cross-validation when several learners replay the same table).
@@ -270,7 +284,9 @@ def simulate(
         )
         if rf is not None and refit_table and n_warm > 0:
             rf.set_table(E[perm[:n_warm]], Q[perm[:n_warm]])
-        out = run_stream(L, E[stream], Q[stream], C[stream], qb, cb, tradeoff=lam, refitter=rf)
+        out = run_stream(
+            L, E[stream], Q[stream], C[stream], qb, cb, tradeoff=lam, refitter=rf, explore_decay=explore_decay
+        )
         runs.append(
             _summarise_run(
                 seed, out, r_cv_all[stream], r_or_all[stream], r_warm, len(models), window, time.time() - t0
@@ -288,6 +304,7 @@ def simulate(
         "learner_params": learner_params or {},
         "refit": refit,
         "refit_table": bool(refit_table),
+        "explore_decay": float(explore_decay),
         "tradeoff": lam,
         "tradeoff_rule": "given" if tradeoff is not None else "middle of the single-model cost range",
         "warm_start": warm_start,
