@@ -101,6 +101,14 @@ def test_region_tau2_is_the_known_models_regional_spread_net_of_sampling_noise()
     stats1 = region_stats(G0 + a[:, task].T, P, M)
     assert stats1 is not None
     assert np.mean(region_tau2(stats1, W, B)) == pytest.approx(0.04, rel=0.35)
+    # a known model without any grade (removed from the router): the others' rows still count
+    G1 = G0 + a[:, task].T
+    G1[:, 0] = np.nan
+    B1 = B.copy()
+    B1[0] = np.nan  # (never re-onboarded without grades)
+    stats2 = region_stats(G1, P, M)
+    assert stats2 is not None and np.all(stats2.n == per)
+    assert np.mean(region_tau2(stats2, W, B1)) == pytest.approx(0.04, rel=0.4)
     # no known model re-onboarded: no prior spread
     assert np.all(region_tau2(stats1, W, np.full(m, np.nan)) == 0.0)
 

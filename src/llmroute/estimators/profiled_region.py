@@ -28,6 +28,10 @@ embedding (the same classifier fitted to the cluster labels). Since R_j is linea
 estimates, the truth rows are kept as per-region sufficient statistics (`RegionStats`: rows,
 mean and covariance of [grades, estimates]), computed once per router from the reference and
 kept in the saved router.
+
+Measured (5 seeds, k = 100): recovered share 0.548 / 0.087 on routerbench_subset /
+routerdc_7model against paired's 0.565 / 0.080 (fewer small-profile hurts on routerdc_7model,
+more on routerbench_subset, where a region's few lucky rows move its offset up): opt-in.
 """
 
 from __future__ import annotations
@@ -67,10 +71,12 @@ class RegionStats:
 
 def region_stats(known: np.ndarray, P: np.ndarray, member: np.ndarray) -> RegionStats | None:
     """The statistics of truth rows: known (n, m) the known models' grades (NaN = not graded; rows
-    with any NaN are left out), P (n, m) their estimates (leave-self-out on training prompts),
-    member (n, T) each row's region membership. None when fewer than two regions have
-    `_MIN_ROWS` complete rows."""
+    with any NaN are left out, except in a column with no grade at all, e.g. a removed model's,
+    which is never re-onboarded and is kept as 0), P (n, m) their estimates (leave-self-out on
+    training prompts), member (n, T) each row's region membership. None when fewer than two
+    regions have `_MIN_ROWS` complete rows."""
     G = np.asarray(known, dtype=np.float64)
+    G = np.where(np.isfinite(G).any(axis=0), G, 0.0)
     ok = np.isfinite(G).all(axis=1)
     Z = np.column_stack([G[ok], np.asarray(P, dtype=np.float64)[ok]])
     M = np.asarray(member, dtype=np.float64)[ok]
