@@ -469,3 +469,22 @@ def test_explore_loss_reaches_the_learner(fake_server: Any, tmp_path: Path) -> N
         assert al.configure(al.learner).explore_loss == 0.0
     with run_gateway(_config(fake_server, tmp_path / "b"), routers={"default": StubRouter()}) as gw:
         assert gw.app.learning.aliases["llmroute/auto"].learner.explore_loss == 0.002
+
+
+def test_explore_decay_reaches_the_learner(fake_server: Any, tmp_path: Path) -> None:
+    """`learning.explore_decay` is the alias's learner's, fresh or restored; off by default;
+    a negative value is a config error."""
+    from pydantic import ValidationError
+
+    from llmroute.gateway.config_sections import LearningConfig
+
+    with run_gateway(
+        _config(fake_server, tmp_path, explore_decay=500.0), routers={"default": StubRouter()}
+    ) as gw:
+        al = gw.app.learning.aliases["llmroute/auto"]
+        assert al.learner.explore_decay == 500.0
+        al.learner.explore_decay = 0.0
+        assert al.configure(al.learner).explore_decay == 500.0
+    assert LearningConfig().explore_decay == 0.0
+    with pytest.raises(ValidationError, match="explore_decay"):
+        LearningConfig(explore_decay=-1)

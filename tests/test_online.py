@@ -4,6 +4,8 @@ models, snapshots, and `llmroute simulate` on a synthetic table (no shared data 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,38 @@ def test_rank_one_update_and_its_undo_in_either_memory_order(order: str) -> None
     np.testing.assert_allclose(
         L.posterior("b")[1], np.linalg.inv([[1.0, 0, 0], [0, 2, 1], [0, 1, 2]]), atol=1e-12
     )
+
+
+def test_exploration_decays_once_the_outcomes_exceed_n0() -> None:
+    """`explore_decay` = n0: the settings apply as they are up to n0 outcomes learned (all
+    models), then times sqrt(n0 / n); an undone outcome counts -1; 0 turns it off. A choice
+    between two equal models (Thompson: a coin flip, so the bound binds) explores with exactly
+    the scaled probability."""
+    L = _learner(("a", "b"), max_explore=0.2, explore_loss=0.0, explore_decay=100.0, dim=1, confidence=10.0)
+    x = np.array([0.0, 0.0, 1.0])  # bias only: both models' posteriors move alike
+
+    def p_explore() -> float:
+        ch = L.choose(np.zeros(EMB), np.array([0.5, 0.5]), np.array([0.0, 0.0]), tradeoff=0.0)
+        return float(ch.propensities[1 - L.models.index(ch.greedy)])
+
+    assert L._exploration() == (0.2, 0.0) and p_explore() == pytest.approx(0.2)
+    for j in (0, 1) * 50:
+        L.observe(x, j, 0.0)
+    assert L._exploration() == (0.2, 0.0) and p_explore() == pytest.approx(0.2)  # n = n0
+    for j in (0, 1) * 150:
+        L.observe(x, j, 0.0)
+    assert p_explore() == pytest.approx(0.2 * 0.5)  # n = 400: sqrt(100 / 400)
+    L.explore_loss = 0.004
+    assert L._exploration() == pytest.approx((0.1, 0.002))
+    L.observe(x, 1, 0.0, weight=-1.0)
+    assert L._exploration()[0] == pytest.approx(0.2 * math.sqrt(100 / 399))
+    L.explore_decay = 0.0
+    assert L._exploration() == (0.2, 0.004) and p_explore() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="explore_decay"):
+        _learner(explore_decay=-1.0)
+    L.explore_decay = 100.0
+    back = OnlineLearner.restore(L.snapshot(Path(tempfile.mkdtemp()) / "s.safetensors"))
+    assert back.explore_decay == 100.0 and back._exploration() == L._exploration()
 
 
 def test_update_learns_quality_residual_against_the_base_estimate() -> None:

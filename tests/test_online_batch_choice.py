@@ -26,11 +26,13 @@ from online_fixtures import moved_learner
 @pytest.mark.parametrize("method", ["thompson", "linucb", "greedy"])
 @pytest.mark.parametrize("confidence", [0.0, 1.0])
 @pytest.mark.parametrize(("m", "explore_loss"), [(2, 0.0), (2, 0.002), (3, 0.0), (3, 0.002)])
+@pytest.mark.parametrize("explore_decay", [0.0, 15.0])  # 15: 60 outcomes learned, exploration halved
 def test_pick_many_is_choose_one_at_a_time(
-    method: str, confidence: float, m: int, explore_loss: float
+    method: str, confidence: float, m: int, explore_loss: float, explore_decay: float
 ) -> None:
     models = [f"m{i}" for i in range(m)]
     kw = {"method": method, "max_explore": 0.4, "confidence": confidence, "explore_loss": explore_loss}
+    kw["explore_decay"] = explore_decay
     one, batch = moved_learner(models, **kw), moved_learner(models, **kw)
     data = np.random.default_rng(11)
     B = 200

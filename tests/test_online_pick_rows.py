@@ -97,11 +97,13 @@ def test_unprofiled_model_and_disallowed_two_models() -> None:
 
 @pytest.mark.parametrize("m", [2, 3])
 @pytest.mark.parametrize("method", ["thompson", "linucb"])
-def test_pick_rows_is_pick_one_at_a_time(m: int, method: str) -> None:
+@pytest.mark.parametrize("explore_decay", [0.0, 15.0])  # 15: 60 outcomes learned, exploration halved
+def test_pick_rows_is_pick_one_at_a_time(m: int, method: str, explore_decay: float) -> None:
     """The same choices, greedy choices and chosen probabilities as `pick` per request, in
     order, with the same uniforms (drawn together), and the same stream afterwards."""
     models = [f"m{i}" for i in range(m)]
     kw = {"method": method, "max_explore": 0.4, "confidence": 1.0, "explore_loss": 0.002}
+    kw["explore_decay"] = explore_decay
     one, rows = moved_learner(models, **kw), moved_learner(models, **kw)
     data = np.random.default_rng(9)
     B = 60

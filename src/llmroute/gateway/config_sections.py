@@ -434,6 +434,13 @@ class LearningConfig(_Strict):
         description="conservative exploration: the largest expected reward per request given up by "
         "exploring models the learner rates below its choice (0: no such budget)",
     )
+    explore_decay: float = Field(
+        0.0,
+        ge=0,
+        description="n0 > 0: once the alias's learner has learned n > n0 outcomes, max_explore and "
+        "explore_loss apply times sqrt(n0 / n), so exploration that finds nothing better stops "
+        "costing (0: no decay)",
+    )
     prior_var: float = Field(0.01, gt=0, description="prior variance of each residual weight")
     dim: int = Field(32, ge=1, le=512, description="prompt-embedding columns after random projection")
     seed: int = Field(0, description="learner seed (each worker adds its pid)")

@@ -73,6 +73,7 @@ class _AliasLearner:
             prior_var=c.prior_var,
             confidence=c.confidence,
             explore_loss=c.explore_loss,
+            explore_decay=c.explore_decay,
             max_pending=1,  # updates use the features stored in the trace, not the learner's own map
             seed=c.seed,
         )
@@ -81,7 +82,7 @@ class _AliasLearner:
         """Apply the config's choice settings to a restored learner (its seed per process)."""
         c = self.cfg
         learner.method, learner.max_explore, learner.confidence = c.learner, c.max_explore, c.confidence
-        learner.explore_loss = c.explore_loss
+        learner.explore_loss, learner.explore_decay = c.explore_loss, c.explore_decay
         learner.max_pending = 1
         learner.rng = np.random.default_rng([c.seed, os.getpid()])
         return learner

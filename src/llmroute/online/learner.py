@@ -141,6 +141,9 @@ class OnlineLearner(PickMixin, SnapshotMixin):
     posterior rates below the greedy choice (0: no such budget; with profiled models only; 0.002:
     a fifth of the 0.01 per-window tolerance against the offline router, so exploration stays
     within it on average).
+    explore_decay: n0 > 0: exploration decays as evidence accumulates: once the learner has
+    learned n > n0 outcomes (all models), `max_explore` and `explore_loss` apply times
+    sqrt(n0 / n) (0, the default: no decay; see `_exploration`).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         ucb_alpha: float = 1.0,
         confidence: float = 1.0,
         explore_loss: float = 0.002,
+        explore_decay: float = 0.0,
         n_samples: int = 256,
         max_pending: int = 100_000,
         seed: int = 0,
@@ -186,6 +190,9 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         if explore_loss < 0:
             raise ValueError(f"explore_loss must be >= 0, got {explore_loss}")
         self.explore_loss = float(explore_loss)
+        if not explore_decay >= 0:
+            raise ValueError(f"explore_decay must be >= 0 (0: no decay), got {explore_decay}")
+        self.explore_decay = float(explore_decay)
         self.n_samples = int(n_samples)
         self.max_pending = int(max_pending)
         self.seed = int(seed)

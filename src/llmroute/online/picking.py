@@ -55,6 +55,8 @@ class PickMixin:
     confidence: float
     ucb_alpha: float
     explore_loss: float
+    explore_decay: float
+    n_: np.ndarray
     profiled_: np.ndarray
     rng: np.random.Generator
     _factors: Callable[[], Factors]
@@ -79,7 +81,7 @@ class PickMixin:
         if allowed is not None and not any(allowed):
             raise ValueError("no candidate model is allowed")
         probs_of = self._probs_two if len(self.models) == 2 else self._probs
-        g, probs, q, c, dev = probs_of(fac, xk, qf, cf, lam, allowed, tx, xax, axk)
+        g, probs, q, c, dev = probs_of(fac, xk, qf, cf, lam, allowed, tx, xax, axk, self._exploration())
         ch = self._draw(probs, self.rng.random()) if dev > 0 else g
         return ch, g, probs, q, c
 
@@ -99,7 +101,7 @@ class PickMixin:
         as `pick` one request at a time: the uniforms are drawn together after the
         probabilities, one per request whose choice is random, in request order (the same
         stream as one draw each). The per-request path of a routing micro-batch."""
-        fac = self._factors()
+        fac, ex = self._factors(), self._exploration()
         probs_of = self._probs_two if len(self.models) == 2 else self._probs
         greedy: list[int] = []
         rows: list[list[float]] = []
@@ -107,7 +109,7 @@ class PickMixin:
         for r, ok in enumerate(allowed):
             if ok is not None and not any(ok):
                 raise ValueError("no candidate model is allowed")
-            g, probs, _, _, dev = probs_of(fac, 0.0, qf[r], cf[r], lam[r], ok, tx[r], xax[r], axk[r])
+            g, probs, _, _, dev = probs_of(fac, 0.0, qf[r], cf[r], lam[r], ok, tx[r], xax[r], axk[r], ex)
             greedy.append(g)
             rows.append(probs)
             if dev > 0:
@@ -142,12 +144,14 @@ class PickMixin:
         tx: list[float],
         xax: list[float],
         axk: list[float],
+        ex: tuple[float, float] | None = None,
     ) -> tuple[int, list[float], list[float], list[float], float]:
         """`pick` up to the draw (`fac`: `_factors()`): (greedy index, the probability of every
         model, posterior-mean quality and cost per model, the probability of deviating from the
         greedy choice before the exploration bound: the choice is random when it is > 0)."""
         m = len(self.models)
         _, theta_k, a_kk, cost_res, profiled = fac
+        max_explore, explore_loss = self._exploration() if ex is None else ex
         q, c, mean, sd, base = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
         for i in range(m):  # plain floats: m is small, numpy's per-call cost is not
             si = qf[i] - 0.5 - xk  # the model's own column value minus the shared one
@@ -159,20 +163,20 @@ class PickMixin:
             else:
                 mean[i] = base[i] = -math.inf
         g = self._greedy_list(mean, sd, base, profiled)
-        if self.method == "thompson" and self.max_explore > 0:
+        if self.method == "thompson" and max_explore > 0:
             target = _win_probs(mean, sd)  # a disallowed model's mean is -inf: never wins
         else:
             target = [0.0] * m
-            if self.method == "linucb" and self.max_explore > 0:
+            if self.method == "linucb" and max_explore > 0:
                 ucb = [mi + self.ucb_alpha * si for mi, si in zip(mean, sd, strict=True)]
                 target[ucb.index(max(ucb))] = 1.0
             else:
                 target[g] = 1.0
         dev = 1.0 - target[g]
-        scale = min(1.0, self.max_explore / dev) if dev > 0 else 0.0
+        scale = min(1.0, max_explore / dev) if dev > 0 else 0.0
         probs = [t * scale for t in target]
         probs[g] = 1.0 - scale * dev
-        if dev > 0 and self.explore_loss > 0 and profiled:
+        if dev > 0 and explore_loss > 0 and profiled:
             # conservative exploration (with an offline router to protect): models the posterior
             # rates below the greedy choice are explored less, so that their expected loss (the
             # posterior-mean reward gap) is at most explore_loss per request; those rated at
@@ -180,8 +184,8 @@ class PickMixin:
             mg, prof = mean[g], self.profiled_
             low = [i for i in range(m) if i != g and probs[i] > 0 and mean[i] < mg and prof[i]]
             loss = math.fsum(probs[i] * (mg - mean[i]) for i in low)
-            if loss > self.explore_loss:
-                cut = self.explore_loss / loss
+            if loss > explore_loss:
+                cut = explore_loss / loss
                 for i in low:
                     probs[i] *= cut
                 probs[g] = 0.0
@@ -199,6 +203,7 @@ class PickMixin:
         tx: list[float],
         xax: list[float],
         axk: list[float],
+        ex: tuple[float, float] | None = None,
     ) -> tuple[int, list[float], list[float], list[float], float]:
         """`_probs` of two models (the usual gateway alias: a strong and a weak model): the same
         arithmetic in the same order, unrolled (no per-model lists or loops); equal to `_probs`
@@ -226,7 +231,8 @@ class PickMixin:
             b = 1 if b1 > b0 else 0
             mb, sb, mo, so = (m1, sd1, m0, sd0) if b else (m0, sd0, m1, sd1)
             g = 1 - b if mo - mb > conf * math.sqrt(so * so + sb**2) else b
-        method, max_explore = self.method, self.max_explore
+        method = self.method
+        max_explore, explore_loss = self._exploration() if ex is None else ex
         if method == "thompson" and max_explore > 0:
             t0, t1 = _win_probs_two(m0, m1, max(sd0, 1e-12), max(sd1, 1e-12))
         elif method == "linucb" and max_explore > 0:
@@ -239,13 +245,13 @@ class PickMixin:
         scale = min(1.0, max_explore / dev) if dev > 0 else 0.0
         probs = [t0 * scale, t1 * scale]
         probs[g] = 1.0 - scale * dev
-        if dev > 0 and self.explore_loss > 0 and profiled:  # conservative exploration (`_probs`)
+        if dev > 0 and explore_loss > 0 and profiled:  # conservative exploration (`_probs`)
             o = 1 - g
             mg, mo = (m1, m0) if g else (m0, m1)
             if probs[o] > 0 and mo < mg and self.profiled_[o]:
                 loss = probs[o] * (mg - mo)
-                if loss > self.explore_loss:
-                    probs[o] *= self.explore_loss / loss
+                if loss > explore_loss:
+                    probs[o] *= explore_loss / loss
                     probs[g] = 1.0 - probs[o]
         return g, probs, [q0, q1], [c0, c1], dev
 
@@ -268,6 +274,7 @@ class PickMixin:
         qf, cf = np.asarray(qf, np.float64), np.asarray(cf, np.float64)
         B, m = qf.shape
         _, theta_k, a_kk, cost_res, profiled = self._factors()
+        max_explore, explore_loss = self._exploration()
         tk, akk = np.asarray(theta_k), np.asarray(a_kk)
         si = qf - 0.5
         q = qf + np.asarray(tx) + si * tk
@@ -288,29 +295,29 @@ class PickMixin:
             mb, sb = mean[rows, b][:, None], sd[rows, b][:, None]
             ahead = mean - mb > self.confidence * np.sqrt(sd * sd + sb * sb)
             g = np.where(ahead.any(axis=1), np.argmax(np.where(ahead, mean, -np.inf), axis=1), b)
-        if self.method == "thompson" and self.max_explore > 0:
+        if self.method == "thompson" and max_explore > 0:
             target = _win_probs_many(mean, sd)
         else:
             target = np.zeros((B, m))
-            if self.method == "linucb" and self.max_explore > 0:
+            if self.method == "linucb" and max_explore > 0:
                 target[rows, np.argmax(mean + self.ucb_alpha * sd, axis=1)] = 1.0
             else:
                 target[rows, g] = 1.0
         dev = 1.0 - target[rows, g]
         live = dev > 0
-        scale = np.where(live, np.minimum(1.0, self.max_explore / np.where(live, dev, 1.0)), 0.0)
+        scale = np.where(live, np.minimum(1.0, max_explore / np.where(live, dev, 1.0)), 0.0)
         probs = target * scale[:, None]
         probs[rows, g] = 1.0 - scale * dev
-        if self.explore_loss > 0 and profiled and live.any():
+        if explore_loss > 0 and profiled and live.any():
             # conservative exploration (see `pick`): the models rated below the greedy choice
             mg = mean[rows, g][:, None]
             low = (probs > 0) & (mean < mg) & self.profiled_[None, :]
             low[rows, g] = False
             gap = np.where(low, mg - np.where(low, mean, 0.0), 0.0)
             loss = (probs * gap).sum(axis=1)
-            cut_rows = live & (loss > self.explore_loss)
+            cut_rows = live & (loss > explore_loss)
             if cut_rows.any():
-                cut = np.where(cut_rows, self.explore_loss / np.where(cut_rows, loss, 1.0), 1.0)
+                cut = np.where(cut_rows, explore_loss / np.where(cut_rows, loss, 1.0), 1.0)
                 probs = np.where(low & cut_rows[:, None], probs * cut[:, None], probs)
                 others = probs.copy()
                 others[rows, g] = 0.0
@@ -323,6 +330,21 @@ class PickMixin:
             u = self.rng.random(len(r))
             ch[r] = np.minimum((cdf <= u[:, None]).sum(axis=1), m - 1)
         return ch, g, probs
+
+    def _exploration(self) -> tuple[float, float]:
+        """(max_explore, explore_loss) as they apply to the next choice: the settings, times
+        sqrt(explore_decay / n) once the learner has learned n > explore_decay outcomes (all
+        models; an undone one counts -1). Exploration that finds nothing better stops costing:
+        with a warm start `benchmarks/online.py --explore-decay` measured a higher last-20% reward
+        and smaller worst windows against the offline router (BENCHMARKS.md, README)."""
+        n0 = self.explore_decay
+        if n0 <= 0:
+            return self.max_explore, self.explore_loss
+        n = float(self.n_.sum())
+        if n <= n0:
+            return self.max_explore, self.explore_loss
+        f = math.sqrt(n0 / n)
+        return self.max_explore * f, self.explore_loss * f
 
     def _greedy_list(self, mean: list[float], sd: list[float], base: list[float], profiled: bool) -> int:
         """The greedy choice: the offline router's choice (argmax of the base reward) unless a

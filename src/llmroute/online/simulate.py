@@ -115,13 +115,15 @@ def run_stream(
     propensity, explored (bool), update seconds (the refits are not part of them: `refit_s` is
     their total).
 
-    `explore_decay` = n0 > 0: exploration decays as evidence accumulates: before each choice the
-    learner's `max_explore` and `explore_loss` are its own settings times min(1, sqrt(n0 / N)),
-    N the outcomes it has learned (`learner.n_.sum()`); they are restored after the stream.
+    `explore_decay` = n0 > 0: the learner's `explore_decay` for this stream (exploration decays as
+    evidence accumulates, `OnlineLearner`'s option; its own setting is restored after the stream;
+    0: the learner's own setting).
     """
     if explore_decay < 0:
         raise ValueError(f"explore_decay must be >= 0, got {explore_decay}")
-    me0, el0 = learner.max_explore, learner.explore_loss
+    decay0 = learner.explore_decay
+    if explore_decay > 0:
+        learner.explore_decay = float(explore_decay)
     n = len(E)
     m_all = Q.shape[1]
     new_name = f"model-{m_all - 1}" if add_at is not None else None
@@ -147,9 +149,6 @@ def run_stream(
             if t - ref_at >= len(ref_q):  # the fit is fixed until the next: predict rows in blocks
                 ref_q, ref_at = refitter.current.predict(E[t : t + 256]), t
             qb = ref_q[t - ref_at].copy()
-        if explore_decay > 0:
-            f = min(1.0, math.sqrt(explore_decay / max(1.0, float(learner.n_.sum()))))
-            learner.max_explore, learner.explore_loss = me0 * f, el0 * f
         ch = learner.choose(E[t], qb, cb, tradeoff=tradeoff)
         k = ch.index
         t0 = time.perf_counter()
@@ -175,7 +174,7 @@ def run_stream(
         reward[t] = Q[t, k] - tradeoff * C[t, k]
         if on_step is not None:
             on_step(t)
-    learner.max_explore, learner.explore_loss = me0, el0
+    learner.explore_decay = decay0
     return {
         "reward": reward,
         "picks": picks,

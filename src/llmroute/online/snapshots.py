@@ -93,6 +93,7 @@ class SnapshotMixin:
                 "ucb_alpha",
                 "confidence",
                 "explore_loss",
+                "explore_decay",
                 "n_samples",
                 "max_pending",
                 "seed",
