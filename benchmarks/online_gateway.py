@@ -325,18 +325,23 @@ async def paired_cpu(rounds: int, burst: int, tmp: Path) -> dict[str, Any]:
                 "client": ("127.0.0.1", 40000),
                 "server": ("127.0.0.1", 8000),
             }
-            first, status = [True], [0]
+            first, status, complete = [True], [0], asyncio.Event()
 
             async def receive() -> dict[str, Any]:
                 if first[0]:
                     first[0] = False
                     return {"type": "http.request", "body": body, "more_body": False}
-                await asyncio.Event().wait()  # never a disconnect
-                return {}
+                # as uvicorn does: a pending receive is answered with http.disconnect once the
+                # response is complete (so the gateway's disconnect watcher ends on its own; a
+                # receive that never returns would have it cancelled, a garbage cycle per request)
+                await complete.wait()
+                return {"type": "http.disconnect"}
 
             async def send(msg: dict[str, Any]) -> None:
                 if msg["type"] == "http.response.start":
                     status[0] = msg["status"]
+                elif msg["type"] == "http.response.body" and not msg.get("more_body"):
+                    complete.set()
 
             await app(scope, receive, send)
             return status[0]
