@@ -85,6 +85,17 @@ def test_exploration_decays_once_the_outcomes_exceed_n0() -> None:
     L.explore_decay = 100.0
     back = OnlineLearner.restore(L.snapshot(Path(tempfile.mkdtemp()) / "s.safetensors"))
     assert back.explore_decay == 100.0 and back._exploration() == L._exploration()
+    # a new arm restarts the schedule (for every model), kept in snapshots; removing an arm
+    # never leaves the count negative
+    L.add_model("c")
+    assert L._exploration() == (0.2, 0.004) and L.explore_base_ == 399.0
+    for j in (0, 1, 2) * 100:
+        L.observe(np.array([0.0, 0.0, 1.0]), j, 0.0)
+    assert L._exploration()[0] == pytest.approx(0.2 * math.sqrt(100 / 300))
+    back = OnlineLearner.restore(L.snapshot(Path(tempfile.mkdtemp()) / "s.safetensors"))
+    assert back.explore_base_ == 399.0 and back._exploration() == L._exploration()
+    L.remove_model("a")
+    assert 0.0 <= L.explore_base_ <= float(L.n_.sum())
 
 
 def test_update_learns_quality_residual_against_the_base_estimate() -> None:

@@ -142,8 +142,8 @@ class OnlineLearner(PickMixin, SnapshotMixin):
     a fifth of the 0.01 per-window tolerance against the offline router, so exploration stays
     within it on average).
     explore_decay: n0 > 0: exploration decays as evidence accumulates: once the learner has
-    learned n > n0 outcomes (all models), `max_explore` and `explore_loss` apply times
-    sqrt(n0 / n) (0, the default: no decay; see `_exploration`).
+    learned n > n0 outcomes (all models, counted from the last `add_model`), `max_explore` and
+    `explore_loss` apply times sqrt(n0 / n) (0, the default: no decay; see `_exploration`).
     """
 
     def __init__(
@@ -193,6 +193,7 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         if not explore_decay >= 0:
             raise ValueError(f"explore_decay must be >= 0 (0: no decay), got {explore_decay}")
         self.explore_decay = float(explore_decay)
+        self.explore_base_ = 0.0  # outcomes learned before the last add_model (the decay counts from there)
         self.n_samples = int(n_samples)
         self.max_pending = int(max_pending)
         self.seed = int(seed)
@@ -230,6 +231,7 @@ class OnlineLearner(PickMixin, SnapshotMixin):
             raise ValueError(f"model {name!r} is already known to the learner")
         D = self.dim + 2
         var = self.prior_var if profiled else self.new_model_prior_var
+        self.explore_base_ = float(self.n_.sum())  # a new arm: `explore_decay` counts again from 0
         self.models.append(name)
         self.A_inv_ = np.concatenate([self.A_inv_, (np.eye(D) * var)[None]])
         self.b_ = np.concatenate([self.b_, np.zeros((1, D))])
@@ -262,6 +264,7 @@ class OnlineLearner(PickMixin, SnapshotMixin):
         self.models.pop(j)
         self.A_inv_, self.b_ = self.A_inv_[keep], self.b_[keep]
         self.n_, self.cost_res_, self.profiled_ = self.n_[keep], self.cost_res_[keep], self.profiled_[keep]
+        self.explore_base_ = min(self.explore_base_, float(self.n_.sum()))
         self._theta = self._fact = None
         self._pending.clear()
 

@@ -56,6 +56,7 @@ class PickMixin:
     ucb_alpha: float
     explore_loss: float
     explore_decay: float
+    explore_base_: float
     n_: np.ndarray
     profiled_: np.ndarray
     rng: np.random.Generator
@@ -334,13 +335,14 @@ class PickMixin:
     def _exploration(self) -> tuple[float, float]:
         """(max_explore, explore_loss) as they apply to the next choice: the settings, times
         sqrt(explore_decay / n) once the learner has learned n > explore_decay outcomes (all
-        models; an undone one counts -1). Exploration that finds nothing better stops costing:
+        models, since the last `add_model`: a new arm restarts the schedule; an undone one
+        counts -1). Exploration that finds nothing better stops costing:
         with a warm start `benchmarks/online.py --explore-decay` measured a higher last-20% reward
         and smaller worst windows against the offline router (BENCHMARKS.md, README)."""
         n0 = self.explore_decay
         if n0 <= 0:
             return self.max_explore, self.explore_loss
-        n = float(self.n_.sum())
+        n = float(self.n_.sum()) - self.explore_base_
         if n <= n0:
             return self.max_explore, self.explore_loss
         f = math.sqrt(n0 / n)

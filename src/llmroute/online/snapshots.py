@@ -32,6 +32,7 @@ class SnapshotMixin:
     cost_res_: np.ndarray
     profiled_: np.ndarray
     proj_: np.ndarray
+    explore_base_: float
     _theta: np.ndarray | None
     _fact: Any
 
@@ -64,6 +65,7 @@ class SnapshotMixin:
             "cost_res": self.cost_res_,
             "profiled": self.profiled_.astype(np.uint8),
             "proj": np.ascontiguousarray(self.proj_),
+            "explore_base": np.array([self.explore_base_]),
         }
 
     def snapshot(self, path: str | Path) -> Path:
@@ -131,5 +133,7 @@ class SnapshotMixin:
         learner.cost_res_ = arrays["cost_res"].astype(np.float64)
         learner.profiled_ = arrays["profiled"].astype(bool)
         learner.proj_ = arrays["proj"].astype(np.float64)
+        if "explore_base" in arrays:  # absent from snapshots written before it
+            learner.explore_base_ = float(arrays["explore_base"][0])
         learner._theta = learner._fact = None
         return learner
