@@ -50,6 +50,7 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "online.json"
 WHATIF = ROOT / "benchmarks" / "results" / "online_whatif.json"
 REPLICAS = ROOT / "benchmarks" / "results" / "online_replicas.json"
+DRIFT = ROOT / "benchmarks" / "results" / "online_drift.json"
 #: outcomes a replica records per batch, pulling the other replicas' outcomes with them (the
 #: gateway learns in batches and syncs every sync_interval_s: here the staleness in requests)
 REPLICA_BATCH = 32
@@ -396,6 +397,88 @@ def _mr(a: dict, d: int = 4) -> str:
     return f"{_f(a['mean'], d)} ({_f(a['min'], d)} to {_f(a['max'], d)})" if a["n"] else "n/a"
 
 
+def drift_run(names: list[str], seeds: list[int], n0: float) -> dict:
+    """`explore_decay` under drift (`--drift N0`): warm start 10% as in `run_set` (the same refit),
+    and at the stream's midpoint the cheapest model silently becomes as good as the best model
+    on every prompt (only exploration or the refit can find that out); each seed runs without
+    decay and with `explore_decay` = n0. Per run: last-20% reward, mean reward after the change,
+    the improved model's share of the last 200-request window."""
+    from llmroute.embed import load_encoder
+    from llmroute.eval.runner import EvalEncoder, load_dataset
+    from llmroute.online import OnlineLearner
+    from llmroute.online.refit import Refitter
+    from llmroute.online.simulate import complete_table, mid_tradeoff, run_stream
+    from llmroute.router import Router
+
+    out: dict = {"n0": n0, "sets": {}}
+    for name in names:
+        table = complete_table(load_dataset(DATA / name))
+        enc = EvalEncoder(load_encoder("static-minilm"))
+        enc.prime(table.prompts)
+        q_cv, c_cv = _cv(name, table, enc)
+        Q, C = table.quality_matrix(), table.cost_matrix()
+        lam = mid_tradeoff(Q, C, q_cv, c_cv)
+        E = np.asarray(enc.encode(table.prompts), dtype=np.float64)
+        models, ids, n = table.models, table.prompt_ids, table.n_prompts
+        cheap = int(np.argmin(C.mean(axis=0)))
+        runs: dict[str, list[dict]] = {"0": [], f"{n0:g}": []}
+        for seed in seeds:
+            perm = np.random.default_rng(seed).permutation(n)
+            n_warm = round(0.1 * n)
+            stream = perm[n_warm:]
+            r = Router.fit(
+                table.subset([ids[i] for i in perm[:n_warm]]), estimator="default", encoder=enc, seed=seed
+            )
+            qw, cw = r.estimate([table.prompts[i] for i in stream])
+            cols = [r.models.index(mm) for mm in models]
+            Qs, half = Q[stream].copy(), len(stream) // 2
+            Qs[half:, cheap] = Qs[half:].max(axis=1)
+            for key, decay in (("0", 0.0), (f"{n0:g}", n0)):
+                L = OnlineLearner(
+                    models, E.shape[1], tradeoff=lam, seed=seed, profiled=True, explore_decay=decay
+                )
+                rf = Refitter(len(models), **{"seed": seed, "estimator": "default", "tradeoff": lam, **REFIT})
+                res = run_stream(
+                    L, E[stream], Qs, C[stream], qw[:, cols], cw[:, cols], tradeoff=lam, refitter=rf
+                )
+                last = len(stream) - len(stream) // 5
+                runs[key].append(
+                    {
+                        "seed": seed,
+                        "last20": float(res["reward"][last:].mean()),
+                        "after_change": float(res["reward"][half:].mean()),
+                        "improved_share_last_200": float((res["picks"][-200:] == cheap).mean()),
+                    }
+                )
+                print(f"drift {name} seed {seed} decay {key}: {json.dumps(runs[key][-1])}", flush=True)
+        out["sets"][name] = {"tradeoff": lam, "improved_model": models[cheap], "runs": runs}
+    return out
+
+
+def drift_markdown(d: dict) -> str:
+    """The drift paragraph of the Online section (why `explore_decay` is not the default)."""
+    n0 = f"{d['n0']:g}"
+    parts = []
+    for name, r in d["sets"].items():
+
+        def mean(key: str, field: str, r: dict = r) -> float:
+            return float(np.mean([x[field] for x in r["runs"][key]]))
+
+        parts.append(
+            f"{name} ({r['improved_model']} improves): last 20% {mean('0', 'last20'):.4f} without decay, "
+            f"{mean(n0, 'last20'):.4f} with; after the change {mean('0', 'after_change'):.4f} / "
+            f"{mean(n0, 'after_change'):.4f}; its share of the last 200 requests {mean('0', 'improved_share_last_200'):.2f} / "
+            f"{mean(n0, 'improved_share_last_200'):.2f}"
+        )
+    return (
+        f"Drift (`benchmarks/online.py --drift {n0}`, warm start 10%, the same refit, "
+        f"{len(next(iter(d['sets'].values()))['runs']['0'])} seeds, means): at the stream's midpoint the cheapest "
+        "model silently becomes as good as the best on every prompt; learner without exploration decay vs "
+        f"`explore_decay` {n0}: " + "; ".join(parts) + ". Decayed exploration finds the improvement later "
+        "(or not within the pass), which is why `explore_decay` stays opt-in."
+    )
+
+
 def write_markdown(results: list[dict]) -> None:
     from _md import md_table, update_section
 
@@ -507,6 +590,8 @@ def write_markdown(results: list[dict]) -> None:
         md += "\n\n" + whatif_markdown(json.loads(WHATIF.read_text()))
     if REPLICAS.exists():
         md += "\n\n" + replicas_markdown(json.loads(REPLICAS.read_text()))
+    if DRIFT.exists():
+        md += "\n\n" + drift_markdown(json.loads(DRIFT.read_text()))
     update_section("online", md, title="Online learning (bandit feedback)")
 
 
@@ -607,6 +692,13 @@ def main() -> None:
         help="only the replicas check (3 learner replicas on one Redis vs 1, routerbench_subset, --seeds): "
         "writes results/online_replicas.json and the Online section",
     )
+    ap.add_argument(
+        "--drift",
+        type=float,
+        metavar="N0",
+        help="only the drift check of explore_decay N0 (both sets, --seeds): writes results/online_drift.json "
+        "and the Online section",
+    )
     ap.add_argument("--starts", default="cold,warm10", help="which starts to run (cold, warm10)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which learner configs to run")
     ap.add_argument("--no-new-model", action="store_true", help="skip the new-model check")
@@ -631,6 +723,14 @@ def main() -> None:
     partial = args.starts != "cold,warm10" or args.configs != ",".join(CONFIGS) or args.no_new_model
     if partial and not args.no_write:
         sys.exit("--starts / --configs / --no-new-model run a part of the benchmark: add --no-write")
+    if args.drift is not None:
+        d = drift_run(args.sets.split(","), list(range(args.seeds)), args.drift)
+        print(drift_markdown(d), flush=True)
+        if not args.no_write:
+            DRIFT.write_text(json.dumps(_compact(d)) + "\n")
+            if RESULTS.exists():
+                write_markdown(json.loads(RESULTS.read_text()))
+        return
     if args.replicas:
         rep = replicas_run("routerbench_subset", list(range(args.seeds)))
         print(json.dumps(replicas_markdown(rep)), flush=True)
